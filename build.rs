@@ -1,0 +1,19 @@
+//! Compiles `proto/` into Rust with tonic-prost-build and writes the descriptor set that
+//! tonic-reflection serves. Uses the vendored protoc unless `PROTOC` is set.
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let protoc = match std::env::var_os("PROTOC") {
+        Some(p) => PathBuf::from(p),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    };
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("tokenwise_descriptor.bin"))
+        .compile_with_config(config, &["proto/tokenwise/v1/router.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The complexity model: a logistic model over [`crate::features`] that scores how likely a
+//! cheap model is to fail where a premium one succeeds, mapped through its training-score
+//! distribution to a complexity in [0, 1]. Pure: no I/O on the scoring path.
+//!
+//! The artifact (`models/complexity-v1.json`) also carries the calibration the router's cold
+//! start uses: per complexity band, the observed quality of the cheap and the premium model.
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::{self, TaskInput};
+
+/// Format tag of the artifact; loading refuses anything else.
+pub const ARTIFACT_FORMAT: &str = "tokenwise-complexity/1";
+
+/// The bundled model, embedded so `serve` needs no file.
+const BUNDLED: &str = include_str!("../models/complexity-v1.json");
+
+/// Errors loading or checking a model artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The JSON did not parse.
+    #[error("model artifact is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The artifact parsed but is inconsistent.
+    #[error("model artifact is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Observed outcomes of the two training models within one complexity band.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationBand {
+    /// Training tasks whose complexity fell in this band.
+    pub tasks: u32,
+    /// Average score of the cheap model on them.
+    pub cheap_quality: f64,
+    /// Average score of the premium model on them.
+    pub premium_quality: f64,
+}
+
+/// Cold-start calibration: band `i` covers complexity `[i/B, (i+1)/B)`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    /// Model id the "cheap" curve was measured on.
+    pub cheap_model: String,
+    /// Model id the "premium" curve was measured on.
+    pub premium_model: String,
+    /// Bands in complexity order.
+    pub bands: Vec<CalibrationBand>,
+}
+
+/// A trained complexity model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexityModel {
+    /// Always [`ARTIFACT_FORMAT`].
+    pub format: String,
+    /// Version of this artifact, e.g. `cx1-20261129-a1b2c3`.
+    pub version: String,
+    /// Feature recipe the weights were trained for ([`features::FEATURE_VERSION`]).
+    pub feature_version: String,
+    /// One weight per feature ([`features::DIMS`]).
+    pub weights: Vec<f32>,
+    /// Intercept of the logistic model.
+    pub bias: f32,
+    /// Quantiles of the training logits (ascending, evenly spaced in probability); the
+    /// complexity of a task is the interpolated position of its logit among them.
+    pub logit_quantiles: Vec<f32>,
+    /// Cold-start calibration by complexity band.
+    pub calibration: Calibration,
+    /// Free-form training facts (data, split, metrics) for the model card.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl ComplexityModel {
+    /// The model bundled with the binary.
+    pub fn bundled() -> Result<Self, ModelError> {
+        Self::from_json(BUNDLED)
+    }
+
+    /// Loads and checks an artifact from a file.
+    pub fn load(path: &str) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Parses and checks an artifact.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let model: Self = serde_json::from_str(text)?;
+        model.check()?;
+        Ok(model)
+    }
+
+    /// Serialises the artifact.
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        if self.format != ARTIFACT_FORMAT {
+            return bad(format!("format is {:?}, expected {ARTIFACT_FORMAT:?}", self.format));
+        }
+        if self.feature_version != features::FEATURE_VERSION {
+            return bad(format!(
+                "feature_version is {:?}, this build extracts {:?}",
+                self.feature_version,
+                features::FEATURE_VERSION
+            ));
+        }
+        if self.weights.len() != features::DIMS {
+            return bad(format!(
+                "weights has {} entries, expected {}",
+                self.weights.len(),
+                features::DIMS
+            ));
+        }
+        if !self.weights.iter().all(|w| w.is_finite()) || !self.bias.is_finite() {
+            return bad("weights must be finite".into());
+        }
+        if self.logit_quantiles.len() < 2
+            || self.logit_quantiles.windows(2).any(|w| w[0] > w[1])
+            || !self.logit_quantiles.iter().all(|q| q.is_finite())
+        {
+            return bad("logit_quantiles must be at least 2 finite ascending values".into());
+        }
+        if self.calibration.bands.is_empty() {
+            return bad("calibration.bands is empty".into());
+        }
+        for (i, b) in self.calibration.bands.iter().enumerate() {
+            if !(0.0..=1.0).contains(&b.cheap_quality) || !(0.0..=1.0).contains(&b.premium_quality)
+            {
+                return bad(format!("calibration.bands[{i}] quality outside [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw logit of a task: `bias + w · x`.
+    pub fn logit(&self, input: &TaskInput<'_>) -> f32 {
+        let mut z = self.bias;
+        features::visit_features(input, |i, x| {
+            // Indices come from the extractor and are < DIMS == weights.len() (checked at load).
+            if let Some(w) = self.weights.get(i as usize) {
+                z += w * x;
+            }
+        });
+        z
+    }
+
+    /// Complexity in [0, 1]: the share of training tasks with a lower logit.
+    pub fn complexity(&self, input: &TaskInput<'_>) -> f64 {
+        self.complexity_of_logit(self.logit(input))
+    }
+
+    /// Maps a logit to complexity through the stored quantiles (piecewise linear).
+    pub fn complexity_of_logit(&self, z: f32) -> f64 {
+        let q = &self.logit_quantiles;
+        let n = q.len();
+        let (first, last) = (q[0], q[n - 1]);
+        if z <= first {
+            return 0.0;
+        }
+        if z >= last {
+            return 1.0;
+        }
+        // First knot strictly above z.
+        let hi = q.partition_point(|&k| k <= z);
+        let lo = hi - 1;
+        let span = q[hi] - q[lo];
+        let frac = if span > 0.0 { (z - q[lo]) / span } else { 0.5 };
+        ((lo as f64) + f64::from(frac)) / ((n - 1) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_model() -> ComplexityModel {
+        let mut weights = vec![0.0; features::DIMS];
+        weights[features::HASH_DIMS] = 2.0; // length signal
+        ComplexityModel {
+            format: ARTIFACT_FORMAT.into(),
+            version: "test".into(),
+            feature_version: features::FEATURE_VERSION.into(),
+            weights,
+            bias: -1.0,
+            logit_quantiles: vec![-1.0, -0.5, 0.0, 0.5, 1.0],
+            calibration: Calibration {
+                cheap_model: "c".into(),
+                premium_model: "p".into(),
+                bands: vec![CalibrationBand {
+                    tasks: 1,
+                    cheap_quality: 0.5,
+                    premium_quality: 0.9,
+                }],
+            },
+            training: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_scores_the_same() {
+        let m = tiny_model();
+        let json = m.to_json().unwrap();
+        let back = ComplexityModel::from_json(&json).unwrap();
+        assert_eq!(m, back);
+        let input = TaskInput {
+            text: "a somewhat longer task text",
+            ..Default::default()
+        };
+        assert_eq!(m.complexity(&input), back.complexity(&input));
+    }
+
+    #[test]
+    fn quantile_mapping_is_monotone_and_clamped() {
+        let m = tiny_model();
+        assert_eq!(m.complexity_of_logit(-5.0), 0.0);
+        assert_eq!(m.complexity_of_logit(5.0), 1.0);
+        assert!((m.complexity_of_logit(0.0) - 0.5).abs() < 1e-9);
+        assert!((m.complexity_of_logit(0.25) - 0.625).abs() < 1e-6);
+        let mut last = 0.0;
+        for i in -40..40 {
+            let c = m.complexity_of_logit(i as f32 / 20.0);
+            assert!(c >= last);
+            last = c;
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_dims_and_format() {
+        let mut m = tiny_model();
+        m.weights.pop();
+        let err = ComplexityModel::from_json(&m.to_json().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("weights has"), "{err}");
+        let mut m = tiny_model();
+        m.format = "other".into();
+        assert!(ComplexityModel::from_json(&m.to_json().unwrap()).is_err());
+    }
+
+    #[test]
+    fn bundled_model_loads_and_orders_tasks() {
+        let m = ComplexityModel::bundled().unwrap();
+        let greet = m.complexity(&TaskInput {
+            text: "Hi there!",
+            workflow: "default",
+            ..Default::default()
+        });
+        let math = m.complexity(&TaskInput {
+            text: "A store sells pencils at 3 for $1.20 and pens at $2.50 each. Maria buys \
+                   12 pencils and 4 pens, then pays with a $20 bill. After that she spends half \
+                   of her change on stickers that cost $0.35 each. How many stickers does she \
+                   buy, and how much money does she have left in total?",
+            workflow: "default",
+            ..Default::default()
+        });
+        assert!(math > greet, "math {math} vs greeting {greet}");
+    }
+}

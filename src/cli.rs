@@ -1,0 +1,477 @@
+//! The command line: `serve`, `route`, `thresholds`, `train`, `eval`, `check-config`.
+//!
+//! Commands print their results on stdout (that is their purpose); logs go to stderr.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::classifier::ComplexityModel;
+use crate::dataset::{self, Split};
+use crate::policy::Policy;
+use crate::training::{self, TrainOptions};
+
+/// tokenwise — cost-aware model router.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwise", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (embedded policy and model unless given).
+    Serve(ServeArgs),
+    /// Ask a running server to route one task and print the decision.
+    Route {
+        /// Server address, host:port or http://host:port.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Workflow label.
+        #[arg(long, default_value = "")]
+        workflow: String,
+        /// Team.
+        #[arg(long, default_value = "")]
+        team: String,
+        /// Expected output tokens (hint).
+        #[arg(long, default_value_t = 0)]
+        expected_output_tokens: u32,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The task text.
+        task: String,
+    },
+    /// Print the learned thresholds of a running server, per scope and tier.
+    Thresholds {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Only this scope.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train the complexity model on graded task records.
+    Train {
+        /// JSON Lines file of tasks with per-model outcomes (.jsonl or .jsonl.gz).
+        #[arg(long)]
+        data: PathBuf,
+        /// Model id of the cheap tier in the records.
+        #[arg(long)]
+        cheap: String,
+        /// Model id of the premium tier in the records.
+        #[arg(long)]
+        premium: String,
+        /// Where to write the model artifact (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Part of the file to train on (the held-out fifth is `fnv1a(id) % 5 == 0`).
+        #[arg(long, value_enum, default_value = "all")]
+        split: Split,
+        /// L2 penalty of the logistic regression.
+        #[arg(long, default_value_t = 3.0)]
+        alpha: f64,
+        /// Iteration cap of the optimiser.
+        #[arg(long, default_value_t = 300)]
+        max_iterations: u64,
+    },
+    /// RouteLLM metrics (APGR, CPT(50%), CPT(80%), saving at 95%) of a model on a data file.
+    Eval {
+        /// JSON Lines file of tasks with per-model outcomes.
+        #[arg(long)]
+        data: PathBuf,
+        /// Model id of the cheap tier in the records.
+        #[arg(long)]
+        cheap: String,
+        /// Model id of the premium tier in the records.
+        #[arg(long)]
+        premium: String,
+        /// Model artifact; default: the bundled model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Part of the file to evaluate on.
+        #[arg(long, value_enum, default_value = "all")]
+        split: Split,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay recorded tasks through routing and learning; report quality and cost vs premium.
+    Replay {
+        /// JSON Lines file of tasks with per-model outcomes.
+        #[arg(long)]
+        data: PathBuf,
+        /// Policy file whose tiers' model ids appear in the records' outcomes.
+        #[arg(long, conflicts_with = "tiers")]
+        config: Option<PathBuf>,
+        /// Comma-separated model ids: a one-scope policy with these as tiers (ordered by mean cost).
+        #[arg(long, value_delimiter = ',', required_unless_present = "config")]
+        tiers: Vec<String>,
+        /// Override every scope's quality bar (default with --tiers: 0.9).
+        #[arg(long)]
+        bar: Option<f64>,
+        /// Keep the cold-start thresholds (the baseline learning must beat).
+        #[arg(long)]
+        no_learning: bool,
+        /// Seed of the exploration draws.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Model artifact; default: the bundled model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Part of the file to replay.
+        #[arg(long, value_enum, default_value = "all")]
+        split: Split,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a policy file: exit 0 if valid, else print the key path and reason.
+    CheckConfig {
+        /// Policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
+    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Policy file (TOML); default: the embedded example policy (deploy/policy.toml).
+    #[arg(long, env = "TOKENWISE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "TOKENWISE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Complexity model artifact; default: the bundled model.
+    #[arg(long, env = "TOKENWISE_MODEL")]
+    model: Option<PathBuf>,
+    /// Largest task accepted, in bytes.
+    #[arg(long, default_value_t = crate::routing::DEFAULT_MAX_TASK_BYTES)]
+    max_task_bytes: usize,
+    /// Deadline of any one call, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    request_timeout_ms: u64,
+    /// Secret that signs decision ids; every replica of a deployment needs the same one.
+    /// Default: random per process (ids do not survive a restart).
+    #[arg(long, env = "TOKENWISE_DECISION_SECRET", hide_env_values = true)]
+    decision_secret: Option<String>,
+    /// How long feedback is accepted for a decision, in seconds.
+    #[arg(long, default_value_t = crate::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
+    decision_ttl_secs: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Builds the engine that `serve` runs from its arguments.
+pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Engine> {
+    let policy = match &args.config {
+        Some(p) => Policy::load(path_str(p)?).map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
+        None => Policy::embedded().map_err(|e| anyhow::anyhow!("embedded policy: {e}"))?,
+    };
+    let model = match &args.model {
+        Some(p) => ComplexityModel::load(path_str(p)?)?,
+        None => ComplexityModel::bundled()?,
+    };
+    let signer = match &args.decision_secret {
+        Some(s) if !s.is_empty() => crate::decision::Signer::new(s.as_bytes())?,
+        _ => {
+            tracing::warn!("no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica");
+            crate::decision::Signer::random()?
+        }
+    };
+    tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
+    Ok(crate::feedback::Engine::new(
+        std::sync::Arc::new(model),
+        std::sync::Arc::new(policy),
+        crate::routing::Limits { max_task_bytes: args.max_task_bytes },
+        signer,
+        args.decision_ttl_secs.saturating_mul(1000),
+        true,
+    ))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: draining in-flight calls");
+}
+
+fn endpoint(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let ep = endpoint(addr);
+    tonic::transport::Endpoint::from_shared(ep.clone())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {ep}"))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logs(args.log_format);
+            let engine = std::sync::Arc::new(engine_from_args(&args)?);
+            let config = crate::server::ServeConfig {
+                request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+                max_message_bytes: args.max_task_bytes + 64 * 1024,
+                ..Default::default()
+            };
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&args.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.listen))?;
+                tracing::info!(addr = %args.listen, "listening");
+                crate::server::run(engine, config, listener, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Route { addr, workflow, team, expected_output_tokens, json, task } => runtime()?.block_on(async move {
+            use crate::server::pb;
+            let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+            let d = client
+                .route(pb::RouteRequest {
+                    task,
+                    workflow,
+                    team,
+                    hints: Some(pb::RouteHints { expected_output_tokens, task_type: String::new() }),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                let candidates: Vec<serde_json::Value> = d
+                    .candidates
+                    .iter()
+                    .map(|c| serde_json::json!({"tier": c.tier, "model": c.model, "predicted_quality": c.predicted_quality, "estimated_cost_usd": c.estimated_cost_usd, "threshold": c.threshold}))
+                    .collect();
+                println!("{}", serde_json::json!({
+                    "decision_id": d.decision_id, "tier": d.tier, "model": d.model, "complexity": d.complexity,
+                    "estimated_cost_usd": d.estimated_cost_usd, "candidates": candidates, "fallback_tier": d.fallback_tier,
+                    "policy_version": d.policy_version, "reason": d.reason, "scope": d.scope, "explored": d.explored,
+                }));
+            } else {
+                println!("tier        {}  ({})", d.tier, d.model);
+                println!("complexity  {:.3}", d.complexity);
+                println!("est. cost   ${:.6}", d.estimated_cost_usd);
+                println!("fallback    {}", if d.fallback_tier.is_empty() { "-" } else { &d.fallback_tier });
+                println!("scope       {}  (policy {})", d.scope, d.policy_version);
+                println!("reason      {}", d.reason);
+                println!();
+                println!("{:<12} {:<28} {:>9} {:>12} {:>9}", "candidate", "model", "quality", "est. cost", "threshold");
+                for c in &d.candidates {
+                    let mark = if c.tier == d.tier { "*" } else { " " };
+                    println!("{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}", c.tier, c.model, c.predicted_quality, c.estimated_cost_usd, c.threshold);
+                }
+                println!();
+                println!("decision_id {}", d.decision_id);
+            }
+            Ok(())
+        }),
+        Command::Thresholds { addr, scope, json } => runtime()?.block_on(async move {
+            use crate::server::pb;
+            let mut client = pb::admin_client::AdminClient::new(connect(&addr).await?);
+            let r = client
+                .get_thresholds(pb::GetThresholdsRequest { scope })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                let rows: Vec<serde_json::Value> = r
+                    .thresholds
+                    .iter()
+                    .map(|t| serde_json::json!({"scope": t.scope, "tier": t.tier, "threshold": t.threshold, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
+                    .collect();
+                println!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
+            } else {
+                println!("policy {}", r.policy_version);
+                println!("{:<40} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "tier", "threshold", "evidence", "observed", "last move", "bar");
+                for t in &r.thresholds {
+                    let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
+                    println!("{:<40} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
+                }
+            }
+            Ok(())
+        }),
+        Command::Train {
+            data,
+            cheap,
+            premium,
+            out,
+            split,
+            alpha,
+            max_iterations,
+        } => {
+            let records = dataset::load(path_str(&data)?, split)?;
+            let opts = TrainOptions {
+                cheap: cheap.clone(),
+                premium: premium.clone(),
+                alpha,
+                max_iterations,
+            };
+            let mut model = training::train(&records, &opts)?;
+            let in_sample = training::evaluate(&model, &records, &cheap, &premium);
+            model.training = serde_json::json!({
+                "data": data.display().to_string(),
+                "split": format!("{split:?}").to_lowercase(),
+                "records": records.len(),
+                "cheap": cheap,
+                "premium": premium,
+                "alpha": alpha,
+                "label": "premium score > cheap score",
+                "in_sample": in_sample,
+            });
+            std::fs::write(&out, model.to_json()?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} ({}) trained on {} records", out.display(), model.version, records.len());
+            Ok(())
+        }
+        Command::Eval {
+            data,
+            cheap,
+            premium,
+            model,
+            split,
+            json,
+        } => {
+            let model = match model {
+                Some(p) => ComplexityModel::load(path_str(&p)?)?,
+                None => ComplexityModel::bundled()?,
+            };
+            let records = dataset::load(path_str(&data)?, split)?;
+            let Some(r) = training::evaluate(&model, &records, &cheap, &premium) else {
+                bail!("no record in {} has outcomes for both {cheap:?} and {premium:?}", data.display());
+            };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("model            {}", model.version);
+                println!("tasks            {}", r.tasks);
+                println!("cheap quality    {:.4}  ({cheap})", r.cheap_quality);
+                println!("premium quality  {:.4}  ({premium})", r.premium_quality);
+                println!("APGR             {:.4}  (random routing: 0.5)", r.apgr);
+                println!("CPT(50%)         {:.4}  premium share", r.cpt50);
+                println!("CPT(80%)         {:.4}  premium share", r.cpt80);
+                println!("saving at 95%    {:.4}  vs always-premium", r.saving_at_95);
+            }
+            Ok(())
+        }
+        Command::Replay { data, config, tiers, bar, no_learning, seed, model, split, json } => {
+            if let Some(b) = bar
+                && !(0.0..=1.0).contains(&b)
+            {
+                bail!("--bar must be in [0, 1], got {b}");
+            }
+            let model = match model {
+                Some(p) => ComplexityModel::load(path_str(&p)?)?,
+                None => ComplexityModel::bundled()?,
+            };
+            let records = dataset::load(path_str(&data)?, split)?;
+            let policy = match config {
+                Some(p) => Policy::load(path_str(&p)?).map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
+                None => crate::replay::policy_from_models(&records, &tiers, bar.unwrap_or(0.9))?,
+            };
+            let opts = crate::replay::ReplayOptions { bar, learning: !no_learning, seed };
+            let r = crate::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("tasks              {} ({} skipped)", r.tasks, r.skipped);
+                println!("learning           {}", if r.learning { "on" } else { "off" });
+                println!("quality            {:.4}  (bar {:.4}: {})", r.quality, r.bar, if r.bar_met { "met" } else { "MISSED" });
+                println!("cost               ${:.4}", r.cost_usd);
+                println!("premium quality    {:.4}", r.premium_quality);
+                println!("premium cost       ${:.4}", r.premium_cost_usd);
+                println!("saving vs premium  {:.4}", r.saving_vs_premium);
+                println!("explored           {:.4}", r.explored_share);
+                for (t, s) in &r.tier_share {
+                    println!("tier {t:<28} {s:.4}  threshold now {:.2}", r.final_thresholds.get(t).copied().unwrap_or(f64::NAN));
+                }
+            }
+            Ok(())
+        }
+        Command::CheckConfig { file } => match Policy::load(path_str(&file)?) {
+            Ok(p) => {
+                println!(
+                    "{}: ok (version {}, {} tiers, {} scopes)",
+                    file.display(),
+                    p.version,
+                    p.tiers.len(),
+                    p.scopes.len() + 1
+                );
+                Ok(())
+            }
+            Err(e) => bail!("{}: invalid policy: {e}", file.display()),
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! Task records with per-model graded outcomes (JSON Lines, optionally gzip), as used by
+//! `train`, `eval` and `replay`; and the stable hash split into train and held-out parts.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+
+use serde::Deserialize;
+
+/// One model's graded outcome on a task.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Outcome {
+    /// Graded quality in [0, 1].
+    pub score: f64,
+    /// Input tokens, when known.
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    /// Output tokens, when known.
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    /// Cost in USD, when known.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+}
+
+/// One task with the outcomes of any number of models.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Record {
+    /// Stable task id (used for the split).
+    pub id: String,
+    /// The task text.
+    pub prompt: String,
+    /// The caller's workflow label.
+    #[serde(default)]
+    pub workflow: String,
+    /// Model id → outcome.
+    pub outcomes: BTreeMap<String, Outcome>,
+}
+
+/// Which part of a data file to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// Every record.
+    All,
+    /// Records whose id does not hash into the held-out fifth.
+    Train,
+    /// The held-out fifth: `fnv1a(id) % 5 == 0`.
+    Holdout,
+}
+
+impl Split {
+    /// Whether a record id belongs to this split.
+    pub fn contains(self, id: &str) -> bool {
+        let held_out = fnv1a(id) % 5 == 0;
+        match self {
+            Split::All => true,
+            Split::Train => !held_out,
+            Split::Holdout => held_out,
+        }
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Errors reading a data file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A line is not a valid record.
+    #[error("{path}:{line}: {source}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// Underlying error.
+        source: serde_json::Error,
+    },
+    /// A score is outside [0, 1].
+    #[error("{path}:{line}: score of model {model:?} is {score}, outside [0, 1]")]
+    Score {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// Model id.
+        model: String,
+        /// The bad score.
+        score: f64,
+    },
+}
+
+/// Reads all records of `split` from a `.jsonl` or `.jsonl.gz` file (gzip detected by content).
+pub fn load(path: &str, split: Split) -> Result<Vec<Record>, DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_string(),
+        source,
+    };
+    let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let gz = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_str(&line).map_err(|source| DataError::Parse {
+            path: path.to_string(),
+            line: i + 1,
+            source,
+        })?;
+        for (model, o) in &record.outcomes {
+            if !(0.0..=1.0).contains(&o.score) {
+                return Err(DataError::Score {
+                    path: path.to_string(),
+                    line: i + 1,
+                    model: model.clone(),
+                    score: o.score,
+                });
+            }
+        }
+        if split.contains(&record.id) {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_stable_and_partitions() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("task.{i}")).collect();
+        let held = ids.iter().filter(|i| Split::Holdout.contains(i)).count();
+        let train = ids.iter().filter(|i| Split::Train.contains(i)).count();
+        assert_eq!(held + train, 1000);
+        assert!((150..250).contains(&held), "{held}");
+        assert!(Split::All.contains("x"));
+    }
+
+    #[test]
+    fn loads_plain_and_gzip_and_rejects_bad_scores() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("tw-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = r#"{"id":"a","prompt":"p","workflow":"w","outcomes":{"m":{"score":1.0,"cost_usd":0.1}}}"#;
+        let plain = dir.join("d.jsonl");
+        std::fs::write(&plain, format!("{line}\n\n")).unwrap();
+        let gz = dir.join("d.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        writeln!(enc, "{line}").unwrap();
+        enc.finish().unwrap();
+        let a = load(plain.to_str().unwrap(), Split::All).unwrap();
+        let b = load(gz.to_str().unwrap(), Split::All).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[0].outcomes["m"].cost_usd, Some(0.1));
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, line.replace("1.0", "1.5")).unwrap();
+        let err = load(bad.to_str().unwrap(), Split::All).unwrap_err();
+        assert!(err.to_string().contains("outside [0, 1]"), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! Feature extraction: task text (plus caller hints) → a sparse feature vector.
+//!
+//! Hashed word unigrams and bigrams (length-normalised), hashed workflow / task-type labels, and a
+//! handful of hand-made signals (length, digits, math operators, code and multi-step cues,
+//! multiple-choice layout). Pure CPU, no allocation on the scoring path: features are handed to a
+//! visitor, so scoring is a dot product computed while the text is read once.
+
+/// Number of hashed buckets. The dense signals live at indices `HASH_DIMS..HASH_DIMS + SIGNALS`.
+pub const HASH_DIMS: usize = 4096;
+/// Number of hand-made dense signals.
+pub const SIGNALS: usize = 12;
+/// Total feature dimension.
+pub const DIMS: usize = HASH_DIMS + SIGNALS;
+
+/// Identifies this feature recipe inside model artifacts; bump when any rule below changes.
+pub const FEATURE_VERSION: &str = "fx1-hash4096-uni-bi-wf-sig12";
+
+/// What the caller tells us besides the task text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskInput<'a> {
+    /// The task text or prompt.
+    pub text: &'a str,
+    /// The caller's workflow label (may be empty).
+    pub workflow: &'a str,
+    /// Optional task-type hint (may be empty).
+    pub task_type: &'a str,
+    /// Expected output tokens, 0 when unknown.
+    pub expected_output_tokens: u32,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline]
+fn fnv_byte(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+}
+
+fn fnv_str(seed: u64, s: &str) -> u64 {
+    s.bytes().fold(seed, fnv_byte)
+}
+
+/// Final mixing so that nearby FNV states spread over the buckets (splitmix64 finaliser).
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[inline]
+fn bucket(h: u64) -> u32 {
+    // HASH_DIMS is a power of two; the mask keeps the low bits of a well-mixed hash.
+    (mix(h) & (HASH_DIMS as u64 - 1)) as u32
+}
+
+const BIGRAM_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+const NUMBER_TOKEN: u64 = 0x5151_5151_5151_5151;
+
+/// Words whose presence hints at several dependent steps.
+const STEP_CUES: &[&str] = &[
+    "then", "after", "each", "total", "remaining", "left", "per", "times", "twice", "half",
+    "percent", "every", "more", "less", "average", "rate", "altogether", "first", "second",
+    "finally", "step",
+];
+/// Words and symbols typical of code.
+const CODE_CUES: &[&str] = &[
+    "def", "return", "function", "class", "import", "const", "let", "var", "fn", "int", "void",
+    "print", "printf", "struct", "public", "null", "true", "false",
+];
+
+/// Running counts of the hand-made signals while the text is scanned.
+#[derive(Default)]
+struct Signals {
+    chars: usize,
+    words: usize,
+    digits: usize,
+    numbers: usize,
+    math_ops: usize,
+    code_syms: usize,
+    code_words: usize,
+    step_words: usize,
+    questions: usize,
+    newlines: usize,
+    uppercase: usize,
+    choice_lines: usize,
+}
+
+/// Calls `visit(index, value)` for every non-zero feature of the task. The same index may be
+/// visited more than once; values add up.
+pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
+    let text = input.text;
+    let mut sig = Signals::default();
+    // First pass over bytes for cheap signals and the word count.
+    let bytes = text.as_bytes();
+    let mut at_line_start = true;
+    let mut in_word = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        let alnum = b.is_ascii_alphanumeric() || b >= 0x80;
+        if alnum && !in_word {
+            sig.words += 1;
+        }
+        in_word = alnum;
+        match b {
+            b'0'..=b'9' => sig.digits += 1,
+            b'+' | b'-' | b'*' | b'/' | b'=' | b'^' | b'<' | b'>' | b'%' => sig.math_ops += 1,
+            b'{' | b'}' | b';' | b'[' | b']' | b'`' | b'(' | b')' => sig.code_syms += 1,
+            b'?' => sig.questions += 1,
+            b'\n' => sig.newlines += 1,
+            b'A'..=b'Z' => sig.uppercase += 1,
+            _ => {}
+        }
+        if at_line_start
+            && matches!(b, b'A'..=b'D')
+            && matches!(bytes.get(i + 1), Some(b'.') | Some(b')'))
+        {
+            sig.choice_lines += 1;
+        }
+        at_line_start = b == b'\n';
+    }
+    sig.chars = text.chars().count();
+
+    // Second pass: words → hashed unigrams and bigrams, cue counts.
+    let weight = 1.0 / (sig.words.max(1) as f32).sqrt();
+    let mut prev: Option<u64> = None;
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let h = if word.bytes().all(|b| b.is_ascii_digit()) {
+            sig.numbers += 1;
+            NUMBER_TOKEN
+        } else {
+            let h = word
+                .bytes()
+                .fold(FNV_OFFSET, |h, b| fnv_byte(h, b.to_ascii_lowercase()));
+            if word.len() <= 9 {
+                let lower = LowerWord(word);
+                if STEP_CUES.iter().any(|c| lower.eq(c)) {
+                    sig.step_words += 1;
+                }
+                if CODE_CUES.iter().any(|c| lower.eq(c)) {
+                    sig.code_words += 1;
+                }
+            }
+            h
+        };
+        visit(bucket(h), weight);
+        if let Some(p) = prev {
+            visit(bucket((p.rotate_left(23) ^ h ^ BIGRAM_SALT).wrapping_mul(FNV_PRIME)), weight);
+        }
+        prev = Some(h);
+    }
+
+    // Labels the caller sends: workflow, its family (before '/' or '.'), task type.
+    if !input.workflow.is_empty() {
+        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "wf:"), input.workflow)), 1.0);
+        let family = input
+            .workflow
+            .split(['/', '.'])
+            .next()
+            .unwrap_or(input.workflow);
+        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "wff:"), family)), 1.0);
+    }
+    if !input.task_type.is_empty() {
+        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "tt:"), input.task_type)), 1.0);
+    }
+
+    let chars = sig.chars.max(1) as f32;
+    let ln = |x: usize| (x as f32).ln_1p();
+    let dense = [
+        ln(sig.chars) / 10.0,
+        ln(sig.words) / 8.0,
+        sig.digits as f32 / chars,
+        ln(sig.numbers) / 4.0,
+        sig.math_ops as f32 / chars * 10.0,
+        ln(sig.code_syms) / 4.0,
+        ln(sig.code_words) / 3.0,
+        ln(sig.step_words) / 3.0,
+        ln(sig.questions) / 2.0,
+        ln(sig.newlines) / 4.0,
+        sig.uppercase as f32 / chars * 5.0,
+        ln(sig.choice_lines) / 2.0 + ln(input.expected_output_tokens as usize) / 8.0,
+    ];
+    for (i, v) in dense.into_iter().enumerate() {
+        if v != 0.0 {
+            visit((HASH_DIMS + i) as u32, v);
+        }
+    }
+}
+
+/// Case-insensitive comparison of an ASCII word with a lowercase cue, without allocating.
+struct LowerWord<'a>(&'a str);
+
+impl LowerWord<'_> {
+    fn eq(&self, cue: &str) -> bool {
+        self.0.len() == cue.len()
+            && self
+                .0
+                .bytes()
+                .zip(cue.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b)
+    }
+}
+
+/// Collects the features of a task into a dense vector (training and tests; scoring uses
+/// [`visit_features`] directly).
+pub fn dense_features(input: &TaskInput<'_>) -> Vec<f32> {
+    let mut v = vec![0.0f32; DIMS];
+    visit_features(input, |i, x| v[i as usize] += x);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(text: &str) -> TaskInput<'_> {
+        TaskInput {
+            text,
+            ..TaskInput::default()
+        }
+    }
+
+    #[test]
+    fn same_text_same_features_and_case_insensitive_words() {
+        let a = dense_features(&input("Hello World"));
+        let b = dense_features(&input("hello world"));
+        assert_eq!(a[..HASH_DIMS], b[..HASH_DIMS]);
+        assert_eq!(a, dense_features(&input("Hello World")));
+    }
+
+    #[test]
+    fn numbers_share_one_token() {
+        let a = dense_features(&input("pay 12 dollars"));
+        let b = dense_features(&input("pay 99 dollars"));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn word_features_are_length_normalised() {
+        let v = dense_features(&input("one two three four"));
+        let hashed: f32 = v[..HASH_DIMS].iter().map(|x| x * x).sum();
+        // 4 unigrams + 3 bigrams, each 1/sqrt(4): squared norm 7/4 unless buckets collide.
+        assert!((hashed - 7.0 / 4.0).abs() < 0.6, "{hashed}");
+    }
+
+    #[test]
+    fn signals_see_math_steps_and_choices() {
+        let word_problem = "Tom has 3 apples. He buys 5 more each day, then gives half away. \
+                            How many apples are left in total after 4 days?";
+        let v = dense_features(&input(word_problem));
+        let sig = &v[HASH_DIMS..];
+        assert!(sig[3] > 0.0, "numbers");
+        assert!(sig[7] > 0.3, "step cues: {}", sig[7]);
+        let mc = dense_features(&input("Which?\nA. x\nB. y\nC. z\nD. w\nAnswer:"));
+        assert!(mc[HASH_DIMS + 11] > 0.5, "choice lines");
+    }
+
+    #[test]
+    fn workflow_and_hints_add_features() {
+        let plain = dense_features(&input("hi"));
+        let labelled = dense_features(&TaskInput {
+            text: "hi",
+            workflow: "mmlu/anatomy",
+            task_type: "chat",
+            expected_output_tokens: 100,
+        });
+        assert_ne!(plain, labelled);
+    }
+
+    #[test]
+    fn empty_and_unicode_text_do_not_panic() {
+        let v = dense_features(&input(""));
+        assert!(v.iter().all(|x| *x == 0.0));
+        let v = dense_features(&input("Größe ÄÖÜ 東京 🚀 ?"));
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+}

@@ -1,0 +1,26 @@
+//! tokenwise — a cost-aware model router.
+//!
+//! # Layout
+//! - [`features`] turns task text into a sparse feature vector (pure CPU).
+//! - [`classifier`] scores it with the bundled logistic model into a complexity in [0, 1].
+//! - [`policy`] holds the tier catalogue and the scoped policies (quality bar, allowed tiers).
+//! - [`learning`] turns calibration plus outcome evidence into per-scope thresholds (the planner).
+//! - [`routing`] decides: policy scope → thresholds → cheapest tier that admits the task.
+//! - [`server`] is the gRPC face (tonic): handlers convert proto ↔ domain and call [`routing`].
+//! - [`dataset`] and [`training`] are the offline side: `train` and `eval`.
+//!
+//! Data flows one way: `server` → `routing` → (`classifier`, `policy`, `learning`); the domain
+//! never sees proto types.
+
+pub mod classifier;
+pub mod dataset;
+pub mod features;
+pub mod policy;
+pub mod training;
+pub mod cli;
+pub mod learning;
+pub mod routing;
+pub mod decision;
+pub mod feedback;
+pub mod server;
+pub mod replay;

@@ -1,0 +1,477 @@
+//! Tier catalogue and routing policies: TOML parsed into raw structs (unknown keys rejected),
+//! then validated into typed values with errors that quote the key path.
+//!
+//! Scopes, most specific first: team+workflow, workflow, team, default. A scope's unset fields
+//! come from `[default]`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The example policy, embedded so `serve` needs no file (same text as `deploy/policy.toml`).
+pub const EMBEDDED_POLICY: &str = include_str!("../deploy/policy.toml");
+
+/// Exploration rate when a policy does not set one.
+pub const DEFAULT_EXPLORATION_RATE: f64 = 0.05;
+
+/// First 12 hex digits of the SHA-256 of `text`: content versions of policies and models.
+pub fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A policy that failed validation: where and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{path}`: {reason}")]
+pub struct PolicyError {
+    /// Key path, e.g. `policies[1].quality_bar`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl PolicyError {
+    fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+// ---- raw file format ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyFile {
+    tiers: Vec<RawTier>,
+    #[serde(default)]
+    default: RawScope,
+    #[serde(default)]
+    policies: Vec<RawScope>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    model: String,
+    input_usd_per_mtok: f64,
+    output_usd_per_mtok: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    team: Option<String>,
+    workflow: Option<String>,
+    quality_bar: Option<f64>,
+    allowed_tiers: Option<Vec<String>>,
+    thresholds: Option<BTreeMap<String, f64>>,
+    exploration_rate: Option<f64>,
+    value_per_success_usd: Option<f64>,
+}
+
+// ---- validated types ----
+
+/// A rung on the price ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    /// Tier name, unique.
+    pub name: String,
+    /// Model id bound to the tier.
+    pub model: String,
+    /// Price per 1M input tokens in micro-USD.
+    pub input_micros_per_mtok: u64,
+    /// Price per 1M output tokens in micro-USD.
+    pub output_micros_per_mtok: u64,
+}
+
+impl Tier {
+    /// Cost in USD of a call with these token counts.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_micros_per_mtok as f64
+            + output_tokens as f64 * self.output_micros_per_mtok as f64)
+            / 1e12
+    }
+}
+
+/// The resolved policy of one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopePolicy {
+    /// Scope key: `default`, `team:T`, `workflow:W` or `team:T/workflow:W`.
+    pub key: String,
+    /// Average outcome score the scope must reach, in [0, 1].
+    pub quality_bar: f64,
+    /// Indices into [`Policy::tiers`], ascending price.
+    pub allowed: Vec<usize>,
+    /// Pinned thresholds, one per allowed tier (the top one is 1): when set, learning does not
+    /// move them.
+    pub pinned_thresholds: Option<Vec<f64>>,
+    /// Share of decisions that explore one tier cheaper than the safe choice.
+    pub exploration_rate: f64,
+    /// Value of one output that meets the bar, in USD (for the report).
+    pub value_per_success_usd: Option<f64>,
+}
+
+/// A validated policy: tiers ordered by price and the scopes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Content hash of the source text.
+    pub version: String,
+    /// Tiers, cheapest first.
+    pub tiers: Vec<Tier>,
+    /// The default scope.
+    pub default: Arc<ScopePolicy>,
+    /// Specific scopes by key.
+    pub scopes: HashMap<String, Arc<ScopePolicy>>,
+}
+
+/// Key of the scope for a team and a workflow (either may be empty).
+pub fn scope_key(team: &str, workflow: &str) -> String {
+    match (team.is_empty(), workflow.is_empty()) {
+        (true, true) => "default".to_string(),
+        (false, true) => format!("team:{team}"),
+        (true, false) => format!("workflow:{workflow}"),
+        (false, false) => format!("team:{team}/workflow:{workflow}"),
+    }
+}
+
+impl Policy {
+    /// The embedded example policy.
+    pub fn embedded() -> Result<Self, PolicyError> {
+        Self::parse(EMBEDDED_POLICY)
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &str) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::new(path, format!("cannot read policy file: {e}")))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates policy text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| PolicyError::new("<file>", one_line(&e.to_string())))?;
+        let raw: RawPolicyFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            PolicyError::new(path, one_line(&e.into_inner().to_string()))
+        })?;
+        validate(raw, short_hash(text))
+    }
+
+    /// Most specific scope for a caller: team+workflow, workflow, team, default.
+    pub fn resolve(&self, team: &str, workflow: &str) -> &Arc<ScopePolicy> {
+        let mut candidates = [None, None, None];
+        if !team.is_empty() && !workflow.is_empty() {
+            candidates[0] = Some(scope_key(team, workflow));
+        }
+        if !workflow.is_empty() {
+            candidates[1] = Some(scope_key("", workflow));
+        }
+        if !team.is_empty() {
+            candidates[2] = Some(scope_key(team, ""));
+        }
+        if self.scopes.is_empty() {
+            return &self.default;
+        }
+        candidates
+            .iter()
+            .flatten()
+            .find_map(|k| self.scopes.get(k))
+            .unwrap_or(&self.default)
+    }
+
+    /// Every scope, default first, then by key.
+    pub fn all_scopes(&self) -> Vec<&Arc<ScopePolicy>> {
+        let mut v: Vec<&Arc<ScopePolicy>> = self.scopes.values().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v.insert(0, &self.default);
+        v
+    }
+
+    /// Index of a tier by name.
+    pub fn tier_index(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+}
+
+/// toml errors span several lines (a source excerpt); keep the first one for a key-path error.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn usd_to_micros(path: &str, usd: f64) -> Result<u64, PolicyError> {
+    if !usd.is_finite() || usd < 0.0 {
+        return Err(PolicyError::new(path, format!("must be a finite price ≥ 0, got {usd}")));
+    }
+    if usd > 1e6 {
+        return Err(PolicyError::new(path, format!("{usd} USD per 1M tokens is not a plausible price")));
+    }
+    Ok((usd * 1e6).round() as u64)
+}
+
+fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> {
+    if raw.tiers.len() < 2 {
+        return Err(PolicyError::new("tiers", format!("needs at least 2 tiers, got {}", raw.tiers.len())));
+    }
+    let mut tiers = Vec::with_capacity(raw.tiers.len());
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let path = |k: &str| format!("tiers[{i}].{k}");
+        if t.name.trim().is_empty() {
+            return Err(PolicyError::new(path("name"), "must not be empty"));
+        }
+        if t.model.trim().is_empty() {
+            return Err(PolicyError::new(path("model"), "must not be empty"));
+        }
+        if raw.tiers[..i].iter().any(|o| o.name == t.name) {
+            return Err(PolicyError::new(path("name"), format!("duplicate tier name {:?}", t.name)));
+        }
+        tiers.push(Tier {
+            name: t.name.clone(),
+            model: t.model.clone(),
+            input_micros_per_mtok: usd_to_micros(&path("input_usd_per_mtok"), t.input_usd_per_mtok)?,
+            output_micros_per_mtok: usd_to_micros(&path("output_usd_per_mtok"), t.output_usd_per_mtok)?,
+        });
+    }
+    // Order the ladder by price (input + output), stable for equal prices.
+    tiers.sort_by_key(|t| t.input_micros_per_mtok + t.output_micros_per_mtok);
+
+    let default = resolve_scope("default", &raw.default, None, &tiers)?;
+    if raw.default.team.is_some() || raw.default.workflow.is_some() {
+        return Err(PolicyError::new("default", "the default scope takes no team or workflow"));
+    }
+    let mut scopes = HashMap::new();
+    for (i, s) in raw.policies.iter().enumerate() {
+        let at = format!("policies[{i}]");
+        let team = s.team.as_deref().unwrap_or("");
+        let workflow = s.workflow.as_deref().unwrap_or("");
+        if team.is_empty() && workflow.is_empty() {
+            return Err(PolicyError::new(at, "a policy needs a team, a workflow or both (use [default] for the rest)"));
+        }
+        let key = scope_key(team, workflow);
+        let scope = resolve_scope(&at, s, Some(&raw.default), &tiers)?;
+        let scope = ScopePolicy { key: key.clone(), ..scope };
+        if scopes.insert(key.clone(), Arc::new(scope)).is_some() {
+            return Err(PolicyError::new(at, format!("duplicate scope {key}")));
+        }
+    }
+    Ok(Policy {
+        version,
+        tiers,
+        default: Arc::new(ScopePolicy {
+            key: "default".into(),
+            ..default
+        }),
+        scopes,
+    })
+}
+
+fn resolve_scope(at: &str, s: &RawScope, base: Option<&RawScope>, tiers: &[Tier]) -> Result<ScopePolicy, PolicyError> {
+    let field_path = |k: &str| format!("{at}.{k}");
+    // A field set on the scope wins; else [default]'s; else the built-in default.
+    let pick = |own: Option<f64>, from_base: Option<f64>| own.or(from_base);
+    let base_bar = base.and_then(|b| b.quality_bar);
+    let bar_path = if s.quality_bar.is_some() || base.is_none() { field_path("quality_bar") } else { "default.quality_bar".into() };
+    let quality_bar = pick(s.quality_bar, base_bar).unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&quality_bar) {
+        return Err(PolicyError::new(bar_path, format!("must be in [0, 1], got {quality_bar}")));
+    }
+    let exploration_rate = pick(s.exploration_rate, base.and_then(|b| b.exploration_rate))
+        .unwrap_or(DEFAULT_EXPLORATION_RATE);
+    if !(0.0..=0.5).contains(&exploration_rate) {
+        return Err(PolicyError::new(field_path("exploration_rate"), format!("must be in [0, 0.5], got {exploration_rate}")));
+    }
+    let value_per_success_usd = pick(s.value_per_success_usd, base.and_then(|b| b.value_per_success_usd));
+    if let Some(v) = value_per_success_usd
+        && (!v.is_finite() || v < 0.0)
+    {
+        return Err(PolicyError::new(field_path("value_per_success_usd"), format!("must be ≥ 0, got {v}")));
+    }
+    let allowed_names = s.allowed_tiers.as_ref().or(base.and_then(|b| b.allowed_tiers.as_ref()));
+    let allowed: Vec<usize> = match allowed_names {
+        None => (0..tiers.len()).collect(),
+        Some(names) => {
+            let mut idx = Vec::new();
+            for (j, n) in names.iter().enumerate() {
+                let Some(i) = tiers.iter().position(|t| &t.name == n) else {
+                    return Err(PolicyError::new(format!("{}[{j}]", field_path("allowed_tiers")), format!("unknown tier {n:?}")));
+                };
+                if idx.contains(&i) {
+                    return Err(PolicyError::new(format!("{}[{j}]", field_path("allowed_tiers")), format!("tier {n:?} listed twice")));
+                }
+                idx.push(i);
+            }
+            idx.sort_unstable();
+            idx
+        }
+    };
+    if allowed.is_empty() {
+        return Err(PolicyError::new(field_path("allowed_tiers"), "must allow at least one tier"));
+    }
+    let pinned_thresholds = match s.thresholds.as_ref() {
+        None => None,
+        Some(map) => Some(pinned(&field_path("thresholds"), map, &allowed, tiers)?),
+    };
+    Ok(ScopePolicy {
+        key: String::new(),
+        quality_bar,
+        allowed,
+        pinned_thresholds,
+        exploration_rate,
+        value_per_success_usd,
+    })
+}
+
+fn pinned(at: &str, map: &BTreeMap<String, f64>, allowed: &[usize], tiers: &[Tier]) -> Result<Vec<f64>, PolicyError> {
+    for (name, v) in map {
+        let path = format!("{at}.{name}");
+        let Some(i) = tiers.iter().position(|t| &t.name == name) else {
+            return Err(PolicyError::new(path, format!("unknown tier {name:?}")));
+        };
+        if !allowed.contains(&i) {
+            return Err(PolicyError::new(path, format!("tier {name:?} is not in allowed_tiers")));
+        }
+        if !(0.0..=1.0).contains(v) {
+            return Err(PolicyError::new(path, format!("must be in [0, 1], got {v}")));
+        }
+    }
+    let last = allowed.len() - 1;
+    let mut out = Vec::with_capacity(allowed.len());
+    for (slot, &i) in allowed.iter().enumerate() {
+        let name = &tiers[i].name;
+        let v = if slot == last {
+            // The top tier takes everything the cheaper ones are not trusted with.
+            1.0
+        } else {
+            *map.get(name).ok_or_else(|| {
+                PolicyError::new(format!("{at}.{name}"), "missing: pinned thresholds need a value for every allowed tier below the top one")
+            })?
+        };
+        if let Some(prev) = out.last()
+            && v < *prev
+        {
+            return Err(PolicyError::new(format!("{at}.{name}"), format!("must be ≥ the cheaper tier's threshold {prev}, got {v}")));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+[[tiers]]
+name = "frontier"
+model = "big"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[[tiers]]
+name = "small"
+model = "tiny"
+input_usd_per_mtok = 0.2
+output_usd_per_mtok = 0.2
+[[tiers]]
+name = "medium"
+model = "mid"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[default]
+quality_bar = 0.8
+
+[[policies]]
+workflow = "support.reply"
+quality_bar = 0.95
+allowed_tiers = ["medium", "frontier"]
+
+[[policies]]
+team = "search"
+exploration_rate = 0.0
+
+[[policies]]
+team = "search"
+workflow = "support.reply"
+thresholds = { small = 0.3, medium = 0.7 }
+"#;
+
+    fn err(text: &str) -> PolicyError {
+        Policy::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn tiers_are_ordered_by_price_and_scopes_resolve_most_specific_first() {
+        let p = Policy::parse(THREE).unwrap();
+        let names: Vec<&str> = p.tiers.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["small", "medium", "frontier"]);
+        assert_eq!(p.resolve("", "").key, "default");
+        assert_eq!(p.resolve("other", "unknown").key, "default");
+        assert_eq!(p.resolve("", "support.reply").key, "workflow:support.reply");
+        assert_eq!(p.resolve("x", "support.reply").key, "workflow:support.reply");
+        assert_eq!(p.resolve("search", "other").key, "team:search");
+        let both = p.resolve("search", "support.reply");
+        assert_eq!(both.key, "team:search/workflow:support.reply");
+        assert_eq!(both.pinned_thresholds.as_deref(), Some(&[0.3, 0.7, 1.0][..]));
+        // Unset fields come from [default].
+        assert_eq!(p.resolve("search", "").quality_bar, 0.8);
+        assert_eq!(p.resolve("search", "").exploration_rate, 0.0);
+        assert_eq!(p.resolve("", "support.reply").allowed, vec![1, 2]);
+        assert_eq!(p.tiers[0].input_micros_per_mtok, 200_000);
+        assert!(p.version.len() == 12);
+    }
+
+    #[test]
+    fn cost_uses_both_prices() {
+        let p = Policy::parse(THREE).unwrap();
+        let c = p.tiers[2].cost_usd(1_000_000, 1_000_000);
+        assert!((c - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_path() {
+        let e = err(&THREE.replace("allowed_tiers = [\"medium\", \"frontier\"]", "allowed_tiers = [\"medium\", \"huge\"]"));
+        assert_eq!(e.path, "policies[0].allowed_tiers[1]");
+        assert!(e.reason.contains("unknown tier \"huge\""));
+
+        let e = err(&THREE.replace("quality_bar = 0.95", "quality_bar = 1.5"));
+        assert_eq!(e.path, "policies[0].quality_bar");
+
+        let e = err(&THREE.replace("input_usd_per_mtok = 1.0", "input_usd_per_mtok = -1.0"));
+        assert_eq!(e.path, "tiers[2].input_usd_per_mtok");
+
+        let e = err(&THREE.replace("name = \"medium\"", "name = \"small\""));
+        assert_eq!(e.path, "tiers[2].name");
+        assert!(e.reason.contains("duplicate"));
+
+        let e = err(&THREE.replace("exploration_rate = 0.0", "exploration_rate = 0.0\ncolour = \"red\""));
+        assert_eq!(e.path, "policies[1].colour");
+        assert!(e.reason.contains("unknown field"), "{e}");
+
+        let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.8, medium = 0.7"));
+        assert_eq!(e.path, "policies[2].thresholds.medium");
+
+        let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.3"));
+        assert_eq!(e.path, "policies[2].thresholds.medium");
+
+        let e = err("[[tiers]]\nname=\"a\"\nmodel=\"m\"\ninput_usd_per_mtok=1.0\noutput_usd_per_mtok=1.0\n");
+        assert_eq!(e.path, "tiers");
+
+        let e = err("this is not toml");
+        assert_eq!(e.path, "<file>");
+    }
+
+    #[test]
+    fn embedded_policy_is_valid_with_three_tiers() {
+        let p = Policy::embedded().unwrap();
+        assert!(p.tiers.len() >= 3);
+    }
+}

@@ -1,0 +1,235 @@
+//! Replay: stream recorded tasks in file order through the same routing and learning code the
+//! server runs (in process, in-memory state), use the chosen tier's recorded outcome as the
+//! feedback, and report realized quality and cost against always-premium.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::classifier::ComplexityModel;
+use crate::dataset::Record;
+use crate::decision::Signer;
+use crate::feedback::{Engine, FeedbackInput};
+use crate::policy::{Policy, PolicyError, Tier};
+use crate::routing::{Limits, RouteRequest};
+
+/// Replay settings.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Override every scope's quality bar.
+    pub bar: Option<f64>,
+    /// Learn from the outcomes (off: cold-start thresholds throughout).
+    pub learning: bool,
+    /// Seed of the exploration draws.
+    pub seed: u64,
+}
+
+/// What a replay measured.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplayReport {
+    /// Tasks routed.
+    pub tasks: usize,
+    /// Records skipped (no outcome for a needed tier, or not routable).
+    pub skipped: usize,
+    /// Average quality bar over the routed tasks' scopes.
+    pub bar: f64,
+    /// Realized average score.
+    pub quality: f64,
+    /// Realized cost in USD.
+    pub cost_usd: f64,
+    /// Average score of sending every task to its scope's most expensive allowed tier.
+    pub premium_quality: f64,
+    /// Cost of that.
+    pub premium_cost_usd: f64,
+    /// 1 − cost / premium cost.
+    pub saving_vs_premium: f64,
+    /// quality ≥ bar.
+    pub bar_met: bool,
+    /// Tier name → share of tasks.
+    pub tier_share: BTreeMap<String, f64>,
+    /// Share of decisions that explored.
+    pub explored_share: f64,
+    /// Whether learning was on.
+    pub learning: bool,
+    /// Final thresholds of the default scope, tier → threshold.
+    pub final_thresholds: BTreeMap<String, f64>,
+}
+
+/// Errors of replay setup.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The generated or given policy is invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// A named model has no outcome in any record.
+    #[error("model {0:?} has no outcome in the data")]
+    UnknownModel(String),
+    /// Fewer than two tiers.
+    #[error("--tiers needs at least two model ids")]
+    TooFewTiers,
+    /// The signer could not be built.
+    #[error("signer: {0}")]
+    Signer(String),
+}
+
+/// Builds a one-scope policy from model ids: tiers ordered by their mean cost in the data, each
+/// priced from the data's cost per token (so token-based costs stay consistent).
+pub fn policy_from_models(records: &[Record], models: &[String], bar: f64) -> Result<Policy, ReplayError> {
+    if models.len() < 2 {
+        return Err(ReplayError::TooFewTiers);
+    }
+    let mut rows = Vec::new();
+    for m in models {
+        let (mut n, mut cost, mut tokens, mut priced) = (0usize, 0.0f64, 0u64, 0.0f64);
+        for o in records.iter().filter_map(|r| r.outcomes.get(m)) {
+            n += 1;
+            let c = o.cost_usd.unwrap_or(0.0);
+            cost += c;
+            if let (Some(i), Some(out), Some(_)) = (o.input_tokens, o.output_tokens, o.cost_usd) {
+                tokens += i + out;
+                priced += c;
+            }
+        }
+        if n == 0 {
+            return Err(ReplayError::UnknownModel(m.clone()));
+        }
+        let mean_cost = cost / n as f64;
+        // USD per 1M tokens; without token counts, price a nominal 750-token call at the mean.
+        let per_mtok = if tokens > 0 { priced / tokens as f64 * 1e6 } else { mean_cost / 750.0 * 1e6 };
+        rows.push((m.clone(), mean_cost, per_mtok));
+    }
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut text = String::new();
+    for (i, (m, _, price)) in rows.iter().enumerate() {
+        // Strictly increasing prices keep the data's cost order even when two prices round alike.
+        let p = price.max(1e-6) * (1.0 + 1e-6 * i as f64);
+        text.push_str(&format!(
+            "[[tiers]]\nname = {m:?}\nmodel = {m:?}\ninput_usd_per_mtok = {p}\noutput_usd_per_mtok = {p}\n\n"
+        ));
+    }
+    text.push_str(&format!("[default]\nquality_bar = {bar}\n"));
+    Ok(Policy::parse(&text)?)
+}
+
+fn with_bar(policy: &Policy, bar: f64) -> Policy {
+    let mut p = policy.clone();
+    let set = |s: &Arc<crate::policy::ScopePolicy>| {
+        let mut s = (**s).clone();
+        s.quality_bar = bar;
+        Arc::new(s)
+    };
+    p.default = set(&p.default);
+    p.scopes = p.scopes.iter().map(|(k, s)| (k.clone(), set(s))).collect();
+    p
+}
+
+fn outcome_cost(tier: &Tier, o: &crate::dataset::Outcome) -> f64 {
+    match o.cost_usd {
+        Some(c) => c,
+        None => tier.cost_usd(o.input_tokens.unwrap_or(0), o.output_tokens.unwrap_or(0)),
+    }
+}
+
+/// Replays `records` in order.
+pub fn replay(
+    model: Arc<ComplexityModel>,
+    policy: Policy,
+    records: &[Record],
+    opts: &ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
+    let policy = match opts.bar {
+        Some(b) => with_bar(&policy, b),
+        None => policy,
+    };
+    let policy = Arc::new(policy);
+    let signer = Signer::new(b"replay").map_err(|e| ReplayError::Signer(e.to_string()))?;
+    let engine = Engine::new(model, policy.clone(), Limits::default(), signer, u64::MAX / 4, opts.learning);
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let t0 = 1_800_000_000_000u64;
+
+    let (mut n, mut skipped, mut explored) = (0usize, 0usize, 0usize);
+    let (mut quality, mut cost, mut prem_q, mut prem_cost, mut bar_sum) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let req = RouteRequest {
+            task: &r.prompt,
+            workflow: &r.workflow,
+            ..Default::default()
+        };
+        let scope = policy.resolve("", &r.workflow);
+        let top = &policy.tiers[*scope.allowed.last().unwrap_or(&0)];
+        // Every allowed tier must have a recorded outcome, or the counterfactuals are unknown.
+        if scope.allowed.iter().any(|&t| !r.outcomes.contains_key(&policy.tiers[t].model)) {
+            skipped += 1;
+            continue;
+        }
+        let draw: f64 = rng.random();
+        let nonce: u64 = rng.random();
+        let Ok(d) = engine.router.route(&req, draw) else {
+            skipped += 1;
+            continue;
+        };
+        let chosen = &policy.tiers[d.tier().tier];
+        let (Some(o), Some(p)) = (r.outcomes.get(&chosen.model), r.outcomes.get(&top.model)) else {
+            skipped += 1;
+            continue;
+        };
+        let now = t0 + i as u64 * 1000;
+        let id = engine.learner.issue(&d, "", &r.workflow, now, nonce);
+        let fb = FeedbackInput {
+            decision_id: &id,
+            score: o.score,
+            input_tokens: o.input_tokens.unwrap_or(d.input_tokens) as i64,
+            output_tokens: o.output_tokens.unwrap_or(d.output_tokens) as i64,
+            reused: false,
+        };
+        if let Err(e) = engine.learner.feedback(&engine.router, &fb, now) {
+            tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
+        }
+        if std::env::var("TW_TRACE").is_ok() && i % 100 == 0 {
+            let t = engine.router.table();
+            let pl = &t.default;
+            eprintln!("{i} thr={:.2} cheapq={:?} premq={:?}", pl.tiers[0].threshold, pl.tiers[0].quality.iter().map(|x| (x*100.0) as i32).collect::<Vec<_>>(), pl.tiers[1].quality.iter().map(|x| (x*100.0) as i32).collect::<Vec<_>>());
+        }
+        n += 1;
+        explored += usize::from(d.explored);
+        quality += o.score;
+        cost += outcome_cost(chosen, o);
+        prem_q += p.score;
+        prem_cost += outcome_cost(top, p);
+        bar_sum += scope.quality_bar;
+        *counts.entry(chosen.name.clone()).or_default() += 1;
+    }
+    let nf = n.max(1) as f64;
+    let table = engine.router.table();
+    let final_thresholds = table
+        .default
+        .tiers
+        .iter()
+        .map(|t| (policy.tiers[t.tier].name.clone(), t.threshold))
+        .collect();
+    let quality = quality / nf;
+    let bar = bar_sum / nf;
+    Ok(ReplayReport {
+        tasks: n,
+        skipped,
+        bar,
+        quality,
+        cost_usd: cost,
+        premium_quality: prem_q / nf,
+        premium_cost_usd: prem_cost,
+        saving_vs_premium: if prem_cost > 0.0 { 1.0 - cost / prem_cost } else { 0.0 },
+        bar_met: n > 0 && quality >= bar - 1e-12,
+        tier_share: policy
+            .tiers
+            .iter()
+            .map(|t| (t.name.clone(), counts.get(&t.name).copied().unwrap_or(0) as f64 / nf))
+            .collect(),
+        explored_share: explored as f64 / nf,
+        learning: opts.learning,
+        final_thresholds,
+    })
+}

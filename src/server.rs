@@ -1,0 +1,257 @@
+//! The gRPC face: tonic services for `tokenwise.v1.Router` and `tokenwise.v1.Admin`, health and
+//! reflection, and the server wiring. Handlers only convert proto ↔ domain and map errors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::feedback::{Engine, FeedbackError, FeedbackInput};
+use crate::routing::{Decision, RouteError, RouteRequest};
+
+/// Generated protobuf and gRPC types.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("tokenwise.v1");
+    /// Encoded descriptor set for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenwise_descriptor");
+}
+
+use pb::admin_server::{Admin, AdminServer};
+use pb::router_server::{Router as RouterRpc, RouterServer};
+
+/// Server settings beyond the engine.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Deadline for any one call.
+    pub request_timeout: Duration,
+    /// Largest request message accepted by the transport (the task limit is checked separately
+    /// so an oversized task gets INVALID_ARGUMENT naming `task`).
+    pub max_message_bytes: usize,
+    /// Concurrent requests per connection before callers queue at the transport.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(2),
+            max_message_bytes: crate::routing::DEFAULT_MAX_TASK_BYTES + 64 * 1024,
+            concurrency_per_connection: 256,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn invalid(field: &str, message: String) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        ErrorDetails::with_bad_request_violation(field, message.clone()),
+    )
+}
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        invalid(e.field(), e.to_string())
+    }
+}
+
+impl From<FeedbackError> for Status {
+    fn from(e: FeedbackError) -> Self {
+        match e {
+            FeedbackError::InvalidArgument { field, reason } => invalid(field, reason),
+            FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
+            FeedbackError::Expired { .. } => Status::failed_precondition(e.to_string()),
+            FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
+        }
+    }
+}
+
+fn to_proto(d: &Decision, decision_id: String) -> pb::RouteResponse {
+    let chosen = d.tier();
+    pb::RouteResponse {
+        decision_id,
+        tier: chosen.name.clone(),
+        model: chosen.model.clone(),
+        complexity: d.complexity,
+        estimated_cost_usd: chosen.estimated_cost_usd,
+        candidates: d
+            .candidates
+            .iter()
+            .map(|c| pb::Candidate {
+                tier: c.name.clone(),
+                model: c.model.clone(),
+                predicted_quality: c.predicted_quality,
+                estimated_cost_usd: c.estimated_cost_usd,
+                threshold: c.threshold,
+            })
+            .collect(),
+        fallback_tier: d.fallback.map(|i| d.candidates[i].name.clone()).unwrap_or_default(),
+        policy_version: d.policy_version.clone(),
+        reason: d.reason.clone(),
+        scope: d.scope.clone(),
+        explored: d.explored,
+    }
+}
+
+/// `tokenwise.v1.Router`.
+pub struct RouterService {
+    engine: Arc<Engine>,
+}
+
+#[tonic::async_trait]
+impl RouterRpc for RouterService {
+    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        let r = request.into_inner();
+        let hints = r.hints.unwrap_or_default();
+        let req = RouteRequest {
+            task: &r.task,
+            workflow: &r.workflow,
+            team: &r.team,
+            expected_output_tokens: hints.expected_output_tokens,
+            task_type: &hints.task_type,
+        };
+        let d = self.engine.router.route(&req, rand::random::<f64>())?;
+        let id = self
+            .engine
+            .learner
+            .issue(&d, &r.team, &r.workflow, now_ms(), rand::random());
+        tracing::debug!(scope = %d.scope, tier = %d.tier().name, complexity = d.complexity, explored = d.explored, "routed");
+        Ok(Response::new(to_proto(&d, id)))
+    }
+
+    async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let r = request.into_inner();
+        let input = FeedbackInput {
+            decision_id: &r.decision_id,
+            score: r.score,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            reused: r.reused,
+        };
+        match self.engine.learner.feedback(&self.engine.router, &input, now_ms()) {
+            Ok(ack) => {
+                tracing::debug!(scope = %ack.scope, tier = %ack.tier, score = r.score, "feedback applied");
+                Ok(Response::new(pb::FeedbackResponse {
+                    scope: ack.scope,
+                    tier: ack.tier,
+                    actual_cost_usd: ack.actual_cost_usd,
+                }))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "feedback refused");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// `tokenwise.v1.Admin` (read-only).
+pub struct AdminService {
+    engine: Arc<Engine>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_thresholds(
+        &self,
+        request: Request<pb::GetThresholdsRequest>,
+    ) -> Result<Response<pb::GetThresholdsResponse>, Status> {
+        let want = request.into_inner().scope;
+        let table = self.engine.router.table();
+        if !want.is_empty() && !table.plans.contains_key(&want) {
+            return Err(Status::not_found(format!("scope {want:?} is not in the live policy")));
+        }
+        let mut keys: Vec<&String> = table.plans.keys().filter(|k| want.is_empty() || **k == want).collect();
+        keys.sort();
+        let mut thresholds = Vec::new();
+        for key in keys {
+            let plan = &table.plans[key];
+            for t in &plan.tiers {
+                thresholds.push(pb::TierThreshold {
+                    scope: key.clone(),
+                    tier: table.policy.tiers[t.tier].name.clone(),
+                    threshold: t.threshold,
+                    evidence: t.evidence,
+                    observed_quality: t.observed_quality,
+                    last_move: t.last_move,
+                    bar: plan.policy.quality_bar,
+                    scope_quality: plan.realized_quality,
+                });
+            }
+        }
+        Ok(Response::new(pb::GetThresholdsResponse {
+            thresholds,
+            policy_version: table.policy.version.clone(),
+        }))
+    }
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains in-flight calls.
+pub async fn run(
+    engine: Arc<Engine>,
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RouterServer<RouterService>>().await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 speaks only v1alpha reflection.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = RouterServer::new(RouterService { engine: engine.clone() })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(AdminService { engine })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "serving tokenwise.v1.Router and tokenwise.v1.Admin");
+    tonic::transport::Server::builder()
+        // Every call gets a deadline: a stuck call answers DEADLINE_EXCEEDED, never hangs.
+        .timeout(config.request_timeout)
+        // Bound per-connection concurrency so one noisy client cannot take every worker.
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(router)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("server stopped");
+    Ok(())
+}
