@@ -110,7 +110,10 @@ impl ComplexityModel {
     fn check(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if self.format != ARTIFACT_FORMAT {
-            return bad(format!("format is {:?}, expected {ARTIFACT_FORMAT:?}", self.format));
+            return bad(format!(
+                "format is {:?}, expected {ARTIFACT_FORMAT:?}",
+                self.format
+            ));
         }
         if self.feature_version != features::FEATURE_VERSION {
             return bad(format!(

@@ -140,7 +140,8 @@ enum Command {
 }
 
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
 /// Arguments of `serve`.
@@ -185,7 +186,9 @@ enum LogFormat {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -194,13 +197,16 @@ fn init_logs(format: LogFormat) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Builds the engine that `serve` runs from its arguments.
 pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Engine> {
     let policy = match &args.config {
-        Some(p) => Policy::load(path_str(p)?).map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
+        Some(p) => Policy::load(path_str(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
         None => Policy::embedded().map_err(|e| anyhow::anyhow!("embedded policy: {e}"))?,
     };
     let model = match &args.model {
@@ -210,7 +216,9 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
     let signer = match &args.decision_secret {
         Some(s) if !s.is_empty() => crate::decision::Signer::new(s.as_bytes())?,
         _ => {
-            tracing::warn!("no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica");
+            tracing::warn!(
+                "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
+            );
             crate::decision::Signer::random()?
         }
     };
@@ -218,7 +226,9 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
     Ok(crate::feedback::Engine::new(
         std::sync::Arc::new(model),
         std::sync::Arc::new(policy),
-        crate::routing::Limits { max_task_bytes: args.max_task_bytes },
+        crate::routing::Limits {
+            max_task_bytes: args.max_task_bytes,
+        },
         signer,
         args.decision_ttl_secs.saturating_mul(1000),
         true,

@@ -50,7 +50,7 @@ pub enum Split {
 impl Split {
     /// Whether a record id belongs to this split.
     pub fn contains(self, id: &str) -> bool {
-        let held_out = fnv1a(id) % 5 == 0;
+        let held_out = fnv1a(id).is_multiple_of(5);
         match self {
             Split::All => true,
             Split::Train => !held_out,

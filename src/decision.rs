@@ -114,8 +114,12 @@ impl Signer {
             return Err(TokenError::Malformed);
         }
         let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Malformed)?;
         if tag.len() != MAC_BYTES {
             return Err(TokenError::Malformed);
         }
@@ -161,14 +165,23 @@ mod tests {
         let mut c = claims();
         c.tier = "frontier".into();
         let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
-        assert_eq!(s.verify(&format!("{forged_payload}.{tag}")), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.verify(&format!("{forged_payload}.{tag}")),
+            Err(TokenError::BadSignature)
+        );
         // Flip a tag character.
         let mut bad_tag = tag.to_string();
         let first = if bad_tag.starts_with('A') { "B" } else { "A" };
         bad_tag.replace_range(0..1, first);
-        assert_eq!(s.verify(&format!("{payload}.{bad_tag}")), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.verify(&format!("{payload}.{bad_tag}")),
+            Err(TokenError::BadSignature)
+        );
         // Another deployment's key.
-        assert_eq!(Signer::new(b"other").unwrap().verify(&token), Err(TokenError::BadSignature));
+        assert_eq!(
+            Signer::new(b"other").unwrap().verify(&token),
+            Err(TokenError::BadSignature)
+        );
         // Garbage.
         for junk in ["", "abc", "a.b", "!!!.???", &"x".repeat(5000)] {
             assert_eq!(s.verify(junk), Err(TokenError::Malformed), "{junk}");

@@ -61,9 +61,27 @@ const NUMBER_TOKEN: u64 = 0x5151_5151_5151_5151;
 
 /// Words whose presence hints at several dependent steps.
 const STEP_CUES: &[&str] = &[
-    "then", "after", "each", "total", "remaining", "left", "per", "times", "twice", "half",
-    "percent", "every", "more", "less", "average", "rate", "altogether", "first", "second",
-    "finally", "step",
+    "then",
+    "after",
+    "each",
+    "total",
+    "remaining",
+    "left",
+    "per",
+    "times",
+    "twice",
+    "half",
+    "percent",
+    "every",
+    "more",
+    "less",
+    "average",
+    "rate",
+    "altogether",
+    "first",
+    "second",
+    "finally",
+    "step",
 ];
 /// Words and symbols typical of code.
 const CODE_CUES: &[&str] = &[
@@ -149,14 +167,20 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
         };
         visit(bucket(h), weight);
         if let Some(p) = prev {
-            visit(bucket((p.rotate_left(23) ^ h ^ BIGRAM_SALT).wrapping_mul(FNV_PRIME)), weight);
+            visit(
+                bucket((p.rotate_left(23) ^ h ^ BIGRAM_SALT).wrapping_mul(FNV_PRIME)),
+                weight,
+            );
         }
         prev = Some(h);
     }
 
     // Labels the caller sends: workflow, its family (before '/' or '.'), task type.
     if !input.workflow.is_empty() {
-        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "wf:"), input.workflow)), 1.0);
+        visit(
+            bucket(fnv_str(fnv_str(FNV_OFFSET, "wf:"), input.workflow)),
+            1.0,
+        );
         let family = input
             .workflow
             .split(['/', '.'])
@@ -165,7 +189,10 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
         visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "wff:"), family)), 1.0);
     }
     if !input.task_type.is_empty() {
-        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "tt:"), input.task_type)), 1.0);
+        visit(
+            bucket(fnv_str(fnv_str(FNV_OFFSET, "tt:"), input.task_type)),
+            1.0,
+        );
     }
 
     let chars = sig.chars.max(1) as f32;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::classifier::Calibration;
 use crate::decision::{DecisionClaims, Signer, TokenError};
-use crate::learning::{BANDS, ScopeEvidence};
+use crate::learning::{BANDS, ScopeEvidence, TaskShape};
 use crate::routing::{Decision, Router};
 
 /// Default lifetime of a decision id: feedback later than this is refused.
@@ -100,7 +100,14 @@ impl Learner {
     }
 
     /// Signs the id of a decision.
-    pub fn issue(&self, d: &Decision, team: &str, workflow: &str, now_ms: u64, nonce: u64) -> String {
+    pub fn issue(
+        &self,
+        d: &Decision,
+        team: &str,
+        workflow: &str,
+        now_ms: u64,
+        nonce: u64,
+    ) -> String {
         self.signer.sign(&DecisionClaims {
             scope: d.scope.clone(),
             tier: d.tier().name.clone(),
@@ -116,14 +123,22 @@ impl Learner {
     }
 
     /// Validates and applies one outcome; on any error nothing changes.
-    pub fn feedback(&self, router: &Router, input: &FeedbackInput<'_>, now_ms: u64) -> Result<FeedbackAck, FeedbackError> {
+    pub fn feedback(
+        &self,
+        router: &Router,
+        input: &FeedbackInput<'_>,
+        now_ms: u64,
+    ) -> Result<FeedbackAck, FeedbackError> {
         if !(0.0..=1.0).contains(&input.score) {
             return Err(FeedbackError::InvalidArgument {
                 field: "score",
                 reason: format!("must be a number in [0, 1], got {}", input.score),
             });
         }
-        for (field, v) in [("input_tokens", input.input_tokens), ("output_tokens", input.output_tokens)] {
+        for (field, v) in [
+            ("input_tokens", input.input_tokens),
+            ("output_tokens", input.output_tokens),
+        ] {
             if v < 0 {
                 return Err(FeedbackError::InvalidArgument {
                     field,
@@ -149,7 +164,10 @@ impl Learner {
         let actual_cost_usd = table
             .policy
             .tier_index(&claims.tier)
-            .map(|i| table.policy.tiers[i].cost_usd(input.input_tokens as u64, input.output_tokens as u64))
+            .map(|i| {
+                table.policy.tiers[i]
+                    .cost_usd(input.input_tokens as u64, input.output_tokens as u64)
+            })
             .unwrap_or(0.0);
 
         // A poisoned lock only means another feedback panicked mid-update; the maps stay usable.
@@ -166,10 +184,18 @@ impl Learner {
         }
         state.expiries.insert((expiry, claims.nonce));
         let evidence = state.evidence.entry(claims.scope.clone()).or_default();
-        evidence.observe(&claims.tier, usize::from(claims.band), input.score);
+        let shape = TaskShape {
+            band: claims.band,
+            input_tokens: input.input_tokens as u64,
+            output_tokens: input.output_tokens as u64,
+        };
+        evidence.observe(&claims.tier, shape, input.score);
+        evidence.observe_output(&claims.workflow, shape.output_tokens);
         if self.learning {
             // Re-plan under the lock so concurrent feedbacks publish in order.
-            let next = router.table().with_scope(&claims.scope, &self.calibration, evidence);
+            let next = router
+                .table()
+                .with_scope(&claims.scope, &self.calibration, evidence);
             router.publish(next);
         }
         Ok(FeedbackAck {
@@ -181,7 +207,11 @@ impl Learner {
 
     /// A copy of the evidence of every scope (for views and tests).
     pub fn evidence(&self) -> HashMap<String, ScopeEvidence> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).evidence.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .evidence
+            .clone()
     }
 
     /// Whether thresholds learn from feedback.
@@ -208,7 +238,8 @@ impl Engine {
         ttl_ms: u64,
         learning: bool,
     ) -> Self {
-        let table = crate::learning::RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
+        let table =
+            crate::learning::RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
         let learner = Learner::new(signer, ttl_ms, model.calibration.clone(), learning);
         Self {
             router: Router::new(model, table, limits),

@@ -1,15 +1,21 @@
-//! Per-scope thresholds from calibration plus outcome evidence: the planner.
+//! Per-scope routing plans from calibration plus outcome evidence: the learning core.
 //!
-//! For every scope and allowed tier we keep decayed outcome statistics per complexity band. The
-//! estimated quality of a (tier, band) cell is a Beta-style posterior mean that starts at the
-//! bundled model's calibration (worth [`PRIOR_STRENGTH`] outcomes) and moves with feedback.
-//! The planner then assigns each band the cheapest tier such that the scope's expected average
-//! quality — minus [`CONFIDENCE_Z`] standard errors — meets the bar: pessimism under uncertainty
-//! is what makes a tier with no evidence start conservative, and evidence is what earns savings.
-//! The assignment is monotone (harder bands never get a cheaper tier), so it is exactly a set of
-//! thresholds: tier `t` is trusted up to the top of the last band assigned to a tier ≤ `t`.
+//! **Estimate.** For every scope and tier we keep decayed outcome statistics per complexity band.
+//! A tier's expected quality in band `b` is its prior curve (the bundled model's calibration)
+//! plus a tier-wide offset learned from all of its outcomes, plus a per-band residual that needs
+//! much more evidence to move. Pooling first makes a few feedbacks informative (a model that got
+//! worse is noticed everywhere at once) while the band shape still adapts with volume.
+//!
+//! **Plan.** Routing minimises `cost(tier, task) − λ·quality(tier, band)`: λ is the scope's price
+//! of quality in USD. The planner picks the smallest λ whose expected quality on the scope's
+//! recent traffic, minus [`CONFIDENCE_Z`] standard errors, meets the bar. Large tasks (costly on
+//! every tier) need a bigger expected gain to climb a tier than small ones; the thresholds shown
+//! are where the choice switches for a typical task of the scope. A tier with little evidence has
+//! a wide error, so the plan starts conservative and earns savings as outcomes arrive.
+//!
+//! Decay: every feedback in a scope scales its old evidence by `0.5^(1/HALF_LIFE_FEEDBACKS)`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::classifier::Calibration;
@@ -17,16 +23,26 @@ use crate::policy::{Policy, ScopePolicy, Tier};
 
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
 pub const BANDS: usize = 20;
-/// How many outcomes the calibration prior is worth in each (tier, band) cell.
-pub const PRIOR_STRENGTH: f64 = 8.0;
-/// Standard errors of margin the plan keeps between expected quality and the bar.
-pub const CONFIDENCE_Z: f64 = 1.28;
+/// Outcomes the calibration is worth for a tier that runs one of the calibration's own models.
+pub const PRIOR_KNOWN_MODEL: f64 = 200.0;
+/// Outcomes the calibration is worth for any other model: weak, so such a tier starts cautious.
+pub const PRIOR_OTHER_MODEL: f64 = 20.0;
+/// Outcomes a single band needs before its own residual counts as much as the pooled estimate.
+pub const BAND_PRIOR: f64 = 40.0;
+/// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality:
+/// 0.25 keeps replays on held-out data at their bar while a cold start stays cautious.
+pub const CONFIDENCE_Z: f64 = 0.25;
 /// Feedbacks in a scope after which old evidence weighs half as much.
 pub const HALF_LIFE_FEEDBACKS: f64 = 1500.0;
-/// Pseudo-feedbacks of uniform traffic that the band-traffic estimate starts from.
-const TRAFFIC_PRIOR: f64 = 40.0;
-/// Nominal call size used to compare tier prices when planning.
-const NOMINAL_TOKENS: (u64, u64) = (500, 250);
+/// Recent tasks per scope that the planner prices its choices on.
+const TRAFFIC_SAMPLE: usize = 512;
+/// Output tokens assumed for a scope before feedback reports real ones.
+pub const DEFAULT_TYPICAL_OUTPUT_TOKENS: u64 = 256;
+/// Input tokens of the typical task before feedback reports real ones.
+const DEFAULT_TYPICAL_INPUT_TOKENS: u64 = 500;
+/// λ large enough that quality dominates any cost (USD per unit of quality).
+const LAMBDA_MAX: f64 = 1e6;
+const LAMBDA_MIN: f64 = 1e-10;
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -52,33 +68,77 @@ impl Cell {
     }
 }
 
+/// Size of one observed task: what the planner prices tiers on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskShape {
+    /// Complexity band.
+    pub band: u8,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
 /// Outcome evidence of one scope, keyed by tier name so it survives policy edits.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopeEvidence {
     /// Tier name → per-band cells.
     pub cells: HashMap<String, [Cell; BANDS]>,
-    /// Decayed feedback count per band (the scope's traffic mix).
-    pub traffic: [f64; BANDS],
+    /// The most recent tasks of the scope (band and real token counts).
+    pub recent: VecDeque<TaskShape>,
     /// Decayed outcomes of the whole scope (realized quality).
     pub total: Cell,
     /// Feedbacks ever applied.
     pub feedbacks: u64,
+    /// Workflow → moving average of reported output tokens (at most [`MAX_WORKFLOWS`] entries).
+    pub output_tokens_by_workflow: HashMap<String, f64>,
 }
 
+/// Distinct workflows per scope whose output lengths are tracked; later ones use the scope mean.
+pub const MAX_WORKFLOWS: usize = 1024;
+/// Weight of the newest report in a workflow's output-token average.
+const OUTPUT_EWMA: f64 = 0.1;
+
 impl ScopeEvidence {
-    /// Applies one outcome of `tier` on a task of complexity band `band`.
-    pub fn observe(&mut self, tier: &str, band: usize, score: f64) {
-        let band = band.min(BANDS - 1);
+    /// Records the output length a workflow reported.
+    pub fn observe_output(&mut self, workflow: &str, output_tokens: u64) {
+        let x = output_tokens as f64;
+        if let Some(avg) = self.output_tokens_by_workflow.get_mut(workflow) {
+            *avg += OUTPUT_EWMA * (x - *avg);
+        } else if self.output_tokens_by_workflow.len() < MAX_WORKFLOWS {
+            self.output_tokens_by_workflow
+                .insert(workflow.to_string(), x);
+        }
+    }
+
+    /// Applies one outcome of `tier` on a task of `shape`.
+    pub fn observe(&mut self, tier: &str, shape: TaskShape, score: f64) {
+        let band = usize::from(shape.band).min(BANDS - 1);
         let decay = 0.5f64.powf(1.0 / HALF_LIFE_FEEDBACKS);
         for cells in self.cells.values_mut() {
             cells.iter_mut().for_each(|c| c.scale(decay));
         }
-        self.traffic.iter_mut().for_each(|t| *t *= decay);
         self.total.scale(decay);
-        self.cells.entry(tier.to_string()).or_insert([Cell::default(); BANDS])[band].add(score);
-        self.traffic[band] += 1.0;
+        self.cells
+            .entry(tier.to_string())
+            .or_insert([Cell::default(); BANDS])[band]
+            .add(score);
         self.total.add(score);
+        if self.recent.len() == TRAFFIC_SAMPLE {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(shape);
         self.feedbacks += 1;
+    }
+
+    /// Mean output tokens of recent tasks, if any.
+    fn typical_tokens(&self) -> Option<(u64, u64)> {
+        let n = self.recent.len() as u64;
+        (n > 0).then(|| {
+            let i: u64 = self.recent.iter().map(|t| t.input_tokens).sum();
+            let o: u64 = self.recent.iter().map(|t| t.output_tokens).sum();
+            (i / n, o / n)
+        })
     }
 }
 
@@ -87,10 +147,14 @@ impl ScopeEvidence {
 pub struct TierPlan {
     /// Index into [`Policy::tiers`].
     pub tier: usize,
-    /// Complexity up to which the tier is trusted (exclusive; 1 for the top tier).
+    /// Complexity up to which the tier (or a cheaper one) is chosen for a typical task of the
+    /// scope; 1 for the top tier.
     pub threshold: f64,
-    /// Estimated quality per band.
+    /// Quality per band the plan counts on: the estimate less a confidence margin that shrinks
+    /// with evidence.
     pub quality: [f64; BANDS],
+    /// Estimated (expected) quality per band.
+    pub predicted: [f64; BANDS],
     /// Effective outcomes observed for this tier in this scope.
     pub evidence: f64,
     /// Observed average score of the tier (0 without evidence).
@@ -106,48 +170,98 @@ pub struct ScopePlan {
     pub policy: Arc<ScopePolicy>,
     /// Allowed tiers, cheapest first.
     pub tiers: Vec<TierPlan>,
+    /// Price of quality in USD per unit of expected score; `None` when thresholds are pinned.
+    pub lambda: Option<f64>,
     /// Expected average quality of the plan on the scope's traffic.
     pub expected_quality: f64,
     /// Realized (decayed) average outcome score of the scope, 0 without evidence.
     pub realized_quality: f64,
     /// Effective outcomes observed in the scope.
     pub evidence: f64,
+    /// Output tokens assumed for a task without a hint (mean of recent feedback).
+    pub typical_output_tokens: u64,
+    /// Per-workflow output tokens learned from feedback (rounded).
+    pub output_tokens_by_workflow: HashMap<String, u64>,
 }
 
 impl ScopePlan {
-    /// Slot (index into `tiers`) of the cheapest tier whose threshold admits `complexity`.
-    pub fn slot_for(&self, complexity: f64) -> usize {
-        let last = self.tiers.len() - 1;
-        self.tiers[..last]
-            .iter()
-            .position(|t| complexity < t.threshold)
-            .unwrap_or(last)
+    /// Output tokens to assume for a task of `workflow` without a hint.
+    pub fn expected_output_tokens(&self, workflow: &str) -> u64 {
+        self.output_tokens_by_workflow
+            .get(workflow)
+            .copied()
+            .unwrap_or(self.typical_output_tokens)
     }
+
+    /// Slot (index into `tiers`) for a task of `complexity` whose cost on each allowed tier is
+    /// `costs`: the pinned thresholds, or the cheapest-at-price-λ choice.
+    pub fn slot_for(&self, complexity: f64, band: usize, costs: &[f64]) -> usize {
+        match self.lambda {
+            Some(lambda) => choose(lambda, costs, |s| self.tiers[s].quality[band]),
+            None => {
+                let last = self.tiers.len() - 1;
+                self.tiers[..last]
+                    .iter()
+                    .position(|t| complexity < t.threshold)
+                    .unwrap_or(last)
+            }
+        }
+    }
+}
+
+/// The slot minimising `cost − λ·quality`; the cheaper slot wins ties.
+fn choose(lambda: f64, costs: &[f64], quality: impl Fn(usize) -> f64) -> usize {
+    let mut best = 0;
+    let mut best_v = costs.first().map_or(0.0, |c| c - lambda * quality(0));
+    for (s, c) in costs.iter().enumerate().skip(1) {
+        let v = c - lambda * quality(s);
+        // Strictly better by more than rounding noise, so exact ties stay on the cheaper tier.
+        if v < best_v - 1e-12 * best_v.abs() {
+            best_v = v;
+            best = s;
+        }
+    }
+    best
 }
 
 /// Prior quality curve of a tier: the calibration's cheap or premium curve when the tier runs
 /// that model, else interpolated between them by log price position among the allowed tiers.
 fn prior_curve(cal: &Calibration, tier: &Tier, rank: f64) -> [f64; BANDS] {
     let bands = &cal.bands;
+    let r = if tier.model == cal.cheap_model {
+        0.0
+    } else if tier.model == cal.premium_model {
+        1.0
+    } else {
+        rank
+    };
     let mut out = [0.0; BANDS];
     for (b, o) in out.iter_mut().enumerate() {
         // Calibration may use a different band count: sample it at this band's centre.
         let centre = (b as f64 + 0.5) / BANDS as f64;
         let cb = &bands[((centre * bands.len() as f64) as usize).min(bands.len() - 1)];
-        let r = if tier.model == cal.cheap_model {
-            0.0
-        } else if tier.model == cal.premium_model {
-            1.0
-        } else {
-            rank
-        };
         *o = cb.cheap_quality + r * (cb.premium_quality - cb.cheap_quality);
     }
     out
 }
 
-fn nominal_cost(t: &Tier) -> f64 {
-    t.cost_usd(NOMINAL_TOKENS.0, NOMINAL_TOKENS.1)
+/// Pooled estimate: prior + tier-wide offset + shrunk per-band residual. Returns the per-band
+/// means and the tier's effective evidence including the prior.
+fn estimate(
+    prior: &[f64; BANDS],
+    cells: &[Cell; BANDS],
+    prior_strength: f64,
+) -> ([f64; BANDS], f64) {
+    let n: f64 = cells.iter().map(|c| c.n).sum();
+    let excess: f64 = cells.iter().zip(prior).map(|(c, p)| c.sum - c.n * p).sum();
+    let offset = excess / (n + prior_strength);
+    let mut mean = [0.0; BANDS];
+    for b in 0..BANDS {
+        let base = prior[b] + offset;
+        let residual = (cells[b].sum - cells[b].n * base) / (cells[b].n + BAND_PRIOR);
+        mean[b] = (base + residual).clamp(0.0, 1.0);
+    }
+    (mean, n + prior_strength)
 }
 
 /// Builds the plan of one scope from the calibration and its evidence.
@@ -160,43 +274,102 @@ pub fn plan_scope(
 ) -> ScopePlan {
     let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
     let k = tiers.len();
-    let log_prices: Vec<f64> = tiers.iter().map(|t| nominal_cost(t).max(1e-12).ln()).collect();
+    let (typ_in, typ_out) = evidence
+        .and_then(ScopeEvidence::typical_tokens)
+        .unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
+    let log_prices: Vec<f64> = tiers
+        .iter()
+        .map(|t| t.cost_usd(typ_in, typ_out).max(1e-12).ln())
+        .collect();
     let (lo, hi) = (log_prices[0], log_prices[k - 1]);
     let empty = [Cell::default(); BANDS];
-    let mut mean = vec![[0.0; BANDS]; k];
-    let mut var = vec![[0.0; BANDS]; k];
+    let mut mean = Vec::with_capacity(k);
+    let mut predicted = Vec::with_capacity(k);
     let mut tier_cells = Vec::with_capacity(k);
     for (s, t) in tiers.iter().enumerate() {
-        let rank = if hi > lo { (log_prices[s] - lo) / (hi - lo) } else { 1.0 };
+        let rank = if hi > lo {
+            (log_prices[s] - lo) / (hi - lo)
+        } else {
+            1.0
+        };
         let prior = prior_curve(cal, t, rank);
+        let known = t.model == cal.cheap_model || t.model == cal.premium_model;
         let cells = evidence
             .and_then(|e| e.cells.get(&t.name))
             .unwrap_or(&empty);
-        for b in 0..BANDS {
-            let ps = envf("TW_PS", PRIOR_STRENGTH); let n = cells[b].n + ps;
-            let m = ((cells[b].sum + ps * prior[b]) / n).clamp(0.0, 1.0);
-            mean[s][b] = m;
-            var[s][b] = m * (1.0 - m) / (n + 1.0);
-        }
+        let (estimated, n) = estimate(
+            &prior,
+            cells,
+            if known {
+                PRIOR_KNOWN_MODEL
+            } else {
+                PRIOR_OTHER_MODEL
+            },
+        );
+        // Plan on a lower confidence bound: a tier is trusted as far as its evidence supports.
+        let margin = CONFIDENCE_Z * (0.25 / n).sqrt();
+        let mut m = estimated;
+        m.iter_mut().for_each(|q| *q = (*q - margin).max(0.0));
+        mean.push(m);
+        predicted.push(estimated);
         tier_cells.push(cells);
     }
-    let mut weights = [1.0 / BANDS as f64; BANDS];
-    if let Some(e) = evidence {
-        let total: f64 = e.traffic.iter().sum::<f64>() + TRAFFIC_PRIOR;
-        for (w, t) in weights.iter_mut().zip(e.traffic) {
-            *w = (t + TRAFFIC_PRIOR / BANDS as f64) / total;
-        }
-    }
-    let costs: Vec<f64> = tiers.iter().map(|t| nominal_cost(t)).collect();
+    // The traffic the plan is priced on: recent tasks, or one typical task per band.
+    let sample: Vec<(usize, Vec<f64>)> = match evidence.filter(|e| !e.recent.is_empty()) {
+        Some(e) => e
+            .recent
+            .iter()
+            .map(|t| {
+                let b = usize::from(t.band).min(BANDS - 1);
+                (
+                    b,
+                    tiers
+                        .iter()
+                        .map(|x| x.cost_usd(t.input_tokens, t.output_tokens))
+                        .collect(),
+                )
+            })
+            .collect(),
+        None => (0..BANDS)
+            .map(|b| {
+                (
+                    b,
+                    tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect(),
+                )
+            })
+            .collect(),
+    };
+    let typical_costs: Vec<f64> = tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect();
 
-    let (thresholds, expected_quality) = match &scope.pinned_thresholds {
+    let (lambda, thresholds, expected_quality) = match &scope.pinned_thresholds {
         Some(pinned) => {
-            let assign = assignment_from_thresholds(pinned);
-            (pinned.clone(), quality_of(&assign, &mean, &weights))
+            let q = (0..BANDS)
+                .map(|b| {
+                    let centre = (b as f64 + 0.5) / BANDS as f64;
+                    let s = pinned[..k - 1]
+                        .iter()
+                        .position(|&t| centre < t)
+                        .unwrap_or(k - 1);
+                    mean[s][b]
+                })
+                .sum::<f64>()
+                / BANDS as f64;
+            (None, pinned.clone(), q)
         }
         None => {
-            let assign = cheapest_assignment(&mean, &var, &weights, &costs, scope.quality_bar);
-            (thresholds_of(&assign, k), quality_of(&assign, &mean, &weights))
+            let lambda = price_of_quality(&mean, &sample, scope.quality_bar);
+            let q = sample_quality(lambda, &mean, &sample);
+            let thresholds = (0..k)
+                .map(|s| {
+                    if s == k - 1 {
+                        return 1.0;
+                    }
+                    let first_above =
+                        (0..BANDS).find(|&b| choose(lambda, &typical_costs, |x| mean[x][b]) > s);
+                    first_above.map_or(1.0, |b| b as f64 / BANDS as f64)
+                })
+                .collect();
+            (Some(lambda), thresholds, q)
         }
     };
     let plans = (0..k)
@@ -204,18 +377,20 @@ pub fn plan_scope(
             let cells = tier_cells[s];
             let n: f64 = cells.iter().map(|c| c.n).sum();
             let sum: f64 = cells.iter().map(|c| c.sum).sum();
+            let threshold: f64 = thresholds[s];
             let before = previous
                 .and_then(|p| p.tiers.iter().find(|t| t.tier == scope.allowed[s]))
                 .map(|p| (p.threshold, p.last_move));
             let last_move = match before {
-                Some((old, _)) if (old - thresholds[s]).abs() > 1e-12 => thresholds[s] - old,
+                Some((old, _)) if (old - threshold).abs() > 1e-12 => threshold - old,
                 Some((_, m)) => m,
                 None => 0.0,
             };
             TierPlan {
                 tier: scope.allowed[s],
-                threshold: thresholds[s],
+                threshold,
                 quality: mean[s],
+                predicted: predicted[s],
                 evidence: n,
                 observed_quality: if n > 0.0 { sum / n } else { 0.0 },
                 last_move,
@@ -225,109 +400,51 @@ pub fn plan_scope(
     ScopePlan {
         policy: scope.clone(),
         tiers: plans,
+        lambda,
         expected_quality,
         realized_quality: evidence.map(|e| e.total.mean()).unwrap_or(0.0),
         evidence: evidence.map(|e| e.total.n).unwrap_or(0.0),
+        typical_output_tokens: typ_out,
+        output_tokens_by_workflow: evidence
+            .map(|e| {
+                e.output_tokens_by_workflow
+                    .iter()
+                    .map(|(w, t)| (w.clone(), t.round() as u64))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
-type Assignment = [usize; BANDS];
-
-fn quality_of(a: &Assignment, mean: &[[f64; BANDS]], w: &[f64; BANDS]) -> f64 {
-    (0..BANDS).map(|b| w[b] * mean[a[b]][b]).sum()
+/// Expected quality (on the planning bound) of choosing at price λ over the sample.
+fn sample_quality(lambda: f64, quality: &[[f64; BANDS]], sample: &[(usize, Vec<f64>)]) -> f64 {
+    let q: f64 = sample
+        .iter()
+        .map(|(b, costs)| quality[choose(lambda, costs, |x| quality[x][*b])][*b])
+        .sum();
+    q / sample.len().max(1) as f64
 }
 
-fn lower_bound(a: &Assignment, mean: &[[f64; BANDS]], var: &[[f64; BANDS]], w: &[f64; BANDS]) -> f64 {
-    let v: f64 = (0..BANDS).map(|b| w[b] * w[b] * var[a[b]][b]).sum();
-    quality_of(a, mean, w) - envf("TW_Z", CONFIDENCE_Z) * v.sqrt()
-}
-
-/// For a price of quality `lambda`, each band takes the tier minimising `cost − λ·quality`
-/// (cheaper on ties), then harder bands are lifted to at least the tier of easier ones.
-fn assignment_for(lambda: f64, mean: &[[f64; BANDS]], costs: &[f64]) -> Assignment {
-    let mut a = [0usize; BANDS];
-    let mut floor = 0;
-    for (b, slot) in a.iter_mut().enumerate() {
-        let mut best = 0;
-        let mut best_v = f64::INFINITY;
-        for (s, c) in costs.iter().enumerate() {
-            let v = c - lambda * mean[s][b];
-            if v < best_v - 1e-15 {
-                best_v = v;
-                best = s;
-            }
-        }
-        floor = floor.max(best);
-        *slot = floor;
+/// The smallest λ whose expected quality meets `bar`; `LAMBDA_MAX` when none does.
+fn price_of_quality(quality: &[[f64; BANDS]], sample: &[(usize, Vec<f64>)], bar: f64) -> f64 {
+    let ok = |l: f64| sample_quality(l, quality, sample) >= bar;
+    if ok(0.0) {
+        return 0.0;
     }
-    a
-}
-
-/// The cheapest monotone assignment whose quality lower bound meets `bar`; when no assignment
-/// can, the highest-quality one.
-fn cheapest_assignment(
-    mean: &[[f64; BANDS]],
-    var: &[[f64; BANDS]],
-    w: &[f64; BANDS],
-    costs: &[f64],
-    bar: f64,
-) -> Assignment {
-    let ok = |a: &Assignment| lower_bound(a, mean, var, w) >= bar;
-    let cheapest = assignment_for(0.0, mean, costs);
-    if ok(&cheapest) {
-        return cheapest;
+    if !ok(LAMBDA_MAX) {
+        return LAMBDA_MAX;
     }
-    // Grow λ until quality dominates cost.
-    let mut hi = costs.iter().cloned().fold(0.0, f64::max).max(1e-12) * 1e3;
-    let mut best_quality = assignment_for(hi, mean, costs);
-    for _ in 0..40 {
-        let next = assignment_for(hi * 10.0, mean, costs);
-        if next == best_quality {
-            break;
-        }
-        hi *= 10.0;
-        best_quality = next;
-    }
-    if !ok(&best_quality) {
-        return best_quality;
-    }
-    let mut lo = 0.0;
-    for _ in 0..60 {
+    // Bisect in log space: costs span micro-dollars to dollars.
+    let (mut lo, mut hi) = (LAMBDA_MIN.ln(), LAMBDA_MAX.ln());
+    for _ in 0..48 {
         let mid = (lo + hi) / 2.0;
-        if ok(&assignment_for(mid, mean, costs)) {
+        if ok(mid.exp()) {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    assignment_for(hi, mean, costs)
-}
-
-fn thresholds_of(a: &Assignment, k: usize) -> Vec<f64> {
-    (0..k)
-        .map(|s| {
-            if s == k - 1 {
-                return 1.0;
-            }
-            match a.iter().rposition(|&t| t <= s) {
-                Some(b) => (b + 1) as f64 / BANDS as f64,
-                None => 0.0,
-            }
-        })
-        .collect()
-}
-
-fn assignment_from_thresholds(thresholds: &[f64]) -> Assignment {
-    let mut a = [0usize; BANDS];
-    let last = thresholds.len() - 1;
-    for (b, slot) in a.iter_mut().enumerate() {
-        let centre = (b as f64 + 0.5) / BANDS as f64;
-        *slot = thresholds[..last]
-            .iter()
-            .position(|&t| centre < t)
-            .unwrap_or(last);
-    }
-    a
+    hi.exp()
 }
 
 /// What routing reads: the live policy and one plan per scope. Immutable; swapped whole.
@@ -353,16 +470,28 @@ impl RoutingTable {
             .all_scopes()
             .into_iter()
             .map(|scope| {
-                let prev = previous.and_then(|p| p.plans.get(&scope.key)).map(|p| p.as_ref());
+                let prev = previous
+                    .and_then(|p| p.plans.get(&scope.key))
+                    .map(|p| p.as_ref());
                 let plan = plan_scope(&policy, scope, cal, evidence.get(&scope.key), prev);
                 (scope.key.clone(), Arc::new(plan))
             })
             .collect::<HashMap<_, _>>();
         // all_scopes() always yields the default scope, so the fallback never runs.
         let default = plans.get("default").cloned().unwrap_or_else(|| {
-            Arc::new(plan_scope(&policy, &policy.default, cal, evidence.get("default"), None))
+            Arc::new(plan_scope(
+                &policy,
+                &policy.default,
+                cal,
+                evidence.get("default"),
+                None,
+            ))
         });
-        Self { policy, plans, default }
+        Self {
+            policy,
+            plans,
+            default,
+        }
     }
 
     /// Re-plans one scope after new evidence, sharing every other plan.
@@ -379,7 +508,10 @@ impl RoutingTable {
             let plan = plan_scope(&self.policy, &scope, cal, Some(evidence), prev);
             plans.insert(key.to_string(), Arc::new(plan));
         }
-        let default = plans.get("default").cloned().unwrap_or_else(|| self.default.clone());
+        let default = plans
+            .get("default")
+            .cloned()
+            .unwrap_or_else(|| self.default.clone());
         Self {
             policy: self.policy.clone(),
             plans,
@@ -398,7 +530,7 @@ mod tests {
     use super::*;
     use crate::classifier::CalibrationBand;
 
-    pub(crate) fn calibration() -> Calibration {
+    fn calibration() -> Calibration {
         // Cheap model strong on easy tasks, weak on hard; premium steady.
         let bands = (0..20)
             .map(|b| {
@@ -417,9 +549,7 @@ mod tests {
         }
     }
 
-    fn policy(bar: f64) -> Policy {
-        Policy::parse(&format!(
-            r#"
+    const TIERS: &str = r#"
 [[tiers]]
 name = "small"
 model = "cheap-m"
@@ -435,16 +565,28 @@ name = "large"
 model = "premium-m"
 input_usd_per_mtok = 10.0
 output_usd_per_mtok = 30.0
-[default]
-quality_bar = {bar}
-"#
-        ))
-        .unwrap()
+"#;
+
+    fn policy(bar: f64) -> Policy {
+        Policy::parse(&format!("{TIERS}[default]\nquality_bar = {bar}\n")).unwrap()
     }
 
     fn plan(bar: f64, ev: Option<&ScopeEvidence>) -> ScopePlan {
         let p = policy(bar);
         plan_scope(&p, &p.default, &calibration(), ev, None)
+    }
+
+    fn shape(band: usize) -> TaskShape {
+        TaskShape {
+            band: band as u8,
+            input_tokens: 500,
+            output_tokens: 256,
+        }
+    }
+
+    fn typical_costs() -> Vec<f64> {
+        let p = policy(0.8);
+        p.tiers.iter().map(|t| t.cost_usd(500, 256)).collect()
     }
 
     #[test]
@@ -459,24 +601,54 @@ quality_bar = {bar}
     }
 
     #[test]
-    fn higher_bar_trusts_cheap_tiers_less() {
+    fn higher_bar_trusts_cheap_tiers_less_and_meets_the_bar() {
         let loose = plan(0.7, None);
-        let strict = plan(0.85, None);
-        assert!(loose.tiers[0].threshold > strict.tiers[0].threshold);
-        assert!(strict.expected_quality >= 0.85, "{}", strict.expected_quality);
-        // An impossible bar sends every band to its best-quality tier.
+        let strict = plan(0.82, None);
+        assert!(
+            loose.tiers[0].threshold > strict.tiers[0].threshold,
+            "{loose:?}\n{strict:?}"
+        );
+        assert!(
+            strict.expected_quality >= 0.82,
+            "{}",
+            strict.expected_quality
+        );
+        assert!(strict.lambda.unwrap() > loose.lambda.unwrap());
+        // An impossible bar buys the best quality everywhere.
         let impossible = plan(0.99, None);
-        assert_eq!(impossible.slot_for(0.5), 2);
+        assert_eq!(impossible.slot_for(0.9, 18, &typical_costs()), 2);
     }
 
     #[test]
-    fn slot_for_follows_thresholds() {
+    fn a_tier_without_evidence_starts_conservative() {
+        // "medium" runs a model the calibration never saw: its estimate carries a wide margin.
         let p = plan(0.8, None);
-        let t0 = p.tiers[0].threshold;
-        assert!(t0 > 0.0 && t0 < 1.0, "{t0}");
-        assert_eq!(p.slot_for(0.0), 0);
-        assert_ne!(p.slot_for(t0), 0);
-        assert_eq!(p.slot_for(1.0), 2);
+        let medium = &p.tiers[1];
+        assert!(medium.predicted[10] - medium.quality[10] > 0.02);
+        let small = &p.tiers[0];
+        assert!(small.predicted[10] - small.quality[10] < 0.01);
+    }
+
+    #[test]
+    fn slot_for_prefers_cheap_on_easy_tasks_and_premium_on_hard_ones() {
+        let p = plan(0.8, None);
+        let costs = typical_costs();
+        assert_eq!(p.slot_for(0.0, 0, &costs), 0);
+        assert_eq!(p.slot_for(1.0, BANDS - 1, &costs), 2);
+    }
+
+    #[test]
+    fn larger_tasks_need_a_bigger_gain_to_climb() {
+        let p = plan(0.8, None);
+        let costs = typical_costs();
+        // Find a band where a typical task goes to the top tier, then make the task 100× bigger.
+        let b = (0..BANDS)
+            .find(|&b| p.slot_for(0.0, b, &costs) == 2)
+            .unwrap();
+        let big: Vec<f64> = costs.iter().map(|c| c * 100.0).collect();
+        assert!(p.slot_for(0.0, b, &big) <= 2);
+        let tiny: Vec<f64> = costs.iter().map(|c| c / 100.0).collect();
+        assert_eq!(p.slot_for(0.0, b, &tiny), 2);
     }
 
     #[test]
@@ -484,7 +656,7 @@ quality_bar = {bar}
         let before = plan(0.85, None);
         let mut ev = ScopeEvidence::default();
         for i in 0..2000 {
-            ev.observe("small", i % BANDS, 1.0);
+            ev.observe("small", shape(i % BANDS), 1.0);
         }
         let after = plan(0.85, Some(&ev));
         assert!(after.tiers[0].threshold > before.tiers[0].threshold);
@@ -496,47 +668,54 @@ quality_bar = {bar}
     #[test]
     fn decay_halves_old_evidence() {
         let mut ev = ScopeEvidence::default();
-        ev.observe("small", 0, 1.0);
+        ev.observe("small", shape(0), 1.0);
         for _ in 0..HALF_LIFE_FEEDBACKS as usize {
-            ev.observe("large", 5, 1.0);
+            ev.observe("large", shape(5), 1.0);
         }
         let n = ev.cells["small"][0].n;
         assert!((n - 0.5).abs() < 0.01, "{n}");
+        assert_eq!(ev.recent.len(), TRAFFIC_SAMPLE);
+    }
+
+    #[test]
+    fn output_tokens_are_learned_per_workflow() {
+        let mut ev = ScopeEvidence::default();
+        for _ in 0..50 {
+            ev.observe_output("math", 200);
+            ev.observe_output("quiz", 1);
+        }
+        let p = plan(0.8, Some(&ev));
+        assert_eq!(p.expected_output_tokens("math"), 200);
+        assert_eq!(p.expected_output_tokens("quiz"), 1);
+        assert_eq!(
+            p.expected_output_tokens("other"),
+            DEFAULT_TYPICAL_OUTPUT_TOKENS
+        );
     }
 
     #[test]
     fn pinned_thresholds_are_kept() {
         let p = Policy::parse(&format!(
-            "{}\nthresholds = {{ small = 0.25, medium = 0.5 }}\n",
-            policy_text_for_pinned()
+            "{TIERS}[default]\nquality_bar = 0.8\nthresholds = {{ small = 0.25, medium = 0.5 }}\n"
         ))
         .unwrap();
         let plan = plan_scope(&p, &p.default, &calibration(), None, None);
         let t: Vec<f64> = plan.tiers.iter().map(|t| t.threshold).collect();
         assert_eq!(t, vec![0.25, 0.5, 1.0]);
+        assert_eq!(plan.lambda, None);
+        assert_eq!(plan.slot_for(0.3, 6, &typical_costs()), 1);
     }
 
-    fn policy_text_for_pinned() -> String {
-        r#"
-[[tiers]]
-name = "small"
-model = "cheap-m"
-input_usd_per_mtok = 0.2
-output_usd_per_mtok = 0.2
-[[tiers]]
-name = "medium"
-model = "other-m"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 1.0
-[[tiers]]
-name = "large"
-model = "premium-m"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
-[default]
-quality_bar = 0.8"#
-            .to_string()
+    #[test]
+    fn estimate_pools_before_it_trusts_a_band() {
+        let prior = [0.8; BANDS];
+        let mut cells = [Cell::default(); BANDS];
+        // 100 failures in band 3 only.
+        cells[3] = Cell { n: 100.0, sum: 0.0 };
+        let (m, n) = estimate(&prior, &cells, 100.0);
+        assert_eq!(n, 200.0);
+        // Everything moves down (pooled offset), band 3 most.
+        assert!(m[0] < 0.8 && m[0] > 0.3);
+        assert!(m[3] < m[0]);
     }
 }
-
-fn envf(k: &str, d: f64) -> f64 { std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d) }

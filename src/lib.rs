@@ -13,14 +13,14 @@
 //! never sees proto types.
 
 pub mod classifier;
-pub mod dataset;
-pub mod features;
-pub mod policy;
-pub mod training;
 pub mod cli;
-pub mod learning;
-pub mod routing;
+pub mod dataset;
 pub mod decision;
+pub mod features;
 pub mod feedback;
-pub mod server;
+pub mod learning;
+pub mod policy;
 pub mod replay;
+pub mod routing;
+pub mod server;
+pub mod training;

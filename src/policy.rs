@@ -210,17 +210,26 @@ fn one_line(s: &str) -> String {
 
 fn usd_to_micros(path: &str, usd: f64) -> Result<u64, PolicyError> {
     if !usd.is_finite() || usd < 0.0 {
-        return Err(PolicyError::new(path, format!("must be a finite price ≥ 0, got {usd}")));
+        return Err(PolicyError::new(
+            path,
+            format!("must be a finite price ≥ 0, got {usd}"),
+        ));
     }
     if usd > 1e6 {
-        return Err(PolicyError::new(path, format!("{usd} USD per 1M tokens is not a plausible price")));
+        return Err(PolicyError::new(
+            path,
+            format!("{usd} USD per 1M tokens is not a plausible price"),
+        ));
     }
     Ok((usd * 1e6).round() as u64)
 }
 
 fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> {
     if raw.tiers.len() < 2 {
-        return Err(PolicyError::new("tiers", format!("needs at least 2 tiers, got {}", raw.tiers.len())));
+        return Err(PolicyError::new(
+            "tiers",
+            format!("needs at least 2 tiers, got {}", raw.tiers.len()),
+        ));
     }
     let mut tiers = Vec::with_capacity(raw.tiers.len());
     for (i, t) in raw.tiers.iter().enumerate() {
@@ -232,13 +241,22 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
             return Err(PolicyError::new(path("model"), "must not be empty"));
         }
         if raw.tiers[..i].iter().any(|o| o.name == t.name) {
-            return Err(PolicyError::new(path("name"), format!("duplicate tier name {:?}", t.name)));
+            return Err(PolicyError::new(
+                path("name"),
+                format!("duplicate tier name {:?}", t.name),
+            ));
         }
         tiers.push(Tier {
             name: t.name.clone(),
             model: t.model.clone(),
-            input_micros_per_mtok: usd_to_micros(&path("input_usd_per_mtok"), t.input_usd_per_mtok)?,
-            output_micros_per_mtok: usd_to_micros(&path("output_usd_per_mtok"), t.output_usd_per_mtok)?,
+            input_micros_per_mtok: usd_to_micros(
+                &path("input_usd_per_mtok"),
+                t.input_usd_per_mtok,
+            )?,
+            output_micros_per_mtok: usd_to_micros(
+                &path("output_usd_per_mtok"),
+                t.output_usd_per_mtok,
+            )?,
         });
     }
     // Order the ladder by price (input + output), stable for equal prices.
@@ -246,7 +264,10 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
 
     let default = resolve_scope("default", &raw.default, None, &tiers)?;
     if raw.default.team.is_some() || raw.default.workflow.is_some() {
-        return Err(PolicyError::new("default", "the default scope takes no team or workflow"));
+        return Err(PolicyError::new(
+            "default",
+            "the default scope takes no team or workflow",
+        ));
     }
     let mut scopes = HashMap::new();
     for (i, s) in raw.policies.iter().enumerate() {
@@ -254,11 +275,17 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
         let team = s.team.as_deref().unwrap_or("");
         let workflow = s.workflow.as_deref().unwrap_or("");
         if team.is_empty() && workflow.is_empty() {
-            return Err(PolicyError::new(at, "a policy needs a team, a workflow or both (use [default] for the rest)"));
+            return Err(PolicyError::new(
+                at,
+                "a policy needs a team, a workflow or both (use [default] for the rest)",
+            ));
         }
         let key = scope_key(team, workflow);
         let scope = resolve_scope(&at, s, Some(&raw.default), &tiers)?;
-        let scope = ScopePolicy { key: key.clone(), ..scope };
+        let scope = ScopePolicy {
+            key: key.clone(),
+            ..scope
+        };
         if scopes.insert(key.clone(), Arc::new(scope)).is_some() {
             return Err(PolicyError::new(at, format!("duplicate scope {key}")));
         }
@@ -274,38 +301,68 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
     })
 }
 
-fn resolve_scope(at: &str, s: &RawScope, base: Option<&RawScope>, tiers: &[Tier]) -> Result<ScopePolicy, PolicyError> {
+fn resolve_scope(
+    at: &str,
+    s: &RawScope,
+    base: Option<&RawScope>,
+    tiers: &[Tier],
+) -> Result<ScopePolicy, PolicyError> {
     let field_path = |k: &str| format!("{at}.{k}");
     // A field set on the scope wins; else [default]'s; else the built-in default.
     let pick = |own: Option<f64>, from_base: Option<f64>| own.or(from_base);
     let base_bar = base.and_then(|b| b.quality_bar);
-    let bar_path = if s.quality_bar.is_some() || base.is_none() { field_path("quality_bar") } else { "default.quality_bar".into() };
+    let bar_path = if s.quality_bar.is_some() || base.is_none() {
+        field_path("quality_bar")
+    } else {
+        "default.quality_bar".into()
+    };
     let quality_bar = pick(s.quality_bar, base_bar).unwrap_or(0.9);
     if !(0.0..=1.0).contains(&quality_bar) {
-        return Err(PolicyError::new(bar_path, format!("must be in [0, 1], got {quality_bar}")));
+        return Err(PolicyError::new(
+            bar_path,
+            format!("must be in [0, 1], got {quality_bar}"),
+        ));
     }
     let exploration_rate = pick(s.exploration_rate, base.and_then(|b| b.exploration_rate))
         .unwrap_or(DEFAULT_EXPLORATION_RATE);
     if !(0.0..=0.5).contains(&exploration_rate) {
-        return Err(PolicyError::new(field_path("exploration_rate"), format!("must be in [0, 0.5], got {exploration_rate}")));
+        return Err(PolicyError::new(
+            field_path("exploration_rate"),
+            format!("must be in [0, 0.5], got {exploration_rate}"),
+        ));
     }
-    let value_per_success_usd = pick(s.value_per_success_usd, base.and_then(|b| b.value_per_success_usd));
+    let value_per_success_usd = pick(
+        s.value_per_success_usd,
+        base.and_then(|b| b.value_per_success_usd),
+    );
     if let Some(v) = value_per_success_usd
         && (!v.is_finite() || v < 0.0)
     {
-        return Err(PolicyError::new(field_path("value_per_success_usd"), format!("must be ≥ 0, got {v}")));
+        return Err(PolicyError::new(
+            field_path("value_per_success_usd"),
+            format!("must be ≥ 0, got {v}"),
+        ));
     }
-    let allowed_names = s.allowed_tiers.as_ref().or(base.and_then(|b| b.allowed_tiers.as_ref()));
+    let allowed_names = s
+        .allowed_tiers
+        .as_ref()
+        .or(base.and_then(|b| b.allowed_tiers.as_ref()));
     let allowed: Vec<usize> = match allowed_names {
         None => (0..tiers.len()).collect(),
         Some(names) => {
             let mut idx = Vec::new();
             for (j, n) in names.iter().enumerate() {
                 let Some(i) = tiers.iter().position(|t| &t.name == n) else {
-                    return Err(PolicyError::new(format!("{}[{j}]", field_path("allowed_tiers")), format!("unknown tier {n:?}")));
+                    return Err(PolicyError::new(
+                        format!("{}[{j}]", field_path("allowed_tiers")),
+                        format!("unknown tier {n:?}"),
+                    ));
                 };
                 if idx.contains(&i) {
-                    return Err(PolicyError::new(format!("{}[{j}]", field_path("allowed_tiers")), format!("tier {n:?} listed twice")));
+                    return Err(PolicyError::new(
+                        format!("{}[{j}]", field_path("allowed_tiers")),
+                        format!("tier {n:?} listed twice"),
+                    ));
                 }
                 idx.push(i);
             }
@@ -314,7 +371,10 @@ fn resolve_scope(at: &str, s: &RawScope, base: Option<&RawScope>, tiers: &[Tier]
         }
     };
     if allowed.is_empty() {
-        return Err(PolicyError::new(field_path("allowed_tiers"), "must allow at least one tier"));
+        return Err(PolicyError::new(
+            field_path("allowed_tiers"),
+            "must allow at least one tier",
+        ));
     }
     let pinned_thresholds = match s.thresholds.as_ref() {
         None => None,
@@ -330,17 +390,28 @@ fn resolve_scope(at: &str, s: &RawScope, base: Option<&RawScope>, tiers: &[Tier]
     })
 }
 
-fn pinned(at: &str, map: &BTreeMap<String, f64>, allowed: &[usize], tiers: &[Tier]) -> Result<Vec<f64>, PolicyError> {
+fn pinned(
+    at: &str,
+    map: &BTreeMap<String, f64>,
+    allowed: &[usize],
+    tiers: &[Tier],
+) -> Result<Vec<f64>, PolicyError> {
     for (name, v) in map {
         let path = format!("{at}.{name}");
         let Some(i) = tiers.iter().position(|t| &t.name == name) else {
             return Err(PolicyError::new(path, format!("unknown tier {name:?}")));
         };
         if !allowed.contains(&i) {
-            return Err(PolicyError::new(path, format!("tier {name:?} is not in allowed_tiers")));
+            return Err(PolicyError::new(
+                path,
+                format!("tier {name:?} is not in allowed_tiers"),
+            ));
         }
         if !(0.0..=1.0).contains(v) {
-            return Err(PolicyError::new(path, format!("must be in [0, 1], got {v}")));
+            return Err(PolicyError::new(
+                path,
+                format!("must be in [0, 1], got {v}"),
+            ));
         }
     }
     let last = allowed.len() - 1;
@@ -358,7 +429,10 @@ fn pinned(at: &str, map: &BTreeMap<String, f64>, allowed: &[usize], tiers: &[Tie
         if let Some(prev) = out.last()
             && v < *prev
         {
-            return Err(PolicyError::new(format!("{at}.{name}"), format!("must be ≥ the cheaper tier's threshold {prev}, got {v}")));
+            return Err(PolicyError::new(
+                format!("{at}.{name}"),
+                format!("must be ≥ the cheaper tier's threshold {prev}, got {v}"),
+            ));
         }
         out.push(v);
     }
@@ -416,11 +490,17 @@ thresholds = { small = 0.3, medium = 0.7 }
         assert_eq!(p.resolve("", "").key, "default");
         assert_eq!(p.resolve("other", "unknown").key, "default");
         assert_eq!(p.resolve("", "support.reply").key, "workflow:support.reply");
-        assert_eq!(p.resolve("x", "support.reply").key, "workflow:support.reply");
+        assert_eq!(
+            p.resolve("x", "support.reply").key,
+            "workflow:support.reply"
+        );
         assert_eq!(p.resolve("search", "other").key, "team:search");
         let both = p.resolve("search", "support.reply");
         assert_eq!(both.key, "team:search/workflow:support.reply");
-        assert_eq!(both.pinned_thresholds.as_deref(), Some(&[0.3, 0.7, 1.0][..]));
+        assert_eq!(
+            both.pinned_thresholds.as_deref(),
+            Some(&[0.3, 0.7, 1.0][..])
+        );
         // Unset fields come from [default].
         assert_eq!(p.resolve("search", "").quality_bar, 0.8);
         assert_eq!(p.resolve("search", "").exploration_rate, 0.0);
@@ -438,7 +518,10 @@ thresholds = { small = 0.3, medium = 0.7 }
 
     #[test]
     fn validation_errors_name_the_key_path() {
-        let e = err(&THREE.replace("allowed_tiers = [\"medium\", \"frontier\"]", "allowed_tiers = [\"medium\", \"huge\"]"));
+        let e = err(&THREE.replace(
+            "allowed_tiers = [\"medium\", \"frontier\"]",
+            "allowed_tiers = [\"medium\", \"huge\"]",
+        ));
         assert_eq!(e.path, "policies[0].allowed_tiers[1]");
         assert!(e.reason.contains("unknown tier \"huge\""));
 
@@ -452,7 +535,10 @@ thresholds = { small = 0.3, medium = 0.7 }
         assert_eq!(e.path, "tiers[2].name");
         assert!(e.reason.contains("duplicate"));
 
-        let e = err(&THREE.replace("exploration_rate = 0.0", "exploration_rate = 0.0\ncolour = \"red\""));
+        let e = err(&THREE.replace(
+            "exploration_rate = 0.0",
+            "exploration_rate = 0.0\ncolour = \"red\"",
+        ));
         assert_eq!(e.path, "policies[1].colour");
         assert!(e.reason.contains("unknown field"), "{e}");
 
@@ -462,7 +548,9 @@ thresholds = { small = 0.3, medium = 0.7 }
         let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.3"));
         assert_eq!(e.path, "policies[2].thresholds.medium");
 
-        let e = err("[[tiers]]\nname=\"a\"\nmodel=\"m\"\ninput_usd_per_mtok=1.0\noutput_usd_per_mtok=1.0\n");
+        let e = err(
+            "[[tiers]]\nname=\"a\"\nmodel=\"m\"\ninput_usd_per_mtok=1.0\noutput_usd_per_mtok=1.0\n",
+        );
         assert_eq!(e.path, "tiers");
 
         let e = err("this is not toml");

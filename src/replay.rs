@@ -77,41 +77,78 @@ pub enum ReplayError {
 
 /// Builds a one-scope policy from model ids: tiers ordered by their mean cost in the data, each
 /// priced from the data's cost per token (so token-based costs stay consistent).
-pub fn policy_from_models(records: &[Record], models: &[String], bar: f64) -> Result<Policy, ReplayError> {
+pub fn policy_from_models(
+    records: &[Record],
+    models: &[String],
+    bar: f64,
+) -> Result<Policy, ReplayError> {
     if models.len() < 2 {
         return Err(ReplayError::TooFewTiers);
     }
     let mut rows = Vec::new();
     for m in models {
-        let (mut n, mut cost, mut tokens, mut priced) = (0usize, 0.0f64, 0u64, 0.0f64);
-        for o in records.iter().filter_map(|r| r.outcomes.get(m)) {
-            n += 1;
-            let c = o.cost_usd.unwrap_or(0.0);
-            cost += c;
-            if let (Some(i), Some(out), Some(_)) = (o.input_tokens, o.output_tokens, o.cost_usd) {
-                tokens += i + out;
-                priced += c;
-            }
-        }
-        if n == 0 {
+        let outcomes: Vec<&crate::dataset::Outcome> =
+            records.iter().filter_map(|r| r.outcomes.get(m)).collect();
+        if outcomes.is_empty() {
             return Err(ReplayError::UnknownModel(m.clone()));
         }
-        let mean_cost = cost / n as f64;
-        // USD per 1M tokens; without token counts, price a nominal 750-token call at the mean.
-        let per_mtok = if tokens > 0 { priced / tokens as f64 * 1e6 } else { mean_cost / 750.0 * 1e6 };
-        rows.push((m.clone(), mean_cost, per_mtok));
+        let mean_cost = outcomes
+            .iter()
+            .map(|o| o.cost_usd.unwrap_or(0.0))
+            .sum::<f64>()
+            / outcomes.len() as f64;
+        let (input, output) = fit_prices(&outcomes).unwrap_or_else(|| {
+            // No token counts: price a nominal 750-token call at the mean cost.
+            let p = mean_cost / 750.0 * 1e6;
+            (p, p)
+        });
+        rows.push((m.clone(), mean_cost, input, output));
     }
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut text = String::new();
-    for (i, (m, _, price)) in rows.iter().enumerate() {
+    for (i, (m, _, input, output)) in rows.iter().enumerate() {
         // Strictly increasing prices keep the data's cost order even when two prices round alike.
-        let p = price.max(1e-6) * (1.0 + 1e-6 * i as f64);
+        let bump = 1.0 + 1e-6 * i as f64;
+        let (pi, po) = (input.max(1e-6) * bump, output.max(1e-6) * bump);
         text.push_str(&format!(
-            "[[tiers]]\nname = {m:?}\nmodel = {m:?}\ninput_usd_per_mtok = {p}\noutput_usd_per_mtok = {p}\n\n"
+            "[[tiers]]\nname = {m:?}\nmodel = {m:?}\ninput_usd_per_mtok = {pi}\noutput_usd_per_mtok = {po}\n\n"
         ));
     }
     text.push_str(&format!("[default]\nquality_bar = {bar}\n"));
     Ok(Policy::parse(&text)?)
+}
+
+/// Input and output prices (USD per 1M tokens) that best explain the recorded costs, by least
+/// squares over records with tokens and cost; a single blended price when the two cannot be told
+/// apart (e.g. constant output length). `None` without any token counts.
+fn fit_prices(outcomes: &[&crate::dataset::Outcome]) -> Option<(f64, f64)> {
+    let (mut ii, mut io, mut oo, mut ic, mut oc, mut cost, mut tokens) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for o in outcomes {
+        if let (Some(i), Some(out), Some(c)) = (o.input_tokens, o.output_tokens, o.cost_usd) {
+            let (i, out) = (i as f64, out as f64);
+            ii += i * i;
+            io += i * out;
+            oo += out * out;
+            ic += i * c;
+            oc += out * c;
+            cost += c;
+            tokens += i + out;
+        }
+    }
+    if tokens == 0.0 {
+        return None;
+    }
+    let det = ii * oo - io * io;
+    if det > 1e-9 * ii * oo {
+        let a = (ic * oo - oc * io) / det;
+        let b = (ii * oc - io * ic) / det;
+        if a >= 0.0 && b >= 0.0 {
+            return Some((a * 1e6, b * 1e6));
+        }
+    }
+    let blended = cost / tokens * 1e6;
+    Some((blended, blended))
 }
 
 fn with_bar(policy: &Policy, bar: f64) -> Policy {
@@ -146,7 +183,14 @@ pub fn replay(
     };
     let policy = Arc::new(policy);
     let signer = Signer::new(b"replay").map_err(|e| ReplayError::Signer(e.to_string()))?;
-    let engine = Engine::new(model, policy.clone(), Limits::default(), signer, u64::MAX / 4, opts.learning);
+    let engine = Engine::new(
+        model,
+        policy.clone(),
+        Limits::default(),
+        signer,
+        u64::MAX / 4,
+        opts.learning,
+    );
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let t0 = 1_800_000_000_000u64;
 
@@ -162,7 +206,11 @@ pub fn replay(
         let scope = policy.resolve("", &r.workflow);
         let top = &policy.tiers[*scope.allowed.last().unwrap_or(&0)];
         // Every allowed tier must have a recorded outcome, or the counterfactuals are unknown.
-        if scope.allowed.iter().any(|&t| !r.outcomes.contains_key(&policy.tiers[t].model)) {
+        if scope
+            .allowed
+            .iter()
+            .any(|&t| !r.outcomes.contains_key(&policy.tiers[t].model))
+        {
             skipped += 1;
             continue;
         }
@@ -188,11 +236,6 @@ pub fn replay(
         };
         if let Err(e) = engine.learner.feedback(&engine.router, &fb, now) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
-        }
-        if std::env::var("TW_TRACE").is_ok() && i % 100 == 0 {
-            let t = engine.router.table();
-            let pl = &t.default;
-            eprintln!("{i} thr={:.2} cheapq={:?} premq={:?}", pl.tiers[0].threshold, pl.tiers[0].quality.iter().map(|x| (x*100.0) as i32).collect::<Vec<_>>(), pl.tiers[1].quality.iter().map(|x| (x*100.0) as i32).collect::<Vec<_>>());
         }
         n += 1;
         explored += usize::from(d.explored);
@@ -221,12 +264,21 @@ pub fn replay(
         cost_usd: cost,
         premium_quality: prem_q / nf,
         premium_cost_usd: prem_cost,
-        saving_vs_premium: if prem_cost > 0.0 { 1.0 - cost / prem_cost } else { 0.0 },
+        saving_vs_premium: if prem_cost > 0.0 {
+            1.0 - cost / prem_cost
+        } else {
+            0.0
+        },
         bar_met: n > 0 && quality >= bar - 1e-12,
         tier_share: policy
             .tiers
             .iter()
-            .map(|t| (t.name.clone(), counts.get(&t.name).copied().unwrap_or(0) as f64 / nf))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    counts.get(&t.name).copied().unwrap_or(0) as f64 / nf,
+                )
+            })
             .collect(),
         explored_share: explored as f64 / nf,
         learning: opts.learning,

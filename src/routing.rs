@@ -16,8 +16,6 @@ use crate::training::band_of;
 
 /// Default cap on the task size in bytes.
 pub const DEFAULT_MAX_TASK_BYTES: usize = 256 * 1024;
-/// Output tokens assumed when the caller gives no hint.
-pub const DEFAULT_OUTPUT_TOKENS: u32 = 256;
 
 /// A task to route.
 #[derive(Debug, Clone, Copy, Default)]
@@ -156,7 +154,11 @@ pub fn decide(
     if req.task.trim().is_empty() {
         return Err(RouteError::EmptyTask);
     }
-    for (field, v) in [("workflow", req.workflow), ("team", req.team), ("hints.task_type", req.task_type)] {
+    for (field, v) in [
+        ("workflow", req.workflow),
+        ("team", req.team),
+        ("hints.task_type", req.task_type),
+    ] {
         if v.len() > MAX_LABEL_BYTES {
             return Err(RouteError::LabelTooLong {
                 field,
@@ -176,11 +178,11 @@ pub fn decide(
     let scope = policy.resolve(req.team, req.workflow);
     let plan = table.plan(&scope.key);
     let input_tokens = (req.task.len() as u64).div_ceil(4);
-    let output_tokens = u64::from(if req.expected_output_tokens > 0 {
-        req.expected_output_tokens
+    let output_tokens = if req.expected_output_tokens > 0 {
+        u64::from(req.expected_output_tokens)
     } else {
-        DEFAULT_OUTPUT_TOKENS
-    });
+        plan.expected_output_tokens(req.workflow)
+    };
     let candidates: Vec<Candidate> = plan
         .tiers
         .iter()
@@ -190,35 +192,25 @@ pub fn decide(
                 tier: t.tier,
                 name: tier.name.clone(),
                 model: tier.model.clone(),
-                predicted_quality: t.quality[band],
+                predicted_quality: t.predicted[band],
                 estimated_cost_usd: tier.cost_usd(input_tokens, output_tokens),
                 threshold: t.threshold,
             }
         })
         .collect();
-    let safe = plan.slot_for(complexity);
+    let costs: Vec<f64> = candidates.iter().map(|c| c.estimated_cost_usd).collect();
+    let safe = plan.slot_for(complexity, band, &costs);
     let explored = safe > 0 && explore_draw < plan.policy.exploration_rate;
     let chosen = if explored { safe - 1 } else { safe };
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
-    let c = &candidates[chosen];
-    let reason = if explored {
-        format!(
-            "exploring: {} instead of {} (complexity {complexity:.2}) so scope {} keeps learning",
-            c.name, candidates[safe].name, scope.key
-        )
-    } else if chosen + 1 == candidates.len() && chosen > 0 {
-        format!(
-            "complexity {complexity:.2} is above every cheaper tier's threshold in scope {} (bar {:.2})",
-            scope.key, scope.quality_bar
-        )
-    } else if chosen + 1 == candidates.len() {
-        format!("{} is the only allowed tier in scope {}", c.name, scope.key)
-    } else {
-        format!(
-            "complexity {complexity:.2} < {} threshold {:.2}: cheapest tier expected to meet bar {:.2} in scope {}",
-            c.name, c.threshold, scope.quality_bar, scope.key
-        )
-    };
+    let reason = explain(
+        &candidates,
+        chosen,
+        safe,
+        complexity,
+        &scope.key,
+        scope.quality_bar,
+    );
     Ok(Decision {
         scope: scope.key.clone(),
         chosen,
@@ -232,6 +224,37 @@ pub fn decide(
         output_tokens,
         reason,
     })
+}
+
+/// One line on why the chosen tier won.
+fn explain(
+    candidates: &[Candidate],
+    chosen: usize,
+    safe: usize,
+    complexity: f64,
+    scope: &str,
+    bar: f64,
+) -> String {
+    let c = &candidates[chosen];
+    if chosen != safe {
+        return format!(
+            "exploring: {} instead of {} (complexity {complexity:.2}) so scope {scope} keeps learning",
+            c.name, candidates[safe].name
+        );
+    }
+    if candidates.len() == 1 {
+        return format!("{} is the only allowed tier in scope {scope}", c.name);
+    }
+    match chosen.checked_sub(1).map(|i| &candidates[i]) {
+        None => format!(
+            "complexity {complexity:.2}: {} (predicted {:.2}) is the cheapest tier that keeps scope {scope} at its bar {bar:.2}",
+            c.name, c.predicted_quality
+        ),
+        Some(cheaper) => format!(
+            "complexity {complexity:.2}: {} predicted {:.2} vs {:.2} on {} is worth the extra cost to keep scope {scope} at its bar {bar:.2}",
+            c.name, c.predicted_quality, cheaper.predicted_quality, cheaper.name
+        ),
+    }
 }
 
 /// The live routing state shared by the server's handlers: the model and the swappable table.
@@ -253,7 +276,13 @@ impl Router {
 
     /// Routes one request.
     pub fn route(&self, req: &RouteRequest<'_>, explore_draw: f64) -> Result<Decision, RouteError> {
-        decide(&self.model, &self.table.load(), &self.limits, req, explore_draw)
+        decide(
+            &self.model,
+            &self.table.load(),
+            &self.limits,
+            req,
+            explore_draw,
+        )
     }
 
     /// The current table.
@@ -281,7 +310,13 @@ mod tests {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
         let policy = Arc::new(Policy::embedded().unwrap());
         let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
-        Router::new(model, table, Limits { max_task_bytes: 1000 })
+        Router::new(
+            model,
+            table,
+            Limits {
+                max_task_bytes: 1000,
+            },
+        )
     }
 
     fn req(task: &str) -> RouteRequest<'_> {
@@ -298,10 +333,23 @@ mod tests {
         assert_eq!(r.route(&req(""), 0.9).unwrap_err(), RouteError::EmptyTask);
         assert_eq!(r.route(&req("  \n"), 0.9).unwrap_err().field(), "task");
         let big = "x".repeat(1001);
-        assert!(matches!(r.route(&req(&big), 0.9), Err(RouteError::TaskTooLarge { size: 1001, max: 1000 })));
+        assert!(matches!(
+            r.route(&req(&big), 0.9),
+            Err(RouteError::TaskTooLarge {
+                size: 1001,
+                max: 1000
+            })
+        ));
         let long = "w".repeat(300);
         let e = r
-            .route(&RouteRequest { task: "hi", team: &long, ..Default::default() }, 0.9)
+            .route(
+                &RouteRequest {
+                    task: "hi",
+                    team: &long,
+                    ..Default::default()
+                },
+                0.9,
+            )
             .unwrap_err();
         assert_eq!(e.field(), "team");
     }
@@ -314,13 +362,20 @@ mod tests {
         assert!((0.0..=1.0).contains(&d.complexity));
         assert!(!d.explored);
         assert_eq!(d.scope, "default");
-        assert!(d.candidates.windows(2).all(|w| w[0].estimated_cost_usd < w[1].estimated_cost_usd));
+        assert!(
+            d.candidates
+                .windows(2)
+                .all(|w| w[0].estimated_cost_usd < w[1].estimated_cost_usd)
+        );
         assert_eq!(d.candidates.last().unwrap().threshold, 1.0);
         assert!(d.tier().threshold > d.complexity || d.chosen == 2);
         assert_eq!(d.fallback, (d.chosen < 2).then_some(d.chosen + 1));
         assert!(!d.reason.is_empty());
         assert_eq!(d.input_tokens, 3);
-        assert_eq!(d.output_tokens, u64::from(DEFAULT_OUTPUT_TOKENS));
+        assert_eq!(
+            d.output_tokens,
+            crate::learning::DEFAULT_TYPICAL_OUTPUT_TOKENS
+        );
     }
 
     #[test]
@@ -341,11 +396,27 @@ mod tests {
     fn unknown_team_and_workflow_use_the_default_policy() {
         let r = router();
         let d = r
-            .route(&RouteRequest { task: "hello", team: "nobody", workflow: "nothing", ..Default::default() }, 0.9)
+            .route(
+                &RouteRequest {
+                    task: "hello",
+                    team: "nobody",
+                    workflow: "nothing",
+                    ..Default::default()
+                },
+                0.9,
+            )
             .unwrap();
         assert_eq!(d.scope, "default");
         let d = r
-            .route(&RouteRequest { task: "hello", team: "support", workflow: "support.reply", ..Default::default() }, 0.9)
+            .route(
+                &RouteRequest {
+                    task: "hello",
+                    team: "support",
+                    workflow: "support.reply",
+                    ..Default::default()
+                },
+                0.9,
+            )
             .unwrap();
         assert_eq!(d.scope, "team:support/workflow:support.reply");
         assert_eq!(d.candidates[0].name, "medium");

@@ -18,7 +18,8 @@ pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("tokenwise.v1");
     /// Encoded descriptor set for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenwise_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tokenwise_descriptor");
 }
 
 use pb::admin_server::{Admin, AdminServer};
@@ -54,9 +55,14 @@ fn now_ms() -> u64 {
 }
 
 fn invalid(field: &str, message: String) -> Status {
+    let text = if message.starts_with(field) {
+        message.clone()
+    } else {
+        format!("{field}: {message}")
+    };
     Status::with_error_details(
         Code::InvalidArgument,
-        format!("{field}: {message}"),
+        text,
         ErrorDetails::with_bad_request_violation(field, message.clone()),
     )
 }
@@ -97,7 +103,10 @@ fn to_proto(d: &Decision, decision_id: String) -> pb::RouteResponse {
                 threshold: c.threshold,
             })
             .collect(),
-        fallback_tier: d.fallback.map(|i| d.candidates[i].name.clone()).unwrap_or_default(),
+        fallback_tier: d
+            .fallback
+            .map(|i| d.candidates[i].name.clone())
+            .unwrap_or_default(),
         policy_version: d.policy_version.clone(),
         reason: d.reason.clone(),
         scope: d.scope.clone(),
@@ -112,7 +121,10 @@ pub struct RouterService {
 
 #[tonic::async_trait]
 impl RouterRpc for RouterService {
-    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+    async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
         let r = request.into_inner();
         let hints = r.hints.unwrap_or_default();
         let req = RouteRequest {
@@ -131,7 +143,10 @@ impl RouterRpc for RouterService {
         Ok(Response::new(to_proto(&d, id)))
     }
 
-    async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
         let r = request.into_inner();
         let input = FeedbackInput {
             decision_id: &r.decision_id,
@@ -140,7 +155,11 @@ impl RouterRpc for RouterService {
             output_tokens: r.output_tokens,
             reused: r.reused,
         };
-        match self.engine.learner.feedback(&self.engine.router, &input, now_ms()) {
+        match self
+            .engine
+            .learner
+            .feedback(&self.engine.router, &input, now_ms())
+        {
             Ok(ack) => {
                 tracing::debug!(scope = %ack.scope, tier = %ack.tier, score = r.score, "feedback applied");
                 Ok(Response::new(pb::FeedbackResponse {
@@ -171,9 +190,15 @@ impl Admin for AdminService {
         let want = request.into_inner().scope;
         let table = self.engine.router.table();
         if !want.is_empty() && !table.plans.contains_key(&want) {
-            return Err(Status::not_found(format!("scope {want:?} is not in the live policy")));
+            return Err(Status::not_found(format!(
+                "scope {want:?} is not in the live policy"
+            )));
         }
-        let mut keys: Vec<&String> = table.plans.keys().filter(|k| want.is_empty() || **k == want).collect();
+        let mut keys: Vec<&String> = table
+            .plans
+            .keys()
+            .filter(|k| want.is_empty() || **k == want)
+            .collect();
         keys.sort();
         let mut thresholds = Vec::new();
         for key in keys {
@@ -217,8 +242,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<RouterServer<RouterService>>().await;
-    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter
+        .set_serving::<RouterServer<RouterService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -230,9 +259,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let router = RouterServer::new(RouterService { engine: engine.clone() })
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let router = RouterServer::new(RouterService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
     let admin = AdminServer::new(AdminService { engine })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

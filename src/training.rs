@@ -34,7 +34,9 @@ pub struct TrainOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// Too few usable records.
-    #[error("need at least {needed} records with outcomes for both {cheap:?} and {premium:?}, found {found}")]
+    #[error(
+        "need at least {needed} records with outcomes for both {cheap:?} and {premium:?}, found {found}"
+    )]
     TooFew {
         /// Minimum.
         needed: usize,
@@ -219,7 +221,12 @@ pub struct EvalReport {
 
 /// Evaluates `model` on `records`: sends the hardest tasks (by complexity) to premium, sweeping
 /// the share from 0 to 1.
-pub fn evaluate(model: &ComplexityModel, records: &[Record], cheap: &str, premium: &str) -> Option<EvalReport> {
+pub fn evaluate(
+    model: &ComplexityModel,
+    records: &[Record],
+    cheap: &str,
+    premium: &str,
+) -> Option<EvalReport> {
     let tasks = pair_tasks(records, cheap, premium);
     let scores: Vec<f64> = tasks
         .iter()
@@ -250,7 +257,13 @@ fn sweep(tasks: &[PairTask<'_>], scores: &[f64]) -> Option<EvalReport> {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let gap = prem_q - cheap_q;
-    let pgr = |q: f64| if gap.abs() < 1e-12 { 1.0 } else { (q - cheap_q) / gap };
+    let pgr = |q: f64| {
+        if gap.abs() < 1e-12 {
+            1.0
+        } else {
+            (q - cheap_q) / gap
+        }
+    };
     let mut quality_sum = cheap_q * nf;
     let mut cost_sum: f64 = tasks.iter().map(|t| cost(t, false)).sum();
     let premium_cost: f64 = tasks.iter().map(|t| cost(t, true)).sum();
@@ -281,7 +294,11 @@ fn sweep(tasks: &[PairTask<'_>], scores: &[f64]) -> Option<EvalReport> {
     }
     // Trapezoid rule over the share axis (steps of 1/n).
     let apgr = pgrs.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / nf;
-    let saving = if premium_cost > 0.0 { 1.0 - best_cost / premium_cost } else { 0.0 };
+    let saving = if premium_cost > 0.0 {
+        1.0 - best_cost / premium_cost
+    } else {
+        0.0
+    };
     Some(EvalReport {
         tasks: n,
         cheap_quality: cheap_q,
@@ -321,7 +338,13 @@ mod tests {
     fn perfect_router_beats_random_and_oracle_numbers_hold() {
         // Half the tasks: cheap fails, premium succeeds; the other half both succeed.
         let records: Vec<Record> = (0..100)
-            .map(|i| if i % 2 == 0 { rec(i, "hard", 0.0, 1.0) } else { rec(i, "easy", 1.0, 1.0) })
+            .map(|i| {
+                if i % 2 == 0 {
+                    rec(i, "hard", 0.0, 1.0)
+                } else {
+                    rec(i, "easy", 1.0, 1.0)
+                }
+            })
             .collect();
         let tasks = pair_tasks(&records, "c", "p");
         let oracle: Vec<f64> = tasks.iter().map(|t| t.premium - t.cheap).collect();
@@ -332,7 +355,11 @@ mod tests {
         assert!(r.apgr > 0.74, "{}", r.apgr);
         // 95% of premium (0.95) needs 45 of 50 hard tasks on premium.
         let expected = 1.0 - (45.0 * 0.05 + 55.0 * 0.001) / 5.0;
-        assert!((r.saving_at_95 - expected).abs() < 1e-9, "{} vs {expected}", r.saving_at_95);
+        assert!(
+            (r.saving_at_95 - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            r.saving_at_95
+        );
         let worst: Vec<f64> = oracle.iter().map(|x| -x).collect();
         assert!(sweep(&tasks, &worst).unwrap().apgr < 0.3);
     }
@@ -342,7 +369,12 @@ mod tests {
         let records: Vec<Record> = (0..300)
             .map(|i| {
                 if i % 3 == 0 {
-                    rec(i, "prove the theorem about eigenvalues of the operator", 0.0, 1.0)
+                    rec(
+                        i,
+                        "prove the theorem about eigenvalues of the operator",
+                        0.0,
+                        1.0,
+                    )
                 } else {
                     rec(i, "say hello to my friend", 1.0, 1.0)
                 }

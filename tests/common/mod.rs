@@ -1,0 +1,120 @@
+//! Shared helpers for integration tests: an in-process server on a free loopback port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use tokenwise::classifier::ComplexityModel;
+use tokenwise::decision::Signer;
+use tokenwise::feedback::Engine;
+use tokenwise::policy::Policy;
+use tokenwise::routing::Limits;
+use tokenwise::server::pb::admin_client::AdminClient;
+use tokenwise::server::pb::router_client::RouterClient;
+use tokenwise::server::{ServeConfig, run};
+use tonic::transport::Channel;
+
+/// A running server; dropped → shut down.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub engine: Arc<Engine>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with the embedded policy and bundled model.
+    pub async fn start() -> Self {
+        Self::with_policy(Policy::embedded().unwrap(), Limits::default()).await
+    }
+
+    /// Starts a server with a given policy and limits.
+    pub async fn with_policy(policy: Policy, limits: Limits) -> Self {
+        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let engine = Arc::new(Engine::new(
+            model,
+            Arc::new(policy),
+            limits,
+            Signer::new(b"test-secret").unwrap(),
+            24 * 3600 * 1000,
+            true,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = ServeConfig {
+            max_message_bytes: limits.max_task_bytes + 64 * 1024,
+            ..ServeConfig::default()
+        };
+        let e = engine.clone();
+        let handle = tokio::spawn(async move {
+            run(e, config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            engine,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let ep = format!("http://{}", self.addr);
+        for _ in 0..50 {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(ep.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                return ch;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server at {ep} did not come up");
+    }
+
+    pub async fn router(&self) -> RouterClient<Channel> {
+        RouterClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// Stops accepting, drains, and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A Route request for a task with default labels.
+pub fn route_req(task: &str) -> tokenwise::server::pb::RouteRequest {
+    tokenwise::server::pb::RouteRequest {
+        task: task.to_string(),
+        workflow: "default".into(),
+        team: String::new(),
+        hints: None,
+    }
+}
+
+pub const WORD_PROBLEM: &str = "A bakery sells muffins for $3 each and cookies for $1.50 each. \
+On Monday it sold 48 muffins and twice as many cookies. On Tuesday it sold 25% fewer muffins \
+than Monday and 30 more cookies than Monday. Each muffin costs $1.20 to make and each cookie \
+$0.40. After paying $85 in rent for the two days, how much profit did the bakery make in total \
+over Monday and Tuesday? Show each step.";
