@@ -2,8 +2,8 @@
 //!
 //! **Estimate.** For every scope and tier we keep decayed outcome statistics per complexity band.
 //! A tier's expected quality in band `b` is its prior curve (the bundled model's calibration)
-//! plus a tier-wide offset learned from all of its outcomes, plus a per-band residual that needs
-//! much more evidence to move. Pooling first makes a few feedbacks informative (a model that got
+//! scaled by a tier-wide ratio learned from all of its outcomes, plus a per-band residual that
+//! needs much more evidence to move. Pooling first makes a few feedbacks informative (a model that got
 //! worse is noticed everywhere at once) while the band shape still adapts with volume.
 //!
 //! **Plan.** Routing minimises `cost(tier, task) − λ·quality(tier, band)`: λ is the scope's price
@@ -24,16 +24,16 @@ use crate::policy::{Policy, ScopePolicy, Tier};
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
 pub const BANDS: usize = 20;
 /// Outcomes the calibration is worth for a tier that runs one of the calibration's own models.
-pub const PRIOR_KNOWN_MODEL: f64 = 200.0;
+pub const PRIOR_KNOWN_MODEL: f64 = 12.0;
 /// Outcomes the calibration is worth for any other model: weak, so such a tier starts cautious.
-pub const PRIOR_OTHER_MODEL: f64 = 20.0;
+pub const PRIOR_OTHER_MODEL: f64 = 4.0;
 /// Outcomes a single band needs before its own residual counts as much as the pooled estimate.
 pub const BAND_PRIOR: f64 = 40.0;
 /// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality:
 /// 0.25 keeps replays on held-out data at their bar while a cold start stays cautious.
 pub const CONFIDENCE_Z: f64 = 0.25;
 /// Feedbacks in a scope after which old evidence weighs half as much.
-pub const HALF_LIFE_FEEDBACKS: f64 = 1500.0;
+pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
 /// Recent tasks per scope that the planner prices its choices on.
 const TRAFFIC_SAMPLE: usize = 512;
 /// Output tokens assumed for a scope before feedback reports real ones.
@@ -245,19 +245,24 @@ fn prior_curve(cal: &Calibration, tier: &Tier, rank: f64) -> [f64; BANDS] {
     out
 }
 
-/// Pooled estimate: prior + tier-wide offset + shrunk per-band residual. Returns the per-band
-/// means and the tier's effective evidence including the prior.
+/// Pooled estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
+/// 1 by `prior_strength` outcomes) plus a shrunk per-band residual. A ratio rather than an
+/// offset because models change multiplicatively: one that starts failing 70% of its answers
+/// loses 70% everywhere, not the same points on easy and hard tasks. Returns the per-band means
+/// and the tier's effective evidence including the prior.
 fn estimate(
     prior: &[f64; BANDS],
     cells: &[Cell; BANDS],
     prior_strength: f64,
 ) -> ([f64; BANDS], f64) {
     let n: f64 = cells.iter().map(|c| c.n).sum();
-    let excess: f64 = cells.iter().zip(prior).map(|(c, p)| c.sum - c.n * p).sum();
-    let offset = excess / (n + prior_strength);
+    let observed: f64 = cells.iter().map(|c| c.sum).sum();
+    let expected: f64 = cells.iter().zip(prior).map(|(c, p)| c.n * p).sum();
+    let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
+    let ratio = (observed + prior_strength * prior_mean) / (expected + prior_strength * prior_mean);
     let mut mean = [0.0; BANDS];
     for b in 0..BANDS {
-        let base = prior[b] + offset;
+        let base = (prior[b] * ratio).clamp(0.0, 1.0);
         let residual = (cells[b].sum - cells[b].n * base) / (cells[b].n + BAND_PRIOR);
         mean[b] = (base + residual).clamp(0.0, 1.0);
     }
@@ -623,10 +628,19 @@ output_usd_per_mtok = 30.0
     fn a_tier_without_evidence_starts_conservative() {
         // "medium" runs a model the calibration never saw: its estimate carries a wide margin.
         let p = plan(0.8, None);
-        let medium = &p.tiers[1];
-        assert!(medium.predicted[10] - medium.quality[10] > 0.02);
-        let small = &p.tiers[0];
-        assert!(small.predicted[10] - small.quality[10] < 0.01);
+        let margin = |t: &TierPlan| t.predicted[10] - t.quality[10];
+        assert!(
+            margin(&p.tiers[1]) > 1.5 * margin(&p.tiers[0]),
+            "{:?}",
+            p.tiers
+        );
+        // Evidence narrows the margin.
+        let mut ev = ScopeEvidence::default();
+        for i in 0..300 {
+            ev.observe("medium", shape(i % BANDS), 0.8);
+        }
+        let later = plan(0.8, Some(&ev));
+        assert!(margin(&later.tiers[1]) < margin(&p.tiers[1]) / 3.0);
     }
 
     #[test]
@@ -674,7 +688,10 @@ output_usd_per_mtok = 30.0
         }
         let n = ev.cells["small"][0].n;
         assert!((n - 0.5).abs() < 0.01, "{n}");
-        assert_eq!(ev.recent.len(), TRAFFIC_SAMPLE);
+        assert_eq!(
+            ev.recent.len(),
+            (HALF_LIFE_FEEDBACKS as usize + 1).min(TRAFFIC_SAMPLE)
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
 
     let err = client.route(route_req("")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("task:"), "{}", err.message());
+    assert!(err.message().starts_with("task"), "{}", err.message());
 
     let err = client
         .route(route_req(&"x".repeat(4097)))

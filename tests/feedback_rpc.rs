@@ -1,0 +1,217 @@
+//! The Feedback RPC end to end: accepted once, every bad case refused with no state change.
+
+mod common;
+
+use base64::Engine as _;
+use common::{TestServer, route_req};
+use tokenwise::server::pb;
+use tonic::Code;
+
+fn fb(decision_id: &str, score: f64) -> pb::FeedbackRequest {
+    pb::FeedbackRequest {
+        decision_id: decision_id.to_string(),
+        score,
+        input_tokens: 120,
+        output_tokens: 40,
+        reused: false,
+    }
+}
+
+async fn evidence_total(server: &TestServer) -> u64 {
+    server
+        .engine
+        .learner
+        .evidence()
+        .values()
+        .map(|e| e.feedbacks)
+        .sum()
+}
+
+#[tokio::test]
+async fn feedback_is_applied_exactly_once() {
+    let server = TestServer::start().await;
+    let mut client = server.router().await;
+    let d = client
+        .route(route_req("Name the capital of France."))
+        .await
+        .unwrap()
+        .into_inner();
+    let ack = client
+        .feedback(fb(&d.decision_id, 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.scope, d.scope);
+    assert_eq!(ack.tier, d.tier);
+    assert!(ack.actual_cost_usd > 0.0);
+    assert_eq!(evidence_total(&server).await, 1);
+
+    let again = client.feedback(fb(&d.decision_id, 0.0)).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    assert_eq!(
+        evidence_total(&server).await,
+        1,
+        "a duplicate must not count"
+    );
+}
+
+#[tokio::test]
+async fn bad_feedback_is_refused_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.router().await;
+    let d = client
+        .route(route_req("Name the capital of Spain."))
+        .await
+        .unwrap()
+        .into_inner();
+    let thresholds_before = server.engine.router.table();
+
+    let cases: Vec<(pb::FeedbackRequest, Code, &str)> = vec![
+        (fb(&d.decision_id, f64::NAN), Code::InvalidArgument, "score"),
+        (fb(&d.decision_id, 1.5), Code::InvalidArgument, "score"),
+        (fb(&d.decision_id, -0.1), Code::InvalidArgument, "score"),
+        (
+            pb::FeedbackRequest {
+                input_tokens: -1,
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "input_tokens",
+        ),
+        (
+            pb::FeedbackRequest {
+                output_tokens: -5,
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "output_tokens",
+        ),
+        (fb("", 1.0), Code::InvalidArgument, "decision_id"),
+        (fb("made-up-id", 1.0), Code::InvalidArgument, "decision_id"),
+        (
+            fb("eyJzIjoiZGVmYXVsdCJ9.AAAAAAAAAAAAAAAAAAAAAA", 1.0),
+            Code::InvalidArgument,
+            "decision_id",
+        ),
+    ];
+    for (req, code, field) in cases {
+        let err = client.feedback(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?} → {err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "{req:?} → {}",
+            err.message()
+        );
+    }
+
+    // An altered id: same signature, claims changed to another tier.
+    let (payload, tag) = d.decision_id.split_once('.').unwrap();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = String::from_utf8(engine.decode(payload).unwrap()).unwrap();
+    let other = if d.tier == "small" {
+        "frontier"
+    } else {
+        "small"
+    };
+    let altered = json.replace(
+        &format!("\"t\":\"{}\"", d.tier),
+        &format!("\"t\":\"{other}\""),
+    );
+    assert_ne!(altered, json);
+    let forged = format!("{}.{tag}", engine.encode(altered));
+    let err = client.feedback(fb(&forged, 1.0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("signature"), "{}", err.message());
+
+    assert_eq!(
+        evidence_total(&server).await,
+        0,
+        "no refused feedback may change state"
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &thresholds_before,
+        &server.engine.router.table()
+    ));
+
+    // The real id still works after all the refusals.
+    client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    assert_eq!(evidence_total(&server).await, 1);
+}
+
+#[tokio::test]
+async fn expired_decisions_get_a_clear_error() {
+    use tokenwise::feedback::{FeedbackError, FeedbackInput};
+    use tokenwise::routing::RouteRequest;
+    let server = TestServer::start().await;
+    let engine = &server.engine;
+    let d = engine
+        .router
+        .route(
+            &RouteRequest {
+                task: "hello",
+                ..Default::default()
+            },
+            0.9,
+        )
+        .unwrap();
+    let issued = 1_000_000u64;
+    let id = engine.learner.issue(&d, "", "", issued, 7);
+    let input = FeedbackInput {
+        decision_id: &id,
+        score: 1.0,
+        input_tokens: 1,
+        output_tokens: 1,
+        reused: false,
+    };
+    let day = 24 * 3600 * 1000;
+    let err = engine
+        .learner
+        .feedback(&engine.router, &input, issued + day + 1)
+        .unwrap_err();
+    assert!(matches!(err, FeedbackError::Expired { .. }), "{err:?}");
+    assert!(err.to_string().contains("expired"));
+    let status: tonic::Status = err.into();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    // Within the TTL it is accepted.
+    engine
+        .learner
+        .feedback(&engine.router, &input, issued + day - 1)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn thresholds_view_lists_every_scope_and_tier() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let r = admin
+        .get_thresholds(pb::GetThresholdsRequest {
+            scope: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let scopes: std::collections::BTreeSet<&str> =
+        r.thresholds.iter().map(|t| t.scope.as_str()).collect();
+    assert!(
+        scopes.contains("default") && scopes.contains("workflow:gsm8k"),
+        "{scopes:?}"
+    );
+    for t in &r.thresholds {
+        assert!((0.0..=1.0).contains(&t.threshold));
+    }
+    let one = admin
+        .get_thresholds(pb::GetThresholdsRequest {
+            scope: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.thresholds.len(), 3);
+    let err = admin
+        .get_thresholds(pb::GetThresholdsRequest {
+            scope: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
