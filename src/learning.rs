@@ -735,4 +735,25 @@ output_usd_per_mtok = 30.0
         assert!(m[0] < 0.8 && m[0] > 0.3);
         assert!(m[3] < m[0]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn thresholds_stay_ordered_and_estimates_in_range(
+            obs in proptest::collection::vec((0usize..3, 0usize..BANDS, 0.0f64..=1.0), 0..300),
+            bar in 0.0f64..1.0,
+        ) {
+            let mut ev = ScopeEvidence::default();
+            let names = ["small", "medium", "large"];
+            for (t, b, score) in obs {
+                ev.observe(names[t], shape(b), score);
+            }
+            let p = plan(bar, Some(&ev));
+            let t: Vec<f64> = p.tiers.iter().map(|t| t.threshold).collect();
+            proptest::prop_assert!(t.windows(2).all(|w| w[0] <= w[1]), "{:?}", t);
+            proptest::prop_assert_eq!(*t.last().unwrap(), 1.0);
+            for tier in &p.tiers {
+                proptest::prop_assert!(tier.quality.iter().chain(&tier.predicted).all(|q| (0.0..=1.0).contains(q)));
+            }
+        }
+    }
 }

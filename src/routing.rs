@@ -421,4 +421,23 @@ mod tests {
         assert_eq!(d.scope, "team:support/workflow:support.reply");
         assert_eq!(d.candidates[0].name, "medium");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_task_gets_an_allowed_tier_and_finite_numbers(task in "\\PC{1,400}", team in "[a-z]{0,8}", wf in "(gsm8k|support.reply|[a-z/]{0,10})", draw in 0.0f64..1.0) {
+            let r = router();
+            if let Ok(d) = r.route(&RouteRequest { task: &task, team: &team, workflow: &wf, ..Default::default() }, draw) {
+                let table = r.table();
+                let scope = table.policy.resolve(&team, &wf);
+                proptest::prop_assert!(scope.allowed.contains(&d.tier().tier));
+                proptest::prop_assert!((0.0..=1.0).contains(&d.complexity));
+                for c in &d.candidates {
+                    proptest::prop_assert!((0.0..=1.0).contains(&c.predicted_quality));
+                    proptest::prop_assert!(c.estimated_cost_usd.is_finite() && c.estimated_cost_usd >= 0.0);
+                }
+                let t: Vec<f64> = d.candidates.iter().map(|c| c.threshold).collect();
+                proptest::prop_assert!(t.windows(2).all(|w| w[0] <= w[1]));
+            }
+        }
+    }
 }
