@@ -293,6 +293,7 @@ pub fn main() -> anyhow::Result<()> {
             init_logs(args.log_format);
             let engine = std::sync::Arc::new(engine_from_args(&args)?);
             let config = crate::server::ServeConfig {
+                refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
                 max_message_bytes: args.max_task_bytes + 64 * 1024,
                 ..Default::default()

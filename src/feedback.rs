@@ -1,19 +1,25 @@
-//! Outcome feedback: issue signed decision ids, validate feedback, apply each decision's
-//! outcome exactly once to its scope's evidence, re-plan that scope and publish the new table.
+//! Outcome feedback: issue signed decision ids, validate feedback, record each decision's
+//! outcome exactly once in the [`StateStore`], fold the store's outcome log into local evidence,
+//! re-plan the touched scopes and publish the new table.
 //!
-//! Route never waits on this: it reads the published table, while feedback holds the learner's
-//! lock only to update evidence and swap the table.
+//! Route never waits on any of this: it reads the published table. When the store is
+//! unreachable, accepted outcomes wait in an [`OutageBuffer`] and are recorded when it returns;
+//! the store's nonce ledger keeps that exactly-once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::classifier::Calibration;
 use crate::decision::{DecisionClaims, Signer, TokenError};
 use crate::learning::{BANDS, ScopeEvidence, TaskShape};
 use crate::routing::{Decision, Router};
+use crate::store::{MemoryStore, OutageBuffer, OutcomeEvent, Recorded, StateStore};
 
 /// Default lifetime of a decision id: feedback later than this is refused.
 pub const DEFAULT_DECISION_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Events read from the store per round trip while catching up.
+const SYNC_PAGE: usize = 2000;
 
 /// One outcome report.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +61,9 @@ pub enum FeedbackError {
     /// Feedback for this decision was already applied.
     #[error("feedback for this decision_id was already recorded")]
     AlreadyRecorded,
+    /// The store is down and the outage buffer cannot take more: not accepted, retry.
+    #[error("feedback not accepted: {0}")]
+    Unavailable(String),
 }
 
 /// What accepted feedback did.
@@ -68,13 +77,19 @@ pub struct FeedbackAck {
     pub actual_cost_usd: f64,
 }
 
+/// Local view of the store's log.
 #[derive(Default)]
-struct LearnerState {
+struct Folded {
     evidence: HashMap<String, ScopeEvidence>,
-    /// Nonces of decisions whose feedback was applied, until they expire.
-    spent: HashSet<u64>,
-    /// (expiry ms, nonce) in expiry order, to forget spent nonces once they can no longer come.
-    expiries: BTreeSet<(u64, u64)>,
+    /// Position in the store's log up to which events are folded in.
+    cursor: u64,
+}
+
+/// Nonces accepted into the outage buffer and not yet recorded: duplicates of these are caught
+/// locally while the store is down.
+#[derive(Default)]
+struct Pending {
+    nonces: HashSet<u64>,
 }
 
 /// Issues decision ids and learns from feedback.
@@ -83,19 +98,34 @@ pub struct Learner {
     ttl_ms: u64,
     learning: bool,
     calibration: Calibration,
-    state: Mutex<LearnerState>,
+    store: Arc<dyn StateStore>,
+    buffer: OutageBuffer,
+    folded: tokio::sync::Mutex<Folded>,
+    pending: Mutex<Pending>,
+    degraded: AtomicBool,
 }
 
 impl Learner {
-    /// A learner. With `learning` off, feedback is validated and ledgered but thresholds stay at
-    /// their cold-start values (the replay baseline).
-    pub fn new(signer: Signer, ttl_ms: u64, calibration: Calibration, learning: bool) -> Self {
+    /// A learner over a store. With `learning` off, feedback is validated and recorded but
+    /// thresholds stay at their cold-start values (the replay baseline).
+    pub fn new(
+        signer: Signer,
+        ttl_ms: u64,
+        calibration: Calibration,
+        learning: bool,
+        store: Arc<dyn StateStore>,
+        buffer: OutageBuffer,
+    ) -> Self {
         Self {
             signer,
             ttl_ms,
             learning,
             calibration,
-            state: Mutex::new(LearnerState::default()),
+            store,
+            buffer,
+            folded: tokio::sync::Mutex::new(Folded::default()),
+            pending: Mutex::new(Pending::default()),
+            degraded: AtomicBool::new(false),
         }
     }
 
@@ -122,8 +152,8 @@ impl Learner {
         })
     }
 
-    /// Validates and applies one outcome; on any error nothing changes.
-    pub fn feedback(
+    /// Validates and records one outcome; on any error nothing changes.
+    pub async fn feedback(
         &self,
         router: &Router,
         input: &FeedbackInput<'_>,
@@ -169,49 +199,183 @@ impl Learner {
                     .cost_usd(input.input_tokens as u64, input.output_tokens as u64)
             })
             .unwrap_or(0.0);
-
-        // A poisoned lock only means another feedback panicked mid-update; the maps stay usable.
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(&(exp, nonce)) = state.expiries.first() {
-            if exp >= now_ms {
-                break;
-            }
-            state.expiries.pop_first();
-            state.spent.remove(&nonce);
-        }
-        if !state.spent.insert(claims.nonce) {
-            return Err(FeedbackError::AlreadyRecorded);
-        }
-        state.expiries.insert((expiry, claims.nonce));
-        let evidence = state.evidence.entry(claims.scope.clone()).or_default();
-        let shape = TaskShape {
-            band: claims.band,
-            input_tokens: input.input_tokens as u64,
-            output_tokens: input.output_tokens as u64,
+        let ack = FeedbackAck {
+            scope: claims.scope.clone(),
+            tier: claims.tier.clone(),
+            actual_cost_usd,
         };
-        evidence.observe(&claims.tier, shape, input.score);
-        evidence.observe_output(&claims.workflow, shape.output_tokens);
-        if self.learning {
-            // Re-plan under the lock so concurrent feedbacks publish in order.
-            let next = router
-                .table()
-                .with_scope(&claims.scope, &self.calibration, evidence);
-            router.publish(next);
-        }
-        Ok(FeedbackAck {
+        let event = OutcomeEvent {
+            nonce: claims.nonce,
+            expires_ms: expiry,
             scope: claims.scope,
             tier: claims.tier,
-            actual_cost_usd,
-        })
-    }
-
-    /// A copy of the evidence of every scope (for views and tests).
-    pub fn evidence(&self) -> HashMap<String, ScopeEvidence> {
-        self.state
+            band: claims.band,
+            score: input.score,
+            input_tokens: input.input_tokens as u64,
+            output_tokens: input.output_tokens as u64,
+            workflow: claims.workflow,
+        };
+        if self
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .evidence
-            .clone()
+            .nonces
+            .contains(&event.nonce)
+        {
+            return Err(FeedbackError::AlreadyRecorded);
+        }
+        // While the store is known to be down, buffer at once; the refresher probes recovery.
+        let recorded = if self.is_degraded() {
+            Err(crate::store::StoreError::Unavailable(
+                "store marked unreachable".into(),
+            ))
+        } else {
+            self.store.record(&event, now_ms).await
+        };
+        match recorded {
+            Ok(Recorded::New) => {
+                self.set_degraded(false);
+                if let Err(e) = self.sync(router).await {
+                    // Recorded; this replica just learns it on the next refresh.
+                    tracing::warn!(error = %e, "store read failed after recording feedback");
+                }
+                Ok(ack)
+            }
+            Ok(Recorded::Duplicate) => Err(FeedbackError::AlreadyRecorded),
+            Err(e) => {
+                self.set_degraded(true);
+                let nonce = event.nonce;
+                self.buffer
+                    .push(event)
+                    .map_err(|b| FeedbackError::Unavailable(format!("{e}; {b}")))?;
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .nonces
+                    .insert(nonce);
+                tracing::warn!(error = %e, buffered = self.buffer.len(), "store unreachable: feedback buffered");
+                Ok(ack)
+            }
+        }
+    }
+
+    /// Folds every store event not yet seen into local evidence and republishes the plans of
+    /// the scopes they touched. Returns how many events were folded.
+    pub async fn sync(&self, router: &Router) -> Result<usize, crate::store::StoreError> {
+        let mut folded = self.folded.lock().await;
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut count = 0;
+        loop {
+            let (events, next) = self.store.events_since(folded.cursor, SYNC_PAGE).await?;
+            let n = events.len();
+            for e in events {
+                let ev = folded.evidence.entry(e.scope.clone()).or_default();
+                let shape = TaskShape {
+                    band: e.band,
+                    input_tokens: e.input_tokens,
+                    output_tokens: e.output_tokens,
+                };
+                ev.observe(&e.tier, shape, e.score);
+                ev.observe_output(&e.workflow, e.output_tokens);
+                touched.insert(e.scope);
+            }
+            folded.cursor = next;
+            count += n;
+            if n < SYNC_PAGE {
+                break;
+            }
+        }
+        if self.learning && !touched.is_empty() {
+            // Under the fold lock, so concurrent syncs publish in log order.
+            let mut table = (*router.table()).clone();
+            for scope in &touched {
+                if let Some(ev) = folded.evidence.get(scope) {
+                    table = table.with_scope(scope, &self.calibration, ev);
+                }
+            }
+            router.publish(table);
+        }
+        Ok(count)
+    }
+
+    /// Background duty: replay buffered outcomes if any, then catch up with the store. Returns
+    /// whether the store is healthy.
+    pub async fn refresh(&self, router: &Router, now_ms: u64) -> bool {
+        if !self.buffer.is_empty() {
+            match self.buffer.drain(self.store.as_ref(), now_ms).await {
+                Ok(n) => {
+                    tracing::info!(recorded = n, "outage buffer replayed into the store");
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .nonces
+                        .clear();
+                }
+                Err(e) => {
+                    self.set_degraded(true);
+                    tracing::debug!(error = %e, "store still unreachable");
+                    return false;
+                }
+            }
+        }
+        match self.sync(router).await {
+            Ok(_) => {
+                self.set_degraded(false);
+                true
+            }
+            Err(e) => {
+                self.set_degraded(true);
+                tracing::debug!(error = %e, "store refresh failed");
+                false
+            }
+        }
+    }
+
+    /// Shutdown: try once to record what is buffered, then leave the rest on disk.
+    pub async fn shutdown(&self, now_ms: u64) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        if let Err(e) = self.buffer.drain(self.store.as_ref(), now_ms).await {
+            tracing::warn!(error = %e, "store unreachable at shutdown");
+        }
+        match self.buffer.persist() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                outcomes = n,
+                "buffered feedback left in the spill file for the next start"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not persist buffered feedback"),
+        }
+    }
+
+    fn set_degraded(&self, degraded: bool) {
+        let was = self.degraded.swap(degraded, Ordering::Relaxed);
+        if was != degraded {
+            if degraded {
+                tracing::warn!(
+                    store = self.store.kind(),
+                    "store unreachable: routing on the last snapshot, buffering feedback"
+                );
+            } else {
+                tracing::info!(store = self.store.kind(), "store reachable again");
+            }
+        }
+    }
+
+    /// Whether the store was unreachable at the last attempt.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Outcomes waiting for the store.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// A copy of the folded evidence of every scope (for views and tests).
+    pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
+        self.folded.lock().await.evidence.clone()
     }
 
     /// Whether thresholds learn from feedback.
@@ -238,9 +402,41 @@ impl Engine {
         ttl_ms: u64,
         learning: bool,
     ) -> Self {
+        let memory: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        Self::with_store(
+            model,
+            policy,
+            limits,
+            signer,
+            ttl_ms,
+            learning,
+            memory,
+            OutageBuffer::new(0, None),
+        )
+    }
+
+    /// Builds an engine over a given store and outage buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_store(
+        model: Arc<crate::classifier::ComplexityModel>,
+        policy: Arc<crate::policy::Policy>,
+        limits: crate::routing::Limits,
+        signer: Signer,
+        ttl_ms: u64,
+        learning: bool,
+        store: Arc<dyn StateStore>,
+        buffer: OutageBuffer,
+    ) -> Self {
         let table =
             crate::learning::RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
-        let learner = Learner::new(signer, ttl_ms, model.calibration.clone(), learning);
+        let learner = Learner::new(
+            signer,
+            ttl_ms,
+            model.calibration.clone(),
+            learning,
+            store,
+            buffer,
+        );
         Self {
             router: Router::new(model, table, limits),
             learner,

@@ -23,4 +23,5 @@ pub mod policy;
 pub mod replay;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod training;

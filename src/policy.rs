@@ -51,6 +51,20 @@ struct RawPolicyFile {
     default: RawScope,
     #[serde(default)]
     policies: Vec<RawScope>,
+    #[serde(default)]
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    url: Option<String>,
+    prefix: Option<String>,
+    refresh_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    buffer_capacity: Option<usize>,
+    spill_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +130,101 @@ pub struct ScopePolicy {
     pub value_per_success_usd: Option<f64>,
 }
 
+/// Where learned state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreKind {
+    /// In this process only (the default).
+    Memory,
+    /// Shared through Redis.
+    Redis {
+        /// Connection URL, e.g. `redis://127.0.0.1:6379`.
+        url: String,
+        /// Key prefix of this deployment.
+        prefix: String,
+    },
+}
+
+/// The `[store]` section: state backend and its outage behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Backend.
+    pub kind: StoreKind,
+    /// How often each replica re-reads shared state, ms (≤ 1000).
+    pub refresh_ms: u64,
+    /// Deadline of one store call, ms.
+    pub timeout_ms: u64,
+    /// Outcomes buffered in memory during an outage before spilling to disk.
+    pub buffer_capacity: usize,
+    /// File that takes buffered outcomes beyond the capacity and at shutdown.
+    pub spill_file: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            refresh_ms: 250,
+            timeout_ms: 200,
+            buffer_capacity: 10_000,
+            spill_file: None,
+        }
+    }
+}
+
+fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
+    let Some(raw) = raw else {
+        return Ok(StoreConfig::default());
+    };
+    let d = StoreConfig::default();
+    let kind = match raw.kind.as_str() {
+        "memory" => StoreKind::Memory,
+        "redis" => {
+            let url = raw.url.clone().unwrap_or_default();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(PolicyError::new(
+                    "store.url",
+                    format!("must be a redis:// or rediss:// URL, got {url:?}"),
+                ));
+            }
+            let prefix = raw.prefix.clone().unwrap_or_else(|| "tokenwise".into());
+            if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+                return Err(PolicyError::new(
+                    "store.prefix",
+                    "must be non-empty without white space",
+                ));
+            }
+            StoreKind::Redis { url, prefix }
+        }
+        other => {
+            return Err(PolicyError::new(
+                "store.kind",
+                format!("must be \"memory\" or \"redis\", got {other:?}"),
+            ));
+        }
+    };
+    let refresh_ms = raw.refresh_ms.unwrap_or(d.refresh_ms);
+    if !(10..=1000).contains(&refresh_ms) {
+        return Err(PolicyError::new(
+            "store.refresh_ms",
+            format!("must be in [10, 1000], got {refresh_ms}"),
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(d.timeout_ms);
+    if !(1..=10_000).contains(&timeout_ms) {
+        return Err(PolicyError::new(
+            "store.timeout_ms",
+            format!("must be in [1, 10000], got {timeout_ms}"),
+        ));
+    }
+    Ok(StoreConfig {
+        kind,
+        refresh_ms,
+        timeout_ms,
+        buffer_capacity: raw.buffer_capacity.unwrap_or(d.buffer_capacity),
+        spill_file: raw.spill_file,
+    })
+}
+
 /// A validated policy: tiers ordered by price and the scopes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -127,6 +236,8 @@ pub struct Policy {
     pub default: Arc<ScopePolicy>,
     /// Specific scopes by key.
     pub scopes: HashMap<String, Arc<ScopePolicy>>,
+    /// The `[store]` section.
+    pub store: StoreConfig,
 }
 
 /// Key of the scope for a team and a workflow (either may be empty).
@@ -290,8 +401,10 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
             return Err(PolicyError::new(at, format!("duplicate scope {key}")));
         }
     }
+    let store = validate_store(raw.store)?;
     Ok(Policy {
         version,
+        store,
         tiers,
         default: Arc::new(ScopePolicy {
             key: "default".into(),

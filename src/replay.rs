@@ -70,9 +70,9 @@ pub enum ReplayError {
     /// Fewer than two tiers.
     #[error("--tiers needs at least two model ids")]
     TooFewTiers,
-    /// The signer could not be built.
-    #[error("signer: {0}")]
-    Signer(String),
+    /// The signer or the runtime could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
 }
 
 /// Builds a one-scope policy from model ids: tiers ordered by their mean cost in the data, each
@@ -182,7 +182,7 @@ pub fn replay(
         None => policy,
     };
     let policy = Arc::new(policy);
-    let signer = Signer::new(b"replay").map_err(|e| ReplayError::Signer(e.to_string()))?;
+    let signer = Signer::new(b"replay").map_err(|e| ReplayError::Setup(e.to_string()))?;
     let engine = Engine::new(
         model,
         policy.clone(),
@@ -191,6 +191,10 @@ pub fn replay(
         u64::MAX / 4,
         opts.learning,
     );
+    // The learner's store interface is async; replay drives it on a single-threaded runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| ReplayError::Setup(format!("runtime: {e}")))?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let t0 = 1_800_000_000_000u64;
 
@@ -234,7 +238,7 @@ pub fn replay(
             output_tokens: o.output_tokens.unwrap_or(d.output_tokens) as i64,
             reused: false,
         };
-        if let Err(e) = engine.learner.feedback(&engine.router, &fb, now) {
+        if let Err(e) = runtime.block_on(engine.learner.feedback(&engine.router, &fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
         }
         n += 1;

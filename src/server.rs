@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::feedback::{Engine, FeedbackError, FeedbackInput};
@@ -35,7 +36,13 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Concurrent requests per connection before callers queue at the transport.
     pub concurrency_per_connection: usize,
+    /// How often shared state is re-read (and buffered feedback replayed).
+    pub refresh_interval: Duration,
 }
+
+/// Health service name that reports the state store: NOT_SERVING while it is unreachable
+/// (Route keeps answering from the last snapshot; the Router service stays SERVING).
+pub const STORE_HEALTH_SERVICE: &str = "tokenwise.v1.Store";
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -43,6 +50,7 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(2),
             max_message_bytes: crate::routing::DEFAULT_MAX_TASK_BYTES + 64 * 1024,
             concurrency_per_connection: 256,
+            refresh_interval: Duration::from_millis(250),
         }
     }
 }
@@ -80,6 +88,7 @@ impl From<FeedbackError> for Status {
             FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
             FeedbackError::Expired { .. } => Status::failed_precondition(e.to_string()),
             FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
+            FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -159,6 +168,7 @@ impl RouterRpc for RouterService {
             .engine
             .learner
             .feedback(&self.engine.router, &input, now_ms())
+            .await
         {
             Ok(ack) => {
                 tracing::debug!(scope = %ack.scope, tier = %ack.tier, score = r.score, "feedback applied");
@@ -259,18 +269,54 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // Catch up with shared state before taking traffic, then keep refreshing in the background.
+    let healthy = engine.learner.refresh(&engine.router, now_ms()).await;
+    let store_status = |ok: bool| {
+        if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    health_reporter
+        .set_service_status(STORE_HEALTH_SERVICE, store_status(healthy))
+        .await;
+    let refresher = {
+        let engine = engine.clone();
+        let reporter = health_reporter.clone();
+        let every = config.refresh_interval;
+        tokio::spawn(async move {
+            let mut last = healthy;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ok = engine.learner.refresh(&engine.router, now_ms()).await
+                    && !engine.learner.is_degraded();
+                if ok != last {
+                    reporter
+                        .set_service_status(STORE_HEALTH_SERVICE, store_status(ok))
+                        .await;
+                    last = ok;
+                }
+            }
+        })
+    };
+
     let router = RouterServer::new(RouterService {
         engine: engine.clone(),
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
-    let admin = AdminServer::new(AdminService { engine })
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(AdminService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "serving tokenwise.v1.Router and tokenwise.v1.Admin");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         // Every call gets a deadline: a stuck call answers DEADLINE_EXCEEDED, never hangs.
         .timeout(config.request_timeout)
         // Bound per-connection concurrency so one noisy client cannot take every worker.
@@ -282,7 +328,11 @@ pub async fn run(
         .add_service(router)
         .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    refresher.abort();
+    // In-flight calls are drained; record or persist what is still buffered.
+    engine.learner.shutdown(now_ms()).await;
+    served?;
     tracing::info!("server stopped");
     Ok(())
 }

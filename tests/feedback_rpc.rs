@@ -22,6 +22,7 @@ async fn evidence_total(server: &TestServer) -> u64 {
         .engine
         .learner
         .evidence()
+        .await
         .values()
         .map(|e| e.feedbacks)
         .sum()
@@ -167,6 +168,7 @@ async fn expired_decisions_get_a_clear_error() {
     let err = engine
         .learner
         .feedback(&engine.router, &input, issued + day + 1)
+        .await
         .unwrap_err();
     assert!(matches!(err, FeedbackError::Expired { .. }), "{err:?}");
     assert!(err.to_string().contains("expired"));
@@ -176,6 +178,7 @@ async fn expired_decisions_get_a_clear_error() {
     engine
         .learner
         .feedback(&engine.router, &input, issued + day - 1)
+        .await
         .unwrap();
 }
 

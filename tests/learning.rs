@@ -55,6 +55,7 @@ exploration_rate = 0.05
 
 struct Sim {
     engine: Engine,
+    runtime: tokio::runtime::Runtime,
     rng: StdRng,
     step: u64,
 }
@@ -73,6 +74,9 @@ impl Sim {
         );
         Self {
             engine,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
             rng: StdRng::seed_from_u64(42),
             step: 0,
         }
@@ -112,9 +116,12 @@ impl Sim {
             output_tokens: out,
             reused: false,
         };
-        self.engine
-            .learner
-            .feedback(&self.engine.router, &input, now)
+        self.runtime
+            .block_on(
+                self.engine
+                    .learner
+                    .feedback(&self.engine.router, &input, now),
+            )
             .unwrap();
         (d.tier().name.clone(), s)
     }

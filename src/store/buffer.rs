@@ -1,0 +1,254 @@
+//! Outcomes accepted while the store is unreachable: bounded in memory, spilled to a local
+//! JSON Lines file beyond that, replayed in order when the store returns. Recording is
+//! idempotent by nonce, so a replay that is interrupted and retried never counts twice.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use super::{OutcomeEvent, StateStore, StoreError};
+
+/// Buffered outcomes awaiting the store.
+pub struct OutageBuffer {
+    memory: Mutex<VecDeque<OutcomeEvent>>,
+    capacity: usize,
+    spill: Option<PathBuf>,
+}
+
+/// Errors of the buffer's own file.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The spill file could not be written or read.
+    #[error("spill file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Memory is full and there is no spill file.
+    #[error("outage buffer full ({0} outcomes) and no spill file configured")]
+    Full(usize),
+}
+
+impl OutageBuffer {
+    /// A buffer holding up to `capacity` outcomes in memory, then appending to `spill`.
+    pub fn new(capacity: usize, spill: Option<PathBuf>) -> Self {
+        Self {
+            memory: Mutex::new(VecDeque::new()),
+            capacity,
+            spill,
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> BufferError {
+        BufferError::Io {
+            path: self
+                .spill
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        }
+    }
+
+    /// Keeps one outcome for later.
+    pub fn push(&self, event: OutcomeEvent) -> Result<(), BufferError> {
+        let mut mem = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if mem.len() < self.capacity {
+            mem.push_back(event);
+            return Ok(());
+        }
+        drop(mem);
+        self.append_to_spill(std::slice::from_ref(&event))
+    }
+
+    fn append_to_spill(&self, events: &[OutcomeEvent]) -> Result<(), BufferError> {
+        let Some(path) = &self.spill else {
+            return Err(BufferError::Full(self.capacity));
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| self.io(e))?;
+        for e in events {
+            let line = serde_json::to_string(e).map_err(|e| self.io(std::io::Error::other(e)))?;
+            writeln!(f, "{line}").map_err(|e| self.io(e))?;
+        }
+        f.sync_data().map_err(|e| self.io(e))
+    }
+
+    fn read_spill(&self) -> Result<Vec<OutcomeEvent>, BufferError> {
+        let Some(path) = &self.spill else {
+            return Ok(Vec::new());
+        };
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.map_err(|e| self.io(e))?;
+            match serde_json::from_str(&line) {
+                Ok(e) => out.push(e),
+                // A torn last line from a crash mid-write: skip it, keep the rest.
+                Err(err) => tracing::warn!(error = %err, "skipping unreadable spill line"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Outcomes waiting, in memory and on disk.
+    pub fn len(&self) -> usize {
+        let mem = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        mem + self.read_spill().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records everything waiting, spill file first (it holds the oldest), in order. Stops at
+    /// the first store failure and keeps the rest. Returns how many were recorded or found to be
+    /// duplicates.
+    pub async fn drain(&self, store: &dyn StateStore, now_ms: u64) -> Result<usize, StoreError> {
+        let mut done = 0;
+        let spilled = self
+            .read_spill()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if !spilled.is_empty() {
+            for (i, e) in spilled.iter().enumerate() {
+                if let Err(err) = store.record(e, now_ms).await {
+                    // Keep what is left on disk, then give up for now.
+                    self.rewrite_spill(&spilled[i..])
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    return Err(err);
+                }
+                done += 1;
+            }
+            self.rewrite_spill(&[])
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        loop {
+            let next = self
+                .memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .front()
+                .cloned();
+            let Some(e) = next else { break };
+            store.record(&e, now_ms).await?;
+            self.memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    fn rewrite_spill(&self, rest: &[OutcomeEvent]) -> Result<(), BufferError> {
+        let Some(path) = &self.spill else {
+            return Ok(());
+        };
+        if rest.is_empty() {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
+                _ => Ok(()),
+            };
+        }
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
+            for e in rest {
+                let line =
+                    serde_json::to_string(e).map_err(|e| self.io(std::io::Error::other(e)))?;
+                writeln!(f, "{line}").map_err(|e| self.io(e))?;
+            }
+            f.sync_data().map_err(|e| self.io(e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| self.io(e))
+    }
+
+    /// Moves what is in memory to the spill file (shutdown while the store is down), so the
+    /// next start replays it.
+    pub fn persist(&self) -> Result<usize, BufferError> {
+        let events: Vec<OutcomeEvent> = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.append_to_spill(&events)?;
+        Ok(events.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::event;
+    use crate::store::{MemoryStore, Recorded};
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tw-buffer-{}-{name}.jsonl", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn spills_beyond_capacity_and_drains_in_order_exactly_once() {
+        let path = temp("order");
+        let _ = std::fs::remove_file(&path);
+        let buf = OutageBuffer::new(2, Some(path.clone()));
+        for n in 0..5 {
+            buf.push(event(n)).unwrap();
+        }
+        assert_eq!(buf.len(), 5);
+        assert!(path.exists());
+        let store = MemoryStore::new();
+        // One of them already made it before the outage: drained as a duplicate, not twice.
+        assert_eq!(store.record(&event(3), 0).await.unwrap(), Recorded::New);
+        assert_eq!(buf.drain(&store, 0).await.unwrap(), 5);
+        assert!(buf.is_empty());
+        let (log, _) = store.events_since(0, 100).await.unwrap();
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        // Spilled (2, 3, 4) drain before memory (0, 1); 3 was already there.
+        assert_eq!(nonces, vec![3, 2, 4, 0, 1]);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn persist_leaves_memory_on_disk_for_the_next_start() {
+        let path = temp("persist");
+        let _ = std::fs::remove_file(&path);
+        let buf = OutageBuffer::new(100, Some(path.clone()));
+        buf.push(event(1)).unwrap();
+        buf.push(event(2)).unwrap();
+        assert_eq!(buf.persist().unwrap(), 2);
+        let next_start = OutageBuffer::new(100, Some(path.clone()));
+        assert_eq!(next_start.len(), 2);
+        let store = MemoryStore::new();
+        next_start.drain(&store, 0).await.unwrap();
+        assert_eq!(store.events_since(0, 10).await.unwrap().0.len(), 2);
+    }
+
+    #[test]
+    fn without_a_spill_file_a_full_buffer_says_so() {
+        let buf = OutageBuffer::new(1, None);
+        buf.push(event(1)).unwrap();
+        assert!(matches!(buf.push(event(2)), Err(BufferError::Full(1))));
+    }
+}

@@ -1,0 +1,101 @@
+//! The in-memory store: the embedded default, and what `replay` runs on.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+use super::{MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
+
+#[derive(Default)]
+struct Inner {
+    spent: HashSet<u64>,
+    /// (expiry, nonce), to forget spent nonces once their ids can no longer come back.
+    expiries: BTreeSet<(u64, u64)>,
+    log: VecDeque<OutcomeEvent>,
+    /// Absolute position of `log[0]`.
+    base: u64,
+}
+
+/// State held in this process only.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for MemoryStore {
+    async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
+        // A poisoned lock only means a panic elsewhere mid-update; the collections stay valid.
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(&(exp, nonce)) = s.expiries.first() {
+            if exp >= now_ms {
+                break;
+            }
+            s.expiries.pop_first();
+            s.spent.remove(&nonce);
+        }
+        if !s.spent.insert(event.nonce) {
+            return Ok(Recorded::Duplicate);
+        }
+        s.expiries.insert((event.expires_ms, event.nonce));
+        s.log.push_back(event.clone());
+        if s.log.len() as u64 > MAX_LOG_EVENTS {
+            s.log.pop_front();
+            s.base += 1;
+        }
+        Ok(Recorded::New)
+    }
+
+    async fn events_since(
+        &self,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
+        let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = cursor.max(s.base);
+        let events: Vec<OutcomeEvent> = s
+            .log
+            .iter()
+            .skip((start - s.base) as usize)
+            .take(max)
+            .cloned()
+            .collect();
+        Ok((events.clone(), start + events.len() as u64))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_contract() {
+        let store = MemoryStore::new();
+        super::super::contract::check(&store).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn spent_nonces_are_forgotten_after_expiry() {
+        let store = MemoryStore::new();
+        let mut e = super::super::contract::event(1);
+        e.expires_ms = 100;
+        assert_eq!(store.record(&e, 50).await.unwrap(), Recorded::New);
+        assert_eq!(store.record(&e, 99).await.unwrap(), Recorded::Duplicate);
+        // After expiry the id itself is refused upstream; the ledger may let go of it.
+        assert_eq!(store.record(&e, 101).await.unwrap(), Recorded::New);
+    }
+}

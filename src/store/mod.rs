@@ -1,0 +1,165 @@
+//! Shared learned state behind one interface: an ordered log of accepted outcomes plus the
+//! ledger of spent decision nonces. In memory by default, Redis when replicas must share.
+//!
+//! Every replica folds the same log in the same order into its local evidence, so replicas
+//! converge on identical thresholds; the nonce ledger is what makes feedback exactly-once across
+//! replicas. Implementations know nothing above this trait.
+
+mod buffer;
+mod memory;
+mod redis;
+
+pub use buffer::OutageBuffer;
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+use serde::{Deserialize, Serialize};
+
+/// One accepted outcome, as stored and replayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeEvent {
+    /// Decision nonce (unique per decision).
+    pub nonce: u64,
+    /// When the decision id expires (ms since epoch): the nonce is remembered until then.
+    pub expires_ms: u64,
+    /// Scope key.
+    pub scope: String,
+    /// Tier name that ran.
+    pub tier: String,
+    /// Complexity band.
+    pub band: u8,
+    /// Outcome score in [0, 1].
+    pub score: f64,
+    /// Actual input tokens.
+    pub input_tokens: u64,
+    /// Actual output tokens.
+    pub output_tokens: u64,
+    /// Workflow label of the caller.
+    #[serde(default)]
+    pub workflow: String,
+}
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First outcome for this nonce: appended to the log.
+    New,
+    /// The nonce was already spent: nothing changed.
+    Duplicate,
+}
+
+/// A store failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or timed out: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered something this build cannot read.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The shared-state interface.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// Atomically spends the event's nonce and appends the event, unless the nonce is spent.
+    async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError>;
+
+    /// Events with log position ≥ `cursor` (at most `max`), and the position after the last one
+    /// returned. Positions are absolute; when old events were trimmed the read starts at the
+    /// oldest one kept.
+    async fn events_since(
+        &self,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<OutcomeEvent>, u64), StoreError>;
+
+    /// Cheap liveness check.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `memory` or `redis`, for logs and health.
+    fn kind(&self) -> &'static str;
+}
+
+/// Most events kept in the log. With a 500-feedback half-life per scope, an event 50,000
+/// outcomes old weighs nothing measurable, so a fresh replica rebuilds the same state from it.
+pub const MAX_LOG_EVENTS: u64 = 50_000;
+
+pub mod contract {
+    //! The contract every implementation must pass; the memory store runs it in unit tests,
+    //! Redis in `tests/store_redis.rs`, against the same checks.
+    use super::*;
+
+    /// An event for nonce `n`.
+    pub fn event(n: u64) -> OutcomeEvent {
+        OutcomeEvent {
+            nonce: n,
+            expires_ms: 10_000_000,
+            scope: "default".into(),
+            tier: "small".into(),
+            band: (n % 20) as u8,
+            score: (n % 3) as f64 / 2.0,
+            input_tokens: 10 + n,
+            output_tokens: 5,
+            workflow: format!("w{}", n % 4),
+        }
+    }
+
+    fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+        if ok { Ok(()) } else { Err(what()) }
+    }
+
+    /// Runs every check on an empty store; `Err` says which failed.
+    pub async fn check(store: &dyn StateStore) -> Result<(), String> {
+        let now = 1_000_000;
+        let e = |x: StoreError| x.to_string();
+        store.ping().await.map_err(e)?;
+        let (none, cursor) = store.events_since(0, 100).await.map_err(e)?;
+        ensure(none.is_empty() && cursor == 0, || {
+            format!("empty store returned {none:?} / {cursor}")
+        })?;
+
+        // Record three, one of them twice: the duplicate changes nothing.
+        for n in [1, 2, 3] {
+            let r = store.record(&event(n), now).await.map_err(e)?;
+            ensure(r == Recorded::New, || {
+                format!("first record of {n} was {r:?}")
+            })?;
+        }
+        let r = store.record(&event(2), now).await.map_err(e)?;
+        ensure(r == Recorded::Duplicate, || {
+            format!("second record of 2 was {r:?}")
+        })?;
+
+        // Events come back in order, whole, and the cursor advances past them.
+        let (got, cursor) = store.events_since(0, 100).await.map_err(e)?;
+        ensure(got == vec![event(1), event(2), event(3)], || {
+            format!("log is {got:?}")
+        })?;
+        ensure(cursor == 3, || format!("cursor after 3 events is {cursor}"))?;
+        let (tail, c2) = store.events_since(2, 100).await.map_err(e)?;
+        ensure(tail == vec![event(3)] && c2 == 3, || {
+            format!("events_since(2) = {tail:?} / {c2}")
+        })?;
+        let (page, c3) = store.events_since(0, 2).await.map_err(e)?;
+        ensure(page.len() == 2 && c3 == 2, || {
+            format!("a page of 2 = {page:?} / {c3}")
+        })?;
+        let (nothing, c4) = store.events_since(3, 100).await.map_err(e)?;
+        ensure(nothing.is_empty() && c4 == 3, || {
+            format!("caught-up read = {nothing:?} / {c4}")
+        })?;
+
+        // Many concurrent records of one nonce: exactly one wins.
+        let racer = event(99);
+        let results = futures::future::join_all((0..16).map(|_| store.record(&racer, now))).await;
+        let wins = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Recorded::New)))
+            .count();
+        ensure(wins == 1, || {
+            format!("{wins} concurrent records of one nonce won")
+        })?;
+        Ok(())
+    }
+}

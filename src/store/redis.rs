@@ -1,0 +1,188 @@
+//! The Redis store: every replica of a deployment shares the outcome log and the nonce ledger.
+//!
+//! Keys, under a per-deployment prefix: `{p}:spent:{nonce}` (expires with the decision id),
+//! `{p}:events` (a list: the log) and `{p}:events:base` (how many old events were trimmed, so
+//! positions stay absolute). Recording is one Lua script, so "spend the nonce and append" is
+//! atomic across replicas. The connection is made lazily and re-made after failures, so a
+//! replica can start, and keep routing, while Redis is down.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use super::{MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
+
+const RECORD: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  local len = redis.call('RPUSH', KEYS[2], ARGV[2])
+  local max = tonumber(ARGV[3])
+  if len > max then
+    local drop = len - max
+    redis.call('LTRIM', KEYS[2], drop, -1)
+    redis.call('INCRBY', KEYS[3], drop)
+  end
+  return 1
+end
+return 0
+";
+
+const READ: &str = r"
+local base = tonumber(redis.call('GET', KEYS[2]) or '0')
+local from = tonumber(ARGV[1]) - base
+if from < 0 then from = 0 end
+local items = redis.call('LRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)
+return {base, from, items}
+";
+
+/// A Redis-backed [`StateStore`].
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: String,
+    conn: Mutex<Option<ConnectionManager>>,
+    record: redis::Script,
+    read: redis::Script,
+    timeout: Duration,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// A store for `url` (e.g. `redis://127.0.0.1:6379`) with keys under `prefix`. Does not
+    /// connect yet.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Corrupt(format!("bad redis url: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_string(),
+            conn: Mutex::new(None),
+            record: redis::Script::new(RECORD),
+            read: redis::Script::new(READ),
+            timeout,
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let c = tokio::time::timeout(
+            self.timeout * 2,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out"))?
+        .map_err(unavailable)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `op` on the connection with a deadline; drops the connection on failure so the next
+    /// call reconnects.
+    async fn with_conn<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(self.timeout, op(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                {
+                    *self.conn.lock().await = None;
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                *self.conn.lock().await = None;
+                Err(unavailable("redis call timed out"))
+            }
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}:{k}", self.prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for RedisStore {
+    async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
+        let spent = self.key(&format!("spent:{}", event.nonce));
+        let (events, base) = (self.key("events"), self.key("events:base"));
+        let script = &self.record;
+        let won: i64 = self
+            .with_conn(|mut c| async move {
+                script
+                    .key(spent)
+                    .key(events)
+                    .key(base)
+                    .arg(ttl)
+                    .arg(json)
+                    .arg(MAX_LOG_EVENTS)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if won == 1 {
+            Recorded::New
+        } else {
+            Recorded::Duplicate
+        })
+    }
+
+    async fn events_since(
+        &self,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
+        let (events, base) = (self.key("events"), self.key("events:base"));
+        let script = &self.read;
+        let (base, from, items): (u64, u64, Vec<String>) = self
+            .with_conn(|mut c| async move {
+                script
+                    .key(events)
+                    .key(base)
+                    .arg(cursor)
+                    .arg(max)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let parsed = items
+            .iter()
+            .map(|s| {
+                serde_json::from_str(s)
+                    .map_err(|e| StoreError::Corrupt(format!("event {s:?}: {e}")))
+            })
+            .collect::<Result<Vec<OutcomeEvent>, _>>()?;
+        let next = base + from + parsed.len() as u64;
+        Ok((parsed, next))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .with_conn(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
