@@ -223,7 +223,8 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
         }
     };
     tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
-    Ok(crate::feedback::Engine::new(
+    let (store, buffer) = crate::store::open(&policy.store, &args.listen)?;
+    Ok(crate::feedback::Engine::with_store(
         std::sync::Arc::new(model),
         std::sync::Arc::new(policy),
         crate::routing::Limits {
@@ -232,6 +233,8 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
         signer,
         args.decision_ttl_secs.saturating_mul(1000),
         true,
+        store,
+        buffer,
     ))
 }
 
@@ -473,8 +476,12 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig { file } => match Policy::load(path_str(&file)?) {
             Ok(p) => {
+                let store = match &p.store.kind {
+                    crate::policy::StoreKind::Memory => "memory".to_string(),
+                    crate::policy::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
+                };
                 println!(
-                    "{}: ok (version {}, {} tiers, {} scopes)",
+                    "{}: ok (version {}, {} tiers, {} scopes, store {store})",
                     file.display(),
                     p.version,
                     p.tiers.len(),

@@ -267,6 +267,18 @@ impl Learner {
         let mut count = 0;
         loop {
             let (events, next) = self.store.events_since(folded.cursor, SYNC_PAGE).await?;
+            if next < folded.cursor {
+                // The store's log is shorter than what we read: it lost its data (a Redis
+                // without persistence restarted). Start over from its beginning; what we
+                // learned so far stays in local evidence.
+                tracing::warn!(
+                    cursor = folded.cursor,
+                    log_end = next,
+                    "store log restarted; re-reading from its start"
+                );
+                folded.cursor = 0;
+                continue;
+            }
             let n = events.len();
             for e in events {
                 let ev = folded.evidence.entry(e.scope.clone()).or_default();

@@ -671,6 +671,39 @@ thresholds = { small = 0.3, medium = 0.7 }
     }
 
     #[test]
+    fn store_section_is_validated_with_key_paths() {
+        let p = Policy::parse(THREE).unwrap();
+        assert_eq!(p.store.kind, StoreKind::Memory);
+        let with = |s: &str| Policy::parse(&format!("{THREE}\n[store]\n{s}\n"));
+        let p = with("kind = \"redis\"\nurl = \"redis://r:6379\"\nprefix = \"team-a\"").unwrap();
+        assert_eq!(
+            p.store.kind,
+            StoreKind::Redis {
+                url: "redis://r:6379".into(),
+                prefix: "team-a".into()
+            }
+        );
+        assert!(p.store.refresh_ms <= 1000);
+        assert_eq!(with("kind = \"etcd\"").unwrap_err().path, "store.kind");
+        assert_eq!(
+            with("kind = \"redis\"\nurl = \"http://x\"")
+                .unwrap_err()
+                .path,
+            "store.url"
+        );
+        assert_eq!(
+            with("kind = \"redis\"\nurl = \"redis://x\"\nrefresh_ms = 5000")
+                .unwrap_err()
+                .path,
+            "store.refresh_ms"
+        );
+        assert_eq!(
+            with("kind = \"memory\"\nurll = \"x\"").unwrap_err().path,
+            "store.urll"
+        );
+    }
+
+    #[test]
     fn embedded_policy_is_valid_with_three_tiers() {
         let p = Policy::embedded().unwrap();
         assert!(p.tiers.len() >= 3);

@@ -13,7 +13,12 @@ pub use buffer::OutageBuffer;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::policy::{StoreConfig, StoreKind};
 
 /// One accepted outcome, as stored and replayed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +84,41 @@ pub trait StateStore: Send + Sync {
 
     /// `memory` or `redis`, for logs and health.
     fn kind(&self) -> &'static str;
+}
+
+/// Opens the store a `[store]` section asks for, with its outage buffer. `replica` names this
+/// replica (its listen address) so its default spill file survives its restarts and differs
+/// from other replicas' on the same host.
+pub fn open(
+    cfg: &StoreConfig,
+    replica: &str,
+) -> Result<(Arc<dyn StateStore>, OutageBuffer), StoreError> {
+    Ok(match &cfg.kind {
+        StoreKind::Memory => (Arc::new(MemoryStore::new()), OutageBuffer::new(0, None)),
+        StoreKind::Redis { url, prefix } => {
+            let store = RedisStore::new(
+                url,
+                prefix,
+                std::time::Duration::from_millis(cfg.timeout_ms),
+            )?;
+            let spill = cfg
+                .spill_file
+                .clone()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let name: String = replica
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .collect();
+                    std::env::temp_dir().join(format!("tokenwise-spill-{prefix}-{name}.jsonl"))
+                });
+            tracing::info!(store = "redis", %prefix, spill = %spill.display(), "shared state on redis");
+            (
+                Arc::new(store),
+                OutageBuffer::new(cfg.buffer_capacity, Some(spill)),
+            )
+        }
+    })
 }
 
 /// Most events kept in the log. With a 500-feedback half-life per scope, an event 50,000

@@ -1,5 +1,8 @@
-//! Shared helpers for integration tests: an in-process server on a free loopback port.
+//! Shared helpers for integration tests: an in-process server on a free loopback port, and a
+//! private Redis.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -12,6 +15,8 @@ use tokenwise::server::pb::admin_client::AdminClient;
 use tokenwise::server::pb::router_client::RouterClient;
 use tokenwise::server::{ServeConfig, run};
 use tonic::transport::Channel;
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A running server; dropped → shut down.
 pub struct TestServer {
@@ -30,18 +35,27 @@ impl TestServer {
     /// Starts a server with a given policy and limits.
     pub async fn with_policy(policy: Policy, limits: Limits) -> Self {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
-        let engine = Arc::new(Engine::new(
+        let name = format!(
+            "test-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (store, buffer) = tokenwise::store::open(&policy.store, &name).unwrap();
+        let refresh = std::time::Duration::from_millis(policy.store.refresh_ms);
+        let engine = Arc::new(Engine::with_store(
             model,
             Arc::new(policy),
             limits,
             Signer::new(b"test-secret").unwrap(),
             24 * 3600 * 1000,
             true,
+            store,
+            buffer,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = ServeConfig {
+            refresh_interval: refresh,
             max_message_bytes: limits.max_task_bytes + 64 * 1024,
             ..ServeConfig::default()
         };

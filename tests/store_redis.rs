@@ -1,0 +1,296 @@
+//! Shared state on a real Redis: the store contract, replicas learning together, a Redis
+//! outage under traffic, and a replica restart. Each test runs its own `redis-server`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::{TestServer, route_req};
+use tokenwise::policy::Policy;
+use tokenwise::routing::Limits;
+use tokenwise::server::pb;
+use tokenwise::store::{RedisStore, StateStore, contract};
+
+fn unique_prefix(name: &str) -> String {
+    format!(
+        "tw-test-{}-{name}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn policy_on(redis: &RedisServer, prefix: &str) -> Policy {
+    let text = format!(
+        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\ntimeout_ms = 100\n",
+        tokenwise::policy::EMBEDDED_POLICY,
+        redis.url()
+    );
+    Policy::parse(&text).unwrap()
+}
+
+fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
+    let table = server.engine.router.table();
+    let mut v: Vec<(String, Vec<f64>)> = table
+        .plans
+        .iter()
+        .map(|(k, p)| (k.clone(), p.tiers.iter().map(|t| t.threshold).collect()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn fb(id: &str, score: f64) -> pb::FeedbackRequest {
+    pb::FeedbackRequest {
+        decision_id: id.into(),
+        score,
+        input_tokens: 50,
+        output_tokens: 20,
+        reused: false,
+    }
+}
+
+const TASKS: [&str; 6] = [
+    "What is the capital of Peru?",
+    "Translate 'thank you' into German.",
+    "A train travels 60 km in 45 minutes. What is its average speed in km/h? Show each step.",
+    "Which of these is a prime number?\nA. 21\nB. 27\nC. 29\nD. 33\nAnswer:",
+    "Summarise the plot of Hamlet in two sentences.",
+    "If 3x + 7 = 22, what is x, and what is 2x squared minus x?",
+];
+
+#[tokio::test]
+async fn redis_store_passes_the_contract() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(
+        &redis.url(),
+        &unique_prefix("contract"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    contract::check(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("replicas");
+    let a = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    let b = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    assert_eq!(thresholds(&a), thresholds(&b));
+    let before = thresholds(&b);
+
+    // Only replica A hears that every tier's answers are perfect.
+    let mut client = a.router().await;
+    for i in 0..300 {
+        let d = client
+            .route(route_req(TASKS[i % TASKS.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    }
+    let learned = thresholds(&a);
+    assert_ne!(learned, before, "replica A should have learned");
+
+    // B converges on exactly A's thresholds within its refresh interval (100 ms) plus slack.
+    let start = Instant::now();
+    while thresholds(&b) != learned {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "B did not converge: {:?} vs {learned:?}",
+            thresholds(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "replica B converged {:?} after A's last feedback",
+        start.elapsed()
+    );
+    // And a duplicate sent to B is refused: the nonce ledger is shared.
+    let d = client
+        .route(route_req("one more"))
+        .await
+        .unwrap()
+        .into_inner();
+    client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    let mut bc = b.router().await;
+    let err = bc.feedback(fb(&d.decision_id, 1.0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_loses_no_route_and_no_feedback() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut redis = RedisServer::start();
+    let prefix = unique_prefix("outage");
+    let server = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    let client = server.router().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let store_status = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: "tokenwise.v1.Store".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    assert_eq!(
+        store_status(&mut health).await,
+        1,
+        "SERVING before the outage"
+    );
+
+    let mut accepted: Vec<u64> = Vec::new();
+    let mut route_errors = 0;
+    let mut saw_degraded = false;
+    let step = |phase: &'static str, i: usize| {
+        let mut client = client.clone();
+        async move {
+            let r = client.route(route_req(TASKS[i % TASKS.len()])).await;
+            let d = match r {
+                Ok(d) => d.into_inner(),
+                Err(e) => return (Err(format!("{phase}: route {e:?}")), None),
+            };
+            let nonce = decode_nonce(&d.decision_id);
+            match client.feedback(fb(&d.decision_id, (i % 2) as f64)).await {
+                Ok(_) => (Ok(()), Some(nonce)),
+                Err(e) => (Err(format!("{phase}: feedback {e:?}")), None),
+            }
+        }
+    };
+    for i in 0..100 {
+        let (r, n) = step("before", i).await;
+        if r.is_err() {
+            route_errors += 1;
+        }
+        accepted.extend(n);
+    }
+    redis.stop();
+    let outage_start = Instant::now();
+    let mut i = 100;
+    while outage_start.elapsed() < Duration::from_secs(3) {
+        let (r, n) = step("during", i).await;
+        assert!(r.is_ok(), "{r:?}");
+        accepted.extend(n);
+        i += 1;
+        if i % 20 == 0 && store_status(&mut health).await == 2 {
+            saw_degraded = true;
+        }
+    }
+    let during = i - 100;
+    assert!(
+        saw_degraded,
+        "health should report the store NOT_SERVING during the outage"
+    );
+    assert!(server.engine.learner.buffered() > 0);
+    redis.restart();
+    for j in 0..100 {
+        let (r, n) = step("after", i + j).await;
+        if r.is_err() {
+            route_errors += 1;
+        }
+        accepted.extend(n);
+    }
+    assert_eq!(route_errors, 0);
+
+    // Every accepted outcome is in the shared log exactly once.
+    let start = Instant::now();
+    loop {
+        let store = RedisStore::new(&redis.url(), &prefix, Duration::from_millis(500)).unwrap();
+        let (log, _) = store.events_since(0, 100_000).await.unwrap();
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        let unique: HashSet<u64> = nonces.iter().copied().collect();
+        assert_eq!(unique.len(), nonces.len(), "an outcome was recorded twice");
+        if unique == accepted.iter().copied().collect::<HashSet<u64>>() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "log has {} of {} accepted outcomes",
+            unique.len(),
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{} feedbacks accepted during a 3 s outage, all recorded once",
+        during
+    );
+    // Health comes back.
+    let start = Instant::now();
+    while store_status(&mut health).await != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "store health did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The replica's own evidence counts each outcome once too.
+    let counted: u64 = server
+        .engine
+        .learner
+        .evidence()
+        .await
+        .values()
+        .map(|e| e.feedbacks)
+        .sum();
+    assert_eq!(counted, accepted.len() as u64);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_routes_with_the_learned_state() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("restart");
+    let a = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    let cold = thresholds(&a);
+    let mut client = a.router().await;
+    for i in 0..300 {
+        let d = client
+            .route(route_req(TASKS[i % TASKS.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    }
+    let learned = thresholds(&a);
+    assert_ne!(learned, cold);
+    a.stop().await;
+    // A new process of the same deployment: it has learned nothing itself.
+    let restarted = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    // Its very first answer already uses the shared state (it syncs before serving).
+    let d = restarted
+        .router()
+        .await
+        .route(route_req("first call"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first: Vec<f64> = d.candidates.iter().map(|c| c.threshold).collect();
+    let learned_default = &learned.iter().find(|(k, _)| k == "default").unwrap().1;
+    let cold_default = &cold.iter().find(|(k, _)| k == "default").unwrap().1;
+    assert_eq!(
+        &first, learned_default,
+        "restarted replica must route from the shared state"
+    );
+    assert_ne!(&first, cold_default);
+    assert_eq!(thresholds(&restarted), learned);
+}
+
+fn decode_nonce(id: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = id.split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    v["n"].as_u64().unwrap()
+}
