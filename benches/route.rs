@@ -3,7 +3,7 @@
 //! Run: `cargo bench --bench route` (add `-- --quick` for a short run). Target (design notes):
 //! classify + decide ≤ 20 µs median for a 2 KB task on one core.
 
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -66,5 +66,85 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Route through engines on each store (Route reads only the snapshot, so the store must not
+/// matter), and one Feedback applied end to end (verify, record, fold, re-plan, publish).
+fn by_store(c: &mut Criterion) {
+    use tokenwise::decision::Signer;
+    use tokenwise::feedback::{Engine, FeedbackInput};
+    use tokenwise::store::{MemoryStore, OutageBuffer, RedisStore, StateStore};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
+    let policy = Arc::new(Policy::embedded().expect("embedded policy"));
+    let url =
+        std::env::var("TOKENWISE_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut stores: Vec<(&str, Arc<dyn StateStore>)> =
+        vec![("memory", Arc::new(MemoryStore::new()))];
+    let prefix = format!("tw-bench-{}", std::process::id());
+    match RedisStore::new(&url, &prefix, std::time::Duration::from_millis(500)) {
+        Ok(r) if rt.block_on(r.ping()).is_ok() => stores.push(("redis", Arc::new(r))),
+        _ => eprintln!("no Redis at {url}: benchmarking the memory store only"),
+    }
+    let task = task_of(2048);
+    let req = RouteRequest {
+        task: &task,
+        workflow: "gsm8k",
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("by_store");
+    for (name, store) in stores {
+        let engine = Engine::with_store(
+            model.clone(),
+            policy.clone(),
+            Limits::default(),
+            Signer::new(b"bench").expect("signer"),
+            // Spent-nonce keys expire a minute after the bench.
+            60_000,
+            true,
+            store,
+            OutageBuffer::new(0, None),
+        );
+        // Some learned state first, so plans are not the cold ones.
+        let mut nonce = 0u64;
+        let mut feed = |engine: &Engine| {
+            nonce += 1;
+            let d = engine.router.route(&req, 0.5).expect("route");
+            let id = engine.learner.issue(&d, "", "gsm8k", 1_000, nonce);
+            let input = FeedbackInput {
+                decision_id: &id,
+                score: 1.0,
+                input_tokens: 500,
+                output_tokens: 100,
+                reused: false,
+            };
+            rt.block_on(engine.learner.feedback(&engine.router, &input, 2_000))
+                .expect("feedback");
+        };
+        for _ in 0..200 {
+            feed(&engine);
+        }
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("route_2KB", name), |b| {
+            b.iter(|| engine.router.route(black_box(&req), 0.5))
+        });
+        g.bench_function(BenchmarkId::new("feedback", name), |b| {
+            b.iter(|| feed(&engine))
+        });
+    }
+    g.finish();
+    // Leave nothing behind in a shared Redis.
+    if let Ok(client) = redis::Client::open(url.as_str())
+        && let Ok(mut con) = client.get_connection()
+    {
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(format!("{prefix}:events"))
+            .arg(format!("{prefix}:events:base"))
+            .query(&mut con);
+    }
+}
+
+criterion_group!(benches, bench, by_store);
 criterion_main!(benches);
