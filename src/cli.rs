@@ -172,6 +172,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
+    #[arg(long, hide = true)]
+    bench_noop: bool,
 }
 
 /// How logs are written (to stderr).
@@ -298,6 +301,7 @@ pub fn main() -> anyhow::Result<()> {
             let config = crate::server::ServeConfig {
                 refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+                bench_noop: args.bench_noop,
                 max_message_bytes: args.max_task_bytes + 64 * 1024,
                 ..Default::default()
             };

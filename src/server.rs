@@ -3,10 +3,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -38,6 +39,8 @@ pub struct ServeConfig {
     pub concurrency_per_connection: usize,
     /// How often shared state is re-read (and buffered feedback replayed).
     pub refresh_interval: Duration,
+    /// Serve a no-op Route handler instead of the router (benchmarks only).
+    pub bench_noop: bool,
 }
 
 /// Health service name that reports the state store: NOT_SERVING while it is unreachable
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             max_message_bytes: crate::routing::DEFAULT_MAX_TASK_BYTES + 64 * 1024,
             concurrency_per_connection: 256,
             refresh_interval: Duration::from_millis(250),
+            bench_noop: false,
         }
     }
 }
@@ -126,11 +130,83 @@ fn to_proto(d: &Decision, decision_id: String) -> pb::RouteResponse {
 /// `tokenwise.v1.Router`.
 pub struct RouterService {
     engine: Arc<Engine>,
+    counters: Arc<Counters>,
+}
+
+/// Calls served, by outcome: the server's own count (load generators see only HTTP status,
+/// while gRPC errors travel in trailers).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Route calls answered OK.
+    pub route_ok: AtomicU64,
+    /// Route calls answered with an error status.
+    pub route_err: AtomicU64,
+    /// Feedback calls accepted.
+    pub feedback_ok: AtomicU64,
+    /// Feedback calls refused.
+    pub feedback_err: AtomicU64,
+}
+
+impl Counters {
+    fn count<T>(ok: &AtomicU64, err: &AtomicU64, r: &Result<T, Status>) {
+        match r {
+            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => err.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// A Route handler that does nothing: `serve --bench-noop` measures the transport's own ceiling
+/// on this machine, so load results can be quoted as a ratio to it.
+pub struct NoopRouter {
+    counters: Arc<Counters>,
+}
+
+#[tonic::async_trait]
+impl RouterRpc for NoopRouter {
+    async fn route(
+        &self,
+        _request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
+        self.counters.route_ok.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::RouteResponse::default()))
+    }
+
+    async fn feedback(
+        &self,
+        _request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        Err(Status::unimplemented("no-op benchmark server"))
+    }
 }
 
 #[tonic::async_trait]
 impl RouterRpc for RouterService {
     async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
+        let result = self.route_inner(request);
+        Counters::count(&self.counters.route_ok, &self.counters.route_err, &result);
+        result
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let result = self.feedback_inner(request).await;
+        Counters::count(
+            &self.counters.feedback_ok,
+            &self.counters.feedback_err,
+            &result,
+        );
+        result
+    }
+}
+
+impl RouterService {
+    fn route_inner(
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
@@ -152,7 +228,7 @@ impl RouterRpc for RouterService {
         Ok(Response::new(to_proto(&d, id)))
     }
 
-    async fn feedback(
+    async fn feedback_inner(
         &self,
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
@@ -303,11 +379,25 @@ pub async fn run(
         })
     };
 
-    let router = RouterServer::new(RouterService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let counters = Arc::new(Counters::default());
+    let (router, noop) = if config.bench_noop {
+        tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
+        let noop = RouterServer::new(NoopRouter {
+            counters: counters.clone(),
+        });
+        (
+            None,
+            Some(noop.max_decoding_message_size(config.max_message_bytes)),
+        )
+    } else {
+        let router = RouterServer::new(RouterService {
+            engine: engine.clone(),
+            counters: counters.clone(),
+        })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+        (Some(router), None)
+    };
     let admin = AdminServer::new(AdminService {
         engine: engine.clone(),
     })
@@ -321,18 +411,29 @@ pub async fn run(
         .timeout(config.request_timeout)
         // Bound per-connection concurrency so one noisy client cannot take every worker.
         .concurrency_limit_per_connection(config.concurrency_per_connection)
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(router)
+        .add_optional_service(router)
+        .add_optional_service(noop)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // TCP_NODELAY on every accepted socket: a response is written as headers, data and
+            // trailers; with Nagle on, the last piece waits for a delayed ACK (~40 ms).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     refresher.abort();
     // In-flight calls are drained; record or persist what is still buffered.
     engine.learner.shutdown(now_ms()).await;
     served?;
-    tracing::info!("server stopped");
+    tracing::info!(
+        route_ok = counters.route_ok.load(Ordering::Relaxed),
+        route_err = counters.route_err.load(Ordering::Relaxed),
+        feedback_ok = counters.feedback_ok.load(Ordering::Relaxed),
+        feedback_err = counters.feedback_err.load(Ordering::Relaxed),
+        "server stopped"
+    );
     Ok(())
 }
