@@ -1,14 +1,15 @@
 //! Decision ids: HMAC-SHA256-signed tokens that carry what learning needs (scope, tier, band,
 //! issue time), so Feedback needs no stored decision and a caller cannot forge or alter one.
 //!
-//! Format: `base64url(json claims) "." base64url(first 16 bytes of HMAC-SHA256(key, claims))`.
+//! Format: `base64url(claims) "." base64url(first 16 bytes of HMAC-SHA256(key, claims))`, the
+//! claims in a compact binary layout (version byte, fixed-size numbers little-endian, then
+//! u16-length-prefixed strings): short on the wire and cheap to write on every Route.
 //! The nonce makes each id unique; the feedback ledger remembers spent nonces until the token
 //! expires, which is what makes feedback exactly-once.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -19,38 +20,106 @@ const MAC_BYTES: usize = 16;
 pub const MAX_TOKEN_BYTES: usize = 2048;
 
 /// What a decision id asserts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecisionClaims {
     /// Scope key whose plan decided.
-    #[serde(rename = "s")]
     pub scope: String,
     /// Tier name that was chosen.
-    #[serde(rename = "t")]
     pub tier: String,
     /// Complexity band of the task.
-    #[serde(rename = "b")]
     pub band: u8,
     /// Complexity of the task (for the record).
-    #[serde(rename = "c")]
     pub complexity: f32,
     /// Whether the decision explored.
-    #[serde(rename = "x", default)]
     pub explored: bool,
     /// Team of the caller (may be empty).
-    #[serde(rename = "tm", default)]
     pub team: String,
     /// Workflow of the caller (may be empty).
-    #[serde(rename = "wf", default)]
     pub workflow: String,
     /// Policy version that decided.
-    #[serde(rename = "p")]
     pub policy_version: String,
     /// Issue time, milliseconds since the Unix epoch.
-    #[serde(rename = "i")]
     pub issued_ms: u64,
     /// Random, unique per decision.
-    #[serde(rename = "n")]
     pub nonce: u64,
+}
+
+/// Layout version of the binary claims.
+const CLAIMS_V1: u8 = 1;
+
+impl DecisionClaims {
+    fn encode(&self) -> Vec<u8> {
+        let strings = [
+            &self.scope,
+            &self.tier,
+            &self.team,
+            &self.workflow,
+            &self.policy_version,
+        ];
+        let mut out = Vec::with_capacity(24 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
+        out.push(CLAIMS_V1);
+        out.extend_from_slice(&self.issued_ms.to_le_bytes());
+        out.extend_from_slice(&self.nonce.to_le_bytes());
+        out.extend_from_slice(&self.complexity.to_le_bytes());
+        out.push(self.band);
+        out.push(u8::from(self.explored));
+        for s in strings {
+            // Labels are capped at 256 bytes upstream and scope keys at ~530: u16 is plenty;
+            // anything longer is cut, never mis-framed.
+            let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader(b);
+        if r.take(1)?[0] != CLAIMS_V1 {
+            return None;
+        }
+        let issued_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let nonce = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let complexity = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let band = r.take(1)?[0];
+        let explored = r.take(1)?[0] != 0;
+        let scope = r.string()?;
+        let tier = r.string()?;
+        let team = r.string()?;
+        let workflow = r.string()?;
+        let policy_version = r.string()?;
+        r.0.is_empty().then_some(Self {
+            scope,
+            tier,
+            band,
+            complexity,
+            explored,
+            team,
+            workflow,
+            policy_version,
+            issued_ms,
+            nonce,
+        })
+    }
+}
+
+/// Bounds-checked reads over a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
 }
 
 /// Why a decision id was refused.
@@ -100,7 +169,7 @@ impl Signer {
     /// Encodes and signs claims.
     pub fn sign(&self, claims: &DecisionClaims) -> String {
         // Serialising plain strings and numbers cannot fail.
-        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let payload = claims.encode();
         let tag = self.mac(&payload).finalize().into_bytes();
         let mut out = URL_SAFE_NO_PAD.encode(&payload);
         out.push('.');
@@ -126,7 +195,7 @@ impl Signer {
         self.mac(&payload)
             .verify_truncated_left(&tag)
             .map_err(|_| TokenError::BadSignature)?;
-        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)
+        DecisionClaims::decode(&payload).ok_or(TokenError::Malformed)
     }
 }
 
@@ -164,7 +233,7 @@ mod tests {
         // Alter the claims (another tier) but keep the tag.
         let mut c = claims();
         c.tier = "frontier".into();
-        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
+        let forged_payload = URL_SAFE_NO_PAD.encode(c.encode());
         assert_eq!(
             s.verify(&format!("{forged_payload}.{tag}")),
             Err(TokenError::BadSignature)

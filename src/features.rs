@@ -60,7 +60,7 @@ const BIGRAM_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 const NUMBER_TOKEN: u64 = 0x5151_5151_5151_5151;
 
 /// Words whose presence hints at several dependent steps.
-const STEP_CUES: &[&str] = &[
+const STEP_CUES: [&str; 21] = [
     "then",
     "after",
     "each",
@@ -84,13 +84,13 @@ const STEP_CUES: &[&str] = &[
     "step",
 ];
 /// Words and symbols typical of code.
-const CODE_CUES: &[&str] = &[
+const CODE_CUES: [&str; 18] = [
     "def", "return", "function", "class", "import", "const", "let", "var", "fn", "int", "void",
     "print", "printf", "struct", "public", "null", "true", "false",
 ];
 
 /// Running counts of the hand-made signals while the text is scanned.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Signals {
     chars: usize,
     words: usize,
@@ -111,60 +111,18 @@ struct Signals {
 pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
     let text = input.text;
     let mut sig = Signals::default();
-    // First pass over bytes for cheap signals and the word count.
-    let bytes = text.as_bytes();
-    let mut at_line_start = true;
-    let mut in_word = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        let alnum = b.is_ascii_alphanumeric() || b >= 0x80;
-        if alnum && !in_word {
-            sig.words += 1;
-        }
-        in_word = alnum;
-        match b {
-            b'0'..=b'9' => sig.digits += 1,
-            b'+' | b'-' | b'*' | b'/' | b'=' | b'^' | b'<' | b'>' | b'%' => sig.math_ops += 1,
-            b'{' | b'}' | b';' | b'[' | b']' | b'`' | b'(' | b')' => sig.code_syms += 1,
-            b'?' => sig.questions += 1,
-            b'\n' => sig.newlines += 1,
-            b'A'..=b'Z' => sig.uppercase += 1,
-            _ => {}
-        }
-        if at_line_start
-            && matches!(b, b'A'..=b'D')
-            && matches!(bytes.get(i + 1), Some(b'.') | Some(b')'))
-        {
-            sig.choice_lines += 1;
-        }
-        at_line_start = b == b'\n';
+    // Word hashes in order (numbers folded into one token); ~5 bytes per word.
+    let mut words: Vec<u64> = Vec::with_capacity(text.len() / 5 + 1);
+    if text.is_ascii() {
+        scan_ascii(text, &mut sig, &mut words);
+    } else {
+        scan_unicode(text, &mut sig, &mut words);
     }
-    sig.chars = text.chars().count();
 
-    // Second pass: words → hashed unigrams and bigrams, cue counts.
+    // Hashed unigrams and bigrams, length-normalised.
     let weight = 1.0 / (sig.words.max(1) as f32).sqrt();
     let mut prev: Option<u64> = None;
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        let h = if word.bytes().all(|b| b.is_ascii_digit()) {
-            sig.numbers += 1;
-            NUMBER_TOKEN
-        } else {
-            let h = word
-                .bytes()
-                .fold(FNV_OFFSET, |h, b| fnv_byte(h, b.to_ascii_lowercase()));
-            if word.len() <= 9 {
-                let lower = LowerWord(word);
-                if STEP_CUES.iter().any(|c| lower.eq(c)) {
-                    sig.step_words += 1;
-                }
-                if CODE_CUES.iter().any(|c| lower.eq(c)) {
-                    sig.code_words += 1;
-                }
-            }
-            h
-        };
+    for &h in &words {
         visit(bucket(h), weight);
         if let Some(p) = prev {
             visit(
@@ -218,17 +176,115 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
     }
 }
 
-/// Case-insensitive comparison of an ASCII word with a lowercase cue, without allocating.
-struct LowerWord<'a>(&'a str);
+/// Per-byte signals shared by both scanners.
+#[inline]
+fn byte_signals(sig: &mut Signals, bytes: &[u8], i: usize, at_line_start: bool) {
+    let b = bytes[i];
+    match b {
+        b'0'..=b'9' => sig.digits += 1,
+        b'+' | b'-' | b'*' | b'/' | b'=' | b'^' | b'<' | b'>' | b'%' => sig.math_ops += 1,
+        b'{' | b'}' | b';' | b'[' | b']' | b'`' | b'(' | b')' => sig.code_syms += 1,
+        b'?' => sig.questions += 1,
+        b'\n' => sig.newlines += 1,
+        b'A'..=b'Z' => sig.uppercase += 1,
+        _ => {}
+    }
+    if at_line_start
+        && matches!(b, b'A'..=b'D')
+        && matches!(bytes.get(i + 1), Some(b'.') | Some(b')'))
+    {
+        sig.choice_lines += 1;
+    }
+}
 
-impl LowerWord<'_> {
-    fn eq(&self, cue: &str) -> bool {
-        self.0.len() == cue.len()
-            && self
-                .0
-                .bytes()
-                .zip(cue.bytes())
-                .all(|(a, b)| a.to_ascii_lowercase() == b)
+/// Lower-case FNV-1a of a word, usable in constants.
+const fn fnv_lower(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < b.len() {
+        h = (h ^ b[i].to_ascii_lowercase() as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    h
+}
+
+const fn hashes<const N: usize>(words: &[&str; N]) -> [u64; N] {
+    let mut out = [0u64; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = fnv_lower(words[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Cue words compared by their 64-bit hash: a few integer compares per word instead of string
+/// compares against every cue (the hot spot of feature extraction before).
+const STEP_HASHES: [u64; STEP_CUES.len()] = hashes(&STEP_CUES);
+const CODE_HASHES: [u64; CODE_CUES.len()] = hashes(&CODE_CUES);
+
+/// Counts cue words and returns the hash of one word (numbers fold into one token).
+#[inline]
+fn word_hash(sig: &mut Signals, word: &str) -> u64 {
+    if word.bytes().all(|b| b.is_ascii_digit()) {
+        sig.numbers += 1;
+        return NUMBER_TOKEN;
+    }
+    let h = word
+        .bytes()
+        .fold(FNV_OFFSET, |h, b| fnv_byte(h, b.to_ascii_lowercase()));
+    if word.len() <= 9 {
+        sig.step_words += usize::from(STEP_HASHES.contains(&h));
+        sig.code_words += usize::from(CODE_HASHES.contains(&h));
+    }
+    h
+}
+
+/// One pass over ASCII text: signals and words together (the common case).
+fn scan_ascii(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
+    let bytes = text.as_bytes();
+    let mut start = None;
+    let mut at_line_start = true;
+    for i in 0..bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() {
+            start.get_or_insert(i);
+        } else if let Some(s) = start.take() {
+            words.push(word_hash(sig, &text[s..i]));
+        }
+        byte_signals(sig, bytes, i, at_line_start);
+        at_line_start = b == b'\n';
+    }
+    if let Some(s) = start {
+        words.push(word_hash(sig, &text[s..]));
+    }
+    sig.chars = bytes.len();
+    sig.words = words.len();
+}
+
+/// Any text: Unicode-aware words (`char::is_alphanumeric`), the same signals.
+fn scan_unicode(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
+    let bytes = text.as_bytes();
+    let mut at_line_start = true;
+    let mut in_word = false;
+    for i in 0..bytes.len() {
+        let b = bytes[i];
+        // Word count for the length weight: runs of ASCII alphanumerics or non-ASCII bytes.
+        let alnum = b.is_ascii_alphanumeric() || b >= 0x80;
+        if alnum && !in_word {
+            sig.words += 1;
+        }
+        in_word = alnum;
+        byte_signals(sig, bytes, i, at_line_start);
+        at_line_start = b == b'\n';
+    }
+    sig.chars = text.chars().count();
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        words.push(word_hash(sig, word));
     }
 }
 
@@ -296,6 +352,24 @@ mod tests {
             expected_output_tokens: 100,
         });
         assert_ne!(plain, labelled);
+    }
+
+    #[test]
+    fn ascii_fast_path_matches_the_unicode_scanner() {
+        for text in [
+            "Tom has 3 apples.\nA. one\nB) two\nThen he eats 2; how many are left?",
+            "def f(x): return x*2 + 1  # code {a[0]}",
+            "  leading and trailing  ",
+            "",
+            "UPPER lower 12 34x x56",
+        ] {
+            let (mut a, mut b) = (Signals::default(), Signals::default());
+            let (mut wa, mut wb) = (Vec::new(), Vec::new());
+            scan_ascii(text, &mut a, &mut wa);
+            scan_unicode(text, &mut b, &mut wb);
+            assert_eq!(wa, wb, "{text:?}");
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text:?}");
+        }
     }
 
     #[test]

@@ -97,32 +97,36 @@ impl From<FeedbackError> for Status {
     }
 }
 
-fn to_proto(d: &Decision, decision_id: String) -> pb::RouteResponse {
-    let chosen = d.tier();
+/// Moves the decision into its proto form (no string copies on the hot path).
+fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
+    let (chosen, fallback) = (d.chosen, d.fallback);
+    let tier = d.candidates[chosen].name.clone();
+    let model = d.candidates[chosen].model.clone();
+    let estimated_cost_usd = d.candidates[chosen].estimated_cost_usd;
+    let fallback_tier = fallback
+        .map(|i| d.candidates[i].name.clone())
+        .unwrap_or_default();
     pb::RouteResponse {
         decision_id,
-        tier: chosen.name.clone(),
-        model: chosen.model.clone(),
+        tier,
+        model,
         complexity: d.complexity,
-        estimated_cost_usd: chosen.estimated_cost_usd,
+        estimated_cost_usd,
         candidates: d
             .candidates
-            .iter()
+            .into_iter()
             .map(|c| pb::Candidate {
-                tier: c.name.clone(),
-                model: c.model.clone(),
+                tier: c.name,
+                model: c.model,
                 predicted_quality: c.predicted_quality,
                 estimated_cost_usd: c.estimated_cost_usd,
                 threshold: c.threshold,
             })
             .collect(),
-        fallback_tier: d
-            .fallback
-            .map(|i| d.candidates[i].name.clone())
-            .unwrap_or_default(),
-        policy_version: d.policy_version.clone(),
-        reason: d.reason.clone(),
-        scope: d.scope.clone(),
+        fallback_tier,
+        policy_version: d.policy_version,
+        reason: d.reason,
+        scope: d.scope,
         explored: d.explored,
     }
 }
@@ -225,7 +229,7 @@ impl RouterService {
             .learner
             .issue(&d, &r.team, &r.workflow, now_ms(), rand::random());
         tracing::debug!(scope = %d.scope, tier = %d.tier().name, complexity = d.complexity, explored = d.explored, "routed");
-        Ok(Response::new(to_proto(&d, id)))
+        Ok(Response::new(to_proto(d, id)))
     }
 
     async fn feedback_inner(
