@@ -172,6 +172,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Concurrent calls in the whole server; beyond it calls are shed with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 2048)]
+    max_concurrent_requests: usize,
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
@@ -302,6 +305,7 @@ pub fn main() -> anyhow::Result<()> {
                 refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
                 bench_noop: args.bench_noop,
+                max_concurrent_requests: args.max_concurrent_requests,
                 max_message_bytes: args.max_task_bytes + 64 * 1024,
                 ..Default::default()
             };

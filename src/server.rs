@@ -35,8 +35,11 @@ pub struct ServeConfig {
     /// Largest request message accepted by the transport (the task limit is checked separately
     /// so an oversized task gets INVALID_ARGUMENT naming `task`).
     pub max_message_bytes: usize,
-    /// Concurrent requests per connection before callers queue at the transport.
+    /// Concurrent requests per connection; beyond it the connection's calls are shed.
     pub concurrency_per_connection: usize,
+    /// Concurrent requests in the whole server; beyond it calls are shed at once with
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    pub max_concurrent_requests: usize,
     /// How often shared state is re-read (and buffered feedback replayed).
     pub refresh_interval: Duration,
     /// Serve a no-op Route handler instead of the router (benchmarks only).
@@ -53,6 +56,7 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(2),
             max_message_bytes: crate::routing::DEFAULT_MAX_TASK_BYTES + 64 * 1024,
             concurrency_per_connection: 256,
+            max_concurrent_requests: 2048,
             refresh_interval: Duration::from_millis(250),
             bench_noop: false,
         }
@@ -413,8 +417,15 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         // Every call gets a deadline: a stuck call answers DEADLINE_EXCEEDED, never hangs.
         .timeout(config.request_timeout)
-        // Bound per-connection concurrency so one noisy client cannot take every worker.
+        // Bound per-connection concurrency so one noisy client cannot take every worker, and
+        // shed (RESOURCE_EXHAUSTED) rather than queue when a connection is at its limit.
         .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .load_shed(true)
+        // Server-wide: one semaphore for all connections; load_shed outside it answers at once
+        // when the server is full, so overload costs callers microseconds, not a queue.
+        .layer(tower::ServiceBuilder::new().load_shed().layer(
+            tower::limit::GlobalConcurrencyLimitLayer::new(config.max_concurrent_requests),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

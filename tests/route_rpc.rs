@@ -156,3 +156,34 @@ async fn shutdown_drains_and_stops() {
     // The port no longer accepts new connections.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_resource_exhausted_not_queued() {
+    let server = TestServer::with_config(Policy::embedded().unwrap(), Limits::default(), |c| {
+        c.max_concurrent_requests = 2;
+    })
+    .await;
+    let client = server.router().await;
+    // 64 concurrent Route calls with 200 KB tasks against a server that takes 2 at a time.
+    let big = "Explain each step of the proof. ".repeat(6_000);
+    let calls = (0..64).map(|_| {
+        let mut c = client.clone();
+        let req = route_req(&big);
+        tokio::spawn(async move { c.route(req).await.map(|_| ()).map_err(|e| e.code()) })
+    });
+    let mut ok = 0;
+    let mut shed = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Code::ResourceExhausted) => shed += 1,
+            Err(other) => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert!(shed > 0, "nothing was shed ({ok} ok)");
+    assert!(ok > 0, "everything was shed");
+    assert_eq!(ok + shed, 64);
+    // Once the burst is over the server serves normally.
+    let mut c = client.clone();
+    assert!(c.route(route_req("after the burst")).await.is_ok());
+}

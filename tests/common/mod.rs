@@ -34,6 +34,15 @@ impl TestServer {
 
     /// Starts a server with a given policy and limits.
     pub async fn with_policy(policy: Policy, limits: Limits) -> Self {
+        Self::with_config(policy, limits, |_| {}).await
+    }
+
+    /// Starts a server with a given policy and limits, and adjusted server settings.
+    pub async fn with_config(
+        policy: Policy,
+        limits: Limits,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
         let name = format!(
             "test-{}",
@@ -54,11 +63,12 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             refresh_interval: refresh,
             max_message_bytes: limits.max_task_bytes + 64 * 1024,
             ..ServeConfig::default()
         };
+        tweak(&mut config);
         let e = engine.clone();
         let handle = tokio::spawn(async move {
             run(e, config, listener, async {
