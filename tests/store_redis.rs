@@ -294,3 +294,121 @@ fn decode_nonce(id: &str) -> u64 {
     // Binary claims: version byte, issued_ms (8), then the nonce (8), little-endian.
     u64::from_le_bytes(claims[9..17].try_into().unwrap())
 }
+
+/// A `tokenwise serve` child process; killed on drop.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(config)
+        .env("TOKENWISE_DECISION_SECRET", "shared-by-both-replicas")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Replica(child)
+}
+
+async fn connect(port: u16) -> tonic::transport::Channel {
+    let ep = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(ep.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("replica on {port} did not come up");
+}
+
+async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
+    let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+    let r = admin
+        .get_thresholds(pb::GetThresholdsRequest {
+            scope: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.thresholds.iter().map(|t| t.threshold).collect()
+}
+
+#[tokio::test]
+async fn two_server_processes_learn_together_through_redis() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("processes");
+    let text = format!(
+        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n",
+        tokenwise::policy::EMBEDDED_POLICY,
+        redis.url()
+    );
+    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pa, pb_port) = (free(), free());
+    let _a = spawn_replica(&config, pa);
+    let _b = spawn_replica(&config, pb_port);
+    let (ca, cb) = (connect(pa).await, connect(pb_port).await);
+    let before = default_thresholds(&cb).await;
+
+    // Feedback only to process A.
+    let mut router_a = pb::router_client::RouterClient::new(ca.clone());
+    for i in 0..200 {
+        let d = router_a
+            .route(route_req(TASKS[i % TASKS.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        router_a.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    }
+    let learned = default_thresholds(&ca).await;
+    assert_ne!(learned, before);
+    let start = Instant::now();
+    while default_thresholds(&cb).await != learned {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "process B did not pick up A's learning"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A decision issued by A is accepted once, by B too (shared secret and nonce ledger).
+    let d = router_a
+        .route(route_req("cross-replica"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut router_b = pb::router_client::RouterClient::new(cb);
+    router_b.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    assert_eq!(
+        router_a
+            .feedback(fb(&d.decision_id, 1.0))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::AlreadyExists
+    );
+    let _ = std::fs::remove_file(&config);
+}
