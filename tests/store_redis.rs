@@ -85,14 +85,7 @@ async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
 
     // Only replica A hears that every tier's answers are perfect.
     let mut client = a.router().await;
-    for i in 0..300 {
-        let d = client
-            .route(route_req(TASKS[i % TASKS.len()]))
-            .await
-            .unwrap()
-            .into_inner();
-        client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
-    }
+    common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, before, "replica A should have learned");
 
@@ -253,14 +246,7 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
     let a = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
     let cold = thresholds(&a);
     let mut client = a.router().await;
-    for i in 0..300 {
-        let d = client
-            .route(route_req(TASKS[i % TASKS.len()]))
-            .await
-            .unwrap()
-            .into_inner();
-        client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
-    }
+    common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, cold);
     a.stop().await;
@@ -324,18 +310,7 @@ fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
 }
 
 async fn connect(port: u16) -> tonic::transport::Channel {
-    let ep = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if let Ok(ch) = tonic::transport::Endpoint::from_shared(ep.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("replica on {port} did not come up");
+    common::connect(([127, 0, 0, 1], port).into()).await
 }
 
 async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
@@ -376,14 +351,7 @@ async fn two_server_processes_learn_together_through_redis() {
 
     // Feedback only to process A.
     let mut router_a = pb::router_client::RouterClient::new(ca.clone());
-    for i in 0..200 {
-        let d = router_a
-            .route(route_req(TASKS[i % TASKS.len()]))
-            .await
-            .unwrap()
-            .into_inner();
-        router_a.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
-    }
+    common::teach(&mut router_a, &TASKS, 200, 1.0).await;
     let learned = default_thresholds(&ca).await;
     assert_ne!(learned, before);
     let start = Instant::now();

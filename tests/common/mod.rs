@@ -86,18 +86,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        let ep = format!("http://{}", self.addr);
-        for _ in 0..50 {
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(ep.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                return ch;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("server at {ep} did not come up");
+        connect(self.addr).await
     }
 
     pub async fn router(&self) -> RouterClient<Channel> {
@@ -124,6 +113,41 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A channel to a server at `addr`, retrying while it starts (up to 5 s).
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    let ep = format!("http://{addr}");
+    for _ in 0..250 {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(ep.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("server at {ep} did not come up");
+}
+
+/// Routes `n` tasks from `tasks` through `client` and reports each outcome with `score`.
+pub async fn teach(client: &mut RouterClient<Channel>, tasks: &[&str], n: usize, score: f64) {
+    for i in 0..n {
+        let d = client
+            .route(route_req(tasks[i % tasks.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        let fb = tokenwise::server::pb::FeedbackRequest {
+            decision_id: d.decision_id,
+            score,
+            input_tokens: 50,
+            output_tokens: 20,
+            reused: false,
+        };
+        client.feedback(fb).await.unwrap();
     }
 }
 
