@@ -253,7 +253,7 @@ impl Learner {
                     .unwrap_or_else(PoisonError::into_inner)
                     .nonces
                     .insert(nonce);
-                tracing::warn!(error = %e, buffered = self.buffer.len(), "store unreachable: feedback buffered");
+                tracing::debug!(error = %e, "store unreachable: feedback buffered");
                 Ok(ack)
             }
         }
@@ -315,13 +315,16 @@ impl Learner {
     pub async fn refresh(&self, router: &Router, now_ms: u64) -> bool {
         if !self.buffer.is_empty() {
             match self.buffer.drain(self.store.as_ref(), now_ms).await {
-                Ok(n) => {
-                    tracing::info!(recorded = n, "outage buffer replayed into the store");
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .nonces
-                        .clear();
+                Ok(drained) => {
+                    tracing::info!(
+                        recorded = drained.len(),
+                        "outage buffer replayed into the store"
+                    );
+                    // Only what was drained: outcomes buffered meanwhile stay guarded locally.
+                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for n in &drained {
+                        pending.nonces.remove(n);
+                    }
                 }
                 Err(e) => {
                     self.set_degraded(true);

@@ -83,10 +83,7 @@ impl OutageBuffer {
         f.sync_data().map_err(|e| self.io(e))
     }
 
-    fn read_spill(&self) -> Result<Vec<OutcomeEvent>, BufferError> {
-        let Some(path) = &self.spill else {
-            return Ok(Vec::new());
-        };
+    fn read_file(&self, path: &std::path::Path) -> Result<Vec<OutcomeEvent>, BufferError> {
         let f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -104,6 +101,21 @@ impl OutageBuffer {
         Ok(out)
     }
 
+    /// The file a drain works from: the spill file is renamed to it when a drain starts, so
+    /// outcomes spilled while the drain runs go to a fresh spill file and are never deleted
+    /// with the drained ones.
+    fn draining_path(&self) -> Option<PathBuf> {
+        self.spill.as_ref().map(|p| p.with_extension("draining"))
+    }
+
+    fn spilled(&self) -> usize {
+        [self.spill.clone(), self.draining_path()]
+            .into_iter()
+            .flatten()
+            .map(|p| self.read_file(&p).map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+
     /// Outcomes waiting, in memory and on disk.
     pub fn len(&self) -> usize {
         let mem = self
@@ -111,34 +123,45 @@ impl OutageBuffer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len();
-        mem + self.read_spill().map(|v| v.len()).unwrap_or(0)
+        mem + self.spilled()
     }
 
-    /// Whether nothing is waiting.
+    /// Whether nothing is waiting (cheap: no file is read).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let mem_empty = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        mem_empty
+            && [self.spill.clone(), self.draining_path()]
+                .into_iter()
+                .flatten()
+                .all(|p| !p.exists())
     }
 
     /// Records everything waiting, spill file first (it holds the oldest), in order. Stops at
-    /// the first store failure and keeps the rest. Returns how many were recorded or found to be
-    /// duplicates.
-    pub async fn drain(&self, store: &dyn StateStore, now_ms: u64) -> Result<usize, StoreError> {
-        let mut done = 0;
-        let spilled = self
-            .read_spill()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        if !spilled.is_empty() {
+    /// the first store failure and keeps the rest. Returns the nonces recorded (or found to be
+    /// duplicates) by this call.
+    pub async fn drain(&self, store: &dyn StateStore, now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let mut done = Vec::new();
+        let unavailable = |e: BufferError| StoreError::Unavailable(e.to_string());
+        if let (Some(spill), Some(draining)) = (self.spill.as_ref(), self.draining_path()) {
+            // Claim the spill file unless an earlier, interrupted drain still holds one.
+            if !draining.exists() && spill.exists() {
+                std::fs::rename(spill, &draining).map_err(|e| unavailable(self.io(e)))?;
+            }
+            let spilled = self.read_file(&draining).map_err(unavailable)?;
             for (i, e) in spilled.iter().enumerate() {
                 if let Err(err) = store.record(e, now_ms).await {
-                    // Keep what is left on disk, then give up for now.
-                    self.rewrite_spill(&spilled[i..])
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    // Keep what is left for the next drain, then give up for now.
+                    self.rewrite(&draining, &spilled[i..])
+                        .map_err(unavailable)?;
                     return Err(err);
                 }
-                done += 1;
+                done.push(e.nonce);
             }
-            self.rewrite_spill(&[])
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            self.rewrite(&draining, &[]).map_err(unavailable)?;
         }
         loop {
             let next = self
@@ -153,15 +176,12 @@ impl OutageBuffer {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop_front();
-            done += 1;
+            done.push(e.nonce);
         }
         Ok(done)
     }
 
-    fn rewrite_spill(&self, rest: &[OutcomeEvent]) -> Result<(), BufferError> {
-        let Some(path) = &self.spill else {
-            return Ok(());
-        };
+    fn rewrite(&self, path: &std::path::Path, rest: &[OutcomeEvent]) -> Result<(), BufferError> {
         if rest.is_empty() {
             return match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
@@ -202,7 +222,7 @@ impl OutageBuffer {
 mod tests {
     use super::*;
     use crate::store::contract::event;
-    use crate::store::{MemoryStore, Recorded};
+    use crate::store::{MemoryStore, OutcomeEvent, Recorded, StateStore, StoreError};
 
     fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("tw-buffer-{}-{name}.jsonl", std::process::id()))
@@ -221,13 +241,62 @@ mod tests {
         let store = MemoryStore::new();
         // One of them already made it before the outage: drained as a duplicate, not twice.
         assert_eq!(store.record(&event(3), 0).await.unwrap(), Recorded::New);
-        assert_eq!(buf.drain(&store, 0).await.unwrap(), 5);
+        assert_eq!(buf.drain(&store, 0).await.unwrap().len(), 5);
         assert!(buf.is_empty());
+        assert!(!path.with_extension("draining").exists());
         let (log, _) = store.events_since(0, 100).await.unwrap();
         let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
         // Spilled (2, 3, 4) drain before memory (0, 1); 3 was already there.
         assert_eq!(nonces, vec![3, 2, 4, 0, 1]);
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_drain_resumes_and_new_spills_are_kept() {
+        let path = temp("resume");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("draining"));
+        let buf = OutageBuffer::new(0, Some(path.clone()));
+        for n in 0..3 {
+            buf.push(event(n)).unwrap();
+        }
+        // A store that fails after one record: the drain stops with two left.
+        struct Flaky(MemoryStore, std::sync::atomic::AtomicUsize);
+        #[async_trait::async_trait]
+        impl StateStore for Flaky {
+            async fn record(&self, e: &OutcomeEvent, now: u64) -> Result<Recorded, StoreError> {
+                if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {
+                    return Err(StoreError::Unavailable("down".into()));
+                }
+                self.0.record(e, now).await
+            }
+            async fn events_since(
+                &self,
+                c: u64,
+                m: usize,
+            ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
+                self.0.events_since(c, m).await
+            }
+            async fn ping(&self) -> Result<(), StoreError> {
+                Ok(())
+            }
+            fn kind(&self) -> &'static str {
+                "flaky"
+            }
+        }
+        let flaky = Flaky(MemoryStore::new(), std::sync::atomic::AtomicUsize::new(0));
+        assert!(buf.drain(&flaky, 0).await.is_err());
+        // Spilled while the drain held its file: goes to a fresh spill file.
+        buf.push(event(9)).unwrap();
+        assert_eq!(buf.len(), 3);
+        let store = MemoryStore::new();
+        // First drain finishes the interrupted file, the next one the fresh spill.
+        buf.drain(&store, 0).await.unwrap();
+        buf.drain(&store, 0).await.unwrap();
+        assert!(buf.is_empty());
+        let (log, _) = store.events_since(0, 10).await.unwrap();
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        assert_eq!(nonces, vec![1, 2, 9]);
     }
 
     #[tokio::test]
