@@ -18,6 +18,8 @@ use crate::store::{MemoryStore, OutageBuffer, OutcomeEvent, Recorded, StateStore
 
 /// Default lifetime of a decision id: feedback later than this is refused.
 pub const DEFAULT_DECISION_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Largest token count accepted in feedback (no call is this large; sums stay far from overflow).
+pub const MAX_TOKENS: i64 = 1_000_000_000;
 /// Events read from the store per round trip while catching up.
 const SYNC_PAGE: usize = 2000;
 
@@ -169,10 +171,10 @@ impl Learner {
             ("input_tokens", input.input_tokens),
             ("output_tokens", input.output_tokens),
         ] {
-            if v < 0 {
+            if !(0..=MAX_TOKENS).contains(&v) {
                 return Err(FeedbackError::InvalidArgument {
                     field,
-                    reason: format!("must be ≥ 0, got {v}"),
+                    reason: format!("must be in [0, {MAX_TOKENS}], got {v}"),
                 });
             }
         }
@@ -265,8 +267,16 @@ impl Learner {
         let mut folded = self.folded.lock().await;
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut count = 0;
+        let mut failure = None;
         loop {
-            let (events, next) = self.store.events_since(folded.cursor, SYNC_PAGE).await?;
+            let (events, next) = match self.store.events_since(folded.cursor, SYNC_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // Publish what was already folded before reporting the failure.
+                    failure = Some(e);
+                    break;
+                }
+            };
             if next < folded.cursor {
                 // The store's log is shorter than what we read: it lost its data (a Redis
                 // without persistence restarted). Start over from its beginning; what we
@@ -307,7 +317,10 @@ impl Learner {
             }
             router.publish(table);
         }
-        Ok(count)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
     }
 
     /// Background duty: replay buffered outcomes if any, then catch up with the store. Returns

@@ -440,6 +440,8 @@ pub async fn run(
         )
         .await;
     refresher.abort();
+    // Wait until it is gone, so its drain cannot overlap the shutdown drain.
+    let _ = refresher.await;
     // In-flight calls are drained; record or persist what is still buffered.
     engine.learner.shutdown(now_ms()).await;
     served?;

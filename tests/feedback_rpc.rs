@@ -87,6 +87,14 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
             Code::InvalidArgument,
             "output_tokens",
         ),
+        (
+            pb::FeedbackRequest {
+                output_tokens: i64::MAX,
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "output_tokens",
+        ),
         (fb("", 1.0), Code::InvalidArgument, "decision_id"),
         (fb("made-up-id", 1.0), Code::InvalidArgument, "decision_id"),
         (

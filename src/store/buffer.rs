@@ -3,7 +3,7 @@
 //! idempotent by nonce, so a replay that is interrupted and retried never counts twice.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
@@ -14,6 +14,9 @@ pub struct OutageBuffer {
     memory: Mutex<VecDeque<OutcomeEvent>>,
     capacity: usize,
     spill: Option<PathBuf>,
+    /// Held while appending to the spill file and while a drain claims it, so no append can
+    /// land in a file the drain has already read.
+    spill_lock: Mutex<()>,
 }
 
 /// Errors of the buffer's own file.
@@ -39,6 +42,7 @@ impl OutageBuffer {
             memory: Mutex::new(VecDeque::new()),
             capacity,
             spill,
+            spill_lock: Mutex::new(()),
         }
     }
 
@@ -68,14 +72,25 @@ impl OutageBuffer {
         let Some(path) = &self.spill else {
             return Err(BufferError::Full(self.capacity));
         };
+        let _claim = self
+            .spill_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         }
+        // A crash mid-write can leave a last line without its newline: start on a fresh line.
+        let torn = std::fs::read(path)
+            .map(|b| !b.is_empty() && !b.ends_with(b"\n"))
+            .unwrap_or(false);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| self.io(e))?;
+        if torn {
+            writeln!(f).map_err(|e| self.io(e))?;
+        }
         for e in events {
             let line = serde_json::to_string(e).map_err(|e| self.io(std::io::Error::other(e)))?;
             writeln!(f, "{line}").map_err(|e| self.io(e))?;
@@ -84,17 +99,16 @@ impl OutageBuffer {
     }
 
     fn read_file(&self, path: &std::path::Path) -> Result<Vec<OutcomeEvent>, BufferError> {
-        let f = match std::fs::File::open(path) {
-            Ok(f) => f,
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.io(e)),
         };
         let mut out = Vec::new();
-        for line in std::io::BufReader::new(f).lines() {
-            let line = line.map_err(|e| self.io(e))?;
-            match serde_json::from_str(&line) {
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice(line) {
                 Ok(e) => out.push(e),
-                // A torn last line from a crash mid-write: skip it, keep the rest.
+                // A torn line from a crash mid-write (even mid-character): skip it, keep the rest.
                 Err(err) => tracing::warn!(error = %err, "skipping unreadable spill line"),
             }
         }
@@ -148,10 +162,16 @@ impl OutageBuffer {
         let unavailable = |e: BufferError| StoreError::Unavailable(e.to_string());
         if let (Some(spill), Some(draining)) = (self.spill.as_ref(), self.draining_path()) {
             // Claim the spill file unless an earlier, interrupted drain still holds one.
-            if !draining.exists() && spill.exists() {
-                std::fs::rename(spill, &draining).map_err(|e| unavailable(self.io(e)))?;
-            }
-            let spilled = self.read_file(&draining).map_err(unavailable)?;
+            let spilled = {
+                let _claim = self
+                    .spill_lock
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !draining.exists() && spill.exists() {
+                    std::fs::rename(spill, &draining).map_err(|e| unavailable(self.io(e)))?;
+                }
+                self.read_file(&draining).map_err(unavailable)?
+            };
             for (i, e) in spilled.iter().enumerate() {
                 if let Err(err) = store.record(e, now_ms).await {
                     // Keep what is left for the next drain, then give up for now.
@@ -163,7 +183,13 @@ impl OutageBuffer {
             }
             self.rewrite(&draining, &[]).map_err(unavailable)?;
         }
-        loop {
+        // Only what was buffered when the drain started: under steady traffic it must finish.
+        let queued = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        for _ in 0..queued {
             let next = self
                 .memory
                 .lock()
@@ -172,10 +198,11 @@ impl OutageBuffer {
                 .cloned();
             let Some(e) = next else { break };
             store.record(&e, now_ms).await?;
-            self.memory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
+            let mut mem = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+            // Pop only the entry just recorded (a concurrent drain may have taken it).
+            if mem.front().map(|f| f.nonce) == Some(e.nonce) {
+                mem.pop_front();
+            }
             done.push(e.nonce);
         }
         Ok(done)
@@ -312,6 +339,25 @@ mod tests {
         let store = MemoryStore::new();
         next_start.drain(&store, 0).await.unwrap();
         assert_eq!(store.events_since(0, 10).await.unwrap().0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_spill_line_loses_only_itself() {
+        let path = temp("torn");
+        let mut good = serde_json::to_string(&event(1)).unwrap();
+        good.push('\n');
+        // A crash cut the second record mid-character: no newline, invalid UTF-8.
+        let mut bytes = good.into_bytes();
+        bytes.extend_from_slice(&"{\"nonce\":2,\"scope\":\"é".as_bytes()[..22]);
+        std::fs::write(&path, &bytes).unwrap();
+        let buf = OutageBuffer::new(0, Some(path.clone()));
+        buf.push(event(3)).unwrap();
+        let store = MemoryStore::new();
+        buf.drain(&store, 0).await.unwrap();
+        let (log, _) = store.events_since(0, 10).await.unwrap();
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        assert_eq!(nonces, vec![1, 3]);
+        assert!(buf.is_empty());
     }
 
     #[test]

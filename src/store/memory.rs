@@ -58,6 +58,10 @@ impl StateStore for MemoryStore {
         max: usize,
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
         let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let end = s.base + s.log.len() as u64;
+        if cursor > end {
+            return Ok((Vec::new(), end));
+        }
         let start = cursor.max(s.base);
         let events: Vec<OutcomeEvent> = s
             .log

@@ -32,7 +32,7 @@ local base = tonumber(redis.call('GET', KEYS[2]) or '0')
 local from = tonumber(ARGV[1]) - base
 if from < 0 then from = 0 end
 local items = redis.call('LRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)
-return {base, from, items}
+return {base, from, items, redis.call('LLEN', KEYS[1])}
 ";
 
 /// A Redis-backed [`StateStore`].
@@ -153,7 +153,7 @@ impl StateStore for RedisStore {
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
         let (events, base) = (self.key("events"), self.key("events:base"));
         let script = &self.read;
-        let (base, from, items): (u64, u64, Vec<String>) = self
+        let (base, from, items, len): (u64, u64, Vec<String>, u64) = self
             .with_conn(|mut c| async move {
                 script
                     .key(events)
@@ -171,6 +171,11 @@ impl StateStore for RedisStore {
                     .map_err(|e| StoreError::Corrupt(format!("event {s:?}: {e}")))
             })
             .collect::<Result<Vec<OutcomeEvent>, _>>()?;
+        if cursor > base + len {
+            // The log is shorter than what this reader has seen: Redis lost its data. Report
+            // the real end so the caller notices and starts over.
+            return Ok((Vec::new(), base + len));
+        }
         let next = base + from + parsed.len() as u64;
         Ok((parsed, next))
     }
