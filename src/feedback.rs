@@ -405,11 +405,6 @@ impl Learner {
     pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
         self.folded.lock().await.evidence.clone()
     }
-
-    /// Whether thresholds learn from feedback.
-    pub fn is_learning(&self) -> bool {
-        self.learning
-    }
 }
 
 /// The router and the learner that feeds it: what `serve` and `replay` both run.

@@ -2,20 +2,12 @@
 
 mod common;
 
+use common::feedback_req as fb;
+
 use base64::Engine as _;
 use common::{TestServer, route_req};
 use tokenwise::server::pb;
 use tonic::Code;
-
-fn fb(decision_id: &str, score: f64) -> pb::FeedbackRequest {
-    pb::FeedbackRequest {
-        decision_id: decision_id.to_string(),
-        score,
-        input_tokens: 120,
-        output_tokens: 40,
-        reused: false,
-    }
-}
 
 async fn evidence_total(server: &TestServer) -> u64 {
     server

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::feedback_req as fb;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -41,16 +43,6 @@ fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
-}
-
-fn fb(id: &str, score: f64) -> pb::FeedbackRequest {
-    pb::FeedbackRequest {
-        decision_id: id.into(),
-        score,
-        input_tokens: 50,
-        output_tokens: 20,
-        reused: false,
-    }
 }
 
 const TASKS: [&str; 6] = [

@@ -132,6 +132,17 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
     panic!("server at {ep} did not come up");
 }
 
+/// A Feedback for `decision_id` with `score` and small, valid token counts.
+pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::server::pb::FeedbackRequest {
+    tokenwise::server::pb::FeedbackRequest {
+        decision_id: decision_id.to_string(),
+        score,
+        input_tokens: 50,
+        output_tokens: 20,
+        reused: false,
+    }
+}
+
 /// Routes `n` tasks from `tasks` through `client` and reports each outcome with `score`.
 pub async fn teach(client: &mut RouterClient<Channel>, tasks: &[&str], n: usize, score: f64) {
     for i in 0..n {
@@ -140,14 +151,10 @@ pub async fn teach(client: &mut RouterClient<Channel>, tasks: &[&str], n: usize,
             .await
             .unwrap()
             .into_inner();
-        let fb = tokenwise::server::pb::FeedbackRequest {
-            decision_id: d.decision_id,
-            score,
-            input_tokens: 50,
-            output_tokens: 20,
-            reused: false,
-        };
-        client.feedback(fb).await.unwrap();
+        client
+            .feedback(feedback_req(&d.decision_id, score))
+            .await
+            .unwrap();
     }
 }
 
