@@ -111,8 +111,7 @@ fn by_store(c: &mut Criterion) {
         let mut nonce = 0u64;
         let mut feed = |engine: &Engine| {
             nonce += 1;
-            let d = engine.router.route(&req, 0.5).expect("route");
-            let id = engine.learner.issue(&d, "", "gsm8k", 1_000, nonce);
+            let (_, id) = engine.route(&req, 0.5, 1_000, nonce).expect("route");
             let input = FeedbackInput {
                 decision_id: &id,
                 score: 1.0,
@@ -120,7 +119,7 @@ fn by_store(c: &mut Criterion) {
                 output_tokens: 100,
                 reused: false,
             };
-            rt.block_on(engine.learner.feedback(&engine.router, &input, 2_000))
+            rt.block_on(engine.feedback(&input, 2_000))
                 .expect("feedback");
         };
         for _ in 0..200 {

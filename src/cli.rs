@@ -57,6 +57,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the books of a running server: spend, outcomes, cost per completed output,
+    /// savings, value, reuse and budgets, per team or workflow.
+    Report {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Start: `day`, `week` or `month` (the current calendar period, UTC), a duration back
+        /// from now (`24h`, `7d`), or a UTC date or time (`2026-11-01`, `2026-11-01T08:00:00Z`).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// End (same forms as a date or time); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by `team`, `workflow`, `tier` or `team_workflow`.
+        #[arg(long, default_value = "team")]
+        by: String,
+        /// Only this team.
+        #[arg(long, default_value = "")]
+        team: String,
+        /// Only this workflow.
+        #[arg(long, default_value = "")]
+        workflow: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Train the complexity model on graded task records.
     Train {
         /// JSON Lines file of tasks with per-model outcomes (.jsonl or .jsonl.gz).
@@ -178,6 +207,37 @@ pub struct ServeArgs {
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
+}
+
+/// Views of the report.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    /// Aligned tables for a terminal.
+    Table,
+    /// The whole report as JSON.
+    Json,
+    /// One row per group.
+    Csv,
+    /// A self-contained page with tables and a chart.
+    Html,
+}
+
+/// A point in time from the command line: a UTC date, an RFC 3339 time, or a duration ago.
+fn parse_instant(s: &str, now_ms: u64) -> anyhow::Result<u64> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_ms.saturating_sub(d.as_millis() as u64));
+    }
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00")
+    } else {
+        s.trim_end_matches('Z').to_string()
+    };
+    match humantime::parse_rfc3339_weak(&full) {
+        Ok(t) => Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64),
+        Err(e) => anyhow::bail!(
+            "cannot read time {s:?} (a duration like 24h, a date like 2026-11-01, or 2026-11-01T08:00:00Z): {e}"
+        ),
+    }
 }
 
 /// How logs are written (to stderr).
@@ -382,6 +442,37 @@ pub fn main() -> anyhow::Result<()> {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
                     println!("{:<40} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
                 }
+            }
+            Ok(())
+        }),
+        Command::Report { addr, since, until, by, team, workflow, format, out } => runtime()?.block_on(async move {
+            use crate::server::pb;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+            let (period, since_ms) = match since.as_str() {
+                "day" | "week" | "month" => (since.clone(), 0),
+                _ => (String::new(), parse_instant(&since, now)?),
+            };
+            let until_ms = until.as_deref().map(|u| parse_instant(u, now)).transpose()?.unwrap_or(0);
+            let mut client = pb::admin_client::AdminClient::new(connect(&addr).await?);
+            let r = client
+                .get_report(pb::GetReportRequest { since_ms, until_ms, period, team, workflow, group_by: by })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let r: crate::report::Report = r.into();
+            use crate::report::render;
+            let text = match format {
+                ReportFormat::Table => render::table(&r),
+                ReportFormat::Json => render::json(&r)?,
+                ReportFormat::Csv => render::csv(&r)?,
+                ReportFormat::Html => render::html(&r),
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    eprintln!("report written to {}", path.display());
+                }
+                None => print!("{text}"),
             }
             Ok(())
         }),

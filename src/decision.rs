@@ -42,10 +42,15 @@ pub struct DecisionClaims {
     pub issued_ms: u64,
     /// Random, unique per decision.
     pub nonce: u64,
+    /// Estimated cost of the chosen tier, micro-USD (reserved against budgets at Route).
+    pub estimate_micros: u64,
+    /// Estimated cost of the same task on the scope's premium tier, micro-USD.
+    pub premium_micros: u64,
 }
 
-/// Layout version of the binary claims.
+/// Layout versions of the binary claims: v2 adds the cost estimates after the nonce.
 const CLAIMS_V1: u8 = 1;
+const CLAIMS_V2: u8 = 2;
 
 impl DecisionClaims {
     fn encode(&self) -> Vec<u8> {
@@ -56,10 +61,12 @@ impl DecisionClaims {
             &self.workflow,
             &self.policy_version,
         ];
-        let mut out = Vec::with_capacity(24 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
-        out.push(CLAIMS_V1);
+        let mut out = Vec::with_capacity(40 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
+        out.push(CLAIMS_V2);
         out.extend_from_slice(&self.issued_ms.to_le_bytes());
         out.extend_from_slice(&self.nonce.to_le_bytes());
+        out.extend_from_slice(&self.estimate_micros.to_le_bytes());
+        out.extend_from_slice(&self.premium_micros.to_le_bytes());
         out.extend_from_slice(&self.complexity.to_le_bytes());
         out.push(self.band);
         out.push(u8::from(self.explored));
@@ -75,11 +82,17 @@ impl DecisionClaims {
 
     fn decode(b: &[u8]) -> Option<Self> {
         let mut r = Reader(b);
-        if r.take(1)?[0] != CLAIMS_V1 {
+        let version = r.take(1)?[0];
+        if version != CLAIMS_V1 && version != CLAIMS_V2 {
             return None;
         }
-        let issued_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let nonce = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let issued_ms = r.u64()?;
+        let nonce = r.u64()?;
+        let (estimate_micros, premium_micros) = if version == CLAIMS_V2 {
+            (r.u64()?, r.u64()?)
+        } else {
+            (0, 0)
+        };
         let complexity = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
         let band = r.take(1)?[0];
         let explored = r.take(1)?[0] != 0;
@@ -99,6 +112,8 @@ impl DecisionClaims {
             policy_version,
             issued_ms,
             nonce,
+            estimate_micros,
+            premium_micros,
         })
     }
 }
@@ -114,6 +129,10 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
     fn string(&mut self) -> Option<String> {
@@ -215,6 +234,8 @@ mod tests {
             policy_version: "abc".into(),
             issued_ms: 1_700_000_000_000,
             nonce: 42,
+            estimate_micros: 1234,
+            premium_micros: 98_765,
         }
     }
 

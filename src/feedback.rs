@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::books::Books;
 use crate::classifier::Calibration;
 use crate::decision::{DecisionClaims, Signer, TokenError};
 use crate::learning::{BANDS, ScopeEvidence, TaskShape};
@@ -75,8 +76,12 @@ pub struct FeedbackAck {
     pub scope: String,
     /// Tier that ran.
     pub tier: String,
-    /// Actual cost in USD (0 if the tier is no longer in the policy).
+    /// Actual cost in USD (the estimate if the tier is no longer in the policy).
     pub actual_cost_usd: f64,
+    /// The same in micro-USD.
+    pub actual_cost_micros: i64,
+    /// Time from the decision to its feedback, ms.
+    pub lag_ms: u64,
 }
 
 /// Local view of the store's log.
@@ -151,6 +156,8 @@ impl Learner {
             policy_version: d.policy_version.clone(),
             issued_ms: now_ms,
             nonce,
+            estimate_micros: d.tier().cost_micros.max(0) as u64,
+            premium_micros: d.premium_micros().max(0) as u64,
         })
     }
 
@@ -158,6 +165,7 @@ impl Learner {
     pub async fn feedback(
         &self,
         router: &Router,
+        books: &Books,
         input: &FeedbackInput<'_>,
         now_ms: u64,
     ) -> Result<FeedbackAck, FeedbackError> {
@@ -193,18 +201,20 @@ impl Learner {
             });
         }
         let table = router.table();
-        let actual_cost_usd = table
-            .policy
-            .tier_index(&claims.tier)
-            .map(|i| {
-                table.policy.tiers[i]
-                    .cost_usd(input.input_tokens as u64, input.output_tokens as u64)
-            })
-            .unwrap_or(0.0);
+        let (counters, actual_micros) = books.outcome_counters(
+            &table.policy,
+            &claims,
+            input.score,
+            input.input_tokens as u64,
+            input.output_tokens as u64,
+            input.reused,
+        );
         let ack = FeedbackAck {
             scope: claims.scope.clone(),
             tier: claims.tier.clone(),
-            actual_cost_usd,
+            actual_cost_usd: actual_micros as f64 / 1e6,
+            actual_cost_micros: actual_micros,
+            lag_ms: now_ms.saturating_sub(claims.issued_ms),
         };
         let event = OutcomeEvent {
             nonce: claims.nonce,
@@ -216,6 +226,7 @@ impl Learner {
             input_tokens: input.input_tokens as u64,
             output_tokens: input.output_tokens as u64,
             workflow: claims.workflow,
+            counters,
         };
         if self
             .pending
@@ -396,6 +407,11 @@ impl Learner {
         self.degraded.load(Ordering::Relaxed)
     }
 
+    /// The shared-state store.
+    pub fn store(&self) -> &dyn StateStore {
+        self.store.as_ref()
+    }
+
     /// Outcomes waiting for the store.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -407,12 +423,90 @@ impl Learner {
     }
 }
 
-/// The router and the learner that feeds it: what `serve` and `replay` both run.
+/// The router, the learner that feeds it and the books: what `serve` and `replay` both run.
 pub struct Engine {
     /// Decides.
     pub router: Router,
     /// Learns.
     pub learner: Learner,
+    /// Counts spend and enforces budgets.
+    pub books: Books,
+}
+
+/// Why Route refused a call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteRefused {
+    /// The request is invalid.
+    #[error(transparent)]
+    Invalid(#[from] crate::routing::RouteError),
+    /// A hard budget with `on_exhausted = "reject"` is used up.
+    #[error(transparent)]
+    Budget(#[from] crate::books::BudgetExhausted),
+}
+
+impl Engine {
+    /// Routes one call: decide, apply budgets, reserve the estimate, sign the decision id.
+    pub fn route(
+        &self,
+        req: &crate::routing::RouteRequest<'_>,
+        explore_draw: f64,
+        now_ms: u64,
+        nonce: u64,
+    ) -> Result<(Decision, String), RouteRefused> {
+        let table = self.router.table();
+        let mut d = crate::routing::decide(
+            self.router.model(),
+            &table,
+            self.router.limits(),
+            req,
+            explore_draw,
+        )?;
+        self.books
+            .admit(&table.policy, &mut d, req.team, req.workflow, now_ms)?;
+        let id = self
+            .learner
+            .issue(&d, req.team, req.workflow, now_ms, nonce);
+        Ok((d, id))
+    }
+
+    /// Validates and records one outcome (see [`Learner::feedback`]).
+    pub async fn feedback(
+        &self,
+        input: &FeedbackInput<'_>,
+        now_ms: u64,
+    ) -> Result<FeedbackAck, FeedbackError> {
+        self.learner
+            .feedback(&self.router, &self.books, input, now_ms)
+            .await
+    }
+
+    /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
+    /// Returns whether the store is healthy.
+    pub async fn refresh(&self, now_ms: u64) -> bool {
+        let learned = self.learner.refresh(&self.router, now_ms).await;
+        let flushed = self
+            .books
+            .flush(&self.router.table().policy, self.learner.store())
+            .await;
+        if let Err(e) = &flushed {
+            tracing::debug!(error = %e, "books not flushed");
+        }
+        let ok = learned && flushed.is_ok();
+        self.books.set_store_down(!ok);
+        ok
+    }
+
+    /// Shutdown: flush the books once, then record or persist buffered outcomes.
+    pub async fn shutdown(&self, now_ms: u64) {
+        if let Err(e) = self
+            .books
+            .flush(&self.router.table().policy, self.learner.store())
+            .await
+        {
+            tracing::warn!(error = %e, cells = self.books.pending_cells(), "route accounting not flushed at shutdown");
+        }
+        self.learner.shutdown(now_ms).await;
+    }
 }
 
 impl Engine {
@@ -463,6 +557,7 @@ impl Engine {
         Self {
             router: Router::new(model, table, limits),
             learner,
+            books: Books::new(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! Data flows one way: `server` → `routing` → (`classifier`, `policy`, `learning`); the domain
 //! never sees proto types.
 
+pub mod books;
 pub mod classifier;
 pub mod cli;
 pub mod dataset;
@@ -21,6 +22,7 @@ pub mod feedback;
 pub mod learning;
 pub mod policy;
 pub mod replay;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -220,7 +220,8 @@ pub fn replay(
         }
         let draw: f64 = rng.random();
         let nonce: u64 = rng.random();
-        let Ok(d) = engine.router.route(&req, draw) else {
+        let now = t0 + i as u64 * 1000;
+        let Ok((d, id)) = engine.route(&req, draw, now, nonce) else {
             skipped += 1;
             continue;
         };
@@ -229,8 +230,6 @@ pub fn replay(
             skipped += 1;
             continue;
         };
-        let now = t0 + i as u64 * 1000;
-        let id = engine.learner.issue(&d, "", &r.workflow, now, nonce);
         let fb = FeedbackInput {
             decision_id: &id,
             score: o.score,
@@ -238,7 +237,7 @@ pub fn replay(
             output_tokens: o.output_tokens.unwrap_or(d.output_tokens) as i64,
             reused: false,
         };
-        if let Err(e) = runtime.block_on(engine.learner.feedback(&engine.router, &fb, now)) {
+        if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
         }
         n += 1;

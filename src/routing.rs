@@ -81,6 +81,8 @@ pub struct Candidate {
     pub predicted_quality: f64,
     /// Estimated cost in USD.
     pub estimated_cost_usd: f64,
+    /// The same estimate in micro-USD (what the books count).
+    pub cost_micros: i64,
     /// The tier's current threshold in the scope.
     pub threshold: f64,
 }
@@ -116,6 +118,11 @@ impl Decision {
     /// The chosen candidate.
     pub fn tier(&self) -> &Candidate {
         &self.candidates[self.chosen]
+    }
+
+    /// Estimated cost of the same task on the scope's premium (most expensive allowed) tier.
+    pub fn premium_micros(&self) -> i64 {
+        self.candidates.last().map_or(0, |c| c.cost_micros)
     }
 }
 
@@ -188,12 +195,14 @@ pub fn decide(
         .iter()
         .map(|t| {
             let tier = &policy.tiers[t.tier];
+            let cost_micros = tier.cost_micros(input_tokens, output_tokens);
             Candidate {
                 tier: t.tier,
                 name: tier.name.clone(),
                 model: tier.model.clone(),
                 predicted_quality: t.predicted[band],
-                estimated_cost_usd: tier.cost_usd(input_tokens, output_tokens),
+                estimated_cost_usd: cost_micros as f64 / 1e6,
+                cost_micros,
                 threshold: t.threshold,
             }
         })
@@ -293,6 +302,11 @@ impl Router {
     /// Publishes a new table; readers switch on their next call.
     pub fn publish(&self, table: RoutingTable) {
         self.table.store(Arc::new(table));
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The complexity model.

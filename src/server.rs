@@ -12,7 +12,9 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::feedback::{Engine, FeedbackError, FeedbackInput};
+use crate::feedback::{Engine, FeedbackError, FeedbackInput, RouteRefused};
+use crate::policy::Period;
+use crate::report::{self, build::ReportQuery};
 use crate::routing::{Decision, RouteError, RouteRequest};
 
 /// Generated protobuf and gRPC types.
@@ -89,6 +91,22 @@ impl From<RouteError> for Status {
     }
 }
 
+impl From<RouteRefused> for Status {
+    fn from(e: RouteRefused) -> Self {
+        match e {
+            RouteRefused::Invalid(e) => e.into(),
+            RouteRefused::Budget(b) => {
+                let text = b.to_string();
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    text.clone(),
+                    ErrorDetails::with_quota_failure_violation(b.budget, text),
+                )
+            }
+        }
+    }
+}
+
 impl From<FeedbackError> for Status {
     fn from(e: FeedbackError) -> Self {
         match e {
@@ -133,6 +151,186 @@ fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
         scope: d.scope,
         explored: d.explored,
     }
+}
+
+// ---- report ↔ proto ----
+
+impl From<report::TierShare> for pb::TierShare {
+    fn from(t: report::TierShare) -> Self {
+        Self {
+            tier: t.tier,
+            tasks: t.tasks,
+            spend_micros: t.spend_micros,
+        }
+    }
+}
+
+impl From<pb::TierShare> for report::TierShare {
+    fn from(t: pb::TierShare) -> Self {
+        Self {
+            tier: t.tier,
+            tasks: t.tasks,
+            spend_micros: t.spend_micros,
+        }
+    }
+}
+
+/// Maps the fields shared by a proto and a domain group, both ways.
+macro_rules! group_fields {
+    ($from:expr, $to:ident) => {{
+        let g = $from;
+        $to {
+            key: g.key,
+            spend_micros: g.spend_micros,
+            tasks: g.tasks,
+            outcomes: g.outcomes,
+            completed: g.completed,
+            cost_per_completed_micros: g.cost_per_completed_micros,
+            realized_quality: g.realized_quality,
+            quality_bar: g.quality_bar,
+            tier_mix: g.tier_mix.into_iter().map(Into::into).collect(),
+            premium_micros: g.premium_micros,
+            savings_micros: g.savings_micros,
+            value_micros: g.value_micros,
+            net_value_micros: g.net_value_micros,
+            reused: g.reused,
+            reuse_rate: g.reuse_rate,
+            budget_downgrades: g.budget_downgrades,
+            budget_rejections: g.budget_rejections,
+        }
+    }};
+}
+
+/// Same for budgets.
+macro_rules! budget_fields {
+    ($from:expr, $to:ident) => {{
+        let b = $from;
+        $to {
+            id: b.id,
+            team: b.team,
+            workflow: b.workflow,
+            period: b.period,
+            period_start_ms: b.period_start_ms,
+            soft_limit_micros: b.soft_limit_micros,
+            hard_limit_micros: b.hard_limit_micros,
+            used_micros: b.used_micros,
+            left_micros: b.left_micros,
+            state: b.state,
+        }
+    }};
+}
+
+/// Same for series points.
+macro_rules! point_fields {
+    ($from:expr, $to:ident) => {{
+        let p = $from;
+        $to {
+            start_ms: p.start_ms,
+            spend_micros: p.spend_micros,
+            tasks: p.tasks,
+            outcomes: p.outcomes,
+            realized_quality: p.realized_quality,
+        }
+    }};
+}
+
+impl From<report::Report> for pb::GetReportResponse {
+    fn from(r: report::Report) -> Self {
+        use pb::{BudgetStatus, GroupReport, SeriesPoint};
+        Self {
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            group_by: r.group_by.as_str().to_string(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| group_fields!(g, GroupReport))
+                .collect(),
+            total: Some(group_fields!(r.total, GroupReport)),
+            budgets: r
+                .budgets
+                .into_iter()
+                .map(|b| budget_fields!(b, BudgetStatus))
+                .collect(),
+            series: r
+                .series
+                .into_iter()
+                .map(|p| point_fields!(p, SeriesPoint))
+                .collect(),
+            policy_version: r.policy_version,
+            generated_ms: r.generated_ms,
+        }
+    }
+}
+
+impl From<pb::GetReportResponse> for report::Report {
+    fn from(r: pb::GetReportResponse) -> Self {
+        use report::{BudgetStatus, GroupReport, SeriesPoint};
+        Self {
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            group_by: report::GroupBy::parse(&r.group_by).unwrap_or_default(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| group_fields!(g, GroupReport))
+                .collect(),
+            total: group_fields!(r.total.unwrap_or_default(), GroupReport),
+            budgets: r
+                .budgets
+                .into_iter()
+                .map(|b| budget_fields!(b, BudgetStatus))
+                .collect(),
+            series: r
+                .series
+                .into_iter()
+                .map(|p| point_fields!(p, SeriesPoint))
+                .collect(),
+            policy_version: r.policy_version,
+            generated_ms: r.generated_ms,
+        }
+    }
+}
+
+/// Validates a report request into a query.
+fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQuery, Status> {
+    let group_by = report::GroupBy::parse(&r.group_by).ok_or_else(|| {
+        invalid(
+            "group_by",
+            format!(
+                "must be \"team\", \"workflow\", \"tier\" or \"team_workflow\", got {:?}",
+                r.group_by
+            ),
+        )
+    })?;
+    let until_ms = if r.until_ms == 0 { now } else { r.until_ms };
+    let since_ms = match r.period.as_str() {
+        "" if r.since_ms == 0 => until_ms.saturating_sub(24 * 3_600_000),
+        "" => r.since_ms,
+        "day" => Period::Day.start_ms(now),
+        "week" => Period::Week.start_ms(now),
+        "month" => Period::Month.start_ms(now),
+        other => {
+            return Err(invalid(
+                "period",
+                format!("must be \"day\", \"week\", \"month\" or empty, got {other:?}"),
+            ));
+        }
+    };
+    let until_ms = if r.period.is_empty() { until_ms } else { now };
+    if since_ms >= until_ms {
+        return Err(invalid(
+            "since_ms",
+            format!("must be before until_ms ({until_ms}), got {since_ms}"),
+        ));
+    }
+    Ok(ReportQuery {
+        since_ms,
+        until_ms,
+        team: r.team.clone(),
+        workflow: r.workflow.clone(),
+        group_by,
+    })
 }
 
 /// `tokenwise.v1.Router`.
@@ -227,11 +425,9 @@ impl RouterService {
             expected_output_tokens: hints.expected_output_tokens,
             task_type: &hints.task_type,
         };
-        let d = self.engine.router.route(&req, rand::random::<f64>())?;
-        let id = self
+        let (d, id) = self
             .engine
-            .learner
-            .issue(&d, &r.team, &r.workflow, now_ms(), rand::random());
+            .route(&req, rand::random::<f64>(), now_ms(), rand::random())?;
         tracing::debug!(scope = %d.scope, tier = %d.tier().name, complexity = d.complexity, explored = d.explored, "routed");
         Ok(Response::new(to_proto(d, id)))
     }
@@ -248,12 +444,7 @@ impl RouterService {
             output_tokens: r.output_tokens,
             reused: r.reused,
         };
-        match self
-            .engine
-            .learner
-            .feedback(&self.engine.router, &input, now_ms())
-            .await
-        {
+        match self.engine.feedback(&input, now_ms()).await {
             Ok(ack) => {
                 tracing::debug!(scope = %ack.scope, tier = %ack.tier, score = r.score, "feedback applied");
                 Ok(Response::new(pb::FeedbackResponse {
@@ -315,6 +506,34 @@ impl Admin for AdminService {
             policy_version: table.policy.version.clone(),
         }))
     }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::GetReportResponse>, Status> {
+        let r = self.report(request.into_inner()).await?;
+        Ok(Response::new(r.into()))
+    }
+}
+
+impl AdminService {
+    async fn report(&self, r: pb::GetReportRequest) -> Result<report::Report, Status> {
+        let now = now_ms();
+        let q = report_query(&r, now)?;
+        let policy = self.engine.router.table().policy.clone();
+        let store = self.engine.learner.store();
+        let unavailable = |e: crate::store::StoreError| {
+            Status::unavailable(format!("report needs the store: {e}"))
+        };
+        self.engine
+            .books
+            .flush(&policy, store)
+            .await
+            .map_err(unavailable)?;
+        report::build::build(&policy, &self.engine.books, store, &q, now)
+            .await
+            .map_err(unavailable)
+    }
 }
 
 /// Errors starting the server.
@@ -354,7 +573,7 @@ pub async fn run(
         .build_v1alpha()?;
 
     // Catch up with shared state before taking traffic, then keep refreshing in the background.
-    let healthy = engine.learner.refresh(&engine.router, now_ms()).await;
+    let healthy = engine.refresh(now_ms()).await;
     let store_status = |ok: bool| {
         if ok {
             ServingStatus::Serving
@@ -375,8 +594,7 @@ pub async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let ok = engine.learner.refresh(&engine.router, now_ms()).await
-                    && !engine.learner.is_degraded();
+                let ok = engine.refresh(now_ms()).await && !engine.learner.is_degraded();
                 if ok != last {
                     reporter
                         .set_service_status(STORE_HEALTH_SERVICE, store_status(ok))
@@ -443,7 +661,7 @@ pub async fn run(
     // Wait until it is gone, so its drain cannot overlap the shutdown drain.
     let _ = refresher.await;
     // In-flight calls are drained; record or persist what is still buffered.
-    engine.learner.shutdown(now_ms()).await;
+    engine.shutdown(now_ms()).await;
     served?;
     tracing::info!(
         route_ok = counters.route_ok.load(Ordering::Relaxed),

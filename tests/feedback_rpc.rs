@@ -167,21 +167,13 @@ async fn expired_decisions_get_a_clear_error() {
         reused: false,
     };
     let day = 24 * 3600 * 1000;
-    let err = engine
-        .learner
-        .feedback(&engine.router, &input, issued + day + 1)
-        .await
-        .unwrap_err();
+    let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();
     assert!(matches!(err, FeedbackError::Expired { .. }), "{err:?}");
     assert!(err.to_string().contains("expired"));
     let status: tonic::Status = err.into();
     assert_eq!(status.code(), Code::FailedPrecondition);
     // Within the TTL it is accepted.
-    engine
-        .learner
-        .feedback(&engine.router, &input, issued + day - 1)
-        .await
-        .unwrap();
+    engine.feedback(&input, issued + day - 1).await.unwrap();
 }
 
 #[tokio::test]

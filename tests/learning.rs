@@ -84,9 +84,10 @@ impl Sim {
 
     /// Routes one record, scores it with `score(tier model, record)`, feeds it back.
     fn step(&mut self, r: &Record, score: impl Fn(&str, &Record) -> f64) -> (String, f64) {
-        let d = self
+        self.step += 1;
+        let now = 1_000_000 + self.step * 1000;
+        let (d, id) = self
             .engine
-            .router
             .route(
                 &RouteRequest {
                     task: &r.prompt,
@@ -94,16 +95,12 @@ impl Sim {
                     ..Default::default()
                 },
                 self.rng.random(),
+                now,
+                self.rng.random(),
             )
             .unwrap();
         let model = d.tier().model.clone();
         let s = score(&model, r);
-        self.step += 1;
-        let now = 1_000_000 + self.step * 1000;
-        let id = self
-            .engine
-            .learner
-            .issue(&d, "", &r.workflow, now, self.rng.random());
         let out = r
             .outcomes
             .get(PREMIUM)
@@ -117,11 +114,7 @@ impl Sim {
             reused: false,
         };
         self.runtime
-            .block_on(
-                self.engine
-                    .learner
-                    .feedback(&self.engine.router, &input, now),
-            )
+            .block_on(self.engine.feedback(&input, now))
             .unwrap();
         (d.tier().name.clone(), s)
     }

@@ -304,6 +304,18 @@ mod tests {
             ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
                 self.0.events_since(c, m).await
             }
+            async fn add_counters(
+                &self,
+                adds: &[super::super::CounterAdd],
+            ) -> Result<(), StoreError> {
+                self.0.add_counters(adds).await
+            }
+            async fn read_counters(
+                &self,
+                hashes: &[String],
+            ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError> {
+                self.0.read_counters(hashes).await
+            }
             async fn ping(&self) -> Result<(), StoreError> {
                 Ok(())
             }

@@ -1,9 +1,9 @@
 //! The in-memory store: the embedded default, and what `replay` runs on.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use super::{MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
+use super::{CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
 
 #[derive(Default)]
 struct Inner {
@@ -13,6 +13,20 @@ struct Inner {
     log: VecDeque<OutcomeEvent>,
     /// Absolute position of `log[0]`.
     base: u64,
+    counters: HashMap<String, HashMap<String, i64>>,
+}
+
+impl Inner {
+    fn add(&mut self, adds: &[CounterAdd]) {
+        for a in adds {
+            *self
+                .counters
+                .entry(a.hash.clone())
+                .or_default()
+                .entry(a.field.clone())
+                .or_default() += a.delta;
+        }
+    }
 }
 
 /// State held in this process only.
@@ -44,7 +58,8 @@ impl StateStore for MemoryStore {
             return Ok(Recorded::Duplicate);
         }
         s.expiries.insert((event.expires_ms, event.nonce));
-        s.log.push_back(event.clone());
+        s.add(&event.counters);
+        s.log.push_back(event.for_log());
         if s.log.len() as u64 > MAX_LOG_EVENTS {
             s.log.pop_front();
             s.base += 1;
@@ -71,6 +86,25 @@ impl StateStore for MemoryStore {
             .cloned()
             .collect();
         Ok((events.clone(), start + events.len() as u64))
+    }
+
+    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(adds);
+        Ok(())
+    }
+
+    async fn read_counters(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+        let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(hashes
+            .iter()
+            .map(|h| s.counters.get(h).cloned().unwrap_or_default())
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -42,7 +42,35 @@ pub struct OutcomeEvent {
     /// Workflow label of the caller.
     #[serde(default)]
     pub workflow: String,
+    /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
+    /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<CounterAdd>,
 }
+
+impl OutcomeEvent {
+    /// The event as the log keeps it (without its accounting).
+    pub fn for_log(&self) -> OutcomeEvent {
+        OutcomeEvent {
+            counters: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// An increment of one shared integer counter: `field` of the counter hash `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CounterAdd {
+    /// Counter hash, e.g. `ledger:493315` or `budget:team:search/month`.
+    pub hash: String,
+    /// Field within the hash.
+    pub field: String,
+    /// Signed amount to add.
+    pub delta: i64,
+}
+
+/// Counter hashes are kept this long after their last change (ledger hours, budget periods).
+pub const COUNTER_RETENTION_MS: u64 = 400 * 24 * 3600 * 1000;
 
 /// What recording an outcome did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +106,17 @@ pub trait StateStore: Send + Sync {
         cursor: u64,
         max: usize,
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError>;
+
+    /// Adds each delta to its counter. Each counter changes atomically; a batch may be applied
+    /// partly if the store fails midway only where the backend cannot do better (Redis applies
+    /// a batch as one transaction).
+    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError>;
+
+    /// Every field of each named counter hash (empty for a hash never written), in order.
+    async fn read_counters(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError>;
 
     /// Cheap liveness check.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -142,6 +181,15 @@ pub mod contract {
             input_tokens: 10 + n,
             output_tokens: 5,
             workflow: format!("w{}", n % 4),
+            counters: Vec::new(),
+        }
+    }
+
+    fn add(hash: &str, field: &str, delta: i64) -> CounterAdd {
+        CounterAdd {
+            hash: hash.into(),
+            field: field.into(),
+            delta,
         }
     }
 
@@ -188,6 +236,47 @@ pub mod contract {
         let (nothing, c4) = store.events_since(3, 100).await.map_err(e)?;
         ensure(nothing.is_empty() && c4 == 3, || {
             format!("caught-up read = {nothing:?} / {c4}")
+        })?;
+
+        // Counters: batches add up, fields and hashes stay apart, unknown hashes read empty.
+        store
+            .add_counters(&[add("h1", "a", 5), add("h1", "b", -2), add("h2", "a", 1)])
+            .await
+            .map_err(e)?;
+        store
+            .add_counters(&[add("h1", "a", 7), add("h1", "a", -1)])
+            .await
+            .map_err(e)?;
+        let read = store
+            .read_counters(&["h1".into(), "nope".into(), "h2".into()])
+            .await
+            .map_err(e)?;
+        let want = |pairs: &[(&str, i64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        ensure(
+            read == vec![want(&[("a", 11), ("b", -2)]), want(&[]), want(&[("a", 1)])],
+            || format!("counters read back as {read:?}"),
+        )?;
+
+        // An outcome's accounting applies with it, once: not again for a duplicate, and it
+        // stays out of the log.
+        let mut with = event(500);
+        with.counters = vec![add("h3", "spend", 40), add("h3", "outcomes", 1)];
+        for _ in 0..2 {
+            store.record(&with, now).await.map_err(e)?;
+        }
+        let read = store.read_counters(&["h3".into()]).await.map_err(e)?;
+        ensure(
+            read == vec![want(&[("spend", 40), ("outcomes", 1)])],
+            || format!("outcome accounting applied as {read:?}"),
+        )?;
+        let (logged, _) = store.events_since(3, 100).await.map_err(e)?;
+        ensure(logged == vec![event(500)], || {
+            format!("logged outcome is {logged:?}")
         })?;
 
         // Many concurrent records of one nonce: exactly one wins.

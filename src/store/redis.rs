@@ -2,7 +2,8 @@
 //!
 //! Keys, under a per-deployment prefix: `{p}:spent:{nonce}` (expires with the decision id),
 //! `{p}:events` (a list: the log) and `{p}:events:base` (how many old events were trimmed, so
-//! positions stay absolute). Recording is one Lua script, so "spend the nonce and append" is
+//! positions stay absolute), and `{p}:c:{hash}` for shared counters (the books and budgets,
+//! Redis hashes of integers). Recording is one Lua script, so "spend the nonce and append" is
 //! atomic across replicas. The connection is made lazily and re-made after failures, so a
 //! replica can start, and keep routing, while Redis is down.
 
@@ -11,7 +12,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
-use super::{MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
+use std::collections::HashMap;
+
+use super::{
+    COUNTER_RETENTION_MS, CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore,
+    StoreError,
+};
 
 const RECORD: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
@@ -21,6 +27,10 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
     local drop = len - max
     redis.call('LTRIM', KEYS[2], drop, -1)
     redis.call('INCRBY', KEYS[3], drop)
+  end
+  for i = 4, #KEYS do
+    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 3], ARGV[2 * i - 2])
+    redis.call('PEXPIRE', KEYS[i], ARGV[4])
   end
   return 1
 end
@@ -116,27 +126,40 @@ impl RedisStore {
     fn key(&self, k: &str) -> String {
         format!("{}:{k}", self.prefix)
     }
+
+    fn counter_key(&self, hash: &str) -> String {
+        format!("{}:c:{hash}", self.prefix)
+    }
 }
 
 #[async_trait::async_trait]
 impl StateStore for RedisStore {
     async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
-        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(&event.for_log())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let counter_keys: Vec<String> = event
+            .counters
+            .iter()
+            .map(|c| self.counter_key(&c.hash))
+            .collect();
         let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
         let spent = self.key(&format!("spent:{}", event.nonce));
         let (events, base) = (self.key("events"), self.key("events:base"));
         let script = &self.record;
         let won: i64 = self
             .with_conn(|mut c| async move {
-                script
-                    .key(spent)
-                    .key(events)
+                let mut call = script.key(spent);
+                call.key(events)
                     .key(base)
                     .arg(ttl)
                     .arg(json)
                     .arg(MAX_LOG_EVENTS)
-                    .invoke_async(&mut c)
-                    .await
+                    .arg(COUNTER_RETENTION_MS);
+                // KEYS[4 + i] gets ARGV[5 + 2i] (field) and ARGV[6 + 2i] (delta).
+                for (key, add) in counter_keys.iter().zip(&event.counters) {
+                    call.key(key).arg(&add.field).arg(add.delta);
+                }
+                call.invoke_async(&mut c).await
             })
             .await?;
         Ok(if won == 1 {
@@ -178,6 +201,42 @@ impl StateStore for RedisStore {
         }
         let next = base + from + parsed.len() as u64;
         Ok((parsed, next))
+    }
+
+    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError> {
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut keys: Vec<String> = Vec::new();
+        for a in adds {
+            let key = self.counter_key(&a.hash);
+            pipe.hincr(&key, &a.field, a.delta).ignore();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        for key in &keys {
+            pipe.pexpire(key, COUNTER_RETENTION_MS as i64).ignore();
+        }
+        self.with_conn(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+
+    async fn read_counters(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for h in hashes {
+            pipe.hgetall(self.counter_key(h));
+        }
+        self.with_conn(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,616 @@
+//! The books: spend accounting and budgets.
+//!
+//! Every Route reserves its estimated cost (integer micro-dollars) against the budgets that
+//! cover its team and workflow and counts the decision in an hourly ledger cell (hour, team,
+//! workflow, tier). Feedback reconciles: its counters (actual − estimate, the outcome, its score,
+//! value, reuse) travel inside the outcome event and are applied by the store in the same atomic
+//! step that spends the decision's nonce, so they count exactly once even through an outage
+//! buffer. Decisions that never get feedback keep their estimate: they settle at it when their
+//! decision id expires (the decision TTL).
+//!
+//! Route never waits on the store. Its reservations collect in a local pending map that the
+//! background refresher flushes as counter increments, and budget checks read a local view:
+//! the usage last read from the store, plus what this replica reserved since. Replicas learn of
+//! each other's reservations at the next refresh, so with R replicas a hard limit can be
+//! overshot by at most what the other replicas reserved within one refresh interval (and never
+//! by more than (R − 1) × the budget left at the last refresh). Tests pin that bound.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use hashbrown::Equivalent;
+
+use crate::decision::DecisionClaims;
+use crate::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
+use crate::routing::Decision;
+use crate::store::{CounterAdd, StateStore, StoreError};
+
+/// Length of one ledger bucket.
+pub const HOUR_MS: u64 = 3_600_000;
+/// Distinct team labels counted separately; later ones are counted as [`OTHER`].
+pub const MAX_TEAMS: usize = 100;
+/// Distinct workflow labels counted separately; later ones are counted as [`OTHER`].
+pub const MAX_WORKFLOWS: usize = 200;
+/// Label of everything over a cardinality cap.
+pub const OTHER: &str = "other";
+/// Separator of the parts of a ledger field name (never inside a label: see [`clean`]).
+const SEP: char = '\u{1f}';
+
+/// Ledger metrics, as stored. Route writes the first six, Feedback the rest.
+pub mod metric {
+    /// Decisions.
+    pub const TASKS: &str = "tasks";
+    /// Spend, micro-USD: the estimate at Route, reconciled to the actual at Feedback.
+    pub const SPEND: &str = "spend";
+    /// Counterfactual spend on the scope's premium tier, micro-USD.
+    pub const PREMIUM: &str = "premium";
+    /// Decisions whose tier a budget lowered.
+    pub const DOWNGRADED: &str = "downgraded";
+    /// Route calls a budget refused (tier field empty).
+    pub const REJECTED: &str = "rejected";
+    /// Decisions that explored.
+    pub const EXPLORED: &str = "explored";
+    /// Outcomes received.
+    pub const OUTCOMES: &str = "outcomes";
+    /// Outcomes that met the scope's bar.
+    pub const COMPLETED: &str = "completed";
+    /// Sum of outcome scores, in millionths.
+    pub const SCORE: &str = "score_ppm";
+    /// Sum of the bars the outcomes were judged against, in millionths.
+    pub const BAR: &str = "bar_ppm";
+    /// Value created, micro-USD.
+    pub const VALUE: &str = "value";
+    /// Outcomes marked reused.
+    pub const REUSED: &str = "reused";
+}
+
+/// Counter hash of the ledger hour containing `ms`.
+pub fn ledger_hash(ms: u64) -> String {
+    format!("ledger:{}", ms / HOUR_MS)
+}
+
+/// Counter hash of a budget (fields: period start ms).
+pub fn budget_hash(id: &str) -> String {
+    format!("budget:{id}")
+}
+
+/// Field name of a ledger metric for one cell.
+pub fn ledger_field(metric: &str, team: &str, workflow: &str, tier: &str) -> String {
+    format!("{metric}{SEP}{team}{SEP}{workflow}{SEP}{tier}")
+}
+
+/// Splits a ledger field into (metric, team, workflow, tier).
+pub fn parse_ledger_field(field: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut it = field.split(SEP);
+    let r = (it.next()?, it.next()?, it.next()?, it.next()?);
+    it.next().is_none().then_some(r)
+}
+
+/// A label with control characters replaced, so it can never break a field name.
+fn clean(label: &str) -> std::borrow::Cow<'_, str> {
+    if label.chars().any(char::is_control) {
+        label
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        label.into()
+    }
+}
+
+/// Caps the number of distinct label values, so metrics and the ledger stay bounded.
+#[derive(Default)]
+struct Labels {
+    teams: hashbrown::HashSet<String>,
+    workflows: hashbrown::HashSet<String>,
+}
+
+impl Labels {
+    fn admit<'a>(set: &mut hashbrown::HashSet<String>, cap: usize, label: &'a str) -> &'a str {
+        if label.is_empty() || set.contains(label) {
+            return label;
+        }
+        if set.len() >= cap {
+            return OTHER;
+        }
+        set.insert(label.to_string());
+        label
+    }
+
+    fn team<'a>(&mut self, t: &'a str) -> &'a str {
+        Self::admit(&mut self.teams, MAX_TEAMS, t)
+    }
+
+    fn workflow<'a>(&mut self, w: &'a str) -> &'a str {
+        Self::admit(&mut self.workflows, MAX_WORKFLOWS, w)
+    }
+}
+
+/// A ledger cell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CellKey {
+    /// Hour index (ms / [`HOUR_MS`]).
+    pub hour: u64,
+    /// Team label.
+    pub team: String,
+    /// Workflow label.
+    pub workflow: String,
+    /// Tier name (empty for rejections).
+    pub tier: String,
+}
+
+/// Borrowed form of [`CellKey`] for allocation-free lookups (hashes the same).
+#[derive(Hash)]
+struct CellRef<'a> {
+    hour: u64,
+    team: &'a str,
+    workflow: &'a str,
+    tier: &'a str,
+}
+
+impl Equivalent<CellKey> for CellRef<'_> {
+    fn equivalent(&self, k: &CellKey) -> bool {
+        self.hour == k.hour
+            && self.team == k.team
+            && self.workflow == k.workflow
+            && self.tier == k.tier
+    }
+}
+
+/// Route-time counts of one cell not yet flushed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CellDelta {
+    /// Decisions.
+    pub tasks: i64,
+    /// Reserved estimates.
+    pub spend: i64,
+    /// Premium counterfactual estimates.
+    pub premium: i64,
+    /// Budget downgrades.
+    pub downgraded: i64,
+    /// Budget rejections.
+    pub rejected: i64,
+    /// Explorations.
+    pub explored: i64,
+}
+
+impl CellDelta {
+    fn add(&mut self, o: &CellDelta) {
+        self.tasks += o.tasks;
+        self.spend += o.spend;
+        self.premium += o.premium;
+        self.downgraded += o.downgraded;
+        self.rejected += o.rejected;
+        self.explored += o.explored;
+    }
+
+    fn counters(&self, k: &CellKey, out: &mut Vec<CounterAdd>) {
+        let hash = format!("ledger:{}", k.hour);
+        for (m, v) in [
+            (metric::TASKS, self.tasks),
+            (metric::SPEND, self.spend),
+            (metric::PREMIUM, self.premium),
+            (metric::DOWNGRADED, self.downgraded),
+            (metric::REJECTED, self.rejected),
+            (metric::EXPLORED, self.explored),
+        ] {
+            if v != 0 {
+                out.push(CounterAdd {
+                    hash: hash.clone(),
+                    field: ledger_field(m, &k.team, &k.workflow, &k.tier),
+                    delta: v,
+                });
+            }
+        }
+    }
+}
+
+/// Budget usage by budget id and period start.
+type Usage = HashMap<String, HashMap<u64, i64>>;
+
+fn usage_of(u: &Usage, id: &str, start: u64) -> i64 {
+    u.get(id).and_then(|p| p.get(&start)).copied().unwrap_or(0)
+}
+
+fn add_usage(u: &mut Usage, id: &str, start: u64, delta: i64) {
+    match u.get_mut(id) {
+        Some(p) => *p.entry(start).or_default() += delta,
+        None => {
+            u.insert(id.to_string(), HashMap::from([(start, delta)]));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    labels: Labels,
+    cells: hashbrown::HashMap<CellKey, CellDelta>,
+    /// Reserved here, not yet sent to the store.
+    pending: Usage,
+    /// Sent to the store, not yet seen in a read back.
+    in_flight: Usage,
+    in_flight_cells: Vec<(CellKey, CellDelta)>,
+    /// Last read from the store.
+    seen: Usage,
+}
+
+impl Local {
+    fn used(&self, id: &str, start: u64) -> i64 {
+        usage_of(&self.seen, id, start)
+            + usage_of(&self.in_flight, id, start)
+            + usage_of(&self.pending, id, start)
+    }
+}
+
+/// What a budget did to a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetAction {
+    /// Nothing: every covering budget has room.
+    None,
+    /// The tier was lowered (soft limit, or hard limit with `cheapest`).
+    Downgraded {
+        /// The budget that lowered it.
+        budget: String,
+        /// Tier the router would have chosen.
+        from: String,
+    },
+}
+
+/// A hard budget refused the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "budget {budget} is exhausted: {used_usd:.6} USD used of {limit_usd:.6} USD this {period} (resets at {resets_ms} ms since epoch)"
+)]
+pub struct BudgetExhausted {
+    /// Budget id.
+    pub budget: String,
+    /// Used in the period, USD.
+    pub used_usd: f64,
+    /// The hard limit, USD.
+    pub limit_usd: f64,
+    /// Period name.
+    pub period: &'static str,
+    /// When the next period starts.
+    pub resets_ms: u64,
+}
+
+/// A budget's position in its current period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetUse {
+    /// The budget.
+    pub budget: std::sync::Arc<Budget>,
+    /// Start of the current period.
+    pub period_start_ms: u64,
+    /// Used in it, micro-USD.
+    pub used_micros: i64,
+}
+
+/// Spend accounting and budget enforcement for one replica.
+#[derive(Default)]
+pub struct Books {
+    local: Mutex<Local>,
+    flush_lock: tokio::sync::Mutex<()>,
+    store_down: AtomicBool,
+}
+
+impl Books {
+    /// Empty books.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        // A poisoned lock only means a panic elsewhere mid-update; the maps stay valid.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks whether the store is reachable (budgets with `fail_closed` depend on it).
+    pub fn set_store_down(&self, down: bool) {
+        self.store_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Applies the budgets covering the caller to a fresh decision (possibly lowering its tier),
+    /// then reserves its estimate and counts it. On `Err` the call is refused; the refusal is
+    /// counted, nothing is reserved.
+    pub fn admit(
+        &self,
+        policy: &Policy,
+        d: &mut Decision,
+        team: &str,
+        workflow: &str,
+        now_ms: u64,
+    ) -> Result<BudgetAction, BudgetExhausted> {
+        let mut local = self.lock();
+        let mut action = BudgetAction::None;
+        if !policy.budgets.is_empty() {
+            let usual = d.chosen;
+            let mut target = usual;
+            let store_down = self.store_down.load(Ordering::Relaxed);
+            for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
+                let start = b.period.start_ms(now_ms);
+                let used = local.used(&b.id, start);
+                if let Some(hard) = b.hard_limit_micros {
+                    let closed =
+                        store_down && b.on_store_unavailable == OnStoreUnavailable::FailClosed;
+                    if closed || used + d.candidates[usual].cost_micros > hard {
+                        match b.on_exhausted {
+                            OnExhausted::Reject => {
+                                let (t, w) =
+                                    (local.labels.team(team), local.labels.workflow(workflow));
+                                let key = CellRef {
+                                    hour: now_ms / HOUR_MS,
+                                    team: t,
+                                    workflow: w,
+                                    tier: "",
+                                };
+                                bump(&mut local.cells, key, |c| c.rejected += 1);
+                                return Err(BudgetExhausted {
+                                    budget: b.id.clone(),
+                                    used_usd: used as f64 / 1e6,
+                                    limit_usd: hard as f64 / 1e6,
+                                    period: b.period.as_str(),
+                                    resets_ms: b.period.next_start_ms(now_ms),
+                                });
+                            }
+                            OnExhausted::Cheapest => {
+                                if target > 0 {
+                                    target = 0;
+                                    action = BudgetAction::Downgraded {
+                                        budget: b.id.clone(),
+                                        from: d.candidates[usual].name.clone(),
+                                    };
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+                if let Some(soft) = b.soft_limit_micros
+                    && used >= soft
+                    && usual > 0
+                    && target > usual - 1
+                {
+                    target = usual - 1;
+                    action = BudgetAction::Downgraded {
+                        budget: b.id.clone(),
+                        from: d.candidates[usual].name.clone(),
+                    };
+                }
+            }
+            if target != usual {
+                d.chosen = target;
+                d.fallback = (target + 1 < d.candidates.len()).then_some(target + 1);
+                if let BudgetAction::Downgraded { budget, from } = &action {
+                    d.reason = format!(
+                        "budget {budget}: {} instead of {from} ({})",
+                        d.candidates[target].name, d.reason
+                    );
+                }
+            }
+            let cost = d.tier().cost_micros;
+            for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
+                let start = b.period.start_ms(now_ms);
+                add_usage(&mut local.pending, &b.id, start, cost);
+            }
+        }
+        let (t, w) = (local.labels.team(team), local.labels.workflow(workflow));
+        let key = CellRef {
+            hour: now_ms / HOUR_MS,
+            team: t,
+            workflow: w,
+            tier: &d.candidates[d.chosen].name,
+        };
+        let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
+        let (explored, downgraded) = (d.explored, action != BudgetAction::None);
+        bump(&mut local.cells, key, |c| {
+            c.tasks += 1;
+            c.spend += cost;
+            c.premium += premium;
+            c.explored += i64::from(explored);
+            c.downgraded += i64::from(downgraded);
+        });
+        Ok(action)
+    }
+
+    /// The counters that settle one outcome: to be recorded with it, atomically.
+    pub fn outcome_counters(
+        &self,
+        policy: &Policy,
+        claims: &DecisionClaims,
+        score: f64,
+        input_tokens: u64,
+        output_tokens: u64,
+        reused: bool,
+    ) -> (Vec<CounterAdd>, i64) {
+        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let estimate = claims.estimate_micros as i64;
+        let actual = policy.tier_index(&claims.tier).map_or(estimate, |i| {
+            policy.tiers[i].cost_micros(input_tokens, output_tokens)
+        });
+        let premium = scope.allowed.last().map_or(actual, |&i| {
+            policy.tiers[i].cost_micros(input_tokens, output_tokens)
+        });
+        let bar_ppm = (scope.quality_bar * 1e6).round() as i64;
+        let score_ppm = (score * 1e6).round() as i64;
+        let completed = score_ppm >= bar_ppm;
+        let value = if completed {
+            scope
+                .value_per_success_usd
+                .map_or(0, |v| (v * 1e6).round() as i64)
+        } else {
+            0
+        };
+        let (team, workflow) = {
+            let mut local = self.lock();
+            let t = local.labels.team(&claims.team).to_string();
+            let w = local.labels.workflow(&claims.workflow).to_string();
+            (clean(&t).into_owned(), clean(&w).into_owned())
+        };
+        let hash = ledger_hash(claims.issued_ms);
+        let mut out: Vec<CounterAdd> = [
+            (metric::OUTCOMES, 1),
+            (metric::COMPLETED, i64::from(completed)),
+            (metric::SCORE, score_ppm),
+            (metric::BAR, bar_ppm),
+            (metric::SPEND, actual - estimate),
+            (metric::PREMIUM, premium - claims.premium_micros as i64),
+            (metric::VALUE, value),
+            (metric::REUSED, i64::from(reused)),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(m, v)| CounterAdd {
+            hash: hash.clone(),
+            field: ledger_field(m, &team, &workflow, &claims.tier),
+            delta: v,
+        })
+        .collect();
+        if actual != estimate {
+            for b in policy
+                .budgets
+                .iter()
+                .filter(|b| b.covers(&claims.team, &claims.workflow))
+            {
+                out.push(CounterAdd {
+                    hash: budget_hash(&b.id),
+                    field: b.period.start_ms(claims.issued_ms).to_string(),
+                    delta: actual - estimate,
+                });
+            }
+        }
+        (out, actual)
+    }
+
+    /// Sends pending reservations and counts to the store, then reads the budgets' usage back.
+    /// On failure nothing is lost: what was not sent stays pending.
+    pub async fn flush(&self, policy: &Policy, store: &dyn StateStore) -> Result<(), StoreError> {
+        let _one = self.flush_lock.lock().await;
+        let adds = {
+            let mut local = self.lock();
+            let cells: Vec<(CellKey, CellDelta)> = local.cells.drain().collect();
+            let pending = std::mem::take(&mut local.pending);
+            let mut adds = Vec::new();
+            for (k, c) in &cells {
+                let k = CellKey {
+                    team: clean(&k.team).into_owned(),
+                    workflow: clean(&k.workflow).into_owned(),
+                    ..k.clone()
+                };
+                c.counters(&k, &mut adds);
+            }
+            for (id, periods) in &pending {
+                for (start, v) in periods {
+                    if *v != 0 {
+                        adds.push(CounterAdd {
+                            hash: budget_hash(id),
+                            field: start.to_string(),
+                            delta: *v,
+                        });
+                    }
+                }
+            }
+            local.in_flight = pending;
+            local.in_flight_cells = cells;
+            adds
+        };
+        if let Err(e) = store.add_counters(&adds).await {
+            self.restore_in_flight();
+            return Err(e);
+        }
+        // Sent: from here on they are in the store, and will be in what we read.
+        {
+            let mut local = self.lock();
+            local.in_flight_cells.clear();
+        }
+        let hashes: Vec<String> = policy.budgets.iter().map(|b| budget_hash(&b.id)).collect();
+        let read = store.read_counters(&hashes).await;
+        let mut local = self.lock();
+        match read {
+            Ok(values) => {
+                let mut seen = Usage::new();
+                for (b, fields) in policy.budgets.iter().zip(values) {
+                    let periods = fields
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k.parse::<u64>().ok()?, v)))
+                        .collect();
+                    seen.insert(b.id.clone(), periods);
+                }
+                local.seen = seen;
+                local.in_flight.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // The increments landed; keep counting them locally until a read shows them.
+                let in_flight = std::mem::take(&mut local.in_flight);
+                for (id, periods) in in_flight {
+                    for (start, v) in periods {
+                        add_usage(&mut local.seen, &id, start, v);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_in_flight(&self) {
+        let mut local = self.lock();
+        let in_flight = std::mem::take(&mut local.in_flight);
+        for (id, periods) in in_flight {
+            for (start, v) in periods {
+                add_usage(&mut local.pending, &id, start, v);
+            }
+        }
+        let cells = std::mem::take(&mut local.in_flight_cells);
+        for (k, c) in cells {
+            local.cells.entry(k).or_default().add(&c);
+        }
+    }
+
+    /// Every budget of the policy with its usage in its current period, as this replica sees it.
+    pub fn budget_usage(&self, policy: &Policy, now_ms: u64) -> Vec<BudgetUse> {
+        let local = self.lock();
+        policy
+            .budgets
+            .iter()
+            .map(|b| {
+                let start = b.period.start_ms(now_ms);
+                BudgetUse {
+                    budget: b.clone(),
+                    period_start_ms: start,
+                    used_micros: local.used(&b.id, start),
+                }
+            })
+            .collect()
+    }
+
+    /// Route-time counts not yet flushed (for tests and shutdown logs).
+    pub fn pending_cells(&self) -> usize {
+        self.lock().cells.len()
+    }
+}
+
+fn bump(
+    cells: &mut hashbrown::HashMap<CellKey, CellDelta>,
+    key: CellRef<'_>,
+    f: impl FnOnce(&mut CellDelta),
+) {
+    // Look up by reference first: no allocation for a cell seen before.
+    if let Some(c) = cells.get_mut(&key) {
+        f(c);
+        return;
+    }
+    let mut c = CellDelta::default();
+    f(&mut c);
+    cells.insert(
+        CellKey {
+            hour: key.hour,
+            team: key.team.to_string(),
+            workflow: key.workflow.to_string(),
+            tier: key.tier.to_string(),
+        },
+        c,
+    );
+}

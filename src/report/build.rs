@@ -1,0 +1,222 @@
+//! Builds a [`Report`] from the shared ledger: hourly counter hashes that every replica adds to
+//! (see [`crate::books`]), summed per group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
+use crate::books::{Books, HOUR_MS, metric, parse_ledger_field};
+use crate::policy::Policy;
+use crate::store::{StateStore, StoreError};
+
+/// Longest period a report covers (the ledger keeps hours for 400 days).
+pub const MAX_REPORT_HOURS: u64 = 400 * 24;
+/// Ledger hours read per store round trip.
+const READ_PAGE: usize = 240;
+
+/// What to report on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportQuery {
+    /// Start, ms since the epoch (rounded down to the hour).
+    pub since_ms: u64,
+    /// End, ms (exclusive).
+    pub until_ms: u64,
+    /// Only this team (empty: all).
+    pub team: String,
+    /// Only this workflow (empty: all).
+    pub workflow: String,
+    /// How to group.
+    pub group_by: GroupBy,
+}
+
+/// Sums of the ledger metrics of one group.
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    tasks: i64,
+    spend: i64,
+    premium: i64,
+    downgraded: i64,
+    rejected: i64,
+    outcomes: i64,
+    completed: i64,
+    score_ppm: i64,
+    bar_ppm: i64,
+    value: i64,
+    reused: i64,
+    /// (tasks, spend) per tier.
+    tiers: BTreeMap<String, (i64, i64)>,
+}
+
+impl Acc {
+    fn add(&mut self, m: &str, tier: &str, v: i64) {
+        match m {
+            metric::TASKS => {
+                self.tasks += v;
+                self.tiers.entry(tier.to_string()).or_default().0 += v;
+            }
+            metric::SPEND => {
+                self.spend += v;
+                self.tiers.entry(tier.to_string()).or_default().1 += v;
+            }
+            metric::PREMIUM => self.premium += v,
+            metric::DOWNGRADED => self.downgraded += v,
+            metric::REJECTED => self.rejected += v,
+            metric::OUTCOMES => self.outcomes += v,
+            metric::COMPLETED => self.completed += v,
+            metric::SCORE => self.score_ppm += v,
+            metric::BAR => self.bar_ppm += v,
+            metric::VALUE => self.value += v,
+            metric::REUSED => self.reused += v,
+            _ => {}
+        }
+    }
+
+    fn finish(&self, key: String, policy: &Policy) -> GroupReport {
+        let u = |v: i64| v.max(0) as u64;
+        let per_outcome = |sum: i64| (self.outcomes > 0).then(|| sum as f64 / self.outcomes as f64);
+        let mut tier_mix: Vec<TierShare> = self
+            .tiers
+            .iter()
+            .filter(|(t, (n, s))| !t.is_empty() && (*n != 0 || *s != 0))
+            .map(|(t, (n, s))| TierShare {
+                tier: t.clone(),
+                tasks: u(*n),
+                spend_micros: *s,
+            })
+            .collect();
+        tier_mix.sort_by_key(|s| policy.tier_index(&s.tier).unwrap_or(usize::MAX));
+        GroupReport {
+            key,
+            spend_micros: self.spend,
+            tasks: u(self.tasks),
+            outcomes: u(self.outcomes),
+            completed: u(self.completed),
+            cost_per_completed_micros: (self.completed > 0)
+                .then(|| (self.spend as f64 / self.completed as f64).round() as i64),
+            realized_quality: per_outcome(self.score_ppm).map(|q| q / 1e6),
+            quality_bar: per_outcome(self.bar_ppm).map(|q| q / 1e6),
+            tier_mix,
+            premium_micros: self.premium,
+            savings_micros: self.premium - self.spend,
+            value_micros: self.value,
+            net_value_micros: self.value - self.spend,
+            reused: u(self.reused),
+            reuse_rate: per_outcome(self.reused),
+            budget_downgrades: u(self.downgraded),
+            budget_rejections: u(self.rejected),
+        }
+    }
+}
+
+fn label(s: &str) -> &str {
+    if s.is_empty() { "(none)" } else { s }
+}
+
+fn group_key(by: GroupBy, team: &str, workflow: &str, tier: &str) -> String {
+    match by {
+        GroupBy::Team => label(team).to_string(),
+        GroupBy::Workflow => label(workflow).to_string(),
+        GroupBy::Tier if tier.is_empty() => "(refused)".to_string(),
+        GroupBy::Tier => tier.to_string(),
+        GroupBy::TeamWorkflow => format!("{}/{}", label(team), label(workflow)),
+    }
+}
+
+/// Reads the ledger for the query's period and sums it up. Flush the books first to include
+/// this replica's latest decisions.
+pub async fn build(
+    policy: &Policy,
+    books: &Books,
+    store: &dyn StateStore,
+    q: &ReportQuery,
+    now_ms: u64,
+) -> Result<Report, StoreError> {
+    let first = q.since_ms / HOUR_MS;
+    let last = q.until_ms.max(q.since_ms + 1).div_ceil(HOUR_MS);
+    let first = first.max(last.saturating_sub(MAX_REPORT_HOURS));
+    let hours: Vec<u64> = (first..last).collect();
+    let mut groups: HashMap<String, Acc> = HashMap::new();
+    let mut total = Acc::default();
+    let mut series: Vec<SeriesPoint> = Vec::new();
+    for page in hours.chunks(READ_PAGE) {
+        let names: Vec<String> = page.iter().map(|h| format!("ledger:{h}")).collect();
+        let read = store.read_counters(&names).await?;
+        for (hour, fields) in page.iter().zip(read) {
+            let mut in_hour = Acc::default();
+            for (field, v) in &fields {
+                let Some((m, team, workflow, tier)) = parse_ledger_field(field) else {
+                    continue;
+                };
+                if (!q.team.is_empty() && team != q.team)
+                    || (!q.workflow.is_empty() && workflow != q.workflow)
+                {
+                    continue;
+                }
+                groups
+                    .entry(group_key(q.group_by, team, workflow, tier))
+                    .or_default()
+                    .add(m, tier, *v);
+                total.add(m, tier, *v);
+                in_hour.add(m, tier, *v);
+            }
+            if in_hour.tasks != 0 || in_hour.outcomes != 0 || in_hour.spend != 0 {
+                series.push(SeriesPoint {
+                    start_ms: hour * HOUR_MS,
+                    spend_micros: in_hour.spend,
+                    tasks: in_hour.tasks.max(0) as u64,
+                    outcomes: in_hour.outcomes.max(0) as u64,
+                    realized_quality: (in_hour.outcomes > 0)
+                        .then(|| in_hour.score_ppm as f64 / in_hour.outcomes as f64 / 1e6),
+                });
+            }
+        }
+    }
+    let mut groups: Vec<GroupReport> = groups
+        .into_iter()
+        .map(|(k, acc)| acc.finish(k, policy))
+        .collect();
+    groups.sort_by(|a, b| b.spend_micros.cmp(&a.spend_micros).then(a.key.cmp(&b.key)));
+    let budgets = books
+        .budget_usage(policy, now_ms)
+        .into_iter()
+        .filter(|u| {
+            (q.team.is_empty() || u.budget.team.is_empty() || u.budget.team == q.team)
+                && (q.workflow.is_empty()
+                    || u.budget.workflow.is_empty()
+                    || u.budget.workflow == q.workflow)
+        })
+        .map(|u| {
+            let b = &u.budget;
+            let state = match (b.soft_limit_micros, b.hard_limit_micros) {
+                (_, Some(h)) if u.used_micros >= h => "exhausted",
+                (Some(s), _) if u.used_micros >= s => "soft",
+                _ => "ok",
+            };
+            BudgetStatus {
+                id: b.id.clone(),
+                team: b.team.clone(),
+                workflow: b.workflow.clone(),
+                period: b.period.as_str().to_string(),
+                period_start_ms: u.period_start_ms,
+                soft_limit_micros: b.soft_limit_micros,
+                hard_limit_micros: b.hard_limit_micros,
+                used_micros: u.used_micros,
+                left_micros: b
+                    .hard_limit_micros
+                    .or(b.soft_limit_micros)
+                    .map(|l| l - u.used_micros),
+                state: state.to_string(),
+            }
+        })
+        .collect();
+    Ok(Report {
+        since_ms: first * HOUR_MS,
+        until_ms: q.until_ms,
+        group_by: q.group_by,
+        groups,
+        total: total.finish("total".to_string(), policy),
+        budgets,
+        series,
+        policy_version: policy.version.clone(),
+        generated_ms: now_ms,
+    })
+}

@@ -1,0 +1,172 @@
+//! The books as a report: the five numbers (spend by team and by workflow, cost per completed
+//! output, value created and savings, reuse rate) plus tier mix, realized quality against the
+//! bar and budgets, per group over a period.
+//!
+//! [`Report`] is the one shape every view shares: the `GetReport` RPC carries it, the CLI
+//! prints it as a table, CSV, JSON or an HTML page (see [`render`]). Money is integer
+//! micro-dollars (`*_micros`) end to end; only the views turn it into dollars.
+
+pub mod build;
+pub mod render;
+
+use serde::{Deserialize, Serialize};
+
+/// How groups are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// One group per team.
+    #[default]
+    Team,
+    /// One group per workflow.
+    Workflow,
+    /// One group per tier.
+    Tier,
+    /// One group per team and workflow pair.
+    TeamWorkflow,
+}
+
+impl GroupBy {
+    /// Name as used on the command line and in the RPC.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Team => "team",
+            GroupBy::Workflow => "workflow",
+            GroupBy::Tier => "tier",
+            GroupBy::TeamWorkflow => "team_workflow",
+        }
+    }
+
+    /// Parses a name; `None` when unknown.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "team" => GroupBy::Team,
+            "workflow" => GroupBy::Workflow,
+            "tier" => GroupBy::Tier,
+            "team_workflow" | "team,workflow" => GroupBy::TeamWorkflow,
+            _ => return None,
+        })
+    }
+}
+
+/// Decisions on one tier within a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TierShare {
+    /// Tier name.
+    pub tier: String,
+    /// Decisions routed to it.
+    pub tasks: u64,
+    /// Spend on it, micro-USD.
+    pub spend_micros: i64,
+}
+
+/// The numbers of one group (or of the total).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GroupReport {
+    /// Group label, e.g. the team name; `(none)` for calls without one, `other` for labels over
+    /// the cardinality cap; `total` for the whole report.
+    pub key: String,
+    /// Spend, micro-USD: actual cost of decisions with feedback, the estimate of the rest.
+    pub spend_micros: i64,
+    /// Decisions routed.
+    pub tasks: u64,
+    /// Outcomes received (feedback calls accepted).
+    pub outcomes: u64,
+    /// Outcomes whose score met the scope's quality bar.
+    pub completed: u64,
+    /// Spend / completed, micro-USD; `None` when nothing completed.
+    pub cost_per_completed_micros: Option<i64>,
+    /// Average outcome score; `None` without outcomes.
+    pub realized_quality: Option<f64>,
+    /// Average quality bar over the outcomes (groups may span scopes); `None` without outcomes.
+    pub quality_bar: Option<f64>,
+    /// Decisions per tier, cheapest tier first.
+    pub tier_mix: Vec<TierShare>,
+    /// What the same tokens would have cost on each scope's premium (most expensive allowed)
+    /// tier, micro-USD.
+    pub premium_micros: i64,
+    /// `premium_micros - spend_micros`.
+    pub savings_micros: i64,
+    /// Completed outcomes × the policy's `value_per_success_usd`, micro-USD.
+    pub value_micros: i64,
+    /// `value_micros - spend_micros`.
+    pub net_value_micros: i64,
+    /// Outcomes marked reused.
+    pub reused: u64,
+    /// `reused / outcomes`; `None` without outcomes.
+    pub reuse_rate: Option<f64>,
+    /// Decisions whose tier a budget lowered (soft limit or hard limit with `cheapest`).
+    pub budget_downgrades: u64,
+    /// Route calls a hard budget refused.
+    pub budget_rejections: u64,
+}
+
+/// State of one budget in its current period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BudgetStatus {
+    /// Budget id, e.g. `team:search/month`.
+    pub id: String,
+    /// Team it covers (empty: every team).
+    pub team: String,
+    /// Workflow it covers (empty: every workflow).
+    pub workflow: String,
+    /// `day`, `week` or `month` (calendar-aligned, UTC).
+    pub period: String,
+    /// Start of the current period, ms since the Unix epoch.
+    pub period_start_ms: u64,
+    /// Soft limit, micro-USD, if set.
+    pub soft_limit_micros: Option<i64>,
+    /// Hard limit, micro-USD, if set.
+    pub hard_limit_micros: Option<i64>,
+    /// Used in the current period (reserved estimates reconciled with actuals), micro-USD.
+    pub used_micros: i64,
+    /// Hard (else soft) limit minus used; `None` without limits.
+    pub left_micros: Option<i64>,
+    /// `ok`, `soft` (over the soft limit) or `exhausted` (at the hard limit).
+    pub state: String,
+}
+
+/// Spend and quality in one time bucket (one hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SeriesPoint {
+    /// Bucket start, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// Spend of decisions made in the bucket, micro-USD.
+    pub spend_micros: i64,
+    /// Decisions made in the bucket.
+    pub tasks: u64,
+    /// Outcomes received for them.
+    pub outcomes: u64,
+    /// Their average outcome score; `None` without outcomes.
+    pub realized_quality: Option<f64>,
+}
+
+/// The report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Report {
+    /// Start of the period, ms since the Unix epoch (inclusive, hour-aligned).
+    pub since_ms: u64,
+    /// End of the period, ms (exclusive).
+    pub until_ms: u64,
+    /// How groups were formed.
+    pub group_by: GroupBy,
+    /// One entry per group, highest spend first.
+    pub groups: Vec<GroupReport>,
+    /// Everything in the period.
+    pub total: GroupReport,
+    /// Budgets of the live policy that cover the report's filters.
+    pub budgets: Vec<BudgetStatus>,
+    /// Hourly spend and realized quality over the period, oldest first (empty hours omitted).
+    pub series: Vec<SeriesPoint>,
+    /// Version of the live policy.
+    pub policy_version: String,
+    /// When the report was made, ms since the Unix epoch.
+    pub generated_ms: u64,
+}
+
+/// Micro-USD as dollars for display, e.g. `$12.3456`.
+pub fn usd(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}${}.{:04}", m / 1_000_000, (m % 1_000_000) / 100)
+}

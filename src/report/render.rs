@@ -1,0 +1,1415 @@
+//! Views of a [`Report`](super::Report): table, CSV, JSON and a one-page HTML with an SVG chart.
+//!
+//! Every view takes the same [`Report`]; none of them computes anything new beyond shares and
+//! percentages for display. Money stays integer micro-dollars until the last moment: the table
+//! and HTML use [`usd`], the CSV carries both the exact micros and dollars with six decimals.
+//! Times are shown in UTC.
+
+use std::fmt::{self, Write as _};
+
+use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{BudgetStatus, GroupReport, Report, SeriesPoint, usd};
+
+/// Shown for a value that does not exist (e.g. cost per completed output without completions).
+const MISSING: &str = "–";
+/// One hour in milliseconds: the series bucket width.
+const HOUR_MS: u64 = 3_600_000;
+/// Longest period, in hours, the chart spans before it narrows to the hours with traffic.
+const MAX_AXIS_HOURS: u64 = 24 * 93;
+/// Size of the SVG chart, pixels (it scales down with the page).
+const CHART_SIZE: (u32, u32) = (1120, 360);
+
+// ---------------------------------------------------------------------------------------------
+// Terminal table
+// ---------------------------------------------------------------------------------------------
+
+/// Renders the report as plain text for a terminal: a header line (period in UTC, grouping,
+/// policy version), one table with a row per group and a final `total` row, a budgets table
+/// when budgets apply, and a line on budget downgrades and rejections when there were any.
+///
+/// No colours or other escape sequences; missing values show as `–`.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "tokenwise report  {} → {} UTC  ·  by {}  ·  policy {}\n",
+        utc(r.since_ms),
+        utc(r.until_ms),
+        r.group_by.as_str(),
+        display_or_missing(&r.policy_version),
+    );
+
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        r.group_by.as_str(),
+        "spend",
+        "tasks",
+        "outcomes",
+        "completed",
+        "cost/completed",
+        "quality (real / bar)",
+        "savings vs premium",
+        "value",
+        "net value",
+        "reuse",
+        "tier mix",
+    ]);
+    for g in &r.groups {
+        t.add_row(group_cells(g, &g.key));
+    }
+    t.add_row(group_cells(&r.total, "total"));
+    for i in 1..=10 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+
+    if !r.budgets.is_empty() {
+        let mut b = Table::new();
+        b.load_style(UTF8_FULL_CONDENSED);
+        b.set_header(vec![
+            "budget",
+            "period",
+            "period start (UTC)",
+            "soft",
+            "hard",
+            "used",
+            "left",
+            "state",
+        ]);
+        for s in &r.budgets {
+            b.add_row(vec![
+                s.id.clone(),
+                s.period.clone(),
+                utc(s.period_start_ms),
+                opt_usd(s.soft_limit_micros),
+                opt_usd(s.hard_limit_micros),
+                budget_used(s),
+                opt_usd(s.left_micros),
+                s.state.clone(),
+            ]);
+        }
+        for i in 3..=6 {
+            if let Some(c) = b.column_mut(i) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        out.push('\n');
+        out.push_str(&b.to_string());
+        out.push('\n');
+    }
+
+    if let Some(line) = enforcement_line(&r.total) {
+        out.push('\n');
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Table cells of one group, labelled `label`.
+fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
+    vec![
+        label.to_owned(),
+        usd(g.spend_micros),
+        g.tasks.to_string(),
+        g.outcomes.to_string(),
+        g.completed.to_string(),
+        opt_usd(g.cost_per_completed_micros),
+        quality_text(g),
+        savings_text(g),
+        usd(g.value_micros),
+        usd(g.net_value_micros),
+        reuse_text(g),
+        tier_mix_text(g),
+    ]
+}
+
+/// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing.
+fn quality_text(g: &GroupReport) -> String {
+    match (g.realized_quality, g.quality_bar) {
+        (None, None) => MISSING.to_owned(),
+        (q, b) => format!("{} / {}", opt_fixed(q, 2), opt_fixed(b, 2)),
+    }
+}
+
+/// Savings in dollars plus their share of the premium cost, e.g. `$12.0000 (62%)`.
+fn savings_text(g: &GroupReport) -> String {
+    if g.premium_micros > 0 {
+        format!(
+            "{} ({})",
+            usd(g.savings_micros),
+            percent(g.savings_micros as f64 / g.premium_micros as f64)
+        )
+    } else {
+        usd(g.savings_micros)
+    }
+}
+
+/// Reuse rate and count, e.g. `40% (12)`; `–` without outcomes.
+fn reuse_text(g: &GroupReport) -> String {
+    match g.reuse_rate {
+        Some(rate) => format!("{} ({})", percent(rate), g.reused),
+        None => MISSING.to_owned(),
+    }
+}
+
+/// Share of decisions per tier, e.g. `small 60% · medium 30% · frontier 10%`.
+fn tier_mix_text(g: &GroupReport) -> String {
+    let shares = tier_shares(g);
+    if shares.is_empty() {
+        return MISSING.to_owned();
+    }
+    shares
+        .iter()
+        .map(|(tier, share)| format!("{tier} {}", percent(*share)))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// `(tier, share of decisions)` per tier, in the report's order; empty without decisions.
+fn tier_shares(g: &GroupReport) -> Vec<(&str, f64)> {
+    let total: u64 = g.tier_mix.iter().map(|t| t.tasks).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    g.tier_mix
+        .iter()
+        .map(|t| (t.tier.as_str(), t.tasks as f64 / total as f64))
+        .collect()
+}
+
+/// Used amount with its share of the hard (else soft) limit, e.g. `$85.0000 (85%)`.
+fn budget_used(s: &BudgetStatus) -> String {
+    match budget_fraction(s) {
+        Some(f) => format!("{} ({})", usd(s.used_micros), percent(f)),
+        None => usd(s.used_micros),
+    }
+}
+
+/// Used / (hard else soft) limit; `None` without a positive limit.
+fn budget_fraction(s: &BudgetStatus) -> Option<f64> {
+    let limit = s.hard_limit_micros.or(s.soft_limit_micros)?;
+    (limit > 0).then(|| s.used_micros as f64 / limit as f64)
+}
+
+/// The budget enforcement sentence, `None` when budgets neither lowered nor refused anything.
+fn enforcement_line(total: &GroupReport) -> Option<String> {
+    if total.budget_downgrades == 0 && total.budget_rejections == 0 {
+        return None;
+    }
+    Some(format!(
+        "budgets: {} decision{} downgraded to a cheaper tier, {} route call{} rejected",
+        total.budget_downgrades,
+        plural(total.budget_downgrades),
+        total.budget_rejections,
+        plural(total.budget_rejections),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSV and JSON
+// ---------------------------------------------------------------------------------------------
+
+/// Column names of [`csv`], in order.
+const CSV_HEADER: [&str; 25] = [
+    "group_by",
+    "group",
+    "spend_micros",
+    "spend_usd",
+    "tasks",
+    "outcomes",
+    "completed",
+    "cost_per_completed_micros",
+    "cost_per_completed_usd",
+    "realized_quality",
+    "quality_bar",
+    "premium_micros",
+    "premium_usd",
+    "savings_micros",
+    "savings_usd",
+    "value_micros",
+    "value_usd",
+    "net_value_micros",
+    "net_value_usd",
+    "reused",
+    "reuse_rate",
+    "budget_downgrades",
+    "budget_rejections",
+    "tier_mix",
+    "tier_spend_micros",
+];
+
+/// Renders the groups as CSV: one header row, one row per group, then a `total` row.
+///
+/// Money columns come twice, as exact integer micro-dollars (`*_micros`) and as dollars with
+/// six decimals (`*_usd`). Missing values are empty fields. `tier_mix` is `tier:tasks` joined
+/// by `;` (cheapest tier first), `tier_spend_micros` the same with spend.
+pub fn csv(r: &Report) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_HEADER)?;
+    for g in &r.groups {
+        w.write_record(csv_row(r, g, &g.key))?;
+    }
+    w.write_record(csv_row(r, &r.total, "total"))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))?;
+    String::from_utf8(bytes)
+        .map_err(|e| csv::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// One CSV record; fields follow [`CSV_HEADER`].
+fn csv_row(r: &Report, g: &GroupReport, label: &str) -> Vec<String> {
+    let opt_f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let tiers = |f: fn(&super::TierShare) -> String| {
+        g.tier_mix
+            .iter()
+            .map(|t| format!("{}:{}", t.tier, f(t)))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    vec![
+        r.group_by.as_str().to_owned(),
+        label.to_owned(),
+        g.spend_micros.to_string(),
+        dollars6(g.spend_micros),
+        g.tasks.to_string(),
+        g.outcomes.to_string(),
+        g.completed.to_string(),
+        g.cost_per_completed_micros
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+        g.cost_per_completed_micros
+            .map(dollars6)
+            .unwrap_or_default(),
+        opt_f(g.realized_quality),
+        opt_f(g.quality_bar),
+        g.premium_micros.to_string(),
+        dollars6(g.premium_micros),
+        g.savings_micros.to_string(),
+        dollars6(g.savings_micros),
+        g.value_micros.to_string(),
+        dollars6(g.value_micros),
+        g.net_value_micros.to_string(),
+        dollars6(g.net_value_micros),
+        g.reused.to_string(),
+        opt_f(g.reuse_rate),
+        g.budget_downgrades.to_string(),
+        g.budget_rejections.to_string(),
+        tiers(|t| t.tasks.to_string()),
+        tiers(|t| t.spend_micros.to_string()),
+    ]
+}
+
+/// Renders the whole report as pretty-printed JSON (the serde shape of [`Report`]).
+pub fn json(r: &Report) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTML
+// ---------------------------------------------------------------------------------------------
+
+/// Renders a self-contained HTML page (inline CSS, no JavaScript, no external resources).
+///
+/// Top to bottom: the five headline numbers for the total (spend, cost per completed output,
+/// value created with savings against the premium tier, reuse rate, realized quality against
+/// the bar), spend by group, budgets (when any), and an inline SVG chart of spend per hour
+/// (bars, left axis, dollars) with realized quality per hour (line, right axis 0–1) and the
+/// quality bar as a dashed reference line. Without traffic the chart is replaced by a note.
+/// Every label from the report is HTML-escaped.
+pub fn html(r: &Report) -> String {
+    let mut out = String::new();
+    match write_html(&mut out, r) {
+        Ok(()) => out,
+        // Writing into a String cannot fail; keep whatever was written if it somehow does.
+        Err(fmt::Error) => out,
+    }
+}
+
+/// Escapes `&`, `<`, `>`, `"` and `'` for HTML text and attribute values.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = r#"
+*{box-sizing:border-box}
+body{margin:0;background:#f5f6f8;color:#1f2328;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1180px;margin:0 auto;padding:28px 24px 40px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:16px;margin:0 0 10px}
+.meta{color:#57606a;margin:0 0 20px}
+section{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:16px 18px;margin:0 0 18px}
+.kpis{display:grid;grid-template-columns:repeat(5,1fr);gap:12px;background:none;border:0;padding:0}
+.kpi{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:14px 16px}
+.kpi .label{color:#57606a;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+.kpi .value{font-size:26px;font-weight:650;margin:4px 0 2px;font-variant-numeric:tabular-nums;white-space:nowrap}
+.kpi .value small{font-size:14px;font-weight:500;color:#57606a}
+.kpi .sub{color:#57606a;font-size:12.5px}
+.kpi .sub b{color:#1f2328;font-weight:600}
+.good{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
+th,td{padding:6px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap;vertical-align:middle}
+th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4}
+th:first-child,td:first-child{text-align:left}
+td.l,th.l{text-align:left}
+tfoot td{font-weight:650;border-top:2px solid #d8dee4;border-bottom:0}
+.empty{color:#57606a;text-align:center;padding:18px}
+.share{display:inline-block;vertical-align:middle;width:44px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
+.share i{display:block;height:100%;background:#3b82f6}
+td.mixc{white-space:normal;min-width:150px}
+.pct{color:#57606a;font-size:11.5px;margin-left:4px}
+.mix{display:flex;width:150px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;margin-bottom:2px}
+.mix i{display:block;height:100%}
+.mixt{font-size:11.5px;color:#57606a}
+.meter{display:inline-block;vertical-align:middle;width:80px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
+.meter i{display:block;height:100%}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.badge.ok{background:#dafbe1;color:#1a7f37}.badge.soft{background:#fff8c5;color:#9a6700}.badge.exhausted{background:#ffebe9;color:#cf222e}
+.note{color:#57606a;margin:10px 0 0}
+.legend{display:flex;gap:18px;color:#57606a;font-size:12.5px;margin:0 0 6px;flex-wrap:wrap}
+.sw{display:inline-block;width:14px;height:10px;margin-right:6px;vertical-align:middle}
+.sw.bar{background:#3b82f6}
+.sw.line{height:3px;background:#ea580c}
+.sw.dash{height:0;border-top:2px dashed #6e7781}
+.chart svg{display:block;width:100%;height:auto}
+.notraffic{color:#57606a;text-align:center;padding:48px 0;border:1px dashed #d8dee4;border-radius:6px}
+footer{color:#6e7781;font-size:12px}
+@media (max-width:900px){.kpis{grid-template-columns:repeat(2,1fr)}}
+"#;
+
+/// Tier colours, cheapest first.
+const TIER_COLOURS: [&str; 6] = [
+    "#93c5fd", "#3b82f6", "#1e3a8a", "#a78bfa", "#f59e0b", "#10b981",
+];
+
+fn write_html(o: &mut String, r: &Report) -> fmt::Result {
+    let period = format!("{} → {} UTC", utc(r.since_ms), utc(r.until_ms));
+    let group = group_title(r);
+    writeln!(o, "<!DOCTYPE html>")?;
+    writeln!(o, "<html lang=\"en\"><head><meta charset=\"utf-8\">")?;
+    writeln!(
+        o,
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+    )?;
+    writeln!(o, "<title>Model spend report · {}</title>", escape(&period))?;
+    writeln!(o, "<style>{CSS}</style></head><body><main>")?;
+    writeln!(o, "<h1>Model spend report</h1>")?;
+    writeln!(
+        o,
+        "<p class=\"meta\">{} · grouped by {} · policy {} · generated {} UTC</p>",
+        escape(&period),
+        escape(&group),
+        escape(display_or_missing(&r.policy_version)),
+        utc(r.generated_ms),
+    )?;
+
+    write_headline(o, &r.total)?;
+    write_groups(o, r, &group)?;
+    if !r.budgets.is_empty() {
+        write_budgets(o, &r.budgets, &r.total)?;
+    } else if let Some(line) = enforcement_line(&r.total) {
+        writeln!(
+            o,
+            "<section><p class=\"note\">{}</p></section>",
+            escape(&line)
+        )?;
+    }
+    write_chart(o, r)?;
+
+    writeln!(
+        o,
+        "<footer>Money in US dollars. Spend is the actual cost of decisions with feedback and \
+         the estimate of the rest; savings compare it with running the same tokens on each \
+         scope's premium tier; value counts completed outcomes at the policy's value per \
+         success. Times in UTC.</footer>"
+    )?;
+    writeln!(o, "</main></body></html>")
+}
+
+/// "team", "workflow", "tier" or "team / workflow".
+fn group_title(r: &Report) -> String {
+    r.group_by.as_str().replace('_', " / ")
+}
+
+/// The five headline numbers.
+fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
+    writeln!(o, "<section class=\"kpis\">")?;
+
+    kpi(
+        o,
+        "Spend",
+        &usd_short(t.spend_micros),
+        &format!(
+            "<b>{}</b> task{} routed",
+            thousands(t.tasks),
+            plural(t.tasks)
+        ),
+    )?;
+
+    kpi(
+        o,
+        "Cost per completed",
+        &t.cost_per_completed_micros
+            .map(usd_short)
+            .unwrap_or_else(|| MISSING.to_owned()),
+        &format!(
+            "<b>{}</b> completed of {} outcome{}",
+            thousands(t.completed),
+            thousands(t.outcomes),
+            plural(t.outcomes)
+        ),
+    )?;
+
+    let savings_share = if t.premium_micros > 0 {
+        format!(
+            " ({})",
+            percent(t.savings_micros as f64 / t.premium_micros as f64)
+        )
+    } else {
+        String::new()
+    };
+    kpi(
+        o,
+        "Value created",
+        &usd_short(t.value_micros),
+        &format!(
+            "net <b class=\"{}\">{}</b><br>saved <b>{}</b>{} vs premium",
+            if t.net_value_micros < 0 {
+                "bad"
+            } else {
+                "good"
+            },
+            usd_short(t.net_value_micros),
+            usd_short(t.savings_micros),
+            savings_share,
+        ),
+    )?;
+
+    kpi(
+        o,
+        "Reuse rate",
+        &t.reuse_rate
+            .map(percent)
+            .unwrap_or_else(|| MISSING.to_owned()),
+        &format!(
+            "<b>{}</b> of {} outcome{} reused",
+            thousands(t.reused),
+            thousands(t.outcomes),
+            plural(t.outcomes)
+        ),
+    )?;
+
+    let (value, sub) = match (t.realized_quality, t.quality_bar) {
+        (Some(q), Some(b)) => {
+            let class = if q >= b { "good" } else { "bad" };
+            let verdict = if q >= b {
+                format!("<b class=\"good\">meets the bar</b> (+{:.2})", q - b)
+            } else {
+                format!("<b class=\"bad\">below the bar</b> (−{:.2})", b - q)
+            };
+            (
+                format!("<span class=\"{class}\">{q:.2}</span> <small>/ {b:.2}</small>"),
+                verdict,
+            )
+        }
+        (Some(q), None) => (format!("{q:.2}"), "no quality bar".to_owned()),
+        (None, b) => (
+            MISSING.to_owned(),
+            format!("no outcomes yet · bar {}", opt_fixed(b, 2)),
+        ),
+    };
+    kpi_raw(o, "Quality vs bar", &value, &sub)?;
+
+    writeln!(o, "</section>")
+}
+
+/// One headline card; `value` is escaped, `sub` is trusted markup built here.
+fn kpi(o: &mut String, label: &str, value: &str, sub: &str) -> fmt::Result {
+    kpi_raw(o, label, &escape(value), sub)
+}
+
+/// One headline card with trusted markup for value and sub line.
+fn kpi_raw(o: &mut String, label: &str, value: &str, sub: &str) -> fmt::Result {
+    writeln!(
+        o,
+        "<div class=\"kpi\"><div class=\"label\">{}</div><div class=\"value\">{value}</div>\
+         <div class=\"sub\">{sub}</div></div>",
+        escape(label)
+    )
+}
+
+/// Spend by group, with the total as the footer row.
+fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
+    writeln!(o, "<section><h2>Spend by {}</h2>", escape(group))?;
+    writeln!(o, "<div class=\"scroll\"><table><thead><tr>")?;
+    write!(o, "<th>{}</th>", escape(group))?;
+    for h in [
+        "spend",
+        "tasks",
+        "outcomes",
+        "completed",
+        "cost / completed",
+        "quality / bar",
+        "savings vs premium",
+        "value",
+        "net value",
+        "reuse",
+    ] {
+        write!(o, "<th>{h}</th>")?;
+    }
+    writeln!(o, "<th class=\"l\">tier mix</th></tr></thead><tbody>")?;
+    if r.groups.is_empty() {
+        writeln!(
+            o,
+            "<tr><td colspan=\"12\" class=\"empty\">no traffic in this period</td></tr>"
+        )?;
+    }
+    for g in &r.groups {
+        write!(o, "<tr>")?;
+        group_row(o, g, &g.key, Some(r.total.spend_micros))?;
+        writeln!(o, "</tr>")?;
+    }
+    writeln!(o, "</tbody><tfoot><tr>")?;
+    group_row(o, &r.total, "total", None)?;
+    writeln!(o, "</tr></tfoot></table></div></section>")
+}
+
+/// The cells of one group row; `total_spend` draws the share-of-spend bar.
+fn group_row(
+    o: &mut String,
+    g: &GroupReport,
+    label: &str,
+    total_spend: Option<i64>,
+) -> fmt::Result {
+    write!(o, "<td>{}</td>", escape(label))?;
+    let share = match total_spend {
+        Some(total) if total > 0 => {
+            let pct = (g.spend_micros as f64 / total as f64 * 100.0).clamp(0.0, 100.0);
+            format!(
+                "<span class=\"share\" title=\"{pct:.0}% of spend\"><i style=\"width:{pct:.1}%\"></i></span>"
+            )
+        }
+        _ => String::new(),
+    };
+    write!(o, "<td>{}{share}</td>", escape(&usd(g.spend_micros)))?;
+    for n in [g.tasks, g.outcomes, g.completed] {
+        write!(o, "<td>{}</td>", thousands(n))?;
+    }
+    write!(
+        o,
+        "<td>{}</td>",
+        escape(&opt_usd(g.cost_per_completed_micros))
+    )?;
+    let qclass = match (g.realized_quality, g.quality_bar) {
+        (Some(q), Some(b)) if q < b => " class=\"bad\"",
+        _ => "",
+    };
+    write!(o, "<td{qclass}>{}</td>", escape(&quality_text(g)))?;
+    if g.premium_micros > 0 {
+        write!(
+            o,
+            "<td>{}<span class=\"pct\">{}</span></td>",
+            escape(&usd(g.savings_micros)),
+            escape(&percent(g.savings_micros as f64 / g.premium_micros as f64)),
+        )?;
+    } else {
+        write!(o, "<td>{}</td>", escape(&usd(g.savings_micros)))?;
+    }
+    write!(o, "<td>{}</td>", escape(&usd(g.value_micros)))?;
+    let nclass = if g.net_value_micros < 0 {
+        " class=\"bad\""
+    } else {
+        ""
+    };
+    write!(o, "<td{nclass}>{}</td>", escape(&usd(g.net_value_micros)))?;
+    write!(o, "<td>{}</td>", escape(&reuse_text(g)))?;
+
+    write!(o, "<td class=\"l mixc\">")?;
+    let shares = tier_shares(g);
+    if shares.is_empty() {
+        write!(o, "{MISSING}")?;
+    } else {
+        write!(o, "<div class=\"mix\">")?;
+        for (i, (tier, share)) in shares.iter().enumerate() {
+            write!(
+                o,
+                "<i style=\"width:{:.2}%;background:{}\" title=\"{} {}\"></i>",
+                share * 100.0,
+                tier_colour(i),
+                escape(tier),
+                percent(*share)
+            )?;
+        }
+        write!(
+            o,
+            "</div><div class=\"mixt\">{}</div>",
+            escape(&tier_mix_text(g))
+        )?;
+    }
+    write!(o, "</td>")
+}
+
+fn tier_colour(i: usize) -> &'static str {
+    TIER_COLOURS[i % TIER_COLOURS.len()]
+}
+
+/// Budgets table plus the enforcement note.
+fn write_budgets(o: &mut String, budgets: &[BudgetStatus], total: &GroupReport) -> fmt::Result {
+    writeln!(
+        o,
+        "<section><h2>Budgets</h2><div class=\"scroll\"><table><thead><tr>"
+    )?;
+    for (h, left) in [
+        ("budget", true),
+        ("scope", true),
+        ("period", true),
+        ("period start (UTC)", true),
+        ("soft limit", false),
+        ("hard limit", false),
+        ("used", false),
+        ("left", false),
+        ("state", true),
+    ] {
+        write!(o, "<th{}>{h}</th>", if left { " class=\"l\"" } else { "" })?;
+    }
+    writeln!(o, "</tr></thead><tbody>")?;
+    for s in budgets {
+        let scope = match (s.team.is_empty(), s.workflow.is_empty()) {
+            (true, true) => "everything".to_owned(),
+            (false, true) => format!("team {}", s.team),
+            (true, false) => format!("workflow {}", s.workflow),
+            (false, false) => format!("team {} · workflow {}", s.team, s.workflow),
+        };
+        let state_class = match s.state.as_str() {
+            "ok" | "soft" | "exhausted" => s.state.as_str(),
+            _ => "",
+        };
+        let meter_colour = match s.state.as_str() {
+            "exhausted" => "#cf222e",
+            "soft" => "#d4a72c",
+            _ => "#2da44e",
+        };
+        let meter = budget_fraction(s)
+            .map(|f| {
+                format!(
+                    "<span class=\"meter\" title=\"{}\"><i style=\"width:{:.1}%;background:{meter_colour}\"></i></span>",
+                    percent(f),
+                    (f * 100.0).clamp(0.0, 100.0)
+                )
+            })
+            .unwrap_or_default();
+        writeln!(
+            o,
+            "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}{meter}</td><td>{}</td>\
+             <td class=\"l\"><span class=\"badge {state_class}\">{}</span></td></tr>",
+            escape(&s.id),
+            escape(&scope),
+            escape(&s.period),
+            utc(s.period_start_ms),
+            escape(&opt_usd(s.soft_limit_micros)),
+            escape(&opt_usd(s.hard_limit_micros)),
+            escape(&budget_used(s)),
+            escape(&opt_usd(s.left_micros)),
+            escape(display_or_missing(&s.state)),
+        )?;
+    }
+    writeln!(o, "</tbody></table></div>")?;
+    if let Some(line) = enforcement_line(total) {
+        writeln!(o, "<p class=\"note\">{}</p>", escape(&line))?;
+    }
+    writeln!(o, "</section>")
+}
+
+/// The hourly chart section (or the no-traffic note).
+fn write_chart(o: &mut String, r: &Report) -> fmt::Result {
+    writeln!(o, "<section><h2>Spend and quality per hour (UTC)</h2>")?;
+    if r.series.is_empty() {
+        writeln!(
+            o,
+            "<div class=\"notraffic\">no traffic in this period</div></section>"
+        )?;
+        return Ok(());
+    }
+    write!(
+        o,
+        "<div class=\"legend\"><span><span class=\"sw bar\"></span>spend per hour (left axis, USD)</span>\
+         <span><span class=\"sw line\"></span>realized quality (right axis, 0–1)</span>"
+    )?;
+    if let Some(bar) = r.total.quality_bar {
+        write!(
+            o,
+            "<span><span class=\"sw dash\"></span>quality bar {bar:.2}</span>"
+        )?;
+    }
+    writeln!(o, "</div>")?;
+    match chart_svg(r) {
+        Ok(svg) => writeln!(o, "<div class=\"chart\">{svg}</div>")?,
+        Err(e) => writeln!(
+            o,
+            "<div class=\"notraffic\">chart unavailable: {}</div>",
+            escape(&e.to_string())
+        )?,
+    }
+    writeln!(o, "</section>")
+}
+
+/// The hourly spend bars and quality line as an SVG document (plotters' SVG backend).
+///
+/// The x axis spans the report period in hours (narrowed to the hours with traffic when the
+/// period is unknown or very long); bar `i` covers hour `i`, ticks sit on hour boundaries.
+fn chart_svg(r: &Report) -> Result<String, Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+
+    let (lo_h, hi_h) = axis_hours(r).ok_or("no series points")?;
+    let span = (hi_h - lo_h) as f64;
+    let x_of = |p: &SeriesPoint| (p.start_ms / HOUR_MS).saturating_sub(lo_h) as f64;
+
+    let max_spend = r
+        .series
+        .iter()
+        .map(|p| p.spend_micros.max(0))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6;
+    let y_max = nice_ceiling(max_spend * 1.08);
+    let step = tick_step(hi_h - lo_h);
+    let ticks: Vec<f64> = (lo_h..=hi_h)
+        .filter(|h| h.is_multiple_of(step))
+        .map(|h| (h - lo_h) as f64)
+        .collect();
+    let x_label = |x: &f64| {
+        let ms = (lo_h + x.round().max(0.0) as u64) * HOUR_MS;
+        let s = utc(ms);
+        // "YYYY-MM-DD HH:MM" → "MM-DD HH:MM", or "MM-DD" for daily ticks.
+        if step >= 24 {
+            s.get(5..10).unwrap_or(&s).to_owned()
+        } else {
+            s.get(5..).unwrap_or(&s).to_owned()
+        }
+    };
+    let y_label = |y: &f64| money_tick(*y, y_max);
+    let q_label = |q: &f64| format!("{q:.1}");
+
+    let grey = RGBColor(87, 96, 106);
+    let grid = RGBColor(234, 238, 242);
+    let bar_colour = RGBColor(59, 130, 246);
+    let line_colour = RGBColor(234, 88, 12);
+    let ref_colour = RGBColor(110, 119, 129);
+    let label_font = ("sans-serif", 17).into_font().color(&grey);
+    let desc_font = ("sans-serif", 17).into_font().color(&grey);
+
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, CHART_SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin_top(14)
+            .margin_bottom(6)
+            .margin_left(8)
+            .margin_right(8)
+            .x_label_area_size(38)
+            .y_label_area_size(96)
+            .right_y_label_area_size(76)
+            .build_cartesian_2d(HourAxis::new(span, ticks), 0f64..y_max)?
+            .set_secondary_coord(HourAxis::new(span, Vec::new()), 0f64..1f64);
+
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .bold_line_style(grid)
+            .light_line_style(TRANSPARENT)
+            .axis_style(grey)
+            .y_labels(6)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .y_desc("spend per hour (USD)")
+            .label_style(label_font.clone())
+            .axis_desc_style(desc_font.clone())
+            .draw()?;
+        chart
+            .configure_secondary_axes()
+            .axis_style(grey)
+            .y_labels(6)
+            .y_label_formatter(&q_label)
+            .y_desc("realized quality")
+            .label_style(label_font)
+            .axis_desc_style(desc_font)
+            .draw()?;
+
+        chart.draw_series(r.series.iter().map(|p| {
+            let x = x_of(p);
+            let y = (p.spend_micros.max(0) as f64 / 1e6).min(y_max);
+            Rectangle::new([(x + 0.12, y), (x + 0.88, 0.0)], bar_colour.filled())
+        }))?;
+
+        if let Some(bar) = r.total.quality_bar {
+            let bar = bar.clamp(0.0, 1.0);
+            chart.draw_secondary_series(DashedLineSeries::new(
+                [(0.0, bar), (span, bar)],
+                8,
+                5,
+                ref_colour.stroke_width(2),
+            ))?;
+        }
+
+        let mut quality: Vec<(f64, f64)> = r
+            .series
+            .iter()
+            .filter_map(|p| {
+                p.realized_quality
+                    .filter(|q| q.is_finite())
+                    .map(|q| (x_of(p) + 0.5, q.clamp(0.0, 1.0)))
+            })
+            .collect();
+        quality.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // One line per run of consecutive hours: an hour without outcomes leaves a gap.
+        let mut start = 0;
+        for end in 1..=quality.len() {
+            let breaks = quality
+                .get(end)
+                .zip(quality.get(end - 1))
+                .is_none_or(|(next, prev)| next.0 - prev.0 > 1.5);
+            if breaks {
+                if let Some(run) = quality.get(start..end).filter(|run| run.len() > 1) {
+                    chart.draw_secondary_series(LineSeries::new(
+                        run.iter().copied(),
+                        line_colour.stroke_width(2),
+                    ))?;
+                }
+                start = end;
+            }
+        }
+        chart.draw_secondary_series(
+            quality
+                .iter()
+                .map(|&(x, q)| Circle::new((x, q), 3, line_colour.filled())),
+        )?;
+        root.present()?;
+    }
+    Ok(buf)
+}
+
+/// The chart's x axis: hours from the axis start, `0..span`, with ticks exactly at `ticks`
+/// (plotters' own f64 axis picks fractional ticks, and its `with_key_points` wrapper loses the
+/// label formatter).
+struct HourAxis {
+    span: f64,
+    ticks: Vec<f64>,
+}
+
+impl HourAxis {
+    fn new(span: f64, ticks: Vec<f64>) -> Self {
+        Self { span, ticks }
+    }
+}
+
+impl plotters::prelude::Ranged for HourAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let frac = if self.span > 0.0 {
+            value / self.span
+        } else {
+            0.0
+        };
+        limit.0 + (f64::from(limit.1 - limit.0) * frac).round() as i32
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        0.0..self.span
+    }
+}
+
+/// `[first hour, end hour)` of the chart's x axis, in hours since the epoch; `None` without
+/// points. The report period when it is known, covers every point and is not too long;
+/// otherwise the hours from the first to the last point.
+fn axis_hours(r: &Report) -> Option<(u64, u64)> {
+    let first = r.series.iter().map(|p| p.start_ms / HOUR_MS).min()?;
+    let last = r.series.iter().map(|p| p.start_ms / HOUR_MS).max()?;
+    let (lo, hi) = (first, last + 1);
+    if r.since_ms > 0 && r.until_ms > r.since_ms {
+        let plo = r.since_ms / HOUR_MS;
+        let phi = r.until_ms.div_ceil(HOUR_MS);
+        if plo <= lo && phi >= hi && phi - plo <= MAX_AXIS_HOURS {
+            return Some((plo, phi));
+        }
+    }
+    Some((lo, hi))
+}
+
+/// Hours between x-axis ticks: at most about eight ticks, on UTC-friendly steps.
+fn tick_step(span_hours: u64) -> u64 {
+    const STEPS: [u64; 12] = [1, 2, 3, 4, 6, 12, 24, 48, 72, 168, 336, 720];
+    STEPS
+        .iter()
+        .copied()
+        .find(|s| span_hours.div_ceil(*s) <= 8)
+        .unwrap_or_else(|| span_hours.div_ceil(8).max(1))
+}
+
+/// Smallest of 1, 2, 2.5, 5 × 10^k at or above `v` (at least a cent).
+fn nice_ceiling(v: f64) -> f64 {
+    if !v.is_finite() || v <= 0.01 {
+        return 0.01;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * mag >= v - 1e-12 {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+/// Dollar tick label with as many decimals as the axis scale needs.
+fn money_tick(y: f64, y_max: f64) -> String {
+    let decimals = if y_max >= 10.0 {
+        0
+    } else if y_max >= 0.1 {
+        2
+    } else {
+        3
+    };
+    format!("${y:.decimals$}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting helpers
+// ---------------------------------------------------------------------------------------------
+
+/// `usd`, or `–` for `None`.
+fn opt_usd(m: Option<i64>) -> String {
+    m.map(usd).unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// `v` with `decimals` decimals, or `–` for `None`.
+fn opt_fixed(v: Option<f64>, decimals: usize) -> String {
+    v.map(|x| format!("{x:.decimals$}"))
+        .unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// A ratio as a whole percentage; a non-zero ratio under half a percent shows as `<1%`.
+fn percent(ratio: f64) -> String {
+    let p = ratio * 100.0;
+    if p > 0.0 && p < 0.5 {
+        "<1%".to_owned()
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+/// Micro-USD as dollars with six decimals, e.g. `-12.345678` (exact, no float).
+fn dollars6(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
+/// Dollars for the headline: thousands separators; cents at or above $1, four decimals below.
+fn usd_short(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    if m >= 1_000_000 {
+        let cents = (m + 5_000) / 10_000;
+        format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
+    } else {
+        let tenths_of_cents = (m + 50) / 100;
+        format!(
+            "{sign}${}.{:04}",
+            tenths_of_cents / 10_000,
+            tenths_of_cents % 10_000
+        )
+    }
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn display_or_missing(s: &str) -> &str {
+    if s.is_empty() { MISSING } else { s }
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+/// (H. Hinnant's `civil_from_days`, restricted to non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
+    use super::*;
+
+    /// 2025-03-04 00:00 UTC.
+    const T0: u64 = 1_741_046_400_000;
+
+    fn tiers(small: u64, medium: u64, frontier: u64) -> Vec<TierShare> {
+        vec![
+            TierShare {
+                tier: "small".into(),
+                tasks: small,
+                spend_micros: small as i64 * 400,
+            },
+            TierShare {
+                tier: "medium".into(),
+                tasks: medium,
+                spend_micros: medium as i64 * 3_000,
+            },
+            TierShare {
+                tier: "frontier".into(),
+                tasks: frontier,
+                spend_micros: frontier as i64 * 25_000,
+            },
+        ]
+    }
+
+    fn sample() -> Report {
+        let search = GroupReport {
+            key: "search".into(),
+            spend_micros: 12_345_678,
+            tasks: 1_000,
+            outcomes: 400,
+            completed: 330,
+            cost_per_completed_micros: Some(37_411),
+            realized_quality: Some(0.82),
+            quality_bar: Some(0.75),
+            tier_mix: tiers(600, 300, 100),
+            premium_micros: 32_000_000,
+            savings_micros: 19_654_322,
+            value_micros: 33_000_000,
+            net_value_micros: 20_654_322,
+            reused: 160,
+            reuse_rate: Some(0.4),
+            budget_downgrades: 7,
+            budget_rejections: 0,
+        };
+        let odd = GroupReport {
+            key: "team<x>".into(),
+            spend_micros: 2_500_000,
+            tasks: 120,
+            outcomes: 0,
+            completed: 0,
+            cost_per_completed_micros: None,
+            realized_quality: None,
+            quality_bar: None,
+            tier_mix: tiers(20, 60, 40),
+            premium_micros: 3_100_000,
+            savings_micros: 600_000,
+            value_micros: 0,
+            net_value_micros: -2_500_000,
+            reused: 0,
+            reuse_rate: None,
+            budget_downgrades: 0,
+            budget_rejections: 2,
+        };
+        let total = GroupReport {
+            key: "total".into(),
+            spend_micros: 14_845_678,
+            tasks: 1_120,
+            outcomes: 400,
+            completed: 330,
+            cost_per_completed_micros: Some(44_987),
+            realized_quality: Some(0.82),
+            quality_bar: Some(0.75),
+            tier_mix: tiers(620, 360, 140),
+            premium_micros: 35_100_000,
+            savings_micros: 20_254_322,
+            value_micros: 33_000_000,
+            net_value_micros: 18_154_322,
+            reused: 160,
+            reuse_rate: Some(0.4),
+            budget_downgrades: 7,
+            budget_rejections: 2,
+        };
+        let qualities = [
+            Some(0.8),
+            Some(0.85),
+            None,
+            Some(0.7),
+            Some(0.9),
+            Some(0.78),
+        ];
+        let series = qualities
+            .iter()
+            .enumerate()
+            .map(|(i, q)| SeriesPoint {
+                start_ms: T0 + (i as u64 + 2) * HOUR_MS,
+                spend_micros: 1_000_000 + i as i64 * 700_000,
+                tasks: 100 + i as u64 * 20,
+                outcomes: if q.is_some() { 40 } else { 0 },
+                realized_quality: *q,
+            })
+            .collect();
+        Report {
+            since_ms: T0,
+            until_ms: T0 + 12 * HOUR_MS,
+            group_by: GroupBy::Team,
+            groups: vec![search, odd],
+            total,
+            budgets: vec![
+                BudgetStatus {
+                    id: "team:search/month".into(),
+                    team: "search".into(),
+                    workflow: String::new(),
+                    period: "month".into(),
+                    period_start_ms: 1_740_787_200_000,
+                    soft_limit_micros: Some(80_000_000),
+                    hard_limit_micros: Some(100_000_000),
+                    used_micros: 85_000_000,
+                    left_micros: Some(15_000_000),
+                    state: "soft".into(),
+                },
+                BudgetStatus {
+                    id: "global/day".into(),
+                    team: String::new(),
+                    workflow: String::new(),
+                    period: "day".into(),
+                    period_start_ms: T0,
+                    soft_limit_micros: None,
+                    hard_limit_micros: Some(50_000_000),
+                    used_micros: 14_845_678,
+                    left_micros: Some(35_154_322),
+                    state: "ok".into(),
+                },
+            ],
+            series,
+            policy_version: "v12".into(),
+            generated_ms: T0 + 12 * HOUR_MS + 60_000,
+        }
+    }
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(T0), "2025-03-04 00:00");
+        assert_eq!(utc(951_782_400_000 + 90 * 60_000), "2000-02-29 01:30");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn number_helpers() {
+        assert_eq!(dollars6(12_345_678), "12.345678");
+        assert_eq!(dollars6(-5), "-0.000005");
+        assert_eq!(usd_short(1_234_567_890), "$1,234.57");
+        assert_eq!(usd_short(37_411), "$0.0374");
+        assert_eq!(usd_short(-2_500_000), "-$2.50");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(percent(0.004), "<1%");
+        assert_eq!(percent(0.0), "0%");
+        assert_eq!(escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
+        assert_eq!(nice_ceiling(4.1), 5.0);
+        assert_eq!(nice_ceiling(0.0), 0.01);
+        assert_eq!(tick_step(6), 1);
+        assert_eq!(tick_step(24), 3);
+        assert_eq!(tick_step(24 * 30), 168);
+    }
+
+    #[test]
+    fn table_shows_groups_money_and_missing_values() {
+        let t = table(&sample());
+        assert!(t.contains("2025-03-04 00:00 → 2025-03-04 12:00 UTC"), "{t}");
+        assert!(t.contains("by team") && t.contains("policy v12"), "{t}");
+        for needle in [
+            "search",
+            "team<x>",
+            "total",
+            "$12.3456",
+            "$0.0374",
+            "0.82 / 0.75",
+            "40% (160)",
+            "small 60% · medium 30% · frontier 10%",
+            "-$2.5000",
+            "team:search/month",
+            "$85.0000 (85%)",
+            "2025-03-01 00:00",
+            "7 decisions downgraded",
+            "2 route calls rejected",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        // The group without outcomes has no cost per completed, quality or reuse.
+        let odd = t.lines().find(|l| l.contains("team<x>")).unwrap();
+        assert!(odd.matches(MISSING).count() >= 3, "{odd}");
+        assert!(!t.contains('\u{1b}'), "no ANSI escapes");
+    }
+
+    #[test]
+    fn table_without_budgets_or_enforcement() {
+        let mut r = sample();
+        r.budgets.clear();
+        r.total.budget_downgrades = 0;
+        r.total.budget_rejections = 0;
+        let t = table(&r);
+        assert!(!t.contains("period start"));
+        assert!(!t.contains("downgraded"));
+    }
+
+    #[test]
+    fn csv_parses_back() {
+        let r = sample();
+        let text = csv(&r).unwrap();
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        let headers = rd.headers().unwrap().clone();
+        assert_eq!(headers.len(), CSV_HEADER.len());
+        let rows: Vec<csv::StringRecord> = rd.records().map(|x| x.unwrap()).collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|row| row.len() == CSV_HEADER.len()));
+        let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        assert_eq!(&rows[0][col("group")], "search");
+        assert_eq!(&rows[0][col("spend_micros")], "12345678");
+        assert_eq!(&rows[0][col("spend_usd")], "12.345678");
+        assert_eq!(
+            &rows[0][col("tier_mix")],
+            "small:600;medium:300;frontier:100"
+        );
+        assert_eq!(&rows[1][col("group")], "team<x>");
+        assert_eq!(&rows[1][col("cost_per_completed_micros")], "");
+        assert_eq!(&rows[1][col("realized_quality")], "");
+        assert_eq!(&rows[1][col("net_value_usd")], "-2.500000");
+        assert_eq!(&rows[2][col("group")], "total");
+        assert_eq!(&rows[2][col("reuse_rate")], "0.400000");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = sample();
+        let text = json(&r).unwrap();
+        assert!(text.contains('\n'));
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn html_is_self_contained_escaped_and_charted() {
+        let h = html(&sample());
+        assert!(h.starts_with("<!DOCTYPE html>"));
+        assert!(h.trim_end().ends_with("</html>"));
+        assert!(h.contains("<svg"), "chart missing");
+        assert!(h.contains("<text"), "axis labels missing from the SVG");
+        assert!(h.contains("spend per hour (USD)"));
+        assert!(h.contains("03-04 06:00"), "hour tick label missing");
+        assert!(h.contains("Spend by team"));
+        assert!(h.contains("search"));
+        assert!(h.contains("team&lt;x&gt;"));
+        assert!(!h.contains("team<x>"));
+        assert!(!h.to_lowercase().contains("<script"));
+        assert!(
+            !h.contains("<link") && !h.contains("src=\""),
+            "no external resources"
+        );
+        assert!(h.contains("Budgets") && h.contains("team:search/month"));
+        assert!(h.contains("$14.85"), "headline spend");
+        assert!(h.contains("40%"), "headline reuse");
+        assert!(h.contains("meets the bar"));
+        assert!(h.contains("quality bar 0.75"));
+    }
+
+    #[test]
+    fn html_without_traffic() {
+        let mut r = sample();
+        r.series.clear();
+        r.groups.clear();
+        r.budgets.clear();
+        r.total = GroupReport {
+            key: "total".into(),
+            ..GroupReport::default()
+        };
+        let h = html(&r);
+        assert!(h.contains("no traffic in this period"));
+        assert!(!h.contains("<svg"));
+        let t = table(&r);
+        assert!(t.contains("total"));
+        assert_eq!(csv(&r).unwrap().lines().count(), 2);
+    }
+
+    #[test]
+    fn html_single_point_and_unknown_period() {
+        let mut r = sample();
+        r.series.truncate(1);
+        r.since_ms = 0;
+        r.until_ms = 0;
+        r.total.quality_bar = None;
+        let h = html(&r);
+        assert!(h.contains("<svg"));
+        assert!(
+            h.contains("<circle"),
+            "single quality point drawn as a marker"
+        );
+
+        // Zero spend and no quality at all still draws axes.
+        r.series[0].spend_micros = 0;
+        r.series[0].realized_quality = None;
+        assert!(html(&r).contains("<svg"));
+    }
+
+    /// Writes a sample page for eyeballing: `cargo test --lib report::render -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_sample_html() {
+        std::fs::write("/tmp/report-sample.html", html(&sample())).unwrap();
+        std::fs::write("/tmp/report-sample.txt", table(&sample())).unwrap();
+    }
+}
