@@ -23,6 +23,8 @@ use std::sync::{Mutex, PoisonError};
 use hashbrown::Equivalent;
 
 use crate::decision::DecisionClaims;
+#[cfg(test)]
+use crate::policy::Period;
 use crate::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
 use crate::routing::Decision;
 use crate::store::{CounterAdd, StateStore, StoreError};
@@ -613,4 +615,177 @@ fn bump(
         },
         c,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::ComplexityModel;
+    use crate::decision::Signer;
+    use crate::feedback::{Engine, RouteRefused};
+    use crate::routing::{Limits, RouteRequest};
+    use std::sync::Arc;
+
+    const POLICY: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[default]
+exploration_rate = 0.0
+thresholds = { small = 0.0 }
+[[budgets]]
+team = "t"
+period = "day"
+hard_limit_usd = 0.007
+on_exhausted = "reject"
+on_store_unavailable = "fail_closed"
+[[budgets]]
+team = "u"
+period = "day"
+hard_limit_usd = 0.007
+on_exhausted = "cheapest"
+"#;
+
+    fn engine() -> Engine {
+        Engine::new(
+            Arc::new(ComplexityModel::bundled().unwrap()),
+            Arc::new(Policy::parse(POLICY).unwrap()),
+            Limits::default(),
+            Signer::new(b"k").unwrap(),
+            3_600_000,
+            true,
+        )
+    }
+
+    fn route(e: &Engine, team: &str, now: u64) -> Result<String, RouteRefused> {
+        // 200 input tokens, 50 output: premium 3,500 µ$.
+        let task = "word ".repeat(160);
+        e.route(
+            &RouteRequest {
+                task: &task,
+                team,
+                expected_output_tokens: 50,
+                ..Default::default()
+            },
+            0.5,
+            now,
+            now,
+        )
+        .map(|(d, _)| d.tier().name.clone())
+    }
+
+    #[test]
+    fn a_new_period_starts_with_the_full_budget() {
+        let e = engine();
+        // 2026-11-29 23:59:59 UTC, then midnight.
+        let late = 1_795_996_799_000;
+        assert_eq!(route(&e, "t", late).unwrap(), "premium");
+        assert_eq!(route(&e, "t", late).unwrap(), "premium");
+        let err = route(&e, "t", late).unwrap_err();
+        let RouteRefused::Budget(b) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(b.budget, "team:t/day");
+        assert_eq!(b.resets_ms, late + 1000);
+        // The next day starts from zero; the old day's usage stays with the old day.
+        assert_eq!(route(&e, "t", late + 1000).unwrap(), "premium");
+        let use_now = e.books.budget_usage(&e.router.table().policy, late + 1000);
+        assert_eq!(use_now[0].used_micros, 3_500);
+        let use_then = e.books.budget_usage(&e.router.table().policy, late);
+        assert_eq!(use_then[0].used_micros, 7_000);
+        // Another team's budget is untouched.
+        assert_eq!(use_now[1].used_micros, 0);
+    }
+
+    #[test]
+    fn fail_closed_budgets_hold_while_the_store_is_down_and_fail_open_ones_do_not() {
+        let e = engine();
+        let now = 1_795_934_463_000;
+        e.books.set_store_down(true);
+        assert!(matches!(route(&e, "t", now), Err(RouteRefused::Budget(_))));
+        // Fail open: enforced on the local view, which has room.
+        assert_eq!(route(&e, "u", now).unwrap(), "premium");
+        e.books.set_store_down(false);
+        assert_eq!(route(&e, "t", now).unwrap(), "premium");
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_every_count_for_the_next_one() {
+        struct Down;
+        #[async_trait::async_trait]
+        impl StateStore for Down {
+            async fn record(
+                &self,
+                _: &crate::store::OutcomeEvent,
+                _: u64,
+            ) -> Result<crate::store::Recorded, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            async fn events_since(
+                &self,
+                _: u64,
+                _: usize,
+            ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            async fn add_counters(&self, _: &[CounterAdd]) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            async fn read_counters(
+                &self,
+                _: &[String],
+            ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            async fn ping(&self) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            fn kind(&self) -> &'static str {
+                "down"
+            }
+        }
+        let e = engine();
+        let now = 1_795_934_463_000;
+        route(&e, "u", now).unwrap();
+        route(&e, "u", now).unwrap();
+        let policy = e.router.table().policy.clone();
+        assert!(e.books.flush(&policy, &Down).await.is_err());
+        // Still counted locally: the budget sees both, and a working store gets both.
+        assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+        let store = crate::store::MemoryStore::new();
+        e.books.flush(&policy, &store).await.unwrap();
+        assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+        let read = store
+            .read_counters(&[ledger_hash(now), budget_hash("team:u/day")])
+            .await
+            .unwrap();
+        assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
+        assert_eq!(
+            read[0][&ledger_field(metric::SPEND, "u", "", "premium")],
+            7_000
+        );
+        assert_eq!(read[1][&Period::Day.start_ms(now).to_string()], 7_000);
+    }
+
+    #[test]
+    fn labels_over_the_cap_count_as_other() {
+        let mut l = Labels::default();
+        for i in 0..MAX_WORKFLOWS {
+            assert_eq!(l.workflow(&format!("w{i}")), format!("w{i}"));
+        }
+        assert_eq!(l.workflow("one-too-many"), OTHER);
+        assert_eq!(l.workflow("w7"), "w7");
+        assert_eq!(l.workflow(""), "");
+        assert_eq!(clean("a\u{1f}b\nc"), "a?b?c");
+        let f = ledger_field("spend", "t", "w", "small");
+        assert_eq!(parse_ledger_field(&f), Some(("spend", "t", "w", "small")));
+        assert_eq!(parse_ledger_field("spend"), None);
+    }
 }

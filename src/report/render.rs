@@ -365,16 +365,16 @@ section{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:16px 
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{padding:6px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap;vertical-align:middle}
-th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4}
+th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4;white-space:normal;vertical-align:bottom}
 th:first-child,td:first-child{text-align:left}
 td.l,th.l{text-align:left}
 tfoot td{font-weight:650;border-top:2px solid #d8dee4;border-bottom:0}
 .empty{color:#57606a;text-align:center;padding:18px}
 .share{display:inline-block;vertical-align:middle;width:44px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
 .share i{display:block;height:100%;background:#3b82f6}
-td.mixc{white-space:normal;min-width:150px}
+td.mixc{white-space:normal;min-width:140px}
 .pct{color:#57606a;font-size:11.5px;margin-left:4px}
-.mix{display:flex;width:150px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;margin-bottom:2px}
+.mix{display:flex;width:140px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;margin-bottom:2px}
 .mix i{display:block;height:100%}
 .mixt{font-size:11.5px;color:#57606a}
 .meter{display:inline-block;vertical-align:middle;width:80px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
@@ -562,8 +562,7 @@ fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
     for h in [
         "spend",
         "tasks",
-        "outcomes",
-        "completed",
+        "completed / outcomes",
         "cost / completed",
         "quality / bar",
         "savings vs premium",
@@ -607,14 +606,22 @@ fn group_row(
         }
         _ => String::new(),
     };
-    write!(o, "<td>{}{share}</td>", escape(&usd(g.spend_micros)))?;
-    for n in [g.tasks, g.outcomes, g.completed] {
-        write!(o, "<td>{}</td>", thousands(n))?;
-    }
+    write!(o, "<td>{}{share}</td>", escape(&usd_short(g.spend_micros)))?;
+    write!(
+        o,
+        "<td>{}</td><td>{}<span class=\"pct\">/ {}</span></td>",
+        thousands(g.tasks),
+        thousands(g.completed),
+        thousands(g.outcomes)
+    )?;
     write!(
         o,
         "<td>{}</td>",
-        escape(&opt_usd(g.cost_per_completed_micros))
+        escape(
+            &g.cost_per_completed_micros
+                .map(usd_short)
+                .unwrap_or_else(|| MISSING.to_owned())
+        )
     )?;
     let qclass = match (g.realized_quality, g.quality_bar) {
         (Some(q), Some(b)) if q < b => " class=\"bad\"",
@@ -625,19 +632,23 @@ fn group_row(
         write!(
             o,
             "<td>{}<span class=\"pct\">{}</span></td>",
-            escape(&usd(g.savings_micros)),
+            escape(&usd_short(g.savings_micros)),
             escape(&percent(g.savings_micros as f64 / g.premium_micros as f64)),
         )?;
     } else {
-        write!(o, "<td>{}</td>", escape(&usd(g.savings_micros)))?;
+        write!(o, "<td>{}</td>", escape(&usd_short(g.savings_micros)))?;
     }
-    write!(o, "<td>{}</td>", escape(&usd(g.value_micros)))?;
+    write!(o, "<td>{}</td>", escape(&usd_short(g.value_micros)))?;
     let nclass = if g.net_value_micros < 0 {
         " class=\"bad\""
     } else {
         ""
     };
-    write!(o, "<td{nclass}>{}</td>", escape(&usd(g.net_value_micros)))?;
+    write!(
+        o,
+        "<td{nclass}>{}</td>",
+        escape(&usd_short(g.net_value_micros))
+    )?;
     write!(o, "<td>{}</td>", escape(&reuse_text(g)))?;
 
     write!(o, "<td class=\"l mixc\">")?;
@@ -708,8 +719,8 @@ fn write_budgets(o: &mut String, budgets: &[BudgetStatus], total: &GroupReport) 
         let meter = budget_fraction(s)
             .map(|f| {
                 format!(
-                    "<span class=\"meter\" title=\"{}\"><i style=\"width:{:.1}%;background:{meter_colour}\"></i></span>",
-                    percent(f),
+                    "<span class=\"pct\">{}</span><span class=\"meter\"><i style=\"width:{:.1}%;background:{meter_colour}\"></i></span>",
+                    escape(&percent(f)),
                     (f * 100.0).clamp(0.0, 100.0)
                 )
             })
@@ -723,10 +734,10 @@ fn write_budgets(o: &mut String, budgets: &[BudgetStatus], total: &GroupReport) 
             escape(&scope),
             escape(&s.period),
             utc(s.period_start_ms),
-            escape(&opt_usd(s.soft_limit_micros)),
-            escape(&opt_usd(s.hard_limit_micros)),
-            escape(&budget_used(s)),
-            escape(&opt_usd(s.left_micros)),
+            escape(&opt_usd_short(s.soft_limit_micros)),
+            escape(&opt_usd_short(s.hard_limit_micros)),
+            escape(&usd_short(s.used_micros)),
+            escape(&opt_usd_short(s.left_micros)),
             escape(display_or_missing(&s.state)),
         )?;
     }
@@ -1008,6 +1019,11 @@ fn opt_usd(m: Option<i64>) -> String {
     m.map(usd).unwrap_or_else(|| MISSING.to_owned())
 }
 
+/// `usd_short`, or `–` for `None`.
+fn opt_usd_short(m: Option<i64>) -> String {
+    m.map(usd_short).unwrap_or_else(|| MISSING.to_owned())
+}
+
 /// `v` with `decimals` decimals, or `–` for `None`.
 fn opt_fixed(v: Option<f64>, decimals: usize) -> String {
     v.map(|x| format!("{x:.decimals$}"))
@@ -1035,7 +1051,9 @@ fn dollars6(micros: i64) -> String {
 fn usd_short(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let m = micros.unsigned_abs();
-    if m >= 1_000_000 {
+    if m == 0 {
+        "$0.00".to_owned()
+    } else if m >= 1_000_000 {
         let cents = (m + 5_000) / 10_000;
         format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
     } else {
@@ -1255,6 +1273,7 @@ mod tests {
         assert_eq!(usd_short(1_234_567_890), "$1,234.57");
         assert_eq!(usd_short(37_411), "$0.0374");
         assert_eq!(usd_short(-2_500_000), "-$2.50");
+        assert_eq!(usd_short(0), "$0.00");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
         assert_eq!(percent(0.004), "<1%");
@@ -1411,5 +1430,10 @@ mod tests {
     fn write_sample_html() {
         std::fs::write("/tmp/report-sample.html", html(&sample())).unwrap();
         std::fs::write("/tmp/report-sample.txt", table(&sample())).unwrap();
+        let mut single = sample();
+        single.series.truncate(1);
+        std::fs::write("/tmp/report-single.html", html(&single)).unwrap();
+        single.series.clear();
+        std::fs::write("/tmp/report-empty.html", html(&single)).unwrap();
     }
 }

@@ -1,0 +1,404 @@
+//! The books through the real server: every number of the report checked against a hand
+//! computation, budgets (soft downgrade, hard `cheapest` and `reject`), and the overshoot bound
+//! of two replicas racing on one Redis for the last of a budget.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::TestServer;
+use common::redis::RedisServer;
+use tokenwise::policy::Policy;
+use tokenwise::routing::Limits;
+use tokenwise::server::pb::{
+    FeedbackRequest, GetReportRequest, GetReportResponse, GroupReport, RouteHints, RouteRequest,
+    RouteResponse,
+};
+use tonic::Code;
+
+/// Prices chosen so costs are whole micro-dollars per token: small $1/$2 per 1M tokens in/out,
+/// premium $10/$30. Team `cheap` always gets small (pinned threshold 1.0), team `rich` always
+/// premium (threshold 0.0), nobody explores.
+const TIERS: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+
+[default]
+quality_bar = 0.5
+exploration_rate = 0.0
+value_per_success_usd = 0.01
+
+[[policies]]
+team = "cheap"
+thresholds = { small = 1.0 }
+
+[[policies]]
+team = "rich"
+thresholds = { small = 0.0 }
+"#;
+
+fn policy(extra: &str) -> Policy {
+    Policy::parse(&format!("{TIERS}\n{extra}")).unwrap()
+}
+
+/// A task of `tokens` estimated input tokens (4 bytes each) with an output hint.
+fn task(team: &str, workflow: &str, tokens: usize, out: u32) -> RouteRequest {
+    RouteRequest {
+        task: "word ".repeat(tokens * 4 / 5),
+        workflow: workflow.into(),
+        team: team.into(),
+        hints: Some(RouteHints {
+            expected_output_tokens: out,
+            task_type: String::new(),
+        }),
+    }
+}
+
+fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> FeedbackRequest {
+    FeedbackRequest {
+        decision_id: d.decision_id.clone(),
+        score,
+        input_tokens: input,
+        output_tokens: output,
+        reused,
+    }
+}
+
+async fn report(server: &TestServer, group_by: &str) -> GetReportResponse {
+    server
+        .admin()
+        .await
+        .get_report(GetReportRequest {
+            period: "day".into(),
+            group_by: group_by.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn group<'a>(r: &'a GetReportResponse, key: &str) -> &'a GroupReport {
+    r.groups
+        .iter()
+        .find(|g| g.key == key)
+        .unwrap_or_else(|| panic!("no group {key} in {:?}", r.groups))
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-9)
+}
+
+#[tokio::test]
+async fn the_report_matches_a_hand_computed_script() {
+    let server = TestServer::with_policy(policy(""), Limits::default()).await;
+    let mut c = server.router().await;
+
+    // Team cheap, workflow faq: three 100-token tasks expecting 100 output tokens on small:
+    // estimate 100×1 + 100×2 = 300 µ$ each; on premium 100×10 + 100×30 = 4,000 µ$.
+    let mut cheap = Vec::new();
+    for _ in 0..3 {
+        let d = c
+            .route(task("cheap", "faq", 100, 100))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.tier, "small");
+        assert!((d.estimated_cost_usd - 0.000300).abs() < 1e-12, "{d:?}");
+        cheap.push(d);
+    }
+    // Actual 120 in, 80 out: 120 + 160 = 280 µ$ (premium 1,200 + 2,400 = 3,600); met, reused.
+    let ack = c
+        .feedback(fb(&cheap[0], 1.0, 120, 80, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!((ack.actual_cost_usd - 0.000280).abs() < 1e-12);
+    // 100 in, 50 out: 200 µ$ (premium 2,500); score 0.2 misses the bar 0.5.
+    c.feedback(fb(&cheap[1], 0.2, 100, 50, false))
+        .await
+        .unwrap();
+    // cheap[2] never gets feedback: it stays at its 300 µ$ estimate (premium 4,000).
+
+    // Refused feedback changes nothing: a duplicate, a score out of range.
+    let dup = c
+        .feedback(fb(&cheap[0], 1.0, 999, 999, true))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let bad = c
+        .feedback(fb(&cheap[2], 1.5, 1, 1, false))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // Team rich, workflow code: two 200-token tasks expecting 50 output tokens on premium:
+    // estimate 2,000 + 1,500 = 3,500 µ$.
+    let mut rich = Vec::new();
+    for _ in 0..2 {
+        let d = c
+            .route(task("rich", "code", 200, 50))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.tier, "premium");
+        rich.push(d);
+    }
+    // 250 in, 100 out: 2,500 + 3,000 = 5,500 µ$; 200 in, 50 out: 3,500 µ$. Both meet 0.5.
+    c.feedback(fb(&rich[0], 0.9, 250, 100, false))
+        .await
+        .unwrap();
+    c.feedback(fb(&rich[1], 0.7, 200, 50, false)).await.unwrap();
+
+    let r = report(&server, "team").await;
+    assert_eq!(r.group_by, "team");
+    assert_eq!(r.groups.len(), 2);
+    // Highest spend first.
+    assert_eq!(r.groups[0].key, "rich");
+
+    let g = group(&r, "cheap");
+    assert_eq!(g.spend_micros, 280 + 200 + 300);
+    assert_eq!(g.tasks, 3);
+    assert_eq!(g.outcomes, 2);
+    assert_eq!(g.completed, 1);
+    assert_eq!(g.cost_per_completed_micros, Some(780));
+    assert!(close(g.realized_quality, 0.6));
+    assert!(close(g.quality_bar, 0.5));
+    assert_eq!(g.premium_micros, 3_600 + 2_500 + 4_000);
+    assert_eq!(g.savings_micros, 10_100 - 780);
+    assert_eq!(g.value_micros, 10_000);
+    assert_eq!(g.net_value_micros, 10_000 - 780);
+    assert_eq!(g.reused, 1);
+    assert!(close(g.reuse_rate, 0.5));
+    assert_eq!(g.tier_mix.len(), 1);
+    assert_eq!(
+        (g.tier_mix[0].tier.as_str(), g.tier_mix[0].tasks),
+        ("small", 3)
+    );
+    assert_eq!(g.tier_mix[0].spend_micros, 780);
+
+    let g = group(&r, "rich");
+    assert_eq!(g.spend_micros, 5_500 + 3_500);
+    assert_eq!((g.tasks, g.outcomes, g.completed), (2, 2, 2));
+    assert_eq!(g.cost_per_completed_micros, Some(4_500));
+    assert!(close(g.realized_quality, 0.8));
+    assert_eq!(g.premium_micros, 9_000);
+    assert_eq!(g.savings_micros, 0);
+    assert_eq!(g.value_micros, 20_000);
+    assert_eq!(g.net_value_micros, 11_000);
+    assert!(close(g.reuse_rate, 0.0));
+
+    let t = r.total.as_ref().unwrap();
+    assert_eq!(t.key, "total");
+    assert_eq!(t.spend_micros, 9_780);
+    assert_eq!((t.tasks, t.outcomes, t.completed), (5, 4, 3));
+    assert_eq!(t.cost_per_completed_micros, Some(3_260));
+    assert!(close(t.realized_quality, 0.7));
+    assert_eq!(t.premium_micros, 19_100);
+    assert_eq!(t.savings_micros, 19_100 - 9_780);
+    assert_eq!(t.value_micros, 30_000);
+    assert_eq!(t.net_value_micros, 30_000 - 9_780);
+    assert!(close(t.reuse_rate, 0.25));
+    assert_eq!((t.budget_downgrades, t.budget_rejections), (0, 0));
+    // The hourly series sums to the total.
+    let series_spend: i64 = r.series.iter().map(|p| p.spend_micros).sum();
+    assert_eq!(series_spend, 9_780);
+    assert_eq!(r.series.iter().map(|p| p.tasks).sum::<u64>(), 5);
+
+    // The same books by workflow and by tier, and filtered to one team.
+    let r = report(&server, "workflow").await;
+    assert_eq!(group(&r, "faq").spend_micros, 780);
+    assert_eq!(group(&r, "code").spend_micros, 9_000);
+    let r = report(&server, "tier").await;
+    assert_eq!(group(&r, "small").spend_micros, 780);
+    assert_eq!(group(&r, "premium").spend_micros, 9_000);
+    let only = server
+        .admin()
+        .await
+        .get_report(GetReportRequest {
+            team: "cheap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only.groups.len(), 1);
+    assert_eq!(only.total.unwrap().spend_micros, 780);
+
+    // A bad request names its field.
+    let err = server
+        .admin()
+        .await
+        .get_report(GetReportRequest {
+            group_by: "planet".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("group_by"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn budgets_downgrade_cap_and_reject() {
+    // Premium tasks estimate 3,500 µ$. soft: over $0.001 only cheaper tiers; capped: at $0.005
+    // the cheapest tier; strict: at $0.005 refuse.
+    let server = TestServer::with_policy(
+        policy(
+            r#"
+[[budgets]]
+team = "rich"
+workflow = "soft"
+period = "day"
+soft_limit_usd = 0.001
+[[budgets]]
+team = "rich"
+workflow = "capped"
+period = "day"
+hard_limit_usd = 0.005
+on_exhausted = "cheapest"
+[[budgets]]
+team = "rich"
+workflow = "strict"
+period = "day"
+hard_limit_usd = 0.005
+on_exhausted = "reject"
+"#,
+        ),
+        Limits::default(),
+    )
+    .await;
+    let c = server.router().await;
+    let route = |wf: &'static str| {
+        let mut c = c.clone();
+        async move { c.route(task("rich", wf, 200, 50)).await }
+    };
+
+    // Soft: the first call is under the limit; after it, premium is over it: one tier cheaper.
+    assert_eq!(route("soft").await.unwrap().into_inner().tier, "premium");
+    let d = route("soft").await.unwrap().into_inner();
+    assert_eq!(d.tier, "small");
+    assert!(
+        d.reason.contains("budget team:rich/workflow:soft/day"),
+        "{}",
+        d.reason
+    );
+
+    // Hard with cheapest: 3,500 fits in 5,000; another 3,500 would not: small instead.
+    assert_eq!(route("capped").await.unwrap().into_inner().tier, "premium");
+    assert_eq!(route("capped").await.unwrap().into_inner().tier, "small");
+
+    // Hard with reject: RESOURCE_EXHAUSTED naming the budget; nothing reserved for it.
+    assert_eq!(route("strict").await.unwrap().into_inner().tier, "premium");
+    let err = route("strict").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("team:rich/workflow:strict/day"),
+        "{}",
+        err.message()
+    );
+
+    // Feedback reconciles the budget to actual cost: a cheaper actual frees room.
+    let r = report(&server, "workflow").await;
+    let strict = r
+        .budgets
+        .iter()
+        .find(|b| b.id == "team:rich/workflow:strict/day")
+        .unwrap();
+    assert_eq!(strict.used_micros, 3_500);
+    assert_eq!(strict.left_micros, Some(1_500));
+    assert_eq!(strict.state, "ok");
+    assert_eq!(group(&r, "strict").budget_rejections, 1);
+    assert_eq!(group(&r, "strict").tasks, 1);
+    assert_eq!(group(&r, "soft").budget_downgrades, 1);
+    assert_eq!(group(&r, "capped").budget_downgrades, 1);
+    let capped = r
+        .budgets
+        .iter()
+        .find(|b| b.id == "team:rich/workflow:capped/day")
+        .unwrap();
+    // 3,500 on premium, then small: 200 + 100 = 300.
+    assert_eq!(capped.used_micros, 3_800);
+}
+
+fn redis_policy(redis: &RedisServer, prefix: &str) -> Policy {
+    policy(&format!(
+        r#"
+[[budgets]]
+team = "rich"
+period = "month"
+hard_limit_usd = 0.07
+on_exhausted = "reject"
+
+[store]
+kind = "redis"
+url = "{}"
+prefix = "{prefix}"
+refresh_ms = 50
+"#,
+        redis.url()
+    ))
+}
+
+/// Routes `n` premium tasks concurrently; returns how many were admitted.
+async fn race(server: &TestServer, n: usize) -> usize {
+    let c = server.router().await;
+    let calls = (0..n).map(|_| {
+        let mut c = c.clone();
+        async move { c.route(task("rich", "race", 200, 50)).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        }
+    }
+    results.iter().filter(|r| r.is_ok()).count()
+}
+
+#[tokio::test]
+async fn two_replicas_racing_for_the_last_of_a_budget_overshoot_at_most_what_is_in_flight() {
+    let redis = RedisServer::start();
+    let prefix = format!("budget-race-{}", std::process::id());
+    let a = TestServer::with_policy(redis_policy(&redis, &prefix), Limits::default()).await;
+    let b = TestServer::with_policy(redis_policy(&redis, &prefix), Limits::default()).await;
+
+    // Budget $0.07 = 20 premium tasks of 3,500 µ$. Spend 16 on A and let both replicas see it.
+    assert_eq!(race(&a, 16).await, 16);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+
+    // Four tasks' worth left. Both replicas race 20 calls each before either refreshes.
+    let (won_a, won_b) = tokio::join!(race(&a, 20), race(&b, 20));
+    eprintln!("racing for the last 4: A admitted {won_a}, B admitted {won_b}");
+    // Each replica alone never passes the limit it sees...
+    assert!(won_a <= 4 && won_b <= 4, "{won_a} / {won_b}");
+    // ...so together they overshoot by at most the other replica's in-flight reservations:
+    // (replicas - 1) × what was left at the last refresh.
+    let admitted = 16 + won_a + won_b;
+    assert!(admitted >= 20, "the budget was not used up: {admitted}");
+    let overshoot = (admitted as i64 - 20) * 3_500;
+    assert!(overshoot <= 4 * 3_500, "overshoot {overshoot} µ$");
+
+    // Once both have refreshed, neither admits anything, and the shared books hold every
+    // reservation.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(race(&a, 3).await + race(&b, 3).await, 0);
+    // A flushes its refusal counts at its next refresh; B flushes when asked for the report.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = report(&b, "team").await;
+    let budget = &r.budgets[0];
+    assert_eq!(budget.used_micros, admitted as i64 * 3_500);
+    assert_eq!(budget.state, "exhausted");
+    assert_eq!(group(&r, "rich").tasks, admitted as u64);
+    assert_eq!(
+        group(&r, "rich").budget_rejections as usize,
+        40 + 6 - won_a - won_b
+    );
+}
