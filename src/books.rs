@@ -23,6 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use hashbrown::Equivalent;
 
 use crate::decision::DecisionClaims;
+use crate::metrics::Metrics;
 #[cfg(test)]
 use crate::policy::Period;
 use crate::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
@@ -296,12 +297,21 @@ pub struct Books {
     local: Mutex<Local>,
     flush_lock: tokio::sync::Mutex<()>,
     store_down: AtomicBool,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Books {
-    /// Empty books.
-    pub fn new() -> Self {
-        Self::default()
+    /// Empty books that report what they count to `metrics`.
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    /// Counts accepted outcome counters in the metrics (the store applies them).
+    pub fn observe_outcome(&self, counters: &[CounterAdd]) {
+        self.metrics.observe(counters);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -523,6 +533,7 @@ impl Books {
             return Err(e);
         }
         // Sent: from here on they are in the store, and will be in what we read.
+        self.metrics.observe(&adds);
         {
             let mut local = self.lock();
             local.in_flight_cells.clear();

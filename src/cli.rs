@@ -207,6 +207,13 @@ pub struct ServeArgs {
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `off` for nowhere.
+    #[arg(
+        long,
+        env = "TOKENWISE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: String,
 }
 
 /// Views of the report.
@@ -361,7 +368,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_logs(args.log_format);
             let engine = std::sync::Arc::new(engine_from_args(&args)?);
+            let metrics_addr = match args.metrics_listen.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not host:port (or off)"))?),
+            };
             let config = crate::server::ServeConfig {
+                metrics_addr,
                 refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
                 bench_noop: args.bench_noop,

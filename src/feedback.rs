@@ -247,6 +247,7 @@ impl Learner {
         };
         match recorded {
             Ok(Recorded::New) => {
+                books.observe_outcome(&event.counters);
                 self.set_degraded(false);
                 if let Err(e) = self.sync(router).await {
                     // Recorded; this replica just learns it on the next refresh.
@@ -258,6 +259,7 @@ impl Learner {
             Err(e) => {
                 self.set_degraded(true);
                 let nonce = event.nonce;
+                let counters = event.counters.clone();
                 self.buffer
                     .push(event)
                     .map_err(|b| FeedbackError::Unavailable(format!("{e}; {b}")))?;
@@ -266,6 +268,7 @@ impl Learner {
                     .unwrap_or_else(PoisonError::into_inner)
                     .nonces
                     .insert(nonce);
+                books.observe_outcome(&counters);
                 tracing::debug!(error = %e, "store unreachable: feedback buffered");
                 Ok(ack)
             }
@@ -431,6 +434,8 @@ pub struct Engine {
     pub learner: Learner,
     /// Counts spend and enforces budgets.
     pub books: Books,
+    /// What `/metrics` exports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why Route refused a call.
@@ -475,9 +480,48 @@ impl Engine {
         input: &FeedbackInput<'_>,
         now_ms: u64,
     ) -> Result<FeedbackAck, FeedbackError> {
-        self.learner
+        let ack = self
+            .learner
             .feedback(&self.router, &self.books, input, now_ms)
-            .await
+            .await?;
+        self.metrics
+            .feedback_lag_seconds
+            .observe(ack.lag_ms as f64 / 1000.0);
+        Ok(ack)
+    }
+
+    /// The metrics as OpenMetrics text, with the scrape-time gauges set first.
+    pub fn render_metrics(&self, now_ms: u64) -> String {
+        let m = &self.metrics;
+        let table = self.router.table();
+        for (scope, plan) in &table.plans {
+            let labels = crate::metrics::ScopeLabels {
+                scope: scope.clone(),
+            };
+            m.realized_quality
+                .get_or_create(&labels)
+                .set(plan.realized_quality);
+            m.quality_bar
+                .get_or_create(&labels)
+                .set(plan.policy.quality_bar);
+        }
+        for u in self.books.budget_usage(&table.policy, now_ms) {
+            let labels = crate::metrics::BudgetLabels {
+                budget: u.budget.id.clone(),
+            };
+            let limit = u.budget.hard_limit_micros.or(u.budget.soft_limit_micros);
+            m.budget_used_usd
+                .get_or_create(&labels)
+                .set(u.used_micros as f64 / 1e6);
+            if let Some(l) = limit {
+                m.budget_remaining_usd
+                    .get_or_create(&labels)
+                    .set((l - u.used_micros) as f64 / 1e6);
+            }
+        }
+        m.store_up.set(i64::from(!self.learner.is_degraded()));
+        m.buffered_outcomes.set(self.learner.buffered() as i64);
+        m.render()
     }
 
     /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
@@ -554,10 +598,12 @@ impl Engine {
             store,
             buffer,
         );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         Self {
             router: Router::new(model, table, limits),
             learner,
-            books: Books::new(),
+            books: Books::new(metrics.clone()),
+            metrics,
         }
     }
 }

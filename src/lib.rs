@@ -20,6 +20,7 @@ pub mod decision;
 pub mod features;
 pub mod feedback;
 pub mod learning;
+pub mod metrics;
 pub mod policy;
 pub mod replay;
 pub mod report;

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub refresh_interval: Duration,
     /// Serve a no-op Route handler instead of the router (benchmarks only).
     pub bench_noop: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` for nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Health service name that reports the state store: NOT_SERVING while it is unreachable
@@ -61,6 +63,7 @@ impl Default for ServeConfig {
             max_concurrent_requests: 2048,
             refresh_interval: Duration::from_millis(250),
             bench_noop: false,
+            metrics_addr: None,
         }
     }
 }
@@ -392,8 +395,13 @@ impl RouterRpc for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let started = std::time::Instant::now();
         let result = self.route_inner(request);
         Counters::count(&self.counters.route_ok, &self.counters.route_err, &result);
+        self.engine
+            .metrics
+            .route_seconds
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -545,6 +553,35 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics port could not be bound.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        /// Address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) on `listener` until the task is aborted.
+pub async fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = engine.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    engine.render_metrics(now_ms()),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight calls.
@@ -605,6 +642,22 @@ pub async fn run(
         })
     };
 
+    let metrics_server = match config.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Metrics { addr, source })?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics on /metrics");
+            let engine = engine.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = serve_metrics(engine, listener).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            }))
+        }
+    };
+
     let counters = Arc::new(Counters::default());
     let (router, noop) = if config.bench_noop {
         tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
@@ -657,6 +710,9 @@ pub async fn run(
             shutdown,
         )
         .await;
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     refresher.abort();
     // Wait until it is gone, so its drain cannot overlap the shutdown drain.
     let _ = refresher.await;

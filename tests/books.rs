@@ -402,3 +402,74 @@ async fn two_replicas_racing_for_the_last_of_a_budget_overshoot_at_most_what_is_
         40 + 6 - won_a - won_b
     );
 }
+
+/// `GET path` over plain HTTP/1.1; the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_health() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = TestServer::with_config(
+        policy("[[budgets]]\nteam = \"cheap\"\nperiod = \"month\"\nhard_limit_usd = 1.0\n"),
+        Limits::default(),
+        |c| c.metrics_addr = Some(port),
+    )
+    .await;
+    let mut c = server.router().await;
+    for _ in 0..3 {
+        let d = c
+            .route(task("cheap", "faq", 100, 100))
+            .await
+            .unwrap()
+            .into_inner();
+        c.feedback(fb(&d, 1.0, 120, 80, false)).await.unwrap();
+    }
+    // Route-time counts reach the metrics when the books flush (the report forces one).
+    report(&server, "team").await;
+    let text = http_get(port, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("application/openmetrics-text"));
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_string()
+    };
+    let cell = r#"{team="cheap",workflow="faq",tier="small"}"#;
+    assert_eq!(
+        line(&format!("tokenwise_decisions_total{cell}")),
+        format!("tokenwise_decisions_total{cell} 3")
+    );
+    assert_eq!(
+        line(&format!("tokenwise_outcomes_total{cell}")),
+        format!("tokenwise_outcomes_total{cell} 3")
+    );
+    // 3 × 280 µ$ after reconciliation.
+    let spend: f64 = line(&format!("tokenwise_spend_usd{cell}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((spend - 0.00084).abs() < 1e-9, "{spend}");
+    assert!(line("tokenwise_route_duration_seconds_count").ends_with(" 3"));
+    assert!(line("tokenwise_feedback_lag_seconds_count").ends_with(" 3"));
+    assert!(line(r#"tokenwise_budget_used_usd{budget="team:cheap/month"}"#).ends_with(" 0.00084"));
+    assert!(
+        line(r#"tokenwise_budget_remaining_usd{budget="team:cheap/month"}"#).contains(" 0.99916")
+    );
+    assert!(line(r#"tokenwise_quality_bar{scope="team:cheap"}"#).ends_with(" 0.5"));
+    assert_eq!(line("tokenwise_store_up "), "tokenwise_store_up 1");
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics, served as OpenMetrics text on `/metrics` of a separate HTTP port.
+//!
+//! Spend, decisions and outcomes come from the same counter increments the books send to the
+//! store ([`Metrics::observe`]), so the metrics and the report agree; each replica exports what
+//! it counted (sum across replicas in queries). Labels are the books' labels, whose cardinality
+//! is capped there. Quality per scope, budgets and store health are read at scrape time.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::books::{metric, parse_ledger_field};
+use crate::store::CounterAdd;
+
+/// Labels of a ledger cell.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabels {
+    /// Team (empty when the caller gave none).
+    pub team: String,
+    /// Workflow.
+    pub workflow: String,
+    /// Tier.
+    pub tier: String,
+}
+
+/// Labels of a policy scope.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    /// Scope key.
+    pub scope: String,
+}
+
+/// Labels of a budget.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// Budget id.
+    pub budget: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Route handler latency.
+    pub route_seconds: Histogram,
+    /// Time from a decision to its feedback.
+    pub feedback_lag_seconds: Histogram,
+    decisions: Family<CellLabels, Counter>,
+    spend_usd: Family<CellLabels, FloatGauge>,
+    premium_usd: Family<CellLabels, FloatGauge>,
+    outcomes: Family<CellLabels, Counter>,
+    completed: Family<CellLabels, Counter>,
+    budget_actions: Family<CellLabels, Counter>,
+    /// Realized quality per scope (set at scrape time).
+    pub realized_quality: Family<ScopeLabels, FloatGauge>,
+    /// Quality bar per scope (set at scrape time).
+    pub quality_bar: Family<ScopeLabels, FloatGauge>,
+    /// Budget left in the current period, USD (set at scrape time).
+    pub budget_remaining_usd: Family<BudgetLabels, FloatGauge>,
+    /// Budget used in the current period, USD (set at scrape time).
+    pub budget_used_usd: Family<BudgetLabels, FloatGauge>,
+    /// 1 when the store is reachable (set at scrape time).
+    pub store_up: Gauge,
+    /// Outcomes waiting in the outage buffer (set at scrape time).
+    pub buffered_outcomes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tokenwise");
+        // 5 µs … ~80 ms, doubling.
+        let route_seconds = Histogram::new(exponential_buckets(5e-6, 2.0, 15));
+        // 1 s … ~1.5 days, ×3.
+        let feedback_lag_seconds = Histogram::new(exponential_buckets(1.0, 3.0, 12));
+        let m = Self {
+            route_seconds,
+            feedback_lag_seconds,
+            decisions: Family::default(),
+            spend_usd: Family::default(),
+            premium_usd: Family::default(),
+            outcomes: Family::default(),
+            completed: Family::default(),
+            budget_actions: Family::default(),
+            realized_quality: Family::default(),
+            quality_bar: Family::default(),
+            budget_remaining_usd: Family::default(),
+            budget_used_usd: Family::default(),
+            store_up: Gauge::default(),
+            buffered_outcomes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "route_duration_seconds",
+            "Route handler latency",
+            m.route_seconds.clone(),
+        );
+        registry.register(
+            "feedback_lag_seconds",
+            "Time from a decision to its accepted feedback",
+            m.feedback_lag_seconds.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions routed, by team, workflow and tier",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "spend_usd",
+            "Spend in USD: estimates at Route reconciled to actual cost at Feedback (can go down)",
+            m.spend_usd.clone(),
+        );
+        registry.register(
+            "premium_counterfactual_usd",
+            "What the same tokens would cost on each scope's premium tier, USD",
+            m.premium_usd.clone(),
+        );
+        registry.register(
+            "outcomes",
+            "Outcomes received, by team, workflow and tier",
+            m.outcomes.clone(),
+        );
+        registry.register(
+            "outcomes_completed",
+            "Outcomes that met the scope's quality bar",
+            m.completed.clone(),
+        );
+        registry.register(
+            "budget_actions",
+            "Decisions a budget downgraded (tier set) or refused (tier empty)",
+            m.budget_actions.clone(),
+        );
+        registry.register(
+            "realized_quality",
+            "Realized average outcome score over the scope's recent feedback",
+            m.realized_quality.clone(),
+        );
+        registry.register(
+            "quality_bar",
+            "The scope's quality bar",
+            m.quality_bar.clone(),
+        );
+        registry.register(
+            "budget_remaining_usd",
+            "Hard (else soft) limit minus usage in the current period, USD",
+            m.budget_remaining_usd.clone(),
+        );
+        registry.register(
+            "budget_used_usd",
+            "Budget usage in the current period, USD",
+            m.budget_used_usd.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 when the state store is reachable",
+            m.store_up.clone(),
+        );
+        registry.register(
+            "buffered_outcomes",
+            "Outcomes waiting in the outage buffer for the store",
+            m.buffered_outcomes.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts what a batch of ledger increments says (the books call this for every batch
+    /// they send, Route-time and Feedback-time alike).
+    pub fn observe(&self, adds: &[CounterAdd]) {
+        for a in adds {
+            if !a.hash.starts_with("ledger:") {
+                continue;
+            }
+            let Some((m, team, workflow, tier)) = parse_ledger_field(&a.field) else {
+                continue;
+            };
+            let labels = CellLabels {
+                team: team.to_string(),
+                workflow: workflow.to_string(),
+                tier: tier.to_string(),
+            };
+            let up = a.delta.max(0) as u64;
+            match m {
+                metric::TASKS => {
+                    self.decisions.get_or_create(&labels).inc_by(up);
+                }
+                metric::SPEND => {
+                    self.spend_usd
+                        .get_or_create(&labels)
+                        .inc_by(a.delta as f64 / 1e6);
+                }
+                metric::PREMIUM => {
+                    self.premium_usd
+                        .get_or_create(&labels)
+                        .inc_by(a.delta as f64 / 1e6);
+                }
+                metric::OUTCOMES => {
+                    self.outcomes.get_or_create(&labels).inc_by(up);
+                }
+                metric::COMPLETED => {
+                    self.completed.get_or_create(&labels).inc_by(up);
+                }
+                metric::DOWNGRADED | metric::REJECTED => {
+                    self.budget_actions.get_or_create(&labels).inc_by(up);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
