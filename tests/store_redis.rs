@@ -289,6 +289,8 @@ fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "off",
             "--config",
         ])
         .arg(config)
