@@ -138,12 +138,72 @@ fn by_store(c: &mut Criterion) {
     if let Ok(client) = redis::Client::open(url.as_str())
         && let Ok(mut con) = client.get_connection()
     {
-        let _: Result<(), _> = redis::cmd("DEL")
-            .arg(format!("{prefix}:events"))
-            .arg(format!("{prefix}:events:base"))
-            .query(&mut con);
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:c:*"))
+            .query(&mut con)
+            .unwrap_or_default();
+        keys.push(format!("{prefix}:events"));
+        keys.push(format!("{prefix}:events:base"));
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut con);
     }
 }
 
-criterion_group!(benches, bench, by_store);
+/// What the books add to Route: decide + sign (the path before budgets and the ledger) against
+/// the full in-process Route (decide, budget check, reservation, ledger count, sign), with no
+/// budgets and with two covering budgets.
+fn books(c: &mut Criterion) {
+    use tokenwise::decision::Signer;
+    use tokenwise::feedback::Engine;
+
+    let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
+    let budgets = format!(
+        "{}\n[[budgets]]\nperiod = \"month\"\nhard_limit_usd = 1000000\n\
+         [[budgets]]\nteam = \"search\"\nperiod = \"day\"\nsoft_limit_usd = 100000\n",
+        tokenwise::policy::EMBEDDED_POLICY
+    );
+    let task = task_of(2048);
+    let req = RouteRequest {
+        task: &task,
+        workflow: "gsm8k",
+        team: "search",
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("books");
+    g.throughput(Throughput::Elements(1));
+    for (name, text) in [
+        ("no_budgets", tokenwise::policy::EMBEDDED_POLICY.to_string()),
+        ("two_budgets", budgets),
+    ] {
+        let policy = Arc::new(Policy::parse(&text).expect("policy"));
+        let engine = Engine::new(
+            model.clone(),
+            policy,
+            Limits::default(),
+            Signer::new(b"bench").expect("signer"),
+            60_000,
+            true,
+        );
+        let mut nonce = 0u64;
+        g.bench_function(BenchmarkId::new("decide+sign", name), |b| {
+            b.iter(|| {
+                nonce += 1;
+                let d = engine.router.route(black_box(&req), 0.5).expect("route");
+                engine
+                    .learner
+                    .issue(&d, req.team, req.workflow, 1_000, nonce)
+            })
+        });
+        g.bench_function(BenchmarkId::new("route_with_books", name), |b| {
+            b.iter(|| {
+                nonce += 1;
+                engine
+                    .route(black_box(&req), 0.5, 1_000, nonce)
+                    .expect("route")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, by_store, books);
 criterion_main!(benches);

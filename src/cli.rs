@@ -140,7 +140,7 @@ enum Command {
         #[arg(long, conflicts_with = "tiers")]
         config: Option<PathBuf>,
         /// Comma-separated model ids: a one-scope policy with these as tiers (ordered by mean cost).
-        #[arg(long, value_delimiter = ',', required_unless_present = "config")]
+        #[arg(long, value_delimiter = ',', required_unless_present_any = ["config", "addr"])]
         tiers: Vec<String>,
         /// Override every scope's quality bar (default with --tiers: 0.9).
         #[arg(long)]
@@ -160,6 +160,16 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Send the records to a running server instead (Route, then the chosen model's
+        /// recorded outcome as Feedback): traffic for its books and thresholds.
+        #[arg(long)]
+        addr: Option<String>,
+        /// With --addr: at most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// With --addr: calls in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Validate a policy file: exit 0 if valid, else print the key path and reason.
     CheckConfig {
@@ -551,7 +561,21 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { data, config, tiers, bar, no_learning, seed, model, split, json } => {
+        Command::Replay { data, split, addr: Some(addr), limit, concurrency, json, .. } => {
+            let mut records = dataset::load(path_str(&data)?, split)?;
+            records.truncate(limit.unwrap_or(usize::MAX));
+            runtime()?.block_on(async move {
+                let started = std::time::Instant::now();
+                let s = crate::replay::replay_remote(connect(&addr).await?, &records, concurrency.max(1)).await;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!("routed {} · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s", s.routed, s.fed_back, s.no_outcome, s.refused, started.elapsed().as_secs_f64());
+                }
+                Ok(())
+            })
+        }
+        Command::Replay { data, config, tiers, bar, no_learning, seed, model, split, json, .. } => {
             if let Some(b) = bar
                 && !(0.0..=1.0).contains(&b)
             {
@@ -592,11 +616,12 @@ pub fn main() -> anyhow::Result<()> {
                     crate::policy::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
                 };
                 println!(
-                    "{}: ok (version {}, {} tiers, {} scopes, store {store})",
+                    "{}: ok (version {}, {} tiers, {} scopes, {} budgets, store {store})",
                     file.display(),
                     p.version,
                     p.tiers.len(),
-                    p.scopes.len() + 1
+                    p.scopes.len() + 1,
+                    p.budgets.len()
                 );
                 Ok(())
             }

@@ -288,3 +288,77 @@ pub fn replay(
         final_thresholds,
     })
 }
+
+/// What a replay against a running server did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RemoteSummary {
+    /// Route calls answered.
+    pub routed: usize,
+    /// Feedback calls accepted.
+    pub fed_back: usize,
+    /// Records whose chosen model has no recorded outcome (routed, no feedback).
+    pub no_outcome: usize,
+    /// Calls refused, by gRPC code.
+    pub refused: BTreeMap<String, usize>,
+}
+
+/// Replays records against a running server over gRPC: Route each task (team = the workflow's
+/// family, e.g. `mmlu` for `mmlu/anatomy`), then post the chosen model's recorded outcome as
+/// Feedback. `concurrency` calls run at once. This is traffic for the server's books and
+/// thresholds; the in-process [`replay`] is the measurement.
+pub async fn replay_remote(
+    channel: tonic::transport::Channel,
+    records: &[Record],
+    concurrency: usize,
+) -> RemoteSummary {
+    use crate::server::pb;
+    use futures::StreamExt;
+    let client = pb::router_client::RouterClient::new(channel);
+    let one = |r: &Record| {
+        let mut c = client.clone();
+        let team = r.workflow.split('/').next().unwrap_or("").to_string();
+        let req = pb::RouteRequest {
+            task: r.prompt.clone(),
+            workflow: r.workflow.clone(),
+            team,
+            hints: None,
+        };
+        let outcomes = r.outcomes.clone();
+        async move {
+            let d = c.route(req).await?.into_inner();
+            let Some(o) = outcomes.get(&d.model) else {
+                return Ok::<_, tonic::Status>(false);
+            };
+            c.feedback(pb::FeedbackRequest {
+                decision_id: d.decision_id,
+                score: o.score,
+                input_tokens: o.input_tokens.unwrap_or(0) as i64,
+                output_tokens: o.output_tokens.unwrap_or(0) as i64,
+                reused: false,
+            })
+            .await?;
+            Ok(true)
+        }
+    };
+    let mut summary = RemoteSummary::default();
+    let mut results = futures::stream::iter(records.iter().map(one)).buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(true) => {
+                summary.routed += 1;
+                summary.fed_back += 1;
+            }
+            Ok(false) => {
+                summary.routed += 1;
+                summary.no_outcome += 1;
+            }
+            Err(s) => {
+                *summary
+                    .refused
+                    .entry(format!("{:?}", s.code()))
+                    .or_default() += 1
+            }
+        }
+    }
+    summary
+}
