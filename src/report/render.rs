@@ -9,7 +9,7 @@ use std::fmt::{self, Write as _};
 
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
-use super::{BudgetStatus, GroupReport, Report, SeriesPoint, usd};
+use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, usd};
 
 /// Shown for a value that does not exist (e.g. cost per completed output without completions).
 const MISSING: &str = "–";
@@ -127,12 +127,34 @@ fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
     ]
 }
 
-/// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing.
+/// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing. Shown
+/// with more decimals when realized is below the bar but equal to it at two (see
+/// [`quality_precision`]).
 fn quality_text(g: &GroupReport) -> String {
     match (g.realized_quality, g.quality_bar) {
         (None, None) => MISSING.to_owned(),
-        (q, b) => format!("{} / {}", opt_fixed(q, 2), opt_fixed(b, 2)),
+        (q, b) => {
+            let (d, _) = quality_precision(g.realized_quality, g.quality_bar);
+            format!("{} / {}", opt_fixed(q, d), opt_fixed(b, d))
+        }
     }
+}
+
+/// Decimals to show realized quality and bar with, and whether realized is *visibly* below
+/// the bar at those decimals. Two decimals, unless realized is below the bar but rounds to
+/// the same two decimals: then three, or four. Below the bar yet equal even at four decimals
+/// counts as on the bar (two decimals, not below), so whatever is flagged reads as lower.
+fn quality_precision(q: Option<f64>, b: Option<f64>) -> (usize, bool) {
+    let (Some(q), Some(b)) = (q, b) else {
+        return (2, false);
+    };
+    if q.is_nan() || b.is_nan() || q >= b {
+        return (2, false);
+    }
+    // Rounding is monotonic, so differing strings mean realized shows strictly lower.
+    (2..=4)
+        .find(|&d| format!("{q:.d$}") != format!("{b:.d$}"))
+        .map_or((2, false), |d| (d, true))
 }
 
 /// Savings in dollars plus their share of the premium cost, e.g. `$12.0000 (62%)`.
@@ -317,10 +339,11 @@ pub fn json(r: &Report) -> Result<String, serde_json::Error> {
 ///
 /// Top to bottom: the five headline numbers for the total (spend, cost per completed output,
 /// value created with savings against the premium tier, reuse rate, realized quality against
-/// the bar), spend by group, budgets (when any), and an inline SVG chart of spend per hour
-/// (bars, left axis, dollars) with realized quality per hour (line, right axis 0–1) and the
-/// quality bar as a dashed reference line. Without traffic the chart is replaced by a note.
-/// Every label from the report is HTML-escaped.
+/// the bar); an inline SVG chart of spend per hour (bars, left axis, dollars) with realized
+/// quality per hour (line, right axis 0–1) and the quality bar as a dashed reference line
+/// (without traffic, a note instead); spend by group, the [`MAX_GROUP_ROWS`] highest-spend
+/// groups with the rest summed up in one row, and the total of everything as the last row;
+/// budgets (when any). Every label from the report is HTML-escaped.
 pub fn html(r: &Report) -> String {
     let mut out = String::new();
     match write_html(&mut out, r) {
@@ -364,19 +387,24 @@ section{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:16px 
 .good{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{padding:6px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap;vertical-align:middle}
+th,td{padding:6px 5px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap;vertical-align:middle}
 th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4;white-space:normal;vertical-align:bottom}
 th:first-child,td:first-child{text-align:left}
 td.l,th.l{text-align:left}
+td.key{white-space:normal;min-width:110px}
+table.groups th{padding-left:3px}
+tr.more td{text-align:left;color:#57606a;font-size:12.5px;white-space:normal;background:#f6f8fa}
+tr.more b{color:#1f2328;font-weight:600}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eaeef2;border-radius:4px;padding:1px 5px}
+.head{display:flex;justify-content:space-between;align-items:baseline;gap:12px;flex-wrap:wrap}
+.head .legend{margin:0 0 10px;gap:12px;cursor:help}
 tfoot td{font-weight:650;border-top:2px solid #d8dee4;border-bottom:0}
 .empty{color:#57606a;text-align:center;padding:18px}
-.share{display:inline-block;vertical-align:middle;width:44px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
+.share{display:inline-block;vertical-align:middle;width:30px;height:8px;background:#eaeef2;border-radius:4px;margin-left:5px;overflow:hidden}
 .share i{display:block;height:100%;background:#3b82f6}
-td.mixc{white-space:normal;min-width:140px}
-.pct{color:#57606a;font-size:11.5px;margin-left:4px}
-.mix{display:flex;width:140px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;margin-bottom:2px}
+.pct{color:#57606a;font-size:11px;margin-left:3px}
+.mix{display:flex;width:72px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;cursor:help}
 .mix i{display:block;height:100%}
-.mixt{font-size:11.5px;color:#57606a}
 .meter{display:inline-block;vertical-align:middle;width:80px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
 .meter i{display:block;height:100%}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
@@ -420,6 +448,7 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
     )?;
 
     write_headline(o, &r.total)?;
+    write_chart(o, r)?;
     write_groups(o, r, &group)?;
     if !r.budgets.is_empty() {
         write_budgets(o, &r.budgets, &r.total)?;
@@ -430,7 +459,6 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
             escape(&line)
         )?;
     }
-    write_chart(o, r)?;
 
     writeln!(
         o,
@@ -517,14 +545,22 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
 
     let (value, sub) = match (t.realized_quality, t.quality_bar) {
         (Some(q), Some(b)) => {
-            let class = if q >= b { "good" } else { "bad" };
-            let verdict = if q >= b {
-                format!("<b class=\"good\">meets the bar</b> (+{:.2})", q - b)
+            let (d, below) = quality_precision(Some(q), Some(b));
+            let (class, verdict) = if below {
+                (
+                    "bad",
+                    format!("<b class=\"bad\">below the bar</b> (−{:.d$})", b - q),
+                )
+            } else if q >= b {
+                (
+                    "good",
+                    format!("<b class=\"good\">meets the bar</b> (+{:.2})", q - b),
+                )
             } else {
-                format!("<b class=\"bad\">below the bar</b> (−{:.2})", b - q)
+                ("good", "<b class=\"good\">at the bar</b>".to_owned())
             };
             (
-                format!("<span class=\"{class}\">{q:.2}</span> <small>/ {b:.2}</small>"),
+                format!("<span class=\"{class}\">{q:.d$}</span> <small>/ {b:.d$}</small>"),
                 verdict,
             )
         }
@@ -554,49 +590,151 @@ fn kpi_raw(o: &mut String, label: &str, value: &str, sub: &str) -> fmt::Result {
     )
 }
 
-/// Spend by group, with the total as the footer row.
+/// Columns of the groups table.
+const GROUP_COLUMNS: usize = 11;
+
+/// Spend by group: the [`MAX_GROUP_ROWS`] highest-spend groups, one row summing up the rest
+/// when there are more, and the total of everything as the footer row.
 fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
-    writeln!(o, "<section><h2>Spend by {}</h2>", escape(group))?;
-    writeln!(o, "<div class=\"scroll\"><table><thead><tr>")?;
+    let tiers = tier_order(r);
+    write!(
+        o,
+        "<section><div class=\"head\"><h2>Spend by {}</h2>",
+        escape(group)
+    )?;
+    if !tiers.is_empty() {
+        write!(
+            o,
+            "<div class=\"legend\" title=\"share of decisions per tier; hover a bar for the numbers\">tier mix:"
+        )?;
+        for (i, tier) in tiers.iter().enumerate() {
+            write!(
+                o,
+                "<span><span class=\"sw\" style=\"background:{}\"></span>{}</span>",
+                tier_colour(i),
+                escape(tier)
+            )?;
+        }
+        write!(o, "</div>")?;
+    }
+    writeln!(o, "</div>")?;
+
+    writeln!(
+        o,
+        "<div class=\"scroll\"><table class=\"groups\"><thead><tr>"
+    )?;
     write!(o, "<th>{}</th>", escape(group))?;
     for h in [
         "spend",
         "tasks",
-        "completed / outcomes",
-        "cost / completed",
-        "quality / bar",
-        "savings vs premium",
+        // Broken by hand: a header's one-line width would widen its column.
+        "completed<br>/ outcomes",
+        "cost /<br>completed",
+        "quality<br>/ bar",
+        "savings vs<br>premium",
         "value",
-        "net value",
+        "net<br>value",
         "reuse",
     ] {
         write!(o, "<th>{h}</th>")?;
     }
-    writeln!(o, "<th class=\"l\">tier mix</th></tr></thead><tbody>")?;
+    writeln!(o, "<th class=\"l\">tier<br>mix</th></tr></thead><tbody>")?;
     if r.groups.is_empty() {
         writeln!(
             o,
-            "<tr><td colspan=\"12\" class=\"empty\">no traffic in this period</td></tr>"
+            "<tr><td colspan=\"{GROUP_COLUMNS}\" class=\"empty\">no traffic in this period</td></tr>"
         )?;
     }
-    for g in &r.groups {
+    let (shown, rest) = split_groups(&r.groups);
+    for g in shown {
         write!(o, "<tr>")?;
-        group_row(o, g, &g.key, Some(r.total.spend_micros))?;
+        group_row(o, g, &g.key, Some(r.total.spend_micros), &tiers)?;
         writeln!(o, "</tr>")?;
     }
+    if !rest.is_empty() {
+        let spend: i64 = rest.iter().map(|g| g.spend_micros).sum();
+        let tasks: u64 = rest.iter().map(|g| g.tasks).sum();
+        writeln!(
+            o,
+            "<tr class=\"more\"><td colspan=\"{GROUP_COLUMNS}\">… {} more {}: <b>{}</b> spend, \
+             <b>{}</b> task{} (full list: <code>tokenwise report --by {} --format csv</code>)</td></tr>",
+            thousands(rest.len() as u64),
+            group_noun(r.group_by, rest.len()),
+            escape(&usd_short(spend)),
+            thousands(tasks),
+            plural(tasks),
+            r.group_by.as_str(),
+        )?;
+    }
     writeln!(o, "</tbody><tfoot><tr>")?;
-    group_row(o, &r.total, "total", None)?;
+    group_row(o, &r.total, "total", None, &tiers)?;
     writeln!(o, "</tr></tfoot></table></div></section>")
 }
 
-/// The cells of one group row; `total_spend` draws the share-of-spend bar.
+/// What `n` groups are called: `team`, `workflows`, `team / workflow pairs`…
+fn group_noun(by: GroupBy, n: usize) -> &'static str {
+    let one = n == 1;
+    match by {
+        GroupBy::Team if one => "team",
+        GroupBy::Team => "teams",
+        GroupBy::Workflow if one => "workflow",
+        GroupBy::Workflow => "workflows",
+        GroupBy::Tier if one => "tier",
+        GroupBy::Tier => "tiers",
+        GroupBy::TeamWorkflow if one => "team / workflow pair",
+        GroupBy::TeamWorkflow => "team / workflow pairs",
+    }
+}
+
+/// Most groups the HTML table lists one by one.
+const MAX_GROUP_ROWS: usize = 15;
+
+/// The groups the HTML table lists (highest spend first, at most [`MAX_GROUP_ROWS`]) and the
+/// rest, summed up in one row. All of them when they fit.
+fn split_groups(groups: &[GroupReport]) -> (Vec<&GroupReport>, Vec<&GroupReport>) {
+    let mut sorted: Vec<&GroupReport> = groups.iter().collect();
+    // Stable: equal spend keeps the report's order.
+    sorted.sort_by_key(|g| std::cmp::Reverse(g.spend_micros));
+    if sorted.len() <= MAX_GROUP_ROWS {
+        return (sorted, Vec::new());
+    }
+    let rest = sorted.split_off(MAX_GROUP_ROWS);
+    (sorted, rest)
+}
+
+/// Tier names in colour order: the total's tiers (cheapest first), then any other tier in the
+/// order groups mention it. A tier keeps its colour in every row.
+fn tier_order(r: &Report) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for t in r
+        .total
+        .tier_mix
+        .iter()
+        .chain(r.groups.iter().flat_map(|g| &g.tier_mix))
+    {
+        if !out.contains(&t.tier.as_str()) {
+            out.push(&t.tier);
+        }
+    }
+    out
+}
+
+/// The cells of one group row; `total_spend` draws the share-of-spend bar, `tiers` fixes the
+/// tier colours (see [`tier_order`]).
 fn group_row(
     o: &mut String,
     g: &GroupReport,
     label: &str,
     total_spend: Option<i64>,
+    tiers: &[&str],
 ) -> fmt::Result {
-    write!(o, "<td>{}</td>", escape(label))?;
+    // Long labels (`mmlu/high_school_european_history`) may wrap after a slash.
+    write!(
+        o,
+        "<td class=\"key\" title=\"{}\">{}</td>",
+        escape(label),
+        escape(label).replace('/', "/<wbr>")
+    )?;
     let share = match total_spend {
         Some(total) if total > 0 => {
             let pct = (g.spend_micros as f64 / total as f64 * 100.0).clamp(0.0, 100.0);
@@ -623,11 +761,17 @@ fn group_row(
                 .unwrap_or_else(|| MISSING.to_owned())
         )
     )?;
-    let qclass = match (g.realized_quality, g.quality_bar) {
-        (Some(q), Some(b)) if q < b => " class=\"bad\"",
-        _ => "",
-    };
-    write!(o, "<td{qclass}>{}</td>", escape(&quality_text(g)))?;
+    let (d, below) = quality_precision(g.realized_quality, g.quality_bar);
+    match (g.realized_quality, g.quality_bar) {
+        (None, None) => write!(o, "<td>{MISSING}</td>")?,
+        (q, b) => write!(
+            o,
+            "<td{}>{}<span class=\"pct\">/ {}</span></td>",
+            if below { " class=\"bad\"" } else { "" },
+            opt_fixed(q, d),
+            opt_fixed(b, d),
+        )?,
+    }
     if g.premium_micros > 0 {
         write!(
             o,
@@ -649,29 +793,38 @@ fn group_row(
         "<td{nclass}>{}</td>",
         escape(&usd_short(g.net_value_micros))
     )?;
-    write!(o, "<td>{}</td>", escape(&reuse_text(g)))?;
+    match g.reuse_rate {
+        Some(rate) => write!(
+            o,
+            "<td>{}<span class=\"pct\">({})</span></td>",
+            escape(&percent(rate)),
+            thousands(g.reused)
+        )?,
+        None => write!(o, "<td>{MISSING}</td>")?,
+    }
 
-    write!(o, "<td class=\"l mixc\">")?;
+    write!(o, "<td class=\"l\">")?;
     let shares = tier_shares(g);
     if shares.is_empty() {
         write!(o, "{MISSING}")?;
     } else {
-        write!(o, "<div class=\"mix\">")?;
-        for (i, (tier, share)) in shares.iter().enumerate() {
-            write!(
-                o,
-                "<i style=\"width:{:.2}%;background:{}\" title=\"{} {}\"></i>",
-                share * 100.0,
-                tier_colour(i),
-                escape(tier),
-                percent(*share)
-            )?;
-        }
         write!(
             o,
-            "</div><div class=\"mixt\">{}</div>",
+            "<div class=\"mix\" title=\"{}\">",
             escape(&tier_mix_text(g))
         )?;
+        for (tier, share) in shares {
+            let colour = tiers
+                .iter()
+                .position(|t| *t == tier)
+                .map_or("#8c959f", tier_colour);
+            write!(
+                o,
+                "<i style=\"width:{:.2}%;background:{colour}\"></i>",
+                share * 100.0,
+            )?;
+        }
+        write!(o, "</div>")?;
     }
     write!(o, "</td>")
 }
@@ -1422,6 +1575,157 @@ mod tests {
         r.series[0].spend_micros = 0;
         r.series[0].realized_quality = None;
         assert!(html(&r).contains("<svg"));
+    }
+
+    /// `n` groups `g00`, `g01`… with distinct spends, in scrambled order, and a total over all.
+    fn many_groups(n: u64) -> Report {
+        let mut r = sample();
+        r.group_by = GroupBy::Workflow;
+        r.groups = (0..n)
+            .map(|i| GroupReport {
+                key: format!("g{i:02}"),
+                spend_micros: 1_000_000 + i as i64 * 10_000,
+                tasks: 10 + i,
+                ..r.groups[0].clone()
+            })
+            .collect();
+        // Not in spend order: the page still lists the highest spends.
+        r.groups.reverse();
+        r.groups.swap(0, (n / 2) as usize);
+        r.total.spend_micros = r.groups.iter().map(|g| g.spend_micros).sum();
+        r.total.tasks = r.groups.iter().map(|g| g.tasks).sum();
+        r
+    }
+
+    /// The groups table's body rows.
+    fn body_rows(h: &str) -> Vec<&str> {
+        let start = h.find("<table class=\"groups\">").unwrap();
+        let body = &h[start..];
+        let body = &body[body.find("<tbody>").unwrap()..body.find("</tbody>").unwrap()];
+        body.split("<tr").skip(1).collect()
+    }
+
+    #[test]
+    fn html_lists_top_groups_and_sums_up_the_rest() {
+        let r = many_groups(40);
+        let h = html(&r);
+        let rows = body_rows(&h);
+        assert_eq!(rows.len(), MAX_GROUP_ROWS + 1, "15 groups + the rest");
+        // The 15 highest spends, highest first: g39 … g25.
+        for (row, i) in rows.iter().zip((25..40).rev()) {
+            assert!(row.contains(&format!(">g{i}</td>")), "expected g{i}: {row}");
+        }
+        assert!(!h.contains(">g24</td>"));
+        // The rest: g00 … g24.
+        let rest_spend: i64 = (0..25).map(|i| 1_000_000 + i * 10_000).sum();
+        let rest_tasks: u64 = (0..25).map(|i| 10 + i).sum();
+        let more = rows[MAX_GROUP_ROWS];
+        assert!(more.contains("class=\"more\""), "{more}");
+        assert!(
+            more.contains(&format!(
+                "… 25 more workflows: <b>{}</b> spend, <b>{rest_tasks}</b> tasks",
+                usd_short(rest_spend)
+            )),
+            "{more}"
+        );
+        assert!(more.contains("tokenwise report --by workflow --format csv"));
+        // The total still covers every group.
+        let foot = &h[h.find("<tfoot>").unwrap()..h.find("</tfoot>").unwrap()];
+        assert!(foot.contains(&usd_short(r.total.spend_micros)), "{foot}");
+        assert!(foot.contains(&format!("<td>{}</td>", thousands(r.total.tasks))));
+        assert_eq!(r.total.tasks, (0..40).map(|i| 10 + i).sum::<u64>());
+    }
+
+    #[test]
+    fn html_lists_every_group_when_few() {
+        for n in [2, MAX_GROUP_ROWS as u64] {
+            let h = html(&many_groups(n));
+            assert_eq!(body_rows(&h).len(), n as usize);
+            assert!(!h.contains("class=\"more\""));
+        }
+        let h = html(&many_groups(MAX_GROUP_ROWS as u64 + 1));
+        assert_eq!(body_rows(&h).len(), MAX_GROUP_ROWS + 1);
+        assert!(h.contains("… 1 more workflow: "));
+    }
+
+    #[test]
+    fn html_puts_the_chart_between_headline_and_tables() {
+        let h = html(&sample());
+        let at = |needle: &str| h.find(needle).unwrap_or_else(|| panic!("{needle} missing"));
+        let headline = at("class=\"kpis\"");
+        let chart = at("Spend and quality per hour");
+        let svg = at("<svg");
+        let groups = at("Spend by team");
+        let budgets = at("<h2>Budgets</h2>");
+        assert!(headline < chart && chart < svg && svg < groups && groups < budgets);
+
+        // Also when the chart is only the no-traffic note.
+        let mut r = sample();
+        r.series.clear();
+        let h = html(&r);
+        assert!(h.find("no traffic in this period").unwrap() < h.find("Spend by team").unwrap());
+    }
+
+    #[test]
+    fn quality_is_flagged_only_when_visibly_below() {
+        assert_eq!(quality_precision(Some(0.82), Some(0.75)), (2, false));
+        assert_eq!(quality_precision(Some(0.70), Some(0.77)), (2, true));
+        assert_eq!(quality_precision(Some(0.7672), Some(0.7700)), (3, true));
+        assert_eq!(quality_precision(Some(0.77012), Some(0.77041)), (4, true));
+        assert_eq!(
+            quality_precision(Some(0.770001), Some(0.770004)),
+            (2, false)
+        );
+        assert_eq!(quality_precision(None, Some(0.7)), (2, false));
+
+        let mut r = sample();
+        r.groups[0].realized_quality = Some(0.7672);
+        r.groups[0].quality_bar = Some(0.7700);
+        r.total.realized_quality = Some(0.7712);
+        r.total.quality_bar = Some(0.7738);
+        let h = html(&r);
+        assert!(h.contains("<td class=\"bad\">0.767<span class=\"pct\">/ 0.770</span></td>"));
+        assert!(
+            h.contains("0.771</span> <small>/ 0.774</small>"),
+            "headline"
+        );
+        assert!(h.contains("below the bar</b> (−0.003)"));
+        assert!(table(&r).contains("0.767 / 0.770"));
+
+        // Equal at four decimals: shown equal, not red.
+        r.groups[0].realized_quality = Some(0.770001);
+        r.groups[0].quality_bar = Some(0.770004);
+        let h = html(&r);
+        assert!(h.contains("<td>0.77<span class=\"pct\">/ 0.77</span></td>"));
+    }
+
+    #[test]
+    fn tier_colours_follow_the_tier_not_the_position() {
+        let mut r = sample();
+        // A group that only used the frontier tier draws it in the frontier colour.
+        r.groups[1].tier_mix = vec![TierShare {
+            tier: "frontier".into(),
+            tasks: 5,
+            spend_micros: 125_000,
+        }];
+        let h = html(&r);
+        let frontier = tier_colour(2);
+        let row = body_rows(&h)[1];
+        assert!(row.contains(&format!("background:{frontier}")), "{row}");
+        assert!(row.contains("title=\"frontier 100%\""), "{row}");
+        assert!(h.contains("tier mix:"), "legend");
+    }
+
+    /// Renders a real report saved as JSON (`tokenwise report --format json > /tmp/real.json`)
+    /// to `/tmp/real.html` for eyeballing: `cargo test --lib report::render -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_real_html() {
+        let Ok(text) = std::fs::read_to_string("/tmp/real.json") else {
+            return;
+        };
+        let r: Report = serde_json::from_str(&text).unwrap();
+        std::fs::write("/tmp/real.html", html(&r)).unwrap();
     }
 
     /// Writes a sample page for eyeballing: `cargo test --lib report::render -- --ignored`.
