@@ -755,6 +755,18 @@ on_exhausted = "cheapest"
             ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
                 Err(StoreError::Unavailable("down".into()))
             }
+            async fn append_policy_change(
+                &self,
+                _: &crate::store::PolicyChange,
+            ) -> Result<u64, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
+            async fn policy_changes(
+                &self,
+                _: u64,
+            ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
+                Err(StoreError::Unavailable("down".into()))
+            }
             async fn ping(&self) -> Result<(), StoreError> {
                 Err(StoreError::Unavailable("down".into()))
             }

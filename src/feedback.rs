@@ -84,12 +84,17 @@ pub struct FeedbackAck {
     pub lag_ms: u64,
 }
 
+/// Outcomes kept for what-if replays of a proposed policy.
+pub const WHAT_IF_WINDOW: usize = 5000;
+
 /// Local view of the store's log.
 #[derive(Default)]
 struct Folded {
     evidence: HashMap<String, ScopeEvidence>,
     /// Position in the store's log up to which events are folded in.
     cursor: u64,
+    /// The most recent outcomes (at most [`WHAT_IF_WINDOW`]), oldest first.
+    recent: std::collections::VecDeque<OutcomeEvent>,
 }
 
 /// Nonces accepted into the outage buffer and not yet recorded: duplicates of these are caught
@@ -226,6 +231,8 @@ impl Learner {
             input_tokens: input.input_tokens as u64,
             output_tokens: input.output_tokens as u64,
             workflow: claims.workflow,
+            team: claims.team,
+            complexity: claims.complexity,
             counters,
         };
         if self
@@ -313,7 +320,11 @@ impl Learner {
                 };
                 ev.observe(&e.tier, shape, e.score);
                 ev.observe_output(&e.workflow, e.output_tokens);
-                touched.insert(e.scope);
+                touched.insert(e.scope.clone());
+                if folded.recent.len() == WHAT_IF_WINDOW {
+                    folded.recent.pop_front();
+                }
+                folded.recent.push_back(e);
             }
             folded.cursor = next;
             count += n;
@@ -420,6 +431,44 @@ impl Learner {
         self.buffer.len()
     }
 
+    /// Replaces the live policy: re-plans every scope of `policy` from the evidence so far and
+    /// publishes the table. Under the fold lock, so a concurrent sync cannot republish the old
+    /// policy.
+    pub async fn swap_policy(&self, router: &Router, policy: Arc<crate::policy::Policy>) {
+        let folded = self.folded.lock().await;
+        let current = router.table();
+        let evidence = if self.learning {
+            folded.evidence.clone()
+        } else {
+            HashMap::new()
+        };
+        let table = crate::learning::RoutingTable::build(
+            policy,
+            &self.calibration,
+            &evidence,
+            Some(&current),
+        );
+        router.publish(table);
+    }
+
+    /// The recent outcomes (oldest first) and the evidence, for what-if replays.
+    pub async fn window(&self) -> (Vec<OutcomeEvent>, HashMap<String, ScopeEvidence>) {
+        let folded = self.folded.lock().await;
+        (
+            folded.recent.iter().cloned().collect(),
+            if self.learning {
+                folded.evidence.clone()
+            } else {
+                HashMap::new()
+            },
+        )
+    }
+
+    /// The calibration the planner uses.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+
     /// A copy of the folded evidence of every scope (for views and tests).
     pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
         self.folded.lock().await.evidence.clone()
@@ -436,6 +485,8 @@ pub struct Engine {
     pub books: Books,
     /// What `/metrics` exports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Policy versions, hot reload, audit.
+    pub policy_admin: crate::admin::PolicyAdmin,
 }
 
 /// Why Route refused a call.
@@ -528,6 +579,9 @@ impl Engine {
     /// Returns whether the store is healthy.
     pub async fn refresh(&self, now_ms: u64) -> bool {
         let learned = self.learner.refresh(&self.router, now_ms).await;
+        if let Err(e) = self.refresh_policy(false, now_ms).await {
+            tracing::debug!(error = %e, "policy log not read");
+        }
         let flushed = self
             .books
             .flush(&self.router.table().policy, self.learner.store())
@@ -604,6 +658,7 @@ impl Engine {
             learner,
             books: Books::new(metrics.clone()),
             metrics,
+            policy_admin: crate::admin::PolicyAdmin::default(),
         }
     }
 }

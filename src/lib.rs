@@ -12,6 +12,8 @@
 //! Data flows one way: `server` → `routing` → (`classifier`, `policy`, `learning`); the domain
 //! never sees proto types.
 
+pub mod admin;
+pub mod auth;
 pub mod books;
 pub mod classifier;
 pub mod cli;

@@ -522,6 +522,146 @@ impl Admin for AdminService {
         let r = self.report(request.into_inner()).await?;
         Ok(Response::new(r.into()))
     }
+
+    async fn get_policy(
+        &self,
+        _request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        let p = self.engine.router.table().policy.clone();
+        Ok(Response::new(pb::GetPolicyResponse {
+            version: p.version.clone(),
+            text: p.source.to_string(),
+        }))
+    }
+
+    async fn validate_policy(
+        &self,
+        request: Request<pb::ValidatePolicyRequest>,
+    ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
+        let r = request.into_inner();
+        let proposed = self
+            .engine
+            .validate_policy(&r.text)
+            .map_err(policy_invalid)?;
+        let live = self.engine.router.table().policy.clone();
+        let changes = crate::policy::diff(&live, &proposed);
+        let version = proposed.version.clone();
+        let what_if = if r.what_if {
+            let w = self.engine.what_if(Arc::new(proposed)).await;
+            w.scopes
+                .into_iter()
+                .chain(std::iter::once(w.total))
+                .map(what_if_to_proto)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::ValidatePolicyResponse {
+            version,
+            changes,
+            what_if,
+        }))
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::PolicyChange>, Status> {
+        let r = request.into_inner();
+        require_reason(&r.reason)?;
+        let change = self
+            .engine
+            .apply_policy(&r.text, "api", &r.author, &r.reason, now_ms())
+            .await
+            .map_err(admin_error)?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+
+    async fn list_policy_versions(
+        &self,
+        _request: Request<pb::ListPolicyVersionsRequest>,
+    ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
+        let changes =
+            self.engine.policy_versions().await.map_err(|e| {
+                Status::unavailable(format!("version history needs the store: {e}"))
+            })?;
+        Ok(Response::new(pb::ListPolicyVersionsResponse {
+            changes: changes.into_iter().map(change_to_proto).collect(),
+            live_version: self.engine.router.table().policy.version.clone(),
+        }))
+    }
+
+    async fn rollback_policy(
+        &self,
+        request: Request<pb::RollbackPolicyRequest>,
+    ) -> Result<Response<pb::PolicyChange>, Status> {
+        let r = request.into_inner();
+        require_reason(&r.reason)?;
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        let change = self
+            .engine
+            .rollback_policy(version, &r.author, &r.reason, now_ms())
+            .await
+            .map_err(admin_error)?;
+        Ok(Response::new(change_to_proto(change)))
+    }
+}
+
+fn require_reason(reason: &str) -> Result<(), Status> {
+    if reason.trim().is_empty() {
+        return Err(invalid(
+            "reason",
+            "must say why the policy changes (it goes in the audit trail)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn policy_invalid(e: crate::policy::PolicyError) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid policy: {e}"),
+        ErrorDetails::with_bad_request_violation(e.path.clone(), e.reason.clone()),
+    )
+}
+
+fn admin_error(e: crate::admin::AdminError) -> Status {
+    use crate::admin::AdminError;
+    match e {
+        AdminError::Invalid(p) => policy_invalid(p),
+        AdminError::AlreadyLive(_) => Status::already_exists(e.to_string()),
+        AdminError::UnknownVersion(_) => Status::not_found(e.to_string()),
+        AdminError::Store(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn change_to_proto(c: crate::store::PolicyChange) -> pb::PolicyChange {
+    pb::PolicyChange {
+        seq: c.seq,
+        version: c.version,
+        source: c.source,
+        author: c.author,
+        reason: c.reason,
+        at_ms: c.at_ms,
+        summary: c.summary,
+    }
+}
+
+fn what_if_to_proto(w: crate::admin::WhatIfScope) -> pb::WhatIfScope {
+    pb::WhatIfScope {
+        scope: w.scope,
+        tasks: w.tasks,
+        actual_spend_micros: w.actual_spend_micros,
+        actual_quality: w.actual_quality,
+        live_spend_micros: w.live_spend_micros,
+        live_quality: w.live_quality,
+        proposed_spend_micros: w.proposed_spend_micros,
+        proposed_quality: w.proposed_quality,
+        live_bar: w.live_bar,
+        proposed_bar: w.proposed_bar,
+        actual_mix: w.actual_mix.into_iter().collect(),
+        proposed_mix: w.proposed_mix.into_iter().collect(),
+    }
 }
 
 impl AdminService {
@@ -561,6 +701,17 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// SIGHUP (tokenwise targets Linux).
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload the policy by editing the file");
+            None
+        }
+    }
 }
 
 /// Serves `GET /metrics` (OpenMetrics text) on `listener` until the task is aborted.
@@ -609,7 +760,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    // Catch up with shared state before taking traffic, then keep refreshing in the background.
+    // Reconcile the policy with the shared version history, catch up with shared state before
+    // taking traffic, then keep refreshing in the background.
+    if let Err(e) = engine.init_policy(now_ms()).await {
+        tracing::warn!(error = %e, "policy history not reachable at startup; serving the file's policy");
+    }
     let healthy = engine.refresh(now_ms()).await;
     let store_status = |ok: bool| {
         if ok {
@@ -629,8 +784,18 @@ pub async fn run(
             let mut last = healthy;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut hangup = hangup_signal();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        tracing::info!("SIGHUP: reloading the policy file");
+                        if let Err(e) = engine.refresh_policy(true, now_ms()).await {
+                            tracing::warn!(error = %e, "policy reload not recorded: store unreachable");
+                        }
+                        continue;
+                    }
+                }
                 let ok = engine.refresh(now_ms()).await && !engine.learner.is_degraded();
                 if ok != last {
                     reporter

@@ -316,6 +316,18 @@ mod tests {
             ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError> {
                 self.0.read_counters(hashes).await
             }
+            async fn append_policy_change(
+                &self,
+                c: &super::super::PolicyChange,
+            ) -> Result<u64, StoreError> {
+                self.0.append_policy_change(c).await
+            }
+            async fn policy_changes(
+                &self,
+                from: u64,
+            ) -> Result<Vec<super::super::PolicyChange>, StoreError> {
+                self.0.policy_changes(from).await
+            }
             async fn ping(&self) -> Result<(), StoreError> {
                 Ok(())
             }

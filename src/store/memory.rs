@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use super::{CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore, StoreError};
+use super::{
+    CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, PolicyChange, Recorded, StateStore, StoreError,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -14,6 +16,7 @@ struct Inner {
     /// Absolute position of `log[0]`.
     base: u64,
     counters: HashMap<String, HashMap<String, i64>>,
+    policy: Vec<PolicyChange>,
 }
 
 impl Inner {
@@ -105,6 +108,21 @@ impl StateStore for MemoryStore {
             .iter()
             .map(|h| s.counters.get(h).cloned().unwrap_or_default())
             .collect())
+    }
+
+    async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError> {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let seq = s.policy.len() as u64;
+        s.policy.push(PolicyChange {
+            seq,
+            ..change.clone()
+        });
+        Ok(seq)
+    }
+
+    async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError> {
+        let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(s.policy.iter().skip(from as usize).cloned().collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

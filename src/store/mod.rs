@@ -42,6 +42,12 @@ pub struct OutcomeEvent {
     /// Workflow label of the caller.
     #[serde(default)]
     pub workflow: String,
+    /// Team of the caller.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
+    /// Complexity of the task (what-if replays re-decide with it).
+    #[serde(default)]
+    pub complexity: f32,
     /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -56,6 +62,29 @@ impl OutcomeEvent {
             ..self.clone()
         }
     }
+}
+
+/// One change of the live policy, as the shared, append-only policy log keeps it: the version
+/// history and the audit trail in one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// Position in the log (assigned by the store).
+    #[serde(default)]
+    pub seq: u64,
+    /// Content hash of the policy text.
+    pub version: String,
+    /// `startup`, `file` (hot reload or SIGHUP), `api` (ApplyPolicy) or `rollback`.
+    pub source: String,
+    /// Who: the API key's name, or the replica for file changes.
+    pub author: String,
+    /// Why, as given.
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// What changed against the policy it replaced.
+    pub summary: Vec<String>,
+    /// The full policy text.
+    pub text: String,
 }
 
 /// An increment of one shared integer counter: `field` of the counter hash `hash`.
@@ -117,6 +146,12 @@ pub trait StateStore: Send + Sync {
         &self,
         hashes: &[String],
     ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError>;
+
+    /// Appends a policy change; returns its position (0-based) in the policy log.
+    async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError>;
+
+    /// Policy changes from position `from` on, in order, with `seq` set.
+    async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError>;
 
     /// Cheap liveness check.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -181,6 +216,8 @@ pub mod contract {
             input_tokens: 10 + n,
             output_tokens: 5,
             workflow: format!("w{}", n % 4),
+            team: String::new(),
+            complexity: 0.5,
             counters: Vec::new(),
         }
     }
@@ -278,6 +315,33 @@ pub mod contract {
         ensure(logged == vec![event(500)], || {
             format!("logged outcome is {logged:?}")
         })?;
+
+        // Policy changes: appended in order, read back from any position with seq set.
+        let change = |v: &str| PolicyChange {
+            seq: 0,
+            version: v.into(),
+            source: "api".into(),
+            author: "a".into(),
+            reason: "r".into(),
+            at_ms: 7,
+            summary: vec!["x".into()],
+            text: format!("text {v}"),
+        };
+        let none = store.policy_changes(0).await.map_err(e)?;
+        ensure(none.is_empty(), || format!("fresh policy log has {none:?}"))?;
+        for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+            let at = store.append_policy_change(&change(v)).await.map_err(e)?;
+            ensure(at == i as u64, || format!("change {v} appended at {at}"))?;
+        }
+        let tail = store.policy_changes(1).await.map_err(e)?;
+        let want: Vec<PolicyChange> = [("v2", 1), ("v3", 2)]
+            .iter()
+            .map(|(v, seq)| PolicyChange {
+                seq: *seq,
+                ..change(v)
+            })
+            .collect();
+        ensure(tail == want, || format!("policy_changes(1) = {tail:?}"))?;
 
         // Many concurrent records of one nonce: exactly one wins.
         let racer = event(99);

@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use std::collections::HashMap;
 
 use super::{
-    COUNTER_RETENTION_MS, CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, Recorded, StateStore,
-    StoreError,
+    COUNTER_RETENTION_MS, CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, PolicyChange, Recorded,
+    StateStore, StoreError,
 };
 
 const RECORD: &str = r"
@@ -237,6 +237,47 @@ impl StateStore for RedisStore {
         }
         self.with_conn(|mut c| async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = self.key("policy");
+        let len: u64 = self
+            .with_conn(|mut c| async move {
+                redis::cmd("RPUSH")
+                    .arg(key)
+                    .arg(json)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(len.saturating_sub(1))
+    }
+
+    async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError> {
+        let key = self.key("policy");
+        let items: Vec<String> = self
+            .with_conn(|mut c| async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(from)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let change: PolicyChange = serde_json::from_str(s)
+                    .map_err(|e| StoreError::Corrupt(format!("policy change {i}: {e}")))?;
+                Ok(PolicyChange {
+                    seq: from + i as u64,
+                    ..change
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
