@@ -118,6 +118,7 @@ fn by_store(c: &mut Criterion) {
                 input_tokens: 500,
                 output_tokens: 100,
                 reused: false,
+                caller_team: None,
             };
             rt.block_on(engine.feedback(&input, 2_000))
                 .expect("feedback");

@@ -86,6 +86,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make a new API key: prints the key (give it to the caller; it is not stored) and the
+    /// entry for the --auth-keys file (its hash).
+    Keygen {
+        /// Name of the key, for logs and the audit trail, e.g. `search-prod`.
+        #[arg(long)]
+        name: String,
+        /// Team the key acts for.
+        #[arg(long)]
+        team: String,
+        /// `service` (Route, Feedback, its team's report) or `admin` (also policy and thresholds).
+        #[arg(long, default_value = "service")]
+        role: String,
+    },
     /// Policy administration on a running server: show, versions, diff, what-if, apply,
     /// rollback.
     Policy {
@@ -223,6 +236,14 @@ pub struct ServeArgs {
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
+    /// API keys (a TOML file of hashed keys, see `tokenwise keygen`): callers must send
+    /// `authorization: Bearer <key>`; the team comes from the key.
+    #[arg(long, env = "TOKENWISE_AUTH_KEYS_FILE", conflicts_with = "no_auth")]
+    auth_keys: Option<PathBuf>,
+    /// Serve without authentication. Needed explicitly with --config; the embedded dev default
+    /// (no --config) runs without it and says so in the log.
+    #[arg(long)]
+    no_auth: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `off` for nowhere.
     #[arg(
         long,
@@ -558,14 +579,20 @@ fn endpoint(addr: &str) -> String {
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+/// A channel to `addr` that sends the API key in `TOKENWISE_API_KEY`, if set.
+async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedChannel> {
     let ep = endpoint(addr);
-    tonic::transport::Endpoint::from_shared(ep.clone())?
+    let channel = tonic::transport::Endpoint::from_shared(ep.clone())?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {ep}"))
+        .with_context(|| format!("cannot connect to {ep}"))?;
+    let key = std::env::var("TOKENWISE_API_KEY").ok();
+    let bearer = crate::auth::BearerKey::new(key.as_deref()).map_err(status_error)?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel, bearer,
+    ))
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -583,7 +610,15 @@ pub fn main() -> anyhow::Result<()> {
                 "off" | "" => None,
                 a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not host:port (or off)"))?),
             };
+            let auth = match (&args.auth_keys, args.no_auth, &args.config) {
+                (Some(f), _, _) => Some(std::sync::Arc::new(crate::auth::load_keys(f)?)),
+                (None, true, _) | (None, false, None) => None,
+                (None, false, Some(_)) => bail!(
+                    "with --config, choose authentication: --auth-keys FILE (or TOKENWISE_AUTH_KEYS_FILE), or --no-auth to run without it"
+                ),
+            };
             let config = crate::server::ServeConfig {
+                auth,
                 metrics_addr,
                 refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
@@ -701,6 +736,17 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Policy { action } => runtime()?.block_on(policy_command(action)),
+        Command::Keygen { name, team, role } => {
+            if role != "service" && role != "admin" {
+                bail!("--role must be service or admin, got {role:?}");
+            }
+            let (key, hash) = crate::auth::new_key();
+            eprintln!("key for {name} (give it to the caller as TOKENWISE_API_KEY / `authorization: Bearer <key>`; it is shown once):");
+            println!("{key}");
+            eprintln!("\nadd to the --auth-keys file:");
+            eprintln!("[[keys]]\nname = {name:?}\nteam = {team:?}\nrole = {role:?}\nsha256 = {hash:?}");
+            Ok(())
+        }
         Command::Train {
             data,
             cheap,

@@ -37,6 +37,9 @@ pub struct FeedbackInput<'a> {
     pub output_tokens: i64,
     /// Whether the output was reused.
     pub reused: bool,
+    /// With authentication on and a service key: the caller's team, which must be the team the
+    /// decision was made for. `None`: auth off or an admin.
+    pub caller_team: Option<&'a str>,
 }
 
 /// Why feedback was refused. Nothing changes on any of these.
@@ -60,6 +63,14 @@ pub enum FeedbackError {
         age_s: u64,
         /// The TTL.
         ttl_s: u64,
+    },
+    /// The decision belongs to another team.
+    #[error("decision_id belongs to team {owner:?}; this key acts for team {caller:?}")]
+    PermissionDenied {
+        /// Team the decision was made for.
+        owner: String,
+        /// The caller's team.
+        caller: String,
     },
     /// Feedback for this decision was already applied.
     #[error("feedback for this decision_id was already recorded")]
@@ -198,6 +209,14 @@ impl Learner {
             });
         }
         let claims = self.signer.verify(input.decision_id)?;
+        if let Some(team) = input.caller_team
+            && team != claims.team
+        {
+            return Err(FeedbackError::PermissionDenied {
+                owner: claims.team,
+                caller: team.to_string(),
+            });
+        }
         let expiry = claims.issued_ms.saturating_add(self.ttl_ms);
         if now_ms > expiry {
             return Err(FeedbackError::Expired {

@@ -236,6 +236,7 @@ pub fn replay(
             input_tokens: o.input_tokens.unwrap_or(d.input_tokens) as i64,
             output_tokens: o.output_tokens.unwrap_or(d.output_tokens) as i64,
             reused: false,
+            caller_team: None,
         };
         if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
@@ -307,7 +308,7 @@ pub struct RemoteSummary {
 /// Feedback. `concurrency` calls run at once. This is traffic for the server's books and
 /// thresholds; the in-process [`replay`] is the measurement.
 pub async fn replay_remote(
-    channel: tonic::transport::Channel,
+    channel: crate::auth::AuthedChannel,
     records: &[Record],
     concurrency: usize,
 ) -> RemoteSummary {

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth;
 use crate::feedback::{Engine, FeedbackError, FeedbackInput, RouteRefused};
 use crate::policy::Period;
 use crate::report::{self, build::ReportQuery};
@@ -48,6 +50,9 @@ pub struct ServeConfig {
     pub bench_noop: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` for nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// API keys; `None` turns authentication off (the embedded dev default, logged as a
+    /// warning).
+    pub auth: Option<Arc<auth::KeyRing>>,
 }
 
 /// Health service name that reports the state store: NOT_SERVING while it is unreachable
@@ -64,6 +69,7 @@ impl Default for ServeConfig {
             refresh_interval: Duration::from_millis(250),
             bench_noop: false,
             metrics_addr: None,
+            auth: None,
         }
     }
 }
@@ -117,6 +123,7 @@ impl From<FeedbackError> for Status {
             FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
             FeedbackError::Expired { .. } => Status::failed_precondition(e.to_string()),
             FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
+            FeedbackError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -424,12 +431,14 @@ impl RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let caller = auth::caller(&request).cloned();
         let r = request.into_inner();
+        let team = auth::effective_team(caller.as_ref(), &r.team, "team")?;
         let hints = r.hints.unwrap_or_default();
         let req = RouteRequest {
             task: &r.task,
             workflow: &r.workflow,
-            team: &r.team,
+            team,
             expected_output_tokens: hints.expected_output_tokens,
             task_type: &hints.task_type,
         };
@@ -444,6 +453,7 @@ impl RouterService {
         &self,
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let caller = auth::caller(&request).cloned();
         let r = request.into_inner();
         let input = FeedbackInput {
             decision_id: &r.decision_id,
@@ -451,6 +461,10 @@ impl RouterService {
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             reused: r.reused,
+            caller_team: caller
+                .as_ref()
+                .filter(|c| c.role == auth::Role::Service)
+                .map(|c| c.team.as_str()),
         };
         match self.engine.feedback(&input, now_ms()).await {
             Ok(ack) => {
@@ -480,6 +494,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetThresholdsRequest>,
     ) -> Result<Response<pb::GetThresholdsResponse>, Status> {
+        auth::require_admin(auth::caller(&request), "GetThresholds")?;
         let want = request.into_inner().scope;
         let table = self.engine.router.table();
         if !want.is_empty() && !table.plans.contains_key(&want) {
@@ -519,14 +534,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::GetReportResponse>, Status> {
-        let r = self.report(request.into_inner()).await?;
+        // Service keys read their own team's books; admins any team's.
+        let caller = auth::caller(&request).cloned();
+        let mut q = request.into_inner();
+        q.team = auth::effective_team(caller.as_ref(), &q.team, "team")?.to_string();
+        let r = self.report(q).await?;
         Ok(Response::new(r.into()))
     }
 
     async fn get_policy(
         &self,
-        _request: Request<pb::GetPolicyRequest>,
+        request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        auth::require_admin(auth::caller(&request), "GetPolicy")?;
         let p = self.engine.router.table().policy.clone();
         Ok(Response::new(pb::GetPolicyResponse {
             version: p.version.clone(),
@@ -538,6 +558,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ValidatePolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
+        auth::require_admin(auth::caller(&request), "ValidatePolicy")?;
         let r = request.into_inner();
         let proposed = self
             .engine
@@ -567,11 +588,14 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::PolicyChange>, Status> {
+        auth::require_admin(auth::caller(&request), "ApplyPolicy")?;
+        let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
+        let author = author.unwrap_or(r.author);
         let change = self
             .engine
-            .apply_policy(&r.text, "api", &r.author, &r.reason, now_ms())
+            .apply_policy(&r.text, "api", &author, &r.reason, now_ms())
             .await
             .map_err(admin_error)?;
         Ok(Response::new(change_to_proto(change)))
@@ -579,8 +603,9 @@ impl Admin for AdminService {
 
     async fn list_policy_versions(
         &self,
-        _request: Request<pb::ListPolicyVersionsRequest>,
+        request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
+        auth::require_admin(auth::caller(&request), "ListPolicyVersions")?;
         let changes =
             self.engine.policy_versions().await.map_err(|e| {
                 Status::unavailable(format!("version history needs the store: {e}"))
@@ -595,16 +620,24 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RollbackPolicyRequest>,
     ) -> Result<Response<pb::PolicyChange>, Status> {
+        auth::require_admin(auth::caller(&request), "RollbackPolicy")?;
+        let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
+        let author = author.unwrap_or(r.author);
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         let change = self
             .engine
-            .rollback_policy(version, &r.author, &r.reason, now_ms())
+            .rollback_policy(version, &author, &r.reason, now_ms())
             .await
             .map_err(admin_error)?;
         Ok(Response::new(change_to_proto(change)))
     }
+}
+
+/// With authentication on, the audit trail names the key, not what the request claims.
+fn author_of<T>(request: &Request<T>) -> Option<String> {
+    auth::caller(request).map(|c| format!("{} (team {})", c.name, c.team))
 }
 
 fn require_reason(reason: &str) -> Result<(), Status> {
@@ -823,15 +856,26 @@ pub async fn run(
         }
     };
 
+    let interceptor = auth::AuthInterceptor::new(config.auth.clone());
+    match &config.auth {
+        Some(ring) => tracing::info!(
+            keys = ring.len(),
+            "authentication on: API keys required on Router and Admin"
+        ),
+        None => tracing::warn!(
+            "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
+        ),
+    }
     let counters = Arc::new(Counters::default());
     let (router, noop) = if config.bench_noop {
         tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
         let noop = RouterServer::new(NoopRouter {
             counters: counters.clone(),
-        });
+        })
+        .max_decoding_message_size(config.max_message_bytes);
         (
             None,
-            Some(noop.max_decoding_message_size(config.max_message_bytes)),
+            Some(InterceptedService::new(noop, interceptor.clone())),
         )
     } else {
         let router = RouterServer::new(RouterService {
@@ -840,13 +884,19 @@ pub async fn run(
         })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-        (Some(router), None)
+        (
+            Some(InterceptedService::new(router, interceptor.clone())),
+            None,
+        )
     };
-    let admin = AdminServer::new(AdminService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let admin = InterceptedService::new(
+        AdminServer::new(AdminService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes),
+        interceptor,
+    );
 
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "serving tokenwise.v1.Router and tokenwise.v1.Admin");

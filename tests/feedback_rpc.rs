@@ -165,6 +165,7 @@ async fn expired_decisions_get_a_clear_error() {
         input_tokens: 1,
         output_tokens: 1,
         reused: false,
+        caller_team: None,
     };
     let day = 24 * 3600 * 1000;
     let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();

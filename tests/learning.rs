@@ -112,6 +112,7 @@ impl Sim {
             input_tokens: d.input_tokens as i64,
             output_tokens: out,
             reused: false,
+            caller_team: None,
         };
         self.runtime
             .block_on(self.engine.feedback(&input, now))

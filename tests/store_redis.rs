@@ -291,6 +291,7 @@ fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
             &format!("127.0.0.1:{port}"),
             "--metrics-listen",
             "off",
+            "--no-auth",
             "--config",
         ])
         .arg(config)

@@ -23,7 +23,7 @@ python3 benches/load/frames.py "$OUT" >&2
 
 start_server() { # $1 = extra flags
   local cfg=()
-  [ -n "$CONFIG" ] && cfg=(--config "$CONFIG")
+  [ -n "$CONFIG" ] && cfg=(--config "$CONFIG" --no-auth)
   RUST_LOG=warn,tokenwise::server=info ./target/release/tokenwise serve --log-format json --listen 127.0.0.1:$PORT "${cfg[@]}" $1 2> "$OUT/server.log" &
   SERVER=$!
   for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.1; done
