@@ -206,6 +206,8 @@ impl Engine {
             .find(|c| c.source == "startup" || c.source == "file");
         let head = log.last();
         match (last_file, head) {
+            // Another replica just recorded this very policy.
+            (_, Some(h)) if h.version == mine.version => Ok(()),
             (Some(f), Some(h)) if f.version == mine.version => {
                 if h.version != mine.version {
                     // Changed through the API since this file was loaded: the log wins.
