@@ -244,6 +244,16 @@ pub struct ServeArgs {
     /// (no --config) runs without it and says so in the log.
     #[arg(long)]
     no_auth: bool,
+    /// Route calls per second allowed per team (burst of the same size); beyond it
+    /// RESOURCE_EXHAUSTED. Default: no limit.
+    #[arg(long)]
+    rate_limit_per_team: Option<std::num::NonZeroU32>,
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
+    #[arg(long, env = "TOKENWISE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TOKENWISE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`GET /metrics`); `off` for nowhere.
     #[arg(
         long,
@@ -579,10 +589,21 @@ fn endpoint(addr: &str) -> String {
     }
 }
 
-/// A channel to `addr` that sends the API key in `TOKENWISE_API_KEY`, if set.
+/// A channel to `addr` that sends the API key in `TOKENWISE_API_KEY`, if set. An `https://`
+/// address speaks TLS, trusting the CA certificate (PEM) in `TOKENWISE_CA_CERT`.
 async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedChannel> {
     let ep = endpoint(addr);
-    let channel = tonic::transport::Endpoint::from_shared(ep.clone())?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())?;
+    if ep.starts_with("https://") {
+        let ca = std::env::var("TOKENWISE_CA_CERT")
+            .context("https:// needs TOKENWISE_CA_CERT: the CA certificate (PEM file) to trust")?;
+        let pem = std::fs::read(&ca).with_context(|| format!("cannot read {ca}"))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(10))
         .connect()
@@ -617,7 +638,16 @@ pub fn main() -> anyhow::Result<()> {
                     "with --config, choose authentication: --auth-keys FILE (or TOKENWISE_AUTH_KEYS_FILE), or --no-auth to run without it"
                 ),
             };
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => Some((
+                    std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?,
+                    std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?,
+                )),
+                _ => None,
+            };
             let config = crate::server::ServeConfig {
+                tls,
+                rate_limit_per_team: args.rate_limit_per_team,
                 auth,
                 metrics_addr,
                 refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),

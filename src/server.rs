@@ -50,6 +50,10 @@ pub struct ServeConfig {
     pub bench_noop: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` for nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Route calls per second allowed per team (burst of the same size); `None`: no limit.
+    pub rate_limit_per_team: Option<std::num::NonZeroU32>,
+    /// TLS certificate chain and private key (PEM) for the gRPC port; `None`: plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// API keys; `None` turns authentication off (the embedded dev default, logged as a
     /// warning).
     pub auth: Option<Arc<auth::KeyRing>>,
@@ -70,6 +74,8 @@ impl Default for ServeConfig {
             bench_noop: false,
             metrics_addr: None,
             auth: None,
+            rate_limit_per_team: None,
+            tls: None,
         }
     }
 }
@@ -343,10 +349,13 @@ fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQuery, Statu
     })
 }
 
+type TeamLimiter = governor::DefaultKeyedRateLimiter<String>;
+
 /// `tokenwise.v1.Router`.
 pub struct RouterService {
     engine: Arc<Engine>,
     counters: Arc<Counters>,
+    limiter: Option<(TeamLimiter, u32)>,
 }
 
 /// Calls served, by outcome: the server's own count (load generators see only HTTP status,
@@ -434,6 +443,13 @@ impl RouterService {
         let caller = auth::caller(&request).cloned();
         let r = request.into_inner();
         let team = auth::effective_team(caller.as_ref(), &r.team, "team")?;
+        if let Some((limiter, per_s)) = &self.limiter
+            && limiter.check_key(&team.to_string()).is_err()
+        {
+            return Err(Status::resource_exhausted(format!(
+                "team {team:?} is over its rate limit of {per_s} Route calls per second"
+            )));
+        }
         let hints = r.hints.unwrap_or_default();
         let req = RouteRequest {
             task: &r.task,
@@ -878,9 +894,16 @@ pub async fn run(
             Some(InterceptedService::new(noop, interceptor.clone())),
         )
     } else {
+        let limiter = config.rate_limit_per_team.map(|n| {
+            (
+                governor::RateLimiter::keyed(governor::Quota::per_second(n)),
+                n.get(),
+            )
+        });
         let router = RouterServer::new(RouterService {
             engine: engine.clone(),
             counters: counters.clone(),
+            limiter,
         })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -900,7 +923,15 @@ pub async fn run(
 
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "serving tokenwise.v1.Router and tokenwise.v1.Admin");
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+        tracing::info!("TLS on the gRPC port");
+    }
+    let served = builder
         // Every call gets a deadline: a stuck call answers DEADLINE_EXCEEDED, never hangs.
         .timeout(config.request_timeout)
         // Bound per-connection concurrency so one noisy client cannot take every worker, and
