@@ -608,7 +608,7 @@ impl Admin for AdminService {
         let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
-        let author = author.unwrap_or(r.author);
+        let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
         let change = self
             .engine
             .apply_policy(&r.text, "api", &author, &r.reason, now_ms())
@@ -640,7 +640,7 @@ impl Admin for AdminService {
         let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
-        let author = author.unwrap_or(r.author);
+        let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         let change = self
             .engine
@@ -654,6 +654,15 @@ impl Admin for AdminService {
 /// With authentication on, the audit trail names the key, not what the request claims.
 fn author_of<T>(request: &Request<T>) -> Option<String> {
     auth::caller(request).map(|c| format!("{} (team {})", c.name, c.team))
+}
+
+/// Without authentication the request names the author; an empty one is recorded as such.
+fn anonymous_or(author: String) -> String {
+    if author.trim().is_empty() {
+        "anonymous (auth off)".into()
+    } else {
+        author
+    }
 }
 
 fn require_reason(reason: &str) -> Result<(), Status> {

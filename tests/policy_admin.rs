@@ -264,6 +264,33 @@ async fn the_policy_file_hot_reloads_and_a_bad_one_is_refused() {
         "the invalid file left no version: {:?}",
         log.changes
     );
+
+    // Then one through the API and a rollback: the trail lists file, API and rollback changes.
+    let mut admin = server.admin().await;
+    admin
+        .apply_policy(ApplyPolicyRequest {
+            text: with_bar("0.9"),
+            author: "alice".into(),
+            reason: "stricter".into(),
+        })
+        .await
+        .unwrap();
+    admin
+        .rollback_policy(RollbackPolicyRequest {
+            version: String::new(),
+            author: "bob".into(),
+            reason: "undo".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(live_version(&server).await, v1);
+    let log = admin
+        .list_policy_versions(ListPolicyVersionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sources: Vec<&str> = log.changes.iter().map(|c| c.source.as_str()).collect();
+    assert_eq!(sources, ["startup", "file", "api", "rollback"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
