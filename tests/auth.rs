@@ -26,33 +26,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Two tiers, no exploration, a scope per team so `RouteResponse.scope` shows the team the
-/// decision was made for.
-const POLICY: &str = r#"
-[[tiers]]
-name = "small"
-model = "s"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[tiers]]
-name = "premium"
-model = "p"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
-
-[default]
-quality_bar = 0.5
-exploration_rate = 0.0
-
-[[policies]]
-team = "search"
-thresholds = { small = 1.0 }
-
-[[policies]]
-team = "ads"
-thresholds = { small = 0.0 }
-"#;
-
 /// Key names in the key file (they show up in errors and the audit trail).
 const SEARCH: &str = "search-prod";
 const ADS: &str = "ads-prod";
@@ -127,7 +100,7 @@ impl Fixture {
 }
 
 fn policy() -> Policy {
-    Policy::parse(POLICY).unwrap()
+    Policy::parse(&common::two_tier_policy("search", "ads")).unwrap()
 }
 
 fn routed(team: &str) -> RouteRequest {
@@ -175,7 +148,7 @@ fn total_tasks(r: &GetReportResponse) -> u64 {
 }
 
 fn changed_policy() -> String {
-    POLICY.replace("quality_bar = 0.5", "quality_bar = 0.6")
+    common::two_tier_policy("search", "ads").replace("quality_bar = 0.5", "quality_bar = 0.6")
 }
 
 // ---- authentication ----
@@ -638,7 +611,7 @@ async fn admin_key_changes_policy_and_is_the_audited_author() {
         .unwrap()
         .into_inner();
     assert_eq!(live.version, original);
-    assert_eq!(live.text, POLICY);
+    assert_eq!(live.text, common::two_tier_policy("search", "ads"));
 
     let proposed = admin
         .validate_policy(ValidatePolicyRequest {

@@ -15,37 +15,12 @@ use tokenwise::server::pb::{
 };
 use tonic::Code;
 
-/// Prices chosen so costs are whole micro-dollars per token: small $1/$2 per 1M tokens in/out,
-/// premium $10/$30. Team `cheap` always gets small (pinned threshold 1.0), team `rich` always
-/// premium (threshold 0.0), nobody explores.
-const TIERS: &str = r#"
-[[tiers]]
-name = "small"
-model = "s"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[tiers]]
-name = "premium"
-model = "p"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
-
-[default]
-quality_bar = 0.5
-exploration_rate = 0.0
-value_per_success_usd = 0.01
-
-[[policies]]
-team = "cheap"
-thresholds = { small = 1.0 }
-
-[[policies]]
-team = "rich"
-thresholds = { small = 0.0 }
-"#;
-
 fn policy(extra: &str) -> Policy {
-    Policy::parse(&format!("{TIERS}\n{extra}")).unwrap()
+    Policy::parse(&format!(
+        "{}\n{extra}",
+        common::two_tier_policy("cheap", "rich")
+    ))
+    .unwrap()
 }
 
 /// A task of `tokens` estimated input tokens (4 bytes each) with an output hint.

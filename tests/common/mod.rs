@@ -173,3 +173,36 @@ On Monday it sold 48 muffins and twice as many cookies. On Tuesday it sold 25% f
 than Monday and 30 more cookies than Monday. Each muffin costs $1.20 to make and each cookie \
 $0.40. After paying $85 in rent for the two days, how much profit did the bakery make in total \
 over Monday and Tuesday? Show each step.";
+
+/// Two tiers priced in whole micro-dollars per token (small $1/$2, premium $10/$30 per 1M
+/// tokens in/out), bar 0.5, no exploration, $0.01 per success; team `cheap` always routes to
+/// small (pinned threshold 1.0), team `rich` always to premium (threshold 0.0).
+pub fn two_tier_policy(cheap: &str, rich: &str) -> String {
+    format!(
+        r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+
+[default]
+quality_bar = 0.5
+exploration_rate = 0.0
+value_per_success_usd = 0.01
+
+[[policies]]
+team = "{cheap}"
+thresholds = {{ small = 1.0 }}
+
+[[policies]]
+team = "{rich}"
+thresholds = {{ small = 0.0 }}
+"#
+    )
+}
