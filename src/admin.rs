@@ -42,6 +42,9 @@ struct AdminState {
     cursor: u64,
     /// The policy file being watched, with the stamp (mtime, length) last loaded.
     file: Option<(PathBuf, Option<(SystemTime, u64)>)>,
+    /// Whether the startup reconciliation with the shared history has run (it waits for the
+    /// store if it was down at startup).
+    initialized: bool,
 }
 
 /// Per-replica policy administration state.
@@ -196,6 +199,10 @@ impl Engine {
     /// Startup: reconcile the policy this replica was started with and the shared log.
     pub async fn init_policy(&self, now_ms: u64) -> Result<(), StoreError> {
         let mut st = self.policy_admin.state.lock().await;
+        self.init_locked(&mut st, now_ms).await
+    }
+
+    async fn init_locked(&self, st: &mut AdminState, now_ms: u64) -> Result<(), StoreError> {
         let store = self.learner.store();
         let log = store.policy_changes(0).await?;
         st.cursor = log.len() as u64;
@@ -207,7 +214,10 @@ impl Engine {
         let head = log.last();
         match (last_file, head) {
             // Another replica just recorded this very policy.
-            (_, Some(h)) if h.version == mine.version => Ok(()),
+            (_, Some(h)) if h.version == mine.version => {
+                st.initialized = true;
+                Ok(())
+            }
             (Some(f), Some(h)) if f.version == mine.version => {
                 if h.version != mine.version {
                     // Changed through the API since this file was loaded: the log wins.
@@ -241,7 +251,9 @@ impl Engine {
                     summary,
                     text: mine.source.to_string(),
                 };
-                store.append_policy_change(&change).await?;
+                let seq = store.append_policy_change(&change).await?;
+                st.cursor = seq + 1;
+                st.initialized = true;
                 Ok(())
             }
         }
@@ -334,6 +346,9 @@ impl Engine {
     /// live policy stays.
     pub async fn refresh_policy(&self, force_reload: bool, now_ms: u64) -> Result<(), StoreError> {
         let mut st = self.policy_admin.state.lock().await;
+        if !st.initialized {
+            self.init_locked(&mut st, now_ms).await?;
+        }
         let changes = self.learner.store().policy_changes(st.cursor).await?;
         if let Some(last) = changes.last() {
             st.cursor = last.seq + 1;
