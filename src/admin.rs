@@ -133,7 +133,8 @@ pub fn what_if(live: &RoutingTable, proposed: &RoutingTable, window: &[OutcomeEv
     }
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
     let mut total = Acc::default();
-    for e in window {
+    // Outcomes logged before events carried team and complexity cannot be re-decided.
+    for e in window.iter().filter(|e| e.complexity > 0.0) {
         let actual_cost = live.policy.tier_index(&e.tier).map_or(0, |i| {
             live.policy.tiers[i].cost_micros(e.input_tokens, e.output_tokens)
         });
@@ -234,6 +235,22 @@ impl Engine {
                         }
                     }
                 }
+                st.initialized = true;
+                Ok(())
+            }
+            // A file the history has seen before (e.g. an old pod restarting mid-rollout) does
+            // not take the fleet back: follow the history's head.
+            (_, Some(h)) if log.iter().any(|c| c.version == mine.version) => {
+                match self.validate_policy(&h.text) {
+                    Ok(p) => {
+                        tracing::warn!(file = %mine.version, live = %h.version, "this replica's policy file is an older version; following the shared history");
+                        self.learner.swap_policy(&self.router, Arc::new(p)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "shared policy head is not usable here; keeping the file's")
+                    }
+                }
+                st.initialized = true;
                 Ok(())
             }
             _ => {

@@ -252,6 +252,17 @@ fn validate(raw: RawKeyFile) -> Result<KeyRing, AuthConfigError> {
         let at = |field: &str| format!("keys[{i}].{field}");
         check_label(&at("name"), &key.name)?;
         check_label(&at("team"), &key.team)?;
+        if key.team == crate::books::OTHER {
+            // The books count teams over their cardinality cap as `other`: a key for that
+            // team would read all of them.
+            return Err(AuthConfigError::invalid(
+                at("team"),
+                format!(
+                    "{:?} is reserved (the books' label for teams over the cap)",
+                    crate::books::OTHER
+                ),
+            ));
+        }
         let role = Role::parse(&key.role).ok_or_else(|| {
             AuthConfigError::invalid(
                 at("role"),

@@ -9,11 +9,15 @@
 //! decision id expires (the decision TTL).
 //!
 //! Route never waits on the store. Its reservations collect in a local pending map that the
-//! background refresher flushes as counter increments, and budget checks read a local view:
-//! the usage last read from the store, plus what this replica reserved since. Replicas learn of
-//! each other's reservations at the next refresh, so with R replicas a hard limit can be
-//! overshot by at most what the other replicas reserved within one refresh interval (and never
-//! by more than (R − 1) × the budget left at the last refresh). Tests pin that bound.
+//! background refresher flushes as idempotent counter batches, and budget checks read a local
+//! view: the usage last read from the store, plus what this replica reserved since. Replicas
+//! learn of each other's reservations at their next successful refresh, so with R replicas and
+//! `reject` a hard limit can be overshot by the estimates the other replicas reserved since
+//! their last successful refresh — at most (R − 1) × the budget left at that refresh. Tests pin
+//! that bound. What it does not cover: `cheapest` keeps serving (and reserving) on the cheapest
+//! tier past the limit by design; estimates come from the task size and the caller's output
+//! hint, and a decision without feedback settles at its estimate, so an understated hint is
+//! under-counted; and with `fail_open` during an outage the view is as old as the outage.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -74,10 +78,14 @@ pub fn ledger_hash(ms: u64) -> String {
     format!("ledger:{}", ms / HOUR_MS)
 }
 
-/// Counter hash of a budget (fields: period start ms).
-pub fn budget_hash(id: &str) -> String {
-    format!("budget:{id}")
+/// Counter hash of a budget's period (field [`BUDGET_USED`]): one hash per period, so old
+/// periods expire with the store's retention and a read touches only the current one.
+pub fn budget_hash(id: &str, period_start_ms: u64) -> String {
+    format!("budget:{id}:{period_start_ms}")
 }
+
+/// Field of a budget period hash that holds its usage, micro-USD.
+pub const BUDGET_USED: &str = "used";
 
 /// Field name of a ledger metric for one cell.
 pub fn ledger_field(metric: &str, team: &str, workflow: &str, tier: &str) -> String {
@@ -181,15 +189,6 @@ pub struct CellDelta {
 }
 
 impl CellDelta {
-    fn add(&mut self, o: &CellDelta) {
-        self.tasks += o.tasks;
-        self.spend += o.spend;
-        self.premium += o.premium;
-        self.downgraded += o.downgraded;
-        self.rejected += o.rejected;
-        self.explored += o.explored;
-    }
-
     fn counters(&self, k: &CellKey, out: &mut Vec<CounterAdd>) {
         let hash = format!("ledger:{}", k.hour);
         for (m, v) in [
@@ -233,11 +232,20 @@ struct Local {
     cells: hashbrown::HashMap<CellKey, CellDelta>,
     /// Reserved here, not yet sent to the store.
     pending: Usage,
-    /// Sent to the store, not yet seen in a read back.
+    /// The batch sent to the store and not yet acknowledged: resent as is (same id, so the
+    /// store applies it once) until it is, even across a cancelled or failed flush.
+    batch: Option<Batch>,
+    /// The budget usage inside `batch`.
     in_flight: Usage,
-    in_flight_cells: Vec<(CellKey, CellDelta)>,
     /// Last read from the store.
     seen: Usage,
+}
+
+/// Counter increments sent as one idempotent unit.
+#[derive(Debug, Clone)]
+struct Batch {
+    id: u64,
+    adds: Vec<CounterAdd>,
 }
 
 impl Local {
@@ -487,8 +495,8 @@ impl Books {
                 .filter(|b| b.covers(&claims.team, &claims.workflow))
             {
                 out.push(CounterAdd {
-                    hash: budget_hash(&b.id),
-                    field: b.period.start_ms(claims.issued_ms).to_string(),
+                    hash: budget_hash(&b.id, b.period.start_ms(claims.issued_ms)),
+                    field: BUDGET_USED.into(),
                     delta: actual - estimate,
                 });
             }
@@ -497,89 +505,85 @@ impl Books {
     }
 
     /// Sends pending reservations and counts to the store, then reads the budgets' usage back.
-    /// On failure nothing is lost: what was not sent stays pending.
-    pub async fn flush(&self, policy: &Policy, store: &dyn StateStore) -> Result<(), StoreError> {
+    /// Nothing is lost and nothing counts twice: what was not acknowledged is resent as the same
+    /// batch (the store applies a batch id once), also after a timeout whose write did land, or
+    /// a flush that was cancelled midway.
+    pub async fn flush(
+        &self,
+        policy: &Policy,
+        store: &dyn StateStore,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let _one = self.flush_lock.lock().await;
-        let adds = {
+        let batch = {
             let mut local = self.lock();
-            let cells: Vec<(CellKey, CellDelta)> = local.cells.drain().collect();
-            let pending = std::mem::take(&mut local.pending);
-            let mut adds = Vec::new();
-            for (k, c) in &cells {
-                let k = CellKey {
-                    team: clean(&k.team).into_owned(),
-                    workflow: clean(&k.workflow).into_owned(),
-                    ..k.clone()
-                };
-                c.counters(&k, &mut adds);
-            }
-            for (id, periods) in &pending {
-                for (start, v) in periods {
-                    if *v != 0 {
-                        adds.push(CounterAdd {
-                            hash: budget_hash(id),
-                            field: start.to_string(),
-                            delta: *v,
-                        });
-                    }
+            if local.batch.is_none() {
+                let cells: Vec<(CellKey, CellDelta)> = local.cells.drain().collect();
+                let pending = std::mem::take(&mut local.pending);
+                let mut adds = Vec::new();
+                for (k, c) in &cells {
+                    let k = CellKey {
+                        team: clean(&k.team).into_owned(),
+                        workflow: clean(&k.workflow).into_owned(),
+                        ..k.clone()
+                    };
+                    c.counters(&k, &mut adds);
                 }
-            }
-            local.in_flight = pending;
-            local.in_flight_cells = cells;
-            adds
-        };
-        if let Err(e) = store.add_counters(&adds).await {
-            self.restore_in_flight();
-            return Err(e);
-        }
-        // Sent: from here on they are in the store, and will be in what we read.
-        self.metrics.observe(&adds);
-        {
-            let mut local = self.lock();
-            local.in_flight_cells.clear();
-        }
-        let hashes: Vec<String> = policy.budgets.iter().map(|b| budget_hash(&b.id)).collect();
-        let read = store.read_counters(&hashes).await;
-        let mut local = self.lock();
-        match read {
-            Ok(values) => {
-                let mut seen = Usage::new();
-                for (b, fields) in policy.budgets.iter().zip(values) {
-                    let periods = fields
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((k.parse::<u64>().ok()?, v)))
-                        .collect();
-                    seen.insert(b.id.clone(), periods);
-                }
-                local.seen = seen;
-                local.in_flight.clear();
-                Ok(())
-            }
-            Err(e) => {
-                // The increments landed; keep counting them locally until a read shows them.
-                let in_flight = std::mem::take(&mut local.in_flight);
-                for (id, periods) in in_flight {
+                for (id, periods) in &pending {
                     for (start, v) in periods {
-                        add_usage(&mut local.seen, &id, start, v);
+                        if *v != 0 {
+                            adds.push(CounterAdd {
+                                hash: budget_hash(id, *start),
+                                field: BUDGET_USED.into(),
+                                delta: *v,
+                            });
+                        }
                     }
                 }
-                Err(e)
+                if !adds.is_empty() {
+                    local.batch = Some(Batch {
+                        id: rand::random(),
+                        adds,
+                    });
+                    local.in_flight = pending;
+                }
+            }
+            local.batch.clone()
+        };
+        if let Some(batch) = batch {
+            // On error the batch stays for the next flush.
+            store.add_counters(batch.id, &batch.adds).await?;
+            self.metrics.observe(&batch.adds);
+            let mut local = self.lock();
+            local.batch = None;
+            // Acknowledged: count it as seen until a read shows it.
+            let in_flight = std::mem::take(&mut local.in_flight);
+            for (id, periods) in in_flight {
+                for (start, v) in periods {
+                    add_usage(&mut local.seen, &id, start, v);
+                }
             }
         }
-    }
-
-    fn restore_in_flight(&self) {
+        let starts: Vec<u64> = policy
+            .budgets
+            .iter()
+            .map(|b| b.period.start_ms(now_ms))
+            .collect();
+        let hashes: Vec<String> = policy
+            .budgets
+            .iter()
+            .zip(&starts)
+            .map(|(b, start)| budget_hash(&b.id, *start))
+            .collect();
+        let values = store.read_counters(&hashes).await?;
         let mut local = self.lock();
-        let in_flight = std::mem::take(&mut local.in_flight);
-        for (id, periods) in in_flight {
-            for (start, v) in periods {
-                add_usage(&mut local.pending, &id, start, v);
-            }
+        let mut seen = Usage::new();
+        for ((b, start), fields) in policy.budgets.iter().zip(starts).zip(values) {
+            let used = fields.get(BUDGET_USED).copied().unwrap_or(0);
+            seen.insert(b.id.clone(), HashMap::from([(start, used)]));
         }
-        let cells = std::mem::take(&mut local.in_flight_cells);
-        for (k, c) in cells {
-            local.cells.entry(k).or_default().add(&c);
-        }
+        local.seen = seen;
+        Ok(())
     }
 
     /// Every budget of the policy with its usage in its current period, as this replica sees it.
@@ -746,7 +750,7 @@ on_exhausted = "cheapest"
             ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
                 Err(StoreError::Unavailable("down".into()))
             }
-            async fn add_counters(&self, _: &[CounterAdd]) -> Result<(), StoreError> {
+            async fn add_counters(&self, _: u64, _: &[CounterAdd]) -> Result<(), StoreError> {
                 Err(StoreError::Unavailable("down".into()))
             }
             async fn read_counters(
@@ -779,14 +783,17 @@ on_exhausted = "cheapest"
         route(&e, "u", now).unwrap();
         route(&e, "u", now).unwrap();
         let policy = e.router.table().policy.clone();
-        assert!(e.books.flush(&policy, &Down).await.is_err());
+        assert!(e.books.flush(&policy, &Down, now).await.is_err());
         // Still counted locally: the budget sees both, and a working store gets both.
         assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
         let store = crate::store::MemoryStore::new();
-        e.books.flush(&policy, &store).await.unwrap();
+        e.books.flush(&policy, &store, now).await.unwrap();
         assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
         let read = store
-            .read_counters(&[ledger_hash(now), budget_hash("team:u/day")])
+            .read_counters(&[
+                ledger_hash(now),
+                budget_hash("team:u/day", Period::Day.start_ms(now)),
+            ])
             .await
             .unwrap();
         assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
@@ -794,7 +801,78 @@ on_exhausted = "cheapest"
             read[0][&ledger_field(metric::SPEND, "u", "", "premium")],
             7_000
         );
-        assert_eq!(read[1][&Period::Day.start_ms(now).to_string()], 7_000);
+        assert_eq!(read[1][BUDGET_USED], 7_000);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_landed_but_timed_out_is_not_counted_twice() {
+        /// Applies the first batch, then reports a timeout (as Redis can after EXEC).
+        struct LandsThenTimesOut(crate::store::MemoryStore, std::sync::atomic::AtomicBool);
+        #[async_trait::async_trait]
+        impl StateStore for LandsThenTimesOut {
+            async fn record(
+                &self,
+                e: &crate::store::OutcomeEvent,
+                n: u64,
+            ) -> Result<crate::store::Recorded, StoreError> {
+                self.0.record(e, n).await
+            }
+            async fn events_since(
+                &self,
+                c: u64,
+                m: usize,
+            ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
+                self.0.events_since(c, m).await
+            }
+            async fn add_counters(&self, b: u64, a: &[CounterAdd]) -> Result<(), StoreError> {
+                self.0.add_counters(b, a).await?;
+                if self.1.swap(false, Ordering::SeqCst) {
+                    return Err(StoreError::Unavailable("redis call timed out".into()));
+                }
+                Ok(())
+            }
+            async fn read_counters(
+                &self,
+                h: &[String],
+            ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+                self.0.read_counters(h).await
+            }
+            async fn append_policy_change(
+                &self,
+                c: &crate::store::PolicyChange,
+            ) -> Result<u64, StoreError> {
+                self.0.append_policy_change(c).await
+            }
+            async fn policy_changes(
+                &self,
+                f: u64,
+            ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
+                self.0.policy_changes(f).await
+            }
+            async fn ping(&self) -> Result<(), StoreError> {
+                Ok(())
+            }
+            fn kind(&self) -> &'static str {
+                "flaky"
+            }
+        }
+        let e = engine();
+        let now = 1_795_934_463_000;
+        let store = LandsThenTimesOut(
+            crate::store::MemoryStore::new(),
+            std::sync::atomic::AtomicBool::new(true),
+        );
+        let policy = e.router.table().policy.clone();
+        route(&e, "u", now).unwrap();
+        assert!(e.books.flush(&policy, &store, now).await.is_err());
+        // Still counted once locally, and once in the store after the resend.
+        assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 3_500);
+        route(&e, "u", now).unwrap();
+        e.books.flush(&policy, &store, now).await.unwrap();
+        e.books.flush(&policy, &store, now).await.unwrap();
+        assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+        let read = store.read_counters(&[ledger_hash(now)]).await.unwrap();
+        assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
     }
 
     #[test]

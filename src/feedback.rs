@@ -603,7 +603,7 @@ impl Engine {
         }
         let flushed = self
             .books
-            .flush(&self.router.table().policy, self.learner.store())
+            .flush(&self.router.table().policy, self.learner.store(), now_ms)
             .await;
         if let Err(e) = &flushed {
             tracing::debug!(error = %e, "books not flushed");
@@ -617,7 +617,7 @@ impl Engine {
     pub async fn shutdown(&self, now_ms: u64) {
         if let Err(e) = self
             .books
-            .flush(&self.router.table().policy, self.learner.store())
+            .flush(&self.router.table().policy, self.learner.store(), now_ms)
             .await
         {
             tracing::warn!(error = %e, cells = self.books.pending_cells(), "route accounting not flushed at shutdown");

@@ -733,7 +733,7 @@ impl AdminService {
         };
         self.engine
             .books
-            .flush(&policy, store)
+            .flush(&policy, store, now)
             .await
             .map_err(unavailable)?;
         report::build::build(&policy, &self.engine.books, store, &q, now)

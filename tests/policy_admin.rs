@@ -403,7 +403,19 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
     // A replica that starts later with the same file keeps the API change.
     let c = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
     assert_eq!(live_version(&c).await, applied.version);
-    // Both replicas list the same history: one startup, the change.
+    // A rollout: a replica with a new file takes the fleet to it...
+    let d = TestServer::with_policy(Policy::parse(&text("0.9")).unwrap(), Limits::default()).await;
+    let v09 = Policy::parse(&text("0.9")).unwrap().version;
+    assert_eq!(live_version(&d).await, v09);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(live_version(&b).await, v09);
+    // ...and an old pod restarting with the old file mid-rollout does not take it back.
+    let e = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
+    assert_eq!(live_version(&e).await, v09);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(live_version(&b).await, v09);
+
+    // Every replica lists the same history: startup(s), the change, the rollout.
     let log = b
         .admin()
         .await
@@ -413,11 +425,15 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
         .into_inner();
     // (Replicas starting at the same moment on an empty history may each record their startup.)
     let sources: Vec<&str> = log.changes.iter().map(|c| c.source.as_str()).collect();
-    assert_eq!(sources.last(), Some(&"api"), "{sources:?}");
+    let api = sources
+        .iter()
+        .position(|s| *s == "api")
+        .expect("the API change");
     assert!(
-        sources[..sources.len() - 1].iter().all(|s| *s == "startup"),
+        sources[..api].iter().all(|s| *s == "startup"),
         "{sources:?}"
     );
+    assert_eq!(sources[api + 1..], ["startup"], "{sources:?}");
 }
 
 #[cfg(unix)]

@@ -306,9 +306,10 @@ mod tests {
             }
             async fn add_counters(
                 &self,
+                batch: u64,
                 adds: &[super::super::CounterAdd],
             ) -> Result<(), StoreError> {
-                self.0.add_counters(adds).await
+                self.0.add_counters(batch, adds).await
             }
             async fn read_counters(
                 &self,

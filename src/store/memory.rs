@@ -16,8 +16,14 @@ struct Inner {
     /// Absolute position of `log[0]`.
     base: u64,
     counters: HashMap<String, HashMap<String, i64>>,
+    /// Recent counter batch ids (bounded), so a resent batch is applied once.
+    batches: HashSet<u64>,
+    batch_order: VecDeque<u64>,
     policy: Vec<PolicyChange>,
 }
+
+/// Counter batch ids remembered by the memory store.
+const MAX_BATCH_IDS: usize = 100_000;
 
 impl Inner {
     fn add(&mut self, adds: &[CounterAdd]) {
@@ -91,11 +97,18 @@ impl StateStore for MemoryStore {
         Ok((events.clone(), start + events.len() as u64))
     }
 
-    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError> {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(adds);
+    async fn add_counters(&self, batch: u64, adds: &[CounterAdd]) -> Result<(), StoreError> {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if !s.batches.insert(batch) {
+            return Ok(());
+        }
+        s.batch_order.push_back(batch);
+        if s.batch_order.len() > MAX_BATCH_IDS
+            && let Some(old) = s.batch_order.pop_front()
+        {
+            s.batches.remove(&old);
+        }
+        s.add(adds);
         Ok(())
     }
 

@@ -136,10 +136,10 @@ pub trait StateStore: Send + Sync {
         max: usize,
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError>;
 
-    /// Adds each delta to its counter. Each counter changes atomically; a batch may be applied
-    /// partly if the store fails midway only where the backend cannot do better (Redis applies
-    /// a batch as one transaction).
-    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError>;
+    /// Adds each delta to its counter, all or nothing, once per `batch` id: sending the same
+    /// batch again (after a timeout that may have landed) changes nothing. Ids are remembered
+    /// for a day.
+    async fn add_counters(&self, batch: u64, adds: &[CounterAdd]) -> Result<(), StoreError>;
 
     /// Every field of each named counter hash (empty for a hash never written), in order.
     async fn read_counters(
@@ -277,11 +277,19 @@ pub mod contract {
 
         // Counters: batches add up, fields and hashes stay apart, unknown hashes read empty.
         store
-            .add_counters(&[add("h1", "a", 5), add("h1", "b", -2), add("h2", "a", 1)])
+            .add_counters(
+                1,
+                &[add("h1", "a", 5), add("h1", "b", -2), add("h2", "a", 1)],
+            )
             .await
             .map_err(e)?;
         store
-            .add_counters(&[add("h1", "a", 7), add("h1", "a", -1)])
+            .add_counters(2, &[add("h1", "a", 7), add("h1", "a", -1)])
+            .await
+            .map_err(e)?;
+        // A resent batch (same id) is applied once.
+        store
+            .add_counters(2, &[add("h1", "a", 7), add("h1", "a", -1)])
             .await
             .map_err(e)?;
         let read = store

@@ -37,6 +37,21 @@ end
 return 0
 ";
 
+/// Applies a counter batch once: the batch id is spent like a nonce.
+const ADD: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  for i = 2, #KEYS do
+    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+  return 1
+end
+return 0
+";
+
+/// How long counter batch ids are remembered (a resend comes within seconds).
+const BATCH_ID_TTL_MS: u64 = 24 * 3600 * 1000;
+
 const READ: &str = r"
 local base = tonumber(redis.call('GET', KEYS[2]) or '0')
 local from = tonumber(ARGV[1]) - base
@@ -51,6 +66,7 @@ pub struct RedisStore {
     prefix: String,
     conn: Mutex<Option<ConnectionManager>>,
     record: redis::Script,
+    add: redis::Script,
     read: redis::Script,
     timeout: Duration,
 }
@@ -70,6 +86,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             conn: Mutex::new(None),
             record: redis::Script::new(RECORD),
+            add: redis::Script::new(ADD),
             read: redis::Script::new(READ),
             timeout,
         })
@@ -203,25 +220,25 @@ impl StateStore for RedisStore {
         Ok((parsed, next))
     }
 
-    async fn add_counters(&self, adds: &[CounterAdd]) -> Result<(), StoreError> {
+    async fn add_counters(&self, batch: u64, adds: &[CounterAdd]) -> Result<(), StoreError> {
         if adds.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut keys: Vec<String> = Vec::new();
-        for a in adds {
-            let key = self.counter_key(&a.hash);
-            pipe.hincr(&key, &a.field, a.delta).ignore();
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        for key in &keys {
-            pipe.pexpire(key, COUNTER_RETENTION_MS as i64).ignore();
-        }
-        self.with_conn(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        let script = &self.add;
+        let batch_key = self.key(&format!("batch:{batch}"));
+        let keys: Vec<String> = adds.iter().map(|a| self.counter_key(&a.hash)).collect();
+        let _: i64 = self
+            .with_conn(|mut c| async move {
+                let mut call = script.key(batch_key);
+                call.arg(BATCH_ID_TTL_MS).arg(COUNTER_RETENTION_MS);
+                // KEYS[1 + i] gets ARGV[2 + 2i - 1] (field) and ARGV[2 + 2i] (delta).
+                for (key, add) in keys.iter().zip(adds) {
+                    call.key(key).arg(&add.field).arg(add.delta);
+                }
+                call.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 
     async fn read_counters(
