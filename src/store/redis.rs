@@ -2,8 +2,10 @@
 //!
 //! Keys, under a per-deployment prefix: `{p}:spent:{nonce}` (expires with the decision id),
 //! `{p}:events` (a list: the log) and `{p}:events:base` (how many old events were trimmed, so
-//! positions stay absolute), and `{p}:c:{hash}` for shared counters (the books and budgets,
-//! Redis hashes of integers). Recording is one Lua script, so "spend the nonce and append" is
+//! positions stay absolute), `{p}:c:{hash}` for shared counters (the books and budgets, Redis
+//! hashes of integers), `{p}:batch:{id}` (counter batches already applied, kept a day, so a
+//! resent batch counts once) and `{p}:policy` (a list: policy versions, the audit trail).
+//! Recording is one Lua script, so "spend the nonce and append" is
 //! atomic across replicas. The connection is made lazily and re-made after failures, so a
 //! replica can start, and keep routing, while Redis is down.
 
