@@ -366,7 +366,37 @@ impl Engine {
         if !st.initialized {
             self.init_locked(&mut st, now_ms).await?;
         }
-        let changes = self.learner.store().policy_changes(st.cursor).await?;
+        // Read from the last change already seen: if even that is gone, the store lost its data
+        // (a Redis without persistence restarted); record the live policy again and go on.
+        let mut changes = self
+            .learner
+            .store()
+            .policy_changes(st.cursor.saturating_sub(1))
+            .await?;
+        if st.cursor > 0 {
+            if changes.is_empty() {
+                tracing::warn!(
+                    cursor = st.cursor,
+                    "policy history is shorter than seen: the store lost it; recording the live policy again"
+                );
+                st.cursor = 0;
+                let live = self.router.table().policy.clone();
+                let change = PolicyChange {
+                    seq: 0,
+                    version: live.version.clone(),
+                    source: "startup".into(),
+                    author: self.replica(),
+                    reason: "policy history lost by the store; live policy recorded again".into(),
+                    at_ms: now_ms,
+                    summary: vec!["history restarted".into()],
+                    text: live.source.to_string(),
+                };
+                let seq = self.learner.store().append_policy_change(&change).await?;
+                st.cursor = seq + 1;
+                return Ok(());
+            }
+            changes.remove(0);
+        }
         if let Some(last) = changes.last() {
             st.cursor = last.seq + 1;
             if last.version != self.router.table().policy.version {

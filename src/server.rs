@@ -355,7 +355,7 @@ type TeamLimiter = governor::DefaultKeyedRateLimiter<String>;
 pub struct RouterService {
     engine: Arc<Engine>,
     counters: Arc<Counters>,
-    limiter: Option<(TeamLimiter, u32)>,
+    limiter: Option<(Arc<TeamLimiter>, u32)>,
 }
 
 /// Calls served, by outcome: the server's own count (load generators see only HTTP status,
@@ -904,10 +904,21 @@ pub async fn run(
         )
     } else {
         let limiter = config.rate_limit_per_team.map(|n| {
-            (
-                governor::RateLimiter::keyed(governor::Quota::per_second(n)),
-                n.get(),
-            )
+            let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(n)));
+            // Forget teams idle for long enough to be back at a full burst, so the keyed state
+            // stays as small as the set of active teams.
+            // Ends when the server (and with it the limiter) is gone.
+            let weak = Arc::downgrade(&limiter);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    let Some(limiter) = weak.upgrade() else { break };
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            });
+            (limiter, n.get())
         });
         let router = RouterServer::new(RouterService {
             engine: engine.clone(),

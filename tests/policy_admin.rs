@@ -434,6 +434,27 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
         "{sources:?}"
     );
     assert_eq!(sources[api + 1..], ["startup"], "{sources:?}");
+
+    // Redis loses its data: the replicas record the live policy again and keep following
+    // changes made after it.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let applied = a
+        .admin()
+        .await
+        .apply_policy(ApplyPolicyRequest {
+            text: text("0.6"),
+            author: "alice".into(),
+            reason: "after the loss".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(live_version(&b).await, applied.version);
+    assert_eq!(live_version(&e).await, applied.version);
 }
 
 #[cfg(unix)]
