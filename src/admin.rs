@@ -258,22 +258,37 @@ impl Engine {
                     Some(prev) => crate::policy::diff(&prev, &mine),
                     None => vec!["first policy of this deployment".into()],
                 };
-                let change = PolicyChange {
-                    seq: 0,
-                    version: mine.version.clone(),
-                    source: "startup".into(),
-                    author: self.replica(),
-                    reason: "policy loaded at startup".into(),
-                    at_ms: now_ms,
-                    summary,
-                    text: mine.source.to_string(),
-                };
-                let seq = store.append_policy_change(&change).await?;
-                st.cursor = seq + 1;
+                self.record_live(st, &mine, "policy loaded at startup", summary, now_ms)
+                    .await?;
                 st.initialized = true;
                 Ok(())
             }
         }
+    }
+
+    /// Records `policy` (already live here) in the shared history as this replica's `startup`
+    /// change, and moves the cursor past it.
+    async fn record_live(
+        &self,
+        st: &mut AdminState,
+        policy: &Policy,
+        reason: &str,
+        summary: Vec<String>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let change = PolicyChange {
+            seq: 0,
+            version: policy.version.clone(),
+            source: "startup".into(),
+            author: self.replica(),
+            reason: reason.into(),
+            at_ms: now_ms,
+            summary,
+            text: policy.source.to_string(),
+        };
+        let seq = self.learner.store().append_policy_change(&change).await?;
+        st.cursor = seq + 1;
+        Ok(())
     }
 
     /// Validates `text` and makes it the live policy on every replica. On error nothing changes.
@@ -379,20 +394,16 @@ impl Engine {
                     cursor = st.cursor,
                     "policy history is shorter than seen: the store lost it; recording the live policy again"
                 );
-                st.cursor = 0;
                 let live = self.router.table().policy.clone();
-                let change = PolicyChange {
-                    seq: 0,
-                    version: live.version.clone(),
-                    source: "startup".into(),
-                    author: self.replica(),
-                    reason: "policy history lost by the store; live policy recorded again".into(),
-                    at_ms: now_ms,
-                    summary: vec!["history restarted".into()],
-                    text: live.source.to_string(),
-                };
-                let seq = self.learner.store().append_policy_change(&change).await?;
-                st.cursor = seq + 1;
+                let why = "policy history lost by the store; live policy recorded again";
+                self.record_live(
+                    &mut st,
+                    &live,
+                    why,
+                    vec!["history restarted".into()],
+                    now_ms,
+                )
+                .await?;
                 return Ok(());
             }
             changes.remove(0);
