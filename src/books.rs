@@ -346,6 +346,7 @@ impl Books {
         let mut local = self.lock();
         let mut action = BudgetAction::None;
         if !policy.budgets.is_empty() {
+            let mut exhausted = false;
             let usual = d.chosen;
             let mut target = usual;
             let store_down = self.store_down.load(Ordering::Relaxed);
@@ -376,6 +377,7 @@ impl Books {
                                 });
                             }
                             OnExhausted::Cheapest => {
+                                exhausted = true;
                                 if target > 0 {
                                     target = 0;
                                     action = BudgetAction::Downgraded {
@@ -409,6 +411,10 @@ impl Books {
                         d.candidates[target].name, d.reason
                     );
                 }
+            }
+            if exhausted {
+                // Past a hard limit there is nothing to escalate to.
+                d.fallback = None;
             }
             let cost = d.tier().cost_micros;
             for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {

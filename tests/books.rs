@@ -268,7 +268,10 @@ on_exhausted = "reject"
 
     // Hard with cheapest: 3,500 fits in 5,000; another 3,500 would not: small instead.
     assert_eq!(route("capped").await.unwrap().into_inner().tier, "premium");
-    assert_eq!(route("capped").await.unwrap().into_inner().tier, "small");
+    let capped = route("capped").await.unwrap().into_inner();
+    assert_eq!(capped.tier, "small");
+    // Past a hard limit there is nothing to escalate to.
+    assert_eq!(capped.fallback_tier, "");
 
     // Hard with reject: RESOURCE_EXHAUSTED naming the budget; nothing reserved for it.
     assert_eq!(route("strict").await.unwrap().into_inner().tier, "premium");
