@@ -42,9 +42,6 @@ pub const KEY_PREFIX: &str = "tw_";
 /// Metadata key that carries the credential.
 pub const AUTHORIZATION: &str = "authorization";
 
-/// Environment variable the CLI may read the key file path from.
-pub const KEYS_FILE_ENV: &str = "TOKENWISE_AUTH_KEYS_FILE";
-
 /// gRPC service whose RPCs [`require_admin`] guards.
 pub const ADMIN_SERVICE: &str = "tokenwise.v1.Admin";
 

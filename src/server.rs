@@ -440,9 +440,10 @@ impl RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        let caller = auth::caller(&request).cloned();
-        let r = request.into_inner();
-        let team = auth::effective_team(caller.as_ref(), &r.team, "team")?;
+        // Take the message and the caller apart: no copy of either on the hot path.
+        let (_, extensions, r) = request.into_parts();
+        let caller = extensions.get::<auth::Caller>();
+        let team = auth::effective_team(caller, &r.team, "team")?;
         if let Some((limiter, per_s)) = &self.limiter
             && limiter.check_key(&team.to_string()).is_err()
         {
@@ -469,8 +470,9 @@ impl RouterService {
         &self,
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
-        let caller = auth::caller(&request).cloned();
-        let r = request.into_inner();
+        // Take the message and the caller apart: no copy of either on the hot path.
+        let (_, extensions, r) = request.into_parts();
+        let caller = extensions.get::<auth::Caller>();
         let input = FeedbackInput {
             decision_id: &r.decision_id,
             score: r.score,
@@ -478,7 +480,6 @@ impl RouterService {
             output_tokens: r.output_tokens,
             reused: r.reused,
             caller_team: caller
-                .as_ref()
                 .filter(|c| c.role == auth::Role::Service)
                 .map(|c| c.team.as_str()),
         };
@@ -551,9 +552,9 @@ impl Admin for AdminService {
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::GetReportResponse>, Status> {
         // Service keys read their own team's books; admins any team's.
-        let caller = auth::caller(&request).cloned();
-        let mut q = request.into_inner();
-        q.team = auth::effective_team(caller.as_ref(), &q.team, "team")?.to_string();
+        let (_, extensions, mut q) = request.into_parts();
+        let caller = extensions.get::<auth::Caller>();
+        q.team = auth::effective_team(caller, &q.team, "team")?.to_string();
         let r = self.report(q).await?;
         Ok(Response::new(r.into()))
     }
