@@ -176,25 +176,53 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
     }
 }
 
-/// Per-byte signals shared by both scanners.
-#[inline]
-fn byte_signals(sig: &mut Signals, bytes: &[u8], i: usize, at_line_start: bool) {
-    let b = bytes[i];
-    match b {
-        b'0'..=b'9' => sig.digits += 1,
-        b'+' | b'-' | b'*' | b'/' | b'=' | b'^' | b'<' | b'>' | b'%' => sig.math_ops += 1,
-        b'{' | b'}' | b';' | b'[' | b']' | b'`' | b'(' | b')' => sig.code_syms += 1,
-        b'?' => sig.questions += 1,
-        b'\n' => sig.newlines += 1,
-        b'A'..=b'Z' => sig.uppercase += 1,
-        _ => {}
+/// Byte classes, one table lookup per byte instead of a chain of range tests.
+const WORD: u8 = 1;
+const DIGIT: u8 = 2;
+
+const fn byte_classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] |= WORD;
+        }
+        if c.is_ascii_digit() {
+            t[b] |= DIGIT;
+        }
+        b += 1;
     }
-    if at_line_start
-        && matches!(b, b'A'..=b'D')
-        && matches!(bytes.get(i + 1), Some(b'.') | Some(b')'))
-    {
-        sig.choice_lines += 1;
+    t
+}
+static CLASSES: [u8; 256] = byte_classes();
+
+/// Per-byte signals shared by both scanners, from one byte histogram: counting every byte
+/// unconditionally and summing the classes afterwards has no data-dependent branch per byte
+/// (the branchy per-byte `match` was the largest cost of feature extraction).
+fn byte_signals(sig: &mut Signals, text: &str) {
+    let mut hist = [0u32; 256];
+    for &b in text.as_bytes() {
+        hist[usize::from(b)] += 1;
     }
+    let count = |set: &[u8]| -> usize { set.iter().map(|&b| hist[usize::from(b)] as usize).sum() };
+    let range = |lo: u8, hi: u8| -> usize {
+        hist[usize::from(lo)..=usize::from(hi)]
+            .iter()
+            .map(|&n| n as usize)
+            .sum()
+    };
+    sig.digits = range(b'0', b'9');
+    sig.math_ops = count(b"+-*/=^<>%");
+    sig.code_syms = count(b"{};[]`()");
+    sig.questions = count(b"?");
+    sig.newlines = count(b"\n");
+    sig.uppercase = range(b'A', b'Z');
+    // Answer-choice layout: a line that starts with "A." … "D)".
+    sig.choice_lines = text
+        .split('\n')
+        .filter(|line| matches!(line.as_bytes(), [b'A'..=b'D', b'.' | b')', ..]))
+        .count();
 }
 
 /// Lower-case FNV-1a of a word, usable in constants.
@@ -224,61 +252,96 @@ const fn hashes<const N: usize>(words: &[&str; N]) -> [u64; N] {
 const STEP_HASHES: [u64; STEP_CUES.len()] = hashes(&STEP_CUES);
 const CODE_HASHES: [u64; CODE_CUES.len()] = hashes(&CODE_CUES);
 
-/// Counts cue words and returns the hash of one word (numbers fold into one token).
+const STEP: u8 = 1;
+const CODE: u8 = 2;
+const CUE_FILTER_BITS: u32 = 10;
+
+/// Which cue lists have a word whose hash has these top bits: one lookup rules out almost every
+/// word before the lists are searched.
+const fn cue_filter() -> [u8; 1 << CUE_FILTER_BITS] {
+    let mut t = [0u8; 1 << CUE_FILTER_BITS];
+    let mut i = 0;
+    while i < STEP_HASHES.len() {
+        t[(STEP_HASHES[i] >> (64 - CUE_FILTER_BITS)) as usize] |= STEP;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < CODE_HASHES.len() {
+        t[(CODE_HASHES[i] >> (64 - CUE_FILTER_BITS)) as usize] |= CODE;
+        i += 1;
+    }
+    t
+}
+static CUE_FILTER: [u8; 1 << CUE_FILTER_BITS] = cue_filter();
+
+/// Counts a finished word's cues and returns its hash (numbers fold into one token).
 #[inline]
-fn word_hash(sig: &mut Signals, word: &str) -> u64 {
-    if word.bytes().all(|b| b.is_ascii_digit()) {
+fn finish_word(sig: &mut Signals, hash: u64, len: usize, digits_only: bool) -> u64 {
+    if digits_only {
         sig.numbers += 1;
         return NUMBER_TOKEN;
     }
-    let h = word
-        .bytes()
-        .fold(FNV_OFFSET, |h, b| fnv_byte(h, b.to_ascii_lowercase()));
-    if word.len() <= 9 {
-        sig.step_words += usize::from(STEP_HASHES.contains(&h));
-        sig.code_words += usize::from(CODE_HASHES.contains(&h));
+    if len <= 9 {
+        let lists = CUE_FILTER[(hash >> (64 - CUE_FILTER_BITS)) as usize];
+        if lists != 0 {
+            sig.step_words += usize::from(lists & STEP != 0 && STEP_HASHES.contains(&hash));
+            sig.code_words += usize::from(lists & CODE != 0 && CODE_HASHES.contains(&hash));
+        }
     }
-    h
+    hash
 }
 
-/// One pass over ASCII text: signals and words together (the common case).
+/// Counts cue words and returns the hash of one word (numbers fold into one token).
+fn word_hash(sig: &mut Signals, word: &str) -> u64 {
+    let hash = word
+        .bytes()
+        .fold(FNV_OFFSET, |h, b| fnv_byte(h, b.to_ascii_lowercase()));
+    let digits_only = word.bytes().all(|b| b.is_ascii_digit());
+    finish_word(sig, hash, word.len(), digits_only)
+}
+
+/// One pass over ASCII text for the words (hashed as they are read), one for the signals.
 fn scan_ascii(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
     let bytes = text.as_bytes();
-    let mut start = None;
-    let mut at_line_start = true;
-    for i in 0..bytes.len() {
-        let b = bytes[i];
-        if b.is_ascii_alphanumeric() {
-            start.get_or_insert(i);
-        } else if let Some(s) = start.take() {
-            words.push(word_hash(sig, &text[s..i]));
+    let n = bytes.len();
+    let mut i = 0;
+    while i < n {
+        if CLASSES[usize::from(bytes[i])] & WORD == 0 {
+            i += 1;
+            continue;
         }
-        byte_signals(sig, bytes, i, at_line_start);
-        at_line_start = b == b'\n';
+        let start = i;
+        let mut hash = FNV_OFFSET;
+        let mut digits_only = true;
+        while let Some(&b) = bytes.get(i) {
+            let class = CLASSES[usize::from(b)];
+            if class & WORD == 0 {
+                break;
+            }
+            // For ASCII letters and digits, setting bit 5 is `to_ascii_lowercase`.
+            hash = fnv_byte(hash, b | 0x20);
+            digits_only &= class & DIGIT != 0;
+            i += 1;
+        }
+        words.push(finish_word(sig, hash, i - start, digits_only));
     }
-    if let Some(s) = start {
-        words.push(word_hash(sig, &text[s..]));
-    }
-    sig.chars = bytes.len();
+    byte_signals(sig, text);
+    sig.chars = n;
     sig.words = words.len();
 }
 
 /// Any text: Unicode-aware words (`char::is_alphanumeric`), the same signals.
 fn scan_unicode(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
-    let bytes = text.as_bytes();
-    let mut at_line_start = true;
     let mut in_word = false;
-    for i in 0..bytes.len() {
-        let b = bytes[i];
+    for &b in text.as_bytes() {
         // Word count for the length weight: runs of ASCII alphanumerics or non-ASCII bytes.
         let alnum = b.is_ascii_alphanumeric() || b >= 0x80;
         if alnum && !in_word {
             sig.words += 1;
         }
         in_word = alnum;
-        byte_signals(sig, bytes, i, at_line_start);
-        at_line_start = b == b'\n';
     }
+    byte_signals(sig, text);
     sig.chars = text.chars().count();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
@@ -378,5 +441,43 @@ mod tests {
         assert!(v.iter().all(|x| *x == 0.0));
         let v = dense_features(&input("Größe ÄÖÜ 東京 🚀 ?"));
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+}
+
+#[cfg(test)]
+mod recipe_guard {
+    use super::*;
+    use crate::dataset::{self, Split};
+
+    /// The bundled model was trained on exactly these features: any change to the extractor's
+    /// output (even a faster rewrite that differs in one bucket or one float bit) must come with
+    /// a new FEATURE_VERSION and a retrained model. Checksum over the held-out tasks.
+    #[test]
+    fn features_of_the_bundled_data_are_unchanged() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/data/routellm-train.jsonl.gz"
+        );
+        let records = dataset::load(path, Split::Holdout).expect("bundled data");
+        let mut sum = FNV_OFFSET;
+        let mut seen = 0usize;
+        for r in &records {
+            let input = TaskInput {
+                text: &r.prompt,
+                workflow: &r.workflow,
+                task_type: "",
+                expected_output_tokens: 64,
+            };
+            visit_features(&input, |i, v| {
+                sum = (sum ^ u64::from(i)).wrapping_mul(FNV_PRIME);
+                sum = (sum ^ u64::from(v.to_bits())).wrapping_mul(FNV_PRIME);
+                seen += 1;
+            });
+        }
+        assert_eq!(
+            (records.len(), seen, sum),
+            (1832, 303_379, 17_180_876_142_069_805_741),
+            "FEATURE_VERSION {FEATURE_VERSION}"
+        );
     }
 }
