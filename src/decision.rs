@@ -52,14 +52,44 @@ pub struct DecisionClaims {
 const CLAIMS_V1: u8 = 1;
 const CLAIMS_V2: u8 = 2;
 
-impl DecisionClaims {
+/// Claims borrowed from a decision for signing: Route signs one per call without copying its
+/// strings.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimsRef<'a> {
+    /// See [`DecisionClaims::scope`].
+    pub scope: &'a str,
+    /// See [`DecisionClaims::tier`].
+    pub tier: &'a str,
+    /// See [`DecisionClaims::band`].
+    pub band: u8,
+    /// See [`DecisionClaims::complexity`].
+    pub complexity: f32,
+    /// See [`DecisionClaims::explored`].
+    pub explored: bool,
+    /// See [`DecisionClaims::team`].
+    pub team: &'a str,
+    /// See [`DecisionClaims::workflow`].
+    pub workflow: &'a str,
+    /// See [`DecisionClaims::policy_version`].
+    pub policy_version: &'a str,
+    /// See [`DecisionClaims::issued_ms`].
+    pub issued_ms: u64,
+    /// See [`DecisionClaims::nonce`].
+    pub nonce: u64,
+    /// See [`DecisionClaims::estimate_micros`].
+    pub estimate_micros: u64,
+    /// See [`DecisionClaims::premium_micros`].
+    pub premium_micros: u64,
+}
+
+impl ClaimsRef<'_> {
     fn encode(&self) -> Vec<u8> {
         let strings = [
-            &self.scope,
-            &self.tier,
-            &self.team,
-            &self.workflow,
-            &self.policy_version,
+            self.scope,
+            self.tier,
+            self.team,
+            self.workflow,
+            self.policy_version,
         ];
         let mut out = Vec::with_capacity(40 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
         out.push(CLAIMS_V2);
@@ -78,6 +108,26 @@ impl DecisionClaims {
             out.extend_from_slice(bytes);
         }
         out
+    }
+}
+
+impl DecisionClaims {
+    /// The same claims, borrowed (what [`Signer::sign`] takes).
+    pub fn borrowed(&self) -> ClaimsRef<'_> {
+        ClaimsRef {
+            scope: &self.scope,
+            tier: &self.tier,
+            band: self.band,
+            complexity: self.complexity,
+            explored: self.explored,
+            team: &self.team,
+            workflow: &self.workflow,
+            policy_version: &self.policy_version,
+            issued_ms: self.issued_ms,
+            nonce: self.nonce,
+            estimate_micros: self.estimate_micros,
+            premium_micros: self.premium_micros,
+        }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
@@ -186,13 +236,14 @@ impl Signer {
     }
 
     /// Encodes and signs claims.
-    pub fn sign(&self, claims: &DecisionClaims) -> String {
+    pub fn sign(&self, claims: &ClaimsRef<'_>) -> String {
         // Serialising plain strings and numbers cannot fail.
         let payload = claims.encode();
         let tag = self.mac(&payload).finalize().into_bytes();
-        let mut out = URL_SAFE_NO_PAD.encode(&payload);
+        let mut out = String::with_capacity((payload.len() + MAC_BYTES).div_ceil(3) * 4 + 2);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
         out.push('.');
-        out.push_str(&URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]));
+        URL_SAFE_NO_PAD.encode_string(&tag[..MAC_BYTES], &mut out);
         out
     }
 
@@ -242,19 +293,19 @@ mod tests {
     #[test]
     fn round_trip() {
         let s = Signer::new(b"secret").unwrap();
-        let token = s.sign(&claims());
+        let token = s.sign(&claims().borrowed());
         assert_eq!(s.verify(&token).unwrap(), claims());
     }
 
     #[test]
     fn altered_forged_and_foreign_tokens_fail() {
         let s = Signer::new(b"secret").unwrap();
-        let token = s.sign(&claims());
+        let token = s.sign(&claims().borrowed());
         let (payload, tag) = token.split_once('.').unwrap();
         // Alter the claims (another tier) but keep the tag.
         let mut c = claims();
         c.tier = "frontier".into();
-        let forged_payload = URL_SAFE_NO_PAD.encode(c.encode());
+        let forged_payload = URL_SAFE_NO_PAD.encode(c.borrowed().encode());
         assert_eq!(
             s.verify(&format!("{forged_payload}.{tag}")),
             Err(TokenError::BadSignature)

@@ -154,7 +154,8 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
     }
 
     let chars = sig.chars.max(1) as f32;
-    let ln = |x: usize| (x as f32).ln_1p();
+    // ln_1p(0) is exactly 0: most counts are zero, so skip the call for them.
+    let ln = |x: usize| if x == 0 { 0.0 } else { (x as f32).ln_1p() };
     let dense = [
         ln(sig.chars) / 10.0,
         ln(sig.words) / 8.0,

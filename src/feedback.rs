@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::books::Books;
 use crate::classifier::Calibration;
-use crate::decision::{DecisionClaims, Signer, TokenError};
+use crate::decision::{ClaimsRef, Signer, TokenError};
 use crate::learning::{BANDS, ScopeEvidence, TaskShape};
 use crate::routing::{Decision, Router};
 use crate::store::{MemoryStore, OutageBuffer, OutcomeEvent, Recorded, StateStore};
@@ -161,15 +161,15 @@ impl Learner {
         now_ms: u64,
         nonce: u64,
     ) -> String {
-        self.signer.sign(&DecisionClaims {
-            scope: d.scope.clone(),
-            tier: d.tier().name.clone(),
+        self.signer.sign(&ClaimsRef {
+            scope: &d.scope,
+            tier: &d.tier().name,
             band: d.band.min(BANDS - 1) as u8,
             complexity: d.complexity as f32,
             explored: d.explored,
-            team: team.to_string(),
-            workflow: workflow.to_string(),
-            policy_version: d.policy_version.clone(),
+            team,
+            workflow,
+            policy_version: &d.policy_version,
             issued_ms: now_ms,
             nonce,
             estimate_micros: d.tier().cost_micros.max(0) as u64,
@@ -528,7 +528,7 @@ impl Engine {
         now_ms: u64,
         nonce: u64,
     ) -> Result<(Decision, String), RouteRefused> {
-        let table = self.router.table();
+        let table = self.router.current();
         let mut d = crate::routing::decide(
             self.router.model(),
             &table,

@@ -511,24 +511,19 @@ impl Policy {
 
     /// Most specific scope for a caller: team+workflow, workflow, team, default.
     pub fn resolve(&self, team: &str, workflow: &str) -> &Arc<ScopePolicy> {
-        let mut candidates = [None, None, None];
-        if !team.is_empty() && !workflow.is_empty() {
-            candidates[0] = Some(scope_key(team, workflow));
-        }
-        if !workflow.is_empty() {
-            candidates[1] = Some(scope_key("", workflow));
-        }
-        if !team.is_empty() {
-            candidates[2] = Some(scope_key(team, ""));
-        }
         if self.scopes.is_empty() {
             return &self.default;
         }
-        candidates
-            .iter()
-            .flatten()
-            .find_map(|k| self.scopes.get(k))
-            .unwrap_or(&self.default)
+        // Most specific first; a key is built only when the one before it is not configured.
+        [
+            (!team.is_empty() && !workflow.is_empty()).then_some((team, workflow)),
+            (!workflow.is_empty()).then_some(("", workflow)),
+            (!team.is_empty()).then_some((team, "")),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|(t, w)| self.scopes.get(&scope_key(t, w)))
+        .unwrap_or(&self.default)
     }
 
     /// Every scope, default first, then by key.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt;
+use rand::Rng;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -460,9 +461,10 @@ impl RouterService {
             expected_output_tokens: hints.expected_output_tokens,
             task_type: &hints.task_type,
         };
+        let mut rng = rand::rng();
         let (d, id) = self
             .engine
-            .route(&req, rand::random::<f64>(), now_ms(), rand::random())?;
+            .route(&req, rng.random::<f64>(), now_ms(), rng.random())?;
         tracing::debug!(scope = %d.scope, tier = %d.tier().name, complexity = d.complexity, explored = d.explored, "routed");
         Ok(Response::new(to_proto(d, id)))
     }
