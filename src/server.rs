@@ -1052,3 +1052,41 @@ pub async fn run(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tonic::transport::server::Connected;
+
+    /// h2 picks its write strategy from `is_write_vectored`: `false` is what makes it copy
+    /// small responses into one buffer (one write per response, see `CopiedWrites`).
+    #[tokio::test]
+    async fn accepted_connections_report_no_vectored_writes_and_pass_bytes_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"ping").await.expect("write");
+            let mut back = [0u8; 4];
+            c.read_exact(&mut back).await.expect("read");
+            back
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        assert!(
+            stream.is_write_vectored(),
+            "tokio's TcpStream does vectored writes"
+        );
+        let mut conn = CopiedWrites(stream);
+        assert!(!conn.is_write_vectored());
+        assert_eq!(
+            conn.connect_info().remote_addr().map(|a| a.ip()),
+            Some(addr.ip())
+        );
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).await.expect("read");
+        conn.write_all(&got).await.expect("write");
+        conn.flush().await.expect("flush");
+        assert_eq!(client.await.expect("client"), *b"ping");
+    }
+}
