@@ -395,10 +395,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_health() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = std::net::SocketAddr::from(([127, 0, 0, 1], common::spare_port()));
     let server = TestServer::with_config(
         policy("[[budgets]]\nteam = \"cheap\"\nperiod = \"month\"\nhard_limit_usd = 1.0\n"),
         Limits::default(),

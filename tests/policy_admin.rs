@@ -479,11 +479,7 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         }
     };
     write_same_stamp(v0_text.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::spare_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwise"))
         .args(["serve", "--no-auth", "--metrics-listen", "off", "--listen"])
         .arg(format!("127.0.0.1:{port}"))

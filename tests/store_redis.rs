@@ -26,8 +26,18 @@ fn unique_prefix(name: &str) -> String {
 }
 
 fn policy_on(redis: &RedisServer, prefix: &str) -> Policy {
+    policy_with_timeout(redis, prefix, 100)
+}
+
+/// A store timeout long enough that a loaded test machine does not push outcomes into the
+/// outage buffer (tests that count on the shared nonce ledger answering at once).
+fn patient_policy_on(redis: &RedisServer, prefix: &str) -> Policy {
+    policy_with_timeout(redis, prefix, 2_000)
+}
+
+fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Policy {
     let text = format!(
-        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\ntimeout_ms = 100\n",
+        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\ntimeout_ms = {timeout_ms}\n",
         tokenwise::policy::EMBEDDED_POLICY,
         redis.url()
     );
@@ -70,8 +80,8 @@ async fn redis_store_passes_the_contract() {
 async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("replicas");
-    let a = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
-    let b = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
+    let a = TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
+    let b = TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
     assert_eq!(thresholds(&a), thresholds(&b));
     let before = thresholds(&b);
 
@@ -102,6 +112,16 @@ async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
         .unwrap()
         .into_inner();
     client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    // On a loaded machine A may have buffered the outcome (a store call past its timeout) and
+    // record it on its next refresh; once it is in Redis, B must refuse the duplicate.
+    let recorded = std::time::Instant::now();
+    while a.engine.learner.buffered() > 0 {
+        assert!(
+            recorded.elapsed() < Duration::from_secs(10),
+            "A never recorded its buffered outcome"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut bc = b.router().await;
     let err = bc.feedback(fb(&d.decision_id, 1.0)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
@@ -331,14 +351,7 @@ async fn two_server_processes_learn_together_through_redis() {
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, text).unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (pa, pb_port) = (free(), free());
+    let (pa, pb_port) = (common::spare_port(), common::spare_port());
     let _a = spawn_replica(&config, pa);
     let _b = spawn_replica(&config, pb_port);
     let (ca, cb) = (connect(pa).await, connect(pb_port).await);

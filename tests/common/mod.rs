@@ -116,6 +116,25 @@ impl Drop for TestServer {
     }
 }
 
+/// A port for a server a test starts itself on a fixed address (a child process, the metrics
+/// listener, redis-server). Taken below the kernel's ephemeral range (32768–60999), so no
+/// outgoing connection of a test running in parallel can take it between this check and the
+/// server's bind (binding port 0 and reusing the number raced exactly that way); every call
+/// moves on, so two calls never return the same port.
+pub fn spare_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A channel to a server at `addr`, retrying while it starts (up to 5 s).
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
     let ep = format!("http://{addr}");
