@@ -260,18 +260,23 @@ const CUE_FILTER_BITS: u32 = 10;
 /// Which cue lists have a word whose hash has these top bits: one lookup rules out almost every
 /// word before the lists are searched.
 const fn cue_filter() -> [u8; 1 << CUE_FILTER_BITS] {
-    let mut t = [0u8; 1 << CUE_FILTER_BITS];
-    let mut i = 0;
-    while i < STEP_HASHES.len() {
-        t[(STEP_HASHES[i] >> (64 - CUE_FILTER_BITS)) as usize] |= STEP;
-        i += 1;
+    const fn mark(
+        mut t: [u8; 1 << CUE_FILTER_BITS],
+        hashes: &[u64],
+        list: u8,
+    ) -> [u8; 1 << CUE_FILTER_BITS] {
+        let mut i = 0;
+        while i < hashes.len() {
+            t[(hashes[i] >> (64 - CUE_FILTER_BITS)) as usize] |= list;
+            i += 1;
+        }
+        t
     }
-    let mut i = 0;
-    while i < CODE_HASHES.len() {
-        t[(CODE_HASHES[i] >> (64 - CUE_FILTER_BITS)) as usize] |= CODE;
-        i += 1;
-    }
-    t
+    mark(
+        mark([0; 1 << CUE_FILTER_BITS], &STEP_HASHES, STEP),
+        &CODE_HASHES,
+        CODE,
+    )
 }
 static CUE_FILTER: [u8; 1 << CUE_FILTER_BITS] = cue_filter();
 
