@@ -110,12 +110,13 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
         .map(|t| policy.tiers[t.tier].cost_micros(e.input_tokens, e.output_tokens))
         .collect();
     let usd: Vec<f64> = costs.iter().map(|c| *c as f64 / 1e6).collect();
-    let slot = plan.slot_for(f64::from(e.complexity), band, &usd);
-    let tier = &policy.tiers[plan.tiers[slot].tier];
+    let curves = plan.tiers_for(&e.workflow);
+    let slot = plan.slot_in(curves, f64::from(e.complexity), band, &usd);
+    let tier = &policy.tiers[curves[slot].tier];
     let quality = if tier.name == e.tier {
         e.score
     } else {
-        plan.tiers[slot].predicted[band]
+        curves[slot].predicted[band]
     };
     (tier.name.clone(), quality, costs[slot], scope.quality_bar)
 }

@@ -1,9 +1,13 @@
-//! The complexity model: a logistic model over [`crate::features`] that scores how likely a
-//! cheap model is to fail where a premium one succeeds, mapped through its training-score
-//! distribution to a complexity in [0, 1]. Pure: no I/O on the scoring path.
+//! The complexity model: an item-response model over [`crate::features`]. A task's difficulty
+//! is linear in its features, and a model of ability `a` succeeds on it with chance
+//! `σ(a − difficulty)`; the difficulty is mapped through its training distribution to a
+//! complexity in [0, 1] ("harder than this share of the training tasks"). Pure: no I/O on the
+//! scoring path.
 //!
 //! The artifact (`models/complexity-v1.json`) also carries the calibration the router's cold
 //! start uses: per complexity band, the observed quality of the cheap and the premium model.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,8 +72,17 @@ pub struct ComplexityModel {
     pub feature_version: String,
     /// One weight per feature ([`features::DIMS`]).
     pub weights: Vec<f32>,
-    /// Intercept of the logistic model.
+    /// Added to every difficulty (0 for trained artifacts).
     pub bias: f32,
+    /// Item-response ability of each training model: it succeeds on a task with chance
+    /// `σ(ability − logit)`.
+    #[serde(default)]
+    pub abilities: BTreeMap<String, f32>,
+    /// Difficulty offset of each workflow and workflow family (`mmlu/anatomy`, `mmlu`) seen in
+    /// training. A label not listed adds nothing: an unseen workflow is scored on its text
+    /// alone, and what it means for quality is learned online.
+    #[serde(default)]
+    pub workflow_offsets: BTreeMap<String, f32>,
     /// Quantiles of the training logits (ascending, evenly spaced in probability); the
     /// complexity of a task is the interpolated position of its logit among them.
     pub logit_quantiles: Vec<f32>,
@@ -152,7 +165,7 @@ impl ComplexityModel {
 
     /// The raw logit of a task: `bias + w · x`.
     pub fn logit(&self, input: &TaskInput<'_>) -> f32 {
-        let mut z = self.bias;
+        let mut z = self.bias + self.workflow_offset(input.workflow);
         features::visit_features(input, |i, x| {
             // Indices come from the extractor and are < DIMS == weights.len() (checked at load).
             if let Some(w) = self.weights.get(i as usize) {
@@ -160,6 +173,26 @@ impl ComplexityModel {
             }
         });
         z
+    }
+
+    /// Offline-learned difficulty offset of a workflow label: its own plus its family's.
+    pub fn workflow_offset(&self, workflow: &str) -> f32 {
+        if self.workflow_offsets.is_empty() || workflow.is_empty() {
+            return 0.0;
+        }
+        let own = self.workflow_offsets.get(workflow).copied().unwrap_or(0.0);
+        let family = crate::learning::family_of(workflow)
+            .and_then(|f| self.workflow_offsets.get(f))
+            .copied()
+            .unwrap_or(0.0);
+        own + family
+    }
+
+    /// Chance that `model_id` succeeds on a task of difficulty logit `z`, if the model was one
+    /// of the training models.
+    pub fn success_chance(&self, model_id: &str, z: f32) -> Option<f64> {
+        let a = self.abilities.get(model_id)?;
+        Some(1.0 / (1.0 + f64::from(z - a).exp()))
     }
 
     /// Complexity in [0, 1]: the share of training tasks with a lower logit.
@@ -200,6 +233,8 @@ mod tests {
             feature_version: features::FEATURE_VERSION.into(),
             weights,
             bias: -1.0,
+            abilities: BTreeMap::new(),
+            workflow_offsets: BTreeMap::new(),
             logit_quantiles: vec![-1.0, -0.5, 0.0, 0.5, 1.0],
             calibration: Calibration {
                 cheap_model: "c".into(),

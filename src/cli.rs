@@ -122,12 +122,20 @@ enum Command {
         /// Part of the file to train on (the held-out fifth is `fnv1a(id) % 5 == 0`).
         #[arg(long, value_enum, default_value = "all")]
         split: Split,
-        /// L2 penalty of the logistic regression.
+        /// Keep only workflows with these prefixes; `!prefix` leaves one out
+        /// (e.g. `'!gsm8k,!mmlu/high_school'`).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        workflows: Vec<String>,
+        /// L2 penalty on the difficulty weights.
         #[arg(long, default_value_t = 3.0)]
         alpha: f64,
-        /// Iteration cap of the optimiser.
-        #[arg(long, default_value_t = 300)]
+        /// Full-batch optimiser steps.
+        #[arg(long, default_value_t = 2000)]
         max_iterations: u64,
+        /// What the score means: `irt` (difficulty shared by both models), `cheap` (difficulty
+        /// for the cheap model), `gap` (chance the premium model does better).
+        #[arg(long, value_enum, default_value = "irt")]
+        target: training::Target,
     },
     /// RouteLLM metrics (APGR, CPT(50%), CPT(80%), saving at 95%) of a model on a data file.
     Eval {
@@ -146,6 +154,10 @@ enum Command {
         /// Part of the file to evaluate on.
         #[arg(long, value_enum, default_value = "all")]
         split: Split,
+        /// Keep only workflows with these prefixes; `!prefix` leaves one out
+        /// (e.g. `'!gsm8k,!mmlu/high_school'`).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        workflows: Vec<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -167,15 +179,23 @@ enum Command {
         /// Keep the cold-start thresholds (the baseline learning must beat).
         #[arg(long)]
         no_learning: bool,
-        /// Seed of the exploration draws.
+        /// Seed of the exploration draws (and of --shuffle).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Shuffle the records first: interleaved workflows, as live traffic is (data files are
+        /// often grouped by workflow).
+        #[arg(long)]
+        shuffle: bool,
         /// Model artifact; default: the bundled model.
         #[arg(long)]
         model: Option<PathBuf>,
         /// Part of the file to replay.
         #[arg(long, value_enum, default_value = "all")]
         split: Split,
+        /// Keep only workflows with these prefixes; `!prefix` leaves one out
+        /// (e.g. `'!gsm8k,!mmlu/high_school'`).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        workflows: Vec<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -721,15 +741,16 @@ pub fn main() -> anyhow::Result<()> {
                 let rows: Vec<serde_json::Value> = r
                     .thresholds
                     .iter()
-                    .map(|t| serde_json::json!({"scope": t.scope, "tier": t.tier, "threshold": t.threshold, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
+                    .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
                     .collect();
                 println!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
             } else {
                 println!("policy {}", r.policy_version);
-                println!("{:<40} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "tier", "threshold", "evidence", "observed", "last move", "bar");
+                println!("{:<32} {:<24} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
                 for t in &r.thresholds {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
-                    println!("{:<40} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
+                    let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
+                    println!("{:<32} {:<24} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
                 }
             }
             Ok(())
@@ -783,15 +804,18 @@ pub fn main() -> anyhow::Result<()> {
             premium,
             out,
             split,
+            workflows,
             alpha,
             max_iterations,
+            target,
         } => {
-            let records = dataset::load(path_str(&data)?, split)?;
+            let records = dataset::filter_workflows(dataset::load(path_str(&data)?, split)?, &workflows);
             let opts = TrainOptions {
                 cheap: cheap.clone(),
                 premium: premium.clone(),
                 alpha,
                 max_iterations,
+                target,
             };
             let mut model = training::train(&records, &opts)?;
             let in_sample = training::evaluate(&model, &records, &cheap, &premium);
@@ -802,7 +826,8 @@ pub fn main() -> anyhow::Result<()> {
                 "cheap": cheap,
                 "premium": premium,
                 "alpha": alpha,
-                "label": "premium score > cheap score",
+                "label": "item response: success (score >= 0.5) of each model, one shared difficulty per task",
+                "hand_set_signals": training::HAND_SET.iter().map(|(i, k)| serde_json::json!({"index": i, "sd_per_unit": k})).collect::<Vec<_>>(),
                 "in_sample": in_sample,
             });
             std::fs::write(&out, model.to_json()?)
@@ -816,13 +841,14 @@ pub fn main() -> anyhow::Result<()> {
             premium,
             model,
             split,
+            workflows,
             json,
         } => {
             let model = match model {
                 Some(p) => ComplexityModel::load(path_str(&p)?)?,
                 None => ComplexityModel::bundled()?,
             };
-            let records = dataset::load(path_str(&data)?, split)?;
+            let records = dataset::filter_workflows(dataset::load(path_str(&data)?, split)?, &workflows);
             let Some(r) = training::evaluate(&model, &records, &cheap, &premium) else {
                 bail!("no record in {} has outcomes for both {cheap:?} and {premium:?}", data.display());
             };
@@ -840,8 +866,8 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { data, split, addr: Some(addr), limit, concurrency, json, .. } => {
-            let mut records = dataset::load(path_str(&data)?, split)?;
+        Command::Replay { data, split, workflows, addr: Some(addr), limit, concurrency, json, .. } => {
+            let mut records = dataset::filter_workflows(dataset::load(path_str(&data)?, split)?, &workflows);
             records.truncate(limit.unwrap_or(usize::MAX));
             runtime()?.block_on(async move {
                 let started = std::time::Instant::now();
@@ -854,7 +880,7 @@ pub fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Replay { data, config, tiers, bar, no_learning, seed, model, split, json, .. } => {
+        Command::Replay { data, config, tiers, bar, no_learning, seed, shuffle, model, split, workflows, json, .. } => {
             if let Some(b) = bar
                 && !(0.0..=1.0).contains(&b)
             {
@@ -864,7 +890,12 @@ pub fn main() -> anyhow::Result<()> {
                 Some(p) => ComplexityModel::load(path_str(&p)?)?,
                 None => ComplexityModel::bundled()?,
             };
-            let records = dataset::load(path_str(&data)?, split)?;
+            let mut records = dataset::filter_workflows(dataset::load(path_str(&data)?, split)?, &workflows);
+            if shuffle {
+                use rand::SeedableRng;
+                use rand::seq::SliceRandom;
+                records.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            }
             let policy = match config {
                 Some(p) => Policy::load(path_str(&p)?).map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
                 None => crate::replay::policy_from_models(&records, &tiers, bar.unwrap_or(0.9))?,
@@ -882,6 +913,14 @@ pub fn main() -> anyhow::Result<()> {
                 println!("premium cost       ${:.4}", r.premium_cost_usd);
                 println!("saving vs premium  {:.4}", r.saving_vs_premium);
                 println!("explored           {:.4}", r.explored_share);
+                println!("second half        quality {:.4}, saving {:.4}", r.late_quality, r.late_saving_vs_premium);
+                match r.feedbacks_to_bar {
+                    Some(n) => println!("within 0.01 of bar after {n} feedbacks (trailing {} tasks)", crate::replay::WINDOW),
+                    None => println!("never within 0.01 of bar over a trailing {} tasks", crate::replay::WINDOW),
+                }
+                if let Some(h) = &r.hindsight {
+                    println!("hindsight          one fixed tier mix per workflow: quality {:.4}, cost ${:.4}, saving {:.4}", h.quality, h.cost_usd, h.saving_vs_premium);
+                }
                 for (t, s) in &r.tier_share {
                     println!("tier {t:<28} {s:.4}  threshold now {:.2}", r.final_thresholds.get(t).copied().unwrap_or(f64::NAN));
                 }

@@ -59,6 +59,24 @@ impl Split {
     }
 }
 
+/// Keeps the records whose workflow matches `patterns`: a pattern is a workflow prefix
+/// (`mmlu/high_school`), and one that starts with `!` excludes that prefix. With only
+/// exclusions, everything else is kept; with none, everything.
+pub fn filter_workflows(records: Vec<Record>, patterns: &[String]) -> Vec<Record> {
+    let (exclude, include): (Vec<&str>, Vec<&str>) = patterns
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .partition(|p| p.starts_with('!'));
+    records
+        .into_iter()
+        .filter(|r| {
+            (include.is_empty() || include.iter().any(|p| r.workflow.starts_with(p)))
+                && !exclude.iter().any(|p| r.workflow.starts_with(&p[1..]))
+        })
+        .collect()
+}
+
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)

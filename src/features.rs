@@ -1,28 +1,31 @@
 //! Feature extraction: task text (plus caller hints) → a sparse feature vector.
 //!
-//! Hashed word unigrams and bigrams (length-normalised), hashed workflow / task-type labels, and a
-//! handful of hand-made signals (length, digits, math operators, code and multi-step cues,
-//! multiple-choice layout). Pure CPU, no allocation on the scoring path: features are handed to a
-//! visitor, so scoring is a dot product computed while the text is read once.
+//! Hashed word unigrams and bigrams (length-normalised) and a handful of hand-made signals
+//! (length, digits, math operators, code, multi-step, demanding-task and small-talk cues,
+//! multiple-choice layout, expected output length). Caller labels (workflow, task type) are not
+//! features: a label the training data never saw would only add noise, and what a workflow
+//! means for quality is learned online per workflow ([`crate::learning`]). Pure CPU, no
+//! allocation on the scoring path: features are handed to a visitor, so scoring is a dot
+//! product computed while the text is read once.
 
 /// Number of hashed buckets. The dense signals live at indices `HASH_DIMS..HASH_DIMS + SIGNALS`.
 pub const HASH_DIMS: usize = 4096;
 /// Number of hand-made dense signals.
-pub const SIGNALS: usize = 12;
+pub const SIGNALS: usize = 14;
 /// Total feature dimension.
 pub const DIMS: usize = HASH_DIMS + SIGNALS;
 
 /// Identifies this feature recipe inside model artifacts; bump when any rule below changes.
-pub const FEATURE_VERSION: &str = "fx1-hash4096-uni-bi-wf-sig12";
+pub const FEATURE_VERSION: &str = "fx2-hash4096-uni-bi-sig14";
 
 /// What the caller tells us besides the task text.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskInput<'a> {
     /// The task text or prompt.
     pub text: &'a str,
-    /// The caller's workflow label (may be empty).
+    /// The caller's workflow label (may be empty; not a feature, kept for callers' context).
     pub workflow: &'a str,
-    /// Optional task-type hint (may be empty).
+    /// Optional task-type hint (may be empty; not a feature).
     pub task_type: &'a str,
     /// Expected output tokens, 0 when unknown.
     pub expected_output_tokens: u32,
@@ -34,10 +37,6 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 #[inline]
 fn fnv_byte(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-}
-
-fn fnv_str(seed: u64, s: &str) -> u64 {
-    s.bytes().fold(seed, fnv_byte)
 }
 
 /// Final mixing so that nearby FNV states spread over the buckets (splitmix64 finaliser).
@@ -83,6 +82,63 @@ const STEP_CUES: [&str; 21] = [
     "finally",
     "step",
 ];
+/// Words that ask for demanding work: proofs, design, analysis, non-trivial code. The training
+/// data (knowledge questions, school math) hardly has them; see `classifier` for how they count.
+const DEMAND_CUES: [&str; 48] = [
+    "prove",
+    "proof",
+    "derive",
+    "design",
+    "implement",
+    "architecture",
+    "analyze",
+    "analyse",
+    "analysis",
+    "optimize",
+    "optimise",
+    "algorithm",
+    "complexity",
+    "tradeoffs",
+    "justify",
+    "rigorous",
+    "rigorously",
+    "theorem",
+    "lemma",
+    "concurrency",
+    "concurrent",
+    "distributed",
+    "scalable",
+    "refactor",
+    "debug",
+    "evaluate",
+    "critique",
+    "compare",
+    "contrast",
+    "comprehensive",
+    "detailed",
+    "thorough",
+    "essay",
+    "formal",
+    "asymptotic",
+    "invariant",
+    "strategy",
+    "simulate",
+    "compiler",
+    "parser",
+    "fault",
+    "latency",
+    "consistency",
+    "implications",
+    "synthesize",
+    "recommend",
+    "assumptions",
+    "generalize",
+];
+/// Small talk and acknowledgements.
+const SOCIAL_CUES: [&str; 14] = [
+    "hi", "hello", "hey", "thanks", "thank", "thx", "bye", "goodbye", "morning", "cheers", "ok",
+    "okay", "lol", "yo",
+];
 /// Words and symbols typical of code.
 const CODE_CUES: [&str; 18] = [
     "def", "return", "function", "class", "import", "const", "let", "var", "fn", "int", "void",
@@ -100,6 +156,8 @@ struct Signals {
     code_syms: usize,
     code_words: usize,
     step_words: usize,
+    demand_words: usize,
+    social_words: usize,
     questions: usize,
     newlines: usize,
     uppercase: usize,
@@ -133,26 +191,6 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
         prev = Some(h);
     }
 
-    // Labels the caller sends: workflow, its family (before '/' or '.'), task type.
-    if !input.workflow.is_empty() {
-        visit(
-            bucket(fnv_str(fnv_str(FNV_OFFSET, "wf:"), input.workflow)),
-            1.0,
-        );
-        let family = input
-            .workflow
-            .split(['/', '.'])
-            .next()
-            .unwrap_or(input.workflow);
-        visit(bucket(fnv_str(fnv_str(FNV_OFFSET, "wff:"), family)), 1.0);
-    }
-    if !input.task_type.is_empty() {
-        visit(
-            bucket(fnv_str(fnv_str(FNV_OFFSET, "tt:"), input.task_type)),
-            1.0,
-        );
-    }
-
     let chars = sig.chars.max(1) as f32;
     // ln_1p(0) is exactly 0: most counts are zero, so skip the call for them.
     let ln = |x: usize| if x == 0 { 0.0 } else { (x as f32).ln_1p() };
@@ -169,6 +207,8 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
         ln(sig.newlines) / 4.0,
         sig.uppercase as f32 / chars * 5.0,
         ln(sig.choice_lines) / 2.0 + ln(input.expected_output_tokens as usize) / 8.0,
+        ln(sig.demand_words) / 2.0,
+        ln(sig.social_words) / 2.0,
     ];
     for (i, v) in dense.into_iter().enumerate() {
         if v != 0.0 {
@@ -252,9 +292,15 @@ const fn hashes<const N: usize>(words: &[&str; N]) -> [u64; N] {
 /// compares against every cue (the hot spot of feature extraction before).
 const STEP_HASHES: [u64; STEP_CUES.len()] = hashes(&STEP_CUES);
 const CODE_HASHES: [u64; CODE_CUES.len()] = hashes(&CODE_CUES);
+const DEMAND_HASHES: [u64; DEMAND_CUES.len()] = hashes(&DEMAND_CUES);
+const SOCIAL_HASHES: [u64; SOCIAL_CUES.len()] = hashes(&SOCIAL_CUES);
 
 const STEP: u8 = 1;
 const CODE: u8 = 2;
+const DEMAND: u8 = 4;
+const SOCIAL: u8 = 8;
+/// Longest cue word, in bytes: longer words skip the filter.
+const MAX_CUE_LEN: usize = 13;
 const CUE_FILTER_BITS: u32 = 10;
 
 /// Which cue lists have a word whose hash has these top bits: one lookup rules out almost every
@@ -272,11 +318,10 @@ const fn cue_filter() -> [u8; 1 << CUE_FILTER_BITS] {
         }
         t
     }
-    mark(
-        mark([0; 1 << CUE_FILTER_BITS], &STEP_HASHES, STEP),
-        &CODE_HASHES,
-        CODE,
-    )
+    let t = mark([0; 1 << CUE_FILTER_BITS], &STEP_HASHES, STEP);
+    let t = mark(t, &CODE_HASHES, CODE);
+    let t = mark(t, &DEMAND_HASHES, DEMAND);
+    mark(t, &SOCIAL_HASHES, SOCIAL)
 }
 static CUE_FILTER: [u8; 1 << CUE_FILTER_BITS] = cue_filter();
 
@@ -287,11 +332,13 @@ fn finish_word(sig: &mut Signals, hash: u64, len: usize, digits_only: bool) -> u
         sig.numbers += 1;
         return NUMBER_TOKEN;
     }
-    if len <= 9 {
+    if len <= MAX_CUE_LEN {
         let lists = CUE_FILTER[(hash >> (64 - CUE_FILTER_BITS)) as usize];
         if lists != 0 {
             sig.step_words += usize::from(lists & STEP != 0 && STEP_HASHES.contains(&hash));
             sig.code_words += usize::from(lists & CODE != 0 && CODE_HASHES.contains(&hash));
+            sig.demand_words += usize::from(lists & DEMAND != 0 && DEMAND_HASHES.contains(&hash));
+            sig.social_words += usize::from(lists & SOCIAL != 0 && SOCIAL_HASHES.contains(&hash));
         }
     }
     hash
@@ -412,15 +459,39 @@ mod tests {
     }
 
     #[test]
-    fn workflow_and_hints_add_features() {
+    fn labels_are_not_features_but_the_length_hint_is() {
         let plain = dense_features(&input("hi"));
         let labelled = dense_features(&TaskInput {
             text: "hi",
             workflow: "mmlu/anatomy",
             task_type: "chat",
-            expected_output_tokens: 100,
+            expected_output_tokens: 0,
         });
-        assert_ne!(plain, labelled);
+        assert_eq!(plain, labelled);
+        let hinted = dense_features(&TaskInput {
+            expected_output_tokens: 100,
+            ..input("hi")
+        });
+        assert_ne!(plain, hinted);
+    }
+
+    #[test]
+    fn demanding_and_small_talk_cues_are_counted() {
+        let v = dense_features(&input(
+            "Design a distributed, fault tolerant queue and prove its invariant.",
+        ));
+        assert!(
+            v[HASH_DIMS + 12] > 0.5,
+            "demand cues: {}",
+            v[HASH_DIMS + 12]
+        );
+        let v = dense_features(&input("hi, thanks!"));
+        assert!(
+            v[HASH_DIMS + 13] > 0.5,
+            "social cues: {}",
+            v[HASH_DIMS + 13]
+        );
+        assert_eq!(v[HASH_DIMS + 12], 0.0);
     }
 
     #[test]
@@ -482,7 +553,7 @@ mod recipe_guard {
         }
         assert_eq!(
             (records.len(), seen, sum),
-            (1832, 303_379, 17_180_876_142_069_805_741),
+            (1832, 299_835, 17_008_150_918_715_745_879),
             "FEATURE_VERSION {FEATURE_VERSION}"
         );
     }

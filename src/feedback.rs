@@ -333,12 +333,12 @@ impl Learner {
             for e in events {
                 let ev = folded.evidence.entry(e.scope.clone()).or_default();
                 let shape = TaskShape {
+                    workflow: Arc::from(e.workflow.as_str()),
                     band: e.band,
                     input_tokens: e.input_tokens,
                     output_tokens: e.output_tokens,
                 };
                 ev.observe(&e.tier, shape, e.score);
-                ev.observe_output(&e.workflow, e.output_tokens);
                 touched.insert(e.scope.clone());
                 if folded.recent.len() == WHAT_IF_WINDOW {
                     folded.recent.pop_front();

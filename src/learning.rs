@@ -1,25 +1,46 @@
 //! Per-scope routing plans from calibration plus outcome evidence: the learning core.
 //!
-//! **Estimate.** For every scope and tier we keep decayed outcome statistics per complexity band.
-//! A tier's expected quality in band `b` is its prior curve (the bundled model's calibration)
-//! scaled by a tier-wide ratio learned from all of its outcomes, plus a per-band residual that
-//! needs much more evidence to move. Pooling first makes a few feedbacks informative (a model that got
-//! worse is noticed everywhere at once) while the band shape still adapts with volume.
+//! **Evidence.** Outcomes are kept per (scope, workflow, tier, complexity band), at three levels
+//! of one scope: the scope, the workflow's family (`mmlu/law` → `mmlu`, `support.reply` →
+//! `support`) and the workflow. An empty workflow is the workflow `default`. Each level decays
+//! its own evidence by `0.5^(1/HALF_LIFE_FEEDBACKS)` per outcome it receives, so a workflow that
+//! sees 1% of a scope's traffic keeps its own history instead of losing it to its neighbours'.
+//! At most [`MAX_WORKFLOWS`] workflows (and as many families) are kept per scope; the one seen
+//! longest ago is dropped first and its tasks fall back to its family, then to the scope.
 //!
-//! **Plan.** Routing minimises `cost(tier, task) − λ·quality(tier, band)`: λ is the scope's price
-//! of quality in USD. The planner picks the smallest λ whose expected quality on the scope's
-//! recent traffic, minus [`CONFIDENCE_Z`] standard errors, meets the bar. Large tasks (costly on
-//! every tier) need a bigger expected gain to climb a tier than small ones; the thresholds shown
-//! are where the choice switches for a typical task of the scope. A tier with little evidence has
-//! a wide error, so the plan starts conservative and earns savings as outcomes arrive.
+//! **Estimate.** Shrunk hierarchically, as in empirical Bayes: the scope's curve of a tier is
+//! the calibration prior scaled by a ratio learned from the scope's outcomes, plus a per-band
+//! residual; a family's curve is the scope's, corrected the same way by the family's outcomes;
+//! a workflow's is its family's, corrected by its own. Each correction is worth
+//! [`FAMILY_PRIOR`] / [`WORKFLOW_PRIOR`] pseudo-outcomes of its parent, so a workflow with three
+//! outcomes mostly borrows its parent's curve and one with thousands stands on its own.
 //!
-//! Decay: every feedback in a scope scales its old evidence by `0.5^(1/HALF_LIFE_FEEDBACKS)`.
+//! **Plan.** The bar is met across all workflows of the scope at once:
+//! - `bar_mode = "average"`: routing minimises `cost(tier, task) − λ·quality(tier, workflow,
+//!   band)` with one λ (the scope's price of quality in USD): the smallest λ whose expected
+//!   quality on the scope's recent traffic meets the bar. One λ for every workflow is what puts
+//!   each extra dollar where it buys the most quality.
+//! - `bar_mode = "per_task"`: each task goes to the cheapest tier whose estimate for its
+//!   workflow and band reaches the bar, the top tier when none does.
+//! - `quality_bar_relative = r`: the bar is `r` × the estimate of the scope's most expensive
+//!   allowed tier on the same traffic (per task in `per_task` mode).
+//!
+//! The traffic sample is the scope's most recent tasks; while it holds fewer than
+//! [`MIN_TRAFFIC_SAMPLE`], the prior traffic shape (one typical task per band) makes up the
+//! difference in weight, so one feedback can never reprice a whole scope. Every estimate is
+//! used less a confidence margin that shrinks with evidence, so a tier with little evidence
+//! starts cautious. Output lengths are robust: the median of a workflow's last reports, each
+//! clipped to within [`OUTPUT_STEP`]× of the current estimate, and never above the policy's
+//! `max_output_tokens`.
+//!
+//! Memory: a workflow costs about `k × 0.9 KB` for `k` allowed tiers (evidence cells plus the
+//! plan's two curves), so 1,024 workflows of a 4-tier scope take about 3.7 MB.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::classifier::Calibration;
-use crate::policy::{Policy, ScopePolicy, Tier};
+use crate::policy::{BarMode, Policy, ScopePolicy, Tier};
 
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
 pub const BANDS: usize = 20;
@@ -27,23 +48,65 @@ pub const BANDS: usize = 20;
 pub const PRIOR_KNOWN_MODEL: f64 = 30.0;
 /// Outcomes the calibration is worth for any other model: weak, so such a tier starts cautious.
 pub const PRIOR_OTHER_MODEL: f64 = 4.0;
+/// Pseudo-outcomes of its scope's curve that a family's own correction must outweigh.
+pub const FAMILY_PRIOR: f64 = 20.0;
+/// Pseudo-outcomes of its family's (or scope's) curve that a workflow's correction must
+/// outweigh.
+pub const WORKFLOW_PRIOR: f64 = 20.0;
 /// Outcomes a single band needs before its own residual counts as much as the pooled estimate.
 pub const BAND_PRIOR: f64 = 40.0;
 /// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality:
 /// measured on held-out replays (0 to 0.25 tried), 0.1 keeps quality within 0.01 of the bar
 /// across seeds while a tier with little evidence still starts cautious.
 pub const CONFIDENCE_Z: f64 = 0.1;
-/// Feedbacks in a scope after which old evidence weighs half as much.
+/// Outcomes of one level (scope, family or workflow) after which its old evidence weighs half.
 pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
 /// Recent tasks per scope that the planner prices its choices on.
 const TRAFFIC_SAMPLE: usize = 512;
+/// Largest amount by which a scope that has fallen short aims above its bar.
+pub const CATCH_UP: f64 = 0.02;
+/// Recent tasks a scope needs before its sample alone stands for its traffic; below that, the
+/// prior traffic shape fills the remaining weight.
+pub const MIN_TRAFFIC_SAMPLE: usize = 64;
 /// Output tokens assumed for a scope before feedback reports real ones.
 pub const DEFAULT_TYPICAL_OUTPUT_TOKENS: u64 = 256;
 /// Input tokens of the typical task before feedback reports real ones.
 const DEFAULT_TYPICAL_INPUT_TOKENS: u64 = 500;
+/// Input tokens one task may count for in the traffic sample (a 256 KB task is ~64k tokens).
+const MAX_SAMPLE_INPUT_TOKENS: u64 = 1 << 20;
+/// Distinct workflows (and, separately, families) kept per scope.
+pub const MAX_WORKFLOWS: usize = 1024;
+/// Output-length reports kept per level; the estimate is their median.
+const OUTPUT_WINDOW: usize = 15;
+/// Reports a level needs before its own median replaces its parent's estimate.
+const OUTPUT_MIN_REPORTS: usize = 3;
+/// A report is clipped to within this factor of the current estimate.
+pub const OUTPUT_STEP: u64 = 16;
+/// The workflow an empty label means.
+pub const DEFAULT_WORKFLOW: &str = "default";
 /// λ large enough that quality dominates any cost (USD per unit of quality).
 const LAMBDA_MAX: f64 = 1e6;
 const LAMBDA_MIN: f64 = 1e-10;
+
+/// The workflow a label stands for: an empty label is [`DEFAULT_WORKFLOW`].
+pub fn workflow_key(workflow: &str) -> &str {
+    if workflow.is_empty() {
+        DEFAULT_WORKFLOW
+    } else {
+        workflow
+    }
+}
+
+/// The family of a workflow: its part before the first `/` or `.`; `None` without one.
+pub fn family_of(workflow: &str) -> Option<&str> {
+    let family = workflow.split(['/', '.']).next()?;
+    (!family.is_empty() && family.len() < workflow.len()).then_some(family)
+}
+
+/// Index of the band `c` falls in, for `bands` equal-width bands over [0, 1].
+pub fn band_of(c: f64, bands: usize) -> usize {
+    ((c * bands as f64) as usize).min(bands - 1)
+}
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -70,8 +133,10 @@ impl Cell {
 }
 
 /// Size of one observed task: what the planner prices tiers on.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskShape {
+    /// Workflow label as the caller sent it.
+    pub workflow: Arc<str>,
     /// Complexity band.
     pub band: u8,
     /// Input tokens.
@@ -80,41 +145,55 @@ pub struct TaskShape {
     pub output_tokens: u64,
 }
 
-/// Outcome evidence of one scope, keyed by tier name so it survives policy edits.
+/// Robust output length: the median of the last reports, each clipped near the estimate.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ScopeEvidence {
-    /// Tier name → per-band cells.
-    pub cells: HashMap<String, [Cell; BANDS]>,
-    /// The most recent tasks of the scope (band and real token counts).
-    pub recent: VecDeque<TaskShape>,
-    /// Decayed outcomes of the whole scope (realized quality).
-    pub total: Cell,
-    /// Feedbacks ever applied.
-    pub feedbacks: u64,
-    /// Workflow → moving average of reported output tokens (at most [`MAX_WORKFLOWS`] entries).
-    pub output_tokens_by_workflow: HashMap<String, f64>,
+pub struct OutputLengths {
+    reports: VecDeque<u64>,
 }
 
-/// Distinct workflows per scope whose output lengths are tracked; later ones use the scope mean.
-pub const MAX_WORKFLOWS: usize = 1024;
-/// Weight of the newest report in a workflow's output-token average.
-const OUTPUT_EWMA: f64 = 0.1;
-
-impl ScopeEvidence {
-    /// Records the output length a workflow reported.
-    pub fn observe_output(&mut self, workflow: &str, output_tokens: u64) {
-        let x = output_tokens as f64;
-        if let Some(avg) = self.output_tokens_by_workflow.get_mut(workflow) {
-            *avg += OUTPUT_EWMA * (x - *avg);
-        } else if self.output_tokens_by_workflow.len() < MAX_WORKFLOWS {
-            self.output_tokens_by_workflow
-                .insert(workflow.to_string(), x);
+impl OutputLengths {
+    fn observe(&mut self, tokens: u64, current: u64) {
+        let current = current.max(1);
+        let x = tokens.clamp(
+            (current / OUTPUT_STEP).max(1),
+            current.saturating_mul(OUTPUT_STEP),
+        );
+        if self.reports.len() == OUTPUT_WINDOW {
+            self.reports.pop_front();
         }
+        self.reports.push_back(x);
     }
 
-    /// Applies one outcome of `tier` on a task of `shape`.
-    pub fn observe(&mut self, tier: &str, shape: TaskShape, score: f64) {
-        let band = usize::from(shape.band).min(BANDS - 1);
+    /// The median report, once there are enough of them.
+    pub fn estimate(&self) -> Option<u64> {
+        if self.reports.len() < OUTPUT_MIN_REPORTS {
+            return None;
+        }
+        let mut v: Vec<u64> = self.reports.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+}
+
+/// Outcome evidence at one level of a scope (the scope itself, a family or a workflow), keyed
+/// by tier name so it survives policy edits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Level {
+    /// Tier name → per-band cells.
+    pub cells: HashMap<String, [Cell; BANDS]>,
+    /// Decayed outcomes of the level (realized quality).
+    pub total: Cell,
+    /// Outcomes ever applied.
+    pub feedbacks: u64,
+    /// The scope's outcome count when this level last received one (least recently seen first
+    /// out).
+    pub last_seen: u64,
+    /// Reported output lengths.
+    pub output: OutputLengths,
+}
+
+impl Level {
+    fn observe(&mut self, tier: &str, band: usize, score: f64, seen: u64) {
         let decay = 0.5f64.powf(1.0 / HALF_LIFE_FEEDBACKS);
         for cells in self.cells.values_mut() {
             cells.iter_mut().for_each(|c| c.scale(decay));
@@ -125,43 +204,135 @@ impl ScopeEvidence {
             .or_insert([Cell::default(); BANDS])[band]
             .add(score);
         self.total.add(score);
+        self.feedbacks += 1;
+        self.last_seen = seen;
+    }
+}
+
+/// The level of `key` in `map`, created if new; a full map first drops its least recently
+/// seen entry.
+fn level_mut<'a>(map: &'a mut HashMap<String, Level>, key: &str) -> &'a mut Level {
+    if !map.contains_key(key) && map.len() >= MAX_WORKFLOWS {
+        let oldest = map
+            .iter()
+            .min_by(|a, b| a.1.last_seen.cmp(&b.1.last_seen).then(a.0.cmp(b.0)))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            map.remove(&k);
+        }
+    }
+    map.entry(key.to_string()).or_default()
+}
+
+/// Outcome evidence of one scope.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeEvidence {
+    /// The scope as a whole.
+    pub scope: Level,
+    /// Family → evidence.
+    pub families: HashMap<String, Level>,
+    /// Workflow → evidence (empty label as [`DEFAULT_WORKFLOW`]).
+    pub workflows: HashMap<String, Level>,
+    /// The most recent tasks of the scope (workflow, band and real token counts).
+    pub recent: VecDeque<TaskShape>,
+}
+
+impl ScopeEvidence {
+    /// Applies one outcome of `tier` on a task of `shape`: quality at every level, output length
+    /// robustly, and the task into the traffic sample.
+    pub fn observe(&mut self, tier: &str, mut shape: TaskShape, score: f64) {
+        let band = usize::from(shape.band).min(BANDS - 1);
+        let seen = self.scope.feedbacks + 1;
+        let workflow = workflow_key(&shape.workflow).to_string();
+        let family = family_of(&workflow).map(str::to_string);
+        let tokens = shape.output_tokens;
+        // Output length first, against the estimate before this report.
+        let scope_est = self
+            .scope
+            .output
+            .estimate()
+            .unwrap_or(DEFAULT_TYPICAL_OUTPUT_TOKENS);
+        let family_est = family
+            .as_ref()
+            .and_then(|f| self.families.get(f))
+            .and_then(|l| l.output.estimate())
+            .unwrap_or(scope_est);
+        let workflow_est = self
+            .workflows
+            .get(&workflow)
+            .and_then(|l| l.output.estimate())
+            .unwrap_or(family_est);
+        self.scope.observe(tier, band, score, seen);
+        self.scope.output.observe(tokens, scope_est);
+        if let Some(f) = &family {
+            let level = level_mut(&mut self.families, f);
+            level.observe(tier, band, score, seen);
+            level.output.observe(tokens, family_est);
+        }
+        let level = level_mut(&mut self.workflows, &workflow);
+        level.observe(tier, band, score, seen);
+        level.output.observe(tokens, workflow_est);
         if self.recent.len() == TRAFFIC_SAMPLE {
             self.recent.pop_front();
         }
+        shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
+        shape.output_tokens = shape
+            .output_tokens
+            .min(workflow_est.saturating_mul(OUTPUT_STEP));
         self.recent.push_back(shape);
-        self.feedbacks += 1;
     }
 
-    /// Mean output tokens of recent tasks, if any.
+    /// Outcomes ever applied to the scope.
+    pub fn feedbacks(&self) -> u64 {
+        self.scope.feedbacks
+    }
+
+    /// Median token counts of the recent tasks, once there are enough of them.
     fn typical_tokens(&self) -> Option<(u64, u64)> {
-        let n = self.recent.len() as u64;
-        (n > 0).then(|| {
-            let i: u64 = self.recent.iter().map(|t| t.input_tokens).sum();
-            let o: u64 = self.recent.iter().map(|t| t.output_tokens).sum();
-            (i / n, o / n)
+        let n = self.recent.len();
+        (n >= MIN_TRAFFIC_SAMPLE / 4).then(|| {
+            let median = |f: fn(&TaskShape) -> u64| {
+                let mut v: Vec<u64> = self.recent.iter().map(f).collect();
+                v.sort_unstable();
+                v[n / 2]
+            };
+            (median(|t| t.input_tokens), median(|t| t.output_tokens))
         })
     }
 }
 
-/// One tier's place in a scope's plan.
+/// One tier's place in a plan (of a scope, a family or a workflow).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TierPlan {
     /// Index into [`Policy::tiers`].
     pub tier: usize,
-    /// Complexity up to which the tier (or a cheaper one) is chosen for a typical task of the
-    /// scope; 1 for the top tier.
+    /// Complexity up to which the tier (or a cheaper one) is chosen for a typical task; 1 for
+    /// the top tier.
     pub threshold: f64,
     /// Quality per band the plan counts on: the estimate less a confidence margin that shrinks
     /// with evidence.
     pub quality: [f64; BANDS],
     /// Estimated (expected) quality per band.
     pub predicted: [f64; BANDS],
-    /// Effective outcomes observed for this tier in this scope.
+    /// Effective outcomes observed for this tier at this level.
     pub evidence: f64,
-    /// Observed average score of the tier (0 without evidence).
+    /// Observed average score of the tier at this level (0 without evidence).
     pub observed_quality: f64,
     /// Threshold change at the last re-plan that moved it.
     pub last_move: f64,
+}
+
+/// The learned state of one workflow (or family) inside a scope's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowPlan {
+    /// Allowed tiers, cheapest first, with this workflow's curves.
+    pub tiers: Vec<TierPlan>,
+    /// Effective outcomes of the workflow.
+    pub evidence: f64,
+    /// Realized (decayed) average score of the workflow.
+    pub realized_quality: f64,
+    /// Output tokens assumed for its tasks without a hint.
+    pub output_tokens: u64,
 }
 
 /// A scope's routing plan: what [`crate::routing`] reads on every Route call.
@@ -169,43 +340,79 @@ pub struct TierPlan {
 pub struct ScopePlan {
     /// The scope's policy.
     pub policy: Arc<ScopePolicy>,
-    /// Allowed tiers, cheapest first.
+    /// Allowed tiers, cheapest first, with the scope-wide curves (for workflows it has not seen).
     pub tiers: Vec<TierPlan>,
-    /// Price of quality in USD per unit of expected score; `None` when thresholds are pinned.
+    /// Price of quality in USD per unit of expected score (`average` mode); `None` when
+    /// thresholds are pinned or the bar is per task.
     pub lambda: Option<f64>,
+    /// The absolute bar the plan aims at: the policy's, or the relative bar made absolute on
+    /// the scope's traffic.
+    pub target: f64,
     /// Expected average quality of the plan on the scope's traffic.
     pub expected_quality: f64,
     /// Realized (decayed) average outcome score of the scope, 0 without evidence.
     pub realized_quality: f64,
     /// Effective outcomes observed in the scope.
     pub evidence: f64,
-    /// Output tokens assumed for a task without a hint (mean of recent feedback).
+    /// Output tokens assumed for a task of an unseen workflow without a hint.
     pub typical_output_tokens: u64,
-    /// Per-workflow output tokens learned from feedback (rounded).
-    pub output_tokens_by_workflow: HashMap<String, u64>,
+    /// Family → its learned state.
+    pub families: HashMap<String, Arc<WorkflowPlan>>,
+    /// Workflow → its learned state.
+    pub workflows: HashMap<String, Arc<WorkflowPlan>>,
 }
 
 impl ScopePlan {
-    /// Output tokens to assume for a task of `workflow` without a hint.
-    pub fn expected_output_tokens(&self, workflow: &str) -> u64 {
-        self.output_tokens_by_workflow
-            .get(workflow)
-            .copied()
-            .unwrap_or(self.typical_output_tokens)
+    /// The most specific learned state for `workflow`: its own, its family's, or none.
+    pub fn workflow_plan(&self, workflow: &str) -> Option<&WorkflowPlan> {
+        let w = workflow_key(workflow);
+        self.workflows
+            .get(w)
+            .or_else(|| family_of(w).and_then(|f| self.families.get(f)))
+            .map(Arc::as_ref)
     }
 
-    /// Slot (index into `tiers`) for a task of `complexity` whose cost on each allowed tier is
-    /// `costs`: the pinned thresholds, or the cheapest-at-price-λ choice.
-    pub fn slot_for(&self, complexity: f64, band: usize, costs: &[f64]) -> usize {
-        match self.lambda {
-            Some(lambda) => choose(lambda, costs, |s| self.tiers[s].quality[band]),
-            None => {
-                let last = self.tiers.len() - 1;
-                self.tiers[..last]
-                    .iter()
-                    .position(|t| complexity < t.threshold)
-                    .unwrap_or(last)
-            }
+    /// The tier curves that apply to a task of `workflow`.
+    pub fn tiers_for(&self, workflow: &str) -> &[TierPlan] {
+        self.workflow_plan(workflow)
+            .map_or(&self.tiers[..], |p| &p.tiers[..])
+    }
+
+    /// Output tokens to assume for a task of `workflow` without a hint.
+    pub fn expected_output_tokens(&self, workflow: &str) -> u64 {
+        self.workflow_plan(workflow)
+            .map_or(self.typical_output_tokens, |p| p.output_tokens)
+    }
+
+    /// Slot (index into the allowed tiers) for a task of `workflow` and `complexity` whose cost
+    /// on each allowed tier is `costs`.
+    pub fn slot_for(&self, workflow: &str, complexity: f64, band: usize, costs: &[f64]) -> usize {
+        self.slot_in(self.tiers_for(workflow), complexity, band, costs)
+    }
+
+    /// Slot under given curves: pinned thresholds, per-task bar, or cheapest at price λ.
+    pub fn slot_in(
+        &self,
+        tiers: &[TierPlan],
+        complexity: f64,
+        band: usize,
+        costs: &[f64],
+    ) -> usize {
+        let last = tiers.len() - 1;
+        if self.policy.pinned_thresholds.is_some() {
+            return tiers[..last]
+                .iter()
+                .position(|t| complexity < t.threshold)
+                .unwrap_or(last);
+        }
+        match (self.policy.bar_mode, self.lambda) {
+            (BarMode::Average, Some(lambda)) => choose(lambda, costs, |s| tiers[s].quality[band]),
+            _ => per_task(
+                tiers.len(),
+                |s| tiers[s].quality[band],
+                self.policy.quality_bar_relative,
+                self.target,
+            ),
         }
     }
 }
@@ -223,6 +430,22 @@ fn choose(lambda: f64, costs: &[f64], quality: impl Fn(usize) -> f64) -> usize {
         }
     }
     best
+}
+
+/// The cheapest of `k` slots whose quality reaches the bar (`relative` × the top slot's, or
+/// `absolute`); the top slot when none does: a task too hard for every tier gets the most
+/// capable one, not a guess at which tier fails least.
+fn per_task(
+    k: usize,
+    quality: impl Fn(usize) -> f64,
+    relative: Option<f64>,
+    absolute: f64,
+) -> usize {
+    let bar = match relative {
+        Some(r) => r * quality(k - 1),
+        None => absolute,
+    };
+    (0..k).find(|&s| quality(s) >= bar - 1e-12).unwrap_or(k - 1)
 }
 
 /// Prior quality curve of a tier: the calibration's cheap or premium curve when the tier runs
@@ -246,17 +469,20 @@ fn prior_curve(cal: &Calibration, tier: &Tier, rank: f64) -> [f64; BANDS] {
     out
 }
 
-/// Pooled estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
+/// Shrunk estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
 /// 1 by `prior_strength` outcomes) plus a shrunk per-band residual. A ratio rather than an
 /// offset because models change multiplicatively: one that starts failing 70% of its answers
 /// loses 70% everywhere, not the same points on easy and hard tasks. Returns the per-band means
-/// and the tier's effective evidence including the prior.
+/// and the level's own effective evidence plus `prior_strength`.
 fn estimate(
     prior: &[f64; BANDS],
     cells: &[Cell; BANDS],
     prior_strength: f64,
 ) -> ([f64; BANDS], f64) {
     let n: f64 = cells.iter().map(|c| c.n).sum();
+    if n <= 0.0 {
+        return (*prior, prior_strength);
+    }
     let observed: f64 = cells.iter().map(|c| c.sum).sum();
     let expected: f64 = cells.iter().zip(prior).map(|(c, p)| c.n * p).sum();
     let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
@@ -270,6 +496,73 @@ fn estimate(
     (mean, n + prior_strength)
 }
 
+/// Curves of every allowed tier at one level.
+struct Curves {
+    /// Planning bound per slot.
+    quality: Vec<[f64; BANDS]>,
+    /// Estimate per slot.
+    predicted: Vec<[f64; BANDS]>,
+    /// Effective evidence per slot, priors included (for the margin of child levels).
+    strength: Vec<f64>,
+}
+
+/// Curves of a level from its parent's estimates and its own cells. The parent's estimate
+/// already holds this level's outcomes: to not count them twice, the pseudo-outcomes of the
+/// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
+/// 20 K), so the only workflow of a scope moves with the scope and no faster, while one of many
+/// stands on its own data. (Scaling the level's own evidence by `1 − f` instead, leave-one-out
+/// style, made a workflow with half of its scope's traffic learn at half speed.)
+fn curves(
+    tiers: &[&Tier],
+    parents: &[[f64; BANDS]],
+    parent_strength: &[f64],
+    level: Option<&Level>,
+    parent_level: Option<&Level>,
+    prior_strength: &[f64],
+) -> Curves {
+    let empty = [Cell::default(); BANDS];
+    let total = |l: Option<&Level>, name: &str| -> f64 {
+        l.and_then(|l| l.cells.get(name))
+            .map_or(0.0, |c| c.iter().map(|c| c.n).sum())
+    };
+    let mut out = Curves {
+        quality: Vec::with_capacity(tiers.len()),
+        predicted: Vec::with_capacity(tiers.len()),
+        strength: Vec::with_capacity(tiers.len()),
+    };
+    for (s, t) in tiers.iter().enumerate() {
+        let cells = level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty);
+        let strength = match parent_level {
+            Some(_) => {
+                let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
+                let share = if parent > 0.0 { own / parent } else { 0.0 };
+                prior_strength[s] / (1.0 - share).max(0.05)
+            }
+            None => prior_strength[s],
+        };
+        let (estimated, n) = estimate(&parents[s], cells, strength);
+        // A child level knows at least what its parent does.
+        let n = n.max(parent_strength[s]);
+        // Plan on a lower confidence bound: a tier is trusted as far as its evidence supports.
+        let margin = CONFIDENCE_Z * (0.25 / n).sqrt();
+        let mut q = estimated;
+        q.iter_mut().for_each(|x| *x = (*x - margin).max(0.0));
+        out.quality.push(q);
+        out.predicted.push(estimated);
+        out.strength.push(n);
+    }
+    out
+}
+
+/// One task of the traffic the plan is priced on.
+struct SampleTask {
+    weight: f64,
+    band: usize,
+    /// Index of the curves that apply.
+    curves: usize,
+    costs: Vec<f64>,
+}
+
 /// Builds the plan of one scope from the calibration and its evidence.
 pub fn plan_scope(
     policy: &Policy,
@@ -280,179 +573,308 @@ pub fn plan_scope(
 ) -> ScopePlan {
     let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
     let k = tiers.len();
+    let cap = scope.max_output_tokens;
     let (typ_in, typ_out) = evidence
         .and_then(ScopeEvidence::typical_tokens)
         .unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
+    let typ_out = typ_out.min(cap);
     let log_prices: Vec<f64> = tiers
         .iter()
         .map(|t| t.cost_usd(typ_in, typ_out).max(1e-12).ln())
         .collect();
     let (lo, hi) = (log_prices[0], log_prices[k - 1]);
-    let empty = [Cell::default(); BANDS];
-    let mut mean = Vec::with_capacity(k);
-    let mut predicted = Vec::with_capacity(k);
-    let mut tier_cells = Vec::with_capacity(k);
-    for (s, t) in tiers.iter().enumerate() {
-        let rank = if hi > lo {
-            (log_prices[s] - lo) / (hi - lo)
-        } else {
-            1.0
-        };
-        let prior = prior_curve(cal, t, rank);
-        let known = t.model == cal.cheap_model || t.model == cal.premium_model;
-        let cells = evidence
-            .and_then(|e| e.cells.get(&t.name))
-            .unwrap_or(&empty);
-        let (estimated, n) = estimate(
-            &prior,
-            cells,
-            if known {
+    let priors: Vec<[f64; BANDS]> = tiers
+        .iter()
+        .enumerate()
+        .map(|(s, t)| {
+            let rank = if hi > lo {
+                (log_prices[s] - lo) / (hi - lo)
+            } else {
+                1.0
+            };
+            prior_curve(cal, t, rank)
+        })
+        .collect();
+    let strengths: Vec<f64> = tiers
+        .iter()
+        .map(|t| {
+            if t.model == cal.cheap_model || t.model == cal.premium_model {
                 PRIOR_KNOWN_MODEL
             } else {
                 PRIOR_OTHER_MODEL
-            },
-        );
-        // Plan on a lower confidence bound: a tier is trusted as far as its evidence supports.
-        let margin = CONFIDENCE_Z * (0.25 / n).sqrt();
-        let mut m = estimated;
-        m.iter_mut().for_each(|q| *q = (*q - margin).max(0.0));
-        mean.push(m);
-        predicted.push(estimated);
-        tier_cells.push(cells);
-    }
-    // The traffic the plan is priced on: recent tasks, or one typical task per band.
-    let sample: Vec<(usize, Vec<f64>)> = match evidence.filter(|e| !e.recent.is_empty()) {
-        Some(e) => e
-            .recent
-            .iter()
-            .map(|t| {
-                let b = usize::from(t.band).min(BANDS - 1);
-                (
-                    b,
-                    tiers
-                        .iter()
-                        .map(|x| x.cost_usd(t.input_tokens, t.output_tokens))
-                        .collect(),
-                )
-            })
-            .collect(),
-        None => (0..BANDS)
-            .map(|b| {
-                (
-                    b,
-                    tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect(),
-                )
-            })
-            .collect(),
-    };
-    let typical_costs: Vec<f64> = tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect();
-
-    let (lambda, thresholds, expected_quality) = match &scope.pinned_thresholds {
-        Some(pinned) => {
-            let q = (0..BANDS)
-                .map(|b| {
-                    let centre = (b as f64 + 0.5) / BANDS as f64;
-                    let s = pinned[..k - 1]
-                        .iter()
-                        .position(|&t| centre < t)
-                        .unwrap_or(k - 1);
-                    mean[s][b]
-                })
-                .sum::<f64>()
-                / BANDS as f64;
-            (None, pinned.clone(), q)
-        }
-        None => {
-            let explore = scope.exploration_rate;
-            let lambda = price_of_quality(&mean, &sample, scope.quality_bar, explore);
-            let q = sample_quality(lambda, &mean, &sample, explore);
-            let thresholds = (0..k)
-                .map(|s| {
-                    if s == k - 1 {
-                        return 1.0;
-                    }
-                    let first_above =
-                        (0..BANDS).find(|&b| choose(lambda, &typical_costs, |x| mean[x][b]) > s);
-                    first_above.map_or(1.0, |b| b as f64 / BANDS as f64)
-                })
-                .collect();
-            (Some(lambda), thresholds, q)
-        }
-    };
-    let plans = (0..k)
-        .map(|s| {
-            let cells = tier_cells[s];
-            let n: f64 = cells.iter().map(|c| c.n).sum();
-            let sum: f64 = cells.iter().map(|c| c.sum).sum();
-            let threshold: f64 = thresholds[s];
-            let before = previous
-                .and_then(|p| p.tiers.iter().find(|t| t.tier == scope.allowed[s]))
-                .map(|p| (p.threshold, p.last_move));
-            let last_move = match before {
-                Some((old, _)) if (old - threshold).abs() > 1e-12 => threshold - old,
-                Some((_, m)) => m,
-                None => 0.0,
-            };
-            TierPlan {
-                tier: scope.allowed[s],
-                threshold,
-                quality: mean[s],
-                predicted: predicted[s],
-                evidence: n,
-                observed_quality: if n > 0.0 { sum / n } else { 0.0 },
-                last_move,
             }
         })
         .collect();
+
+    // Curves: index 0 the scope, then families, then workflows.
+    let zero = vec![0.0; k];
+    let mut all = vec![curves(
+        &tiers,
+        &priors,
+        &zero,
+        evidence.map(|e| &e.scope),
+        None,
+        &strengths,
+    )];
+    let mut family_index: HashMap<&str, usize> = HashMap::new();
+    let mut workflow_index: HashMap<&str, usize> = HashMap::new();
+    if let Some(e) = evidence {
+        let mut names: Vec<&String> = e.families.keys().collect();
+        names.sort();
+        for f in names {
+            let c = curves(
+                &tiers,
+                &all[0].predicted,
+                &all[0].strength,
+                e.families.get(f),
+                Some(&e.scope),
+                &vec![FAMILY_PRIOR; k],
+            );
+            family_index.insert(f, all.len());
+            all.push(c);
+        }
+        let mut names: Vec<&String> = e.workflows.keys().collect();
+        names.sort();
+        for w in names {
+            let family = family_of(w).and_then(|f| Some((f, *family_index.get(f)?)));
+            let parent = family.map_or(0, |(_, i)| i);
+            let parent_level = match family {
+                Some((f, _)) => e.families.get(f),
+                None => Some(&e.scope),
+            };
+            let c = curves(
+                &tiers,
+                &all[parent].predicted,
+                &all[parent].strength,
+                e.workflows.get(w),
+                parent_level,
+                &vec![WORKFLOW_PRIOR; k],
+            );
+            workflow_index.insert(w, all.len());
+            all.push(c);
+        }
+    }
+    let curves_of = |workflow: &str| -> usize {
+        let w = workflow_key(workflow);
+        workflow_index
+            .get(w)
+            .or_else(|| family_of(w).and_then(|f| family_index.get(f)))
+            .copied()
+            .unwrap_or(0)
+    };
+
+    // The traffic the plan is priced on: recent tasks, topped up with the prior shape (one
+    // typical task per band, scope-wide curves) until it weighs MIN_TRAFFIC_SAMPLE tasks.
+    let typical_costs: Vec<f64> = tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect();
+    let mut sample: Vec<SampleTask> = Vec::new();
+    if let Some(e) = evidence {
+        for t in &e.recent {
+            sample.push(SampleTask {
+                weight: 1.0,
+                band: usize::from(t.band).min(BANDS - 1),
+                curves: curves_of(&t.workflow),
+                costs: tiers
+                    .iter()
+                    .map(|x| x.cost_usd(t.input_tokens, t.output_tokens.min(cap)))
+                    .collect(),
+            });
+        }
+    }
+    let missing = MIN_TRAFFIC_SAMPLE.saturating_sub(sample.len());
+    if missing > 0 {
+        let weight = missing as f64 / BANDS as f64;
+        for b in 0..BANDS {
+            sample.push(SampleTask {
+                weight,
+                band: b,
+                curves: 0,
+                costs: typical_costs.clone(),
+            });
+        }
+    }
+    let mean_of = |f: &dyn Fn(&SampleTask) -> f64| -> f64 {
+        let w: f64 = sample.iter().map(|t| t.weight).sum();
+        sample.iter().map(|t| t.weight * f(t)).sum::<f64>() / w.max(1e-12)
+    };
+    let top_quality = mean_of(&|t| all[t.curves].quality[k - 1][t.band]);
+    let bar = match scope.quality_bar_relative {
+        Some(r) => r * top_quality,
+        None => scope.quality_bar,
+    };
+    // Close the loop on what was delivered: while the scope's realized (decayed) quality runs
+    // below the bar, aim above it by the shortfall (at most CATCH_UP), so a stretch of hard
+    // traffic that missed the bar is made up for instead of forgotten.
+    let target = match evidence.map(|e| e.scope.total) {
+        Some(t) if t.n >= MIN_TRAFFIC_SAMPLE as f64 => bar + (bar - t.mean()).clamp(0.0, CATCH_UP),
+        _ => bar,
+    };
+    let explore = scope.exploration_rate;
+    // Expected quality of a slot choice, counting that a share `explore` of tasks above the
+    // cheapest tier runs one tier lower.
+    let with_exploration = |c: &Curves, s: usize, b: usize| match s.checked_sub(1) {
+        Some(lower) => (1.0 - explore) * c.quality[s][b] + explore * c.quality[lower][b],
+        None => c.quality[s][b],
+    };
+    let rel = scope.quality_bar_relative;
+    let per_task_slot = |c: &Curves, b: usize| per_task(k, |s| c.quality[s][b], rel, target);
+
+    let (lambda, expected_quality) = match (&scope.pinned_thresholds, scope.bar_mode) {
+        (Some(pinned), _) => {
+            let q = mean_of(&|t| {
+                let centre = (t.band as f64 + 0.5) / BANDS as f64;
+                let s = pinned[..k - 1]
+                    .iter()
+                    .position(|&x| centre < x)
+                    .unwrap_or(k - 1);
+                all[t.curves].quality[s][t.band]
+            });
+            (None, q)
+        }
+        (None, BarMode::PerTask) => {
+            let q = mean_of(&|t| {
+                let c = &all[t.curves];
+                with_exploration(c, per_task_slot(c, t.band), t.band)
+            });
+            (None, q)
+        }
+        (None, BarMode::Average) => {
+            let quality_at = |l: f64| {
+                mean_of(&|t| {
+                    let c = &all[t.curves];
+                    let s = choose(l, &t.costs, |x| c.quality[x][t.band]);
+                    with_exploration(c, s, t.band)
+                })
+            };
+            let lambda = price_of_quality(&quality_at, target);
+            (Some(lambda), quality_at(lambda))
+        }
+    };
+
+    // Thresholds of a set of curves: where a typical task's choice first climbs above a slot.
+    let thresholds = |c: &Curves| -> Vec<f64> {
+        if let Some(pinned) = &scope.pinned_thresholds {
+            return pinned.clone();
+        }
+        let slot = |b: usize| match lambda {
+            Some(l) => choose(l, &typical_costs, |x| c.quality[x][b]),
+            None => per_task_slot(c, b),
+        };
+        let slots: Vec<usize> = (0..BANDS).map(slot).collect();
+        (0..k)
+            .map(|s| {
+                if s == k - 1 {
+                    return 1.0;
+                }
+                slots
+                    .iter()
+                    .position(|&x| x > s)
+                    .map_or(1.0, |b| b as f64 / BANDS as f64)
+            })
+            .collect()
+    };
+    let tier_plans = |c: &Curves, level: Option<&Level>, before: Option<&[TierPlan]>| {
+        let th = thresholds(c);
+        (0..k)
+            .map(|s| {
+                let (n, sum) = level
+                    .and_then(|l| l.cells.get(&tiers[s].name))
+                    .map(|cells| {
+                        (
+                            cells.iter().map(|c| c.n).sum::<f64>(),
+                            cells.iter().map(|c| c.sum).sum::<f64>(),
+                        )
+                    })
+                    .unwrap_or((0.0, 0.0));
+                let old = before
+                    .and_then(|p| p.iter().find(|t| t.tier == scope.allowed[s]))
+                    .map(|p| (p.threshold, p.last_move));
+                let last_move = match old {
+                    Some((o, _)) if (o - th[s]).abs() > 1e-12 => th[s] - o,
+                    Some((_, m)) => m,
+                    None => 0.0,
+                };
+                TierPlan {
+                    tier: scope.allowed[s],
+                    threshold: th[s],
+                    quality: c.quality[s],
+                    predicted: c.predicted[s],
+                    evidence: n,
+                    observed_quality: if n > 0.0 { sum / n } else { 0.0 },
+                    last_move,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let scope_output = evidence
+        .and_then(|e| e.scope.output.estimate())
+        .unwrap_or(typ_out)
+        .min(cap);
+    let level_plans = |levels: Option<&HashMap<String, Level>>,
+                       index: &HashMap<&str, usize>,
+                       before: Option<&HashMap<String, Arc<WorkflowPlan>>>,
+                       parent_output: &dyn Fn(&str) -> u64|
+     -> HashMap<String, Arc<WorkflowPlan>> {
+        let Some(levels) = levels else {
+            return HashMap::new();
+        };
+        levels
+            .iter()
+            .filter_map(|(name, level)| {
+                let c = &all[*index.get(name.as_str())?];
+                let prev = before.and_then(|b| b.get(name)).map(|p| &p.tiers[..]);
+                Some((
+                    name.clone(),
+                    Arc::new(WorkflowPlan {
+                        tiers: tier_plans(c, Some(level), prev),
+                        evidence: level.total.n,
+                        realized_quality: level.total.mean(),
+                        output_tokens: level
+                            .output
+                            .estimate()
+                            .unwrap_or_else(|| parent_output(name))
+                            .min(cap),
+                    }),
+                ))
+            })
+            .collect()
+    };
+    let families = level_plans(
+        evidence.map(|e| &e.families),
+        &family_index,
+        previous.map(|p| &p.families),
+        &|_| scope_output,
+    );
+    let workflows = level_plans(
+        evidence.map(|e| &e.workflows),
+        &workflow_index,
+        previous.map(|p| &p.workflows),
+        &|w| {
+            family_of(w)
+                .and_then(|f| families.get(f))
+                .map_or(scope_output, |p| p.output_tokens)
+        },
+    );
     ScopePlan {
         policy: scope.clone(),
-        tiers: plans,
+        tiers: tier_plans(
+            &all[0],
+            evidence.map(|e| &e.scope),
+            previous.map(|p| &p.tiers[..]),
+        ),
         lambda,
+        target,
         expected_quality,
-        realized_quality: evidence.map(|e| e.total.mean()).unwrap_or(0.0),
-        evidence: evidence.map(|e| e.total.n).unwrap_or(0.0),
-        typical_output_tokens: typ_out,
-        output_tokens_by_workflow: evidence
-            .map(|e| {
-                e.output_tokens_by_workflow
-                    .iter()
-                    .map(|(w, t)| (w.clone(), t.round() as u64))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        realized_quality: evidence.map(|e| e.scope.total.mean()).unwrap_or(0.0),
+        evidence: evidence.map(|e| e.scope.total.n).unwrap_or(0.0),
+        typical_output_tokens: scope_output,
+        families,
+        workflows,
     }
 }
 
-/// Expected quality (on the planning bound) of choosing at price λ over the sample, including
-/// what exploration costs: a share `explore` of tasks whose choice is above the cheapest tier
-/// runs one tier lower.
-fn sample_quality(
-    lambda: f64,
-    quality: &[[f64; BANDS]],
-    sample: &[(usize, Vec<f64>)],
-    explore: f64,
-) -> f64 {
-    let q: f64 = sample
-        .iter()
-        .map(|(b, costs)| {
-            let s = choose(lambda, costs, |x| quality[x][*b]);
-            match s.checked_sub(1) {
-                Some(lower) => (1.0 - explore) * quality[s][*b] + explore * quality[lower][*b],
-                None => quality[s][*b],
-            }
-        })
-        .sum();
-    q / sample.len().max(1) as f64
-}
-
 /// The smallest λ whose expected quality meets `bar`; `LAMBDA_MAX` when none does.
-fn price_of_quality(
-    quality: &[[f64; BANDS]],
-    sample: &[(usize, Vec<f64>)],
-    bar: f64,
-    explore: f64,
-) -> f64 {
-    let ok = |l: f64| sample_quality(l, quality, sample, explore) >= bar;
+fn price_of_quality(quality_at: &dyn Fn(f64) -> f64, bar: f64) -> f64 {
+    let ok = |l: f64| quality_at(l) >= bar;
     if ok(0.0) {
         return 0.0;
     }
@@ -551,229 +973,4 @@ impl RoutingTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::classifier::CalibrationBand;
-
-    fn calibration() -> Calibration {
-        // Cheap model strong on easy tasks, weak on hard; premium steady.
-        let bands = (0..20)
-            .map(|b| {
-                let c = b as f64 / 19.0;
-                CalibrationBand {
-                    tasks: 100,
-                    cheap_quality: 0.95 - 0.6 * c,
-                    premium_quality: 0.95 - 0.15 * c,
-                }
-            })
-            .collect();
-        Calibration {
-            cheap_model: "cheap-m".into(),
-            premium_model: "premium-m".into(),
-            bands,
-        }
-    }
-
-    const TIERS: &str = r#"
-[[tiers]]
-name = "small"
-model = "cheap-m"
-input_usd_per_mtok = 0.2
-output_usd_per_mtok = 0.2
-[[tiers]]
-name = "medium"
-model = "other-m"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 1.0
-[[tiers]]
-name = "large"
-model = "premium-m"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
-"#;
-
-    fn policy(bar: f64) -> Policy {
-        Policy::parse(&format!("{TIERS}[default]\nquality_bar = {bar}\n")).unwrap()
-    }
-
-    fn plan(bar: f64, ev: Option<&ScopeEvidence>) -> ScopePlan {
-        let p = policy(bar);
-        plan_scope(&p, &p.default, &calibration(), ev, None)
-    }
-
-    fn shape(band: usize) -> TaskShape {
-        TaskShape {
-            band: band as u8,
-            input_tokens: 500,
-            output_tokens: 256,
-        }
-    }
-
-    fn typical_costs() -> Vec<f64> {
-        let p = policy(0.8);
-        p.tiers.iter().map(|t| t.cost_usd(500, 256)).collect()
-    }
-
-    #[test]
-    fn thresholds_are_ordered_and_top_is_one() {
-        for bar in [0.5, 0.7, 0.8, 0.85, 0.9, 0.99] {
-            let p = plan(bar, None);
-            let t: Vec<f64> = p.tiers.iter().map(|t| t.threshold).collect();
-            assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
-            assert_eq!(*t.last().unwrap(), 1.0);
-            assert!(t.iter().all(|x| (0.0..=1.0).contains(x)));
-        }
-    }
-
-    #[test]
-    fn higher_bar_trusts_cheap_tiers_less_and_meets_the_bar() {
-        let loose = plan(0.7, None);
-        let strict = plan(0.82, None);
-        assert!(
-            loose.tiers[0].threshold > strict.tiers[0].threshold,
-            "{loose:?}\n{strict:?}"
-        );
-        assert!(
-            strict.expected_quality >= 0.82,
-            "{}",
-            strict.expected_quality
-        );
-        assert!(strict.lambda.unwrap() > loose.lambda.unwrap());
-        // An impossible bar buys the best quality everywhere.
-        let impossible = plan(0.99, None);
-        assert_eq!(impossible.slot_for(0.9, 18, &typical_costs()), 2);
-    }
-
-    #[test]
-    fn a_tier_without_evidence_starts_conservative() {
-        // "medium" runs a model the calibration never saw: its estimate carries a wide margin.
-        let p = plan(0.8, None);
-        let margin = |t: &TierPlan| t.predicted[10] - t.quality[10];
-        assert!(
-            margin(&p.tiers[1]) > 1.5 * margin(&p.tiers[0]),
-            "{:?}",
-            p.tiers
-        );
-        // Evidence narrows the margin.
-        let mut ev = ScopeEvidence::default();
-        for i in 0..300 {
-            ev.observe("medium", shape(i % BANDS), 0.8);
-        }
-        let later = plan(0.8, Some(&ev));
-        assert!(margin(&later.tiers[1]) < margin(&p.tiers[1]) / 3.0);
-    }
-
-    #[test]
-    fn slot_for_prefers_cheap_on_easy_tasks_and_premium_on_hard_ones() {
-        let p = plan(0.8, None);
-        let costs = typical_costs();
-        assert_eq!(p.slot_for(0.0, 0, &costs), 0);
-        assert_eq!(p.slot_for(1.0, BANDS - 1, &costs), 2);
-    }
-
-    #[test]
-    fn larger_tasks_need_a_bigger_gain_to_climb() {
-        let p = plan(0.8, None);
-        let costs = typical_costs();
-        // Find a band where a typical task goes to the top tier, then make the task 100× bigger.
-        let b = (0..BANDS)
-            .find(|&b| p.slot_for(0.0, b, &costs) == 2)
-            .unwrap();
-        let big: Vec<f64> = costs.iter().map(|c| c * 100.0).collect();
-        assert!(p.slot_for(0.0, b, &big) <= 2);
-        let tiny: Vec<f64> = costs.iter().map(|c| c / 100.0).collect();
-        assert_eq!(p.slot_for(0.0, b, &tiny), 2);
-    }
-
-    #[test]
-    fn evidence_that_cheap_tier_is_great_raises_its_threshold() {
-        let before = plan(0.85, None);
-        let mut ev = ScopeEvidence::default();
-        for i in 0..2000 {
-            ev.observe("small", shape(i % BANDS), 1.0);
-        }
-        let after = plan(0.85, Some(&ev));
-        assert!(after.tiers[0].threshold > before.tiers[0].threshold);
-        assert_eq!(after.tiers[0].threshold, 1.0);
-        assert!(after.tiers[0].evidence > 100.0);
-        assert!((after.tiers[0].observed_quality - 1.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn decay_halves_old_evidence() {
-        let mut ev = ScopeEvidence::default();
-        ev.observe("small", shape(0), 1.0);
-        for _ in 0..HALF_LIFE_FEEDBACKS as usize {
-            ev.observe("large", shape(5), 1.0);
-        }
-        let n = ev.cells["small"][0].n;
-        assert!((n - 0.5).abs() < 0.01, "{n}");
-        assert_eq!(
-            ev.recent.len(),
-            (HALF_LIFE_FEEDBACKS as usize + 1).min(TRAFFIC_SAMPLE)
-        );
-    }
-
-    #[test]
-    fn output_tokens_are_learned_per_workflow() {
-        let mut ev = ScopeEvidence::default();
-        for _ in 0..50 {
-            ev.observe_output("math", 200);
-            ev.observe_output("quiz", 1);
-        }
-        let p = plan(0.8, Some(&ev));
-        assert_eq!(p.expected_output_tokens("math"), 200);
-        assert_eq!(p.expected_output_tokens("quiz"), 1);
-        assert_eq!(
-            p.expected_output_tokens("other"),
-            DEFAULT_TYPICAL_OUTPUT_TOKENS
-        );
-    }
-
-    #[test]
-    fn pinned_thresholds_are_kept() {
-        let p = Policy::parse(&format!(
-            "{TIERS}[default]\nquality_bar = 0.8\nthresholds = {{ small = 0.25, medium = 0.5 }}\n"
-        ))
-        .unwrap();
-        let plan = plan_scope(&p, &p.default, &calibration(), None, None);
-        let t: Vec<f64> = plan.tiers.iter().map(|t| t.threshold).collect();
-        assert_eq!(t, vec![0.25, 0.5, 1.0]);
-        assert_eq!(plan.lambda, None);
-        assert_eq!(plan.slot_for(0.3, 6, &typical_costs()), 1);
-    }
-
-    #[test]
-    fn estimate_pools_before_it_trusts_a_band() {
-        let prior = [0.8; BANDS];
-        let mut cells = [Cell::default(); BANDS];
-        // 100 failures in band 3 only.
-        cells[3] = Cell { n: 100.0, sum: 0.0 };
-        let (m, n) = estimate(&prior, &cells, 100.0);
-        assert_eq!(n, 200.0);
-        // Everything moves down (pooled offset), band 3 most.
-        assert!(m[0] < 0.8 && m[0] > 0.3);
-        assert!(m[3] < m[0]);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn thresholds_stay_ordered_and_estimates_in_range(
-            obs in proptest::collection::vec((0usize..3, 0usize..BANDS, 0.0f64..=1.0), 0..300),
-            bar in 0.0f64..1.0,
-        ) {
-            let mut ev = ScopeEvidence::default();
-            let names = ["small", "medium", "large"];
-            for (t, b, score) in obs {
-                ev.observe(names[t], shape(b), score);
-            }
-            let p = plan(bar, Some(&ev));
-            let t: Vec<f64> = p.tiers.iter().map(|t| t.threshold).collect();
-            proptest::prop_assert!(t.windows(2).all(|w| w[0] <= w[1]), "{:?}", t);
-            proptest::prop_assert_eq!(*t.last().unwrap(), 1.0);
-            for tier in &p.tiers {
-                proptest::prop_assert!(tier.quality.iter().chain(&tier.predicted).all(|q| (0.0..=1.0).contains(q)));
-            }
-        }
-    }
-}
+mod tests;

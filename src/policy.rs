@@ -100,6 +100,9 @@ struct RawScope {
     thresholds: Option<BTreeMap<String, f64>>,
     exploration_rate: Option<f64>,
     value_per_success_usd: Option<f64>,
+    bar_mode: Option<String>,
+    quality_bar_relative: Option<f64>,
+    max_output_tokens: Option<u64>,
 }
 
 // ---- validated types ----
@@ -150,7 +153,41 @@ pub struct ScopePolicy {
     pub exploration_rate: f64,
     /// Value of one output that meets the bar, in USD (for the report).
     pub value_per_success_usd: Option<f64>,
+    /// What the bar constrains: the scope's average, or every task.
+    pub bar_mode: BarMode,
+    /// When set, the bar is this fraction of what the scope's most expensive allowed tier is
+    /// estimated to deliver on the same traffic (per task in `per_task` mode), instead of
+    /// `quality_bar`.
+    pub quality_bar_relative: Option<f64>,
+    /// Cap on output tokens assumed for a task: a larger client hint or learned length is cut
+    /// to it.
+    pub max_output_tokens: u64,
 }
+
+/// What a scope's quality bar constrains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BarMode {
+    /// The scope's mean score must reach the bar, at the lowest total cost: a cheap tier may
+    /// take tasks it is expected to fail while an expensive one lifts the average elsewhere.
+    #[default]
+    Average,
+    /// Every task goes to the cheapest tier predicted to reach the bar on it (the top tier when
+    /// none does).
+    PerTask,
+}
+
+impl BarMode {
+    /// The policy file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BarMode::Average => "average",
+            BarMode::PerTask => "per_task",
+        }
+    }
+}
+
+/// Output tokens a scope assumes at most unless its policy says otherwise.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 32_768;
 
 /// Where learned state lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -601,6 +638,26 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                 if o.pinned_thresholds != s.pinned_thresholds {
                     out.push(format!("scope {}: pinned thresholds changed", s.key));
                 }
+                if o.bar_mode != s.bar_mode {
+                    out.push(format!(
+                        "scope {}: bar_mode {} → {}",
+                        s.key,
+                        o.bar_mode.as_str(),
+                        s.bar_mode.as_str()
+                    ));
+                }
+                if o.quality_bar_relative != s.quality_bar_relative {
+                    out.push(format!(
+                        "scope {}: quality_bar_relative {:?} → {:?}",
+                        s.key, o.quality_bar_relative, s.quality_bar_relative
+                    ));
+                }
+                if o.max_output_tokens != s.max_output_tokens {
+                    out.push(format!(
+                        "scope {}: max_output_tokens {} → {}",
+                        s.key, o.max_output_tokens, s.max_output_tokens
+                    ));
+                }
                 if o.value_per_success_usd != s.value_per_success_usd {
                     out.push(format!(
                         "scope {}: value_per_success_usd {:?} → {:?}",
@@ -798,6 +855,42 @@ fn resolve_scope(
             format!("must be ≥ 0, got {v}"),
         ));
     }
+    let bar_mode = match s
+        .bar_mode
+        .as_deref()
+        .or(base.and_then(|b| b.bar_mode.as_deref()))
+    {
+        None | Some("average") => BarMode::Average,
+        Some("per_task") => BarMode::PerTask,
+        Some(other) => {
+            return Err(PolicyError::new(
+                field_path("bar_mode"),
+                format!("must be \"average\" or \"per_task\", got {other:?}"),
+            ));
+        }
+    };
+    let quality_bar_relative = pick(
+        s.quality_bar_relative,
+        base.and_then(|b| b.quality_bar_relative),
+    );
+    if let Some(r) = quality_bar_relative
+        && !(r > 0.0 && r <= 1.0)
+    {
+        return Err(PolicyError::new(
+            field_path("quality_bar_relative"),
+            format!("must be in (0, 1], got {r}"),
+        ));
+    }
+    let max_output_tokens = s
+        .max_output_tokens
+        .or(base.and_then(|b| b.max_output_tokens))
+        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+    if !(1..=1_000_000).contains(&max_output_tokens) {
+        return Err(PolicyError::new(
+            field_path("max_output_tokens"),
+            format!("must be in [1, 1000000], got {max_output_tokens}"),
+        ));
+    }
     let allowed_names = s
         .allowed_tiers
         .as_ref()
@@ -842,6 +935,9 @@ fn resolve_scope(
         pinned_thresholds,
         exploration_rate,
         value_per_success_usd,
+        bar_mode,
+        quality_bar_relative,
+        max_output_tokens,
     })
 }
 

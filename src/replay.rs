@@ -56,6 +56,103 @@ pub struct ReplayReport {
     pub learning: bool,
     /// Final thresholds of the default scope, tier → threshold.
     pub final_thresholds: BTreeMap<String, f64>,
+    /// Tasks routed before the last [`WINDOW`] tasks' quality first came within 0.01 of the
+    /// bar (`None`: never).
+    pub feedbacks_to_bar: Option<usize>,
+    /// Realized quality over the second half of the stream.
+    pub late_quality: f64,
+    /// Saving vs premium over the second half of the stream.
+    pub late_saving_vs_premium: f64,
+    /// The best fixed tier per workflow, chosen in hindsight, that meets the bar overall.
+    pub hindsight: Option<Hindsight>,
+    /// Per workflow: tasks, realized quality, cost, premium cost.
+    pub by_workflow: BTreeMap<String, WorkflowReplay>,
+}
+
+/// What replay measured on one workflow.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WorkflowReplay {
+    /// Tasks routed.
+    pub tasks: usize,
+    /// Realized average score.
+    pub quality: f64,
+    /// Always-premium average score.
+    pub premium_quality: f64,
+    /// Realized cost in USD.
+    pub cost_usd: f64,
+    /// Always-premium cost in USD.
+    pub premium_cost_usd: f64,
+}
+
+/// Tasks in the trailing window that judges when quality reached the bar.
+pub const WINDOW: usize = 200;
+
+/// The hindsight baseline: each workflow on one fixed tier mix, the cheapest whose overall
+/// quality meets the bar (what the issue calls the hindsight per-workflow mix).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hindsight {
+    /// Its realized quality.
+    pub quality: f64,
+    /// Its cost in USD.
+    pub cost_usd: f64,
+    /// 1 − cost / premium cost.
+    pub saving_vs_premium: f64,
+}
+
+/// Per workflow and tier slot: (score sum, cost sum) of every routed task.
+type Ledger = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// The cheapest per-workflow tier mix that meets `bar`: one price of quality λ for all
+/// workflows (each takes the tier minimising cost − λ·quality), bisected to the bar.
+fn hindsight(ledger: &Ledger, n: usize, bar: f64, premium_cost: f64) -> Option<Hindsight> {
+    let at = |lambda: f64| {
+        let (mut q, mut c) = (0.0, 0.0);
+        for tiers in ledger.values() {
+            let best = tiers
+                .iter()
+                .fold(None::<(f64, f64)>, |best, &(tq, tc)| match best {
+                    Some((bq, bc)) if bc - lambda * bq <= tc - lambda * tq => Some((bq, bc)),
+                    _ => Some((tq, tc)),
+                });
+            if let Some((tq, tc)) = best {
+                q += tq;
+                c += tc;
+            }
+        }
+        (q / n.max(1) as f64, c)
+    };
+    let (mut lo, mut hi) = (1e-9f64.ln(), 1e9f64.ln());
+    if at(hi.exp()).0 < bar {
+        return None;
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if at(mid.exp()).0 >= bar {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    // Between the two prices only a workflow or two change tier: mixing them in the right
+    // proportion (a fixed fractional mix) meets the bar exactly, the optimum of the linear
+    // programme.
+    let (q_hi, c_hi) = at(hi.exp());
+    let (q_lo, c_lo) = at(lo.exp());
+    let t = if q_hi > q_lo + 1e-12 {
+        ((bar - q_lo) / (q_hi - q_lo)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let (quality, cost_usd) = (t * q_hi + (1.0 - t) * q_lo, t * c_hi + (1.0 - t) * c_lo);
+    Some(Hindsight {
+        quality,
+        cost_usd,
+        saving_vs_premium: if premium_cost > 0.0 {
+            1.0 - cost_usd / premium_cost
+        } else {
+            0.0
+        },
+    })
 }
 
 /// Errors of replay setup.
@@ -201,6 +298,12 @@ pub fn replay(
     let (mut n, mut skipped, mut explored) = (0usize, 0usize, 0usize);
     let (mut quality, mut cost, mut prem_q, mut prem_cost, mut bar_sum) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ledger: Ledger = BTreeMap::new();
+    let mut by_workflow: BTreeMap<String, WorkflowReplay> = BTreeMap::new();
+    // Per routed task: (score, cost, premium cost).
+    let mut trail: Vec<(f64, f64, f64)> = Vec::new();
+    let mut feedbacks_to_bar = None;
+    let mut window_sum = 0.0;
     for (i, r) in records.iter().enumerate() {
         let req = RouteRequest {
             task: &r.prompt,
@@ -241,6 +344,34 @@ pub fn replay(
         if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
         }
+        let slots = ledger
+            .entry(r.workflow.clone())
+            .or_insert_with(|| vec![(0.0, 0.0); scope.allowed.len()]);
+        for (slot, &t) in scope.allowed.iter().enumerate() {
+            if let (Some(o), Some(cell)) =
+                (r.outcomes.get(&policy.tiers[t].model), slots.get_mut(slot))
+            {
+                cell.0 += o.score;
+                cell.1 += outcome_cost(&policy.tiers[t], o);
+            }
+        }
+        trail.push((o.score, outcome_cost(chosen, o), outcome_cost(top, p)));
+        let w = by_workflow.entry(r.workflow.clone()).or_default();
+        w.tasks += 1;
+        w.quality += o.score;
+        w.premium_quality += p.score;
+        w.cost_usd += outcome_cost(chosen, o);
+        w.premium_cost_usd += outcome_cost(top, p);
+        window_sum += o.score;
+        if trail.len() > WINDOW {
+            window_sum -= trail[trail.len() - 1 - WINDOW].0;
+        }
+        if feedbacks_to_bar.is_none()
+            && trail.len() >= WINDOW
+            && window_sum / WINDOW as f64 >= scope.quality_bar - 0.01
+        {
+            feedbacks_to_bar = Some(trail.len() - WINDOW);
+        }
         n += 1;
         explored += usize::from(d.explored);
         quality += o.score;
@@ -260,7 +391,28 @@ pub fn replay(
         .collect();
     let quality = quality / nf;
     let bar = bar_sum / nf;
+    let late = &trail[trail.len() / 2..];
+    let late_q = late.iter().map(|t| t.0).sum::<f64>() / late.len().max(1) as f64;
+    let late_cost: f64 = late.iter().map(|t| t.1).sum();
+    let late_prem: f64 = late.iter().map(|t| t.2).sum();
     Ok(ReplayReport {
+        feedbacks_to_bar,
+        late_quality: late_q,
+        late_saving_vs_premium: if late_prem > 0.0 {
+            1.0 - late_cost / late_prem
+        } else {
+            0.0
+        },
+        hindsight: hindsight(&ledger, n, bar, prem_cost),
+        by_workflow: by_workflow
+            .into_iter()
+            .map(|(k, mut w)| {
+                let t = w.tasks.max(1) as f64;
+                w.quality /= t;
+                w.premium_quality /= t;
+                (k, w)
+            })
+            .collect(),
         tasks: n,
         skipped,
         bar,

@@ -10,9 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::classifier::ComplexityModel;
 use crate::features::TaskInput;
-use crate::learning::{BANDS, RoutingTable};
-use crate::policy::Policy;
-use crate::training::band_of;
+use crate::learning::{BANDS, RoutingTable, band_of, workflow_key};
+use crate::policy::{BarMode, Policy};
 
 /// Default cap on the task size in bytes.
 pub const DEFAULT_MAX_TASK_BYTES: usize = 256 * 1024;
@@ -174,24 +173,30 @@ pub fn decide(
             });
         }
     }
+    let policy: &Policy = &table.policy;
+    // An empty workflow and "default" are the same workflow everywhere.
+    let workflow = workflow_key(req.workflow);
+    let scope = policy.resolve(req.team, workflow);
+    let plan = table.plan(&scope.key);
+    // A client's length hint is taken up to the policy's cap, and the reason says so.
+    let hint = u64::from(req.expected_output_tokens);
+    let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
+    let hint = hint.min(scope.max_output_tokens);
     let complexity = model.complexity(&TaskInput {
         text: req.task,
-        workflow: req.workflow,
+        workflow,
         task_type: req.task_type,
-        expected_output_tokens: req.expected_output_tokens,
+        expected_output_tokens: hint as u32,
     });
     let band = band_of(complexity, BANDS);
-    let policy: &Policy = &table.policy;
-    let scope = policy.resolve(req.team, req.workflow);
-    let plan = table.plan(&scope.key);
     let input_tokens = (req.task.len() as u64).div_ceil(4);
-    let output_tokens = if req.expected_output_tokens > 0 {
-        u64::from(req.expected_output_tokens)
+    let output_tokens = if hint > 0 {
+        hint
     } else {
-        plan.expected_output_tokens(req.workflow)
+        plan.expected_output_tokens(workflow)
     };
-    let candidates: Vec<Candidate> = plan
-        .tiers
+    let curves = plan.tiers_for(workflow);
+    let candidates: Vec<Candidate> = curves
         .iter()
         .map(|t| {
             let tier = &policy.tiers[t.tier];
@@ -208,18 +213,34 @@ pub fn decide(
         })
         .collect();
     let costs: Vec<f64> = candidates.iter().map(|c| c.estimated_cost_usd).collect();
-    let safe = plan.slot_for(complexity, band, &costs);
+    let safe = plan.slot_in(curves, complexity, band, &costs);
     let explored = safe > 0 && explore_draw < plan.policy.exploration_rate;
     let chosen = if explored { safe - 1 } else { safe };
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
-    let reason = explain(
-        &candidates,
+    let mode = if plan.policy.pinned_thresholds.is_some() {
+        Mode::Pinned
+    } else {
+        match plan.policy.bar_mode {
+            BarMode::Average => Mode::Average,
+            BarMode::PerTask => Mode::PerTask,
+        }
+    };
+    let mut reason = explain(&Why {
+        candidates: &candidates,
         chosen,
         safe,
         complexity,
-        &scope.key,
-        scope.quality_bar,
-    );
+        scope: &scope.key,
+        workflow,
+        bar: plan.target,
+        mode,
+        learned: plan.workflow_plan(workflow).is_some(),
+    });
+    if let Some(cap) = capped {
+        reason.push_str("; expected_output_tokens capped at ");
+        reason.push_str(&cap.to_string());
+        reason.push_str(" by the policy's max_output_tokens");
+    }
     Ok(Decision {
         scope: scope.key.clone(),
         chosen,
@@ -258,74 +279,142 @@ fn push_two(out: &mut String, x: f64) {
     out.push(char::from(b'0' + frac % 10));
 }
 
-/// One line on why the chosen tier won, assembled piece by piece (no `format!` machinery on the
-/// hot path).
-fn explain(
-    candidates: &[Candidate],
+/// How the plan chose, for the reason text.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Pinned,
+    Average,
+    PerTask,
+}
+
+/// What the reason is made from.
+struct Why<'a> {
+    candidates: &'a [Candidate],
     chosen: usize,
     safe: usize,
     complexity: f64,
-    scope: &str,
+    scope: &'a str,
+    workflow: &'a str,
     bar: f64,
-) -> String {
+    mode: Mode,
+    /// Whether the workflow (or its family) has learned state of its own.
+    learned: bool,
+}
+
+/// One line on why the chosen tier won, in the plan's own terms, assembled piece by piece (no
+/// `format!` machinery on the hot path).
+fn explain(w: &Why<'_>) -> String {
     enum Piece<'a> {
         Text(&'a str),
         Num(f64),
     }
     use Piece::{Num, Text};
-    let c = &candidates[chosen];
-    let pieces: &[Piece<'_>] = if chosen != safe {
-        &[
+    let cands = w.candidates;
+    let c = &cands[w.chosen];
+    let top = cands.len() - 1;
+    let basis = if w.learned {
+        " from this workflow's outcomes"
+    } else {
+        " from the scope's prior"
+    };
+    let cheaper = w.chosen.checked_sub(1).map(|i| &cands[i]);
+    let pieces: Vec<Piece<'_>> = if w.chosen != w.safe {
+        vec![
             Text("exploring: "),
             Text(&c.name),
             Text(" instead of "),
-            Text(&candidates[safe].name),
+            Text(&cands[w.safe].name),
             Text(" (complexity "),
-            Num(complexity),
+            Num(w.complexity),
             Text(") so scope "),
-            Text(scope),
-            Text(" keeps learning"),
+            Text(w.scope),
+            Text(" keeps learning what cheaper tiers can do"),
         ]
-    } else if candidates.len() == 1 {
-        &[
+    } else if cands.len() == 1 {
+        vec![
             Text(&c.name),
             Text(" is the only allowed tier in scope "),
-            Text(scope),
+            Text(w.scope),
         ]
     } else {
-        match chosen.checked_sub(1).map(|i| &candidates[i]) {
-            None => &[
-                Text("complexity "),
-                Num(complexity),
-                Text(": "),
+        let mut p = vec![Text("complexity "), Num(w.complexity), Text(": ")];
+        match (w.mode, cheaper) {
+            (Mode::Pinned, _) => p.extend([
+                Text(&c.name),
+                Text(" by the pinned thresholds of scope "),
+                Text(w.scope),
+                Text(" (up to "),
+                Num(c.threshold),
+                Text(")"),
+            ]),
+            (Mode::PerTask, _)
+                if c.predicted_quality + 1e-9 < w.bar || cheaper.is_none() && w.chosen == top =>
+            {
+                p.extend([
+                    Text("no tier is predicted to reach the bar "),
+                    Num(w.bar),
+                    Text(" on a task this hard, so the top tier: "),
+                    Text(&c.name),
+                    Text(" (predicted "),
+                    Num(c.predicted_quality),
+                    Text(basis),
+                    Text(")"),
+                ])
+            }
+            (Mode::PerTask, None) => p.extend([
+                Text(&c.name),
+                Text(", the cheapest tier, is predicted "),
+                Num(c.predicted_quality),
+                Text(basis),
+                Text(", enough for the bar "),
+                Num(w.bar),
+            ]),
+            (Mode::PerTask, Some(below)) => p.extend([
+                Text(&c.name),
+                Text(" is the cheapest tier predicted to reach the bar "),
+                Num(w.bar),
+                Text(" ("),
+                Num(c.predicted_quality),
+                Text(basis),
+                Text("; "),
+                Text(&below.name),
+                Text(" "),
+                Num(below.predicted_quality),
+                Text(")"),
+            ]),
+            (Mode::Average, None) => p.extend([
                 Text(&c.name),
                 Text(" (predicted "),
                 Num(c.predicted_quality),
-                Text(") is the cheapest tier that keeps scope "),
-                Text(scope),
-                Text(" at its bar "),
-                Num(bar),
-            ],
-            Some(cheaper) => &[
-                Text("complexity "),
-                Num(complexity),
-                Text(": "),
+                Text(basis),
+                Text(") is the cheapest tier; scope "),
+                Text(w.scope),
+                Text(" keeps its average at the bar "),
+                Num(w.bar),
+                Text(" with stronger tiers on harder tasks"),
+            ]),
+            (Mode::Average, Some(below)) => p.extend([
                 Text(&c.name),
                 Text(" predicted "),
                 Num(c.predicted_quality),
                 Text(" vs "),
-                Num(cheaper.predicted_quality),
+                Num(below.predicted_quality),
                 Text(" on "),
-                Text(&cheaper.name),
-                Text(" is worth the extra cost to keep scope "),
-                Text(scope),
-                Text(" at its bar "),
-                Num(bar),
-            ],
+                Text(&below.name),
+                Text(basis),
+                Text(": worth the extra cost to keep scope "),
+                Text(w.scope),
+                Text(" at its average bar "),
+                Num(w.bar),
+            ]),
         }
+        if w.workflow != crate::learning::DEFAULT_WORKFLOW {
+            p.extend([Text(" (workflow "), Text(w.workflow), Text(")")]);
+        }
+        p
     };
-    let mut out = String::with_capacity(160);
-    for p in pieces {
+    let mut out = String::with_capacity(200);
+    for p in &pieces {
         match p {
             Text(t) => out.push_str(t),
             Num(x) => push_two(&mut out, *x),

@@ -16,7 +16,7 @@ async fn evidence_total(server: &TestServer) -> u64 {
         .evidence()
         .await
         .values()
-        .map(|e| e.feedbacks)
+        .map(|e| e.feedbacks())
         .sum()
 }
 

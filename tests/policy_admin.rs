@@ -20,7 +20,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 fn with_bar(bar: &str) -> String {
-    EMBEDDED_POLICY.replace("quality_bar = 0.75", &format!("quality_bar = {bar}"))
+    EMBEDDED_POLICY.replace("quality_bar = 0.7\n", &format!("quality_bar = {bar}\n"))
 }
 
 const INVALID: &str =
@@ -123,7 +123,7 @@ async fn apply_validate_rollback_and_the_audit_trail() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(v.changes, vec!["scope default: quality_bar 0.75 → 0.8"]);
+    assert_eq!(v.changes, vec!["scope default: quality_bar 0.7 → 0.8"]);
     let (stop, traffic) = route_loop(&server);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let applied = admin
@@ -203,7 +203,7 @@ async fn apply_validate_rollback_and_the_audit_trail() {
     assert_eq!(log.changes[0].source, "startup");
     assert_eq!(
         log.changes[2].summary,
-        vec!["scope default: quality_bar 0.8 → 0.75"]
+        vec!["scope default: quality_bar 0.8 → 0.7"]
     );
     assert_eq!(log.live_version, v0);
 }
@@ -235,13 +235,13 @@ async fn the_policy_file_hot_reloads_and_a_bad_one_is_refused() {
 
     // A valid one takes effect without dropping a request.
     let (stop, traffic) = route_loop(&server);
-    std::fs::write(&file, with_bar("0.7")).unwrap();
+    std::fs::write(&file, with_bar("0.6")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.send(()).unwrap();
     let (ok, errors) = traffic.await.unwrap();
     assert!(ok > 10 && errors == 0, "{ok} ok, {errors} errors");
     let v1 = live_version(&server).await;
-    assert_eq!(v1, Policy::parse(&with_bar("0.7")).unwrap().version);
+    assert_eq!(v1, Policy::parse(&with_bar("0.6")).unwrap().version);
     let log = server
         .admin()
         .await
@@ -296,9 +296,12 @@ async fn the_policy_file_hot_reloads_and_a_bad_one_is_refused() {
 
 #[tokio::test]
 async fn what_if_projects_lower_spend_and_quality_for_a_lower_bar() {
-    // A bar the cheap tier misses, so the live policy mixes tiers.
+    // A bar the cheap tier misses, so the live policy mixes tiers; an average bar, where the
+    // price of quality trades spend for quality smoothly.
     // No exploration: the same traffic teaches the same thresholds every run.
-    let live = with_bar("0.8").replace("exploration_rate = 0.05", "exploration_rate = 0.0");
+    let averaged =
+        |bar: &str| with_bar(bar).replace("bar_mode = \"per_task\"", "bar_mode = \"average\"");
+    let live = averaged("0.8").replace("exploration_rate = 0.05", "exploration_rate = 0.0");
     let server = TestServer::with_policy(Policy::parse(&live).unwrap(), Limits::default()).await;
     let mut c = server.router().await;
     let tasks = [
@@ -348,8 +351,8 @@ async fn what_if_projects_lower_spend_and_quality_for_a_lower_bar() {
     assert_eq!(same.proposed_quality, same.live_quality);
     assert!(same.actual_spend_micros > 0);
 
-    let lower = what_if(with_bar("0.5")).await;
-    let higher = what_if(with_bar("0.95")).await;
+    let lower = what_if(averaged("0.5")).await;
+    let higher = what_if(averaged("0.95")).await;
     eprintln!("live {same:?}\nlower {lower:?}\nhigher {higher:?}");
     assert!(
         lower.proposed_spend_micros < same.live_spend_micros,
@@ -520,7 +523,7 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
     assert_eq!(version(&mut admin).await, v0);
 
     // Good file + SIGHUP: live.
-    let good = format!("{}{}", with_bar("0.7"), " ".repeat(0));
+    let good = format!("{}{}", with_bar("0.6"), " ".repeat(0));
     write_same_stamp(good.clone());
     let want = Policy::parse(&format!("{good}{}", " ".repeat(len - good.len())))
         .unwrap()

@@ -246,7 +246,7 @@ async fn a_redis_outage_loses_no_route_and_no_feedback() {
         .evidence()
         .await
         .values()
-        .map(|e| e.feedbacks)
+        .map(|e| e.feedbacks())
         .sum();
     assert_eq!(counted, accepted.len() as u64);
 }
@@ -261,6 +261,15 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
     common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, cold);
+    let a_default_workflow: Vec<f64> = a
+        .engine
+        .router
+        .table()
+        .default
+        .tiers_for("default")
+        .iter()
+        .map(|t| t.threshold)
+        .collect();
     a.stop().await;
     // A new process of the same deployment: it has learned nothing itself.
     let restarted = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
@@ -273,7 +282,8 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
         .unwrap()
         .into_inner();
     let first: Vec<f64> = d.candidates.iter().map(|c| c.threshold).collect();
-    let learned_default = &learned.iter().find(|(k, _)| k == "default").unwrap().1;
+    // The candidates carry the thresholds of the task's workflow ("default" here).
+    let learned_default: &Vec<f64> = &a_default_workflow;
     let cold_default = &cold.iter().find(|(k, _)| k == "default").unwrap().1;
     assert_eq!(
         &first, learned_default,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Routing quality on data the bundled model never trained on (README "Proof: replay on held-out
+# data"). Builds the release binary, then:
+#   1. offline RouteLLM metrics of the bundled model on the held-out fifth;
+#   2. replay of the held-out fifth, two tiers, bar 0.77, seeds 1-5 (learning on);
+#   3. domain shift: a model trained without GSM8K and without the MMLU high_school_* and
+#      college_* subjects, replayed on exactly those tasks (all splits: it saw none of them).
+# Usage: benches/quality/run.sh [OUT_DIR]   (about 15 minutes on 2 cores, most of it training)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-target/quality}
+mkdir -p "$out"
+cargo build --release --quiet
+bin=target/release/tokenwise
+data=models/data/routellm-train.jsonl.gz
+pair=(--cheap mixtral-8x7b-instruct --premium gpt-4-1106-preview)
+tiers=mixtral-8x7b-instruct,gpt-4-1106-preview
+shifted='gsm8k,mmlu/high_school,mmlu/college'
+
+echo "== offline, held-out split"
+$bin eval --data $data --split holdout "${pair[@]}" | tee "$out/eval-holdout.txt"
+
+summary() {
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); h=r['hindsight'] or {}; print(sys.argv[2], 'quality %.4f saving %.4f premium share %.3f | 2nd half quality %.4f saving %.4f | hindsight saving %.4f' % (r['quality'], r['saving_vs_premium'], r['tier_share']['gpt-4-1106-preview'], r['late_quality'], r['late_saving_vs_premium'], h.get('saving_vs_premium', float('nan'))))" "$1" "$2"
+}
+echo "== replay, held-out split, bar 0.77: file order (grouped by subject), then shuffled"
+for order in "" --shuffle; do
+  for seed in 1 2 3 4 5; do
+    f="$out/replay-holdout${order}-$seed.json"
+    $bin replay --data $data --split holdout --tiers $tiers --bar 0.77 --seed $seed $order --json > "$f"
+    summary "$f" "seed $seed ${order:-file order}"
+  done
+done
+
+echo "== domain shift: train without $shifted"
+$bin train --data $data --split train --workflows "!gsm8k,!mmlu/high_school,!mmlu/college" \
+  "${pair[@]}" --out "$out/shift-model.json"
+$bin eval --data $data --split all --workflows $shifted "${pair[@]}" --model "$out/shift-model.json" \
+  | tee "$out/eval-shift.txt"
+for order in "" --shuffle; do
+  for seed in 1 2 3; do
+    f="$out/replay-shift${order}-$seed.json"
+    $bin replay --data $data --split all --workflows $shifted --model "$out/shift-model.json" \
+      --tiers $tiers --bar 0.77 --seed $seed $order --json > "$f"
+    summary "$f" "seed $seed ${order:-file order}"
+    python3 -c "import json,sys; print('  within 0.01 of the bar after', json.load(open(sys.argv[1]))['feedbacks_to_bar'], 'feedbacks')" "$f"
+  done
+done
