@@ -58,7 +58,7 @@ pub const BAND_PRIOR: f64 = 40.0;
 /// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality:
 /// measured on held-out replays (0 to 0.25 tried), 0.1 keeps quality within 0.01 of the bar
 /// across seeds while a tier with little evidence still starts cautious.
-pub const CONFIDENCE_Z: f64 = 0.1;
+pub const CONFIDENCE_Z: f64 = 0.15;
 /// Outcomes of one level (scope, family or workflow) after which its old evidence weighs half.
 pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
 /// Recent tasks per scope that the planner prices its choices on.
@@ -542,7 +542,11 @@ fn curves(
         };
         let (estimated, n) = estimate(&parents[s], cells, strength);
         // A child level knows at least what its parent does.
-        let n = n.max(parent_strength[s]);
+        let n = if parent_level.is_some() {
+            n
+        } else {
+            n.max(parent_strength[s])
+        };
         // Plan on a lower confidence bound: a tier is trusted as far as its evidence supports.
         let margin = CONFIDENCE_Z * (0.25 / n).sqrt();
         let mut q = estimated;
