@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`features`] turns task text into a sparse feature vector (pure CPU).
-//! - [`classifier`] scores it with the bundled logistic model into a complexity in [0, 1].
+//! - [`classifier`] scores its difficulty with the bundled item-response model: a complexity in
+//!   [0, 1].
 //! - [`policy`] holds the tier catalogue and the scoped policies (quality bar, allowed tiers).
-//! - [`learning`] turns calibration plus outcome evidence into per-scope thresholds (the planner).
+//! - [`learning`] turns calibration plus outcome evidence (per scope, family and workflow) into
+//!   per-scope plans (the planner).
 //! - [`routing`] decides: policy scope → thresholds → cheapest tier that admits the task.
 //! - [`server`] is the gRPC face (tonic): handlers convert proto ↔ domain and call [`routing`].
 //! - [`dataset`] and [`training`] are the offline side: `train` and `eval`.
