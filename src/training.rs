@@ -58,7 +58,7 @@ pub enum TrainError {
         /// Premium model id.
         premium: String,
     },
-    /// linfa failed.
+    /// The optimiser failed (a non-finite gradient).
     #[error("fitting failed: {0}")]
     Fit(String),
 }
