@@ -225,16 +225,26 @@ pub fn decide(
             BarMode::PerTask => Mode::PerTask,
         }
     };
+    // The bar the choice was held to: per task and relative, a share of the top tier's bound.
+    let bar = match (mode, plan.policy.quality_bar_relative) {
+        (Mode::PerTask, Some(r)) => curves.last().map_or(plan.target, |t| r * t.quality[band]),
+        _ => plan.target,
+    };
     let mut reason = explain(&Why {
         candidates: &candidates,
+        curves,
+        band,
         chosen,
         safe,
         complexity,
         scope: &scope.key,
         workflow,
-        bar: plan.target,
+        bar,
         mode,
-        learned: plan.workflow_plan(workflow).is_some(),
+        // Only once its own outcomes weigh as much as what it borrows.
+        learned: plan
+            .workflow_plan(workflow)
+            .is_some_and(|p| p.evidence >= crate::learning::WORKFLOW_PRIOR),
     });
     if let Some(cap) = capped {
         reason.push_str("; expected_output_tokens capped at ");
@@ -290,6 +300,10 @@ enum Mode {
 /// What the reason is made from.
 struct Why<'a> {
     candidates: &'a [Candidate],
+    /// The curves the choice used: per task, a tier is held to the bar by its planning bound
+    /// (`quality`), the estimate less its confidence margin, so the reason quotes that.
+    curves: &'a [crate::learning::TierPlan],
+    band: usize,
     chosen: usize,
     safe: usize,
     complexity: f64,
@@ -297,7 +311,7 @@ struct Why<'a> {
     workflow: &'a str,
     bar: f64,
     mode: Mode,
-    /// Whether the workflow (or its family) has learned state of its own.
+    /// Whether the workflow (or its family) stands mostly on its own outcomes.
     learned: bool,
 }
 
@@ -311,13 +325,15 @@ fn explain(w: &Why<'_>) -> String {
     use Piece::{Num, Text};
     let cands = w.candidates;
     let c = &cands[w.chosen];
-    let top = cands.len() - 1;
     let basis = if w.learned {
         " from this workflow's outcomes"
     } else {
         " from the scope's prior"
     };
     let cheaper = w.chosen.checked_sub(1).map(|i| &cands[i]);
+    // What the per-task rule compared with the bar: the estimate less its confidence margin.
+    let bound = |i: usize| w.curves.get(i).map_or(0.0, |t| t.quality[w.band]);
+    const MARGIN: &str = " after its confidence margin,";
     let pieces: Vec<Piece<'_>> = if w.chosen != w.safe {
         vec![
             Text("exploring: "),
@@ -347,39 +363,39 @@ fn explain(w: &Why<'_>) -> String {
                 Num(c.threshold),
                 Text(")"),
             ]),
-            (Mode::PerTask, _)
-                if c.predicted_quality + 1e-9 < w.bar || cheaper.is_none() && w.chosen == top =>
-            {
-                p.extend([
-                    Text("no tier is predicted to reach the bar "),
-                    Num(w.bar),
-                    Text(" on a task this hard, so the top tier: "),
-                    Text(&c.name),
-                    Text(" (predicted "),
-                    Num(c.predicted_quality),
-                    Text(basis),
-                    Text(")"),
-                ])
-            }
+            (Mode::PerTask, _) if bound(w.chosen) < w.bar - 1e-12 => p.extend([
+                Text("no tier is expected to reach the bar "),
+                Num(w.bar),
+                Text(" on a task this hard, so the top tier: "),
+                Text(&c.name),
+                Text(" ("),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
+                Text(basis),
+                Text(")"),
+            ]),
             (Mode::PerTask, None) => p.extend([
                 Text(&c.name),
-                Text(", the cheapest tier, is predicted "),
-                Num(c.predicted_quality),
-                Text(basis),
-                Text(", enough for the bar "),
+                Text(", the cheapest tier, is expected to reach the bar "),
                 Num(w.bar),
+                Text(" ("),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
+                Text(basis),
+                Text(")"),
             ]),
             (Mode::PerTask, Some(below)) => p.extend([
                 Text(&c.name),
-                Text(" is the cheapest tier predicted to reach the bar "),
+                Text(" is the cheapest tier expected to reach the bar "),
                 Num(w.bar),
                 Text(" ("),
-                Num(c.predicted_quality),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
                 Text(basis),
                 Text("; "),
                 Text(&below.name),
                 Text(" "),
-                Num(below.predicted_quality),
+                Num(bound(w.chosen - 1)),
                 Text(")"),
             ]),
             (Mode::Average, None) => p.extend([
