@@ -58,6 +58,48 @@ pub struct Calibration {
     pub premium_model: String,
     /// Bands in complexity order.
     pub bands: Vec<CalibrationBand>,
+    /// Per workflow and family label seen in training: how much better or worse each model did
+    /// there than its band curve says, as a shift of the log-odds of success. A family's shift
+    /// is relative to the band curve, a workflow's to its family's (or to the band curve without
+    /// a family). A label not listed shifts nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workflows: BTreeMap<String, LabelShift>,
+}
+
+/// The log-odds shift of each calibration model's success on one training label, shrunk
+/// towards 0 by the label's size.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct LabelShift {
+    /// Training tasks with this label.
+    pub tasks: u32,
+    /// Shift of the cheap model.
+    pub cheap: f32,
+    /// Shift of the premium model.
+    pub premium: f32,
+}
+
+impl Calibration {
+    /// The summed log-odds shift (cheap, premium) of a workflow: its family's plus its own.
+    pub fn shift_of(&self, workflow: &str) -> (f64, f64) {
+        if self.workflows.is_empty() {
+            return (0.0, 0.0);
+        }
+        let own = self.workflows.get(workflow);
+        let family = crate::learning::family_of(workflow).and_then(|f| self.workflows.get(f));
+        [own, family]
+            .into_iter()
+            .flatten()
+            .fold((0.0, 0.0), |(c, p), s| {
+                (c + f64::from(s.cheap), p + f64::from(s.premium))
+            })
+    }
+
+    /// The log-odds shift a label adds on top of its parent's (its own entry only).
+    pub fn own_shift(&self, label: &str) -> (f64, f64) {
+        self.workflows
+            .get(label)
+            .map_or((0.0, 0.0), |s| (f64::from(s.cheap), f64::from(s.premium)))
+    }
 }
 
 /// A trained complexity model.
@@ -160,6 +202,13 @@ impl ComplexityModel {
                 return bad(format!("calibration.bands[{i}] quality outside [0, 1]"));
             }
         }
+        for (label, shift) in &self.calibration.workflows {
+            if !shift.cheap.is_finite() || !shift.premium.is_finite() {
+                return bad(format!(
+                    "calibration.workflows[{label:?}] shift is not finite"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -244,6 +293,7 @@ mod tests {
                     cheap_quality: 0.5,
                     premium_quality: 0.9,
                 }],
+                workflows: BTreeMap::new(),
             },
             training: serde_json::Value::Null,
         }

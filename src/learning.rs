@@ -13,7 +13,10 @@
 //! residual; a family's curve is the scope's, corrected the same way by the family's outcomes;
 //! a workflow's is its family's, corrected by its own. Each correction is worth
 //! [`FAMILY_PRIOR`] / [`WORKFLOW_PRIOR`] pseudo-outcomes of its parent, so a workflow with three
-//! outcomes mostly borrows its parent's curve and one with thousands stands on its own.
+//! outcomes mostly borrows its parent's curve and one with thousands stands on its own. A label
+//! the model was trained on first shifts its parent's curve by the log-odds shift training
+//! measured there ([`Calibration::workflows`]), less the share the parent already learned from
+//! the label's own outcomes.
 //!
 //! **Plan.** The bar is met across all workflows of the scope at once:
 //! - `bar_mode = "average"`: routing minimises `cost(tier, task) − λ·quality(tier, workflow,
@@ -25,7 +28,8 @@
 //! - `quality_bar_relative = r`: the bar is `r` × the estimate of the scope's most expensive
 //!   allowed tier on the same traffic (per task in `per_task` mode).
 //!
-//! The traffic sample is the scope's most recent tasks; while it holds fewer than
+//! The traffic sample is 512 of the scope's recent tasks (every task until it is full, then
+//! every 4th, so it spans the last 2,048 outcomes); while it holds fewer than
 //! [`MIN_TRAFFIC_SAMPLE`], the prior traffic shape (one typical task per band) makes up the
 //! difference in weight, so one feedback can never reprice a whole scope. Every estimate is
 //! used less a confidence margin that shrinks with evidence, so a tier with little evidence
@@ -55,14 +59,22 @@ pub const FAMILY_PRIOR: f64 = 20.0;
 pub const WORKFLOW_PRIOR: f64 = 20.0;
 /// Outcomes a single band needs before its own residual counts as much as the pooled estimate.
 pub const BAND_PRIOR: f64 = 40.0;
-/// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality:
-/// measured on held-out replays (0 to 0.25 tried), 0.1 keeps quality within 0.01 of the bar
-/// across seeds while a tier with little evidence still starts cautious.
-pub const CONFIDENCE_Z: f64 = 0.15;
+/// Standard errors (of a tier's pooled estimate, σ ≤ 0.5) the plan subtracts from its quality.
+/// Measured on held-out replays (0 to 0.5 tried): choosing the cheap tier where its estimate is
+/// high picks up its estimation error (a winner's curse), which the margin pays for; 0.3 kept
+/// every seed within 0.005 of the bar but sent mid-complexity trivial prompts to the top tier
+/// under the example policy, 0.2 keeps them off it and misses by up to 0.01 on some seeds.
+pub const CONFIDENCE_Z: f64 = 0.2;
 /// Outcomes of one level (scope, family or workflow) after which its old evidence weighs half.
 pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
-/// Recent tasks per scope that the planner prices its choices on.
+/// Tasks per scope that the planner prices its choices on.
 const TRAFFIC_SAMPLE: usize = 512;
+/// Once the sample is full, it takes every `SAMPLE_STRIDE`-th task of the scope, so it spans
+/// the last `TRAFFIC_SAMPLE × SAMPLE_STRIDE` outcomes at the cost of `TRAFFIC_SAMPLE`: priced
+/// on a short stretch, the plan chased whichever workflow had just been busy (on held-out
+/// replays in workflow order, spanning 2,048 instead of 512 kept quality above the bar on
+/// every seed).
+const SAMPLE_STRIDE: u64 = 4;
 /// Largest amount by which a scope that has fallen short aims above its bar.
 pub const CATCH_UP: f64 = 0.02;
 /// Recent tasks a scope needs before its sample alone stands for its traffic; below that, the
@@ -233,7 +245,8 @@ pub struct ScopeEvidence {
     pub families: HashMap<String, Level>,
     /// Workflow → evidence (empty label as [`DEFAULT_WORKFLOW`]).
     pub workflows: HashMap<String, Level>,
-    /// The most recent tasks of the scope (workflow, band and real token counts).
+    /// A sample of the scope's recent tasks (workflow, band and real token counts): every task
+    /// until it is full, then every `SAMPLE_STRIDE`-th.
     pub recent: VecDeque<TaskShape>,
 }
 
@@ -272,14 +285,16 @@ impl ScopeEvidence {
         let level = level_mut(&mut self.workflows, &workflow);
         level.observe(tier, band, score, seen);
         level.output.observe(tokens, workflow_est);
-        if self.recent.len() == TRAFFIC_SAMPLE {
-            self.recent.pop_front();
+        if self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE) {
+            if self.recent.len() == TRAFFIC_SAMPLE {
+                self.recent.pop_front();
+            }
+            shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
+            shape.output_tokens = shape
+                .output_tokens
+                .min(workflow_est.saturating_mul(OUTPUT_STEP));
+            self.recent.push_back(shape);
         }
-        shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
-        shape.output_tokens = shape
-            .output_tokens
-            .min(workflow_est.saturating_mul(OUTPUT_STEP));
-        self.recent.push_back(shape);
     }
 
     /// Outcomes ever applied to the scope.
@@ -448,17 +463,11 @@ fn per_task(
     (0..k).find(|&s| quality(s) >= bar - 1e-12).unwrap_or(k - 1)
 }
 
-/// Prior quality curve of a tier: the calibration's cheap or premium curve when the tier runs
-/// that model, else interpolated between them by log price position among the allowed tiers.
-fn prior_curve(cal: &Calibration, tier: &Tier, rank: f64) -> [f64; BANDS] {
+/// Prior quality curve of a tier at rank `r`: the calibration's cheap curve at 0 (a tier running
+/// the cheap model), the premium one at 1 (the premium model), interpolated between them by log
+/// price position among the allowed tiers for any other model.
+fn prior_curve(cal: &Calibration, r: f64) -> [f64; BANDS] {
     let bands = &cal.bands;
-    let r = if tier.model == cal.cheap_model {
-        0.0
-    } else if tier.model == cal.premium_model {
-        1.0
-    } else {
-        rank
-    };
     let mut out = [0.0; BANDS];
     for (b, o) in out.iter_mut().enumerate() {
         // Calibration may use a different band count: sample it at this band's centre.
@@ -467,6 +476,13 @@ fn prior_curve(cal: &Calibration, tier: &Tier, rank: f64) -> [f64; BANDS] {
         *o = cb.cheap_quality + r * (cb.premium_quality - cb.cheap_quality);
     }
     out
+}
+
+/// `q` with its log-odds moved by `delta` (kept off 0 and 1 so a shift can always act).
+fn shift_log_odds(q: f64, delta: f64) -> f64 {
+    let q = q.clamp(1e-4, 1.0 - 1e-4);
+    let z = (q / (1.0 - q)).ln() + delta;
+    1.0 / (1.0 + (-z).exp())
 }
 
 /// Shrunk estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
@@ -587,18 +603,44 @@ pub fn plan_scope(
         .map(|t| t.cost_usd(typ_in, typ_out).max(1e-12).ln())
         .collect();
     let (lo, hi) = (log_prices[0], log_prices[k - 1]);
-    let priors: Vec<[f64; BANDS]> = tiers
+    let ranks: Vec<f64> = tiers
         .iter()
         .enumerate()
         .map(|(s, t)| {
-            let rank = if hi > lo {
-                (log_prices[s] - lo) / (hi - lo)
-            } else {
+            if t.model == cal.cheap_model {
+                0.0
+            } else if t.model == cal.premium_model || hi <= lo {
                 1.0
-            };
-            prior_curve(cal, t, rank)
+            } else {
+                (log_prices[s] - lo) / (hi - lo)
+            }
         })
         .collect();
+    let priors: Vec<[f64; BANDS]> = ranks.iter().map(|&rank| prior_curve(cal, rank)).collect();
+    // A parent's curves as the prior of one of its labels: shifted by what training saw of
+    // that label (its log-odds shift, per tier by the same rank as the prior), less the part
+    // the parent has already learned from this label's own outcomes.
+    let shifted = |parent: &Curves, label: &str, level: Option<&Level>| -> Vec<[f64; BANDS]> {
+        let (dc, dp) = cal.own_shift(label);
+        tiers
+            .iter()
+            .enumerate()
+            .map(|(s, t)| {
+                let own: f64 = level
+                    .and_then(|l| l.cells.get(&t.name))
+                    .map_or(0.0, |c| c.iter().map(|c| c.n).sum());
+                let learned = (own / parent.strength[s].max(1e-9)).min(1.0);
+                let delta = (dc + ranks[s] * (dp - dc)) * (1.0 - learned);
+                let mut curve = parent.predicted[s];
+                if delta != 0.0 {
+                    curve
+                        .iter_mut()
+                        .for_each(|q| *q = shift_log_odds(*q, delta));
+                }
+                curve
+            })
+            .collect()
+    };
     let strengths: Vec<f64> = tiers
         .iter()
         .map(|t| {
@@ -628,7 +670,7 @@ pub fn plan_scope(
         for f in names {
             let c = curves(
                 &tiers,
-                &all[0].predicted,
+                &shifted(&all[0], f, e.families.get(f)),
                 &all[0].strength,
                 e.families.get(f),
                 Some(&e.scope),
@@ -648,7 +690,7 @@ pub fn plan_scope(
             };
             let c = curves(
                 &tiers,
-                &all[parent].predicted,
+                &shifted(&all[parent], w, e.workflows.get(w)),
                 &all[parent].strength,
                 e.workflows.get(w),
                 parent_level,

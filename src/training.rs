@@ -3,7 +3,11 @@
 
 use serde::Serialize;
 
-use crate::classifier::{ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel};
+use std::collections::BTreeMap;
+
+use crate::classifier::{
+    ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel, LabelShift,
+};
 use crate::dataset::Record;
 use crate::features::{self, TaskInput};
 use crate::learning::band_of;
@@ -14,6 +18,9 @@ pub const CALIBRATION_BANDS: usize = 20;
 const QUANTILE_KNOTS: usize = 201;
 /// Folds used to get out-of-fold logits for the quantiles and the calibration.
 const FOLDS: usize = 5;
+/// Penalty on a label's log-odds shift (`κ·δ²/2`), in units of the log-likelihood of one task:
+/// a label of ~20 tasks keeps about half of its own evidence, one of hundreds nearly all.
+const LABEL_SHIFT_PENALTY: f64 = 4.0;
 
 /// Training settings.
 #[derive(Debug, Clone)]
@@ -100,28 +107,21 @@ fn input_of(r: &Record) -> TaskInput<'_> {
 /// Signals whose weight is set by hand, in standard deviations of the trained difficulty per
 /// unit of signal: the length of the request in words (a one-line question vs a page of
 /// requirements), demanding-task cues (prove, design, implement, analyse…) and small talk (hi,
-/// thanks…). The training data (knowledge questions and school math) has almost none of either,
-/// so it cannot teach them; without them a greeting and a system-design request differ only by
-/// their length. Their effect on the training data is nil by construction (they are left out of
-/// the fit), so the held-out metrics measure the learned part alone.
+/// thanks…). The training data (knowledge questions and school math) has almost none of the
+/// cues and little spread in length, so it cannot teach them; without them a greeting and a
+/// system-design request differ only by their length. The model is fitted with them held at
+/// their set weights, so the abilities and the other weights account for what they add on the
+/// training data.
 pub const HAND_SET: [(usize, f64); 3] = [
     (features::HASH_DIMS + 1, 2.5),
     (features::HASH_DIMS + 12, 2.5),
     (features::HASH_DIMS + 13, -3.0),
 ];
 
-fn hand_set(index: usize) -> bool {
-    HAND_SET.iter().any(|&(i, _)| i == index)
-}
-
-/// The task's features as sparse (index, value) pairs, without the hand-set signals.
+/// The task's features as sparse (index, value) pairs.
 fn sparse_features(r: &Record) -> Vec<(usize, f64)> {
     let mut out: Vec<(usize, f64)> = Vec::new();
-    features::visit_features(&input_of(r), |j, v| {
-        if !hand_set(j as usize) {
-            out.push((j as usize, f64::from(v)));
-        }
-    });
+    features::visit_features(&input_of(r), |j, v| out.push((j as usize, f64::from(v))));
     out
 }
 
@@ -151,8 +151,12 @@ const BETA2: f64 = 0.999;
 /// succeed (score ≥ 0.5). Minimises the summed log loss + `alpha/2·‖w‖²` (abilities are not
 /// penalised) by full-batch Adam over the sparse features: the dense design matrix that a
 /// general-purpose solver needs (14,500 rows × 4,110 columns) took over 20 minutes on 2 cores;
-/// this takes seconds, deterministically.
-fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted, TrainError> {
+/// this takes seconds, deterministically. Weights listed in `fixed` are held at their values.
+fn fit(
+    tasks: &[&PairTask<'_>],
+    opts: &TrainOptions,
+    fixed: &[(usize, f64)],
+) -> Result<Fitted, TrainError> {
     let dims = features::DIMS;
     // Workflow and family labels of the training data: one offset column each, after the two
     // abilities (penalised like the weights, so a rare label stays near 0).
@@ -179,6 +183,10 @@ fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted, TrainErro
     // Parameters: w[0..dims], the two abilities, then the label offsets.
     let n = dims + 2 + labels.len();
     let mut theta = vec![0.0f64; n];
+    for &(j, w) in fixed {
+        theta[j] = w;
+    }
+    let free = |i: usize| !fixed.iter().any(|&(j, _)| j == i);
     let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
     let mut grad = vec![0.0f64; n];
     let scale = 1.0 / rows.len().max(1) as f64;
@@ -223,7 +231,7 @@ fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted, TrainErro
             )));
         }
         let (c1, c2) = (1.0 - BETA1.powi(step as i32), 1.0 - BETA2.powi(step as i32));
-        for i in 0..n {
+        for i in (0..n).filter(|&i| free(i)) {
             m[i] = BETA1 * m[i] + (1.0 - BETA1) * grad[i];
             v[i] = BETA2 * v[i] + (1.0 - BETA2) * grad[i] * grad[i];
             theta[i] -= LEARNING_RATE * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
@@ -263,6 +271,82 @@ fn logit(f: &Fitted, r: &Record) -> f32 {
     z
 }
 
+/// The log-odds shift `δ` of one tier on a group of (base log-odds, score) pairs: maximises
+/// `Σ log-likelihood(score | σ(base + δ)) − penalty·δ²/2` by Newton steps (the objective is
+/// concave).
+fn log_odds_shift(group: &[(f64, f64)], penalty: f64) -> f64 {
+    let sigma = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let mut delta = 0.0;
+    for _ in 0..50 {
+        let (mut g, mut h) = (-penalty * delta, -penalty - 1e-9);
+        for &(base, y) in group {
+            let p = sigma(base + delta);
+            g += y - p;
+            h -= p * (1.0 - p);
+        }
+        let step = g / h;
+        delta -= step.clamp(-2.0, 2.0);
+        if step.abs() < 1e-7 {
+            break;
+        }
+    }
+    delta
+}
+
+/// Per-label shifts of each model's success log-odds against the item-response prediction on
+/// out-of-fold difficulties: first each family against the prediction, then each workflow
+/// against its family's shifted prediction. What a workflow's difficulty offset cannot say (the
+/// premium model gains much on one subject, little on another) is what these carry.
+fn label_shifts(
+    tasks: &[PairTask<'_>],
+    oof: &[f32],
+    (a_cheap, a_premium): (f32, f32),
+) -> BTreeMap<String, LabelShift> {
+    let mut out: BTreeMap<String, LabelShift> = BTreeMap::new();
+    // Predicted log-odds of success of (cheap, premium) on each task.
+    let base = |i: usize| (f64::from(a_cheap - oof[i]), f64::from(a_premium - oof[i]));
+    let mut groups: BTreeMap<(bool, String), Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let w = &t.record.workflow;
+        if w.is_empty() {
+            continue;
+        }
+        if let Some(f) = crate::learning::family_of(w) {
+            groups.entry((false, f.to_string())).or_default().push(i);
+        }
+        groups.entry((true, w.clone())).or_default().push(i);
+    }
+    // Families (false) sort before workflows (true), so a workflow's family shift is known.
+    for ((is_workflow, label), members) in &groups {
+        if *is_workflow && out.contains_key(label) {
+            continue;
+        }
+        let parent = |i: usize| -> (f64, f64) {
+            if !*is_workflow {
+                return (0.0, 0.0);
+            }
+            crate::learning::family_of(&tasks[i].record.workflow)
+                .and_then(|f| out.get(f))
+                .map_or((0.0, 0.0), |s| (f64::from(s.cheap), f64::from(s.premium)))
+        };
+        let cheap: Vec<(f64, f64)> = members
+            .iter()
+            .map(|&i| (base(i).0 + parent(i).0, tasks[i].cheap))
+            .collect();
+        let premium: Vec<(f64, f64)> = members
+            .iter()
+            .map(|&i| (base(i).1 + parent(i).1, tasks[i].premium))
+            .collect();
+        let s = LabelShift {
+            tasks: members.len() as u32,
+            cheap: log_odds_shift(&cheap, LABEL_SHIFT_PENALTY) as f32,
+            premium: log_odds_shift(&premium, LABEL_SHIFT_PENALTY) as f32,
+        };
+        out.insert(label.clone(), s);
+    }
+    out
+}
+
 /// Trains a model: out-of-fold logits give the quantile map and the calibration, then the final
 /// weights are fitted on every record.
 pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel, TrainError> {
@@ -275,8 +359,9 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             premium: opts.premium.clone(),
         });
     }
+    // Out-of-fold difficulties of every task, learned without the hand-set signals.
+    let unset: Vec<(usize, f64)> = HAND_SET.iter().map(|&(i, _)| (i, 0.0)).collect();
     let mut oof = vec![0f32; tasks.len()];
-    let mut fold_models = Vec::with_capacity(FOLDS);
     for fold in 0..FOLDS {
         let train: Vec<&PairTask<'_>> = tasks
             .iter()
@@ -284,13 +369,14 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             .filter(|(i, _)| i % FOLDS != fold)
             .map(|(_, t)| t)
             .collect();
-        let f = fit(&train, opts)?;
+        let f = fit(&train, opts, &unset)?;
         for (i, t) in tasks.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
             oof[i] = logit(&f, t.record);
         }
-        fold_models.push(f);
     }
-    // The hand-set signals, scaled to the spread of the learned difficulty.
+    // The hand-set signals, scaled to the spread of the learned difficulty, then added to it.
+    // (Fitting the other weights with them held fixed let correlated features, such as the
+    // character count, cancel them: short greetings scored as hard as proofs.)
     let mean = oof.iter().map(|&z| f64::from(z)).sum::<f64>() / oof.len() as f64;
     let sd = (oof
         .iter()
@@ -298,25 +384,44 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         .sum::<f64>()
         / oof.len() as f64)
         .sqrt();
-    let set_by_hand = |w: &mut Vec<f32>| {
-        for &(i, k) in &HAND_SET {
-            w[i] = (k * sd) as f32;
-        }
-    };
-    for (fold, f) in fold_models.iter_mut().enumerate() {
-        set_by_hand(&mut f.weights);
-        for (i, t) in tasks.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
-            oof[i] = logit(f, t.record);
-        }
+    let hand_set: Vec<(usize, f64)> = HAND_SET.iter().map(|&(i, k)| (i, k * sd)).collect();
+    for (z, t) in oof.iter_mut().zip(&tasks) {
+        features::visit_features(&input_of(t.record), |j, v| {
+            if let Some(&(_, w)) = hand_set.iter().find(|&&(i, _)| i == j as usize) {
+                *z += (w * f64::from(v)) as f32;
+            }
+        });
     }
+    // Abilities refitted on the difficulties the model ships (signals included), so that
+    // `σ(ability − difficulty)` stays calibrated; the label shifts are measured against them.
+    let ability = |score: fn(&PairTask<'_>) -> f64| -> f32 {
+        let group: Vec<(f64, f64)> = tasks
+            .iter()
+            .zip(&oof)
+            .map(|(t, &z)| (-f64::from(z), score(t)))
+            .collect();
+        log_odds_shift(&group, 0.0) as f32
+    };
+    let abilities = (ability(|t| t.cheap), ability(|t| t.premium));
+    let shifts = match opts.target {
+        Target::Irt => label_shifts(&tasks, &oof, abilities),
+        Target::Cheap | Target::Gap => BTreeMap::new(),
+    };
     let mut sorted = oof.clone();
     sorted.sort_by(f32::total_cmp);
     let logit_quantiles: Vec<f32> = (0..QUANTILE_KNOTS)
         .map(|k| sorted[k * (sorted.len() - 1) / (QUANTILE_KNOTS - 1)])
         .collect();
     let all: Vec<&PairTask<'_>> = tasks.iter().collect();
-    let mut fitted = fit(&all, opts)?;
-    set_by_hand(&mut fitted.weights);
+    let mut fitted = fit(&all, opts, &unset)?;
+    for &(i, w) in &hand_set {
+        fitted.weights[i] = w as f32;
+    }
+    match opts.target {
+        Target::Irt => (fitted.cheap, fitted.premium) = abilities,
+        Target::Cheap => fitted.cheap = abilities.0,
+        Target::Gap => {}
+    }
     let mut model = ComplexityModel {
         format: ARTIFACT_FORMAT.into(),
         version: String::new(),
@@ -339,6 +444,7 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             cheap_model: opts.cheap.clone(),
             premium_model: opts.premium.clone(),
             bands: Vec::new(),
+            workflows: shifts,
         },
         training: serde_json::Value::Null,
     };
@@ -363,8 +469,8 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         })
         .collect();
     let digest = crate::policy::short_hash(&format!(
-        "{:?}{:?}{:?}",
-        model.weights, model.abilities, model.workflow_offsets
+        "{:?}{:?}{:?}{:?}",
+        model.weights, model.abilities, model.workflow_offsets, model.calibration.workflows
     ));
     model.version = format!("cx2-{digest}");
     Ok(model)
@@ -391,7 +497,7 @@ pub struct EvalReport {
 }
 
 /// Evaluates `model` on `records`: sends the tasks where the model predicts the largest gain of
-/// premium over cheap to premium first, sweeping the share from 0 to 1. Without abilities for
+/// premium over cheap (abilities, shifted by the task's workflow label) to premium first, sweeping the share from 0 to 1. Without abilities for
 /// both models (an older artifact), the most complex tasks go first.
 pub fn evaluate(
     model: &ComplexityModel,
@@ -405,9 +511,10 @@ pub fn evaluate(
         .map(|t| {
             let input = input_of(t.record);
             let z = model.logit(&input);
+            let (dc, dp) = model.calibration.shift_of(&t.record.workflow);
             match (
-                model.success_chance(premium, z),
-                model.success_chance(cheap, z),
+                model.success_chance(premium, z - dp as f32),
+                model.success_chance(cheap, z - dc as f32),
             ) {
                 (Some(p), Some(c)) => p - c,
                 _ => model.complexity_of_logit(z),
@@ -544,6 +651,31 @@ mod tests {
         );
         let worst: Vec<f64> = oracle.iter().map(|x| -x).collect();
         assert!(sweep(&tasks, &worst).unwrap().apgr < 0.3);
+    }
+
+    #[test]
+    fn label_shifts_find_where_a_model_does_better_than_predicted() {
+        // Two workflows of one family, predicted alike; the cheap model fails on `f/b`.
+        let mut records = Vec::new();
+        for i in 0..200 {
+            let cheap = if i % 2 == 0 { 1.0 } else { 0.0 };
+            let mut a = rec(i, "same text", cheap, 1.0);
+            a.workflow = "f/a".into();
+            let mut b = rec(1000 + i, "same text", 0.0, 1.0);
+            b.workflow = "f/b".into();
+            records.push(a);
+            records.push(b);
+        }
+        let tasks = pair_tasks(&records, "c", "p");
+        let oof = vec![0f32; tasks.len()];
+        let shifts = label_shifts(&tasks, &oof, (0.0, 2.0));
+        let (fam, a, b) = (&shifts["f"], &shifts["f/a"], &shifts["f/b"]);
+        // The family as a whole: the cheap model succeeds a quarter of the time (σ(0) = 1/2
+        // predicted), the premium one always (σ(2) predicted).
+        assert!(fam.cheap < -0.5 && fam.premium > 0.5, "{fam:?}");
+        // Against the family: `f/a` better, `f/b` worse for the cheap model.
+        assert!(a.cheap > 0.5 && b.cheap < -0.5, "{a:?} {b:?}");
+        assert_eq!((a.tasks, b.tasks, fam.tasks), (200, 200, 400));
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn calibration() -> Calibration {
         cheap_model: "cheap-m".into(),
         premium_model: "premium-m".into(),
         bands,
+        workflows: Default::default(),
     }
 }
 
@@ -258,6 +259,44 @@ fn a_workflow_borrows_from_its_family_until_it_has_evidence() {
     let many = plan(0.8, Some(&ev)).tiers_for("fam/b")[0].predicted[5];
     assert!(few < 0.6, "{few}");
     assert!(many > 0.9, "{many}");
+}
+
+#[test]
+fn a_label_seen_in_training_starts_from_its_measured_shift_until_its_own_outcomes_take_over() {
+    use crate::classifier::LabelShift;
+    let mut cal = calibration();
+    // Training saw the cheap model do much worse on `fam/hard` than its band curve says.
+    cal.workflows.insert(
+        "fam/hard".into(),
+        LabelShift {
+            tasks: 200,
+            cheap: -1.5,
+            premium: 0.0,
+        },
+    );
+    let p = policy(0.8);
+    let mut ev = ScopeEvidence::default();
+    for name in ["fam/hard", "fam/easy"] {
+        ev.observe("large", shape_in(name, 5, 100, 10), 1.0);
+    }
+    let at = |ev: &ScopeEvidence, w: &str, slot: usize| {
+        plan_scope(&p, &p.default, &cal, Some(ev), None).tiers_for(w)[slot].predicted[5]
+    };
+    let (hard, easy) = (at(&ev, "fam/hard", 0), at(&ev, "fam/easy", 0));
+    assert!(
+        hard < easy - 0.2,
+        "cheap on fam/hard {hard} vs fam/easy {easy}"
+    );
+    // The premium tier has no shift; the medium tier (another model) gets a share of it.
+    assert!((at(&ev, "fam/hard", 2) - at(&ev, "fam/easy", 2)).abs() < 1e-9);
+    let medium = at(&ev, "fam/hard", 1) - at(&ev, "fam/easy", 1);
+    assert!(medium < 0.0 && medium > hard - easy, "{medium}");
+    // Many outcomes saying the cheap model is in fact fine there win over the training shift.
+    for i in 0..600 {
+        ev.observe("small", shape_in("fam/hard", i % BANDS, 100, 10), 1.0);
+    }
+    let learned = at(&ev, "fam/hard", 0);
+    assert!(learned > 0.9, "{learned}");
 }
 
 #[test]
