@@ -521,8 +521,10 @@ enum LogFormat {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes in a log file are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless; ignore it.
     let _ = match format {
@@ -681,7 +683,6 @@ pub fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(&args.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;
-                tracing::info!(addr = %args.listen, "listening");
                 engine.set_policy_source(&format!("replica {}", args.listen), args.config.clone()).await;
                 crate::server::run(engine, config, listener, shutdown_signal()).await?;
                 Ok(())

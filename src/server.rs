@@ -774,7 +774,7 @@ pub enum ServeError {
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// The metrics port could not be bound.
-    #[error("metrics listener on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr} (--metrics-listen; `off` to disable): {source}")]
     Metrics {
         /// Address asked for.
         addr: std::net::SocketAddr,
@@ -1015,8 +1015,9 @@ pub async fn run(
         interceptor,
     );
 
+    // Announced once every port is bound: a clash on the metrics port fails before this.
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "serving tokenwise.v1.Router and tokenwise.v1.Admin");
+    tracing::info!(addr = ?addr, "listening: serving tokenwise.v1.Router and tokenwise.v1.Admin");
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         builder = builder.tls_config(
