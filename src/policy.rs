@@ -715,6 +715,12 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
+/// Largest `value_per_success_usd`. The books add values up in signed 64-bit micro-dollars (at
+/// most $9.2 × 10¹² in all), so one outcome must be a tiny share of that; a million dollars per
+/// completed output is far above any real one (an unbounded value saturated the conversion and
+/// overflowed the store's counter).
+const MAX_VALUE_PER_SUCCESS_USD: f64 = 1e6;
+
 fn usd_to_micros(path: &str, usd: f64) -> Result<u64, PolicyError> {
     if !usd.is_finite() || usd < 0.0 {
         return Err(PolicyError::new(
@@ -847,12 +853,13 @@ fn resolve_scope(
         s.value_per_success_usd,
         base.and_then(|b| b.value_per_success_usd),
     );
+    // Bounded like budget limits: the books add it up in integer micro-dollars.
     if let Some(v) = value_per_success_usd
-        && (!v.is_finite() || v < 0.0)
+        && (!v.is_finite() || !(0.0..=MAX_VALUE_PER_SUCCESS_USD).contains(&v))
     {
         return Err(PolicyError::new(
             field_path("value_per_success_usd"),
-            format!("must be ≥ 0, got {v}"),
+            format!("must be a dollar amount in [0, 1e6], got {v}"),
         ));
     }
     let bar_mode = match s
@@ -1139,6 +1146,26 @@ thresholds = { small = 0.3, medium = 0.7 }
             with("kind = \"memory\"\nurll = \"x\"").unwrap_err().path,
             "store.urll"
         );
+    }
+
+    #[test]
+    fn value_per_success_is_a_bounded_dollar_amount() {
+        let with = |v: &str| {
+            Policy::parse(&THREE.replacen(
+                "[default]\n",
+                &format!("[default]\nvalue_per_success_usd = {v}\n"),
+                1,
+            ))
+        };
+        assert_eq!(
+            with("2.5").unwrap().default.value_per_success_usd,
+            Some(2.5)
+        );
+        assert!(with("1e6").is_ok());
+        for bad in ["1e7", "1e300", "-1", "nan", "inf"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.path, "default.value_per_success_usd", "{bad}");
+        }
     }
 
     #[test]

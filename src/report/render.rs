@@ -283,19 +283,32 @@ pub fn csv(r: &Report) -> Result<String, csv::Error> {
         .map_err(|e| csv::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
-/// One CSV record; fields follow [`CSV_HEADER`].
+/// A text cell a spreadsheet will not run: one that starts with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return (a formula to Excel, LibreOffice and Sheets) gets a leading `'`. Labels come
+/// from callers (workflow and team names), so a report must not carry their formulas.
+fn csv_text(s: &str) -> String {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
+/// One CSV record; fields follow [`CSV_HEADER`]. Numbers are written as numbers; text cells go
+/// through [`csv_text`].
 fn csv_row(r: &Report, g: &GroupReport, label: &str) -> Vec<String> {
     let opt_f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     let tiers = |f: fn(&super::TierShare) -> String| {
-        g.tier_mix
-            .iter()
-            .map(|t| format!("{}:{}", t.tier, f(t)))
-            .collect::<Vec<_>>()
-            .join(";")
+        csv_text(
+            &g.tier_mix
+                .iter()
+                .map(|t| format!("{}:{}", t.tier, f(t)))
+                .collect::<Vec<_>>()
+                .join(";"),
+        )
     };
     vec![
         r.group_by.as_str().to_owned(),
-        label.to_owned(),
+        csv_text(label),
         g.spend_micros.to_string(),
         dollars6(g.spend_micros),
         g.tasks.to_string(),
@@ -1477,6 +1490,22 @@ mod tests {
         let t = table(&r);
         assert!(!t.contains("period start"));
         assert!(!t.contains("downgraded"));
+    }
+
+    #[test]
+    fn csv_cells_from_labels_cannot_be_formulas() {
+        let mut r = sample();
+        r.groups[0].key = "=HYPERLINK(\"http://x\",\"y\")".into();
+        r.groups[1].key = "@SUM(A1)".into();
+        let text = csv(&r).unwrap();
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = rd.records().map(|x| x.unwrap()).collect();
+        assert_eq!(&rows[0][1], "'=HYPERLINK(\"http://x\",\"y\")");
+        assert_eq!(&rows[1][1], "'@SUM(A1)");
+        // Numbers stay numbers, negative ones included.
+        assert!(rows[1].iter().any(|c| c == "-2.500000"));
+        assert_eq!(csv_text("plain"), "plain");
+        assert_eq!(csv_text("-1 day"), "'-1 day");
     }
 
     #[test]
