@@ -36,7 +36,7 @@ use pb::router_server::{Router as RouterRpc, RouterServer};
 /// Server settings beyond the engine.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Deadline for any one call.
+    /// Deadline for any one call once admitted: past it the call answers DEADLINE_EXCEEDED.
     pub request_timeout: Duration,
     /// Largest request message accepted by the transport (the task limit is checked separately
     /// so an oversized task gets INVALID_ARGUMENT naming `task`).
@@ -1027,16 +1027,13 @@ pub async fn run(
         tracing::info!("TLS on the gRPC port");
     }
     let served = builder
-        // Every call gets a deadline: a stuck call answers DEADLINE_EXCEEDED, never hangs.
-        .timeout(config.request_timeout)
         // Bound per-connection concurrency so one noisy client cannot take every worker, and
         // shed (RESOURCE_EXHAUSTED) rather than queue when a connection is at its limit.
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .load_shed(true)
-        // Server-wide: one semaphore for all connections; load_shed outside it answers at once
-        // when the server is full, so overload costs callers microseconds, not a queue.
-        .layer(tower::ServiceBuilder::new().load_shed().layer(
-            tower::limit::GlobalConcurrencyLimitLayer::new(config.max_concurrent_requests),
+        .layer(protection(
+            config.max_concurrent_requests,
+            config.request_timeout,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -1072,8 +1069,80 @@ pub async fn run(
     Ok(())
 }
 
+/// The server-wide protection layers, outermost first: tower errors become precise gRPC
+/// statuses, a full server sheds at once (one semaphore for all connections, so overload costs
+/// callers microseconds, not a queue), and an admitted call that runs past the request timeout
+/// answers DEADLINE_EXCEEDED instead of hanging. (tonic's own server timeout answers CANCELLED.)
+type Protection = tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        tower::timeout::TimeoutLayer,
+        tower::layer::util::Stack<
+            tower::limit::GlobalConcurrencyLimitLayer,
+            tower::layer::util::Stack<
+                tower::load_shed::LoadShedLayer,
+                tower::layer::util::Stack<
+                    tower::util::MapErrLayer<fn(tower::BoxError) -> tower::BoxError>,
+                    tower::layer::util::Identity,
+                >,
+            >,
+        >,
+    >,
+>;
+
+fn protection(max_concurrent_requests: usize, request_timeout: Duration) -> Protection {
+    tower::ServiceBuilder::new()
+        .map_err(precise_status as fn(tower::BoxError) -> tower::BoxError)
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            max_concurrent_requests,
+        ))
+        .timeout(request_timeout)
+}
+
+/// Shedding and timeouts as the statuses a caller can act on; tonic turns a `Status` error into
+/// its response as is.
+fn precise_status(e: tower::BoxError) -> tower::BoxError {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        Box::new(Status::resource_exhausted(
+            "server at its limit of concurrent requests (--max-concurrent-requests): retry with backoff",
+        ))
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        Box::new(Status::deadline_exceeded(
+            "not answered within the server's request timeout (--request-timeout-ms)",
+        ))
+    } else {
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn protection_answers_deadline_exceeded_and_names_the_exhausted_limit() {
+        use tower::{Service, ServiceExt};
+        let slow = tower::service_fn(|ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, tower::BoxError>(ms)
+        });
+        let mut svc = protection(1, Duration::from_millis(50)).service(slow);
+        // Fast enough: answered.
+        assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+        // Too slow: DEADLINE_EXCEEDED, naming the flag.
+        let e = svc.ready().await.unwrap().call(10_000).await.unwrap_err();
+        let status = Status::from_error(e);
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("--request-timeout-ms"));
+        // While the one permit is held, the next call is shed at once, naming what is full.
+        let mut busy = svc.clone();
+        let held = tokio::spawn(async move { busy.ready().await.unwrap().call(40).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        let status = Status::from_error(e);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("--max-concurrent-requests"));
+        assert_eq!(held.await.unwrap().unwrap(), 40);
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tonic::transport::server::Connected;
