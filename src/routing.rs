@@ -140,7 +140,28 @@ impl Default for Limits {
     }
 }
 
-const MAX_LABEL_BYTES: usize = 256;
+/// Largest workflow, team or task-type label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Refuses a label (workflow, team, task type) over [`MAX_LABEL_BYTES`], naming the field and
+/// its size, never its content. The server checks this before anything keyed by a label (the
+/// per-team rate limiter) sees it.
+pub fn check_labels(req: &RouteRequest<'_>) -> Result<(), RouteError> {
+    for (field, v) in [
+        ("workflow", req.workflow),
+        ("team", req.team),
+        ("hints.task_type", req.task_type),
+    ] {
+        if v.len() > MAX_LABEL_BYTES {
+            return Err(RouteError::LabelTooLong {
+                field,
+                size: v.len(),
+                max: MAX_LABEL_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Decides for one request against a routing table. `explore_draw` is a uniform number in
 /// [0, 1) supplied by the caller (random in the server, seeded in replay).
@@ -160,19 +181,7 @@ pub fn decide(
     if req.task.trim().is_empty() {
         return Err(RouteError::EmptyTask);
     }
-    for (field, v) in [
-        ("workflow", req.workflow),
-        ("team", req.team),
-        ("hints.task_type", req.task_type),
-    ] {
-        if v.len() > MAX_LABEL_BYTES {
-            return Err(RouteError::LabelTooLong {
-                field,
-                size: v.len(),
-                max: MAX_LABEL_BYTES,
-            });
-        }
-    }
+    check_labels(req)?;
     let policy: &Policy = &table.policy;
     // An empty workflow and "default" are the same workflow everywhere.
     let workflow = workflow_key(req.workflow);

@@ -446,13 +446,6 @@ impl RouterService {
         let (_, extensions, r) = request.into_parts();
         let caller = extensions.get::<auth::Caller>();
         let team = auth::effective_team(caller, &r.team, "team")?;
-        if let Some((limiter, per_s)) = &self.limiter
-            && limiter.check_key(&team.to_string()).is_err()
-        {
-            return Err(Status::resource_exhausted(format!(
-                "team {team:?} is over its rate limit of {per_s} Route calls per second"
-            )));
-        }
         let hints = r.hints.unwrap_or_default();
         let req = RouteRequest {
             task: &r.task,
@@ -461,6 +454,16 @@ impl RouterService {
             expected_output_tokens: hints.expected_output_tokens,
             task_type: &hints.task_type,
         };
+        // Labels are checked before the rate limiter keys anything by them: a 300 KB team name
+        // must not become a limiter entry.
+        crate::routing::check_labels(&req)?;
+        if let Some((limiter, per_s)) = &self.limiter
+            && limiter.check_key(&team.to_string()).is_err()
+        {
+            return Err(Status::resource_exhausted(format!(
+                "team {team:?} is over its rate limit of {per_s} Route calls per second"
+            )));
+        }
         let mut rng = rand::rng();
         let (d, id) = self
             .engine
@@ -1117,6 +1120,40 @@ fn precise_status(e: tower::BoxError) -> tower::BoxError {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_oversized_team_is_refused_before_the_rate_limiter_keys_it() {
+        let engine = Engine::new(
+            Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+            Arc::new(crate::policy::Policy::embedded().unwrap()),
+            crate::routing::Limits::default(),
+            crate::decision::Signer::new(b"test-secret").unwrap(),
+            60_000,
+            true,
+        );
+        let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
+            std::num::NonZeroU32::new(100).unwrap(),
+        )));
+        let svc = RouterService {
+            engine: Arc::new(engine),
+            counters: Arc::default(),
+            limiter: Some((limiter.clone(), 100)),
+        };
+        let call = |team: String| {
+            svc.route_inner(Request::new(pb::RouteRequest {
+                task: "What is 2+2?".into(),
+                team,
+                ..Default::default()
+            }))
+        };
+        let e = call("t".repeat(300 * 1024)).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("team"), "{}", e.message());
+        assert!(e.message().len() < 200, "the error must not echo the label");
+        assert_eq!(limiter.len(), 0);
+        call("search".into()).unwrap();
+        assert_eq!(limiter.len(), 1);
+    }
+
     #[tokio::test]
     async fn protection_answers_deadline_exceeded_and_names_the_exhausted_limit() {
         use tower::{Service, ServiceExt};
