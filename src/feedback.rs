@@ -450,6 +450,11 @@ impl Learner {
         self.buffer.len()
     }
 
+    /// Unreadable events of the shared log skipped so far.
+    pub fn skipped_events(&self) -> u64 {
+        self.store.skipped_events()
+    }
+
     /// Replaces the live policy: re-plans every scope of `policy` from the evidence so far and
     /// publishes the table. Under the fold lock, so a concurrent sync cannot republish the old
     /// policy.
@@ -591,6 +596,8 @@ impl Engine {
         }
         m.store_up.set(i64::from(!self.learner.is_degraded()));
         m.buffered_outcomes.set(self.learner.buffered() as i64);
+        m.skipped_events
+            .set(i64::try_from(self.learner.skipped_events()).unwrap_or(i64::MAX));
         m.render()
     }
 

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// Outcomes waiting in the outage buffer (set at scrape time).
     pub buffered_outcomes: Gauge,
+    /// Unreadable shared-log events skipped since start (set at scrape time).
+    pub skipped_events: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +102,7 @@ impl Metrics {
             budget_used_usd: Family::default(),
             store_up: Gauge::default(),
             buffered_outcomes: Gauge::default(),
+            skipped_events: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -171,6 +174,11 @@ impl Metrics {
             "buffered_outcomes",
             "Outcomes waiting in the outage buffer for the store",
             m.buffered_outcomes.clone(),
+        );
+        registry.register(
+            "skipped_events",
+            "Unreadable events of the shared log skipped since this replica started",
+            m.skipped_events.clone(),
         );
         Self { registry, ..m }
     }

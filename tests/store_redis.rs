@@ -77,6 +77,34 @@ async fn redis_store_passes_the_contract() {
 }
 
 #[tokio::test]
+async fn an_unreadable_event_in_the_log_is_skipped_counted_and_moved_past() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("poison");
+    let store = RedisStore::new(&redis.url(), &prefix, Duration::from_millis(500)).unwrap();
+    store.record(&contract::event(1), 0).await.unwrap();
+    // Someone (a bug, an operator, a different version) appends what is not an event.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("{prefix}:events"))
+        .arg("{not an event")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    store.record(&contract::event(2), 0).await.unwrap();
+    let (events, cursor) = store.events_since(0, 100).await.unwrap();
+    let nonces: Vec<u64> = events.iter().map(|e| e.nonce).collect();
+    assert_eq!(nonces, vec![1, 2]);
+    assert_eq!(cursor, 3, "the cursor moves past the bad event");
+    assert_eq!(store.skipped_events(), 1);
+    // Reading on from there neither stalls nor sees it again.
+    store.record(&contract::event(3), 0).await.unwrap();
+    let (more, next) = store.events_since(cursor, 100).await.unwrap();
+    assert_eq!(more.iter().map(|e| e.nonce).collect::<Vec<_>>(), vec![3]);
+    assert_eq!((next, store.skipped_events()), (4, 1));
+}
+
+#[tokio::test]
 async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("replicas");

@@ -136,6 +136,12 @@ pub trait StateStore: Send + Sync {
         max: usize,
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError>;
 
+    /// Events of the shared log that could not be read and were skipped since this process
+    /// started (a poison event must not stop learning on every replica).
+    fn skipped_events(&self) -> u64 {
+        0
+    }
+
     /// Adds each delta to its counter, all or nothing, once per `batch` id: sending the same
     /// batch again (after a timeout that may have landed) changes nothing. Ids are remembered
     /// for a day.

@@ -71,6 +71,8 @@ pub struct RedisStore {
     add: redis::Script,
     read: redis::Script,
     timeout: Duration,
+    /// Unreadable log events skipped so far.
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -91,6 +93,7 @@ impl RedisStore {
             add: redis::Script::new(ADD),
             read: redis::Script::new(READ),
             timeout,
+            skipped: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -188,6 +191,10 @@ impl StateStore for RedisStore {
         })
     }
 
+    fn skipped_events(&self) -> u64 {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn events_since(
         &self,
         cursor: u64,
@@ -206,19 +213,31 @@ impl StateStore for RedisStore {
                     .await
             })
             .await?;
-        let parsed = items
-            .iter()
-            .map(|s| {
-                serde_json::from_str(s)
-                    .map_err(|e| StoreError::Corrupt(format!("event {s:?}: {e}")))
-            })
-            .collect::<Result<Vec<OutcomeEvent>, _>>()?;
         if cursor > base + len {
             // The log is shorter than what this reader has seen: Redis lost its data. Report
             // the real end so the caller notices and starts over.
             return Ok((Vec::new(), base + len));
         }
-        let next = base + from + parsed.len() as u64;
+        // An event that does not parse is skipped, counted and logged with its position, and
+        // the cursor moves past it: every replica skips the same one, so they still agree, and
+        // learning goes on (it used to stop for good on every replica).
+        let mut parsed = Vec::with_capacity(items.len());
+        for (i, s) in items.iter().enumerate() {
+            match serde_json::from_str::<OutcomeEvent>(s) {
+                Ok(event) => parsed.push(event),
+                Err(e) => {
+                    self.skipped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(
+                        position = base + from + i as u64,
+                        bytes = s.len(),
+                        error = %e,
+                        "skipping an unreadable event in the shared log"
+                    );
+                }
+            }
+        }
+        let next = base + from + items.len() as u64;
         Ok((parsed, next))
     }
 
