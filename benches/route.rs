@@ -105,7 +105,7 @@ fn by_store(c: &mut Criterion) {
             60_000,
             true,
             store,
-            OutageBuffer::new(0, None),
+            OutageBuffer::in_memory(0),
         );
         // Some learned state first, so plans are not the cold ones.
         let mut nonce = 0u64;

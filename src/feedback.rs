@@ -145,9 +145,12 @@ impl Learner {
             learning,
             calibration,
             store,
+            // Outcomes a previous run left in the spill file stay guarded against duplicates.
+            pending: Mutex::new(Pending {
+                nonces: buffer.recovered_nonces().into_iter().collect(),
+            }),
             buffer,
             folded: tokio::sync::Mutex::new(Folded::default()),
-            pending: Mutex::new(Pending::default()),
             degraded: AtomicBool::new(false),
         }
     }
@@ -286,14 +289,25 @@ impl Learner {
                 self.set_degraded(true);
                 let nonce = event.nonce;
                 let counters = event.counters.clone();
-                self.buffer
-                    .push(event)
-                    .map_err(|b| FeedbackError::Unavailable(format!("{e}; {b}")))?;
-                self.pending
+                // Claim the nonce and check it in one step: of two concurrent copies of one
+                // feedback, exactly one is buffered (the check at the top is only a shortcut).
+                let claimed = self
+                    .pending
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .nonces
                     .insert(nonce);
+                if !claimed {
+                    return Err(FeedbackError::AlreadyRecorded);
+                }
+                if let Err(b) = self.buffer.push(event).await {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .nonces
+                        .remove(&nonce);
+                    return Err(FeedbackError::Unavailable(format!("{e}; {b}")));
+                }
                 books.observe_outcome(&counters);
                 tracing::debug!(error = %e, "store unreachable: feedback buffered");
                 Ok(ack)
@@ -403,7 +417,8 @@ impl Learner {
         }
     }
 
-    /// Shutdown: try once to record what is buffered, then leave the rest on disk.
+    /// Shutdown: try once to record what is buffered; the rest is already in the spill file
+    /// (written before it was acknowledged) for the next start.
     pub async fn shutdown(&self, now_ms: u64) {
         if self.buffer.is_empty() {
             return;
@@ -411,13 +426,12 @@ impl Learner {
         if let Err(e) = self.buffer.drain(self.store.as_ref(), now_ms).await {
             tracing::warn!(error = %e, "store unreachable at shutdown");
         }
-        match self.buffer.persist() {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                outcomes = n,
+        let left = self.buffer.len();
+        if left > 0 {
+            tracing::warn!(
+                outcomes = left,
                 "buffered feedback left in the spill file for the next start"
-            ),
-            Err(e) => tracing::error!(error = %e, "could not persist buffered feedback"),
+            );
         }
     }
 
@@ -448,6 +462,11 @@ impl Learner {
     /// Outcomes waiting for the store.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Spill-file lines skipped because their checksum did not match (torn or edited).
+    pub fn rejected_spill_lines(&self) -> u64 {
+        self.buffer.rejected_lines()
     }
 
     /// Unreadable events of the shared log skipped so far.
@@ -598,6 +617,8 @@ impl Engine {
         m.buffered_outcomes.set(self.learner.buffered() as i64);
         m.skipped_events
             .set(i64::try_from(self.learner.skipped_events()).unwrap_or(i64::MAX));
+        m.spill_rejected_lines
+            .set(i64::try_from(self.learner.rejected_spill_lines()).unwrap_or(i64::MAX));
         m.render()
     }
 
@@ -652,7 +673,7 @@ impl Engine {
             ttl_ms,
             learning,
             memory,
-            OutageBuffer::new(0, None),
+            OutageBuffer::in_memory(0),
         )
     }
 

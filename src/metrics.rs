@@ -71,6 +71,8 @@ pub struct Metrics {
     pub buffered_outcomes: Gauge,
     /// Unreadable shared-log events skipped since start (set at scrape time).
     pub skipped_events: Gauge,
+    /// Spill-file lines rejected by their checksum since start (set at scrape time).
+    pub spill_rejected_lines: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +105,7 @@ impl Metrics {
             store_up: Gauge::default(),
             buffered_outcomes: Gauge::default(),
             skipped_events: Gauge::default(),
+            spill_rejected_lines: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -179,6 +182,11 @@ impl Metrics {
             "skipped_events",
             "Unreadable events of the shared log skipped since this replica started",
             m.skipped_events.clone(),
+        );
+        registry.register(
+            "spill_rejected_lines",
+            "Spill-file lines skipped because their checksum did not match (torn or edited)",
+            m.spill_rejected_lines.clone(),
         );
         Self { registry, ..m }
     }

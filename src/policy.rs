@@ -212,9 +212,12 @@ pub struct StoreConfig {
     pub refresh_ms: u64,
     /// Deadline of one store call, ms.
     pub timeout_ms: u64,
-    /// Outcomes buffered in memory during an outage before spilling to disk.
+    /// Outcomes an outage buffer without a spill file holds in memory. A Redis store always
+    /// has a spill file (every buffered outcome is written there before it is acknowledged),
+    /// so this bounds nothing there; kept so existing files still load.
     pub buffer_capacity: usize,
-    /// File that takes buffered outcomes beyond the capacity and at shutdown.
+    /// This replica's write-ahead log for outcomes accepted during an outage; by default a
+    /// file in the service user's state directory named after the prefix and listen address.
     pub spill_file: Option<String>,
 }
 

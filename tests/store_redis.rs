@@ -378,6 +378,65 @@ async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
     r.thresholds.iter().map(|t| t.threshold).collect()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
+    let mut redis = RedisServer::start();
+    let prefix = unique_prefix("sigkill");
+    let spill = std::env::temp_dir().join(format!("{prefix}-spill.jsonl"));
+    let text = format!(
+        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n\
+         timeout_ms = 100\nspill_file = \"{}\"\n",
+        tokenwise::policy::EMBEDDED_POLICY,
+        redis.url(),
+        spill.display()
+    );
+    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let port = common::spare_port();
+    let replica = spawn_replica(&config, port);
+    let mut router = pb::router_client::RouterClient::new(connect(port).await);
+    redis.stop();
+    let mut acknowledged = HashSet::new();
+    for i in 0..300 {
+        let d = router
+            .route(route_req(TASKS[i % TASKS.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        if router.feedback(fb(&d.decision_id, 1.0)).await.is_ok() {
+            acknowledged.insert(decode_nonce(&d.decision_id));
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        300,
+        "every feedback is taken during the outage"
+    );
+    // SIGKILL: no shutdown, no flush. Then the store returns and the replica starts again.
+    drop(replica);
+    redis.restart();
+    let _again = spawn_replica(&config, common::spare_port());
+    let store = RedisStore::new(&redis.url(), &prefix, Duration::from_millis(500)).unwrap();
+    let start = Instant::now();
+    loop {
+        let (log, _) = store.events_since(0, 100_000).await.unwrap();
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        let unique: HashSet<u64> = nonces.iter().copied().collect();
+        assert_eq!(unique.len(), nonces.len(), "an outcome was recorded twice");
+        if unique == acknowledged {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the log has {} of {} acknowledged outcomes",
+            unique.len(),
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test]
 async fn two_server_processes_learn_together_through_redis() {
     let redis = RedisServer::start();

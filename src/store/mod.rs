@@ -119,6 +119,10 @@ pub enum StoreError {
     /// The backend answered something this build cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The store cannot be set up as configured (e.g. its spill file belongs to another
+    /// process).
+    #[error("store configuration: {0}")]
+    Config(String),
 }
 
 /// The shared-state interface.
@@ -166,6 +170,37 @@ pub trait StateStore: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
+/// Where a replica keeps its spill file when `store.spill_file` is not set: a directory of the
+/// service user, never a shared one like `/tmp` (anyone could plant or read outcomes there):
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/tokenwise`, else
+/// `~/.local/state/tokenwise`.
+fn state_dir() -> Result<PathBuf, StoreError> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = var("STATE_DIRECTORY") {
+        // systemd may list several, separated by ':'; the first is this service's own.
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return Ok(PathBuf::from(first));
+    }
+    var("XDG_STATE_HOME")
+        .map(|d| d.join("tokenwise"))
+        .or_else(|| var("HOME").map(|h| h.join(".local/state/tokenwise")))
+        .ok_or_else(|| {
+            StoreError::Config(
+                "no state directory (STATE_DIRECTORY, XDG_STATE_HOME or HOME): set store.spill_file"
+                    .into(),
+            )
+        })
+}
+
 /// Opens the store a `[store]` section asks for, with its outage buffer. `replica` names this
 /// replica (its listen address) so its default spill file survives its restarts and differs
 /// from other replicas' on the same host.
@@ -174,29 +209,27 @@ pub fn open(
     replica: &str,
 ) -> Result<(Arc<dyn StateStore>, OutageBuffer), StoreError> {
     Ok(match &cfg.kind {
-        StoreKind::Memory => (Arc::new(MemoryStore::new()), OutageBuffer::new(0, None)),
+        StoreKind::Memory => (Arc::new(MemoryStore::new()), OutageBuffer::in_memory(0)),
         StoreKind::Redis { url, prefix } => {
             let store = RedisStore::new(
                 url,
                 prefix,
                 std::time::Duration::from_millis(cfg.timeout_ms),
             )?;
-            let spill = cfg
-                .spill_file
-                .clone()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
+            let spill = match &cfg.spill_file {
+                Some(f) => PathBuf::from(f),
+                None => {
                     let name: String = replica
                         .chars()
                         .filter(char::is_ascii_alphanumeric)
                         .collect();
-                    std::env::temp_dir().join(format!("tokenwise-spill-{prefix}-{name}.jsonl"))
-                });
+                    state_dir()?.join(format!("spill-{prefix}-{name}.jsonl"))
+                }
+            };
             tracing::info!(store = "redis", %prefix, spill = %spill.display(), "shared state on redis");
-            (
-                Arc::new(store),
-                OutageBuffer::new(cfg.buffer_capacity, Some(spill)),
-            )
+            let buffer = OutageBuffer::new(cfg.buffer_capacity, Some(spill))
+                .map_err(|e| StoreError::Config(e.to_string()))?;
+            (Arc::new(store), buffer)
         }
     })
 }
