@@ -240,10 +240,20 @@ pub struct ServeArgs {
     /// Deadline of any one call, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     request_timeout_ms: u64,
-    /// Secret that signs decision ids; every replica of a deployment needs the same one.
-    /// Default: random per process (ids do not survive a restart).
+    /// Secret that signs decision ids; every replica of a deployment needs the same one. Prefer
+    /// the environment or `--decision-secret-file`: a command line is visible to every user in
+    /// `ps`. With `--config`, at least 32 bytes (`openssl rand -base64 32`). Default without
+    /// `--config`: random per process (ids do not survive a restart).
     #[arg(long, env = "TOKENWISE_DECISION_SECRET", hide_env_values = true)]
     decision_secret: Option<String>,
+    /// File holding the decision secret (trailing newline ignored), e.g. a mounted Kubernetes
+    /// Secret.
+    #[arg(
+        long,
+        env = "TOKENWISE_DECISION_SECRET_FILE",
+        conflicts_with = "decision_secret"
+    )]
+    decision_secret_file: Option<PathBuf>,
     /// How long feedback is accepted for a decision, in seconds.
     #[arg(long, default_value_t = crate::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
     decision_ttl_secs: u64,
@@ -539,6 +549,58 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The decision secret from its file, the environment or the command line (warned: visible in
+/// `ps`); `None` when none is given.
+fn decision_secret(args: &ServeArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(f) = &args.decision_secret_file {
+        let mut bytes =
+            std::fs::read(f).with_context(|| format!("--decision-secret-file {}", f.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        return Ok(Some(bytes));
+    }
+    let Some(s) = args.decision_secret.as_ref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if std::env::var("TOKENWISE_DECISION_SECRET").ok().as_ref() != Some(s) {
+        tracing::warn!(
+            "--decision-secret on the command line is visible to every user of this host (ps); use TOKENWISE_DECISION_SECRET or --decision-secret-file"
+        );
+    }
+    Ok(Some(s.as_bytes().to_vec()))
+}
+
+/// Refuses a decision secret anyone could guess: shorter than 32 bytes, of fewer than 8
+/// distinct bytes, or a placeholder from an example file.
+pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+    let lower = String::from_utf8_lossy(secret).to_lowercase();
+    let distinct = secret
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if secret.len() < 32 {
+        bail!(
+            "the decision secret is {} bytes: use at least 32 random bytes (`openssl rand -base64 32`)",
+            secret.len()
+        );
+    }
+    if distinct < 8 {
+        bail!(
+            "the decision secret repeats too few bytes to be random: use `openssl rand -base64 32`"
+        );
+    }
+    if ["replace", "change-me", "changeme", "example", "placeholder"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        bail!(
+            "the decision secret is an example placeholder: generate one with `openssl rand -base64 32`"
+        );
+    }
+    Ok(())
+}
+
 /// Builds the engine that `serve` runs from its arguments.
 pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Engine> {
     let policy = match &args.config {
@@ -550,9 +612,25 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
         Some(p) => ComplexityModel::load(path_str(p)?)?,
         None => ComplexityModel::bundled()?,
     };
-    let signer = match &args.decision_secret {
-        Some(s) if !s.is_empty() => crate::decision::Signer::new(s.as_bytes())?,
-        _ => {
+    // Ids are bound to the deployment: a Redis deployment is its key prefix; a memory store
+    // lives and dies with this process (and its nonce ledger with it), so its ids do too.
+    let deployment = match &policy.store.kind {
+        crate::policy::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
+        crate::policy::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
+    };
+    let signer = match decision_secret(args)? {
+        Some(secret) => {
+            if args.config.is_some() {
+                check_secret(&secret)?;
+            }
+            crate::decision::Signer::for_deployment(&secret, &deployment)?
+        }
+        None if args.config.is_some() => bail!(
+            "with --config, a decision secret is required (TOKENWISE_DECISION_SECRET, \
+             --decision-secret-file, or --decision-secret): every replica must share it, e.g. \
+             `openssl rand -base64 32`"
+        ),
+        None => {
             tracing::warn!(
                 "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
             );
@@ -946,5 +1024,22 @@ pub fn main() -> anyhow::Result<()> {
             }
             Err(e) => bail!("{}: invalid policy: {e}", file.display()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn weak_or_placeholder_secrets_are_refused() {
+        for bad in [
+            "short",
+            "change-me-shared-by-all-replicas",
+            "replace-me-with-32-random-bytes-please",
+            &"a".repeat(64),
+            "abababababababababababababababababab",
+        ] {
+            assert!(super::check_secret(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(super::check_secret(b"q7Vv1mZ3xKp0sT9wNcR2yLbH5uJdE8aG").is_ok());
     }
 }

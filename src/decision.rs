@@ -223,6 +223,19 @@ impl Signer {
         })
     }
 
+    /// A signer for one deployment: its key is derived from the shared secret and the
+    /// deployment's id, so ids issued by another deployment that happens to share the secret
+    /// (a staging copy, a second tenant) fail verification here.
+    pub fn for_deployment(
+        secret: &[u8],
+        deployment: &str,
+    ) -> Result<Self, hmac::digest::InvalidLength> {
+        let mut kdf = HmacSha256::new_from_slice(secret)?;
+        kdf.update(b"tokenwise decision ids v1\0");
+        kdf.update(deployment.as_bytes());
+        Self::new(&kdf.finalize().into_bytes())
+    }
+
     /// A signer with a random secret: ids do not survive a restart.
     pub fn random() -> Result<Self, hmac::digest::InvalidLength> {
         let key: [u8; 32] = rand::random();
@@ -323,6 +336,19 @@ mod tests {
             Signer::new(b"other").unwrap().verify(&token),
             Err(TokenError::BadSignature)
         );
+        // Same secret, another deployment.
+        let a = Signer::for_deployment(b"secret", "redis:team-a").unwrap();
+        let b = Signer::for_deployment(b"secret", "redis:team-b").unwrap();
+        let from_a = a.sign(&claims().borrowed());
+        assert_eq!(a.verify(&from_a).unwrap(), claims());
+        assert_eq!(
+            Signer::for_deployment(b"secret", "redis:team-a")
+                .unwrap()
+                .verify(&from_a)
+                .unwrap(),
+            claims()
+        );
+        assert_eq!(b.verify(&from_a), Err(TokenError::BadSignature));
         // Garbage.
         for junk in ["", "abc", "a.b", "!!!.???", &"x".repeat(5000)] {
             assert_eq!(s.verify(junk), Err(TokenError::Malformed), "{junk}");

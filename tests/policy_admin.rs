@@ -488,6 +488,10 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--config")
         .arg(&file)
+        .env(
+            "TOKENWISE_DECISION_SECRET",
+            "q7Vv1mZ3xKp0sT9wNcR2yLbH5uJdE8aG",
+        )
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -353,7 +353,10 @@ fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
             "--config",
         ])
         .arg(config)
-        .env("TOKENWISE_DECISION_SECRET", "shared-by-both-replicas")
+        .env(
+            "TOKENWISE_DECISION_SECRET",
+            "q7Vv1mZ3xKp0sT9wNcR2yLbH5uJdE8aG",
+        )
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -27,6 +27,8 @@ python3 benches/load/frames.py "$OUT" >&2
 start_server() { # $1 = extra flags; serves on $PORT, logs to $OUT/server-$PORT.log
   local cfg=()
   [ -n "$CONFIG" ] && cfg=(--config "$CONFIG" --no-auth)
+  # --config needs a strong decision secret; a fresh one per run is all a benchmark needs.
+  export TOKENWISE_DECISION_SECRET="${TOKENWISE_DECISION_SECRET:-$(head -c 32 /dev/urandom | base64)}"
   RUST_LOG=warn,tokenwise::server=info ./target/release/tokenwise serve --log-format json --listen 127.0.0.1:$PORT --metrics-listen off "${cfg[@]}" $1 2> "$OUT/server-$PORT.log" &
   SERVER=$!
   for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.1; done
