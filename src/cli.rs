@@ -1,9 +1,39 @@
 //! The command line: `serve`, `route`, `thresholds`, `train`, `eval`, `check-config`.
 //!
-//! Commands print their results on stdout (that is their purpose); logs go to stderr.
-#![allow(clippy::print_stdout)]
+//! Commands print their results on stdout (that is their purpose, through [`out!`] and
+//! [`outln!`]); logs go to stderr.
 
 use std::path::PathBuf;
+
+/// `print!` for command output: when stdout is closed early (`tokenwise report | head`) the
+/// command ends quietly with status 0, as git and ripgrep do, instead of panicking on EPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+/// `println!` for command output; see [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+/// Ends the process after a failed write to stdout: quietly when the reader has gone.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to stdout: {e}");
+    std::process::exit(1);
+}
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -357,7 +387,7 @@ enum PolicyAction {
 }
 
 fn print_change(c: &crate::server::pb::PolicyChange) {
-    println!(
+    outln!(
         "#{:<3} {}  {:<8} {:<10} by {:<20} {}",
         c.seq,
         c.version,
@@ -369,7 +399,7 @@ fn print_change(c: &crate::server::pb::PolicyChange) {
         c.reason
     );
     for line in &c.summary {
-        println!("       · {line}");
+        outln!("       · {line}");
     }
 }
 
@@ -396,7 +426,7 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             eprintln!("# live policy version {}", p.version);
-            print!("{}", p.text);
+            out!("{}", p.text);
         }
         PolicyAction::Versions { .. } => {
             let v = admin
@@ -407,7 +437,7 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
             for c in &v.changes {
                 print_change(c);
             }
-            println!("live: {}", v.live_version);
+            outln!("live: {}", v.live_version);
         }
         PolicyAction::Diff { file, .. } | PolicyAction::WhatIf { file, .. } => {
             let r = admin
@@ -418,16 +448,16 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}: valid (version {})", file.display(), r.version);
+            outln!("{}: valid (version {})", file.display(), r.version);
             if r.changes.is_empty() {
-                println!("no change against the live policy");
+                outln!("no change against the live policy");
             }
             for c in &r.changes {
-                println!("  · {c}");
+                outln!("  · {c}");
             }
             if what_if {
-                println!();
-                println!(
+                outln!();
+                outln!(
                     "{:<36} {:>6}  {:>22}  {:>22}  {:>22}",
                     "scope (recent window)",
                     "tasks",
@@ -437,7 +467,7 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
                 );
                 for w in &r.what_if {
                     let cell = |m: i64, q: f64| format!("{} / {:.3}", crate::report::usd(m), q);
-                    println!(
+                    outln!(
                         "{:<36} {:>6}  {:>22}  {:>22}  {:>22}   bar {:.2} → {:.2}",
                         w.scope,
                         w.tasks,
@@ -785,26 +815,26 @@ pub fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|c| serde_json::json!({"tier": c.tier, "model": c.model, "predicted_quality": c.predicted_quality, "estimated_cost_usd": c.estimated_cost_usd, "threshold": c.threshold}))
                     .collect();
-                println!("{}", serde_json::json!({
+                outln!("{}", serde_json::json!({
                     "decision_id": d.decision_id, "tier": d.tier, "model": d.model, "complexity": d.complexity,
                     "estimated_cost_usd": d.estimated_cost_usd, "candidates": candidates, "fallback_tier": d.fallback_tier,
                     "policy_version": d.policy_version, "reason": d.reason, "scope": d.scope, "explored": d.explored,
                 }));
             } else {
-                println!("tier        {}  ({})", d.tier, d.model);
-                println!("complexity  {:.3}", d.complexity);
-                println!("est. cost   ${:.6}", d.estimated_cost_usd);
-                println!("fallback    {}", if d.fallback_tier.is_empty() { "-" } else { &d.fallback_tier });
-                println!("scope       {}  (policy {})", d.scope, d.policy_version);
-                println!("reason      {}", d.reason);
-                println!();
-                println!("{:<12} {:<28} {:>9} {:>12} {:>9}", "candidate", "model", "quality", "est. cost", "threshold");
+                outln!("tier        {}  ({})", d.tier, d.model);
+                outln!("complexity  {:.3}", d.complexity);
+                outln!("est. cost   ${:.6}", d.estimated_cost_usd);
+                outln!("fallback    {}", if d.fallback_tier.is_empty() { "-" } else { &d.fallback_tier });
+                outln!("scope       {}  (policy {})", d.scope, d.policy_version);
+                outln!("reason      {}", d.reason);
+                outln!();
+                outln!("{:<12} {:<28} {:>9} {:>12} {:>9}", "candidate", "model", "quality", "est. cost", "threshold");
                 for c in &d.candidates {
                     let mark = if c.tier == d.tier { "*" } else { " " };
-                    println!("{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}", c.tier, c.model, c.predicted_quality, c.estimated_cost_usd, c.threshold);
+                    outln!("{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}", c.tier, c.model, c.predicted_quality, c.estimated_cost_usd, c.threshold);
                 }
-                println!();
-                println!("decision_id {}", d.decision_id);
+                outln!();
+                outln!("decision_id {}", d.decision_id);
             }
             Ok(())
         }),
@@ -822,14 +852,14 @@ pub fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
                     .collect();
-                println!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
+                outln!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
             } else {
-                println!("policy {}", r.policy_version);
-                println!("{:<32} {:<24} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
+                outln!("policy {}", r.policy_version);
+                outln!("{:<32} {:<24} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
                 for t in &r.thresholds {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
                     let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
-                    println!("{:<32} {:<24} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
+                    outln!("{:<32} {:<24} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
                 }
             }
             Ok(())
@@ -861,7 +891,7 @@ pub fn main() -> anyhow::Result<()> {
                     std::fs::write(&path, text)?;
                     eprintln!("report written to {}", path.display());
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
             Ok(())
         }),
@@ -872,7 +902,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             let (key, hash) = crate::auth::new_key();
             eprintln!("key for {name} (give it to the caller as TOKENWISE_API_KEY / `authorization: Bearer <key>`; it is shown once):");
-            println!("{key}");
+            outln!("{key}");
             eprintln!("\nadd to the --auth-keys file:");
             eprintln!("[[keys]]\nname = {name:?}\nteam = {team:?}\nrole = {role:?}\nsha256 = {hash:?}");
             Ok(())
@@ -932,16 +962,16 @@ pub fn main() -> anyhow::Result<()> {
                 bail!("no record in {} has outcomes for both {cheap:?} and {premium:?}", data.display());
             };
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                outln!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("model            {}", model.version);
-                println!("tasks            {}", r.tasks);
-                println!("cheap quality    {:.4}  ({cheap})", r.cheap_quality);
-                println!("premium quality  {:.4}  ({premium})", r.premium_quality);
-                println!("APGR             {:.4}  (random routing: 0.5)", r.apgr);
-                println!("CPT(50%)         {:.4}  premium share", r.cpt50);
-                println!("CPT(80%)         {:.4}  premium share", r.cpt80);
-                println!("saving at 95%    {:.4}  vs always-premium", r.saving_at_95);
+                outln!("model            {}", model.version);
+                outln!("tasks            {}", r.tasks);
+                outln!("cheap quality    {:.4}  ({cheap})", r.cheap_quality);
+                outln!("premium quality  {:.4}  ({premium})", r.premium_quality);
+                outln!("APGR             {:.4}  (random routing: 0.5)", r.apgr);
+                outln!("CPT(50%)         {:.4}  premium share", r.cpt50);
+                outln!("CPT(80%)         {:.4}  premium share", r.cpt80);
+                outln!("saving at 95%    {:.4}  vs always-premium", r.saving_at_95);
             }
             Ok(())
         }
@@ -952,9 +982,9 @@ pub fn main() -> anyhow::Result<()> {
                 let started = std::time::Instant::now();
                 let s = crate::replay::replay_remote(connect(&addr).await?, &records, concurrency.max(1)).await;
                 if json {
-                    println!("{}", serde_json::to_string(&s)?);
+                    outln!("{}", serde_json::to_string(&s)?);
                 } else {
-                    println!("routed {} · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s", s.routed, s.fed_back, s.no_outcome, s.refused, started.elapsed().as_secs_f64());
+                    outln!("routed {} · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s", s.routed, s.fed_back, s.no_outcome, s.refused, started.elapsed().as_secs_f64());
                 }
                 Ok(())
             })
@@ -982,26 +1012,26 @@ pub fn main() -> anyhow::Result<()> {
             let opts = crate::replay::ReplayOptions { bar, learning: !no_learning, seed };
             let r = crate::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                outln!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("tasks              {} ({} skipped)", r.tasks, r.skipped);
-                println!("learning           {}", if r.learning { "on" } else { "off" });
-                println!("quality            {:.4}  (bar {:.4}: {})", r.quality, r.bar, if r.bar_met { "met" } else { "MISSED" });
-                println!("cost               ${:.4}", r.cost_usd);
-                println!("premium quality    {:.4}", r.premium_quality);
-                println!("premium cost       ${:.4}", r.premium_cost_usd);
-                println!("saving vs premium  {:.4}", r.saving_vs_premium);
-                println!("explored           {:.4}", r.explored_share);
-                println!("second half        quality {:.4}, saving {:.4}", r.late_quality, r.late_saving_vs_premium);
+                outln!("tasks              {} ({} skipped)", r.tasks, r.skipped);
+                outln!("learning           {}", if r.learning { "on" } else { "off" });
+                outln!("quality            {:.4}  (bar {:.4}: {})", r.quality, r.bar, if r.bar_met { "met" } else { "MISSED" });
+                outln!("cost               ${:.4}", r.cost_usd);
+                outln!("premium quality    {:.4}", r.premium_quality);
+                outln!("premium cost       ${:.4}", r.premium_cost_usd);
+                outln!("saving vs premium  {:.4}", r.saving_vs_premium);
+                outln!("explored           {:.4}", r.explored_share);
+                outln!("second half        quality {:.4}, saving {:.4}", r.late_quality, r.late_saving_vs_premium);
                 match r.feedbacks_to_bar {
-                    Some(n) => println!("within 0.01 of bar after {n} feedbacks (trailing {} tasks)", crate::replay::WINDOW),
-                    None => println!("never within 0.01 of bar over a trailing {} tasks", crate::replay::WINDOW),
+                    Some(n) => outln!("within 0.01 of bar after {n} feedbacks (trailing {} tasks)", crate::replay::WINDOW),
+                    None => outln!("never within 0.01 of bar over a trailing {} tasks", crate::replay::WINDOW),
                 }
                 if let Some(h) = &r.hindsight {
-                    println!("hindsight          one fixed tier mix per workflow: quality {:.4}, cost ${:.4}, saving {:.4}", h.quality, h.cost_usd, h.saving_vs_premium);
+                    outln!("hindsight          one fixed tier mix per workflow: quality {:.4}, cost ${:.4}, saving {:.4}", h.quality, h.cost_usd, h.saving_vs_premium);
                 }
                 for (t, s) in &r.tier_share {
-                    println!("tier {t:<28} {s:.4}  threshold now {:.2}", r.final_thresholds.get(t).copied().unwrap_or(f64::NAN));
+                    outln!("tier {t:<28} {s:.4}  threshold now {:.2}", r.final_thresholds.get(t).copied().unwrap_or(f64::NAN));
                 }
             }
             Ok(())
@@ -1012,7 +1042,7 @@ pub fn main() -> anyhow::Result<()> {
                     crate::policy::StoreKind::Memory => "memory".to_string(),
                     crate::policy::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
                 };
-                println!(
+                outln!(
                     "{}: ok (version {}, {} tiers, {} scopes, {} budgets, store {store})",
                     file.display(),
                     p.version,
