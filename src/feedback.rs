@@ -78,6 +78,9 @@ pub enum FeedbackError {
     /// The store is down and the outage buffer cannot take more: not accepted, retry.
     #[error("feedback not accepted: {0}")]
     Unavailable(String),
+    /// The store is at a capacity limit: not accepted until entries expire.
+    #[error("feedback not accepted: {0}")]
+    Full(String),
 }
 
 /// What accepted feedback did.
@@ -285,6 +288,8 @@ impl Learner {
                 Ok(ack)
             }
             Ok(Recorded::Duplicate) => Err(FeedbackError::AlreadyRecorded),
+            // A store at its documented limit is up: refuse, do not buffer.
+            Err(crate::store::StoreError::Full(why)) => Err(FeedbackError::Full(why)),
             Err(e) => {
                 self.set_degraded(true);
                 let nonce = event.nonce;

@@ -133,6 +133,7 @@ impl From<FeedbackError> for Status {
             FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
             FeedbackError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),
+            FeedbackError::Full(_) => Status::resource_exhausted(e.to_string()),
         }
     }
 }

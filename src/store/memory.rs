@@ -25,6 +25,13 @@ struct Inner {
 /// Counter batch ids remembered by the memory store.
 const MAX_BATCH_IDS: usize = 100_000;
 
+/// Unexpired spent nonces the memory store remembers (~60 bytes each with their expiry index,
+/// so ~120 MB at the cap). A nonce is forgotten once its decision id has expired; at the cap,
+/// new feedback is refused (RESOURCE_EXHAUSTED) until some expire, rather than growing without
+/// bound: at 1,000 feedbacks/s and a 24 h TTL the ledger would need 86 M entries (~5 GB). Use
+/// Redis, or a shorter `--decision-ttl-secs`, for more.
+pub const MAX_SPENT_NONCES: usize = 2_000_000;
+
 impl Inner {
     fn add(&mut self, adds: &[CounterAdd]) {
         for a in adds {
@@ -39,15 +46,29 @@ impl Inner {
 }
 
 /// State held in this process only.
-#[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    max_spent: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_nonce_limit(MAX_SPENT_NONCES)
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that remembers at most `max_spent` unexpired nonces.
+    pub fn with_nonce_limit(max_spent: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_spent,
+        }
     }
 }
 
@@ -63,9 +84,17 @@ impl StateStore for MemoryStore {
             s.expiries.pop_first();
             s.spent.remove(&nonce);
         }
-        if !s.spent.insert(event.nonce) {
+        if s.spent.contains(&event.nonce) {
             return Ok(Recorded::Duplicate);
         }
+        if s.spent.len() >= self.max_spent {
+            return Err(StoreError::Full(format!(
+                "the memory store remembers {} unexpired decision ids, its limit; feedback is \
+                 refused until some expire (use the Redis store or a shorter --decision-ttl-secs)",
+                s.spent.len()
+            )));
+        }
+        s.spent.insert(event.nonce);
         s.expiries.insert((event.expires_ms, event.nonce));
         s.add(&event.counters);
         s.log.push_back(event.for_log());
@@ -166,5 +195,27 @@ mod tests {
         assert_eq!(store.record(&e, 99).await.unwrap(), Recorded::Duplicate);
         // After expiry the id itself is refused upstream; the ledger may let go of it.
         assert_eq!(store.record(&e, 101).await.unwrap(), Recorded::New);
+    }
+
+    #[tokio::test]
+    async fn a_full_nonce_ledger_refuses_until_ids_expire() {
+        let store = MemoryStore::with_nonce_limit(2);
+        let at = |n: u64| {
+            let mut e = super::super::contract::event(n);
+            e.expires_ms = 100;
+            e
+        };
+        assert_eq!(store.record(&at(1), 0).await.unwrap(), Recorded::New);
+        assert_eq!(store.record(&at(2), 0).await.unwrap(), Recorded::New);
+        assert!(matches!(
+            store.record(&at(3), 0).await,
+            Err(StoreError::Full(_))
+        ));
+        // A duplicate is still a duplicate, not a refusal.
+        assert_eq!(store.record(&at(1), 0).await.unwrap(), Recorded::Duplicate);
+        // Nothing of the refused one was kept.
+        assert_eq!(store.events_since(0, 10).await.unwrap().0.len(), 2);
+        // Once the first ids expire there is room again.
+        assert_eq!(store.record(&at(3), 101).await.unwrap(), Recorded::New);
     }
 }

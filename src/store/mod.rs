@@ -119,6 +119,9 @@ pub enum StoreError {
     /// The backend answered something this build cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The store is at a documented capacity limit and refuses more until entries expire.
+    #[error("store full: {0}")]
+    Full(String),
     /// The store cannot be set up as configured (e.g. its spill file belongs to another
     /// process).
     #[error("store configuration: {0}")]
