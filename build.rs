@@ -13,6 +13,8 @@ fn main() -> anyhow::Result<()> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT (src/codec.rs), not prost's INTERNAL.
+        .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(out_dir.join("tokenwise_descriptor.bin"))
         .compile_with_config(config, &["proto/tokenwise/v1/router.proto"], &["proto"])?;
     Ok(())

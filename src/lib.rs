@@ -19,6 +19,7 @@ pub mod auth;
 pub mod books;
 pub mod classifier;
 pub mod cli;
+pub mod codec;
 pub mod dataset;
 pub mod decision;
 pub mod features;

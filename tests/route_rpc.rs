@@ -306,3 +306,34 @@ async fn an_absurd_output_hint_is_capped_and_said_so() {
     );
     server.stop().await;
 }
+
+/// What a client sends when its `task` is not valid UTF-8 (field 1 as raw bytes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawRoute {
+    #[prost(bytes = "vec", tag = "1")]
+    task: Vec<u8>,
+}
+
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument() {
+    let server = TestServer::start().await;
+    let grpc = tonic::client::Grpc::new(server.channel().await);
+    let call = |task: Vec<u8>| {
+        let mut grpc = grpc.clone();
+        async move {
+            grpc.ready().await.unwrap();
+            grpc.unary::<_, tokenwise::server::pb::RouteResponse, _>(
+                tonic::Request::new(RawRoute { task }),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/tokenwise.v1.Router/Route"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        }
+    };
+    // Valid bytes route as usual.
+    assert!(call(b"What is 2+2?".to_vec()).await.is_ok());
+    // Invalid UTF-8 in a string field: the caller's error, not the server's.
+    let e = call(vec![0xff, 0xfe, b'x']).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("does not decode"), "{}", e.message());
+}
