@@ -32,11 +32,28 @@ pub struct PolicyError {
     pub reason: String,
 }
 
+/// Longest reason or path an error carries: a parse error quotes the offending line, and a
+/// 5 KB line quoted twice made a gRPC status too big to send (the client saw RESOURCE_EXHAUSTED
+/// "Stream removed" instead of INVALID_ARGUMENT); a 200 KB value must not be echoed back.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// `s` cut to [`MAX_ERROR_TEXT`] bytes (on a character boundary), saying how long it was.
+fn clipped(s: String) -> String {
+    if s.len() <= MAX_ERROR_TEXT {
+        return s;
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..end], s.len())
+}
+
 impl PolicyError {
     fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            path: path.into(),
-            reason: reason.into(),
+            path: clipped(path.into()),
+            reason: clipped(reason.into()),
         }
     }
 }
@@ -790,6 +807,19 @@ fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> 
         let at = format!("policies[{i}]");
         let team = s.team.as_deref().unwrap_or("");
         let workflow = s.workflow.as_deref().unwrap_or("");
+        // A label Route would refuse can never match a request.
+        for (key, v) in [("team", team), ("workflow", workflow)] {
+            if v.len() > crate::routing::MAX_LABEL_BYTES {
+                return Err(PolicyError::new(
+                    format!("{at}.{key}"),
+                    format!(
+                        "is {} bytes; labels are at most {} bytes",
+                        v.len(),
+                        crate::routing::MAX_LABEL_BYTES
+                    ),
+                ));
+            }
+        }
         if team.is_empty() && workflow.is_empty() {
             return Err(PolicyError::new(
                 at,
@@ -1149,6 +1179,25 @@ thresholds = { small = 0.3, medium = 0.7 }
             with("kind = \"memory\"\nurll = \"x\"").unwrap_err().path,
             "store.urll"
         );
+    }
+
+    #[test]
+    fn errors_never_echo_more_than_a_few_hundred_bytes() {
+        let long_team = format!(
+            "{THREE}\n[[policies]]\nteam = \"{}\"\nquality_bar = 0.8\n",
+            "x".repeat(200_000)
+        );
+        let e = Policy::parse(&long_team).unwrap_err();
+        assert_eq!(e.path, "policies[3].team");
+        assert!(e.reason.contains("200000 bytes"), "{}", e.reason);
+        let long_line = format!("{THREE}\nfoo = \"{}\n", "y".repeat(5_000));
+        let e = Policy::parse(&long_line).unwrap_err();
+        assert!(
+            e.to_string().len() < 2 * MAX_ERROR_TEXT,
+            "{}",
+            e.to_string().len()
+        );
+        assert!(e.reason.contains("bytes in all"), "{}", e.reason);
     }
 
     #[test]
