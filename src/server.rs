@@ -1037,6 +1037,7 @@ pub async fn run(
         .load_shed(true)
         .layer(protection(
             config.max_concurrent_requests,
+            PROBE_CONCURRENCY,
             config.request_timeout,
         ))
         .add_service(health_service)
@@ -1074,43 +1075,127 @@ pub async fn run(
 }
 
 /// The server-wide protection layers, outermost first: tower errors become precise gRPC
-/// statuses, a full server sheds at once (one semaphore for all connections, so overload costs
-/// callers microseconds, not a queue), and an admitted call that runs past the request timeout
-/// answers DEADLINE_EXCEEDED instead of hanging. (tonic's own server timeout answers CANCELLED.)
+/// statuses; admission sheds a call at once when its budget is full (overload costs callers
+/// microseconds, not a queue), with health checks and reflection on a small budget of their
+/// own so that slow probes (which need no key) cannot take the permits Route and Feedback
+/// need; and an admitted call that runs past the request timeout answers DEADLINE_EXCEEDED
+/// instead of hanging. (tonic's own server timeout answers CANCELLED.)
 type Protection = tower::ServiceBuilder<
     tower::layer::util::Stack<
         tower::timeout::TimeoutLayer,
         tower::layer::util::Stack<
-            tower::limit::GlobalConcurrencyLimitLayer,
+            AdmissionLayer,
             tower::layer::util::Stack<
-                tower::load_shed::LoadShedLayer,
-                tower::layer::util::Stack<
-                    tower::util::MapErrLayer<fn(tower::BoxError) -> tower::BoxError>,
-                    tower::layer::util::Identity,
-                >,
+                tower::util::MapErrLayer<fn(tower::BoxError) -> tower::BoxError>,
+                tower::layer::util::Identity,
             >,
         >,
     >,
 >;
 
-fn protection(max_concurrent_requests: usize, request_timeout: Duration) -> Protection {
+/// Concurrent health and reflection calls admitted, apart from the RPC budget.
+const PROBE_CONCURRENCY: usize = 32;
+
+fn protection(
+    max_concurrent_requests: usize,
+    max_probes: usize,
+    request_timeout: Duration,
+) -> Protection {
     tower::ServiceBuilder::new()
         .map_err(precise_status as fn(tower::BoxError) -> tower::BoxError)
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            max_concurrent_requests,
-        ))
+        .layer(AdmissionLayer {
+            rpc: Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests)),
+            probes: Arc::new(tokio::sync::Semaphore::new(max_probes)),
+        })
         .timeout(request_timeout)
+}
+
+/// Whether a request path is a health check or reflection (no key needed, own budget).
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Admits a call if its budget (RPC or probe) has a permit now, else sheds it with
+/// RESOURCE_EXHAUSTED naming the budget. The permit is held until the call's response is ready.
+#[derive(Clone)]
+struct AdmissionLayer {
+    rpc: Arc<tokio::sync::Semaphore>,
+    probes: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Admission<S> {
+        Admission {
+            inner,
+            budgets: self.clone(),
+        }
+    }
+}
+
+/// The service [`AdmissionLayer`] builds.
+#[derive(Clone)]
+struct Admission<S> {
+    inner: S,
+    budgets: AdmissionLayer,
+}
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Admission<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let probe = is_probe(req.uri().path());
+        let budget = if probe {
+            &self.budgets.probes
+        } else {
+            &self.budgets.rpc
+        };
+        match budget.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let call = self.inner.call(req);
+                Box::pin(async move {
+                    let out = call.await.map_err(Into::into);
+                    drop(permit);
+                    out
+                })
+            }
+            Err(_) => {
+                let status = if probe {
+                    Status::resource_exhausted(format!(
+                        "health and reflection calls at their limit of {PROBE_CONCURRENCY} concurrent calls: retry with backoff"
+                    ))
+                } else {
+                    Status::resource_exhausted(
+                        "server at its limit of concurrent requests (--max-concurrent-requests): retry with backoff",
+                    )
+                };
+                Box::pin(async move { Err(Box::new(status) as tower::BoxError) })
+            }
+        }
+    }
 }
 
 /// Shedding and timeouts as the statuses a caller can act on; tonic turns a `Status` error into
 /// its response as is.
 fn precise_status(e: tower::BoxError) -> tower::BoxError {
-    if e.is::<tower::load_shed::error::Overloaded>() {
-        Box::new(Status::resource_exhausted(
-            "server at its limit of concurrent requests (--max-concurrent-requests): retry with backoff",
-        ))
-    } else if e.is::<tower::timeout::error::Elapsed>() {
+    if e.is::<tower::timeout::error::Elapsed>() {
         Box::new(Status::deadline_exceeded(
             "not answered within the server's request timeout (--request-timeout-ms)",
         ))
@@ -1121,6 +1206,10 @@ fn precise_status(e: tower::BoxError) -> tower::BoxError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tonic::transport::server::Connected;
+
     #[tokio::test]
     async fn an_oversized_team_is_refused_before_the_rate_limiter_keys_it() {
         let engine = Engine::new(
@@ -1157,33 +1246,95 @@ mod tests {
 
     #[tokio::test]
     async fn protection_answers_deadline_exceeded_and_names_the_exhausted_limit() {
+        use tonic::codegen::http;
         use tower::{Service, ServiceExt};
-        let slow = tower::service_fn(|ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, tower::BoxError>(ms)
+        // A service that takes as long as the request body says, in ms.
+        let slow = tower::service_fn(|req: http::Request<u64>| async move {
+            tokio::time::sleep(Duration::from_millis(*req.body())).await;
+            Ok::<_, tower::BoxError>(*req.body())
         });
-        let mut svc = protection(1, Duration::from_millis(50)).service(slow);
+        let req = |path: &str, ms: u64| {
+            http::Request::builder()
+                .uri(format!("http://x{path}"))
+                .body(ms)
+                .unwrap()
+        };
+        const ROUTE: &str = "/tokenwise.v1.Router/Route";
+        const HEALTH: &str = "/grpc.health.v1.Health/Check";
+        let mut svc = protection(1, 1, Duration::from_millis(200)).service(slow);
         // Fast enough: answered.
-        assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+        assert_eq!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(req(ROUTE, 1))
+                .await
+                .unwrap(),
+            1
+        );
         // Too slow: DEADLINE_EXCEEDED, naming the flag.
-        let e = svc.ready().await.unwrap().call(10_000).await.unwrap_err();
+        let e = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(ROUTE, 10_000))
+            .await
+            .unwrap_err();
         let status = Status::from_error(e);
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
         assert!(status.message().contains("--request-timeout-ms"));
-        // While the one permit is held, the next call is shed at once, naming what is full.
+        // While a slow probe holds the probe budget, Route is still admitted; the next probe
+        // is shed at once, naming its own budget.
+        let mut probe = svc.clone();
+        let held =
+            tokio::spawn(async move { probe.ready().await.unwrap().call(req(HEALTH, 100)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(req(ROUTE, 1))
+                .await
+                .unwrap(),
+            1
+        );
+        let e = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(HEALTH, 1))
+            .await
+            .unwrap_err();
+        let status = Status::from_error(e);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("health"), "{}", status.message());
+        assert_eq!(held.await.unwrap().unwrap(), 100);
+        // While a Route call holds the RPC budget, the next is shed, naming the flag.
         let mut busy = svc.clone();
-        let held = tokio::spawn(async move { busy.ready().await.unwrap().call(40).await });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        let held =
+            tokio::spawn(async move { busy.ready().await.unwrap().call(req(ROUTE, 100)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let e = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(ROUTE, 1))
+            .await
+            .unwrap_err();
         let status = Status::from_error(e);
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("--max-concurrent-requests"));
-        assert_eq!(held.await.unwrap().unwrap(), 40);
+        assert_eq!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(req(HEALTH, 1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(held.await.unwrap().unwrap(), 100);
     }
-
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-    use tonic::transport::server::Connected;
 
     /// h2 picks its write strategy from `is_write_vectored`: `false` is what makes it copy
     /// small responses into one buffer (one write per response, see `CopiedWrites`).
