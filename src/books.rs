@@ -237,15 +237,50 @@ struct Local {
     batch: Option<Batch>,
     /// The budget usage inside `batch`.
     in_flight: Usage,
+    /// Batches a previous run could not send (read from its carry-over file at start): sent
+    /// first, each as is.
+    resumed: std::collections::VecDeque<Batch>,
     /// Last read from the store.
     seen: Usage,
 }
 
+impl Local {
+    /// Takes the route-time cells and the pending reservations out as counter deltas (labels
+    /// cleaned); returns the deltas and the reservations they carry.
+    fn drain_adds(&mut self) -> (Vec<CounterAdd>, Usage) {
+        let cells: Vec<(CellKey, CellDelta)> = self.cells.drain().collect();
+        let pending = std::mem::take(&mut self.pending);
+        let mut adds = Vec::new();
+        for (k, c) in &cells {
+            let k = CellKey {
+                team: clean(&k.team).into_owned(),
+                workflow: clean(&k.workflow).into_owned(),
+                ..k.clone()
+            };
+            c.counters(&k, &mut adds);
+        }
+        for (id, periods) in &pending {
+            for (start, v) in periods {
+                if *v != 0 {
+                    adds.push(CounterAdd {
+                        hash: budget_hash(id, *start),
+                        field: BUDGET_USED.into(),
+                        delta: *v,
+                    });
+                }
+            }
+        }
+        (adds, pending)
+    }
+}
+
 /// Counter increments sent as one idempotent unit.
-#[derive(Debug, Clone)]
-struct Batch {
-    id: u64,
-    adds: Vec<CounterAdd>,
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    /// The store applies a batch id once.
+    pub id: u64,
+    /// The counter deltas.
+    pub adds: Vec<CounterAdd>,
 }
 
 impl Local {
@@ -521,31 +556,19 @@ impl Books {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let _one = self.flush_lock.lock().await;
+        // What a previous run left, first and as is (a batch that landed before it stopped
+        // is not applied twice).
+        loop {
+            let next = self.lock().resumed.front().cloned();
+            let Some(b) = next else { break };
+            store.add_counters(b.id, &b.adds).await?;
+            self.metrics.observe(&b.adds);
+            self.lock().resumed.pop_front();
+        }
         let batch = {
             let mut local = self.lock();
             if local.batch.is_none() {
-                let cells: Vec<(CellKey, CellDelta)> = local.cells.drain().collect();
-                let pending = std::mem::take(&mut local.pending);
-                let mut adds = Vec::new();
-                for (k, c) in &cells {
-                    let k = CellKey {
-                        team: clean(&k.team).into_owned(),
-                        workflow: clean(&k.workflow).into_owned(),
-                        ..k.clone()
-                    };
-                    c.counters(&k, &mut adds);
-                }
-                for (id, periods) in &pending {
-                    for (start, v) in periods {
-                        if *v != 0 {
-                            adds.push(CounterAdd {
-                                hash: budget_hash(id, *start),
-                                field: BUDGET_USED.into(),
-                                delta: *v,
-                            });
-                        }
-                    }
-                }
+                let (adds, pending) = local.drain_adds();
                 if !adds.is_empty() {
                     local.batch = Some(Batch {
                         id: rand::random(),
@@ -607,6 +630,34 @@ impl Books {
                 }
             })
             .collect()
+    }
+
+    /// Everything not yet acknowledged by the store, as batches to send as they are: the batch
+    /// in flight (its id kept), then the rest as one new batch. Leaves the books empty: for a
+    /// shutdown that could not flush, so the next start can send them.
+    pub fn take_unflushed(&self) -> Vec<Batch> {
+        let mut local = self.lock();
+        let mut out: Vec<Batch> = local.resumed.drain(..).collect();
+        out.extend(local.batch.take());
+        local.in_flight.clear();
+        let (adds, _) = local.drain_adds();
+        if !adds.is_empty() {
+            out.push(Batch {
+                id: rand::random(),
+                adds,
+            });
+        }
+        out
+    }
+
+    /// Queues batches a previous run could not send; the next flush sends them first.
+    pub fn resume(&self, batches: Vec<Batch>) {
+        self.lock().resumed.extend(batches);
+    }
+
+    /// Batches waiting from a previous run.
+    pub fn resumed(&self) -> usize {
+        self.lock().resumed.len()
     }
 
     /// Route-time counts not yet flushed (for tests and shutdown logs).
@@ -737,53 +788,55 @@ on_exhausted = "cheapest"
         assert_eq!(route(&e, "t", now).unwrap(), "premium");
     }
 
+    /// A store that is down for everything.
+    struct Down;
+    #[async_trait::async_trait]
+    impl StateStore for Down {
+        async fn record(
+            &self,
+            _: &crate::store::OutcomeEvent,
+            _: u64,
+        ) -> Result<crate::store::Recorded, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn events_since(
+            &self,
+            _: u64,
+            _: usize,
+        ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn add_counters(&self, _: u64, _: &[CounterAdd]) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn read_counters(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn append_policy_change(
+            &self,
+            _: &crate::store::PolicyChange,
+        ) -> Result<u64, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn policy_changes(
+            &self,
+            _: u64,
+        ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        fn kind(&self) -> &'static str {
+            "down"
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_flush_keeps_every_count_for_the_next_one() {
-        struct Down;
-        #[async_trait::async_trait]
-        impl StateStore for Down {
-            async fn record(
-                &self,
-                _: &crate::store::OutcomeEvent,
-                _: u64,
-            ) -> Result<crate::store::Recorded, StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn events_since(
-                &self,
-                _: u64,
-                _: usize,
-            ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn add_counters(&self, _: u64, _: &[CounterAdd]) -> Result<(), StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn read_counters(
-                &self,
-                _: &[String],
-            ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn append_policy_change(
-                &self,
-                _: &crate::store::PolicyChange,
-            ) -> Result<u64, StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn policy_changes(
-                &self,
-                _: u64,
-            ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            async fn ping(&self) -> Result<(), StoreError> {
-                Err(StoreError::Unavailable("down".into()))
-            }
-            fn kind(&self) -> &'static str {
-                "down"
-            }
-        }
         let e = engine();
         let now = 1_795_934_463_000;
         route(&e, "u", now).unwrap();
@@ -894,5 +947,51 @@ on_exhausted = "cheapest"
         let f = ledger_field("spend", "t", "w", "small");
         assert_eq!(parse_ledger_field(&f), Some(("spend", "t", "w", "small")));
         assert_eq!(parse_ledger_field("spend"), None);
+    }
+
+    #[tokio::test]
+    async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
+        let path = std::env::temp_dir().join(format!(
+            "tw-books-carry-{}-{}.jsonl",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let start = |store: Arc<dyn StateStore>| {
+            Engine::with_store(
+                Arc::new(ComplexityModel::bundled().unwrap()),
+                Arc::new(Policy::parse(POLICY).unwrap()),
+                Limits::default(),
+                Signer::new(b"k").unwrap(),
+                3_600_000,
+                true,
+                store,
+                crate::store::OutageBuffer::new(0, Some(path.clone())).unwrap(),
+            )
+        };
+        let now = 1_795_934_463_000;
+        let e = start(Arc::new(Down));
+        route(&e, "u", now).unwrap();
+        route(&e, "u", now).unwrap();
+        // The store is down at shutdown: the counts are kept on disk, not dropped.
+        e.shutdown(now).await;
+        drop(e);
+        let store = Arc::new(crate::store::MemoryStore::new());
+        let next = start(store.clone());
+        assert_eq!(next.books.resumed(), 1);
+        assert!(next.refresh(now).await);
+        assert_eq!(next.books.resumed(), 0);
+        let read = store
+            .read_counters(&[
+                ledger_hash(now),
+                budget_hash("team:u/day", Period::Day.start_ms(now)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
+        assert_eq!(read[1][BUDGET_USED], 7_000);
+        // Sent: the carry-over file is gone, and a third start has nothing to resend.
+        assert!(!path.with_extension("carry").exists());
+        drop(next);
+        assert_eq!(start(store.clone()).books.resumed(), 0);
     }
 }

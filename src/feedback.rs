@@ -469,6 +469,11 @@ impl Learner {
         self.buffer.len()
     }
 
+    /// The outage buffer (and its carry-over file).
+    pub fn buffer(&self) -> &OutageBuffer {
+        &self.buffer
+    }
+
     /// Spill-file lines skipped because their checksum did not match (torn or edited).
     pub fn rejected_spill_lines(&self) -> u64 {
         self.buffer.rejected_lines()
@@ -535,6 +540,8 @@ pub struct Engine {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Policy versions, hot reload, audit.
     pub policy_admin: crate::admin::PolicyAdmin,
+    /// Whether route accounting carried over from the previous run still waits in its file.
+    carry_over_pending: AtomicBool,
 }
 
 /// Why Route refused a call.
@@ -641,6 +648,16 @@ impl Engine {
         if let Err(e) = &flushed {
             tracing::debug!(error = %e, "books not flushed");
         }
+        // Everything carried over is in the store now: the file has done its job.
+        if flushed.is_ok()
+            && self.carry_over_pending.swap(false, Ordering::Relaxed)
+            && let Err(e) = self
+                .learner
+                .buffer()
+                .save_carry_over::<crate::books::Batch>(&[])
+        {
+            tracing::warn!(error = %e, "carry-over file not removed");
+        }
         let ok = learned && flushed.is_ok();
         self.books.set_store_down(!ok);
         ok
@@ -653,7 +670,21 @@ impl Engine {
             .flush(&self.router.table().policy, self.learner.store(), now_ms)
             .await
         {
-            tracing::warn!(error = %e, cells = self.books.pending_cells(), "route accounting not flushed at shutdown");
+            // Kept for the next start (sent then as the same batches, so nothing counts twice).
+            let batches = self.books.take_unflushed();
+            match self.learner.buffer().save_carry_over(&batches) {
+                Ok(()) => tracing::warn!(
+                    error = %e,
+                    batches = batches.len(),
+                    "route accounting not flushed at shutdown: kept for the next start"
+                ),
+                Err(b) => tracing::error!(
+                    error = %e,
+                    batches = batches.len(),
+                    keep = %b,
+                    "route accounting not flushed at shutdown and not kept"
+                ),
+            }
         }
         self.learner.shutdown(now_ms).await;
     }
@@ -705,12 +736,24 @@ impl Engine {
             buffer,
         );
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let books = Books::new(metrics.clone());
+        // Route accounting a previous run could not send: sent first by the next flush.
+        let carried: Vec<crate::books::Batch> = learner.buffer().load_carry_over();
+        if !carried.is_empty() {
+            tracing::info!(
+                batches = carried.len(),
+                "route accounting carried over from the previous run"
+            );
+        }
+        let carry_over_pending = AtomicBool::new(!carried.is_empty());
+        books.resume(carried);
         Self {
             router: Router::new(model, table, limits),
             learner,
-            books: Books::new(metrics.clone()),
+            books,
             metrics,
             policy_admin: crate::admin::PolicyAdmin::default(),
+            carry_over_pending,
         }
     }
 }

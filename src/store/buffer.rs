@@ -75,6 +75,9 @@ pub enum BufferError {
         "spill file {0} is in use by another process: each replica needs its own (store.spill_file)"
     )]
     InUse(String),
+    /// There is no spill file to keep anything in.
+    #[error("no spill file configured: nothing can be kept for the next start")]
+    NoFile,
     /// Memory is full and there is no spill file.
     #[error("outage buffer full ({0} outcomes) and no spill file configured")]
     Full(usize),
@@ -87,8 +90,8 @@ fn checksum(record: &[u8]) -> String {
 }
 
 /// One log line: `<checksum> <record JSON>\n`.
-fn encode(event: &OutcomeEvent) -> Result<Vec<u8>, std::io::Error> {
-    let json = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+fn encode<T: serde::Serialize>(record: &T) -> Result<Vec<u8>, std::io::Error> {
+    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     let mut line = checksum(&json).into_bytes();
     line.push(b' ');
     line.extend_from_slice(&json);
@@ -97,7 +100,7 @@ fn encode(event: &OutcomeEvent) -> Result<Vec<u8>, std::io::Error> {
 }
 
 /// The record of one line, if its checksum holds and it parses.
-fn decode(line: &[u8]) -> Option<OutcomeEvent> {
+fn decode<T: serde::de::DeserializeOwned>(line: &[u8]) -> Option<T> {
     let space = line.iter().position(|&b| b == b' ')?;
     let (sum, json) = (&line[..space], &line[space + 1..]);
     if sum != checksum(json).as_bytes() {
@@ -203,7 +206,12 @@ impl Spill {
         };
         let mut recovered = Vec::new();
         for p in [spill.path.clone(), spill.draining_path()] {
-            recovered.extend(spill.read(&p, false)?.iter().map(|e| e.nonce));
+            recovered.extend(
+                spill
+                    .read::<OutcomeEvent>(&p, false)?
+                    .iter()
+                    .map(|e| e.nonce),
+            );
         }
         spill.waiting.store(recovered.len(), Ordering::Relaxed);
         Ok(Self { recovered, ..spill })
@@ -225,7 +233,11 @@ impl Spill {
 
     /// The records of a log file, in order; lines whose checksum fails are skipped (and counted
     /// when `count`: once, when a drain consumes the file).
-    fn read(&self, path: &Path, count: bool) -> Result<Vec<OutcomeEvent>, BufferError> {
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+        count: bool,
+    ) -> Result<Vec<T>, BufferError> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -255,7 +267,7 @@ impl Spill {
     }
 
     /// Replaces a log file with `rest` (removes it when empty), atomically.
-    fn rewrite(&self, path: &Path, rest: &[OutcomeEvent]) -> Result<(), BufferError> {
+    fn rewrite<T: serde::Serialize>(&self, path: &Path, rest: &[T]) -> Result<(), BufferError> {
         if rest.is_empty() {
             return match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
@@ -342,6 +354,34 @@ impl OutageBuffer {
         self.len() == 0
     }
 
+    /// The carry-over file beside the spill file: what a shutdown could not send to the store
+    /// other than outcomes (the books' counter batches), for the next start.
+    fn carry_over_path(&self) -> Option<PathBuf> {
+        self.spill.as_ref().map(|s| s.path.with_extension("carry"))
+    }
+
+    /// Writes `items` to the carry-over file (replacing it; removing it when empty), durably.
+    /// Without a spill file there is nowhere to keep them: an error saying so.
+    pub fn save_carry_over<T: serde::Serialize>(&self, items: &[T]) -> Result<(), BufferError> {
+        match (&self.spill, self.carry_over_path()) {
+            (Some(s), Some(p)) => s.rewrite(&p, items),
+            _ if items.is_empty() => Ok(()),
+            _ => Err(BufferError::NoFile),
+        }
+    }
+
+    /// What a previous run left in the carry-over file (lines failing their checksum skipped
+    /// and counted).
+    pub fn load_carry_over<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        match (&self.spill, self.carry_over_path()) {
+            (Some(s), Some(p)) => s.read(&p, true).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "carry-over file unreadable");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        }
+    }
+
     /// Nonces of the outcomes a previous run left in the spill file.
     pub fn recovered_nonces(&self) -> Vec<u64> {
         self.spill
@@ -398,7 +438,8 @@ impl OutageBuffer {
                 done.push(e.nonce);
             }
             blocking(Box::new(|s: &Spill| {
-                s.rewrite(&s.draining_path(), &[]).map(|()| Vec::new())
+                s.rewrite::<OutcomeEvent>(&s.draining_path(), &[])
+                    .map(|()| Vec::new())
             }))
             .await?;
             spill.waiting.fetch_sub(claimed.len(), Ordering::Relaxed);
