@@ -126,7 +126,7 @@ enum Command {
         #[arg(long)]
         team: String,
         /// `service` (Route, Feedback, its team's report) or `admin` (also policy and thresholds).
-        #[arg(long, default_value = "service")]
+        #[arg(long, default_value = "service", value_parser = ["service", "admin"])]
         role: String,
     },
     /// Policy administration on a running server: show, versions, diff, what-if, apply,
@@ -850,7 +850,7 @@ pub fn main() -> anyhow::Result<()> {
                 let rows: Vec<serde_json::Value> = r
                     .thresholds
                     .iter()
-                    .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
+                    .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "pinned": t.pinned, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
                     .collect();
                 outln!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
             } else {
@@ -859,7 +859,12 @@ pub fn main() -> anyhow::Result<()> {
                 for t in &r.thresholds {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
                     let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
-                    outln!("{:<32} {:<24} {:<10} {:>9.2} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, t.threshold, t.evidence, observed, t.last_move, t.bar);
+                    // A pinned threshold is the policy's, not learned: marked with `*`.
+                    let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
+                    outln!("{:<32} {:<24} {:<10} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
+                }
+                if r.thresholds.iter().any(|t| t.pinned) {
+                    outln!("* pinned by the policy (`thresholds = {{...}}`): learning does not move it");
                 }
             }
             Ok(())
@@ -897,9 +902,6 @@ pub fn main() -> anyhow::Result<()> {
         }),
         Command::Policy { action } => runtime()?.block_on(policy_command(action)),
         Command::Keygen { name, team, role } => {
-            if role != "service" && role != "admin" {
-                bail!("--role must be service or admin, got {role:?}");
-            }
             let (key, hash) = crate::auth::new_key();
             eprintln!("key for {name} (give it to the caller as TOKENWISE_API_KEY / `authorization: Bearer <key>`; it is shown once):");
             outln!("{key}");

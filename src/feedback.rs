@@ -604,9 +604,15 @@ impl Engine {
             let labels = crate::metrics::ScopeLabels {
                 scope: scope.clone(),
             };
-            m.realized_quality
-                .get_or_create(&labels)
-                .set(plan.realized_quality);
+            // No series until there is evidence: a 0.0 for a scope nobody has graded yet
+            // reads as a collapse on a dashboard.
+            if plan.evidence > 0.0 {
+                m.realized_quality
+                    .get_or_create(&labels)
+                    .set(plan.realized_quality);
+            } else {
+                m.realized_quality.remove(&labels);
+            }
             m.quality_bar
                 .get_or_create(&labels)
                 .set(plan.policy.quality_bar);

@@ -390,7 +390,9 @@ pub fn replay(
         .map(|t| (policy.tiers[t.tier].name.clone(), t.threshold))
         .collect();
     let quality = quality / nf;
-    let bar = bar_sum / nf;
+    // The average of the configured bars, without the float noise of summing 1,832 copies of
+    // 0.77 (which printed as 0.769999999999986).
+    let bar = (bar_sum / nf * 1e9).round() / 1e9;
     let late = &trail[trail.len() / 2..];
     let late_q = late.iter().map(|t| t.0).sum::<f64>() / late.len().max(1) as f64;
     let late_cost: f64 = late.iter().map(|t| t.1).sum();

@@ -562,6 +562,7 @@ impl Admin for AdminService {
                         bar: plan.target,
                         scope_quality: quality,
                         workflow: workflow.clone(),
+                        pinned: plan.policy.pinned_thresholds.is_some(),
                     });
                 }
             }

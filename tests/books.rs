@@ -447,4 +447,18 @@ async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_healt
     );
     assert!(line(r#"tokenwise_quality_bar{scope="team:cheap"}"#).ends_with(" 0.5"));
     assert_eq!(line("tokenwise_store_up "), "tokenwise_store_up 1");
+    // Realized quality only where there is evidence: none yet for team rich, and no 0.0.
+    assert!(line(r#"tokenwise_realized_quality{scope="team:cheap"}"#).ends_with(" 1.0"));
+    assert!(
+        !text.contains(r#"tokenwise_realized_quality{scope="team:rich"}"#),
+        "{text}"
+    );
+    assert_eq!(
+        line("tokenwise_skipped_events "),
+        "tokenwise_skipped_events 0"
+    );
+    assert_eq!(
+        line("tokenwise_spill_rejected_lines "),
+        "tokenwise_spill_rejected_lines 0"
+    );
 }
