@@ -193,7 +193,11 @@ fn tier_mix_text(g: &GroupReport) -> String {
 
 /// `(tier, share of decisions)` per tier, in the report's order; empty without decisions.
 fn tier_shares(g: &GroupReport) -> Vec<(&str, f64)> {
-    let total: u64 = g.tier_mix.iter().map(|t| t.tasks).sum();
+    // Saturating: counters come from a store and may be anything a u64 holds.
+    let total = g
+        .tier_mix
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add(t.tasks));
     if total == 0 {
         return Vec::new();
     }
@@ -665,8 +669,10 @@ fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
         writeln!(o, "</tr>")?;
     }
     if !rest.is_empty() {
-        let spend: i64 = rest.iter().map(|g| g.spend_micros).sum();
-        let tasks: u64 = rest.iter().map(|g| g.tasks).sum();
+        let spend = rest
+            .iter()
+            .fold(0i64, |a, g| a.saturating_add(g.spend_micros));
+        let tasks = rest.iter().fold(0u64, |a, g| a.saturating_add(g.tasks));
         writeln!(
             o,
             "<tr class=\"more\"><td colspan=\"{GROUP_COLUMNS}\">… {} more {}: <b>{}</b> spend, \
@@ -1768,5 +1774,96 @@ mod tests {
         std::fs::write("/tmp/report-single.html", html(&single)).unwrap();
         single.series.clear();
         std::fs::write("/tmp/report-empty.html", html(&single)).unwrap();
+    }
+
+    /// Extreme but representable counters (a wrapped or hostile store, years of traffic) must
+    /// render in every format without a panic.
+    fn extreme_i64() -> impl proptest::strategy::Strategy<Value = i64> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(i64::MAX),
+            proptest::strategy::Just(i64::MIN),
+            proptest::strategy::Just(0i64),
+            proptest::strategy::Just(-1i64),
+            proptest::num::i64::ANY,
+        ]
+    }
+
+    fn extreme_u64() -> impl proptest::strategy::Strategy<Value = u64> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(u64::MAX),
+            proptest::strategy::Just(0u64),
+            proptest::num::u64::ANY,
+        ]
+    }
+
+    fn extreme_f64() -> impl proptest::strategy::Strategy<Value = Option<f64>> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(None),
+            proptest::strategy::Just(Some(f64::NAN)),
+            proptest::strategy::Just(Some(f64::INFINITY)),
+            proptest::strategy::Just(Some(-1e308)),
+            (0.0f64..=1.0).prop_map(Some),
+        ]
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+        #[test]
+        fn every_format_renders_extreme_counters_without_a_panic(
+            i in proptest::collection::vec(extreme_i64(), 12),
+            u in proptest::collection::vec(extreme_u64(), 12),
+            f in proptest::collection::vec(extreme_f64(), 4),
+        ) {
+            let mut r = sample();
+            let mut groups = r.groups.clone();
+            groups.push(r.total.clone());
+            for (n, g) in groups.iter_mut().enumerate() {
+                let k = n % 3;
+                g.spend_micros = i[k];
+                g.premium_micros = i[k + 1];
+                g.savings_micros = i[k + 2];
+                g.value_micros = i[k + 3];
+                g.net_value_micros = i[k + 4];
+                g.cost_per_completed_micros = Some(i[k + 5]);
+                g.tasks = u[k];
+                g.outcomes = u[k + 1];
+                g.completed = u[k + 2];
+                g.reused = u[k + 3];
+                g.budget_downgrades = u[k + 4];
+                g.budget_rejections = u[k + 5];
+                g.realized_quality = f[0];
+                g.quality_bar = f[1];
+                g.reuse_rate = f[2];
+                for (t, share) in g.tier_mix.iter_mut().enumerate() {
+                    share.tasks = u[6 + t];
+                    share.spend_micros = i[6 + t];
+                }
+            }
+            r.total = groups.pop().unwrap();
+            // More groups than the table and the page show, so the "… more" rows sum too.
+            let extra: Vec<GroupReport> = (0..20)
+                .map(|n| GroupReport { key: format!("g{n}"), ..groups[0].clone() })
+                .collect();
+            groups.extend(extra);
+            r.groups = groups;
+            for b in &mut r.budgets {
+                b.used_micros = i[9];
+                b.left_micros = Some(i[10]);
+                b.hard_limit_micros = Some(i[11]);
+                b.soft_limit_micros = Some(i[0]);
+            }
+            for p in &mut r.series {
+                p.spend_micros = i[1];
+                p.tasks = u[9];
+                p.outcomes = u[10];
+                p.realized_quality = f[3];
+            }
+            let _ = table(&r);
+            let _ = html(&r);
+            let _ = csv(&r);
+            let _ = json(&r);
+        }
     }
 }
