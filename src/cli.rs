@@ -57,8 +57,8 @@ enum Command {
     Serve(ServeArgs),
     /// Ask a running server to route one task and print the decision.
     Route {
-        /// Server address, host:port or http://host:port.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Workflow label.
         #[arg(long, default_value = "")]
@@ -78,7 +78,7 @@ enum Command {
     /// Print the learned thresholds of a running server, per scope and tier.
     Thresholds {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Only this scope.
         #[arg(long, default_value = "")]
@@ -91,7 +91,7 @@ enum Command {
     /// savings, value, reuse and budgets, per team or workflow.
     Report {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Start: `day`, `week` or `month` (the current calendar period, UTC), a duration back
         /// from now (`24h`, `7d`), or a UTC date or time (`2026-11-01`, `2026-11-01T08:00:00Z`).
@@ -329,19 +329,19 @@ enum PolicyAction {
     /// Print the live policy text.
     Show {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
     },
     /// The version history and audit trail.
     Versions {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
     },
     /// Validate FILE against the live policy and print what would change.
     Diff {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Proposed policy file.
         file: PathBuf,
@@ -350,7 +350,7 @@ enum PolicyAction {
     /// and tier mix per scope, next to what happened and what the live policy would do now.
     WhatIf {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Proposed policy file.
         file: PathBuf,
@@ -358,7 +358,7 @@ enum PolicyAction {
     /// Make FILE the live policy on every replica.
     Apply {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Why (recorded in the audit trail).
         #[arg(long)]
@@ -372,7 +372,7 @@ enum PolicyAction {
     /// Make an earlier version live again.
     Rollback {
         /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// Version to restore (default: the one before the live one).
         #[arg(long, default_value = "")]
