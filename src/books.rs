@@ -69,6 +69,10 @@ pub mod metric {
     pub const BAR: &str = "bar_ppm";
     /// Value created, micro-USD.
     pub const VALUE: &str = "value";
+    /// Human time displaced, seconds.
+    pub const HUMAN_SECONDS: &str = "human_s";
+    /// Human time displaced, priced at the loaded hourly cost, micro-USD.
+    pub const HUMAN_VALUE: &str = "human_value";
     /// Outcomes marked reused.
     pub const REUSED: &str = "reused";
 }
@@ -504,6 +508,16 @@ impl Books {
         } else {
             0
         };
+        // Human time displaced by an output that met the bar, and its price.
+        let minutes = if completed {
+            scope.human_minutes_per_success.unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let human_seconds = (minutes * 60.0).round() as i64;
+        let human_value = scope
+            .loaded_cost_per_hour_usd
+            .map_or(0, |rate| (minutes / 60.0 * rate * 1e6).round() as i64);
         let (team, workflow) = {
             let mut local = self.lock();
             let t = local.labels.team(&claims.team).to_string();
@@ -519,6 +533,8 @@ impl Books {
             (metric::SPEND, actual - estimate),
             (metric::PREMIUM, premium - claims.premium_micros as i64),
             (metric::VALUE, value),
+            (metric::HUMAN_SECONDS, human_seconds),
+            (metric::HUMAN_VALUE, human_value),
             (metric::REUSED, i64::from(reused)),
         ]
         .into_iter()

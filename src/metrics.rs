@@ -54,6 +54,7 @@ pub struct Metrics {
     decisions: Family<CellLabels, Counter>,
     spend_usd: Family<CellLabels, FloatGauge>,
     premium_usd: Family<CellLabels, FloatGauge>,
+    human_hours: Family<CellLabels, FloatGauge>,
     outcomes: Family<CellLabels, Counter>,
     completed: Family<CellLabels, Counter>,
     budget_actions: Family<CellLabels, Counter>,
@@ -95,6 +96,7 @@ impl Metrics {
             decisions: Family::default(),
             spend_usd: Family::default(),
             premium_usd: Family::default(),
+            human_hours: Family::default(),
             outcomes: Family::default(),
             completed: Family::default(),
             budget_actions: Family::default(),
@@ -132,6 +134,11 @@ impl Metrics {
             "premium_counterfactual_usd",
             "What the same tokens would cost on each scope's premium tier, USD",
             m.premium_usd.clone(),
+        );
+        registry.register(
+            "human_hours_displaced",
+            "Hours of human work displaced: completed outputs × the scope's human_minutes_per_success",
+            m.human_hours.clone(),
         );
         registry.register(
             "outcomes",
@@ -220,6 +227,11 @@ impl Metrics {
                     self.premium_usd
                         .get_or_create(&labels)
                         .inc_by(a.delta as f64 / 1e6);
+                }
+                metric::HUMAN_SECONDS => {
+                    self.human_hours
+                        .get_or_create(&labels)
+                        .inc_by(a.delta as f64 / 3600.0);
                 }
                 metric::OUTCOMES => {
                     self.outcomes.get_or_create(&labels).inc_by(up);

@@ -117,6 +117,8 @@ struct RawScope {
     thresholds: Option<BTreeMap<String, f64>>,
     exploration_rate: Option<f64>,
     value_per_success_usd: Option<f64>,
+    human_minutes_per_success: Option<f64>,
+    loaded_cost_per_hour_usd: Option<f64>,
     bar_mode: Option<String>,
     quality_bar_relative: Option<f64>,
     max_output_tokens: Option<u64>,
@@ -168,8 +170,12 @@ pub struct ScopePolicy {
     pub pinned_thresholds: Option<Vec<f64>>,
     /// Share of decisions that explore one tier cheaper than the safe choice.
     pub exploration_rate: f64,
-    /// Value of one output that meets the bar, in USD (for the report).
+    /// Revenue or risk value of one output that meets the bar, in USD (for the report).
     pub value_per_success_usd: Option<f64>,
+    /// Minutes of a person's work one output that meets the bar saves (for the report).
+    pub human_minutes_per_success: Option<f64>,
+    /// What an hour of that person's work costs, loaded, in USD (prices the minutes saved).
+    pub loaded_cost_per_hour_usd: Option<f64>,
     /// What the bar constrains: the scope's average, or every task.
     pub bar_mode: BarMode,
     /// When set, the bar is this fraction of what the scope's most expensive allowed tier is
@@ -684,6 +690,18 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                         s.key, o.value_per_success_usd, s.value_per_success_usd
                     ));
                 }
+                if o.human_minutes_per_success != s.human_minutes_per_success
+                    || o.loaded_cost_per_hour_usd != s.loaded_cost_per_hour_usd
+                {
+                    out.push(format!(
+                        "scope {}: human time {:?} min at {:?} USD/h → {:?} min at {:?} USD/h",
+                        s.key,
+                        o.human_minutes_per_success,
+                        o.loaded_cost_per_hour_usd,
+                        s.human_minutes_per_success,
+                        s.loaded_cost_per_hour_usd
+                    ));
+                }
             }
         }
     }
@@ -740,6 +758,10 @@ fn one_line(s: &str) -> String {
 /// completed output is far above any real one (an unbounded value saturated the conversion and
 /// overflowed the store's counter).
 const MAX_VALUE_PER_SUCCESS_USD: f64 = 1e6;
+/// Largest `human_minutes_per_success`: about two working years per output.
+const MAX_HUMAN_MINUTES: f64 = 200_000.0;
+/// Largest `loaded_cost_per_hour_usd`.
+const MAX_LOADED_COST_PER_HOUR_USD: f64 = 100_000.0;
 
 fn usd_to_micros(path: &str, usd: f64) -> Result<u64, PolicyError> {
     if !usd.is_finite() || usd < 0.0 {
@@ -895,6 +917,36 @@ fn resolve_scope(
             format!("must be a dollar amount in [0, 1e6], got {v}"),
         ));
     }
+    // Human time: minutes saved per completed output, priced at a loaded hourly cost. Bounded
+    // so a year of outcomes stays far inside the books' 64-bit counters.
+    let bounded =
+        |key: &str, v: Option<f64>, max: f64, what: &str| -> Result<Option<f64>, PolicyError> {
+            match v {
+                Some(x) if !x.is_finite() || !(0.0..=max).contains(&x) => Err(PolicyError::new(
+                    field_path(key),
+                    format!("must be {what} in [0, {max}], got {x}"),
+                )),
+                other => Ok(other),
+            }
+        };
+    let human_minutes_per_success = bounded(
+        "human_minutes_per_success",
+        pick(
+            s.human_minutes_per_success,
+            base.and_then(|b| b.human_minutes_per_success),
+        ),
+        MAX_HUMAN_MINUTES,
+        "minutes",
+    )?;
+    let loaded_cost_per_hour_usd = bounded(
+        "loaded_cost_per_hour_usd",
+        pick(
+            s.loaded_cost_per_hour_usd,
+            base.and_then(|b| b.loaded_cost_per_hour_usd),
+        ),
+        MAX_LOADED_COST_PER_HOUR_USD,
+        "a dollar amount",
+    )?;
     let bar_mode = match s
         .bar_mode
         .as_deref()
@@ -975,6 +1027,8 @@ fn resolve_scope(
         pinned_thresholds,
         exploration_rate,
         value_per_success_usd,
+        human_minutes_per_success,
+        loaded_cost_per_hour_usd,
         bar_mode,
         quality_bar_relative,
         max_output_tokens,

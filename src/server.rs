@@ -211,6 +211,8 @@ macro_rules! group_fields {
             premium_micros: g.premium_micros,
             savings_micros: g.savings_micros,
             value_micros: g.value_micros,
+            human_hours: g.human_hours,
+            human_value_micros: g.human_value_micros,
             net_value_micros: g.net_value_micros,
             reused: g.reused,
             reuse_rate: g.reuse_rate,

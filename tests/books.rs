@@ -462,3 +462,54 @@ async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_healt
         "tokenwise_spill_rejected_lines 0"
     );
 }
+
+#[tokio::test]
+async fn human_time_displaced_is_counted_per_scope_at_its_own_rate() {
+    // Default scope: 10 minutes per completed output at $60/h (team cheap inherits it); team
+    // rich: 30 minutes at $120/h.
+    let text = common::two_tier_policy("cheap", "rich")
+        .replace(
+            "value_per_success_usd = 0.01\n",
+            "value_per_success_usd = 0.01\nhuman_minutes_per_success = 10\nloaded_cost_per_hour_usd = 60\n",
+        )
+        .replace(
+            "team = \"rich\"\n",
+            "team = \"rich\"\nhuman_minutes_per_success = 30\nloaded_cost_per_hour_usd = 120\n",
+        );
+    let server = TestServer::with_policy(Policy::parse(&text).unwrap(), Limits::default()).await;
+    let mut c = server.router().await;
+    for (team, score) in [
+        ("cheap", 1.0),
+        ("cheap", 1.0),
+        ("cheap", 1.0),
+        ("cheap", 0.0),
+        ("rich", 1.0),
+        ("rich", 1.0),
+    ] {
+        let d = c
+            .route(task(team, "w", 100, 100))
+            .await
+            .unwrap()
+            .into_inner();
+        c.feedback(fb(&d, score, 100, 100, false)).await.unwrap();
+    }
+    let r = report(&server, "team").await;
+    let (cheap, rich) = (group(&r, "cheap"), group(&r, "rich"));
+    // cheap: 3 completed × 10 min = 0.5 h, × $60/h = $30; rich: 2 × 30 min = 1 h, $120.
+    assert!((cheap.human_hours - 0.5).abs() < 1e-9, "{cheap:?}");
+    assert_eq!(cheap.human_value_micros, 30_000_000);
+    assert!((rich.human_hours - 1.0).abs() < 1e-9, "{rich:?}");
+    assert_eq!(rich.human_value_micros, 120_000_000);
+    for g in [cheap, rich] {
+        assert_eq!(
+            g.net_value_micros,
+            g.value_micros + g.human_value_micros - g.spend_micros,
+            "{g:?}"
+        );
+    }
+    // Revenue/risk value stays separate: 5 completed × $0.01.
+    assert_eq!(cheap.value_micros + rich.value_micros, 50_000);
+    let total = r.total.as_ref().unwrap();
+    assert!((total.human_hours - 1.5).abs() < 1e-9);
+    assert_eq!(total.human_value_micros, 150_000_000);
+}

@@ -41,6 +41,8 @@ struct Acc {
     score_ppm: i64,
     bar_ppm: i64,
     value: i64,
+    human_seconds: i64,
+    human_value: i64,
     reused: i64,
     /// (tasks, spend) per tier.
     tiers: BTreeMap<String, (i64, i64)>,
@@ -65,6 +67,8 @@ impl Acc {
             metric::SCORE => self.score_ppm += v,
             metric::BAR => self.bar_ppm += v,
             metric::VALUE => self.value += v,
+            metric::HUMAN_SECONDS => self.human_seconds += v,
+            metric::HUMAN_VALUE => self.human_value += v,
             metric::REUSED => self.reused += v,
             _ => {}
         }
@@ -98,7 +102,9 @@ impl Acc {
             premium_micros: self.premium,
             savings_micros: self.premium - self.spend,
             value_micros: self.value,
-            net_value_micros: self.value - self.spend,
+            human_hours: self.human_seconds as f64 / 3600.0,
+            human_value_micros: self.human_value,
+            net_value_micros: self.value + self.human_value - self.spend,
             reused: u(self.reused),
             reuse_rate: per_outcome(self.reused),
             budget_downgrades: u(self.downgraded),

@@ -87,9 +87,17 @@ pub struct GroupReport {
     pub premium_micros: i64,
     /// `premium_micros - spend_micros`.
     pub savings_micros: i64,
-    /// Completed outcomes × the policy's `value_per_success_usd`, micro-USD.
+    /// Revenue or risk impact: completed outcomes × the policy's `value_per_success_usd`,
+    /// micro-USD.
     pub value_micros: i64,
-    /// `value_micros - spend_micros`.
+    /// Human time displaced: completed outcomes × the policy's `human_minutes_per_success`, in
+    /// hours.
+    #[serde(default)]
+    pub human_hours: f64,
+    /// Those hours at the policy's `loaded_cost_per_hour_usd`, micro-USD.
+    #[serde(default)]
+    pub human_value_micros: i64,
+    /// `value_micros + human_value_micros - spend_micros`.
     pub net_value_micros: i64,
     /// Outcomes marked reused.
     pub reused: u64,

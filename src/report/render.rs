@@ -49,7 +49,8 @@ pub fn table(r: &Report) -> String {
         "cost/completed",
         "quality (real / bar)",
         "savings vs premium",
-        "value",
+        "value (revenue/risk)",
+        "human time",
         "net value",
         "reuse",
         "tier mix",
@@ -58,13 +59,17 @@ pub fn table(r: &Report) -> String {
         t.add_row(group_cells(g, &g.key));
     }
     t.add_row(group_cells(&r.total, "total"));
-    for i in 1..=10 {
+    for i in 1..=11 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
     out.push_str(&t.to_string());
     out.push('\n');
+    if let Some(line) = human_time_sentence(&r.total) {
+        out.push_str(&line);
+        out.push('\n');
+    }
 
     if !r.budgets.is_empty() {
         let mut b = Table::new();
@@ -121,10 +126,45 @@ fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
         quality_text(g),
         savings_text(g),
         usd(g.value_micros),
+        human_time_text(g),
         usd(g.net_value_micros),
         reuse_text(g),
         tier_mix_text(g),
     ]
+}
+
+/// `41.0 h ($2,870)`: hours displaced and their price; `–` when none were.
+fn human_time_text(g: &GroupReport) -> String {
+    if g.human_hours <= 0.0 && g.human_value_micros == 0 {
+        return MISSING.to_owned();
+    }
+    format!(
+        "{:.1} h ({})",
+        g.human_hours,
+        usd_short(g.human_value_micros)
+    )
+}
+
+/// The sentence a finance reader wants: "≈ 41 hours of human work displaced, worth $2,870 (≈
+/// $70/h), for $212 of model spend." `None` when no scope sets human time.
+fn human_time_sentence(t: &GroupReport) -> Option<String> {
+    if !t.human_hours.is_finite() || t.human_hours <= 0.0 {
+        return None;
+    }
+    let worth = if t.human_value_micros > 0 {
+        format!(
+            ", worth {} (≈ {}/h)",
+            usd_short(t.human_value_micros),
+            usd_short((t.human_value_micros as f64 / t.human_hours).round() as i64)
+        )
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "≈ {} hours of human work displaced{worth}, for {} of model spend.",
+        thousands(t.human_hours.round() as u64),
+        usd_short(t.spend_micros)
+    ))
 }
 
 /// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing. Shown
@@ -240,7 +280,7 @@ fn enforcement_line(total: &GroupReport) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 
 /// Column names of [`csv`], in order.
-const CSV_HEADER: [&str; 25] = [
+const CSV_HEADER: [&str; 28] = [
     "group_by",
     "group",
     "spend_micros",
@@ -266,6 +306,9 @@ const CSV_HEADER: [&str; 25] = [
     "budget_rejections",
     "tier_mix",
     "tier_spend_micros",
+    "human_hours",
+    "human_value_micros",
+    "human_value_usd",
 ];
 
 /// Renders the groups as CSV: one header row, one row per group, then a `total` row.
@@ -340,6 +383,9 @@ fn csv_row(r: &Report, g: &GroupReport, label: &str) -> Vec<String> {
         g.budget_rejections.to_string(),
         tiers(|t| t.tasks.to_string()),
         tiers(|t| t.spend_micros.to_string()),
+        format!("{:.4}", g.human_hours),
+        g.human_value_micros.to_string(),
+        dollars6(g.human_value_micros),
     ]
 }
 
@@ -531,10 +577,10 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
     };
     kpi(
         o,
-        "Value created",
+        "Value created (revenue, risk)",
         &usd_short(t.value_micros),
         &format!(
-            "net <b class=\"{}\">{}</b><br>saved <b>{}</b>{} vs premium",
+            "net <b class=\"{}\">{}</b><br>saved <b>{}</b>{} vs premium{}",
             if t.net_value_micros < 0 {
                 "bad"
             } else {
@@ -543,6 +589,9 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
             usd_short(t.net_value_micros),
             usd_short(t.savings_micros),
             savings_share,
+            human_time_sentence(t)
+                .map(|s| format!("<br>{}", escape(&s)))
+                .unwrap_or_default(),
         ),
     )?;
 
@@ -608,7 +657,7 @@ fn kpi_raw(o: &mut String, label: &str, value: &str, sub: &str) -> fmt::Result {
 }
 
 /// Columns of the groups table.
-const GROUP_COLUMNS: usize = 11;
+const GROUP_COLUMNS: usize = 12;
 
 /// Spend by group: the [`MAX_GROUP_ROWS`] highest-spend groups, one row summing up the rest
 /// when there are more, and the total of everything as the footer row.
@@ -649,7 +698,8 @@ fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
         "cost /<br>completed",
         "quality<br>/ bar",
         "savings vs<br>premium",
-        "value",
+        "value<br>(revenue, risk)",
+        "human<br>time",
         "net<br>value",
         "reuse",
     ] {
@@ -802,6 +852,7 @@ fn group_row(
         write!(o, "<td>{}</td>", escape(&usd_short(g.savings_micros)))?;
     }
     write!(o, "<td>{}</td>", escape(&usd_short(g.value_micros)))?;
+    write!(o, "<td>{}</td>", escape(&human_time_text(g)))?;
     let nclass = if g.net_value_micros < 0 {
         " class=\"bad\""
     } else {
@@ -1329,7 +1380,10 @@ mod tests {
             premium_micros: 32_000_000,
             savings_micros: 19_654_322,
             value_micros: 33_000_000,
-            net_value_micros: 20_654_322,
+            // 330 completed × 1 minute at $70/h.
+            human_hours: 5.5,
+            human_value_micros: 385_000_000,
+            net_value_micros: 405_654_322,
             reused: 160,
             reuse_rate: Some(0.4),
             budget_downgrades: 7,
@@ -1348,6 +1402,8 @@ mod tests {
             premium_micros: 3_100_000,
             savings_micros: 600_000,
             value_micros: 0,
+            human_hours: 0.0,
+            human_value_micros: 0,
             net_value_micros: -2_500_000,
             reused: 0,
             reuse_rate: None,
@@ -1367,7 +1423,9 @@ mod tests {
             premium_micros: 35_100_000,
             savings_micros: 20_254_322,
             value_micros: 33_000_000,
-            net_value_micros: 18_154_322,
+            human_hours: 5.5,
+            human_value_micros: 385_000_000,
+            net_value_micros: 403_154_322,
             reused: 160,
             reuse_rate: Some(0.4),
             budget_downgrades: 7,
@@ -1496,6 +1554,32 @@ mod tests {
         let t = table(&r);
         assert!(!t.contains("period start"));
         assert!(!t.contains("downgraded"));
+    }
+
+    #[test]
+    fn human_time_is_shown_apart_from_revenue_value_in_every_format() {
+        let r = sample();
+        let t = table(&r);
+        assert!(t.contains("human time"), "{t}");
+        assert!(t.contains("5.5 h ($385"), "{t}");
+        assert!(
+            t.contains("≈ 6 hours of human work displaced, worth $385"),
+            "{t}"
+        );
+        assert!(t.contains("(≈ $70"), "{t}");
+        let c = csv(&r).unwrap();
+        let header = c.lines().next().unwrap();
+        assert!(header.ends_with(",human_hours,human_value_micros,human_value_usd"));
+        assert!(
+            c.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(",5.5000,385000000,385.000000")
+        );
+        let h = html(&r);
+        assert!(h.contains("human<br>time"));
+        assert!(h.contains("Value created (revenue, risk)"));
+        assert!(h.contains("hours of human work displaced"));
     }
 
     #[test]
