@@ -583,7 +583,14 @@ impl Admin for AdminService {
         let (_, extensions, mut q) = request.into_parts();
         let caller = extensions.get::<auth::Caller>();
         q.team = auth::effective_team(caller, &q.team, "team")?.to_string();
-        let r = self.report(q).await?;
+        let mut r = self.report(q).await?;
+        // A shared budget's usage is every team's spend: a service key sees only its own
+        // team's budgets (a shared one that refuses it is named in the Route refusal).
+        if let Some(c) = caller
+            && c.role != auth::Role::Admin
+        {
+            r.budgets.retain(|b| b.team == c.team);
+        }
         Ok(Response::new(r.into()))
     }
 

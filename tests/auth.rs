@@ -76,10 +76,14 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Self {
+        Self::start_with(policy()).await
+    }
+
+    async fn start_with(policy: Policy) -> Self {
         let keys = Keys::new();
         let ring = Arc::new(keys.ring());
         assert_eq!(ring.len(), 3);
-        let server = TestServer::with_config(policy(), Limits::default(), |cfg| {
+        let server = TestServer::with_config(policy, Limits::default(), |cfg| {
             cfg.auth = Some(ring);
         })
         .await;
@@ -495,6 +499,39 @@ async fn service_key_reads_only_its_own_report() {
             .into_inner();
         assert_eq!(total_tasks(&r), n, "{team}");
     }
+}
+
+#[tokio::test]
+async fn service_key_sees_its_own_budgets_not_shared_ones() {
+    let text = format!(
+        "{}\n[[budgets]]\nteam = \"search\"\nperiod = \"day\"\nhard_limit_usd = 5.0\n\
+         [[budgets]]\nteam = \"ads\"\nperiod = \"day\"\nhard_limit_usd = 5.0\n\
+         [[budgets]]\nperiod = \"month\"\nhard_limit_usd = 50.0\n",
+        common::two_tier_policy("search", "ads")
+    );
+    let f = Fixture::start_with(Policy::parse(&text).unwrap()).await;
+    let ids = |r: &GetReportResponse| {
+        let mut v: Vec<String> = r.budgets.iter().map(|b| b.id.clone()).collect();
+        v.sort();
+        v
+    };
+    let search = f
+        .admin(Some(&f.keys.search))
+        .await
+        .get_report(report_req(""))
+        .await
+        .unwrap()
+        .into_inner();
+    // The shared budget's usage is every team's spend: not for a service key.
+    assert_eq!(ids(&search), ["team:search/day"]);
+    let admin = f
+        .admin(Some(&f.keys.admin))
+        .await
+        .get_report(report_req(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&admin).len(), 3, "{:?}", ids(&admin));
 }
 
 // ---- Admin RPCs: the admin role ----

@@ -513,3 +513,38 @@ async fn human_time_displaced_is_counted_per_scope_at_its_own_rate() {
     assert!((total.human_hours - 1.5).abs() < 1e-9);
     assert_eq!(total.human_value_micros, 150_000_000);
 }
+
+#[tokio::test]
+async fn one_teams_absurd_output_lengths_do_not_exhaust_another_teams_budget() {
+    // Teams ads and search share the default scope; search has a $1/day hard budget.
+    let server = TestServer::with_policy(
+        policy("[[budgets]]\nteam = \"search\"\nperiod = \"day\"\nhard_limit_usd = 1.0\n"),
+        Limits::default(),
+    )
+    .await;
+    let mut c = server.router().await;
+    // Team ads reports the largest output length Feedback accepts, three times.
+    for _ in 0..3 {
+        let d = c
+            .route(task("ads", "w", 100, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        c.feedback(fb(&d, 1.0, 100, 1_000_000_000, false))
+            .await
+            .unwrap();
+    }
+    // Every Route of team search still fits its budget, at a sane estimate.
+    for _ in 0..10 {
+        let d = c
+            .route(task("search", "w", 100, 0))
+            .await
+            .expect("search is not refused")
+            .into_inner();
+        assert!(
+            d.estimated_cost_usd < 0.2,
+            "estimate {} after another team's absurd reports",
+            d.estimated_cost_usd
+        );
+    }
+}
