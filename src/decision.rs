@@ -195,10 +195,10 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a token this server could have issued (shape or encoding).
-    #[error("decision_id is malformed")]
+    #[error("decision_id: malformed (not an id this deployment issues)")]
     Malformed,
     /// The signature does not match: made up, altered, or signed with another key.
-    #[error("decision_id signature does not verify (forged, altered, or from another deployment)")]
+    #[error("decision_id: signature does not verify (forged, altered, or from another deployment)")]
     BadSignature,
 }
 

@@ -57,7 +57,7 @@ pub enum FeedbackError {
     #[error(transparent)]
     Token(#[from] TokenError),
     /// The decision id is older than the TTL.
-    #[error("decision_id expired: issued {age_s} s ago, feedback is accepted for {ttl_s} s")]
+    #[error("decision_id: expired, issued {age_s} s ago; feedback is accepted for {ttl_s} s")]
     Expired {
         /// Age of the decision.
         age_s: u64,

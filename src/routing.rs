@@ -35,10 +35,10 @@ pub struct RouteRequest<'a> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouteError {
     /// The task is empty or only white space.
-    #[error("task must not be empty")]
+    #[error("task: must not be empty")]
     EmptyTask,
     /// The task is larger than the configured maximum.
-    #[error("task is {size} bytes, over the maximum of {max} bytes")]
+    #[error("task: {size} bytes, over the maximum of {max} bytes")]
     TaskTooLarge {
         /// Size of the task.
         size: usize,
@@ -46,7 +46,7 @@ pub enum RouteError {
         max: usize,
     },
     /// A label is too long to be a workflow or team name.
-    #[error("{field} is {size} bytes, over the maximum of {max} bytes")]
+    #[error("{field}: {size} bytes, over the maximum of {max} bytes")]
     LabelTooLong {
         /// Field name.
         field: &'static str,

@@ -89,16 +89,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// INVALID_ARGUMENT in the one form every refusal uses: `field: what is wrong` as the message,
+/// and a `google.rpc.BadRequest` detail with the field and what is wrong.
 fn invalid(field: &str, message: String) -> Status {
-    let text = if message.starts_with(field) {
-        message.clone()
-    } else {
-        format!("{field}: {message}")
-    };
+    let what = message
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(&message)
+        .to_string();
     Status::with_error_details(
         Code::InvalidArgument,
-        text,
-        ErrorDetails::with_bad_request_violation(field, message.clone()),
+        format!("{field}: {what}"),
+        ErrorDetails::with_bad_request_violation(field, what),
     )
 }
 
@@ -899,11 +901,14 @@ pub async fn run(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The error details (google.rpc.BadRequest): so grpcurl can decode them.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     // grpcurl 1.8 speaks only v1alpha reflection.
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     // Reconcile the policy with the shared version history, catch up with shared state before
