@@ -172,9 +172,35 @@ pub struct Report {
     pub generated_ms: u64,
 }
 
-/// Micro-USD as dollars for display, e.g. `$12.3456`.
+/// Micro-USD as dollars, the one display rule of every face (table, HTML, CLI): rounded
+/// half up, to the cent with thousands separators from $1 (`$1,234.57`), to four decimals
+/// below (`$0.0374`), and exactly below a hundredth of a cent (`$0.000009`), so no non-zero
+/// amount shows as `$0.0000`. CSV and JSON carry exact micro-dollars.
 pub fn usd(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let m = micros.unsigned_abs();
-    format!("{sign}${}.{:04}", m / 1_000_000, (m % 1_000_000) / 100)
+    if m == 0 {
+        "$0.00".to_owned()
+    } else if m >= 1_000_000 {
+        let cents = m.saturating_add(5_000) / 10_000;
+        format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
+    } else if m >= 100 {
+        let t = (m + 50) / 100;
+        format!("{sign}${}.{:04}", t / 10_000, t % 10_000)
+    } else {
+        format!("{sign}$0.{m:06}")
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

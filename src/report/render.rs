@@ -9,7 +9,7 @@ use std::fmt::{self, Write as _};
 
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
-use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, usd};
+use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, thousands, usd};
 
 /// Shown for a value that does not exist (e.g. cost per completed output without completions).
 const MISSING: &str = "–";
@@ -138,11 +138,7 @@ fn human_time_text(g: &GroupReport) -> String {
     if g.human_hours <= 0.0 && g.human_value_micros == 0 {
         return MISSING.to_owned();
     }
-    format!(
-        "{:.1} h ({})",
-        g.human_hours,
-        usd_short(g.human_value_micros)
-    )
+    format!("{:.1} h ({})", g.human_hours, usd(g.human_value_micros))
 }
 
 /// The sentence a finance reader wants: "≈ 41 hours of human work displaced, worth $2,870 (≈
@@ -154,8 +150,8 @@ fn human_time_sentence(t: &GroupReport) -> Option<String> {
     let worth = if t.human_value_micros > 0 {
         format!(
             ", worth {} (≈ {}/h)",
-            usd_short(t.human_value_micros),
-            usd_short((t.human_value_micros as f64 / t.human_hours).round() as i64)
+            usd(t.human_value_micros),
+            usd((t.human_value_micros as f64 / t.human_hours).round() as i64)
         )
     } else {
         String::new()
@@ -163,7 +159,7 @@ fn human_time_sentence(t: &GroupReport) -> Option<String> {
     Some(format!(
         "≈ {} hours of human work displaced{worth}, for {} of model spend.",
         thousands(t.human_hours.round() as u64),
-        usd_short(t.spend_micros)
+        usd(t.spend_micros)
     ))
 }
 
@@ -545,7 +541,7 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
     kpi(
         o,
         "Spend",
-        &usd_short(t.spend_micros),
+        &usd(t.spend_micros),
         &format!(
             "<b>{}</b> task{} routed",
             thousands(t.tasks),
@@ -557,7 +553,7 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
         o,
         "Cost per completed",
         &t.cost_per_completed_micros
-            .map(usd_short)
+            .map(usd)
             .unwrap_or_else(|| MISSING.to_owned()),
         &format!(
             "<b>{}</b> completed of {} outcome{}",
@@ -578,7 +574,7 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
     kpi(
         o,
         "Value created (revenue, risk)",
-        &usd_short(t.value_micros),
+        &usd(t.value_micros),
         &format!(
             "net <b class=\"{}\">{}</b><br>saved <b>{}</b>{} vs premium{}",
             if t.net_value_micros < 0 {
@@ -586,8 +582,8 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
             } else {
                 "good"
             },
-            usd_short(t.net_value_micros),
-            usd_short(t.savings_micros),
+            usd(t.net_value_micros),
+            usd(t.savings_micros),
             savings_share,
             human_time_sentence(t)
                 .map(|s| format!("<br>{}", escape(&s)))
@@ -729,7 +725,7 @@ fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Result {
              <b>{}</b> task{} (full list: <code>tokenwise report --by {} --format csv</code>)</td></tr>",
             thousands(rest.len() as u64),
             group_noun(r.group_by, rest.len()),
-            escape(&usd_short(spend)),
+            escape(&usd(spend)),
             thousands(tasks),
             plural(tasks),
             r.group_by.as_str(),
@@ -813,7 +809,7 @@ fn group_row(
         }
         _ => String::new(),
     };
-    write!(o, "<td>{}{share}</td>", escape(&usd_short(g.spend_micros)))?;
+    write!(o, "<td>{}{share}</td>", escape(&usd(g.spend_micros)))?;
     write!(
         o,
         "<td>{}</td><td>{}<span class=\"pct\">/ {}</span></td>",
@@ -826,7 +822,7 @@ fn group_row(
         "<td>{}</td>",
         escape(
             &g.cost_per_completed_micros
-                .map(usd_short)
+                .map(usd)
                 .unwrap_or_else(|| MISSING.to_owned())
         )
     )?;
@@ -845,24 +841,20 @@ fn group_row(
         write!(
             o,
             "<td>{}<span class=\"pct\">{}</span></td>",
-            escape(&usd_short(g.savings_micros)),
+            escape(&usd(g.savings_micros)),
             escape(&percent(g.savings_micros as f64 / g.premium_micros as f64)),
         )?;
     } else {
-        write!(o, "<td>{}</td>", escape(&usd_short(g.savings_micros)))?;
+        write!(o, "<td>{}</td>", escape(&usd(g.savings_micros)))?;
     }
-    write!(o, "<td>{}</td>", escape(&usd_short(g.value_micros)))?;
+    write!(o, "<td>{}</td>", escape(&usd(g.value_micros)))?;
     write!(o, "<td>{}</td>", escape(&human_time_text(g)))?;
     let nclass = if g.net_value_micros < 0 {
         " class=\"bad\""
     } else {
         ""
     };
-    write!(
-        o,
-        "<td{nclass}>{}</td>",
-        escape(&usd_short(g.net_value_micros))
-    )?;
+    write!(o, "<td{nclass}>{}</td>", escape(&usd(g.net_value_micros)))?;
     match g.reuse_rate {
         Some(rate) => write!(
             o,
@@ -957,10 +949,10 @@ fn write_budgets(o: &mut String, budgets: &[BudgetStatus], total: &GroupReport) 
             escape(&scope),
             escape(&s.period),
             utc(s.period_start_ms),
-            escape(&opt_usd_short(s.soft_limit_micros)),
-            escape(&opt_usd_short(s.hard_limit_micros)),
-            escape(&usd_short(s.used_micros)),
-            escape(&opt_usd_short(s.left_micros)),
+            escape(&opt_usd(s.soft_limit_micros)),
+            escape(&opt_usd(s.hard_limit_micros)),
+            escape(&usd(s.used_micros)),
+            escape(&opt_usd(s.left_micros)),
             escape(display_or_missing(&s.state)),
         )?;
     }
@@ -1242,11 +1234,6 @@ fn opt_usd(m: Option<i64>) -> String {
     m.map(usd).unwrap_or_else(|| MISSING.to_owned())
 }
 
-/// `usd_short`, or `–` for `None`.
-fn opt_usd_short(m: Option<i64>) -> String {
-    m.map(usd_short).unwrap_or_else(|| MISSING.to_owned())
-}
-
 /// `v` with `decimals` decimals, or `–` for `None`.
 fn opt_fixed(v: Option<f64>, decimals: usize) -> String {
     v.map(|x| format!("{x:.decimals$}"))
@@ -1268,38 +1255,6 @@ fn dollars6(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let m = micros.unsigned_abs();
     format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-/// Dollars for the headline: thousands separators; cents at or above $1, four decimals below.
-fn usd_short(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    if m == 0 {
-        "$0.00".to_owned()
-    } else if m >= 1_000_000 {
-        let cents = (m + 5_000) / 10_000;
-        format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
-    } else {
-        let tenths_of_cents = (m + 50) / 100;
-        format!(
-            "{sign}${}.{:04}",
-            tenths_of_cents / 10_000,
-            tenths_of_cents % 10_000
-        )
-    }
-}
-
-/// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn plural(n: u64) -> &'static str {
@@ -1500,10 +1455,13 @@ mod tests {
     fn number_helpers() {
         assert_eq!(dollars6(12_345_678), "12.345678");
         assert_eq!(dollars6(-5), "-0.000005");
-        assert_eq!(usd_short(1_234_567_890), "$1,234.57");
-        assert_eq!(usd_short(37_411), "$0.0374");
-        assert_eq!(usd_short(-2_500_000), "-$2.50");
-        assert_eq!(usd_short(0), "$0.00");
+        assert_eq!(usd(1_234_567_890), "$1,234.57");
+        assert_eq!(usd(37_411), "$0.0374");
+        assert_eq!(usd(950_550), "$0.9506", "rounded, not truncated");
+        assert_eq!(usd(9), "$0.000009", "never $0.0000 for a non-zero amount");
+        assert_eq!(usd(-2_500_000), "-$2.50");
+        assert_eq!(usd(0), "$0.00");
+        assert_eq!(usd(i64::MIN), "-$9,223,372,036,854.78");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
         assert_eq!(percent(0.004), "<1%");
@@ -1525,14 +1483,14 @@ mod tests {
             "search",
             "team<x>",
             "total",
-            "$12.3456",
+            "$12.35",
             "$0.0374",
             "0.82 / 0.75",
             "40% (160)",
             "small 60% · medium 30% · frontier 10%",
-            "-$2.5000",
+            "-$2.50",
             "team:search/month",
-            "$85.0000 (85%)",
+            "$85.00 (85%)",
             "2025-03-01 00:00",
             "7 decisions downgraded",
             "2 route calls rejected",
@@ -1743,14 +1701,14 @@ mod tests {
         assert!(
             more.contains(&format!(
                 "… 25 more workflows: <b>{}</b> spend, <b>{rest_tasks}</b> tasks",
-                usd_short(rest_spend)
+                usd(rest_spend)
             )),
             "{more}"
         );
         assert!(more.contains("tokenwise report --by workflow --format csv"));
         // The total still covers every group.
         let foot = &h[h.find("<tfoot>").unwrap()..h.find("</tfoot>").unwrap()];
-        assert!(foot.contains(&usd_short(r.total.spend_micros)), "{foot}");
+        assert!(foot.contains(&usd(r.total.spend_micros)), "{foot}");
         assert!(foot.contains(&format!("<td>{}</td>", thousands(r.total.tasks))));
         assert_eq!(r.total.tasks, (0..40).map(|i| 10 + i).sum::<u64>());
     }
