@@ -115,6 +115,10 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Table: every column at full width. Without it, a table printed to a terminal wraps
+        /// its cells to fit the terminal's width.
+        #[arg(long)]
+        wide: bool,
     },
     /// Make a new API key: prints the key (give it to the caller; it is not stored) and the
     /// entry for the --auth-keys file (its hash).
@@ -855,13 +859,17 @@ pub fn main() -> anyhow::Result<()> {
                 outln!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
             } else {
                 outln!("policy {}", r.policy_version);
-                outln!("{:<32} {:<24} {:<10} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
+                // Columns as wide as their longest entry, so long scope names stay aligned.
+                let sw = r.thresholds.iter().map(|t| t.scope.chars().count()).max().unwrap_or(0).max(5);
+                let ww = r.thresholds.iter().map(|t| t.workflow.chars().count()).max().unwrap_or(0).max(8);
+                let tw = r.thresholds.iter().map(|t| t.tier.chars().count()).max().unwrap_or(0).max(4);
+                outln!("{:<sw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
                 for t in &r.thresholds {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
                     let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
                     // A pinned threshold is the policy's, not learned: marked with `*`.
                     let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
-                    outln!("{:<32} {:<24} {:<10} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
+                    outln!("{:<sw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
                 }
                 if r.thresholds.iter().any(|t| t.pinned) {
                     outln!("* pinned by the policy (`thresholds = {{...}}`): learning does not move it");
@@ -869,7 +877,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
-        Command::Report { addr, since, until, by, team, workflow, format, out } => runtime()?.block_on(async move {
+        Command::Report { addr, since, until, by, team, workflow, format, out, wide } => runtime()?.block_on(async move {
             use crate::server::pb;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
             let (period, since_ms) = match since.as_str() {
@@ -886,7 +894,13 @@ pub fn main() -> anyhow::Result<()> {
             let r: crate::report::Report = r.into();
             use crate::report::render;
             let text = match format {
-                ReportFormat::Table => render::table(&r),
+                // Fit the terminal only when printing to one: a file or a pipe gets full rows.
+                ReportFormat::Table => {
+                    let tty = !wide && out.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout());
+                    // comfy-table reads the terminal's width.
+                    let width = if tty { comfy_table::Table::new().width() } else { None };
+                    render::table_fitting(&r, width)
+                }
                 ReportFormat::Json => render::json(&r)?,
                 ReportFormat::Csv => render::csv(&r)?,
                 ReportFormat::Html => render::html(&r),

@@ -7,7 +7,7 @@
 
 use std::fmt::{self, Write as _};
 
-use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, thousands, usd};
 
@@ -30,6 +30,18 @@ const CHART_SIZE: (u32, u32) = (1120, 360);
 ///
 /// No colours or other escape sequences; missing values show as `–`.
 pub fn table(r: &Report) -> String {
+    table_fitting(r, None)
+}
+
+/// [`table`]; with a `width` (a terminal's columns), the tables wrap their cells to fit it, so
+/// a report reads in an 80- or 120-column window instead of as wrapped lines.
+pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
+    let fit = |t: &mut Table| {
+        if let Some(w) = width {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+            t.set_width(w);
+        }
+    };
     let mut out = format!(
         "tokenwise report  {} → {} UTC  ·  by {}  ·  policy {}\n",
         utc(r.since_ms),
@@ -40,6 +52,7 @@ pub fn table(r: &Report) -> String {
 
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
+    fit(&mut t);
     t.set_header(vec![
         r.group_by.as_str(),
         "spend",
@@ -74,6 +87,7 @@ pub fn table(r: &Report) -> String {
     if !r.budgets.is_empty() {
         let mut b = Table::new();
         b.load_style(UTF8_FULL_CONDENSED);
+        fit(&mut b);
         b.set_header(vec![
             "budget",
             "period",
@@ -1512,6 +1526,22 @@ mod tests {
         let t = table(&r);
         assert!(!t.contains("period start"));
         assert!(!t.contains("downgraded"));
+    }
+
+    #[test]
+    fn a_table_fits_the_terminal_width_it_is_given() {
+        let r = sample();
+        let wide = table(&r);
+        assert!(wide.lines().any(|l| l.chars().count() > 150));
+        let narrow = table_fitting(&r, Some(100));
+        for l in narrow.lines().skip(1) {
+            assert!(
+                l.chars().count() <= 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+        assert!(narrow.contains("search"));
     }
 
     #[test]
