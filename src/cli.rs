@@ -288,6 +288,14 @@ pub struct ServeArgs {
         conflicts_with = "decision_secret"
     )]
     decision_secret_file: Option<PathBuf>,
+    /// The secret being rotated out: ids it signed are still accepted, new ones use the new
+    /// secret. Keep it configured for one decision TTL after a rotation, then remove it.
+    #[arg(
+        long,
+        env = "TOKENWISE_PREVIOUS_DECISION_SECRET",
+        hide_env_values = true
+    )]
+    previous_decision_secret: Option<String>,
     /// How long feedback is accepted for a decision, in seconds.
     #[arg(long, default_value_t = crate::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
     decision_ttl_secs: u64,
@@ -657,7 +665,23 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
             if args.config.is_some() {
                 check_secret(&secret)?;
             }
-            crate::decision::Signer::for_deployment(&secret, &deployment)?
+            let signer = crate::decision::Signer::for_deployment(&secret, &deployment)?;
+            match args
+                .previous_decision_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+            {
+                Some(old) => {
+                    tracing::info!(
+                        "accepting ids signed with the previous decision secret (rotation)"
+                    );
+                    signer.accepting(crate::decision::Signer::for_deployment(
+                        old.as_bytes(),
+                        &deployment,
+                    )?)
+                }
+                None => signer,
+            }
         }
         None if args.config.is_some() => bail!(
             "with --config, a decision secret is required (TOKENWISE_DECISION_SECRET, \

@@ -207,6 +207,9 @@ pub enum TokenError {
 pub struct Signer {
     /// Keyed HMAC state, cloned per use.
     mac: HmacSha256,
+    /// The key of the secret being rotated out: ids it signed still verify (for one TTL, while
+    /// the operator keeps it configured); new ids are signed with `mac` only.
+    previous: Option<HmacSha256>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -220,7 +223,14 @@ impl Signer {
     pub fn new(secret: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
         Ok(Self {
             mac: HmacSha256::new_from_slice(secret)?,
+            previous: None,
         })
+    }
+
+    /// This signer, also accepting ids that `previous` signed (secret rotation).
+    pub fn accepting(mut self, previous: Signer) -> Self {
+        self.previous = Some(previous.mac);
+        self
     }
 
     /// A signer for one deployment: its key is derived from the shared secret and the
@@ -275,9 +285,16 @@ impl Signer {
         if tag.len() != MAC_BYTES {
             return Err(TokenError::Malformed);
         }
-        self.mac(&payload)
-            .verify_truncated_left(&tag)
-            .map_err(|_| TokenError::BadSignature)?;
+        let current = self.mac(&payload).verify_truncated_left(&tag);
+        let verified = current.is_ok()
+            || self.previous.as_ref().is_some_and(|p| {
+                let mut mac = p.clone();
+                mac.update(&payload);
+                mac.verify_truncated_left(&tag).is_ok()
+            });
+        if !verified {
+            return Err(TokenError::BadSignature);
+        }
         DecisionClaims::decode(&payload).ok_or(TokenError::Malformed)
     }
 }
@@ -349,6 +366,14 @@ mod tests {
             claims()
         );
         assert_eq!(b.verify(&from_a), Err(TokenError::BadSignature));
+        // Rotation: the new secret, still accepting the old one's ids; new ids use the new one.
+        let rotated = Signer::for_deployment(b"new-secret", "redis:team-a")
+            .unwrap()
+            .accepting(Signer::for_deployment(b"secret", "redis:team-a").unwrap());
+        assert_eq!(rotated.verify(&from_a).unwrap(), claims());
+        let fresh = rotated.sign(&claims().borrowed());
+        assert_eq!(a.verify(&fresh), Err(TokenError::BadSignature));
+        assert_eq!(rotated.verify(&fresh).unwrap(), claims());
         // Garbage.
         for junk in ["", "abc", "a.b", "!!!.???", &"x".repeat(5000)] {
             assert_eq!(s.verify(junk), Err(TokenError::Malformed), "{junk}");
