@@ -7,7 +7,7 @@
 //! the store's nonce ledger keeps that exactly-once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::books::Books;
@@ -78,6 +78,12 @@ pub enum FeedbackError {
     /// The store is down and the outage buffer cannot take more: not accepted, retry.
     #[error("feedback not accepted: {0}")]
     Unavailable(String),
+    /// The decision predates the store's data (it lost its data since): its nonce can no longer
+    /// be checked, so its feedback is refused rather than risk counting it twice.
+    #[error(
+        "decision_id: issued before the shared store lost its data; feedback for it can no longer be checked for duplicates"
+    )]
+    BeforeStoreReset,
     /// The store is at a capacity limit: not accepted until entries expire.
     #[error("feedback not accepted: {0}")]
     Full(String),
@@ -111,6 +117,10 @@ struct Folded {
     recent: std::collections::VecDeque<OutcomeEvent>,
 }
 
+/// Clock difference between replicas tolerated when comparing a decision's issue time (one
+/// replica's clock) with the store's data-since instant (another's).
+pub const CLOCK_SKEW_MS: u64 = 1_000;
+
 /// Nonces accepted into the outage buffer and not yet recorded: duplicates of these are caught
 /// locally while the store is down.
 #[derive(Default)]
@@ -120,6 +130,11 @@ struct Pending {
 
 /// Issues decision ids and learns from feedback.
 pub struct Learner {
+    /// The store's data-since instant (ms), as last read: decisions issued before it (less
+    /// [`CLOCK_SKEW_MS`]) are refused.
+    data_since_ms: AtomicU64,
+    /// The first data-since instant this process read.
+    first_data_since_ms: AtomicU64,
     signer: Signer,
     ttl_ms: u64,
     learning: bool,
@@ -154,6 +169,8 @@ impl Learner {
             }),
             buffer,
             folded: tokio::sync::Mutex::new(Folded::default()),
+            data_since_ms: AtomicU64::new(0),
+            first_data_since_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
         }
     }
@@ -229,6 +246,11 @@ impl Learner {
                 age_s: (now_ms - claims.issued_ms) / 1000,
                 ttl_s: self.ttl_ms / 1000,
             });
+        }
+        if claims.issued_ms.saturating_add(CLOCK_SKEW_MS)
+            < self.data_since_ms.load(Ordering::Relaxed)
+        {
+            return Err(FeedbackError::BeforeStoreReset);
         }
         let table = router.table();
         let (counters, actual_micros) = books.outcome_counters(
@@ -409,6 +431,24 @@ impl Learner {
                 }
             }
         }
+        match self.store.data_since_ms(now_ms).await {
+            Ok(ms) => {
+                let before = self.data_since_ms.swap(ms, Ordering::Relaxed);
+                if before == 0 {
+                    self.first_data_since_ms.store(ms, Ordering::Relaxed);
+                } else if ms > before {
+                    tracing::warn!(
+                        data_since_ms = ms,
+                        "the store lost its data: feedback for decisions issued before now is refused"
+                    );
+                }
+            }
+            Err(e) => {
+                self.set_degraded(true);
+                tracing::debug!(error = %e, "store refresh failed");
+                return false;
+            }
+        }
         match self.sync(router).await {
             Ok(_) => {
                 self.set_degraded(false);
@@ -477,6 +517,12 @@ impl Learner {
     /// Spill-file lines skipped because their checksum did not match (torn or edited).
     pub fn rejected_spill_lines(&self) -> u64 {
         self.buffer.rejected_lines()
+    }
+
+    /// Whether the store's data began after this process first read it (it lost its data since).
+    pub fn data_reset_seen(&self) -> bool {
+        let first = self.first_data_since_ms.load(Ordering::Relaxed);
+        first != 0 && self.data_since_ms.load(Ordering::Relaxed) > first
     }
 
     /// Unreadable events of the shared log skipped so far.

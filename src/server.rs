@@ -131,7 +131,9 @@ impl From<FeedbackError> for Status {
         match e {
             FeedbackError::InvalidArgument { field, reason } => invalid(field, reason),
             FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
-            FeedbackError::Expired { .. } => Status::failed_precondition(e.to_string()),
+            FeedbackError::Expired { .. } | FeedbackError::BeforeStoreReset => {
+                Status::failed_precondition(e.to_string())
+            }
             FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
             FeedbackError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),

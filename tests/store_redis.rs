@@ -440,6 +440,40 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
     let _ = std::fs::remove_file(&config);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_issued_before_redis_lost_its_data_are_refused_not_counted_again() {
+    let mut redis = RedisServer::start();
+    let prefix = unique_prefix("data-loss");
+    let server =
+        TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
+    let mut c = server.router().await;
+    let recorded = c.route(route_req("before")).await.unwrap().into_inner();
+    let pending = c.route(route_req("pending")).await.unwrap().into_inner();
+    c.feedback(fb(&recorded.decision_id, 1.0)).await.unwrap();
+    // The old ids must be older than the new data by more than the tolerated clock skew.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Redis restarts empty: the ledger of spent nonces is gone.
+    redis.restart_empty();
+    // Until a refresh has read the store again (reconnect, then every 100 ms here), a replay
+    // could slip through: that window is documented. Wait it out.
+    let start = Instant::now();
+    while !server.engine.learner.data_reset_seen() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refresh saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in [&recorded.decision_id, &pending.decision_id] {
+        let e = c.feedback(fb(id, 1.0)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("lost its data"), "{e:?}");
+    }
+    // A decision made now is fine.
+    let fresh = c.route(route_req("after")).await.unwrap().into_inner();
+    c.feedback(fb(&fresh.decision_id, 1.0)).await.unwrap();
+}
+
 #[tokio::test]
 async fn two_server_processes_learn_together_through_redis() {
     let redis = RedisServer::start();

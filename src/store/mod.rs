@@ -169,6 +169,15 @@ pub trait StateStore: Send + Sync {
     /// Cheap liveness check.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// When this store's shared data began, ms: set to `now_ms` the first time it is asked,
+    /// and again the first time after the store lost its data. A decision issued before it
+    /// cannot be checked for a spent nonce (the ledger that held it is gone). The memory store
+    /// answers 0: it lives and dies with its process, and so do its decision ids.
+    async fn data_since_ms(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let _ = now_ms;
+        Ok(0)
+    }
+
     /// `memory` or `redis`, for logs and health.
     fn kind(&self) -> &'static str;
 }

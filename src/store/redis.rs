@@ -318,6 +318,25 @@ impl StateStore for RedisStore {
             .collect()
     }
 
+    async fn data_since_ms(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let key = self.key("data-since");
+        let value: String = self
+            .with_conn(|mut c| async move {
+                // Set once; an empty Redis (data lost) gets it again, from whoever asks first.
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(now_ms)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await?;
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        value
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("data-since {value:?}: {e}")))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self
             .with_conn(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })

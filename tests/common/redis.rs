@@ -115,6 +115,15 @@ impl RedisServer {
         self.stop();
         self.spawn();
     }
+
+    /// Starts it again on the same port with no data (a restart that lost everything).
+    #[allow(dead_code)]
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.spawn();
+    }
 }
 
 impl Drop for RedisServer {
