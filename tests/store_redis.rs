@@ -440,6 +440,29 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
     let _ = std::fs::remove_file(&config);
 }
 
+#[tokio::test]
+async fn data_since_is_now_on_an_empty_store_and_zero_for_an_upgraded_one() {
+    let redis = RedisServer::start();
+    let fresh = RedisStore::new(
+        &redis.url(),
+        &unique_prefix("fresh"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_eq!(fresh.data_since_ms(1_000).await.unwrap(), 1_000);
+    // Set once: asked again later, the same instant.
+    assert_eq!(fresh.data_since_ms(9_000).await.unwrap(), 1_000);
+    // A deployment whose log predates the key (an upgrade): its ids stay valid.
+    let old = RedisStore::new(
+        &redis.url(),
+        &unique_prefix("old"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    old.record(&contract::event(1), 0).await.unwrap();
+    assert_eq!(old.data_since_ms(5_000).await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_issued_before_redis_lost_its_data_are_refused_not_counted_again() {
     let mut redis = RedisServer::start();

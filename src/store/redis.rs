@@ -4,7 +4,8 @@
 //! `{p}:events` (a list: the log) and `{p}:events:base` (how many old events were trimmed, so
 //! positions stay absolute), `{p}:c:{hash}` for shared counters (the books and budgets, Redis
 //! hashes of integers), `{p}:batch:{id}` (counter batches already applied, kept a day, so a
-//! resent batch counts once) and `{p}:policy` (a list: policy versions, the audit trail).
+//! resent batch counts once), `{p}:policy` (a list: policy versions, the audit trail) and
+//! `{p}:data-since` (when the deployment's data began: decisions older than it are refused).
 //! Recording is one Lua script, so "spend the nonce and append" is
 //! atomic across replicas. The connection is made lazily and re-made after failures, so a
 //! replica can start, and keep routing, while Redis is down.
@@ -62,6 +63,20 @@ local items = redis.call('LRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)
 return {base, from, items, redis.call('LLEN', KEYS[1])}
 ";
 
+/// The instant the deployment's data began: set once, to now on an empty Redis (a new
+/// deployment, or one that lost its data), to 0 when the log exists without it (an upgrade
+/// from a version that kept no such key: its outstanding ids stay valid).
+const DATA_SINCE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+local since = ARGV[1]
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  since = '0'
+end
+redis.call('SET', KEYS[1], since, 'NX')
+return redis.call('GET', KEYS[1])
+";
+
 /// A Redis-backed [`StateStore`].
 pub struct RedisStore {
     client: redis::Client,
@@ -70,6 +85,7 @@ pub struct RedisStore {
     record: redis::Script,
     add: redis::Script,
     read: redis::Script,
+    data_since: redis::Script,
     timeout: Duration,
     /// Unreadable log events skipped so far.
     skipped: std::sync::atomic::AtomicU64,
@@ -92,6 +108,7 @@ impl RedisStore {
             record: redis::Script::new(RECORD),
             add: redis::Script::new(ADD),
             read: redis::Script::new(READ),
+            data_since: redis::Script::new(DATA_SINCE),
             timeout,
             skipped: std::sync::atomic::AtomicU64::new(0),
         })
@@ -319,17 +336,24 @@ impl StateStore for RedisStore {
     }
 
     async fn data_since_ms(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let key = self.key("data-since");
+        let script = &self.data_since;
+        let keys = [
+            self.key("data-since"),
+            self.key("events"),
+            self.key("events:base"),
+        ];
         let value: String = self
-            .with_conn(|mut c| async move {
-                // Set once; an empty Redis (data lost) gets it again, from whoever asks first.
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(now_ms)
-                    .arg("NX")
-                    .query_async(&mut c)
-                    .await?;
-                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            .with_conn(|mut c| {
+                let keys = &keys;
+                async move {
+                    script
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .key(&keys[2])
+                        .arg(now_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
             })
             .await?;
         value
