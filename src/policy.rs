@@ -96,6 +96,8 @@ struct RawStore {
     timeout_ms: Option<u64>,
     buffer_capacity: Option<usize>,
     spill_file: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +244,11 @@ pub struct StoreConfig {
     /// This replica's write-ahead log for outcomes accepted during an outage; by default a
     /// file in the service user's state directory named after the prefix and listen address.
     pub spill_file: Option<String>,
+    /// Redis ACL user (with a password from `password_file` or `TOKENWISE_REDIS_PASSWORD`).
+    pub username: Option<String>,
+    /// File holding the Redis password (a mounted secret): never on a command line, and not in
+    /// the policy text that the store's history and audit trail keep.
+    pub password_file: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -252,6 +259,8 @@ impl Default for StoreConfig {
             timeout_ms: 200,
             buffer_capacity: 10_000,
             spill_file: None,
+            username: None,
+            password_file: None,
         }
     }
 }
@@ -307,6 +316,8 @@ fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
         timeout_ms,
         buffer_capacity: raw.buffer_capacity.unwrap_or(d.buffer_capacity),
         spill_file: raw.spill_file,
+        username: raw.username,
+        password_file: raw.password_file,
     })
 }
 

@@ -441,6 +441,38 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
 }
 
 #[tokio::test]
+async fn a_password_from_a_file_opens_a_protected_redis() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-from-a-file"]);
+    let prefix = unique_prefix("acl");
+    let file = std::env::temp_dir().join(format!("{prefix}.password"));
+    std::fs::write(&file, "s3cret-from-a-file\n").unwrap();
+    let config = |password_file: Option<String>| tokenwise::policy::StoreConfig {
+        kind: tokenwise::policy::StoreKind::Redis {
+            url: redis.url(),
+            prefix: prefix.clone(),
+        },
+        password_file,
+        spill_file: Some(
+            std::env::temp_dir()
+                .join(format!("{prefix}-{}.jsonl", rand::random::<u32>()))
+                .display()
+                .to_string(),
+        ),
+        ..Default::default()
+    };
+    let (store, _) =
+        tokenwise::store::open(&config(Some(file.display().to_string())), "a").unwrap();
+    assert_eq!(
+        store.record(&contract::event(1), 0).await.unwrap(),
+        tokenwise::store::Recorded::New
+    );
+    // Without it, the server refuses.
+    let (store, _) = tokenwise::store::open(&config(None), "b").unwrap();
+    assert!(store.record(&contract::event(2), 0).await.is_err());
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
 async fn data_since_is_now_on_an_empty_store_and_zero_for_an_upgraded_one() {
     let redis = RedisServer::start();
     let fresh = RedisStore::new(

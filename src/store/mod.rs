@@ -223,10 +223,26 @@ pub fn open(
     Ok(match &cfg.kind {
         StoreKind::Memory => (Arc::new(MemoryStore::new()), OutageBuffer::in_memory(0)),
         StoreKind::Redis { url, prefix } => {
-            let store = RedisStore::new(
+            // The password from the environment or a file, never the command line or the
+            // policy text (which the store's history keeps).
+            let password = match (
+                &cfg.password_file,
+                std::env::var("TOKENWISE_REDIS_PASSWORD"),
+            ) {
+                (Some(f), _) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| StoreError::Config(format!("store.password_file {f}: {e}")))?;
+                    Some(text.trim_end_matches(['\n', '\r']).to_string())
+                }
+                (None, Ok(p)) if !p.is_empty() => Some(p),
+                _ => None,
+            };
+            let store = RedisStore::with_credentials(
                 url,
                 prefix,
                 std::time::Duration::from_millis(cfg.timeout_ms),
+                cfg.username.as_deref(),
+                password.as_deref(),
             )?;
             let spill = match &cfg.spill_file {
                 Some(f) => PathBuf::from(f),

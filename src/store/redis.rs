@@ -99,8 +99,30 @@ impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379`) with keys under `prefix`. Does not
     /// connect yet.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Corrupt(format!("bad redis url: {e}")))?;
+        Self::with_credentials(url, prefix, timeout, None, None)
+    }
+
+    /// [`RedisStore::new`] with an ACL user and password (Redis 6+ `AUTH user pass`, or just a
+    /// password), which then need not appear in the URL.
+    pub fn with_credentials(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        use redis::IntoConnectionInfo;
+        let bad = |e: redis::RedisError| StoreError::Config(format!("bad redis url: {e}"));
+        let mut info = url.into_connection_info().map_err(bad)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(u) = username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = password {
+            settings = settings.set_password(p);
+        }
+        info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(bad)?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),

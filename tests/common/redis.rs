@@ -40,10 +40,16 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with extra `redis-server` arguments (e.g. `--requirepass x`).
+    pub fn start_with(extra: &[&str]) -> Self {
         ensure_installed();
         let port = super::spare_port();
         let dir = std::env::temp_dir().join(format!("tw-redis-{}-{port}", std::process::id()));
@@ -52,6 +58,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -69,6 +76,7 @@ impl RedisServer {
             ])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -93,8 +101,9 @@ impl RedisServer {
             return false;
         }
         let mut buf = [0u8; 7];
+        // A server that requires a password answers -NOAUTH: it is up all the same.
         c.read(&mut buf)
-            .map(|n| buf[..n].starts_with(b"+PONG"))
+            .map(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
             .unwrap_or(false)
     }
 
