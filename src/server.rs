@@ -1261,100 +1261,61 @@ mod tests {
         assert_eq!(limiter.len(), 1);
     }
 
+    /// One call through a protection stack whose service sleeps `ms` and answers it.
+    async fn through<S>(svc: &mut S, path: &str, ms: u64) -> Result<u64, Status>
+    where
+        S: tower::Service<
+                tonic::codegen::http::Request<u64>,
+                Response = u64,
+                Error = tower::BoxError,
+            >,
+    {
+        use tower::ServiceExt;
+        let req = tonic::codegen::http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(ms)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        svc.ready()
+            .await
+            .map_err(Status::from_error)?
+            .call(req)
+            .await
+            .map_err(Status::from_error)
+    }
+
     #[tokio::test]
     async fn protection_answers_deadline_exceeded_and_names_the_exhausted_limit() {
-        use tonic::codegen::http;
-        use tower::{Service, ServiceExt};
-        // A service that takes as long as the request body says, in ms.
-        let slow = tower::service_fn(|req: http::Request<u64>| async move {
+        const ROUTE: &str = "/tokenwise.v1.Router/Route";
+        const HEALTH: &str = "/grpc.health.v1.Health/Check";
+        let slow = tower::service_fn(|req: tonic::codegen::http::Request<u64>| async move {
             tokio::time::sleep(Duration::from_millis(*req.body())).await;
             Ok::<_, tower::BoxError>(*req.body())
         });
-        let req = |path: &str, ms: u64| {
-            http::Request::builder()
-                .uri(format!("http://x{path}"))
-                .body(ms)
-                .unwrap()
-        };
-        const ROUTE: &str = "/tokenwise.v1.Router/Route";
-        const HEALTH: &str = "/grpc.health.v1.Health/Check";
         let mut svc = protection(1, 1, Duration::from_millis(200)).service(slow);
         // Fast enough: answered.
-        assert_eq!(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(req(ROUTE, 1))
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(through(&mut svc, ROUTE, 1).await.unwrap(), 1);
         // Too slow: DEADLINE_EXCEEDED, naming the flag.
-        let e = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(req(ROUTE, 10_000))
-            .await
-            .unwrap_err();
-        let status = Status::from_error(e);
-        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-        assert!(status.message().contains("--request-timeout-ms"));
-        // While a slow probe holds the probe budget, Route is still admitted; the next probe
-        // is shed at once, naming its own budget.
-        let mut probe = svc.clone();
-        let held =
-            tokio::spawn(async move { probe.ready().await.unwrap().call(req(HEALTH, 100)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(req(ROUTE, 1))
-                .await
-                .unwrap(),
-            1
-        );
-        let e = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(req(HEALTH, 1))
-            .await
-            .unwrap_err();
-        let status = Status::from_error(e);
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(status.message().contains("health"), "{}", status.message());
-        assert_eq!(held.await.unwrap().unwrap(), 100);
-        // While a Route call holds the RPC budget, the next is shed, naming the flag.
-        let mut busy = svc.clone();
-        let held =
-            tokio::spawn(async move { busy.ready().await.unwrap().call(req(ROUTE, 100)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let e = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(req(ROUTE, 1))
-            .await
-            .unwrap_err();
-        let status = Status::from_error(e);
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(status.message().contains("--max-concurrent-requests"));
-        assert_eq!(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(req(HEALTH, 1))
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(held.await.unwrap().unwrap(), 100);
+        let e = through(&mut svc, ROUTE, 10_000).await.unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("--request-timeout-ms"));
+        // While one call holds a budget, the next call on that budget is shed at once, naming
+        // it, and the other budget still admits.
+        for (held_path, other, needle) in [
+            (HEALTH, ROUTE, "health"),
+            (ROUTE, HEALTH, "--max-concurrent-requests"),
+        ] {
+            let mut holder = svc.clone();
+            let (held, ()) = tokio::join!(through(&mut holder, held_path, 100), async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert_eq!(through(&mut svc, other, 1).await.unwrap(), 1);
+                let e = through(&mut svc, held_path, 1).await.unwrap_err();
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains(needle), "{}", e.message());
+            });
+            assert_eq!(held.unwrap(), 100);
+        }
     }
 
-    /// h2 picks its write strategy from `is_write_vectored`: `false` is what makes it copy
-    /// small responses into one buffer (one write per response, see `CopiedWrites`).
     #[tokio::test]
     async fn accepted_connections_report_no_vectored_writes_and_pass_bytes_through() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
