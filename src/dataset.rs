@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 
+use crate::features::fnv1a;
 use serde::Deserialize;
 
 /// One model's graded outcome on a task.
@@ -75,12 +76,6 @@ pub fn filter_workflows(records: Vec<Record>, patterns: &[String]) -> Vec<Record
                 && !exclude.iter().any(|p| r.workflow.starts_with(&p[1..]))
         })
         .collect()
-}
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Errors reading a data file.

@@ -39,6 +39,12 @@ fn fnv_byte(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
 }
 
+/// 64-bit FNV-1a of a string: the one hash of the crate's stable ids (features hash words
+/// byte by byte with the same constants; the data split hashes record ids).
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(FNV_OFFSET, fnv_byte)
+}
+
 /// Final mixing so that nearby FNV states spread over the buckets (splitmix64 finaliser).
 #[inline]
 fn mix(mut x: u64) -> u64 {
