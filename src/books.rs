@@ -804,6 +804,17 @@ on_exhausted = "cheapest"
         assert_eq!(route(&e, "t", now).unwrap(), "premium");
     }
 
+    /// The ledger hour of `now` and team u's daily budget, as a store holds them.
+    async fn ledger_and_budget_of_u(store: &dyn StateStore, now: u64) -> Vec<HashMap<String, i64>> {
+        store
+            .read_counters(&[
+                ledger_hash(now),
+                budget_hash("team:u/day", Period::Day.start_ms(now)),
+            ])
+            .await
+            .unwrap()
+    }
+
     /// A store that is down for everything.
     struct Down;
     #[async_trait::async_trait]
@@ -864,13 +875,7 @@ on_exhausted = "cheapest"
         let store = crate::store::MemoryStore::new();
         e.books.flush(&policy, &store, now).await.unwrap();
         assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
-        let read = store
-            .read_counters(&[
-                ledger_hash(now),
-                budget_hash("team:u/day", Period::Day.start_ms(now)),
-            ])
-            .await
-            .unwrap();
+        let read = ledger_and_budget_of_u(&store, now).await;
         assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
         assert_eq!(
             read[0][&ledger_field(metric::SPEND, "u", "", "premium")],
@@ -996,13 +1001,7 @@ on_exhausted = "cheapest"
         assert_eq!(next.books.resumed(), 1);
         assert!(next.refresh(now).await);
         assert_eq!(next.books.resumed(), 0);
-        let read = store
-            .read_counters(&[
-                ledger_hash(now),
-                budget_hash("team:u/day", Period::Day.start_ms(now)),
-            ])
-            .await
-            .unwrap();
+        let read = ledger_and_budget_of_u(store.as_ref(), now).await;
         assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
         assert_eq!(read[1][BUDGET_USED], 7_000);
         // Sent: the carry-over file is gone, and a third start has nothing to resend.

@@ -431,6 +431,8 @@ impl Learner {
                 }
             }
         }
+        // Read on every refresh, not only when the log looks shorter than the cursor: after a
+        // loss, other replicas' new outcomes can outgrow the old cursor before this one syncs.
         match self.store.data_since_ms(now_ms).await {
             Ok(ms) => {
                 let before = self.data_since_ms.swap(ms, Ordering::Relaxed);

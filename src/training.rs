@@ -109,19 +109,27 @@ fn input_of(r: &Record) -> TaskInput<'_> {
 /// requirements), demanding-task cues (prove, design, implement, analyse…) and small talk (hi,
 /// thanks…). The training data (knowledge questions and school math) has almost none of the
 /// cues and little spread in length, so it cannot teach them; without them a greeting and a
-/// system-design request differ only by their length. The model is fitted with them held at
-/// their set weights, so the abilities and the other weights account for what they add on the
-/// training data.
+/// system-design request differ only by their length. They are left out of the fit, added
+/// after it, and the abilities are then refitted on the difficulties with them, so that
+/// `σ(ability − difficulty)` stays calibrated on the training data.
 pub const HAND_SET: [(usize, f64); 3] = [
     (features::HASH_DIMS + 1, 2.5),
     (features::HASH_DIMS + 12, 2.5),
     (features::HASH_DIMS + 13, -3.0),
 ];
 
-/// The task's features as sparse (index, value) pairs.
+fn hand_set(index: usize) -> bool {
+    HAND_SET.iter().any(|&(i, _)| i == index)
+}
+
+/// The task's features as sparse (index, value) pairs, without the hand-set signals.
 fn sparse_features(r: &Record) -> Vec<(usize, f64)> {
     let mut out: Vec<(usize, f64)> = Vec::new();
-    features::visit_features(&input_of(r), |j, v| out.push((j as usize, f64::from(v))));
+    features::visit_features(&input_of(r), |j, v| {
+        if !hand_set(j as usize) {
+            out.push((j as usize, f64::from(v)));
+        }
+    });
     out
 }
 
@@ -151,12 +159,8 @@ const BETA2: f64 = 0.999;
 /// succeed (score ≥ 0.5). Minimises the summed log loss + `alpha/2·‖w‖²` (abilities are not
 /// penalised) by full-batch Adam over the sparse features: the dense design matrix that a
 /// general-purpose solver needs (14,500 rows × 4,110 columns) took over 20 minutes on 2 cores;
-/// this takes seconds, deterministically. Weights listed in `fixed` are held at their values.
-fn fit(
-    tasks: &[&PairTask<'_>],
-    opts: &TrainOptions,
-    fixed: &[(usize, f64)],
-) -> Result<Fitted, TrainError> {
+/// this takes seconds, deterministically.
+fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted, TrainError> {
     let dims = features::DIMS;
     // Workflow and family labels of the training data: one offset column each, after the two
     // abilities (penalised like the weights, so a rare label stays near 0).
@@ -183,10 +187,6 @@ fn fit(
     // Parameters: w[0..dims], the two abilities, then the label offsets.
     let n = dims + 2 + labels.len();
     let mut theta = vec![0.0f64; n];
-    for &(j, w) in fixed {
-        theta[j] = w;
-    }
-    let free = |i: usize| !fixed.iter().any(|&(j, _)| j == i);
     let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
     let mut grad = vec![0.0f64; n];
     let scale = 1.0 / rows.len().max(1) as f64;
@@ -231,7 +231,7 @@ fn fit(
             )));
         }
         let (c1, c2) = (1.0 - BETA1.powi(step as i32), 1.0 - BETA2.powi(step as i32));
-        for i in (0..n).filter(|&i| free(i)) {
+        for i in 0..n {
             m[i] = BETA1 * m[i] + (1.0 - BETA1) * grad[i];
             v[i] = BETA2 * v[i] + (1.0 - BETA2) * grad[i] * grad[i];
             theta[i] -= LEARNING_RATE * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
@@ -360,7 +360,6 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         });
     }
     // Out-of-fold difficulties of every task, learned without the hand-set signals.
-    let unset: Vec<(usize, f64)> = HAND_SET.iter().map(|&(i, _)| (i, 0.0)).collect();
     let mut oof = vec![0f32; tasks.len()];
     for fold in 0..FOLDS {
         let train: Vec<&PairTask<'_>> = tasks
@@ -369,7 +368,7 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             .filter(|(i, _)| i % FOLDS != fold)
             .map(|(_, t)| t)
             .collect();
-        let f = fit(&train, opts, &unset)?;
+        let f = fit(&train, opts)?;
         for (i, t) in tasks.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
             oof[i] = logit(&f, t.record);
         }
@@ -384,10 +383,10 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         .sum::<f64>()
         / oof.len() as f64)
         .sqrt();
-    let hand_set: Vec<(usize, f64)> = HAND_SET.iter().map(|&(i, k)| (i, k * sd)).collect();
+    let set_weights: Vec<(usize, f64)> = HAND_SET.iter().map(|&(i, k)| (i, k * sd)).collect();
     for (z, t) in oof.iter_mut().zip(&tasks) {
         features::visit_features(&input_of(t.record), |j, v| {
-            if let Some(&(_, w)) = hand_set.iter().find(|&&(i, _)| i == j as usize) {
+            if let Some(&(_, w)) = set_weights.iter().find(|&&(i, _)| i == j as usize) {
                 *z += (w * f64::from(v)) as f32;
             }
         });
@@ -413,8 +412,8 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         .map(|k| sorted[k * (sorted.len() - 1) / (QUANTILE_KNOTS - 1)])
         .collect();
     let all: Vec<&PairTask<'_>> = tasks.iter().collect();
-    let mut fitted = fit(&all, opts, &unset)?;
-    for &(i, w) in &hand_set {
+    let mut fitted = fit(&all, opts)?;
+    for &(i, w) in &set_weights {
         fitted.weights[i] = w as f32;
     }
     match opts.target {

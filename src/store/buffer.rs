@@ -327,13 +327,20 @@ impl OutageBuffer {
         let line = encode(&event).map_err(|e| spill.io(e))?;
         let (done, written) = tokio::sync::oneshot::channel();
         let gone = || spill.io(std::io::Error::other("spill writer stopped"));
-        spill.writer.send((line, done)).map_err(|_| gone())?;
-        written
-            .await
-            .map_err(|_| gone())?
-            .map_err(|e| spill.io(std::io::Error::other(e)))?;
+        // Counted before the write: a drain may read the line and subtract it before this
+        // call resumes, and the count must never dip below zero.
         spill.waiting.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let result = match spill.writer.send((line, done)) {
+            Err(_) => Err(gone()),
+            Ok(()) => match written.await {
+                Err(_) => Err(gone()),
+                Ok(r) => r.map_err(|e| spill.io(std::io::Error::other(e))),
+            },
+        };
+        if result.is_err() {
+            spill.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Outcomes waiting, in memory and on disk (no file is read).
