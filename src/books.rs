@@ -73,8 +73,11 @@ pub mod metric {
     pub const HUMAN_SECONDS: &str = "human_s";
     /// Human time displaced, priced at the loaded hourly cost, micro-USD.
     pub const HUMAN_VALUE: &str = "human_value";
-    /// Outcomes marked reused.
+    /// Decisions whose output was reused at least once (RecordReuse, or Feedback's early
+    /// `reused` mark): each decision counts once, however often it is reused.
     pub const REUSED: &str = "reused";
+    /// Reuse events: every RecordReuse adds its count (Feedback's `reused` mark adds 1).
+    pub const REUSE_EVENTS: &str = "reuse_events";
 }
 
 /// Counter hash of the ledger hour containing `ms`.
@@ -357,6 +360,42 @@ impl Books {
     }
 
     /// Counts accepted outcome counters in the metrics (the store applies them).
+    /// Ledger counters of a decision's cell (its issue hour, team, workflow and tier), zeros left
+    /// out. Later events about a decision (outcome, reuse) count in its issue hour, so a
+    /// period's rates are those of the outputs produced in it.
+    fn cell_counters(&self, claims: &DecisionClaims, values: &[(&str, i64)]) -> Vec<CounterAdd> {
+        let (team, workflow) = {
+            let mut local = self.lock();
+            let t = local.labels.team(&claims.team).to_string();
+            let w = local.labels.workflow(&claims.workflow).to_string();
+            (clean(&t).into_owned(), clean(&w).into_owned())
+        };
+        let hash = ledger_hash(claims.issued_ms);
+        values
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|&(m, v)| CounterAdd {
+                hash: hash.clone(),
+                field: ledger_field(m, &team, &workflow, &claims.tier),
+                delta: v,
+            })
+            .collect()
+    }
+
+    /// The counters of a reuse: `events` reuse events, and the decision counted as reused once
+    /// (to be recorded with the decision's reuse mark, which only the first reuse spends).
+    pub fn reuse_counters(
+        &self,
+        claims: &DecisionClaims,
+        events: u32,
+    ) -> (Vec<CounterAdd>, Vec<CounterAdd>) {
+        (
+            self.cell_counters(claims, &[(metric::REUSE_EVENTS, i64::from(events))]),
+            self.cell_counters(claims, &[(metric::REUSED, 1)]),
+        )
+    }
+
+    /// Counts settled accounting (outcomes, reuse) in the exported metrics.
     pub fn observe_outcome(&self, counters: &[CounterAdd]) {
         self.metrics.observe(counters);
     }
@@ -518,33 +557,23 @@ impl Books {
         let human_value = scope
             .loaded_cost_per_hour_usd
             .map_or(0, |rate| (minutes / 60.0 * rate * 1e6).round() as i64);
-        let (team, workflow) = {
-            let mut local = self.lock();
-            let t = local.labels.team(&claims.team).to_string();
-            let w = local.labels.workflow(&claims.workflow).to_string();
-            (clean(&t).into_owned(), clean(&w).into_owned())
-        };
-        let hash = ledger_hash(claims.issued_ms);
-        let mut out: Vec<CounterAdd> = [
-            (metric::OUTCOMES, 1),
-            (metric::COMPLETED, i64::from(completed)),
-            (metric::SCORE, score_ppm),
-            (metric::BAR, bar_ppm),
-            (metric::SPEND, actual - estimate),
-            (metric::PREMIUM, premium - claims.premium_micros as i64),
-            (metric::VALUE, value),
-            (metric::HUMAN_SECONDS, human_seconds),
-            (metric::HUMAN_VALUE, human_value),
-            (metric::REUSED, i64::from(reused)),
-        ]
-        .into_iter()
-        .filter(|(_, v)| *v != 0)
-        .map(|(m, v)| CounterAdd {
-            hash: hash.clone(),
-            field: ledger_field(m, &team, &workflow, &claims.tier),
-            delta: v,
-        })
-        .collect();
+        let mut out = self.cell_counters(
+            claims,
+            &[
+                (metric::OUTCOMES, 1),
+                (metric::COMPLETED, i64::from(completed)),
+                (metric::SCORE, score_ppm),
+                (metric::BAR, bar_ppm),
+                (metric::SPEND, actual - estimate),
+                (metric::PREMIUM, premium - claims.premium_micros as i64),
+                (metric::VALUE, value),
+                (metric::HUMAN_SECONDS, human_seconds),
+                (metric::HUMAN_VALUE, human_value),
+                // The early reuse mark is one reuse event; the decision itself is counted as
+                // reused by its reuse mark (see `reuse_counters`), once.
+                (metric::REUSE_EVENTS, i64::from(reused)),
+            ],
+        );
         if actual != estimate {
             for b in policy
                 .budgets

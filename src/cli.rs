@@ -75,6 +75,24 @@ enum Command {
         /// The task text.
         task: String,
     },
+    /// Record that a decision's output was used again (reopened, sent, imported): counted in
+    /// the report's reuse rate and reuse events, up to the scope's reuse_retention_days.
+    Reuse {
+        /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
+        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Reuse events this stands for (e.g. a macro sent 400 times).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        count: u32,
+        /// Your id of this reuse event: the same id for the same decision counts once.
+        #[arg(long, default_value = "")]
+        event_id: String,
+        /// Free text, e.g. the consumer's name (logged by the server, not counted).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// The decision_id Route returned.
+        decision_id: String,
+    },
     /// Print the learned thresholds of a running server, per scope and tier.
     Thresholds {
         /// Server address.
@@ -864,6 +882,24 @@ pub fn main() -> anyhow::Result<()> {
                 outln!();
                 outln!("decision_id {}", d.decision_id);
             }
+            Ok(())
+        }),
+        Command::Reuse { addr, count, event_id, note, decision_id } => runtime()?.block_on(async move {
+            use crate::server::pb;
+            let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+            let r = client
+                .record_reuse(pb::RecordReuseRequest { decision_id, count, event_id, note })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            outln!(
+                "recorded {} reuse event{} for scope {} workflow {}{}",
+                r.count,
+                if r.count == 1 { "" } else { "s" },
+                r.scope,
+                if r.workflow.is_empty() { "(none)" } else { &r.workflow },
+                if r.first_reuse { " (first reuse of this output)" } else { "" }
+            );
             Ok(())
         }),
         Command::Thresholds { addr, scope, json } => runtime()?.block_on(async move {

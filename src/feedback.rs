@@ -87,6 +87,62 @@ pub enum FeedbackError {
     /// The store is at a capacity limit: not accepted until entries expire.
     #[error("feedback not accepted: {0}")]
     Full(String),
+    /// This reuse event (its `event_id`) was already recorded for the decision.
+    #[error("event_id: reuse event {0:?} of this decision_id was already recorded")]
+    ReuseRecorded(String),
+    /// The decision is older than its scope's reuse retention window.
+    #[error(
+        "decision_id: issued {age_days} days ago; reuse is recorded for {window_days} days after a decision (reuse_retention_days)"
+    )]
+    OutsideReuseWindow {
+        /// Age of the decision, whole days.
+        age_days: u64,
+        /// The scope's window, days.
+        window_days: u64,
+    },
+}
+
+/// One reuse report: the output of a decision was used again (opened, sent, imported).
+#[derive(Debug, Clone, Copy)]
+pub struct ReuseInput<'a> {
+    /// Decision id from Route.
+    pub decision_id: &'a str,
+    /// Reuse events this report stands for (0 means 1).
+    pub count: u32,
+    /// The caller's id of this reuse event, for exactly-once: the same id for the same decision
+    /// is counted once. Empty: every call counts.
+    pub event_id: &'a str,
+    /// Free text, e.g. the consumer's name: logged, not counted.
+    pub note: &'a str,
+    /// As for [`FeedbackInput::caller_team`].
+    pub caller_team: Option<&'a str>,
+}
+
+/// Most reuse events one call may report.
+pub const MAX_REUSE_COUNT: u32 = 1_000_000;
+/// Longest reuse `event_id` and `note`, bytes.
+pub const MAX_REUSE_TEXT_BYTES: usize = 256;
+
+/// What an accepted reuse did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReuseAck {
+    /// Scope of the decision.
+    pub scope: String,
+    /// Workflow of the decision.
+    pub workflow: String,
+    /// Reuse events counted.
+    pub count: u32,
+    /// Whether this was the decision's first recorded reuse (it now counts as reused).
+    pub first: bool,
+}
+
+/// How a store write was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// Recorded in the store.
+    Stored,
+    /// Held in the outage buffer (and its spill file) until the store returns.
+    Buffered,
 }
 
 /// What accepted feedback did.
@@ -126,6 +182,43 @@ pub const CLOCK_SKEW_MS: u64 = 1_000;
 #[derive(Default)]
 struct Pending {
     nonces: HashSet<u64>,
+}
+
+/// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
+/// decision's once-only reused mark. SHA-256, so no caller can aim an event id at another
+/// decision's nonce.
+fn reuse_nonce(decision_nonce: u64, kind: &str, id: &str) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"tokenwise-reuse\0");
+    h.update(decision_nonce.to_le_bytes());
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// The decision's reused mark, as a counters-only event like `like` (same decision).
+fn reuse_mark_event(
+    like: &OutcomeEvent,
+    decision_nonce: u64,
+    issued_ms: u64,
+    window_ms: u64,
+    counters: Vec<crate::store::CounterAdd>,
+) -> OutcomeEvent {
+    OutcomeEvent {
+        nonce: reuse_nonce(decision_nonce, "mark", ""),
+        expires_ms: issued_ms.saturating_add(window_ms),
+        score: 0.0,
+        input_tokens: 0,
+        output_tokens: 0,
+        counters,
+        counters_only: true,
+        ..like.clone()
+    }
 }
 
 /// Issues decision ids and learns from feedback.
@@ -231,26 +324,13 @@ impl Learner {
                 reason: "must not be empty".into(),
             });
         }
-        let claims = self.signer.verify(input.decision_id)?;
-        if let Some(team) = input.caller_team
-            && team != claims.team
-        {
-            return Err(FeedbackError::PermissionDenied {
-                owner: claims.team,
-                caller: team.to_string(),
-            });
-        }
+        let claims = self.claims_of(input.decision_id, input.caller_team)?;
         let expiry = claims.issued_ms.saturating_add(self.ttl_ms);
         if now_ms > expiry {
             return Err(FeedbackError::Expired {
                 age_s: (now_ms - claims.issued_ms) / 1000,
                 ttl_s: self.ttl_ms / 1000,
             });
-        }
-        if claims.issued_ms.saturating_add(CLOCK_SKEW_MS)
-            < self.data_since_ms.load(Ordering::Relaxed)
-        {
-            return Err(FeedbackError::BeforeStoreReset);
         }
         let table = router.table();
         let (counters, actual_micros) = books.outcome_counters(
@@ -268,6 +348,7 @@ impl Learner {
             actual_cost_micros: actual_micros,
             lag_ms: now_ms.saturating_sub(claims.issued_ms),
         };
+        let marks = input.reused.then(|| books.reuse_counters(&claims, 1).1);
         let event = OutcomeEvent {
             nonce: claims.nonce,
             expires_ms: expiry,
@@ -281,7 +362,185 @@ impl Learner {
             team: claims.team,
             complexity: claims.complexity,
             counters,
+            counters_only: false,
         };
+        let reuse_mark = marks.map(|counters| {
+            let retention = table
+                .policy
+                .scopes
+                .get(&event.scope)
+                .unwrap_or(&table.policy.default);
+            reuse_mark_event(
+                &event,
+                event.nonce,
+                claims.issued_ms,
+                self.reuse_window_ms(retention),
+                counters,
+            )
+        });
+        self.commit(router, books, event, now_ms)
+            .await
+            .map_err(|e| e.unwrap_or(FeedbackError::AlreadyRecorded))?;
+        // The early reuse mark: the decision counts as reused once, whichever report came first.
+        if let Some(mark) = reuse_mark {
+            self.mark_reused(router, books, mark, now_ms).await;
+        }
+        Ok(ack)
+    }
+
+    /// Verifies a decision id and that the caller (a service key's team, if any) owns it, and
+    /// that the store can still tell whether it was reported before.
+    fn claims_of(
+        &self,
+        decision_id: &str,
+        caller_team: Option<&str>,
+    ) -> Result<crate::decision::DecisionClaims, FeedbackError> {
+        let claims = self.signer.verify(decision_id)?;
+        if let Some(team) = caller_team
+            && team != claims.team
+        {
+            return Err(FeedbackError::PermissionDenied {
+                owner: claims.team,
+                caller: team.to_string(),
+            });
+        }
+        if claims.issued_ms.saturating_add(CLOCK_SKEW_MS)
+            < self.data_since_ms.load(Ordering::Relaxed)
+        {
+            return Err(FeedbackError::BeforeStoreReset);
+        }
+        Ok(claims)
+    }
+
+    /// A scope's reuse window: its `reuse_retention_days`, never shorter than the decision TTL.
+    fn reuse_window_ms(&self, scope: &crate::policy::ScopePolicy) -> u64 {
+        (u64::from(scope.reuse_retention_days) * 24 * 3600 * 1000).max(self.ttl_ms)
+    }
+
+    /// Records the reuse of a decision's output: `count` reuse events (once per `event_id`),
+    /// and the decision as reused if it was not yet. Accepted for the scope's reuse window,
+    /// after the decision TTL too; buffered through store outages like feedback.
+    pub async fn reuse(
+        &self,
+        router: &Router,
+        books: &Books,
+        input: &ReuseInput<'_>,
+        now_ms: u64,
+    ) -> Result<ReuseAck, FeedbackError> {
+        if input.decision_id.is_empty() {
+            return Err(FeedbackError::InvalidArgument {
+                field: "decision_id",
+                reason: "must not be empty".into(),
+            });
+        }
+        if input.count > MAX_REUSE_COUNT {
+            return Err(FeedbackError::InvalidArgument {
+                field: "count",
+                reason: format!(
+                    "must be in [1, {MAX_REUSE_COUNT}] (0 means 1), got {}",
+                    input.count
+                ),
+            });
+        }
+        for (field, text) in [("event_id", input.event_id), ("note", input.note)] {
+            if text.len() > MAX_REUSE_TEXT_BYTES || text.chars().any(char::is_control) {
+                return Err(FeedbackError::InvalidArgument {
+                    field,
+                    reason: format!(
+                        "must be at most {MAX_REUSE_TEXT_BYTES} bytes without control characters, got {} bytes",
+                        text.len()
+                    ),
+                });
+            }
+        }
+        let claims = self.claims_of(input.decision_id, input.caller_team)?;
+        let table = router.table();
+        let scope = table
+            .policy
+            .scopes
+            .get(&claims.scope)
+            .unwrap_or(&table.policy.default);
+        let window = self.reuse_window_ms(scope);
+        let age = now_ms.saturating_sub(claims.issued_ms);
+        if age > window {
+            return Err(FeedbackError::OutsideReuseWindow {
+                age_days: age / (24 * 3600 * 1000),
+                window_days: window / (24 * 3600 * 1000),
+            });
+        }
+        let count = input.count.max(1);
+        let (event_counters, mark_counters) = books.reuse_counters(&claims, count);
+        let expires_ms = claims.issued_ms.saturating_add(window);
+        // Without an event id every call is its own event.
+        let event_nonce = if input.event_id.is_empty() {
+            rand::random()
+        } else {
+            reuse_nonce(claims.nonce, "event", input.event_id)
+        };
+        let base = OutcomeEvent {
+            nonce: event_nonce,
+            expires_ms,
+            scope: claims.scope.clone(),
+            tier: claims.tier.clone(),
+            band: claims.band,
+            score: 0.0,
+            input_tokens: 0,
+            output_tokens: 0,
+            workflow: claims.workflow.clone(),
+            team: claims.team.clone(),
+            complexity: claims.complexity,
+            counters: event_counters,
+            counters_only: true,
+        };
+        let mark = reuse_mark_event(&base, claims.nonce, claims.issued_ms, window, mark_counters);
+        self.commit(router, books, base, now_ms)
+            .await
+            .map_err(|e| {
+                e.unwrap_or_else(|| FeedbackError::ReuseRecorded(input.event_id.into()))
+            })?;
+        let first = self.mark_reused(router, books, mark, now_ms).await;
+        tracing::info!(
+            scope = %claims.scope, team = %claims.team, workflow = %claims.workflow,
+            count, first, event_id = input.event_id, note = input.note, "reuse recorded"
+        );
+        Ok(ReuseAck {
+            scope: claims.scope,
+            workflow: claims.workflow,
+            count,
+            first,
+        })
+    }
+
+    /// Spends a decision's reuse mark: true if this was its first. A failure here is logged,
+    /// not returned: the reuse event itself is already taken, and the mark only decides
+    /// whether the decision counts as reused (a retry of the same event would be refused).
+    async fn mark_reused(
+        &self,
+        router: &Router,
+        books: &Books,
+        mark: OutcomeEvent,
+        now_ms: u64,
+    ) -> bool {
+        match self.commit(router, books, mark, now_ms).await {
+            Ok(_) => true,
+            Err(None) => false,
+            Err(Some(e)) => {
+                tracing::warn!(error = %e, "reuse mark not recorded: the decision may not count as reused");
+                false
+            }
+        }
+    }
+
+    /// Records an event exactly once: in the store, or, while it is unreachable, in the outage
+    /// buffer. `Err(None)`: its nonce is already spent (a duplicate); `Err(Some(_))`: not
+    /// accepted.
+    async fn commit(
+        &self,
+        router: &Router,
+        books: &Books,
+        event: OutcomeEvent,
+        now_ms: u64,
+    ) -> Result<Committed, Option<FeedbackError>> {
         if self
             .pending
             .lock()
@@ -289,7 +548,7 @@ impl Learner {
             .nonces
             .contains(&event.nonce)
         {
-            return Err(FeedbackError::AlreadyRecorded);
+            return Err(None);
         }
         // While the store is known to be down, buffer at once; the refresher probes recovery.
         let recorded = if self.is_degraded() {
@@ -303,21 +562,23 @@ impl Learner {
             Ok(Recorded::New) => {
                 books.observe_outcome(&event.counters);
                 self.set_degraded(false);
-                if let Err(e) = self.sync(router).await {
+                if !event.counters_only
+                    && let Err(e) = self.sync(router).await
+                {
                     // Recorded; this replica just learns it on the next refresh.
                     tracing::warn!(error = %e, "store read failed after recording feedback");
                 }
-                Ok(ack)
+                Ok(Committed::Stored)
             }
-            Ok(Recorded::Duplicate) => Err(FeedbackError::AlreadyRecorded),
+            Ok(Recorded::Duplicate) => Err(None),
             // A store at its documented limit is up: refuse, do not buffer.
-            Err(crate::store::StoreError::Full(why)) => Err(FeedbackError::Full(why)),
+            Err(crate::store::StoreError::Full(why)) => Err(Some(FeedbackError::Full(why))),
             Err(e) => {
                 self.set_degraded(true);
                 let nonce = event.nonce;
                 let counters = event.counters.clone();
                 // Claim the nonce and check it in one step: of two concurrent copies of one
-                // feedback, exactly one is buffered (the check at the top is only a shortcut).
+                // event, exactly one is buffered (the check at the top is only a shortcut).
                 let claimed = self
                     .pending
                     .lock()
@@ -325,7 +586,7 @@ impl Learner {
                     .nonces
                     .insert(nonce);
                 if !claimed {
-                    return Err(FeedbackError::AlreadyRecorded);
+                    return Err(None);
                 }
                 if let Err(b) = self.buffer.push(event).await {
                     self.pending
@@ -333,11 +594,11 @@ impl Learner {
                         .unwrap_or_else(PoisonError::into_inner)
                         .nonces
                         .remove(&nonce);
-                    return Err(FeedbackError::Unavailable(format!("{e}; {b}")));
+                    return Err(Some(FeedbackError::Unavailable(format!("{e}; {b}"))));
                 }
                 books.observe_outcome(&counters);
-                tracing::debug!(error = %e, "store unreachable: feedback buffered");
-                Ok(ack)
+                tracing::debug!(error = %e, "store unreachable: event buffered");
+                Ok(Committed::Buffered)
             }
         }
     }
@@ -644,6 +905,17 @@ impl Engine {
         Ok(ack)
     }
 
+    /// Records a reuse of a decision's output (see [`Learner::reuse`]).
+    pub async fn reuse(
+        &self,
+        input: &ReuseInput<'_>,
+        now_ms: u64,
+    ) -> Result<ReuseAck, FeedbackError> {
+        self.learner
+            .reuse(&self.router, &self.books, input, now_ms)
+            .await
+    }
+
     /// The metrics as OpenMetrics text, with the scrape-time gauges set first.
     pub fn render_metrics(&self, now_ms: u64) -> String {
         let m = &self.metrics;
@@ -809,5 +1081,185 @@ impl Engine {
             policy_admin: crate::admin::PolicyAdmin::default(),
             carry_over_pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::report::build::{ReportQuery, build};
+
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 24 * HOUR;
+    const T0: u64 = 1_800_000_000_000;
+
+    /// Team `ads` keeps reuse for 2 days; decisions live 1 hour.
+    fn engine() -> Engine {
+        let policy = crate::policy::Policy::parse(
+            r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+
+[default]
+quality_bar = 0.5
+
+[[policies]]
+team = "ads"
+reuse_retention_days = 2
+"#,
+        )
+        .unwrap();
+        Engine::new(
+            Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+            Arc::new(policy),
+            crate::routing::Limits::default(),
+            Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
+            HOUR,
+            true,
+        )
+    }
+
+    fn route(e: &Engine, nonce: u64) -> String {
+        let req = crate::routing::RouteRequest {
+            task: "Summarise this support ticket for the weekly report.",
+            workflow: "support/macros",
+            team: "ads",
+            expected_output_tokens: 100,
+            task_type: "",
+        };
+        e.route(&req, 0.99, T0, nonce).unwrap().1
+    }
+
+    fn reuse<'a>(
+        id: &'a str,
+        count: u32,
+        event_id: &'a str,
+        team: Option<&'a str>,
+    ) -> ReuseInput<'a> {
+        ReuseInput {
+            decision_id: id,
+            count,
+            event_id,
+            note: "dashboard",
+            caller_team: team,
+        }
+    }
+
+    async fn feedback(e: &Engine, id: &str, reused: bool) {
+        let input = FeedbackInput {
+            decision_id: id,
+            score: 1.0,
+            input_tokens: 100,
+            output_tokens: 50,
+            reused,
+            caller_team: Some("ads"),
+        };
+        e.feedback(&input, T0 + 1_000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_window() {
+        let e = engine();
+        let (a, b) = (route(&e, 1), route(&e, 2));
+        feedback(&e, &a, false).await;
+        // An early reuse mark at grading time: one event, decision b reused.
+        feedback(&e, &b, true).await;
+
+        // Another team's key may not report on ads' decisions.
+        let err = e
+            .reuse(&reuse(&a, 1, "", Some("search")), T0 + 2 * HOUR)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FeedbackError::PermissionDenied { .. }),
+            "{err}"
+        );
+
+        // After the decision TTL (1 h) but inside the 2-day window: accepted, first reuse.
+        let ack = e
+            .reuse(
+                &reuse(&a, 400, "macro-sent-2026-w48", Some("ads")),
+                T0 + 2 * HOUR,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (ack.count, ack.first, ack.workflow.as_str()),
+            (400, true, "support/macros")
+        );
+        // The same event id again: counted once.
+        let err = e
+            .reuse(&reuse(&a, 400, "macro-sent-2026-w48", None), T0 + 3 * HOUR)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FeedbackError::ReuseRecorded("macro-sent-2026-w48".into())
+        );
+        // Another event: more uses, not a second reused decision.
+        let ack = e.reuse(&reuse(&a, 0, "", None), T0 + DAY).await.unwrap();
+        assert_eq!((ack.count, ack.first), (1, false));
+        // b was marked reused by its feedback: a later reuse is not its first.
+        let ack = e.reuse(&reuse(&b, 2, "", None), T0 + DAY).await.unwrap();
+        assert!(!ack.first);
+        // Outside the window: refused, nothing counted.
+        let err = e
+            .reuse(&reuse(&a, 5, "late", None), T0 + 2 * DAY + 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FeedbackError::OutsideReuseWindow {
+                    age_days: 2,
+                    window_days: 2
+                }
+            ),
+            "{err}"
+        );
+        // Bad input changes nothing.
+        for bad in [
+            reuse(&a, MAX_REUSE_COUNT + 1, "", None),
+            reuse(&a, 1, "x\ny", None),
+            reuse("", 1, "", None),
+        ] {
+            assert!(matches!(
+                e.reuse(&bad, T0 + DAY).await,
+                Err(FeedbackError::InvalidArgument { .. })
+            ));
+        }
+
+        // The books, by hand: 2 completed outputs, both reused (a once, b once);
+        // events 400 + 1 (a) + 1 (b's mark) + 2 (b) = 404.
+        let table = e.router.table();
+        e.books
+            .flush(&table.policy, e.learner.store(), T0 + 3 * DAY)
+            .await
+            .unwrap();
+        let q = ReportQuery {
+            since_ms: T0 - HOUR,
+            until_ms: T0 + HOUR,
+            ..Default::default()
+        };
+        let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + 3 * DAY)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.total.completed, r.total.reused, r.total.reuse_events),
+            (2, 2, 404)
+        );
+        assert_eq!(r.total.reuse_rate, Some(1.0));
+        // Nothing entered the learning log but the two outcomes.
+        let (log, _) = e.learner.store().events_since(0, 100).await.unwrap();
+        assert_eq!(log.len(), 2);
     }
 }

@@ -57,6 +57,8 @@ pub struct Metrics {
     human_hours: Family<CellLabels, FloatGauge>,
     outcomes: Family<CellLabels, Counter>,
     completed: Family<CellLabels, Counter>,
+    reuse_events: Family<CellLabels, Counter>,
+    reused: Family<CellLabels, Counter>,
     budget_actions: Family<CellLabels, Counter>,
     /// Realized quality per scope (set at scrape time).
     pub realized_quality: Family<ScopeLabels, FloatGauge>,
@@ -99,6 +101,8 @@ impl Metrics {
             human_hours: Family::default(),
             outcomes: Family::default(),
             completed: Family::default(),
+            reuse_events: Family::default(),
+            reused: Family::default(),
             budget_actions: Family::default(),
             realized_quality: Family::default(),
             quality_bar: Family::default(),
@@ -149,6 +153,16 @@ impl Metrics {
             "outcomes_completed",
             "Outcomes that met the scope's quality bar",
             m.completed.clone(),
+        );
+        registry.register(
+            "reuse_events",
+            "Reuse events of AI outputs (RecordReuse counts, Feedback's reused mark)",
+            m.reuse_events.clone(),
+        );
+        registry.register(
+            "reused_outputs",
+            "Decisions whose output was reused at least once (each counted once)",
+            m.reused.clone(),
         );
         registry.register(
             "budget_actions",
@@ -238,6 +252,12 @@ impl Metrics {
                 }
                 metric::COMPLETED => {
                     self.completed.get_or_create(&labels).inc_by(up);
+                }
+                metric::REUSE_EVENTS => {
+                    self.reuse_events.get_or_create(&labels).inc_by(up);
+                }
+                metric::REUSED => {
+                    self.reused.get_or_create(&labels).inc_by(up);
                 }
                 metric::DOWNGRADED | metric::REJECTED => {
                     self.budget_actions.get_or_create(&labels).inc_by(up);

@@ -124,6 +124,7 @@ struct RawScope {
     bar_mode: Option<String>,
     quality_bar_relative: Option<f64>,
     max_output_tokens: Option<u64>,
+    reuse_retention_days: Option<u32>,
 }
 
 // ---- validated types ----
@@ -187,6 +188,9 @@ pub struct ScopePolicy {
     /// Cap on output tokens assumed for a task: a larger client hint or learned length is cut
     /// to it.
     pub max_output_tokens: u64,
+    /// How long after a decision its output's reuse may be recorded (RecordReuse), in days;
+    /// never shorter than the decision TTL.
+    pub reuse_retention_days: u32,
 }
 
 /// What a scope's quality bar constrains.
@@ -689,6 +693,12 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                         s.key, o.quality_bar_relative, s.quality_bar_relative
                     ));
                 }
+                if o.reuse_retention_days != s.reuse_retention_days {
+                    out.push(format!(
+                        "scope {}: reuse_retention_days {} → {}",
+                        s.key, o.reuse_retention_days, s.reuse_retention_days
+                    ));
+                }
                 if o.max_output_tokens != s.max_output_tokens {
                     out.push(format!(
                         "scope {}: max_output_tokens {} → {}",
@@ -769,6 +779,11 @@ fn one_line(s: &str) -> String {
 /// completed output is far above any real one (an unbounded value saturated the conversion and
 /// overflowed the store's counter).
 const MAX_VALUE_PER_SUCCESS_USD: f64 = 1e6;
+/// How long reuse of an output may be recorded after its decision, by default: a quarter and
+/// then some, so "opened again next quarter" still counts.
+pub const DEFAULT_REUSE_RETENTION_DAYS: u32 = 90;
+/// Longest reuse retention: ten years.
+const MAX_REUSE_RETENTION_DAYS: u32 = 3650;
 /// Largest `human_minutes_per_success`: about two working years per output.
 const MAX_HUMAN_MINUTES: f64 = 200_000.0;
 /// Largest `loaded_cost_per_hour_usd`.
@@ -994,6 +1009,16 @@ fn resolve_scope(
             format!("must be in [1, 1000000], got {max_output_tokens}"),
         ));
     }
+    let reuse_retention_days = s
+        .reuse_retention_days
+        .or(base.and_then(|b| b.reuse_retention_days))
+        .unwrap_or(DEFAULT_REUSE_RETENTION_DAYS);
+    if !(1..=MAX_REUSE_RETENTION_DAYS).contains(&reuse_retention_days) {
+        return Err(PolicyError::new(
+            field_path("reuse_retention_days"),
+            format!("must be in [1, {MAX_REUSE_RETENTION_DAYS}], got {reuse_retention_days}"),
+        ));
+    }
     let allowed_names = s
         .allowed_tiers
         .as_ref()
@@ -1043,6 +1068,7 @@ fn resolve_scope(
         bar_mode,
         quality_bar_relative,
         max_output_tokens,
+        reuse_retention_days,
     })
 }
 

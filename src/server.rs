@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth;
-use crate::feedback::{Engine, FeedbackError, FeedbackInput, RouteRefused};
+use crate::feedback::{Engine, FeedbackError, FeedbackInput, ReuseInput, RouteRefused};
 use crate::policy::Period;
 use crate::report::{self, build::ReportQuery};
 use crate::routing::{Decision, RouteError, RouteRequest};
@@ -131,10 +131,14 @@ impl From<FeedbackError> for Status {
         match e {
             FeedbackError::InvalidArgument { field, reason } => invalid(field, reason),
             FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
-            FeedbackError::Expired { .. } | FeedbackError::BeforeStoreReset => {
+            FeedbackError::Expired { .. }
+            | FeedbackError::BeforeStoreReset
+            | FeedbackError::OutsideReuseWindow { .. } => {
                 Status::failed_precondition(e.to_string())
             }
-            FeedbackError::AlreadyRecorded => Status::already_exists(e.to_string()),
+            FeedbackError::AlreadyRecorded | FeedbackError::ReuseRecorded(_) => {
+                Status::already_exists(e.to_string())
+            }
             FeedbackError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),
             FeedbackError::Full(_) => Status::resource_exhausted(e.to_string()),
@@ -219,6 +223,7 @@ macro_rules! group_fields {
             human_value_micros: g.human_value_micros,
             net_value_micros: g.net_value_micros,
             reused: g.reused,
+            reuse_events: g.reuse_events,
             reuse_rate: g.reuse_rate,
             budget_downgrades: g.budget_downgrades,
             budget_rejections: g.budget_rejections,
@@ -412,6 +417,13 @@ impl RouterRpc for NoopRouter {
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
         Err(Status::unimplemented("no-op benchmark server"))
     }
+
+    async fn record_reuse(
+        &self,
+        _request: Request<pb::RecordReuseRequest>,
+    ) -> Result<Response<pb::RecordReuseResponse>, Status> {
+        Err(Status::unimplemented("no-op benchmark server"))
+    }
 }
 
 #[tonic::async_trait]
@@ -442,6 +454,41 @@ impl RouterRpc for RouterService {
         );
         result
     }
+
+    async fn record_reuse(
+        &self,
+        request: Request<pb::RecordReuseRequest>,
+    ) -> Result<Response<pb::RecordReuseResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let caller = extensions.get::<auth::Caller>();
+        let input = ReuseInput {
+            decision_id: &r.decision_id,
+            count: r.count,
+            event_id: &r.event_id,
+            note: &r.note,
+            caller_team: service_team(caller),
+        };
+        match self.engine.reuse(&input, now_ms()).await {
+            Ok(ack) => Ok(Response::new(pb::RecordReuseResponse {
+                scope: ack.scope,
+                workflow: ack.workflow,
+                count: ack.count,
+                first_reuse: ack.first,
+            })),
+            Err(e) => {
+                tracing::info!(error = %e, "reuse refused");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The team a service key acts for; `None` with auth off or for an admin key (which may
+/// report on any team's decisions).
+fn service_team(caller: Option<&auth::Caller>) -> Option<&str> {
+    caller
+        .filter(|c| c.role == auth::Role::Service)
+        .map(|c| c.team.as_str())
 }
 
 impl RouterService {
@@ -492,9 +539,7 @@ impl RouterService {
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             reused: r.reused,
-            caller_team: caller
-                .filter(|c| c.role == auth::Role::Service)
-                .map(|c| c.team.as_str()),
+            caller_team: service_team(caller),
         };
         match self.engine.feedback(&input, now_ms()).await {
             Ok(ack) => {

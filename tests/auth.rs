@@ -405,6 +405,33 @@ async fn cross_team_feedback_is_denied_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn cross_team_reuse_is_denied_and_the_owner_may_record_it() {
+    let f = Fixture::start().await;
+    let mut search = f.router(Some(&f.keys.search)).await;
+    let mut ads = f.router(Some(&f.keys.ads)).await;
+    let d: RouteResponse = search.route(routed("")).await.unwrap().into_inner();
+    let reuse = |event_id: &str| tokenwise::server::pb::RecordReuseRequest {
+        decision_id: d.decision_id.clone(),
+        count: 3,
+        event_id: event_id.into(),
+        note: String::new(),
+    };
+    assert_refused(
+        ads.record_reuse(reuse("e1")).await,
+        Code::PermissionDenied,
+        &["\"search\"", "\"ads\""],
+    );
+    // The refusal spent nothing: the owner's first report of e1 counts, and is its first reuse.
+    let ack = search.record_reuse(reuse("e1")).await.unwrap().into_inner();
+    assert!(ack.first_reuse && ack.count == 3, "{ack:?}");
+    assert_refused(
+        search.record_reuse(reuse("e1")).await,
+        Code::AlreadyExists,
+        &["event_id"],
+    );
+}
+
+#[tokio::test]
 async fn admin_may_post_feedback_for_any_team() {
     let f = Fixture::start().await;
     let from_search = f

@@ -150,8 +150,9 @@ async fn the_report_matches_a_hand_computed_script() {
     assert_eq!(g.savings_micros, 10_100 - 780);
     assert_eq!(g.value_micros, 10_000);
     assert_eq!(g.net_value_micros, 10_000 - 780);
-    assert_eq!(g.reused, 1);
-    assert!(close(g.reuse_rate, 0.5));
+    // One output marked reused at grading (one use), of one completed output.
+    assert_eq!((g.reused, g.reuse_events), (1, 1));
+    assert!(close(g.reuse_rate, 1.0));
     assert_eq!(g.tier_mix.len(), 1);
     assert_eq!(
         (g.tier_mix[0].tier.as_str(), g.tier_mix[0].tasks),
@@ -180,7 +181,7 @@ async fn the_report_matches_a_hand_computed_script() {
     assert_eq!(t.savings_micros, 19_100 - 9_780);
     assert_eq!(t.value_micros, 30_000);
     assert_eq!(t.net_value_micros, 30_000 - 9_780);
-    assert!(close(t.reuse_rate, 0.25));
+    assert!(close(t.reuse_rate, 1.0 / 3.0));
     assert_eq!((t.budget_downgrades, t.budget_rejections), (0, 0));
     // The hourly series sums to the total.
     let series_spend: i64 = r.series.iter().map(|p| p.spend_micros).sum();
@@ -379,6 +380,74 @@ async fn two_replicas_racing_for_the_last_of_a_budget_overshoot_at_most_what_is_
         group(&r, "rich").budget_rejections as usize,
         40 + 6 - won_a - won_b
     );
+}
+
+#[tokio::test]
+async fn reuse_recorded_on_another_replica_counts_each_output_once_and_each_event_id_once() {
+    let redis = RedisServer::start();
+    let prefix = format!("reuse-{}", std::process::id());
+    let a = TestServer::with_policy(redis_policy(&redis, &prefix), Limits::default()).await;
+    let b = TestServer::with_policy(redis_policy(&redis, &prefix), Limits::default()).await;
+    let (mut ra, mut rb) = (a.router().await, b.router().await);
+    // Two outputs of team cheap, graded on A (score 1 meets the bar 0.5); the second was
+    // already reused when graded.
+    let d1 = ra
+        .route(task("cheap", "macros", 100, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    let d2 = ra
+        .route(task("cheap", "macros", 100, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    ra.feedback(fb(&d1, 1.0, 100, 10, false)).await.unwrap();
+    ra.feedback(fb(&d2, 1.0, 100, 10, true)).await.unwrap();
+    let reuse =
+        |d: &RouteResponse, count: u32, event_id: &str| tokenwise::server::pb::RecordReuseRequest {
+            decision_id: d.decision_id.clone(),
+            count,
+            event_id: event_id.into(),
+            note: "support-bot".into(),
+        };
+    // Later, on B: the macro of d1 was sent 400 times this week, then 2 more times.
+    let ack = rb
+        .record_reuse(reuse(&d1, 400, "week-48"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.first_reuse, "{ack:?}");
+    // The same event id, retried on A: counted once.
+    let e = ra
+        .record_reuse(reuse(&d1, 400, "week-48"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let ack = ra
+        .record_reuse(reuse(&d1, 2, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.first_reuse, "{ack:?}");
+    // d2 was marked reused by its feedback: one more use, not a second reused output.
+    let ack = rb
+        .record_reuse(reuse(&d2, 1, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.first_reuse, "{ack:?}");
+
+    // By hand: 2 completed outputs, both reused; uses 400 + 2 (d1) + 1 + 1 (d2) = 404.
+    for server in [&a, &b] {
+        let r = report(server, "workflow").await;
+        let g = group(&r, "macros");
+        assert_eq!(
+            (g.completed, g.reused, g.reuse_events),
+            (2, 2, 404),
+            "{g:?}"
+        );
+        assert!(close(g.reuse_rate, 1.0), "{g:?}");
+    }
 }
 
 /// `GET path` over plain HTTP/1.1; the whole response.

@@ -409,6 +409,18 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
         if router.feedback(fb(&d.decision_id, 1.0)).await.is_ok() {
             acknowledged.insert(decode_nonce(&d.decision_id));
         }
+        // Reuse of the first 20 outputs, 2 uses each, and a retry refused during the outage.
+        if i < 20 {
+            let reuse = pb::RecordReuseRequest {
+                decision_id: d.decision_id.clone(),
+                count: 2,
+                event_id: "sent".into(),
+                note: String::new(),
+            };
+            router.record_reuse(reuse.clone()).await.unwrap();
+            let e = router.record_reuse(reuse).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        }
     }
     assert_eq!(
         acknowledged.len(),
@@ -434,6 +446,37 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
             "the log has {} of {} acknowledged outcomes",
             unique.len(),
             acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The acknowledged reuse landed too, once: 20 reused outputs, 40 uses.
+    let hour = tokenwise::books::HOUR_MS;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hashes: Vec<String> = [now - hour, now]
+        .iter()
+        .map(|&t| tokenwise::books::ledger_hash(t))
+        .collect();
+    let sum = |cells: &[std::collections::HashMap<String, i64>], metric: &str| -> i64 {
+        cells
+            .iter()
+            .flatten()
+            .filter(|(f, _)| tokenwise::books::parse_ledger_field(f).is_some_and(|p| p.0 == metric))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    loop {
+        let cells = store.read_counters(&hashes).await.unwrap();
+        let got = (sum(&cells, "reused"), sum(&cells, "reuse_events"));
+        if got == (20, 40) {
+            break;
+        }
+        assert!(got.0 <= 20 && got.1 <= 40, "reuse counted twice: {got:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "reuse in the store: {got:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -44,6 +44,7 @@ struct Acc {
     human_seconds: i64,
     human_value: i64,
     reused: i64,
+    reuse_events: i64,
     /// (tasks, spend) per tier.
     tiers: BTreeMap<String, (i64, i64)>,
 }
@@ -70,6 +71,7 @@ impl Acc {
             metric::HUMAN_SECONDS => self.human_seconds += v,
             metric::HUMAN_VALUE => self.human_value += v,
             metric::REUSED => self.reused += v,
+            metric::REUSE_EVENTS => self.reuse_events += v,
             _ => {}
         }
     }
@@ -106,7 +108,8 @@ impl Acc {
             human_value_micros: self.human_value,
             net_value_micros: self.value + self.human_value - self.spend,
             reused: u(self.reused),
-            reuse_rate: per_outcome(self.reused),
+            reuse_events: u(self.reuse_events),
+            reuse_rate: (self.completed > 0).then(|| self.reused as f64 / self.completed as f64),
             budget_downgrades: u(self.downgraded),
             budget_rejections: u(self.rejected),
         }

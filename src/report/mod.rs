@@ -99,9 +99,14 @@ pub struct GroupReport {
     pub human_value_micros: i64,
     /// `value_micros + human_value_micros - spend_micros`.
     pub net_value_micros: i64,
-    /// Outcomes marked reused.
+    /// Decisions whose output was reused at least once (RecordReuse or Feedback's early mark),
+    /// each counted once, in the hour of the decision.
     pub reused: u64,
-    /// `reused / outcomes`; `None` without outcomes.
+    /// Reuse events of those decisions: RecordReuse counts plus Feedback's reused marks.
+    #[serde(default)]
+    pub reuse_events: u64,
+    /// `reused / completed`: the share of completed outputs reused so far (it can pass 1 when
+    /// outputs below the bar are reused too); `None` without completed outputs.
     pub reuse_rate: Option<f64>,
     /// Decisions whose tier a budget lowered (soft limit or hard limit with `cheapest`).
     pub budget_downgrades: u64,

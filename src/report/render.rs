@@ -220,12 +220,19 @@ fn savings_text(g: &GroupReport) -> String {
     }
 }
 
-/// Reuse rate and count, e.g. `40% (12)`; `–` without outcomes.
+/// Reuse rate, reused outputs and reuse events, e.g. `40% (12; 31 uses)`; `–` without
+/// completed outputs.
 fn reuse_text(g: &GroupReport) -> String {
-    match g.reuse_rate {
-        Some(rate) => format!("{} ({})", percent(rate), g.reused),
-        None => MISSING.to_owned(),
+    if g.reuse_rate.is_none() && g.reused == 0 {
+        return MISSING.to_owned();
     }
+    format!(
+        "{} ({}; {} use{})",
+        g.reuse_rate.map_or(MISSING.to_owned(), percent),
+        g.reused,
+        g.reuse_events,
+        plural(g.reuse_events)
+    )
 }
 
 /// Share of decisions per tier, e.g. `small 60% · medium 30% · frontier 10%`.
@@ -290,7 +297,7 @@ fn enforcement_line(total: &GroupReport) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 
 /// Column names of [`csv`], in order.
-const CSV_HEADER: [&str; 28] = [
+const CSV_HEADER: [&str; 29] = [
     "group_by",
     "group",
     "spend_micros",
@@ -319,6 +326,7 @@ const CSV_HEADER: [&str; 28] = [
     "human_hours",
     "human_value_micros",
     "human_value_usd",
+    "reuse_events",
 ];
 
 /// Renders the groups as CSV: one header row, one row per group, then a `total` row.
@@ -396,6 +404,7 @@ fn csv_row(r: &Report, g: &GroupReport, label: &str) -> Vec<String> {
         format!("{:.4}", g.human_hours),
         g.human_value_micros.to_string(),
         dollars6(g.human_value_micros),
+        g.reuse_events.to_string(),
     ]
 }
 
@@ -612,10 +621,20 @@ fn write_headline(o: &mut String, t: &GroupReport) -> fmt::Result {
             .map(percent)
             .unwrap_or_else(|| MISSING.to_owned()),
         &format!(
-            "<b>{}</b> of {} outcome{} reused",
+            "<b>{}</b> of {} completed output{} reused, <b>{}</b> use{} in all{}",
             thousands(t.reused),
-            thousands(t.outcomes),
-            plural(t.outcomes)
+            thousands(t.completed),
+            plural(t.completed),
+            thousands(t.reuse_events),
+            plural(t.reuse_events),
+            if t.reused > 0 {
+                format!(
+                    " ({:.1} per reused output)",
+                    t.reuse_events as f64 / t.reused as f64
+                )
+            } else {
+                String::new()
+            }
         ),
     )?;
 
@@ -869,14 +888,17 @@ fn group_row(
         ""
     };
     write!(o, "<td{nclass}>{}</td>", escape(&usd(g.net_value_micros)))?;
-    match g.reuse_rate {
-        Some(rate) => write!(
+    if g.reuse_rate.is_none() && g.reused == 0 {
+        write!(o, "<td>{MISSING}</td>")?;
+    } else {
+        write!(
             o,
-            "<td>{}<span class=\"pct\">({})</span></td>",
-            escape(&percent(rate)),
-            thousands(g.reused)
-        )?,
-        None => write!(o, "<td>{MISSING}</td>")?,
+            "<td>{}<span class=\"pct\">({}; {} use{})</span></td>",
+            escape(&g.reuse_rate.map_or(MISSING.to_owned(), percent)),
+            thousands(g.reused),
+            thousands(g.reuse_events),
+            plural(g.reuse_events)
+        )?;
     }
 
     write!(o, "<td class=\"l\">")?;
@@ -1354,6 +1376,7 @@ mod tests {
             human_value_micros: 385_000_000,
             net_value_micros: 405_654_322,
             reused: 160,
+            reuse_events: 200,
             reuse_rate: Some(0.4),
             budget_downgrades: 7,
             budget_rejections: 0,
@@ -1375,6 +1398,7 @@ mod tests {
             human_value_micros: 0,
             net_value_micros: -2_500_000,
             reused: 0,
+            reuse_events: 0,
             reuse_rate: None,
             budget_downgrades: 0,
             budget_rejections: 2,
@@ -1396,6 +1420,7 @@ mod tests {
             human_value_micros: 385_000_000,
             net_value_micros: 403_154_322,
             reused: 160,
+            reuse_events: 200,
             reuse_rate: Some(0.4),
             budget_downgrades: 7,
             budget_rejections: 2,
@@ -1500,7 +1525,7 @@ mod tests {
             "$12.35",
             "$0.0374",
             "0.82 / 0.75",
-            "40% (160)",
+            "40% (160; 200 uses)",
             "small 60% · medium 30% · frontier 10%",
             "-$2.50",
             "team:search/month",
@@ -1557,12 +1582,12 @@ mod tests {
         assert!(t.contains("(≈ $70"), "{t}");
         let c = csv(&r).unwrap();
         let header = c.lines().next().unwrap();
-        assert!(header.ends_with(",human_hours,human_value_micros,human_value_usd"));
+        assert!(header.ends_with(",human_hours,human_value_micros,human_value_usd,reuse_events"));
         assert!(
             c.lines()
                 .nth(1)
                 .unwrap()
-                .ends_with(",5.5000,385000000,385.000000")
+                .ends_with(",5.5000,385000000,385.000000,200")
         );
         let h = html(&r);
         assert!(h.contains("human<br>time"));

@@ -97,10 +97,12 @@ impl StateStore for MemoryStore {
         s.spent.insert(event.nonce);
         s.expiries.insert((event.expires_ms, event.nonce));
         s.add(&event.counters);
-        s.log.push_back(event.for_log());
-        if s.log.len() as u64 > MAX_LOG_EVENTS {
-            s.log.pop_front();
-            s.base += 1;
+        if !event.counters_only {
+            s.log.push_back(event.for_log());
+            if s.log.len() as u64 > MAX_LOG_EVENTS {
+                s.log.pop_front();
+                s.base += 1;
+            }
         }
         Ok(Recorded::New)
     }

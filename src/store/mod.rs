@@ -52,6 +52,11 @@ pub struct OutcomeEvent {
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counters: Vec<CounterAdd>,
+    /// A mark that only settles accounting (a reuse of a decision's output): it spends its
+    /// nonce and applies its counters exactly once, like an outcome, but never enters the
+    /// learning log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counters_only: bool,
 }
 
 impl OutcomeEvent {
@@ -286,6 +291,7 @@ pub mod contract {
             team: String::new(),
             complexity: 0.5,
             counters: Vec::new(),
+            counters_only: false,
         }
     }
 

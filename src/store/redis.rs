@@ -24,12 +24,14 @@ use super::{
 
 const RECORD: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  local len = redis.call('RPUSH', KEYS[2], ARGV[2])
-  local max = tonumber(ARGV[3])
-  if len > max then
-    local drop = len - max
-    redis.call('LTRIM', KEYS[2], drop, -1)
-    redis.call('INCRBY', KEYS[3], drop)
+  if ARGV[2] ~= '' then
+    local len = redis.call('RPUSH', KEYS[2], ARGV[2])
+    local max = tonumber(ARGV[3])
+    if len > max then
+      local drop = len - max
+      redis.call('LTRIM', KEYS[2], drop, -1)
+      redis.call('INCRBY', KEYS[3], drop)
+    end
   end
   for i = 4, #KEYS do
     redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 3], ARGV[2 * i - 2])
@@ -196,8 +198,13 @@ impl RedisStore {
 #[async_trait::async_trait]
 impl StateStore for RedisStore {
     async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
-        let json = serde_json::to_string(&event.for_log())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // A counters-only mark sends no log entry (the script appends none for an empty one).
+        let json = if event.counters_only {
+            String::new()
+        } else {
+            serde_json::to_string(&event.for_log())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        };
         let counter_keys: Vec<String> = event
             .counters
             .iter()
