@@ -83,6 +83,16 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    let t = &r.total;
+    if t.reused > 0 {
+        out.push_str(&format!(
+            "{} output{} reused so far, {} time{} in all.\n",
+            thousands(t.reused),
+            plural(t.reused),
+            thousands(t.reuse_events),
+            plural(t.reuse_events)
+        ));
+    }
 
     if !r.budgets.is_empty() {
         let mut b = Table::new();
@@ -1526,6 +1536,7 @@ mod tests {
             "$0.0374",
             "0.82 / 0.75",
             "40% (160; 200 uses)",
+            "160 outputs reused so far, 200 times in all.",
             "small 60% · medium 30% · frontier 10%",
             "-$2.50",
             "team:search/month",
