@@ -171,6 +171,9 @@ struct Folded {
     cursor: u64,
     /// The most recent outcomes (at most [`WHAT_IF_WINDOW`]), oldest first.
     recent: std::collections::VecDeque<OutcomeEvent>,
+    /// Every record this replica completed up to this count is folded in (see
+    /// [`Learner::records_done`]).
+    synced_upto: u64,
 }
 
 /// Clock difference between replicas tolerated when comparing a decision's issue time (one
@@ -235,6 +238,10 @@ pub struct Learner {
     store: Arc<dyn StateStore>,
     buffer: OutageBuffer,
     folded: tokio::sync::Mutex<Folded>,
+    /// Records this replica completed in the store (a ticket each): a sync that starts after
+    /// ticket `n` was taken reads a log that holds that record, so feedbacks queued behind one
+    /// sync need no read of their own.
+    records_done: AtomicU64,
     pending: Mutex<Pending>,
     degraded: AtomicBool,
 }
@@ -262,6 +269,7 @@ impl Learner {
             }),
             buffer,
             folded: tokio::sync::Mutex::new(Folded::default()),
+            records_done: AtomicU64::new(0),
             data_since_ms: AtomicU64::new(0),
             first_data_since_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
@@ -560,10 +568,11 @@ impl Learner {
         };
         match recorded {
             Ok(Recorded::New) => {
+                let ticket = self.records_done.fetch_add(1, Ordering::AcqRel) + 1;
                 books.observe_outcome(&event.counters);
                 self.set_degraded(false);
                 if !event.counters_only
-                    && let Err(e) = self.sync(router).await
+                    && let Err(e) = self.sync_after(router, Some(ticket)).await
                 {
                     // Recorded; this replica just learns it on the next refresh.
                     tracing::warn!(error = %e, "store read failed after recording feedback");
@@ -606,7 +615,24 @@ impl Learner {
     /// Folds every store event not yet seen into local evidence and republishes the plans of
     /// the scopes they touched. Returns how many events were folded.
     pub async fn sync(&self, router: &Router) -> Result<usize, crate::store::StoreError> {
+        self.sync_after(router, None).await
+    }
+
+    /// [`Learner::sync`], or nothing when a sync that started after record ticket `ticket` has
+    /// already folded it in: under concurrent feedback one store read serves every feedback
+    /// that was waiting for the fold lock, instead of one read each (on Redis that read, made
+    /// under the lock, capped Feedback at one round trip per call).
+    async fn sync_after(
+        &self,
+        router: &Router,
+        ticket: Option<u64>,
+    ) -> Result<usize, crate::store::StoreError> {
         let mut folded = self.folded.lock().await;
+        if ticket.is_some_and(|t| folded.synced_upto >= t) {
+            return Ok(0);
+        }
+        // Every record with a ticket up to here completed before the log is read below.
+        let covered = self.records_done.load(Ordering::Acquire);
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut count = 0;
         let mut failure = None;
@@ -665,7 +691,10 @@ impl Learner {
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(count),
+            None => {
+                folded.synced_upto = folded.synced_upto.max(covered);
+                Ok(count)
+            }
         }
     }
 
