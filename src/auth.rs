@@ -359,16 +359,7 @@ fn hex_val(c: u8) -> u8 {
 /// source line, which may hold a key pasted into the file by mistake, so it is not used; serde's
 /// `invalid type: string "..."` is cut down for the same reason.
 fn toml_reason(text: &str, e: &toml::de::Error) -> String {
-    let message = redact_string_values(e.message());
-    match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message,
-    }
+    crate::policy::toml_at(text, e, redact_string_values(e.message()))
 }
 
 /// `invalid type: string "tw_...", expected a sequence` → `invalid type: string, expected a

@@ -577,10 +577,10 @@ impl Policy {
     /// Parses and validates policy text.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let de = toml::Deserializer::parse(text)
-            .map_err(|e| PolicyError::new("<file>", one_line(&e.to_string())))?;
+            .map_err(|e| PolicyError::new("<file>", toml_error(text, &e)))?;
         let raw: RawPolicyFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            PolicyError::new(path, one_line(&e.into_inner().to_string()))
+            PolicyError::new(path, toml_error(text, e.inner()))
         })?;
         let mut p = validate(raw, short_hash(text))?;
         p.source = Arc::from(text);
@@ -765,13 +765,31 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     out
 }
 
-/// toml errors span several lines (a source excerpt); keep the first one for a key-path error.
-fn one_line(s: &str) -> String {
-    s.lines()
+/// A toml error as one short line: `line L, column C: what is wrong`. toml's own rendering
+/// quotes the offending source line under a caret, which flattened into one line read badly
+/// and echoed whatever the line held (a 200 KB value included).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message: Vec<&str> = e
+        .message()
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    toml_at(text, e, message.join(" "))
+}
+
+/// `message` prefixed with where `e` points in `text`: `line L, column C: message` (the policy
+/// and the key file both report toml errors this way, without quoting the source line).
+pub(crate) fn toml_at(text: &str, e: &toml::de::Error, message: String) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
 }
 
 /// Largest `value_per_success_usd`. The books add values up in signed 64-bit micro-dollars (at
@@ -1288,7 +1306,9 @@ thresholds = { small = 0.3, medium = 0.7 }
             "{}",
             e.to_string().len()
         );
-        assert!(e.reason.contains("bytes in all"), "{}", e.reason);
+        // The offending line is located, not echoed.
+        assert!(e.reason.starts_with("line "), "{}", e.reason);
+        assert!(!e.reason.contains("yyyy"), "{}", e.reason);
     }
 
     #[test]
