@@ -109,3 +109,125 @@ fn every_readme_command_runs_against_a_real_server() {
         failures.join("\n")
     );
 }
+
+/// A server of the binary on a spare port (embedded defaults), killed on drop.
+struct Served(std::process::Child, String);
+
+impl Served {
+    fn start() -> Self {
+        let addr = format!("127.0.0.1:{}", common::spare_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+            .args(["serve", "--listen", &addr, "--metrics-listen", "off"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                up.elapsed() < Duration::from_secs(10),
+                "server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child, addr)
+    }
+
+    /// `tokenwise route --json TASK`, retried while the decision explored (one tier cheaper
+    /// than the rule's choice, on 5% of calls): the samples show the rule's choice.
+    fn route(&self, task: &str) -> serde_json::Value {
+        for _ in 0..20 {
+            let out = Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+                .args(["route", "--addr", &self.1, "--json", task])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if d["explored"] != true {
+                return d;
+            }
+        }
+        panic!("every call explored");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's sample outputs ("Try it": the JSON of one Route and the first-calls table) are
+/// what the binary prints on a fresh server: a change of the model or the policy that moves
+/// them fails here until the README is updated.
+#[test]
+fn the_readme_samples_are_what_the_binary_prints() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let try_it = &text[text.find("## Try it").unwrap()..];
+    let try_it = &try_it[..try_it.find("\n## ").unwrap()];
+    let server = Served::start();
+
+    // The JSON sample of `route --json "What is 2+2?"`.
+    let start = try_it.find("```json\n").unwrap() + 8;
+    let end = start + try_it[start..].find("```").unwrap();
+    let sample: serde_json::Value = serde_json::from_str(&try_it[start..end]).unwrap();
+    let got = server.route("What is 2+2?");
+    let round = |v: &serde_json::Value, digits: i32| {
+        let f = 10f64.powi(digits);
+        (v.as_f64().unwrap() * f).round() / f
+    };
+    for key in [
+        "tier",
+        "model",
+        "fallback_tier",
+        "reason",
+        "policy_version",
+        "scope",
+        "explored",
+    ] {
+        assert_eq!(got[key], sample[key], "{key}");
+    }
+    assert_eq!(
+        round(&got["complexity"], 4),
+        round(&sample["complexity"], 4)
+    );
+    assert_eq!(got["estimated_cost_usd"], sample["estimated_cost_usd"]);
+    let (gc, sc) = (
+        got["candidates"].as_array().unwrap(),
+        sample["candidates"].as_array().unwrap(),
+    );
+    assert_eq!(gc.len(), sc.len());
+    for (g, s) in gc.iter().zip(sc) {
+        for key in ["tier", "model", "estimated_cost_usd", "threshold"] {
+            assert_eq!(g[key], s[key], "candidate {key}");
+        }
+        assert_eq!(
+            round(&g["predicted_quality"], 3),
+            round(&s["predicted_quality"], 3)
+        );
+    }
+
+    // The first-calls table: | `task` | complexity | tier | reason |.
+    let table = &try_it[try_it.find("| task | complexity |").unwrap()..];
+    let mut rows = 0;
+    for line in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let task = cells[0].trim_start_matches("| `").trim_end_matches('`');
+        let d = server.route(task);
+        assert_eq!(
+            format!("{:.2}", d["complexity"].as_f64().unwrap()),
+            cells[1],
+            "{task}"
+        );
+        assert_eq!(d["tier"], cells[2], "{task}");
+        rows += 1;
+    }
+    assert!(rows >= 5, "{rows} rows");
+}
