@@ -80,9 +80,17 @@ pub mod metric {
     pub const REUSE_EVENTS: &str = "reuse_events";
 }
 
+/// Prefix of every ledger counter hash.
+pub const LEDGER_PREFIX: &str = "ledger:";
+
 /// Counter hash of the ledger hour containing `ms`.
 pub fn ledger_hash(ms: u64) -> String {
-    format!("ledger:{}", ms / HOUR_MS)
+    ledger_hash_of_hour(ms / HOUR_MS)
+}
+
+/// Counter hash of ledger hour `hour` (hours since the epoch).
+pub fn ledger_hash_of_hour(hour: u64) -> String {
+    format!("{LEDGER_PREFIX}{hour}")
 }
 
 /// Counter hash of a budget's period (field [`BUDGET_USED`]): one hash per period, so old
@@ -197,7 +205,7 @@ pub struct CellDelta {
 
 impl CellDelta {
     fn counters(&self, k: &CellKey, out: &mut Vec<CounterAdd>) {
-        let hash = format!("ledger:{}", k.hour);
+        let hash = ledger_hash_of_hour(k.hour);
         for (m, v) in [
             (metric::TASKS, self.tasks),
             (metric::SPEND, self.spend),

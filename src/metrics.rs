@@ -216,7 +216,7 @@ impl Metrics {
     /// they send, Route-time and Feedback-time alike).
     pub fn observe(&self, adds: &[CounterAdd]) {
         for a in adds {
-            if !a.hash.starts_with("ledger:") {
+            if !a.hash.starts_with(crate::books::LEDGER_PREFIX) {
                 continue;
             }
             let Some((m, team, workflow, tier)) = parse_ledger_field(&a.field) else {

@@ -517,3 +517,100 @@ pub async fn replay_remote(
     }
     summary
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::dataset::Outcome;
+
+    fn outcome(score: f64, cost: f64) -> Outcome {
+        Outcome {
+            score,
+            input_tokens: Some(40),
+            output_tokens: Some(10),
+            cost_usd: Some(cost),
+        }
+    }
+
+    /// 300 tasks of each of two workflows, interleaved, the same text: the cheap model is as
+    /// good as the premium one on `easy/a` and fails every task of `hard/b`.
+    fn records() -> Vec<Record> {
+        (0..600)
+            .map(|i| {
+                let easy = i % 2 == 0;
+                Record {
+                    id: format!("t{i}"),
+                    prompt: "Which of these is a prime number? A. 21 B. 23 C. 25 D. 27".into(),
+                    workflow: if easy { "easy/a" } else { "hard/b" }.into(),
+                    outcomes: [
+                        (
+                            "cheap".to_string(),
+                            outcome(if easy { 1.0 } else { 0.0 }, 0.0001),
+                        ),
+                        ("premium".to_string(), outcome(1.0, 0.001)),
+                    ]
+                    .into(),
+                }
+            })
+            .collect()
+    }
+
+    fn run(learning: bool) -> ReplayReport {
+        let records = records();
+        let models = ["cheap".to_string(), "premium".to_string()];
+        let policy = policy_from_models(&records, &models, 0.75).unwrap();
+        let opts = ReplayOptions {
+            bar: None,
+            learning,
+            seed: 7,
+        };
+        replay(
+            Arc::new(ComplexityModel::bundled().unwrap()),
+            policy,
+            &records,
+            &opts,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn replay_accounts_every_task_and_learns_which_workflow_the_cheap_tier_serves() {
+        let r = run(true);
+        assert_eq!((r.tasks, r.skipped), (600, 0));
+        assert!((r.premium_quality - 1.0).abs() < 1e-12);
+        assert!((r.premium_cost_usd - 0.6).abs() < 1e-9);
+        // The per-workflow rows add up to the totals.
+        let tasks: usize = r.by_workflow.values().map(|w| w.tasks).sum();
+        let cost: f64 = r.by_workflow.values().map(|w| w.cost_usd).sum();
+        let quality: f64 = r
+            .by_workflow
+            .values()
+            .map(|w| w.quality * w.tasks as f64)
+            .sum::<f64>()
+            / 600.0;
+        assert_eq!(tasks, 600);
+        assert!((cost - r.cost_usd).abs() < 1e-9, "{cost} vs {}", r.cost_usd);
+        assert!(
+            (quality - r.quality).abs() < 1e-9,
+            "{quality} vs {}",
+            r.quality
+        );
+        assert!((1.0 - r.cost_usd / r.premium_cost_usd - r.saving_vs_premium).abs() < 1e-9);
+        // Hindsight by hand: easy/a all cheap (300 × 0.0001), hard/b half premium to reach
+        // 0.75 overall (150 × 0.001 + 150 × 0.0001): $0.195 of $0.60.
+        let h = r.hindsight.as_ref().unwrap();
+        assert!((h.cost_usd - 0.195).abs() < 0.002, "{h:?}");
+        // Learning meets the bar and finds that easy/a needs no premium tier.
+        assert!(r.bar_met, "{r:?}");
+        let easy = &r.by_workflow["easy/a"];
+        assert!(easy.cost_usd < 0.5 * easy.premium_cost_usd, "{easy:?}");
+        let frozen = run(false);
+        assert!(
+            r.saving_vs_premium > frozen.saving_vs_premium,
+            "{} vs {}",
+            r.saving_vs_premium,
+            frozen.saving_vs_premium
+        );
+    }
+}

@@ -147,7 +147,10 @@ pub async fn build(
     let mut total = Acc::default();
     let mut series: Vec<SeriesPoint> = Vec::new();
     for page in hours.chunks(READ_PAGE) {
-        let names: Vec<String> = page.iter().map(|h| format!("ledger:{h}")).collect();
+        let names: Vec<String> = page
+            .iter()
+            .map(|&h| crate::books::ledger_hash_of_hour(h))
+            .collect();
         let read = store.read_counters(&names).await?;
         for (hour, fields) in page.iter().zip(read) {
             let mut in_hour = Acc::default();
