@@ -98,6 +98,7 @@ struct RawStore {
     spill_file: Option<String>,
     username: Option<String>,
     password_file: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +254,9 @@ pub struct StoreConfig {
     /// File holding the Redis password (a mounted secret): never on a command line, and not in
     /// the policy text that the store's history and audit trail keep.
     pub password_file: Option<String>,
+    /// PEM file of the CA that signed the server's certificate, for a `rediss://` URL whose
+    /// server the system's trust store does not know (a private CA, a self-signed server).
+    pub ca_file: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -265,6 +269,7 @@ impl Default for StoreConfig {
             spill_file: None,
             username: None,
             password_file: None,
+            ca_file: None,
         }
     }
 }
@@ -289,6 +294,12 @@ fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
                 return Err(PolicyError::new(
                     "store.prefix",
                     "must be non-empty without white space",
+                ));
+            }
+            if raw.ca_file.is_some() && !url.starts_with("rediss://") {
+                return Err(PolicyError::new(
+                    "store.ca_file",
+                    "needs a rediss:// (TLS) url; a redis:// connection is not encrypted",
                 ));
             }
             StoreKind::Redis { url, prefix }
@@ -322,6 +333,7 @@ fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
         spill_file: raw.spill_file,
         username: raw.username,
         password_file: raw.password_file,
+        ca_file: raw.ca_file,
     })
 }
 

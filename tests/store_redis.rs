@@ -532,6 +532,71 @@ async fn a_password_from_a_file_opens_a_protected_redis() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// Whether this machine's `redis-server` was built with TLS (Debian's is).
+fn redis_has_tls() -> bool {
+    std::process::Command::new("redis-server")
+        // Exits at once either way: without a key file, or on an unknown directive.
+        .args(["--port", "0", "--tls-port", "1"])
+        .output()
+        .map(|o| !String::from_utf8_lossy(&o.stderr).contains("Bad directive"))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is_refused() {
+    if !redis_has_tls() {
+        eprintln!("skipped: this redis-server has no TLS support");
+        return;
+    }
+    // A self-signed server certificate for 127.0.0.1: its own CA.
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(unique_prefix("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = common::spare_port().to_string();
+    let (crt_s, key_s) = (crt.display().to_string(), key.display().to_string());
+    let _redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &crt_s,
+        "--tls-key-file",
+        &key_s,
+        "--tls-ca-cert-file",
+        &crt_s,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let prefix = unique_prefix("tls");
+    let config = |ca_file: Option<String>| {
+        let text = format!(
+            "{}\n[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}\"\nprefix = \"{prefix}\"\n{}spill_file = \"{}\"\n",
+            tokenwise::policy::EMBEDDED_POLICY,
+            ca_file
+                .map(|f| format!("ca_file = \"{f}\"\n"))
+                .unwrap_or_default(),
+            dir.join(format!("spill-{}.jsonl", rand::random::<u32>()))
+                .display()
+        );
+        Policy::parse(&text).unwrap().store
+    };
+    let (store, _) = tokenwise::store::open(&config(Some(crt_s.clone())), "a").unwrap();
+    contract::check(store.as_ref()).await.unwrap();
+    // Without the CA the server's certificate is not trusted: nothing is written.
+    let (store, _) = tokenwise::store::open(&config(None), "b").unwrap();
+    assert!(store.ping().await.is_err());
+    // A CA file needs a TLS url.
+    let e = Policy::parse(&format!(
+        "{}\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nca_file = \"x.pem\"\n",
+        tokenwise::policy::EMBEDDED_POLICY
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "store.ca_file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn data_since_is_now_on_an_empty_store_and_zero_for_an_upgraded_one() {
     let redis = RedisServer::start();

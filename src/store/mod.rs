@@ -242,12 +242,20 @@ pub fn open(
                 (None, Ok(p)) if !p.is_empty() => Some(p),
                 _ => None,
             };
+            let ca = match &cfg.ca_file {
+                Some(f) => Some(
+                    std::fs::read(f)
+                        .map_err(|e| StoreError::Config(format!("store.ca_file {f}: {e}")))?,
+                ),
+                None => None,
+            };
             let store = RedisStore::with_credentials(
                 url,
                 prefix,
                 std::time::Duration::from_millis(cfg.timeout_ms),
                 cfg.username.as_deref(),
                 password.as_deref(),
+                ca,
             )?;
             let spill = match &cfg.spill_file {
                 Some(f) => PathBuf::from(f),

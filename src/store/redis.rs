@@ -101,7 +101,7 @@ impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379`) with keys under `prefix`. Does not
     /// connect yet.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        Self::with_credentials(url, prefix, timeout, None, None)
+        Self::with_credentials(url, prefix, timeout, None, None, None)
     }
 
     /// [`RedisStore::new`] with an ACL user and password (Redis 6+ `AUTH user pass`, or just a
@@ -112,6 +112,7 @@ impl RedisStore {
         timeout: Duration,
         username: Option<&str>,
         password: Option<&str>,
+        ca_pem: Option<Vec<u8>>,
     ) -> Result<Self, StoreError> {
         use redis::IntoConnectionInfo;
         let bad = |e: redis::RedisError| StoreError::Config(format!("bad redis url: {e}"));
@@ -124,7 +125,19 @@ impl RedisStore {
             settings = settings.set_password(p);
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(bad)?;
+        // rediss:// verifies the server against the system's trust store, or against the given
+        // CA (a private CA or a self-signed server).
+        let client = match ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| StoreError::Config(format!("store.ca_file: {e}")))?,
+            None => redis::Client::open(info).map_err(bad)?,
+        };
         Ok(Self {
             client,
             prefix: prefix.to_string(),
