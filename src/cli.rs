@@ -834,6 +834,11 @@ pub fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             runtime()?.block_on(async move {
+                // A store that is down is an outage the server rides out; one that refuses the
+                // credentials is a configuration error that waiting will not fix.
+                if let Err(crate::store::StoreError::Config(why)) = engine.learner.store().ping().await {
+                    bail!("store: {why}");
+                }
                 let listener = tokio::net::TcpListener::bind(&args.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;

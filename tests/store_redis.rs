@@ -526,9 +526,20 @@ async fn a_password_from_a_file_opens_a_protected_redis() {
         store.record(&contract::event(1), 0).await.unwrap(),
         tokenwise::store::Recorded::New
     );
-    // Without it, the server refuses.
+    // Without it, or with a wrong one, Redis refuses: a configuration error (the server
+    // refuses to start on it), not an outage to wait out.
     let (store, _) = tokenwise::store::open(&config(None), "b").unwrap();
     assert!(store.record(&contract::event(2), 0).await.is_err());
+    let e = store.ping().await.unwrap_err();
+    assert!(
+        matches!(&e, tokenwise::store::StoreError::Config(m) if m.contains("credentials")),
+        "{e}"
+    );
+    std::fs::write(&file, "wrong\n").unwrap();
+    let (store, _) =
+        tokenwise::store::open(&config(Some(file.display().to_string())), "c").unwrap();
+    let e = store.ping().await.unwrap_err();
+    assert!(matches!(e, tokenwise::store::StoreError::Config(_)), "{e}");
     let _ = std::fs::remove_file(&file);
 }
 

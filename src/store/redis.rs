@@ -97,6 +97,24 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A Redis error as a store error: refused credentials or a missing ACL permission are a
+/// configuration error (waiting will not fix them, and the server refuses to start on one);
+/// anything else is an outage.
+fn store_error(e: redis::RedisError) -> StoreError {
+    match e.code() {
+        Some("WRONGPASS" | "NOAUTH") => StoreError::Config(format!(
+            "redis refused the credentials (store.username, store.password_file or TOKENWISE_REDIS_PASSWORD): {e}"
+        )),
+        Some("NOPERM") => StoreError::Config(format!(
+            "the redis user lacks a permission tokenwise needs (scripts, lists, hashes and strings under the prefix): {e}"
+        )),
+        _ if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            StoreError::Config(format!("redis authentication failed: {e}"))
+        }
+        _ => unavailable(e),
+    }
+}
+
 impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379`) with keys under `prefix`. Does not
     /// connect yet.
@@ -167,7 +185,7 @@ impl RedisStore {
         )
         .await
         .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -190,7 +208,7 @@ impl RedisStore {
                 {
                     *self.conn.lock().await = None;
                 }
-                Err(unavailable(e))
+                Err(store_error(e))
             }
             Err(_) => {
                 *self.conn.lock().await = None;
