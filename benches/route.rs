@@ -206,5 +206,58 @@ fn books(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, by_store, books);
+/// Route through the engine (decide, books, sign) from N threads at once: the time per call
+/// criterion reports is wall time / calls, so CPU per call is that × min(N, cores). Contention
+/// on shared state shows as CPU per call growing with N.
+fn contention(c: &mut Criterion) {
+    use tokenwise::decision::Signer;
+    use tokenwise::feedback::Engine;
+
+    let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
+    let policy = Arc::new(Policy::embedded().expect("embedded policy"));
+    let engine = Arc::new(Engine::new(
+        model,
+        policy,
+        Limits::default(),
+        Signer::new(b"bench").expect("signer"),
+        60_000,
+        true,
+    ));
+    let task = Arc::new(task_of(256));
+    let mut g = c.benchmark_group("contention");
+    g.throughput(Throughput::Elements(1));
+    for threads in [1usize, 2, 4, 8] {
+        g.bench_function(BenchmarkId::new("route_256B_threads", threads), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(threads as u64);
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let (engine, task) = (engine.clone(), task.clone());
+                        s.spawn(move || {
+                            let teams = ["search", "ads", "support", "legal"];
+                            for i in 0..per {
+                                let req = RouteRequest {
+                                    task: &task,
+                                    workflow: "gsm8k",
+                                    team: teams[(t + i as usize) % teams.len()],
+                                    ..Default::default()
+                                };
+                                black_box(
+                                    engine
+                                        .route(&req, 0.5, 1_000, (t as u64) << 40 | i)
+                                        .expect("route"),
+                                );
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, by_store, books, contention);
 criterion_main!(benches);

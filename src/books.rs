@@ -241,10 +241,10 @@ fn add_usage(u: &mut Usage, id: &str, start: u64, delta: i64) {
     }
 }
 
+/// Route-time state behind one lock: budget reservations and batches (only calls covered by a
+/// budget take it).
 #[derive(Default)]
 struct Local {
-    labels: Labels,
-    cells: hashbrown::HashMap<CellKey, CellDelta>,
     /// Reserved here, not yet sent to the store.
     pending: Usage,
     /// The batch sent to the store and not yet acknowledged: resent as is (same id, so the
@@ -262,8 +262,26 @@ struct Local {
 impl Local {
     /// Takes the route-time cells and the pending reservations out as counter deltas (labels
     /// cleaned); returns the deltas and the reservations they carry.
-    fn drain_adds(&mut self) -> (Vec<CounterAdd>, Usage) {
-        let cells: Vec<(CellKey, CellDelta)> = self.cells.drain().collect();
+    fn drain_adds(&mut self, shards: &[Mutex<Shard>]) -> (Vec<CounterAdd>, Usage) {
+        // One cell may have counts in several shards: summed into one delta per cell.
+        let mut cells: hashbrown::HashMap<CellKey, CellDelta> = hashbrown::HashMap::new();
+        for shard in shards {
+            let drained: Vec<(CellKey, CellDelta)> = shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .cells
+                .drain()
+                .collect();
+            for (k, d) in drained {
+                let c = cells.entry(k).or_default();
+                c.tasks += d.tasks;
+                c.spend += d.spend;
+                c.premium += d.premium;
+                c.downgraded += d.downgraded;
+                c.rejected += d.rejected;
+                c.explored += d.explored;
+            }
+        }
         let pending = std::mem::take(&mut self.pending);
         let mut adds = Vec::new();
         for (k, c) in &cells {
@@ -349,10 +367,34 @@ pub struct BudgetUse {
     pub used_micros: i64,
 }
 
+/// Route-time cells are counted in this many shards, one per worker thread (round robin), so
+/// Route calls on different threads never wait for one another.
+const SHARDS: usize = 16;
+
+/// One shard of the route-time counts, with the labels it has seen admitted.
+#[derive(Default)]
+struct Shard {
+    cells: hashbrown::HashMap<CellKey, CellDelta>,
+    /// Team labels admitted (under the cardinality cap) by the shared [`Labels`].
+    teams: hashbrown::HashSet<String>,
+    /// Workflow labels admitted likewise.
+    workflows: hashbrown::HashSet<String>,
+}
+
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
 /// Spend accounting and budget enforcement for one replica.
 #[derive(Default)]
 pub struct Books {
     local: Mutex<Local>,
+    shards: [Mutex<Shard>; SHARDS],
+    /// The label caps, shared by all shards (taken only for a label a shard has not seen).
+    labels: Mutex<Labels>,
     flush_lock: tokio::sync::Mutex<()>,
     store_down: AtomicBool,
     metrics: std::sync::Arc<Metrics>,
@@ -367,15 +409,14 @@ impl Books {
         }
     }
 
-    /// Counts accepted outcome counters in the metrics (the store applies them).
     /// Ledger counters of a decision's cell (its issue hour, team, workflow and tier), zeros left
     /// out. Later events about a decision (outcome, reuse) count in its issue hour, so a
     /// period's rates are those of the outputs produced in it.
     fn cell_counters(&self, claims: &DecisionClaims, values: &[(&str, i64)]) -> Vec<CounterAdd> {
         let (team, workflow) = {
-            let mut local = self.lock();
-            let t = local.labels.team(&claims.team).to_string();
-            let w = local.labels.workflow(&claims.workflow).to_string();
+            let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+            let t = labels.team(&claims.team).to_string();
+            let w = labels.workflow(&claims.workflow).to_string();
             (clean(&t).into_owned(), clean(&w).into_owned())
         };
         let hash = ledger_hash(claims.issued_ms);
@@ -413,6 +454,55 @@ impl Books {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Counts a Route in this thread's shard, in the cell of (hour, team, workflow, tier) with
+    /// labels over the caps counted as [`OTHER`].
+    fn bump_cell(
+        &self,
+        hour: u64,
+        team: &str,
+        workflow: &str,
+        tier: &str,
+        f: impl FnOnce(&mut CellDelta),
+    ) {
+        let i = SHARD.with(|i| *i);
+        let mut shard = self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Shard {
+            cells,
+            teams,
+            workflows,
+        } = &mut *shard;
+        let key = CellRef {
+            hour,
+            team: self.admitted(teams, team, Labels::team),
+            workflow: self.admitted(workflows, workflow, Labels::workflow),
+            tier,
+        };
+        bump(cells, key, f);
+    }
+
+    /// `label` if the caps admit it (asked of the shared labels once per shard), else
+    /// [`OTHER`]. Only admitted labels are remembered, so junk labels cannot grow a shard.
+    fn admitted<'a>(
+        &self,
+        seen: &mut hashbrown::HashSet<String>,
+        label: &'a str,
+        admit: for<'l> fn(&mut Labels, &'l str) -> &'l str,
+    ) -> &'a str {
+        if label.is_empty() || seen.contains(label) {
+            return label;
+        }
+        let got = admit(
+            &mut self.labels.lock().unwrap_or_else(PoisonError::into_inner),
+            label,
+        );
+        if got == label {
+            seen.insert(label.to_string());
+        }
+        got
+    }
+
     /// Marks whether the store is reachable (budgets with `fail_closed` depend on it).
     pub fn set_store_down(&self, down: bool) {
         self.store_down.store(down, Ordering::Relaxed);
@@ -429,9 +519,11 @@ impl Books {
         workflow: &str,
         now_ms: u64,
     ) -> Result<BudgetAction, BudgetExhausted> {
-        let mut local = self.lock();
         let mut action = BudgetAction::None;
-        if !policy.budgets.is_empty() {
+        // Only a call that a budget covers takes the shared lock: check and reserve must be one
+        // step. Everything else counts in this thread's shard.
+        if policy.budgets.iter().any(|b| b.covers(team, workflow)) {
+            let mut local = self.lock();
             let mut exhausted = false;
             let usual = d.chosen;
             let mut target = usual;
@@ -445,15 +537,10 @@ impl Books {
                     if closed || used + d.candidates[usual].cost_micros > hard {
                         match b.on_exhausted {
                             OnExhausted::Reject => {
-                                let (t, w) =
-                                    (local.labels.team(team), local.labels.workflow(workflow));
-                                let key = CellRef {
-                                    hour: now_ms / HOUR_MS,
-                                    team: t,
-                                    workflow: w,
-                                    tier: "",
-                                };
-                                bump(&mut local.cells, key, |c| c.rejected += 1);
+                                drop(local);
+                                self.bump_cell(now_ms / HOUR_MS, team, workflow, "", |c| {
+                                    c.rejected += 1;
+                                });
                                 return Err(BudgetExhausted {
                                     budget: b.id.clone(),
                                     used_usd: used as f64 / 1e6,
@@ -508,22 +595,21 @@ impl Books {
                 add_usage(&mut local.pending, &b.id, start, cost);
             }
         }
-        let (t, w) = (local.labels.team(team), local.labels.workflow(workflow));
-        let key = CellRef {
-            hour: now_ms / HOUR_MS,
-            team: t,
-            workflow: w,
-            tier: &d.candidates[d.chosen].name,
-        };
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
         let (explored, downgraded) = (d.explored, action != BudgetAction::None);
-        bump(&mut local.cells, key, |c| {
-            c.tasks += 1;
-            c.spend += cost;
-            c.premium += premium;
-            c.explored += i64::from(explored);
-            c.downgraded += i64::from(downgraded);
-        });
+        self.bump_cell(
+            now_ms / HOUR_MS,
+            team,
+            workflow,
+            &d.candidates[d.chosen].name,
+            |c| {
+                c.tasks += 1;
+                c.spend += cost;
+                c.premium += premium;
+                c.explored += i64::from(explored);
+                c.downgraded += i64::from(downgraded);
+            },
+        );
         Ok(action)
     }
 
@@ -621,7 +707,7 @@ impl Books {
         let batch = {
             let mut local = self.lock();
             if local.batch.is_none() {
-                let (adds, pending) = local.drain_adds();
+                let (adds, pending) = local.drain_adds(&self.shards);
                 if !adds.is_empty() {
                     local.batch = Some(Batch {
                         id: rand::random(),
@@ -693,7 +779,7 @@ impl Books {
         let mut out: Vec<Batch> = local.resumed.drain(..).collect();
         out.extend(local.batch.take());
         local.in_flight.clear();
-        let (adds, _) = local.drain_adds();
+        let (adds, _) = local.drain_adds(&self.shards);
         if !adds.is_empty() {
             out.push(Batch {
                 id: rand::random(),
@@ -715,7 +801,10 @@ impl Books {
 
     /// Route-time counts not yet flushed (for tests and shutdown logs).
     pub fn pending_cells(&self) -> usize {
-        self.lock().cells.len()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).cells.len())
+            .sum()
     }
 }
 
@@ -842,6 +931,52 @@ on_exhausted = "cheapest"
     }
 
     /// The ledger hour of `now` and team u's daily budget, as a store holds them.
+    #[tokio::test]
+    async fn routes_from_many_threads_are_all_counted_and_labels_stay_capped() {
+        let e = Arc::new(engine());
+        let now = 1_796_000_000_000;
+        // 8 threads × 300 calls, 150 distinct teams (over the cap of 100), no budget covers them.
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let e = e.clone();
+                s.spawn(move || {
+                    for i in 0..300 {
+                        route(&e, &format!("team{}", (t * 300 + i) % 150), now).unwrap();
+                    }
+                });
+            }
+        });
+        let table = e.router.table();
+        e.books
+            .flush(&table.policy, e.learner.store(), now)
+            .await
+            .unwrap();
+        assert_eq!(e.books.pending_cells(), 0);
+        let ledger = &e
+            .learner
+            .store()
+            .read_counters(&[ledger_hash(now)])
+            .await
+            .unwrap()[0];
+        let tasks: Vec<(&str, i64)> = ledger
+            .iter()
+            .filter_map(|(f, v)| {
+                let (m, team, _, _) = parse_ledger_field(f)?;
+                (m == metric::TASKS).then_some((team, *v))
+            })
+            .collect();
+        assert_eq!(tasks.iter().map(|(_, v)| v).sum::<i64>(), 2_400);
+        let named = tasks.iter().filter(|(t, _)| *t != OTHER).count();
+        assert_eq!(named, MAX_TEAMS, "{tasks:?}");
+        // Each named team routed 16 times (2,400 / 150); the other 50 teams' 800 are `other`.
+        assert!(
+            tasks
+                .iter()
+                .all(|&(t, v)| if t == OTHER { v == 800 } else { v == 16 }),
+            "{tasks:?}"
+        );
+    }
+
     async fn ledger_and_budget_of_u(store: &dyn StateStore, now: u64) -> Vec<HashMap<String, i64>> {
         store
             .read_counters(&[
