@@ -18,7 +18,9 @@ fuzz_target!(|data: (&str, &str, &str, f64, i64, i64, u32, &str, bool)| {
             60_000,
             true,
         );
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         (engine, rt)
     });
     let req = tokenwise::routing::RouteRequest {
