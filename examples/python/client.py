@@ -1,4 +1,5 @@
-"""A minimal tokenwise client in Python: route a task, run the model (stubbed), post feedback.
+"""A minimal tokenwise client in Python: route a task, run the model (stubbed), post feedback,
+and later record that the output was reused.
 
 Generated from proto/tokenwise/v1/router.proto with grpcio-tools (see run.sh). Usage:
 
@@ -66,6 +67,15 @@ def main() -> int:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
             print(f"duplicate feedback: {e.code().name} ({e.details()})")
+        # Later (up to the scope's reuse_retention_days): the answer was sent again, 12 times.
+        reuse = router.RecordReuse(
+            router_pb2.RecordReuseRequest(
+                decision_id=decision.decision_id, count=12, event_id="faq-page-week-48", note="faq-bot"
+            ),
+            metadata=metadata,
+            timeout=5,
+        )
+        print(f"reuse: {reuse.count} uses recorded, first reuse of this output: {reuse.first_reuse}")
     return 0
 
 
