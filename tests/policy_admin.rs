@@ -37,6 +37,23 @@ async fn live_version(server: &TestServer) -> String {
         .version
 }
 
+/// Waits (up to 10 s) until `server` serves policy version `want`: a policy change reaches a
+/// replica at its next refresh or file check, so tests poll instead of sleeping a fixed time.
+async fn until_version(server: &TestServer, want: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let v = live_version(server).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still on {v}, waiting for {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The key path of an INVALID_ARGUMENT's BadRequest detail.
 fn key_path(status: &tonic::Status) -> String {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -230,18 +247,18 @@ async fn the_policy_file_hot_reloads_and_a_bad_one_is_refused() {
 
     // An invalid file: logged with its key path, the old policy keeps serving.
     std::fs::write(&file, with_bar("2")).unwrap();
+    // Nothing must happen: give the file check time to run (a wait, not a synchronization).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(live_version(&server).await, v0);
 
     // A valid one takes effect without dropping a request.
     let (stop, traffic) = route_loop(&server);
     std::fs::write(&file, with_bar("0.6")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v1 = Policy::parse(&with_bar("0.6")).unwrap().version;
+    until_version(&server, &v1).await;
     stop.send(()).unwrap();
     let (ok, errors) = traffic.await.unwrap();
     assert!(ok > 10 && errors == 0, "{ok} ok, {errors} errors");
-    let v1 = live_version(&server).await;
-    assert_eq!(v1, Policy::parse(&with_bar("0.6")).unwrap().version);
     let log = server
         .admin()
         .await
@@ -401,8 +418,7 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(live_version(&b).await, applied.version);
+    until_version(&b, &applied.version).await;
     // A replica that starts later with the same file keeps the API change.
     let c = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
     assert_eq!(live_version(&c).await, applied.version);
@@ -410,11 +426,11 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
     let d = TestServer::with_policy(Policy::parse(&text("0.9")).unwrap(), Limits::default()).await;
     let v09 = Policy::parse(&text("0.9")).unwrap().version;
     assert_eq!(live_version(&d).await, v09);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(live_version(&b).await, v09);
+    until_version(&b, &v09).await;
     // ...and an old pod restarting with the old file mid-rollout does not take it back.
     let e = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
     assert_eq!(live_version(&e).await, v09);
+    // Nothing must change: a refresh later, the fleet is still on the rollout's version.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(live_version(&b).await, v09);
 
@@ -455,9 +471,8 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(live_version(&b).await, applied.version);
-    assert_eq!(live_version(&e).await, applied.version);
+    until_version(&b, &applied.version).await;
+    until_version(&e, &applied.version).await;
 }
 
 #[cfg(unix)]
@@ -533,8 +548,14 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         .unwrap()
         .version;
     assert!(hup().success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(version(&mut admin).await, want);
+    let start = std::time::Instant::now();
+    while version(&mut admin).await != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not load the good file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = admin
         .list_policy_versions(ListPolicyVersionsRequest {})
         .await
