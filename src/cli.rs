@@ -676,6 +676,7 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
     // lives and dies with this process (and its nonce ledger with it), so its ids do too.
     let deployment = match &policy.store.kind {
         crate::policy::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
+        crate::policy::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
         crate::policy::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
     };
     let signer = match decision_secret(args)? {
@@ -1122,6 +1123,7 @@ pub fn main() -> anyhow::Result<()> {
                 let store = match &p.store.kind {
                     crate::policy::StoreKind::Memory => "memory".to_string(),
                     crate::policy::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
+                    crate::policy::StoreKind::RedisCluster { nodes, prefix } => format!("redis-cluster {} prefix {prefix}", nodes.join(",")),
                 };
                 outln!(
                     "{}: ok (version {}, {} tiers, {} scopes, {} budgets, store {store})",

@@ -99,6 +99,7 @@ struct RawStore {
     username: Option<String>,
     password_file: Option<String>,
     ca_file: Option<String>,
+    nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +232,14 @@ pub enum StoreKind {
         /// Key prefix of this deployment.
         prefix: String,
     },
+    /// Shared through a Redis Cluster (cluster mode on): every key of the deployment carries the
+    /// hash tag `{prefix}`, so they share one slot and each script's keys stay together.
+    RedisCluster {
+        /// Seed nodes (`redis://` or `rediss://`); the client discovers the rest.
+        nodes: Vec<String>,
+        /// Key prefix (and hash tag) of this deployment.
+        prefix: String,
+    },
 }
 
 /// The `[store]` section: state backend and its outage behaviour.
@@ -279,23 +288,55 @@ fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
         return Ok(StoreConfig::default());
     };
     let d = StoreConfig::default();
+    let is_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    let prefix = || -> Result<String, PolicyError> {
+        let prefix = raw.prefix.clone().unwrap_or_else(|| "tokenwise".into());
+        // Braces would break the cluster hash tag `{prefix}`.
+        if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(PolicyError::new(
+                "store.prefix",
+                "must be non-empty without white space or braces",
+            ));
+        }
+        Ok(prefix)
+    };
     let kind = match raw.kind.as_str() {
         "memory" => StoreKind::Memory,
+        "redis-cluster" => {
+            let nodes = raw.nodes.clone().unwrap_or_default();
+            if nodes.is_empty() {
+                return Err(PolicyError::new(
+                    "store.nodes",
+                    "a redis-cluster store needs seed nodes, e.g. [\"redis://10.0.0.1:6379\"]",
+                ));
+            }
+            if let Some((i, bad)) = nodes.iter().enumerate().find(|(_, n)| !is_url(n)) {
+                return Err(PolicyError::new(
+                    format!("store.nodes[{i}]"),
+                    format!("must be a redis:// or rediss:// URL, got {bad:?}"),
+                ));
+            }
+            if raw.ca_file.is_some() && !nodes.iter().all(|n| n.starts_with("rediss://")) {
+                return Err(PolicyError::new(
+                    "store.ca_file",
+                    "needs rediss:// (TLS) nodes; a redis:// connection is not encrypted",
+                ));
+            }
+            StoreKind::RedisCluster {
+                nodes,
+                prefix: prefix()?,
+            }
+        }
         "redis" => {
             let url = raw.url.clone().unwrap_or_default();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if !is_url(&url) {
                 return Err(PolicyError::new(
                     "store.url",
                     format!("must be a redis:// or rediss:// URL, got {url:?}"),
                 ));
             }
-            let prefix = raw.prefix.clone().unwrap_or_else(|| "tokenwise".into());
-            if prefix.is_empty() || prefix.contains(char::is_whitespace) {
-                return Err(PolicyError::new(
-                    "store.prefix",
-                    "must be non-empty without white space",
-                ));
-            }
+            let prefix = prefix()?;
             if raw.ca_file.is_some() && !url.starts_with("rediss://") {
                 return Err(PolicyError::new(
                     "store.ca_file",
@@ -307,7 +348,7 @@ fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, PolicyError> {
         other => {
             return Err(PolicyError::new(
                 "store.kind",
-                format!("must be \"memory\" or \"redis\", got {other:?}"),
+                format!("must be \"memory\", \"redis\" or \"redis-cluster\", got {other:?}"),
             ));
         }
     };
@@ -1299,6 +1340,32 @@ thresholds = { small = 0.3, medium = 0.7 }
         assert_eq!(
             with("kind = \"memory\"\nurll = \"x\"").unwrap_err().path,
             "store.urll"
+        );
+        // A cluster: seed nodes, each a redis URL; the prefix becomes a hash tag.
+        let p =
+            with("kind = \"redis-cluster\"\nnodes = [\"redis://a:1\", \"redis://b:2\"]").unwrap();
+        assert_eq!(
+            p.store.kind,
+            StoreKind::RedisCluster {
+                nodes: vec!["redis://a:1".into(), "redis://b:2".into()],
+                prefix: "tokenwise".into()
+            }
+        );
+        assert_eq!(
+            with("kind = \"redis-cluster\"").unwrap_err().path,
+            "store.nodes"
+        );
+        assert_eq!(
+            with("kind = \"redis-cluster\"\nnodes = [\"redis://a:1\", \"a:2\"]")
+                .unwrap_err()
+                .path,
+            "store.nodes[1]"
+        );
+        assert_eq!(
+            with("kind = \"redis-cluster\"\nnodes = [\"redis://a:1\"]\nprefix = \"{x}\"")
+                .unwrap_err()
+                .path,
+            "store.prefix"
         );
     }
 

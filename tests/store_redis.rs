@@ -108,8 +108,100 @@ async fn an_unreadable_event_in_the_log_is_skipped_counted_and_moved_past() {
 async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("replicas");
-    let a = TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
-    let b = TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
+    two_replicas_learn_together(&|| patient_policy_on(&redis, &prefix)).await;
+}
+
+/// A three-master Redis Cluster: the deployment's keys share the hash tag `{prefix}`, so every
+/// script's keys sit in one slot (without it each script fails with CROSSSLOT). The store
+/// contract passes and two replicas learn together, as on one Redis.
+#[tokio::test]
+async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
+    let mut cluster = common::redis::RedisCluster::start();
+    let prefix = unique_prefix("cluster");
+    let nodes = cluster.nodes_toml();
+    let policy = || {
+        Policy::parse(&format!(
+            "{}\n[store]\nkind = \"redis-cluster\"\nnodes = {nodes}\nprefix = \"{prefix}\"\n\
+             refresh_ms = 100\ntimeout_ms = 2000\n",
+            tokenwise::policy::EMBEDDED_POLICY,
+        ))
+        .unwrap()
+    };
+    let mut store_cfg = policy().store;
+    store_cfg.kind = tokenwise::policy::StoreKind::RedisCluster {
+        nodes: cluster.nodes.iter().map(|n| n.url()).collect(),
+        prefix: format!("{prefix}-contract"),
+    };
+    store_cfg.spill_file = Some(
+        std::env::temp_dir()
+            .join(format!("{prefix}-contract.jsonl"))
+            .display()
+            .to_string(),
+    );
+    let (store, _) = tokenwise::store::open(&store_cfg, "contract").unwrap();
+    assert_eq!(store.kind(), "redis-cluster");
+    contract::check(store.as_ref()).await.unwrap();
+    two_replicas_learn_together(&policy).await;
+
+    // The master that holds the deployment's slot dies (no replica to fail over to): Route
+    // keeps answering, feedback is buffered, and every acknowledged outcome lands once when
+    // the node is back.
+    let server = TestServer::with_policy(policy(), Limits::default()).await;
+    let mut client = server.router().await;
+    let owner = cluster.owner_of(&prefix);
+    cluster.nodes[owner].stop();
+    let mut acknowledged = HashSet::new();
+    for i in 0..50 {
+        let d = client
+            .route(route_req(TASKS[i % TASKS.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+        acknowledged.insert(decode_nonce(&d.decision_id));
+    }
+    assert!(
+        server.engine.learner.buffered() > 0,
+        "the outage was not noticed"
+    );
+    cluster.nodes[owner].restart();
+    // The deployment's own log (the contract above used another prefix).
+    let mut cfg = policy().store;
+    cfg.spill_file = Some(
+        std::env::temp_dir()
+            .join(format!("{prefix}-reader.jsonl"))
+            .display()
+            .to_string(),
+    );
+    let (store, _) = tokenwise::store::open(&cfg, "reader").unwrap();
+    let start = Instant::now();
+    loop {
+        let (log, _) = match store.events_since(0, 100_000).await {
+            Ok(page) => page,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let nonces: Vec<u64> = log.iter().map(|e| e.nonce).collect();
+        let unique: HashSet<u64> = nonces.iter().copied().collect();
+        assert_eq!(unique.len(), nonces.len(), "an outcome was recorded twice");
+        if acknowledged.is_subset(&unique) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} of {} acknowledged outcomes in the log",
+            acknowledged.intersection(&unique).count(),
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn two_replicas_learn_together(policy: &dyn Fn() -> Policy) {
+    let a = TestServer::with_policy(policy(), Limits::default()).await;
+    let b = TestServer::with_policy(policy(), Limits::default()).await;
     assert_eq!(thresholds(&a), thresholds(&b));
     let before = thresholds(&b);
 

@@ -225,9 +225,15 @@ pub fn open(
     cfg: &StoreConfig,
     replica: &str,
 ) -> Result<(Arc<dyn StateStore>, OutageBuffer), StoreError> {
-    Ok(match &cfg.kind {
-        StoreKind::Memory => (Arc::new(MemoryStore::new()), OutageBuffer::in_memory(0)),
-        StoreKind::Redis { url, prefix } => {
+    let (target, prefix) = match &cfg.kind {
+        StoreKind::Memory => {
+            return Ok((Arc::new(MemoryStore::new()), OutageBuffer::in_memory(0)));
+        }
+        StoreKind::Redis { url, prefix } => (redis::Target::Url(url), prefix),
+        StoreKind::RedisCluster { nodes, prefix } => (redis::Target::Cluster(nodes), prefix),
+    };
+    {
+        {
             // The password from the environment or a file, never the command line or the
             // policy text (which the store's history keeps).
             let password = match (
@@ -249,8 +255,8 @@ pub fn open(
                 ),
                 None => None,
             };
-            let store = RedisStore::with_credentials(
-                url,
+            let store = RedisStore::connect_to(
+                target,
                 prefix,
                 std::time::Duration::from_millis(cfg.timeout_ms),
                 cfg.username.as_deref(),
@@ -267,12 +273,12 @@ pub fn open(
                     state_dir()?.join(format!("spill-{prefix}-{name}.jsonl"))
                 }
             };
-            tracing::info!(store = "redis", %prefix, spill = %spill.display(), "shared state on redis");
+            tracing::info!(store = store.kind(), %prefix, spill = %spill.display(), "shared state on redis");
             let buffer = OutageBuffer::new(cfg.buffer_capacity, Some(spill))
                 .map_err(|e| StoreError::Config(e.to_string()))?;
-            (Arc::new(store), buffer)
+            Ok((Arc::new(store), buffer))
         }
-    })
+    }
 }
 
 /// Most events kept in the log. With a 500-feedback half-life per scope, an event 50,000

@@ -81,9 +81,10 @@ return redis.call('GET', KEYS[1])
 
 /// A Redis-backed [`StateStore`].
 pub struct RedisStore {
-    client: redis::Client,
+    client: Backend,
+    /// Key prefix: `prefix` on one primary, `{prefix}` (a hash tag) on a cluster.
     prefix: String,
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Option<Conn>>,
     record: redis::Script,
     add: redis::Script,
     read: redis::Script,
@@ -95,6 +96,60 @@ pub struct RedisStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Where a Redis store lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// One primary (or a managed endpoint that hides failover).
+    Url(&'a str),
+    /// A Redis Cluster, by its seed nodes: keys carry the hash tag `{prefix}`.
+    Cluster(&'a [String]),
+}
+
+/// The client of either kind (one per store: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection of either kind (both multiplex and reconnect on their own).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// A Redis error as a store error: refused credentials or a missing ACL permission are a
@@ -132,8 +187,55 @@ impl RedisStore {
         password: Option<&str>,
         ca_pem: Option<Vec<u8>>,
     ) -> Result<Self, StoreError> {
+        Self::connect_to(
+            Target::Url(url),
+            prefix,
+            timeout,
+            username,
+            password,
+            ca_pem,
+        )
+    }
+
+    /// A store on `target` (one primary or a cluster) with keys under `prefix`, an optional ACL
+    /// user and password and an optional CA for `rediss://`. Does not connect yet.
+    pub fn connect_to(
+        target: Target<'_>,
+        prefix: &str,
+        timeout: Duration,
+        username: Option<&str>,
+        password: Option<&str>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, StoreError> {
         use redis::IntoConnectionInfo;
         let bad = |e: redis::RedisError| StoreError::Config(format!("bad redis url: {e}"));
+        let url = match target {
+            Target::Url(url) => url,
+            Target::Cluster(nodes) => {
+                let mut b =
+                    redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(1);
+                if let Some(u) = username {
+                    b = b.username(u);
+                }
+                if let Some(p) = password {
+                    b = b.password(p);
+                }
+                if let Some(pem) = ca_pem {
+                    b = b.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    });
+                }
+                return Ok(Self::with_backend(
+                    Backend::Cluster(b.build().map_err(bad)?),
+                    format!("{{{prefix}}}"),
+                    timeout,
+                ));
+            }
+        };
         let mut info = url.into_connection_info().map_err(bad)?;
         let mut settings = info.redis_settings().clone();
         if let Some(u) = username {
@@ -156,9 +258,17 @@ impl RedisStore {
             .map_err(|e| StoreError::Config(format!("store.ca_file: {e}")))?,
             None => redis::Client::open(info).map_err(bad)?,
         };
-        Ok(Self {
+        Ok(Self::with_backend(
+            Backend::Single(client),
+            prefix.to_string(),
+            timeout,
+        ))
+    }
+
+    fn with_backend(client: Backend, prefix: String, timeout: Duration) -> Self {
+        Self {
             client,
-            prefix: prefix.to_string(),
+            prefix,
             conn: Mutex::new(None),
             record: redis::Script::new(RECORD),
             add: redis::Script::new(ADD),
@@ -166,26 +276,34 @@ impl RedisStore {
             data_since: redis::Script::new(DATA_SINCE),
             timeout,
             skipped: std::sync::atomic::AtomicU64::new(0),
-        })
+        }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let c = tokio::time::timeout(
-            self.timeout * 2,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(store_error)?;
+        let connect = async {
+            match &self.client {
+                Backend::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_millis(500));
+                    client
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map(Conn::Single)
+                }
+                Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let c = tokio::time::timeout(self.timeout * 2, connect)
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map_err(store_error)?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -194,7 +312,7 @@ impl RedisStore {
     /// call reconnects.
     async fn with_conn<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let conn = self.connection().await?;
@@ -429,6 +547,9 @@ impl StateStore for RedisStore {
     }
 
     fn kind(&self) -> &'static str {
-        "redis"
+        match self.client {
+            Backend::Single(_) => "redis",
+            Backend::Cluster(_) => "redis-cluster",
+        }
     }
 }

@@ -141,3 +141,127 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A local Redis Cluster of three masters (no replicas), each a private `redis-server` on a
+/// spare port (its cluster bus on port + 10000), slots assigned by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        ensure_installed();
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            let port = super::spare_port();
+            // The cluster bus listens on port + 10000.
+            if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            let dir =
+                std::env::temp_dir().join(format!("tw-cluster-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = RedisServer {
+                port,
+                dir,
+                child: None,
+                extra: ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+            };
+            s.spawn();
+            nodes.push(s);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Wait until every node agrees the cluster is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli cluster info");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// The index of the node that serves the slot of hash tag `{tag}` (ask while all are up).
+    pub fn owner_of(&self, tag: &str) -> usize {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.nodes[0].port.to_string(),
+                "cluster",
+                "keyslot",
+                &format!("{{{tag}}}"),
+            ])
+            .output()
+            .expect("cluster keyslot");
+        let slot: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("cluster keyslot: {e}: {out:?}"));
+        // `cluster nodes`: id addr@bus flags master - ping pong epoch state slot-ranges...
+        let nodes = String::from_utf8_lossy(
+            &Command::new("redis-cli")
+                .args(["-p", &self.nodes[0].port.to_string(), "cluster", "nodes"])
+                .output()
+                .expect("cluster nodes")
+                .stdout,
+        )
+        .to_string();
+        let port = nodes
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .skip(8)
+                    .any(|r| match r.split_once('-') {
+                        Some((a, b)) => {
+                            a.parse::<u16>().is_ok_and(|a| a <= slot)
+                                && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                        }
+                        None => r.parse::<u16>() == Ok(slot),
+                    })
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|a| a.split('@').next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("an owner of the slot");
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// The seed nodes as a TOML array of URLs.
+    pub fn nodes_toml(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+}
