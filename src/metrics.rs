@@ -28,6 +28,15 @@ pub struct CellLabels {
     pub tier: String,
 }
 
+/// Labels of a served call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// RPC name, e.g. `Route`.
+    pub rpc: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
 /// Labels of a policy scope.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
@@ -60,6 +69,7 @@ pub struct Metrics {
     reuse_events: Family<CellLabels, Counter>,
     reused: Family<CellLabels, Counter>,
     budget_actions: Family<CellLabels, Counter>,
+    calls: Family<CallLabels, Counter>,
     /// Realized quality per scope (set at scrape time).
     pub realized_quality: Family<ScopeLabels, FloatGauge>,
     /// Quality bar per scope (set at scrape time).
@@ -104,6 +114,7 @@ impl Metrics {
             reuse_events: Family::default(),
             reused: Family::default(),
             budget_actions: Family::default(),
+            calls: Family::default(),
             realized_quality: Family::default(),
             quality_bar: Family::default(),
             budget_remaining_usd: Family::default(),
@@ -165,6 +176,11 @@ impl Metrics {
             m.reused.clone(),
         );
         registry.register(
+            "calls",
+            "Router calls served, by RPC and outcome (the server's own count: gRPC errors travel in trailers that HTTP-level load balancers do not see)",
+            m.calls.clone(),
+        );
+        registry.register(
             "budget_actions",
             "Decisions a budget downgraded (tier set) or refused (tier empty)",
             m.budget_actions.clone(),
@@ -210,6 +226,17 @@ impl Metrics {
             m.spill_rejected_lines.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// The counter of `rpc` calls answered OK (`ok`) or with an error status: a handle the
+    /// server keeps, so counting a call is one atomic add.
+    pub fn calls(&self, rpc: &str, ok: bool) -> Counter {
+        self.calls
+            .get_or_create(&CallLabels {
+                rpc: rpc.to_string(),
+                outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .clone()
     }
 
     /// Counts what a batch of ledger increments says (the books call this for every batch

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt;
@@ -16,6 +15,8 @@ use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::feedback::{Engine, FeedbackError, FeedbackInput, ReuseInput, RouteRefused};
 use crate::policy::Period;
 use crate::report::{self, build::ReportQuery};
@@ -374,23 +375,41 @@ pub struct RouterService {
 
 /// Calls served, by outcome: the server's own count (load generators see only HTTP status,
 /// while gRPC errors travel in trailers).
+/// Exported as `tokenwise_calls_total{rpc, outcome}`; unregistered by default (the no-op
+/// benchmark server).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Route calls answered OK.
-    pub route_ok: AtomicU64,
+    pub route_ok: Counter,
     /// Route calls answered with an error status.
-    pub route_err: AtomicU64,
+    pub route_err: Counter,
     /// Feedback calls accepted.
-    pub feedback_ok: AtomicU64,
+    pub feedback_ok: Counter,
     /// Feedback calls refused.
-    pub feedback_err: AtomicU64,
+    pub feedback_err: Counter,
+    /// RecordReuse calls accepted.
+    pub reuse_ok: Counter,
+    /// RecordReuse calls refused.
+    pub reuse_err: Counter,
 }
 
 impl Counters {
-    fn count<T>(ok: &AtomicU64, err: &AtomicU64, r: &Result<T, Status>) {
+    /// Counters registered in `metrics`.
+    pub fn registered(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            route_ok: metrics.calls("Route", true),
+            route_err: metrics.calls("Route", false),
+            feedback_ok: metrics.calls("Feedback", true),
+            feedback_err: metrics.calls("Feedback", false),
+            reuse_ok: metrics.calls("RecordReuse", true),
+            reuse_err: metrics.calls("RecordReuse", false),
+        }
+    }
+
+    fn count<T>(ok: &Counter, err: &Counter, r: &Result<T, Status>) {
         match r {
-            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => err.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => ok.inc(),
+            Err(_) => err.inc(),
         };
     }
 }
@@ -407,7 +426,7 @@ impl RouterRpc for NoopRouter {
         &self,
         _request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        self.counters.route_ok.fetch_add(1, Ordering::Relaxed);
+        self.counters.route_ok.inc();
         Ok(Response::new(pb::RouteResponse::default()))
     }
 
@@ -456,6 +475,17 @@ impl RouterRpc for RouterService {
     }
 
     async fn record_reuse(
+        &self,
+        request: Request<pb::RecordReuseRequest>,
+    ) -> Result<Response<pb::RecordReuseResponse>, Status> {
+        let result = self.record_reuse_inner(request).await;
+        Counters::count(&self.counters.reuse_ok, &self.counters.reuse_err, &result);
+        result
+    }
+}
+
+impl RouterService {
+    async fn record_reuse_inner(
         &self,
         request: Request<pb::RecordReuseRequest>,
     ) -> Result<Response<pb::RecordReuseResponse>, Status> {
@@ -1031,7 +1061,7 @@ pub async fn run(
             "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
         ),
     }
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::registered(&engine.metrics));
     let (router, noop) = if config.bench_noop {
         tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
         let noop = RouterServer::new(NoopRouter {
@@ -1127,10 +1157,12 @@ pub async fn run(
     engine.shutdown(now_ms()).await;
     served?;
     tracing::info!(
-        route_ok = counters.route_ok.load(Ordering::Relaxed),
-        route_err = counters.route_err.load(Ordering::Relaxed),
-        feedback_ok = counters.feedback_ok.load(Ordering::Relaxed),
-        feedback_err = counters.feedback_err.load(Ordering::Relaxed),
+        route_ok = counters.route_ok.get(),
+        route_err = counters.route_err.get(),
+        feedback_ok = counters.feedback_ok.get(),
+        feedback_err = counters.feedback_err.get(),
+        reuse_ok = counters.reuse_ok.get(),
+        reuse_err = counters.reuse_err.get(),
         "server stopped"
     );
     Ok(())

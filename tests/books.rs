@@ -516,6 +516,9 @@ async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_healt
     );
     assert!(line(r#"tokenwise_quality_bar{scope="team:cheap"}"#).ends_with(" 0.5"));
     assert_eq!(line("tokenwise_store_up "), "tokenwise_store_up 1");
+    // The server's own call counts, by RPC and outcome.
+    assert!(line(r#"tokenwise_calls_total{rpc="Route",outcome="ok"}"#).ends_with(" 3"));
+    assert!(line(r#"tokenwise_calls_total{rpc="Feedback",outcome="ok"}"#).ends_with(" 3"));
     // Realized quality only where there is evidence: none yet for team rich, and no 0.0.
     assert!(line(r#"tokenwise_realized_quality{scope="team:cheap"}"#).ends_with(" 1.0"));
     assert!(
