@@ -45,8 +45,8 @@ fn readme_commands() -> Vec<String> {
 fn every_readme_command_runs_against_a_real_server() {
     let commands = readme_commands();
     assert!(commands.len() >= 15, "{commands:?}");
-    let port = common::spare_port();
-    let addr = format!("127.0.0.1:{port}");
+    let server = Served::start();
+    let addr = server.1.clone();
     let bin = Path::new(env!("CARGO_BIN_EXE_tokenwise"));
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     // Commands write files (books.csv, report.html): run them in a scratch directory that sees
@@ -56,21 +56,6 @@ fn every_readme_command_runs_against_a_real_server() {
     std::fs::create_dir_all(&work).unwrap();
     for dir in ["deploy", "models"] {
         std::os::unix::fs::symlink(repo.join(dir), work.join(dir)).unwrap();
-    }
-    let mut server = Command::new(bin)
-        .args(["serve", "--listen", &addr, "--metrics-listen", "off"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
     let path = format!(
         "{}:{}",
@@ -100,8 +85,7 @@ fn every_readme_command_runs_against_a_real_server() {
             ));
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&work);
     assert!(
         failures.is_empty(),

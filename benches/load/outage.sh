@@ -16,18 +16,10 @@ PORT=50081
 bin=target/release/tokenwise
 cargo build --release --quiet
 python3 benches/load/frames.py "$OUT" >/dev/null
-redis-server --port $RPORT --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" >/dev/null 2>&1 &
-REDIS=$!
+REDIS= SERVER= FEED=
 trap 'kill $REDIS $SERVER $FEED 2>/dev/null || true' EXIT
-sleep 0.5
-cat deploy/policy.toml > "$OUT/policy.toml"
-printf '\n[store]\nkind = "redis"\nurl = "redis://127.0.0.1:%s"\nprefix = "tw-outage"\nrefresh_ms = 250\ntimeout_ms = 100\nspill_file = "%s/spill.jsonl"\n' \
-  $RPORT "$OUT" >> "$OUT/policy.toml"
-export TOKENWISE_DECISION_SECRET="$(head -c 32 /dev/urandom | base64)"
-RUST_LOG=warn $bin serve --config "$OUT/policy.toml" --no-auth --listen 127.0.0.1:$PORT \
-  --metrics-listen off 2> "$OUT/server.log" &
-SERVER=$!
-for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+. benches/load/lib.sh
+start_on_redis "$OUT" $RPORT $PORT tw-outage $'refresh_ms = 250\ntimeout_ms = 100\n'
 point() {
   local log="$OUT/$1.log"
   h2load -D "$SECS" --warm-up-time 1 -c 10 -m 1 --rps 500 -d "$OUT/p50.bin" \

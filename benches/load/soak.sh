@@ -14,19 +14,10 @@ PORT=50082
 bin=target/release/tokenwise
 cargo build --release --quiet --bin tokenwise --bench mixed
 load=$(ls -t target/release/deps/mixed-* | grep -v '\.d$' | head -1)
-redis-server --port $RPORT --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" >/dev/null 2>&1 &
-REDIS=$!
-SERVER=
+REDIS= SERVER=
 trap 'kill $REDIS $SERVER 2>/dev/null || true' EXIT
-sleep 0.5
-cat deploy/policy.toml > "$OUT/policy.toml"
-printf '\n[store]\nkind = "redis"\nurl = "redis://127.0.0.1:%s"\nprefix = "tw-soak"\nspill_file = "%s/spill.jsonl"\n' \
-  $RPORT "$OUT" >> "$OUT/policy.toml"
-export TOKENWISE_DECISION_SECRET="$(head -c 32 /dev/urandom | base64)"
-RUST_LOG=warn $bin serve --config "$OUT/policy.toml" --no-auth --listen 127.0.0.1:$PORT \
-  --metrics-listen off 2> "$OUT/server.log" &
-SERVER=$!
-for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+. benches/load/lib.sh
+start_on_redis "$OUT" $RPORT $PORT tw-soak
 echo "| minute | pairs/s | Route p99 ms | Feedback p99 ms | errors | server RSS MB | Redis used MB |"
 echo "|---|---|---|---|---|---|---|"
 rss=()

@@ -174,27 +174,7 @@ impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379`) with keys under `prefix`. Does not
     /// connect yet.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        Self::with_credentials(url, prefix, timeout, None, None, None)
-    }
-
-    /// [`RedisStore::new`] with an ACL user and password (Redis 6+ `AUTH user pass`, or just a
-    /// password), which then need not appear in the URL.
-    pub fn with_credentials(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
-        username: Option<&str>,
-        password: Option<&str>,
-        ca_pem: Option<Vec<u8>>,
-    ) -> Result<Self, StoreError> {
-        Self::connect_to(
-            Target::Url(url),
-            prefix,
-            timeout,
-            username,
-            password,
-            ca_pem,
-        )
+        Self::connect_to(Target::Url(url), prefix, timeout, None, None, None)
     }
 
     /// A store on `target` (one primary or a cluster) with keys under `prefix`, an optional ACL
