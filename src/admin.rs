@@ -102,7 +102,7 @@ pub struct WhatIf {
 fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
     let policy = &table.policy;
     let scope = policy.resolve(&e.team, &e.workflow);
-    let plan = table.plan(&scope.key);
+    let plan = table.plan(&scope.key).for_team(&e.team);
     let band = usize::from(e.band).min(crate::learning::BANDS - 1);
     let costs: Vec<i64> = plan
         .tiers

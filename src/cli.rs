@@ -920,7 +920,7 @@ pub fn main() -> anyhow::Result<()> {
                 let rows: Vec<serde_json::Value> = r
                     .thresholds
                     .iter()
-                    .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "pinned": t.pinned, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality}))
+                    .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "pinned": t.pinned, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality, "team_plan": t.team_plan, "team": t.team}))
                     .collect();
                 outln!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
             } else {
@@ -929,13 +929,20 @@ pub fn main() -> anyhow::Result<()> {
                 let sw = r.thresholds.iter().map(|t| t.scope.chars().count()).max().unwrap_or(0).max(5);
                 let ww = r.thresholds.iter().map(|t| t.workflow.chars().count()).max().unwrap_or(0).max(8);
                 let tw = r.thresholds.iter().map(|t| t.tier.chars().count()).max().unwrap_or(0).max(4);
-                outln!("{:<sw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
+                // The shared plan's rows, then each team's own plan.
+                let team_of = |t: &pb::TierThreshold| match (t.team_plan, t.team.as_str()) {
+                    (false, _) => "(shared)".to_string(),
+                    (true, "") => "(no team)".to_string(),
+                    (true, team) => team.to_string(),
+                };
+                let mw = r.thresholds.iter().map(|t| team_of(t).chars().count()).max().unwrap_or(0).max(4);
+                outln!("{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "team", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
                 for t in &r.thresholds {
                     let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
                     let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
                     // A pinned threshold is the policy's, not learned: marked with `*`.
                     let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
-                    outln!("{:<sw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
+                    outln!("{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, team_of(t), workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
                 }
                 if r.thresholds.iter().any(|t| t.pinned) {
                     outln!("* pinned by the policy (`thresholds = {{...}}`): learning does not move it");

@@ -666,7 +666,7 @@ impl Learner {
                     input_tokens: e.input_tokens,
                     output_tokens: e.output_tokens,
                 };
-                ev.observe(&e.tier, shape, e.score);
+                ev.observe_from(&e.team, &e.tier, shape, e.score);
                 touched.insert(e.scope.clone());
                 if folded.recent.len() == WHAT_IF_WINDOW {
                     folded.recent.pop_front();
@@ -1193,6 +1193,66 @@ reuse_retention_days = 2
             caller_team: Some("ads"),
         };
         e.feedback(&input, T0 + 1_000).await.unwrap();
+    }
+
+    /// The probe of the hardening issue (item 7), on the example policy and the bundled model:
+    /// 300 outcomes from team `ads` saying every answer was perfect must not send team
+    /// `search`'s hard tasks to the cheapest tier, while ads' own routing follows its outcomes.
+    #[tokio::test]
+    async fn one_teams_feedback_does_not_move_another_teams_routing() {
+        let e = Engine::new(
+            Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+            Arc::new(crate::policy::Policy::embedded().unwrap()),
+            crate::routing::Limits::default(),
+            Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
+            HOUR,
+            true,
+        );
+        let ask = |team: &'static str, task: &'static str, nonce: u64| {
+            let req = crate::routing::RouteRequest {
+                task,
+                team,
+                ..Default::default()
+            };
+            e.route(&req, 0.99, T0, nonce).unwrap()
+        };
+        let hard = [
+            "Design a multi-region event store with exactly-once delivery, prove its ordering \
+             guarantees under partitions, and implement the replication protocol in Rust.",
+            "Prove that every planar graph is five-colourable, then analyse the running time of \
+             the algorithm your proof implies.",
+            "Analyse the trade-offs of three consensus protocols for a ledger with 500 replicas, \
+             with failure cases, message complexity and a migration plan.",
+        ];
+        let tiers = |team: &'static str| -> Vec<usize> {
+            hard.iter().map(|t| ask(team, t, 1).0.tier().tier).collect()
+        };
+        let before = tiers("search");
+        let cheapest = 0;
+        assert!(before.iter().all(|&t| t != cheapest), "{before:?}");
+        for i in 0..300u64 {
+            let task = if i % 2 == 0 {
+                hard[(i as usize / 2) % 3]
+            } else {
+                "What is 2 + 2?"
+            };
+            let (_, id) = ask("ads", task, 1_000 + i);
+            let input = FeedbackInput {
+                decision_id: &id,
+                score: 1.0,
+                input_tokens: 100,
+                output_tokens: 50,
+                reused: false,
+                caller_team: Some("ads"),
+            };
+            e.feedback(&input, T0 + 1_000).await.unwrap();
+        }
+        assert_eq!(tiers("search"), before, "search's routing moved");
+        assert!(
+            tiers("ads").contains(&cheapest),
+            "ads' own outcomes move its routing: {:?}",
+            tiers("ads")
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,13 @@
 //! measured there ([`Calibration::workflows`]), less the share the parent already learned from
 //! the label's own outcomes.
 //!
+//! **Teams.** Each team that reports outcomes in a scope also gets evidence of its own (at most
+//! [`MAX_TEAMS`]) and a plan of its own, which starts from the shared plan's curves where the
+//! shared plan starts from the calibration, and meets the bar on the team's own traffic. A
+//! team's outcomes count in full in its own evidence and with a bounded weight in the shared
+//! evidence ([`TEAM_SHARE`] outcomes beyond all other teams' together), so one team cannot move
+//! the routing of a team without evidence beyond that share.
+//!
 //! **Plan.** The bar is met across all workflows of the scope at once:
 //! - `bar_mode = "average"`: routing minimises `cost(tier, task) − λ·quality(tier, workflow,
 //!   band)` with one λ (the scope's price of quality in USD): the smallest λ whose expected
@@ -38,7 +45,8 @@
 //! `max_output_tokens`.
 //!
 //! Memory: a workflow costs about `k × 0.9 KB` for `k` allowed tiers (evidence cells plus the
-//! plan's two curves), so 1,024 workflows of a 4-tier scope take about 3.7 MB.
+//! plan's two curves), so 1,024 workflows of a 4-tier scope take about 3.7 MB, once in the
+//! shared evidence and once more in each team's own that reports outcomes on them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -93,6 +101,11 @@ const DEFAULT_TYPICAL_INPUT_TOKENS: u64 = 500;
 const MAX_SAMPLE_INPUT_TOKENS: u64 = 1 << 20;
 /// Distinct workflows (and, separately, families) kept per scope.
 pub const MAX_WORKFLOWS: usize = 1024;
+/// Teams whose own learned state is kept per scope.
+pub const MAX_TEAMS: usize = 32;
+/// Outcomes' worth of the shared state (what a team without evidence of its own routes on) that
+/// one team can hold beyond all other teams' together.
+pub const TEAM_SHARE: f64 = 10.0;
 /// Output-length reports kept per level; the estimate is their median.
 const OUTPUT_WINDOW: usize = 15;
 /// Reports a level needs before its own median replaces its parent's estimate.
@@ -139,9 +152,9 @@ impl Cell {
         self.n *= f;
         self.sum *= f;
     }
-    fn add(&mut self, score: f64) {
-        self.n += 1.0;
-        self.sum += score;
+    fn add(&mut self, score: f64, weight: f64) {
+        self.n += weight;
+        self.sum += weight * score;
     }
     /// Mean score, 0 without evidence.
     pub fn mean(&self) -> f64 {
@@ -207,11 +220,14 @@ pub struct Level {
     pub last_seen: u64,
     /// Reported output lengths.
     pub output: OutputLengths,
+    /// For a team's own scope level: the shared scope's outcome count when the team last
+    /// reported one (least recently seen team first out).
+    pub last_seen_shared: u64,
 }
 
 impl Level {
-    fn observe(&mut self, tier: &str, band: usize, score: f64, seen: u64) {
-        let decay = 0.5f64.powf(1.0 / HALF_LIFE_FEEDBACKS);
+    fn observe(&mut self, tier: &str, band: usize, score: f64, weight: f64, seen: u64) {
+        let decay = decay_per_outcome();
         for cells in self.cells.values_mut() {
             cells.iter_mut().for_each(|c| c.scale(decay));
         }
@@ -219,11 +235,16 @@ impl Level {
         self.cells
             .entry(tier.to_string())
             .or_insert([Cell::default(); BANDS])[band]
-            .add(score);
-        self.total.add(score);
+            .add(score, weight);
+        self.total.add(score, weight);
         self.feedbacks += 1;
         self.last_seen = seen;
     }
+}
+
+/// What one outcome's weight falls to per later outcome of the same level.
+fn decay_per_outcome() -> f64 {
+    0.5f64.powf(1.0 / HALF_LIFE_FEEDBACKS)
 }
 
 /// The level of `key` in `map`, created if new; a full map first drops its least recently
@@ -241,6 +262,17 @@ fn level_mut<'a>(map: &'a mut HashMap<String, Level>, key: &str) -> &'a mut Leve
     map.entry(key.to_string()).or_default()
 }
 
+/// One team's part in a scope's shared state, decayed on the scope's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct TeamShare {
+    /// The team's decayed outcomes.
+    outcomes: f64,
+    /// The decayed weight those outcomes hold in the shared levels.
+    held: f64,
+    /// The scope's outcome count when this was taken.
+    at: u64,
+}
+
 /// Outcome evidence of one scope.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopeEvidence {
@@ -253,12 +285,72 @@ pub struct ScopeEvidence {
     /// A sample of the scope's recent tasks (workflow, band and real token counts): every task
     /// until it is full, then every `SAMPLE_STRIDE`-th.
     pub recent: VecDeque<TaskShape>,
+    /// Team → the team's own evidence in this scope (itself without teams), at most
+    /// [`MAX_TEAMS`]; the least recently seen team is dropped first.
+    pub teams: HashMap<String, ScopeEvidence>,
+    /// Team → its share on the scope's clock: what bounds its weight in the shared levels.
+    team_outcomes: HashMap<String, TeamShare>,
+    /// Decayed outcome count of all teams together (unweighted).
+    all_outcomes: f64,
 }
 
 impl ScopeEvidence {
     /// Applies one outcome of `tier` on a task of `shape`: quality at every level, output length
-    /// robustly, and the task into the traffic sample.
-    pub fn observe(&mut self, tier: &str, mut shape: TaskShape, score: f64) {
+    /// robustly, and the task into the traffic sample (the shared levels only, at full weight).
+    pub fn observe(&mut self, tier: &str, shape: TaskShape, score: f64) {
+        self.observe_weighted(tier, shape, score, 1.0);
+    }
+
+    /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
+    /// shared levels that every other team of the scope starts from with the team's bounded
+    /// weight ([`ScopeEvidence::share_weight`]).
+    pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) {
+        let weight = self.share_weight(team);
+        if !self.teams.contains_key(team) && self.teams.len() >= MAX_TEAMS {
+            let oldest = self
+                .teams
+                .iter()
+                .min_by(|a, b| {
+                    (a.1.scope.last_seen_shared, a.0).cmp(&(b.1.scope.last_seen_shared, b.0))
+                })
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.teams.remove(&k);
+                self.team_outcomes.remove(&k);
+            }
+        }
+        let now = self.scope.feedbacks + 1;
+        let own = self.teams.entry(team.to_string()).or_default();
+        own.observe_weighted(tier, shape.clone(), score, 1.0);
+        own.scope.last_seen_shared = now;
+        self.observe_weighted(tier, shape, score, weight);
+    }
+
+    /// The weight of `team`'s next outcome in the shared levels, with the team's share updated
+    /// for it. The weight the team holds in the shared state (decayed like the evidence) never
+    /// exceeds [`TEAM_SHARE`] plus the outcomes of all other teams together: one team alone
+    /// holds at most [`TEAM_SHARE`] outcomes' worth however many it sends, while teams of
+    /// similar volume pool their evidence in full.
+    fn share_weight(&mut self, team: &str) -> f64 {
+        let decay = decay_per_outcome();
+        let now = self.scope.feedbacks + 1;
+        let share = self.team_outcomes.get(team).copied().unwrap_or_default();
+        let f = decay.powf(now.saturating_sub(share.at.max(1)) as f64);
+        let (own, held) = (share.outcomes * f, share.held * f);
+        self.all_outcomes *= decay;
+        let others = (self.all_outcomes - own).max(0.0);
+        let weight = (TEAM_SHARE + others - held).clamp(0.0, 1.0);
+        self.all_outcomes += 1.0;
+        let updated = TeamShare {
+            outcomes: own + 1.0,
+            held: held + weight,
+            at: now,
+        };
+        self.team_outcomes.insert(team.to_string(), updated);
+        weight
+    }
+
+    fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {
         let band = usize::from(shape.band).min(BANDS - 1);
         let seen = self.scope.feedbacks + 1;
         let workflow = workflow_key(&shape.workflow).to_string();
@@ -280,15 +372,15 @@ impl ScopeEvidence {
             .get(&workflow)
             .and_then(|l| l.output.estimate())
             .unwrap_or(family_est);
-        self.scope.observe(tier, band, score, seen);
+        self.scope.observe(tier, band, score, weight, seen);
         self.scope.output.observe(tokens, scope_est);
         if let Some(f) = &family {
             let level = level_mut(&mut self.families, f);
-            level.observe(tier, band, score, seen);
+            level.observe(tier, band, score, weight, seen);
             level.output.observe(tokens, family_est);
         }
         let level = level_mut(&mut self.workflows, &workflow);
-        level.observe(tier, band, score, seen);
+        level.observe(tier, band, score, weight, seen);
         level.output.observe(tokens, workflow_est);
         if self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE) {
             if self.recent.len() == TRAFFIC_SAMPLE {
@@ -380,9 +472,17 @@ pub struct ScopePlan {
     pub families: HashMap<String, Arc<WorkflowPlan>>,
     /// Workflow → its learned state.
     pub workflows: HashMap<String, Arc<WorkflowPlan>>,
+    /// Team → the team's own plan, learned from its own outcomes on top of this (shared) one;
+    /// a team without one routes on this plan.
+    pub teams: HashMap<String, Arc<ScopePlan>>,
 }
 
 impl ScopePlan {
+    /// The plan a task of `team` routes on: the team's own, or the shared one.
+    pub fn for_team(&self, team: &str) -> &ScopePlan {
+        self.teams.get(team).map_or(self, Arc::as_ref)
+    }
+
     /// The most specific learned state for `workflow`: its own, its family's, or none.
     pub fn workflow_plan(&self, workflow: &str) -> Option<&WorkflowPlan> {
         let w = workflow_key(workflow);
@@ -588,7 +688,11 @@ struct SampleTask {
     costs: Vec<f64>,
 }
 
-/// Builds the plan of one scope from the calibration and its evidence.
+/// Builds the plan of one scope from the calibration and its evidence: the shared plan, and one
+/// plan per team with evidence of its own, which starts from the shared plan's curves where the
+/// shared one starts from the calibration. A team's outcomes move its own plan in full and the
+/// shared one by a bounded share ([`ScopeEvidence::observe_from`]), so one team cannot move the
+/// routing of another beyond that share; each team's plan meets the bar on its own traffic.
 pub fn plan_scope(
     policy: &Policy,
     scope: &Arc<ScopePolicy>,
@@ -596,12 +700,37 @@ pub fn plan_scope(
     evidence: Option<&ScopeEvidence>,
     previous: Option<&ScopePlan>,
 ) -> ScopePlan {
+    let shared_tokens = evidence.and_then(ScopeEvidence::typical_tokens);
+    let mut plan = plan_level(policy, scope, cal, evidence, previous, None, shared_tokens);
+    if let Some(e) = evidence {
+        let mut teams = HashMap::with_capacity(e.teams.len());
+        for (team, own) in &e.teams {
+            let before = previous.and_then(|p| p.teams.get(team)).map(Arc::as_ref);
+            let tokens = own.typical_tokens().or(shared_tokens);
+            let p = plan_level(policy, scope, cal, Some(own), before, Some(&plan), tokens);
+            teams.insert(team.clone(), Arc::new(p));
+        }
+        plan.teams = teams;
+    }
+    plan
+}
+
+/// One plan from `evidence`: the scope's curves start from `base`'s (a team's plan on the
+/// shared one) or, without a base, from the calibration.
+fn plan_level(
+    policy: &Policy,
+    scope: &Arc<ScopePolicy>,
+    cal: &Calibration,
+    evidence: Option<&ScopeEvidence>,
+    previous: Option<&ScopePlan>,
+    base: Option<&ScopePlan>,
+    tokens: Option<(u64, u64)>,
+) -> ScopePlan {
     let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
     let k = tiers.len();
     let cap = scope.max_output_tokens;
-    let (typ_in, typ_out) = evidence
-        .and_then(ScopeEvidence::typical_tokens)
-        .unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
+    let (typ_in, typ_out) =
+        tokens.unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
     let typ_out = typ_out.min(cap);
     let log_prices: Vec<f64> = tiers
         .iter()
@@ -621,7 +750,10 @@ pub fn plan_scope(
             }
         })
         .collect();
-    let priors: Vec<[f64; BANDS]> = ranks.iter().map(|&rank| prior_curve(cal, rank)).collect();
+    let priors: Vec<[f64; BANDS]> = match base {
+        Some(b) if b.tiers.len() == k => b.tiers.iter().map(|t| t.predicted).collect(),
+        _ => ranks.iter().map(|&rank| prior_curve(cal, rank)).collect(),
+    };
     // A parent's curves as the prior of one of its labels: shifted by what training saw of
     // that label (its log-odds shift, per tier by the same rank as the prior), less the part
     // the parent has already learned from this label's own outcomes.
@@ -922,6 +1054,7 @@ pub fn plan_scope(
         typical_output_tokens: scope_output,
         families,
         workflows,
+        teams: HashMap::new(),
     }
 }
 

@@ -383,8 +383,10 @@ pub fn replay(
     }
     let nf = n.max(1) as f64;
     let table = engine.router.table();
+    // Replay routes as the anonymous team, so its plan is the one that learned.
     let final_thresholds = table
         .default
+        .for_team("")
         .tiers
         .iter()
         .map(|t| (policy.tiers[t.tier].name.clone(), t.threshold))

@@ -186,7 +186,8 @@ pub fn decide(
     // An empty workflow and "default" are the same workflow everywhere.
     let workflow = workflow_key(req.workflow);
     let scope = policy.resolve(req.team, workflow);
-    let plan = table.plan(&scope.key);
+    // The team's own plan where it has one (its outcomes move it), else the scope's shared one.
+    let plan = table.plan(&scope.key).for_team(req.team);
     // A client's length hint is taken up to the policy's cap, and the reason says so.
     let hint = u64::from(req.expected_output_tokens);
     let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);

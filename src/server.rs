@@ -615,36 +615,45 @@ impl Admin for AdminService {
         keys.sort();
         let mut thresholds = Vec::new();
         for key in keys {
-            let plan = &table.plans[key];
-            // The scope-wide row, then families (`name/*`) and workflows by name.
-            let mut levels: Vec<(String, &[crate::learning::TierPlan], f64)> =
-                vec![(String::new(), &plan.tiers[..], plan.realized_quality)];
-            let mut named: Vec<(String, &crate::learning::WorkflowPlan)> = plan
-                .families
-                .iter()
-                .map(|(f, p)| (format!("{f}/*"), p.as_ref()))
-                .chain(plan.workflows.iter().map(|(w, p)| (w.clone(), p.as_ref())))
-                .collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            levels.extend(
-                named
-                    .into_iter()
-                    .map(|(w, p)| (w, &p.tiers[..], p.realized_quality)),
-            );
-            for (workflow, tiers, quality) in levels {
-                for t in tiers {
-                    thresholds.push(pb::TierThreshold {
-                        scope: key.clone(),
-                        tier: table.policy.tiers[t.tier].name.clone(),
-                        threshold: t.threshold,
-                        evidence: t.evidence,
-                        observed_quality: t.observed_quality,
-                        last_move: t.last_move,
-                        bar: plan.target,
-                        scope_quality: quality,
-                        workflow: workflow.clone(),
-                        pinned: plan.policy.pinned_thresholds.is_some(),
-                    });
+            let shared = &table.plans[key];
+            let mut teams: Vec<(&String, &crate::learning::ScopePlan)> =
+                shared.teams.iter().map(|(t, p)| (t, p.as_ref())).collect();
+            teams.sort_by(|a, b| a.0.cmp(b.0));
+            let plans = std::iter::once((None, shared.as_ref()))
+                .chain(teams.into_iter().map(|(t, p)| (Some(t), p)));
+            for (team, plan) in plans {
+                // The scope-wide row, then families (`name/*`) and workflows by name.
+                let mut levels: Vec<(String, &[crate::learning::TierPlan], f64)> =
+                    vec![(String::new(), &plan.tiers[..], plan.realized_quality)];
+                let mut named: Vec<(String, &crate::learning::WorkflowPlan)> = plan
+                    .families
+                    .iter()
+                    .map(|(f, p)| (format!("{f}/*"), p.as_ref()))
+                    .chain(plan.workflows.iter().map(|(w, p)| (w.clone(), p.as_ref())))
+                    .collect();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                levels.extend(
+                    named
+                        .into_iter()
+                        .map(|(w, p)| (w, &p.tiers[..], p.realized_quality)),
+                );
+                for (workflow, tiers, quality) in levels {
+                    for t in tiers {
+                        thresholds.push(pb::TierThreshold {
+                            scope: key.clone(),
+                            tier: table.policy.tiers[t.tier].name.clone(),
+                            threshold: t.threshold,
+                            evidence: t.evidence,
+                            observed_quality: t.observed_quality,
+                            last_move: t.last_move,
+                            bar: plan.target,
+                            scope_quality: quality,
+                            workflow: workflow.clone(),
+                            pinned: plan.policy.pinned_thresholds.is_some(),
+                            team_plan: team.is_some(),
+                            team: team.cloned().unwrap_or_default(),
+                        });
+                    }
                 }
             }
         }

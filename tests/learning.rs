@@ -122,7 +122,9 @@ impl Sim {
 
     fn threshold(&self, tier: &str) -> f64 {
         let t = self.engine.router.table();
-        let plan = &t.default;
+        // The simulation calls without a team: the anonymous team's own plan is what it
+        // routes on (the shared plan holds only a bounded share of its outcomes).
+        let plan = t.default.for_team("");
         plan.tiers
             .iter()
             .find(|p| t.policy.tiers[p.tier].name == tier)

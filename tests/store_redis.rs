@@ -46,10 +46,18 @@ fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Po
 
 fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
     let table = server.engine.router.table();
+    let of = |p: &tokenwise::learning::ScopePlan| p.tiers.iter().map(|t| t.threshold).collect();
+    // Each scope's shared plan, then each team's own ("scope@team").
     let mut v: Vec<(String, Vec<f64>)> = table
         .plans
         .iter()
-        .map(|(k, p)| (k.clone(), p.tiers.iter().map(|t| t.threshold).collect()))
+        .flat_map(|(k, p)| {
+            std::iter::once((k.clone(), of(p))).chain(
+                p.teams
+                    .iter()
+                    .map(move |(t, tp)| (format!("{k}@{t}"), of(tp))),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -403,6 +411,7 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
         .router
         .table()
         .default
+        .for_team("")
         .tiers_for("default")
         .iter()
         .map(|t| t.threshold)

@@ -526,3 +526,133 @@ proptest::proptest! {
         }
     }
 }
+
+fn per_task_policy(bar: f64) -> Policy {
+    Policy::parse(&format!(
+        "{TIERS}[default]\nquality_bar = {bar}\nbar_mode = \"per_task\"\n"
+    ))
+    .unwrap()
+}
+
+/// Shared-level evidence of `tier`, summed over bands.
+fn shared_evidence(ev: &ScopeEvidence, tier: &str) -> f64 {
+    ev.scope
+        .cells
+        .get(tier)
+        .map_or(0.0, |c| c.iter().map(|c| c.n).sum())
+}
+
+#[test]
+fn one_team_moves_its_own_plan_and_only_a_bounded_share_of_the_others() {
+    // The probe of the hardening issue: 300 outcomes from team "ads" saying the cheapest tier
+    // is perfect. Ads' own plan follows them; team "search", with no outcomes of its own,
+    // routes on the shared plan, where ads holds at most TEAM_SHARE outcomes' worth.
+    let (p, cal) = (per_task_policy(0.75), calibration());
+    let before = plan_scope(&p, &p.default, &cal, None, None);
+    let (mut ev, mut pooled) = (ScopeEvidence::default(), ScopeEvidence::default());
+    for i in 0..300 {
+        ev.observe_from("ads", "small", shape(i % BANDS), 1.0);
+        pooled.observe("small", shape(i % BANDS), 1.0);
+    }
+    let n = shared_evidence(&ev, "small");
+    assert!(
+        n <= TEAM_SHARE + 1.0,
+        "ads holds {n} outcomes of the shared state"
+    );
+    let after = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    let unbounded = plan_scope(&p, &p.default, &cal, Some(&pooled), None);
+    // Ads' own plan learns as if it were alone in the scope.
+    let ads = after.for_team("ads");
+    for b in 0..BANDS {
+        let (own, alone) = (ads.tiers[0].predicted[b], unbounded.tiers[0].predicted[b]);
+        assert!((own - alone).abs() < 0.02, "band {b}: {own} vs {alone}");
+    }
+    let search = after.for_team("search");
+    assert!(
+        std::ptr::eq(search, &after),
+        "search has no plan of its own"
+    );
+    assert!(search.tiers[0].threshold < ads.tiers[0].threshold);
+    for b in 0..BANDS {
+        let (q0, q1, qp) = (
+            before.tiers[0].predicted[b],
+            search.tiers[0].predicted[b],
+            unbounded.tiers[0].predicted[b],
+        );
+        // (Where the pooled estimate is clamped at 1, every share reaches it.)
+        if qp < 0.99 {
+            assert!(
+                q1 - q0 <= 0.3 * (qp - q0),
+                "band {b}: {q0} -> {q1} (pooled {qp})"
+            );
+        }
+    }
+    // Search's hard tasks stay where they were: not sent to the cheapest tier.
+    let costs = typical_costs();
+    for b in BANDS / 2..BANDS {
+        let c = (b as f64 + 0.5) / BANDS as f64;
+        let (was, now) = (
+            before.slot_for("", c, b, &costs),
+            search.slot_for("", c, b, &costs),
+        );
+        assert!(now >= was.min(1), "band {b}: slot {was} -> {now}");
+    }
+}
+
+#[test]
+fn a_teams_own_outcomes_move_only_its_own_plan() {
+    let (p, cal) = (per_task_policy(0.75), calibration());
+    let mut ev = ScopeEvidence::default();
+    for i in 0..300 {
+        ev.observe_from("ads", "small", shape(i % BANDS), 1.0);
+        ev.observe_from("search", "small", shape(i % BANDS), 0.0);
+    }
+    let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    let before = plan_scope(&p, &p.default, &cal, None, None);
+    let (ads, search) = (plan.for_team("ads"), plan.for_team("search"));
+    for b in 0..BANDS {
+        let prior = before.tiers[0].predicted[b];
+        let (a, s) = (ads.tiers[0].predicted[b], search.tiers[0].predicted[b]);
+        assert!(
+            a > prior.min(0.99) && s < prior && a - s > 0.5,
+            "band {b}: {a} / {s}"
+        );
+    }
+    assert!(ads.tiers[0].threshold > 0.5);
+    assert_eq!(search.tiers[0].threshold, 0.0);
+}
+
+#[test]
+fn teams_of_similar_volume_pool_their_evidence_in_full() {
+    let mut ev = ScopeEvidence::default();
+    for i in 0..600 {
+        let team = if i % 2 == 0 { "ads" } else { "search" };
+        ev.observe_from(team, "small", shape(i % BANDS), 1.0);
+    }
+    let mut pooled = ScopeEvidence::default();
+    for i in 0..600 {
+        pooled.observe("small", shape(i % BANDS), 1.0);
+    }
+    let (n, full) = (
+        shared_evidence(&ev, "small"),
+        shared_evidence(&pooled, "small"),
+    );
+    assert!(n > 0.95 * full, "{n} of {full}");
+    // A third team without outcomes starts from what the two learned together.
+    let (p, cal) = (per_task_policy(0.75), calibration());
+    let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    let full = plan_scope(&p, &p.default, &cal, Some(&pooled), None);
+    assert_eq!(thresholds(plan.for_team("new")), thresholds(&full));
+}
+
+#[test]
+fn teams_per_scope_are_capped_least_recently_seen_first() {
+    let mut ev = ScopeEvidence::default();
+    for t in 0..MAX_TEAMS + 5 {
+        ev.observe_from(&format!("team-{t}"), "small", shape(3), 1.0);
+    }
+    assert_eq!(ev.teams.len(), MAX_TEAMS);
+    assert!(!ev.teams.contains_key("team-0"));
+    assert!(ev.teams.contains_key(&format!("team-{}", MAX_TEAMS + 4)));
+    assert!(ev.team_outcomes.len() <= MAX_TEAMS);
+}
