@@ -770,10 +770,25 @@ async fn auth_off_serves_calls_without_a_key() {
 
     let r = admin.get_report(report_req("")).await.unwrap().into_inner();
     assert_eq!(total_tasks(&r), 2);
-    admin
+    // Each scope's shared rows, and the rows of the plan its reporting team learned itself.
+    let th = admin
         .get_thresholds(GetThresholdsRequest::default())
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .thresholds;
+    for team in ["ads", "search"] {
+        let scope = format!("team:{team}");
+        assert!(
+            th.iter().any(|t| t.scope == scope && !t.team_plan),
+            "{th:?}"
+        );
+        assert!(
+            th.iter()
+                .any(|t| t.scope == scope && t.team_plan && t.team == team),
+            "{th:?}"
+        );
+    }
     assert_eq!(
         admin
             .get_policy(GetPolicyRequest {})
