@@ -47,6 +47,10 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write `unix_ms decision_id` of every acknowledged Feedback (warm-up included) to this
+    /// file at the end: what a fault test checks the store against.
+    #[arg(long)]
+    acked: Option<std::path::PathBuf>,
     /// cargo bench passes --bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -84,6 +88,15 @@ struct Recorder {
     feedback: Stats,
 }
 
+/// Acknowledged feedbacks: (unix ms when the answer came, decision id).
+type Acked = Arc<Mutex<Vec<(u128, String)>>>;
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 type Shared = Arc<Mutex<Recorder>>;
 
 fn record(rec: &Shared, f: impl FnOnce(&mut Recorder)) {
@@ -98,6 +111,7 @@ async fn call(
     start: Instant,
     route_only: bool,
     rec: Option<Shared>,
+    acked: Option<Acked>,
 ) {
     let req = RouteRequest {
         task: TASKS[i % TASKS.len()].into(),
@@ -123,6 +137,7 @@ async fn call(
         return;
     }
     let sent = Instant::now();
+    let id = acked.as_ref().map(|_| d.decision_id.clone());
     let fb = FeedbackRequest {
         decision_id: d.decision_id,
         score: if i.is_multiple_of(4) { 0.0 } else { 1.0 },
@@ -131,6 +146,12 @@ async fn call(
         reused: false,
     };
     let result = client.feedback(fb).await;
+    if let (Ok(_), Some(acked), Some(id)) = (&result, &acked, id) {
+        acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((unix_ms(), id));
+    }
     if let Some(rec) = &rec {
         match result {
             Ok(_) => record(rec, |r| r.feedback.ok(sent)),
@@ -182,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--seconds must be at least 1");
     }
     let rec: Shared = Arc::default();
+    let acked: Option<Acked> = args.acked.as_ref().map(|_| Arc::default());
     let warmup = Duration::from_secs(1);
     let total = warmup + Duration::from_secs(args.seconds);
     let began = Instant::now();
@@ -200,7 +222,8 @@ async fn main() -> anyhow::Result<()> {
             let r = counting(due).then(|| rec.clone());
             // From when it is sent: the timer wakes in 1 ms steps, so calls due within one step
             // go out together; a slow server still cannot hold later calls back.
-            tasks.spawn(call(client, i, Instant::now(), args.route_only, r));
+            let a = acked.clone();
+            tasks.spawn(call(client, i, Instant::now(), args.route_only, r, a));
             i += 1;
             // Reap finished calls now and then so the set stays small.
             while tasks.try_join_next().is_some() {}
@@ -212,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
             let client = clients[w % clients.len()].clone();
             let rec = rec.clone();
             let route_only = args.route_only;
+            let acked = acked.clone();
             workers.spawn(async move {
                 let mut i = w;
                 loop {
@@ -220,12 +244,20 @@ async fn main() -> anyhow::Result<()> {
                         break;
                     }
                     let r = counting(now).then(|| rec.clone());
-                    call(client.clone(), i, now, route_only, r).await;
+                    call(client.clone(), i, now, route_only, r, acked.clone()).await;
                     i += args.workers.max(1);
                 }
             });
         }
         while workers.join_next().await.is_some() {}
+    }
+    if let (Some(path), Some(acked)) = (&args.acked, &acked) {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (ms, id) in acked.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            writeln!(out, "{ms} {id}")?;
+        }
+        out.flush()?;
     }
     let seconds = args.seconds as f64;
     let mut rec = rec.lock().unwrap_or_else(PoisonError::into_inner);
