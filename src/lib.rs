@@ -5,7 +5,7 @@
 //! - [`classifier`] scores its difficulty with the bundled item-response model: a complexity in
 //!   [0, 1].
 //! - [`policy`] holds the tier catalogue and the scoped policies (quality bar, allowed tiers).
-//! - [`learning`] turns calibration plus outcome evidence (per scope, family and workflow) into
+//! - [`learning`] turns calibration plus outcome evidence (per scope, team, family and workflow) into
 //!   per-scope plans (the planner).
 //! - [`routing`] decides: policy scope → thresholds → cheapest tier that admits the task.
 //! - [`server`] is the gRPC face (tonic): handlers convert proto ↔ domain and call [`routing`].

@@ -1,7 +1,11 @@
+use super::estimate::estimate;
 use super::*;
+use crate::classifier::Calibration;
 use crate::classifier::CalibrationBand;
+use crate::policy::Policy;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
 fn calibration() -> Calibration {
     // Cheap model strong on easy tasks, weak on hard; premium steady.

@@ -1,0 +1,282 @@
+//! Outcome evidence: decayed cells per (level, tier, band), the traffic sample, robust output
+//! lengths, and each team's own evidence with its bounded share of the shared levels.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::*;
+
+/// Decayed outcome statistics: effective count and score sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cell {
+    /// Effective number of outcomes.
+    pub n: f64,
+    /// Effective sum of scores.
+    pub sum: f64,
+}
+
+impl Cell {
+    fn scale(&mut self, f: f64) {
+        self.n *= f;
+        self.sum *= f;
+    }
+    fn add(&mut self, score: f64, weight: f64) {
+        self.n += weight;
+        self.sum += weight * score;
+    }
+    /// Mean score, 0 without evidence.
+    pub fn mean(&self) -> f64 {
+        if self.n > 0.0 { self.sum / self.n } else { 0.0 }
+    }
+}
+
+/// Size of one observed task: what the planner prices tiers on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskShape {
+    /// Workflow label as the caller sent it.
+    pub workflow: Arc<str>,
+    /// Complexity band.
+    pub band: u8,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// Robust output length: the median of the last reports, each clipped near the estimate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputLengths {
+    reports: VecDeque<u64>,
+}
+
+impl OutputLengths {
+    fn observe(&mut self, tokens: u64, current: u64) {
+        let current = current.max(1);
+        let x = tokens.clamp(
+            (current / OUTPUT_STEP).max(1),
+            current.saturating_mul(OUTPUT_STEP),
+        );
+        if self.reports.len() == OUTPUT_WINDOW {
+            self.reports.pop_front();
+        }
+        self.reports.push_back(x);
+    }
+
+    /// The median report, once there are enough of them.
+    pub fn estimate(&self) -> Option<u64> {
+        if self.reports.len() < OUTPUT_MIN_REPORTS {
+            return None;
+        }
+        let mut v: Vec<u64> = self.reports.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+}
+
+/// Outcome evidence at one level of a scope (the scope itself, a family or a workflow), keyed
+/// by tier name so it survives policy edits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Level {
+    /// Tier name → per-band cells.
+    pub cells: HashMap<String, [Cell; BANDS]>,
+    /// Decayed outcomes of the level (realized quality).
+    pub total: Cell,
+    /// Outcomes ever applied.
+    pub feedbacks: u64,
+    /// The scope's outcome count when this level last received one (least recently seen first
+    /// out).
+    pub last_seen: u64,
+    /// Reported output lengths.
+    pub output: OutputLengths,
+    /// For a team's own scope level: the shared scope's outcome count when the team last
+    /// reported one (least recently seen team first out).
+    pub last_seen_shared: u64,
+}
+
+impl Level {
+    fn observe(&mut self, tier: &str, band: usize, score: f64, weight: f64, seen: u64) {
+        let decay = decay_per_outcome();
+        for cells in self.cells.values_mut() {
+            cells.iter_mut().for_each(|c| c.scale(decay));
+        }
+        self.total.scale(decay);
+        self.cells
+            .entry(tier.to_string())
+            .or_insert([Cell::default(); BANDS])[band]
+            .add(score, weight);
+        self.total.add(score, weight);
+        self.feedbacks += 1;
+        self.last_seen = seen;
+    }
+}
+
+/// What one outcome's weight falls to per later outcome of the same level.
+fn decay_per_outcome() -> f64 {
+    0.5f64.powf(1.0 / HALF_LIFE_FEEDBACKS)
+}
+
+/// The level of `key` in `map`, created if new; a full map first drops its least recently
+/// seen entry.
+fn level_mut<'a>(map: &'a mut HashMap<String, Level>, key: &str) -> &'a mut Level {
+    if !map.contains_key(key) && map.len() >= MAX_WORKFLOWS {
+        let oldest = map
+            .iter()
+            .min_by(|a, b| a.1.last_seen.cmp(&b.1.last_seen).then(a.0.cmp(b.0)))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            map.remove(&k);
+        }
+    }
+    map.entry(key.to_string()).or_default()
+}
+
+/// One team's part in a scope's shared state, decayed on the scope's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct TeamShare {
+    /// The team's decayed outcomes.
+    outcomes: f64,
+    /// The decayed weight those outcomes hold in the shared levels.
+    held: f64,
+    /// The scope's outcome count when this was taken.
+    at: u64,
+}
+
+/// Outcome evidence of one scope.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeEvidence {
+    /// The scope as a whole.
+    pub scope: Level,
+    /// Family → evidence.
+    pub families: HashMap<String, Level>,
+    /// Workflow → evidence (empty label as [`DEFAULT_WORKFLOW`]).
+    pub workflows: HashMap<String, Level>,
+    /// A sample of the scope's recent tasks (workflow, band and real token counts): every task
+    /// until it is full, then every `SAMPLE_STRIDE`-th.
+    pub recent: VecDeque<TaskShape>,
+    /// Team → the team's own evidence in this scope (itself without teams), at most
+    /// [`MAX_TEAMS`]; the least recently seen team is dropped first.
+    pub teams: HashMap<String, ScopeEvidence>,
+    /// Team → its share on the scope's clock: what bounds its weight in the shared levels.
+    pub(super) team_outcomes: HashMap<String, TeamShare>,
+    /// Decayed outcome count of all teams together (unweighted).
+    all_outcomes: f64,
+}
+
+impl ScopeEvidence {
+    /// Applies one outcome of `tier` on a task of `shape`: quality at every level, output length
+    /// robustly, and the task into the traffic sample (the shared levels only, at full weight).
+    pub fn observe(&mut self, tier: &str, shape: TaskShape, score: f64) {
+        self.observe_weighted(tier, shape, score, 1.0);
+    }
+
+    /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
+    /// shared levels that every other team of the scope starts from with the team's bounded
+    /// weight ([`ScopeEvidence::share_weight`]).
+    pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) {
+        let weight = self.share_weight(team);
+        if !self.teams.contains_key(team) && self.teams.len() >= MAX_TEAMS {
+            let oldest = self
+                .teams
+                .iter()
+                .min_by(|a, b| {
+                    (a.1.scope.last_seen_shared, a.0).cmp(&(b.1.scope.last_seen_shared, b.0))
+                })
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.teams.remove(&k);
+                self.team_outcomes.remove(&k);
+            }
+        }
+        let now = self.scope.feedbacks + 1;
+        let own = self.teams.entry(team.to_string()).or_default();
+        own.observe_weighted(tier, shape.clone(), score, 1.0);
+        own.scope.last_seen_shared = now;
+        self.observe_weighted(tier, shape, score, weight);
+    }
+
+    /// The weight of `team`'s next outcome in the shared levels, with the team's share updated
+    /// for it. The weight the team holds in the shared state (decayed like the evidence) never
+    /// exceeds [`TEAM_SHARE`] plus the outcomes of all other teams together: one team alone
+    /// holds at most [`TEAM_SHARE`] outcomes' worth however many it sends, while teams of
+    /// similar volume pool their evidence in full.
+    fn share_weight(&mut self, team: &str) -> f64 {
+        let decay = decay_per_outcome();
+        let now = self.scope.feedbacks + 1;
+        let share = self.team_outcomes.get(team).copied().unwrap_or_default();
+        let f = decay.powf(now.saturating_sub(share.at.max(1)) as f64);
+        let (own, held) = (share.outcomes * f, share.held * f);
+        self.all_outcomes *= decay;
+        let others = (self.all_outcomes - own).max(0.0);
+        let weight = (TEAM_SHARE + others - held).clamp(0.0, 1.0);
+        self.all_outcomes += 1.0;
+        let updated = TeamShare {
+            outcomes: own + 1.0,
+            held: held + weight,
+            at: now,
+        };
+        self.team_outcomes.insert(team.to_string(), updated);
+        weight
+    }
+
+    fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {
+        let band = usize::from(shape.band).min(BANDS - 1);
+        let seen = self.scope.feedbacks + 1;
+        let workflow = workflow_key(&shape.workflow).to_string();
+        let family = family_of(&workflow).map(str::to_string);
+        let tokens = shape.output_tokens;
+        // Output length first, against the estimate before this report.
+        let scope_est = self
+            .scope
+            .output
+            .estimate()
+            .unwrap_or(DEFAULT_TYPICAL_OUTPUT_TOKENS);
+        let family_est = family
+            .as_ref()
+            .and_then(|f| self.families.get(f))
+            .and_then(|l| l.output.estimate())
+            .unwrap_or(scope_est);
+        let workflow_est = self
+            .workflows
+            .get(&workflow)
+            .and_then(|l| l.output.estimate())
+            .unwrap_or(family_est);
+        self.scope.observe(tier, band, score, weight, seen);
+        self.scope.output.observe(tokens, scope_est);
+        if let Some(f) = &family {
+            let level = level_mut(&mut self.families, f);
+            level.observe(tier, band, score, weight, seen);
+            level.output.observe(tokens, family_est);
+        }
+        let level = level_mut(&mut self.workflows, &workflow);
+        level.observe(tier, band, score, weight, seen);
+        level.output.observe(tokens, workflow_est);
+        if self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE) {
+            if self.recent.len() == TRAFFIC_SAMPLE {
+                self.recent.pop_front();
+            }
+            shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
+            shape.output_tokens = shape
+                .output_tokens
+                .min(workflow_est.saturating_mul(OUTPUT_STEP));
+            self.recent.push_back(shape);
+        }
+    }
+
+    /// Outcomes ever applied to the scope.
+    pub fn feedbacks(&self) -> u64 {
+        self.scope.feedbacks
+    }
+
+    /// Median token counts of the recent tasks, once there are enough of them.
+    pub(super) fn typical_tokens(&self) -> Option<(u64, u64)> {
+        let n = self.recent.len();
+        (n >= MIN_TRAFFIC_SAMPLE / 4).then(|| {
+            let median = |f: fn(&TaskShape) -> u64| {
+                let mut v: Vec<u64> = self.recent.iter().map(f).collect();
+                v.sort_unstable();
+                v[n / 2]
+            };
+            (median(|t| t.input_tokens), median(|t| t.output_tokens))
+        })
+    }
+}
