@@ -63,26 +63,37 @@ fn key_path(status: &tonic::Status) -> String {
 }
 
 /// Routes continuously until told to stop; returns (ok, errors).
-fn route_loop(
+/// Routes in a loop until told to stop; returns once the loop has made its first 11 calls, so
+/// the change a test makes next happens under traffic however slow the machine is.
+async fn route_loop(
     server: &TestServer,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<(usize, usize)>,
 ) {
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<()>();
     let addr = server.addr;
     let handle = tokio::spawn(async move {
         let mut c =
             tokenwise::server::pb::router_client::RouterClient::new(common::connect(addr).await);
         let (mut ok, mut err) = (0, 0);
+        let mut warm = Some(warm_tx);
         while rx.try_recv().is_err() {
             match c.route(route_req(WORD_PROBLEM)).await {
                 Ok(_) => ok += 1,
                 Err(_) => err += 1,
             }
+            if ok + err > 10
+                && let Some(w) = warm.take()
+            {
+                let _ = w.send(());
+            }
         }
         (ok, err)
     });
+    // A loop that failed to start drops its sender: the test's assertions report it.
+    let _ = warm_rx.await;
     (tx, handle)
 }
 
@@ -141,8 +152,7 @@ async fn apply_validate_rollback_and_the_audit_trail() {
         .unwrap()
         .into_inner();
     assert_eq!(v.changes, vec!["scope default: quality_bar 0.7 → 0.8"]);
-    let (stop, traffic) = route_loop(&server);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (stop, traffic) = route_loop(&server).await;
     let applied = admin
         .apply_policy(ApplyPolicyRequest {
             text: with_bar("0.8"),
@@ -252,7 +262,7 @@ async fn the_policy_file_hot_reloads_and_a_bad_one_is_refused() {
     assert_eq!(live_version(&server).await, v0);
 
     // A valid one takes effect without dropping a request.
-    let (stop, traffic) = route_loop(&server);
+    let (stop, traffic) = route_loop(&server).await;
     std::fs::write(&file, with_bar("0.6")).unwrap();
     let v1 = Policy::parse(&with_bar("0.6")).unwrap().version;
     until_version(&server, &v1).await;
