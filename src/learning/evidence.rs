@@ -240,17 +240,27 @@ impl ScopeEvidence {
             .get(&workflow)
             .and_then(|l| l.output.estimate())
             .unwrap_or(family_est);
+        // A team beyond its share moves the shared quality by its weight, and the shared output
+        // lengths and traffic sample (what other teams' cost estimates and prices come from)
+        // not at all.
+        let shapes = weight >= 0.5;
         self.scope.observe(tier, band, score, weight, seen);
-        self.scope.output.observe(tokens, scope_est);
+        if shapes {
+            self.scope.output.observe(tokens, scope_est);
+        }
         if let Some(f) = &family {
             let level = level_mut(&mut self.families, f);
             level.observe(tier, band, score, weight, seen);
-            level.output.observe(tokens, family_est);
+            if shapes {
+                level.output.observe(tokens, family_est);
+            }
         }
         let level = level_mut(&mut self.workflows, &workflow);
         level.observe(tier, band, score, weight, seen);
-        level.output.observe(tokens, workflow_est);
-        if self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE) {
+        if shapes {
+            level.output.observe(tokens, workflow_est);
+        }
+        if shapes && (self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE)) {
             if self.recent.len() == TRAFFIC_SAMPLE {
                 self.recent.pop_front();
             }

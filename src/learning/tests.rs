@@ -660,3 +660,24 @@ fn teams_per_scope_are_capped_least_recently_seen_first() {
     assert!(ev.teams.contains_key(&format!("team-{}", MAX_TEAMS + 4)));
     assert!(ev.team_outcomes.len() <= MAX_TEAMS);
 }
+
+#[test]
+fn a_team_beyond_its_share_moves_no_shared_output_length_or_traffic_sample() {
+    // Team "ads" uses up its share of the shared state with ordinary outputs, then reports 16x
+    // longer ones, over and over. "search" has no outcomes of its own and routes on the shared
+    // plan, whose output estimate and traffic sample must not follow ads beyond its share.
+    let (p, cal) = (per_task_policy(0.75), calibration());
+    let mut ev = ScopeEvidence::default();
+    for i in 0..20 {
+        ev.observe_from("ads", "small", shape(i % BANDS), 1.0);
+    }
+    let sampled = ev.recent.len();
+    assert!(sampled <= TEAM_SHARE as usize + 1, "{sampled}");
+    for i in 0..300 {
+        ev.observe_from("ads", "small", shape_in("", i % BANDS, 500, 256 * 16), 1.0);
+    }
+    let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    assert_eq!(plan.for_team("ads").typical_output_tokens, 256 * 16);
+    assert_eq!(plan.for_team("search").typical_output_tokens, 256);
+    assert_eq!(ev.recent.len(), sampled);
+}
