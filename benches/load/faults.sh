@@ -26,6 +26,7 @@ PREFIX=tw-faults
 bin=target/release/tokenwise
 cargo build --release --quiet --bin tokenwise --bench mixed
 load=$(ls -t target/release/deps/mixed-* | grep -v '\.d$' | head -1)
+. benches/load/lib.sh
 LOADS=()
 pid() { cat "$OUT/$1.pid" 2>/dev/null || true; }
 cleanup() { kill $(pid redis) $(pid a) $(pid b) "${LOADS[@]}" 2>/dev/null || true; }
@@ -43,9 +44,7 @@ start_redis() {
 # start_replica NAME PORT: a replica with its own spill file.
 start_replica() {
   local name=$1 port=$2
-  cat deploy/policy.toml > "$OUT/$name/policy.toml"
-  printf '\n[store]\nkind = "redis"\nurl = "redis://127.0.0.1:%s"\nprefix = "%s"\nspill_file = "%s/spill.jsonl"\n' \
-    $RPORT $PREFIX "$OUT/$name" >> "$OUT/$name/policy.toml"
+  redis_policy "$OUT/$name" $RPORT $PREFIX
   (RUST_LOG=warn $bin serve --config "$OUT/$name/policy.toml" --no-auth \
     --listen "127.0.0.1:$port" --metrics-listen off 2>> "$OUT/$name/server.log" &
     echo $! > "$OUT/$name.pid")

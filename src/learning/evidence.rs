@@ -88,9 +88,6 @@ pub struct Level {
     pub last_seen: u64,
     /// Reported output lengths.
     pub output: OutputLengths,
-    /// For a team's own scope level: the shared scope's outcome count when the team last
-    /// reported one (least recently seen team first out).
-    pub last_seen_shared: u64,
 }
 
 impl Level {
@@ -130,15 +127,34 @@ fn level_mut<'a>(map: &'a mut HashMap<String, Level>, key: &str) -> &'a mut Leve
     map.entry(key.to_string()).or_default()
 }
 
-/// One team's part in a scope's shared state, decayed on the scope's clock.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct TeamShare {
+/// One team's part of a scope: its own evidence, and its share of the shared levels (decayed
+/// on the scope's clock).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TeamEvidence {
+    /// The team's own evidence in the scope (itself without teams).
+    pub evidence: ScopeEvidence,
     /// The team's decayed outcomes.
     outcomes: f64,
     /// The decayed weight those outcomes hold in the shared levels.
     held: f64,
-    /// The scope's outcome count when this was taken.
+    /// The scope's outcome count at the team's last outcome (least recently seen first out).
     at: u64,
+}
+
+impl TeamEvidence {
+    /// The weight of the team's next outcome (number `now` of the scope) in the shared levels,
+    /// with its share updated for it. The weight the team holds in the shared state never
+    /// exceeds [`TEAM_SHARE`] plus `others`, the other teams' decayed outcomes together: one
+    /// team alone holds at most [`TEAM_SHARE`] outcomes' worth however many it sends, while
+    /// teams of similar volume pool their evidence in full.
+    fn next_weight(&mut self, now: u64, all: f64) -> f64 {
+        let f = decay_per_outcome().powf(now.saturating_sub(self.at.max(1)) as f64);
+        let (own, held) = (self.outcomes * f, self.held * f);
+        let others = (all - own).max(0.0);
+        let weight = (TEAM_SHARE + others - held).clamp(0.0, 1.0);
+        (self.outcomes, self.held, self.at) = (own + 1.0, held + weight, now);
+        weight
+    }
 }
 
 /// Outcome evidence of one scope.
@@ -153,11 +169,9 @@ pub struct ScopeEvidence {
     /// A sample of the scope's recent tasks (workflow, band and real token counts): every task
     /// until it is full, then every `SAMPLE_STRIDE`-th.
     pub recent: VecDeque<TaskShape>,
-    /// Team → the team's own evidence in this scope (itself without teams), at most
-    /// [`MAX_TEAMS`]; the least recently seen team is dropped first.
-    pub teams: HashMap<String, ScopeEvidence>,
-    /// Team → its share on the scope's clock: what bounds its weight in the shared levels.
-    pub(super) team_outcomes: HashMap<String, TeamShare>,
+    /// Team → its own evidence and share, at most [`MAX_TEAMS`]; the least recently seen team
+    /// is dropped first.
+    pub teams: HashMap<String, TeamEvidence>,
     /// Decayed outcome count of all teams together (unweighted).
     all_outcomes: f64,
 }
@@ -171,51 +185,26 @@ impl ScopeEvidence {
 
     /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
     /// shared levels that every other team of the scope starts from with the team's bounded
-    /// weight ([`ScopeEvidence::share_weight`]).
+    /// weight ([`TeamEvidence::next_weight`]).
     pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) {
-        let weight = self.share_weight(team);
         if !self.teams.contains_key(team) && self.teams.len() >= MAX_TEAMS {
             let oldest = self
                 .teams
                 .iter()
-                .min_by(|a, b| {
-                    (a.1.scope.last_seen_shared, a.0).cmp(&(b.1.scope.last_seen_shared, b.0))
-                })
+                .min_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.teams.remove(&k);
-                self.team_outcomes.remove(&k);
             }
         }
         let now = self.scope.feedbacks + 1;
+        self.all_outcomes *= decay_per_outcome();
         let own = self.teams.entry(team.to_string()).or_default();
-        own.observe_weighted(tier, shape.clone(), score, 1.0);
-        own.scope.last_seen_shared = now;
-        self.observe_weighted(tier, shape, score, weight);
-    }
-
-    /// The weight of `team`'s next outcome in the shared levels, with the team's share updated
-    /// for it. The weight the team holds in the shared state (decayed like the evidence) never
-    /// exceeds [`TEAM_SHARE`] plus the outcomes of all other teams together: one team alone
-    /// holds at most [`TEAM_SHARE`] outcomes' worth however many it sends, while teams of
-    /// similar volume pool their evidence in full.
-    fn share_weight(&mut self, team: &str) -> f64 {
-        let decay = decay_per_outcome();
-        let now = self.scope.feedbacks + 1;
-        let share = self.team_outcomes.get(team).copied().unwrap_or_default();
-        let f = decay.powf(now.saturating_sub(share.at.max(1)) as f64);
-        let (own, held) = (share.outcomes * f, share.held * f);
-        self.all_outcomes *= decay;
-        let others = (self.all_outcomes - own).max(0.0);
-        let weight = (TEAM_SHARE + others - held).clamp(0.0, 1.0);
+        let weight = own.next_weight(now, self.all_outcomes);
+        own.evidence
+            .observe_weighted(tier, shape.clone(), score, 1.0);
         self.all_outcomes += 1.0;
-        let updated = TeamShare {
-            outcomes: own + 1.0,
-            held: held + weight,
-            at: now,
-        };
-        self.team_outcomes.insert(team.to_string(), updated);
-        weight
+        self.observe_weighted(tier, shape, score, weight);
     }
 
     fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {

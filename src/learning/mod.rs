@@ -54,7 +54,7 @@ mod evidence;
 mod plan;
 mod table;
 
-pub use evidence::{Cell, Level, OutputLengths, ScopeEvidence, TaskShape};
+pub use evidence::{Cell, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence};
 pub use plan::{ScopePlan, TierPlan, WorkflowPlan, plan_scope};
 pub use table::RoutingTable;
 

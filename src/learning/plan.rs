@@ -190,6 +190,7 @@ pub fn plan_scope(
     if let Some(e) = evidence {
         let mut teams = HashMap::with_capacity(e.teams.len());
         for (team, own) in &e.teams {
+            let own = &own.evidence;
             let before = previous.and_then(|p| p.teams.get(team)).map(Arc::as_ref);
             let tokens = own.typical_tokens().or(shared_tokens);
             let p = plan_level(policy, scope, cal, Some(own), before, Some(&plan), tokens);
