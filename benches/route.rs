@@ -14,7 +14,7 @@ use tokenwise::classifier::ComplexityModel;
 use tokenwise::features::{TaskInput, visit_features};
 use tokenwise::learning::RoutingTable;
 use tokenwise::policy::Policy;
-use tokenwise::routing::{Limits, RouteRequest, Router};
+use tokenwise::routing::{Limits, RouteRequest, decide};
 
 const BASE: &str = "A bakery sells muffins for $3 each and cookies for $1.50 each. On Monday it \
 sold 48 muffins and twice as many cookies. On Tuesday it sold 25% fewer muffins than Monday and \
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
     let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
     let policy = Arc::new(Policy::embedded().expect("embedded policy"));
     let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
-    let router = Router::new(model.clone(), table, Limits::default());
+    let limits = Limits::default();
 
     let mut g = c.benchmark_group("hot_path");
     for size in [256usize, 2048, 16 * 1024] {
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         };
         g.bench_with_input(BenchmarkId::new("route_decision", size), &req, |b, req| {
-            b.iter(|| router.route(black_box(req), 0.5))
+            b.iter(|| decide(&model, &table, &limits, black_box(req), 0.5))
         });
     }
     g.finish();
@@ -70,7 +70,8 @@ fn bench(c: &mut Criterion) {
 /// matter), and one Feedback applied end to end (verify, record, fold, re-plan, publish).
 fn by_store(c: &mut Criterion) {
     use tokenwise::decision::Signer;
-    use tokenwise::feedback::{Engine, FeedbackInput};
+    use tokenwise::engine::Engine;
+    use tokenwise::feedback::FeedbackInput;
     use tokenwise::store::{MemoryStore, OutageBuffer, RedisStore, StateStore};
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -96,17 +97,14 @@ fn by_store(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("by_store");
     for (name, store) in stores {
-        let engine = Engine::with_store(
+        let engine = Engine::builder(
             model.clone(),
             policy.clone(),
-            Limits::default(),
             Signer::new(b"bench").expect("signer"),
-            // Spent-nonce keys expire a minute after the bench.
-            60_000,
-            true,
-            store,
-            OutageBuffer::in_memory(0),
-        );
+        )
+        .decision_ttl_ms(60_000)
+        .store(store, OutageBuffer::in_memory(0))
+        .build();
         // Some learned state first, so plans are not the cold ones.
         let mut nonce = 0u64;
         let mut feed = |engine: &Engine| {
@@ -128,7 +126,11 @@ fn by_store(c: &mut Criterion) {
         }
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("route_2KB", name), |b| {
-            b.iter(|| engine.router.route(black_box(&req), 0.5))
+            let mut route_nonce = 1u64 << 40;
+            b.iter(|| {
+                route_nonce += 1;
+                engine.route(black_box(&req), 0.5, 1_000, route_nonce)
+            })
         });
         g.bench_function(BenchmarkId::new("feedback", name), |b| {
             b.iter(|| feed(&engine))
@@ -154,7 +156,7 @@ fn by_store(c: &mut Criterion) {
 /// budgets and with two covering budgets.
 fn books(c: &mut Criterion) {
     use tokenwise::decision::Signer;
-    use tokenwise::feedback::Engine;
+    use tokenwise::engine::Engine;
 
     let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
     let budgets = format!(
@@ -176,23 +178,17 @@ fn books(c: &mut Criterion) {
         ("two_budgets", budgets),
     ] {
         let policy = Arc::new(Policy::parse(&text).expect("policy"));
-        let engine = Engine::new(
+        let engine = Engine::builder(
             model.clone(),
             policy,
-            Limits::default(),
             Signer::new(b"bench").expect("signer"),
-            60_000,
-            true,
-        );
+        )
+        .decision_ttl_ms(60_000)
+        .build();
         let mut nonce = 0u64;
-        g.bench_function(BenchmarkId::new("decide+sign", name), |b| {
-            b.iter(|| {
-                nonce += 1;
-                let d = engine.router.route(black_box(&req), 0.5).expect("route");
-                engine
-                    .learner
-                    .issue(&d, req.team, req.workflow, 1_000, nonce)
-            })
+        let (table, limits) = (engine.table(), Limits::default());
+        g.bench_function(BenchmarkId::new("decide", name), |b| {
+            b.iter(|| decide(engine.model(), &table, &limits, black_box(&req), 0.5))
         });
         g.bench_function(BenchmarkId::new("route_with_books", name), |b| {
             b.iter(|| {
@@ -211,18 +207,15 @@ fn books(c: &mut Criterion) {
 /// on shared state shows as CPU per call growing with N.
 fn contention(c: &mut Criterion) {
     use tokenwise::decision::Signer;
-    use tokenwise::feedback::Engine;
+    use tokenwise::engine::Engine;
 
     let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
     let policy = Arc::new(Policy::embedded().expect("embedded policy"));
-    let engine = Arc::new(Engine::new(
-        model,
-        policy,
-        Limits::default(),
-        Signer::new(b"bench").expect("signer"),
-        60_000,
-        true,
-    ));
+    let engine = Arc::new(
+        Engine::builder(model, policy, Signer::new(b"bench").expect("signer"))
+            .decision_ttl_ms(60_000)
+            .build(),
+    );
     let task = Arc::new(task_of(256));
     let mut g = c.benchmark_group("contention");
     g.throughput(Throughput::Elements(1));

@@ -662,7 +662,7 @@ pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Builds the engine that `serve` runs from its arguments.
-pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Engine> {
+pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engine> {
     let policy = match &args.config {
         Some(p) => Policy::load(path_str(p)?)
             .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
@@ -716,18 +716,17 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::feedback::Eng
     };
     tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
     let (store, buffer) = crate::store::open(&policy.store, &args.listen)?;
-    Ok(crate::feedback::Engine::with_store(
+    Ok(crate::engine::Engine::builder(
         std::sync::Arc::new(model),
         std::sync::Arc::new(policy),
-        crate::routing::Limits {
-            max_task_bytes: args.max_task_bytes,
-        },
         signer,
-        args.decision_ttl_secs.saturating_mul(1000),
-        true,
-        store,
-        buffer,
-    ))
+    )
+    .limits(crate::routing::Limits {
+        max_task_bytes: args.max_task_bytes,
+    })
+    .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
+    .store(store, buffer)
+    .build())
 }
 
 async fn shutdown_signal() {
@@ -827,7 +826,7 @@ pub fn main() -> anyhow::Result<()> {
                 rate_limit_per_team: args.rate_limit_per_team,
                 auth,
                 metrics_addr,
-                refresh_interval: std::time::Duration::from_millis(engine.router.table().policy.store.refresh_ms),
+                refresh_interval: std::time::Duration::from_millis(engine.policy().store.refresh_ms),
                 request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
                 bench_noop: args.bench_noop,
                 max_concurrent_requests: args.max_concurrent_requests,
@@ -837,7 +836,7 @@ pub fn main() -> anyhow::Result<()> {
             runtime()?.block_on(async move {
                 // A store that is down is an outage the server rides out; one that refuses the
                 // credentials is a configuration error that waiting will not fix.
-                if let Err(crate::store::StoreError::Config(why)) = engine.learner.store().ping().await {
+                if let Err(crate::store::StoreError::Config(why)) = engine.store().ping().await {
                     bail!("store: {why}");
                 }
                 let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -14,7 +14,6 @@
 //! Data flows one way: `server` → `routing` → (`classifier`, `policy`, `learning`); the domain
 //! never sees proto types.
 
-pub mod admin;
 pub mod auth;
 pub mod books;
 pub mod classifier;
@@ -22,6 +21,7 @@ pub mod cli;
 pub mod codec;
 pub mod dataset;
 pub mod decision;
+pub mod engine;
 pub mod features;
 pub mod feedback;
 pub mod learning;

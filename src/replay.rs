@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::classifier::ComplexityModel;
 use crate::dataset::Record;
 use crate::decision::Signer;
-use crate::feedback::{Engine, FeedbackInput};
+use crate::engine::Engine;
+use crate::feedback::FeedbackInput;
 use crate::policy::{Policy, PolicyError, Tier};
-use crate::routing::{Limits, RouteRequest};
+use crate::routing::RouteRequest;
 
 /// Replay settings.
 #[derive(Debug, Clone)]
@@ -280,14 +281,10 @@ pub fn replay(
     };
     let policy = Arc::new(policy);
     let signer = Signer::new(b"replay").map_err(|e| ReplayError::Setup(e.to_string()))?;
-    let engine = Engine::new(
-        model,
-        policy.clone(),
-        Limits::default(),
-        signer,
-        u64::MAX / 4,
-        opts.learning,
-    );
+    let engine = Engine::builder(model, policy.clone(), signer)
+        .decision_ttl_ms(u64::MAX / 4)
+        .learning(opts.learning)
+        .build();
     // The learner's store interface is async; replay drives it on a single-threaded runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -382,7 +379,7 @@ pub fn replay(
         *counts.entry(chosen.name.clone()).or_default() += 1;
     }
     let nf = n.max(1) as f64;
-    let table = engine.router.table();
+    let table = engine.table();
     // Replay routes as the anonymous team, so its plan is the one that learned.
     let final_thresholds = table
         .default

@@ -466,17 +466,6 @@ impl Router {
         }
     }
 
-    /// Routes one request.
-    pub fn route(&self, req: &RouteRequest<'_>, explore_draw: f64) -> Result<Decision, RouteError> {
-        decide(
-            &self.model,
-            &self.table.load(),
-            &self.limits,
-            req,
-            explore_draw,
-        )
-    }
-
     /// The current table, borrowed for one call (no reference count touched: Route uses this).
     pub fn current(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
         self.table.load()
@@ -528,6 +517,13 @@ mod tests {
         assert_eq!(s, "NaN");
     }
     use std::collections::HashMap;
+
+    impl Router {
+        /// The decision alone (what [`crate::engine::Engine::route`] starts with).
+        fn route(&self, req: &RouteRequest<'_>, draw: f64) -> Result<Decision, RouteError> {
+            decide(self.model(), &self.current(), self.limits(), req, draw)
+        }
+    }
 
     fn router() -> Router {
         let model = Arc::new(ComplexityModel::bundled().unwrap());

@@ -17,7 +17,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::feedback::{Engine, FeedbackError, FeedbackInput, ReuseInput, RouteRefused};
+use crate::engine::{Engine, RouteRefused};
+use crate::feedback::{FeedbackError, FeedbackInput, ReuseInput};
 use crate::policy::Period;
 use crate::report::{self, build::ReportQuery};
 use crate::routing::{Decision, RouteError, RouteRequest};
@@ -455,7 +456,7 @@ impl RouterRpc for RouterService {
         let result = self.route_inner(request);
         Counters::count(&self.counters.route_ok, &self.counters.route_err, &result);
         self.engine
-            .metrics
+            .metrics()
             .route_seconds
             .observe(started.elapsed().as_secs_f64());
         result
@@ -601,65 +602,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetThresholdsResponse>, Status> {
         auth::require_admin(auth::caller(&request), "GetThresholds")?;
         let want = request.into_inner().scope;
-        let table = self.engine.router.table();
-        if !want.is_empty() && !table.plans.contains_key(&want) {
-            return Err(Status::not_found(format!(
-                "scope {want:?} is not in the live policy"
-            )));
-        }
-        let mut keys: Vec<&String> = table
-            .plans
-            .keys()
-            .filter(|k| want.is_empty() || **k == want)
-            .collect();
-        keys.sort();
-        let mut thresholds = Vec::new();
-        for key in keys {
-            let shared = &table.plans[key];
-            let mut teams: Vec<(&String, &crate::learning::ScopePlan)> =
-                shared.teams.iter().map(|(t, p)| (t, p.as_ref())).collect();
-            teams.sort_by(|a, b| a.0.cmp(b.0));
-            let plans = std::iter::once((None, shared.as_ref()))
-                .chain(teams.into_iter().map(|(t, p)| (Some(t), p)));
-            for (team, plan) in plans {
-                // The scope-wide row, then families (`name/*`) and workflows by name.
-                let mut levels: Vec<(String, &[crate::learning::TierPlan], f64)> =
-                    vec![(String::new(), &plan.tiers[..], plan.realized_quality)];
-                let mut named: Vec<(String, &crate::learning::WorkflowPlan)> = plan
-                    .families
-                    .iter()
-                    .map(|(f, p)| (format!("{f}/*"), p.as_ref()))
-                    .chain(plan.workflows.iter().map(|(w, p)| (w.clone(), p.as_ref())))
-                    .collect();
-                named.sort_by(|a, b| a.0.cmp(&b.0));
-                levels.extend(
-                    named
-                        .into_iter()
-                        .map(|(w, p)| (w, &p.tiers[..], p.realized_quality)),
-                );
-                for (workflow, tiers, quality) in levels {
-                    for t in tiers {
-                        thresholds.push(pb::TierThreshold {
-                            scope: key.clone(),
-                            tier: table.policy.tiers[t.tier].name.clone(),
-                            threshold: t.threshold,
-                            evidence: t.evidence,
-                            observed_quality: t.observed_quality,
-                            last_move: t.last_move,
-                            bar: plan.target,
-                            scope_quality: quality,
-                            workflow: workflow.clone(),
-                            pinned: plan.policy.pinned_thresholds.is_some(),
-                            team_plan: team.is_some(),
-                            team: team.cloned().unwrap_or_default(),
-                        });
-                    }
-                }
-            }
-        }
+        let t = self.engine.thresholds(&want).map_err(|scope| {
+            Status::not_found(format!("scope {scope:?} is not in the live policy"))
+        })?;
         Ok(Response::new(pb::GetThresholdsResponse {
-            thresholds,
-            policy_version: table.policy.version.clone(),
+            thresholds: t.rows.into_iter().map(threshold_to_proto).collect(),
+            policy_version: t.policy_version,
         }))
     }
 
@@ -687,7 +635,7 @@ impl Admin for AdminService {
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         auth::require_admin(auth::caller(&request), "GetPolicy")?;
-        let p = self.engine.router.table().policy.clone();
+        let p = self.engine.policy();
         Ok(Response::new(pb::GetPolicyResponse {
             version: p.version.clone(),
             text: p.source.to_string(),
@@ -700,26 +648,24 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
         auth::require_admin(auth::caller(&request), "ValidatePolicy")?;
         let r = request.into_inner();
-        let proposed = self
+        let check = self
             .engine
-            .validate_policy(&r.text)
+            .check_policy(&r.text, r.what_if)
+            .await
             .map_err(policy_invalid)?;
-        let live = self.engine.router.table().policy.clone();
-        let changes = crate::policy::diff(&live, &proposed);
-        let version = proposed.version.clone();
-        let what_if = if r.what_if {
-            let w = self.engine.what_if(Arc::new(proposed)).await;
-            w.scopes
-                .into_iter()
-                .chain(std::iter::once(w.total))
-                .map(what_if_to_proto)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let what_if = check
+            .what_if
+            .map(|w| {
+                w.scopes
+                    .into_iter()
+                    .chain(std::iter::once(w.total))
+                    .map(what_if_to_proto)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Response::new(pb::ValidatePolicyResponse {
-            version,
-            changes,
+            version: check.version,
+            changes: check.changes,
             what_if,
         }))
     }
@@ -752,7 +698,7 @@ impl Admin for AdminService {
             })?;
         Ok(Response::new(pb::ListPolicyVersionsResponse {
             changes: changes.into_iter().map(change_to_proto).collect(),
-            live_version: self.engine.router.table().policy.version.clone(),
+            live_version: self.engine.policy().version.clone(),
         }))
     }
 
@@ -807,8 +753,8 @@ fn policy_invalid(e: crate::policy::PolicyError) -> Status {
     )
 }
 
-fn admin_error(e: crate::admin::AdminError) -> Status {
-    use crate::admin::AdminError;
+fn admin_error(e: crate::engine::AdminError) -> Status {
+    use crate::engine::AdminError;
     match e {
         AdminError::Invalid(p) => policy_invalid(p),
         AdminError::AlreadyLive(_) => Status::already_exists(e.to_string()),
@@ -829,7 +775,7 @@ fn change_to_proto(c: crate::store::PolicyChange) -> pb::PolicyChange {
     }
 }
 
-fn what_if_to_proto(w: crate::admin::WhatIfScope) -> pb::WhatIfScope {
+fn what_if_to_proto(w: crate::engine::WhatIfScope) -> pb::WhatIfScope {
     pb::WhatIfScope {
         scope: w.scope,
         tasks: w.tasks,
@@ -850,19 +796,27 @@ impl AdminService {
     async fn report(&self, r: pb::GetReportRequest) -> Result<report::Report, Status> {
         let now = now_ms();
         let q = report_query(&r, now)?;
-        let policy = self.engine.router.table().policy.clone();
-        let store = self.engine.learner.store();
-        let unavailable = |e: crate::store::StoreError| {
-            Status::unavailable(format!("report needs the store: {e}"))
-        };
         self.engine
-            .books
-            .flush(&policy, store, now)
+            .report(&q, now)
             .await
-            .map_err(unavailable)?;
-        report::build::build(&policy, &self.engine.books, store, &q, now)
-            .await
-            .map_err(unavailable)
+            .map_err(|e| Status::unavailable(format!("report needs the store: {e}")))
+    }
+}
+
+fn threshold_to_proto(t: crate::learning::ThresholdRow) -> pb::TierThreshold {
+    pb::TierThreshold {
+        scope: t.scope,
+        tier: t.tier,
+        threshold: t.threshold,
+        evidence: t.evidence,
+        observed_quality: t.observed_quality,
+        last_move: t.last_move,
+        bar: t.bar,
+        scope_quality: t.scope_quality,
+        workflow: t.workflow,
+        pinned: t.pinned,
+        team_plan: t.team.is_some(),
+        team: t.team.unwrap_or_default(),
     }
 }
 
@@ -1033,7 +987,7 @@ pub async fn run(
                         continue;
                     }
                 }
-                let ok = engine.refresh(now_ms()).await && !engine.learner.is_degraded();
+                let ok = engine.refresh(now_ms()).await && !engine.is_degraded();
                 if ok != last {
                     reporter
                         .set_service_status(STORE_HEALTH_SERVICE, store_status(ok))
@@ -1070,7 +1024,7 @@ pub async fn run(
             "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
         ),
     }
-    let counters = Arc::new(Counters::registered(&engine.metrics));
+    let counters = Arc::new(Counters::registered(engine.metrics()));
     let (router, noop) = if config.bench_noop {
         tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
         let noop = RouterServer::new(NoopRouter {
@@ -1315,14 +1269,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_team_is_refused_before_the_rate_limiter_keys_it() {
-        let engine = Engine::new(
+        let engine = Engine::builder(
             Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
             Arc::new(crate::policy::Policy::embedded().unwrap()),
-            crate::routing::Limits::default(),
             crate::decision::Signer::new(b"test-secret").unwrap(),
-            60_000,
-            true,
-        );
+        )
+        .decision_ttl_ms(60_000)
+        .build();
         let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
             std::num::NonZeroU32::new(100).unwrap(),
         )));

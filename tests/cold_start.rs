@@ -9,14 +9,14 @@
     clippy::print_stdout
 )]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokenwise::classifier::ComplexityModel;
-use tokenwise::learning::RoutingTable;
+use tokenwise::decision::Signer;
+use tokenwise::engine::Engine;
 use tokenwise::policy::Policy;
-use tokenwise::routing::{Decision, Limits, RouteRequest, Router};
+use tokenwise::routing::{Decision, RouteRequest};
 
 #[derive(Deserialize)]
 struct Pairs {
@@ -30,14 +30,14 @@ struct Pair {
     hard: String,
 }
 
-fn router() -> Router {
+/// What `tokenwise serve` runs on embedded defaults.
+fn router() -> Engine {
     let model = Arc::new(ComplexityModel::bundled().unwrap());
     let policy = Arc::new(Policy::embedded().unwrap());
-    let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
-    Router::new(model, table, Limits::default())
+    Engine::builder(model, policy, Signer::new(b"k").unwrap()).build()
 }
 
-fn route(r: &Router, task: &str) -> Decision {
+fn route(r: &Engine, task: &str) -> Decision {
     // A draw above any exploration rate: the safe choice.
     r.route(
         &RouteRequest {
@@ -45,8 +45,11 @@ fn route(r: &Router, task: &str) -> Decision {
             ..Default::default()
         },
         0.999,
+        1_000,
+        1,
     )
     .unwrap()
+    .0
 }
 
 #[test]

@@ -12,7 +12,6 @@ use tonic::Code;
 async fn evidence_total(server: &TestServer) -> u64 {
     server
         .engine
-        .learner
         .evidence()
         .await
         .values()
@@ -57,7 +56,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
         .await
         .unwrap()
         .into_inner();
-    let thresholds_before = server.engine.router.table();
+    let thresholds_before = server.engine.table();
 
     let cases: Vec<(pb::FeedbackRequest, Code, &str)> = vec![
         (fb(&d.decision_id, f64::NAN), Code::InvalidArgument, "score"),
@@ -133,7 +132,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
     );
     assert!(std::sync::Arc::ptr_eq(
         &thresholds_before,
-        &server.engine.router.table()
+        &server.engine.table()
     ));
 
     // The real id still works after all the refusals.
@@ -147,18 +146,18 @@ async fn expired_decisions_get_a_clear_error() {
     use tokenwise::routing::RouteRequest;
     let server = TestServer::start().await;
     let engine = &server.engine;
-    let d = engine
-        .router
+    let issued = 1_000_000u64;
+    let (_, id) = engine
         .route(
             &RouteRequest {
                 task: "hello",
                 ..Default::default()
             },
             0.9,
+            issued,
+            7,
         )
         .unwrap();
-    let issued = 1_000_000u64;
-    let id = engine.learner.issue(&d, "", "", issued, 7);
     let input = FeedbackInput {
         decision_id: &id,
         score: 1.0,

@@ -11,9 +11,10 @@ use rand::{Rng, SeedableRng};
 use tokenwise::classifier::ComplexityModel;
 use tokenwise::dataset::{self, Record, Split};
 use tokenwise::decision::Signer;
-use tokenwise::feedback::{Engine, FeedbackInput};
+use tokenwise::engine::Engine;
+use tokenwise::feedback::FeedbackInput;
 use tokenwise::policy::Policy;
-use tokenwise::routing::{Limits, RouteRequest};
+use tokenwise::routing::RouteRequest;
 
 const CHEAP: &str = "mixtral-8x7b-instruct";
 const PREMIUM: &str = "gpt-4-1106-preview";
@@ -64,14 +65,9 @@ impl Sim {
     fn new(policy: &str) -> Self {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
         let policy = Arc::new(Policy::parse(policy).unwrap());
-        let engine = Engine::new(
-            model,
-            policy,
-            Limits::default(),
-            Signer::new(b"k").unwrap(),
-            u64::MAX / 4,
-            true,
-        );
+        let engine = Engine::builder(model, policy, Signer::new(b"k").unwrap())
+            .decision_ttl_ms(u64::MAX / 4)
+            .build();
         Self {
             engine,
             runtime: tokio::runtime::Builder::new_current_thread()
@@ -121,7 +117,7 @@ impl Sim {
     }
 
     fn threshold(&self, tier: &str) -> f64 {
-        let t = self.engine.router.table();
+        let t = self.engine.table();
         // The simulation calls without a team: the anonymous team's own plan is what it
         // routes on (the shared plan holds only a bounded share of its outcomes).
         let plan = t.default.for_team("");

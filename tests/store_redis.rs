@@ -45,7 +45,7 @@ fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Po
 }
 
 fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
-    let table = server.engine.router.table();
+    let table = server.engine.table();
     let of = |p: &tokenwise::learning::ScopePlan| p.tiers.iter().map(|t| t.threshold).collect();
     // Each scope's shared plan, then each team's own ("scope@team").
     let mut v: Vec<(String, Vec<f64>)> = table
@@ -168,10 +168,7 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
         client.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
         acknowledged.insert(decode_nonce(&d.decision_id));
     }
-    assert!(
-        server.engine.learner.buffered() > 0,
-        "the outage was not noticed"
-    );
+    assert!(server.engine.buffered() > 0, "the outage was not noticed");
     cluster.nodes[owner].restart();
     // The deployment's own log (the contract above used another prefix).
     let mut cfg = policy().store;
@@ -243,7 +240,7 @@ async fn two_replicas_learn_together(policy: &dyn Fn() -> Policy) {
     // On a loaded machine A may have buffered the outcome (a store call past its timeout) and
     // record it on its next refresh; once it is in Redis, B must refuse the duplicate.
     let recorded = std::time::Instant::now();
-    while a.engine.learner.buffered() > 0 {
+    while a.engine.buffered() > 0 {
         assert!(
             recorded.elapsed() < Duration::from_secs(10),
             "A never recorded its buffered outcome"
@@ -324,7 +321,7 @@ async fn a_redis_outage_loses_no_route_and_no_feedback() {
         saw_degraded,
         "health should report the store NOT_SERVING during the outage"
     );
-    assert!(server.engine.learner.buffered() > 0);
+    assert!(server.engine.buffered() > 0);
     redis.restart();
     for j in 0..100 {
         let (r, n) = step("after", i + j).await;
@@ -373,7 +370,6 @@ async fn a_redis_outage_loses_no_route_and_no_feedback() {
     loop {
         let counted: u64 = server
             .engine
-            .learner
             .evidence()
             .await
             .values()
@@ -408,7 +404,6 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
     assert_ne!(learned, cold);
     let a_default_workflow: Vec<f64> = a
         .engine
-        .router
         .table()
         .default
         .for_team("")
@@ -749,7 +744,7 @@ async fn ids_issued_before_redis_lost_its_data_are_refused_not_counted_again() {
     // Until a refresh has read the store again (reconnect, then every 100 ms here), a replay
     // could slip through: that window is documented. Wait it out.
     let start = Instant::now();
-    while !server.engine.learner.data_reset_seen() {
+    while !server.engine.data_reset_seen() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "no refresh saw the reset"

@@ -56,7 +56,7 @@ mod table;
 
 pub use evidence::{Cell, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence};
 pub use plan::{ScopePlan, TierPlan, WorkflowPlan, plan_scope};
-pub use table::RoutingTable;
+pub use table::{RoutingTable, ThresholdRow};
 
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
 pub const BANDS: usize = 20;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokenwise::classifier::ComplexityModel;
 use tokenwise::decision::Signer;
-use tokenwise::feedback::Engine;
+use tokenwise::engine::Engine;
 use tokenwise::policy::Policy;
 use tokenwise::routing::Limits;
 use tokenwise::server::pb::admin_client::AdminClient;
@@ -50,16 +50,17 @@ impl TestServer {
         );
         let (store, buffer) = tokenwise::store::open(&policy.store, &name).unwrap();
         let refresh = std::time::Duration::from_millis(policy.store.refresh_ms);
-        let engine = Arc::new(Engine::with_store(
-            model,
-            Arc::new(policy),
-            limits,
-            Signer::new(b"test-secret").unwrap(),
-            24 * 3600 * 1000,
-            true,
-            store,
-            buffer,
-        ));
+        let engine = Arc::new(
+            Engine::builder(
+                model,
+                Arc::new(policy),
+                Signer::new(b"test-secret").unwrap(),
+            )
+            .limits(limits)
+            .decision_ttl_ms(24 * 3600 * 1000)
+            .store(store, buffer)
+            .build(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

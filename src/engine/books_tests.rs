@@ -1,0 +1,335 @@
+//! The books through the engine: budgets at Route, flushes, outages and carry-over.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use crate::books::*;
+use crate::classifier::ComplexityModel;
+use crate::decision::Signer;
+use crate::engine::{Engine, RouteRefused};
+use crate::policy::{Period, Policy};
+use crate::routing::RouteRequest;
+use crate::store::{CounterAdd, StateStore, StoreError};
+use std::sync::Arc;
+
+const POLICY: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[default]
+exploration_rate = 0.0
+thresholds = { small = 0.0 }
+[[budgets]]
+team = "t"
+period = "day"
+hard_limit_usd = 0.007
+on_exhausted = "reject"
+on_store_unavailable = "fail_closed"
+[[budgets]]
+team = "u"
+period = "day"
+hard_limit_usd = 0.007
+on_exhausted = "cheapest"
+"#;
+
+fn engine() -> Engine {
+    Engine::builder(
+        Arc::new(ComplexityModel::bundled().unwrap()),
+        Arc::new(Policy::parse(POLICY).unwrap()),
+        Signer::new(b"k").unwrap(),
+    )
+    .decision_ttl_ms(3_600_000)
+    .build()
+}
+
+fn route(e: &Engine, team: &str, now: u64) -> Result<String, RouteRefused> {
+    // 200 input tokens, 50 output: premium 3,500 µ$.
+    let task = "word ".repeat(160);
+    e.route(
+        &RouteRequest {
+            task: &task,
+            team,
+            expected_output_tokens: 50,
+            ..Default::default()
+        },
+        0.5,
+        now,
+        now,
+    )
+    .map(|(d, _)| d.tier().name.clone())
+}
+
+#[test]
+fn a_new_period_starts_with_the_full_budget() {
+    let e = engine();
+    // 2026-11-29 23:59:59 UTC, then midnight.
+    let late = 1_795_996_799_000;
+    assert_eq!(route(&e, "t", late).unwrap(), "premium");
+    assert_eq!(route(&e, "t", late).unwrap(), "premium");
+    let err = route(&e, "t", late).unwrap_err();
+    let RouteRefused::Budget(b) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(b.budget, "team:t/day");
+    assert_eq!(b.resets_ms, late + 1000);
+    // The next day starts from zero; the old day's usage stays with the old day.
+    assert_eq!(route(&e, "t", late + 1000).unwrap(), "premium");
+    let use_now = e.books.budget_usage(&e.router.table().policy, late + 1000);
+    assert_eq!(use_now[0].used_micros, 3_500);
+    let use_then = e.books.budget_usage(&e.router.table().policy, late);
+    assert_eq!(use_then[0].used_micros, 7_000);
+    // Another team's budget is untouched.
+    assert_eq!(use_now[1].used_micros, 0);
+}
+
+#[test]
+fn fail_closed_budgets_hold_while_the_store_is_down_and_fail_open_ones_do_not() {
+    let e = engine();
+    let now = 1_795_934_463_000;
+    e.books.set_store_down(true);
+    assert!(matches!(route(&e, "t", now), Err(RouteRefused::Budget(_))));
+    // Fail open: enforced on the local view, which has room.
+    assert_eq!(route(&e, "u", now).unwrap(), "premium");
+    e.books.set_store_down(false);
+    assert_eq!(route(&e, "t", now).unwrap(), "premium");
+}
+
+/// The ledger hour of `now` and team u's daily budget, as a store holds them.
+#[tokio::test]
+async fn routes_from_many_threads_are_all_counted_and_labels_stay_capped() {
+    let e = Arc::new(engine());
+    let now = 1_796_000_000_000;
+    // 8 threads × 300 calls, 150 distinct teams (over the cap of 100), no budget covers them.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let e = e.clone();
+            s.spawn(move || {
+                for i in 0..300 {
+                    route(&e, &format!("team{}", (t * 300 + i) % 150), now).unwrap();
+                }
+            });
+        }
+    });
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), now)
+        .await
+        .unwrap();
+    assert_eq!(e.books.pending_cells(), 0);
+    let ledger = &e
+        .learner
+        .store()
+        .read_counters(&[ledger_hash(now)])
+        .await
+        .unwrap()[0];
+    let tasks: Vec<(&str, i64)> = ledger
+        .iter()
+        .filter_map(|(f, v)| {
+            let (m, team, _, _) = parse_ledger_field(f)?;
+            (m == metric::TASKS).then_some((team, *v))
+        })
+        .collect();
+    assert_eq!(tasks.iter().map(|(_, v)| v).sum::<i64>(), 2_400);
+    let named = tasks.iter().filter(|(t, _)| *t != OTHER).count();
+    assert_eq!(named, MAX_TEAMS, "{tasks:?}");
+    // Each named team routed 16 times (2,400 / 150); the other 50 teams' 800 are `other`.
+    assert!(
+        tasks
+            .iter()
+            .all(|&(t, v)| if t == OTHER { v == 800 } else { v == 16 }),
+        "{tasks:?}"
+    );
+}
+
+async fn ledger_and_budget_of_u(store: &dyn StateStore, now: u64) -> Vec<HashMap<String, i64>> {
+    store
+        .read_counters(&[
+            ledger_hash(now),
+            budget_hash("team:u/day", Period::Day.start_ms(now)),
+        ])
+        .await
+        .unwrap()
+}
+
+/// A store that is down for everything.
+struct Down;
+#[async_trait::async_trait]
+impl StateStore for Down {
+    async fn record(
+        &self,
+        _: &crate::store::OutcomeEvent,
+        _: u64,
+    ) -> Result<crate::store::Recorded, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn events_since(
+        &self,
+        _: u64,
+        _: usize,
+    ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn add_counters(&self, _: u64, _: &[CounterAdd]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn read_counters(&self, _: &[String]) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn append_policy_change(
+        &self,
+        _: &crate::store::PolicyChange,
+    ) -> Result<u64, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn policy_changes(&self, _: u64) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    fn kind(&self) -> &'static str {
+        "down"
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_every_count_for_the_next_one() {
+    let e = engine();
+    let now = 1_795_934_463_000;
+    route(&e, "u", now).unwrap();
+    route(&e, "u", now).unwrap();
+    let policy = e.router.table().policy.clone();
+    assert!(e.books.flush(&policy, &Down, now).await.is_err());
+    // Still counted locally: the budget sees both, and a working store gets both.
+    assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+    let store = crate::store::MemoryStore::new();
+    e.books.flush(&policy, &store, now).await.unwrap();
+    assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+    let read = ledger_and_budget_of_u(&store, now).await;
+    assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
+    assert_eq!(
+        read[0][&ledger_field(metric::SPEND, "u", "", "premium")],
+        7_000
+    );
+    assert_eq!(read[1][BUDGET_USED], 7_000);
+}
+
+#[tokio::test]
+async fn a_write_that_landed_but_timed_out_is_not_counted_twice() {
+    /// Applies the first batch, then reports a timeout (as Redis can after EXEC).
+    struct LandsThenTimesOut(crate::store::MemoryStore, std::sync::atomic::AtomicBool);
+    #[async_trait::async_trait]
+    impl StateStore for LandsThenTimesOut {
+        async fn record(
+            &self,
+            e: &crate::store::OutcomeEvent,
+            n: u64,
+        ) -> Result<crate::store::Recorded, StoreError> {
+            self.0.record(e, n).await
+        }
+        async fn events_since(
+            &self,
+            c: u64,
+            m: usize,
+        ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
+            self.0.events_since(c, m).await
+        }
+        async fn add_counters(&self, b: u64, a: &[CounterAdd]) -> Result<(), StoreError> {
+            self.0.add_counters(b, a).await?;
+            if self.1.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("redis call timed out".into()));
+            }
+            Ok(())
+        }
+        async fn read_counters(
+            &self,
+            h: &[String],
+        ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+            self.0.read_counters(h).await
+        }
+        async fn append_policy_change(
+            &self,
+            c: &crate::store::PolicyChange,
+        ) -> Result<u64, StoreError> {
+            self.0.append_policy_change(c).await
+        }
+        async fn policy_changes(
+            &self,
+            f: u64,
+        ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
+            self.0.policy_changes(f).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+    }
+    let e = engine();
+    let now = 1_795_934_463_000;
+    let store = LandsThenTimesOut(
+        crate::store::MemoryStore::new(),
+        std::sync::atomic::AtomicBool::new(true),
+    );
+    let policy = e.router.table().policy.clone();
+    route(&e, "u", now).unwrap();
+    assert!(e.books.flush(&policy, &store, now).await.is_err());
+    // Still counted once locally, and once in the store after the resend.
+    assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 3_500);
+    route(&e, "u", now).unwrap();
+    e.books.flush(&policy, &store, now).await.unwrap();
+    e.books.flush(&policy, &store, now).await.unwrap();
+    assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
+    let read = store.read_counters(&[ledger_hash(now)]).await.unwrap();
+    assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
+}
+
+#[tokio::test]
+async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
+    let path = std::env::temp_dir().join(format!(
+        "tw-books-carry-{}-{}.jsonl",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let start = |store: Arc<dyn StateStore>| {
+        Engine::builder(
+            Arc::new(ComplexityModel::bundled().unwrap()),
+            Arc::new(Policy::parse(POLICY).unwrap()),
+            Signer::new(b"k").unwrap(),
+        )
+        .decision_ttl_ms(3_600_000)
+        .store(
+            store,
+            crate::store::OutageBuffer::new(0, Some(path.clone())).unwrap(),
+        )
+        .build()
+    };
+    let now = 1_795_934_463_000;
+    let e = start(Arc::new(Down));
+    route(&e, "u", now).unwrap();
+    route(&e, "u", now).unwrap();
+    // The store is down at shutdown: the counts are kept on disk, not dropped.
+    e.shutdown(now).await;
+    drop(e);
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let next = start(store.clone());
+    assert_eq!(next.books.resumed(), 1);
+    assert!(next.refresh(now).await);
+    assert_eq!(next.books.resumed(), 0);
+    let read = ledger_and_budget_of_u(store.as_ref(), now).await;
+    assert_eq!(read[0][&ledger_field(metric::TASKS, "u", "", "premium")], 2);
+    assert_eq!(read[1][BUDGET_USED], 7_000);
+    // Sent: the carry-over file is gone, and a third start has nothing to resend.
+    assert!(!path.with_extension("carry").exists());
+    drop(next);
+    assert_eq!(start(store.clone()).books.resumed(), 0);
+}

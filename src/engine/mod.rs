@@ -1,0 +1,500 @@
+//! The engine: the one façade the faces (gRPC, CLI, replay, benches) call, with one method per
+//! use case: route, feedback, reuse, report, thresholds, policy administration, refresh, shutdown.
+//!
+//! It owns the router (the live table), the learner (feedback → evidence → plans), the books
+//! (spend and budgets), the metrics and the policy administration. Its fields are private: what
+//! production runs is what tests and benches call.
+
+#[cfg(test)]
+mod books_tests;
+mod policy_admin;
+#[cfg(test)]
+mod tests;
+mod what_if;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::books::Books;
+use crate::classifier::ComplexityModel;
+use crate::decision::Signer;
+use crate::feedback::{
+    DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackError, FeedbackInput, Learner, ReuseAck,
+    ReuseInput,
+};
+use crate::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::report::Report;
+use crate::report::build::ReportQuery;
+use crate::routing::{self, Decision, Limits, Router};
+use crate::store::{MemoryStore, OutageBuffer, PolicyChange, StateStore, StoreError};
+
+pub use policy_admin::AdminError;
+use policy_admin::{Live, PolicyAdmin};
+pub use what_if::{WhatIf, WhatIfScope, what_if};
+
+/// The router, the learner that feeds it and the books: what `serve` and `replay` both run.
+pub struct Engine {
+    /// Decides.
+    router: Router,
+    /// Learns.
+    learner: Learner,
+    /// Counts spend and enforces budgets.
+    books: Books,
+    /// What `/metrics` exports.
+    metrics: Arc<Metrics>,
+    /// Policy versions, hot reload, audit.
+    policy_admin: PolicyAdmin,
+    /// Whether route accounting carried over from the previous run still waits in its file.
+    carry_over_pending: AtomicBool,
+}
+
+/// Why Route refused a call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteRefused {
+    /// The request is invalid.
+    #[error(transparent)]
+    Invalid(#[from] crate::routing::RouteError),
+    /// A hard budget with `on_exhausted = "reject"` is used up.
+    #[error(transparent)]
+    Budget(#[from] crate::books::BudgetExhausted),
+}
+
+/// A proposed policy, checked against the live one.
+#[derive(Debug, Clone)]
+pub struct PolicyCheck {
+    /// The proposal's version (hash of its text).
+    pub version: String,
+    /// What it changes, one line each.
+    pub changes: Vec<String>,
+    /// The recent window replayed under both, when asked for.
+    pub what_if: Option<WhatIf>,
+}
+
+/// The learned thresholds of the live table.
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// One row per (scope, team plan, workflow level, tier).
+    pub rows: Vec<ThresholdRow>,
+    /// The live policy's version.
+    pub policy_version: String,
+}
+
+/// Builds an [`Engine`]: a model, a policy and the decision signer, then what differs from the
+/// defaults (request limits, decision TTL, learning on, the in-memory store).
+pub struct EngineBuilder {
+    model: Arc<ComplexityModel>,
+    policy: Arc<Policy>,
+    signer: Signer,
+    limits: Limits,
+    ttl_ms: u64,
+    learning: bool,
+    store: Option<(Arc<dyn StateStore>, OutageBuffer)>,
+}
+
+impl EngineBuilder {
+    /// Request limits (default: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long a decision id accepts feedback (default 24 hours).
+    pub fn decision_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
+    }
+
+    /// Whether outcomes move the plans (default on; off for a frozen replay).
+    pub fn learning(mut self, on: bool) -> Self {
+        self.learning = on;
+        self
+    }
+
+    /// The shared store and this replica's outage buffer (default: in memory, no spill file).
+    pub fn store(mut self, store: Arc<dyn StateStore>, buffer: OutageBuffer) -> Self {
+        self.store = Some((store, buffer));
+        self
+    }
+
+    /// The engine, with no evidence yet (a store's state is read by its first sync).
+    pub fn build(self) -> Engine {
+        let Self {
+            model,
+            policy,
+            signer,
+            limits,
+            ttl_ms,
+            learning,
+            store,
+        } = self;
+        let (store, buffer) = store.unwrap_or_else(|| {
+            let memory: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+            (memory, OutageBuffer::in_memory(0))
+        });
+        let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
+        let learner = Learner::new(
+            signer,
+            ttl_ms,
+            model.calibration.clone(),
+            learning,
+            store,
+            buffer,
+        );
+        let metrics = Arc::new(Metrics::new());
+        let books = Books::new(metrics.clone());
+        // Route accounting a previous run could not send: sent first by the next flush.
+        let carried: Vec<crate::books::Batch> = learner.buffer().load_carry_over();
+        if !carried.is_empty() {
+            tracing::info!(
+                batches = carried.len(),
+                "route accounting carried over from the previous run"
+            );
+        }
+        let carry_over_pending = AtomicBool::new(!carried.is_empty());
+        books.resume(carried);
+        Engine {
+            router: Router::new(model, table, limits),
+            learner,
+            books,
+            metrics,
+            policy_admin: PolicyAdmin::default(),
+            carry_over_pending,
+        }
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder(
+        model: Arc<ComplexityModel>,
+        policy: Arc<Policy>,
+        signer: Signer,
+    ) -> EngineBuilder {
+        EngineBuilder {
+            model,
+            policy,
+            signer,
+            limits: Limits::default(),
+            ttl_ms: DEFAULT_DECISION_TTL_MS,
+            learning: true,
+            store: None,
+        }
+    }
+
+    fn live(&self) -> Live<'_> {
+        Live {
+            router: &self.router,
+            learner: &self.learner,
+        }
+    }
+
+    /// Routes one call: decide, apply budgets, reserve the estimate, sign the decision id.
+    pub fn route(
+        &self,
+        req: &crate::routing::RouteRequest<'_>,
+        explore_draw: f64,
+        now_ms: u64,
+        nonce: u64,
+    ) -> Result<(Decision, String), RouteRefused> {
+        let table = self.router.current();
+        let mut d = routing::decide(
+            self.router.model(),
+            &table,
+            self.router.limits(),
+            req,
+            explore_draw,
+        )?;
+        self.books
+            .admit(&table.policy, &mut d, req.team, req.workflow, now_ms)?;
+        let id = self
+            .learner
+            .issue(&d, req.team, req.workflow, now_ms, nonce);
+        Ok((d, id))
+    }
+
+    /// Validates and records one outcome (see [`Learner::feedback`]).
+    pub async fn feedback(
+        &self,
+        input: &FeedbackInput<'_>,
+        now_ms: u64,
+    ) -> Result<FeedbackAck, FeedbackError> {
+        let ack = self
+            .learner
+            .feedback(&self.router, &self.books, input, now_ms)
+            .await?;
+        self.metrics
+            .feedback_lag_seconds
+            .observe(ack.lag_ms as f64 / 1000.0);
+        Ok(ack)
+    }
+
+    /// Records a reuse of a decision's output (see [`Learner::reuse`]).
+    pub async fn reuse(
+        &self,
+        input: &ReuseInput<'_>,
+        now_ms: u64,
+    ) -> Result<ReuseAck, FeedbackError> {
+        self.learner
+            .reuse(&self.router, &self.books, input, now_ms)
+            .await
+    }
+
+    /// The metrics as OpenMetrics text, with the scrape-time gauges set first.
+    pub fn render_metrics(&self, now_ms: u64) -> String {
+        let m = &self.metrics;
+        let table = self.router.table();
+        for (scope, plan) in &table.plans {
+            let labels = crate::metrics::ScopeLabels {
+                scope: scope.clone(),
+            };
+            // No series until there is evidence: a 0.0 for a scope nobody has graded yet
+            // reads as a collapse on a dashboard.
+            if plan.evidence > 0.0 {
+                m.realized_quality
+                    .get_or_create(&labels)
+                    .set(plan.realized_quality);
+            } else {
+                m.realized_quality.remove(&labels);
+            }
+            m.quality_bar
+                .get_or_create(&labels)
+                .set(plan.policy.quality_bar);
+        }
+        for u in self.books.budget_usage(&table.policy, now_ms) {
+            let labels = crate::metrics::BudgetLabels {
+                budget: u.budget.id.clone(),
+            };
+            let limit = u.budget.hard_limit_micros.or(u.budget.soft_limit_micros);
+            m.budget_used_usd
+                .get_or_create(&labels)
+                .set(u.used_micros as f64 / 1e6);
+            if let Some(l) = limit {
+                m.budget_remaining_usd
+                    .get_or_create(&labels)
+                    .set((l - u.used_micros) as f64 / 1e6);
+            }
+        }
+        m.store_up.set(i64::from(!self.learner.is_degraded()));
+        m.buffered_outcomes.set(self.learner.buffered() as i64);
+        m.skipped_events
+            .set(i64::try_from(self.learner.skipped_events()).unwrap_or(i64::MAX));
+        m.spill_rejected_lines
+            .set(i64::try_from(self.learner.rejected_spill_lines()).unwrap_or(i64::MAX));
+        m.render()
+    }
+
+    /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
+    /// Returns whether the store is healthy.
+    pub async fn refresh(&self, now_ms: u64) -> bool {
+        let learned = self.learner.refresh(&self.router, now_ms).await;
+        if let Err(e) = self.policy_admin.refresh(self.live(), false, now_ms).await {
+            tracing::debug!(error = %e, "policy log not read");
+        }
+        let flushed = self
+            .books
+            .flush(&self.router.table().policy, self.learner.store(), now_ms)
+            .await;
+        if let Err(e) = &flushed {
+            tracing::debug!(error = %e, "books not flushed");
+        }
+        // Everything carried over is in the store now: the file has done its job.
+        if flushed.is_ok()
+            && self.carry_over_pending.swap(false, Ordering::Relaxed)
+            && let Err(e) = self
+                .learner
+                .buffer()
+                .save_carry_over::<crate::books::Batch>(&[])
+        {
+            tracing::warn!(error = %e, "carry-over file not removed");
+        }
+        let ok = learned && flushed.is_ok();
+        self.books.set_store_down(!ok);
+        ok
+    }
+
+    /// Shutdown: flush the books once, then record or persist buffered outcomes.
+    pub async fn shutdown(&self, now_ms: u64) {
+        if let Err(e) = self
+            .books
+            .flush(&self.router.table().policy, self.learner.store(), now_ms)
+            .await
+        {
+            // Kept for the next start (sent then as the same batches, so nothing counts twice).
+            let batches = self.books.take_unflushed();
+            match self.learner.buffer().save_carry_over(&batches) {
+                Ok(()) => tracing::warn!(
+                    error = %e,
+                    batches = batches.len(),
+                    "route accounting not flushed at shutdown: kept for the next start"
+                ),
+                Err(b) => tracing::error!(
+                    error = %e,
+                    batches = batches.len(),
+                    keep = %b,
+                    "route accounting not flushed at shutdown and not kept"
+                ),
+            }
+        }
+        self.learner.shutdown(now_ms).await;
+    }
+
+    /// The books of `query` (spend, quality, savings, budgets), after flushing this replica's
+    /// unsent route accounting so the report includes it.
+    pub async fn report(&self, query: &ReportQuery, now_ms: u64) -> Result<Report, StoreError> {
+        let policy = self.router.table().policy.clone();
+        let store = self.learner.store();
+        self.books.flush(&policy, store, now_ms).await?;
+        crate::report::build::build(&policy, &self.books, store, query, now_ms).await
+    }
+
+    /// The learned thresholds of every scope, or of one (`Err` with its name when the live
+    /// policy has no such scope).
+    pub fn thresholds(&self, scope: &str) -> Result<Thresholds, String> {
+        let table = self.router.table();
+        if !scope.is_empty() && !table.plans.contains_key(scope) {
+            return Err(scope.to_string());
+        }
+        Ok(Thresholds {
+            rows: table.threshold_rows(scope),
+            policy_version: table.policy.version.clone(),
+        })
+    }
+
+    /// Checks `text` as a replacement of the live policy: what it changes and, with `what_if`,
+    /// the recent window replayed under both. Nothing changes.
+    pub async fn check_policy(
+        &self,
+        text: &str,
+        what_if: bool,
+    ) -> Result<PolicyCheck, PolicyError> {
+        let proposed = policy_admin::validate(&self.router, text)?;
+        let live = self.router.table();
+        let changes = crate::policy::diff(&live.policy, &proposed);
+        let version = proposed.version.clone();
+        let what_if = if what_if {
+            Some(self.what_if(Arc::new(proposed)).await)
+        } else {
+            None
+        };
+        Ok(PolicyCheck {
+            version,
+            changes,
+            what_if,
+        })
+    }
+
+    /// Parses `text` as a replacement of the live policy (the `[store]` section cannot change
+    /// while running). Nothing changes.
+    pub fn validate_policy(&self, text: &str) -> Result<Policy, PolicyError> {
+        policy_admin::validate(&self.router, text)
+    }
+
+    /// Validates `text` and makes it the live policy on every replica. On error nothing changes.
+    pub async fn apply_policy(
+        &self,
+        text: &str,
+        source: &str,
+        author: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<PolicyChange, AdminError> {
+        self.policy_admin
+            .apply(self.live(), text, source, author, reason, now_ms)
+            .await
+    }
+
+    /// Makes an earlier version live again (`None`: the one before the live one).
+    pub async fn rollback_policy(
+        &self,
+        version: Option<&str>,
+        author: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<PolicyChange, AdminError> {
+        self.policy_admin
+            .rollback(self.live(), version, author, reason, now_ms)
+            .await
+    }
+
+    /// The version history and audit trail, oldest first.
+    pub async fn policy_versions(&self) -> Result<Vec<PolicyChange>, StoreError> {
+        self.learner.store().policy_changes(0).await
+    }
+
+    /// Names this replica in the audit trail of file changes, and sets the policy file to watch
+    /// (`None`: the embedded policy, nothing to watch).
+    pub async fn set_policy_source(&self, replica: &str, file: Option<PathBuf>) {
+        self.policy_admin.set_source(replica, file).await;
+    }
+
+    /// Startup: reconcile the policy this replica was started with and the shared log.
+    pub async fn init_policy(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.policy_admin.init(self.live(), now_ms).await
+    }
+
+    /// Follows policy changes other replicas made, then reloads the policy file if it changed
+    /// (or `force_reload`, on SIGHUP).
+    pub async fn refresh_policy(&self, force_reload: bool, now_ms: u64) -> Result<(), StoreError> {
+        self.policy_admin
+            .refresh(self.live(), force_reload, now_ms)
+            .await
+    }
+
+    /// Replays the recent window under the live policy and under `proposed`.
+    pub async fn what_if(&self, proposed: Arc<Policy>) -> WhatIf {
+        let (window, evidence) = self.learner.window().await;
+        let live = self.router.table();
+        let proposed_table =
+            RoutingTable::build(proposed, self.learner.calibration(), &evidence, Some(&live));
+        what_if(&live, &proposed_table, &window)
+    }
+
+    /// The live routing table (policy and plans).
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.router.table()
+    }
+
+    /// The live policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.router.table().policy.clone()
+    }
+
+    /// The complexity model.
+    pub fn model(&self) -> &Arc<ComplexityModel> {
+        self.router.model()
+    }
+
+    /// The metrics registry (the gRPC face registers its request counters in it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shared store.
+    pub fn store(&self) -> &dyn StateStore {
+        self.learner.store()
+    }
+
+    /// Whether the store is unreachable (outcomes buffer meanwhile).
+    pub fn is_degraded(&self) -> bool {
+        self.learner.is_degraded()
+    }
+
+    /// Outcomes waiting in the outage buffer.
+    pub fn buffered(&self) -> usize {
+        self.learner.buffered()
+    }
+
+    /// Whether the store was seen to lose its data (a restart without persistence).
+    pub fn data_reset_seen(&self) -> bool {
+        self.learner.data_reset_seen()
+    }
+
+    /// A copy of the folded evidence of every scope.
+    pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
+        self.learner.evidence().await
+    }
+}

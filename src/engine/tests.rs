@@ -1,0 +1,233 @@
+//! Engine tests: the feedback and reuse use cases end to end on the in-memory store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::*;
+use crate::decision::Signer;
+use crate::feedback::*;
+use crate::report::build::{ReportQuery, build};
+
+const HOUR: u64 = 3_600_000;
+const DAY: u64 = 24 * HOUR;
+const T0: u64 = 1_800_000_000_000;
+
+/// Team `ads` keeps reuse for 2 days; decisions live 1 hour.
+fn engine() -> Engine {
+    let policy = crate::policy::Policy::parse(
+        r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+
+[default]
+quality_bar = 0.5
+
+[[policies]]
+team = "ads"
+reuse_retention_days = 2
+"#,
+    )
+    .unwrap();
+    Engine::builder(
+        Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+        Arc::new(policy),
+        Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
+    )
+    .decision_ttl_ms(HOUR)
+    .build()
+}
+
+fn route(e: &Engine, nonce: u64) -> String {
+    let req = crate::routing::RouteRequest {
+        task: "Summarise this support ticket for the weekly report.",
+        workflow: "support/macros",
+        team: "ads",
+        expected_output_tokens: 100,
+        task_type: "",
+    };
+    e.route(&req, 0.99, T0, nonce).unwrap().1
+}
+
+fn reuse<'a>(id: &'a str, count: u32, event_id: &'a str, team: Option<&'a str>) -> ReuseInput<'a> {
+    ReuseInput {
+        decision_id: id,
+        count,
+        event_id,
+        note: "dashboard",
+        caller_team: team,
+    }
+}
+
+async fn feedback(e: &Engine, id: &str, reused: bool) {
+    let input = FeedbackInput {
+        decision_id: id,
+        score: 1.0,
+        input_tokens: 100,
+        output_tokens: 50,
+        reused,
+        caller_team: Some("ads"),
+    };
+    e.feedback(&input, T0 + 1_000).await.unwrap();
+}
+
+/// The probe of the hardening issue (item 7), on the example policy and the bundled model:
+/// 300 outcomes from team `ads` saying every answer was perfect must not send team
+/// `search`'s hard tasks to the cheapest tier, while ads' own routing follows its outcomes.
+#[tokio::test]
+async fn one_teams_feedback_does_not_move_another_teams_routing() {
+    let e = Engine::builder(
+        Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+        Arc::new(crate::policy::Policy::embedded().unwrap()),
+        Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
+    )
+    .decision_ttl_ms(HOUR)
+    .build();
+    let ask = |team: &'static str, task: &'static str, nonce: u64| {
+        let req = crate::routing::RouteRequest {
+            task,
+            team,
+            ..Default::default()
+        };
+        e.route(&req, 0.99, T0, nonce).unwrap()
+    };
+    let hard = [
+        "Design a multi-region event store with exactly-once delivery, prove its ordering \
+         guarantees under partitions, and implement the replication protocol in Rust.",
+        "Prove that every planar graph is five-colourable, then analyse the running time of \
+         the algorithm your proof implies.",
+        "Analyse the trade-offs of three consensus protocols for a ledger with 500 replicas, \
+         with failure cases, message complexity and a migration plan.",
+    ];
+    let tiers = |team: &'static str| -> Vec<usize> {
+        hard.iter().map(|t| ask(team, t, 1).0.tier().tier).collect()
+    };
+    let before = tiers("search");
+    let cheapest = 0;
+    assert!(before.iter().all(|&t| t != cheapest), "{before:?}");
+    for i in 0..300u64 {
+        let task = if i % 2 == 0 {
+            hard[(i as usize / 2) % 3]
+        } else {
+            "What is 2 + 2?"
+        };
+        let (_, id) = ask("ads", task, 1_000 + i);
+        let input = FeedbackInput {
+            decision_id: &id,
+            score: 1.0,
+            input_tokens: 100,
+            output_tokens: 50,
+            reused: false,
+            caller_team: Some("ads"),
+        };
+        e.feedback(&input, T0 + 1_000).await.unwrap();
+    }
+    assert_eq!(tiers("search"), before, "search's routing moved");
+    assert!(
+        tiers("ads").contains(&cheapest),
+        "ads' own outcomes move its routing: {:?}",
+        tiers("ads")
+    );
+}
+
+#[tokio::test]
+async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_window() {
+    let e = engine();
+    let (a, b) = (route(&e, 1), route(&e, 2));
+    feedback(&e, &a, false).await;
+    // An early reuse mark at grading time: one event, decision b reused.
+    feedback(&e, &b, true).await;
+
+    // Another team's key may not report on ads' decisions.
+    let err = e
+        .reuse(&reuse(&a, 1, "", Some("search")), T0 + 2 * HOUR)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FeedbackError::PermissionDenied { .. }),
+        "{err}"
+    );
+
+    // After the decision TTL (1 h) but inside the 2-day window: accepted, first reuse.
+    let ack = e
+        .reuse(
+            &reuse(&a, 400, "macro-sent-2026-w48", Some("ads")),
+            T0 + 2 * HOUR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.count, ack.first, ack.workflow.as_str()),
+        (400, true, "support/macros")
+    );
+    // The same event id again: counted once.
+    let err = e
+        .reuse(&reuse(&a, 400, "macro-sent-2026-w48", None), T0 + 3 * HOUR)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        FeedbackError::ReuseRecorded("macro-sent-2026-w48".into())
+    );
+    // Another event: more uses, not a second reused decision.
+    let ack = e.reuse(&reuse(&a, 0, "", None), T0 + DAY).await.unwrap();
+    assert_eq!((ack.count, ack.first), (1, false));
+    // b was marked reused by its feedback: a later reuse is not its first.
+    let ack = e.reuse(&reuse(&b, 2, "", None), T0 + DAY).await.unwrap();
+    assert!(!ack.first);
+    // Outside the window: refused, nothing counted.
+    let err = e
+        .reuse(&reuse(&a, 5, "late", None), T0 + 2 * DAY + 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FeedbackError::OutsideReuseWindow {
+                age_days: 2,
+                window_days: 2
+            }
+        ),
+        "{err}"
+    );
+    // Bad input changes nothing.
+    for bad in [
+        reuse(&a, MAX_REUSE_COUNT + 1, "", None),
+        reuse(&a, 1, "x\ny", None),
+        reuse("", 1, "", None),
+    ] {
+        assert!(matches!(
+            e.reuse(&bad, T0 + DAY).await,
+            Err(FeedbackError::InvalidArgument { .. })
+        ));
+    }
+
+    // The books, by hand: 2 completed outputs, both reused (a once, b once);
+    // events 400 + 1 (a) + 1 (b's mark) + 2 (b) = 404.
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), T0 + 3 * DAY)
+        .await
+        .unwrap();
+    let q = ReportQuery {
+        since_ms: T0 - HOUR,
+        until_ms: T0 + HOUR,
+        ..Default::default()
+    };
+    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + 3 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.total.completed, r.total.reused, r.total.reuse_events),
+        (2, 2, 404)
+    );
+    assert_eq!(r.total.reuse_rate, Some(1.0));
+    // Nothing entered the learning log but the two outcomes.
+    let (log, _) = e.learner.store().events_since(0, 100).await.unwrap();
+    assert_eq!(log.len(), 2);
+}
