@@ -1,0 +1,125 @@
+//! Background duties of a running server: the refresher (store sync, policy follow, books
+//! flush, store health, SIGHUP reload) and the Prometheus metrics endpoint.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::router::TeamLimiter;
+use super::{STORE_HEALTH_SERVICE, ServeError};
+
+use super::now_ms;
+use crate::engine::Engine;
+
+/// SIGHUP (tokenwise targets Linux).
+pub(super) fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload the policy by editing the file");
+            None
+        }
+    }
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) on `listener` until the task is aborted.
+pub async fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = engine.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    engine.render_metrics(now_ms()),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// The store health status for `ok`.
+pub(super) fn store_status(ok: bool) -> ServingStatus {
+    if ok {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Refreshes the engine every `every` (store sync, policy follow, books flush) and on SIGHUP
+/// reloads the policy file; reports the store's health when it changes. Starts from `healthy`.
+pub(super) fn spawn_refresher(
+    engine: Arc<Engine>,
+    reporter: HealthReporter,
+    every: Duration,
+    healthy: bool,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = healthy;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = hangup_signal();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the policy file");
+                    if let Err(e) = engine.refresh_policy(true, now_ms()).await {
+                        tracing::warn!(error = %e, "policy reload not recorded: store unreachable");
+                    }
+                    continue;
+                }
+            }
+            let ok = engine.refresh(now_ms()).await && !engine.is_degraded();
+            if ok != last {
+                reporter
+                    .set_service_status(STORE_HEALTH_SERVICE, store_status(ok))
+                    .await;
+                last = ok;
+            }
+        }
+    })
+}
+
+/// Binds `addr` and serves `/metrics` there until aborted.
+pub(super) async fn spawn_metrics(
+    engine: Arc<Engine>,
+    addr: SocketAddr,
+) -> Result<JoinHandle<()>, ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Metrics { addr, source })?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics on /metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = serve_metrics(engine, listener).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+/// Forgets teams idle for long enough to be back at a full burst, so the keyed limiter state
+/// stays as small as the set of active teams. Ends when the server (and the limiter) is gone.
+pub(super) fn spawn_limiter_cleanup(limiter: Weak<TeamLimiter>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(limiter) = limiter.upgrade() else {
+                break;
+            };
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    });
+}
