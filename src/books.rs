@@ -27,7 +27,6 @@ use std::sync::{Mutex, PoisonError};
 use hashbrown::Equivalent;
 
 use crate::decision::DecisionClaims;
-use crate::metrics::Metrics;
 use crate::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
 use crate::routing::Decision;
 use crate::store::{CounterAdd, StateStore, StoreError};
@@ -386,8 +385,37 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
 }
 
+/// One ledger increment the books sent to the store, in typed form: what their [`Observer`]
+/// sees (the metrics count these, so the exported metrics and the report agree).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counted<'a> {
+    /// One of [`metric`].
+    pub metric: &'a str,
+    /// The decision's team label (capped).
+    pub team: &'a str,
+    /// Its workflow label (capped).
+    pub workflow: &'a str,
+    /// The tier that ran (empty for a refused call).
+    pub tier: &'a str,
+    /// The increment.
+    pub delta: i64,
+}
+
+/// Told of every ledger increment the books send to the store (the metrics face implements
+/// it; the books know nothing of metrics).
+pub trait Observer: Send + Sync {
+    /// One increment, once it is sent.
+    fn counted(&self, c: Counted<'_>);
+}
+
+/// Observes nothing (books without metrics, in tests).
+struct Unobserved;
+
+impl Observer for Unobserved {
+    fn counted(&self, _: Counted<'_>) {}
+}
+
 /// Spend accounting and budget enforcement for one replica.
-#[derive(Default)]
 pub struct Books {
     local: Mutex<Local>,
     shards: [Mutex<Shard>; SHARDS],
@@ -395,15 +423,44 @@ pub struct Books {
     labels: Mutex<Labels>,
     flush_lock: tokio::sync::Mutex<()>,
     store_down: AtomicBool,
-    metrics: std::sync::Arc<Metrics>,
+    observer: std::sync::Arc<dyn Observer>,
+}
+
+impl Default for Books {
+    fn default() -> Self {
+        Self::new(std::sync::Arc::new(Unobserved))
+    }
 }
 
 impl Books {
-    /// Empty books that report what they count to `metrics`.
-    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+    /// Empty books that tell `observer` what they count.
+    pub fn new(observer: std::sync::Arc<dyn Observer>) -> Self {
         Self {
-            metrics,
-            ..Self::default()
+            local: Mutex::default(),
+            shards: Default::default(),
+            labels: Mutex::default(),
+            flush_lock: tokio::sync::Mutex::default(),
+            store_down: AtomicBool::default(),
+            observer,
+        }
+    }
+
+    /// Tells the observer what a batch of increments counted (budget usage is not a ledger
+    /// count and is left out).
+    fn observe(&self, adds: &[CounterAdd]) {
+        for a in adds {
+            if !a.hash.starts_with(LEDGER_PREFIX) {
+                continue;
+            }
+            if let Some((metric, team, workflow, tier)) = parse_ledger_field(&a.field) {
+                self.observer.counted(Counted {
+                    metric,
+                    team,
+                    workflow,
+                    tier,
+                    delta: a.delta,
+                });
+            }
         }
     }
 
@@ -444,7 +501,7 @@ impl Books {
 
     /// Counts settled accounting (outcomes, reuse) in the exported metrics.
     pub fn observe_outcome(&self, counters: &[CounterAdd]) {
-        self.metrics.observe(counters);
+        self.observe(counters);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -699,7 +756,7 @@ impl Books {
             let next = self.lock().resumed.front().cloned();
             let Some(b) = next else { break };
             store.add_counters(b.id, &b.adds).await?;
-            self.metrics.observe(&b.adds);
+            self.observe(&b.adds);
             self.lock().resumed.pop_front();
         }
         let batch = {
@@ -719,7 +776,7 @@ impl Books {
         if let Some(batch) = batch {
             // On error the batch stays for the next flush.
             store.add_counters(batch.id, &batch.adds).await?;
-            self.metrics.observe(&batch.adds);
+            self.observe(&batch.adds);
             let mut local = self.lock();
             local.batch = None;
             // Acknowledged: count it as seen until a read shows it.

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served as OpenMetrics text on `/metrics` of a separate HTTP port.
 //!
 //! Spend, decisions and outcomes come from the same counter increments the books send to the
-//! store ([`Metrics::observe`]), so the metrics and the report agree; each replica exports what
+//! store (they are its [`Observer`]), so the metrics and the report agree; each replica exports what
 //! it counted (sum across replicas in queries). Labels are the books' labels, whose cardinality
 //! is capped there. Quality per scope, budgets and store health are read at scrape time.
 
@@ -14,8 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::books::{metric, parse_ledger_field};
-use crate::store::CounterAdd;
+use crate::books::{Counted, Observer, metric};
 
 /// Labels of a ledger cell.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,61 +238,6 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts what a batch of ledger increments says (the books call this for every batch
-    /// they send, Route-time and Feedback-time alike).
-    pub fn observe(&self, adds: &[CounterAdd]) {
-        for a in adds {
-            if !a.hash.starts_with(crate::books::LEDGER_PREFIX) {
-                continue;
-            }
-            let Some((m, team, workflow, tier)) = parse_ledger_field(&a.field) else {
-                continue;
-            };
-            let labels = CellLabels {
-                team: team.to_string(),
-                workflow: workflow.to_string(),
-                tier: tier.to_string(),
-            };
-            let up = a.delta.max(0) as u64;
-            match m {
-                metric::TASKS => {
-                    self.decisions.get_or_create(&labels).inc_by(up);
-                }
-                metric::SPEND => {
-                    self.spend_usd
-                        .get_or_create(&labels)
-                        .inc_by(a.delta as f64 / 1e6);
-                }
-                metric::PREMIUM => {
-                    self.premium_usd
-                        .get_or_create(&labels)
-                        .inc_by(a.delta as f64 / 1e6);
-                }
-                metric::HUMAN_SECONDS => {
-                    self.human_hours
-                        .get_or_create(&labels)
-                        .inc_by(a.delta as f64 / 3600.0);
-                }
-                metric::OUTCOMES => {
-                    self.outcomes.get_or_create(&labels).inc_by(up);
-                }
-                metric::COMPLETED => {
-                    self.completed.get_or_create(&labels).inc_by(up);
-                }
-                metric::REUSE_EVENTS => {
-                    self.reuse_events.get_or_create(&labels).inc_by(up);
-                }
-                metric::REUSED => {
-                    self.reused.get_or_create(&labels).inc_by(up);
-                }
-                metric::DOWNGRADED | metric::REJECTED => {
-                    self.budget_actions.get_or_create(&labels).inc_by(up);
-                }
-                _ => {}
-            }
-        }
-    }
-
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -301,5 +245,54 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+impl Observer for Metrics {
+    /// Counts one ledger increment (the books report every one they send, Route-time and
+    /// Feedback-time alike).
+    fn counted(&self, c: Counted<'_>) {
+        let labels = CellLabels {
+            team: c.team.to_string(),
+            workflow: c.workflow.to_string(),
+            tier: c.tier.to_string(),
+        };
+        let up = c.delta.max(0) as u64;
+        match c.metric {
+            metric::TASKS => {
+                self.decisions.get_or_create(&labels).inc_by(up);
+            }
+            metric::SPEND => {
+                self.spend_usd
+                    .get_or_create(&labels)
+                    .inc_by(c.delta as f64 / 1e6);
+            }
+            metric::PREMIUM => {
+                self.premium_usd
+                    .get_or_create(&labels)
+                    .inc_by(c.delta as f64 / 1e6);
+            }
+            metric::HUMAN_SECONDS => {
+                self.human_hours
+                    .get_or_create(&labels)
+                    .inc_by(c.delta as f64 / 3600.0);
+            }
+            metric::OUTCOMES => {
+                self.outcomes.get_or_create(&labels).inc_by(up);
+            }
+            metric::COMPLETED => {
+                self.completed.get_or_create(&labels).inc_by(up);
+            }
+            metric::REUSE_EVENTS => {
+                self.reuse_events.get_or_create(&labels).inc_by(up);
+            }
+            metric::REUSED => {
+                self.reused.get_or_create(&labels).inc_by(up);
+            }
+            metric::DOWNGRADED | metric::REJECTED => {
+                self.budget_actions.get_or_create(&labels).inc_by(up);
+            }
+            _ => {}
+        }
     }
 }
