@@ -6,10 +6,12 @@
 //! replicas. Implementations know nothing above this trait.
 
 mod buffer;
+pub mod config;
 mod memory;
 mod redis;
 
 pub use buffer::OutageBuffer;
+pub use config::{StoreConfig, StoreConfigError, StoreKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -17,8 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-
-use crate::policy::{StoreConfig, StoreKind};
 
 /// One accepted outcome, as stored and replayed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

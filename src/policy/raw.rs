@@ -1,0 +1,65 @@
+//! The policy file as written: serde structs that reject unknown keys, so a misspelt key is an
+//! error naming its path, not a line silently ignored (`[store]`'s struct is the store's own).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::store::config::RawStore;
+
+/// A policy file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicyFile {
+    pub(super) tiers: Vec<RawTier>,
+    #[serde(default)]
+    pub(super) default: RawScope,
+    #[serde(default)]
+    pub(super) policies: Vec<RawScope>,
+    #[serde(default)]
+    pub(super) store: Option<RawStore>,
+    #[serde(default)]
+    pub(super) budgets: Vec<RawBudget>,
+}
+
+/// One `[[budgets]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub(super) team: Option<String>,
+    pub(super) workflow: Option<String>,
+    pub(super) period: String,
+    pub(super) soft_limit_usd: Option<f64>,
+    pub(super) hard_limit_usd: Option<f64>,
+    pub(super) on_exhausted: Option<String>,
+    pub(super) on_store_unavailable: Option<String>,
+}
+
+/// One `[[tiers]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTier {
+    pub(super) name: String,
+    pub(super) model: String,
+    pub(super) input_usd_per_mtok: f64,
+    pub(super) output_usd_per_mtok: f64,
+}
+
+/// `[default]` or one `[[policies]]` entry as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScope {
+    pub(super) team: Option<String>,
+    pub(super) workflow: Option<String>,
+    pub(super) quality_bar: Option<f64>,
+    pub(super) allowed_tiers: Option<Vec<String>>,
+    pub(super) thresholds: Option<BTreeMap<String, f64>>,
+    pub(super) exploration_rate: Option<f64>,
+    pub(super) value_per_success_usd: Option<f64>,
+    pub(super) human_minutes_per_success: Option<f64>,
+    pub(super) loaded_cost_per_hour_usd: Option<f64>,
+    pub(super) bar_mode: Option<String>,
+    pub(super) quality_bar_relative: Option<f64>,
+    pub(super) max_output_tokens: Option<u64>,
+    pub(super) reuse_retention_days: Option<u32>,
+}
