@@ -675,9 +675,9 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
     // Ids are bound to the deployment: a Redis deployment is its key prefix; a memory store
     // lives and dies with this process (and its nonce ledger with it), so its ids do too.
     let deployment = match &policy.store.kind {
-        crate::policy::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
-        crate::policy::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
-        crate::policy::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
+        crate::store::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
+        crate::store::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
+        crate::store::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
     };
     let signer = match decision_secret(args)? {
         Some(secret) => {
@@ -1127,9 +1127,9 @@ pub fn main() -> anyhow::Result<()> {
         Command::CheckConfig { file } => match Policy::load(path_str(&file)?) {
             Ok(p) => {
                 let store = match &p.store.kind {
-                    crate::policy::StoreKind::Memory => "memory".to_string(),
-                    crate::policy::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
-                    crate::policy::StoreKind::RedisCluster { nodes, prefix } => format!("redis-cluster {} prefix {prefix}", nodes.join(",")),
+                    crate::store::StoreKind::Memory => "memory".to_string(),
+                    crate::store::StoreKind::Redis { url, prefix } => format!("redis {url} prefix {prefix}"),
+                    crate::store::StoreKind::RedisCluster { nodes, prefix } => format!("redis-cluster {} prefix {prefix}", nodes.join(",")),
                 };
                 outln!(
                     "{}: ok (version {}, {} tiers, {} scopes, {} budgets, store {store})",

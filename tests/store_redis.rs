@@ -136,7 +136,7 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
         .unwrap()
     };
     let mut store_cfg = policy().store;
-    store_cfg.kind = tokenwise::policy::StoreKind::RedisCluster {
+    store_cfg.kind = tokenwise::store::StoreKind::RedisCluster {
         nodes: cluster.nodes.iter().map(|n| n.url()).collect(),
         prefix: format!("{prefix}-contract"),
     };
@@ -602,8 +602,8 @@ async fn a_password_from_a_file_opens_a_protected_redis() {
     let prefix = unique_prefix("acl");
     let file = std::env::temp_dir().join(format!("{prefix}.password"));
     std::fs::write(&file, "s3cret-from-a-file\n").unwrap();
-    let config = |password_file: Option<String>| tokenwise::policy::StoreConfig {
-        kind: tokenwise::policy::StoreKind::Redis {
+    let config = |password_file: Option<String>| tokenwise::store::StoreConfig {
+        kind: tokenwise::store::StoreKind::Redis {
             url: redis.url(),
             prefix: prefix.clone(),
         },

@@ -15,10 +15,7 @@ pub use budget::{Budget, OnExhausted, OnStoreUnavailable, Period};
 pub use diff::diff;
 pub(crate) use validate::toml_at;
 
-use crate::store::config::StoreConfigError;
-/// The `[store]` table's types, validated by [`crate::store::config`]; re-exported so existing
-/// `crate::policy::StoreConfig` / `StoreKind` paths keep working.
-pub use crate::store::config::{StoreConfig, StoreKind};
+use crate::store::config::{StoreConfig, StoreConfigError};
 
 /// The example policy, embedded so `serve` needs no file (same text as `deploy/policy.toml`).
 pub const EMBEDDED_POLICY: &str = include_str!("../../deploy/policy.toml");
