@@ -287,7 +287,7 @@ pub const MAX_LOG_EVENTS: u64 = 50_000;
 
 pub mod contract {
     //! The contract every implementation must pass; the memory store runs it in unit tests,
-    //! Redis in `tests/store_redis.rs`, against the same checks.
+    //! Redis in `tests/it/store_redis.rs`, against the same checks.
     use super::*;
 
     /// An event for nonce `n`.

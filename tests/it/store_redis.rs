@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::feedback_req as fb;
+use crate::common::feedback_req as fb;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
-use common::{TestServer, route_req};
+use crate::common::redis::RedisServer;
+use crate::common::{TestServer, route_req};
 use tokenwise::policy::Policy;
 use tokenwise::routing::Limits;
 use tokenwise::server::pb;
@@ -74,7 +72,9 @@ const TASKS: [&str; 6] = [
 
 #[tokio::test]
 async fn redis_store_passes_the_contract() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let store = RedisStore::new(
         &redis.url(),
         &unique_prefix("contract"),
@@ -86,7 +86,9 @@ async fn redis_store_passes_the_contract() {
 
 #[tokio::test]
 async fn an_unreadable_event_in_the_log_is_skipped_counted_and_moved_past() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("poison");
     let store = RedisStore::new(&redis.url(), &prefix, Duration::from_millis(500)).unwrap();
     store.record(&contract::event(1), 0).await.unwrap();
@@ -114,7 +116,9 @@ async fn an_unreadable_event_in_the_log_is_skipped_counted_and_moved_past() {
 
 #[tokio::test]
 async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("replicas");
     two_replicas_learn_together(&|| patient_policy_on(&redis, &prefix)).await;
 }
@@ -124,7 +128,9 @@ async fn feedback_on_one_replica_moves_the_thresholds_the_other_routes_with() {
 /// contract passes and two replicas learn together, as on one Redis.
 #[tokio::test]
 async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
-    let mut cluster = common::redis::RedisCluster::start();
+    let Some(mut cluster) = crate::common::redis::RedisCluster::start() else {
+        return;
+    };
     let prefix = unique_prefix("cluster");
     let nodes = cluster.nodes_toml();
     let policy = || {
@@ -212,7 +218,7 @@ async fn two_replicas_learn_together(policy: &dyn Fn() -> Policy) {
 
     // Only replica A hears that every tier's answers are perfect.
     let mut client = a.router().await;
-    common::teach(&mut client, &TASKS, 300, 1.0).await;
+    crate::common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, before, "replica A should have learned");
 
@@ -256,7 +262,9 @@ async fn two_replicas_learn_together(policy: &dyn Fn() -> Policy) {
 async fn a_redis_outage_loses_no_route_and_no_feedback() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("outage");
     let server = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
     let client = server.router().await;
@@ -394,12 +402,14 @@ async fn a_redis_outage_loses_no_route_and_no_feedback() {
 
 #[tokio::test]
 async fn a_restarted_replica_routes_with_the_learned_state() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("restart");
     let a = TestServer::with_policy(policy_on(&redis, &prefix), Limits::default()).await;
     let cold = thresholds(&a);
     let mut client = a.router().await;
-    common::teach(&mut client, &TASKS, 300, 1.0).await;
+    crate::common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, cold);
     let a_default_workflow: Vec<f64> = a
@@ -479,7 +489,7 @@ fn spawn_replica(config: &std::path::Path, port: u16) -> Replica {
 }
 
 async fn connect(port: u16) -> tonic::transport::Channel {
-    common::connect(([127, 0, 0, 1], port).into()).await
+    crate::common::connect(([127, 0, 0, 1], port).into()).await
 }
 
 async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
@@ -496,7 +506,9 @@ async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("sigkill");
     let spill = std::env::temp_dir().join(format!("{prefix}-spill.jsonl"));
     let text = format!(
@@ -508,7 +520,7 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, text).unwrap();
-    let port = common::spare_port();
+    let port = crate::common::spare_port();
     let replica = spawn_replica(&config, port);
     let mut router = pb::router_client::RouterClient::new(connect(port).await);
     redis.stop();
@@ -543,7 +555,7 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
     // SIGKILL: no shutdown, no flush. Then the store returns and the replica starts again.
     drop(replica);
     redis.restart();
-    let _again = spawn_replica(&config, common::spare_port());
+    let _again = spawn_replica(&config, crate::common::spare_port());
     let store = RedisStore::new(&redis.url(), &prefix, Duration::from_millis(500)).unwrap();
     let start = Instant::now();
     loop {
@@ -598,7 +610,9 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
 
 #[tokio::test]
 async fn a_password_from_a_file_opens_a_protected_redis() {
-    let redis = RedisServer::start_with(&["--requirepass", "s3cret-from-a-file"]);
+    let Some(redis) = RedisServer::start_with(&["--requirepass", "s3cret-from-a-file"]) else {
+        return;
+    };
     let prefix = unique_prefix("acl");
     let file = std::env::temp_dir().join(format!("{prefix}.password"));
     std::fs::write(&file, "s3cret-from-a-file\n").unwrap();
@@ -662,9 +676,9 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
     let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
     std::fs::write(&crt, cert.cert.pem()).unwrap();
     std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
-    let tls_port = common::spare_port().to_string();
+    let tls_port = crate::common::spare_port().to_string();
     let (crt_s, key_s) = (crt.display().to_string(), key.display().to_string());
-    let _redis = RedisServer::start_with(&[
+    let Some(_redis) = RedisServer::start_with(&[
         "--tls-port",
         &tls_port,
         "--tls-cert-file",
@@ -675,7 +689,9 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
         &crt_s,
         "--tls-auth-clients",
         "no",
-    ]);
+    ]) else {
+        return;
+    };
     let prefix = unique_prefix("tls");
     let config = |ca_file: Option<String>| {
         let text = format!(
@@ -706,7 +722,9 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
 
 #[tokio::test]
 async fn data_since_is_now_on_an_empty_store_and_zero_for_an_upgraded_one() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let fresh = RedisStore::new(
         &redis.url(),
         &unique_prefix("fresh"),
@@ -729,7 +747,9 @@ async fn data_since_is_now_on_an_empty_store_and_zero_for_an_upgraded_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_issued_before_redis_lost_its_data_are_refused_not_counted_again() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("data-loss");
     let server =
         TestServer::with_policy(patient_policy_on(&redis, &prefix), Limits::default()).await;
@@ -763,7 +783,9 @@ async fn ids_issued_before_redis_lost_its_data_are_refused_not_counted_again() {
 
 #[tokio::test]
 async fn two_server_processes_learn_together_through_redis() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = unique_prefix("processes");
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n",
@@ -772,7 +794,7 @@ async fn two_server_processes_learn_together_through_redis() {
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, text).unwrap();
-    let (pa, pb_port) = (common::spare_port(), common::spare_port());
+    let (pa, pb_port) = (crate::common::spare_port(), crate::common::spare_port());
     let _a = spawn_replica(&config, pa);
     let _b = spawn_replica(&config, pb_port);
     let (ca, cb) = (connect(pa).await, connect(pb_port).await);
@@ -780,7 +802,7 @@ async fn two_server_processes_learn_together_through_redis() {
 
     // Feedback only to process A.
     let mut router_a = pb::router_client::RouterClient::new(ca.clone());
-    common::teach(&mut router_a, &TASKS, 200, 1.0).await;
+    crate::common::teach(&mut router_a, &TASKS, 200, 1.0).await;
     let learned = default_thresholds(&ca).await;
     assert_ne!(learned, before);
     let start = Instant::now();

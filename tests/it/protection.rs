@@ -2,9 +2,7 @@
 //! size limits, and TLS on the gRPC port.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{TestServer, route_req};
+use crate::common::{TestServer, route_req};
 use tokenwise::policy::Policy;
 use tokenwise::routing::Limits;
 use tokenwise::server::pb::RouteRequest;

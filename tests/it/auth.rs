@@ -4,11 +4,9 @@
 //! names the key, not what the request claims; with auth off everything passes without a key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{TestServer, feedback_req, route_req};
+use crate::common::{TestServer, feedback_req, route_req};
 use tokenwise::auth::{AUTHORIZATION, AuthedChannel, BearerKey, KeyRing, hash_key, new_key};
 use tokenwise::policy::Policy;
 use tokenwise::routing::Limits;
@@ -104,7 +102,7 @@ impl Fixture {
 }
 
 fn policy() -> Policy {
-    Policy::parse(&common::two_tier_policy("search", "ads")).unwrap()
+    Policy::parse(&crate::common::two_tier_policy("search", "ads")).unwrap()
 }
 
 fn routed(team: &str) -> RouteRequest {
@@ -152,7 +150,8 @@ fn total_tasks(r: &GetReportResponse) -> u64 {
 }
 
 fn changed_policy() -> String {
-    common::two_tier_policy("search", "ads").replace("quality_bar = 0.5", "quality_bar = 0.6")
+    crate::common::two_tier_policy("search", "ads")
+        .replace("quality_bar = 0.5", "quality_bar = 0.6")
 }
 
 // ---- authentication ----
@@ -534,7 +533,7 @@ async fn service_key_sees_its_own_budgets_not_shared_ones() {
         "{}\n[[budgets]]\nteam = \"search\"\nperiod = \"day\"\nhard_limit_usd = 5.0\n\
          [[budgets]]\nteam = \"ads\"\nperiod = \"day\"\nhard_limit_usd = 5.0\n\
          [[budgets]]\nperiod = \"month\"\nhard_limit_usd = 50.0\n",
-        common::two_tier_policy("search", "ads")
+        crate::common::two_tier_policy("search", "ads")
     );
     let f = Fixture::start_with(Policy::parse(&text).unwrap()).await;
     let ids = |r: &GetReportResponse| {
@@ -675,7 +674,7 @@ async fn admin_key_changes_policy_and_is_the_audited_author() {
         .unwrap()
         .into_inner();
     assert_eq!(live.version, original);
-    assert_eq!(live.text, common::two_tier_policy("search", "ads"));
+    assert_eq!(live.text, crate::common::two_tier_policy("search", "ads"));
 
     let proposed = admin
         .validate_policy(ValidatePolicyRequest {

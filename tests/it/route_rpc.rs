@@ -1,8 +1,6 @@
 //! The Route RPC end to end over a real socket: complete decisions, bad input, health.
 
-mod common;
-
-use common::{TestServer, WORD_PROBLEM, route_req};
+use crate::common::{TestServer, WORD_PROBLEM, route_req};
 use tokenwise::policy::Policy;
 use tokenwise::routing::Limits;
 use tonic::Code;
@@ -234,7 +232,7 @@ async fn one_feedback_does_not_reprice_the_scope() {
             .await
             .unwrap()
             .into_inner();
-        let mut fb = common::feedback_req(&d.decision_id, score);
+        let mut fb = crate::common::feedback_req(&d.decision_id, score);
         fb.input_tokens = 12;
         fb.output_tokens = 3;
         client.feedback(fb).await.unwrap();

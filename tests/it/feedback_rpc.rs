@@ -1,11 +1,9 @@
 //! The Feedback RPC end to end: accepted once, every bad case refused with no state change.
 
-mod common;
+use crate::common::feedback_req as fb;
 
-use common::feedback_req as fb;
-
+use crate::common::{TestServer, route_req};
 use base64::Engine as _;
-use common::{TestServer, route_req};
 use tokenwise::server::pb;
 use tonic::Code;
 
@@ -168,7 +166,10 @@ async fn expired_decisions_get_a_clear_error() {
     };
     let day = 24 * 3600 * 1000;
     let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();
-    assert!(matches!(err, FeedbackError::Expired { .. }), "{err:?}");
+    assert!(
+        matches!(err, FeedbackError::Expired { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("expired"));
     let status: tonic::Status = err.into();
     assert_eq!(status.code(), Code::FailedPrecondition);

@@ -3,8 +3,6 @@
 //! drift from the binary without this failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -99,7 +97,7 @@ struct Served(std::process::Child, String);
 
 impl Served {
     fn start() -> Self {
-        let addr = format!("127.0.0.1:{}", common::spare_port());
+        let addr = format!("127.0.0.1:{}", crate::common::spare_port());
         let child = Command::new(env!("CARGO_BIN_EXE_tokenwise"))
             .args(["serve", "--listen", &addr, "--metrics-listen", "off"])
             .env("RUST_LOG", "warn")

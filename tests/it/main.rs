@@ -1,0 +1,17 @@
+//! The integration tests, in one binary so the suite links once: each module is one area
+//! (the gRPC surface, the books, the store and its outages, learning, the CLI, the README).
+
+mod common;
+
+mod auth;
+mod books;
+mod cli;
+mod cold_start;
+mod feedback_rpc;
+mod learning;
+mod policy_admin;
+mod properties;
+mod protection;
+mod readme;
+mod route_rpc;
+mod store_redis;
