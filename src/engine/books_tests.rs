@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::books::*;
 use crate::classifier::ComplexityModel;
 use crate::decision::Signer;
-use crate::engine::{Engine, RouteRefused};
+use crate::engine::{Engine, Error};
 use crate::policy::{Period, Policy};
 use crate::routing::RouteRequest;
 use crate::store::{CounterAdd, StateStore, StoreError};
@@ -50,7 +50,7 @@ fn engine() -> Engine {
     .build()
 }
 
-fn route(e: &Engine, team: &str, now: u64) -> Result<String, RouteRefused> {
+fn route(e: &Engine, team: &str, now: u64) -> Result<String, Error> {
     // 200 input tokens, 50 output: premium 3,500 µ$.
     let task = "word ".repeat(160);
     e.route(
@@ -75,7 +75,7 @@ fn a_new_period_starts_with_the_full_budget() {
     assert_eq!(route(&e, "t", late).unwrap(), "premium");
     assert_eq!(route(&e, "t", late).unwrap(), "premium");
     let err = route(&e, "t", late).unwrap_err();
-    let RouteRefused::Budget(b) = err else {
+    let Error::Budget(b) = err else {
         panic!("{err:?}")
     };
     assert_eq!(b.budget, "team:t/day");
@@ -95,7 +95,7 @@ fn fail_closed_budgets_hold_while_the_store_is_down_and_fail_open_ones_do_not() 
     let e = engine();
     let now = 1_795_934_463_000;
     e.books.set_store_down(true);
-    assert!(matches!(route(&e, "t", now), Err(RouteRefused::Budget(_))));
+    assert!(matches!(route(&e, "t", now), Err(Error::Budget(_))));
     // Fail open: enforced on the local view, which has room.
     assert_eq!(route(&e, "u", now).unwrap(), "premium");
     e.books.set_store_down(false);

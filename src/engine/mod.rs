@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod books_tests;
+mod error;
 mod policy_admin;
 #[cfg(test)]
 mod tests;
@@ -21,18 +22,17 @@ use crate::books::Books;
 use crate::classifier::ComplexityModel;
 use crate::decision::Signer;
 use crate::feedback::{
-    DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackError, FeedbackInput, Learner, ReuseAck,
-    ReuseInput,
+    DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackInput, Learner, ReuseAck, ReuseInput,
 };
 use crate::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyError};
+use crate::policy::Policy;
 use crate::report::Report;
 use crate::report::build::ReportQuery;
 use crate::routing::{self, Decision, Limits, Router};
 use crate::store::{MemoryStore, OutageBuffer, PolicyChange, StateStore, StoreError};
 
-pub use policy_admin::AdminError;
+pub use error::{Error, ErrorKind, Violation};
 use policy_admin::{Live, PolicyAdmin};
 pub use what_if::{WhatIf, WhatIfScope, what_if};
 
@@ -50,17 +50,6 @@ pub struct Engine {
     policy_admin: PolicyAdmin,
     /// Whether route accounting carried over from the previous run still waits in its file.
     carry_over_pending: AtomicBool,
-}
-
-/// Why Route refused a call.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RouteRefused {
-    /// The request is invalid.
-    #[error(transparent)]
-    Invalid(#[from] crate::routing::RouteError),
-    /// A hard budget with `on_exhausted = "reject"` is used up.
-    #[error(transparent)]
-    Budget(#[from] crate::books::BudgetExhausted),
 }
 
 /// A proposed policy, checked against the live one.
@@ -199,7 +188,7 @@ impl Engine {
         explore_draw: f64,
         now_ms: u64,
         nonce: u64,
-    ) -> Result<(Decision, String), RouteRefused> {
+    ) -> Result<(Decision, String), Error> {
         let table = self.router.current();
         let mut d = routing::decide(
             self.router.model(),
@@ -221,7 +210,7 @@ impl Engine {
         &self,
         input: &FeedbackInput<'_>,
         now_ms: u64,
-    ) -> Result<FeedbackAck, FeedbackError> {
+    ) -> Result<FeedbackAck, Error> {
         let ack = self
             .learner
             .feedback(&self.router, &self.books, input, now_ms)
@@ -233,14 +222,11 @@ impl Engine {
     }
 
     /// Records a reuse of a decision's output (see [`Learner::reuse`]).
-    pub async fn reuse(
-        &self,
-        input: &ReuseInput<'_>,
-        now_ms: u64,
-    ) -> Result<ReuseAck, FeedbackError> {
-        self.learner
+    pub async fn reuse(&self, input: &ReuseInput<'_>, now_ms: u64) -> Result<ReuseAck, Error> {
+        Ok(self
+            .learner
             .reuse(&self.router, &self.books, input, now_ms)
-            .await
+            .await?)
     }
 
     /// The metrics as OpenMetrics text, with the scrape-time gauges set first.
@@ -344,19 +330,23 @@ impl Engine {
 
     /// The books of `query` (spend, quality, savings, budgets), after flushing this replica's
     /// unsent route accounting so the report includes it.
-    pub async fn report(&self, query: &ReportQuery, now_ms: u64) -> Result<Report, StoreError> {
+    pub async fn report(&self, query: &ReportQuery, now_ms: u64) -> Result<Report, Error> {
         let policy = self.router.table().policy.clone();
         let store = self.learner.store();
-        self.books.flush(&policy, store, now_ms).await?;
-        crate::report::build::build(&policy, &self.books, store, query, now_ms).await
+        let unavailable = Error::store("report needs the store");
+        if let Err(e) = self.books.flush(&policy, store, now_ms).await {
+            return Err(unavailable(e));
+        }
+        crate::report::build::build(&policy, &self.books, store, query, now_ms)
+            .await
+            .map_err(unavailable)
     }
 
-    /// The learned thresholds of every scope, or of one (`Err` with its name when the live
-    /// policy has no such scope).
-    pub fn thresholds(&self, scope: &str) -> Result<Thresholds, String> {
+    /// The learned thresholds of every scope, or of one.
+    pub fn thresholds(&self, scope: &str) -> Result<Thresholds, Error> {
         let table = self.router.table();
         if !scope.is_empty() && !table.plans.contains_key(scope) {
-            return Err(scope.to_string());
+            return Err(Error::UnknownScope(scope.to_string()));
         }
         Ok(Thresholds {
             rows: table.threshold_rows(scope),
@@ -366,11 +356,7 @@ impl Engine {
 
     /// Checks `text` as a replacement of the live policy: what it changes and, with `what_if`,
     /// the recent window replayed under both. Nothing changes.
-    pub async fn check_policy(
-        &self,
-        text: &str,
-        what_if: bool,
-    ) -> Result<PolicyCheck, PolicyError> {
+    pub async fn check_policy(&self, text: &str, what_if: bool) -> Result<PolicyCheck, Error> {
         let proposed = policy_admin::validate(&self.router, text)?;
         let live = self.router.table();
         let changes = crate::policy::diff(&live.policy, &proposed);
@@ -387,12 +373,6 @@ impl Engine {
         })
     }
 
-    /// Parses `text` as a replacement of the live policy (the `[store]` section cannot change
-    /// while running). Nothing changes.
-    pub fn validate_policy(&self, text: &str) -> Result<Policy, PolicyError> {
-        policy_admin::validate(&self.router, text)
-    }
-
     /// Validates `text` and makes it the live policy on every replica. On error nothing changes.
     pub async fn apply_policy(
         &self,
@@ -401,7 +381,7 @@ impl Engine {
         author: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<PolicyChange, AdminError> {
+    ) -> Result<PolicyChange, Error> {
         self.policy_admin
             .apply(self.live(), text, source, author, reason, now_ms)
             .await
@@ -414,15 +394,19 @@ impl Engine {
         author: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<PolicyChange, AdminError> {
+    ) -> Result<PolicyChange, Error> {
         self.policy_admin
             .rollback(self.live(), version, author, reason, now_ms)
             .await
     }
 
     /// The version history and audit trail, oldest first.
-    pub async fn policy_versions(&self) -> Result<Vec<PolicyChange>, StoreError> {
-        self.learner.store().policy_changes(0).await
+    pub async fn policy_versions(&self) -> Result<Vec<PolicyChange>, Error> {
+        self.learner
+            .store()
+            .policy_changes(0)
+            .await
+            .map_err(Error::store("version history needs the store"))
     }
 
     /// Names this replica in the audit trail of file changes, and sets the policy file to watch

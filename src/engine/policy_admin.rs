@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::Error;
 use crate::feedback::Learner;
 use crate::policy::{Policy, PolicyError};
 use crate::routing::Router;
@@ -25,23 +26,6 @@ pub struct Live<'a> {
     pub router: &'a Router,
     /// Swaps policies in (re-planning on the folded evidence) and reaches the store's log.
     pub learner: &'a Learner,
-}
-
-/// Why a policy change was refused. Nothing changed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AdminError {
-    /// The text is not a valid policy.
-    #[error("invalid policy: {0}")]
-    Invalid(#[from] PolicyError),
-    /// The version is already live.
-    #[error("policy version {0} is already live")]
-    AlreadyLive(String),
-    /// No such version in the log.
-    #[error("policy version {0:?} is not in the version history")]
-    UnknownVersion(String),
-    /// The store could not record the change.
-    #[error("policy change not recorded: {0}")]
-    Store(#[from] StoreError),
 }
 
 #[derive(Default)]
@@ -198,7 +182,7 @@ impl PolicyAdmin {
         author: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<PolicyChange, AdminError> {
+    ) -> Result<PolicyChange, Error> {
         let _one = self.state.lock().await;
         self.apply_locked(live, text, source, author, reason, now_ms)
             .await
@@ -212,11 +196,11 @@ impl PolicyAdmin {
         author: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<PolicyChange, AdminError> {
+    ) -> Result<PolicyChange, Error> {
         let new = validate(live.router, text)?;
         let current = live.router.table().policy.clone();
         if new.version == current.version {
-            return Err(AdminError::AlreadyLive(new.version));
+            return Err(Error::AlreadyLive(new.version));
         }
         let change = PolicyChange {
             seq: 0,
@@ -228,7 +212,12 @@ impl PolicyAdmin {
             summary: crate::policy::diff(&current, &new),
             text: text.into(),
         };
-        let seq = live.learner.store().append_policy_change(&change).await?;
+        let seq = live
+            .learner
+            .store()
+            .append_policy_change(&change)
+            .await
+            .map_err(Error::store("policy change not recorded"))?;
         live.learner.swap_policy(live.router, Arc::new(new)).await;
         tracing::info!(version = %change.version, %source, %author, changes = ?change.summary, "policy applied");
         Ok(PolicyChange { seq, ..change })
@@ -242,15 +231,20 @@ impl PolicyAdmin {
         author: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<PolicyChange, AdminError> {
+    ) -> Result<PolicyChange, Error> {
         let _one = self.state.lock().await;
-        let log = live.learner.store().policy_changes(0).await?;
+        let log = live
+            .learner
+            .store()
+            .policy_changes(0)
+            .await
+            .map_err(Error::store("policy change not recorded"))?;
         let current = live.router.table().policy.version.clone();
         let target = match version {
             Some(v) => log.iter().rev().find(|c| c.version == v),
             None => log.iter().rev().find(|c| c.version != current),
         }
-        .ok_or_else(|| AdminError::UnknownVersion(version.unwrap_or("previous").into()))?;
+        .ok_or_else(|| Error::UnknownVersion(version.unwrap_or("previous").into()))?;
         let text = target.text.clone();
         self.apply_locked(live, &text, "rollback", author, reason, now_ms)
             .await
@@ -338,8 +332,8 @@ impl PolicyAdmin {
             .apply_locked(live, &text, "file", &author, why, now_ms)
             .await
         {
-            Ok(_) | Err(AdminError::AlreadyLive(_)) => Ok(()),
-            Err(AdminError::Store(e)) => {
+            Ok(_) | Err(Error::AlreadyLive(_)) => Ok(()),
+            Err(Error::Store { source: e, .. }) => {
                 // Try again next time.
                 if let Some((_, s)) = st.file.as_mut() {
                     *s = seen;

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    admin_error, change_to_proto, invalid, policy_invalid, report_query, threshold_to_proto,
-    what_if_to_proto,
+    change_to_proto, invalid, report_query, threshold_to_proto, what_if_to_proto,
 };
 use super::now_ms;
 use super::pb;
@@ -29,9 +28,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetThresholdsResponse>, Status> {
         auth::require_admin(auth::caller(&request), "GetThresholds")?;
         let want = request.into_inner().scope;
-        let t = self.engine.thresholds(&want).map_err(|scope| {
-            Status::not_found(format!("scope {scope:?} is not in the live policy"))
-        })?;
+        let t = self.engine.thresholds(&want)?;
         Ok(Response::new(pb::GetThresholdsResponse {
             thresholds: t.rows.into_iter().map(threshold_to_proto).collect(),
             policy_version: t.policy_version,
@@ -75,11 +72,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
         auth::require_admin(auth::caller(&request), "ValidatePolicy")?;
         let r = request.into_inner();
-        let check = self
-            .engine
-            .check_policy(&r.text, r.what_if)
-            .await
-            .map_err(policy_invalid)?;
+        let check = self.engine.check_policy(&r.text, r.what_if).await?;
         let what_if = check
             .what_if
             .map(|w| {
@@ -109,8 +102,7 @@ impl Admin for AdminService {
         let change = self
             .engine
             .apply_policy(&r.text, "api", &author, &r.reason, now_ms())
-            .await
-            .map_err(admin_error)?;
+            .await?;
         Ok(Response::new(change_to_proto(change)))
     }
 
@@ -119,10 +111,7 @@ impl Admin for AdminService {
         request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
         auth::require_admin(auth::caller(&request), "ListPolicyVersions")?;
-        let changes =
-            self.engine.policy_versions().await.map_err(|e| {
-                Status::unavailable(format!("version history needs the store: {e}"))
-            })?;
+        let changes = self.engine.policy_versions().await?;
         Ok(Response::new(pb::ListPolicyVersionsResponse {
             changes: changes.into_iter().map(change_to_proto).collect(),
             live_version: self.engine.policy().version.clone(),
@@ -142,8 +131,7 @@ impl Admin for AdminService {
         let change = self
             .engine
             .rollback_policy(version, &author, &r.reason, now_ms())
-            .await
-            .map_err(admin_error)?;
+            .await?;
         Ok(Response::new(change_to_proto(change)))
     }
 }
@@ -176,9 +164,6 @@ impl AdminService {
     async fn report(&self, r: pb::GetReportRequest) -> Result<report::Report, Status> {
         let now = now_ms();
         let q = report_query(&r, now)?;
-        self.engine
-            .report(&q, now)
-            .await
-            .map_err(|e| Status::unavailable(format!("report needs the store: {e}")))
+        self.engine.report(&q, now).await.map_err(Status::from)
     }
 }

@@ -5,8 +5,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::pb;
-use crate::engine::RouteRefused;
-use crate::feedback::FeedbackError;
+use crate::engine::{Error, ErrorKind, Violation};
 use crate::policy::Period;
 use crate::report::{self, build::ReportQuery};
 use crate::routing::{Decision, RouteError};
@@ -26,45 +25,46 @@ pub(super) fn invalid(field: &str, message: String) -> Status {
     )
 }
 
-impl From<RouteError> for Status {
-    fn from(e: RouteError) -> Self {
-        invalid(e.field(), e.to_string())
-    }
-}
-
-impl From<RouteRefused> for Status {
-    fn from(e: RouteRefused) -> Self {
-        match e {
-            RouteRefused::Invalid(e) => e.into(),
-            RouteRefused::Budget(b) => {
-                let text = b.to_string();
+impl From<Error> for Status {
+    /// The one mapping of the service's errors to gRPC: the code from the error's kind, its
+    /// text as the message, and the field (`google.rpc.BadRequest`) or the exhausted budget
+    /// (`google.rpc.QuotaFailure`) as details.
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::Unavailable => Code::Unavailable,
+        };
+        match e.violation() {
+            // A request field: `field: what is wrong`, like every other refusal of a field.
+            Some(Violation::Field { field, reason }) if !matches!(e, Error::Policy(_)) => {
+                invalid(field, reason)
+            }
+            Some(Violation::Field { field, reason }) => Status::with_error_details(
+                code,
+                e.to_string(),
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            Some(Violation::Quota { subject }) => {
+                let text = e.to_string();
                 Status::with_error_details(
-                    Code::ResourceExhausted,
+                    code,
                     text.clone(),
-                    ErrorDetails::with_quota_failure_violation(b.budget, text),
+                    ErrorDetails::with_quota_failure_violation(subject, text),
                 )
             }
+            None => Status::new(code, e.to_string()),
         }
     }
 }
 
-impl From<FeedbackError> for Status {
-    fn from(e: FeedbackError) -> Self {
-        match e {
-            FeedbackError::InvalidArgument { field, reason } => invalid(field, reason),
-            FeedbackError::Token(t) => invalid("decision_id", t.to_string()),
-            FeedbackError::Expired { .. }
-            | FeedbackError::BeforeStoreReset
-            | FeedbackError::OutsideReuseWindow { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
-            FeedbackError::AlreadyRecorded | FeedbackError::ReuseRecorded(_) => {
-                Status::already_exists(e.to_string())
-            }
-            FeedbackError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
-            FeedbackError::Unavailable(_) => Status::unavailable(e.to_string()),
-            FeedbackError::Full(_) => Status::resource_exhausted(e.to_string()),
-        }
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        Error::from(e).into()
     }
 }
 
@@ -283,24 +283,6 @@ pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQ
         workflow: r.workflow.clone(),
         group_by,
     })
-}
-
-pub(super) fn policy_invalid(e: crate::policy::PolicyError) -> Status {
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid policy: {e}"),
-        ErrorDetails::with_bad_request_violation(e.path.clone(), e.reason.clone()),
-    )
-}
-
-pub(super) fn admin_error(e: crate::engine::AdminError) -> Status {
-    use crate::engine::AdminError;
-    match e {
-        AdminError::Invalid(p) => policy_invalid(p),
-        AdminError::AlreadyLive(_) => Status::already_exists(e.to_string()),
-        AdminError::UnknownVersion(_) => Status::not_found(e.to_string()),
-        AdminError::Store(_) => Status::unavailable(e.to_string()),
-    }
 }
 
 pub(super) fn change_to_proto(c: crate::store::PolicyChange) -> pb::PolicyChange {

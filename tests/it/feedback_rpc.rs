@@ -140,6 +140,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn expired_decisions_get_a_clear_error() {
+    use tokenwise::engine::Error;
     use tokenwise::feedback::{FeedbackError, FeedbackInput};
     use tokenwise::routing::RouteRequest;
     let server = TestServer::start().await;
@@ -167,7 +168,7 @@ async fn expired_decisions_get_a_clear_error() {
     let day = 24 * 3600 * 1000;
     let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();
     assert!(
-        matches!(err, FeedbackError::Expired { .. }),
+        matches!(err, Error::Feedback(FeedbackError::Expired { .. })),
         "{err:?}"
     );
     assert!(err.to_string().contains("expired"));
