@@ -904,6 +904,65 @@ sha256 = "{}"
     }
 
     #[test]
+    fn hash_errors_are_exact() {
+        // Pins the messages word for word: the decoder behind them may change, they may not.
+        let hex64 = hash_key("k");
+        assert_eq!(
+            parse_sha256("abc123"),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 6 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(&hex64[..63]),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 63 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(&format!("{hex64}00")),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 66 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(""),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 0 characters".into())
+        );
+        let non_hex = "must be 64 hex characters (the SHA-256 of the key), got 64 characters \
+                       including non-hex ones";
+        assert_eq!(parse_sha256(&"g".repeat(64)), Err(non_hex.into()));
+        assert_eq!(
+            parse_sha256(&format!("{} ", &hex64[..63])),
+            Err(non_hex.into())
+        );
+        // Multi-byte characters: counted as characters, and not hex.
+        assert_eq!(
+            parse_sha256(&format!("{}é", &hex64[..62])),
+            Err(
+                "must be 64 hex characters (the SHA-256 of the key), got 63 characters \
+                 including non-hex ones"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_sha256(&format!("{}é", &hex64[..61])),
+            Err(
+                "must be 64 hex characters (the SHA-256 of the key), got 62 characters \
+                 including non-hex ones"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_sha256("tw_abc"),
+            Err(
+                "looks like a key, not its hash: put the SHA-256 of the key here (`hash_key`, \
+                 or `printf %s \"$KEY\" | sha256sum`) and keep the key itself out of the file \
+                 (the 6-character value is not echoed)"
+                    .into()
+            )
+        );
+        // Decodes both cases to the digest's bytes.
+        let bytes: [u8; 32] = Sha256::digest(b"k").into();
+        assert_eq!(parse_sha256(&hex64), Ok(bytes));
+        assert_eq!(parse_sha256(&hex64.to_uppercase()), Ok(bytes));
+    }
+
+    #[test]
     fn key_in_hash_field_is_rejected_without_echo() {
         let (key, _) = new_key();
         let (path, reason) = config_err(&entry("a", "t", "service", &key));
