@@ -35,6 +35,10 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+mod client;
+
+pub use client::{AuthedChannel, BearerKey};
+
 /// Prefix of every key minted by [`new_key`]: makes keys recognisable to humans and secret
 /// scanners.
 pub const KEY_PREFIX: &str = "tw_";
@@ -1118,46 +1122,3 @@ sha256 = "{}"
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
-
-/// Client side: adds `authorization: Bearer <key>` to every call (no key: nothing).
-#[derive(Clone, Default)]
-pub struct BearerKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl std::fmt::Debug for BearerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "BearerKey(<key>)"
-        } else {
-            "BearerKey(none)"
-        })
-    }
-}
-
-impl BearerKey {
-    /// From an API key; `None` or empty sends no header. Fails on characters a header cannot
-    /// carry.
-    pub fn new(key: Option<&str>) -> Result<Self, Status> {
-        match key.filter(|k| !k.is_empty()) {
-            None => Ok(Self(None)),
-            Some(k) => format!("Bearer {k}")
-                .parse()
-                .map(|v| Self(Some(v)))
-                .map_err(|_| {
-                    Status::invalid_argument("API key has characters a header cannot carry")
-                }),
-        }
-    }
-}
-
-impl Interceptor for BearerKey {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert(AUTHORIZATION, v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// A client channel that authenticates with [`BearerKey`].
-pub type AuthedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>;
