@@ -1,0 +1,719 @@
+//! The key file and the [`KeyRing`] it becomes. [`load_keys`] / [`parse_keys`] validate the file
+//! (errors quote the key path, e.g. `keys[2].sha256: ...`); [`new_key`] mints a key and its
+//! hash, [`hash_key`] hashes an existing one.
+//!
+//! The server knows keys only by their SHA-256, listed in the file, so the file can be reviewed
+//! and shipped without leaking a key. Key material never appears in errors, logs or `Debug`
+//! output.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Caller, Role};
+
+/// Prefix of every key minted by [`new_key`]: makes keys recognisable to humans and secret
+/// scanners.
+pub const KEY_PREFIX: &str = "tw_";
+
+// ---- configuration errors ----
+
+/// A key file that could not be read or failed validation.
+#[derive(Debug)]
+pub enum AuthConfigError {
+    /// The file could not be read.
+    Read {
+        /// The key file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not a valid key file.
+    Invalid {
+        /// The key file, when loaded from one ([`load_keys`]); `None` from [`parse_keys`].
+        file: Option<PathBuf>,
+        /// Key path, e.g. `keys[2].sha256`; `<file>` for TOML syntax errors.
+        path: String,
+        /// What is wrong (never quotes key or hash values).
+        reason: String,
+    },
+}
+
+impl AuthConfigError {
+    fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        AuthConfigError::Invalid {
+            file: None,
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Key path of a validation error (e.g. `keys[2].sha256`); `None` for read errors.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            AuthConfigError::Read { .. } => None,
+            AuthConfigError::Invalid { path, .. } => Some(path),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> Self {
+        match self {
+            AuthConfigError::Invalid { path, reason, .. } => AuthConfigError::Invalid {
+                file: Some(file.to_path_buf()),
+                path,
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for AuthConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfigError::Read { file, source } => {
+                write!(f, "cannot read key file {}: {source}", file.display())
+            }
+            AuthConfigError::Invalid {
+                file: Some(file),
+                path,
+                reason,
+            } => write!(f, "{}: {path}: {reason}", file.display()),
+            AuthConfigError::Invalid {
+                file: None,
+                path,
+                reason,
+            } => write!(f, "{path}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthConfigError::Read { source, .. } => Some(source),
+            AuthConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+// ---- key file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyFile {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: String,
+    team: String,
+    role: String,
+    sha256: String,
+}
+
+/// The configured API keys: SHA-256 of each key → the caller it identifies.
+///
+/// Holds hashes only. `Debug` lists callers (name, team, role), never hashes.
+#[derive(Clone)]
+pub struct KeyRing {
+    by_hash: HashMap<[u8; 32], Caller>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut callers: Vec<&Caller> = self.by_hash.values().collect();
+        callers.sort_by(|a, b| a.name.cmp(&b.name));
+        f.debug_struct("KeyRing")
+            .field("callers", &callers)
+            .finish()
+    }
+}
+
+/// Reads and validates a key file (the format is on [`parse_keys`]).
+///
+/// Errors name the file and the key path, e.g. `keys.toml: keys[2].sha256: must be 64 hex
+/// characters ...`.
+pub fn load_keys(path: &Path) -> Result<KeyRing, AuthConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse_keys(&text).map_err(|e| e.in_file(path))
+}
+
+/// Parses and validates key-file text: one `[[keys]]` table per key:
+///
+/// ```toml
+/// [[keys]]
+/// name = "search-prod"          # for logs and the audit trail
+/// team = "search"
+/// role = "service"              # or "admin"
+/// sha256 = "<64 hex chars: SHA-256 of the key>"
+/// ```
+///
+/// Rejects unknown fields, an empty key list, empty or padded names and teams, roles other than
+/// `service`/`admin`, hashes that are not 64 hex characters, and duplicate hashes or names.
+pub fn parse_keys(text: &str) -> Result<KeyRing, AuthConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| AuthConfigError::invalid("<file>", toml_reason(text, &e)))?;
+    let raw: RawKeyFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        AuthConfigError::invalid(path, toml_reason(text, &e.into_inner()))
+    })?;
+    validate(raw)
+}
+
+fn validate(raw: RawKeyFile) -> Result<KeyRing, AuthConfigError> {
+    if raw.keys.is_empty() {
+        return Err(AuthConfigError::invalid(
+            "keys",
+            "at least one [[keys]] entry is required (to run without authentication, \
+             configure no key file)",
+        ));
+    }
+    let mut by_hash: HashMap<[u8; 32], Caller> = HashMap::with_capacity(raw.keys.len());
+    let mut hash_index: HashMap<[u8; 32], usize> = HashMap::with_capacity(raw.keys.len());
+    let mut name_index: HashMap<String, usize> = HashMap::with_capacity(raw.keys.len());
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}].{field}");
+        check_label(&at("name"), &key.name)?;
+        check_label(&at("team"), &key.team)?;
+        if key.team == crate::books::OTHER {
+            // The books count teams over their cardinality cap as `other`: a key for that
+            // team would read all of them.
+            return Err(AuthConfigError::invalid(
+                at("team"),
+                format!(
+                    "{:?} is reserved (the books' label for teams over the cap)",
+                    crate::books::OTHER
+                ),
+            ));
+        }
+        let role = Role::parse(&key.role).ok_or_else(|| {
+            AuthConfigError::invalid(
+                at("role"),
+                if key.role.len() <= 16 && !key.role.starts_with(KEY_PREFIX) {
+                    format!("must be \"service\" or \"admin\", got {:?}", key.role)
+                } else {
+                    "must be \"service\" or \"admin\"".to_string()
+                },
+            )
+        })?;
+        let hash = parse_sha256(&key.sha256)
+            .map_err(|reason| AuthConfigError::invalid(at("sha256"), reason))?;
+        if let Some(first) = name_index.get(&key.name) {
+            return Err(AuthConfigError::invalid(
+                at("name"),
+                format!(
+                    "{:?} is already used by keys[{first}]: names identify keys in logs and \
+                     the audit trail",
+                    key.name
+                ),
+            ));
+        }
+        if let Some(first) = hash_index.get(&hash) {
+            return Err(AuthConfigError::invalid(
+                at("sha256"),
+                format!("same key as keys[{first}]: every entry needs its own key"),
+            ));
+        }
+        name_index.insert(key.name.clone(), i);
+        hash_index.insert(hash, i);
+        by_hash.insert(
+            hash,
+            Caller {
+                name: key.name,
+                team: key.team,
+                role,
+            },
+        );
+    }
+    Ok(KeyRing { by_hash })
+}
+
+fn check_label(path: &str, value: &str) -> Result<(), AuthConfigError> {
+    if value.trim().is_empty() {
+        return Err(AuthConfigError::invalid(path, "must not be empty"));
+    }
+    if value.trim() != value {
+        return Err(AuthConfigError::invalid(
+            path,
+            format!("must not have leading or trailing whitespace, got {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a hex SHA-256. The error never quotes the value: a key pasted here by mistake must
+/// not end up in a log.
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    if s.starts_with(KEY_PREFIX) {
+        return Err(format!(
+            "looks like a key, not its hash: put the SHA-256 of the key here (`hash_key`, or \
+             `printf %s \"$KEY\" | sha256sum`) and keep the key itself out of the file \
+             (the {}-character value is not echoed)",
+            s.len()
+        ));
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return Err(format!(
+            "must be 64 hex characters (the SHA-256 of the key), got {} characters{}",
+            s.chars().count(),
+            if bytes.iter().all(u8::is_ascii_hexdigit) {
+                ""
+            } else {
+                " including non-hex ones"
+            }
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
+    }
+    Ok(out)
+}
+
+/// Value of an ASCII hex digit (callers check `is_ascii_hexdigit` first).
+fn hex_val(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// A toml error as `line L, column C: message`. toml's own `Display` quotes the offending
+/// source line, which may hold a key pasted into the file by mistake, so it is not used; serde's
+/// `invalid type: string "..."` is cut down for the same reason.
+fn toml_reason(text: &str, e: &toml::de::Error) -> String {
+    crate::policy::toml_at(text, e, redact_string_values(e.message()))
+}
+
+/// `invalid type: string "tw_...", expected a sequence` → `invalid type: string, expected a
+/// sequence`.
+fn redact_string_values(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at + MARK.len() - 2]);
+        let after = &rest[at + MARK.len()..];
+        rest = match after.rfind("\", ") {
+            Some(end) => &after[end + 1..],
+            None => match after.rfind('"') {
+                Some(end) => &after[end + 1..],
+                None => "",
+            },
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl KeyRing {
+    /// Number of configured keys (never 0 for a validated ring).
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether no keys are configured (never true for a ring from [`parse_keys`]).
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The configured callers, by name.
+    pub fn callers(&self) -> Vec<&Caller> {
+        let mut v: Vec<&Caller> = self.by_hash.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The caller `key` identifies, looked up by the key's SHA-256 (so lookup time does not
+    /// leak key prefixes).
+    pub(super) fn lookup(&self, key: &str) -> Option<&Caller> {
+        self.by_hash.get(&digest(key))
+    }
+}
+
+// ---- keys ----
+
+/// Mints a new API key: `tw_` + 32 random bytes in URL-safe base64 without padding (46
+/// characters). Returns `(key, sha256 hex)`: hand the key to the caller, put the hash in the
+/// key file.
+pub fn new_key() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = hash_key(&key);
+    (key, hash)
+}
+
+/// SHA-256 of a key (all of it, prefix included) as 64 lowercase hex characters: the value of
+/// `sha256` in the key file. Same as `printf %s "$KEY" | sha256sum` (mind that `echo` would add
+/// a newline).
+pub fn hash_key(key: &str) -> String {
+    use fmt::Write as _;
+    digest(key)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthInterceptor;
+    use crate::auth::fixtures::{ADMIN_KEY, SERVICE_KEY, md, ring, ring_text};
+    use std::sync::Arc;
+
+    fn config_err(text: &str) -> (String, String) {
+        match parse_keys(text).unwrap_err() {
+            AuthConfigError::Invalid { path, reason, .. } => (path, reason),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn entry(name: &str, team: &str, role: &str, sha256: &str) -> String {
+        format!(
+            "[[keys]]\nname = \"{name}\"\nteam = \"{team}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n"
+        )
+    }
+
+    // ---- keys ----
+
+    #[test]
+    fn new_key_round_trip() {
+        let (key, hash) = new_key();
+        assert!(key.starts_with(KEY_PREFIX));
+        assert_eq!(key.len(), KEY_PREFIX.len() + 43);
+        let body = URL_SAFE_NO_PAD.decode(&key[KEY_PREFIX.len()..]).unwrap();
+        assert_eq!(body.len(), 32);
+        assert_eq!(hash, hash_key(&key));
+        assert_eq!(hash.len(), 64);
+        assert!(hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        let (other, _) = new_key();
+        assert_ne!(key, other);
+
+        let r = parse_keys(&entry("svc", "search", "service", &hash)).unwrap();
+        let c = r.authenticate(&md(&format!("Bearer {key}"))).unwrap();
+        assert_eq!(c.name, "svc");
+        assert_eq!(c.team, "search");
+        assert_eq!(c.role, Role::Service);
+    }
+
+    #[test]
+    fn hash_key_known_vector() {
+        // printf %s abc | sha256sum
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn uppercase_hash_is_accepted() {
+        let text = entry(
+            "svc",
+            "search",
+            "service",
+            &hash_key(SERVICE_KEY).to_uppercase(),
+        );
+        let r = parse_keys(&text).unwrap();
+        assert_eq!(
+            r.authenticate(&md(&format!("Bearer {SERVICE_KEY}")))
+                .unwrap()
+                .name,
+            "svc"
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let r = ring();
+        let d = format!("{r:?}");
+        assert!(
+            d.contains("search-prod") && d.contains("platform-ops"),
+            "{d}"
+        );
+        assert!(d.contains("Service") && d.contains("Admin"), "{d}");
+        for secret in [SERVICE_KEY, ADMIN_KEY] {
+            let h = hash_key(secret);
+            assert!(!d.contains(secret), "{d}");
+            assert!(!d.contains(&h), "{d}");
+            assert!(!d.contains(&h[..12]), "{d}");
+        }
+        let i = format!("{:?}", AuthInterceptor::new(Some(Arc::new(r))));
+        assert!(!i.contains(&hash_key(SERVICE_KEY)[..12]), "{i}");
+    }
+
+    #[test]
+    fn ring_accessors() {
+        let r = ring();
+        assert_eq!(r.len(), 2);
+        assert!(!r.is_empty());
+        let names: Vec<&str> = r.callers().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["platform-ops", "search-prod"]);
+    }
+
+    // ---- config errors ----
+
+    #[test]
+    fn bad_hash_names_key_path() {
+        let h1 = hash_key("a");
+        let h2 = hash_key("b");
+        let text = format!(
+            "{}{}{}",
+            entry("a", "t", "service", &h1),
+            entry("b", "t", "service", &h2),
+            entry("c", "t", "service", "abc123")
+        );
+        let (path, reason) = config_err(&text);
+        assert_eq!(path, "keys[2].sha256");
+        assert!(reason.starts_with("must be 64 hex characters"), "{reason}");
+        let err = parse_keys(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("keys[2].sha256: must be 64 hex characters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_hex_hash_is_rejected() {
+        let bad = "g".repeat(64);
+        let (path, reason) = config_err(&entry("a", "t", "service", &bad));
+        assert_eq!(path, "keys[0].sha256");
+        assert!(reason.contains("non-hex"), "{reason}");
+        assert!(!reason.contains(&bad), "{reason}");
+    }
+
+    #[test]
+    fn hash_errors_are_exact() {
+        // Pins the messages word for word: the decoder behind them may change, they may not.
+        let hex64 = hash_key("k");
+        assert_eq!(
+            parse_sha256("abc123"),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 6 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(&hex64[..63]),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 63 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(&format!("{hex64}00")),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 66 characters".into())
+        );
+        assert_eq!(
+            parse_sha256(""),
+            Err("must be 64 hex characters (the SHA-256 of the key), got 0 characters".into())
+        );
+        let non_hex = "must be 64 hex characters (the SHA-256 of the key), got 64 characters \
+                       including non-hex ones";
+        assert_eq!(parse_sha256(&"g".repeat(64)), Err(non_hex.into()));
+        assert_eq!(
+            parse_sha256(&format!("{} ", &hex64[..63])),
+            Err(non_hex.into())
+        );
+        // Multi-byte characters: counted as characters, and not hex.
+        assert_eq!(
+            parse_sha256(&format!("{}é", &hex64[..62])),
+            Err(
+                "must be 64 hex characters (the SHA-256 of the key), got 63 characters \
+                 including non-hex ones"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_sha256(&format!("{}é", &hex64[..61])),
+            Err(
+                "must be 64 hex characters (the SHA-256 of the key), got 62 characters \
+                 including non-hex ones"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_sha256("tw_abc"),
+            Err(
+                "looks like a key, not its hash: put the SHA-256 of the key here (`hash_key`, \
+                 or `printf %s \"$KEY\" | sha256sum`) and keep the key itself out of the file \
+                 (the 6-character value is not echoed)"
+                    .into()
+            )
+        );
+        // Decodes both cases to the digest's bytes.
+        let bytes: [u8; 32] = Sha256::digest(b"k").into();
+        assert_eq!(parse_sha256(&hex64), Ok(bytes));
+        assert_eq!(parse_sha256(&hex64.to_uppercase()), Ok(bytes));
+    }
+
+    #[test]
+    fn key_in_hash_field_is_rejected_without_echo() {
+        let (key, _) = new_key();
+        let (path, reason) = config_err(&entry("a", "t", "service", &key));
+        assert_eq!(path, "keys[0].sha256");
+        assert!(reason.contains("looks like a key"), "{reason}");
+        assert!(!reason.contains(&key), "{reason}");
+    }
+
+    #[test]
+    fn duplicate_hash_is_rejected() {
+        let h = hash_key("same");
+        let text = format!(
+            "{}{}",
+            entry("a", "t", "service", &h),
+            entry("b", "u", "admin", &h)
+        );
+        let (path, reason) = config_err(&text);
+        assert_eq!(path, "keys[1].sha256");
+        assert!(reason.contains("keys[0]"), "{reason}");
+        // Same bytes, different case: still a duplicate.
+        let text = format!(
+            "{}{}",
+            entry("a", "t", "service", &h),
+            entry("b", "u", "admin", &h.to_uppercase())
+        );
+        assert_eq!(config_err(&text).0, "keys[1].sha256");
+    }
+
+    #[test]
+    fn duplicate_name_is_rejected() {
+        let text = format!(
+            "{}{}",
+            entry("a", "t", "service", &hash_key("1")),
+            entry("a", "u", "admin", &hash_key("2"))
+        );
+        let (path, reason) = config_err(&text);
+        assert_eq!(path, "keys[1].name");
+        assert!(reason.contains("keys[0]"), "{reason}");
+    }
+
+    #[test]
+    fn empty_team_and_name_are_rejected() {
+        let h = hash_key("k");
+        assert_eq!(config_err(&entry("a", "", "service", &h)).0, "keys[0].team");
+        assert_eq!(
+            config_err(&entry("a", "  ", "service", &h)).0,
+            "keys[0].team"
+        );
+        assert_eq!(config_err(&entry("", "t", "service", &h)).0, "keys[0].name");
+        let (path, reason) = config_err(&entry("a", " t", "service", &h));
+        assert_eq!(path, "keys[0].team");
+        assert!(reason.contains("whitespace"), "{reason}");
+    }
+
+    #[test]
+    fn bad_role_is_rejected() {
+        let (path, reason) = config_err(&entry("a", "t", "Admin", &hash_key("k")));
+        assert_eq!(path, "keys[0].role");
+        assert!(
+            reason.contains("\"service\" or \"admin\", got \"Admin\""),
+            "{reason}"
+        );
+        let (path, reason) = config_err(&entry("a", "t", "tw_secret", &hash_key("k")));
+        assert_eq!(path, "keys[0].role");
+        assert!(!reason.contains("tw_secret"), "{reason}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = format!(
+            "{}key = \"tw_x\"\n",
+            entry("a", "t", "service", &hash_key("k"))
+        );
+        let (path, reason) = config_err(&text);
+        assert_eq!(path, "keys[0].key");
+        assert!(reason.contains("unknown field `key`"), "{reason}");
+        // toml's Display would quote the source line, i.e. the key.
+        assert!(reason.starts_with("line 6, column 1: "), "{reason}");
+        assert!(!reason.contains("tw_x"), "{reason}");
+
+        let (path, reason) = config_err("enabled = true\n");
+        assert_eq!(path, "enabled");
+        assert!(reason.contains("unknown field `enabled`"), "{reason}");
+    }
+
+    #[test]
+    fn missing_field_is_rejected() {
+        let text = "[[keys]]\nname = \"a\"\nteam = \"t\"\nrole = \"service\"\n";
+        let (path, reason) = config_err(text);
+        assert_eq!(path, "keys[0]");
+        assert!(reason.contains("missing field `sha256`"), "{reason}");
+    }
+
+    #[test]
+    fn empty_key_list_is_rejected() {
+        for text in ["", "keys = []\n"] {
+            let (path, reason) = config_err(text);
+            assert_eq!(path, "keys", "{text:?}");
+            assert!(reason.contains("at least one"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_error_is_one_line() {
+        let (path, reason) = config_err("[[keys]\nname = ");
+        assert_eq!(path, "<file>");
+        assert!(reason.starts_with("line 1, column 8: "), "{reason}");
+        assert!(!reason.contains('\n'), "{reason}");
+        // An unterminated string holding a key: the source line is not quoted.
+        let text = "[[keys]]\nname = \"a\"\nsha256 = \"tw_secret\n";
+        let (path, reason) = config_err(text);
+        assert_eq!(path, "<file>");
+        assert!(reason.starts_with("line 3, column "), "{reason}");
+        assert!(!reason.contains("tw_secret"), "{reason}");
+    }
+
+    #[test]
+    fn type_errors_do_not_quote_string_values() {
+        let (path, reason) = config_err("keys = \"tw_secret\"\n");
+        assert_eq!(path, "keys");
+        assert!(
+            reason.contains("invalid type: string, expected"),
+            "{reason}"
+        );
+        assert!(!reason.contains("tw_secret"), "{reason}");
+        assert_eq!(
+            redact_string_values(r#"invalid type: string "a\", b", expected x"#),
+            "invalid type: string, expected x"
+        );
+        assert_eq!(redact_string_values("no strings here"), "no strings here");
+    }
+
+    #[test]
+    fn load_keys_reads_file_and_names_it() {
+        let dir = std::env::temp_dir().join(format!("tokenwise-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("keys.toml");
+        std::fs::write(&good, ring_text()).unwrap();
+        assert_eq!(load_keys(&good).unwrap().len(), 2);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, entry("a", "t", "root", &hash_key("k"))).unwrap();
+        let e = load_keys(&bad).unwrap_err();
+        assert_eq!(e.path(), Some("keys[0].role"));
+        let msg = e.to_string();
+        assert!(msg.contains("bad.toml: keys[0].role: "), "{msg}");
+
+        let missing = dir.join("missing.toml");
+        let e = load_keys(&missing).unwrap_err();
+        assert!(matches!(e, AuthConfigError::Read { .. }), "{e:?}");
+        assert_eq!(e.path(), None);
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
