@@ -264,33 +264,21 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
             s.len()
         ));
     }
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
-        return Err(format!(
+    // Succeeds on exactly 64 hex digits of either case. Its error is not passed on: it would
+    // quote the first non-hex character.
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| {
+        format!(
             "must be 64 hex characters (the SHA-256 of the key), got {} characters{}",
             s.chars().count(),
-            if bytes.iter().all(u8::is_ascii_hexdigit) {
+            if s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 ""
             } else {
                 " including non-hex ones"
             }
-        ));
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *o = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
-    }
+        )
+    })?;
     Ok(out)
-}
-
-/// Value of an ASCII hex digit (callers check `is_ascii_hexdigit` first).
-fn hex_val(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        b'A'..=b'F' => c - b'A' + 10,
-        _ => 0,
-    }
 }
 
 /// A toml error as `line L, column C: message`. toml's own `Display` quotes the offending
@@ -366,13 +354,7 @@ pub fn new_key() -> (String, String) {
 /// `sha256` in the key file. Same as `printf %s "$KEY" | sha256sum` (mind that `echo` would add
 /// a newline).
 pub fn hash_key(key: &str) -> String {
-    use fmt::Write as _;
-    digest(key)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(digest(key))
 }
 
 #[cfg(test)]
