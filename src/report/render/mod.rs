@@ -461,57 +461,8 @@ fn escape(s: &str) -> String {
     out
 }
 
-const CSS: &str = r#"
-*{box-sizing:border-box}
-body{margin:0;background:#f5f6f8;color:#1f2328;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:28px 24px 40px}
-h1{font-size:22px;margin:0 0 4px}
-h2{font-size:16px;margin:0 0 10px}
-.meta{color:#57606a;margin:0 0 20px}
-section{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:16px 18px;margin:0 0 18px}
-.kpis{display:grid;grid-template-columns:repeat(5,1fr);gap:12px;background:none;border:0;padding:0}
-.kpi{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:14px 16px}
-.kpi .label{color:#57606a;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.kpi .value{font-size:26px;font-weight:650;margin:4px 0 2px;font-variant-numeric:tabular-nums;white-space:nowrap}
-.kpi .value small{font-size:14px;font-weight:500;color:#57606a}
-.kpi .sub{color:#57606a;font-size:12.5px}
-.kpi .sub b{color:#1f2328;font-weight:600}
-.good{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{padding:6px 5px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap;vertical-align:middle}
-th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4;white-space:normal;vertical-align:bottom}
-th:first-child,td:first-child{text-align:left}
-td.l,th.l{text-align:left}
-td.key{white-space:normal;min-width:110px}
-table.groups th{padding-left:3px}
-tr.more td{text-align:left;color:#57606a;font-size:12.5px;white-space:normal;background:#f6f8fa}
-tr.more b{color:#1f2328;font-weight:600}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eaeef2;border-radius:4px;padding:1px 5px}
-.head{display:flex;justify-content:space-between;align-items:baseline;gap:12px;flex-wrap:wrap}
-.head .legend{margin:0 0 10px;gap:12px;cursor:help}
-tfoot td{font-weight:650;border-top:2px solid #d8dee4;border-bottom:0}
-.empty{color:#57606a;text-align:center;padding:18px}
-.share{display:inline-block;vertical-align:middle;width:30px;height:8px;background:#eaeef2;border-radius:4px;margin-left:5px;overflow:hidden}
-.share i{display:block;height:100%;background:#3b82f6}
-.pct{color:#57606a;font-size:11px;margin-left:3px}
-.mix{display:flex;width:72px;height:10px;border-radius:3px;overflow:hidden;background:#eaeef2;cursor:help}
-.mix i{display:block;height:100%}
-.meter{display:inline-block;vertical-align:middle;width:80px;height:8px;background:#eaeef2;border-radius:4px;margin-left:8px;overflow:hidden}
-.meter i{display:block;height:100%}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
-.badge.ok{background:#dafbe1;color:#1a7f37}.badge.soft{background:#fff8c5;color:#9a6700}.badge.exhausted{background:#ffebe9;color:#cf222e}
-.note{color:#57606a;margin:10px 0 0}
-.legend{display:flex;gap:18px;color:#57606a;font-size:12.5px;margin:0 0 6px;flex-wrap:wrap}
-.sw{display:inline-block;width:14px;height:10px;margin-right:6px;vertical-align:middle}
-.sw.bar{background:#3b82f6}
-.sw.line{height:3px;background:#ea580c}
-.sw.dash{height:0;border-top:2px dashed #6e7781}
-.chart svg{display:block;width:100%;height:auto}
-.notraffic{color:#57606a;text-align:center;padding:48px 0;border:1px dashed #d8dee4;border-radius:6px}
-footer{color:#6e7781;font-size:12px}
-@media (max-width:900px){.kpis{grid-template-columns:repeat(2,1fr)}}
-"#;
+/// The page's stylesheet, inlined into its `<style>` element (starting on a line of its own).
+const CSS: &str = include_str!("assets/report.css");
 
 /// Tier colours, cheapest first.
 const TIER_COLOURS: [&str; 6] = [
@@ -528,7 +479,7 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
     )?;
     writeln!(o, "<title>Model spend report · {}</title>", escape(&period))?;
-    writeln!(o, "<style>{CSS}</style></head><body><main>")?;
+    writeln!(o, "<style>\n{CSS}</style></head><body><main>")?;
     writeln!(o, "<h1>Model spend report</h1>")?;
     writeln!(
         o,
