@@ -3,7 +3,7 @@
 
 use crate::report::{GroupReport, Report, TierShare};
 
-/// Column names of [`csv`], in order.
+/// Column names of [`csv`](fn@csv), in order.
 const CSV_HEADER: [&str; 29] = [
     "group_by",
     "group",

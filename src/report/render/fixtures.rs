@@ -1,7 +1,7 @@
 //! The sample report the views' tests render: two teams (one without outcomes, with a label to
 //! escape), two budgets, and six hours of series with an hour without quality.
 
-use super::HOUR_MS;
+use super::chart::HOUR_MS;
 use crate::report::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
 
 /// 2025-03-04 00:00 UTC.
