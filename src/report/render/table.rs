@@ -1,0 +1,255 @@
+//! The terminal table: a header line, one row per group and a `total` row, the budgets table,
+//! and the lines on human time, reuse and budget enforcement under them.
+
+use comfy_table::{CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{
+    MISSING, budget_fraction, display_or_missing, enforcement_line, human_time_sentence,
+    human_time_text, opt_fixed, opt_usd, percent, plural, quality_precision, tier_mix_text, utc,
+};
+use crate::report::{BudgetStatus, GroupReport, Report, thousands, usd};
+
+/// Renders the report as plain text for a terminal: a header line (period in UTC, grouping,
+/// policy version), one table with a row per group and a final `total` row, a budgets table
+/// when budgets apply, and a line on budget downgrades and rejections when there were any.
+///
+/// No colours or other escape sequences; missing values show as `–`.
+pub fn table(r: &Report) -> String {
+    table_fitting(r, None)
+}
+
+/// [`table`]; with a `width` (a terminal's columns), the tables wrap their cells to fit it, so
+/// a report reads in an 80- or 120-column window instead of as wrapped lines.
+pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
+    let fit = |t: &mut Table| {
+        if let Some(w) = width {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+            t.set_width(w);
+        }
+    };
+    let mut out = format!(
+        "tokenwise report  {} → {} UTC  ·  by {}  ·  policy {}\n",
+        utc(r.since_ms),
+        utc(r.until_ms),
+        r.group_by.as_str(),
+        display_or_missing(&r.policy_version),
+    );
+
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    fit(&mut t);
+    t.set_header(vec![
+        r.group_by.as_str(),
+        "spend",
+        "tasks",
+        "outcomes",
+        "completed",
+        "cost/completed",
+        "quality (real / bar)",
+        "savings vs premium",
+        "value (revenue/risk)",
+        "human time",
+        "net value",
+        "reuse",
+        "tier mix",
+    ]);
+    for g in &r.groups {
+        t.add_row(group_cells(g, &g.key));
+    }
+    t.add_row(group_cells(&r.total, "total"));
+    for i in 1..=11 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    if let Some(line) = human_time_sentence(&r.total) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let t = &r.total;
+    if t.reused > 0 {
+        out.push_str(&format!(
+            "{} output{} reused so far, {} time{} in all.\n",
+            thousands(t.reused),
+            plural(t.reused),
+            thousands(t.reuse_events),
+            plural(t.reuse_events)
+        ));
+    }
+
+    if !r.budgets.is_empty() {
+        let mut b = Table::new();
+        b.load_style(UTF8_FULL_CONDENSED);
+        fit(&mut b);
+        b.set_header(vec![
+            "budget",
+            "period",
+            "period start (UTC)",
+            "soft",
+            "hard",
+            "used",
+            "left",
+            "state",
+        ]);
+        for s in &r.budgets {
+            b.add_row(vec![
+                s.id.clone(),
+                s.period.clone(),
+                utc(s.period_start_ms),
+                opt_usd(s.soft_limit_micros),
+                opt_usd(s.hard_limit_micros),
+                budget_used(s),
+                opt_usd(s.left_micros),
+                s.state.clone(),
+            ]);
+        }
+        for i in 3..=6 {
+            if let Some(c) = b.column_mut(i) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        out.push('\n');
+        out.push_str(&b.to_string());
+        out.push('\n');
+    }
+
+    if let Some(line) = enforcement_line(&r.total) {
+        out.push('\n');
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Table cells of one group, labelled `label`.
+fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
+    vec![
+        label.to_owned(),
+        usd(g.spend_micros),
+        g.tasks.to_string(),
+        g.outcomes.to_string(),
+        g.completed.to_string(),
+        opt_usd(g.cost_per_completed_micros),
+        quality_text(g),
+        savings_text(g),
+        usd(g.value_micros),
+        human_time_text(g),
+        usd(g.net_value_micros),
+        reuse_text(g),
+        tier_mix_text(g),
+    ]
+}
+
+/// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing. Shown
+/// with more decimals when realized is below the bar but equal to it at two (see
+/// [`quality_precision`]).
+fn quality_text(g: &GroupReport) -> String {
+    match (g.realized_quality, g.quality_bar) {
+        (None, None) => MISSING.to_owned(),
+        (q, b) => {
+            let (d, _) = quality_precision(g.realized_quality, g.quality_bar);
+            format!("{} / {}", opt_fixed(q, d), opt_fixed(b, d))
+        }
+    }
+}
+
+/// Savings in dollars plus their share of the premium cost, e.g. `$12.0000 (62%)`.
+fn savings_text(g: &GroupReport) -> String {
+    if g.premium_micros > 0 {
+        format!(
+            "{} ({})",
+            usd(g.savings_micros),
+            percent(g.savings_micros as f64 / g.premium_micros as f64)
+        )
+    } else {
+        usd(g.savings_micros)
+    }
+}
+
+/// Reuse rate, reused outputs and reuse events, e.g. `40% (12; 31 uses)`; `–` without
+/// completed outputs.
+fn reuse_text(g: &GroupReport) -> String {
+    if g.reuse_rate.is_none() && g.reused == 0 {
+        return MISSING.to_owned();
+    }
+    format!(
+        "{} ({}; {} use{})",
+        g.reuse_rate.map_or(MISSING.to_owned(), percent),
+        g.reused,
+        g.reuse_events,
+        plural(g.reuse_events)
+    )
+}
+
+/// Used amount with its share of the hard (else soft) limit, e.g. `$85.0000 (85%)`.
+fn budget_used(s: &BudgetStatus) -> String {
+    match budget_fraction(s) {
+        Some(f) => format!("{} ({})", usd(s.used_micros), percent(f)),
+        None => usd(s.used_micros),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::render::fixtures::sample;
+
+    #[test]
+    fn table_shows_groups_money_and_missing_values() {
+        let t = table(&sample());
+        assert!(t.contains("2025-03-04 00:00 → 2025-03-04 12:00 UTC"), "{t}");
+        assert!(t.contains("by team") && t.contains("policy v12"), "{t}");
+        for needle in [
+            "search",
+            "team<x>",
+            "total",
+            "$12.35",
+            "$0.0374",
+            "0.82 / 0.75",
+            "40% (160; 200 uses)",
+            "160 outputs reused so far, 200 times in all.",
+            "small 60% · medium 30% · frontier 10%",
+            "-$2.50",
+            "team:search/month",
+            "$85.00 (85%)",
+            "2025-03-01 00:00",
+            "7 decisions downgraded",
+            "2 route calls rejected",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        // The group without outcomes has no cost per completed, quality or reuse.
+        let odd = t.lines().find(|l| l.contains("team<x>")).unwrap();
+        assert!(odd.matches(MISSING).count() >= 3, "{odd}");
+        assert!(!t.contains('\u{1b}'), "no ANSI escapes");
+    }
+
+    #[test]
+    fn table_without_budgets_or_enforcement() {
+        let mut r = sample();
+        r.budgets.clear();
+        r.total.budget_downgrades = 0;
+        r.total.budget_rejections = 0;
+        let t = table(&r);
+        assert!(!t.contains("period start"));
+        assert!(!t.contains("downgraded"));
+    }
+
+    #[test]
+    fn a_table_fits_the_terminal_width_it_is_given() {
+        let r = sample();
+        let wide = table(&r);
+        assert!(wide.lines().any(|l| l.chars().count() > 150));
+        let narrow = table_fitting(&r, Some(100));
+        for l in narrow.lines().skip(1) {
+            assert!(
+                l.chars().count() <= 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+        assert!(narrow.contains("search"));
+    }
+}
