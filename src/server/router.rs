@@ -204,7 +204,11 @@ impl RouterService {
         let (d, id) = self
             .engine
             .route(&req, rng.random::<f64>(), now_ms(), rng.random())?;
-        tracing::debug!(scope = %d.scope, tier = %d.tier().name, complexity = d.complexity, explored = d.explored, "routed");
+        tracing::Span::current()
+            .record("scope", d.scope.as_str())
+            .record("tier", d.tier().name.as_str())
+            .record("decision_id", id.as_str());
+        tracing::debug!(complexity = d.complexity, explored = d.explored, "routed");
         Ok(Response::new(to_proto(d, id)))
     }
 
@@ -225,7 +229,11 @@ impl RouterService {
         };
         match self.engine.feedback(&input, now_ms()).await {
             Ok(ack) => {
-                tracing::debug!(scope = %ack.scope, tier = %ack.tier, score = r.score, "feedback applied");
+                tracing::Span::current()
+                    .record("scope", ack.scope.as_str())
+                    .record("tier", ack.tier.as_str())
+                    .record("decision_id", r.decision_id.as_str());
+                tracing::debug!(score = r.score, "feedback applied");
                 Ok(Response::new(pb::FeedbackResponse {
                     scope: ack.scope,
                     tier: ack.tier,

@@ -6,6 +6,72 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::{Level, Span};
+
+/// Header that carries a call's request id: the caller's if it sent one, else a new UUID.
+pub(super) const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every call a request id (kept if the caller sent `x-request-id`, else a new UUID).
+pub(super) fn set_request_id() -> SetRequestIdLayer<RandomUuid> {
+    SetRequestIdLayer::x_request_id(RandomUuid)
+}
+
+/// A version-4 UUID from the thread's generator: no system call per request (tower-http's
+/// own `MakeRequestUuid` asks the kernel for every id).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RandomUuid;
+
+impl MakeRequestId for RandomUuid {
+    fn make_request_id<B>(&mut self, _: &tonic::codegen::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
+        tonic::codegen::http::HeaderValue::from_str(text)
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Echoes the call's request id in the response headers.
+pub(super) fn propagate_request_id() -> PropagateRequestIdLayer {
+    PropagateRequestIdLayer::x_request_id()
+}
+
+/// One span per call (debug level: free when the log level is info) with the RPC path and the
+/// request id; handlers record the scope, tier and decision id in it. A refused call is logged
+/// at debug too (the handlers log refusals that matter at info).
+pub(super) fn trace() -> TraceLayer<GrpcClassifier, MakeRpcSpan> {
+    TraceLayer::new_for_grpc()
+        .make_span_with(rpc_span as MakeRpcSpan)
+        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+}
+
+type GrpcClassifier =
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>;
+type MakeRpcSpan = fn(&HttpRequest) -> Span;
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+
+fn rpc_span(req: &HttpRequest) -> Span {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::debug_span!(
+        "rpc",
+        path = %req.uri().path(),
+        request_id = %id,
+        scope = tracing::field::Empty,
+        tier = tracing::field::Empty,
+        decision_id = tracing::field::Empty,
+    )
+}
 
 /// An accepted connection that tells h2 it has no vectored writes.
 ///

@@ -335,3 +335,29 @@ async fn an_undecodable_request_is_invalid_argument() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("does not decode"), "{}", e.message());
 }
+
+#[tokio::test]
+async fn every_call_carries_a_request_id_and_a_callers_own_is_echoed() {
+    let server = TestServer::start().await;
+    let mut client = server.router().await;
+    let fresh = client.route(route_req("What is 2+2?")).await.unwrap();
+    let id = fresh
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let mut mine = tonic::Request::new(route_req("What is 2+2?"));
+    mine.metadata_mut()
+        .insert("x-request-id", "trace-me-42".parse().unwrap());
+    let echoed = client.route(mine).await.unwrap();
+    assert_eq!(
+        echoed.metadata().get("x-request-id").unwrap(),
+        "trace-me-42"
+    );
+    // Refusals carry it too (in the response headers of the error).
+    let refused = client.route(route_req("")).await.unwrap_err();
+    assert!(refused.metadata().get("x-request-id").is_some());
+    server.stop().await;
+}
