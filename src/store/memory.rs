@@ -182,10 +182,14 @@ impl StateStore for MemoryStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn memory_store_passes_the_contract() {
-        let store = MemoryStore::new();
-        super::super::contract::check(&store).await.unwrap();
+    mod contract {
+        use super::*;
+        use std::sync::Arc;
+
+        crate::store_contract_tests!(async {
+            let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+            Some(((), store))
+        });
     }
 
     #[tokio::test]

@@ -285,9 +285,38 @@ pub fn open(
 /// outcomes old weighs nothing measurable, so a fresh replica rebuilds the same state from it.
 pub const MAX_LOG_EVENTS: u64 = 50_000;
 
+/// One test per behaviour of the [`contract`], for a backend: `$make` is an async expression
+/// giving `Option<(guard, Arc<dyn StateStore>)>` on a fresh, empty store (`None` skips, e.g.
+/// without redis-server); the guard lives as long as the test.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@each $make;
+            log_records_each_nonce_once_in_order,
+            counters_add_up_and_a_resent_batch_applies_once,
+            an_outcomes_accounting_applies_with_it_once,
+            policy_changes_append_in_order,
+            concurrent_records_of_one_nonce_one_wins);
+    };
+    (@each $make:expr; $($behaviour:ident),+) => {
+        $(
+            #[tokio::test]
+            async fn $behaviour() {
+                let Some((_guard, store)) = $make.await else {
+                    return;
+                };
+                if let Err(why) = $crate::store::contract::$behaviour(&*store).await {
+                    panic!("{}: {why}", stringify!($behaviour));
+                }
+            }
+        )+
+    };
+}
+
 pub mod contract {
-    //! The contract every implementation must pass; the memory store runs it in unit tests,
-    //! Redis in `tests/it/store_redis.rs`, against the same checks.
+    //! The contract every implementation must pass, one function per behaviour:
+    //! [`crate::store_contract_tests!`] makes one test of each for a backend (the memory store in
+    //! its unit tests, Redis in `tests/it/store_redis.rs`); [`check`] runs them all on one store.
     use super::*;
 
     /// An event for nonce `n`.
@@ -321,48 +350,71 @@ pub mod contract {
         if ok { Ok(()) } else { Err(what()) }
     }
 
-    /// Runs every check on an empty store; `Err` says which failed.
+    /// Runs every check, one after another, on one empty store; `Err` says which failed.
     pub async fn check(store: &dyn StateStore) -> Result<(), String> {
-        let now = 1_000_000;
-        let e = |x: StoreError| x.to_string();
-        store.ping().await.map_err(e)?;
-        let (none, cursor) = store.events_since(0, 100).await.map_err(e)?;
-        ensure(none.is_empty() && cursor == 0, || {
-            format!("empty store returned {none:?} / {cursor}")
-        })?;
+        log_records_each_nonce_once_in_order(store).await?;
+        counters_add_up_and_a_resent_batch_applies_once(store).await?;
+        an_outcomes_accounting_applies_with_it_once(store).await?;
+        policy_changes_append_in_order(store).await?;
+        concurrent_records_of_one_nonce_one_wins(store).await
+    }
 
-        // Record three, one of them twice: the duplicate changes nothing.
+    const NOW: u64 = 1_000_000;
+
+    fn e(x: StoreError) -> String {
+        x.to_string()
+    }
+
+    fn want(pairs: &[(&str, i64)]) -> std::collections::HashMap<String, i64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Events are recorded once per nonce (a duplicate changes nothing), come back in order and
+    /// whole, and the cursor advances past them, page by page.
+    pub async fn log_records_each_nonce_once_in_order(
+        store: &dyn StateStore,
+    ) -> Result<(), String> {
+        store.ping().await.map_err(e)?;
+        let (first, base) = store.events_since(0, 100).await.map_err(e)?;
+        ensure(first.is_empty(), || {
+            format!("empty store returned {first:?} / {base}")
+        })?;
         for n in [1, 2, 3] {
-            let r = store.record(&event(n), now).await.map_err(e)?;
+            let r = store.record(&event(n), NOW).await.map_err(e)?;
             ensure(r == Recorded::New, || {
                 format!("first record of {n} was {r:?}")
             })?;
         }
-        let r = store.record(&event(2), now).await.map_err(e)?;
+        let r = store.record(&event(2), NOW).await.map_err(e)?;
         ensure(r == Recorded::Duplicate, || {
             format!("second record of 2 was {r:?}")
         })?;
-
-        // Events come back in order, whole, and the cursor advances past them.
-        let (got, cursor) = store.events_since(0, 100).await.map_err(e)?;
+        let (got, cursor) = store.events_since(base, 100).await.map_err(e)?;
         ensure(got == vec![event(1), event(2), event(3)], || {
             format!("log is {got:?}")
         })?;
-        ensure(cursor == 3, || format!("cursor after 3 events is {cursor}"))?;
-        let (tail, c2) = store.events_since(2, 100).await.map_err(e)?;
-        ensure(tail == vec![event(3)] && c2 == 3, || {
+        ensure(cursor == base + 3, || {
+            format!("cursor after 3 events is {cursor}")
+        })?;
+        let (tail, c2) = store.events_since(base + 2, 100).await.map_err(e)?;
+        ensure(tail == vec![event(3)] && c2 == base + 3, || {
             format!("events_since(2) = {tail:?} / {c2}")
         })?;
-        let (page, c3) = store.events_since(0, 2).await.map_err(e)?;
-        ensure(page.len() == 2 && c3 == 2, || {
+        let (page, c3) = store.events_since(base, 2).await.map_err(e)?;
+        ensure(page.len() == 2 && c3 == base + 2, || {
             format!("a page of 2 = {page:?} / {c3}")
         })?;
-        let (nothing, c4) = store.events_since(3, 100).await.map_err(e)?;
-        ensure(nothing.is_empty() && c4 == 3, || {
+        let (nothing, c4) = store.events_since(base + 3, 100).await.map_err(e)?;
+        ensure(nothing.is_empty() && c4 == base + 3, || {
             format!("caught-up read = {nothing:?} / {c4}")
-        })?;
+        })
+    }
 
-        // Counters: batches add up, fields and hashes stay apart, unknown hashes read empty.
+    /// Counter batches add up, fields and hashes stay apart, unknown hashes read empty, and a
+    /// resent batch (same id) is applied once.
+    pub async fn counters_add_up_and_a_resent_batch_applies_once(
+        store: &dyn StateStore,
+    ) -> Result<(), String> {
         store
             .add_counters(
                 1,
@@ -370,48 +422,46 @@ pub mod contract {
             )
             .await
             .map_err(e)?;
-        store
-            .add_counters(2, &[add("h1", "a", 7), add("h1", "a", -1)])
-            .await
-            .map_err(e)?;
-        // A resent batch (same id) is applied once.
-        store
-            .add_counters(2, &[add("h1", "a", 7), add("h1", "a", -1)])
-            .await
-            .map_err(e)?;
+        for _ in 0..2 {
+            store
+                .add_counters(2, &[add("h1", "a", 7), add("h1", "a", -1)])
+                .await
+                .map_err(e)?;
+        }
         let read = store
             .read_counters(&["h1".into(), "nope".into(), "h2".into()])
             .await
             .map_err(e)?;
-        let want = |pairs: &[(&str, i64)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect::<std::collections::HashMap<_, _>>()
-        };
         ensure(
             read == vec![want(&[("a", 11), ("b", -2)]), want(&[]), want(&[("a", 1)])],
             || format!("counters read back as {read:?}"),
-        )?;
+        )
+    }
 
-        // An outcome's accounting applies with it, once: not again for a duplicate, and it
-        // stays out of the log.
+    /// An outcome's accounting applies with it, once: not again for a duplicate, and it stays
+    /// out of the log.
+    pub async fn an_outcomes_accounting_applies_with_it_once(
+        store: &dyn StateStore,
+    ) -> Result<(), String> {
+        let (_, base) = store.events_since(0, 100).await.map_err(e)?;
         let mut with = event(500);
         with.counters = vec![add("h3", "spend", 40), add("h3", "outcomes", 1)];
         for _ in 0..2 {
-            store.record(&with, now).await.map_err(e)?;
+            store.record(&with, NOW).await.map_err(e)?;
         }
         let read = store.read_counters(&["h3".into()]).await.map_err(e)?;
         ensure(
             read == vec![want(&[("spend", 40), ("outcomes", 1)])],
             || format!("outcome accounting applied as {read:?}"),
         )?;
-        let (logged, _) = store.events_since(3, 100).await.map_err(e)?;
+        let (logged, _) = store.events_since(base, 100).await.map_err(e)?;
         ensure(logged == vec![event(500)], || {
             format!("logged outcome is {logged:?}")
-        })?;
+        })
+    }
 
-        // Policy changes: appended in order, read back from any position with seq set.
+    /// Policy changes are appended in order and read back from any position with `seq` set.
+    pub async fn policy_changes_append_in_order(store: &dyn StateStore) -> Result<(), String> {
         let change = |v: &str| PolicyChange {
             seq: 0,
             version: v.into(),
@@ -436,18 +486,21 @@ pub mod contract {
                 ..change(v)
             })
             .collect();
-        ensure(tail == want, || format!("policy_changes(1) = {tail:?}"))?;
+        ensure(tail == want, || format!("policy_changes(1) = {tail:?}"))
+    }
 
-        // Many concurrent records of one nonce: exactly one wins.
+    /// Many concurrent records of one nonce: exactly one wins.
+    pub async fn concurrent_records_of_one_nonce_one_wins(
+        store: &dyn StateStore,
+    ) -> Result<(), String> {
         let racer = event(99);
-        let results = futures::future::join_all((0..16).map(|_| store.record(&racer, now))).await;
+        let results = futures::future::join_all((0..16).map(|_| store.record(&racer, NOW))).await;
         let wins = results
             .iter()
             .filter(|r| matches!(r, Ok(Recorded::New)))
             .count();
         ensure(wins == 1, || {
             format!("{wins} concurrent records of one nonce won")
-        })?;
-        Ok(())
+        })
     }
 }

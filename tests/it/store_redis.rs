@@ -70,18 +70,23 @@ const TASKS: [&str; 6] = [
     "If 3x + 7 = 22, what is x, and what is 2x squared minus x?",
 ];
 
-#[tokio::test]
-async fn redis_store_passes_the_contract() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let store = RedisStore::new(
-        &redis.url(),
-        &unique_prefix("contract"),
-        Duration::from_millis(500),
-    )
-    .unwrap();
-    contract::check(&store).await.unwrap();
+/// The store contract on Redis, one test per behaviour, each on its own redis-server.
+mod contract_on_redis {
+    use super::*;
+    use std::sync::Arc;
+
+    tokenwise::store_contract_tests!(async {
+        let redis = RedisServer::start()?;
+        let store: Arc<dyn StateStore> = Arc::new(
+            RedisStore::new(
+                &redis.url(),
+                &unique_prefix("contract"),
+                Duration::from_millis(500),
+            )
+            .unwrap(),
+        );
+        Some((redis, store))
+    });
 }
 
 #[tokio::test]
