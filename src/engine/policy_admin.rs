@@ -272,24 +272,37 @@ impl PolicyAdmin {
             .await?;
         if st.cursor > 0 {
             if changes.is_empty() {
+                // Shorter than seen: the store lost it. If another replica has already started
+                // the history again (and perhaps changed the policy since), follow that history;
+                // recording this replica's policy over it would undo a change made after the loss.
+                let restarted = live.learner.store().policy_changes(0).await?;
+                if restarted.is_empty() {
+                    tracing::warn!(
+                        cursor = st.cursor,
+                        "policy history is shorter than seen: the store lost it; recording the live policy again"
+                    );
+                    let current = live.router.table().policy.clone();
+                    let why = "policy history lost by the store; live policy recorded again";
+                    self.record_live(
+                        live,
+                        &mut st,
+                        &current,
+                        why,
+                        vec!["history restarted".into()],
+                        now_ms,
+                    )
+                    .await?;
+                    return Ok(());
+                }
                 tracing::warn!(
                     cursor = st.cursor,
-                    "policy history is shorter than seen: the store lost it; recording the live policy again"
+                    entries = restarted.len(),
+                    "policy history was lost by the store and started again by another replica; following it"
                 );
-                let current = live.router.table().policy.clone();
-                let why = "policy history lost by the store; live policy recorded again";
-                self.record_live(
-                    live,
-                    &mut st,
-                    &current,
-                    why,
-                    vec!["history restarted".into()],
-                    now_ms,
-                )
-                .await?;
-                return Ok(());
+                changes = restarted;
+            } else {
+                changes.remove(0);
             }
-            changes.remove(0);
         }
         if let Some(last) = changes.last() {
             st.cursor = last.seq + 1;

@@ -324,6 +324,32 @@ refresh_ms = 50
     ))
 }
 
+/// What `server` itself counts as used of the budget, micro-USD: the view it admits against
+/// (its `tokenwise_budget_used_usd` gauge).
+fn budget_seen(server: &TestServer) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let text = server.engine.render_metrics(now);
+    let usd: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tokenwise_budget_used_usd{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    (usd * 1e6).round() as i64
+}
+
+/// Waits until both replicas' own views of the budget show `micros` used (a replica sees the
+/// other's spend at its next refresh).
+async fn until_both_see(a: &TestServer, b: &TestServer, micros: i64) {
+    crate::common::eventually(&format!("both replicas see {micros} µ$ used"), || async {
+        budget_seen(a) == micros && budget_seen(b) == micros
+    })
+    .await;
+}
+
 /// Routes `n` premium tasks concurrently; returns how many were admitted.
 async fn race(server: &TestServer, n: usize) -> usize {
     let c = server.router().await;
@@ -351,7 +377,7 @@ async fn two_replicas_racing_for_the_last_of_a_budget_overshoot_at_most_what_is_
 
     // Budget $0.07 = 20 premium tasks of 3,500 µ$. Spend 16 on A and let both replicas see it.
     assert_eq!(race(&a, 16).await, 16);
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    until_both_see(&a, &b, 16 * 3_500).await;
 
     // Four tasks' worth left. Both replicas race 20 calls each before either refreshes.
     let (won_a, won_b) = tokio::join!(race(&a, 20), race(&b, 20));
@@ -367,10 +393,14 @@ async fn two_replicas_racing_for_the_last_of_a_budget_overshoot_at_most_what_is_
 
     // Once both have refreshed, neither admits anything, and the shared books hold every
     // reservation.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    until_both_see(&a, &b, admitted as i64 * 3_500).await;
     assert_eq!(race(&a, 3).await + race(&b, 3).await, 0);
     // A flushes its refusal counts at its next refresh; B flushes when asked for the report.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rejections = 40 + 6 - won_a - won_b;
+    crate::common::eventually("A's refusal counts reach the shared books", || async {
+        group(&report(&b, "team").await, "rich").budget_rejections as usize == rejections
+    })
+    .await;
     let r = report(&b, "team").await;
     let budget = &r.budgets[0];
     assert_eq!(budget.used_micros, admitted as i64 * 3_500);

@@ -161,7 +161,6 @@ async fn apply_validate_rollback_and_the_audit_trail() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(()).unwrap();
     let (ok, errors) = traffic.await.unwrap();
     assert!(ok > 10 && errors == 0, "{ok} ok, {errors} errors");
@@ -470,7 +469,20 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The loss is seen at a's next refresh: it records its live policy again.
+    crate::common::eventually("a records its policy again after the loss", || async {
+        let log = a
+            .admin()
+            .await
+            .list_policy_versions(ListPolicyVersionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        log.changes
+            .iter()
+            .any(|c| c.summary == ["history restarted"])
+    })
+    .await;
     let applied = a
         .admin()
         .await

@@ -226,3 +226,20 @@ thresholds = {{ small = 0.0 }}
 "#
     )
 }
+
+/// Waits (up to 10 s, checking every 20 ms) until `cond` holds; fails naming `what` otherwise.
+/// Tests wait for what they need to see, never for a fixed time.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
