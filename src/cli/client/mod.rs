@@ -1,9 +1,13 @@
 //! Commands that talk to a running server over gRPC (route, reuse, thresholds, `replay --addr`;
 //! `report` and `policy` in their own files) and the connection they share: address, API key, TLS.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
+use serde::Serialize;
 
 use super::{ReplayArgs, load_records, runtime};
+use crate::dataset::Record;
 use crate::server::pb;
 
 mod policy;
@@ -223,8 +227,7 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
     records.truncate(limit.unwrap_or(usize::MAX));
     runtime()?.block_on(async move {
         let started = std::time::Instant::now();
-        let s =
-            crate::replay::replay_remote(connect(addr).await?, &records, concurrency.max(1)).await;
+        let s = replay_remote(connect(addr).await?, &records, concurrency.max(1)).await;
         if json {
             outln!("{}", serde_json::to_string(&s)?);
         } else {
@@ -239,6 +242,79 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// What a replay against a running server did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+struct RemoteSummary {
+    /// Route calls answered.
+    routed: usize,
+    /// Feedback calls accepted.
+    fed_back: usize,
+    /// Records whose chosen model has no recorded outcome (routed, no feedback).
+    no_outcome: usize,
+    /// Calls refused, by gRPC code.
+    refused: BTreeMap<String, usize>,
+}
+
+/// Replays records against a running server over gRPC: Route each task (team = the workflow's
+/// family, e.g. `mmlu` for `mmlu/anatomy`), then post the chosen model's recorded outcome as
+/// Feedback. `concurrency` calls run at once. This is traffic for the server's books and
+/// thresholds; the in-process [`crate::replay::replay`] is the measurement.
+async fn replay_remote(
+    channel: crate::auth::AuthedChannel,
+    records: &[Record],
+    concurrency: usize,
+) -> RemoteSummary {
+    use futures::StreamExt;
+    let client = pb::router_client::RouterClient::new(channel);
+    let one = |r: &Record| {
+        let mut c = client.clone();
+        let team = r.workflow.split('/').next().unwrap_or("").to_string();
+        let req = pb::RouteRequest {
+            task: r.prompt.clone(),
+            workflow: r.workflow.clone(),
+            team,
+            hints: None,
+        };
+        let outcomes = r.outcomes.clone();
+        async move {
+            let d = c.route(req).await?.into_inner();
+            let Some(o) = outcomes.get(&d.model) else {
+                return Ok::<_, tonic::Status>(false);
+            };
+            c.feedback(pb::FeedbackRequest {
+                decision_id: d.decision_id,
+                score: o.score,
+                input_tokens: o.input_tokens.unwrap_or(0) as i64,
+                output_tokens: o.output_tokens.unwrap_or(0) as i64,
+                reused: false,
+            })
+            .await?;
+            Ok(true)
+        }
+    };
+    let mut summary = RemoteSummary::default();
+    let mut results = futures::stream::iter(records.iter().map(one)).buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(true) => {
+                summary.routed += 1;
+                summary.fed_back += 1;
+            }
+            Ok(false) => {
+                summary.routed += 1;
+                summary.no_outcome += 1;
+            }
+            Err(s) => {
+                *summary
+                    .refused
+                    .entry(format!("{:?}", s.code()))
+                    .or_default() += 1
+            }
+        }
+    }
+    summary
 }
 
 /// `addr` as a URL: `http://` unless it names a scheme.
