@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use std::str::FromStr;
+
 use anyhow::Context;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
 use crate::dataset::Split;
@@ -115,7 +118,7 @@ struct ReplayArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Part of the file to replay.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_parser = split_parser(), default_value = "all")]
     split: Split,
     /// Keep only workflows with these prefixes; `!prefix` leaves one out
     /// (e.g. `'!gsm8k,!mmlu/high_school'`).
@@ -176,4 +179,39 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// A clap parser for a domain enum: clap checks the name against `all` (so `--help` lists the
+/// values with their `help` lines, and a wrong one is refused with the list), then `FromStr`
+/// reads it.
+fn choices<T, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    help: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + FromStr + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.map(|v| PossibleValue::new(name(v)).help(help(v))))
+        .try_map(|s| s.parse::<T>())
+}
+
+/// `--split` of train, eval and replay.
+fn split_parser() -> impl TypedValueParser<Value = Split> {
+    choices(Split::ALL, Split::name, |split| match split {
+        Split::All => "Every record",
+        Split::Train => "Records whose id does not hash into the held-out fifth",
+        Split::Holdout => "The held-out fifth: `fnv1a(id) % 5 == 0`",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

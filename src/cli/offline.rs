@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use super::{ReplayArgs, load_records, path_str};
+use clap::builder::TypedValueParser;
+
+use super::{ReplayArgs, choices, load_records, path_str, split_parser};
 use crate::classifier::ComplexityModel;
 use crate::dataset::Split;
 use crate::policy::Policy;
-use crate::training::{self, TrainOptions};
+use crate::training::{self, Target, TrainOptions};
 
 /// Arguments of `keygen`.
 #[derive(Debug, clap::Args)]
@@ -54,7 +56,7 @@ pub(super) struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Part of the file to train on (the held-out fifth is `fnv1a(id) % 5 == 0`).
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_parser = split_parser(), default_value = "all")]
     split: Split,
     /// Keep only workflows with these prefixes; `!prefix` leaves one out
     /// (e.g. `'!gsm8k,!mmlu/high_school'`).
@@ -68,8 +70,17 @@ pub(super) struct TrainArgs {
     max_iterations: u64,
     /// What the score means: `irt` (difficulty shared by both models), `cheap` (difficulty
     /// for the cheap model), `gap` (chance the premium model does better).
-    #[arg(long, value_enum, default_value = "irt")]
-    target: training::Target,
+    #[arg(long, value_parser = target_parser(), default_value = "irt")]
+    target: Target,
+}
+
+/// `--target` of train.
+fn target_parser() -> impl TypedValueParser<Value = Target> {
+    choices(Target::ALL, Target::name, |target| match target {
+        Target::Irt => "Item response: one difficulty shared by both models, one ability each",
+        Target::Cheap => "Difficulty for the cheap model alone (the chance it fails)",
+        Target::Gap => "The chance the premium model does better than the cheap one",
+    })
 }
 
 /// Trains the complexity model on a data file and writes the artifact.
@@ -97,7 +108,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let in_sample = training::evaluate(&model, &records, &cheap, &premium);
     model.training = serde_json::json!({
         "data": data.display().to_string(),
-        "split": format!("{split:?}").to_lowercase(),
+        "split": split.to_string(),
         "records": records.len(),
         "cheap": cheap,
         "premium": premium,
@@ -135,7 +146,7 @@ pub(super) struct EvalArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Part of the file to evaluate on.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_parser = split_parser(), default_value = "all")]
     split: Split,
     /// Keep only workflows with these prefixes; `!prefix` leaves one out
     /// (e.g. `'!gsm8k,!mmlu/high_school'`).
@@ -310,5 +321,49 @@ pub(super) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => bail!("{}: invalid policy: {e}", file.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use crate::dataset::Split;
+    use crate::training::Target;
+
+    fn train(extra: &[&str]) -> Result<(Split, Target), clap::Error> {
+        let args = [
+            "tokenwise",
+            "train",
+            "--data",
+            "d",
+            "--cheap",
+            "c",
+            "--premium",
+            "p",
+            "--out",
+            "o",
+        ];
+        match Cli::try_parse_from(args.iter().chain(extra))?.command {
+            Command::Train(args) => Ok((args.split, args.target)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn split_and_target_are_read_by_name_with_defaults() {
+        assert_eq!(train(&[]).unwrap(), (Split::All, Target::Irt));
+        assert_eq!(
+            train(&["--split", "holdout", "--target", "gap"]).unwrap(),
+            (Split::Holdout, Target::Gap)
+        );
+        let err = train(&["--split", "Holdout"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(
+            err.to_string()
+                .contains("[possible values: all, train, holdout]"),
+            "{err}"
+        );
     }
 }
