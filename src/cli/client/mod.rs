@@ -357,3 +357,12 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedCha
 pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_address_without_a_scheme_is_plain_http() {
+        assert_eq!(super::endpoint("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(super::endpoint("https://router:443"), "https://router:443");
+    }
+}

@@ -140,3 +140,20 @@ fn parse_instant(s: &str, now_ms: u64) -> anyhow::Result<u64> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_instant;
+
+    #[test]
+    fn instants_are_durations_ago_dates_or_times() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_instant("24h", now).unwrap(), now - 86_400_000);
+        assert_eq!(parse_instant("2026-11-01", now).unwrap(), 1_793_491_200_000);
+        assert_eq!(
+            parse_instant("2026-11-01T08:00:00Z", now).unwrap(),
+            1_793_491_200_000 + 8 * 3_600_000
+        );
+        assert!(parse_instant("yesterday", now).is_err());
+    }
+}
