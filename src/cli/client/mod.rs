@@ -55,34 +55,49 @@ pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
                 task,
                 workflow,
                 team,
-                hints: Some(pb::RouteHints { expected_output_tokens, task_type: String::new() }),
+                hints: Some(pb::RouteHints {
+                    expected_output_tokens,
+                    task_type: String::new(),
+                }),
             })
             .await
             .map_err(status_error)?
             .into_inner();
         if json {
-            let candidates: Vec<serde_json::Value> = d
-                .candidates
-                .iter()
-                .map(|c| serde_json::json!({"tier": c.tier, "model": c.model, "predicted_quality": c.predicted_quality, "estimated_cost_usd": c.estimated_cost_usd, "threshold": c.threshold}))
-                .collect();
-            outln!("{}", serde_json::json!({
-                "decision_id": d.decision_id, "tier": d.tier, "model": d.model, "complexity": d.complexity,
-                "estimated_cost_usd": d.estimated_cost_usd, "candidates": candidates, "fallback_tier": d.fallback_tier,
-                "policy_version": d.policy_version, "reason": d.reason, "scope": d.scope, "explored": d.explored,
-            }));
+            outln!("{}", json_line(&d)?);
         } else {
             outln!("tier        {}  ({})", d.tier, d.model);
             outln!("complexity  {:.3}", d.complexity);
             outln!("est. cost   ${:.6}", d.estimated_cost_usd);
-            outln!("fallback    {}", if d.fallback_tier.is_empty() { "-" } else { &d.fallback_tier });
+            outln!(
+                "fallback    {}",
+                if d.fallback_tier.is_empty() {
+                    "-"
+                } else {
+                    &d.fallback_tier
+                }
+            );
             outln!("scope       {}  (policy {})", d.scope, d.policy_version);
             outln!("reason      {}", d.reason);
             outln!();
-            outln!("{:<12} {:<28} {:>9} {:>12} {:>9}", "candidate", "model", "quality", "est. cost", "threshold");
+            outln!(
+                "{:<12} {:<28} {:>9} {:>12} {:>9}",
+                "candidate",
+                "model",
+                "quality",
+                "est. cost",
+                "threshold"
+            );
             for c in &d.candidates {
                 let mark = if c.tier == d.tier { "*" } else { " " };
-                outln!("{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}", c.tier, c.model, c.predicted_quality, c.estimated_cost_usd, c.threshold);
+                outln!(
+                    "{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}",
+                    c.tier,
+                    c.model,
+                    c.predicted_quality,
+                    c.estimated_cost_usd,
+                    c.threshold
+                );
             }
             outln!();
             outln!("decision_id {}", d.decision_id);
@@ -176,35 +191,86 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner();
         if json {
-            let rows: Vec<serde_json::Value> = r
-                .thresholds
-                .iter()
-                .map(|t| serde_json::json!({"scope": t.scope, "workflow": t.workflow, "tier": t.tier, "threshold": t.threshold, "pinned": t.pinned, "evidence": t.evidence, "observed_quality": t.observed_quality, "last_move": t.last_move, "bar": t.bar, "scope_quality": t.scope_quality, "team_plan": t.team_plan, "team": t.team}))
-                .collect();
-            outln!("{}", serde_json::json!({"policy_version": r.policy_version, "thresholds": rows}));
+            outln!("{}", json_line(&r)?);
         } else {
             outln!("policy {}", r.policy_version);
             // Columns as wide as their longest entry, so long scope names stay aligned.
-            let sw = r.thresholds.iter().map(|t| t.scope.chars().count()).max().unwrap_or(0).max(5);
-            let ww = r.thresholds.iter().map(|t| t.workflow.chars().count()).max().unwrap_or(0).max(8);
-            let tw = r.thresholds.iter().map(|t| t.tier.chars().count()).max().unwrap_or(0).max(4);
+            let sw = r
+                .thresholds
+                .iter()
+                .map(|t| t.scope.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            let ww = r
+                .thresholds
+                .iter()
+                .map(|t| t.workflow.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(8);
+            let tw = r
+                .thresholds
+                .iter()
+                .map(|t| t.tier.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
             // The shared plan's rows, then each team's own plan.
             let team_of = |t: &pb::TierThreshold| match (t.team_plan, t.team.as_str()) {
                 (false, _) => "(shared)".to_string(),
                 (true, "") => "(no team)".to_string(),
                 (true, team) => team.to_string(),
             };
-            let mw = r.thresholds.iter().map(|t| team_of(t).chars().count()).max().unwrap_or(0).max(4);
-            outln!("{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}", "scope", "team", "workflow", "tier", "threshold", "evidence", "observed", "last move", "bar");
+            let mw = r
+                .thresholds
+                .iter()
+                .map(|t| team_of(t).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            outln!(
+                "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}",
+                "scope",
+                "team",
+                "workflow",
+                "tier",
+                "threshold",
+                "evidence",
+                "observed",
+                "last move",
+                "bar"
+            );
             for t in &r.thresholds {
-                let observed = if t.evidence > 0.0 { format!("{:.3}", t.observed_quality) } else { "-".into() };
-                let workflow = if t.workflow.is_empty() { "(all)" } else { t.workflow.as_str() };
+                let observed = if t.evidence > 0.0 {
+                    format!("{:.3}", t.observed_quality)
+                } else {
+                    "-".into()
+                };
+                let workflow = if t.workflow.is_empty() {
+                    "(all)"
+                } else {
+                    t.workflow.as_str()
+                };
                 // A pinned threshold is the policy's, not learned: marked with `*`.
                 let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
-                outln!("{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}", t.scope, team_of(t), workflow, t.tier, threshold, t.evidence, observed, t.last_move, t.bar);
+                outln!(
+                    "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}",
+                    t.scope,
+                    team_of(t),
+                    workflow,
+                    t.tier,
+                    threshold,
+                    t.evidence,
+                    observed,
+                    t.last_move,
+                    t.bar
+                );
             }
             if r.thresholds.iter().any(|t| t.pinned) {
-                outln!("* pinned by the policy (`thresholds = {{...}}`): learning does not move it");
+                outln!(
+                    "* pinned by the policy (`thresholds = {{...}}`): learning does not move it"
+                );
             }
         }
         Ok(())
@@ -317,6 +383,12 @@ async fn replay_remote(
     summary
 }
 
+/// A response as one line of JSON, its keys in sorted order (through a `serde_json::Value`,
+/// whose maps are sorted): the order `route --json` and `thresholds --json` have always printed.
+fn json_line(response: &impl Serialize) -> serde_json::Result<String> {
+    Ok(serde_json::to_value(response)?.to_string())
+}
+
 /// `addr` as a URL: `http://` unless it names a scheme.
 fn endpoint(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
@@ -360,9 +432,31 @@ pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
+    use crate::server::pb;
+
     #[test]
     fn an_address_without_a_scheme_is_plain_http() {
         assert_eq!(super::endpoint("127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(super::endpoint("https://router:443"), "https://router:443");
+    }
+
+    #[test]
+    fn json_responses_keep_their_sorted_keys() {
+        let route = pb::RouteResponse {
+            candidates: vec![pb::Candidate::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            super::json_line(&route).unwrap(),
+            r#"{"candidates":[{"estimated_cost_usd":0.0,"model":"","predicted_quality":0.0,"threshold":0.0,"tier":""}],"complexity":0.0,"decision_id":"","estimated_cost_usd":0.0,"explored":false,"fallback_tier":"","model":"","policy_version":"","reason":"","scope":"","tier":""}"#
+        );
+        let thresholds = pb::GetThresholdsResponse {
+            thresholds: vec![pb::TierThreshold::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            super::json_line(&thresholds).unwrap(),
+            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"team":"","team_plan":false,"threshold":0.0,"tier":"","workflow":""}]}"#
+        );
     }
 }
