@@ -170,11 +170,13 @@ fn load_records(
     Ok(crate::dataset::filter_workflows(records, workflows))
 }
 
+/// `p` as the `&str` the loaders take.
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
+/// The runtime a command's gRPC calls (or the server) run on.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
