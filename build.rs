@@ -15,6 +15,14 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         // Undecodable requests are INVALID_ARGUMENT (src/codec.rs), not prost's INTERNAL.
         .codec_path("crate::codec::StrictCodec")
+        // `tokenwise route --json` and `thresholds --json` print these responses as they are.
+        .type_attribute(".tokenwise.v1.RouteResponse", "#[derive(serde::Serialize)]")
+        .type_attribute(".tokenwise.v1.Candidate", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".tokenwise.v1.GetThresholdsResponse",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(".tokenwise.v1.TierThreshold", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out_dir.join("tokenwise_descriptor.bin"))
         .compile_with_config(config, &["proto/tokenwise/v1/router.proto"], &["proto"])?;
     Ok(())

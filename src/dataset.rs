@@ -37,8 +37,9 @@ pub struct Record {
     pub outcomes: BTreeMap<String, Outcome>,
 }
 
-/// Which part of a data file to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which part of a data file to use; as text ([`FromStr`](std::str::FromStr), `Display`) `all`,
+/// `train` or `holdout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     /// Every record.
     All,
@@ -49,6 +50,18 @@ pub enum Split {
 }
 
 impl Split {
+    /// Every split, in the order they are listed.
+    pub const ALL: [Split; 3] = [Split::All, Split::Train, Split::Holdout];
+
+    /// Its name, as [`FromStr`](std::str::FromStr) reads it and `Display` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::All => "all",
+            Split::Train => "train",
+            Split::Holdout => "holdout",
+        }
+    }
+
     /// Whether a record id belongs to this split.
     pub fn contains(self, id: &str) -> bool {
         let held_out = fnv1a(id).is_multiple_of(5);
@@ -57,6 +70,28 @@ impl Split {
             Split::Train => !held_out,
             Split::Holdout => held_out,
         }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no [`Split`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown split {0:?}: expected all, train or holdout")]
+pub struct ParseSplitError(pub String);
+
+impl std::str::FromStr for Split {
+    type Err = ParseSplitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Split::ALL
+            .into_iter()
+            .find(|split| split.name() == s)
+            .ok_or_else(|| ParseSplitError(s.to_string()))
     }
 }
 
@@ -166,6 +201,17 @@ mod tests {
         assert_eq!(held + train, 1000);
         assert!((150..250).contains(&held), "{held}");
         assert!(Split::All.contains("x"));
+    }
+
+    #[test]
+    fn split_names_read_back() {
+        for split in Split::ALL {
+            assert_eq!(split.to_string().parse::<Split>(), Ok(split));
+        }
+        assert_eq!(
+            "Holdout".parse::<Split>(),
+            Err(ParseSplitError("Holdout".into()))
+        );
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct TrainOptions {
     pub target: Target,
 }
 
-/// What the complexity score is trained to mean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What the complexity score is trained to mean; as text ([`FromStr`](std::str::FromStr),
+/// `Display`) `irt`, `cheap` or `gap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// Item response: one difficulty shared by both models, one ability each.
     Irt,
@@ -46,6 +47,42 @@ pub enum Target {
     Cheap,
     /// The chance the premium model does better than the cheap one.
     Gap,
+}
+
+impl Target {
+    /// Every target, in the order they are listed.
+    pub const ALL: [Target; 3] = [Target::Irt, Target::Cheap, Target::Gap];
+
+    /// Its name, as [`FromStr`](std::str::FromStr) reads it and `Display` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Irt => "irt",
+            Target::Cheap => "cheap",
+            Target::Gap => "gap",
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no [`Target`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown target {0:?}: expected irt, cheap or gap")]
+pub struct ParseTargetError(pub String);
+
+impl std::str::FromStr for Target {
+    type Err = ParseTargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Target::ALL
+            .into_iter()
+            .find(|target| target.name() == s)
+            .ok_or_else(|| ParseTargetError(s.to_string()))
+    }
 }
 
 /// Errors of training and evaluation.
@@ -675,6 +712,14 @@ mod tests {
         // Against the family: `f/a` better, `f/b` worse for the cheap model.
         assert!(a.cheap > 0.5 && b.cheap < -0.5, "{a:?} {b:?}");
         assert_eq!((a.tasks, b.tasks, fam.tasks), (200, 200, 400));
+    }
+
+    #[test]
+    fn target_names_read_back() {
+        for target in Target::ALL {
+            assert_eq!(target.to_string().parse::<Target>(), Ok(target));
+        }
+        assert_eq!("IRT".parse::<Target>(), Err(ParseTargetError("IRT".into())));
     }
 
     #[test]

@@ -1,0 +1,462 @@
+//! Commands that talk to a running server over gRPC (route, reuse, thresholds, `replay --addr`;
+//! `report` and `policy` in their own files) and the connection they share: address, API key, TLS.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{ReplayArgs, load_records, runtime};
+use crate::dataset::Record;
+use crate::server::pb;
+
+mod policy;
+mod report;
+
+pub(super) use policy::{PolicyAction, policy};
+pub(super) use report::{ReportArgs, report};
+
+/// Arguments of `route`.
+#[derive(Debug, clap::Args)]
+pub(super) struct RouteArgs {
+    /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
+    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Workflow label.
+    #[arg(long, default_value = "")]
+    workflow: String,
+    /// Team.
+    #[arg(long, default_value = "")]
+    team: String,
+    /// Expected output tokens (hint).
+    #[arg(long, default_value_t = 0)]
+    expected_output_tokens: u32,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The task text.
+    task: String,
+}
+
+/// Asks the server at `--addr` to route one task and prints its decision.
+pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
+    let RouteArgs {
+        addr,
+        workflow,
+        team,
+        expected_output_tokens,
+        json,
+        task,
+    } = args;
+    runtime()?.block_on(async move {
+        let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+        let d = client
+            .route(pb::RouteRequest {
+                task,
+                workflow,
+                team,
+                hints: Some(pb::RouteHints {
+                    expected_output_tokens,
+                    task_type: String::new(),
+                }),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if json {
+            outln!("{}", json_line(&d)?);
+        } else {
+            outln!("tier        {}  ({})", d.tier, d.model);
+            outln!("complexity  {:.3}", d.complexity);
+            outln!("est. cost   ${:.6}", d.estimated_cost_usd);
+            outln!(
+                "fallback    {}",
+                if d.fallback_tier.is_empty() {
+                    "-"
+                } else {
+                    &d.fallback_tier
+                }
+            );
+            outln!("scope       {}  (policy {})", d.scope, d.policy_version);
+            outln!("reason      {}", d.reason);
+            outln!();
+            outln!(
+                "{:<12} {:<28} {:>9} {:>12} {:>9}",
+                "candidate",
+                "model",
+                "quality",
+                "est. cost",
+                "threshold"
+            );
+            for c in &d.candidates {
+                let mark = if c.tier == d.tier { "*" } else { " " };
+                outln!(
+                    "{mark}{:<11} {:<28} {:>9.3} {:>12.6} {:>9.2}",
+                    c.tier,
+                    c.model,
+                    c.predicted_quality,
+                    c.estimated_cost_usd,
+                    c.threshold
+                );
+            }
+            outln!();
+            outln!("decision_id {}", d.decision_id);
+        }
+        Ok(())
+    })
+}
+
+/// Arguments of `reuse`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ReuseArgs {
+    /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
+    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Reuse events this stands for (e.g. a macro sent 400 times).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
+    /// Your id of this reuse event: the same id for the same decision counts once.
+    #[arg(long, default_value = "")]
+    event_id: String,
+    /// Free text, e.g. the consumer's name (logged by the server, not counted).
+    #[arg(long, default_value = "")]
+    note: String,
+    /// The decision_id Route returned.
+    decision_id: String,
+}
+
+/// Tells the server that a decision's output was used again.
+pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
+    let ReuseArgs {
+        addr,
+        count,
+        event_id,
+        note,
+        decision_id,
+    } = args;
+    runtime()?.block_on(async move {
+        let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+        let r = client
+            .record_reuse(pb::RecordReuseRequest {
+                decision_id,
+                count,
+                event_id,
+                note,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        outln!(
+            "recorded {} reuse event{} for scope {} workflow {}{}",
+            r.count,
+            if r.count == 1 { "" } else { "s" },
+            r.scope,
+            if r.workflow.is_empty() {
+                "(none)"
+            } else {
+                &r.workflow
+            },
+            if r.first_reuse {
+                " (first reuse of this output)"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    })
+}
+
+/// Arguments of `thresholds`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ThresholdsArgs {
+    /// Server address.
+    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Only this scope.
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the server's learned thresholds, per scope and tier.
+pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
+    let ThresholdsArgs { addr, scope, json } = args;
+    runtime()?.block_on(async move {
+        let mut client = pb::admin_client::AdminClient::new(connect(&addr).await?);
+        let r = client
+            .get_thresholds(pb::GetThresholdsRequest { scope })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if json {
+            outln!("{}", json_line(&r)?);
+        } else {
+            outln!("policy {}", r.policy_version);
+            // Columns as wide as their longest entry, so long scope names stay aligned.
+            let sw = r
+                .thresholds
+                .iter()
+                .map(|t| t.scope.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            let ww = r
+                .thresholds
+                .iter()
+                .map(|t| t.workflow.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(8);
+            let tw = r
+                .thresholds
+                .iter()
+                .map(|t| t.tier.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            // The shared plan's rows, then each team's own plan.
+            let team_of = |t: &pb::TierThreshold| match (t.team_plan, t.team.as_str()) {
+                (false, _) => "(shared)".to_string(),
+                (true, "") => "(no team)".to_string(),
+                (true, team) => team.to_string(),
+            };
+            let mw = r
+                .thresholds
+                .iter()
+                .map(|t| team_of(t).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            outln!(
+                "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}",
+                "scope",
+                "team",
+                "workflow",
+                "tier",
+                "threshold",
+                "evidence",
+                "observed",
+                "last move",
+                "bar"
+            );
+            for t in &r.thresholds {
+                let observed = if t.evidence > 0.0 {
+                    format!("{:.3}", t.observed_quality)
+                } else {
+                    "-".into()
+                };
+                let workflow = if t.workflow.is_empty() {
+                    "(all)"
+                } else {
+                    t.workflow.as_str()
+                };
+                // A pinned threshold is the policy's, not learned: marked with `*`.
+                let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
+                outln!(
+                    "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}",
+                    t.scope,
+                    team_of(t),
+                    workflow,
+                    t.tier,
+                    threshold,
+                    t.evidence,
+                    observed,
+                    t.last_move,
+                    t.bar
+                );
+            }
+            if r.thresholds.iter().any(|t| t.pinned) {
+                outln!(
+                    "* pinned by the policy (`thresholds = {{...}}`): learning does not move it"
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `replay --addr`: sends a data file's records to the server at `addr` (Route, then the chosen
+/// model's recorded outcome as Feedback) and prints what it answered.
+pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
+    let ReplayArgs {
+        data,
+        split,
+        workflows,
+        limit,
+        concurrency,
+        json,
+        ..
+    } = args;
+    let mut records = load_records(&data, split, &workflows)?;
+    records.truncate(limit.unwrap_or(usize::MAX));
+    runtime()?.block_on(async move {
+        let started = std::time::Instant::now();
+        let s = replay_remote(connect(addr).await?, &records, concurrency.max(1)).await;
+        if json {
+            outln!("{}", serde_json::to_string(&s)?);
+        } else {
+            outln!(
+                "routed {} · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s",
+                s.routed,
+                s.fed_back,
+                s.no_outcome,
+                s.refused,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// What a replay against a running server did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+struct RemoteSummary {
+    /// Route calls answered.
+    routed: usize,
+    /// Feedback calls accepted.
+    fed_back: usize,
+    /// Records whose chosen model has no recorded outcome (routed, no feedback).
+    no_outcome: usize,
+    /// Calls refused, by gRPC code.
+    refused: BTreeMap<String, usize>,
+}
+
+/// Replays records against a running server over gRPC: Route each task (team = the workflow's
+/// family, e.g. `mmlu` for `mmlu/anatomy`), then post the chosen model's recorded outcome as
+/// Feedback. `concurrency` calls run at once. This is traffic for the server's books and
+/// thresholds; the in-process [`crate::replay::replay`] is the measurement.
+async fn replay_remote(
+    channel: crate::auth::AuthedChannel,
+    records: &[Record],
+    concurrency: usize,
+) -> RemoteSummary {
+    use futures::StreamExt;
+    let client = pb::router_client::RouterClient::new(channel);
+    let one = |r: &Record| {
+        let mut c = client.clone();
+        let team = r.workflow.split('/').next().unwrap_or("").to_string();
+        let req = pb::RouteRequest {
+            task: r.prompt.clone(),
+            workflow: r.workflow.clone(),
+            team,
+            hints: None,
+        };
+        let outcomes = r.outcomes.clone();
+        async move {
+            let d = c.route(req).await?.into_inner();
+            let Some(o) = outcomes.get(&d.model) else {
+                return Ok::<_, tonic::Status>(false);
+            };
+            c.feedback(pb::FeedbackRequest {
+                decision_id: d.decision_id,
+                score: o.score,
+                input_tokens: o.input_tokens.unwrap_or(0) as i64,
+                output_tokens: o.output_tokens.unwrap_or(0) as i64,
+                reused: false,
+            })
+            .await?;
+            Ok(true)
+        }
+    };
+    let mut summary = RemoteSummary::default();
+    let mut results = futures::stream::iter(records.iter().map(one)).buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(true) => {
+                summary.routed += 1;
+                summary.fed_back += 1;
+            }
+            Ok(false) => {
+                summary.routed += 1;
+                summary.no_outcome += 1;
+            }
+            Err(s) => {
+                *summary
+                    .refused
+                    .entry(format!("{:?}", s.code()))
+                    .or_default() += 1
+            }
+        }
+    }
+    summary
+}
+
+/// A response as one line of JSON, its keys in sorted order (through a `serde_json::Value`,
+/// whose maps are sorted): the order `route --json` and `thresholds --json` have always printed.
+fn json_line(response: &impl Serialize) -> serde_json::Result<String> {
+    Ok(serde_json::to_value(response)?.to_string())
+}
+
+/// `addr` as a URL: `http://` unless it names a scheme.
+fn endpoint(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A channel to `addr` that sends the API key in `TOKENWISE_API_KEY`, if set. An `https://`
+/// address speaks TLS, trusting the CA certificate (PEM) in `TOKENWISE_CA_CERT`.
+pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedChannel> {
+    let ep = endpoint(addr);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())?;
+    if ep.starts_with("https://") {
+        let ca = std::env::var("TOKENWISE_CA_CERT")
+            .context("https:// needs TOKENWISE_CA_CERT: the CA certificate (PEM file) to trust")?;
+        let pem = std::fs::read(&ca).with_context(|| format!("cannot read {ca}"))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {ep}"))?;
+    let key = std::env::var("TOKENWISE_API_KEY").ok();
+    let bearer = crate::auth::BearerKey::new(key.as_deref()).map_err(status_error)?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel, bearer,
+    ))
+}
+
+/// A refused call as an error: its gRPC code and message.
+pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::pb;
+
+    #[test]
+    fn an_address_without_a_scheme_is_plain_http() {
+        assert_eq!(super::endpoint("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(super::endpoint("https://router:443"), "https://router:443");
+    }
+
+    #[test]
+    fn json_responses_keep_their_sorted_keys() {
+        let route = pb::RouteResponse {
+            candidates: vec![pb::Candidate::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            super::json_line(&route).unwrap(),
+            r#"{"candidates":[{"estimated_cost_usd":0.0,"model":"","predicted_quality":0.0,"threshold":0.0,"tier":""}],"complexity":0.0,"decision_id":"","estimated_cost_usd":0.0,"explored":false,"fallback_tier":"","model":"","policy_version":"","reason":"","scope":"","tier":""}"#
+        );
+        let thresholds = pb::GetThresholdsResponse {
+            thresholds: vec![pb::TierThreshold::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            super::json_line(&thresholds).unwrap(),
+            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"team":"","team_plan":false,"threshold":0.0,"tier":"","workflow":""}]}"#
+        );
+    }
+}

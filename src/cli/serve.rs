@@ -1,0 +1,333 @@
+//! `tokenwise serve`: its arguments, the engine they build (policy, model, decision secret,
+//! store), logging, and the server's run until a shutdown signal.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+use super::{path_str, runtime};
+use crate::classifier::ComplexityModel;
+use crate::policy::Policy;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Policy file (TOML); default: the embedded example policy (deploy/policy.toml).
+    #[arg(long, env = "TOKENWISE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "TOKENWISE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Complexity model artifact; default: the bundled model.
+    #[arg(long, env = "TOKENWISE_MODEL")]
+    model: Option<PathBuf>,
+    /// Largest task accepted, in bytes.
+    #[arg(long, default_value_t = crate::routing::DEFAULT_MAX_TASK_BYTES)]
+    max_task_bytes: usize,
+    /// Deadline of any one call, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    request_timeout_ms: u64,
+    /// Secret that signs decision ids; every replica of a deployment needs the same one. Prefer
+    /// the environment or `--decision-secret-file`: a command line is visible to every user in
+    /// `ps`. With `--config`, at least 32 bytes (`openssl rand -base64 32`). Default without
+    /// `--config`: random per process (ids do not survive a restart).
+    #[arg(long, env = "TOKENWISE_DECISION_SECRET", hide_env_values = true)]
+    decision_secret: Option<String>,
+    /// File holding the decision secret (trailing newline ignored), e.g. a mounted Kubernetes
+    /// Secret.
+    #[arg(
+        long,
+        env = "TOKENWISE_DECISION_SECRET_FILE",
+        conflicts_with = "decision_secret"
+    )]
+    decision_secret_file: Option<PathBuf>,
+    /// The secret being rotated out: ids it signed are still accepted, new ones use the new
+    /// secret. Keep it configured for one decision TTL after a rotation, then remove it.
+    #[arg(
+        long,
+        env = "TOKENWISE_PREVIOUS_DECISION_SECRET",
+        hide_env_values = true
+    )]
+    previous_decision_secret: Option<String>,
+    /// How long feedback is accepted for a decision, in seconds.
+    #[arg(long, default_value_t = crate::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
+    decision_ttl_secs: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Concurrent calls in the whole server; beyond it calls are shed with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 2048)]
+    max_concurrent_requests: usize,
+    /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
+    #[arg(long, hide = true)]
+    bench_noop: bool,
+    /// API keys (a TOML file of hashed keys, see `tokenwise keygen`): callers must send
+    /// `authorization: Bearer <key>`; the team comes from the key.
+    #[arg(long, env = "TOKENWISE_AUTH_KEYS_FILE", conflicts_with = "no_auth")]
+    auth_keys: Option<PathBuf>,
+    /// Serve without authentication. Needed explicitly with --config; the embedded dev default
+    /// (no --config) runs without it and says so in the log.
+    #[arg(long)]
+    no_auth: bool,
+    /// Route calls per second allowed per team (burst of the same size); beyond it
+    /// RESOURCE_EXHAUSTED. Default: no limit.
+    #[arg(long)]
+    rate_limit_per_team: Option<std::num::NonZeroU32>,
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
+    #[arg(long, env = "TOKENWISE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TOKENWISE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `off` for nowhere.
+    #[arg(
+        long,
+        env = "TOKENWISE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: String,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes in a log file are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The decision secret from its file, the environment or the command line (warned: visible in
+/// `ps`); `None` when none is given.
+fn decision_secret(args: &ServeArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(f) = &args.decision_secret_file {
+        let mut bytes =
+            std::fs::read(f).with_context(|| format!("--decision-secret-file {}", f.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        return Ok(Some(bytes));
+    }
+    let Some(s) = args.decision_secret.as_ref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if std::env::var("TOKENWISE_DECISION_SECRET").ok().as_ref() != Some(s) {
+        tracing::warn!(
+            "--decision-secret on the command line is visible to every user of this host (ps); use TOKENWISE_DECISION_SECRET or --decision-secret-file"
+        );
+    }
+    Ok(Some(s.as_bytes().to_vec()))
+}
+
+/// Refuses a decision secret anyone could guess: shorter than 32 bytes, of fewer than 8
+/// distinct bytes, or a placeholder from an example file.
+pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+    let lower = String::from_utf8_lossy(secret).to_lowercase();
+    let distinct = secret
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if secret.len() < 32 {
+        bail!(
+            "the decision secret is {} bytes: use at least 32 random bytes (`openssl rand -base64 32`)",
+            secret.len()
+        );
+    }
+    if distinct < 8 {
+        bail!(
+            "the decision secret repeats too few bytes to be random: use `openssl rand -base64 32`"
+        );
+    }
+    if ["replace", "change-me", "changeme", "example", "placeholder"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        bail!(
+            "the decision secret is an example placeholder: generate one with `openssl rand -base64 32`"
+        );
+    }
+    Ok(())
+}
+
+/// Builds the engine that `serve` runs from its arguments.
+pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engine> {
+    let policy = match &args.config {
+        Some(p) => Policy::load(path_str(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
+        None => Policy::embedded().map_err(|e| anyhow::anyhow!("embedded policy: {e}"))?,
+    };
+    let model = match &args.model {
+        Some(p) => ComplexityModel::load(path_str(p)?)?,
+        None => ComplexityModel::bundled()?,
+    };
+    // Ids are bound to the deployment: a Redis deployment is its key prefix; a memory store
+    // lives and dies with this process (and its nonce ledger with it), so its ids do too.
+    let deployment = match &policy.store.kind {
+        crate::store::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
+        crate::store::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
+        crate::store::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
+    };
+    let signer = match decision_secret(args)? {
+        Some(secret) => {
+            if args.config.is_some() {
+                check_secret(&secret)?;
+            }
+            let signer = crate::decision::Signer::for_deployment(&secret, &deployment)?;
+            match args
+                .previous_decision_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+            {
+                Some(old) => {
+                    tracing::info!(
+                        "accepting ids signed with the previous decision secret (rotation)"
+                    );
+                    signer.accepting(crate::decision::Signer::for_deployment(
+                        old.as_bytes(),
+                        &deployment,
+                    )?)
+                }
+                None => signer,
+            }
+        }
+        None if args.config.is_some() => bail!(
+            "with --config, a decision secret is required (TOKENWISE_DECISION_SECRET, \
+             --decision-secret-file, or --decision-secret): every replica must share it, e.g. \
+             `openssl rand -base64 32`"
+        ),
+        None => {
+            tracing::warn!(
+                "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
+            );
+            crate::decision::Signer::random()?
+        }
+    };
+    tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
+    let (store, buffer) = crate::store::open(&policy.store, &args.listen)?;
+    Ok(crate::engine::Engine::builder(
+        std::sync::Arc::new(model),
+        std::sync::Arc::new(policy),
+        signer,
+    )
+    .limits(crate::routing::Limits {
+        max_task_bytes: args.max_task_bytes,
+    })
+    .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
+    .store(store, buffer)
+    .build())
+}
+
+/// Runs the gRPC server until SIGINT or SIGTERM, then drains in-flight calls.
+pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format);
+    let engine = std::sync::Arc::new(engine_from_args(&args)?);
+    let metrics_addr = match args.metrics_listen.as_str() {
+        "off" | "" => None,
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--metrics-listen {a:?} is not host:port (or off)"))?,
+        ),
+    };
+    let auth = match (&args.auth_keys, args.no_auth, &args.config) {
+        (Some(f), _, _) => Some(std::sync::Arc::new(crate::auth::load_keys(f)?)),
+        (None, true, _) | (None, false, None) => None,
+        (None, false, Some(_)) => bail!(
+            "with --config, choose authentication: --auth-keys FILE (or TOKENWISE_AUTH_KEYS_FILE), or --no-auth to run without it"
+        ),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?,
+        )),
+        _ => None,
+    };
+    let config = crate::server::ServeConfig {
+        tls,
+        rate_limit_per_team: args.rate_limit_per_team,
+        auth,
+        metrics_addr,
+        refresh_interval: std::time::Duration::from_millis(engine.policy().store.refresh_ms),
+        request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+        bench_noop: args.bench_noop,
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_message_bytes: args.max_task_bytes + 64 * 1024,
+        ..Default::default()
+    };
+    runtime()?.block_on(async move {
+        // A store that is down is an outage the server rides out; one that refuses the
+        // credentials is a configuration error that waiting will not fix.
+        if let Err(crate::store::StoreError::Config(why)) = engine.store().ping().await {
+            bail!("store: {why}");
+        }
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        engine
+            .set_policy_source(&format!("replica {}", args.listen), args.config.clone())
+            .await;
+        crate::server::run(engine, config, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: draining in-flight calls");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn weak_or_placeholder_secrets_are_refused() {
+        for bad in [
+            "short",
+            "change-me-shared-by-all-replicas",
+            "replace-me-with-32-random-bytes-please",
+            &"a".repeat(64),
+            "abababababababababababababababababab",
+        ] {
+            assert!(super::check_secret(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(super::check_secret(b"q7Vv1mZ3xKp0sT9wNcR2yLbH5uJdE8aG").is_ok());
+    }
+}
