@@ -13,5 +13,6 @@ mod policy_admin;
 mod properties;
 mod protection;
 mod readme;
+mod replay;
 mod route_rpc;
 mod store_redis;

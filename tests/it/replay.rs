@@ -1,0 +1,98 @@
+//! The in-process replay, the product's headline proof, on a small recorded file
+//! (`tests/data/replay-sample.jsonl`: every 30th record of the bundled RouteLLM data, 303 tasks,
+//! two models): its accounting against figures computed by hand from the file, determinism,
+//! and its exact figures with learning off and on (a change to the model, the planner or the
+//! learning loop moves them: update them deliberately, with the reason in the commit).
+
+use std::sync::Arc;
+
+use tokenwise::classifier::ComplexityModel;
+use tokenwise::dataset::{self, Record, Split};
+use tokenwise::replay::{ReplayOptions, ReplayReport, policy_from_models, replay};
+
+const CHEAP: &str = "mixtral-8x7b-instruct";
+const PREMIUM: &str = "gpt-4-1106-preview";
+
+fn records() -> Vec<Record> {
+    dataset::load("tests/data/replay-sample.jsonl", Split::All).unwrap()
+}
+
+fn run(records: &[Record], learning: bool, seed: u64) -> ReplayReport {
+    let models = [CHEAP.to_string(), PREMIUM.to_string()];
+    let policy = policy_from_models(records, &models, 0.77).unwrap();
+    let model = Arc::new(ComplexityModel::bundled().unwrap());
+    let opts = ReplayOptions {
+        bar: None,
+        learning,
+        seed,
+    };
+    replay(model, policy, records, &opts).unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[test]
+fn the_accounting_matches_the_file_by_hand() {
+    let records = records();
+    assert_eq!(records.len(), 303);
+    let r = run(&records, true, 1);
+    assert_eq!(r.tasks + r.skipped, records.len());
+    assert_eq!(r.skipped, 0, "every record has both models");
+    // Always-premium, from the file.
+    let premium: Vec<_> = records.iter().map(|r| &r.outcomes[PREMIUM]).collect();
+    let q = premium.iter().map(|o| o.score).sum::<f64>() / premium.len() as f64;
+    let cost: f64 = premium.iter().map(|o| o.cost_usd.unwrap()).sum();
+    assert!(close(r.premium_quality, q), "{} vs {q}", r.premium_quality);
+    assert!(
+        close(r.premium_cost_usd, cost),
+        "{} vs {cost}",
+        r.premium_cost_usd
+    );
+    assert!(close(r.saving_vs_premium, 1.0 - r.cost_usd / cost));
+    assert!(close(r.tier_share.values().sum::<f64>(), 1.0));
+    assert_eq!(r.bar_met, r.quality >= r.bar);
+    // Per workflow adds up to the whole.
+    let tasks: usize = r.by_workflow.values().map(|w| w.tasks).sum();
+    let spent: f64 = r.by_workflow.values().map(|w| w.cost_usd).sum();
+    assert_eq!(tasks, r.tasks);
+    assert!(close(spent, r.cost_usd));
+}
+
+#[test]
+fn a_replay_is_deterministic_for_its_seed() {
+    let records = records();
+    assert_eq!(run(&records, true, 7), run(&records, true, 7));
+}
+
+#[test]
+fn the_exact_figures_with_learning_off_and_on() {
+    let records = records();
+    let frozen = run(&records, false, 1);
+    let learned = run(&records, true, 1);
+    let figures = |r: &ReplayReport| {
+        (
+            r.tasks,
+            (r.quality * 1e6).round() / 1e6,
+            (r.cost_usd * 1e9).round() / 1e9,
+            (r.saving_vs_premium * 1e6).round() / 1e6,
+            (r.tier_share.get(CHEAP).copied().unwrap_or(0.0) * 1e6).round() / 1e6,
+        )
+    };
+    eprintln!("frozen  {:?}", figures(&frozen));
+    eprintln!("learned {:?}", figures(&learned));
+    assert_eq!(figures(&frozen), FROZEN);
+    assert_eq!(figures(&learned), LEARNED);
+    // The cold plan is cautious (its confidence margins): outcomes show the cheap tier is
+    // good on much of this traffic, and learning moves work to it.
+    assert!(learned.saving_vs_premium > frozen.saving_vs_premium + 0.2);
+    // Learning off keeps the cold thresholds; on, outcomes move them.
+    assert!(!frozen.learning && learned.learning);
+    assert_ne!(frozen.final_thresholds, learned.final_thresholds);
+}
+
+/// (tasks, quality, cost USD, saving vs premium, cheap tier share) with learning off.
+const FROZEN: (usize, f64, f64, f64, f64) = (303, 0.834983, 0.3587124, 0.166405, 0.151815);
+/// The same with learning on.
+const LEARNED: (usize, f64, f64, f64, f64) = (303, 0.762376, 0.23535464, 0.453071, 0.49505);
