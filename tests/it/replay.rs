@@ -3,6 +3,7 @@
 //! two models): its accounting against figures computed by hand from the file, determinism,
 //! and its exact figures with learning off and on (a change to the model, the planner or the
 //! learning loop moves them: update them deliberately, with the reason in the commit).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
