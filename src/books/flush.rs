@@ -1,0 +1,129 @@
+//! Sending the books to the store: idempotent batches, reading budget usage back, and the
+//! carry-over of what a stopped replica could not send.
+
+use super::*;
+
+impl Books {
+    /// Sends pending reservations and counts to the store, then reads the budgets' usage back.
+    /// Nothing is lost and nothing counts twice: what was not acknowledged is resent as the same
+    /// batch (the store applies a batch id once), also after a timeout whose write did land, or
+    /// a flush that was cancelled midway.
+    pub async fn flush(
+        &self,
+        policy: &Policy,
+        store: &dyn StateStore,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _one = self.flush_lock.lock().await;
+        // What a previous run left, first and as is (a batch that landed before it stopped
+        // is not applied twice).
+        loop {
+            let next = self.lock().resumed.front().cloned();
+            let Some(b) = next else { break };
+            store.add_counters(b.id, &b.adds).await?;
+            self.observe(&b.adds);
+            self.lock().resumed.pop_front();
+        }
+        let batch = {
+            let mut local = self.lock();
+            if local.batch.is_none() {
+                let (adds, pending) = local.drain_adds(&self.shards);
+                if !adds.is_empty() {
+                    local.batch = Some(Batch {
+                        id: rand::random(),
+                        adds,
+                    });
+                    local.in_flight = pending;
+                }
+            }
+            local.batch.clone()
+        };
+        if let Some(batch) = batch {
+            // On error the batch stays for the next flush.
+            store.add_counters(batch.id, &batch.adds).await?;
+            self.observe(&batch.adds);
+            let mut local = self.lock();
+            local.batch = None;
+            // Acknowledged: count it as seen until a read shows it.
+            let in_flight = std::mem::take(&mut local.in_flight);
+            for (id, periods) in in_flight {
+                for (start, v) in periods {
+                    add_usage(&mut local.seen, &id, start, v);
+                }
+            }
+        }
+        let starts: Vec<u64> = policy
+            .budgets
+            .iter()
+            .map(|b| b.period.start_ms(now_ms))
+            .collect();
+        let hashes: Vec<String> = policy
+            .budgets
+            .iter()
+            .zip(&starts)
+            .map(|(b, start)| budget_hash(&b.id, *start))
+            .collect();
+        let values = store.read_counters(&hashes).await?;
+        let mut local = self.lock();
+        let mut seen = Usage::new();
+        for ((b, start), fields) in policy.budgets.iter().zip(starts).zip(values) {
+            let used = fields.get(BUDGET_USED).copied().unwrap_or(0);
+            seen.insert(b.id.clone(), HashMap::from([(start, used)]));
+        }
+        local.seen = seen;
+        Ok(())
+    }
+
+    /// Every budget of the policy with its usage in its current period, as this replica sees it.
+    pub fn budget_usage(&self, policy: &Policy, now_ms: u64) -> Vec<BudgetUse> {
+        let local = self.lock();
+        policy
+            .budgets
+            .iter()
+            .map(|b| {
+                let start = b.period.start_ms(now_ms);
+                BudgetUse {
+                    budget: b.clone(),
+                    period_start_ms: start,
+                    used_micros: local.used(&b.id, start),
+                }
+            })
+            .collect()
+    }
+
+    /// Everything not yet acknowledged by the store, as batches to send as they are: the batch
+    /// in flight (its id kept), then the rest as one new batch. Leaves the books empty: for a
+    /// shutdown that could not flush, so the next start can send them.
+    pub fn take_unflushed(&self) -> Vec<Batch> {
+        let mut local = self.lock();
+        let mut out: Vec<Batch> = local.resumed.drain(..).collect();
+        out.extend(local.batch.take());
+        local.in_flight.clear();
+        let (adds, _) = local.drain_adds(&self.shards);
+        if !adds.is_empty() {
+            out.push(Batch {
+                id: rand::random(),
+                adds,
+            });
+        }
+        out
+    }
+
+    /// Queues batches a previous run could not send; the next flush sends them first.
+    pub fn resume(&self, batches: Vec<Batch>) {
+        self.lock().resumed.extend(batches);
+    }
+
+    /// Batches waiting from a previous run.
+    pub fn resumed(&self) -> usize {
+        self.lock().resumed.len()
+    }
+
+    /// Route-time counts not yet flushed (for tests and shutdown logs).
+    pub fn pending_cells(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).cells.len())
+            .sum()
+    }
+}

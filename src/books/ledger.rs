@@ -1,0 +1,177 @@
+//! The ledger's vocabulary: metric names, counter hash and field formats (written and read
+//! only here), capped labels, and the typed counts the books tell their observer.
+
+/// Length of one ledger bucket.
+pub const HOUR_MS: u64 = 3_600_000;
+/// Distinct team labels counted separately; later ones are counted as [`OTHER`].
+pub const MAX_TEAMS: usize = 100;
+/// Distinct workflow labels counted separately; later ones are counted as [`OTHER`].
+pub const MAX_WORKFLOWS: usize = 200;
+/// Label of everything over a cardinality cap.
+pub const OTHER: &str = "other";
+/// Separator of the parts of a ledger field name (never inside a label: see [`clean`]).
+pub(super) const SEP: char = '\u{1f}';
+
+/// Ledger metrics, as stored. Route writes the first six, Feedback the rest.
+pub mod metric {
+    /// Decisions.
+    pub const TASKS: &str = "tasks";
+    /// Spend, micro-USD: the estimate at Route, reconciled to the actual at Feedback.
+    pub const SPEND: &str = "spend";
+    /// Counterfactual spend on the scope's premium tier, micro-USD.
+    pub const PREMIUM: &str = "premium";
+    /// Decisions whose tier a budget lowered.
+    pub const DOWNGRADED: &str = "downgraded";
+    /// Route calls a budget refused (tier field empty).
+    pub const REJECTED: &str = "rejected";
+    /// Decisions that explored.
+    pub const EXPLORED: &str = "explored";
+    /// Outcomes received.
+    pub const OUTCOMES: &str = "outcomes";
+    /// Outcomes that met the scope's bar.
+    pub const COMPLETED: &str = "completed";
+    /// Sum of outcome scores, in millionths.
+    pub const SCORE: &str = "score_ppm";
+    /// Sum of the bars the outcomes were judged against, in millionths.
+    pub const BAR: &str = "bar_ppm";
+    /// Value created, micro-USD.
+    pub const VALUE: &str = "value";
+    /// Human time displaced, seconds.
+    pub const HUMAN_SECONDS: &str = "human_s";
+    /// Human time displaced, priced at the loaded hourly cost, micro-USD.
+    pub const HUMAN_VALUE: &str = "human_value";
+    /// Decisions whose output was reused at least once (RecordReuse, or Feedback's early
+    /// `reused` mark): each decision counts once, however often it is reused.
+    pub const REUSED: &str = "reused";
+    /// Reuse events: every RecordReuse adds its count (Feedback's `reused` mark adds 1).
+    pub const REUSE_EVENTS: &str = "reuse_events";
+}
+
+/// Prefix of every ledger counter hash.
+pub const LEDGER_PREFIX: &str = "ledger:";
+
+/// Counter hash of the ledger hour containing `ms`.
+pub fn ledger_hash(ms: u64) -> String {
+    ledger_hash_of_hour(ms / HOUR_MS)
+}
+
+/// Counter hash of ledger hour `hour` (hours since the epoch).
+pub fn ledger_hash_of_hour(hour: u64) -> String {
+    format!("{LEDGER_PREFIX}{hour}")
+}
+
+/// Counter hash of a budget's period (field [`BUDGET_USED`]): one hash per period, so old
+/// periods expire with the store's retention and a read touches only the current one.
+pub fn budget_hash(id: &str, period_start_ms: u64) -> String {
+    format!("budget:{id}:{period_start_ms}")
+}
+
+/// Field of a budget period hash that holds its usage, micro-USD.
+pub const BUDGET_USED: &str = "used";
+
+/// Field name of a ledger metric for one cell.
+pub fn ledger_field(metric: &str, team: &str, workflow: &str, tier: &str) -> String {
+    format!("{metric}{SEP}{team}{SEP}{workflow}{SEP}{tier}")
+}
+
+/// Splits a ledger field into (metric, team, workflow, tier).
+pub fn parse_ledger_field(field: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut it = field.split(SEP);
+    let r = (it.next()?, it.next()?, it.next()?, it.next()?);
+    it.next().is_none().then_some(r)
+}
+
+/// A label with control characters replaced, so it can never break a field name.
+pub(super) fn clean(label: &str) -> std::borrow::Cow<'_, str> {
+    if label.chars().any(char::is_control) {
+        label
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        label.into()
+    }
+}
+
+/// Caps the number of distinct label values, so metrics and the ledger stay bounded.
+#[derive(Default)]
+pub(super) struct Labels {
+    teams: hashbrown::HashSet<String>,
+    workflows: hashbrown::HashSet<String>,
+}
+
+impl Labels {
+    pub(super) fn admit<'a>(
+        set: &mut hashbrown::HashSet<String>,
+        cap: usize,
+        label: &'a str,
+    ) -> &'a str {
+        if label.is_empty() || set.contains(label) {
+            return label;
+        }
+        if set.len() >= cap {
+            return OTHER;
+        }
+        set.insert(label.to_string());
+        label
+    }
+
+    pub(super) fn team<'a>(&mut self, t: &'a str) -> &'a str {
+        Self::admit(&mut self.teams, MAX_TEAMS, t)
+    }
+
+    pub(super) fn workflow<'a>(&mut self, w: &'a str) -> &'a str {
+        Self::admit(&mut self.workflows, MAX_WORKFLOWS, w)
+    }
+}
+
+/// One ledger increment the books sent to the store, in typed form: what their [`Observer`]
+/// sees (the metrics count these, so the exported metrics and the report agree).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counted<'a> {
+    /// One of [`metric`].
+    pub metric: &'a str,
+    /// The decision's team label (capped).
+    pub team: &'a str,
+    /// Its workflow label (capped).
+    pub workflow: &'a str,
+    /// The tier that ran (empty for a refused call).
+    pub tier: &'a str,
+    /// The increment.
+    pub delta: i64,
+}
+
+/// Told of every ledger increment the books send to the store (the metrics face implements
+/// it; the books know nothing of metrics).
+pub trait Observer: Send + Sync {
+    /// One increment, once it is sent.
+    fn counted(&self, c: Counted<'_>);
+}
+
+/// Observes nothing (books without metrics, in tests).
+pub(super) struct Unobserved;
+
+impl Observer for Unobserved {
+    fn counted(&self, _: Counted<'_>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_over_the_cap_count_as_other() {
+        let mut l = Labels::default();
+        for i in 0..MAX_WORKFLOWS {
+            assert_eq!(l.workflow(&format!("w{i}")), format!("w{i}"));
+        }
+        assert_eq!(l.workflow("one-too-many"), OTHER);
+        assert_eq!(l.workflow("w7"), "w7");
+        assert_eq!(l.workflow(""), "");
+        assert_eq!(clean("a\u{1f}b\nc"), "a?b?c");
+        let f = ledger_field("spend", "t", "w", "small");
+        assert_eq!(parse_ledger_field(&f), Some(("spend", "t", "w", "small")));
+        assert_eq!(parse_ledger_field("spend"), None);
+    }
+}
