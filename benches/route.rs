@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::features::{TaskInput, visit_features};
-use tokenwise::learning::RoutingTable;
-use tokenwise::policy::Policy;
-use tokenwise::routing::{Limits, RouteRequest, decide};
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::features::{TaskInput, visit_features};
+use tokenwise::domain::learning::RoutingTable;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::{Limits, RouteRequest, decide};
 
 const BASE: &str = "A bakery sells muffins for $3 each and cookies for $1.50 each. On Monday it \
 sold 48 muffins and twice as many cookies. On Tuesday it sold 25% fewer muffins than Monday and \
@@ -69,9 +69,9 @@ fn bench(c: &mut Criterion) {
 /// Route through engines on each store (Route reads only the snapshot, so the store must not
 /// matter), and one Feedback applied end to end (verify, record, fold, re-plan, publish).
 fn by_store(c: &mut Criterion) {
-    use tokenwise::decision::Signer;
+    use tokenwise::domain::decision::Signer;
     use tokenwise::engine::Engine;
-    use tokenwise::feedback::FeedbackInput;
+    use tokenwise::engine::feedback::FeedbackInput;
     use tokenwise::store::{MemoryStore, OutageBuffer, RedisStore, StateStore};
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -155,14 +155,14 @@ fn by_store(c: &mut Criterion) {
 /// the full in-process Route (decide, budget check, reservation, ledger count, sign), with no
 /// budgets and with two covering budgets.
 fn books(c: &mut Criterion) {
-    use tokenwise::decision::Signer;
+    use tokenwise::domain::decision::Signer;
     use tokenwise::engine::Engine;
 
     let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
     let budgets = format!(
         "{}\n[[budgets]]\nperiod = \"month\"\nhard_limit_usd = 1000000\n\
          [[budgets]]\nteam = \"search\"\nperiod = \"day\"\nsoft_limit_usd = 100000\n",
-        tokenwise::policy::EMBEDDED_POLICY
+        tokenwise::domain::policy::EMBEDDED_POLICY
     );
     let task = task_of(2048);
     let req = RouteRequest {
@@ -174,7 +174,10 @@ fn books(c: &mut Criterion) {
     let mut g = c.benchmark_group("books");
     g.throughput(Throughput::Elements(1));
     for (name, text) in [
-        ("no_budgets", tokenwise::policy::EMBEDDED_POLICY.to_string()),
+        (
+            "no_budgets",
+            tokenwise::domain::policy::EMBEDDED_POLICY.to_string(),
+        ),
         ("two_budgets", budgets),
     ] {
         let policy = Arc::new(Policy::parse(&text).expect("policy"));
@@ -206,7 +209,7 @@ fn books(c: &mut Criterion) {
 /// criterion reports is wall time / calls, so CPU per call is that × min(N, cores). Contention
 /// on shared state shows as CPU per call growing with N.
 fn contention(c: &mut Criterion) {
-    use tokenwise::decision::Signer;
+    use tokenwise::domain::decision::Signer;
     use tokenwise::engine::Engine;
 
     let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));

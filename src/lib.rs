@@ -1,35 +1,30 @@
 //! tokenwise — a cost-aware model router.
 //!
 //! # Layout
-//! - [`features`] turns task text into a sparse feature vector (pure CPU).
-//! - [`classifier`] scores its difficulty with the bundled item-response model: a complexity in
-//!   [0, 1].
-//! - [`policy`] holds the tier catalogue and the scoped policies (quality bar, allowed tiers).
-//! - [`learning`] turns calibration plus outcome evidence (per scope, team, family and workflow) into
-//!   per-scope plans (the planner).
-//! - [`routing`] decides: policy scope → thresholds → cheapest tier that admits the task.
-//! - [`server`] is the gRPC face (tonic): handlers convert proto ↔ domain and call [`routing`].
-//! - [`dataset`] and [`training`] are the offline side: `train` and `eval`.
+//! The layers, inside out; each depends only on the ones above it in this list.
+//! - [`domain`] — pure: [`domain::features`] (task text → sparse features),
+//!   [`domain::classifier`] (the item-response complexity model), [`domain::policy`] (tiers,
+//!   scopes, budgets), [`domain::learning`] (evidence → per-scope, per-team, per-workflow
+//!   plans), [`domain::routing`] (the decision), [`domain::decision`] (signed decision ids),
+//!   [`domain::books`] (spend ledger and budgets). No I/O, no clock, no randomness of its own;
+//!   the only outward seam is the [`store::StateStore`] trait.
+//! - [`store`] — the `StateStore` trait, its config and contract, and the adapters: memory,
+//!   Redis (single, cluster), the outage buffer.
+//! - [`engine`] — the use cases, one method each (route, feedback, reuse, report, thresholds,
+//!   policy administration, refresh, shutdown) over the domain and a store; the feedback
+//!   write/fold path ([`engine::feedback`]); the one service error ([`engine::Error`]).
+//! - Faces, each one call into the engine plus conversion: [`grpc`] (tonic services, auth,
+//!   transport), [`metrics`] (Prometheus), [`report`] (build + table/CSV/JSON/HTML), [`cli`].
+//! - [`offline`] — dataset, training and the in-process replay (which runs the same engine).
 //!
-//! Data flows one way: `server` → `routing` → (`classifier`, `policy`, `learning`); the domain
-//! never sees proto types.
+//! Data flows one way: a face → [`engine::Engine`] → the domain (and the store behind its
+//! trait); the domain never sees proto types, and nothing below a face imports one.
 
-pub mod auth;
-pub mod books;
-pub mod classifier;
 pub mod cli;
-pub mod codec;
-pub mod dataset;
-pub mod decision;
+pub mod domain;
 pub mod engine;
-pub mod features;
-pub mod feedback;
-pub mod learning;
+pub mod grpc;
 pub mod metrics;
-pub mod policy;
-pub mod replay;
+pub mod offline;
 pub mod report;
-pub mod routing;
-pub mod server;
 pub mod store;
-pub mod training;

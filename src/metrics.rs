@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::books::{Counted, Observer, metric};
+use crate::domain::books::{Counted, Observer, metric};
 
 /// Labels of a ledger cell.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

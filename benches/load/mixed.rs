@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tokenwise::server::pb::router_client::RouterClient;
-use tokenwise::server::pb::{FeedbackRequest, RouteRequest};
+use tokenwise::grpc::pb::router_client::RouterClient;
+use tokenwise::grpc::pb::{FeedbackRequest, RouteRequest};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]

@@ -3,6 +3,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|id: &str| {
-    let signer = tokenwise::decision::Signer::new(b"fuzz-secret-fuzz-secret-fuzz-secret").unwrap();
+    let signer = tokenwise::domain::decision::Signer::new(b"fuzz-secret-fuzz-secret-fuzz-secret").unwrap();
     assert!(signer.verify(id).is_err());
 });

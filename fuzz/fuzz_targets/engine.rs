@@ -3,27 +3,27 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
-use tokenwise::feedback::{Engine, FeedbackInput, ReuseInput};
+use tokenwise::engine::Engine;
+use tokenwise::engine::feedback::{FeedbackInput, ReuseInput};
 
 static ENGINE: OnceLock<(Engine, tokio::runtime::Runtime)> = OnceLock::new();
 
 fuzz_target!(|data: (&str, &str, &str, f64, i64, i64, u32, &str, bool)| {
     let (task, workflow, team, score, input_tokens, output_tokens, count, event_id, mangle) = data;
     let (engine, rt) = ENGINE.get_or_init(|| {
-        let engine = Engine::new(
-            Arc::new(tokenwise::classifier::ComplexityModel::bundled().unwrap()),
-            Arc::new(tokenwise::policy::Policy::embedded().unwrap()),
-            tokenwise::routing::Limits::default(),
-            tokenwise::decision::Signer::new(b"fuzz-secret-fuzz-secret-fuzz-secret").unwrap(),
-            60_000,
-            true,
-        );
+        let engine = Engine::builder(
+            Arc::new(tokenwise::domain::classifier::ComplexityModel::bundled().unwrap()),
+            Arc::new(tokenwise::domain::policy::Policy::embedded().unwrap()),
+            tokenwise::domain::decision::Signer::new(b"fuzz-secret-fuzz-secret-fuzz-secret").unwrap(),
+        )
+        .decision_ttl_ms(60_000)
+        .build();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         (engine, rt)
     });
-    let req = tokenwise::routing::RouteRequest {
+    let req = tokenwise::domain::routing::RouteRequest {
         task,
         workflow,
         team,
@@ -66,5 +66,5 @@ fuzz_target!(|data: (&str, &str, &str, f64, i64, i64, u32, &str, bool)| {
 
 /// A nonce per input (the same input twice is a duplicate decision, which is fine).
 fn rand_nonce(task: &str) -> u64 {
-    tokenwise::features::fnv1a(task)
+    tokenwise::domain::features::fnv1a(task)
 }

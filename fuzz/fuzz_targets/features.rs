@@ -2,8 +2,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::features::{TaskInput, visit_features};
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::features::{TaskInput, visit_features};
 
 static MODEL: OnceLock<ComplexityModel> = OnceLock::new();
 
@@ -16,7 +16,7 @@ fuzz_target!(|data: (&str, &str, u32)| {
         ..TaskInput::default()
     };
     visit_features(&input, |i, v| {
-        assert!((i as usize) < tokenwise::features::DIMS && v.is_finite());
+        assert!((i as usize) < tokenwise::domain::features::DIMS && v.is_finite());
     });
     let model = MODEL.get_or_init(|| ComplexityModel::bundled().unwrap());
     let c = model.complexity(&input);

@@ -3,6 +3,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    let _ = tokenwise::auth::parse_keys(text);
-    assert_eq!(tokenwise::auth::hash_key(text).len(), 64);
+    let _ = tokenwise::grpc::auth::parse_keys(text);
+    assert_eq!(tokenwise::grpc::auth::hash_key(text).len(), 64);
 });

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Err(e) = tokenwise::policy::Policy::parse(text) {
+    if let Err(e) = tokenwise::domain::policy::Policy::parse(text) {
         assert!(e.to_string().len() < 1_000);
     }
 });

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
-use crate::dataset::Split;
+use crate::offline::dataset::Split;
 
 /// `print!` for command output: when stdout is closed early (`tokenwise report | head`) the
 /// command ends quietly with status 0, as git and ripgrep do, instead of panicking on EPIPE.
@@ -160,14 +160,16 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 /// The records of `split` of a data file whose workflows match `workflows` (see
-/// [`crate::dataset::filter_workflows`]).
+/// [`crate::offline::dataset::filter_workflows`]).
 fn load_records(
     data: &std::path::Path,
     split: Split,
     workflows: &[String],
-) -> anyhow::Result<Vec<crate::dataset::Record>> {
-    let records = crate::dataset::load(path_str(data)?, split)?;
-    Ok(crate::dataset::filter_workflows(records, workflows))
+) -> anyhow::Result<Vec<crate::offline::dataset::Record>> {
+    let records = crate::offline::dataset::load(path_str(data)?, split)?;
+    Ok(crate::offline::dataset::filter_workflows(
+        records, workflows,
+    ))
 }
 
 /// `p` as the `&str` the loaders take.

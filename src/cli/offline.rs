@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 use clap::builder::TypedValueParser;
 
 use super::{ReplayArgs, choices, load_records, path_str, split_parser};
-use crate::classifier::ComplexityModel;
-use crate::dataset::Split;
-use crate::policy::Policy;
-use crate::training::{self, Target, TrainOptions};
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::policy::Policy;
+use crate::offline::dataset::Split;
+use crate::offline::training::{self, Target, TrainOptions};
 
 /// Arguments of `keygen`.
 #[derive(Debug, clap::Args)]
@@ -30,7 +30,7 @@ pub(super) struct KeygenArgs {
 /// Makes a new API key: the key on stdout, the --auth-keys entry (its hash) on stderr.
 pub(super) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let KeygenArgs { name, team, role } = args;
-    let (key, hash) = crate::auth::new_key();
+    let (key, hash) = crate::grpc::auth::new_key();
     eprintln!(
         "key for {name} (give it to the caller as TOKENWISE_API_KEY / `authorization: Bearer <key>`; it is shown once):"
     );
@@ -229,14 +229,14 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let policy = match config {
         Some(p) => Policy::load(path_str(&p)?)
             .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
-        None => crate::replay::policy_from_models(&records, &tiers, bar.unwrap_or(0.9))?,
+        None => crate::offline::replay::policy_from_models(&records, &tiers, bar.unwrap_or(0.9))?,
     };
-    let opts = crate::replay::ReplayOptions {
+    let opts = crate::offline::replay::ReplayOptions {
         bar,
         learning: !no_learning,
         seed,
     };
-    let r = crate::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
+    let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
     if json {
         outln!("{}", serde_json::to_string(&r)?);
     } else {
@@ -264,11 +264,11 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         match r.feedbacks_to_bar {
             Some(n) => outln!(
                 "within 0.01 of bar after {n} feedbacks (trailing {} tasks)",
-                crate::replay::WINDOW
+                crate::offline::replay::WINDOW
             ),
             None => outln!(
                 "never within 0.01 of bar over a trailing {} tasks",
-                crate::replay::WINDOW
+                crate::offline::replay::WINDOW
             ),
         }
         if let Some(h) = &r.hindsight {
@@ -329,8 +329,8 @@ mod tests {
     use clap::Parser;
 
     use super::super::{Cli, Command};
-    use crate::dataset::Split;
-    use crate::training::Target;
+    use crate::offline::dataset::Split;
+    use crate::offline::training::Target;
 
     fn train(extra: &[&str]) -> Result<(Split, Target), clap::Error> {
         let args = [

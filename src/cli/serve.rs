@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 
 use super::{path_str, runtime};
-use crate::classifier::ComplexityModel;
-use crate::policy::Policy;
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::policy::Policy;
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -22,7 +22,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKENWISE_MODEL")]
     model: Option<PathBuf>,
     /// Largest task accepted, in bytes.
-    #[arg(long, default_value_t = crate::routing::DEFAULT_MAX_TASK_BYTES)]
+    #[arg(long, default_value_t = crate::domain::routing::DEFAULT_MAX_TASK_BYTES)]
     max_task_bytes: usize,
     /// Deadline of any one call, in milliseconds.
     #[arg(long, default_value_t = 2000)]
@@ -50,7 +50,7 @@ pub struct ServeArgs {
     )]
     previous_decision_secret: Option<String>,
     /// How long feedback is accepted for a decision, in seconds.
-    #[arg(long, default_value_t = crate::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
+    #[arg(long, default_value_t = crate::engine::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
     decision_ttl_secs: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
@@ -187,7 +187,7 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
             if args.config.is_some() {
                 check_secret(&secret)?;
             }
-            let signer = crate::decision::Signer::for_deployment(&secret, &deployment)?;
+            let signer = crate::domain::decision::Signer::for_deployment(&secret, &deployment)?;
             match args
                 .previous_decision_secret
                 .as_deref()
@@ -197,7 +197,7 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
                     tracing::info!(
                         "accepting ids signed with the previous decision secret (rotation)"
                     );
-                    signer.accepting(crate::decision::Signer::for_deployment(
+                    signer.accepting(crate::domain::decision::Signer::for_deployment(
                         old.as_bytes(),
                         &deployment,
                     )?)
@@ -214,7 +214,7 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
             tracing::warn!(
                 "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
             );
-            crate::decision::Signer::random()?
+            crate::domain::decision::Signer::random()?
         }
     };
     tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
@@ -224,7 +224,7 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
         std::sync::Arc::new(policy),
         signer,
     )
-    .limits(crate::routing::Limits {
+    .limits(crate::domain::routing::Limits {
         max_task_bytes: args.max_task_bytes,
     })
     .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
@@ -244,7 +244,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     let auth = match (&args.auth_keys, args.no_auth, &args.config) {
-        (Some(f), _, _) => Some(std::sync::Arc::new(crate::auth::load_keys(f)?)),
+        (Some(f), _, _) => Some(std::sync::Arc::new(crate::grpc::auth::load_keys(f)?)),
         (None, true, _) | (None, false, None) => None,
         (None, false, Some(_)) => bail!(
             "with --config, choose authentication: --auth-keys FILE (or TOKENWISE_AUTH_KEYS_FILE), or --no-auth to run without it"
@@ -257,7 +257,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let config = crate::server::ServeConfig {
+    let config = crate::grpc::ServeConfig {
         tls,
         rate_limit_per_team: args.rate_limit_per_team,
         auth,
@@ -281,7 +281,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine
             .set_policy_source(&format!("replica {}", args.listen), args.config.clone())
             .await;
-        crate::server::run(engine, config, listener, shutdown_signal()).await?;
+        crate::grpc::run(engine, config, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

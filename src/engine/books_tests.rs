@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use crate::books::*;
-use crate::classifier::ComplexityModel;
-use crate::decision::Signer;
+use crate::domain::books::*;
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::decision::Signer;
+use crate::domain::policy::{Period, Policy};
+use crate::domain::routing::RouteRequest;
 use crate::engine::{Engine, Error};
-use crate::policy::{Period, Policy};
-use crate::routing::RouteRequest;
 use crate::store::{CounterAdd, StateStore, StoreError};
 use std::sync::Arc;
 

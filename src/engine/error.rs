@@ -1,10 +1,10 @@
 //! The service's one error type: every way a use case can refuse, with a low-cardinality
 //! [`Error::kind`] that the gRPC face maps to a status code in one place.
 
-use crate::books::BudgetExhausted;
-use crate::feedback::FeedbackError;
-use crate::policy::PolicyError;
-use crate::routing::RouteError;
+use crate::domain::books::BudgetExhausted;
+use crate::domain::policy::PolicyError;
+use crate::domain::routing::RouteError;
+use crate::engine::feedback::FeedbackError;
 use crate::store::StoreError;
 
 /// Why a use case refused. Nothing changed.

@@ -8,6 +8,7 @@
 #[cfg(test)]
 mod books_tests;
 mod error;
+pub mod feedback;
 mod policy_admin;
 #[cfg(test)]
 mod tests;
@@ -18,18 +19,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::books::Books;
-use crate::classifier::ComplexityModel;
-use crate::decision::Signer;
-use crate::feedback::{
+use crate::domain::books::Books;
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::decision::Signer;
+use crate::domain::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
+use crate::domain::policy::Policy;
+use crate::domain::routing::{self, Decision, Limits, Router};
+use crate::engine::feedback::{
     DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackInput, Learner, ReuseAck, ReuseInput,
 };
-use crate::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 use crate::report::Report;
 use crate::report::build::ReportQuery;
-use crate::routing::{self, Decision, Limits, Router};
 use crate::store::{MemoryStore, OutageBuffer, PolicyChange, StateStore, StoreError};
 
 pub use error::{Error, ErrorKind, Violation};
@@ -136,7 +137,7 @@ impl EngineBuilder {
         let metrics = Arc::new(Metrics::new());
         let books = Books::new(metrics.clone());
         // Route accounting a previous run could not send: sent first by the next flush.
-        let carried: Vec<crate::books::Batch> = learner.buffer().load_carry_over();
+        let carried: Vec<crate::domain::books::Batch> = learner.buffer().load_carry_over();
         if !carried.is_empty() {
             tracing::info!(
                 batches = carried.len(),
@@ -184,7 +185,7 @@ impl Engine {
     /// Routes one call: decide, apply budgets, reserve the estimate, sign the decision id.
     pub fn route(
         &self,
-        req: &crate::routing::RouteRequest<'_>,
+        req: &crate::domain::routing::RouteRequest<'_>,
         explore_draw: f64,
         now_ms: u64,
         nonce: u64,
@@ -293,7 +294,7 @@ impl Engine {
             && let Err(e) = self
                 .learner
                 .buffer()
-                .save_carry_over::<crate::books::Batch>(&[])
+                .save_carry_over::<crate::domain::books::Batch>(&[])
         {
             tracing::warn!(error = %e, "carry-over file not removed");
         }
@@ -359,7 +360,7 @@ impl Engine {
     pub async fn check_policy(&self, text: &str, what_if: bool) -> Result<PolicyCheck, Error> {
         let proposed = policy_admin::validate(&self.router, text)?;
         let live = self.router.table();
-        let changes = crate::policy::diff(&live.policy, &proposed);
+        let changes = crate::domain::policy::diff(&live.policy, &proposed);
         let version = proposed.version.clone();
         let what_if = if what_if {
             Some(self.what_if(Arc::new(proposed)).await)

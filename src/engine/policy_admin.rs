@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Error;
-use crate::feedback::Learner;
-use crate::policy::{Policy, PolicyError};
-use crate::routing::Router;
+use crate::domain::policy::{Policy, PolicyError};
+use crate::domain::routing::Router;
+use crate::engine::feedback::Learner;
 use crate::store::{PolicyChange, StoreError};
 
 /// What policy administration acts on: the live table, and the store behind the learner.
@@ -136,7 +136,7 @@ impl PolicyAdmin {
             }
             _ => {
                 let summary = match head.and_then(|h| Policy::parse(&h.text).ok()) {
-                    Some(prev) => crate::policy::diff(&prev, &mine),
+                    Some(prev) => crate::domain::policy::diff(&prev, &mine),
                     None => vec!["first policy of this deployment".into()],
                 };
                 self.record_live(live, st, &mine, "policy loaded at startup", summary, now_ms)
@@ -209,7 +209,7 @@ impl PolicyAdmin {
             author: author.into(),
             reason: reason.into(),
             at_ms: now_ms,
-            summary: crate::policy::diff(&current, &new),
+            summary: crate::domain::policy::diff(&current, &new),
             text: text.into(),
         };
         let seq = live

@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
-use crate::decision::Signer;
-use crate::feedback::*;
+use crate::domain::decision::Signer;
+use crate::engine::feedback::*;
 use crate::report::build::{ReportQuery, build};
 
 const HOUR: u64 = 3_600_000;
@@ -12,7 +12,7 @@ const T0: u64 = 1_800_000_000_000;
 
 /// Team `ads` keeps reuse for 2 days; decisions live 1 hour.
 fn engine() -> Engine {
-    let policy = crate::policy::Policy::parse(
+    let policy = crate::domain::policy::Policy::parse(
         r#"
 [[tiers]]
 name = "small"
@@ -35,7 +35,7 @@ reuse_retention_days = 2
     )
     .unwrap();
     Engine::builder(
-        Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
+        Arc::new(crate::domain::classifier::ComplexityModel::bundled().unwrap()),
         Arc::new(policy),
         Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
     )
@@ -44,7 +44,7 @@ reuse_retention_days = 2
 }
 
 fn route(e: &Engine, nonce: u64) -> String {
-    let req = crate::routing::RouteRequest {
+    let req = crate::domain::routing::RouteRequest {
         task: "Summarise this support ticket for the weekly report.",
         workflow: "support/macros",
         team: "ads",
@@ -82,14 +82,14 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
 #[tokio::test]
 async fn one_teams_feedback_does_not_move_another_teams_routing() {
     let e = Engine::builder(
-        Arc::new(crate::classifier::ComplexityModel::bundled().unwrap()),
-        Arc::new(crate::policy::Policy::embedded().unwrap()),
+        Arc::new(crate::domain::classifier::ComplexityModel::bundled().unwrap()),
+        Arc::new(crate::domain::policy::Policy::embedded().unwrap()),
         Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
     )
     .decision_ttl_ms(HOUR)
     .build();
     let ask = |team: &'static str, task: &'static str, nonce: u64| {
-        let req = crate::routing::RouteRequest {
+        let req = crate::domain::routing::RouteRequest {
             task,
             team,
             ..Default::default()

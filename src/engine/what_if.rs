@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::learning::RoutingTable;
+use crate::domain::learning::RoutingTable;
 use crate::store::OutcomeEvent;
 
 /// Projected outcome of the recent window in one scope.
@@ -50,7 +50,7 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
     let policy = &table.policy;
     let scope = policy.resolve(&e.team, &e.workflow);
     let plan = table.plan(&scope.key).for_team(&e.team);
-    let band = usize::from(e.band).min(crate::learning::BANDS - 1);
+    let band = usize::from(e.band).min(crate::domain::learning::BANDS - 1);
     let costs: Vec<i64> = plan
         .tiers
         .iter()

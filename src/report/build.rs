@@ -1,11 +1,11 @@
 //! Builds a [`Report`] from the shared ledger: hourly counter hashes that every replica adds to
-//! (see [`crate::books`]), summed per group.
+//! (see [`crate::domain::books`]), summed per group.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
-use crate::books::{Books, HOUR_MS, metric, parse_ledger_field};
-use crate::policy::Policy;
+use crate::domain::books::{Books, HOUR_MS, metric, parse_ledger_field};
+use crate::domain::policy::Policy;
 use crate::store::{StateStore, StoreError};
 
 /// Longest period a report covers (the ledger keeps hours for 400 days).
@@ -149,7 +149,7 @@ pub async fn build(
     for page in hours.chunks(READ_PAGE) {
         let names: Vec<String> = page
             .iter()
-            .map(|&h| crate::books::ledger_hash_of_hour(h))
+            .map(|&h| crate::domain::books::ledger_hash_of_hour(h))
             .collect();
         let read = store.read_counters(&names).await?;
         for (hour, fields) in page.iter().zip(read) {

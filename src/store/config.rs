@@ -202,8 +202,8 @@ pub(crate) fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Policy;
-    use crate::policy::tests::THREE;
+    use crate::domain::policy::Policy;
+    use crate::domain::policy::tests::THREE;
 
     #[test]
     fn store_section_is_validated_with_key_paths() {

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use crate::common::{TestServer, feedback_req, route_req};
-use tokenwise::auth::{AUTHORIZATION, AuthedChannel, BearerKey, KeyRing, hash_key, new_key};
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
-use tokenwise::server::pb::admin_client::AdminClient;
-use tokenwise::server::pb::router_client::RouterClient;
-use tokenwise::server::pb::{
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
+use tokenwise::grpc::auth::{AUTHORIZATION, AuthedChannel, BearerKey, KeyRing, hash_key, new_key};
+use tokenwise::grpc::pb::admin_client::AdminClient;
+use tokenwise::grpc::pb::router_client::RouterClient;
+use tokenwise::grpc::pb::{
     ApplyPolicyRequest, GetPolicyRequest, GetReportRequest, GetReportResponse,
     GetThresholdsRequest, ListPolicyVersionsRequest, RollbackPolicyRequest, RouteRequest,
     RouteResponse, ValidatePolicyRequest,
@@ -62,7 +62,7 @@ impl Keys {
     }
 
     fn ring(&self) -> KeyRing {
-        tokenwise::auth::parse_keys(&self.file()).unwrap()
+        tokenwise::grpc::auth::parse_keys(&self.file()).unwrap()
     }
 }
 
@@ -409,7 +409,7 @@ async fn cross_team_reuse_is_denied_and_the_owner_may_record_it() {
     let mut search = f.router(Some(&f.keys.search)).await;
     let mut ads = f.router(Some(&f.keys.ads)).await;
     let d: RouteResponse = search.route(routed("")).await.unwrap().into_inner();
-    let reuse = |event_id: &str| tokenwise::server::pb::RecordReuseRequest {
+    let reuse = |event_id: &str| tokenwise::grpc::pb::RecordReuseRequest {
         decision_id: d.decision_id.clone(),
         count: 3,
         event_id: event_id.into(),

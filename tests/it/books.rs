@@ -5,9 +5,9 @@
 
 use crate::common::TestServer;
 use crate::common::redis::RedisServer;
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
-use tokenwise::server::pb::{
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
+use tokenwise::grpc::pb::{
     FeedbackRequest, GetReportRequest, GetReportResponse, GroupReport, RouteHints, RouteRequest,
     RouteResponse,
 };
@@ -436,7 +436,7 @@ async fn reuse_recorded_on_another_replica_counts_each_output_once_and_each_even
     ra.feedback(fb(&d1, 1.0, 100, 10, false)).await.unwrap();
     ra.feedback(fb(&d2, 1.0, 100, 10, true)).await.unwrap();
     let reuse =
-        |d: &RouteResponse, count: u32, event_id: &str| tokenwise::server::pb::RecordReuseRequest {
+        |d: &RouteResponse, count: u32, event_id: &str| tokenwise::grpc::pb::RecordReuseRequest {
             decision_id: d.decision_id.clone(),
             count,
             event_id: event_id.into(),

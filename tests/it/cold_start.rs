@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::decision::Signer;
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::decision::Signer;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::{Decision, RouteRequest};
 use tokenwise::engine::Engine;
-use tokenwise::policy::Policy;
-use tokenwise::routing::{Decision, RouteRequest};
 
 #[derive(Deserialize)]
 struct Pairs {

@@ -4,7 +4,7 @@ use crate::common::feedback_req as fb;
 
 use crate::common::{TestServer, route_req};
 use base64::Engine as _;
-use tokenwise::server::pb;
+use tokenwise::grpc::pb;
 use tonic::Code;
 
 async fn evidence_total(server: &TestServer) -> u64 {
@@ -140,9 +140,9 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn expired_decisions_get_a_clear_error() {
+    use tokenwise::domain::routing::RouteRequest;
     use tokenwise::engine::Error;
-    use tokenwise::feedback::{FeedbackError, FeedbackInput};
-    use tokenwise::routing::RouteRequest;
+    use tokenwise::engine::feedback::{FeedbackError, FeedbackInput};
     let server = TestServer::start().await;
     let engine = &server.engine;
     let issued = 1_000_000u64;

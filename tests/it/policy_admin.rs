@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::common::redis::RedisServer;
 use crate::common::{TestServer, WORD_PROBLEM, route_req};
-use tokenwise::policy::{EMBEDDED_POLICY, Policy};
-use tokenwise::routing::Limits;
-use tokenwise::server::pb::{
+use tokenwise::domain::policy::{EMBEDDED_POLICY, Policy};
+use tokenwise::domain::routing::Limits;
+use tokenwise::grpc::pb::{
     ApplyPolicyRequest, GetPolicyRequest, ListPolicyVersionsRequest, RollbackPolicyRequest,
     ValidatePolicyRequest,
 };
@@ -73,7 +73,7 @@ async fn route_loop(
     let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<()>();
     let addr = server.addr;
     let handle = tokio::spawn(async move {
-        let mut c = tokenwise::server::pb::router_client::RouterClient::new(
+        let mut c = tokenwise::grpc::pb::router_client::RouterClient::new(
             crate::common::connect(addr).await,
         );
         let (mut ok, mut err) = (0, 0);
@@ -536,20 +536,19 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut admin =
-        tokenwise::server::pb::admin_client::AdminClient::new(crate::common::connect(addr).await);
-    let version = |admin: &mut tokenwise::server::pb::admin_client::AdminClient<
-        tonic::transport::Channel,
-    >| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .get_policy(GetPolicyRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .version
-        }
-    };
+        tokenwise::grpc::pb::admin_client::AdminClient::new(crate::common::connect(addr).await);
+    let version =
+        |admin: &mut tokenwise::grpc::pb::admin_client::AdminClient<tonic::transport::Channel>| {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .get_policy(GetPolicyRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .version
+            }
+        };
     let v0 = version(&mut admin).await;
     let hup = || {
         std::process::Command::new("kill")

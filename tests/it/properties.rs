@@ -3,11 +3,11 @@
 //! answer (an error is fine) without a panic, and keep its invariants.
 
 use proptest::prelude::*;
-use tokenwise::auth::{hash_key, parse_keys};
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::decision::Signer;
-use tokenwise::features::{TaskInput, visit_features};
-use tokenwise::policy::{EMBEDDED_POLICY, Policy};
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::decision::Signer;
+use tokenwise::domain::features::{TaskInput, visit_features};
+use tokenwise::domain::policy::{EMBEDDED_POLICY, Policy};
+use tokenwise::grpc::auth::{hash_key, parse_keys};
 
 /// Arbitrary text, biased towards what the parsers look for.
 fn text() -> impl Strategy<Value = String> {
@@ -54,7 +54,7 @@ proptest! {
     fn features_and_complexity_are_finite_for_any_text(t in any::<String>(), workflow in any::<String>(), out in any::<u32>()) {
         let input = TaskInput { text: &t, workflow: &workflow, expected_output_tokens: out, ..TaskInput::default() };
         let mut ok = true;
-        visit_features(&input, |i, v| ok &= (i as usize) < tokenwise::features::DIMS && v.is_finite());
+        visit_features(&input, |i, v| ok &= (i as usize) < tokenwise::domain::features::DIMS && v.is_finite());
         prop_assert!(ok);
         let c = ComplexityModel::bundled().unwrap().complexity(&input);
         prop_assert!((0.0..=1.0).contains(&c), "{}", c);

@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common::{TestServer, route_req};
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
-use tokenwise::server::pb::RouteRequest;
-use tokenwise::server::pb::router_client::RouterClient;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
+use tokenwise::grpc::pb::RouteRequest;
+use tokenwise::grpc::pb::router_client::RouterClient;
 use tonic::Code;
 
 fn for_team(team: &str) -> RouteRequest {

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::dataset::{self, Record, Split};
-use tokenwise::replay::{ReplayOptions, ReplayReport, policy_from_models, replay};
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::offline::dataset::{self, Record, Split};
+use tokenwise::offline::replay::{ReplayOptions, ReplayReport, policy_from_models, replay};
 
 const CHEAP: &str = "mixtral-8x7b-instruct";
 const PREMIUM: &str = "gpt-4-1106-preview";

@@ -1,8 +1,8 @@
 //! The Route RPC end to end over a real socket: complete decisions, bad input, health.
 
 use crate::common::{TestServer, WORD_PROBLEM, route_req};
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
 use tonic::Code;
 
 #[tokio::test]
@@ -189,9 +189,9 @@ async fn overload_is_shed_with_resource_exhausted_not_queued() {
 /// The safe choice for `task`: a decision that did not explore (5% do, at random).
 #[allow(clippy::unwrap_used)]
 async fn safe_route(
-    client: &mut tokenwise::server::pb::router_client::RouterClient<tonic::transport::Channel>,
+    client: &mut tokenwise::grpc::pb::router_client::RouterClient<tonic::transport::Channel>,
     task: &str,
-) -> tokenwise::server::pb::RouteResponse {
+) -> tokenwise::grpc::pb::RouteResponse {
     loop {
         let d = client.route(route_req(task)).await.unwrap().into_inner();
         if !d.reason.starts_with("exploring") {
@@ -212,7 +212,7 @@ async fn one_feedback_does_not_reprice_the_scope() {
         let server = TestServer::start().await;
         let mut client = server.router().await;
         let mut admin = server.admin().await;
-        let thresholds = |r: tokenwise::server::pb::GetThresholdsResponse| -> Vec<(String, f64)> {
+        let thresholds = |r: tokenwise::grpc::pb::GetThresholdsResponse| -> Vec<(String, f64)> {
             r.thresholds
                 .into_iter()
                 .filter(|t| t.scope == "default" && t.workflow.is_empty())
@@ -221,7 +221,7 @@ async fn one_feedback_does_not_reprice_the_scope() {
         };
         let before = thresholds(
             admin
-                .get_thresholds(tokenwise::server::pb::GetThresholdsRequest::default())
+                .get_thresholds(tokenwise::grpc::pb::GetThresholdsRequest::default())
                 .await
                 .unwrap()
                 .into_inner(),
@@ -240,7 +240,7 @@ async fn one_feedback_does_not_reprice_the_scope() {
         let mut after = before.clone();
         for _ in 0..100 {
             let r = admin
-                .get_thresholds(tokenwise::server::pb::GetThresholdsRequest::default())
+                .get_thresholds(tokenwise::grpc::pb::GetThresholdsRequest::default())
                 .await
                 .unwrap()
                 .into_inner();
@@ -289,7 +289,7 @@ async fn an_absurd_output_hint_is_capped_and_said_so() {
     let server = TestServer::start().await;
     let mut client = server.router().await;
     let mut req = route_req("Write a haiku about autumn.");
-    req.hints = Some(tokenwise::server::pb::RouteHints {
+    req.hints = Some(tokenwise::grpc::pb::RouteHints {
         expected_output_tokens: u32::MAX - 1,
         task_type: String::new(),
     });
@@ -320,7 +320,7 @@ async fn an_undecodable_request_is_invalid_argument() {
         let mut grpc = grpc.clone();
         async move {
             grpc.ready().await.unwrap();
-            grpc.unary::<_, tokenwise::server::pb::RouteResponse, _>(
+            grpc.unary::<_, tokenwise::grpc::pb::RouteResponse, _>(
                 tonic::Request::new(RawRoute { task }),
                 tonic::codegen::http::uri::PathAndQuery::from_static("/tokenwise.v1.Router/Route"),
                 tonic_prost::ProstCodec::default(),

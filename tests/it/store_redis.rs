@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::redis::RedisServer;
 use crate::common::{TestServer, route_req};
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
-use tokenwise::server::pb;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
+use tokenwise::grpc::pb;
 use tokenwise::store::{RedisStore, StateStore, contract};
 
 fn unique_prefix(name: &str) -> String {
@@ -36,7 +36,7 @@ fn patient_policy_on(redis: &RedisServer, prefix: &str) -> Policy {
 fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Policy {
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\ntimeout_ms = {timeout_ms}\n",
-        tokenwise::policy::EMBEDDED_POLICY,
+        tokenwise::domain::policy::EMBEDDED_POLICY,
         redis.url()
     );
     Policy::parse(&text).unwrap()
@@ -44,7 +44,8 @@ fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Po
 
 fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
     let table = server.engine.table();
-    let of = |p: &tokenwise::learning::ScopePlan| p.tiers.iter().map(|t| t.threshold).collect();
+    let of =
+        |p: &tokenwise::domain::learning::ScopePlan| p.tiers.iter().map(|t| t.threshold).collect();
     // Each scope's shared plan, then each team's own ("scope@team").
     let mut v: Vec<(String, Vec<f64>)> = table
         .plans
@@ -142,7 +143,7 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
         Policy::parse(&format!(
             "{}\n[store]\nkind = \"redis-cluster\"\nnodes = {nodes}\nprefix = \"{prefix}\"\n\
              refresh_ms = 100\ntimeout_ms = 2000\n",
-            tokenwise::policy::EMBEDDED_POLICY,
+            tokenwise::domain::policy::EMBEDDED_POLICY,
         ))
         .unwrap()
     };
@@ -519,7 +520,7 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n\
          timeout_ms = 100\nspill_file = \"{}\"\n",
-        tokenwise::policy::EMBEDDED_POLICY,
+        tokenwise::domain::policy::EMBEDDED_POLICY,
         redis.url(),
         spill.display()
     );
@@ -580,20 +581,22 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The acknowledged reuse landed too, once: 20 reused outputs, 40 uses.
-    let hour = tokenwise::books::HOUR_MS;
+    let hour = tokenwise::domain::books::HOUR_MS;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let hashes: Vec<String> = [now - hour, now]
         .iter()
-        .map(|&t| tokenwise::books::ledger_hash(t))
+        .map(|&t| tokenwise::domain::books::ledger_hash(t))
         .collect();
     let sum = |cells: &[std::collections::HashMap<String, i64>], metric: &str| -> i64 {
         cells
             .iter()
             .flatten()
-            .filter(|(f, _)| tokenwise::books::parse_ledger_field(f).is_some_and(|p| p.0 == metric))
+            .filter(|(f, _)| {
+                tokenwise::domain::books::parse_ledger_field(f).is_some_and(|p| p.0 == metric)
+            })
             .map(|(_, v)| *v)
             .sum()
     };
@@ -701,7 +704,7 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
     let config = |ca_file: Option<String>| {
         let text = format!(
             "{}\n[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}\"\nprefix = \"{prefix}\"\n{}spill_file = \"{}\"\n",
-            tokenwise::policy::EMBEDDED_POLICY,
+            tokenwise::domain::policy::EMBEDDED_POLICY,
             ca_file
                 .map(|f| format!("ca_file = \"{f}\"\n"))
                 .unwrap_or_default(),
@@ -718,7 +721,7 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
     // A CA file needs a TLS url.
     let e = Policy::parse(&format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nca_file = \"x.pem\"\n",
-        tokenwise::policy::EMBEDDED_POLICY
+        tokenwise::domain::policy::EMBEDDED_POLICY
     ))
     .unwrap_err();
     assert_eq!(e.path, "store.ca_file");
@@ -794,7 +797,7 @@ async fn two_server_processes_learn_together_through_redis() {
     let prefix = unique_prefix("processes");
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n",
-        tokenwise::policy::EMBEDDED_POLICY,
+        tokenwise::domain::policy::EMBEDDED_POLICY,
         redis.url()
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));

@@ -7,8 +7,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{ReplayArgs, load_records, runtime};
-use crate::dataset::Record;
-use crate::server::pb;
+use crate::grpc::pb;
+use crate::offline::dataset::Record;
 
 mod policy;
 mod report;
@@ -326,9 +326,9 @@ struct RemoteSummary {
 /// Replays records against a running server over gRPC: Route each task (team = the workflow's
 /// family, e.g. `mmlu` for `mmlu/anatomy`), then post the chosen model's recorded outcome as
 /// Feedback. `concurrency` calls run at once. This is traffic for the server's books and
-/// thresholds; the in-process [`crate::replay::replay`] is the measurement.
+/// thresholds; the in-process [`crate::offline::replay::replay`] is the measurement.
 async fn replay_remote(
-    channel: crate::auth::AuthedChannel,
+    channel: crate::grpc::auth::AuthedChannel,
     records: &[Record],
     concurrency: usize,
 ) -> RemoteSummary {
@@ -400,7 +400,7 @@ fn endpoint(addr: &str) -> String {
 
 /// A channel to `addr` that sends the API key in `TOKENWISE_API_KEY`, if set. An `https://`
 /// address speaks TLS, trusting the CA certificate (PEM) in `TOKENWISE_CA_CERT`.
-pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedChannel> {
+pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::grpc::auth::AuthedChannel> {
     let ep = endpoint(addr);
     let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())?;
     if ep.starts_with("https://") {
@@ -419,7 +419,7 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::auth::AuthedCha
         .await
         .with_context(|| format!("cannot connect to {ep}"))?;
     let key = std::env::var("TOKENWISE_API_KEY").ok();
-    let bearer = crate::auth::BearerKey::new(key.as_deref()).map_err(status_error)?;
+    let bearer = crate::grpc::auth::BearerKey::new(key.as_deref()).map_err(status_error)?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel, bearer,
     ))
@@ -432,7 +432,7 @@ pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use crate::server::pb;
+    use crate::grpc::pb;
 
     #[test]
     fn an_address_without_a_scheme_is_plain_http() {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::{connect, status_error};
 use crate::cli::runtime;
-use crate::server::pb;
+use crate::grpc::pb;
 
 /// Runs one `tokenwise policy` subcommand.
 pub(in crate::cli) fn policy(action: PolicyAction) -> anyhow::Result<()> {

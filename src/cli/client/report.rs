@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{connect, status_error};
 use crate::cli::runtime;
-use crate::server::pb;
+use crate::grpc::pb;
 
 /// Arguments of `report`.
 #[derive(Debug, clap::Args)]

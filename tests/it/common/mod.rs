@@ -6,14 +6,14 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use tokenwise::classifier::ComplexityModel;
-use tokenwise::decision::Signer;
+use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::decision::Signer;
+use tokenwise::domain::policy::Policy;
+use tokenwise::domain::routing::Limits;
 use tokenwise::engine::Engine;
-use tokenwise::policy::Policy;
-use tokenwise::routing::Limits;
-use tokenwise::server::pb::admin_client::AdminClient;
-use tokenwise::server::pb::router_client::RouterClient;
-use tokenwise::server::{ServeConfig, run};
+use tokenwise::grpc::pb::admin_client::AdminClient;
+use tokenwise::grpc::pb::router_client::RouterClient;
+use tokenwise::grpc::{ServeConfig, run};
 use tonic::transport::Channel;
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -153,8 +153,8 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
 }
 
 /// A Feedback for `decision_id` with `score` and small, valid token counts.
-pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::server::pb::FeedbackRequest {
-    tokenwise::server::pb::FeedbackRequest {
+pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::grpc::pb::FeedbackRequest {
+    tokenwise::grpc::pb::FeedbackRequest {
         decision_id: decision_id.to_string(),
         score,
         input_tokens: 50,
@@ -179,8 +179,8 @@ pub async fn teach(client: &mut RouterClient<Channel>, tasks: &[&str], n: usize,
 }
 
 /// A Route request for a task with default labels.
-pub fn route_req(task: &str) -> tokenwise::server::pb::RouteRequest {
-    tokenwise::server::pb::RouteRequest {
+pub fn route_req(task: &str) -> tokenwise::grpc::pb::RouteRequest {
+    tokenwise::grpc::pb::RouteRequest {
         task: task.to_string(),
         workflow: "default".into(),
         team: String::new(),

@@ -1,0 +1,407 @@
+//! The books: spend accounting and budgets.
+//!
+//! Every Route reserves its estimated cost (integer micro-dollars) against the budgets that
+//! cover its team and workflow and counts the decision in an hourly ledger cell (hour, team,
+//! workflow, tier). Feedback reconciles: its counters (actual − estimate, the outcome, its score,
+//! value, reuse) travel inside the outcome event and are applied by the store in the same atomic
+//! step that spends the decision's nonce, so they count exactly once even through an outage
+//! buffer. Decisions that never get feedback keep their estimate: they settle at it when their
+//! decision id expires (the decision TTL).
+//!
+//! Route never waits on the store. Its reservations collect in a local pending map that the
+//! background refresher flushes as idempotent counter batches, and budget checks read a local
+//! view: the usage last read from the store, plus what this replica reserved since. Replicas
+//! learn of each other's reservations at their next successful refresh, so with R replicas and
+//! `reject` a hard limit can be overshot by the estimates the other replicas reserved since
+//! their last successful refresh — at most (R − 1) × the budget left at that refresh. Tests pin
+//! that bound. What it does not cover: `cheapest` keeps serving (and reserving) on the cheapest
+//! tier past the limit by design; estimates come from the task size and the caller's output
+//! hint, and a decision without feedback settles at its estimate, so an understated hint is
+//! under-counted; and with `fail_open` during an outage the view is as old as the outage.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use hashbrown::Equivalent;
+
+use crate::domain::decision::DecisionClaims;
+use crate::domain::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
+use crate::domain::routing::Decision;
+use crate::store::{CounterAdd, StateStore, StoreError};
+
+mod cells;
+mod flush;
+mod ledger;
+
+pub use cells::*;
+pub use ledger::*;
+
+/// What a budget did to a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetAction {
+    /// Nothing: every covering budget has room.
+    None,
+    /// The tier was lowered (soft limit, or hard limit with `cheapest`).
+    Downgraded {
+        /// The budget that lowered it.
+        budget: String,
+        /// Tier the router would have chosen.
+        from: String,
+    },
+}
+
+/// A hard budget refused the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "budget {budget} is exhausted: {used_usd:.6} USD used of {limit_usd:.6} USD this {period} (resets at {resets_ms} ms since epoch)"
+)]
+pub struct BudgetExhausted {
+    /// Budget id.
+    pub budget: String,
+    /// Used in the period, USD.
+    pub used_usd: f64,
+    /// The hard limit, USD.
+    pub limit_usd: f64,
+    /// Period name.
+    pub period: &'static str,
+    /// When the next period starts.
+    pub resets_ms: u64,
+}
+
+/// A budget's position in its current period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetUse {
+    /// The budget.
+    pub budget: std::sync::Arc<Budget>,
+    /// Start of the current period.
+    pub period_start_ms: u64,
+    /// Used in it, micro-USD.
+    pub used_micros: i64,
+}
+
+/// Spend accounting and budget enforcement for one replica.
+pub struct Books {
+    local: Mutex<Local>,
+    shards: [Mutex<Shard>; SHARDS],
+    /// The label caps, shared by all shards (taken only for a label a shard has not seen).
+    labels: Mutex<Labels>,
+    flush_lock: tokio::sync::Mutex<()>,
+    store_down: AtomicBool,
+    observer: std::sync::Arc<dyn Observer>,
+}
+
+impl Default for Books {
+    fn default() -> Self {
+        Self::new(std::sync::Arc::new(Unobserved))
+    }
+}
+
+impl Books {
+    /// Empty books that tell `observer` what they count.
+    pub fn new(observer: std::sync::Arc<dyn Observer>) -> Self {
+        Self {
+            local: Mutex::default(),
+            shards: Default::default(),
+            labels: Mutex::default(),
+            flush_lock: tokio::sync::Mutex::default(),
+            store_down: AtomicBool::default(),
+            observer,
+        }
+    }
+
+    /// Tells the observer what a batch of increments counted (budget usage is not a ledger
+    /// count and is left out).
+    fn observe(&self, adds: &[CounterAdd]) {
+        for a in adds {
+            if !a.hash.starts_with(LEDGER_PREFIX) {
+                continue;
+            }
+            if let Some((metric, team, workflow, tier)) = parse_ledger_field(&a.field) {
+                self.observer.counted(Counted {
+                    metric,
+                    team,
+                    workflow,
+                    tier,
+                    delta: a.delta,
+                });
+            }
+        }
+    }
+
+    /// Ledger counters of a decision's cell (its issue hour, team, workflow and tier), zeros left
+    /// out. Later events about a decision (outcome, reuse) count in its issue hour, so a
+    /// period's rates are those of the outputs produced in it.
+    fn cell_counters(&self, claims: &DecisionClaims, values: &[(&str, i64)]) -> Vec<CounterAdd> {
+        let (team, workflow) = {
+            let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+            let t = labels.team(&claims.team).to_string();
+            let w = labels.workflow(&claims.workflow).to_string();
+            (clean(&t).into_owned(), clean(&w).into_owned())
+        };
+        let hash = ledger_hash(claims.issued_ms);
+        values
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|&(m, v)| CounterAdd {
+                hash: hash.clone(),
+                field: ledger_field(m, &team, &workflow, &claims.tier),
+                delta: v,
+            })
+            .collect()
+    }
+
+    /// The counters of a reuse: `events` reuse events, and the decision counted as reused once
+    /// (to be recorded with the decision's reuse mark, which only the first reuse spends).
+    pub fn reuse_counters(
+        &self,
+        claims: &DecisionClaims,
+        events: u32,
+    ) -> (Vec<CounterAdd>, Vec<CounterAdd>) {
+        (
+            self.cell_counters(claims, &[(metric::REUSE_EVENTS, i64::from(events))]),
+            self.cell_counters(claims, &[(metric::REUSED, 1)]),
+        )
+    }
+
+    /// Counts settled accounting (outcomes, reuse) in the exported metrics.
+    pub fn observe_outcome(&self, counters: &[CounterAdd]) {
+        self.observe(counters);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        // A poisoned lock only means a panic elsewhere mid-update; the maps stay valid.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a Route in this thread's shard, in the cell of (hour, team, workflow, tier) with
+    /// labels over the caps counted as [`OTHER`].
+    fn bump_cell(
+        &self,
+        hour: u64,
+        team: &str,
+        workflow: &str,
+        tier: &str,
+        f: impl FnOnce(&mut CellDelta),
+    ) {
+        let i = SHARD.with(|i| *i);
+        let mut shard = self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Shard {
+            cells,
+            teams,
+            workflows,
+        } = &mut *shard;
+        let key = CellRef {
+            hour,
+            team: self.admitted(teams, team, Labels::team),
+            workflow: self.admitted(workflows, workflow, Labels::workflow),
+            tier,
+        };
+        bump(cells, key, f);
+    }
+
+    /// `label` if the caps admit it (asked of the shared labels once per shard), else
+    /// [`OTHER`]. Only admitted labels are remembered, so junk labels cannot grow a shard.
+    fn admitted<'a>(
+        &self,
+        seen: &mut hashbrown::HashSet<String>,
+        label: &'a str,
+        admit: for<'l> fn(&mut Labels, &'l str) -> &'l str,
+    ) -> &'a str {
+        if label.is_empty() || seen.contains(label) {
+            return label;
+        }
+        let got = admit(
+            &mut self.labels.lock().unwrap_or_else(PoisonError::into_inner),
+            label,
+        );
+        if got == label {
+            seen.insert(label.to_string());
+        }
+        got
+    }
+
+    /// Marks whether the store is reachable (budgets with `fail_closed` depend on it).
+    pub fn set_store_down(&self, down: bool) {
+        self.store_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Applies the budgets covering the caller to a fresh decision (possibly lowering its tier),
+    /// then reserves its estimate and counts it. On `Err` the call is refused; the refusal is
+    /// counted, nothing is reserved.
+    pub fn admit(
+        &self,
+        policy: &Policy,
+        d: &mut Decision,
+        team: &str,
+        workflow: &str,
+        now_ms: u64,
+    ) -> Result<BudgetAction, BudgetExhausted> {
+        let mut action = BudgetAction::None;
+        // Only a call that a budget covers takes the shared lock: check and reserve must be one
+        // step. Everything else counts in this thread's shard.
+        if policy.budgets.iter().any(|b| b.covers(team, workflow)) {
+            let mut local = self.lock();
+            let mut exhausted = false;
+            let usual = d.chosen;
+            let mut target = usual;
+            let store_down = self.store_down.load(Ordering::Relaxed);
+            for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
+                let start = b.period.start_ms(now_ms);
+                let used = local.used(&b.id, start);
+                if let Some(hard) = b.hard_limit_micros {
+                    let closed =
+                        store_down && b.on_store_unavailable == OnStoreUnavailable::FailClosed;
+                    if closed || used + d.candidates[usual].cost_micros > hard {
+                        match b.on_exhausted {
+                            OnExhausted::Reject => {
+                                drop(local);
+                                self.bump_cell(now_ms / HOUR_MS, team, workflow, "", |c| {
+                                    c.rejected += 1;
+                                });
+                                return Err(BudgetExhausted {
+                                    budget: b.id.clone(),
+                                    used_usd: used as f64 / 1e6,
+                                    limit_usd: hard as f64 / 1e6,
+                                    period: b.period.as_str(),
+                                    resets_ms: b.period.next_start_ms(now_ms),
+                                });
+                            }
+                            OnExhausted::Cheapest => {
+                                exhausted = true;
+                                if target > 0 {
+                                    target = 0;
+                                    action = BudgetAction::Downgraded {
+                                        budget: b.id.clone(),
+                                        from: d.candidates[usual].name.clone(),
+                                    };
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+                if let Some(soft) = b.soft_limit_micros
+                    && used >= soft
+                    && usual > 0
+                    && target > usual - 1
+                {
+                    target = usual - 1;
+                    action = BudgetAction::Downgraded {
+                        budget: b.id.clone(),
+                        from: d.candidates[usual].name.clone(),
+                    };
+                }
+            }
+            if target != usual {
+                d.chosen = target;
+                d.fallback = (target + 1 < d.candidates.len()).then_some(target + 1);
+                if let BudgetAction::Downgraded { budget, from } = &action {
+                    d.reason = format!(
+                        "budget {budget}: {} instead of {from} ({})",
+                        d.candidates[target].name, d.reason
+                    );
+                }
+            }
+            if exhausted {
+                // Past a hard limit there is nothing to escalate to.
+                d.fallback = None;
+            }
+            let cost = d.tier().cost_micros;
+            for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
+                let start = b.period.start_ms(now_ms);
+                add_usage(&mut local.pending, &b.id, start, cost);
+            }
+        }
+        let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
+        let (explored, downgraded) = (d.explored, action != BudgetAction::None);
+        self.bump_cell(
+            now_ms / HOUR_MS,
+            team,
+            workflow,
+            &d.candidates[d.chosen].name,
+            |c| {
+                c.tasks += 1;
+                c.spend += cost;
+                c.premium += premium;
+                c.explored += i64::from(explored);
+                c.downgraded += i64::from(downgraded);
+            },
+        );
+        Ok(action)
+    }
+
+    /// The counters that settle one outcome: to be recorded with it, atomically.
+    pub fn outcome_counters(
+        &self,
+        policy: &Policy,
+        claims: &DecisionClaims,
+        score: f64,
+        input_tokens: u64,
+        output_tokens: u64,
+        reused: bool,
+    ) -> (Vec<CounterAdd>, i64) {
+        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let estimate = claims.estimate_micros as i64;
+        let actual = policy.tier_index(&claims.tier).map_or(estimate, |i| {
+            policy.tiers[i].cost_micros(input_tokens, output_tokens)
+        });
+        let premium = scope.allowed.last().map_or(actual, |&i| {
+            policy.tiers[i].cost_micros(input_tokens, output_tokens)
+        });
+        let bar_ppm = (scope.quality_bar * 1e6).round() as i64;
+        let score_ppm = (score * 1e6).round() as i64;
+        let completed = score_ppm >= bar_ppm;
+        let value = if completed {
+            scope
+                .value_per_success_usd
+                .map_or(0, |v| (v * 1e6).round() as i64)
+        } else {
+            0
+        };
+        // Human time displaced by an output that met the bar, and its price.
+        let minutes = if completed {
+            scope.human_minutes_per_success.unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let human_seconds = (minutes * 60.0).round() as i64;
+        let human_value = scope
+            .loaded_cost_per_hour_usd
+            .map_or(0, |rate| (minutes / 60.0 * rate * 1e6).round() as i64);
+        let mut out = self.cell_counters(
+            claims,
+            &[
+                (metric::OUTCOMES, 1),
+                (metric::COMPLETED, i64::from(completed)),
+                (metric::SCORE, score_ppm),
+                (metric::BAR, bar_ppm),
+                (metric::SPEND, actual - estimate),
+                (metric::PREMIUM, premium - claims.premium_micros as i64),
+                (metric::VALUE, value),
+                (metric::HUMAN_SECONDS, human_seconds),
+                (metric::HUMAN_VALUE, human_value),
+                // The early reuse mark is one reuse event; the decision itself is counted as
+                // reused by its reuse mark (see `reuse_counters`), once.
+                (metric::REUSE_EVENTS, i64::from(reused)),
+            ],
+        );
+        if actual != estimate {
+            for b in policy
+                .budgets
+                .iter()
+                .filter(|b| b.covers(&claims.team, &claims.workflow))
+            {
+                out.push(CounterAdd {
+                    hash: budget_hash(&b.id, b.period.start_ms(claims.issued_ms)),
+                    field: BUDGET_USED.into(),
+                    delta: actual - estimate,
+                });
+            }
+        }
+        (out, actual)
+    }
+}

@@ -1,0 +1,117 @@
+//! Estimates: the calibration prior of a tier, label shifts, and the hierarchical shrinkage of
+//! a level's curves towards its parent's.
+
+use super::*;
+use crate::domain::classifier::Calibration;
+use crate::domain::policy::Tier;
+
+/// Prior quality curve of a tier at rank `r`: the calibration's cheap curve at 0 (a tier running
+/// the cheap model), the premium one at 1 (the premium model), interpolated between them by log
+/// price position among the allowed tiers for any other model.
+pub(super) fn prior_curve(cal: &Calibration, r: f64) -> [f64; BANDS] {
+    let bands = &cal.bands;
+    let mut out = [0.0; BANDS];
+    for (b, o) in out.iter_mut().enumerate() {
+        // Calibration may use a different band count: sample it at this band's centre.
+        let centre = (b as f64 + 0.5) / BANDS as f64;
+        let cb = &bands[((centre * bands.len() as f64) as usize).min(bands.len() - 1)];
+        *o = cb.cheap_quality + r * (cb.premium_quality - cb.cheap_quality);
+    }
+    out
+}
+
+/// `q` with its log-odds moved by `delta` (kept off 0 and 1 so a shift can always act).
+pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
+    let q = q.clamp(1e-4, 1.0 - 1e-4);
+    let z = (q / (1.0 - q)).ln() + delta;
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Shrunk estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
+/// 1 by `prior_strength` outcomes) plus a shrunk per-band residual. A ratio rather than an
+/// offset because models change multiplicatively: one that starts failing 70% of its answers
+/// loses 70% everywhere, not the same points on easy and hard tasks. Returns the per-band means
+/// and the level's own effective evidence plus `prior_strength`.
+pub(super) fn estimate(
+    prior: &[f64; BANDS],
+    cells: &[Cell; BANDS],
+    prior_strength: f64,
+) -> ([f64; BANDS], f64) {
+    let n: f64 = cells.iter().map(|c| c.n).sum();
+    if n <= 0.0 {
+        return (*prior, prior_strength);
+    }
+    let observed: f64 = cells.iter().map(|c| c.sum).sum();
+    let expected: f64 = cells.iter().zip(prior).map(|(c, p)| c.n * p).sum();
+    let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
+    let ratio = (observed + prior_strength * prior_mean) / (expected + prior_strength * prior_mean);
+    let mut mean = [0.0; BANDS];
+    for b in 0..BANDS {
+        let base = (prior[b] * ratio).clamp(0.0, 1.0);
+        let residual = (cells[b].sum - cells[b].n * base) / (cells[b].n + BAND_PRIOR);
+        mean[b] = (base + residual).clamp(0.0, 1.0);
+    }
+    (mean, n + prior_strength)
+}
+
+/// Curves of every allowed tier at one level.
+pub(super) struct Curves {
+    /// Planning bound per slot.
+    pub(super) quality: Vec<[f64; BANDS]>,
+    /// Estimate per slot.
+    pub(super) predicted: Vec<[f64; BANDS]>,
+    /// Effective evidence per slot, priors included (for the margin of child levels).
+    pub(super) strength: Vec<f64>,
+}
+
+/// Curves of a level from its parent's estimates and its own cells. The parent's estimate
+/// already holds this level's outcomes: to not count them twice, the pseudo-outcomes of the
+/// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
+/// 20 K), so the only workflow of a scope moves with the scope and no faster, while one of many
+/// stands on its own data. (Scaling the level's own evidence by `1 − f` instead, leave-one-out
+/// style, made a workflow with half of its scope's traffic learn at half speed.)
+pub(super) fn curves(
+    tiers: &[&Tier],
+    parents: &[[f64; BANDS]],
+    parent_strength: &[f64],
+    level: Option<&Level>,
+    parent_level: Option<&Level>,
+    prior_strength: &[f64],
+) -> Curves {
+    let empty = [Cell::default(); BANDS];
+    let total = |l: Option<&Level>, name: &str| -> f64 {
+        l.and_then(|l| l.cells.get(name))
+            .map_or(0.0, |c| c.iter().map(|c| c.n).sum())
+    };
+    let mut out = Curves {
+        quality: Vec::with_capacity(tiers.len()),
+        predicted: Vec::with_capacity(tiers.len()),
+        strength: Vec::with_capacity(tiers.len()),
+    };
+    for (s, t) in tiers.iter().enumerate() {
+        let cells = level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty);
+        let strength = match parent_level {
+            Some(_) => {
+                let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
+                let share = if parent > 0.0 { own / parent } else { 0.0 };
+                prior_strength[s] / (1.0 - share).max(0.05)
+            }
+            None => prior_strength[s],
+        };
+        let (estimated, n) = estimate(&parents[s], cells, strength);
+        // A child level knows at least what its parent does.
+        let n = if parent_level.is_some() {
+            n
+        } else {
+            n.max(parent_strength[s])
+        };
+        // Plan on a lower confidence bound: a tier is trusted as far as its evidence supports.
+        let margin = CONFIDENCE_Z * (0.25 / n).sqrt();
+        let mut q = estimated;
+        q.iter_mut().for_each(|x| *x = (*x - margin).max(0.0));
+        out.quality.push(q);
+        out.predicted.push(estimated);
+        out.strength.push(n);
+    }
+    out
+}

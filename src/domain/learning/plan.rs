@@ -1,0 +1,567 @@
+//! Plans: what routing reads (per scope, workflow, family and team), the choice rules, and the
+//! planner that prices the bar on a scope's traffic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::estimate::{Curves, curves, prior_curve, shift_log_odds};
+use super::*;
+use crate::domain::classifier::Calibration;
+use crate::domain::policy::{BarMode, Policy, ScopePolicy, Tier};
+
+/// One tier's place in a plan (of a scope, a family or a workflow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierPlan {
+    /// Index into [`Policy::tiers`].
+    pub tier: usize,
+    /// Complexity up to which the tier (or a cheaper one) is chosen for a typical task; 1 for
+    /// the top tier.
+    pub threshold: f64,
+    /// Quality per band the plan counts on: the estimate less a confidence margin that shrinks
+    /// with evidence.
+    pub quality: [f64; BANDS],
+    /// Estimated (expected) quality per band.
+    pub predicted: [f64; BANDS],
+    /// Effective outcomes observed for this tier at this level.
+    pub evidence: f64,
+    /// Observed average score of the tier at this level (0 without evidence).
+    pub observed_quality: f64,
+    /// Threshold change at the last re-plan that moved it.
+    pub last_move: f64,
+}
+
+/// The learned state of one workflow (or family) inside a scope's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowPlan {
+    /// Allowed tiers, cheapest first, with this workflow's curves.
+    pub tiers: Vec<TierPlan>,
+    /// Effective outcomes of the workflow.
+    pub evidence: f64,
+    /// Realized (decayed) average score of the workflow.
+    pub realized_quality: f64,
+    /// Output tokens assumed for its tasks without a hint.
+    pub output_tokens: u64,
+}
+
+/// A scope's routing plan: what [`crate::domain::routing`] reads on every Route call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopePlan {
+    /// The scope's policy.
+    pub policy: Arc<ScopePolicy>,
+    /// Allowed tiers, cheapest first, with the scope-wide curves (for workflows it has not seen).
+    pub tiers: Vec<TierPlan>,
+    /// Price of quality in USD per unit of expected score (`average` mode); `None` when
+    /// thresholds are pinned or the bar is per task.
+    pub lambda: Option<f64>,
+    /// The absolute bar the plan aims at: the policy's, or the relative bar made absolute on
+    /// the scope's traffic.
+    pub target: f64,
+    /// Expected average quality of the plan on the scope's traffic.
+    pub expected_quality: f64,
+    /// Realized (decayed) average outcome score of the scope, 0 without evidence.
+    pub realized_quality: f64,
+    /// Effective outcomes observed in the scope.
+    pub evidence: f64,
+    /// Output tokens assumed for a task of an unseen workflow without a hint.
+    pub typical_output_tokens: u64,
+    /// Family → its learned state.
+    pub families: HashMap<String, Arc<WorkflowPlan>>,
+    /// Workflow → its learned state.
+    pub workflows: HashMap<String, Arc<WorkflowPlan>>,
+    /// Team → the team's own plan, learned from its own outcomes on top of this (shared) one;
+    /// a team without one routes on this plan.
+    pub teams: HashMap<String, Arc<ScopePlan>>,
+}
+
+impl ScopePlan {
+    /// The plan a task of `team` routes on: the team's own, or the shared one.
+    pub fn for_team(&self, team: &str) -> &ScopePlan {
+        self.teams.get(team).map_or(self, Arc::as_ref)
+    }
+
+    /// The most specific learned state for `workflow`: its own, its family's, or none.
+    pub fn workflow_plan(&self, workflow: &str) -> Option<&WorkflowPlan> {
+        let w = workflow_key(workflow);
+        self.workflows
+            .get(w)
+            .or_else(|| family_of(w).and_then(|f| self.families.get(f)))
+            .map(Arc::as_ref)
+    }
+
+    /// The tier curves that apply to a task of `workflow`.
+    pub fn tiers_for(&self, workflow: &str) -> &[TierPlan] {
+        self.workflow_plan(workflow)
+            .map_or(&self.tiers[..], |p| &p.tiers[..])
+    }
+
+    /// Output tokens to assume for a task of `workflow` without a hint.
+    pub fn expected_output_tokens(&self, workflow: &str) -> u64 {
+        self.workflow_plan(workflow)
+            .map_or(self.typical_output_tokens, |p| p.output_tokens)
+    }
+
+    /// Slot (index into the allowed tiers) for a task of `workflow` and `complexity` whose cost
+    /// on each allowed tier is `costs`.
+    pub fn slot_for(&self, workflow: &str, complexity: f64, band: usize, costs: &[f64]) -> usize {
+        self.slot_in(self.tiers_for(workflow), complexity, band, costs)
+    }
+
+    /// Slot under given curves: pinned thresholds, per-task bar, or cheapest at price λ.
+    pub fn slot_in(
+        &self,
+        tiers: &[TierPlan],
+        complexity: f64,
+        band: usize,
+        costs: &[f64],
+    ) -> usize {
+        let last = tiers.len() - 1;
+        if self.policy.pinned_thresholds.is_some() {
+            return tiers[..last]
+                .iter()
+                .position(|t| complexity < t.threshold)
+                .unwrap_or(last);
+        }
+        match (self.policy.bar_mode, self.lambda) {
+            (BarMode::Average, Some(lambda)) => choose(lambda, costs, |s| tiers[s].quality[band]),
+            _ => per_task(
+                tiers.len(),
+                |s| tiers[s].quality[band],
+                self.policy.quality_bar_relative,
+                self.target,
+            ),
+        }
+    }
+}
+
+/// The slot minimising `cost − λ·quality`; the cheaper slot wins ties.
+fn choose(lambda: f64, costs: &[f64], quality: impl Fn(usize) -> f64) -> usize {
+    let mut best = 0;
+    let mut best_v = costs.first().map_or(0.0, |c| c - lambda * quality(0));
+    for (s, c) in costs.iter().enumerate().skip(1) {
+        let v = c - lambda * quality(s);
+        // Strictly better by more than rounding noise, so exact ties stay on the cheaper tier.
+        if v < best_v - 1e-12 * best_v.abs() {
+            best_v = v;
+            best = s;
+        }
+    }
+    best
+}
+
+/// The cheapest of `k` slots whose quality reaches the bar (`relative` × the top slot's, or
+/// `absolute`); the top slot when none does: a task too hard for every tier gets the most
+/// capable one, not a guess at which tier fails least.
+fn per_task(
+    k: usize,
+    quality: impl Fn(usize) -> f64,
+    relative: Option<f64>,
+    absolute: f64,
+) -> usize {
+    let bar = match relative {
+        Some(r) => r * quality(k - 1),
+        None => absolute,
+    };
+    (0..k).find(|&s| quality(s) >= bar - 1e-12).unwrap_or(k - 1)
+}
+
+/// One task of the traffic the plan is priced on.
+struct SampleTask {
+    weight: f64,
+    band: usize,
+    /// Index of the curves that apply.
+    curves: usize,
+    costs: Vec<f64>,
+}
+
+/// Builds the plan of one scope from the calibration and its evidence: the shared plan, and one
+/// plan per team with evidence of its own, which starts from the shared plan's curves where the
+/// shared one starts from the calibration. A team's outcomes move its own plan in full and the
+/// shared one by a bounded share ([`ScopeEvidence::observe_from`]), so one team cannot move the
+/// routing of another beyond that share; each team's plan meets the bar on its own traffic.
+pub fn plan_scope(
+    policy: &Policy,
+    scope: &Arc<ScopePolicy>,
+    cal: &Calibration,
+    evidence: Option<&ScopeEvidence>,
+    previous: Option<&ScopePlan>,
+) -> ScopePlan {
+    let shared_tokens = evidence.and_then(ScopeEvidence::typical_tokens);
+    let mut plan = plan_level(policy, scope, cal, evidence, previous, None, shared_tokens);
+    if let Some(e) = evidence {
+        let mut teams = HashMap::with_capacity(e.teams.len());
+        for (team, own) in &e.teams {
+            let own = &own.evidence;
+            let before = previous.and_then(|p| p.teams.get(team)).map(Arc::as_ref);
+            let tokens = own.typical_tokens().or(shared_tokens);
+            let p = plan_level(policy, scope, cal, Some(own), before, Some(&plan), tokens);
+            teams.insert(team.clone(), Arc::new(p));
+        }
+        plan.teams = teams;
+    }
+    plan
+}
+
+/// One plan from `evidence`: the scope's curves start from `base`'s (a team's plan on the
+/// shared one) or, without a base, from the calibration.
+fn plan_level(
+    policy: &Policy,
+    scope: &Arc<ScopePolicy>,
+    cal: &Calibration,
+    evidence: Option<&ScopeEvidence>,
+    previous: Option<&ScopePlan>,
+    base: Option<&ScopePlan>,
+    tokens: Option<(u64, u64)>,
+) -> ScopePlan {
+    let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
+    let k = tiers.len();
+    let cap = scope.max_output_tokens;
+    let (typ_in, typ_out) =
+        tokens.unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
+    let typ_out = typ_out.min(cap);
+    let log_prices: Vec<f64> = tiers
+        .iter()
+        .map(|t| t.cost_usd(typ_in, typ_out).max(1e-12).ln())
+        .collect();
+    let (lo, hi) = (log_prices[0], log_prices[k - 1]);
+    let ranks: Vec<f64> = tiers
+        .iter()
+        .enumerate()
+        .map(|(s, t)| {
+            if t.model == cal.cheap_model {
+                0.0
+            } else if t.model == cal.premium_model || hi <= lo {
+                1.0
+            } else {
+                (log_prices[s] - lo) / (hi - lo)
+            }
+        })
+        .collect();
+    let priors: Vec<[f64; BANDS]> = match base {
+        Some(b) if b.tiers.len() == k => b.tiers.iter().map(|t| t.predicted).collect(),
+        _ => ranks.iter().map(|&rank| prior_curve(cal, rank)).collect(),
+    };
+    // A parent's curves as the prior of one of its labels: shifted by what training saw of
+    // that label (its log-odds shift, per tier by the same rank as the prior), less the part
+    // the parent has already learned from this label's own outcomes.
+    let shifted = |parent: &Curves, label: &str, level: Option<&Level>| -> Vec<[f64; BANDS]> {
+        let (dc, dp) = cal.own_shift(label);
+        tiers
+            .iter()
+            .enumerate()
+            .map(|(s, t)| {
+                let own: f64 = level
+                    .and_then(|l| l.cells.get(&t.name))
+                    .map_or(0.0, |c| c.iter().map(|c| c.n).sum());
+                let learned = (own / parent.strength[s].max(1e-9)).min(1.0);
+                let delta = (dc + ranks[s] * (dp - dc)) * (1.0 - learned);
+                let mut curve = parent.predicted[s];
+                if delta != 0.0 {
+                    curve
+                        .iter_mut()
+                        .for_each(|q| *q = shift_log_odds(*q, delta));
+                }
+                curve
+            })
+            .collect()
+    };
+    let strengths: Vec<f64> = tiers
+        .iter()
+        .map(|t| {
+            if t.model == cal.cheap_model || t.model == cal.premium_model {
+                PRIOR_KNOWN_MODEL
+            } else {
+                PRIOR_OTHER_MODEL
+            }
+        })
+        .collect();
+
+    // Curves: index 0 the scope, then families, then workflows.
+    let zero = vec![0.0; k];
+    let mut all = vec![curves(
+        &tiers,
+        &priors,
+        &zero,
+        evidence.map(|e| &e.scope),
+        None,
+        &strengths,
+    )];
+    let mut family_index: HashMap<&str, usize> = HashMap::new();
+    let mut workflow_index: HashMap<&str, usize> = HashMap::new();
+    if let Some(e) = evidence {
+        let mut names: Vec<&String> = e.families.keys().collect();
+        names.sort();
+        for f in names {
+            let c = curves(
+                &tiers,
+                &shifted(&all[0], f, e.families.get(f)),
+                &all[0].strength,
+                e.families.get(f),
+                Some(&e.scope),
+                &vec![FAMILY_PRIOR; k],
+            );
+            family_index.insert(f, all.len());
+            all.push(c);
+        }
+        let mut names: Vec<&String> = e.workflows.keys().collect();
+        names.sort();
+        for w in names {
+            let family = family_of(w).and_then(|f| Some((f, *family_index.get(f)?)));
+            let parent = family.map_or(0, |(_, i)| i);
+            let parent_level = match family {
+                Some((f, _)) => e.families.get(f),
+                None => Some(&e.scope),
+            };
+            let c = curves(
+                &tiers,
+                &shifted(&all[parent], w, e.workflows.get(w)),
+                &all[parent].strength,
+                e.workflows.get(w),
+                parent_level,
+                &vec![WORKFLOW_PRIOR; k],
+            );
+            workflow_index.insert(w, all.len());
+            all.push(c);
+        }
+    }
+    let curves_of = |workflow: &str| -> usize {
+        let w = workflow_key(workflow);
+        workflow_index
+            .get(w)
+            .or_else(|| family_of(w).and_then(|f| family_index.get(f)))
+            .copied()
+            .unwrap_or(0)
+    };
+
+    // The traffic the plan is priced on: recent tasks, topped up with the prior shape (one
+    // typical task per band, scope-wide curves) until it weighs MIN_TRAFFIC_SAMPLE tasks.
+    let typical_costs: Vec<f64> = tiers.iter().map(|x| x.cost_usd(typ_in, typ_out)).collect();
+    let mut sample: Vec<SampleTask> = Vec::new();
+    if let Some(e) = evidence {
+        for t in &e.recent {
+            sample.push(SampleTask {
+                weight: 1.0,
+                band: usize::from(t.band).min(BANDS - 1),
+                curves: curves_of(&t.workflow),
+                costs: tiers
+                    .iter()
+                    .map(|x| x.cost_usd(t.input_tokens, t.output_tokens.min(cap)))
+                    .collect(),
+            });
+        }
+    }
+    let missing = MIN_TRAFFIC_SAMPLE.saturating_sub(sample.len());
+    if missing > 0 {
+        let weight = missing as f64 / BANDS as f64;
+        for b in 0..BANDS {
+            sample.push(SampleTask {
+                weight,
+                band: b,
+                curves: 0,
+                costs: typical_costs.clone(),
+            });
+        }
+    }
+    let mean_of = |f: &dyn Fn(&SampleTask) -> f64| -> f64 {
+        let w: f64 = sample.iter().map(|t| t.weight).sum();
+        sample.iter().map(|t| t.weight * f(t)).sum::<f64>() / w.max(1e-12)
+    };
+    let top_quality = mean_of(&|t| all[t.curves].quality[k - 1][t.band]);
+    let bar = match scope.quality_bar_relative {
+        Some(r) => r * top_quality,
+        None => scope.quality_bar,
+    };
+    // Close the loop on what was delivered: while the scope's realized (decayed) quality runs
+    // below the bar, aim above it by CATCH_UP_GAIN × the shortfall (at most CATCH_UP), so a
+    // stretch of hard traffic that missed the bar is made up for instead of forgotten.
+    let target = match evidence.map(|e| e.scope.total) {
+        Some(t) if t.n >= MIN_TRAFFIC_SAMPLE as f64 => {
+            bar + (CATCH_UP_GAIN * (bar - t.mean())).clamp(0.0, CATCH_UP)
+        }
+        _ => bar,
+    };
+    let explore = scope.exploration_rate;
+    // Expected quality of a slot choice, counting that a share `explore` of tasks above the
+    // cheapest tier runs one tier lower.
+    let with_exploration = |c: &Curves, s: usize, b: usize| match s.checked_sub(1) {
+        Some(lower) => (1.0 - explore) * c.quality[s][b] + explore * c.quality[lower][b],
+        None => c.quality[s][b],
+    };
+    let rel = scope.quality_bar_relative;
+    let per_task_slot = |c: &Curves, b: usize| per_task(k, |s| c.quality[s][b], rel, target);
+
+    let (lambda, expected_quality) = match (&scope.pinned_thresholds, scope.bar_mode) {
+        (Some(pinned), _) => {
+            let q = mean_of(&|t| {
+                let centre = (t.band as f64 + 0.5) / BANDS as f64;
+                let s = pinned[..k - 1]
+                    .iter()
+                    .position(|&x| centre < x)
+                    .unwrap_or(k - 1);
+                all[t.curves].quality[s][t.band]
+            });
+            (None, q)
+        }
+        (None, BarMode::PerTask) => {
+            let q = mean_of(&|t| {
+                let c = &all[t.curves];
+                with_exploration(c, per_task_slot(c, t.band), t.band)
+            });
+            (None, q)
+        }
+        (None, BarMode::Average) => {
+            let quality_at = |l: f64| {
+                mean_of(&|t| {
+                    let c = &all[t.curves];
+                    let s = choose(l, &t.costs, |x| c.quality[x][t.band]);
+                    with_exploration(c, s, t.band)
+                })
+            };
+            let lambda = price_of_quality(&quality_at, target);
+            (Some(lambda), quality_at(lambda))
+        }
+    };
+
+    // Thresholds of a set of curves: where a typical task's choice first climbs above a slot.
+    let thresholds = |c: &Curves| -> Vec<f64> {
+        if let Some(pinned) = &scope.pinned_thresholds {
+            return pinned.clone();
+        }
+        let slot = |b: usize| match lambda {
+            Some(l) => choose(l, &typical_costs, |x| c.quality[x][b]),
+            None => per_task_slot(c, b),
+        };
+        let slots: Vec<usize> = (0..BANDS).map(slot).collect();
+        (0..k)
+            .map(|s| {
+                if s == k - 1 {
+                    return 1.0;
+                }
+                slots
+                    .iter()
+                    .position(|&x| x > s)
+                    .map_or(1.0, |b| b as f64 / BANDS as f64)
+            })
+            .collect()
+    };
+    let tier_plans = |c: &Curves, level: Option<&Level>, before: Option<&[TierPlan]>| {
+        let th = thresholds(c);
+        (0..k)
+            .map(|s| {
+                let (n, sum) = level
+                    .and_then(|l| l.cells.get(&tiers[s].name))
+                    .map(|cells| {
+                        (
+                            cells.iter().map(|c| c.n).sum::<f64>(),
+                            cells.iter().map(|c| c.sum).sum::<f64>(),
+                        )
+                    })
+                    .unwrap_or((0.0, 0.0));
+                let old = before
+                    .and_then(|p| p.iter().find(|t| t.tier == scope.allowed[s]))
+                    .map(|p| (p.threshold, p.last_move));
+                let last_move = match old {
+                    Some((o, _)) if (o - th[s]).abs() > 1e-12 => th[s] - o,
+                    Some((_, m)) => m,
+                    None => 0.0,
+                };
+                TierPlan {
+                    tier: scope.allowed[s],
+                    threshold: th[s],
+                    quality: c.quality[s],
+                    predicted: c.predicted[s],
+                    evidence: n,
+                    observed_quality: if n > 0.0 { sum / n } else { 0.0 },
+                    last_move,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let scope_output = evidence
+        .and_then(|e| e.scope.output.estimate())
+        .unwrap_or(typ_out)
+        .min(cap);
+    let level_plans = |levels: Option<&HashMap<String, Level>>,
+                       index: &HashMap<&str, usize>,
+                       before: Option<&HashMap<String, Arc<WorkflowPlan>>>,
+                       parent_output: &dyn Fn(&str) -> u64|
+     -> HashMap<String, Arc<WorkflowPlan>> {
+        let Some(levels) = levels else {
+            return HashMap::new();
+        };
+        levels
+            .iter()
+            .filter_map(|(name, level)| {
+                let c = &all[*index.get(name.as_str())?];
+                let prev = before.and_then(|b| b.get(name)).map(|p| &p.tiers[..]);
+                Some((
+                    name.clone(),
+                    Arc::new(WorkflowPlan {
+                        tiers: tier_plans(c, Some(level), prev),
+                        evidence: level.total.n,
+                        realized_quality: level.total.mean(),
+                        output_tokens: level
+                            .output
+                            .estimate()
+                            .unwrap_or_else(|| parent_output(name))
+                            .min(cap),
+                    }),
+                ))
+            })
+            .collect()
+    };
+    let families = level_plans(
+        evidence.map(|e| &e.families),
+        &family_index,
+        previous.map(|p| &p.families),
+        &|_| scope_output,
+    );
+    let workflows = level_plans(
+        evidence.map(|e| &e.workflows),
+        &workflow_index,
+        previous.map(|p| &p.workflows),
+        &|w| {
+            family_of(w)
+                .and_then(|f| families.get(f))
+                .map_or(scope_output, |p| p.output_tokens)
+        },
+    );
+    ScopePlan {
+        policy: scope.clone(),
+        tiers: tier_plans(
+            &all[0],
+            evidence.map(|e| &e.scope),
+            previous.map(|p| &p.tiers[..]),
+        ),
+        lambda,
+        target,
+        expected_quality,
+        realized_quality: evidence.map(|e| e.scope.total.mean()).unwrap_or(0.0),
+        evidence: evidence.map(|e| e.scope.total.n).unwrap_or(0.0),
+        typical_output_tokens: scope_output,
+        families,
+        workflows,
+        teams: HashMap::new(),
+    }
+}
+
+/// The smallest λ whose expected quality meets `bar`; `LAMBDA_MAX` when none does.
+fn price_of_quality(quality_at: &dyn Fn(f64) -> f64, bar: f64) -> f64 {
+    let ok = |l: f64| quality_at(l) >= bar;
+    if ok(0.0) {
+        return 0.0;
+    }
+    if !ok(LAMBDA_MAX) {
+        return LAMBDA_MAX;
+    }
+    // Bisect in log space: costs span micro-dollars to dollars.
+    let (mut lo, mut hi) = (LAMBDA_MIN.ln(), LAMBDA_MAX.ln());
+    for _ in 0..48 {
+        let mid = (lo + hi) / 2.0;
+        if ok(mid.exp()) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi.exp()
+}

@@ -1,0 +1,10 @@
+//! The domain: features, the complexity model, policy, learning, routing, decision ids and the
+//! books. Pure logic (time and randomness come in as arguments); no proto, no I/O.
+
+pub mod books;
+pub mod classifier;
+pub mod decision;
+pub mod features;
+pub mod learning;
+pub mod policy;
+pub mod routing;

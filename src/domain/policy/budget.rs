@@ -1,0 +1,310 @@
+//! Spend budgets: who a budget covers, its calendar period (UTC-aligned), what Route does at
+//! its limits, and the validation of `[[budgets]]`.
+
+use std::sync::Arc;
+
+use super::raw::RawBudget;
+use super::{PolicyError, scope_key};
+
+/// Length of a budget period; periods are calendar-aligned in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// From 00:00 UTC.
+    Day,
+    /// From Monday 00:00 UTC (ISO week).
+    Week,
+    /// From the 1st of the month, 00:00 UTC.
+    Month,
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month) of a day number (inverse of [`days_from_civil`], day of month dropped).
+fn year_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+impl Period {
+    /// Name as written in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+
+    /// Start (ms since the epoch) of the period that contains `now_ms`.
+    pub fn start_ms(self, now_ms: u64) -> u64 {
+        let days = (now_ms / DAY_MS) as i64;
+        let start_day = match self {
+            Period::Day => days,
+            // 1970-01-01 was a Thursday: Monday-based weeks start 3 days after day 0 - 7.
+            Period::Week => days - (days + 3).rem_euclid(7),
+            Period::Month => {
+                let (y, m) = year_month(days);
+                days_from_civil(y, m, 1)
+            }
+        };
+        start_day.max(0) as u64 * DAY_MS
+    }
+
+    /// Start of the period after the one that contains `now_ms`.
+    pub fn next_start_ms(self, now_ms: u64) -> u64 {
+        let start = self.start_ms(now_ms);
+        match self {
+            Period::Day => start + DAY_MS,
+            Period::Week => start + 7 * DAY_MS,
+            Period::Month => self.start_ms(start + 32 * DAY_MS),
+        }
+    }
+}
+
+/// What Route does once a hard limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Route to the cheapest allowed tier (keeps serving at the lowest cost).
+    Cheapest,
+    /// Refuse with RESOURCE_EXHAUSTED naming the budget.
+    Reject,
+}
+
+/// What Route assumes about a budget while the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreUnavailable {
+    /// Enforce on this replica's last view plus its own reservations.
+    FailOpen,
+    /// Treat the hard limit as reached.
+    FailClosed,
+}
+
+/// A spend budget over the decisions of a team, a workflow, both, or everything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// `scope-key/period`, e.g. `team:search/month`; unique.
+    pub id: String,
+    /// Team it covers; empty = every team.
+    pub team: String,
+    /// Workflow it covers; empty = every workflow.
+    pub workflow: String,
+    /// Calendar period.
+    pub period: Period,
+    /// Above this, only tiers cheaper than the usual choice are used (micro-USD).
+    pub soft_limit_micros: Option<i64>,
+    /// At this, `on_exhausted` applies (micro-USD).
+    pub hard_limit_micros: Option<i64>,
+    /// Action at the hard limit.
+    pub on_exhausted: OnExhausted,
+    /// Behaviour while the store is unreachable.
+    pub on_store_unavailable: OnStoreUnavailable,
+}
+
+impl Budget {
+    /// Whether the budget covers calls of this team and workflow.
+    pub fn covers(&self, team: &str, workflow: &str) -> bool {
+        (self.team.is_empty() || self.team == team)
+            && (self.workflow.is_empty() || self.workflow == workflow)
+    }
+}
+
+/// The `[[budgets]]` entries, validated in file order (ids unique).
+pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, PolicyError> {
+    let mut out: Vec<Arc<Budget>> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let path = |k: &str| format!("budgets[{i}].{k}");
+        let period = match b.period.as_str() {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            other => {
+                return Err(PolicyError::new(
+                    path("period"),
+                    format!("must be \"day\", \"week\" or \"month\", got {other:?}"),
+                ));
+            }
+        };
+        let limit = |k: &str, v: Option<f64>| -> Result<Option<i64>, PolicyError> {
+            match v {
+                None => Ok(None),
+                Some(usd) if usd.is_finite() && usd > 0.0 && usd <= 1e9 => {
+                    Ok(Some((usd * 1e6).round() as i64))
+                }
+                Some(usd) => Err(PolicyError::new(
+                    path(k),
+                    format!("must be a dollar amount in (0, 1e9], got {usd}"),
+                )),
+            }
+        };
+        let soft = limit("soft_limit_usd", b.soft_limit_usd)?;
+        let hard = limit("hard_limit_usd", b.hard_limit_usd)?;
+        match (soft, hard) {
+            (None, None) => {
+                return Err(PolicyError::new(
+                    format!("budgets[{i}]"),
+                    "needs soft_limit_usd, hard_limit_usd or both",
+                ));
+            }
+            (Some(s), Some(h)) if s > h => {
+                return Err(PolicyError::new(
+                    path("soft_limit_usd"),
+                    "must not be above hard_limit_usd",
+                ));
+            }
+            _ => {}
+        }
+        let on_exhausted = match b.on_exhausted.as_deref() {
+            None | Some("cheapest") => OnExhausted::Cheapest,
+            Some("reject") => OnExhausted::Reject,
+            Some(other) => {
+                return Err(PolicyError::new(
+                    path("on_exhausted"),
+                    format!("must be \"cheapest\" or \"reject\", got {other:?}"),
+                ));
+            }
+        };
+        let on_store_unavailable = match b.on_store_unavailable.as_deref() {
+            None | Some("fail_open") => OnStoreUnavailable::FailOpen,
+            Some("fail_closed") => OnStoreUnavailable::FailClosed,
+            Some(other) => {
+                return Err(PolicyError::new(
+                    path("on_store_unavailable"),
+                    format!("must be \"fail_open\" or \"fail_closed\", got {other:?}"),
+                ));
+            }
+        };
+        let team = b.team.clone().unwrap_or_default();
+        let workflow = b.workflow.clone().unwrap_or_default();
+        let id = format!("{}/{}", scope_key(&team, &workflow), period.as_str());
+        if out.iter().any(|o| o.id == id) {
+            return Err(PolicyError::new(
+                format!("budgets[{i}]"),
+                format!("duplicate budget {id}"),
+            ));
+        }
+        out.push(Arc::new(Budget {
+            id,
+            team,
+            workflow,
+            period,
+            soft_limit_micros: soft,
+            hard_limit_micros: hard,
+            on_exhausted,
+            on_store_unavailable,
+        }));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::policy::Policy;
+    use crate::domain::policy::tests::THREE;
+
+    #[test]
+    fn periods_are_calendar_aligned_in_utc() {
+        // 2026-11-29 (a Sunday) 06:41:03 UTC.
+        let now = 1_795_934_463_000;
+        assert_eq!(Period::Day.start_ms(now), 1_795_910_400_000); // 2026-11-29 00:00
+        assert_eq!(Period::Week.start_ms(now), 1_795_392_000_000); // Mon 2026-11-23
+        assert_eq!(Period::Month.start_ms(now), 1_793_491_200_000); // 2026-11-01
+        assert_eq!(Period::Month.next_start_ms(now), 1_796_083_200_000); // 2026-12-01
+        assert_eq!(Period::Day.next_start_ms(now), 1_795_996_800_000);
+        // The last millisecond of a period belongs to it; the next one starts the next.
+        let dec1 = 1_796_083_200_000;
+        assert_eq!(Period::Month.start_ms(dec1 - 1), 1_793_491_200_000);
+        assert_eq!(Period::Month.start_ms(dec1), dec1);
+        // February of a leap year, and a year boundary.
+        let feb29_2028 = days_from_civil(2028, 2, 29) as u64 * DAY_MS;
+        assert_eq!(
+            Period::Month.start_ms(feb29_2028),
+            days_from_civil(2028, 2, 1) as u64 * DAY_MS
+        );
+        assert_eq!(
+            Period::Month.next_start_ms(feb29_2028),
+            days_from_civil(2028, 3, 1) as u64 * DAY_MS
+        );
+        let dec31 = days_from_civil(2026, 12, 31) as u64 * DAY_MS;
+        assert_eq!(
+            Period::Month.next_start_ms(dec31),
+            days_from_civil(2027, 1, 1) as u64 * DAY_MS
+        );
+        assert_eq!(Period::Week.start_ms(0), 0); // clamped before the first Monday
+    }
+
+    #[test]
+    fn budgets_parse_and_reject_with_key_paths() {
+        let with = |b: &str| Policy::parse(&format!("{THREE}\n{b}"));
+        let p = with(
+            r#"
+[[budgets]]
+team = "search"
+period = "month"
+soft_limit_usd = 800
+hard_limit_usd = 1000.5
+on_exhausted = "reject"
+on_store_unavailable = "fail_closed"
+[[budgets]]
+period = "day"
+hard_limit_usd = 50
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.budgets.len(), 2);
+        let b = &p.budgets[0];
+        assert_eq!(b.id, "team:search/month");
+        assert_eq!(b.hard_limit_micros, Some(1_000_500_000));
+        assert_eq!(b.on_exhausted, OnExhausted::Reject);
+        assert_eq!(b.on_store_unavailable, OnStoreUnavailable::FailClosed);
+        assert!(b.covers("search", "anything") && !b.covers("ads", ""));
+        assert_eq!(p.budgets[1].id, "default/day");
+        assert_eq!(p.budgets[1].on_exhausted, OnExhausted::Cheapest);
+        assert!(p.budgets[1].covers("x", "y"));
+
+        let err = |b: &str| with(b).unwrap_err();
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"year\"\nhard_limit_usd = 1").path,
+            "budgets[0].period"
+        );
+        assert_eq!(err("[[budgets]]\nperiod = \"day\"").path, "budgets[0]");
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"day\"\nhard_limit_usd = -1").path,
+            "budgets[0].hard_limit_usd"
+        );
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"day\"\nsoft_limit_usd = 5\nhard_limit_usd = 1").path,
+            "budgets[0].soft_limit_usd"
+        );
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\non_exhausted = \"panic\"").path,
+            "budgets[0].on_exhausted"
+        );
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\n[[budgets]]\nperiod = \"day\"\nsoft_limit_usd = 1").path,
+            "budgets[1]"
+        );
+        assert_eq!(
+            err("[[budgets]]\nperiod = \"day\"\nlimit = 1").path,
+            "budgets[0].limit"
+        );
+    }
+}

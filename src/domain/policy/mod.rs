@@ -1,0 +1,344 @@
+//! Tier catalogue and routing policies: the typed policy the router reads (tiers by price, scopes,
+//! budgets), parsed from TOML and validated with errors that quote the key path.
+
+mod budget;
+mod diff;
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use budget::{Budget, OnExhausted, OnStoreUnavailable, Period};
+pub use diff::diff;
+pub(crate) use validate::toml_at;
+
+use crate::store::config::{StoreConfig, StoreConfigError};
+
+/// The example policy, embedded so `serve` needs no file (same text as `deploy/policy.toml`).
+pub const EMBEDDED_POLICY: &str = include_str!("../../../deploy/policy.toml");
+
+/// Exploration rate when a policy does not set one.
+pub const DEFAULT_EXPLORATION_RATE: f64 = 0.05;
+
+/// First 12 hex digits of the SHA-256 of `text`: content versions of policies and models.
+pub fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A policy that failed validation: where and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{path}`: {reason}")]
+pub struct PolicyError {
+    /// Key path, e.g. `policies[1].quality_bar`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Longest reason or path an error carries: a parse error quotes the offending line, and a
+/// 5 KB line quoted twice made a gRPC status too big to send (the client saw RESOURCE_EXHAUSTED
+/// "Stream removed" instead of INVALID_ARGUMENT); a 200 KB value must not be echoed back.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// `s` cut to [`MAX_ERROR_TEXT`] bytes (on a character boundary), saying how long it was.
+fn clipped(s: String) -> String {
+    if s.len() <= MAX_ERROR_TEXT {
+        return s;
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..end], s.len())
+}
+
+impl PolicyError {
+    fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            path: clipped(path.into()),
+            reason: clipped(reason.into()),
+        }
+    }
+}
+
+impl From<StoreConfigError> for PolicyError {
+    /// A `[store]` table error reads like any other policy error (and is clipped like one).
+    fn from(e: StoreConfigError) -> Self {
+        Self::new(e.path, e.reason)
+    }
+}
+
+/// A rung on the price ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    /// Tier name, unique.
+    pub name: String,
+    /// Model id bound to the tier.
+    pub model: String,
+    /// Price per 1M input tokens in micro-USD.
+    pub input_micros_per_mtok: u64,
+    /// Price per 1M output tokens in micro-USD.
+    pub output_micros_per_mtok: u64,
+}
+
+impl Tier {
+    /// Cost in micro-USD of a call with these token counts, rounded to the nearest micro-dollar:
+    /// the unit every total is summed in, so totals never drift.
+    pub fn cost_micros(&self, input_tokens: u64, output_tokens: u64) -> i64 {
+        let pico = u128::from(input_tokens) * u128::from(self.input_micros_per_mtok)
+            + u128::from(output_tokens) * u128::from(self.output_micros_per_mtok);
+        ((pico + 500_000) / 1_000_000).min(i64::MAX as u128) as i64
+    }
+
+    /// Cost in USD of a call with these token counts.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_micros_per_mtok as f64
+            + output_tokens as f64 * self.output_micros_per_mtok as f64)
+            / 1e12
+    }
+}
+
+/// The resolved policy of one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopePolicy {
+    /// Scope key: `default`, `team:T`, `workflow:W` or `team:T/workflow:W`.
+    pub key: String,
+    /// Average outcome score the scope must reach, in [0, 1].
+    pub quality_bar: f64,
+    /// Indices into [`Policy::tiers`], ascending price.
+    pub allowed: Vec<usize>,
+    /// Pinned thresholds, one per allowed tier (the top one is 1): when set, learning does not
+    /// move them.
+    pub pinned_thresholds: Option<Vec<f64>>,
+    /// Share of decisions that explore one tier cheaper than the safe choice.
+    pub exploration_rate: f64,
+    /// Revenue or risk value of one output that meets the bar, in USD (for the report).
+    pub value_per_success_usd: Option<f64>,
+    /// Minutes of a person's work one output that meets the bar saves (for the report).
+    pub human_minutes_per_success: Option<f64>,
+    /// What an hour of that person's work costs, loaded, in USD (prices the minutes saved).
+    pub loaded_cost_per_hour_usd: Option<f64>,
+    /// What the bar constrains: the scope's average, or every task.
+    pub bar_mode: BarMode,
+    /// When set, the bar is this fraction of what the scope's most expensive allowed tier is
+    /// estimated to deliver on the same traffic (per task in `per_task` mode), instead of
+    /// `quality_bar`.
+    pub quality_bar_relative: Option<f64>,
+    /// Cap on output tokens assumed for a task: a larger client hint or learned length is cut
+    /// to it.
+    pub max_output_tokens: u64,
+    /// How long after a decision its output's reuse may be recorded (RecordReuse), in days;
+    /// never shorter than the decision TTL.
+    pub reuse_retention_days: u32,
+}
+
+/// What a scope's quality bar constrains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BarMode {
+    /// The scope's mean score must reach the bar, at the lowest total cost: a cheap tier may
+    /// take tasks it is expected to fail while an expensive one lifts the average elsewhere.
+    #[default]
+    Average,
+    /// Every task goes to the cheapest tier predicted to reach the bar on it (the top tier when
+    /// none does).
+    PerTask,
+}
+
+impl BarMode {
+    /// The policy file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BarMode::Average => "average",
+            BarMode::PerTask => "per_task",
+        }
+    }
+}
+
+/// Output tokens a scope assumes at most unless its policy says otherwise.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 32_768;
+
+/// How long reuse of an output may be recorded after its decision, by default: a quarter and
+/// then some, so "opened again next quarter" still counts.
+pub const DEFAULT_REUSE_RETENTION_DAYS: u32 = 90;
+
+/// A validated policy: tiers ordered by price and the scopes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Content hash of the source text.
+    pub version: String,
+    /// The source text (what `GetPolicy` returns and versions keep).
+    pub source: Arc<str>,
+    /// Tiers, cheapest first.
+    pub tiers: Vec<Tier>,
+    /// The default scope.
+    pub default: Arc<ScopePolicy>,
+    /// Specific scopes by key.
+    pub scopes: HashMap<String, Arc<ScopePolicy>>,
+    /// The `[store]` section.
+    pub store: StoreConfig,
+    /// Spend budgets (`[[budgets]]`), in file order.
+    pub budgets: Vec<Arc<Budget>>,
+}
+
+/// Key of the scope for a team and a workflow (either may be empty).
+pub fn scope_key(team: &str, workflow: &str) -> String {
+    match (team.is_empty(), workflow.is_empty()) {
+        (true, true) => "default".to_string(),
+        (false, true) => format!("team:{team}"),
+        (true, false) => format!("workflow:{workflow}"),
+        (false, false) => format!("team:{team}/workflow:{workflow}"),
+    }
+}
+
+impl Policy {
+    /// The embedded example policy.
+    pub fn embedded() -> Result<Self, PolicyError> {
+        Self::parse(EMBEDDED_POLICY)
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &str) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::new(path, format!("cannot read policy file: {e}")))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates policy text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| PolicyError::new("<file>", validate::toml_error(text, &e)))?;
+        let raw: raw::RawPolicyFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            PolicyError::new(path, validate::toml_error(text, e.inner()))
+        })?;
+        let mut p = validate::validate(raw, short_hash(text))?;
+        p.source = Arc::from(text);
+        Ok(p)
+    }
+
+    /// Most specific scope for a caller: team+workflow, workflow, team, default.
+    pub fn resolve(&self, team: &str, workflow: &str) -> &Arc<ScopePolicy> {
+        if self.scopes.is_empty() {
+            return &self.default;
+        }
+        // Most specific first; a key is built only when the one before it is not configured.
+        [
+            (!team.is_empty() && !workflow.is_empty()).then_some((team, workflow)),
+            (!workflow.is_empty()).then_some(("", workflow)),
+            (!team.is_empty()).then_some((team, "")),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|(t, w)| self.scopes.get(&scope_key(t, w)))
+        .unwrap_or(&self.default)
+    }
+
+    /// Every scope, default first, then by key.
+    pub fn all_scopes(&self) -> Vec<&Arc<ScopePolicy>> {
+        let mut v: Vec<&Arc<ScopePolicy>> = self.scopes.values().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v.insert(0, &self.default);
+        v
+    }
+
+    /// Index of a tier by name.
+    pub fn tier_index(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Three tiers listed out of price order and three scopes: the policy the tests build on.
+    pub(crate) const THREE: &str = r#"
+[[tiers]]
+name = "frontier"
+model = "big"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[[tiers]]
+name = "small"
+model = "tiny"
+input_usd_per_mtok = 0.2
+output_usd_per_mtok = 0.2
+[[tiers]]
+name = "medium"
+model = "mid"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[default]
+quality_bar = 0.8
+
+[[policies]]
+workflow = "support.reply"
+quality_bar = 0.95
+allowed_tiers = ["medium", "frontier"]
+
+[[policies]]
+team = "search"
+exploration_rate = 0.0
+
+[[policies]]
+team = "search"
+workflow = "support.reply"
+thresholds = { small = 0.3, medium = 0.7 }
+"#;
+
+    #[test]
+    fn tiers_are_ordered_by_price_and_scopes_resolve_most_specific_first() {
+        let p = Policy::parse(THREE).unwrap();
+        let names: Vec<&str> = p.tiers.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["small", "medium", "frontier"]);
+        assert_eq!(p.resolve("", "").key, "default");
+        assert_eq!(p.resolve("other", "unknown").key, "default");
+        assert_eq!(p.resolve("", "support.reply").key, "workflow:support.reply");
+        assert_eq!(
+            p.resolve("x", "support.reply").key,
+            "workflow:support.reply"
+        );
+        assert_eq!(p.resolve("search", "other").key, "team:search");
+        let both = p.resolve("search", "support.reply");
+        assert_eq!(both.key, "team:search/workflow:support.reply");
+        assert_eq!(
+            both.pinned_thresholds.as_deref(),
+            Some(&[0.3, 0.7, 1.0][..])
+        );
+        // Unset fields come from [default].
+        assert_eq!(p.resolve("search", "").quality_bar, 0.8);
+        assert_eq!(p.resolve("search", "").exploration_rate, 0.0);
+        assert_eq!(p.resolve("", "support.reply").allowed, vec![1, 2]);
+        assert_eq!(p.tiers[0].input_micros_per_mtok, 200_000);
+        assert!(p.version.len() == 12);
+    }
+
+    #[test]
+    fn cost_uses_both_prices() {
+        let p = Policy::parse(THREE).unwrap();
+        let c = p.tiers[2].cost_usd(1_000_000, 1_000_000);
+        assert!((c - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn costs_in_micros_round_to_the_nearest_micro_dollar() {
+        let p = Policy::parse(THREE).unwrap();
+        let frontier = &p.tiers[p.tier_index("frontier").unwrap()];
+        // 1,000 in × $10/M + 500 out × $30/M = $0.01 + $0.015.
+        assert_eq!(frontier.cost_micros(1000, 500), 25_000);
+        assert_eq!(frontier.cost_micros(0, 0), 0);
+        let small = &p.tiers[0];
+        assert!(small.cost_micros(3, 0) <= 1);
+    }
+
+    #[test]
+    fn embedded_policy_is_valid_with_three_tiers() {
+        let p = Policy::embedded().unwrap();
+        assert!(p.tiers.len() >= 3);
+    }
+}

@@ -1,0 +1,482 @@
+//! Raw file → typed policy: tiers, scopes (team+workflow, workflow, team, default; a scope's
+//! unset fields come from `[default]`), pinned thresholds, and toml errors located by line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::budget::validate_budgets;
+use super::raw::{RawPolicyFile, RawScope};
+use super::{
+    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_REUSE_RETENTION_DAYS,
+    Policy, PolicyError, ScopePolicy, Tier, scope_key,
+};
+
+/// A toml error as one short line: `line L, column C: what is wrong`. toml's own rendering
+/// quotes the offending source line under a caret, which flattened into one line read badly
+/// and echoed whatever the line held (a 200 KB value included).
+pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    toml_at(text, e, message.join(" "))
+}
+
+/// `message` prefixed with where `e` points in `text`: `line L, column C: message` (the policy
+/// and the key file both report toml errors this way, without quoting the source line).
+pub(crate) fn toml_at(text: &str, e: &toml::de::Error, message: String) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Largest `value_per_success_usd`. The books add values up in signed 64-bit micro-dollars (at
+/// most $9.2 × 10¹² in all), so one outcome must be a tiny share of that; a million dollars per
+/// completed output is far above any real one (an unbounded value saturated the conversion and
+/// overflowed the store's counter).
+const MAX_VALUE_PER_SUCCESS_USD: f64 = 1e6;
+/// Longest reuse retention: ten years.
+const MAX_REUSE_RETENTION_DAYS: u32 = 3650;
+/// Largest `human_minutes_per_success`: about two working years per output.
+const MAX_HUMAN_MINUTES: f64 = 200_000.0;
+/// Largest `loaded_cost_per_hour_usd`.
+const MAX_LOADED_COST_PER_HOUR_USD: f64 = 100_000.0;
+
+/// A per-1M-token price in USD as micro-USD, rejecting negative, non-finite or absurd ones.
+fn usd_to_micros(path: &str, usd: f64) -> Result<u64, PolicyError> {
+    if !usd.is_finite() || usd < 0.0 {
+        return Err(PolicyError::new(
+            path,
+            format!("must be a finite price ≥ 0, got {usd}"),
+        ));
+    }
+    if usd > 1e6 {
+        return Err(PolicyError::new(
+            path,
+            format!("{usd} USD per 1M tokens is not a plausible price"),
+        ));
+    }
+    Ok((usd * 1e6).round() as u64)
+}
+
+/// The typed policy of a parsed file: tiers ordered by price, scopes resolved against
+/// `[default]`, then `[store]` and `[[budgets]]`.
+pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, PolicyError> {
+    if raw.tiers.len() < 2 {
+        return Err(PolicyError::new(
+            "tiers",
+            format!("needs at least 2 tiers, got {}", raw.tiers.len()),
+        ));
+    }
+    let mut tiers = Vec::with_capacity(raw.tiers.len());
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let path = |k: &str| format!("tiers[{i}].{k}");
+        if t.name.trim().is_empty() {
+            return Err(PolicyError::new(path("name"), "must not be empty"));
+        }
+        if t.model.trim().is_empty() {
+            return Err(PolicyError::new(path("model"), "must not be empty"));
+        }
+        if raw.tiers[..i].iter().any(|o| o.name == t.name) {
+            return Err(PolicyError::new(
+                path("name"),
+                format!("duplicate tier name {:?}", t.name),
+            ));
+        }
+        tiers.push(Tier {
+            name: t.name.clone(),
+            model: t.model.clone(),
+            input_micros_per_mtok: usd_to_micros(
+                &path("input_usd_per_mtok"),
+                t.input_usd_per_mtok,
+            )?,
+            output_micros_per_mtok: usd_to_micros(
+                &path("output_usd_per_mtok"),
+                t.output_usd_per_mtok,
+            )?,
+        });
+    }
+    // Order the ladder by price (input + output), stable for equal prices.
+    tiers.sort_by_key(|t| t.input_micros_per_mtok + t.output_micros_per_mtok);
+
+    let default = resolve_scope("default", &raw.default, None, &tiers)?;
+    if raw.default.team.is_some() || raw.default.workflow.is_some() {
+        return Err(PolicyError::new(
+            "default",
+            "the default scope takes no team or workflow",
+        ));
+    }
+    let mut scopes = HashMap::new();
+    for (i, s) in raw.policies.iter().enumerate() {
+        let at = format!("policies[{i}]");
+        let team = s.team.as_deref().unwrap_or("");
+        let workflow = s.workflow.as_deref().unwrap_or("");
+        // A label Route would refuse can never match a request.
+        for (key, v) in [("team", team), ("workflow", workflow)] {
+            if v.len() > crate::domain::routing::MAX_LABEL_BYTES {
+                return Err(PolicyError::new(
+                    format!("{at}.{key}"),
+                    format!(
+                        "is {} bytes; labels are at most {} bytes",
+                        v.len(),
+                        crate::domain::routing::MAX_LABEL_BYTES
+                    ),
+                ));
+            }
+        }
+        if team.is_empty() && workflow.is_empty() {
+            return Err(PolicyError::new(
+                at,
+                "a policy needs a team, a workflow or both (use [default] for the rest)",
+            ));
+        }
+        let key = scope_key(team, workflow);
+        let scope = resolve_scope(&at, s, Some(&raw.default), &tiers)?;
+        let scope = ScopePolicy {
+            key: key.clone(),
+            ..scope
+        };
+        if scopes.insert(key.clone(), Arc::new(scope)).is_some() {
+            return Err(PolicyError::new(at, format!("duplicate scope {key}")));
+        }
+    }
+    let store = crate::store::config::validate_store(raw.store)?;
+    let budgets = validate_budgets(&raw.budgets)?;
+    Ok(Policy {
+        version,
+        source: Arc::from(""),
+        store,
+        budgets,
+        tiers,
+        default: Arc::new(ScopePolicy {
+            key: "default".into(),
+            ..default
+        }),
+        scopes,
+    })
+}
+
+/// One scope's policy: its own fields, else `base`'s (`[default]`), else the built-in defaults;
+/// `at` is its key path in the file. The key is left empty for the caller to set.
+pub(super) fn resolve_scope(
+    at: &str,
+    s: &RawScope,
+    base: Option<&RawScope>,
+    tiers: &[Tier],
+) -> Result<ScopePolicy, PolicyError> {
+    let field_path = |k: &str| format!("{at}.{k}");
+    // A field set on the scope wins; else [default]'s; else the built-in default.
+    let pick = |own: Option<f64>, from_base: Option<f64>| own.or(from_base);
+    let base_bar = base.and_then(|b| b.quality_bar);
+    let bar_path = if s.quality_bar.is_some() || base.is_none() {
+        field_path("quality_bar")
+    } else {
+        "default.quality_bar".into()
+    };
+    let quality_bar = pick(s.quality_bar, base_bar).unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&quality_bar) {
+        return Err(PolicyError::new(
+            bar_path,
+            format!("must be in [0, 1], got {quality_bar}"),
+        ));
+    }
+    let exploration_rate = pick(s.exploration_rate, base.and_then(|b| b.exploration_rate))
+        .unwrap_or(DEFAULT_EXPLORATION_RATE);
+    if !(0.0..=0.5).contains(&exploration_rate) {
+        return Err(PolicyError::new(
+            field_path("exploration_rate"),
+            format!("must be in [0, 0.5], got {exploration_rate}"),
+        ));
+    }
+    let value_per_success_usd = pick(
+        s.value_per_success_usd,
+        base.and_then(|b| b.value_per_success_usd),
+    );
+    // Bounded like budget limits: the books add it up in integer micro-dollars.
+    if let Some(v) = value_per_success_usd
+        && (!v.is_finite() || !(0.0..=MAX_VALUE_PER_SUCCESS_USD).contains(&v))
+    {
+        return Err(PolicyError::new(
+            field_path("value_per_success_usd"),
+            format!("must be a dollar amount in [0, 1e6], got {v}"),
+        ));
+    }
+    // Human time: minutes saved per completed output, priced at a loaded hourly cost. Bounded
+    // so a year of outcomes stays far inside the books' 64-bit counters.
+    let bounded =
+        |key: &str, v: Option<f64>, max: f64, what: &str| -> Result<Option<f64>, PolicyError> {
+            match v {
+                Some(x) if !x.is_finite() || !(0.0..=max).contains(&x) => Err(PolicyError::new(
+                    field_path(key),
+                    format!("must be {what} in [0, {max}], got {x}"),
+                )),
+                other => Ok(other),
+            }
+        };
+    let human_minutes_per_success = bounded(
+        "human_minutes_per_success",
+        pick(
+            s.human_minutes_per_success,
+            base.and_then(|b| b.human_minutes_per_success),
+        ),
+        MAX_HUMAN_MINUTES,
+        "minutes",
+    )?;
+    let loaded_cost_per_hour_usd = bounded(
+        "loaded_cost_per_hour_usd",
+        pick(
+            s.loaded_cost_per_hour_usd,
+            base.and_then(|b| b.loaded_cost_per_hour_usd),
+        ),
+        MAX_LOADED_COST_PER_HOUR_USD,
+        "a dollar amount",
+    )?;
+    let bar_mode = match s
+        .bar_mode
+        .as_deref()
+        .or(base.and_then(|b| b.bar_mode.as_deref()))
+    {
+        None | Some("average") => BarMode::Average,
+        Some("per_task") => BarMode::PerTask,
+        Some(other) => {
+            return Err(PolicyError::new(
+                field_path("bar_mode"),
+                format!("must be \"average\" or \"per_task\", got {other:?}"),
+            ));
+        }
+    };
+    let quality_bar_relative = pick(
+        s.quality_bar_relative,
+        base.and_then(|b| b.quality_bar_relative),
+    );
+    if let Some(r) = quality_bar_relative
+        && !(r > 0.0 && r <= 1.0)
+    {
+        return Err(PolicyError::new(
+            field_path("quality_bar_relative"),
+            format!("must be in (0, 1], got {r}"),
+        ));
+    }
+    let max_output_tokens = s
+        .max_output_tokens
+        .or(base.and_then(|b| b.max_output_tokens))
+        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+    if !(1..=1_000_000).contains(&max_output_tokens) {
+        return Err(PolicyError::new(
+            field_path("max_output_tokens"),
+            format!("must be in [1, 1000000], got {max_output_tokens}"),
+        ));
+    }
+    let reuse_retention_days = s
+        .reuse_retention_days
+        .or(base.and_then(|b| b.reuse_retention_days))
+        .unwrap_or(DEFAULT_REUSE_RETENTION_DAYS);
+    if !(1..=MAX_REUSE_RETENTION_DAYS).contains(&reuse_retention_days) {
+        return Err(PolicyError::new(
+            field_path("reuse_retention_days"),
+            format!("must be in [1, {MAX_REUSE_RETENTION_DAYS}], got {reuse_retention_days}"),
+        ));
+    }
+    let allowed_names = s
+        .allowed_tiers
+        .as_ref()
+        .or(base.and_then(|b| b.allowed_tiers.as_ref()));
+    let allowed: Vec<usize> = match allowed_names {
+        None => (0..tiers.len()).collect(),
+        Some(names) => {
+            let mut idx = Vec::new();
+            for (j, n) in names.iter().enumerate() {
+                let Some(i) = tiers.iter().position(|t| &t.name == n) else {
+                    return Err(PolicyError::new(
+                        format!("{}[{j}]", field_path("allowed_tiers")),
+                        format!("unknown tier {n:?}"),
+                    ));
+                };
+                if idx.contains(&i) {
+                    return Err(PolicyError::new(
+                        format!("{}[{j}]", field_path("allowed_tiers")),
+                        format!("tier {n:?} listed twice"),
+                    ));
+                }
+                idx.push(i);
+            }
+            idx.sort_unstable();
+            idx
+        }
+    };
+    if allowed.is_empty() {
+        return Err(PolicyError::new(
+            field_path("allowed_tiers"),
+            "must allow at least one tier",
+        ));
+    }
+    let pinned_thresholds = match s.thresholds.as_ref() {
+        None => None,
+        Some(map) => Some(pinned(&field_path("thresholds"), map, &allowed, tiers)?),
+    };
+    Ok(ScopePolicy {
+        key: String::new(),
+        quality_bar,
+        allowed,
+        pinned_thresholds,
+        exploration_rate,
+        value_per_success_usd,
+        human_minutes_per_success,
+        loaded_cost_per_hour_usd,
+        bar_mode,
+        quality_bar_relative,
+        max_output_tokens,
+        reuse_retention_days,
+    })
+}
+
+/// Pinned thresholds of `map` (at key path `at`), one per allowed tier, ascending, the top one 1.
+pub(super) fn pinned(
+    at: &str,
+    map: &BTreeMap<String, f64>,
+    allowed: &[usize],
+    tiers: &[Tier],
+) -> Result<Vec<f64>, PolicyError> {
+    for (name, v) in map {
+        let path = format!("{at}.{name}");
+        let Some(i) = tiers.iter().position(|t| &t.name == name) else {
+            return Err(PolicyError::new(path, format!("unknown tier {name:?}")));
+        };
+        if !allowed.contains(&i) {
+            return Err(PolicyError::new(
+                path,
+                format!("tier {name:?} is not in allowed_tiers"),
+            ));
+        }
+        if !(0.0..=1.0).contains(v) {
+            return Err(PolicyError::new(
+                path,
+                format!("must be in [0, 1], got {v}"),
+            ));
+        }
+    }
+    let last = allowed.len() - 1;
+    let mut out = Vec::with_capacity(allowed.len());
+    for (slot, &i) in allowed.iter().enumerate() {
+        let name = &tiers[i].name;
+        let v = if slot == last {
+            // The top tier takes everything the cheaper ones are not trusted with.
+            1.0
+        } else {
+            *map.get(name).ok_or_else(|| {
+                PolicyError::new(format!("{at}.{name}"), "missing: pinned thresholds need a value for every allowed tier below the top one")
+            })?
+        };
+        if let Some(prev) = out.last()
+            && v < *prev
+        {
+            return Err(PolicyError::new(
+                format!("{at}.{name}"),
+                format!("must be ≥ the cheaper tier's threshold {prev}, got {v}"),
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::policy::MAX_ERROR_TEXT;
+    use crate::domain::policy::tests::THREE;
+
+    fn err(text: &str) -> PolicyError {
+        Policy::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_path() {
+        let e = err(&THREE.replace(
+            "allowed_tiers = [\"medium\", \"frontier\"]",
+            "allowed_tiers = [\"medium\", \"huge\"]",
+        ));
+        assert_eq!(e.path, "policies[0].allowed_tiers[1]");
+        assert!(e.reason.contains("unknown tier \"huge\""));
+
+        let e = err(&THREE.replace("quality_bar = 0.95", "quality_bar = 1.5"));
+        assert_eq!(e.path, "policies[0].quality_bar");
+
+        let e = err(&THREE.replace("input_usd_per_mtok = 1.0", "input_usd_per_mtok = -1.0"));
+        assert_eq!(e.path, "tiers[2].input_usd_per_mtok");
+
+        let e = err(&THREE.replace("name = \"medium\"", "name = \"small\""));
+        assert_eq!(e.path, "tiers[2].name");
+        assert!(e.reason.contains("duplicate"));
+
+        let e = err(&THREE.replace(
+            "exploration_rate = 0.0",
+            "exploration_rate = 0.0\ncolour = \"red\"",
+        ));
+        assert_eq!(e.path, "policies[1].colour");
+        assert!(e.reason.contains("unknown field"), "{e}");
+
+        let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.8, medium = 0.7"));
+        assert_eq!(e.path, "policies[2].thresholds.medium");
+
+        let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.3"));
+        assert_eq!(e.path, "policies[2].thresholds.medium");
+
+        let e = err(
+            "[[tiers]]\nname=\"a\"\nmodel=\"m\"\ninput_usd_per_mtok=1.0\noutput_usd_per_mtok=1.0\n",
+        );
+        assert_eq!(e.path, "tiers");
+
+        let e = err("this is not toml");
+        assert_eq!(e.path, "<file>");
+    }
+
+    #[test]
+    fn errors_never_echo_more_than_a_few_hundred_bytes() {
+        let long_team = format!(
+            "{THREE}\n[[policies]]\nteam = \"{}\"\nquality_bar = 0.8\n",
+            "x".repeat(200_000)
+        );
+        let e = Policy::parse(&long_team).unwrap_err();
+        assert_eq!(e.path, "policies[3].team");
+        assert!(e.reason.contains("200000 bytes"), "{}", e.reason);
+        let long_line = format!("{THREE}\nfoo = \"{}\n", "y".repeat(5_000));
+        let e = Policy::parse(&long_line).unwrap_err();
+        assert!(
+            e.to_string().len() < 2 * MAX_ERROR_TEXT,
+            "{}",
+            e.to_string().len()
+        );
+        // The offending line is located, not echoed.
+        assert!(e.reason.starts_with("line "), "{}", e.reason);
+        assert!(!e.reason.contains("yyyy"), "{}", e.reason);
+    }
+
+    #[test]
+    fn value_per_success_is_a_bounded_dollar_amount() {
+        let with = |v: &str| {
+            Policy::parse(&THREE.replacen(
+                "[default]\n",
+                &format!("[default]\nvalue_per_success_usd = {v}\n"),
+                1,
+            ))
+        };
+        assert_eq!(
+            with("2.5").unwrap().default.value_per_success_usd,
+            Some(2.5)
+        );
+        assert!(with("1e6").is_ok());
+        for bad in ["1e7", "1e300", "-1", "nan", "inf"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.path, "default.value_per_success_usd", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The Route decision: validate, score complexity, pick the scope's plan, choose the cheapest
+//! tier whose threshold admits the task (or explore one tier cheaper), and explain it.
+//!
+//! Reads only immutable snapshots (the model and an [`ArcSwap`]ed [`RoutingTable`]): no lock, no
+//! I/O, no clock, and the exploration draw is handed in, so the same inputs give the same answer.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::features::TaskInput;
+use crate::domain::learning::{BANDS, RoutingTable, band_of, workflow_key};
+use crate::domain::policy::{BarMode, Policy};
+
+/// Default cap on the task size in bytes.
+pub const DEFAULT_MAX_TASK_BYTES: usize = 256 * 1024;
+
+/// A task to route.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteRequest<'a> {
+    /// Task text.
+    pub task: &'a str,
+    /// Workflow label (may be empty).
+    pub workflow: &'a str,
+    /// Team (may be empty).
+    pub team: &'a str,
+    /// Expected output tokens, 0 if unknown.
+    pub expected_output_tokens: u32,
+    /// Task type hint (may be empty).
+    pub task_type: &'a str,
+}
+
+/// Why a request cannot be routed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    /// The task is empty or only white space.
+    #[error("task: must not be empty")]
+    EmptyTask,
+    /// The task is larger than the configured maximum.
+    #[error("task: {size} bytes, over the maximum of {max} bytes")]
+    TaskTooLarge {
+        /// Size of the task.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A label is too long to be a workflow or team name.
+    #[error("{field}: {size} bytes, over the maximum of {max} bytes")]
+    LabelTooLong {
+        /// Field name.
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The maximum.
+        max: usize,
+    },
+}
+
+impl RouteError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RouteError::EmptyTask | RouteError::TaskTooLarge { .. } => "task",
+            RouteError::LabelTooLong { field, .. } => field,
+        }
+    }
+}
+
+/// One allowed tier and its prediction for the task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Index into the policy's tiers.
+    pub tier: usize,
+    /// Tier name.
+    pub name: String,
+    /// Model id.
+    pub model: String,
+    /// Predicted quality for this task's complexity band.
+    pub predicted_quality: f64,
+    /// Estimated cost in USD.
+    pub estimated_cost_usd: f64,
+    /// The same estimate in micro-USD (what the books count).
+    pub cost_micros: i64,
+    /// The tier's current threshold in the scope.
+    pub threshold: f64,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Scope key whose plan decided.
+    pub scope: String,
+    /// Chosen candidate's position in `candidates`.
+    pub chosen: usize,
+    /// Complexity in [0, 1].
+    pub complexity: f64,
+    /// Complexity band used for learning.
+    pub band: usize,
+    /// Whether this decision explored one tier below the safe choice.
+    pub explored: bool,
+    /// Allowed tiers, cheapest first.
+    pub candidates: Vec<Candidate>,
+    /// Position in `candidates` of the next tier up, if any.
+    pub fallback: Option<usize>,
+    /// Version of the policy.
+    pub policy_version: String,
+    /// Estimated input tokens (task bytes / 4).
+    pub input_tokens: u64,
+    /// Output tokens assumed (hint or default).
+    pub output_tokens: u64,
+    /// Human-readable explanation.
+    pub reason: String,
+}
+
+impl Decision {
+    /// The chosen candidate.
+    pub fn tier(&self) -> &Candidate {
+        &self.candidates[self.chosen]
+    }
+
+    /// Estimated cost of the same task on the scope's premium (most expensive allowed) tier.
+    pub fn premium_micros(&self) -> i64 {
+        self.candidates.last().map_or(0, |c| c.cost_micros)
+    }
+}
+
+/// Limits checked before any work.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum task size in bytes.
+    pub max_task_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_task_bytes: DEFAULT_MAX_TASK_BYTES,
+        }
+    }
+}
+
+/// Largest workflow, team or task-type label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Refuses a label (workflow, team, task type) over [`MAX_LABEL_BYTES`], naming the field and
+/// its size, never its content. The server checks this before anything keyed by a label (the
+/// per-team rate limiter) sees it.
+pub fn check_labels(req: &RouteRequest<'_>) -> Result<(), RouteError> {
+    for (field, v) in [
+        ("workflow", req.workflow),
+        ("team", req.team),
+        ("hints.task_type", req.task_type),
+    ] {
+        if v.len() > MAX_LABEL_BYTES {
+            return Err(RouteError::LabelTooLong {
+                field,
+                size: v.len(),
+                max: MAX_LABEL_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Decides for one request against a routing table. `explore_draw` is a uniform number in
+/// [0, 1) supplied by the caller (random in the server, seeded in replay).
+pub fn decide(
+    model: &ComplexityModel,
+    table: &RoutingTable,
+    limits: &Limits,
+    req: &RouteRequest<'_>,
+    explore_draw: f64,
+) -> Result<Decision, RouteError> {
+    if req.task.len() > limits.max_task_bytes {
+        return Err(RouteError::TaskTooLarge {
+            size: req.task.len(),
+            max: limits.max_task_bytes,
+        });
+    }
+    if req.task.trim().is_empty() {
+        return Err(RouteError::EmptyTask);
+    }
+    check_labels(req)?;
+    let policy: &Policy = &table.policy;
+    // An empty workflow and "default" are the same workflow everywhere.
+    let workflow = workflow_key(req.workflow);
+    let scope = policy.resolve(req.team, workflow);
+    // The team's own plan where it has one (its outcomes move it), else the scope's shared one.
+    let plan = table.plan(&scope.key).for_team(req.team);
+    // A client's length hint is taken up to the policy's cap, and the reason says so.
+    let hint = u64::from(req.expected_output_tokens);
+    let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
+    let hint = hint.min(scope.max_output_tokens);
+    let complexity = model.complexity(&TaskInput {
+        text: req.task,
+        workflow,
+        task_type: req.task_type,
+        expected_output_tokens: hint as u32,
+    });
+    let band = band_of(complexity, BANDS);
+    let input_tokens = (req.task.len() as u64).div_ceil(4);
+    let output_tokens = if hint > 0 {
+        hint
+    } else {
+        plan.expected_output_tokens(workflow)
+    };
+    let curves = plan.tiers_for(workflow);
+    let candidates: Vec<Candidate> = curves
+        .iter()
+        .map(|t| {
+            let tier = &policy.tiers[t.tier];
+            let cost_micros = tier.cost_micros(input_tokens, output_tokens);
+            Candidate {
+                tier: t.tier,
+                name: tier.name.clone(),
+                model: tier.model.clone(),
+                predicted_quality: t.predicted[band],
+                estimated_cost_usd: cost_micros as f64 / 1e6,
+                cost_micros,
+                threshold: t.threshold,
+            }
+        })
+        .collect();
+    let costs: Vec<f64> = candidates.iter().map(|c| c.estimated_cost_usd).collect();
+    let safe = plan.slot_in(curves, complexity, band, &costs);
+    let explored = safe > 0 && explore_draw < plan.policy.exploration_rate;
+    let chosen = if explored { safe - 1 } else { safe };
+    let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
+    let mode = if plan.policy.pinned_thresholds.is_some() {
+        Mode::Pinned
+    } else {
+        match plan.policy.bar_mode {
+            BarMode::Average => Mode::Average,
+            BarMode::PerTask => Mode::PerTask,
+        }
+    };
+    // The bar the choice was held to: per task and relative, a share of the top tier's bound.
+    let bar = match (mode, plan.policy.quality_bar_relative) {
+        (Mode::PerTask, Some(r)) => curves.last().map_or(plan.target, |t| r * t.quality[band]),
+        _ => plan.target,
+    };
+    let mut reason = explain(&Why {
+        candidates: &candidates,
+        curves,
+        band,
+        chosen,
+        safe,
+        complexity,
+        scope: &scope.key,
+        workflow,
+        bar,
+        mode,
+        // Only once its own outcomes weigh as much as what it borrows.
+        learned: plan
+            .workflow_plan(workflow)
+            .is_some_and(|p| p.evidence >= crate::domain::learning::WORKFLOW_PRIOR),
+    });
+    if let Some(cap) = capped {
+        reason.push_str("; expected_output_tokens capped at ");
+        reason.push_str(&cap.to_string());
+        reason.push_str(" by the policy's max_output_tokens");
+    }
+    Ok(Decision {
+        scope: scope.key.clone(),
+        chosen,
+        complexity,
+        band,
+        explored,
+        candidates,
+        fallback,
+        policy_version: policy.version.clone(),
+        input_tokens,
+        output_tokens,
+        reason,
+    })
+}
+
+/// Appends a number with two decimals using integer arithmetic: `{:.2}` on a float takes the
+/// exact-decimal path (Grisu with a Dragon fallback), which was ~1.5 µs of every Route call.
+fn push_two(out: &mut String, x: f64) {
+    let hundredths = (x * 100.0).round();
+    if !hundredths.is_finite() || hundredths.abs() >= 1e15 {
+        out.push_str(&format!("{x:.2}"));
+        return;
+    }
+    let n = hundredths as i64;
+    if n < 0 {
+        out.push('-');
+    }
+    let n = n.unsigned_abs();
+    match n / 100 {
+        whole @ 0..=9 => out.push(char::from(b'0' + whole as u8)),
+        whole => out.push_str(&whole.to_string()),
+    }
+    out.push('.');
+    let frac = (n % 100) as u8;
+    out.push(char::from(b'0' + frac / 10));
+    out.push(char::from(b'0' + frac % 10));
+}
+
+/// How the plan chose, for the reason text.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Pinned,
+    Average,
+    PerTask,
+}
+
+/// What the reason is made from.
+struct Why<'a> {
+    candidates: &'a [Candidate],
+    /// The curves the choice used: per task, a tier is held to the bar by its planning bound
+    /// (`quality`), the estimate less its confidence margin, so the reason quotes that.
+    curves: &'a [crate::domain::learning::TierPlan],
+    band: usize,
+    chosen: usize,
+    safe: usize,
+    complexity: f64,
+    scope: &'a str,
+    workflow: &'a str,
+    bar: f64,
+    mode: Mode,
+    /// Whether the workflow (or its family) stands mostly on its own outcomes.
+    learned: bool,
+}
+
+/// One line on why the chosen tier won, in the plan's own terms, assembled piece by piece (no
+/// `format!` machinery on the hot path).
+fn explain(w: &Why<'_>) -> String {
+    enum Piece<'a> {
+        Text(&'a str),
+        Num(f64),
+    }
+    use Piece::{Num, Text};
+    let cands = w.candidates;
+    let c = &cands[w.chosen];
+    let basis = if w.learned {
+        " from this workflow's outcomes"
+    } else {
+        " from the scope's prior"
+    };
+    let cheaper = w.chosen.checked_sub(1).map(|i| &cands[i]);
+    // What the per-task rule compared with the bar: the estimate less its confidence margin.
+    let bound = |i: usize| w.curves.get(i).map_or(0.0, |t| t.quality[w.band]);
+    const MARGIN: &str = " after its confidence margin,";
+    let pieces: Vec<Piece<'_>> = if w.chosen != w.safe {
+        vec![
+            Text("exploring: "),
+            Text(&c.name),
+            Text(" instead of "),
+            Text(&cands[w.safe].name),
+            Text(" (complexity "),
+            Num(w.complexity),
+            Text(") so scope "),
+            Text(w.scope),
+            Text(" keeps learning what cheaper tiers can do"),
+        ]
+    } else if cands.len() == 1 {
+        vec![
+            Text(&c.name),
+            Text(" is the only allowed tier in scope "),
+            Text(w.scope),
+        ]
+    } else {
+        let mut p = vec![Text("complexity "), Num(w.complexity), Text(": ")];
+        match (w.mode, cheaper) {
+            (Mode::Pinned, _) => p.extend([
+                Text(&c.name),
+                Text(" by the pinned thresholds of scope "),
+                Text(w.scope),
+                Text(" (up to "),
+                Num(c.threshold),
+                Text(")"),
+            ]),
+            (Mode::PerTask, _) if bound(w.chosen) < w.bar - 1e-12 => p.extend([
+                Text("no tier is expected to reach the bar "),
+                Num(w.bar),
+                Text(" on a task this hard, so the top tier: "),
+                Text(&c.name),
+                Text(" ("),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
+                Text(basis),
+                Text(")"),
+            ]),
+            (Mode::PerTask, None) => p.extend([
+                Text(&c.name),
+                Text(", the cheapest tier, is expected to reach the bar "),
+                Num(w.bar),
+                Text(" ("),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
+                Text(basis),
+                Text(")"),
+            ]),
+            (Mode::PerTask, Some(below)) => p.extend([
+                Text(&c.name),
+                Text(" is the cheapest tier expected to reach the bar "),
+                Num(w.bar),
+                Text(" ("),
+                Num(bound(w.chosen)),
+                Text(MARGIN),
+                Text(basis),
+                Text("; "),
+                Text(&below.name),
+                Text(" "),
+                Num(bound(w.chosen - 1)),
+                Text(")"),
+            ]),
+            (Mode::Average, None) => p.extend([
+                Text(&c.name),
+                Text(" (predicted "),
+                Num(c.predicted_quality),
+                Text(basis),
+                Text(") is the cheapest tier; scope "),
+                Text(w.scope),
+                Text(" keeps its average at the bar "),
+                Num(w.bar),
+                Text(" with stronger tiers on harder tasks"),
+            ]),
+            (Mode::Average, Some(below)) => p.extend([
+                Text(&c.name),
+                Text(" predicted "),
+                Num(c.predicted_quality),
+                Text(" vs "),
+                Num(below.predicted_quality),
+                Text(" on "),
+                Text(&below.name),
+                Text(basis),
+                Text(": worth the extra cost to keep scope "),
+                Text(w.scope),
+                Text(" at its average bar "),
+                Num(w.bar),
+            ]),
+        }
+        if w.workflow != crate::domain::learning::DEFAULT_WORKFLOW {
+            p.extend([Text(" (workflow "), Text(w.workflow), Text(")")]);
+        }
+        p
+    };
+    let mut out = String::with_capacity(200);
+    for p in &pieces {
+        match p {
+            Text(t) => out.push_str(t),
+            Num(x) => push_two(&mut out, *x),
+        }
+    }
+    out
+}
+
+/// The live routing state shared by the server's handlers: the model and the swappable table.
+pub struct Router {
+    model: Arc<ComplexityModel>,
+    table: ArcSwap<RoutingTable>,
+    limits: Limits,
+}
+
+impl Router {
+    /// A router over a model and an initial table.
+    pub fn new(model: Arc<ComplexityModel>, table: RoutingTable, limits: Limits) -> Self {
+        Self {
+            model,
+            table: ArcSwap::from_pointee(table),
+            limits,
+        }
+    }
+
+    /// The current table, borrowed for one call (no reference count touched: Route uses this).
+    pub fn current(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.table.load()
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// Publishes a new table; readers switch on their next call.
+    pub fn publish(&self, table: RoutingTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The complexity model.
+    pub fn model(&self) -> &Arc<ComplexityModel> {
+        &self.model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_decimals_without_float_formatting() {
+        for (x, want) in [
+            (0.0, "0.00"),
+            (0.333, "0.33"),
+            (0.8, "0.80"),
+            (0.996, "1.00"),
+            (1.0, "1.00"),
+            (12.3456, "12.35"),
+            (-0.25, "-0.25"),
+            (-0.004, "0.00"),
+        ] {
+            let mut s = String::new();
+            push_two(&mut s, x);
+            assert_eq!(s, want, "{x}");
+        }
+        let mut s = String::new();
+        push_two(&mut s, f64::NAN);
+        assert_eq!(s, "NaN");
+    }
+    use std::collections::HashMap;
+
+    impl Router {
+        /// The decision alone (what [`crate::engine::Engine::route`] starts with).
+        fn route(&self, req: &RouteRequest<'_>, draw: f64) -> Result<Decision, RouteError> {
+            decide(self.model(), &self.current(), self.limits(), req, draw)
+        }
+    }
+
+    fn router() -> Router {
+        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let policy = Arc::new(Policy::embedded().unwrap());
+        let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
+        Router::new(
+            model,
+            table,
+            Limits {
+                max_task_bytes: 1000,
+            },
+        )
+    }
+
+    fn req(task: &str) -> RouteRequest<'_> {
+        RouteRequest {
+            task,
+            workflow: "default",
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_the_field() {
+        let r = router();
+        assert_eq!(r.route(&req(""), 0.9).unwrap_err(), RouteError::EmptyTask);
+        assert_eq!(r.route(&req("  \n"), 0.9).unwrap_err().field(), "task");
+        let big = "x".repeat(1001);
+        assert!(matches!(
+            r.route(&req(&big), 0.9),
+            Err(RouteError::TaskTooLarge {
+                size: 1001,
+                max: 1000
+            })
+        ));
+        let long = "w".repeat(300);
+        let e = r
+            .route(
+                &RouteRequest {
+                    task: "hi",
+                    team: &long,
+                    ..Default::default()
+                },
+                0.9,
+            )
+            .unwrap_err();
+        assert_eq!(e.field(), "team");
+    }
+
+    #[test]
+    fn decision_is_complete_and_consistent() {
+        let r = router();
+        let d = r.route(&req("What is 2+2?"), 0.99).unwrap();
+        assert_eq!(d.candidates.len(), 3);
+        assert!((0.0..=1.0).contains(&d.complexity));
+        assert!(!d.explored);
+        assert_eq!(d.scope, "default");
+        assert!(
+            d.candidates
+                .windows(2)
+                .all(|w| w[0].estimated_cost_usd < w[1].estimated_cost_usd)
+        );
+        assert_eq!(d.candidates.last().unwrap().threshold, 1.0);
+        assert!(d.tier().threshold > d.complexity || d.chosen == 2);
+        assert_eq!(d.fallback, (d.chosen < 2).then_some(d.chosen + 1));
+        assert!(!d.reason.is_empty());
+        assert_eq!(d.input_tokens, 3);
+        assert_eq!(
+            d.output_tokens,
+            crate::domain::learning::DEFAULT_TYPICAL_OUTPUT_TOKENS
+        );
+    }
+
+    #[test]
+    fn exploration_goes_one_tier_cheaper_only_when_drawn() {
+        let r = router();
+        let hard = "Prove that every finite integral domain is a field, then compute the \
+                    number of elements of order 6 in S_7 and justify each step.";
+        let safe = r.route(&req(hard), 0.99).unwrap();
+        assert!(safe.chosen > 0, "{safe:?}");
+        let explored = r.route(&req(hard), 0.0).unwrap();
+        assert!(explored.explored);
+        assert_eq!(explored.chosen, safe.chosen - 1);
+        // Same draw, same answer.
+        assert_eq!(r.route(&req(hard), 0.0).unwrap(), explored);
+    }
+
+    #[test]
+    fn unknown_team_and_workflow_use_the_default_policy() {
+        let r = router();
+        let d = r
+            .route(
+                &RouteRequest {
+                    task: "hello",
+                    team: "nobody",
+                    workflow: "nothing",
+                    ..Default::default()
+                },
+                0.9,
+            )
+            .unwrap();
+        assert_eq!(d.scope, "default");
+        let d = r
+            .route(
+                &RouteRequest {
+                    task: "hello",
+                    team: "support",
+                    workflow: "support.reply",
+                    ..Default::default()
+                },
+                0.9,
+            )
+            .unwrap();
+        assert_eq!(d.scope, "team:support/workflow:support.reply");
+        assert_eq!(d.candidates[0].name, "medium");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_task_gets_an_allowed_tier_and_finite_numbers(task in "\\PC{1,400}", team in "[a-z]{0,8}", wf in "(gsm8k|support.reply|[a-z/]{0,10})", draw in 0.0f64..1.0) {
+            let r = router();
+            if let Ok(d) = r.route(&RouteRequest { task: &task, team: &team, workflow: &wf, ..Default::default() }, draw) {
+                let table = r.table();
+                let scope = table.policy.resolve(&team, &wf);
+                proptest::prop_assert!(scope.allowed.contains(&d.tier().tier));
+                proptest::prop_assert!((0.0..=1.0).contains(&d.complexity));
+                for c in &d.candidates {
+                    proptest::prop_assert!((0.0..=1.0).contains(&c.predicted_quality));
+                    proptest::prop_assert!(c.estimated_cost_usd.is_finite() && c.estimated_cost_usd >= 0.0);
+                }
+                let t: Vec<f64> = d.candidates.iter().map(|c| c.threshold).collect();
+                proptest::prop_assert!(t.windows(2).all(|w| w[0] <= w[1]));
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Outcome feedback: issue signed decision ids, validate feedback, record each decision's
+//! outcome exactly once in the [`StateStore`], fold the store's outcome log into local evidence,
+//! re-plan the touched scopes and publish the new table.
+//!
+//! Route never waits on any of this: it reads the published table. When the store is
+//! unreachable, accepted outcomes wait in an [`OutageBuffer`] and are recorded when it returns;
+//! the store's nonce ledger keeps that exactly-once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::domain::books::Books;
+use crate::domain::classifier::Calibration;
+use crate::domain::decision::{ClaimsRef, Signer, TokenError};
+use crate::domain::learning::{BANDS, ScopeEvidence, TaskShape};
+use crate::domain::routing::{Decision, Router};
+use crate::store::{OutageBuffer, OutcomeEvent, Recorded, StateStore};
+
+mod fold;
+mod record;
+
+/// Default lifetime of a decision id: feedback later than this is refused.
+pub const DEFAULT_DECISION_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Largest token count accepted in feedback (no call is this large; sums stay far from overflow).
+pub const MAX_TOKENS: i64 = 1_000_000_000;
+/// Events read from the store per round trip while catching up.
+const SYNC_PAGE: usize = 2000;
+
+/// One outcome report.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedbackInput<'a> {
+    /// Decision id from Route.
+    pub decision_id: &'a str,
+    /// Outcome score in [0, 1].
+    pub score: f64,
+    /// Actual input tokens.
+    pub input_tokens: i64,
+    /// Actual output tokens.
+    pub output_tokens: i64,
+    /// Whether the output was reused.
+    pub reused: bool,
+    /// With authentication on and a service key: the caller's team, which must be the team the
+    /// decision was made for. `None`: auth off or an admin.
+    pub caller_team: Option<&'a str>,
+}
+
+/// Why feedback was refused. Nothing changes on any of these.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FeedbackError {
+    /// A field is out of range.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The decision id does not verify.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The decision id is older than the TTL.
+    #[error("decision_id: expired, issued {age_s} s ago; feedback is accepted for {ttl_s} s")]
+    Expired {
+        /// Age of the decision.
+        age_s: u64,
+        /// The TTL.
+        ttl_s: u64,
+    },
+    /// The decision belongs to another team.
+    #[error("decision_id belongs to team {owner:?}; this key acts for team {caller:?}")]
+    PermissionDenied {
+        /// Team the decision was made for.
+        owner: String,
+        /// The caller's team.
+        caller: String,
+    },
+    /// Feedback for this decision was already applied.
+    #[error("feedback for this decision_id was already recorded")]
+    AlreadyRecorded,
+    /// The store is down and the outage buffer cannot take more: not accepted, retry.
+    #[error("feedback not accepted: {0}")]
+    Unavailable(String),
+    /// The decision predates the store's data (it lost its data since): its nonce can no longer
+    /// be checked, so its feedback is refused rather than risk counting it twice.
+    #[error(
+        "decision_id: issued before the shared store lost its data; feedback for it can no longer be checked for duplicates"
+    )]
+    BeforeStoreReset,
+    /// The store is at a capacity limit: not accepted until entries expire.
+    #[error("feedback not accepted: {0}")]
+    Full(String),
+    /// This reuse event (its `event_id`) was already recorded for the decision.
+    #[error("event_id: reuse event {0:?} of this decision_id was already recorded")]
+    ReuseRecorded(String),
+    /// The decision is older than its scope's reuse retention window.
+    #[error(
+        "decision_id: issued {age_days} days ago; reuse is recorded for {window_days} days after a decision (reuse_retention_days)"
+    )]
+    OutsideReuseWindow {
+        /// Age of the decision, whole days.
+        age_days: u64,
+        /// The scope's window, days.
+        window_days: u64,
+    },
+}
+
+/// One reuse report: the output of a decision was used again (opened, sent, imported).
+#[derive(Debug, Clone, Copy)]
+pub struct ReuseInput<'a> {
+    /// Decision id from Route.
+    pub decision_id: &'a str,
+    /// Reuse events this report stands for (0 means 1).
+    pub count: u32,
+    /// The caller's id of this reuse event, for exactly-once: the same id for the same decision
+    /// is counted once. Empty: every call counts.
+    pub event_id: &'a str,
+    /// Free text, e.g. the consumer's name: logged, not counted.
+    pub note: &'a str,
+    /// As for [`FeedbackInput::caller_team`].
+    pub caller_team: Option<&'a str>,
+}
+
+/// Most reuse events one call may report.
+pub const MAX_REUSE_COUNT: u32 = 1_000_000;
+/// Longest reuse `event_id` and `note`, bytes.
+pub const MAX_REUSE_TEXT_BYTES: usize = 256;
+
+/// What an accepted reuse did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReuseAck {
+    /// Scope of the decision.
+    pub scope: String,
+    /// Workflow of the decision.
+    pub workflow: String,
+    /// Reuse events counted.
+    pub count: u32,
+    /// Whether this was the decision's first recorded reuse (it now counts as reused).
+    pub first: bool,
+}
+
+/// How a store write was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// Recorded in the store.
+    Stored,
+    /// Held in the outage buffer (and its spill file) until the store returns.
+    Buffered,
+}
+
+/// What accepted feedback did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackAck {
+    /// Scope updated.
+    pub scope: String,
+    /// Tier that ran.
+    pub tier: String,
+    /// Actual cost in USD (the estimate if the tier is no longer in the policy).
+    pub actual_cost_usd: f64,
+    /// The same in micro-USD.
+    pub actual_cost_micros: i64,
+    /// Time from the decision to its feedback, ms.
+    pub lag_ms: u64,
+}
+
+/// Outcomes kept for what-if replays of a proposed policy.
+pub const WHAT_IF_WINDOW: usize = 5000;
+
+/// Local view of the store's log.
+#[derive(Default)]
+struct Folded {
+    evidence: HashMap<String, ScopeEvidence>,
+    /// Position in the store's log up to which events are folded in.
+    cursor: u64,
+    /// The most recent outcomes (at most [`WHAT_IF_WINDOW`]), oldest first.
+    recent: std::collections::VecDeque<OutcomeEvent>,
+    /// Every record this replica completed up to this count is folded in (see
+    /// [`Learner::records_done`]).
+    synced_upto: u64,
+}
+
+/// Clock difference between replicas tolerated when comparing a decision's issue time (one
+/// replica's clock) with the store's data-since instant (another's).
+pub const CLOCK_SKEW_MS: u64 = 1_000;
+
+/// Nonces accepted into the outage buffer and not yet recorded: duplicates of these are caught
+/// locally while the store is down.
+#[derive(Default)]
+struct Pending {
+    nonces: HashSet<u64>,
+}
+
+/// Issues decision ids and learns from feedback.
+pub struct Learner {
+    /// The store's data-since instant (ms), as last read: decisions issued before it (less
+    /// [`CLOCK_SKEW_MS`]) are refused.
+    data_since_ms: AtomicU64,
+    /// The first data-since instant this process read.
+    first_data_since_ms: AtomicU64,
+    signer: Signer,
+    ttl_ms: u64,
+    learning: bool,
+    calibration: Calibration,
+    store: Arc<dyn StateStore>,
+    buffer: OutageBuffer,
+    folded: tokio::sync::Mutex<Folded>,
+    /// Records this replica completed in the store (a ticket each): a sync that starts after
+    /// ticket `n` was taken reads a log that holds that record, so feedbacks queued behind one
+    /// sync need no read of their own.
+    records_done: AtomicU64,
+    pending: Mutex<Pending>,
+    degraded: AtomicBool,
+}
+
+impl Learner {
+    /// A learner over a store. With `learning` off, feedback is validated and recorded but
+    /// thresholds stay at their cold-start values (the replay baseline).
+    pub fn new(
+        signer: Signer,
+        ttl_ms: u64,
+        calibration: Calibration,
+        learning: bool,
+        store: Arc<dyn StateStore>,
+        buffer: OutageBuffer,
+    ) -> Self {
+        Self {
+            signer,
+            ttl_ms,
+            learning,
+            calibration,
+            store,
+            // Outcomes a previous run left in the spill file stay guarded against duplicates.
+            pending: Mutex::new(Pending {
+                nonces: buffer.recovered_nonces().into_iter().collect(),
+            }),
+            buffer,
+            folded: tokio::sync::Mutex::new(Folded::default()),
+            records_done: AtomicU64::new(0),
+            data_since_ms: AtomicU64::new(0),
+            first_data_since_ms: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+        }
+    }
+
+    /// Signs the id of a decision.
+    pub fn issue(
+        &self,
+        d: &Decision,
+        team: &str,
+        workflow: &str,
+        now_ms: u64,
+        nonce: u64,
+    ) -> String {
+        self.signer.sign(&ClaimsRef {
+            scope: &d.scope,
+            tier: &d.tier().name,
+            band: d.band.min(BANDS - 1) as u8,
+            complexity: d.complexity as f32,
+            explored: d.explored,
+            team,
+            workflow,
+            policy_version: &d.policy_version,
+            issued_ms: now_ms,
+            nonce,
+            estimate_micros: d.tier().cost_micros.max(0) as u64,
+            premium_micros: d.premium_micros().max(0) as u64,
+        })
+    }
+
+    pub(super) fn set_degraded(&self, degraded: bool) {
+        let was = self.degraded.swap(degraded, Ordering::Relaxed);
+        if was != degraded {
+            if degraded {
+                tracing::warn!(
+                    store = self.store.kind(),
+                    "store unreachable: routing on the last snapshot, buffering feedback"
+                );
+            } else {
+                tracing::info!(store = self.store.kind(), "store reachable again");
+            }
+        }
+    }
+
+    /// Whether the store was unreachable at the last attempt.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The shared-state store.
+    pub fn store(&self) -> &dyn StateStore {
+        self.store.as_ref()
+    }
+
+    /// Outcomes waiting for the store.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The outage buffer (and its carry-over file).
+    pub fn buffer(&self) -> &OutageBuffer {
+        &self.buffer
+    }
+
+    /// Spill-file lines skipped because their checksum did not match (torn or edited).
+    pub fn rejected_spill_lines(&self) -> u64 {
+        self.buffer.rejected_lines()
+    }
+
+    /// Whether the store's data began after this process first read it (it lost its data since).
+    pub fn data_reset_seen(&self) -> bool {
+        let first = self.first_data_since_ms.load(Ordering::Relaxed);
+        first != 0 && self.data_since_ms.load(Ordering::Relaxed) > first
+    }
+
+    /// Unreadable events of the shared log skipped so far.
+    pub fn skipped_events(&self) -> u64 {
+        self.store.skipped_events()
+    }
+
+    /// The calibration the planner uses.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+
+    /// A copy of the folded evidence of every scope (for views and tests).
+    pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
+        self.folded.lock().await.evidence.clone()
+    }
+}

@@ -1,0 +1,332 @@
+//! Proto ↔ domain conversions and the one mapping of domain errors to gRPC statuses
+//! (INVALID_ARGUMENT always names the field in a `google.rpc.BadRequest` detail).
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::pb;
+use crate::domain::policy::Period;
+use crate::domain::routing::{Decision, RouteError};
+use crate::engine::{Error, ErrorKind, Violation};
+use crate::report::{self, build::ReportQuery};
+
+/// INVALID_ARGUMENT in the one form every refusal uses: `field: what is wrong` as the message,
+/// and a `google.rpc.BadRequest` detail with the field and what is wrong.
+pub(super) fn invalid(field: &str, message: String) -> Status {
+    let what = message
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(&message)
+        .to_string();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {what}"),
+        ErrorDetails::with_bad_request_violation(field, what),
+    )
+}
+
+impl From<Error> for Status {
+    /// The one mapping of the service's errors to gRPC: the code from the error's kind, its
+    /// text as the message, and the field (`google.rpc.BadRequest`) or the exhausted budget
+    /// (`google.rpc.QuotaFailure`) as details.
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::Unavailable => Code::Unavailable,
+        };
+        match e.violation() {
+            // A request field: `field: what is wrong`, like every other refusal of a field.
+            Some(Violation::Field { field, reason }) if !matches!(e, Error::Policy(_)) => {
+                invalid(field, reason)
+            }
+            Some(Violation::Field { field, reason }) => Status::with_error_details(
+                code,
+                e.to_string(),
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            Some(Violation::Quota { subject }) => {
+                let text = e.to_string();
+                Status::with_error_details(
+                    code,
+                    text.clone(),
+                    ErrorDetails::with_quota_failure_violation(subject, text),
+                )
+            }
+            None => Status::new(code, e.to_string()),
+        }
+    }
+}
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+/// Moves the decision into its proto form (no string copies on the hot path).
+pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
+    let (chosen, fallback) = (d.chosen, d.fallback);
+    let tier = d.candidates[chosen].name.clone();
+    let model = d.candidates[chosen].model.clone();
+    let estimated_cost_usd = d.candidates[chosen].estimated_cost_usd;
+    let fallback_tier = fallback
+        .map(|i| d.candidates[i].name.clone())
+        .unwrap_or_default();
+    pb::RouteResponse {
+        decision_id,
+        tier,
+        model,
+        complexity: d.complexity,
+        estimated_cost_usd,
+        candidates: d
+            .candidates
+            .into_iter()
+            .map(|c| pb::Candidate {
+                tier: c.name,
+                model: c.model,
+                predicted_quality: c.predicted_quality,
+                estimated_cost_usd: c.estimated_cost_usd,
+                threshold: c.threshold,
+            })
+            .collect(),
+        fallback_tier,
+        policy_version: d.policy_version,
+        reason: d.reason,
+        scope: d.scope,
+        explored: d.explored,
+    }
+}
+
+// ---- report ↔ proto ----
+
+impl From<report::TierShare> for pb::TierShare {
+    fn from(t: report::TierShare) -> Self {
+        Self {
+            tier: t.tier,
+            tasks: t.tasks,
+            spend_micros: t.spend_micros,
+        }
+    }
+}
+
+impl From<pb::TierShare> for report::TierShare {
+    fn from(t: pb::TierShare) -> Self {
+        Self {
+            tier: t.tier,
+            tasks: t.tasks,
+            spend_micros: t.spend_micros,
+        }
+    }
+}
+
+/// Maps the fields shared by a proto and a domain group, both ways.
+macro_rules! group_fields {
+    ($from:expr, $to:ident) => {{
+        let g = $from;
+        $to {
+            key: g.key,
+            spend_micros: g.spend_micros,
+            tasks: g.tasks,
+            outcomes: g.outcomes,
+            completed: g.completed,
+            cost_per_completed_micros: g.cost_per_completed_micros,
+            realized_quality: g.realized_quality,
+            quality_bar: g.quality_bar,
+            tier_mix: g.tier_mix.into_iter().map(Into::into).collect(),
+            premium_micros: g.premium_micros,
+            savings_micros: g.savings_micros,
+            value_micros: g.value_micros,
+            human_hours: g.human_hours,
+            human_value_micros: g.human_value_micros,
+            net_value_micros: g.net_value_micros,
+            reused: g.reused,
+            reuse_events: g.reuse_events,
+            reuse_rate: g.reuse_rate,
+            budget_downgrades: g.budget_downgrades,
+            budget_rejections: g.budget_rejections,
+        }
+    }};
+}
+
+/// Same for budgets.
+macro_rules! budget_fields {
+    ($from:expr, $to:ident) => {{
+        let b = $from;
+        $to {
+            id: b.id,
+            team: b.team,
+            workflow: b.workflow,
+            period: b.period,
+            period_start_ms: b.period_start_ms,
+            soft_limit_micros: b.soft_limit_micros,
+            hard_limit_micros: b.hard_limit_micros,
+            used_micros: b.used_micros,
+            left_micros: b.left_micros,
+            state: b.state,
+        }
+    }};
+}
+
+/// Same for series points.
+macro_rules! point_fields {
+    ($from:expr, $to:ident) => {{
+        let p = $from;
+        $to {
+            start_ms: p.start_ms,
+            spend_micros: p.spend_micros,
+            tasks: p.tasks,
+            outcomes: p.outcomes,
+            realized_quality: p.realized_quality,
+        }
+    }};
+}
+
+impl From<report::Report> for pb::GetReportResponse {
+    fn from(r: report::Report) -> Self {
+        use pb::{BudgetStatus, GroupReport, SeriesPoint};
+        Self {
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            group_by: r.group_by.as_str().to_string(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| group_fields!(g, GroupReport))
+                .collect(),
+            total: Some(group_fields!(r.total, GroupReport)),
+            budgets: r
+                .budgets
+                .into_iter()
+                .map(|b| budget_fields!(b, BudgetStatus))
+                .collect(),
+            series: r
+                .series
+                .into_iter()
+                .map(|p| point_fields!(p, SeriesPoint))
+                .collect(),
+            policy_version: r.policy_version,
+            generated_ms: r.generated_ms,
+        }
+    }
+}
+
+impl From<pb::GetReportResponse> for report::Report {
+    fn from(r: pb::GetReportResponse) -> Self {
+        use report::{BudgetStatus, GroupReport, SeriesPoint};
+        Self {
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            group_by: report::GroupBy::parse(&r.group_by).unwrap_or_default(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| group_fields!(g, GroupReport))
+                .collect(),
+            total: group_fields!(r.total.unwrap_or_default(), GroupReport),
+            budgets: r
+                .budgets
+                .into_iter()
+                .map(|b| budget_fields!(b, BudgetStatus))
+                .collect(),
+            series: r
+                .series
+                .into_iter()
+                .map(|p| point_fields!(p, SeriesPoint))
+                .collect(),
+            policy_version: r.policy_version,
+            generated_ms: r.generated_ms,
+        }
+    }
+}
+
+/// Validates a report request into a query.
+pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQuery, Status> {
+    let group_by = report::GroupBy::parse(&r.group_by).ok_or_else(|| {
+        invalid(
+            "group_by",
+            format!(
+                "must be \"team\", \"workflow\", \"tier\" or \"team_workflow\", got {:?}",
+                r.group_by
+            ),
+        )
+    })?;
+    let until_ms = if r.until_ms == 0 { now } else { r.until_ms };
+    let since_ms = match r.period.as_str() {
+        "" if r.since_ms == 0 => until_ms.saturating_sub(24 * 3_600_000),
+        "" => r.since_ms,
+        "day" => Period::Day.start_ms(now),
+        "week" => Period::Week.start_ms(now),
+        "month" => Period::Month.start_ms(now),
+        other => {
+            return Err(invalid(
+                "period",
+                format!("must be \"day\", \"week\", \"month\" or empty, got {other:?}"),
+            ));
+        }
+    };
+    let until_ms = if r.period.is_empty() { until_ms } else { now };
+    if since_ms >= until_ms {
+        return Err(invalid(
+            "since_ms",
+            format!("must be before until_ms ({until_ms}), got {since_ms}"),
+        ));
+    }
+    Ok(ReportQuery {
+        since_ms,
+        until_ms,
+        team: r.team.clone(),
+        workflow: r.workflow.clone(),
+        group_by,
+    })
+}
+
+pub(super) fn change_to_proto(c: crate::store::PolicyChange) -> pb::PolicyChange {
+    pb::PolicyChange {
+        seq: c.seq,
+        version: c.version,
+        source: c.source,
+        author: c.author,
+        reason: c.reason,
+        at_ms: c.at_ms,
+        summary: c.summary,
+    }
+}
+
+pub(super) fn what_if_to_proto(w: crate::engine::WhatIfScope) -> pb::WhatIfScope {
+    pb::WhatIfScope {
+        scope: w.scope,
+        tasks: w.tasks,
+        actual_spend_micros: w.actual_spend_micros,
+        actual_quality: w.actual_quality,
+        live_spend_micros: w.live_spend_micros,
+        live_quality: w.live_quality,
+        proposed_spend_micros: w.proposed_spend_micros,
+        proposed_quality: w.proposed_quality,
+        live_bar: w.live_bar,
+        proposed_bar: w.proposed_bar,
+        actual_mix: w.actual_mix.into_iter().collect(),
+        proposed_mix: w.proposed_mix.into_iter().collect(),
+    }
+}
+
+pub(super) fn threshold_to_proto(t: crate::domain::learning::ThresholdRow) -> pb::TierThreshold {
+    pb::TierThreshold {
+        scope: t.scope,
+        tier: t.tier,
+        threshold: t.threshold,
+        evidence: t.evidence,
+        observed_quality: t.observed_quality,
+        last_move: t.last_move,
+        bar: t.bar,
+        scope_quality: t.scope_quality,
+        workflow: t.workflow,
+        pinned: t.pinned,
+        team_plan: t.team.is_some(),
+        team: t.team.unwrap_or_default(),
+    }
+}
