@@ -2,6 +2,7 @@
 //! books. Pure logic (time and randomness come in as arguments); no proto, no I/O.
 
 pub mod books;
+pub mod calendar;
 pub mod classifier;
 pub mod decision;
 pub mod features;

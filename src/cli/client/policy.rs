@@ -85,9 +85,7 @@ fn print_change(c: &pb::PolicyChange) {
         c.seq,
         c.version,
         c.source,
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.at_ms)
-        ),
+        crate::domain::calendar::timestamp(c.at_ms).strftime("%Y-%m-%dT%H:%M:%SZ"),
         c.author,
         c.reason
     );

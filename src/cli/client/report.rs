@@ -125,16 +125,23 @@ enum ReportFormat {
 
 /// A point in time from the command line: a UTC date, an RFC 3339 time, or a duration ago.
 fn parse_instant(s: &str, now_ms: u64) -> anyhow::Result<u64> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_ms.saturating_sub(d.as_millis() as u64));
+    use jiff::tz::TimeZone;
+    let ms = |t: jiff::Timestamp| u64::try_from(t.as_millisecond()).unwrap_or(0);
+    // A duration ago, days being 24 hours: `24h`, `7d`, `2h 30m`, `90 minutes`.
+    if let Ok(d) = s
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+    {
+        return Ok(now_ms.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
     }
-    let full = if s.len() == 10 {
-        format!("{s}T00:00:00")
-    } else {
-        s.trim_end_matches('Z').to_string()
-    };
-    match humantime::parse_rfc3339_weak(&full) {
-        Ok(t) => Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64),
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(ms(t));
+    }
+    let civil = s
+        .parse::<jiff::civil::DateTime>()
+        .or_else(|_| s.parse::<jiff::civil::Date>().map(|d| d.at(0, 0, 0, 0)));
+    match civil.and_then(|dt| dt.to_zoned(TimeZone::UTC)) {
+        Ok(z) => Ok(ms(z.timestamp())),
         Err(e) => anyhow::bail!(
             "cannot read time {s:?} (a duration like 24h, a date like 2026-11-01, or 2026-11-01T08:00:00Z): {e}"
         ),

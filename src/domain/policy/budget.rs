@@ -19,30 +19,6 @@ pub enum Period {
 
 const DAY_MS: u64 = 86_400_000;
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (year, month) of a day number (inverse of [`days_from_civil`], day of month dropped).
-fn year_month(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m)
-}
-
 impl Period {
     /// Name as written in the policy.
     pub fn as_str(self) -> &'static str {
@@ -55,17 +31,23 @@ impl Period {
 
     /// Start (ms since the epoch) of the period that contains `now_ms`.
     pub fn start_ms(self, now_ms: u64) -> u64 {
-        let days = (now_ms / DAY_MS) as i64;
-        let start_day = match self {
-            Period::Day => days,
-            // 1970-01-01 was a Thursday: Monday-based weeks start 3 days after day 0 - 7.
-            Period::Week => days - (days + 3).rem_euclid(7),
-            Period::Month => {
-                let (y, m) = year_month(days);
-                days_from_civil(y, m, 1)
+        use jiff::ToSpan;
+        use jiff::tz::TimeZone;
+        let today = crate::domain::calendar::timestamp(now_ms)
+            .to_zoned(TimeZone::UTC)
+            .date();
+        let start = match self {
+            Period::Day => Ok(today),
+            Period::Week => {
+                today.checked_sub(i64::from(today.weekday().to_monday_zero_offset()).days())
             }
+            Period::Month => Ok(today.first_of_month()),
         };
-        start_day.max(0) as u64 * DAY_MS
+        start
+            .and_then(|d| d.to_zoned(TimeZone::UTC))
+            .map_or(0, |z| {
+                u64::try_from(z.timestamp().as_millisecond()).unwrap_or(0)
+            })
     }
 
     /// Start of the period after the one that contains `now_ms`.
@@ -233,21 +215,13 @@ mod tests {
         let dec1 = 1_796_083_200_000;
         assert_eq!(Period::Month.start_ms(dec1 - 1), 1_793_491_200_000);
         assert_eq!(Period::Month.start_ms(dec1), dec1);
-        // February of a leap year, and a year boundary.
-        let feb29_2028 = days_from_civil(2028, 2, 29) as u64 * DAY_MS;
-        assert_eq!(
-            Period::Month.start_ms(feb29_2028),
-            days_from_civil(2028, 2, 1) as u64 * DAY_MS
-        );
-        assert_eq!(
-            Period::Month.next_start_ms(feb29_2028),
-            days_from_civil(2028, 3, 1) as u64 * DAY_MS
-        );
-        let dec31 = days_from_civil(2026, 12, 31) as u64 * DAY_MS;
-        assert_eq!(
-            Period::Month.next_start_ms(dec31),
-            days_from_civil(2027, 1, 1) as u64 * DAY_MS
-        );
+        // February of a leap year, and a year boundary (day numbers since 1970-01-01, from an
+        // independent calendar).
+        let feb29_2028 = 21243 * DAY_MS;
+        assert_eq!(Period::Month.start_ms(feb29_2028), 21215 * DAY_MS);
+        assert_eq!(Period::Month.next_start_ms(feb29_2028), 21244 * DAY_MS);
+        let dec31 = 20818 * DAY_MS;
+        assert_eq!(Period::Month.next_start_ms(dec31), 20819 * DAY_MS);
         assert_eq!(Period::Week.start_ms(0), 0); // clamped before the first Monday
     }
 
