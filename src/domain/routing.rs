@@ -205,12 +205,20 @@ pub fn decide(
     } else {
         plan.expected_output_tokens(workflow)
     };
-    let curves = plan.tiers_for(workflow);
+    let choice = plan.choice(
+        policy,
+        workflow,
+        complexity,
+        band,
+        input_tokens,
+        output_tokens,
+    );
+    let (curves, safe) = (choice.curves, choice.slot);
     let candidates: Vec<Candidate> = curves
         .iter()
-        .map(|t| {
+        .zip(&choice.costs_micros)
+        .map(|(t, &cost_micros)| {
             let tier = &policy.tiers[t.tier];
-            let cost_micros = tier.cost_micros(input_tokens, output_tokens);
             Candidate {
                 tier: t.tier,
                 name: tier.name.clone(),
@@ -222,8 +230,6 @@ pub fn decide(
             }
         })
         .collect();
-    let costs: Vec<f64> = candidates.iter().map(|c| c.estimated_cost_usd).collect();
-    let safe = plan.slot_in(curves, complexity, band, &costs);
     let explored = safe > 0 && explore_draw < plan.policy.exploration_rate;
     let chosen = if explored { safe - 1 } else { safe };
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);

@@ -51,14 +51,15 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
     let scope = policy.resolve(&e.team, &e.workflow);
     let plan = table.plan(&scope.key).for_team(&e.team);
     let band = usize::from(e.band).min(crate::domain::learning::BANDS - 1);
-    let costs: Vec<i64> = plan
-        .tiers
-        .iter()
-        .map(|t| policy.tiers[t.tier].cost_micros(e.input_tokens, e.output_tokens))
-        .collect();
-    let usd: Vec<f64> = costs.iter().map(|c| *c as f64 / 1e6).collect();
-    let curves = plan.tiers_for(&e.workflow);
-    let slot = plan.slot_in(curves, f64::from(e.complexity), band, &usd);
+    let choice = plan.choice(
+        policy,
+        &e.workflow,
+        f64::from(e.complexity),
+        band,
+        e.input_tokens,
+        e.output_tokens,
+    );
+    let (curves, slot, costs) = (choice.curves, choice.slot, &choice.costs_micros);
     let tier = &policy.tiers[curves[slot].tier];
     let quality = if tier.name == e.tier {
         e.score

@@ -55,7 +55,7 @@ mod plan;
 mod table;
 
 pub use evidence::{Cell, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence};
-pub use plan::{ScopePlan, TierPlan, WorkflowPlan, plan_scope};
+pub use plan::{Choice, ScopePlan, TierPlan, WorkflowPlan, plan_scope};
 pub use table::{RoutingTable, ThresholdRow};
 
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).

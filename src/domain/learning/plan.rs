@@ -106,6 +106,32 @@ impl ScopePlan {
         self.slot_in(self.tiers_for(workflow), complexity, band, costs)
     }
 
+    /// The one cost and slot selection (Route and what-if both call it): each allowed tier's
+    /// cost for a task of these tokens (micro-USD, slot order) and the slot the plan picks for
+    /// a task of `workflow` at `complexity` in `band`.
+    pub fn choice(
+        &self,
+        policy: &Policy,
+        workflow: &str,
+        complexity: f64,
+        band: usize,
+        input_tokens: u64,
+        output_tokens: u64,
+    ) -> Choice<'_> {
+        let curves = self.tiers_for(workflow);
+        let costs_micros: Vec<i64> = curves
+            .iter()
+            .map(|t| policy.tiers[t.tier].cost_micros(input_tokens, output_tokens))
+            .collect();
+        let usd: Vec<f64> = costs_micros.iter().map(|c| *c as f64 / 1e6).collect();
+        let slot = self.slot_in(curves, complexity, band, &usd);
+        Choice {
+            curves,
+            costs_micros,
+            slot,
+        }
+    }
+
     /// Slot under given curves: pinned thresholds, per-task bar, or cheapest at price λ.
     pub fn slot_in(
         &self,
@@ -131,6 +157,17 @@ impl ScopePlan {
             ),
         }
     }
+}
+
+/// What [`ScopePlan::choice`] picked for one task.
+#[derive(Debug, Clone)]
+pub struct Choice<'a> {
+    /// The curves it chose under (the workflow's, else its family's, else the scope's).
+    pub curves: &'a [TierPlan],
+    /// Each allowed tier's cost for the task, micro-USD, in slot order.
+    pub costs_micros: Vec<i64>,
+    /// The slot chosen (before any exploration).
+    pub slot: usize,
 }
 
 /// The slot minimising `cost − λ·quality`; the cheaper slot wins ties.
