@@ -296,3 +296,67 @@ impl Observer for Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, metric: &'static str, tier: &str, delta: i64) {
+        m.counted(Counted {
+            metric,
+            team: "search",
+            workflow: "faq",
+            tier,
+            delta,
+        });
+    }
+
+    fn line<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(name)).collect()
+    }
+
+    #[test]
+    fn the_books_counts_become_labelled_series() {
+        let m = Metrics::new();
+        count(&m, metric::TASKS, "small", 2);
+        count(&m, metric::TASKS, "small", 1);
+        count(&m, metric::SPEND, "small", 1_500_000);
+        count(&m, metric::SPEND, "small", -500_000);
+        count(&m, metric::HUMAN_SECONDS, "small", 7_200);
+        count(&m, metric::REJECTED, "", 1);
+        // Counts the metrics do not export leave no series.
+        count(&m, metric::SCORE, "small", 900_000);
+        let text = m.render();
+        let labels = r#"{team="search",workflow="faq",tier="small"}"#;
+        assert_eq!(
+            line(&text, "tokenwise_decisions_total"),
+            [format!("tokenwise_decisions_total{labels} 3").as_str()]
+        );
+        // Reconciliation at Feedback lowers the spend estimate: a gauge holding the net.
+        assert_eq!(
+            line(&text, "tokenwise_spend_usd"),
+            [format!("tokenwise_spend_usd{labels} 1.0").as_str()]
+        );
+        assert_eq!(
+            line(&text, "tokenwise_human_hours_displaced"),
+            [format!("tokenwise_human_hours_displaced{labels} 2.0").as_str()]
+        );
+        assert_eq!(
+            line(&text, "tokenwise_budget_actions_total"),
+            [r#"tokenwise_budget_actions_total{team="search",workflow="faq",tier=""} 1"#]
+        );
+        assert!(!text.contains("score"), "{text}");
+    }
+
+    #[test]
+    fn a_negative_count_never_lowers_a_counter() {
+        let m = Metrics::new();
+        count(&m, metric::OUTCOMES, "small", 4);
+        count(&m, metric::OUTCOMES, "small", -3);
+        assert!(
+            m.render().contains(
+                r#"tokenwise_outcomes_total{team="search",workflow="faq",tier="small"} 4"#
+            )
+        );
+    }
+}

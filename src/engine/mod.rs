@@ -6,6 +6,8 @@
 //! production runs is what tests and benches call.
 
 #[cfg(test)]
+mod admin_tests;
+#[cfg(test)]
 mod books_tests;
 mod error;
 pub mod feedback;

@@ -232,3 +232,111 @@ pub async fn build(
         generated_ms: now_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::books::{ledger_field, ledger_hash};
+    use crate::store::{CounterAdd, MemoryStore};
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn add(at: u64, m: &str, team: &str, workflow: &str, tier: &str, v: i64) -> CounterAdd {
+        CounterAdd {
+            hash: ledger_hash(at),
+            field: ledger_field(m, team, workflow, tier),
+            delta: v,
+        }
+    }
+
+    /// Two teams over two hours, by hand: search ran 3 tasks (2 small, 1 premium), 2 outcomes
+    /// of which 1 completed; ads ran 1 refused call.
+    async fn ledger() -> MemoryStore {
+        let store = MemoryStore::new();
+        let h2 = T0 + HOUR_MS;
+        let adds = vec![
+            add(T0, metric::TASKS, "search", "faq", "small", 2),
+            add(T0, metric::SPEND, "search", "faq", "small", 400),
+            add(T0, metric::PREMIUM, "search", "faq", "small", 6_000),
+            add(h2, metric::TASKS, "search", "faq", "premium", 1),
+            add(h2, metric::SPEND, "search", "faq", "premium", 3_000),
+            add(h2, metric::PREMIUM, "search", "faq", "premium", 3_000),
+            add(T0, metric::OUTCOMES, "search", "faq", "small", 2),
+            add(T0, metric::COMPLETED, "search", "faq", "small", 1),
+            add(T0, metric::SCORE, "search", "faq", "small", 1_300_000),
+            add(T0, metric::BAR, "search", "faq", "small", 1_400_000),
+            add(T0, metric::REUSED, "search", "faq", "small", 1),
+            add(T0, metric::REUSE_EVENTS, "search", "faq", "small", 5),
+            add(h2, metric::REJECTED, "ads", "", "", 1),
+        ];
+        store.add_counters(1, &adds).await.unwrap();
+        store
+    }
+
+    fn query(by: GroupBy) -> ReportQuery {
+        ReportQuery {
+            since_ms: T0,
+            until_ms: T0 + 2 * HOUR_MS,
+            group_by: by,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_and_the_total_are_the_ledger_summed_by_hand() {
+        let store = ledger().await;
+        let policy = Policy::embedded().unwrap();
+        let r = build(
+            &policy,
+            &Books::default(),
+            &store,
+            &query(GroupBy::Team),
+            T0,
+        )
+        .await
+        .unwrap();
+        let search = r.groups.iter().find(|g| g.key == "search").unwrap();
+        assert_eq!((search.tasks, search.spend_micros), (3, 3_400));
+        assert_eq!((search.outcomes, search.completed), (2, 1));
+        assert_eq!(search.cost_per_completed_micros, Some(3_400));
+        assert_eq!(search.realized_quality, Some(0.65));
+        assert_eq!(search.quality_bar, Some(0.7));
+        assert_eq!(search.savings_micros, 9_000 - 3_400);
+        assert_eq!((search.reused, search.reuse_events), (1, 5));
+        assert_eq!(search.reuse_rate, Some(1.0));
+        let mix: Vec<(&str, u64)> = search
+            .tier_mix
+            .iter()
+            .map(|t| (t.tier.as_str(), t.tasks))
+            .collect();
+        // A tier the policy no longer has still counts, after the policy's own tiers.
+        assert_eq!(mix, [("small", 2), ("premium", 1)]);
+        let ads = r.groups.iter().find(|g| g.key == "ads").unwrap();
+        assert_eq!((ads.tasks, ads.budget_rejections), (0, 1));
+        assert_eq!(r.total.tasks, 3);
+        assert_eq!(r.total.budget_rejections, 1);
+        // The biggest spender first; one series point per hour with activity.
+        assert_eq!(r.groups[0].key, "search");
+        assert_eq!(r.series.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_team_filter_and_other_groupings_see_the_same_ledger() {
+        let store = ledger().await;
+        let policy = Policy::embedded().unwrap();
+        let mut q = query(GroupBy::Tier);
+        q.team = "ads".into();
+        let r = build(&policy, &Books::default(), &store, &q, T0)
+            .await
+            .unwrap();
+        let keys: Vec<&str> = r.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys, ["(refused)"]);
+        let q = query(GroupBy::TeamWorkflow);
+        let r = build(&policy, &Books::default(), &store, &q, T0)
+            .await
+            .unwrap();
+        let mut keys: Vec<&str> = r.groups.iter().map(|g| g.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["ads/(none)", "search/faq"]);
+    }
+}

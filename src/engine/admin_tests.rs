@@ -1,0 +1,103 @@
+//! Startup reconciliation of a replica's policy with the shared history, branch by branch, on
+//! one in-memory store shared by the replicas of a deployment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use super::Engine;
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::decision::Signer;
+use crate::domain::policy::{EMBEDDED_POLICY, Policy};
+use crate::store::{MemoryStore, OutageBuffer, StateStore};
+
+fn text(bar: &str) -> String {
+    EMBEDDED_POLICY.replace("quality_bar = 0.7\n", &format!("quality_bar = {bar}\n"))
+}
+
+fn version(bar: &str) -> String {
+    Policy::parse(&text(bar)).unwrap().version
+}
+
+/// A replica started with the policy file of bar `bar`, reconciled at startup.
+async fn replica(store: &Arc<dyn StateStore>, bar: &str, now_ms: u64) -> Engine {
+    let e = Engine::builder(
+        Arc::new(ComplexityModel::bundled().unwrap()),
+        Arc::new(Policy::parse(&text(bar)).unwrap()),
+        Signer::new(b"k").unwrap(),
+    )
+    .store(store.clone(), OutageBuffer::in_memory(0))
+    .build();
+    e.init_policy(now_ms).await.unwrap();
+    e
+}
+
+async fn sources(store: &Arc<dyn StateStore>) -> Vec<(String, String)> {
+    store
+        .policy_changes(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.source, c.version))
+        .collect()
+}
+
+fn shared() -> Arc<dyn StateStore> {
+    Arc::new(MemoryStore::new())
+}
+
+#[tokio::test]
+async fn the_first_replica_records_its_file_as_the_first_policy() {
+    let store = shared();
+    let a = replica(&store, "0.7", 1).await;
+    assert_eq!(a.policy().version, version("0.7"));
+    let log = store.policy_changes(0).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].source, "startup");
+    assert_eq!(log[0].summary, ["first policy of this deployment"]);
+}
+
+#[tokio::test]
+async fn a_replica_with_the_same_file_records_nothing() {
+    let store = shared();
+    replica(&store, "0.7", 1).await;
+    let b = replica(&store, "0.7", 2).await;
+    assert_eq!(b.policy().version, version("0.7"));
+    assert_eq!(sources(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_api_change_since_the_file_survives_a_restart_with_that_file() {
+    let store = shared();
+    let a = replica(&store, "0.7", 1).await;
+    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 2)
+        .await
+        .unwrap();
+    // A restart with the file the history last saw: the API change wins.
+    let b = replica(&store, "0.7", 3).await;
+    assert_eq!(b.policy().version, version("0.8"));
+    assert_eq!(sources(&store).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_file_is_a_new_deployment_and_is_recorded_with_what_it_changes() {
+    let store = shared();
+    replica(&store, "0.7", 1).await;
+    let b = replica(&store, "0.9", 2).await;
+    assert_eq!(b.policy().version, version("0.9"));
+    let log = store.policy_changes(0).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].source, "startup");
+    assert_eq!(log[1].summary, ["scope default: quality_bar 0.7 → 0.9"]);
+}
+
+#[tokio::test]
+async fn an_old_file_restarting_mid_rollout_follows_the_history() {
+    let store = shared();
+    replica(&store, "0.7", 1).await;
+    replica(&store, "0.9", 2).await;
+    // A pod of the previous deployment restarts with the older file.
+    let old = replica(&store, "0.7", 3).await;
+    assert_eq!(old.policy().version, version("0.9"));
+    assert_eq!(sources(&store).await.len(), 2, "nothing recorded");
+}
