@@ -52,10 +52,12 @@
 mod estimate;
 mod evidence;
 mod plan;
+mod scope_plan;
 mod table;
 
 pub use evidence::{Cell, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence};
-pub use plan::{Choice, ScopePlan, TierPlan, WorkflowPlan, plan_scope};
+pub use plan::plan_scope;
+pub use scope_plan::{Choice, ScopePlan, TierPlan, WorkflowPlan};
 pub use table::{RoutingTable, ThresholdRow};
 
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
