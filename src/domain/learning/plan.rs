@@ -258,7 +258,7 @@ fn plan_level(
             let quality_at = |l: f64| {
                 mean_of(&|t| {
                     let c = &all[t.curves];
-                    let s = choose(l, &t.costs, |x| c.quality[x][t.band]);
+                    let s = choose(l, t.costs.len(), |x| t.costs[x], |x| c.quality[x][t.band]);
                     with_exploration(c, s, t.band)
                 })
             };
@@ -273,7 +273,12 @@ fn plan_level(
             return pinned.clone();
         }
         let slot = |b: usize| match lambda {
-            Some(l) => choose(l, &typical_costs, |x| c.quality[x][b]),
+            Some(l) => choose(
+                l,
+                typical_costs.len(),
+                |x| typical_costs[x],
+                |x| c.quality[x][b],
+            ),
             None => per_task_slot(c, b),
         };
         let slots: Vec<usize> = (0..BANDS).map(slot).collect();

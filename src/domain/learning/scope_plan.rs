@@ -121,8 +121,7 @@ impl ScopePlan {
             .iter()
             .map(|t| policy.tiers[t.tier].cost_micros(input_tokens, output_tokens))
             .collect();
-        let usd: Vec<f64> = costs_micros.iter().map(|c| *c as f64 / 1e6).collect();
-        let slot = self.slot_in(curves, complexity, band, &usd);
+        let slot = self.slot_by(curves, complexity, band, |s| costs_micros[s] as f64 / 1e6);
         Choice {
             curves,
             costs_micros,
@@ -138,6 +137,18 @@ impl ScopePlan {
         band: usize,
         costs: &[f64],
     ) -> usize {
+        self.slot_by(tiers, complexity, band, |s| costs[s])
+    }
+
+    /// [`ScopePlan::slot_in`] with each slot's cost (USD) from `cost`: no cost vector to build on
+    /// the Route path.
+    fn slot_by(
+        &self,
+        tiers: &[TierPlan],
+        complexity: f64,
+        band: usize,
+        cost: impl Fn(usize) -> f64,
+    ) -> usize {
         let last = tiers.len() - 1;
         if self.policy.pinned_thresholds.is_some() {
             return tiers[..last]
@@ -146,7 +157,9 @@ impl ScopePlan {
                 .unwrap_or(last);
         }
         match (self.policy.bar_mode, self.lambda) {
-            (BarMode::Average, Some(lambda)) => choose(lambda, costs, |s| tiers[s].quality[band]),
+            (BarMode::Average, Some(lambda)) => {
+                choose(lambda, tiers.len(), cost, |s| tiers[s].quality[band])
+            }
             _ => per_task(
                 tiers.len(),
                 |s| tiers[s].quality[band],
@@ -169,11 +182,19 @@ pub struct Choice<'a> {
 }
 
 /// The slot minimising `cost − λ·quality`; the cheaper slot wins ties.
-pub(super) fn choose(lambda: f64, costs: &[f64], quality: impl Fn(usize) -> f64) -> usize {
+pub(super) fn choose(
+    lambda: f64,
+    slots: usize,
+    cost: impl Fn(usize) -> f64,
+    quality: impl Fn(usize) -> f64,
+) -> usize {
+    if slots == 0 {
+        return 0;
+    }
     let mut best = 0;
-    let mut best_v = costs.first().map_or(0.0, |c| c - lambda * quality(0));
-    for (s, c) in costs.iter().enumerate().skip(1) {
-        let v = c - lambda * quality(s);
+    let mut best_v = cost(0) - lambda * quality(0);
+    for s in 1..slots {
+        let v = cost(s) - lambda * quality(s);
         // Strictly better by more than rounding noise, so exact ties stay on the cheaper tier.
         if v < best_v - 1e-12 * best_v.abs() {
             best_v = v;
