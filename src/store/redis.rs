@@ -288,10 +288,8 @@ impl RedisStore {
         Ok(c)
     }
 
-    /// Runs `op` on the connection with a deadline. A broken or refused connection is the
-    /// connection's own business: both kinds reconnect by themselves (the manager with its
-    /// retry and backoff settings above). Only a call that ran past the deadline drops the
-    /// connection, so a server that stopped answering without closing gets a fresh one.
+    /// Runs `op` on the connection with a deadline; drops the connection on failure so the next
+    /// call reconnects.
     async fn with_conn<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
@@ -299,7 +297,17 @@ impl RedisStore {
     {
         let conn = self.connection().await?;
         match tokio::time::timeout(self.timeout, op(conn)).await {
-            Ok(result) => result.map_err(store_error),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                {
+                    *self.conn.lock().await = None;
+                }
+                Err(store_error(e))
+            }
             Err(_) => {
                 *self.conn.lock().await = None;
                 Err(unavailable("redis call timed out"))
