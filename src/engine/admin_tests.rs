@@ -101,3 +101,33 @@ async fn an_old_file_restarting_mid_rollout_follows_the_history() {
     assert_eq!(old.policy().version, version("0.9"));
     assert_eq!(sources(&store).await.len(), 2, "nothing recorded");
 }
+
+/// The race of a store that lost its data: replica B restarts the history and a change is
+/// applied on it before replica A looks again. The new history is as long as what A had seen
+/// (so reading at A's cursor finds an entry): A must still see that it is another history and
+/// follow its head instead of taking the change for one it already had.
+#[tokio::test]
+async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn StateStore> = memory.clone();
+    let a = replica(&store, "0.7", 1).await;
+    a.apply_policy(&text("0.75"), "api", "alice", "r", 2)
+        .await
+        .unwrap();
+    let b = replica(&store, "0.7", 3).await;
+    a.refresh_policy(false, 4).await.unwrap();
+    b.refresh_policy(false, 4).await.unwrap();
+    assert_eq!(sources(&store).await.len(), 2);
+
+    memory.lose_policy_history();
+    // B notices first: it records its live policy again, then an admin changes it on B.
+    b.refresh_policy(false, 5).await.unwrap();
+    b.apply_policy(&text("0.8"), "api", "bob", "after the loss", 6)
+        .await
+        .unwrap();
+    assert_eq!(sources(&store).await.len(), 2, "as long as A's view");
+    a.refresh_policy(false, 7).await.unwrap();
+    assert_eq!(a.policy().version, version("0.8"));
+    // Nothing of A's was recorded over the restarted history.
+    assert_eq!(sources(&store).await.len(), 2);
+}

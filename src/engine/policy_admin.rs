@@ -32,11 +32,34 @@ pub struct Live<'a> {
 struct AdminState {
     /// Position in the store's policy log up to which changes are seen.
     cursor: u64,
+    /// The change seen at `cursor - 1`: if the log holds another one there, the store lost its
+    /// history and another replica started it again.
+    last_seen: Option<Seen>,
     /// The policy file being watched, with the stamp (mtime, length) last loaded.
     file: Option<(PathBuf, Option<(SystemTime, u64)>)>,
     /// Whether the startup reconciliation with the shared history has run (it waits for the
     /// store if it was down at startup).
     initialized: bool,
+}
+
+/// What identifies one recorded change (its sequence number alone does not survive a loss).
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    version: String,
+    source: String,
+    author: String,
+    at_ms: u64,
+}
+
+impl Seen {
+    fn of(c: &PolicyChange) -> Self {
+        Self {
+            version: c.version.clone(),
+            source: c.source.clone(),
+            author: c.author.clone(),
+            at_ms: c.at_ms,
+        }
+    }
 }
 
 /// Per-replica policy administration state.
@@ -88,6 +111,7 @@ impl PolicyAdmin {
         let store = live.learner.store();
         let log = store.policy_changes(0).await?;
         st.cursor = log.len() as u64;
+        st.last_seen = log.last().map(Seen::of);
         let mine = live.router.table().policy.clone();
         let last_file = log
             .iter()
@@ -170,6 +194,7 @@ impl PolicyAdmin {
         };
         let seq = live.learner.store().append_policy_change(&change).await?;
         st.cursor = seq + 1;
+        st.last_seen = Some(Seen::of(&change));
         Ok(())
     }
 
@@ -271,10 +296,16 @@ impl PolicyAdmin {
             .policy_changes(st.cursor.saturating_sub(1))
             .await?;
         if st.cursor > 0 {
-            if changes.is_empty() {
-                // Shorter than seen: the store lost it. If another replica has already started
-                // the history again (and perhaps changed the policy since), follow that history;
-                // recording this replica's policy over it would undo a change made after the loss.
+            // Shorter than seen, or another change where the last seen one was: the store lost
+            // it. If another replica has already started the history again (and perhaps changed
+            // the policy since), follow that history; recording this replica's policy over it
+            // would undo a change made after the loss.
+            let lost = match (changes.first(), &st.last_seen) {
+                (None, _) => true,
+                (Some(c), Some(seen)) => Seen::of(c) != *seen,
+                (Some(_), None) => false,
+            };
+            if lost {
                 let restarted = live.learner.store().policy_changes(0).await?;
                 if restarted.is_empty() {
                     tracing::warn!(
@@ -306,6 +337,7 @@ impl PolicyAdmin {
         }
         if let Some(last) = changes.last() {
             st.cursor = last.seq + 1;
+            st.last_seen = Some(Seen::of(last));
             if last.version != live.router.table().policy.version {
                 match validate(live.router, &last.text) {
                     Ok(p) => {

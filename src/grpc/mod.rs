@@ -224,8 +224,9 @@ pub async fn run(
         // shed (RESOURCE_EXHAUSTED) rather than queue when a connection is at its limit.
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .load_shed(true)
-        // Outermost: the request id first, so the call's span carries it, and the response
-        // echoes it whatever the inner layers answer.
+        // Outermost of our layers: the request id first, so the call's span carries it, and
+        // the response echoes it whatever the inner layers answer. (tonic applies the
+        // per-connection limit and shedding above all of them: a call shed there gets neither.)
         .layer(transport::set_request_id())
         .layer(transport::trace())
         .layer(transport::propagate_request_id())

@@ -63,6 +63,17 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Forgets the policy history, as a Redis without persistence does when it restarts (for
+    /// tests of what replicas do about it).
+    #[cfg(test)]
+    pub(crate) fn lose_policy_history(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .policy
+            .clear();
+    }
+
     /// An empty store that remembers at most `max_spent` unexpired nonces.
     pub fn with_nonce_limit(max_spent: usize) -> Self {
         Self {
