@@ -85,8 +85,7 @@ impl Calibration {
             return (0.0, 0.0);
         }
         let own = self.workflows.get(workflow);
-        let family =
-            crate::domain::learning::family_of(workflow).and_then(|f| self.workflows.get(f));
+        let family = crate::domain::labels::family_of(workflow).and_then(|f| self.workflows.get(f));
         [own, family]
             .into_iter()
             .flatten()
@@ -231,7 +230,7 @@ impl ComplexityModel {
             return 0.0;
         }
         let own = self.workflow_offsets.get(workflow).copied().unwrap_or(0.0);
-        let family = crate::domain::learning::family_of(workflow)
+        let family = crate::domain::labels::family_of(workflow)
             .and_then(|f| self.workflow_offsets.get(f))
             .copied()
             .unwrap_or(0.0);

@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod classifier;
 pub mod decision;
 pub mod features;
+pub mod labels;
 pub mod learning;
 pub mod policy;
 pub mod routing;

@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::domain::classifier::ComplexityModel;
 use crate::domain::features::TaskInput;
-use crate::domain::learning::{BANDS, RoutingTable, band_of, workflow_key};
+use crate::domain::labels::{MAX_LABEL_BYTES, workflow_key};
+use crate::domain::learning::{BANDS, RoutingTable, band_of};
 use crate::domain::policy::{BarMode, Policy};
 
 /// Default cap on the task size in bytes.
@@ -139,9 +140,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Largest workflow, team or task-type label, in bytes.
-pub const MAX_LABEL_BYTES: usize = 256;
 
 /// Refuses a label (workflow, team, task type) over [`MAX_LABEL_BYTES`], naming the field and
 /// its size, never its content. The server checks this before anything keyed by a label (the
@@ -440,7 +438,7 @@ fn explain(w: &Why<'_>) -> String {
                 Num(w.bar),
             ]),
         }
-        if w.workflow != crate::domain::learning::DEFAULT_WORKFLOW {
+        if w.workflow != crate::domain::labels::DEFAULT_WORKFLOW {
             p.extend([Text(" (workflow "), Text(w.workflow), Text(")")]);
         }
         p

@@ -1,4 +1,5 @@
-//! The books: spend accounting and budgets.
+//! The books: spend accounting in hourly ledger cells and budgets enforced at Route; the ledger's
+//! format is `ledger`, Route-time counts collect in `cells`, `flush` sends them to the store.
 //!
 //! Every Route reserves its estimated cost (integer micro-dollars) against the budgets that
 //! cover its team and workflow and counts the decision in an hourly ledger cell (hour, team,

@@ -1,5 +1,6 @@
 //! Per-scope routing plans from calibration plus outcome evidence: the learning core. The layer
-//! owns evidence (`evidence`), estimates (`estimate`), plans (`plan`) and the routing table.
+//! owns evidence (`evidence`), estimates (`estimate`), the planner (`plan`), what Route reads of a
+//! plan (`scope_plan`) and the routing table (`table`).
 //!
 //! **Evidence.** Outcomes are kept per (scope, workflow, tier, complexity band), at three levels
 //! of one scope: the scope, the workflow's family (`mmlu/law` → `mmlu`, `support.reply` →
@@ -60,6 +61,8 @@ pub use plan::plan_scope;
 pub use scope_plan::{Choice, ScopePlan, TierPlan, WorkflowPlan};
 pub use table::{RoutingTable, ThresholdRow};
 
+pub use crate::domain::labels::{DEFAULT_WORKFLOW, family_of, workflow_key};
+
 /// Complexity bands used for evidence and planning (band `b` covers `[b/B, (b+1)/B)`).
 pub const BANDS: usize = 20;
 /// Outcomes the calibration is worth for a tier that runs one of the calibration's own models.
@@ -118,26 +121,9 @@ const OUTPUT_WINDOW: usize = 15;
 const OUTPUT_MIN_REPORTS: usize = 3;
 /// A report is clipped to within this factor of the current estimate.
 pub const OUTPUT_STEP: u64 = 16;
-/// The workflow an empty label means.
-pub const DEFAULT_WORKFLOW: &str = "default";
 /// λ large enough that quality dominates any cost (USD per unit of quality).
 const LAMBDA_MAX: f64 = 1e6;
 const LAMBDA_MIN: f64 = 1e-10;
-
-/// The workflow a label stands for: an empty label is [`DEFAULT_WORKFLOW`].
-pub fn workflow_key(workflow: &str) -> &str {
-    if workflow.is_empty() {
-        DEFAULT_WORKFLOW
-    } else {
-        workflow
-    }
-}
-
-/// The family of a workflow: its part before the first `/` or `.`; `None` without one.
-pub fn family_of(workflow: &str) -> Option<&str> {
-    let family = workflow.split(['/', '.']).next()?;
-    (!family.is_empty() && family.len() < workflow.len()).then_some(family)
-}
 
 /// Index of the band `c` falls in, for `bands` equal-width bands over [0, 1].
 pub fn band_of(c: f64, bands: usize) -> usize {

@@ -121,13 +121,13 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
         let workflow = s.workflow.as_deref().unwrap_or("");
         // A label Route would refuse can never match a request.
         for (key, v) in [("team", team), ("workflow", workflow)] {
-            if v.len() > crate::domain::routing::MAX_LABEL_BYTES {
+            if v.len() > crate::domain::labels::MAX_LABEL_BYTES {
                 return Err(PolicyError::new(
                     format!("{at}.{key}"),
                     format!(
                         "is {} bytes; labels are at most {} bytes",
                         v.len(),
-                        crate::domain::routing::MAX_LABEL_BYTES
+                        crate::domain::labels::MAX_LABEL_BYTES
                     ),
                 ));
             }

@@ -125,7 +125,7 @@ pub(super) fn label_names(workflow: &str) -> Vec<String> {
         return Vec::new();
     }
     let mut out = vec![workflow.to_string()];
-    if let Some(f) = crate::domain::learning::family_of(workflow) {
+    if let Some(f) = crate::domain::labels::family_of(workflow) {
         out.push(f.to_string());
     }
     out
@@ -181,7 +181,7 @@ pub(super) fn label_shifts(
         if w.is_empty() {
             continue;
         }
-        if let Some(f) = crate::domain::learning::family_of(w) {
+        if let Some(f) = crate::domain::labels::family_of(w) {
             groups.entry((false, f.to_string())).or_default().push(i);
         }
         groups.entry((true, w.clone())).or_default().push(i);
@@ -195,7 +195,7 @@ pub(super) fn label_shifts(
             if !*is_workflow {
                 return (0.0, 0.0);
             }
-            crate::domain::learning::family_of(&tasks[i].record.workflow)
+            crate::domain::labels::family_of(&tasks[i].record.workflow)
                 .and_then(|f| out.get(f))
                 .map_or((0.0, 0.0), |s| (f64::from(s.cheap), f64::from(s.premium)))
         };
