@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::domain::books::{Counted, Observer, metric};
+use crate::engine::{Engine, Telemetry};
 
 /// Labels of a ledger cell.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,6 +239,50 @@ impl Metrics {
             .clone()
     }
 
+    /// The metrics as OpenMetrics text, with the scrape-time gauges read from `engine` first.
+    pub fn render_with(&self, engine: &Engine, now_ms: u64) -> String {
+        let m = self;
+        let table = engine.table();
+        for (scope, plan) in &table.plans {
+            let labels = ScopeLabels {
+                scope: scope.clone(),
+            };
+            // No series until there is evidence: a 0.0 for a scope nobody has graded yet
+            // reads as a collapse on a dashboard.
+            if plan.evidence > 0.0 {
+                m.realized_quality
+                    .get_or_create(&labels)
+                    .set(plan.realized_quality);
+            } else {
+                m.realized_quality.remove(&labels);
+            }
+            m.quality_bar
+                .get_or_create(&labels)
+                .set(plan.policy.quality_bar);
+        }
+        for u in engine.budget_usage(now_ms) {
+            let labels = BudgetLabels {
+                budget: u.budget.id.clone(),
+            };
+            let limit = u.budget.hard_limit_micros.or(u.budget.soft_limit_micros);
+            m.budget_used_usd
+                .get_or_create(&labels)
+                .set(u.used_micros as f64 / 1e6);
+            if let Some(l) = limit {
+                m.budget_remaining_usd
+                    .get_or_create(&labels)
+                    .set((l - u.used_micros) as f64 / 1e6);
+            }
+        }
+        m.store_up.set(i64::from(!engine.is_degraded()));
+        m.buffered_outcomes.set(engine.buffered() as i64);
+        m.skipped_events
+            .set(i64::try_from(engine.skipped_events()).unwrap_or(i64::MAX));
+        m.spill_rejected_lines
+            .set(i64::try_from(engine.rejected_spill_lines()).unwrap_or(i64::MAX));
+        m.render()
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -245,6 +290,12 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+impl Telemetry for Metrics {
+    fn feedback_lag(&self, seconds: f64) {
+        self.feedback_lag_seconds.observe(seconds);
     }
 }
 

@@ -165,7 +165,10 @@ pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Builds the engine that `serve` runs from its arguments.
-pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engine> {
+pub fn engine_from_args(
+    args: &ServeArgs,
+    telemetry: std::sync::Arc<dyn crate::engine::Telemetry>,
+) -> anyhow::Result<crate::engine::Engine> {
     let policy = match &args.config {
         Some(p) => Policy::load(path_str(p)?)
             .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
@@ -229,13 +232,15 @@ pub fn engine_from_args(args: &ServeArgs) -> anyhow::Result<crate::engine::Engin
     })
     .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
     .store(store, buffer)
+    .telemetry(telemetry)
     .build())
 }
 
 /// Runs the gRPC server until SIGINT or SIGTERM, then drains in-flight calls.
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
-    let engine = std::sync::Arc::new(engine_from_args(&args)?);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let engine = std::sync::Arc::new(engine_from_args(&args, metrics.clone())?);
     let metrics_addr = match args.metrics_listen.as_str() {
         "off" | "" => None,
         a => Some(
@@ -281,7 +286,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine
             .set_policy_source(&format!("replica {}", args.listen), args.config.clone())
             .await;
-        crate::grpc::run(engine, config, listener, shutdown_signal()).await?;
+        crate::grpc::run(engine, metrics, config, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

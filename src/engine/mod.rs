@@ -2,7 +2,7 @@
 //! use case: route, feedback, reuse, report, thresholds, policy administration, refresh, shutdown.
 //!
 //! It owns the router (the live table), the learner (feedback → evidence → plans), the books
-//! (spend and budgets), the metrics and the policy administration. Its fields are private: what
+//! (spend and budgets) and the policy administration, and tells its [`Telemetry`] what it counts. Its fields are private: what
 //! production runs is what tests and benches call.
 
 #[cfg(test)]
@@ -30,7 +30,6 @@ use crate::domain::routing::{self, Decision, Limits, Router};
 use crate::engine::feedback::{
     DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackInput, Learner, ReuseAck, ReuseInput,
 };
-use crate::metrics::Metrics;
 use crate::report::Report;
 use crate::report::build::ReportQuery;
 use crate::store::{MemoryStore, OutageBuffer, PolicyChange, StateStore, StoreError};
@@ -47,8 +46,8 @@ pub struct Engine {
     learner: Learner,
     /// Counts spend and enforces budgets.
     books: Books,
-    /// What `/metrics` exports.
-    metrics: Arc<Metrics>,
+    /// Told of the books' counts and each feedback's lag (the metrics face, or nothing).
+    telemetry: Arc<dyn Telemetry>,
     /// Policy versions, hot reload, audit.
     policy_admin: PolicyAdmin,
     /// Whether route accounting carried over from the previous run still waits in its file.
@@ -85,6 +84,26 @@ pub struct EngineBuilder {
     ttl_ms: u64,
     learning: bool,
     store: Option<(Arc<dyn StateStore>, OutageBuffer)>,
+    telemetry: Option<Arc<dyn Telemetry>>,
+}
+
+/// What the engine tells as it works: every count the books send (through
+/// [`crate::domain::books::Observer`]) and each accepted feedback's lag. The metrics face
+/// implements it; an engine built without one tells nobody.
+pub trait Telemetry: crate::domain::books::Observer {
+    /// Seconds from a decision to its feedback.
+    fn feedback_lag(&self, seconds: f64);
+}
+
+/// Telemetry that records nothing.
+struct Silent;
+
+impl crate::domain::books::Observer for Silent {
+    fn counted(&self, _: crate::domain::books::Counted<'_>) {}
+}
+
+impl Telemetry for Silent {
+    fn feedback_lag(&self, _: f64) {}
 }
 
 impl EngineBuilder {
@@ -112,6 +131,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Where the engine's counts and feedback lags go (default: nowhere).
+    pub fn telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// The engine, with no evidence yet (a store's state is read by its first sync).
     pub fn build(self) -> Engine {
         let Self {
@@ -122,7 +147,9 @@ impl EngineBuilder {
             ttl_ms,
             learning,
             store,
+            telemetry,
         } = self;
+        let telemetry = telemetry.unwrap_or_else(|| Arc::new(Silent));
         let (store, buffer) = store.unwrap_or_else(|| {
             let memory: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
             (memory, OutageBuffer::in_memory(0))
@@ -136,8 +163,8 @@ impl EngineBuilder {
             store,
             buffer,
         );
-        let metrics = Arc::new(Metrics::new());
-        let books = Books::new(metrics.clone());
+        let observer: Arc<dyn crate::domain::books::Observer> = telemetry.clone();
+        let books = Books::new(observer);
         // Route accounting a previous run could not send: sent first by the next flush.
         let carried: Vec<crate::domain::books::Batch> = learner.buffer().load_carry_over();
         if !carried.is_empty() {
@@ -152,7 +179,7 @@ impl EngineBuilder {
             router: Router::new(model, table, limits),
             learner,
             books,
-            metrics,
+            telemetry,
             policy_admin: PolicyAdmin::default(),
             carry_over_pending,
         }
@@ -174,6 +201,7 @@ impl Engine {
             ttl_ms: DEFAULT_DECISION_TTL_MS,
             learning: true,
             store: None,
+            telemetry: None,
         }
     }
 
@@ -218,9 +246,7 @@ impl Engine {
             .learner
             .feedback(&self.router, &self.books, input, now_ms)
             .await?;
-        self.metrics
-            .feedback_lag_seconds
-            .observe(ack.lag_ms as f64 / 1000.0);
+        self.telemetry.feedback_lag(ack.lag_ms as f64 / 1000.0);
         Ok(ack)
     }
 
@@ -230,50 +256,6 @@ impl Engine {
             .learner
             .reuse(&self.router, &self.books, input, now_ms)
             .await?)
-    }
-
-    /// The metrics as OpenMetrics text, with the scrape-time gauges set first.
-    pub fn render_metrics(&self, now_ms: u64) -> String {
-        let m = &self.metrics;
-        let table = self.router.table();
-        for (scope, plan) in &table.plans {
-            let labels = crate::metrics::ScopeLabels {
-                scope: scope.clone(),
-            };
-            // No series until there is evidence: a 0.0 for a scope nobody has graded yet
-            // reads as a collapse on a dashboard.
-            if plan.evidence > 0.0 {
-                m.realized_quality
-                    .get_or_create(&labels)
-                    .set(plan.realized_quality);
-            } else {
-                m.realized_quality.remove(&labels);
-            }
-            m.quality_bar
-                .get_or_create(&labels)
-                .set(plan.policy.quality_bar);
-        }
-        for u in self.books.budget_usage(&table.policy, now_ms) {
-            let labels = crate::metrics::BudgetLabels {
-                budget: u.budget.id.clone(),
-            };
-            let limit = u.budget.hard_limit_micros.or(u.budget.soft_limit_micros);
-            m.budget_used_usd
-                .get_or_create(&labels)
-                .set(u.used_micros as f64 / 1e6);
-            if let Some(l) = limit {
-                m.budget_remaining_usd
-                    .get_or_create(&labels)
-                    .set((l - u.used_micros) as f64 / 1e6);
-            }
-        }
-        m.store_up.set(i64::from(!self.learner.is_degraded()));
-        m.buffered_outcomes.set(self.learner.buffered() as i64);
-        m.skipped_events
-            .set(i64::try_from(self.learner.skipped_events()).unwrap_or(i64::MAX));
-        m.spill_rejected_lines
-            .set(i64::try_from(self.learner.rejected_spill_lines()).unwrap_or(i64::MAX));
-        m.render()
     }
 
     /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
@@ -455,9 +437,19 @@ impl Engine {
         self.router.model()
     }
 
-    /// The metrics registry (the gRPC face registers its request counters in it).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// Each budget's usage in its current period, as this replica sees it.
+    pub fn budget_usage(&self, now_ms: u64) -> Vec<crate::domain::books::BudgetUse> {
+        self.books.budget_usage(&self.router.table().policy, now_ms)
+    }
+
+    /// Unreadable events of the shared log skipped since this replica started.
+    pub fn skipped_events(&self) -> u64 {
+        self.learner.skipped_events()
+    }
+
+    /// Spill-file lines skipped because their checksum did not match.
+    pub fn rejected_spill_lines(&self) -> u64 {
+        self.learner.rejected_spill_lines()
     }
 
     /// The shared store.

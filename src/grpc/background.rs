@@ -15,6 +15,7 @@ use super::{STORE_HEALTH_SERVICE, ServeError};
 
 use super::now_ms;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 
 /// SIGHUP (tokenwise targets Linux).
 pub(super) fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
@@ -28,7 +29,11 @@ pub(super) fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
 }
 
 /// Serves `GET /metrics` (OpenMetrics text) on `listener` until the task is aborted.
-pub async fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
     let app = axum::Router::new().route(
         "/metrics",
@@ -40,7 +45,7 @@ pub async fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> std::i
                         CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    engine.render_metrics(now_ms()),
+                    metrics.render_with(&engine, now_ms()),
                 )
             }
         }),
@@ -95,6 +100,7 @@ pub(super) fn spawn_refresher(
 /// Binds `addr` and serves `/metrics` there until aborted.
 pub(super) async fn spawn_metrics(
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     addr: SocketAddr,
 ) -> Result<JoinHandle<()>, ServeError> {
     let listener = TcpListener::bind(addr)
@@ -102,7 +108,7 @@ pub(super) async fn spawn_metrics(
         .map_err(|source| ServeError::Metrics { addr, source })?;
     tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics on /metrics");
     Ok(tokio::spawn(async move {
-        if let Err(e) = serve_metrics(engine, listener).await {
+        if let Err(e) = serve_metrics(engine, metrics, listener).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     }))

@@ -115,6 +115,7 @@ pub enum ServeError {
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight calls.
 pub async fn run(
     engine: Arc<Engine>,
+    metrics: Arc<crate::metrics::Metrics>,
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -157,7 +158,7 @@ pub async fn run(
     );
     let metrics_server = match config.metrics_addr {
         None => None,
-        Some(addr) => Some(background::spawn_metrics(engine.clone(), addr).await?),
+        Some(addr) => Some(background::spawn_metrics(engine.clone(), metrics.clone(), addr).await?),
     };
 
     let interceptor = auth::AuthInterceptor::new(config.auth.clone());
@@ -170,7 +171,7 @@ pub async fn run(
             "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
         ),
     }
-    let counters = Arc::new(Counters::registered(engine.metrics()));
+    let counters = Arc::new(Counters::registered(&metrics));
     let (router, noop) = if config.bench_noop {
         tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
         let noop = RouterServer::new(NoopRouter {
@@ -189,6 +190,7 @@ pub async fn run(
         });
         let router = RouterServer::new(RouterService {
             engine: engine.clone(),
+            metrics: metrics.clone(),
             counters: counters.clone(),
             limiter,
         })

@@ -21,6 +21,7 @@ pub(super) type TeamLimiter = governor::DefaultKeyedRateLimiter<String>;
 /// `tokenwise.v1.Router`.
 pub struct RouterService {
     pub(super) engine: Arc<Engine>,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
     pub(super) counters: Arc<Counters>,
     pub(super) limiter: Option<(Arc<TeamLimiter>, u32)>,
 }
@@ -106,8 +107,7 @@ impl RouterRpc for RouterService {
         let started = std::time::Instant::now();
         let result = self.route_inner(request);
         Counters::count(&self.counters.route_ok, &self.counters.route_err, &result);
-        self.engine
-            .metrics()
+        self.metrics
             .route_seconds
             .observe(started.elapsed().as_secs_f64());
         result
@@ -267,6 +267,7 @@ mod tests {
         )));
         let svc = RouterService {
             engine: Arc::new(engine),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             counters: Arc::default(),
             limiter: Some((limiter.clone(), 100)),
         };

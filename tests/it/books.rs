@@ -331,7 +331,7 @@ fn budget_seen(server: &TestServer) -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let text = server.engine.render_metrics(now);
+    let text = server.metrics.render_with(&server.engine, now);
     let usd: f64 = text
         .lines()
         .find(|l| l.starts_with("tokenwise_budget_used_usd{"))

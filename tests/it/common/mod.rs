@@ -22,6 +22,8 @@ static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub engine: Arc<Engine>,
+    /// What its `/metrics` exports (the engine's telemetry).
+    pub metrics: Arc<tokenwise::metrics::Metrics>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -50,6 +52,7 @@ impl TestServer {
         );
         let (store, buffer) = tokenwise::store::open(&policy.store, &name).unwrap();
         let refresh = std::time::Duration::from_millis(policy.store.refresh_ms);
+        let metrics = Arc::new(tokenwise::metrics::Metrics::new());
         let engine = Arc::new(
             Engine::builder(
                 model,
@@ -59,6 +62,7 @@ impl TestServer {
             .limits(limits)
             .decision_ttl_ms(24 * 3600 * 1000)
             .store(store, buffer)
+            .telemetry(metrics.clone())
             .build(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,9 +74,9 @@ impl TestServer {
             ..ServeConfig::default()
         };
         tweak(&mut config);
-        let e = engine.clone();
+        let (e, m) = (engine.clone(), metrics.clone());
         let handle = tokio::spawn(async move {
-            run(e, config, listener, async {
+            run(e, m, config, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -81,6 +85,7 @@ impl TestServer {
         Self {
             addr,
             engine,
+            metrics,
             shutdown: Some(tx),
             handle: Some(handle),
         }
