@@ -14,7 +14,8 @@
 //!   policy administration, refresh, shutdown) over the domain and a store; the feedback
 //!   write/fold path ([`engine::feedback`]); the one service error ([`engine::Error`]).
 //! - Faces, each one call into the engine plus conversion: [`grpc`] (tonic services, auth,
-//!   transport), [`metrics`] (Prometheus), [`report`] (build + table/CSV/JSON/HTML), [`cli`].
+//!   transport), [`metrics`] (Prometheus: the engine's [`engine::Telemetry`]), [`report`] (build +
+//!   table/CSV/JSON/HTML), [`cli`].
 //! - [`offline`] — dataset, training and the in-process replay (which runs the same engine).
 //!
 //! Data flows one way: a face → [`engine::Engine`] → the domain (and the store behind its
