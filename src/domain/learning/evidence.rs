@@ -185,7 +185,7 @@ impl ScopeEvidence {
 
     /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
     /// shared levels that every other team of the scope starts from with the team's bounded
-    /// weight ([`TeamEvidence::next_weight`]).
+    /// weight (`TeamEvidence::next_weight`).
     pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) {
         if !self.teams.contains_key(team) && self.teams.len() >= MAX_TEAMS {
             let oldest = self

@@ -17,7 +17,7 @@
 //! [`FAMILY_PRIOR`] / [`WORKFLOW_PRIOR`] pseudo-outcomes of its parent, so a workflow with three
 //! outcomes mostly borrows its parent's curve and one with thousands stands on its own. A label
 //! the model was trained on first shifts its parent's curve by the log-odds shift training
-//! measured there ([`Calibration::workflows`]), less the share the parent already learned from
+//! measured there ([`Calibration::workflows`](crate::domain::classifier::Calibration::workflows)), less the share the parent already learned from
 //! the label's own outcomes.
 //!
 //! **Teams.** Each team that reports outcomes in a scope also gets evidence of its own (at most

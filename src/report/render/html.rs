@@ -20,11 +20,9 @@ use crate::report::Report;
 /// value created with savings against the premium tier, reuse rate, realized quality against
 /// the bar); an inline SVG chart of spend per hour (bars, left axis, dollars) with realized
 /// quality per hour (line, right axis 0–1) and the quality bar as a dashed reference line
-/// (without traffic, a note instead); spend by group, the [`MAX_GROUP_ROWS`] highest-spend
+/// (without traffic, a note instead); spend by group, the `MAX_GROUP_ROWS` (15) highest-spend
 /// groups with the rest summed up in one row, and the total of everything as the last row;
 /// budgets (when any). Every label from the report is HTML-escaped.
-///
-/// [`MAX_GROUP_ROWS`]: groups::MAX_GROUP_ROWS
 pub fn html(r: &Report) -> String {
     let mut out = String::new();
     match write_html(&mut out, r) {
