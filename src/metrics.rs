@@ -241,7 +241,6 @@ impl Metrics {
 
     /// The metrics as OpenMetrics text, with the scrape-time gauges read from `engine` first.
     pub fn render_with(&self, engine: &Engine, now_ms: u64) -> String {
-        let m = self;
         let table = engine.table();
         for (scope, plan) in &table.plans {
             let labels = ScopeLabels {
@@ -250,13 +249,13 @@ impl Metrics {
             // No series until there is evidence: a 0.0 for a scope nobody has graded yet
             // reads as a collapse on a dashboard.
             if plan.evidence > 0.0 {
-                m.realized_quality
+                self.realized_quality
                     .get_or_create(&labels)
                     .set(plan.realized_quality);
             } else {
-                m.realized_quality.remove(&labels);
+                self.realized_quality.remove(&labels);
             }
-            m.quality_bar
+            self.quality_bar
                 .get_or_create(&labels)
                 .set(plan.policy.quality_bar);
         }
@@ -265,22 +264,22 @@ impl Metrics {
                 budget: u.budget.id.clone(),
             };
             let limit = u.budget.hard_limit_micros.or(u.budget.soft_limit_micros);
-            m.budget_used_usd
+            self.budget_used_usd
                 .get_or_create(&labels)
                 .set(u.used_micros as f64 / 1e6);
             if let Some(l) = limit {
-                m.budget_remaining_usd
+                self.budget_remaining_usd
                     .get_or_create(&labels)
                     .set((l - u.used_micros) as f64 / 1e6);
             }
         }
-        m.store_up.set(i64::from(!engine.is_degraded()));
-        m.buffered_outcomes.set(engine.buffered() as i64);
-        m.skipped_events
+        self.store_up.set(i64::from(!engine.is_degraded()));
+        self.buffered_outcomes.set(engine.buffered() as i64);
+        self.skipped_events
             .set(i64::try_from(engine.skipped_events()).unwrap_or(i64::MAX));
-        m.spill_rejected_lines
+        self.spill_rejected_lines
             .set(i64::try_from(engine.rejected_spill_lines()).unwrap_or(i64::MAX));
-        m.render()
+        self.render()
     }
 
     /// The OpenMetrics text of every metric.

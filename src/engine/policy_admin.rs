@@ -30,10 +30,9 @@ pub struct Live<'a> {
 
 #[derive(Default)]
 struct AdminState {
-    /// Position in the store's policy log up to which changes are seen.
-    cursor: u64,
-    /// The change seen at `cursor - 1`: if the log holds another one there, the store lost its
-    /// history and another replica started it again.
+    /// The last change seen in the store's policy log (`None`: none yet). Reading resumes at its
+    /// position; if the log holds another change there, the store lost its history and another
+    /// replica started it again.
     last_seen: Option<Seen>,
     /// The policy file being watched, with the stamp (mtime, length) last loaded.
     file: Option<(PathBuf, Option<(SystemTime, u64)>)>,
@@ -42,18 +41,28 @@ struct AdminState {
     initialized: bool,
 }
 
-/// What identifies one recorded change (its sequence number alone does not survive a loss).
+/// What identifies one recorded change: its position, and what it was (the position alone does
+/// not survive a loss).
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
+    seq: u64,
     version: String,
     source: String,
     author: String,
     at_ms: u64,
 }
 
+impl AdminState {
+    /// Position in the log up to which changes are seen.
+    fn cursor(&self) -> u64 {
+        self.last_seen.as_ref().map_or(0, |s| s.seq + 1)
+    }
+}
+
 impl Seen {
     fn of(c: &PolicyChange) -> Self {
         Self {
+            seq: c.seq,
             version: c.version.clone(),
             source: c.source.clone(),
             author: c.author.clone(),
@@ -110,7 +119,6 @@ impl PolicyAdmin {
     ) -> Result<(), StoreError> {
         let store = live.learner.store();
         let log = store.policy_changes(0).await?;
-        st.cursor = log.len() as u64;
         st.last_seen = log.last().map(Seen::of);
         let mine = live.router.table().policy.clone();
         let last_file = log
@@ -193,8 +201,7 @@ impl PolicyAdmin {
             text: policy.source.to_string(),
         };
         let seq = live.learner.store().append_policy_change(&change).await?;
-        st.cursor = seq + 1;
-        st.last_seen = Some(Seen::of(&change));
+        st.last_seen = Some(Seen::of(&PolicyChange { seq, ..change }));
         Ok(())
     }
 
@@ -293,23 +300,19 @@ impl PolicyAdmin {
         let mut changes = live
             .learner
             .store()
-            .policy_changes(st.cursor.saturating_sub(1))
+            .policy_changes(st.cursor().saturating_sub(1))
             .await?;
-        if st.cursor > 0 {
+        if let Some(seen) = st.last_seen.clone() {
             // Shorter than seen, or another change where the last seen one was: the store lost
             // it. If another replica has already started the history again (and perhaps changed
             // the policy since), follow that history; recording this replica's policy over it
             // would undo a change made after the loss.
-            let lost = match (changes.first(), &st.last_seen) {
-                (None, _) => true,
-                (Some(c), Some(seen)) => Seen::of(c) != *seen,
-                (Some(_), None) => false,
-            };
+            let lost = changes.first().is_none_or(|c| Seen::of(c) != seen);
             if lost {
                 let restarted = live.learner.store().policy_changes(0).await?;
                 if restarted.is_empty() {
                     tracing::warn!(
-                        cursor = st.cursor,
+                        cursor = st.cursor(),
                         "policy history is shorter than seen: the store lost it; recording the live policy again"
                     );
                     let current = live.router.table().policy.clone();
@@ -326,7 +329,7 @@ impl PolicyAdmin {
                     return Ok(());
                 }
                 tracing::warn!(
-                    cursor = st.cursor,
+                    cursor = st.cursor(),
                     entries = restarted.len(),
                     "policy history was lost by the store and started again by another replica; following it"
                 );
@@ -336,7 +339,6 @@ impl PolicyAdmin {
             }
         }
         if let Some(last) = changes.last() {
-            st.cursor = last.seq + 1;
             st.last_seen = Some(Seen::of(last));
             if last.version != live.router.table().policy.version {
                 match validate(live.router, &last.text) {

@@ -38,18 +38,10 @@ async fn live_version(server: &TestServer) -> String {
 /// Waits (up to 10 s) until `server` serves policy version `want`: a policy change reaches a
 /// replica at its next refresh or file check, so tests poll instead of sleeping a fixed time.
 async fn until_version(server: &TestServer, want: &str) {
-    let start = std::time::Instant::now();
-    loop {
-        let v = live_version(server).await;
-        if v == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still on {v}, waiting for {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::eventually(&format!("the server serves {want}"), || async {
+        live_version(server).await == want
+    })
+    .await;
 }
 
 /// The key path of an INVALID_ARGUMENT's BadRequest detail.
