@@ -398,6 +398,50 @@ mod tests {
         assert!(!text.contains("score"), "{text}");
     }
 
+    /// Every ledger metric counted once: the exported families, their help and type lines and
+    /// their series, as sorted lines (the exposition's family order carries no meaning).
+    #[test]
+    fn the_exported_ledger_families_are_pinned() {
+        let m = Metrics::new();
+        for (i, metric) in [
+            metric::TASKS,
+            metric::SPEND,
+            metric::PREMIUM,
+            metric::DOWNGRADED,
+            metric::REJECTED,
+            metric::EXPLORED,
+            metric::OUTCOMES,
+            metric::COMPLETED,
+            metric::SCORE,
+            metric::BAR,
+            metric::VALUE,
+            metric::HUMAN_SECONDS,
+            metric::HUMAN_VALUE,
+            metric::REUSED,
+            metric::REUSE_EVENTS,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tier = if metric == metric::REJECTED {
+                ""
+            } else {
+                "small"
+            };
+            count(&m, metric, tier, 1_800 * (i as i64 + 1));
+        }
+        let text = m.render();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        if std::env::var_os("TOKENWISE_BLESS").is_some() {
+            let path = format!("{}/src/testdata/metrics.txt", env!("CARGO_MANIFEST_DIR"));
+            std::fs::write(path, lines.join("\n") + "\n").unwrap();
+            return;
+        }
+        let expected: Vec<&str> = include_str!("testdata/metrics.txt").lines().collect();
+        assert_eq!(lines, expected);
+    }
+
     #[test]
     fn a_negative_count_never_lowers_a_counter() {
         let m = Metrics::new();

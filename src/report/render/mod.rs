@@ -12,6 +12,8 @@ mod csv;
 mod fixtures;
 mod html;
 mod json;
+#[cfg(test)]
+mod pinned;
 mod table;
 
 pub use self::csv::csv;
