@@ -7,7 +7,12 @@
 //! micro-dollars (`*_micros`) end to end; only the views turn it into dollars.
 
 pub mod build;
+pub mod field;
+mod group;
 pub mod render;
+
+pub use group::GroupReport;
+pub(crate) use group::group_report_fields;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,60 +63,6 @@ pub struct TierShare {
     pub tasks: u64,
     /// Spend on it, micro-USD.
     pub spend_micros: i64,
-}
-
-/// The numbers of one group (or of the total).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct GroupReport {
-    /// Group label, e.g. the team name; `(none)` for calls without one, `other` for labels over
-    /// the cardinality cap; `total` for the whole report.
-    pub key: String,
-    /// Spend, micro-USD: actual cost of decisions with feedback, the estimate of the rest.
-    pub spend_micros: i64,
-    /// Decisions routed.
-    pub tasks: u64,
-    /// Outcomes received (feedback calls accepted).
-    pub outcomes: u64,
-    /// Outcomes whose score met the scope's quality bar.
-    pub completed: u64,
-    /// Spend / completed, micro-USD; `None` when nothing completed.
-    pub cost_per_completed_micros: Option<i64>,
-    /// Average outcome score; `None` without outcomes.
-    pub realized_quality: Option<f64>,
-    /// Average quality bar over the outcomes (groups may span scopes); `None` without outcomes.
-    pub quality_bar: Option<f64>,
-    /// Decisions per tier, cheapest tier first.
-    pub tier_mix: Vec<TierShare>,
-    /// What the same tokens would have cost on each scope's premium (most expensive allowed)
-    /// tier, micro-USD.
-    pub premium_micros: i64,
-    /// `premium_micros - spend_micros`.
-    pub savings_micros: i64,
-    /// Revenue or risk impact: completed outcomes × the policy's `value_per_success_usd`,
-    /// micro-USD.
-    pub value_micros: i64,
-    /// Human time displaced: completed outcomes × the policy's `human_minutes_per_success`, in
-    /// hours.
-    #[serde(default)]
-    pub human_hours: f64,
-    /// Those hours at the policy's `loaded_cost_per_hour_usd`, micro-USD.
-    #[serde(default)]
-    pub human_value_micros: i64,
-    /// `value_micros + human_value_micros - spend_micros`.
-    pub net_value_micros: i64,
-    /// Decisions whose output was reused at least once (RecordReuse or Feedback's early mark),
-    /// each counted once, in the hour of the decision.
-    pub reused: u64,
-    /// Reuse events of those decisions: RecordReuse counts plus Feedback's reused marks.
-    #[serde(default)]
-    pub reuse_events: u64,
-    /// `reused / completed`: the share of completed outputs reused so far (it can pass 1 when
-    /// outputs below the bar are reused too); `None` without completed outputs.
-    pub reuse_rate: Option<f64>,
-    /// Decisions whose tier a budget lowered (soft limit or hard limit with `cheapest`).
-    pub budget_downgrades: u64,
-    /// Route calls a hard budget refused.
-    pub budget_rejections: u64,
 }
 
 /// State of one budget in its current period.
