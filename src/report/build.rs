@@ -1,8 +1,10 @@
 //! Builds a [`Report`] from the shared ledger: hourly counter hashes that every replica adds to
-//! (see [`crate::domain::books`]), summed per group.
+//! (see [`crate::domain::books`]), summed per group: each summed field of a group from its
+//! ledger metric as `group.rs` declares it, the rest derived here.
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::field::sums;
 use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
 use crate::domain::books::{Books, HOUR_MS, metric, parse_ledger_field};
 use crate::domain::policy::Policy;
@@ -28,90 +30,64 @@ pub struct ReportQuery {
     pub group_by: GroupBy,
 }
 
-/// Sums of the ledger metrics of one group.
+/// Sums of the ledger metrics of one group, by metric name, and the decisions and spend per
+/// tier.
 #[derive(Debug, Default, Clone)]
 struct Acc {
-    tasks: i64,
-    spend: i64,
-    premium: i64,
-    downgraded: i64,
-    rejected: i64,
-    outcomes: i64,
-    completed: i64,
-    score_ppm: i64,
-    bar_ppm: i64,
-    value: i64,
-    human_seconds: i64,
-    human_value: i64,
-    reused: i64,
-    reuse_events: i64,
+    sums: HashMap<String, i64>,
     /// (tasks, spend) per tier.
     tiers: BTreeMap<String, (i64, i64)>,
 }
 
 impl Acc {
     fn add(&mut self, m: &str, tier: &str, v: i64) {
+        match self.sums.get_mut(m) {
+            Some(sum) => *sum += v,
+            None => {
+                self.sums.insert(m.to_string(), v);
+            }
+        }
         match m {
-            metric::TASKS => {
-                self.tasks += v;
-                self.tiers.entry(tier.to_string()).or_default().0 += v;
-            }
-            metric::SPEND => {
-                self.spend += v;
-                self.tiers.entry(tier.to_string()).or_default().1 += v;
-            }
-            metric::PREMIUM => self.premium += v,
-            metric::DOWNGRADED => self.downgraded += v,
-            metric::REJECTED => self.rejected += v,
-            metric::OUTCOMES => self.outcomes += v,
-            metric::COMPLETED => self.completed += v,
-            metric::SCORE => self.score_ppm += v,
-            metric::BAR => self.bar_ppm += v,
-            metric::VALUE => self.value += v,
-            metric::HUMAN_SECONDS => self.human_seconds += v,
-            metric::HUMAN_VALUE => self.human_value += v,
-            metric::REUSED => self.reused += v,
-            metric::REUSE_EVENTS => self.reuse_events += v,
+            metric::TASKS => self.tiers.entry(tier.to_string()).or_default().0 += v,
+            metric::SPEND => self.tiers.entry(tier.to_string()).or_default().1 += v,
             _ => {}
         }
     }
 
+    /// The sum of metric `m` (0 when the group has none).
+    fn sum(&self, m: &str) -> i64 {
+        self.sums.get(m).copied().unwrap_or(0)
+    }
+
+    /// The group's report: each summed field from its metric (as declared in `group.rs`), then
+    /// what the report derives from the sums.
     fn finish(&self, key: String, policy: &Policy) -> GroupReport {
-        let u = |v: i64| v.max(0) as u64;
-        let per_outcome = |sum: i64| (self.outcomes > 0).then(|| sum as f64 / self.outcomes as f64);
+        let s = |m: &str| self.sum(m);
+        let (spend, outcomes, completed) =
+            (s(metric::SPEND), s(metric::OUTCOMES), s(metric::COMPLETED));
+        let per_outcome = |sum: i64| (outcomes > 0).then(|| sum as f64 / outcomes as f64);
         let mut tier_mix: Vec<TierShare> = self
             .tiers
             .iter()
             .filter(|(t, (n, s))| !t.is_empty() && (*n != 0 || *s != 0))
             .map(|(t, (n, s))| TierShare {
                 tier: t.clone(),
-                tasks: u(*n),
+                tasks: sums::count(*n),
                 spend_micros: *s,
             })
             .collect();
         tier_mix.sort_by_key(|s| policy.tier_index(&s.tier).unwrap_or(usize::MAX));
         GroupReport {
             key,
-            spend_micros: self.spend,
-            tasks: u(self.tasks),
-            outcomes: u(self.outcomes),
-            completed: u(self.completed),
-            cost_per_completed_micros: (self.completed > 0)
-                .then(|| (self.spend as f64 / self.completed as f64).round() as i64),
-            realized_quality: per_outcome(self.score_ppm).map(|q| q / 1e6),
-            quality_bar: per_outcome(self.bar_ppm).map(|q| q / 1e6),
+            cost_per_completed_micros: (completed > 0)
+                .then(|| (spend as f64 / completed as f64).round() as i64),
+            realized_quality: per_outcome(s(metric::SCORE)).map(|q| q / 1e6),
+            quality_bar: per_outcome(s(metric::BAR)).map(|q| q / 1e6),
             tier_mix,
-            premium_micros: self.premium,
-            savings_micros: self.premium - self.spend,
-            value_micros: self.value,
-            human_hours: self.human_seconds as f64 / 3600.0,
-            human_value_micros: self.human_value,
-            net_value_micros: self.value + self.human_value - self.spend,
-            reused: u(self.reused),
-            reuse_events: u(self.reuse_events),
-            reuse_rate: (self.completed > 0).then(|| self.reused as f64 / self.completed as f64),
-            budget_downgrades: u(self.downgraded),
-            budget_rejections: u(self.rejected),
+            savings_micros: s(metric::PREMIUM) - spend,
+            net_value_micros: s(metric::VALUE) + s(metric::HUMAN_VALUE) - spend,
+            reuse_rate: (completed > 0).then(|| s(metric::REUSED) as f64 / completed as f64),
+            ..GroupReport::from_sums(s)
         }
     }
 }
@@ -170,14 +146,19 @@ pub async fn build(
                 total.add(m, tier, *v);
                 in_hour.add(m, tier, *v);
             }
-            if in_hour.tasks != 0 || in_hour.outcomes != 0 || in_hour.spend != 0 {
+            let (tasks, outcomes, spend) = (
+                in_hour.sum(metric::TASKS),
+                in_hour.sum(metric::OUTCOMES),
+                in_hour.sum(metric::SPEND),
+            );
+            if tasks != 0 || outcomes != 0 || spend != 0 {
                 series.push(SeriesPoint {
                     start_ms: hour * HOUR_MS,
-                    spend_micros: in_hour.spend,
-                    tasks: in_hour.tasks.max(0) as u64,
-                    outcomes: in_hour.outcomes.max(0) as u64,
-                    realized_quality: (in_hour.outcomes > 0)
-                        .then(|| in_hour.score_ppm as f64 / in_hour.outcomes as f64 / 1e6),
+                    spend_micros: spend,
+                    tasks: sums::count(tasks),
+                    outcomes: sums::count(outcomes),
+                    realized_quality: (outcomes > 0)
+                        .then(|| in_hour.sum(metric::SCORE) as f64 / outcomes as f64 / 1e6),
                 });
             }
         }
