@@ -1,40 +1,8 @@
 //! CSV of the groups: one record per group and a `total` record, money as exact micro-dollars
 //! and as dollars, label cells kept from running as spreadsheet formulas.
 
+use crate::report::field::{Field, Visit};
 use crate::report::{GroupReport, Report, TierShare};
-
-/// Column names of [`csv`](fn@csv), in order.
-const CSV_HEADER: [&str; 29] = [
-    "group_by",
-    "group",
-    "spend_micros",
-    "spend_usd",
-    "tasks",
-    "outcomes",
-    "completed",
-    "cost_per_completed_micros",
-    "cost_per_completed_usd",
-    "realized_quality",
-    "quality_bar",
-    "premium_micros",
-    "premium_usd",
-    "savings_micros",
-    "savings_usd",
-    "value_micros",
-    "value_usd",
-    "net_value_micros",
-    "net_value_usd",
-    "reused",
-    "reuse_rate",
-    "budget_downgrades",
-    "budget_rejections",
-    "tier_mix",
-    "tier_spend_micros",
-    "human_hours",
-    "human_value_micros",
-    "human_value_usd",
-    "reuse_events",
-];
 
 /// Renders the groups as CSV: one header row, one row per group, then a `total` row.
 ///
@@ -43,7 +11,7 @@ const CSV_HEADER: [&str; 29] = [
 /// by `;` (cheapest tier first), `tier_spend_micros` the same with spend.
 pub fn csv(r: &Report) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(CSV_HEADER)?;
+    w.write_record(csv_header())?;
     for g in &r.groups {
         w.write_record(csv_row(r, g, &g.key))?;
     }
@@ -65,54 +33,82 @@ fn csv_text(s: &str) -> String {
     }
 }
 
-/// One CSV record; fields follow [`CSV_HEADER`]. Numbers are written as numbers; text cells go
+/// Column names: `group_by`, then each field's columns in the CSV order the fields declare
+/// (`report/group.rs`).
+fn csv_header() -> Vec<&'static str> {
+    let mut fields: Vec<&Field> = GroupReport::FIELDS.iter().collect();
+    fields.sort_by_key(|f| f.csv);
+    std::iter::once("group_by")
+        .chain(fields.iter().flat_map(|f| f.csv_columns.iter().copied()))
+        .collect()
+}
+
+/// One CSV record; fields follow [`csv_header`]. Numbers are written as numbers; text cells go
 /// through [`csv_text`].
 fn csv_row(r: &Report, g: &GroupReport, label: &str) -> Vec<String> {
-    let opt_f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    let tiers = |f: fn(&TierShare) -> String| {
-        csv_text(
-            &g.tier_mix
-                .iter()
-                .map(|t| format!("{}:{}", t.tier, f(t)))
-                .collect::<Vec<_>>()
-                .join(";"),
-        )
+    let mut row = Row {
+        label,
+        cells: Vec::new(),
     };
-    vec![
-        r.group_by.as_str().to_owned(),
-        csv_text(label),
-        g.spend_micros.to_string(),
-        dollars6(g.spend_micros),
-        g.tasks.to_string(),
-        g.outcomes.to_string(),
-        g.completed.to_string(),
-        g.cost_per_completed_micros
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-        g.cost_per_completed_micros
-            .map(dollars6)
-            .unwrap_or_default(),
-        opt_f(g.realized_quality),
-        opt_f(g.quality_bar),
-        g.premium_micros.to_string(),
-        dollars6(g.premium_micros),
-        g.savings_micros.to_string(),
-        dollars6(g.savings_micros),
-        g.value_micros.to_string(),
-        dollars6(g.value_micros),
-        g.net_value_micros.to_string(),
-        dollars6(g.net_value_micros),
-        g.reused.to_string(),
-        opt_f(g.reuse_rate),
-        g.budget_downgrades.to_string(),
-        g.budget_rejections.to_string(),
-        tiers(|t| t.tasks.to_string()),
-        tiers(|t| t.spend_micros.to_string()),
-        format!("{:.4}", g.human_hours),
-        g.human_value_micros.to_string(),
-        dollars6(g.human_value_micros),
-        g.reuse_events.to_string(),
-    ]
+    g.visit(&mut row);
+    // Stable: a field's two columns keep their order.
+    row.cells.sort_by_key(|(place, _)| *place);
+    std::iter::once(r.group_by.as_str().to_owned())
+        .chain(row.cells.into_iter().map(|(_, cell)| cell))
+        .collect()
+}
+
+/// The cells of one record, each with its field's CSV place; the key cell is `label`.
+struct Row<'a> {
+    label: &'a str,
+    cells: Vec<(u32, String)>,
+}
+
+impl Row<'_> {
+    fn push(&mut self, f: &Field, cell: String) {
+        self.cells.push((f.csv, cell));
+    }
+}
+
+impl Visit for Row<'_> {
+    fn key(&mut self, f: &Field, _: &str) {
+        self.push(f, csv_text(self.label));
+    }
+
+    fn money(&mut self, f: &Field, v: &i64) {
+        self.push(f, v.to_string());
+        self.push(f, dollars6(*v));
+    }
+
+    fn opt_money(&mut self, f: &Field, v: &Option<i64>) {
+        self.push(f, v.map(|m| m.to_string()).unwrap_or_default());
+        self.push(f, v.map(dollars6).unwrap_or_default());
+    }
+
+    fn count(&mut self, f: &Field, v: &u64) {
+        self.push(f, v.to_string());
+    }
+
+    fn ratio(&mut self, f: &Field, v: &Option<f64>) {
+        self.push(f, v.map(|x| format!("{x:.6}")).unwrap_or_default());
+    }
+
+    fn hours(&mut self, f: &Field, v: &f64) {
+        self.push(f, format!("{v:.4}"));
+    }
+
+    fn tiers(&mut self, f: &Field, v: &[TierShare]) {
+        let list = |cell: fn(&TierShare) -> String| {
+            csv_text(
+                &v.iter()
+                    .map(|t| format!("{}:{}", t.tier, cell(t)))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            )
+        };
+        self.push(f, list(|t| t.tasks.to_string()));
+        self.push(f, list(|t| t.spend_micros.to_string()));
+    }
 }
 
 /// Micro-USD as dollars with six decimals, e.g. `-12.345678` (exact, no float).
@@ -155,10 +151,10 @@ mod tests {
         let text = csv(&r).unwrap();
         let mut rd = csv::Reader::from_reader(text.as_bytes());
         let headers = rd.headers().unwrap().clone();
-        assert_eq!(headers.len(), CSV_HEADER.len());
+        assert_eq!(headers.len(), csv_header().len());
         let rows: Vec<csv::StringRecord> = rd.records().map(|x| x.unwrap()).collect();
         assert_eq!(rows.len(), 3);
-        assert!(rows.iter().all(|row| row.len() == CSV_HEADER.len()));
+        assert!(rows.iter().all(|row| row.len() == csv_header().len()));
         let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
         assert_eq!(&rows[0][col("group")], "search");
         assert_eq!(&rows[0][col("spend_micros")], "12345678");
