@@ -4,8 +4,9 @@
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::{
-    MISSING, budget_fraction, display_or_missing, enforcement_line, human_time_sentence,
-    human_time_text, opt_fixed, opt_usd, percent, plural, quality_precision, tier_mix_text, utc,
+    MISSING, budget_fraction, declared_cells, declared_columns, display_or_missing,
+    enforcement_line, human_time_sentence, human_time_text, opt_fixed, opt_usd, percent, plural,
+    quality_precision, tier_mix_text, utc,
 };
 use crate::report::{BudgetStatus, GroupReport, Report, thousands, usd};
 
@@ -38,7 +39,7 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
     fit(&mut t);
-    t.set_header(vec![
+    let header: Vec<&str> = [
         r.group_by.as_str(),
         "spend",
         "tasks",
@@ -51,13 +52,19 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         "human time",
         "net value",
         "reuse",
-        "tier mix",
-    ]);
+    ]
+    .into_iter()
+    .chain(declared_columns())
+    .chain(["tier mix"])
+    .collect();
+    // Every column but the first (the group) and the last (the tier mix) holds a number.
+    let numbers = header.len() - 2;
+    t.set_header(header);
     for g in &r.groups {
         t.add_row(group_cells(g, &g.key));
     }
     t.add_row(group_cells(&r.total, "total"));
-    for i in 1..=11 {
+    for i in 1..=numbers {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -138,8 +145,11 @@ fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
         human_time_text(g),
         usd(g.net_value_micros),
         reuse_text(g),
-        tier_mix_text(g),
     ]
+    .into_iter()
+    .chain(declared_cells(g))
+    .chain([tier_mix_text(g)])
+    .collect()
 }
 
 /// `0.82 / 0.75` (realized / bar), `–` for a missing side, `–` when both are missing. Shown

@@ -4,8 +4,8 @@
 use std::fmt::{self, Write as _};
 
 use crate::report::render::{
-    MISSING, escape, human_time_text, opt_fixed, percent, plural, quality_precision, tier_mix_text,
-    tier_shares,
+    MISSING, declared_cells, declared_columns, escape, human_time_text, opt_fixed, percent, plural,
+    quality_precision, tier_mix_text, tier_shares,
 };
 use crate::report::{GroupBy, GroupReport, Report, thousands, usd};
 
@@ -14,8 +14,11 @@ const TIER_COLOURS: [&str; 6] = [
     "#93c5fd", "#3b82f6", "#1e3a8a", "#a78bfa", "#f59e0b", "#10b981",
 ];
 
-/// Columns of the groups table.
-const GROUP_COLUMNS: usize = 12;
+/// Columns of the groups table: the eleven laid out here, those the fields declare, the tier
+/// mix.
+fn group_columns() -> usize {
+    12 + declared_columns().count()
+}
 
 /// Spend by group: the [`MAX_GROUP_ROWS`] highest-spend groups, one row summing up the rest
 /// when there are more, and the total of everything as the footer row.
@@ -63,11 +66,15 @@ pub(super) fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Resu
     ] {
         write!(o, "<th>{h}</th>")?;
     }
+    for h in declared_columns() {
+        write!(o, "<th>{}</th>", escape(h))?;
+    }
     writeln!(o, "<th class=\"l\">tier<br>mix</th></tr></thead><tbody>")?;
+    let columns = group_columns();
     if r.groups.is_empty() {
         writeln!(
             o,
-            "<tr><td colspan=\"{GROUP_COLUMNS}\" class=\"empty\">no traffic in this period</td></tr>"
+            "<tr><td colspan=\"{columns}\" class=\"empty\">no traffic in this period</td></tr>"
         )?;
     }
     let (shown, rest) = split_groups(&r.groups);
@@ -83,7 +90,7 @@ pub(super) fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Resu
         let tasks = rest.iter().fold(0u64, |a, g| a.saturating_add(g.tasks));
         writeln!(
             o,
-            "<tr class=\"more\"><td colspan=\"{GROUP_COLUMNS}\">… {} more {}: <b>{}</b> spend, \
+            "<tr class=\"more\"><td colspan=\"{columns}\">… {} more {}: <b>{}</b> spend, \
              <b>{}</b> task{} (full list: <code>tokenwise report --by {} --format csv</code>)</td></tr>",
             thousands(rest.len() as u64),
             group_noun(r.group_by, rest.len()),
@@ -228,6 +235,9 @@ fn group_row(
             thousands(g.reuse_events),
             plural(g.reuse_events)
         )?;
+    }
+    for cell in declared_cells(g) {
+        write!(o, "<td>{}</td>", escape(&cell))?;
     }
 
     write!(o, "<td class=\"l\">")?;
