@@ -2,9 +2,12 @@
 //!
 //! Spend, decisions and outcomes come from the same counter increments the books send to the
 //! store (they are its [`Observer`]), so the metrics and the report agree; each replica exports what
-//! it counted (sum across replicas in queries). Labels are the books' labels, whose cardinality
+//! it counted (sum across replicas in queries). Which ledger metrics are exported, under what name
+//! and help, is declared on the report's fields ([`GroupReport::FIELDS`]); a count becomes a
+//! counter, an amount a gauge in USD or hours. Labels are the books' labels, whose cardinality
 //! is capped there. Quality per scope, budgets and store health are read at scrape time.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,8 +17,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::domain::books::{Counted, Observer, metric};
+use crate::domain::books::{Counted, Observer};
 use crate::engine::{Engine, Telemetry};
+use crate::report::GroupReport;
+use crate::report::field::{Kind, sums};
 
 /// Labels of a ledger cell.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +58,15 @@ pub struct BudgetLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A family of the books' counts by cell.
+enum LedgerFamily {
+    /// Counts, never lowered (a negative increment adds nothing).
+    Count(Family<CellLabels, Counter>),
+    /// Amounts in the display unit: the stored increment divided by the unit (micro-USD per
+    /// USD, seconds per hour).
+    Amount(Family<CellLabels, FloatGauge>, f64),
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -60,15 +74,10 @@ pub struct Metrics {
     pub route_seconds: Histogram,
     /// Time from a decision to its feedback.
     pub feedback_lag_seconds: Histogram,
-    decisions: Family<CellLabels, Counter>,
-    spend_usd: Family<CellLabels, FloatGauge>,
-    premium_usd: Family<CellLabels, FloatGauge>,
-    human_hours: Family<CellLabels, FloatGauge>,
-    outcomes: Family<CellLabels, Counter>,
-    completed: Family<CellLabels, Counter>,
-    reuse_events: Family<CellLabels, Counter>,
-    reused: Family<CellLabels, Counter>,
-    budget_actions: Family<CellLabels, Counter>,
+    /// The families of the books' counts, as the report's fields declare them.
+    ledger: Vec<LedgerFamily>,
+    /// Which of them each exported ledger metric feeds.
+    by_metric: HashMap<&'static str, usize>,
     calls: Family<CallLabels, Counter>,
     /// Realized quality per scope (set at scrape time).
     pub realized_quality: Family<ScopeLabels, FloatGauge>,
@@ -102,18 +111,11 @@ impl Metrics {
         let route_seconds = Histogram::new(exponential_buckets(5e-6, 2.0, 15));
         // 1 s … ~1.5 days, ×3.
         let feedback_lag_seconds = Histogram::new(exponential_buckets(1.0, 3.0, 12));
-        let m = Self {
+        let mut m = Self {
             route_seconds,
             feedback_lag_seconds,
-            decisions: Family::default(),
-            spend_usd: Family::default(),
-            premium_usd: Family::default(),
-            human_hours: Family::default(),
-            outcomes: Family::default(),
-            completed: Family::default(),
-            reuse_events: Family::default(),
-            reused: Family::default(),
-            budget_actions: Family::default(),
+            ledger: Vec::new(),
+            by_metric: HashMap::new(),
             calls: Family::default(),
             realized_quality: Family::default(),
             quality_bar: Family::default(),
@@ -135,55 +137,11 @@ impl Metrics {
             "Time from a decision to its accepted feedback",
             m.feedback_lag_seconds.clone(),
         );
-        registry.register(
-            "decisions",
-            "Decisions routed, by team, workflow and tier",
-            m.decisions.clone(),
-        );
-        registry.register(
-            "spend_usd",
-            "Spend in USD: estimates at Route reconciled to actual cost at Feedback (can go down)",
-            m.spend_usd.clone(),
-        );
-        registry.register(
-            "premium_counterfactual_usd",
-            "What the same tokens would cost on each scope's premium tier, USD",
-            m.premium_usd.clone(),
-        );
-        registry.register(
-            "human_hours_displaced",
-            "Hours of human work displaced: completed outputs × the scope's human_minutes_per_success",
-            m.human_hours.clone(),
-        );
-        registry.register(
-            "outcomes",
-            "Outcomes received, by team, workflow and tier",
-            m.outcomes.clone(),
-        );
-        registry.register(
-            "outcomes_completed",
-            "Outcomes that met the scope's quality bar",
-            m.completed.clone(),
-        );
-        registry.register(
-            "reuse_events",
-            "Reuse events of AI outputs (RecordReuse counts, Feedback's reused mark)",
-            m.reuse_events.clone(),
-        );
-        registry.register(
-            "reused_outputs",
-            "Decisions whose output was reused at least once (each counted once)",
-            m.reused.clone(),
-        );
+        m.register_ledger(&mut registry);
         registry.register(
             "calls",
             "Router calls served, by RPC and outcome (the server's own count: gRPC errors travel in trailers that HTTP-level load balancers do not see)",
             m.calls.clone(),
-        );
-        registry.register(
-            "budget_actions",
-            "Decisions a budget downgraded (tier set) or refused (tier empty)",
-            m.budget_actions.clone(),
         );
         registry.register(
             "realized_quality",
@@ -226,6 +184,40 @@ impl Metrics {
             m.spill_rejected_lines.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Registers a family for each export the report's fields declare (a family named twice is
+    /// one family fed by both metrics), in declaration order.
+    fn register_ledger(&mut self, registry: &mut Registry) {
+        let mut names: Vec<&'static str> = Vec::new();
+        for f in GroupReport::FIELDS {
+            let (Some(metric), Some(export)) = (f.ledger, f.export) else {
+                continue;
+            };
+            let at = match names.iter().position(|n| *n == export.name) {
+                Some(at) => at,
+                None => {
+                    let family = match f.kind {
+                        Kind::Count => LedgerFamily::Count(Family::default()),
+                        // Amounts can go down (Feedback reconciles the estimates): gauges.
+                        Kind::Money => LedgerFamily::Amount(Family::default(), 1e6),
+                        Kind::Hours => LedgerFamily::Amount(Family::default(), 3600.0),
+                        Kind::Key | Kind::OptMoney | Kind::Ratio | Kind::Tiers => continue,
+                    };
+                    let help = export.help.unwrap_or_default();
+                    match &family {
+                        LedgerFamily::Count(c) => registry.register(export.name, help, c.clone()),
+                        LedgerFamily::Amount(g, _) => {
+                            registry.register(export.name, help, g.clone())
+                        }
+                    }
+                    names.push(export.name);
+                    self.ledger.push(family);
+                    self.ledger.len() - 1
+                }
+            };
+            self.by_metric.insert(metric, at);
+        }
     }
 
     /// The counter of `rpc` calls answered OK (`ok`) or with an error status: a handle the
@@ -307,42 +299,18 @@ impl Observer for Metrics {
             workflow: c.workflow.to_string(),
             tier: c.tier.to_string(),
         };
-        let up = c.delta.max(0) as u64;
-        match c.metric {
-            metric::TASKS => {
-                self.decisions.get_or_create(&labels).inc_by(up);
+        match self
+            .by_metric
+            .get(c.metric)
+            .and_then(|&i| self.ledger.get(i))
+        {
+            Some(LedgerFamily::Count(f)) => {
+                f.get_or_create(&labels).inc_by(sums::count(c.delta));
             }
-            metric::SPEND => {
-                self.spend_usd
-                    .get_or_create(&labels)
-                    .inc_by(c.delta as f64 / 1e6);
+            Some(LedgerFamily::Amount(f, unit)) => {
+                f.get_or_create(&labels).inc_by(c.delta as f64 / unit);
             }
-            metric::PREMIUM => {
-                self.premium_usd
-                    .get_or_create(&labels)
-                    .inc_by(c.delta as f64 / 1e6);
-            }
-            metric::HUMAN_SECONDS => {
-                self.human_hours
-                    .get_or_create(&labels)
-                    .inc_by(c.delta as f64 / 3600.0);
-            }
-            metric::OUTCOMES => {
-                self.outcomes.get_or_create(&labels).inc_by(up);
-            }
-            metric::COMPLETED => {
-                self.completed.get_or_create(&labels).inc_by(up);
-            }
-            metric::REUSE_EVENTS => {
-                self.reuse_events.get_or_create(&labels).inc_by(up);
-            }
-            metric::REUSED => {
-                self.reused.get_or_create(&labels).inc_by(up);
-            }
-            metric::DOWNGRADED | metric::REJECTED => {
-                self.budget_actions.get_or_create(&labels).inc_by(up);
-            }
-            _ => {}
+            None => {}
         }
     }
 }
@@ -350,6 +318,7 @@ impl Observer for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::books::metric;
 
     fn count(m: &Metrics, metric: &'static str, tier: &str, delta: i64) {
         m.counted(Counted {
