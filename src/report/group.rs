@@ -2,17 +2,22 @@
 //! columns, the ledger metric it sums (and the Prometheus family that exports it), and, for a
 //! field no view lays out by hand, its label in the table and the page.
 //!
-//! A new report counter is one field here, its number in the proto's `GroupReport`, and the
-//! books counting it under a ledger metric (`domain/books/ledger.rs`). The struct, its JSON, the
-//! proto conversion (`grpc/convert.rs`), the CSV, a column in the table and the page, the
-//! report's sum of the ledger (`build.rs`) and the exported metric (`metrics.rs`) follow.
+//! A new report counter is one field here and its number in the proto's `GroupReport`; a number
+//! the books do not count yet is also a ledger metric (its name in `domain/books/ledger.rs`, the
+//! line that counts it in the books). The struct, its JSON, the proto conversion
+//! (`grpc/convert.rs`), the CSV, the report's sum of the ledger (`build.rs`), the exported metric
+//! (`metrics.rs`, with `prometheus`) and a column in the table and the page (with `column`)
+//! follow. The views' tests render a
+//! sample (`render/fixtures.rs`, which names every field) and pin the output: give the new field a
+//! value there and rewrite the pins with `TOKENWISE_BLESS=1` (see `render/pinned.rs`).
 //!
 //! Each field reads `name: Type { kind, csv(place: "column", …), sum(METRIC),
 //! prometheus("family", "help"), column("label") }`; the last three are optional, in that
 //! order, and `prometheus` only follows a `sum`. Kinds: [`Kind`](super::field::Kind) (`key`,
 //! `money`, `opt_money`, `count`, `ratio`, `hours`, `tiers`). Fields without `sum` are derived
-//! by `build.rs` from the sums. JSON and proto field order is the order here; the CSV's is
-//! `place`, so a new field goes last in both.
+//! by `build.rs` from the sums. The JSON's field order is the order here and the CSV's is
+//! `place`, so a new field goes last in both (the proto's order is its own field numbers).
+//! Give a new field `#[serde(default)]`, so report JSON saved before it still reads.
 
 use super::TierShare;
 use super::field::define_group_report;

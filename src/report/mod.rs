@@ -5,6 +5,10 @@
 //! [`Report`] is the one shape every view shares: the `GetReport` RPC carries it, the CLI
 //! prints it as a table, CSV, JSON or an HTML page (see [`render`]). Money is integer
 //! micro-dollars (`*_micros`) end to end; only the views turn it into dollars.
+//!
+//! A group's numbers ([`GroupReport`]) are declared once, in `group.rs`, with what each view and
+//! exporter needs to know of them ([`field`]); the struct, the proto conversion, the CSV, the
+//! report's sum of the ledger and the exported metrics are made from that declaration.
 
 pub mod build;
 pub mod field;
