@@ -34,38 +34,33 @@ impl Equivalent<CellKey> for CellRef<'_> {
     }
 }
 
-/// Route-time counts of one cell not yet flushed.
+/// Route-time counts of one cell not yet flushed: one number per [`RouteCount`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CellDelta {
-    /// Decisions.
-    pub tasks: i64,
-    /// Reserved estimates.
-    pub spend: i64,
-    /// Premium counterfactual estimates.
-    pub premium: i64,
-    /// Budget downgrades.
-    pub downgraded: i64,
-    /// Budget rejections.
-    pub rejected: i64,
-    /// Explorations.
-    pub explored: i64,
-}
+pub struct CellDelta([i64; RouteCount::ALL.len()]);
 
 impl CellDelta {
+    /// Adds `v` to count `c`.
+    pub fn add(&mut self, c: RouteCount, v: i64) {
+        self.0[c as usize] += v;
+    }
+
+    /// The value of count `c`.
+    pub fn get(&self, c: RouteCount) -> i64 {
+        self.0[c as usize]
+    }
+
+    fn merge(&mut self, other: &CellDelta) {
+        self.0.iter_mut().zip(other.0).for_each(|(a, b)| *a += b);
+    }
+
     pub(super) fn counters(&self, k: &CellKey, out: &mut Vec<CounterAdd>) {
         let hash = ledger_hash_of_hour(k.hour);
-        for (m, v) in [
-            (metric::TASKS, self.tasks),
-            (metric::SPEND, self.spend),
-            (metric::PREMIUM, self.premium),
-            (metric::DOWNGRADED, self.downgraded),
-            (metric::REJECTED, self.rejected),
-            (metric::EXPLORED, self.explored),
-        ] {
+        for c in RouteCount::ALL {
+            let v = self.get(c);
             if v != 0 {
                 out.push(CounterAdd {
                     hash: hash.clone(),
-                    field: ledger_field(m, &k.team, &k.workflow, &k.tier),
+                    field: ledger_field(c.metric(), &k.team, &k.workflow, &k.tier),
                     delta: v,
                 });
             }
@@ -121,13 +116,7 @@ impl Local {
                 .drain()
                 .collect();
             for (k, d) in drained {
-                let c = cells.entry(k).or_default();
-                c.tasks += d.tasks;
-                c.spend += d.spend;
-                c.premium += d.premium;
-                c.downgraded += d.downgraded;
-                c.rejected += d.rejected;
-                c.explored += d.explored;
+                cells.entry(k).or_default().merge(&d);
             }
         }
         let pending = std::mem::take(&mut self.pending);

@@ -1,5 +1,6 @@
-//! The ledger's vocabulary: metric names, counter hash and field formats (written and read
-//! only here), capped labels, and the typed counts the books tell their observer.
+//! The ledger's format: counter hash and field formats (written and read only here), capped
+//! labels, and the typed counts the books tell their observer (the metric names are what the
+//! books count, in `books`).
 
 /// Length of one ledger bucket.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -11,41 +12,6 @@ pub const MAX_WORKFLOWS: usize = 200;
 pub const OTHER: &str = "other";
 /// Separator of the parts of a ledger field name (never inside a label: see [`clean`]).
 pub(super) const SEP: char = '\u{1f}';
-
-/// Ledger metrics, as stored. Route writes the first six, Feedback the rest.
-pub mod metric {
-    /// Decisions.
-    pub const TASKS: &str = "tasks";
-    /// Spend, micro-USD: the estimate at Route, reconciled to the actual at Feedback.
-    pub const SPEND: &str = "spend";
-    /// Counterfactual spend on the scope's premium tier, micro-USD.
-    pub const PREMIUM: &str = "premium";
-    /// Decisions whose tier a budget lowered.
-    pub const DOWNGRADED: &str = "downgraded";
-    /// Route calls a budget refused (tier field empty).
-    pub const REJECTED: &str = "rejected";
-    /// Decisions that explored.
-    pub const EXPLORED: &str = "explored";
-    /// Outcomes received.
-    pub const OUTCOMES: &str = "outcomes";
-    /// Outcomes that met the scope's bar.
-    pub const COMPLETED: &str = "completed";
-    /// Sum of outcome scores, in millionths.
-    pub const SCORE: &str = "score_ppm";
-    /// Sum of the bars the outcomes were judged against, in millionths.
-    pub const BAR: &str = "bar_ppm";
-    /// Value created, micro-USD.
-    pub const VALUE: &str = "value";
-    /// Human time displaced, seconds.
-    pub const HUMAN_SECONDS: &str = "human_s";
-    /// Human time displaced, priced at the loaded hourly cost, micro-USD.
-    pub const HUMAN_VALUE: &str = "human_value";
-    /// Decisions whose output was reused at least once (RecordReuse, or Feedback's early
-    /// `reused` mark): each decision counts once, however often it is reused.
-    pub const REUSED: &str = "reused";
-    /// Reuse events: every RecordReuse adds its count (Feedback's `reused` mark adds 1).
-    pub const REUSE_EVENTS: &str = "reuse_events";
-}
 
 /// Prefix of every ledger counter hash.
 pub const LEDGER_PREFIX: &str = "ledger:";
@@ -130,7 +96,7 @@ impl Labels {
 /// sees (the metrics count these, so the exported metrics and the report agree).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Counted<'a> {
-    /// One of [`metric`].
+    /// One of [`metric`](super::metric).
     pub metric: &'a str,
     /// The decision's team label (capped).
     pub team: &'a str,

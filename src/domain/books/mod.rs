@@ -1,5 +1,6 @@
 //! The books: spend accounting in hourly ledger cells and budgets enforced at Route; the ledger's
-//! format is `ledger`, Route-time counts collect in `cells`, `flush` sends them to the store.
+//! format is `ledger`, Route-time counts collect in `cells`, `flush` sends them to the store;
+//! what is counted (the ledger metrics, [`RouteCount`]) is named here.
 //!
 //! Every Route reserves its estimated cost (integer micro-dollars) against the budgets that
 //! cover its team and workflow and counts the decision in an hourly ledger cell (hour, team,
@@ -38,6 +39,84 @@ mod ledger;
 
 pub use cells::*;
 pub use ledger::*;
+
+/// Ledger metrics, as stored: what the books count. Route counts the [`RouteCount`]s,
+/// Feedback and RecordReuse the rest (`outcome_counters`, `reuse_counters`). A new counter is
+/// its name here and the line that counts it; the report declares what it shows of it.
+pub mod metric {
+    /// Decisions.
+    pub const TASKS: &str = "tasks";
+    /// Spend, micro-USD: the estimate at Route, reconciled to the actual at Feedback.
+    pub const SPEND: &str = "spend";
+    /// Counterfactual spend on the scope's premium tier, micro-USD.
+    pub const PREMIUM: &str = "premium";
+    /// Decisions whose tier a budget lowered.
+    pub const DOWNGRADED: &str = "downgraded";
+    /// Route calls a budget refused (tier field empty).
+    pub const REJECTED: &str = "rejected";
+    /// Decisions that explored.
+    pub const EXPLORED: &str = "explored";
+    /// Outcomes received.
+    pub const OUTCOMES: &str = "outcomes";
+    /// Outcomes that met the scope's bar.
+    pub const COMPLETED: &str = "completed";
+    /// Sum of outcome scores, in millionths.
+    pub const SCORE: &str = "score_ppm";
+    /// Sum of the bars the outcomes were judged against, in millionths.
+    pub const BAR: &str = "bar_ppm";
+    /// Value created, micro-USD.
+    pub const VALUE: &str = "value";
+    /// Human time displaced, seconds.
+    pub const HUMAN_SECONDS: &str = "human_s";
+    /// Human time displaced, priced at the loaded hourly cost, micro-USD.
+    pub const HUMAN_VALUE: &str = "human_value";
+    /// Decisions whose output was reused at least once (RecordReuse, or Feedback's early
+    /// `reused` mark): each decision counts once, however often it is reused.
+    pub const REUSED: &str = "reused";
+    /// Reuse events: every RecordReuse adds its count (Feedback's `reused` mark adds 1).
+    pub const REUSE_EVENTS: &str = "reuse_events";
+}
+
+/// What Route counts in each ledger cell ([`CellDelta`] holds one number per count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCount {
+    /// Decisions.
+    Tasks,
+    /// Reserved estimates, micro-USD.
+    Spend,
+    /// Premium counterfactual estimates, micro-USD.
+    Premium,
+    /// Budget downgrades.
+    Downgraded,
+    /// Budget rejections.
+    Rejected,
+    /// Explorations.
+    Explored,
+}
+
+impl RouteCount {
+    /// Every count, in [`CellDelta`]'s order.
+    pub const ALL: [RouteCount; 6] = [
+        RouteCount::Tasks,
+        RouteCount::Spend,
+        RouteCount::Premium,
+        RouteCount::Downgraded,
+        RouteCount::Rejected,
+        RouteCount::Explored,
+    ];
+
+    /// The ledger metric it is stored under.
+    pub const fn metric(self) -> &'static str {
+        match self {
+            RouteCount::Tasks => metric::TASKS,
+            RouteCount::Spend => metric::SPEND,
+            RouteCount::Premium => metric::PREMIUM,
+            RouteCount::Downgraded => metric::DOWNGRADED,
+            RouteCount::Rejected => metric::REJECTED,
+            RouteCount::Explored => metric::EXPLORED,
+        }
+    }
+}
 
 /// What a budget did to a decision.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,7 +340,7 @@ impl Books {
                             OnExhausted::Reject => {
                                 drop(local);
                                 self.bump_cell(now_ms / HOUR_MS, team, workflow, "", |c| {
-                                    c.rejected += 1;
+                                    c.add(RouteCount::Rejected, 1);
                                 });
                                 return Err(BudgetExhausted {
                                     budget: b.id.clone(),
@@ -325,11 +404,11 @@ impl Books {
             workflow,
             &d.candidates[d.chosen].name,
             |c| {
-                c.tasks += 1;
-                c.spend += cost;
-                c.premium += premium;
-                c.explored += i64::from(explored);
-                c.downgraded += i64::from(downgraded);
+                c.add(RouteCount::Tasks, 1);
+                c.add(RouteCount::Spend, cost);
+                c.add(RouteCount::Premium, premium);
+                c.add(RouteCount::Explored, i64::from(explored));
+                c.add(RouteCount::Downgraded, i64::from(downgraded));
             },
         );
         Ok(action)
@@ -404,5 +483,33 @@ impl Books {
             }
         }
         (out, actual)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_counts_are_listed_in_cell_order_each_under_its_own_metric() {
+        let mut names = Vec::new();
+        for (i, c) in RouteCount::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c:?} out of order in RouteCount::ALL");
+            names.push(c.metric());
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            RouteCount::ALL.len(),
+            "two counts share a metric"
+        );
+        let mut d = CellDelta::default();
+        d.add(RouteCount::Explored, 2);
+        d.add(RouteCount::Explored, 1);
+        assert_eq!(
+            (d.get(RouteCount::Explored), d.get(RouteCount::Tasks)),
+            (3, 0)
+        );
     }
 }
