@@ -68,6 +68,11 @@ pub(super) struct TrainArgs {
     /// Full-batch optimiser steps.
     #[arg(long, default_value_t = 2000)]
     max_iterations: u64,
+    /// Also fit a premium-gap term with this L2 penalty on its weights (`irt` only): where the
+    /// premium model gains more over the cheap one than the shared difficulty says. Off by
+    /// default: the shipped model has none (see models/README.md).
+    #[arg(long)]
+    gap_alpha: Option<f64>,
     /// What the score means: `irt` (difficulty shared by both models), `cheap` (difficulty
     /// for the cheap model), `gap` (chance the premium model does better).
     #[arg(long, value_parser = target_parser(), default_value = "irt")]
@@ -94,6 +99,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         workflows,
         alpha,
         max_iterations,
+        gap_alpha,
         target,
     } = args;
     let records = load_records(&data, split, &workflows)?;
@@ -102,6 +108,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         premium: premium.clone(),
         alpha,
         max_iterations,
+        gap_alpha,
         target,
     };
     let mut model = training::train(&records, &opts)?;
@@ -113,6 +120,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         "cheap": cheap,
         "premium": premium,
         "alpha": alpha,
+        "gap_alpha": gap_alpha,
         "label": "item response: success (score >= 0.5) of each model, one shared difficulty per task",
         "hand_set_signals": training::HAND_SET
             .iter()

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::features::{self, TaskInput};
 
+/// Largest premium gap (log-odds) a task can get: a text far outside the training data must not
+/// move a tier's predicted quality to certainty.
+pub const MAX_GAP: f32 = 2.0;
+
 /// Format tag of the artifact; loading refuses anything else.
 pub const ARTIFACT_FORMAT: &str = "tokenwise-complexity/1";
 
@@ -125,6 +129,12 @@ pub struct ComplexityModel {
     /// alone, and what it means for quality is learned online.
     #[serde(default)]
     pub workflow_offsets: BTreeMap<String, f32>,
+    /// Weights of the task's premium gap, linear in the same features: where the premium model
+    /// gains more (or less) over the cheap one than their abilities at this difficulty say. It
+    /// moves the success log-odds of the premium model up by the gap and the cheap one's down
+    /// by it, a tier between them by its price rank. Empty: no gap term (every task's gap is 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gap_weights: Vec<f32>,
     /// Quantiles of the training logits (ascending, evenly spaced in probability); the
     /// complexity of a task is the interpolated position of its logit among them.
     pub logit_quantiles: Vec<f32>,
@@ -184,7 +194,20 @@ impl ComplexityModel {
                 features::DIMS
             ));
         }
-        if !self.weights.iter().all(|w| w.is_finite()) || !self.bias.is_finite() {
+        if !self.gap_weights.is_empty() && self.gap_weights.len() != features::DIMS {
+            return bad(format!(
+                "gap_weights has {} entries, expected 0 or {}",
+                self.gap_weights.len(),
+                features::DIMS
+            ));
+        }
+        if !self
+            .weights
+            .iter()
+            .chain(&self.gap_weights)
+            .all(|w| w.is_finite())
+            || !self.bias.is_finite()
+        {
             return bad("weights must be finite".into());
         }
         if self.logit_quantiles.len() < 2
@@ -214,14 +237,31 @@ impl ComplexityModel {
 
     /// The raw logit of a task: `bias + w · x`.
     pub fn logit(&self, input: &TaskInput<'_>) -> f32 {
+        self.logit_and_gap(input).0
+    }
+
+    /// The task's difficulty logit and its premium gap (0 without gap weights), from one pass
+    /// over its features.
+    pub fn logit_and_gap(&self, input: &TaskInput<'_>) -> (f32, f32) {
         let mut z = self.bias + self.workflow_offset(input.workflow);
+        let mut gap = 0.0;
         features::visit_features(input, |i, x| {
             // Indices come from the extractor and are < DIMS == weights.len() (checked at load).
             if let Some(w) = self.weights.get(i as usize) {
                 z += w * x;
             }
+            // Empty without a gap term: no entry, nothing added.
+            if let Some(g) = self.gap_weights.get(i as usize) {
+                gap += g * x;
+            }
         });
-        z
+        (z, gap)
+    }
+
+    /// The task's complexity and its premium gap ([`ComplexityModel::gap_weights`]).
+    pub fn score(&self, input: &TaskInput<'_>) -> (f64, f32) {
+        let (z, gap) = self.logit_and_gap(input);
+        (self.complexity_of_logit(z), gap.clamp(-MAX_GAP, MAX_GAP))
     }
 
     /// Offline-learned difficulty offset of a workflow label: its own plus its family's.
@@ -284,6 +324,7 @@ mod tests {
             bias: -1.0,
             abilities: BTreeMap::new(),
             workflow_offsets: BTreeMap::new(),
+            gap_weights: Vec::new(),
             logit_quantiles: vec![-1.0, -0.5, 0.0, 0.5, 1.0],
             calibration: Calibration {
                 cheap_model: "c".into(),
@@ -325,6 +366,26 @@ mod tests {
             assert!(c >= last);
             last = c;
         }
+    }
+
+    #[test]
+    fn gap_weights_score_round_trip_and_are_checked() {
+        let mut m = tiny_model();
+        let input = TaskInput {
+            text: "a somewhat longer task text",
+            ..Default::default()
+        };
+        assert_eq!(m.score(&input).1, 0.0, "no gap weights: gap 0");
+        m.gap_weights = vec![0.0; features::DIMS];
+        m.gap_weights[features::HASH_DIMS] = 100.0;
+        let (c, gap) = m.score(&input);
+        assert_eq!(c, m.complexity(&input));
+        assert_eq!(gap, MAX_GAP, "clamped");
+        let back = ComplexityModel::from_json(&m.to_json().unwrap()).unwrap();
+        assert_eq!(back.score(&input), (c, gap));
+        m.gap_weights.pop();
+        let err = ComplexityModel::from_json(&m.to_json().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("gap_weights has"), "{err}");
     }
 
     #[test]

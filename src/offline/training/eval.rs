@@ -24,7 +24,8 @@ pub struct EvalReport {
 }
 
 /// Evaluates `model` on `records`: sends the tasks where the model predicts the largest gain of
-/// premium over cheap (abilities, shifted by the task's workflow label) to premium first, sweeping the share from 0 to 1. Without abilities for
+/// premium over cheap (abilities, shifted by the task's workflow label and its premium gap) to
+/// premium first, sweeping the share from 0 to 1. Without abilities for
 /// both models (an older artifact), the most complex tasks go first.
 pub fn evaluate(
     model: &ComplexityModel,
@@ -37,11 +38,12 @@ pub fn evaluate(
         .iter()
         .map(|t| {
             let input = input_of(t.record);
-            let z = model.logit(&input);
+            let (z, gap) = model.logit_and_gap(&input);
+            let gap = gap.clamp(-MAX_GAP, MAX_GAP);
             let (dc, dp) = model.calibration.shift_of(&t.record.workflow);
             match (
-                model.success_chance(premium, z - dp as f32),
-                model.success_chance(cheap, z - dc as f32),
+                model.success_chance(premium, z - dp as f32 - gap),
+                model.success_chance(cheap, z - dc as f32 + gap),
             ) {
                 (Some(p), Some(c)) => p - c,
                 _ => model.complexity_of_logit(z),

@@ -13,6 +13,9 @@ pub(super) struct Fitted {
     pub(super) premium: f32,
     /// Difficulty offset per training workflow and family.
     pub(super) offsets: std::collections::BTreeMap<String, f32>,
+    /// Premium-gap weights `u` (empty without a gap term): the cheap model succeeds with chance
+    /// `σ(a_c − w·φ − u·φ)`, the premium one with `σ(a_p − w·φ + u·φ)`.
+    pub(super) gap: Vec<f32>,
 }
 
 /// One training task: sparse features, cheap success, premium success.
@@ -29,7 +32,10 @@ pub(super) const BETA2: f64 = 0.999;
 /// succeed (score ≥ 0.5). Minimises the summed log loss + `alpha/2·‖w‖²` (abilities are not
 /// penalised) by full-batch Adam over the sparse features: the dense design matrix that a
 /// general-purpose solver needs (14,500 rows × 4,110 columns) took over 20 minutes on 2 cores;
-/// this takes seconds, deterministically.
+/// this takes seconds, deterministically. With `opts.gap_alpha`, a premium gap `u·φ(x)` is fitted
+/// jointly (penalty `gap_alpha/2·‖u‖²`): the cheap model succeeds with `σ(a_c − d − g)`, the
+/// premium one with `σ(a_p − d + g)`, so `g` says where the premium model gains more than the
+/// shared difficulty does.
 pub(super) fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted, TrainError> {
     let dims = features::DIMS;
     // Workflow and family labels of the training data: one offset column each, after the two
@@ -55,22 +61,43 @@ pub(super) fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted
         })
         .collect();
     // Parameters: w[0..dims], the two abilities, then the label offsets.
-    let n = dims + 2 + labels.len();
-    let mut theta = vec![0.0f64; n];
-    let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
-    let mut grad = vec![0.0f64; n];
+    // With a gap term, one gap weight per feature after the offsets (`irt` only).
+    let joint = opts.gap_alpha.filter(|_| opts.target == Target::Irt);
+    let g0 = dims + 2 + labels.len();
+    let n = g0 + if joint.is_some() { dims } else { 0 };
     let scale = 1.0 / rows.len().max(1) as f64;
-    for step in 1..=opts.max_iterations {
-        for (i, (g, w)) in grad.iter_mut().zip(&theta).enumerate() {
+    let sigma = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let theta = adam(n, opts.max_iterations, |theta, grad| {
+        for (i, (g, w)) in grad.iter_mut().zip(theta).enumerate() {
             *g = if i == dims || i == dims + 1 {
                 0.0
+            } else if i >= g0 {
+                joint.unwrap_or(0.0) * w * scale
             } else {
                 opts.alpha * w * scale
             };
         }
         for (x, yc, yp) in &rows {
             let d: f64 = x.iter().map(|&(j, v)| theta[j] * v).sum();
-            let sigma = |z: f64| 1.0 / (1.0 + (-z).exp());
+            if joint.is_some() {
+                // Cheap succeeds with σ(a_c − d − g), premium with σ(a_p − d + g).
+                let gp: f64 = x
+                    .iter()
+                    .filter(|p| p.0 < dims)
+                    .map(|&(j, v)| theta[g0 + j] * v)
+                    .sum();
+                let rc = (sigma(theta[dims] - d - gp) - yc) * scale;
+                let rp = (sigma(theta[dims + 1] - d + gp) - yp) * scale;
+                grad[dims] += rc;
+                grad[dims + 1] += rp;
+                for &(j, v) in x {
+                    grad[j] -= (rc + rp) * v;
+                    if j < dims {
+                        grad[g0 + j] += (rp - rc) * v;
+                    }
+                }
+                continue;
+            }
             // d(loss)/d(logit) for each observation; logit = ability − d (for `gap`: the
             // chance premium does better is σ(bias + d)).
             let (rc, rp, dd) = match opts.target {
@@ -95,6 +122,32 @@ pub(super) fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted
                 grad[j] += dd * v;
             }
         }
+    })?;
+    Ok(Fitted {
+        weights: theta[..dims].iter().map(|&w| w as f32).collect(),
+        cheap: theta[dims] as f32,
+        premium: theta[dims + 1] as f32,
+        offsets: labels
+            .into_iter()
+            .zip(&theta[dims + 2..g0])
+            .map(|(l, &w)| (l, w as f32))
+            .collect(),
+        gap: theta[g0..].iter().map(|&w| w as f32).collect(),
+    })
+}
+
+/// Minimises a differentiable loss over `n` parameters from 0 by `steps` full-batch Adam steps;
+/// `gradient(theta, grad)` overwrites `grad` with the loss's gradient at `theta`.
+pub(super) fn adam(
+    n: usize,
+    steps: u64,
+    mut gradient: impl FnMut(&[f64], &mut [f64]),
+) -> Result<Vec<f64>, TrainError> {
+    let mut theta = vec![0.0f64; n];
+    let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
+    let mut grad = vec![0.0f64; n];
+    for step in 1..=steps {
+        gradient(&theta, &mut grad);
         if grad.iter().any(|g| !g.is_finite()) {
             return Err(TrainError::Fit(format!(
                 "gradient not finite at step {step}"
@@ -107,16 +160,7 @@ pub(super) fn fit(tasks: &[&PairTask<'_>], opts: &TrainOptions) -> Result<Fitted
             theta[i] -= LEARNING_RATE * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
         }
     }
-    Ok(Fitted {
-        weights: theta[..dims].iter().map(|&w| w as f32).collect(),
-        cheap: theta[dims] as f32,
-        premium: theta[dims + 1] as f32,
-        offsets: labels
-            .into_iter()
-            .zip(&theta[dims + 2..])
-            .map(|(l, &w)| (l, w as f32))
-            .collect(),
-    })
+    Ok(theta)
 }
 
 /// The labels a workflow contributes offsets for: itself and its family.
@@ -129,6 +173,17 @@ pub(super) fn label_names(workflow: &str) -> Vec<String> {
         out.push(f.to_string());
     }
     out
+}
+
+/// Premium gap of a record under a jointly fitted model (0 without one).
+pub(super) fn gap_of(f: &Fitted, r: &Record) -> f64 {
+    if f.gap.is_empty() {
+        return 0.0;
+    }
+    sparse_features(r)
+        .iter()
+        .map(|&(j, v)| f64::from(f.gap[j]) * v)
+        .sum()
 }
 
 /// Difficulty logit of a record under a fitted model: features plus workflow offsets.
@@ -171,10 +226,17 @@ pub(super) fn label_shifts(
     tasks: &[PairTask<'_>],
     oof: &[f32],
     (a_cheap, a_premium): (f32, f32),
+    gaps: &[f64],
 ) -> BTreeMap<String, LabelShift> {
     let mut out: BTreeMap<String, LabelShift> = BTreeMap::new();
     // Predicted log-odds of success of (cheap, premium) on each task.
-    let base = |i: usize| (f64::from(a_cheap - oof[i]), f64::from(a_premium - oof[i]));
+    let gap = |i: usize| gaps.get(i).copied().unwrap_or(0.0);
+    let base = |i: usize| {
+        (
+            f64::from(a_cheap - oof[i]) - gap(i),
+            f64::from(a_premium - oof[i]) + gap(i),
+        )
+    };
     let mut groups: BTreeMap<(bool, String), Vec<usize>> = BTreeMap::new();
     for (i, t) in tasks.iter().enumerate() {
         let w = &t.record.workflow;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::domain::classifier::{
-    ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel, LabelShift,
+    ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel, LabelShift, MAX_GAP,
 };
 use crate::domain::features::{self, TaskInput};
 use crate::domain::learning::band_of;
@@ -41,6 +41,8 @@ pub struct TrainOptions {
     pub alpha: f64,
     /// Full-batch optimiser steps.
     pub max_iterations: u64,
+    /// L2 penalty on the premium-gap weights (`irt` only); `None` fits no gap term.
+    pub gap_alpha: Option<f64>,
     /// What the score is trained to mean.
     pub target: Target,
 }
@@ -190,8 +192,10 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             premium: opts.premium.clone(),
         });
     }
-    // Out-of-fold difficulties of every task, learned without the hand-set signals.
+    // Out-of-fold difficulties (and, with a gap term, premium gaps) of every task, learned
+    // without the hand-set signals.
     let mut oof = vec![0f32; tasks.len()];
+    let mut oof_gap = vec![0f64; tasks.len()];
     for fold in 0..FOLDS {
         let train: Vec<&PairTask<'_>> = tasks
             .iter()
@@ -202,6 +206,7 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         let f = fit(&train, opts)?;
         for (i, t) in tasks.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
             oof[i] = logit(&f, t.record);
+            oof_gap[i] = gap_of(&f, t.record);
         }
     }
     // The hand-set signals, scaled to the spread of the learned difficulty, then added to it.
@@ -222,19 +227,20 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             }
         });
     }
-    // Abilities refitted on the difficulties the model ships (signals included), so that
-    // `σ(ability − difficulty)` stays calibrated; the label shifts are measured against them.
-    let ability = |score: fn(&PairTask<'_>) -> f64| -> f32 {
+    // Abilities refitted on the difficulties the model ships (signals included) and the gaps,
+    // so that `σ(ability − difficulty ∓ gap)` stays calibrated; the label shifts are measured
+    // against them.
+    let ability = |score: fn(&PairTask<'_>) -> f64, sign: f64| -> f32 {
         let group: Vec<(f64, f64)> = tasks
             .iter()
-            .zip(&oof)
-            .map(|(t, &z)| (-f64::from(z), score(t)))
+            .zip(oof.iter().zip(&oof_gap))
+            .map(|(t, (&z, &g))| (sign * g - f64::from(z), score(t)))
             .collect();
         log_odds_shift(&group, 0.0) as f32
     };
-    let abilities = (ability(|t| t.cheap), ability(|t| t.premium));
+    let abilities = (ability(|t| t.cheap, -1.0), ability(|t| t.premium, 1.0));
     let shifts = match opts.target {
-        Target::Irt => label_shifts(&tasks, &oof, abilities),
+        Target::Irt => label_shifts(&tasks, &oof, abilities, &oof_gap),
         Target::Cheap | Target::Gap => BTreeMap::new(),
     };
     let mut sorted = oof.clone();
@@ -269,6 +275,7 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         .into_iter()
         .collect(),
         workflow_offsets: fitted.offsets,
+        gap_weights: fitted.gap,
         logit_quantiles,
         calibration: Calibration {
             cheap_model: opts.cheap.clone(),
@@ -278,6 +285,8 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         },
         training: serde_json::Value::Null,
     };
+    // The premium gap, fitted on the difficulties and label shifts the model ships (out of
+    // fold, as the calibration): what they leave of where the premium model wins.
     // Calibration from out-of-fold complexities, so it reflects unseen tasks.
     let mut bands = vec![(0u32, 0.0f64, 0.0f64); CALIBRATION_BANDS];
     for (t, z) in tasks.iter().zip(&oof) {
@@ -298,10 +307,14 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             }
         })
         .collect();
-    let digest = crate::domain::policy::short_hash(&format!(
+    let mut fingerprint = format!(
         "{:?}{:?}{:?}{:?}",
         model.weights, model.abilities, model.workflow_offsets, model.calibration.workflows
-    ));
+    );
+    if !model.gap_weights.is_empty() {
+        fingerprint.push_str(&format!("{:?}", model.gap_weights));
+    }
+    let digest = crate::domain::policy::short_hash(&fingerprint);
     model.version = format!("cx2-{digest}");
     Ok(model)
 }
@@ -375,7 +388,7 @@ mod tests {
         }
         let tasks = pair_tasks(&records, "c", "p");
         let oof = vec![0f32; tasks.len()];
-        let shifts = label_shifts(&tasks, &oof, (0.0, 2.0));
+        let shifts = label_shifts(&tasks, &oof, (0.0, 2.0), &[]);
         let (fam, a, b) = (&shifts["f"], &shifts["f/a"], &shifts["f/b"]);
         // The family as a whole: the cheap model succeeds a quarter of the time (σ(0) = 1/2
         // predicted), the premium one always (σ(2) predicted).
@@ -414,11 +427,24 @@ mod tests {
             premium: "p".into(),
             alpha: 1.0,
             max_iterations: 300,
+            gap_alpha: Some(30.0),
             target: Target::Irt,
         };
         let model = train(&records, &opts).unwrap();
         let report = evaluate(&model, &records, "c", "p").unwrap();
         assert!(report.apgr > 0.8, "{report:?}");
+        assert_eq!(model.gap_weights.len(), features::DIMS);
+        assert!(model.gap_weights.iter().all(|w| w.is_finite()));
+        let plain = train(
+            &records,
+            &TrainOptions {
+                gap_alpha: None,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert!(plain.gap_weights.is_empty());
+        assert_ne!(plain.version, model.version);
         assert_eq!(model.calibration.bands.len(), CALIBRATION_BANDS);
         let too_few = train(&records[..10], &opts).unwrap_err();
         assert!(too_few.to_string().contains("at least 50"));
