@@ -190,7 +190,7 @@ pub fn decide(
     let hint = u64::from(req.expected_output_tokens);
     let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
     let hint = hint.min(scope.max_output_tokens);
-    let complexity = model.complexity(&TaskInput {
+    let (complexity, gap) = model.score(&TaskInput {
         text: req.task,
         workflow,
         task_type: req.task_type,
@@ -203,11 +203,13 @@ pub fn decide(
     } else {
         plan.expected_output_tokens(workflow)
     };
+    let gap = f64::from(gap);
     let choice = plan.choice(
         policy,
         workflow,
         complexity,
         band,
+        gap,
         input_tokens,
         output_tokens,
     );
@@ -221,7 +223,7 @@ pub fn decide(
                 tier: t.tier,
                 name: tier.name.clone(),
                 model: tier.model.clone(),
-                predicted_quality: t.predicted[band],
+                predicted_quality: t.predicted_for(band, gap),
                 estimated_cost_usd: cost_micros as f64 / 1e6,
                 cost_micros,
                 threshold: t.threshold,
@@ -241,13 +243,16 @@ pub fn decide(
     };
     // The bar the choice was held to: per task and relative, a share of the top tier's bound.
     let bar = match (mode, plan.policy.quality_bar_relative) {
-        (Mode::PerTask, Some(r)) => curves.last().map_or(plan.target, |t| r * t.quality[band]),
+        (Mode::PerTask, Some(r)) => curves
+            .last()
+            .map_or(plan.target, |t| r * t.quality_for(band, gap)),
         _ => plan.target,
     };
     let mut reason = explain(&Why {
         candidates: &candidates,
         curves,
         band,
+        gap,
         chosen,
         safe,
         complexity,
@@ -318,6 +323,8 @@ struct Why<'a> {
     /// (`quality`), the estimate less its confidence margin, so the reason quotes that.
     curves: &'a [crate::domain::learning::TierPlan],
     band: usize,
+    /// The task's premium gap, which moves each tier's bound.
+    gap: f64,
     chosen: usize,
     safe: usize,
     complexity: f64,
@@ -346,7 +353,11 @@ fn explain(w: &Why<'_>) -> String {
     };
     let cheaper = w.chosen.checked_sub(1).map(|i| &cands[i]);
     // What the per-task rule compared with the bar: the estimate less its confidence margin.
-    let bound = |i: usize| w.curves.get(i).map_or(0.0, |t| t.quality[w.band]);
+    let bound = |i: usize| {
+        w.curves
+            .get(i)
+            .map_or(0.0, |t| t.quality_for(w.band, w.gap))
+    };
     const MARGIN: &str = " after its confidence margin,";
     let pieces: Vec<Piece<'_>> = if w.chosen != w.safe {
         vec![
@@ -548,6 +559,33 @@ mod tests {
             workflow: "default",
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_task_premium_gap_moves_its_choice_and_its_predictions() {
+        let plain = router();
+        let task = "Explain the main causes of the French Revolution in two sentences.";
+        let base = plain.route(&req(task), 0.9).unwrap();
+        // The same model, with every feature saying "the premium model gains here" (or the
+        // reverse): the task's tiers are re-predicted and the choice follows.
+        let with_gap = |w: f32| {
+            let mut model = ComplexityModel::bundled().unwrap();
+            model.gap_weights = vec![w; crate::domain::features::DIMS];
+            let r = router();
+            Router::new(Arc::new(model), r.table().as_ref().clone(), *r.limits())
+        };
+        let up = with_gap(10.0).route(&req(task), 0.9).unwrap();
+        let down = with_gap(-10.0).route(&req(task), 0.9).unwrap();
+        assert_eq!(up.complexity, base.complexity, "the gap is not difficulty");
+        let last = base.candidates.len() - 1;
+        assert!(up.candidates[last].predicted_quality > base.candidates[last].predicted_quality);
+        assert!(up.candidates[0].predicted_quality < base.candidates[0].predicted_quality);
+        assert!(down.candidates[0].predicted_quality > base.candidates[0].predicted_quality);
+        assert!(
+            up.chosen >= base.chosen && base.chosen >= down.chosen,
+            "{up:?} {base:?} {down:?}"
+        );
+        assert!(up.chosen > down.chosen);
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
         &e.workflow,
         f64::from(e.complexity),
         band,
+        // Outcome events do not carry the task's premium gap: what-if re-decides at gap 0.
+        0.0,
         e.input_tokens,
         e.output_tokens,
     );

@@ -323,6 +323,7 @@ fn plan_level(
                     evidence: n,
                     observed_quality: if n > 0.0 { sum / n } else { 0.0 },
                     last_move,
+                    gap_sign: 2.0 * ranks[s] - 1.0,
                 }
             })
             .collect::<Vec<_>>()

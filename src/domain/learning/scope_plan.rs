@@ -26,6 +26,31 @@ pub struct TierPlan {
     pub observed_quality: f64,
     /// Threshold change at the last re-plan that moved it.
     pub last_move: f64,
+    /// How a task's premium gap moves this tier's success log-odds: −1 for the calibration's
+    /// cheap model, +1 for its premium one, by price rank in between (`2·rank − 1`).
+    pub gap_sign: f64,
+}
+
+impl TierPlan {
+    /// Quality the plan counts on for a task in `band` whose premium gap is `gap`.
+    pub fn quality_for(&self, band: usize, gap: f64) -> f64 {
+        shift_quality(self.quality[band], self.gap_sign * gap)
+    }
+
+    /// Estimated quality for a task in `band` whose premium gap is `gap`.
+    pub fn predicted_for(&self, band: usize, gap: f64) -> f64 {
+        shift_quality(self.predicted[band], self.gap_sign * gap)
+    }
+}
+
+/// `q` moved by `delta` in log-odds (unchanged for a zero shift, so a model without a gap term
+/// routes exactly as before).
+pub fn shift_quality(q: f64, delta: f64) -> f64 {
+    if delta == 0.0 {
+        return q;
+    }
+    let q = q.clamp(1e-6, 1.0 - 1e-6);
+    1.0 / (1.0 + (1.0 - q) / q * (-delta).exp())
 }
 
 /// The learned state of one workflow (or family) inside a scope's plan.
@@ -106,13 +131,15 @@ impl ScopePlan {
 
     /// The one cost and slot selection (Route and what-if both call it): each allowed tier's
     /// cost for a task of these tokens (micro-USD, slot order) and the slot the plan picks for
-    /// a task of `workflow` at `complexity` in `band`.
+    /// a task of `workflow` at `complexity` in `band` with premium gap `gap`.
+    #[allow(clippy::too_many_arguments)]
     pub fn choice(
         &self,
         policy: &Policy,
         workflow: &str,
         complexity: f64,
         band: usize,
+        gap: f64,
         input_tokens: u64,
         output_tokens: u64,
     ) -> Choice<'_> {
@@ -121,7 +148,9 @@ impl ScopePlan {
             .iter()
             .map(|t| policy.tiers[t.tier].cost_micros(input_tokens, output_tokens))
             .collect();
-        let slot = self.slot_by(curves, complexity, band, |s| costs_micros[s] as f64 / 1e6);
+        let slot = self.slot_by(curves, complexity, band, gap, |s| {
+            costs_micros[s] as f64 / 1e6
+        });
         Choice {
             curves,
             costs_micros,
@@ -137,7 +166,7 @@ impl ScopePlan {
         band: usize,
         costs: &[f64],
     ) -> usize {
-        self.slot_by(tiers, complexity, band, |s| costs[s])
+        self.slot_by(tiers, complexity, band, 0.0, |s| costs[s])
     }
 
     /// [`ScopePlan::slot_in`] with each slot's cost (USD) from `cost`: no cost vector to build on
@@ -147,6 +176,7 @@ impl ScopePlan {
         tiers: &[TierPlan],
         complexity: f64,
         band: usize,
+        gap: f64,
         cost: impl Fn(usize) -> f64,
     ) -> usize {
         let last = tiers.len() - 1;
@@ -157,12 +187,12 @@ impl ScopePlan {
                 .unwrap_or(last);
         }
         match (self.policy.bar_mode, self.lambda) {
-            (BarMode::Average, Some(lambda)) => {
-                choose(lambda, tiers.len(), cost, |s| tiers[s].quality[band])
-            }
+            (BarMode::Average, Some(lambda)) => choose(lambda, tiers.len(), cost, |s| {
+                tiers[s].quality_for(band, gap)
+            }),
             _ => per_task(
                 tiers.len(),
-                |s| tiers[s].quality[band],
+                |s| tiers[s].quality_for(band, gap),
                 self.policy.quality_bar_relative,
                 self.target,
             ),
@@ -218,4 +248,32 @@ pub(super) fn per_task(
         None => absolute,
     };
     (0..k).find(|&s| quality(s) >= bar - 1e-12).unwrap_or(k - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_moves_quality_in_log_odds_and_zero_moves_nothing() {
+        for q in [0.0, 0.3, 0.77, 1.0] {
+            assert_eq!(shift_quality(q, 0.0), q);
+        }
+        assert!((shift_quality(0.5, 1.0) - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
+        assert!(shift_quality(0.8, 0.5) > 0.8 && shift_quality(0.8, -0.5) < 0.8);
+        let mut t = TierPlan {
+            tier: 0,
+            threshold: 1.0,
+            quality: [0.6; BANDS],
+            predicted: [0.7; BANDS],
+            evidence: 0.0,
+            observed_quality: 0.0,
+            last_move: 0.0,
+            gap_sign: -1.0,
+        };
+        // The cheap model loses where the premium one gains; a mid tier moves by its rank.
+        assert!(t.quality_for(3, 1.0) < 0.6 && t.predicted_for(3, -1.0) > 0.7);
+        t.gap_sign = 0.0;
+        assert_eq!(t.quality_for(3, 1.0), 0.6);
+    }
 }
