@@ -30,6 +30,8 @@ pub struct DecisionClaims {
     pub band: u8,
     /// Complexity of the task (for the record).
     pub complexity: f32,
+    /// Premium gap of the task (0 in ids issued before v3).
+    pub gap: f32,
     /// Whether the decision explored.
     pub explored: bool,
     /// Team of the caller (may be empty).
@@ -48,9 +50,11 @@ pub struct DecisionClaims {
     pub premium_micros: u64,
 }
 
-/// Layout versions of the binary claims: v2 adds the cost estimates after the nonce.
+/// Layout versions of the binary claims: v2 adds the cost estimates after the nonce, v3 the
+/// premium gap after the complexity.
 const CLAIMS_V1: u8 = 1;
 const CLAIMS_V2: u8 = 2;
+const CLAIMS_V3: u8 = 3;
 
 /// Claims borrowed from a decision for signing: Route signs one per call without copying its
 /// strings.
@@ -64,6 +68,8 @@ pub struct ClaimsRef<'a> {
     pub band: u8,
     /// See [`DecisionClaims::complexity`].
     pub complexity: f32,
+    /// See [`DecisionClaims::gap`].
+    pub gap: f32,
     /// See [`DecisionClaims::explored`].
     pub explored: bool,
     /// See [`DecisionClaims::team`].
@@ -92,12 +98,13 @@ impl ClaimsRef<'_> {
             self.policy_version,
         ];
         let mut out = Vec::with_capacity(40 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
-        out.push(CLAIMS_V2);
+        out.push(CLAIMS_V3);
         out.extend_from_slice(&self.issued_ms.to_le_bytes());
         out.extend_from_slice(&self.nonce.to_le_bytes());
         out.extend_from_slice(&self.estimate_micros.to_le_bytes());
         out.extend_from_slice(&self.premium_micros.to_le_bytes());
         out.extend_from_slice(&self.complexity.to_le_bytes());
+        out.extend_from_slice(&self.gap.to_le_bytes());
         out.push(self.band);
         out.push(u8::from(self.explored));
         for s in strings {
@@ -119,6 +126,7 @@ impl DecisionClaims {
             tier: &self.tier,
             band: self.band,
             complexity: self.complexity,
+            gap: self.gap,
             explored: self.explored,
             team: &self.team,
             workflow: &self.workflow,
@@ -133,17 +141,22 @@ impl DecisionClaims {
     fn decode(b: &[u8]) -> Option<Self> {
         let mut r = Reader(b);
         let version = r.take(1)?[0];
-        if version != CLAIMS_V1 && version != CLAIMS_V2 {
+        if !(CLAIMS_V1..=CLAIMS_V3).contains(&version) {
             return None;
         }
         let issued_ms = r.u64()?;
         let nonce = r.u64()?;
-        let (estimate_micros, premium_micros) = if version == CLAIMS_V2 {
+        let (estimate_micros, premium_micros) = if version >= CLAIMS_V2 {
             (r.u64()?, r.u64()?)
         } else {
             (0, 0)
         };
         let complexity = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let gap = if version >= CLAIMS_V3 {
+            f32::from_le_bytes(r.take(4)?.try_into().ok()?)
+        } else {
+            0.0
+        };
         let band = r.take(1)?[0];
         let explored = r.take(1)?[0] != 0;
         let scope = r.string()?;
@@ -156,6 +169,7 @@ impl DecisionClaims {
             tier,
             band,
             complexity,
+            gap,
             explored,
             team,
             workflow,
@@ -309,6 +323,7 @@ mod tests {
             tier: "small".into(),
             band: 3,
             complexity: 0.17,
+            gap: -0.25,
             explored: false,
             team: "t".into(),
             workflow: "w".into(),
@@ -325,6 +340,24 @@ mod tests {
         let s = Signer::new(b"secret").unwrap();
         let token = s.sign(&claims().borrowed());
         assert_eq!(s.verify(&token).unwrap(), claims());
+    }
+
+    #[test]
+    fn ids_issued_before_the_gap_decode_with_gap_zero() {
+        let v3 = claims().borrowed().encode();
+        // v2: the same layout without the 4 gap bytes after the complexity.
+        let at = 1 + 8 * 4 + 4;
+        let mut v2 = [&v3[..at], &v3[at + 4..]].concat();
+        v2[0] = CLAIMS_V2;
+        let back = DecisionClaims::decode(&v2).unwrap();
+        assert_eq!(
+            back,
+            DecisionClaims {
+                gap: 0.0,
+                ..claims()
+            }
+        );
+        assert_eq!(DecisionClaims::decode(&v3).unwrap(), claims());
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Decision {
     pub complexity: f64,
     /// Complexity band used for learning.
     pub band: usize,
+    /// The task's premium gap (0 without a gap term): carried in the decision id, so its
+    /// outcome is learned and priced with it.
+    pub gap: f64,
     /// Whether this decision explored one tier below the safe choice.
     pub explored: bool,
     /// Allowed tiers, cheapest first.
@@ -275,6 +278,7 @@ pub fn decide(
         chosen,
         complexity,
         band,
+        gap,
         explored,
         candidates,
         fallback,

@@ -56,8 +56,7 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
         &e.workflow,
         f64::from(e.complexity),
         band,
-        // Outcome events do not carry the task's premium gap: what-if re-decides at gap 0.
-        0.0,
+        f64::from(e.gap),
         e.input_tokens,
         e.output_tokens,
     );
@@ -66,7 +65,7 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
     let quality = if tier.name == e.tier {
         e.score
     } else {
-        curves[slot].predicted[band]
+        curves[slot].predicted_for(band, f64::from(e.gap))
     };
     (tier.name.clone(), quality, costs[slot], scope.quality_bar)
 }

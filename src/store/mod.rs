@@ -48,6 +48,9 @@ pub struct OutcomeEvent {
     /// Complexity of the task (what-if replays re-decide with it).
     #[serde(default)]
     pub complexity: f32,
+    /// Premium gap of the task (learning and what-if use it); absent = 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gap: f32,
     /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -57,6 +60,10 @@ pub struct OutcomeEvent {
     /// learning log.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counters_only: bool,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 impl OutcomeEvent {
@@ -333,6 +340,7 @@ pub mod contract {
             workflow: format!("w{}", n % 4),
             team: String::new(),
             complexity: 0.5,
+            gap: 0.0,
             counters: Vec::new(),
             counters_only: false,
         }

@@ -37,6 +37,8 @@ pub struct TaskShape {
     pub workflow: Arc<str>,
     /// Complexity band.
     pub band: u8,
+    /// Premium gap of the task (0 without a gap term).
+    pub gap: f32,
     /// Input tokens.
     pub input_tokens: u64,
     /// Output tokens.

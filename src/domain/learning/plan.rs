@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::estimate::{Curves, curves, prior_curve, shift_log_odds};
-use super::scope_plan::{choose, per_task};
+use super::scope_plan::{choose, per_task, shift_quality};
 use super::*;
 use crate::domain::classifier::Calibration;
 use crate::domain::policy::{BarMode, Policy, ScopePolicy, Tier};
@@ -14,6 +14,8 @@ use crate::domain::policy::{BarMode, Policy, ScopePolicy, Tier};
 struct SampleTask {
     weight: f64,
     band: usize,
+    /// The task's premium gap.
+    gap: f64,
     /// Index of the curves that apply.
     curves: usize,
     costs: Vec<f64>,
@@ -82,6 +84,12 @@ fn plan_level(
             }
         })
         .collect();
+    // How a task's premium gap moves each tier (TierPlan::gap_sign), and a slot's quality for
+    // one sampled task with it.
+    let gap_signs: Vec<f64> = ranks.iter().map(|r| 2.0 * r - 1.0).collect();
+    let quality_of = |c: &Curves, s: usize, b: usize, gap: f64| {
+        shift_quality(c.quality[s][b], gap_signs[s] * gap)
+    };
     let priors: Vec<[f64; BANDS]> = match base {
         Some(b) if b.tiers.len() == k => b.tiers.iter().map(|t| t.predicted).collect(),
         _ => ranks.iter().map(|&rank| prior_curve(cal, rank)).collect(),
@@ -187,6 +195,7 @@ fn plan_level(
             sample.push(SampleTask {
                 weight: 1.0,
                 band: usize::from(t.band).min(BANDS - 1),
+                gap: f64::from(t.gap),
                 curves: curves_of(&t.workflow),
                 costs: tiers
                     .iter()
@@ -202,6 +211,7 @@ fn plan_level(
             sample.push(SampleTask {
                 weight,
                 band: b,
+                gap: 0.0,
                 curves: 0,
                 costs: typical_costs.clone(),
             });
@@ -211,7 +221,7 @@ fn plan_level(
         let w: f64 = sample.iter().map(|t| t.weight).sum();
         sample.iter().map(|t| t.weight * f(t)).sum::<f64>() / w.max(1e-12)
     };
-    let top_quality = mean_of(&|t| all[t.curves].quality[k - 1][t.band]);
+    let top_quality = mean_of(&|t| quality_of(&all[t.curves], k - 1, t.band, t.gap));
     let bar = match scope.quality_bar_relative {
         Some(r) => r * top_quality,
         None => scope.quality_bar,
@@ -228,12 +238,15 @@ fn plan_level(
     let explore = scope.exploration_rate;
     // Expected quality of a slot choice, counting that a share `explore` of tasks above the
     // cheapest tier runs one tier lower.
-    let with_exploration = |c: &Curves, s: usize, b: usize| match s.checked_sub(1) {
-        Some(lower) => (1.0 - explore) * c.quality[s][b] + explore * c.quality[lower][b],
-        None => c.quality[s][b],
+    let with_exploration = |c: &Curves, s: usize, b: usize, gap: f64| match s.checked_sub(1) {
+        Some(lower) => {
+            (1.0 - explore) * quality_of(c, s, b, gap) + explore * quality_of(c, lower, b, gap)
+        }
+        None => quality_of(c, s, b, gap),
     };
     let rel = scope.quality_bar_relative;
-    let per_task_slot = |c: &Curves, b: usize| per_task(k, |s| c.quality[s][b], rel, target);
+    let per_task_slot =
+        |c: &Curves, b: usize, gap: f64| per_task(k, |s| quality_of(c, s, b, gap), rel, target);
 
     let (lambda, expected_quality) = match (&scope.pinned_thresholds, scope.bar_mode) {
         (Some(pinned), _) => {
@@ -243,14 +256,14 @@ fn plan_level(
                     .iter()
                     .position(|&x| centre < x)
                     .unwrap_or(k - 1);
-                all[t.curves].quality[s][t.band]
+                quality_of(&all[t.curves], s, t.band, t.gap)
             });
             (None, q)
         }
         (None, BarMode::PerTask) => {
             let q = mean_of(&|t| {
                 let c = &all[t.curves];
-                with_exploration(c, per_task_slot(c, t.band), t.band)
+                with_exploration(c, per_task_slot(c, t.band, t.gap), t.band, t.gap)
             });
             (None, q)
         }
@@ -258,8 +271,13 @@ fn plan_level(
             let quality_at = |l: f64| {
                 mean_of(&|t| {
                     let c = &all[t.curves];
-                    let s = choose(l, t.costs.len(), |x| t.costs[x], |x| c.quality[x][t.band]);
-                    with_exploration(c, s, t.band)
+                    let s = choose(
+                        l,
+                        t.costs.len(),
+                        |x| t.costs[x],
+                        |x| quality_of(c, x, t.band, t.gap),
+                    );
+                    with_exploration(c, s, t.band, t.gap)
                 })
             };
             let lambda = price_of_quality(&quality_at, target);
@@ -279,7 +297,7 @@ fn plan_level(
                 |x| typical_costs[x],
                 |x| c.quality[x][b],
             ),
-            None => per_task_slot(c, b),
+            None => per_task_slot(c, b, 0.0),
         };
         let slots: Vec<usize> = (0..BANDS).map(slot).collect();
         (0..k)
@@ -323,7 +341,7 @@ fn plan_level(
                     evidence: n,
                     observed_quality: if n > 0.0 { sum / n } else { 0.0 },
                     last_move,
-                    gap_sign: 2.0 * ranks[s] - 1.0,
+                    gap_sign: gap_signs[s],
                 }
             })
             .collect::<Vec<_>>()

@@ -45,12 +45,11 @@ impl TierPlan {
 
 /// `q` moved by `delta` in log-odds (unchanged for a zero shift, so a model without a gap term
 /// routes exactly as before).
-pub fn shift_quality(q: f64, delta: f64) -> f64 {
+pub(super) fn shift_quality(q: f64, delta: f64) -> f64 {
     if delta == 0.0 {
         return q;
     }
-    let q = q.clamp(1e-6, 1.0 - 1e-6);
-    1.0 / (1.0 + (1.0 - q) / q * (-delta).exp())
+    super::estimate::shift_log_odds(q, delta)
 }
 
 /// The learned state of one workflow (or family) inside a scope's plan.

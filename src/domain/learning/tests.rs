@@ -58,6 +58,7 @@ fn shape_in(workflow: &str, band: usize, input: u64, output: u64) -> TaskShape {
     TaskShape {
         workflow: Arc::from(workflow),
         band: band as u8,
+        gap: 0.0,
         input_tokens: input,
         output_tokens: output,
     }

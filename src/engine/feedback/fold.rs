@@ -55,6 +55,7 @@ impl Learner {
                 let shape = TaskShape {
                     workflow: Arc::from(e.workflow.as_str()),
                     band: e.band,
+                    gap: e.gap,
                     input_tokens: e.input_tokens,
                     output_tokens: e.output_tokens,
                 };

@@ -256,6 +256,7 @@ impl Learner {
             tier: &d.tier().name,
             band: d.band.min(BANDS - 1) as u8,
             complexity: d.complexity as f32,
+            gap: d.gap as f32,
             explored: d.explored,
             team,
             workflow,

@@ -109,6 +109,7 @@ impl Learner {
             workflow: claims.workflow,
             team: claims.team,
             complexity: claims.complexity,
+            gap: claims.gap,
             counters,
             counters_only: false,
         };
@@ -237,6 +238,7 @@ impl Learner {
             workflow: claims.workflow.clone(),
             team: claims.team.clone(),
             complexity: claims.complexity,
+            gap: claims.gap,
             counters: event_counters,
             counters_only: true,
         };
