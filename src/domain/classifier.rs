@@ -240,8 +240,8 @@ impl ComplexityModel {
         self.logit_and_gap(input).0
     }
 
-    /// The task's difficulty logit and its premium gap (0 without gap weights), from one pass
-    /// over its features.
+    /// The task's difficulty logit and its premium gap (0 without gap weights, at most
+    /// [`MAX_GAP`] either way), from one pass over its features.
     pub fn logit_and_gap(&self, input: &TaskInput<'_>) -> (f32, f32) {
         let mut z = self.bias + self.workflow_offset(input.workflow);
         let mut gap = 0.0;
@@ -255,13 +255,13 @@ impl ComplexityModel {
                 gap += g * x;
             }
         });
-        (z, gap)
+        (z, gap.clamp(-MAX_GAP, MAX_GAP))
     }
 
     /// The task's complexity and its premium gap ([`ComplexityModel::gap_weights`]).
     pub fn score(&self, input: &TaskInput<'_>) -> (f64, f32) {
         let (z, gap) = self.logit_and_gap(input);
-        (self.complexity_of_logit(z), gap.clamp(-MAX_GAP, MAX_GAP))
+        (self.complexity_of_logit(z), gap)
     }
 
     /// Offline-learned difficulty offset of a workflow label: its own plus its family's.

@@ -39,7 +39,6 @@ pub fn evaluate(
         .map(|t| {
             let input = input_of(t.record);
             let (z, gap) = model.logit_and_gap(&input);
-            let gap = gap.clamp(-MAX_GAP, MAX_GAP);
             let (dc, dp) = model.calibration.shift_of(&t.record.workflow);
             match (
                 model.success_chance(premium, z - dp as f32 - gap),

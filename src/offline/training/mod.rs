@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::domain::classifier::{
-    ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel, LabelShift, MAX_GAP,
+    ARTIFACT_FORMAT, Calibration, CalibrationBand, ComplexityModel, LabelShift,
 };
 use crate::domain::features::{self, TaskInput};
 use crate::domain::learning::band_of;
@@ -285,8 +285,6 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
         },
         training: serde_json::Value::Null,
     };
-    // The premium gap, fitted on the difficulties and label shifts the model ships (out of
-    // fold, as the calibration): what they leave of where the premium model wins.
     // Calibration from out-of-fold complexities, so it reflects unseen tasks.
     let mut bands = vec![(0u32, 0.0f64, 0.0f64); CALIBRATION_BANDS];
     for (t, z) in tasks.iter().zip(&oof) {
