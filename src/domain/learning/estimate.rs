@@ -30,28 +30,67 @@ pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
 /// Shrunk estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
 /// 1 by `prior_strength` outcomes) plus a shrunk per-band residual. A ratio rather than an
 /// offset because models change multiplicatively: one that starts failing 70% of its answers
-/// loses 70% everywhere, not the same points on easy and hard tasks. Returns the per-band means
-/// and the level's own effective evidence plus `prior_strength`.
+/// loses 70% everywhere, not the same points on easy and hard tasks. `expect` is what the
+/// level's own outcomes were expected to score per band: `prior` for a level without labelled
+/// children, else the mix of its children's label-shifted priors (see [`expected_mix`]), so a
+/// scope whose cheap tier only ever sees the workflows it is good at does not learn that it is
+/// good everywhere. Returns the per-band means and the level's own effective evidence plus
+/// `prior_strength`.
 pub(super) fn estimate(
     prior: &[f64; BANDS],
+    expect: &[f64; BANDS],
     cells: &[Cell; BANDS],
     prior_strength: f64,
+    band_prior: f64,
 ) -> ([f64; BANDS], f64) {
     let n: f64 = cells.iter().map(|c| c.n).sum();
     if n <= 0.0 {
         return (*prior, prior_strength);
     }
     let observed: f64 = cells.iter().map(|c| c.sum).sum();
-    let expected: f64 = cells.iter().zip(prior).map(|(c, p)| c.n * p).sum();
+    let expected: f64 = cells.iter().zip(expect).map(|(c, p)| c.n * p).sum();
     let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
     let ratio = (observed + prior_strength * prior_mean) / (expected + prior_strength * prior_mean);
     let mut mean = [0.0; BANDS];
     for b in 0..BANDS {
         let base = (prior[b] * ratio).clamp(0.0, 1.0);
-        let residual = (cells[b].sum - cells[b].n * base) / (cells[b].n + BAND_PRIOR);
+        let own = (expect[b] * ratio).clamp(0.0, 1.0);
+        let residual = (cells[b].sum - cells[b].n * own) / (cells[b].n + band_prior);
         mean[b] = (base + residual).clamp(0.0, 1.0);
     }
     (mean, n + prior_strength)
+}
+
+/// Per band, what a level's outcomes were expected to score: `base` moved by each child's
+/// log-odds shift, weighted by the child's evidence in that band (`base` where no child has
+/// any). `children` yields each child's cells of the tier and its shift.
+pub(super) fn expected_mix<'a>(
+    base: &[f64; BANDS],
+    children: impl Iterator<Item = (&'a [Cell; BANDS], f64)>,
+) -> [f64; BANDS] {
+    let mut num = [0.0; BANDS];
+    let mut den = [0.0; BANDS];
+    for (cells, delta) in children {
+        for b in 0..BANDS {
+            let n = cells[b].n;
+            if n > 0.0 {
+                let q = if delta == 0.0 {
+                    base[b]
+                } else {
+                    shift_log_odds(base[b], delta)
+                };
+                num[b] += n * q;
+                den[b] += n;
+            }
+        }
+    }
+    let mut out = *base;
+    for b in 0..BANDS {
+        if den[b] > 0.0 {
+            out[b] = num[b] / den[b];
+        }
+    }
+    out
 }
 
 /// Curves of every allowed tier at one level.
@@ -64,6 +103,16 @@ pub(super) struct Curves {
     pub(super) strength: Vec<f64>,
 }
 
+/// What a level's estimate starts from, per slot: its prior curve, what its own outcomes were
+/// expected to score ([`expected_mix`]), the prior's weight in outcomes, and the outcomes a band
+/// needs before its own residual counts.
+pub(super) struct Start<'a> {
+    pub(super) prior: &'a [[f64; BANDS]],
+    pub(super) expect: &'a [[f64; BANDS]],
+    pub(super) strength: &'a [f64],
+    pub(super) band_prior: f64,
+}
+
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
 /// already holds this level's outcomes: to not count them twice, the pseudo-outcomes of the
 /// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
@@ -72,12 +121,17 @@ pub(super) struct Curves {
 /// style, made a workflow with half of its scope's traffic learn at half speed.)
 pub(super) fn curves(
     tiers: &[&Tier],
-    parents: &[[f64; BANDS]],
+    start: Start<'_>,
     parent_strength: &[f64],
     level: Option<&Level>,
     parent_level: Option<&Level>,
-    prior_strength: &[f64],
 ) -> Curves {
+    let Start {
+        prior: parents,
+        expect: expects,
+        strength: prior_strength,
+        band_prior,
+    } = start;
     let empty = [Cell::default(); BANDS];
     let total = |l: Option<&Level>, name: &str| -> f64 {
         l.and_then(|l| l.cells.get(name))
@@ -98,7 +152,7 @@ pub(super) fn curves(
             }
             None => prior_strength[s],
         };
-        let (estimated, n) = estimate(&parents[s], cells, strength);
+        let (estimated, n) = estimate(&parents[s], &expects[s], cells, strength, band_prior);
         // A child level knows at least what its parent does.
         let n = if parent_level.is_some() {
             n

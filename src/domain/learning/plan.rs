@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::estimate::{Curves, curves, prior_curve, shift_log_odds};
+use super::estimate::{Curves, Start, curves, expected_mix, prior_curve, shift_log_odds};
 use super::scope_plan::{choose, per_task, shift_quality};
 use super::*;
 use crate::domain::classifier::Calibration;
@@ -94,20 +94,17 @@ fn plan_level(
         Some(b) if b.tiers.len() == k => b.tiers.iter().map(|t| t.predicted).collect(),
         _ => ranks.iter().map(|&rank| prior_curve(cal, rank)).collect(),
     };
-    // A parent's curves as the prior of one of its labels: shifted by what training saw of
-    // that label (its log-odds shift, per tier by the same rank as the prior), less the part
-    // the parent has already learned from this label's own outcomes.
-    let shifted = |parent: &Curves, label: &str, level: Option<&Level>| -> Vec<[f64; BANDS]> {
-        let (dc, dp) = cal.own_shift(label);
-        tiers
-            .iter()
-            .enumerate()
-            .map(|(s, t)| {
-                let own: f64 = level
-                    .and_then(|l| l.cells.get(&t.name))
-                    .map_or(0.0, |c| c.iter().map(|c| c.n).sum());
-                let learned = (own / parent.strength[s].max(1e-9)).min(1.0);
-                let delta = (dc + ranks[s] * (dp - dc)) * (1.0 - learned);
+    // A label's log-odds shift for each slot: what training saw of it, per tier by the same
+    // rank as the prior.
+    let slot_shift = |(dc, dp): (f64, f64), s: usize| dc + ranks[s] * (dp - dc);
+    // A parent's curves as the prior of one of its labels, shifted by the label's own shift.
+    // The parent learned against its outcomes' label-shifted expectations (`expected_mix`), so
+    // what it learned is common to its labels and the shift applies in full.
+    let shifted = |parent: &Curves, label: &str| -> Vec<[f64; BANDS]> {
+        let own = cal.own_shift(label);
+        (0..k)
+            .map(|s| {
+                let delta = slot_shift(own, s);
                 let mut curve = parent.predicted[s];
                 if delta != 0.0 {
                     curve
@@ -117,6 +114,29 @@ fn plan_level(
                 curve
             })
             .collect()
+    };
+    // What a level's outcomes were expected to score on `base`: its workflows' evidence, each
+    // moved by that workflow's shift relative to the level (`shift`).
+    let expected = |base: &[[f64; BANDS]],
+                    workflows: &[(&String, &Level)],
+                    shift: &dyn Fn(&str) -> (f64, f64)|
+     -> Vec<[f64; BANDS]> {
+        (0..k)
+            .map(|s| {
+                let children = workflows.iter().filter_map(|(w, l)| {
+                    let cells = l.cells.get(&tiers[s].name)?;
+                    Some((cells, slot_shift(shift(w), s)))
+                });
+                expected_mix(&base[s], children)
+            })
+            .collect()
+    };
+    // A label the model was trained on had its shifted curve measured on its training tasks:
+    // its bands need that many more outcomes of their own before a residual counts.
+    let band_prior_of = |label: &str| {
+        BAND_PRIOR
+            + LABEL_BAND_PRIOR_PER_TASK
+                * cal.workflows.get(label).map_or(0.0, |s| f64::from(s.tasks))
     };
     let strengths: Vec<f64> = tiers
         .iter()
@@ -131,13 +151,22 @@ fn plan_level(
 
     // Curves: index 0 the scope, then families, then workflows.
     let zero = vec![0.0; k];
+    let mut workflow_levels: Vec<(&String, &Level)> = evidence
+        .map(|e| e.workflows.iter().collect())
+        .unwrap_or_default();
+    workflow_levels.sort_by(|a, b| a.0.cmp(b.0));
+    let scope_start = Start {
+        prior: &priors,
+        expect: &expected(&priors, &workflow_levels, &|w| cal.shift_of(w)),
+        strength: &strengths,
+        band_prior: BAND_PRIOR,
+    };
     let mut all = vec![curves(
         &tiers,
-        &priors,
+        scope_start,
         &zero,
         evidence.map(|e| &e.scope),
         None,
-        &strengths,
     )];
     let mut family_index: HashMap<&str, usize> = HashMap::new();
     let mut workflow_index: HashMap<&str, usize> = HashMap::new();
@@ -145,33 +174,48 @@ fn plan_level(
         let mut names: Vec<&String> = e.families.keys().collect();
         names.sort();
         for f in names {
+            let prior = shifted(&all[0], f);
+            let members: Vec<(&String, &Level)> = workflow_levels
+                .iter()
+                .filter(|(w, _)| family_of(w) == Some(f.as_str()))
+                .copied()
+                .collect();
+            let start = Start {
+                prior: &prior,
+                expect: &expected(&prior, &members, &|w| cal.own_shift(w)),
+                strength: &vec![FAMILY_PRIOR; k],
+                band_prior: band_prior_of(f),
+            };
             let c = curves(
                 &tiers,
-                &shifted(&all[0], f, e.families.get(f)),
+                start,
                 &all[0].strength,
                 e.families.get(f),
                 Some(&e.scope),
-                &vec![FAMILY_PRIOR; k],
             );
             family_index.insert(f, all.len());
             all.push(c);
         }
-        let mut names: Vec<&String> = e.workflows.keys().collect();
-        names.sort();
-        for w in names {
+        for &(w, level) in &workflow_levels {
             let family = family_of(w).and_then(|f| Some((f, *family_index.get(f)?)));
             let parent = family.map_or(0, |(_, i)| i);
             let parent_level = match family {
                 Some((f, _)) => e.families.get(f),
                 None => Some(&e.scope),
             };
+            let prior = shifted(&all[parent], w);
+            let start = Start {
+                prior: &prior,
+                expect: &prior,
+                strength: &vec![WORKFLOW_PRIOR; k],
+                band_prior: band_prior_of(w),
+            };
             let c = curves(
                 &tiers,
-                &shifted(&all[parent], w, e.workflows.get(w)),
+                start,
                 &all[parent].strength,
-                e.workflows.get(w),
+                Some(level),
                 parent_level,
-                &vec![WORKFLOW_PRIOR; k],
             );
             workflow_index.insert(w, all.len());
             all.push(c);

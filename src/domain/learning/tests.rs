@@ -279,6 +279,13 @@ fn a_label_seen_in_training_starts_from_its_measured_shift_until_its_own_outcome
             premium: 0.0,
         },
     );
+    // `fam/easy` was seen as often, and no model did better or worse there.
+    let seen = LabelShift {
+        tasks: 200,
+        cheap: 0.0,
+        premium: 0.0,
+    };
+    cal.workflows.insert("fam/easy".into(), seen);
     let p = policy(0.8);
     let mut ev = ScopeEvidence::default();
     for name in ["fam/hard", "fam/easy"] {
@@ -373,12 +380,76 @@ fn relative_bar_is_a_share_of_the_top_tier() {
 }
 
 #[test]
+fn outcomes_that_match_their_labels_shift_teach_the_scope_nothing() {
+    use crate::domain::classifier::LabelShift;
+    let mut cal = calibration();
+    // Training saw the cheap model do far better on `easy` and far worse on `hard` than its
+    // band curve says.
+    for (name, cheap) in [("easy", 1.5), ("hard", -1.5)] {
+        let shift = LabelShift {
+            tasks: 200,
+            cheap,
+            premium: 0.0,
+        };
+        cal.workflows.insert(name.into(), shift);
+    }
+    let p = policy(0.8);
+    let cheap_on = |ev: &ScopeEvidence, w: &str| {
+        plan_scope(&p, &p.default, &cal, Some(ev), None).tiers_for(w)[0].predicted
+    };
+    // What the calibration expects of the cheap tier on each label (its curve, shifted).
+    let prior: Vec<f64> = cal.bands.iter().map(|b| b.cheap_quality).collect();
+    let expect = |delta: f64| -> Vec<f64> {
+        prior
+            .iter()
+            .map(|&q| super::estimate::shift_log_odds(q, delta))
+            .collect()
+    };
+    let (easy0, hard0, scope0) = (expect(1.5), expect(-1.5), prior.clone());
+    // The cheap tier only ever runs `easy`, and scores exactly what its shifted curve says;
+    // `hard` has one premium outcome, so it has a level of its own.
+    let mut ev = ScopeEvidence::default();
+    ev.observe("large", shape_in("hard", 5, 100, 10), 0.9);
+    for i in 0..400 {
+        let band = i % BANDS;
+        ev.observe("small", shape_in("easy", band, 100, 10), easy0[band]);
+    }
+    let (easy, hard, scope) = (
+        cheap_on(&ev, "easy"),
+        cheap_on(&ev, "hard"),
+        cheap_on(&ev, "unlabelled"),
+    );
+    for b in [2, 10, 17] {
+        // Selected traffic that met its own expectation says nothing about the other label,
+        // nor about unlabelled traffic.
+        assert!(
+            (hard[b] - hard0[b]).abs() < 0.01,
+            "band {b}: {} -> {}",
+            hard0[b],
+            hard[b]
+        );
+        assert!(
+            (scope[b] - scope0[b]).abs() < 0.01,
+            "band {b}: {} -> {}",
+            scope0[b],
+            scope[b]
+        );
+        assert!(
+            (easy[b] - easy0[b]).abs() < 0.01,
+            "band {b}: {} -> {}",
+            easy0[b],
+            easy[b]
+        );
+    }
+}
+
+#[test]
 fn estimate_pools_before_it_trusts_a_band() {
     let prior = [0.8; BANDS];
     let mut cells = [Cell::default(); BANDS];
     // 100 failures in band 3 only.
     cells[3] = Cell { n: 100.0, sum: 0.0 };
-    let (m, n) = estimate(&prior, &cells, 100.0);
+    let (m, n) = estimate(&prior, &prior, &cells, 100.0, BAND_PRIOR);
     assert_eq!(n, 200.0);
     // Everything moves down (pooled offset), band 3 most.
     assert!(m[0] < 0.8 && m[0] > 0.3);
