@@ -173,16 +173,19 @@ fn plan_level(
     if let Some(e) = evidence {
         let mut names: Vec<&String> = e.families.keys().collect();
         names.sort();
+        // Each family's workflows, grouped once (not a scan of every workflow per family).
+        let mut members_of: HashMap<&str, Vec<(&String, &Level)>> = HashMap::new();
+        for &(w, l) in &workflow_levels {
+            if let Some(f) = family_of(w) {
+                members_of.entry(f).or_default().push((w, l));
+            }
+        }
         for f in names {
             let prior = shifted(&all[0], f);
-            let members: Vec<(&String, &Level)> = workflow_levels
-                .iter()
-                .filter(|(w, _)| family_of(w) == Some(f.as_str()))
-                .copied()
-                .collect();
+            let members = members_of.get(f.as_str()).map_or(&[][..], Vec::as_slice);
             let start = Start {
                 prior: &prior,
-                expect: &expected(&prior, &members, &|w| cal.own_shift(w)),
+                expect: &expected(&prior, members, &|w| cal.own_shift(w)),
                 strength: &vec![FAMILY_PRIOR; k],
                 band_prior: band_prior_of(f),
             };
