@@ -1,6 +1,7 @@
 //! Estimates: the calibration prior of a tier, label shifts, and the hierarchical shrinkage of
 //! a level's curves towards its parent's.
 
+use super::scope_plan::shift_quality;
 use super::*;
 use crate::domain::classifier::Calibration;
 use crate::domain::policy::Tier;
@@ -63,7 +64,9 @@ pub(super) fn estimate(
 
 /// Per band, what a level's outcomes were expected to score: `base` moved by each child's
 /// log-odds shift, weighted by the child's evidence in that band (`base` where no child has
-/// any). `children` yields each child's cells of the tier and its shift.
+/// any). `children` yields each child's cells of the tier and its shift. The children's cells
+/// decay by their own outcomes, the level's by all of its own, so the mix weighs each child by
+/// its recent share, not exactly by its share of the level's cell.
 pub(super) fn expected_mix<'a>(
     base: &[f64; BANDS],
     children: impl Iterator<Item = (&'a [Cell; BANDS], f64)>,
@@ -74,12 +77,7 @@ pub(super) fn expected_mix<'a>(
         for b in 0..BANDS {
             let n = cells[b].n;
             if n > 0.0 {
-                let q = if delta == 0.0 {
-                    base[b]
-                } else {
-                    shift_log_odds(base[b], delta)
-                };
-                num[b] += n * q;
+                num[b] += n * shift_quality(base[b], delta);
                 den[b] += n;
             }
         }
@@ -126,12 +124,6 @@ pub(super) fn curves(
     level: Option<&Level>,
     parent_level: Option<&Level>,
 ) -> Curves {
-    let Start {
-        prior: parents,
-        expect: expects,
-        strength: prior_strength,
-        band_prior,
-    } = start;
     let empty = [Cell::default(); BANDS];
     let total = |l: Option<&Level>, name: &str| -> f64 {
         l.and_then(|l| l.cells.get(name))
@@ -148,11 +140,17 @@ pub(super) fn curves(
             Some(_) => {
                 let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
                 let share = if parent > 0.0 { own / parent } else { 0.0 };
-                prior_strength[s] / (1.0 - share).max(0.05)
+                start.strength[s] / (1.0 - share).max(0.05)
             }
-            None => prior_strength[s],
+            None => start.strength[s],
         };
-        let (estimated, n) = estimate(&parents[s], &expects[s], cells, strength, band_prior);
+        let (estimated, n) = estimate(
+            &start.prior[s],
+            &start.expect[s],
+            cells,
+            strength,
+            start.band_prior,
+        );
         // A child level knows at least what its parent does.
         let n = if parent_level.is_some() {
             n

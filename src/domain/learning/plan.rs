@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::estimate::{Curves, Start, curves, expected_mix, prior_curve, shift_log_odds};
+use super::estimate::{Curves, Start, curves, expected_mix, prior_curve};
 use super::scope_plan::{choose, per_task, shift_quality};
 use super::*;
 use crate::domain::classifier::Calibration;
@@ -106,11 +106,7 @@ fn plan_level(
             .map(|s| {
                 let delta = slot_shift(own, s);
                 let mut curve = parent.predicted[s];
-                if delta != 0.0 {
-                    curve
-                        .iter_mut()
-                        .for_each(|q| *q = shift_log_odds(*q, delta));
-                }
+                curve.iter_mut().for_each(|q| *q = shift_quality(*q, delta));
                 curve
             })
             .collect()
