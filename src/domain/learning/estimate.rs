@@ -35,7 +35,8 @@ pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
 /// level's own outcomes were expected to score per band: `prior` for a level without labelled
 /// children, else the mix of its children's label-shifted priors (see [`expected_mix`]), so a
 /// scope whose cheap tier only ever sees the workflows it is good at does not learn that it is
-/// good everywhere. Returns the per-band means and the level's own effective evidence plus
+/// good everywhere. `noise` is how much of a deviation is put down to sampling noise
+/// ([`denoise`]). Returns the per-band means and the level's own effective evidence plus
 /// `prior_strength`.
 pub(super) fn estimate(
     prior: &[f64; BANDS],
@@ -43,23 +44,49 @@ pub(super) fn estimate(
     cells: &[Cell; BANDS],
     prior_strength: f64,
     band_prior: f64,
+    noise: f64,
 ) -> ([f64; BANDS], f64) {
     let n: f64 = cells.iter().map(|c| c.n).sum();
     if n <= 0.0 {
         return (*prior, prior_strength);
     }
-    let observed: f64 = cells.iter().map(|c| c.sum).sum();
     let expected: f64 = cells.iter().zip(expect).map(|(c, p)| c.n * p).sum();
+    let variance: f64 = cells
+        .iter()
+        .zip(expect)
+        .map(|(c, &p)| c.n * score_variance(p))
+        .sum();
+    let surplus = cells.iter().map(|c| c.sum).sum::<f64>() - expected;
+    let observed = expected + denoise(surplus, variance, noise);
     let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
     let ratio = (observed + prior_strength * prior_mean) / (expected + prior_strength * prior_mean);
     let mut mean = [0.0; BANDS];
     for b in 0..BANDS {
         let base = (prior[b] * ratio).clamp(0.0, 1.0);
         let own = (expect[b] * ratio).clamp(0.0, 1.0);
-        let residual = (cells[b].sum - cells[b].n * own) / (cells[b].n + band_prior);
+        let (n, sum) = (cells[b].n, cells[b].sum);
+        let residual = denoise(sum - n * own, n * score_variance(own), noise) / (n + band_prior);
         mean[b] = (base + residual).clamp(0.0, 1.0);
     }
     (mean, n + prior_strength)
+}
+
+/// Variance of one score in [0, 1] whose mean is `p` (at most that of a pass/fail outcome),
+/// kept off 0 so a curve at 0 or 1 still counts its outcomes as noisy.
+fn score_variance(p: f64) -> f64 {
+    (p * (1.0 - p)).max(0.01)
+}
+
+/// A level's surplus `d` of observed over expected score, less what sampling noise of
+/// `variance` explains (positive-part James–Stein: `d · max(0, 1 − shrink · variance / d²)`).
+/// At `shrink` 1 a deviation within one standard error teaches nothing and one of three keeps
+/// about 90% of itself: a stationary stream stops moving the plan while a real change of a
+/// tier still shows within tens of outcomes.
+fn denoise(d: f64, variance: f64, shrink: f64) -> f64 {
+    if d == 0.0 {
+        return 0.0;
+    }
+    d * (1.0 - shrink * variance / (d * d)).max(0.0)
 }
 
 /// Per band, what a level's outcomes were expected to score: `base` moved by each child's
@@ -102,13 +129,17 @@ pub(super) struct Curves {
 }
 
 /// What a level's estimate starts from, per slot: its prior curve, what its own outcomes were
-/// expected to score ([`expected_mix`]), the prior's weight in outcomes, and the outcomes a band
-/// needs before its own residual counts.
+/// expected to score ([`expected_mix`]), the prior's weight in outcomes, the outcomes a band
+/// needs before its own residual counts, and how much of a deviation is noise.
 pub(super) struct Start<'a> {
     pub(super) prior: &'a [[f64; BANDS]],
     pub(super) expect: &'a [[f64; BANDS]],
     pub(super) strength: &'a [f64],
     pub(super) band_prior: f64,
+    /// Per slot, how much of a deviation from the prior is sampling noise: [`NOISE_SHRINK`]
+    /// for a tier running one of the calibration's models (its curve was measured), 0 for any
+    /// other (its curve is a guess by price, and what it shows of the guess is real).
+    pub(super) noise: &'a [f64],
 }
 
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
@@ -150,6 +181,7 @@ pub(super) fn curves(
             cells,
             strength,
             start.band_prior,
+            start.noise[s],
         );
         // A child level knows at least what its parent does.
         let n = if parent_level.is_some() {

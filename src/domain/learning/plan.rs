@@ -134,15 +134,23 @@ fn plan_level(
             + LABEL_BAND_PRIOR_PER_TASK
                 * cal.workflows.get(label).map_or(0.0, |s| f64::from(s.tasks))
     };
-    let strengths: Vec<f64> = tiers
+    let known: Vec<bool> = tiers
         .iter()
-        .map(|t| {
-            if t.model == cal.cheap_model || t.model == cal.premium_model {
+        .map(|t| t.model == cal.cheap_model || t.model == cal.premium_model)
+        .collect();
+    let strengths: Vec<f64> = known
+        .iter()
+        .map(|&m| {
+            if m {
                 PRIOR_KNOWN_MODEL
             } else {
                 PRIOR_OTHER_MODEL
             }
         })
+        .collect();
+    let noise: Vec<f64> = known
+        .iter()
+        .map(|&m| if m { NOISE_SHRINK } else { 0.0 })
         .collect();
 
     // Curves: index 0 the scope, then families, then workflows.
@@ -156,6 +164,7 @@ fn plan_level(
         expect: &expected(&priors, &workflow_levels, &|w| cal.shift_of(w)),
         strength: &strengths,
         band_prior: BAND_PRIOR,
+        noise: &noise,
     };
     let mut all = vec![curves(
         &tiers,
@@ -184,6 +193,7 @@ fn plan_level(
                 expect: &expected(&prior, members, &|w| cal.own_shift(w)),
                 strength: &vec![FAMILY_PRIOR; k],
                 band_prior: band_prior_of(f),
+                noise: &noise,
             };
             let c = curves(
                 &tiers,
@@ -208,6 +218,7 @@ fn plan_level(
                 expect: &prior,
                 strength: &vec![WORKFLOW_PRIOR; k],
                 band_prior: band_prior_of(w),
+                noise: &noise,
             };
             let c = curves(
                 &tiers,
@@ -323,7 +334,11 @@ fn plan_level(
                     with_exploration(c, s, t.band, t.gap)
                 })
             };
-            let lambda = price_of_quality(&quality_at, target);
+            // A target the top tier cannot reach on this traffic (a hard stretch, or catching
+            // up) is bought only up to OUT_OF_REACH_SLACK below its reach: the last of it costs
+            // the most per point, so it is made up later on traffic where quality is cheaper.
+            let aim = target.min(quality_at(LAMBDA_MAX) - OUT_OF_REACH_SLACK);
+            let lambda = price_of_quality(&quality_at, aim);
             (Some(lambda), quality_at(lambda))
         }
     };

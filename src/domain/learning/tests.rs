@@ -449,11 +449,39 @@ fn estimate_pools_before_it_trusts_a_band() {
     let mut cells = [Cell::default(); BANDS];
     // 100 failures in band 3 only.
     cells[3] = Cell { n: 100.0, sum: 0.0 };
-    let (m, n) = estimate(&prior, &prior, &cells, 100.0, BAND_PRIOR);
+    let (m, n) = estimate(&prior, &prior, &cells, 100.0, BAND_PRIOR, NOISE_SHRINK);
     assert_eq!(n, 200.0);
     // Everything moves down (pooled offset), band 3 most.
     assert!(m[0] < 0.8 && m[0] > 0.3);
     assert!(m[3] < m[0]);
+}
+
+#[test]
+fn a_deviation_within_sampling_noise_teaches_a_measured_curve_nothing() {
+    let prior = [0.8; BANDS];
+    let mut cells = [Cell::default(); BANDS];
+    // 200 outcomes at 0.78 against an expected 0.8: 4 successes short, one standard error
+    // (sqrt(200 × 0.16) ≈ 5.7) explains them.
+    cells
+        .iter_mut()
+        .for_each(|c| *c = Cell { n: 10.0, sum: 7.8 });
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK);
+    assert!(m.iter().all(|&q| (q - 0.8).abs() < 1e-12), "{m:?}");
+    // The same shortfall counts in full where the curve is a guess (no shrink).
+    let (guess, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0);
+    assert!(guess.iter().all(|&q| q < 0.8 - 0.01), "{guess:?}");
+    // A real change (0.5 instead of 0.8, 60 short, ten standard errors) mostly survives.
+    cells
+        .iter_mut()
+        .for_each(|c| *c = Cell { n: 10.0, sum: 5.0 });
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK);
+    let (full, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0);
+    assert!(
+        m[0] < 0.6 && (m[0] - full[0]).abs() < 0.02,
+        "{} vs {}",
+        m[0],
+        full[0]
+    );
 }
 
 /// Four tiers, two workflows: `b` is as good as the premium tier on workflow A and as poor as
