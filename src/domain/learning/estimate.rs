@@ -35,8 +35,9 @@ pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
 /// level's own outcomes were expected to score per band: `prior` for a level without labelled
 /// children, else the mix of its children's label-shifted priors (see [`expected_mix`]), so a
 /// scope whose cheap tier only ever sees the workflows it is good at does not learn that it is
-/// good everywhere. `noise` is how much of a deviation is put down to sampling noise
-/// ([`denoise`]). Returns the per-band means and the level's own effective evidence plus
+/// good everywhere; each cell's expectation is moved by its tasks' mean premium gap, signed
+/// for the tier by `gap_sign`. `noise` is how much of a deviation is put down to sampling
+/// noise ([`denoise`]). Returns the per-band means and the level's own effective evidence plus
 /// `prior_strength`.
 pub(super) fn estimate(
     prior: &[f64; BANDS],
@@ -45,16 +46,21 @@ pub(super) fn estimate(
     prior_strength: f64,
     band_prior: f64,
     noise: f64,
+    gap_sign: f64,
 ) -> ([f64; BANDS], f64) {
     let n: f64 = cells.iter().map(|c| c.n).sum();
     if n <= 0.0 {
         return (*prior, prior_strength);
     }
-    let expected: f64 = cells.iter().zip(expect).map(|(c, p)| c.n * p).sum();
+    // What a cell's tasks were expected to score at curve value `p`: moved by their mean gap,
+    // so a tier sent where the gap says it does well does not learn that as its own quality
+    // (and then get the gap again on top at Route).
+    let at = |c: &Cell, p: f64| shift_quality(p, gap_sign * c.mean_gap());
+    let expected: f64 = cells.iter().zip(expect).map(|(c, &p)| c.n * at(c, p)).sum();
     let variance: f64 = cells
         .iter()
         .zip(expect)
-        .map(|(c, &p)| c.n * score_variance(p))
+        .map(|(c, &p)| c.n * score_variance(at(c, p)))
         .sum();
     let surplus = cells.iter().map(|c| c.sum).sum::<f64>() - expected;
     let observed = expected + denoise(surplus, variance, noise);
@@ -63,7 +69,7 @@ pub(super) fn estimate(
     let mut mean = [0.0; BANDS];
     for b in 0..BANDS {
         let base = (prior[b] * ratio).clamp(0.0, 1.0);
-        let own = (expect[b] * ratio).clamp(0.0, 1.0);
+        let own = at(&cells[b], (expect[b] * ratio).clamp(0.0, 1.0));
         let (n, sum) = (cells[b].n, cells[b].sum);
         let residual = denoise(sum - n * own, n * score_variance(own), noise) / (n + band_prior);
         mean[b] = (base + residual).clamp(0.0, 1.0);
@@ -140,6 +146,8 @@ pub(super) struct Start<'a> {
     /// for a tier running one of the calibration's models (its curve was measured), 0 for any
     /// other (its curve is a guess by price, and what it shows of the guess is real).
     pub(super) noise: &'a [f64],
+    /// Per slot, how a task's premium gap moves the tier ([`TierPlan::gap_sign`]).
+    pub(super) gap_sign: &'a [f64],
 }
 
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
@@ -182,6 +190,7 @@ pub(super) fn curves(
             strength,
             start.band_prior,
             start.noise[s],
+            start.gap_sign[s],
         );
         // A child level knows at least what its parent does.
         let n = if parent_level.is_some() {

@@ -13,16 +13,24 @@ pub struct Cell {
     pub n: f64,
     /// Effective sum of scores.
     pub sum: f64,
+    /// Effective sum of the tasks' premium gaps (0 without a gap term).
+    pub gap: f64,
 }
 
 impl Cell {
     fn scale(&mut self, f: f64) {
         self.n *= f;
         self.sum *= f;
+        self.gap *= f;
     }
-    fn add(&mut self, score: f64, weight: f64) {
+    fn add(&mut self, score: f64, gap: f64, weight: f64) {
         self.n += weight;
         self.sum += weight * score;
+        self.gap += weight * gap;
+    }
+    /// Mean premium gap of the cell's tasks, 0 without evidence.
+    pub fn mean_gap(&self) -> f64 {
+        if self.n > 0.0 { self.gap / self.n } else { 0.0 }
     }
     /// Mean score, 0 without evidence.
     pub fn mean(&self) -> f64 {
@@ -93,7 +101,8 @@ pub struct Level {
 }
 
 impl Level {
-    fn observe(&mut self, tier: &str, band: usize, score: f64, weight: f64, seen: u64) {
+    fn observe(&mut self, tier: &str, task: (usize, f64), score: f64, weight: f64, seen: u64) {
+        let (band, gap) = task;
         let decay = decay_per_outcome();
         for cells in self.cells.values_mut() {
             cells.iter_mut().for_each(|c| c.scale(decay));
@@ -102,8 +111,8 @@ impl Level {
         self.cells
             .entry(tier.to_string())
             .or_insert([Cell::default(); BANDS])[band]
-            .add(score, weight);
-        self.total.add(score, weight);
+            .add(score, gap, weight);
+        self.total.add(score, gap, weight);
         self.feedbacks += 1;
         self.last_seen = seen;
     }
@@ -211,6 +220,7 @@ impl ScopeEvidence {
 
     fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {
         let band = usize::from(shape.band).min(BANDS - 1);
+        let task = (band, f64::from(shape.gap));
         let seen = self.scope.feedbacks + 1;
         let workflow = workflow_key(&shape.workflow).to_string();
         let family = family_of(&workflow).map(str::to_string);
@@ -235,19 +245,19 @@ impl ScopeEvidence {
         // lengths and traffic sample (what other teams' cost estimates and prices come from)
         // not at all.
         let shapes = weight >= 0.5;
-        self.scope.observe(tier, band, score, weight, seen);
+        self.scope.observe(tier, task, score, weight, seen);
         if shapes {
             self.scope.output.observe(tokens, scope_est);
         }
         if let Some(f) = &family {
             let level = level_mut(&mut self.families, f);
-            level.observe(tier, band, score, weight, seen);
+            level.observe(tier, task, score, weight, seen);
             if shapes {
                 level.output.observe(tokens, family_est);
             }
         }
         let level = level_mut(&mut self.workflows, &workflow);
-        level.observe(tier, band, score, weight, seen);
+        level.observe(tier, task, score, weight, seen);
         if shapes {
             level.output.observe(tokens, workflow_est);
         }

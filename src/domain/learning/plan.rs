@@ -165,6 +165,7 @@ fn plan_level(
         strength: &strengths,
         band_prior: BAND_PRIOR,
         noise: &noise,
+        gap_sign: &gap_signs,
     };
     let mut all = vec![curves(
         &tiers,
@@ -194,6 +195,7 @@ fn plan_level(
                 strength: &vec![FAMILY_PRIOR; k],
                 band_prior: band_prior_of(f),
                 noise: &noise,
+                gap_sign: &gap_signs,
             };
             let c = curves(
                 &tiers,
@@ -219,6 +221,7 @@ fn plan_level(
                 strength: &vec![WORKFLOW_PRIOR; k],
                 band_prior: band_prior_of(w),
                 noise: &noise,
+                gap_sign: &gap_signs,
             };
             let c = curves(
                 &tiers,

@@ -1,4 +1,4 @@
-use super::estimate::estimate;
+use super::estimate::{estimate, shift_log_odds};
 use super::*;
 use crate::domain::classifier::Calibration;
 use crate::domain::classifier::CalibrationBand;
@@ -448,12 +448,50 @@ fn estimate_pools_before_it_trusts_a_band() {
     let prior = [0.8; BANDS];
     let mut cells = [Cell::default(); BANDS];
     // 100 failures in band 3 only.
-    cells[3] = Cell { n: 100.0, sum: 0.0 };
-    let (m, n) = estimate(&prior, &prior, &cells, 100.0, BAND_PRIOR, NOISE_SHRINK);
+    cells[3] = Cell {
+        n: 100.0,
+        sum: 0.0,
+        gap: 0.0,
+    };
+    let (m, n) = estimate(&prior, &prior, &cells, 100.0, BAND_PRIOR, NOISE_SHRINK, 0.0);
     assert_eq!(n, 200.0);
     // Everything moves down (pooled offset), band 3 most.
     assert!(m[0] < 0.8 && m[0] > 0.3);
     assert!(m[3] < m[0]);
+}
+
+#[test]
+fn outcomes_that_match_their_tasks_gap_teach_the_curve_nothing() {
+    let prior = [0.6; BANDS];
+    // The cheap tier (gap sign -1) ran tasks whose gap says it does 1 log-odds better than its
+    // curve, and it did exactly that: 200 outcomes at 0.803.
+    let q = shift_log_odds(0.6, 1.0);
+    let cell = |gap: f64| Cell {
+        n: 10.0,
+        sum: 10.0 * q,
+        gap: 10.0 * gap,
+    };
+    let (m, _) = estimate(
+        &prior,
+        &prior,
+        &[cell(-1.0); BANDS],
+        30.0,
+        BAND_PRIOR,
+        NOISE_SHRINK,
+        -1.0,
+    );
+    assert!(m.iter().all(|&x| (x - 0.6).abs() < 1e-9), "{m:?}");
+    // Without the gap, the same outcomes say the tier is better than its curve everywhere.
+    let (m, _) = estimate(
+        &prior,
+        &prior,
+        &[cell(0.0); BANDS],
+        30.0,
+        BAND_PRIOR,
+        NOISE_SHRINK,
+        -1.0,
+    );
+    assert!(m.iter().all(|&x| x > 0.7), "{m:?}");
 }
 
 #[test]
@@ -462,20 +500,28 @@ fn a_deviation_within_sampling_noise_teaches_a_measured_curve_nothing() {
     let mut cells = [Cell::default(); BANDS];
     // 200 outcomes at 0.78 against an expected 0.8: 4 successes short, one standard error
     // (sqrt(200 × 0.16) ≈ 5.7) explains them.
-    cells
-        .iter_mut()
-        .for_each(|c| *c = Cell { n: 10.0, sum: 7.8 });
-    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK);
+    cells.iter_mut().for_each(|c| {
+        *c = Cell {
+            n: 10.0,
+            sum: 7.8,
+            gap: 0.0,
+        }
+    });
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK, 0.0);
     assert!(m.iter().all(|&q| (q - 0.8).abs() < 1e-12), "{m:?}");
     // The same shortfall counts in full where the curve is a guess (no shrink).
-    let (guess, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0);
+    let (guess, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0, 0.0);
     assert!(guess.iter().all(|&q| q < 0.8 - 0.01), "{guess:?}");
     // A real change (0.5 instead of 0.8, 60 short, ten standard errors) mostly survives.
-    cells
-        .iter_mut()
-        .for_each(|c| *c = Cell { n: 10.0, sum: 5.0 });
-    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK);
-    let (full, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0);
+    cells.iter_mut().for_each(|c| {
+        *c = Cell {
+            n: 10.0,
+            sum: 5.0,
+            gap: 0.0,
+        }
+    });
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK, 0.0);
+    let (full, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, 0.0, 0.0);
     assert!(
         m[0] < 0.6 && (m[0] - full[0]).abs() < 0.02,
         "{} vs {}",
