@@ -20,7 +20,10 @@
 //! measured there ([`Calibration::workflows`](crate::domain::classifier::Calibration::workflows)).
 //! A level learns against what its own outcomes were expected to score, each at its
 //! workflow's shifted curve, so a parent whose cheap tier only sees the workflows it is good at
-//! does not learn that it is good everywhere, and the shift then applies in full.
+//! does not learn that it is good everywhere, and the shift then applies in full; each
+//! outcome is also expected at its task's premium gap. For tiers on the calibration's own
+//! models, the part of a deviation that sampling noise explains is dropped first
+//! ([`NOISE_SHRINK`]).
 //!
 //! **Teams.** Each team that reports outcomes in a scope also gets evidence of its own (at most
 //! [`MAX_TEAMS`]) and a plan of its own, which starts from the shared plan's curves where the
@@ -33,7 +36,8 @@
 //! - `bar_mode = "average"`: routing minimises `cost(tier, task) − λ·quality(tier, workflow,
 //!   band)` with one λ (the scope's price of quality in USD): the smallest λ whose expected
 //!   quality on the scope's recent traffic meets the bar. One λ for every workflow is what puts
-//!   each extra dollar where it buys the most quality.
+//!   each extra dollar where it buys the most quality. A bar beyond the top tier's reach on
+//!   that traffic is aimed at [`OUT_OF_REACH_SLACK`] below the reach.
 //! - `bar_mode = "per_task"`: each task goes to the cheapest tier whose estimate for its
 //!   workflow and band reaches the bar, the top tier when none does.
 //! - `quality_bar_relative = r`: the bar is `r` × the estimate of the scope's most expensive
