@@ -633,9 +633,7 @@ mod tests {
                 .all(|w| w[0].estimated_cost_usd < w[1].estimated_cost_usd)
         );
         assert_eq!(d.candidates.last().unwrap().threshold, 1.0);
-        // A threshold is where a typical task (no premium gap) climbs; a task's own gap moves
-        // its choice from there.
-        assert!(d.gap != 0.0 || d.tier().threshold > d.complexity || d.chosen == 2);
+        assert!(d.tier().threshold > d.complexity || d.chosen == 2);
         assert_eq!(d.fallback, (d.chosen < 2).then_some(d.chosen + 1));
         assert!(!d.reason.is_empty());
         assert_eq!(d.input_tokens, 3);

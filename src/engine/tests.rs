@@ -78,7 +78,7 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
 
 /// The probe of the hardening issue (item 7), on the example policy and the bundled model:
 /// 300 outcomes from team `ads` saying every answer was perfect must not send team
-/// `search`'s hard tasks to the cheapest tier, while ads' own plan follows its outcomes.
+/// `search`'s hard tasks to the cheapest tier, while ads' own routing follows its outcomes.
 #[tokio::test]
 async fn one_teams_feedback_does_not_move_another_teams_routing() {
     let e = Engine::builder(
@@ -128,18 +128,10 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
         e.feedback(&input, T0 + 1_000).await.unwrap();
     }
     assert_eq!(tiers("search"), before, "search's routing moved");
-    // ads' own plan follows its outcomes: its cheapest tier, perfect on every easy task, is
-    // now expected to do better everywhere than the shared plan (which search routes on) says.
-    // Whether that lifts it over the bar on hard tasks nobody sent it depends on the model's
-    // curve there (the bundled model before cx2-673bce780b07: yes; since: not within 300).
-    let table = e.table();
-    let (own, shared) = (
-        table.default.for_team("ads").tiers[0].predicted,
-        table.default.for_team("search").tiers[0].predicted,
-    );
     assert!(
-        own.iter().zip(&shared).all(|(a, b)| a > b),
-        "ads' own outcomes move its plan: {own:?} vs {shared:?}"
+        tiers("ads").contains(&cheapest),
+        "ads' own outcomes move its routing: {:?}",
+        tiers("ads")
     );
 }
 

@@ -86,15 +86,14 @@ fn the_exact_figures_with_learning_off_and_on() {
     assert_eq!(figures(&frozen), FROZEN);
     assert_eq!(figures(&learned), LEARNED);
     // The cold plan is cautious (its confidence margins): outcomes show the cheap tier is
-    // good on much of this traffic, and learning moves work to it (0.43 -> 0.57 with the
-    // model cx2-673bce780b07; 0.21 -> 0.58 before it, whose cold curves were more cautious).
-    assert!(learned.saving_vs_premium > frozen.saving_vs_premium + 0.1);
+    // good on much of this traffic, and learning moves work to it.
+    assert!(learned.saving_vs_premium > frozen.saving_vs_premium + 0.2);
     // Learning off keeps the cold thresholds; on, outcomes move them.
     assert!(!frozen.learning && learned.learning);
     assert_ne!(frozen.final_thresholds, learned.final_thresholds);
 }
 
 /// (tasks, quality, cost USD, saving vs premium, cheap tier share) with learning off.
-const FROZEN: (usize, f64, f64, f64, f64) = (303, 0.782178, 0.24660224, 0.426933, 0.49505);
+const FROZEN: (usize, f64, f64, f64, f64) = (303, 0.834983, 0.33923592, 0.211666, 0.188119);
 /// The same with learning on.
-const LEARNED: (usize, f64, f64, f64, f64) = (303, 0.765677, 0.18574152, 0.568364, 0.521452);
+const LEARNED: (usize, f64, f64, f64, f64) = (303, 0.775578, 0.18137792, 0.578505, 0.462046);

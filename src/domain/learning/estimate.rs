@@ -56,12 +56,12 @@ pub(super) fn estimate(
     // so a tier sent where the gap says it does well does not learn that as its own quality
     // (and then get the gap again on top at Route).
     let at = |c: &Cell, p: f64| shift_quality(p, gap_sign * c.mean_gap());
-    let expected: f64 = cells.iter().zip(expect).map(|(c, &p)| c.n * at(c, p)).sum();
-    let variance: f64 = cells
-        .iter()
-        .zip(expect)
-        .map(|(c, &p)| c.n * score_variance(at(c, p)))
-        .sum();
+    let (mut expected, mut variance) = (0.0, 0.0);
+    for (c, &p) in cells.iter().zip(expect) {
+        let q = at(c, p);
+        expected += c.n * q;
+        variance += c.n * score_variance(q);
+    }
     let surplus = cells.iter().map(|c| c.sum).sum::<f64>() - expected;
     let observed = expected + denoise(surplus, variance, noise);
     let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);

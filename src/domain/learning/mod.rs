@@ -21,9 +21,9 @@
 //! A level learns against what its own outcomes were expected to score, each at its
 //! workflow's shifted curve, so a parent whose cheap tier only sees the workflows it is good at
 //! does not learn that it is good everywhere, and the shift then applies in full; each
-//! outcome is also expected at its task's premium gap. For tiers on the calibration's own
-//! models, the part of a deviation that sampling noise explains is dropped first
-//! ([`NOISE_SHRINK`]).
+//! outcome is also expected at its task's premium gap (0 without a gap term). For tiers on the
+//! calibration's own models, the part of a deviation that sampling noise explains is dropped
+//! first ([`NOISE_SHRINK`]).
 //!
 //! **Teams.** Each team that reports outcomes in a scope also gets evidence of its own (at most
 //! [`MAX_TEAMS`]) and a plan of its own, which starts from the shared plan's curves where the
