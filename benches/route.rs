@@ -113,8 +113,8 @@ fn by_store(c: &mut Criterion) {
             let input = FeedbackInput {
                 decision_id: &id,
                 score: 1.0,
-                input_tokens: 500,
-                output_tokens: 100,
+                input_tokens: Some(500),
+                output_tokens: Some(100),
                 reused: false,
                 caller_team: None,
             };

@@ -141,8 +141,8 @@ async fn call(
     let fb = FeedbackRequest {
         decision_id: d.decision_id,
         score: if i.is_multiple_of(4) { 0.0 } else { 1.0 },
-        input_tokens: 120,
-        output_tokens: 40,
+        input_tokens: Some(120),
+        output_tokens: Some(40),
         reused: false,
     };
     let result = client.feedback(fb).await;

@@ -41,8 +41,8 @@ fuzz_target!(|data: (&str, &str, &str, f64, i64, i64, u32, &str, bool)| {
                 &FeedbackInput {
                     decision_id: &id,
                     score,
-                    input_tokens,
-                    output_tokens,
+                    input_tokens: Some(input_tokens),
+                    output_tokens: Some(output_tokens),
                     reused: count % 2 == 0,
                     caller_team: None,
                 },

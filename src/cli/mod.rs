@@ -137,6 +137,14 @@ struct ReplayArgs {
     /// With --addr: calls in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// The team every task is routed for. Default: in process the anonymous team; with
+    /// --addr each workflow's family (`mmlu` for `mmlu/anatomy`), for books by team.
+    #[arg(long)]
+    team: Option<String>,
+    /// Route every task without its workflow label, as a caller that sends none; the
+    /// report still groups by the true label.
+    #[arg(long)]
+    strip_labels: bool,
 }
 
 /// Entry point of the binary.

@@ -217,6 +217,8 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         split,
         workflows,
         json,
+        team,
+        strip_labels,
         ..
     } = args;
     if let Some(b) = bar
@@ -243,6 +245,8 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         bar,
         learning: !no_learning,
         seed,
+        team: team.unwrap_or_default(),
+        strip_labels,
     };
     let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
     if json {
@@ -263,7 +267,12 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         outln!("premium quality    {:.4}", r.premium_quality);
         outln!("premium cost       ${:.4}", r.premium_cost_usd);
         outln!("saving vs premium  {:.4}", r.saving_vs_premium);
-        outln!("explored           {:.4}", r.explored_share);
+        outln!(
+            "explored           {:.4}  (cost vs the plan's choices ${:+.4}, score {:+.1})",
+            r.explored_share,
+            r.exploration_cost_usd,
+            r.exploration_score_delta
+        );
         outln!(
             "second half        quality {:.4}, saving {:.4}",
             r.late_quality,

@@ -48,13 +48,18 @@ pub struct DecisionClaims {
     pub estimate_micros: u64,
     /// Estimated cost of the same task on the scope's premium tier, micro-USD.
     pub premium_micros: u64,
+    /// Input tokens Route measured for the task (0 in ids issued before v4: unknown).
+    pub input_tokens: u32,
+    /// Output tokens Route expected for the task (0 in ids issued before v4: unknown).
+    pub output_tokens: u32,
 }
 
 /// Layout versions of the binary claims: v2 adds the cost estimates after the nonce, v3 the
-/// premium gap after the complexity.
+/// premium gap after the complexity, v4 Route's token estimates after the gap.
 const CLAIMS_V1: u8 = 1;
 const CLAIMS_V2: u8 = 2;
 const CLAIMS_V3: u8 = 3;
+const CLAIMS_V4: u8 = 4;
 
 /// Claims borrowed from a decision for signing: Route signs one per call without copying its
 /// strings.
@@ -86,6 +91,10 @@ pub struct ClaimsRef<'a> {
     pub estimate_micros: u64,
     /// See [`DecisionClaims::premium_micros`].
     pub premium_micros: u64,
+    /// See [`DecisionClaims::input_tokens`].
+    pub input_tokens: u32,
+    /// See [`DecisionClaims::output_tokens`].
+    pub output_tokens: u32,
 }
 
 impl ClaimsRef<'_> {
@@ -97,14 +106,16 @@ impl ClaimsRef<'_> {
             self.workflow,
             self.policy_version,
         ];
-        let mut out = Vec::with_capacity(40 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
-        out.push(CLAIMS_V3);
+        let mut out = Vec::with_capacity(48 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
+        out.push(CLAIMS_V4);
         out.extend_from_slice(&self.issued_ms.to_le_bytes());
         out.extend_from_slice(&self.nonce.to_le_bytes());
         out.extend_from_slice(&self.estimate_micros.to_le_bytes());
         out.extend_from_slice(&self.premium_micros.to_le_bytes());
         out.extend_from_slice(&self.complexity.to_le_bytes());
         out.extend_from_slice(&self.gap.to_le_bytes());
+        out.extend_from_slice(&self.input_tokens.to_le_bytes());
+        out.extend_from_slice(&self.output_tokens.to_le_bytes());
         out.push(self.band);
         out.push(u8::from(self.explored));
         for s in strings {
@@ -135,13 +146,15 @@ impl DecisionClaims {
             nonce: self.nonce,
             estimate_micros: self.estimate_micros,
             premium_micros: self.premium_micros,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
         }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
         let mut r = Reader(b);
         let version = r.take(1)?[0];
-        if !(CLAIMS_V1..=CLAIMS_V3).contains(&version) {
+        if !(CLAIMS_V1..=CLAIMS_V4).contains(&version) {
             return None;
         }
         let issued_ms = r.u64()?;
@@ -156,6 +169,11 @@ impl DecisionClaims {
             f32::from_le_bytes(r.take(4)?.try_into().ok()?)
         } else {
             0.0
+        };
+        let (input_tokens, output_tokens) = if version >= CLAIMS_V4 {
+            (r.u32()?, r.u32()?)
+        } else {
+            (0, 0)
         };
         let band = r.take(1)?[0];
         let explored = r.take(1)?[0] != 0;
@@ -178,6 +196,8 @@ impl DecisionClaims {
             nonce,
             estimate_micros,
             premium_micros,
+            input_tokens,
+            output_tokens,
         })
     }
 }
@@ -197,6 +217,10 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
 
     fn string(&mut self) -> Option<String> {
@@ -332,6 +356,8 @@ mod tests {
             nonce: 42,
             estimate_micros: 1234,
             premium_micros: 98_765,
+            input_tokens: 512,
+            output_tokens: 64,
         }
     }
 
@@ -343,9 +369,19 @@ mod tests {
     }
 
     #[test]
-    fn ids_issued_before_the_gap_decode_with_gap_zero() {
-        let v3 = claims().borrowed().encode();
-        // v2: the same layout without the 4 gap bytes after the complexity.
+    fn ids_issued_before_the_gap_and_the_tokens_decode_with_zeros() {
+        let v4 = claims().borrowed().encode();
+        // v3: the same layout without the 8 token bytes after the gap.
+        let at = 1 + 8 * 4 + 4 + 4;
+        let mut v3 = [&v4[..at], &v4[at + 8..]].concat();
+        v3[0] = CLAIMS_V3;
+        let unknown = DecisionClaims {
+            input_tokens: 0,
+            output_tokens: 0,
+            ..claims()
+        };
+        assert_eq!(DecisionClaims::decode(&v3).unwrap(), unknown);
+        // v2: nor the 4 gap bytes after the complexity.
         let at = 1 + 8 * 4 + 4;
         let mut v2 = [&v3[..at], &v3[at + 4..]].concat();
         v2[0] = CLAIMS_V2;
@@ -354,10 +390,10 @@ mod tests {
             back,
             DecisionClaims {
                 gap: 0.0,
-                ..claims()
+                ..unknown
             }
         );
-        assert_eq!(DecisionClaims::decode(&v3).unwrap(), claims());
+        assert_eq!(DecisionClaims::decode(&v4).unwrap(), claims());
     }
 
     #[test]

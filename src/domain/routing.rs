@@ -1,5 +1,6 @@
-//! The Route decision: validate, score complexity, pick the scope's plan, choose the cheapest
-//! tier whose threshold admits the task (or explore one tier cheaper), and explain it.
+//! The Route decision: validate, score complexity, pick the scope's plan, choose the tier its
+//! rule picks (or, within the exploration budget, the one a draw from every tier's posterior
+//! picks), and explain it.
 //!
 //! Reads only immutable snapshots (the model and an [`ArcSwap`]ed [`RoutingTable`]): no lock, no
 //! I/O, no clock, and the exploration draw is handed in, so the same inputs give the same answer.
@@ -101,8 +102,10 @@ pub struct Decision {
     /// The task's premium gap (0 without a gap term): carried in the decision id, so its
     /// outcome is learned and priced with it.
     pub gap: f64,
-    /// Whether this decision explored one tier below the safe choice.
+    /// Whether this decision explored: a posterior draw picked another tier than the plan.
     pub explored: bool,
+    /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
+    pub planned: usize,
     /// Allowed tiers, cheapest first.
     pub candidates: Vec<Candidate>,
     /// Position in `candidates` of the next tier up, if any.
@@ -233,8 +236,15 @@ pub fn decide(
             }
         })
         .collect();
-    let explored = safe > 0 && explore_draw < plan.policy.exploration_rate;
-    let chosen = if explored { safe - 1 } else { safe };
+    // Exploration: a share `exploration_rate` of tasks is routed by draws from every allowed
+    // tier's posterior; it explores when a draw picks another tier than the plan.
+    let rate = plan.policy.exploration_rate;
+    let chosen = if explore_draw < rate && candidates.len() > 1 {
+        plan.explore(&choice, band, gap, explore_draw / rate)
+    } else {
+        safe
+    };
+    let explored = chosen != safe;
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
     let mode = if plan.policy.pinned_thresholds.is_some() {
         Mode::Pinned
@@ -262,6 +272,7 @@ pub fn decide(
         scope: &scope.key,
         workflow,
         bar,
+        expected: plan.expected_quality,
         mode,
         // Only once its own outcomes weigh as much as what it borrows.
         learned: plan
@@ -276,6 +287,7 @@ pub fn decide(
     Ok(Decision {
         scope: scope.key.clone(),
         chosen,
+        planned: safe,
         complexity,
         band,
         gap,
@@ -335,18 +347,45 @@ struct Why<'a> {
     scope: &'a str,
     workflow: &'a str,
     bar: f64,
+    /// What the plan expects the scope to average on its traffic (`average` mode).
+    expected: f64,
     mode: Mode,
     /// Whether the workflow (or its family) stands mostly on its own outcomes.
     learned: bool,
 }
 
+/// A piece of a reason: text, or a number printed with two decimals.
+enum Piece<'a> {
+    Text(&'a str),
+    Num(f64),
+}
+
+/// What an `average` plan claims of the scope's bar: that it keeps it only when its own
+/// expectation on the scope's traffic reaches it; otherwise what it expects, short of it.
+fn average_claim<'a>(w: &Why<'a>, how: &'a str) -> [Piece<'a>; 5] {
+    use Piece::{Num, Text};
+    if w.expected >= w.bar - 1e-6 {
+        [
+            Text(" keeps its average at the bar "),
+            Num(w.bar),
+            Text(how),
+            Text(""),
+            Text(""),
+        ]
+    } else {
+        [
+            Text(" expects an average of "),
+            Num(w.expected),
+            Text(", short of its bar "),
+            Num(w.bar),
+            Text(" on its recent traffic"),
+        ]
+    }
+}
+
 /// One line on why the chosen tier won, in the plan's own terms, assembled piece by piece (no
 /// `format!` machinery on the hot path).
 fn explain(w: &Why<'_>) -> String {
-    enum Piece<'a> {
-        Text(&'a str),
-        Num(f64),
-    }
     use Piece::{Num, Text};
     let cands = w.candidates;
     let c = &cands[w.chosen];
@@ -371,9 +410,13 @@ fn explain(w: &Why<'_>) -> String {
             Text(&cands[w.safe].name),
             Text(" (complexity "),
             Num(w.complexity),
-            Text(") so scope "),
+            Text("): a draw from each tier's estimate, predicted "),
+            Num(c.predicted_quality),
+            Text(" vs "),
+            Num(cands[w.safe].predicted_quality),
+            Text(", so scope "),
             Text(w.scope),
-            Text(" keeps learning what cheaper tiers can do"),
+            Text(" keeps learning what each tier can do"),
         ]
     } else if cands.len() == 1 {
         vec![
@@ -427,31 +470,32 @@ fn explain(w: &Why<'_>) -> String {
                 Num(bound(w.chosen - 1)),
                 Text(")"),
             ]),
-            (Mode::Average, None) => p.extend([
-                Text(&c.name),
-                Text(" (predicted "),
-                Num(c.predicted_quality),
-                Text(basis),
-                Text(") is the cheapest tier; scope "),
-                Text(w.scope),
-                Text(" keeps its average at the bar "),
-                Num(w.bar),
-                Text(" with stronger tiers on harder tasks"),
-            ]),
-            (Mode::Average, Some(below)) => p.extend([
-                Text(&c.name),
-                Text(" predicted "),
-                Num(c.predicted_quality),
-                Text(" vs "),
-                Num(below.predicted_quality),
-                Text(" on "),
-                Text(&below.name),
-                Text(basis),
-                Text(": worth the extra cost to keep scope "),
-                Text(w.scope),
-                Text(" at its average bar "),
-                Num(w.bar),
-            ]),
+            (Mode::Average, None) => {
+                p.extend([
+                    Text(&c.name),
+                    Text(" (predicted "),
+                    Num(c.predicted_quality),
+                    Text(basis),
+                    Text(") is the cheapest tier; scope "),
+                    Text(w.scope),
+                ]);
+                p.extend(average_claim(w, " with stronger tiers on harder tasks"));
+            }
+            (Mode::Average, Some(below)) => {
+                p.extend([
+                    Text(&c.name),
+                    Text(" predicted "),
+                    Num(c.predicted_quality),
+                    Text(" vs "),
+                    Num(below.predicted_quality),
+                    Text(" on "),
+                    Text(&below.name),
+                    Text(basis),
+                    Text(": worth the extra cost for scope "),
+                    Text(w.scope),
+                ]);
+                p.extend(average_claim(w, ""));
+            }
         }
         if w.workflow != crate::domain::labels::DEFAULT_WORKFLOW {
             p.extend([Text(" (workflow "), Text(w.workflow), Text(")")]);
@@ -644,17 +688,42 @@ mod tests {
     }
 
     #[test]
-    fn exploration_goes_one_tier_cheaper_only_when_drawn() {
+    fn exploration_draws_from_every_tier_only_within_its_budget() {
         let r = router();
         let hard = "Prove that every finite integral domain is a field, then compute the \
                     number of elements of order 6 in S_7 and justify each step.";
         let safe = r.route(&req(hard), 0.99).unwrap();
-        assert!(safe.chosen > 0, "{safe:?}");
-        let explored = r.route(&req(hard), 0.0).unwrap();
-        assert!(explored.explored);
-        assert_eq!(explored.chosen, safe.chosen - 1);
+        assert!(!safe.explored && safe.planned == safe.chosen);
+        // Draws below the exploration rate (0.05 in the test policy) sample the posteriors;
+        // many such draws reach more than one other tier, cheaper and not only one step down.
+        let mut reached = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            let d = r.route(&req(hard), 0.05 * f64::from(i) / 400.0).unwrap();
+            assert_eq!(d.planned, safe.chosen);
+            assert_eq!(d.explored, d.chosen != d.planned);
+            if d.explored {
+                reached.insert(d.chosen);
+                assert!(d.reason.starts_with("exploring: "), "{}", d.reason);
+            }
+        }
+        assert!(!reached.is_empty() && !reached.contains(&safe.chosen));
+        assert!(
+            reached.len() >= 2 || safe.chosen == 1,
+            "{reached:?} from {}",
+            safe.chosen
+        );
         // Same draw, same answer.
-        assert_eq!(r.route(&req(hard), 0.0).unwrap(), explored);
+        assert_eq!(
+            r.route(&req(hard), 0.01).unwrap(),
+            r.route(&req(hard), 0.01).unwrap()
+        );
+        // Above the rate, never.
+        for i in 0..100 {
+            let d = r
+                .route(&req(hard), 0.05 + 0.95 * f64::from(i) / 100.0)
+                .unwrap();
+            assert!(!d.explored);
+        }
     }
 
     #[test]

@@ -68,8 +68,8 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
     let input = FeedbackInput {
         decision_id: id,
         score: 1.0,
-        input_tokens: 100,
-        output_tokens: 50,
+        input_tokens: Some(100),
+        output_tokens: Some(50),
         reused,
         caller_team: Some("ads"),
     };
@@ -120,8 +120,8 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
         let input = FeedbackInput {
             decision_id: &id,
             score: 1.0,
-            input_tokens: 100,
-            output_tokens: 50,
+            input_tokens: Some(100),
+            output_tokens: Some(50),
             reused: false,
             caller_team: Some("ads"),
         };

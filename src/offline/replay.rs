@@ -18,7 +18,7 @@ use crate::engine::feedback::FeedbackInput;
 use crate::offline::dataset::Record;
 
 /// Replay settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     /// Override every scope's quality bar.
     pub bar: Option<f64>,
@@ -26,6 +26,11 @@ pub struct ReplayOptions {
     pub learning: bool,
     /// Seed of the exploration draws.
     pub seed: u64,
+    /// The team every task is routed for (empty: the anonymous team).
+    pub team: String,
+    /// Route every task without its workflow label (a caller that sends none); the report
+    /// still groups by the true label.
+    pub strip_labels: bool,
 }
 
 /// What a replay measured.
@@ -53,6 +58,12 @@ pub struct ReplayReport {
     pub tier_share: BTreeMap<String, f64>,
     /// Share of decisions that explored.
     pub explored_share: f64,
+    /// What exploring cost against the plan's own choices: the explored tasks' recorded cost
+    /// less what the tier the plan picked would have cost on them, USD (negative: it saved).
+    pub exploration_cost_usd: f64,
+    /// The explored tasks' recorded score less the planned tier's, summed (negative: quality
+    /// the exploration gave up).
+    pub exploration_score_delta: f64,
     /// Whether learning was on.
     pub learning: bool,
     /// Final thresholds of the default scope, tier → threshold.
@@ -293,6 +304,7 @@ pub fn replay(
     let t0 = 1_800_000_000_000u64;
 
     let (mut n, mut skipped, mut explored) = (0usize, 0usize, 0usize);
+    let (mut exploration_cost, mut exploration_delta) = (0.0, 0.0);
     let (mut quality, mut cost, mut prem_q, mut prem_cost, mut bar_sum) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut ledger: Ledger = BTreeMap::new();
@@ -302,12 +314,14 @@ pub fn replay(
     let mut feedbacks_to_bar = None;
     let mut window_sum = 0.0;
     for (i, r) in records.iter().enumerate() {
+        let workflow = if opts.strip_labels { "" } else { &r.workflow };
         let req = RouteRequest {
             task: &r.prompt,
-            workflow: &r.workflow,
+            workflow,
+            team: &opts.team,
             ..Default::default()
         };
-        let scope = policy.resolve("", &r.workflow);
+        let scope = policy.resolve(&opts.team, workflow);
         let top = &policy.tiers[*scope.allowed.last().unwrap_or(&0)];
         // Every allowed tier must have a recorded outcome, or the counterfactuals are unknown.
         if scope
@@ -333,8 +347,8 @@ pub fn replay(
         let fb = FeedbackInput {
             decision_id: &id,
             score: o.score,
-            input_tokens: o.input_tokens.unwrap_or(d.input_tokens) as i64,
-            output_tokens: o.output_tokens.unwrap_or(d.output_tokens) as i64,
+            input_tokens: o.input_tokens.map(|t| t as i64),
+            output_tokens: o.output_tokens.map(|t| t as i64),
             reused: false,
             caller_team: None,
         };
@@ -371,6 +385,13 @@ pub fn replay(
         }
         n += 1;
         explored += usize::from(d.explored);
+        if d.explored {
+            let planned = &policy.tiers[d.candidates[d.planned].tier];
+            if let Some(po) = r.outcomes.get(&planned.model) {
+                exploration_cost += outcome_cost(chosen, o) - outcome_cost(planned, po);
+                exploration_delta += o.score - po.score;
+            }
+        }
         quality += o.score;
         cost += outcome_cost(chosen, o);
         prem_q += p.score;
@@ -380,10 +401,10 @@ pub fn replay(
     }
     let nf = n.max(1) as f64;
     let table = engine.table();
-    // Replay routes as the anonymous team, so its plan is the one that learned.
+    // The replay's team's plan is the one that learned.
     let final_thresholds = table
         .default
-        .for_team("")
+        .for_team(&opts.team)
         .tiers
         .iter()
         .map(|t| (policy.tiers[t.tier].name.clone(), t.threshold))
@@ -438,6 +459,8 @@ pub fn replay(
             })
             .collect(),
         explored_share: explored as f64 / nf,
+        exploration_cost_usd: exploration_cost,
+        exploration_score_delta: exploration_delta,
         learning: opts.learning,
         final_thresholds,
     })
@@ -489,6 +512,7 @@ mod tests {
             bar: None,
             learning,
             seed: 7,
+            ..Default::default()
         };
         replay(
             Arc::new(ComplexityModel::bundled().unwrap()),

@@ -38,8 +38,8 @@ fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> F
     FeedbackRequest {
         decision_id: d.decision_id.clone(),
         score,
-        input_tokens: input,
-        output_tokens: output,
+        input_tokens: Some(input),
+        output_tokens: Some(output),
         reused,
     }
 }

@@ -62,7 +62,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
         (fb(&d.decision_id, -0.1), Code::InvalidArgument, "score"),
         (
             pb::FeedbackRequest {
-                input_tokens: -1,
+                input_tokens: Some(-1),
                 ..fb(&d.decision_id, 1.0)
             },
             Code::InvalidArgument,
@@ -70,7 +70,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
         ),
         (
             pb::FeedbackRequest {
-                output_tokens: -5,
+                output_tokens: Some(-5),
                 ..fb(&d.decision_id, 1.0)
             },
             Code::InvalidArgument,
@@ -78,7 +78,7 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
         ),
         (
             pb::FeedbackRequest {
-                output_tokens: i64::MAX,
+                output_tokens: Some(i64::MAX),
                 ..fb(&d.decision_id, 1.0)
             },
             Code::InvalidArgument,
@@ -160,8 +160,8 @@ async fn expired_decisions_get_a_clear_error() {
     let input = FeedbackInput {
         decision_id: &id,
         score: 1.0,
-        input_tokens: 1,
-        output_tokens: 1,
+        input_tokens: Some(1),
+        output_tokens: Some(1),
         reused: false,
         caller_team: None,
     };

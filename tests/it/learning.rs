@@ -105,8 +105,8 @@ impl Sim {
         let input = FeedbackInput {
             decision_id: &id,
             score: s,
-            input_tokens: d.input_tokens as i64,
-            output_tokens: out,
+            input_tokens: Some(d.input_tokens as i64),
+            output_tokens: Some(out),
             reused: false,
             caller_team: None,
         };

@@ -233,8 +233,8 @@ async fn one_feedback_does_not_reprice_the_scope() {
             .unwrap()
             .into_inner();
         let mut fb = crate::common::feedback_req(&d.decision_id, score);
-        fb.input_tokens = 12;
-        fb.output_tokens = 3;
+        fb.input_tokens = Some(12);
+        fb.output_tokens = Some(3);
         client.feedback(fb).await.unwrap();
         // The learner folds the outcome in the background; wait until it shows.
         let mut after = before.clone();

@@ -287,19 +287,35 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
         limit,
         concurrency,
         json,
+        team,
+        strip_labels,
+        shuffle,
+        seed,
         ..
     } = args;
     let mut records = load_records(&data, split, &workflows)?;
+    if shuffle {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        records.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    }
     records.truncate(limit.unwrap_or(usize::MAX));
+    let how = RemoteReplay {
+        concurrency: concurrency.max(1),
+        team,
+        strip_labels,
+    };
     runtime()?.block_on(async move {
         let started = std::time::Instant::now();
-        let s = replay_remote(connect(addr).await?, &records, concurrency.max(1)).await;
+        let s = replay_remote(connect(addr).await?, &records, &how).await;
         if json {
             outln!("{}", serde_json::to_string(&s)?);
         } else {
+            let tiers: Vec<String> = s.tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
             outln!(
-                "routed {} · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s",
+                "routed {} ({}) · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s",
                 s.routed,
+                tiers.join(", "),
                 s.fed_back,
                 s.no_outcome,
                 s.refused,
@@ -321,6 +337,20 @@ struct RemoteSummary {
     no_outcome: usize,
     /// Calls refused, by gRPC code.
     refused: BTreeMap<String, usize>,
+    /// Route answers by tier.
+    tiers: BTreeMap<String, usize>,
+    /// Route answers that explored.
+    explored: usize,
+}
+
+/// How `replay --addr` sends its records.
+struct RemoteReplay {
+    /// Calls in flight at once (1: in file order, each Route after the previous Feedback).
+    concurrency: usize,
+    /// The team of every call; `None`: each workflow's family.
+    team: Option<String>,
+    /// Send no workflow labels.
+    strip_labels: bool,
 }
 
 /// Replays records against a running server over gRPC: Route each task (team = the workflow's
@@ -330,47 +360,59 @@ struct RemoteSummary {
 async fn replay_remote(
     channel: crate::grpc::auth::AuthedChannel,
     records: &[Record],
-    concurrency: usize,
+    how: &RemoteReplay,
 ) -> RemoteSummary {
     use futures::StreamExt;
     let client = pb::router_client::RouterClient::new(channel);
     let one = |r: &Record| {
         let mut c = client.clone();
-        let team = r.workflow.split('/').next().unwrap_or("").to_string();
+        let team = how.team.clone().unwrap_or_else(|| {
+            crate::domain::labels::family_of(&r.workflow)
+                .unwrap_or(&r.workflow)
+                .to_string()
+        });
         let req = pb::RouteRequest {
             task: r.prompt.clone(),
-            workflow: r.workflow.clone(),
+            workflow: if how.strip_labels {
+                String::new()
+            } else {
+                r.workflow.clone()
+            },
             team,
             hints: None,
         };
         let outcomes = r.outcomes.clone();
         async move {
             let d = c.route(req).await?.into_inner();
+            let routed = (d.tier.clone(), d.explored);
             let Some(o) = outcomes.get(&d.model) else {
-                return Ok::<_, tonic::Status>(false);
+                return Ok::<_, tonic::Status>((routed, false));
             };
             c.feedback(pb::FeedbackRequest {
                 decision_id: d.decision_id,
                 score: o.score,
-                input_tokens: o.input_tokens.unwrap_or(0) as i64,
-                output_tokens: o.output_tokens.unwrap_or(0) as i64,
+                input_tokens: o.input_tokens.map(|t| t as i64),
+                output_tokens: o.output_tokens.map(|t| t as i64),
                 reused: false,
             })
             .await?;
-            Ok(true)
+            Ok((routed, true))
         }
     };
     let mut summary = RemoteSummary::default();
-    let mut results = futures::stream::iter(records.iter().map(one)).buffer_unordered(concurrency);
+    let mut results =
+        futures::stream::iter(records.iter().map(one)).buffer_unordered(how.concurrency);
     while let Some(r) = results.next().await {
         match r {
-            Ok(true) => {
+            Ok(((tier, explored), fed_back)) => {
                 summary.routed += 1;
-                summary.fed_back += 1;
-            }
-            Ok(false) => {
-                summary.routed += 1;
-                summary.no_outcome += 1;
+                *summary.tiers.entry(tier).or_default() += 1;
+                summary.explored += usize::from(explored);
+                if fed_back {
+                    summary.fed_back += 1;
+                } else {
+                    summary.no_outcome += 1;
+                }
             }
             Err(s) => {
                 *summary

@@ -155,7 +155,8 @@ pub(super) struct Start<'a> {
 /// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
 /// 20 K), so the only workflow of a scope moves with the scope and no faster, while one of many
 /// stands on its own data. (Scaling the level's own evidence by `1 − f` instead, leave-one-out
-/// style, made a workflow with half of its scope's traffic learn at half speed.)
+/// style, made a workflow with half of its scope's traffic learn at half speed.) They never
+/// exceed what the parent's own estimate stands on (`parent_strength`).
 pub(super) fn curves(
     tiers: &[&Tier],
     start: Start<'_>,
@@ -179,7 +180,10 @@ pub(super) fn curves(
             Some(_) => {
                 let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
                 let share = if parent > 0.0 { own / parent } else { 0.0 };
-                start.strength[s] / (1.0 - share).max(0.05)
+                // Never more pseudo-outcomes than the parent's estimate stands on: the only
+                // workflow of a family with five outcomes is as unsure as its family.
+                (start.strength[s] / (1.0 - share).max(0.05))
+                    .min(parent_strength[s].max(start.strength[s]))
             }
             None => start.strength[s],
         };

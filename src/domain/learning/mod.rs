@@ -110,6 +110,13 @@ pub const CONFIDENCE_Z: f64 = 0.1;
 /// runs: 0.7736 / 0.524 (quality / saving) at 0, 0.7746 / 0.551 at 1 (ratio and band residuals
 /// both), 0.7745 / 0.540 at 1 on the ratio alone, 0.7752 / 0.538 at 2.
 pub const NOISE_SHRINK: f64 = 1.0;
+/// Posterior draws an explored task may take before it settles on the plan's own choice
+/// ([`ScopePlan::explore`]): more draws spend more of the exploration budget on alternatives
+/// that are only somewhat likely to be right. With one, an unmeasured tier as good as the
+/// plan's choice but a few points below it in the prior was tried on too few tasks to be
+/// believed within hundreds of outcomes; with every explored task forced onto an alternative,
+/// two tiers explored the premium tier on trivially easy tasks.
+pub const EXPLORE_DRAWS: usize = 4;
 /// Outcomes of one level (scope, family or workflow) after which its old evidence weighs half.
 pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
 /// Tasks per scope that the planner prices its choices on.

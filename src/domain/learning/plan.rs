@@ -65,7 +65,9 @@ fn plan_level(
     let cap = scope.max_output_tokens;
     let (typ_in, typ_out) =
         tokens.unwrap_or((DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS));
-    let typ_out = typ_out.min(cap);
+    // Never a free typical task: priced at 0 tokens, every tier costs nothing and any price of
+    // quality buys the top tier on paper while Route, pricing real tokens, buys the cheapest.
+    let (typ_in, typ_out) = (typ_in.max(1), typ_out.clamp(1, cap.max(1)));
     let log_prices: Vec<f64> = tiers
         .iter()
         .map(|t| t.cost_usd(typ_in, typ_out).max(1e-12).ln())
@@ -152,6 +154,20 @@ fn plan_level(
         .iter()
         .map(|&m| if m { NOISE_SHRINK } else { 0.0 })
         .collect();
+    // What a family's or workflow's own outcomes must outweigh of its parent's curve, per slot.
+    // For a tier on one of the calibration's models, training measured how far labels move its
+    // curve ([`FAMILY_PRIOR`], [`WORKFLOW_PRIOR`]); for any other model nothing did, so its
+    // per-label curve is as unknown as its scope-wide one and the label's own outcomes count
+    // from the first few ([`PRIOR_OTHER_MODEL`]): a model as good as premium on one workflow
+    // only, or worse than a cheaper one on another, is believed within tens of outcomes.
+    let child_strengths = |measured: f64| -> Vec<f64> {
+        known
+            .iter()
+            .map(|&m| if m { measured } else { PRIOR_OTHER_MODEL })
+            .collect()
+    };
+    let family_strengths = child_strengths(FAMILY_PRIOR);
+    let workflow_strengths = child_strengths(WORKFLOW_PRIOR);
 
     // Curves: index 0 the scope, then families, then workflows.
     let zero = vec![0.0; k];
@@ -192,7 +208,7 @@ fn plan_level(
             let start = Start {
                 prior: &prior,
                 expect: &expected(&prior, members, &|w| cal.own_shift(w)),
-                strength: &vec![FAMILY_PRIOR; k],
+                strength: &family_strengths,
                 band_prior: band_prior_of(f),
                 noise: &noise,
                 gap_sign: &gap_signs,
@@ -218,7 +234,7 @@ fn plan_level(
             let start = Start {
                 prior: &prior,
                 expect: &prior,
-                strength: &vec![WORKFLOW_PRIOR; k],
+                strength: &workflow_strengths,
                 band_prior: band_prior_of(w),
                 noise: &noise,
                 gap_sign: &gap_signs,
@@ -249,15 +265,18 @@ fn plan_level(
     let mut sample: Vec<SampleTask> = Vec::new();
     if let Some(e) = evidence {
         for t in &e.recent {
+            // A task recorded without token counts (an id issued before Route's estimates
+            // travelled with it) is priced as the typical task, never at zero.
+            let (tin, tout) = match (t.input_tokens, t.output_tokens.min(cap)) {
+                (0, 0) => (typ_in, typ_out),
+                (i, o) => (i.max(1), o.max(1)),
+            };
             sample.push(SampleTask {
                 weight: 1.0,
                 band: usize::from(t.band).min(BANDS - 1),
                 gap: f64::from(t.gap),
                 curves: curves_of(&t.workflow),
-                costs: tiers
-                    .iter()
-                    .map(|x| x.cost_usd(t.input_tokens, t.output_tokens.min(cap)))
-                    .collect(),
+                costs: tiers.iter().map(|x| x.cost_usd(tin, tout)).collect(),
             });
         }
     }
@@ -292,15 +311,6 @@ fn plan_level(
         }
         _ => bar,
     };
-    let explore = scope.exploration_rate;
-    // Expected quality of a slot choice, counting that a share `explore` of tasks above the
-    // cheapest tier runs one tier lower.
-    let with_exploration = |c: &Curves, s: usize, b: usize, gap: f64| match s.checked_sub(1) {
-        Some(lower) => {
-            (1.0 - explore) * quality_of(c, s, b, gap) + explore * quality_of(c, lower, b, gap)
-        }
-        None => quality_of(c, s, b, gap),
-    };
     let rel = scope.quality_bar_relative;
     let per_task_slot =
         |c: &Curves, b: usize, gap: f64| per_task(k, |s| quality_of(c, s, b, gap), rel, target);
@@ -320,7 +330,7 @@ fn plan_level(
         (None, BarMode::PerTask) => {
             let q = mean_of(&|t| {
                 let c = &all[t.curves];
-                with_exploration(c, per_task_slot(c, t.band, t.gap), t.band, t.gap)
+                quality_of(c, per_task_slot(c, t.band, t.gap), t.band, t.gap)
             });
             (None, q)
         }
@@ -334,7 +344,7 @@ fn plan_level(
                         |x| t.costs[x],
                         |x| quality_of(c, x, t.band, t.gap),
                     );
-                    with_exploration(c, s, t.band, t.gap)
+                    quality_of(c, s, t.band, t.gap)
                 })
             };
             // A target the top tier cannot reach on this traffic (a hard stretch, or catching
@@ -400,6 +410,7 @@ fn plan_level(
                     quality: c.quality[s],
                     predicted: c.predicted[s],
                     evidence: n,
+                    strength: c.strength[s],
                     observed_quality: if n > 0.0 { sum / n } else { 0.0 },
                     last_move,
                     gap_sign: gap_signs[s],

@@ -22,6 +22,9 @@ pub struct TierPlan {
     pub predicted: [f64; BANDS],
     /// Effective outcomes observed for this tier at this level.
     pub evidence: f64,
+    /// What the estimate stands on, in outcomes: the level's own plus its prior's worth. The
+    /// posterior's spread, which exploration samples from, is `√(q(1−q)/strength)`.
+    pub strength: f64,
     /// Observed average score of the tier at this level (0 without evidence).
     pub observed_quality: f64,
     /// Threshold change at the last re-plan that moved it.
@@ -40,6 +43,14 @@ impl TierPlan {
     /// Estimated quality for a task in `band` whose premium gap is `gap`.
     pub fn predicted_for(&self, band: usize, gap: f64) -> f64 {
         shift_quality(self.predicted[band], self.gap_sign * gap)
+    }
+
+    /// A draw from the tier's posterior for a task in `band` with premium gap `gap`: the
+    /// estimate plus `z` of its standard deviations.
+    pub fn sampled_for(&self, band: usize, gap: f64, z: f64) -> f64 {
+        let q = self.predicted_for(band, gap);
+        let sd = (q * (1.0 - q)).max(0.01).sqrt() / self.strength.max(1.0).sqrt();
+        (q + z * sd).clamp(0.0, 1.0)
     }
 }
 
@@ -147,14 +158,50 @@ impl ScopePlan {
             .iter()
             .map(|t| policy.tiers[t.tier].cost_micros(input_tokens, output_tokens))
             .collect();
-        let slot = self.slot_by(curves, complexity, band, gap, |s| {
-            costs_micros[s] as f64 / 1e6
-        });
+        let slot = self.slot_by(
+            curves,
+            complexity,
+            |s| costs_micros[s] as f64 / 1e6,
+            |s| curves[s].quality_for(band, gap),
+        );
         Choice {
             curves,
             costs_micros,
             slot,
         }
+    }
+
+    /// Exploration (Thompson sampling with resampling): the slot the plan's own rule picks
+    /// when every allowed tier's quality is one draw from its posterior instead of its
+    /// planning bound; while that is the plan's own choice, it draws again, up to
+    /// [`EXPLORE_DRAWS`] times. A tier whose estimate stands on few outcomes spreads wide, so
+    /// it wins a draw (cheaper or dearer, whatever the price order) about as often as the
+    /// evidence allows it to be the right one, and a tier known to be wrong for the task almost
+    /// never does: an alternative with chance `p` of being right is tried with chance
+    /// `1 − (1 − p)^EXPLORE_DRAWS`. Returns the plan's choice when no draw picks another. `u`
+    /// is a uniform number in [0, 1) that seeds the draws: the same inputs explore the same way.
+    pub fn explore(&self, choice: &Choice<'_>, band: usize, gap: f64, u: f64) -> usize {
+        let (curves, planned) = (choice.curves, choice.slot);
+        if curves.len() < 2 || self.policy.pinned_thresholds.is_some() {
+            return planned;
+        }
+        let mut normals = Normals::new(u);
+        let mut sampled = vec![0.0; curves.len()];
+        for _ in 0..EXPLORE_DRAWS {
+            for (q, t) in sampled.iter_mut().zip(curves) {
+                *q = t.sampled_for(band, gap, normals.next_normal());
+            }
+            let s = self.slot_by(
+                curves,
+                0.0,
+                |s| choice.costs_micros[s] as f64 / 1e6,
+                |s| sampled[s],
+            );
+            if s != planned {
+                return s;
+            }
+        }
+        planned
     }
 
     /// Slot under given curves: pinned thresholds, per-task bar, or cheapest at price λ.
@@ -165,18 +212,22 @@ impl ScopePlan {
         band: usize,
         costs: &[f64],
     ) -> usize {
-        self.slot_by(tiers, complexity, band, 0.0, |s| costs[s])
+        self.slot_by(
+            tiers,
+            complexity,
+            |s| costs[s],
+            |s| tiers[s].quality_for(band, 0.0),
+        )
     }
 
-    /// [`ScopePlan::slot_in`] with each slot's cost (USD) from `cost`: no cost vector to build on
-    /// the Route path.
+    /// [`ScopePlan::slot_in`] with each slot's cost (USD) from `cost` and the quality it is
+    /// held to from `quality`: no vector to build on the Route path.
     fn slot_by(
         &self,
         tiers: &[TierPlan],
         complexity: f64,
-        band: usize,
-        gap: f64,
         cost: impl Fn(usize) -> f64,
+        quality: impl Fn(usize) -> f64,
     ) -> usize {
         let last = tiers.len() - 1;
         if self.policy.pinned_thresholds.is_some() {
@@ -186,16 +237,43 @@ impl ScopePlan {
                 .unwrap_or(last);
         }
         match (self.policy.bar_mode, self.lambda) {
-            (BarMode::Average, Some(lambda)) => choose(lambda, tiers.len(), cost, |s| {
-                tiers[s].quality_for(band, gap)
-            }),
+            (BarMode::Average, Some(lambda)) => choose(lambda, tiers.len(), cost, quality),
             _ => per_task(
                 tiers.len(),
-                |s| tiers[s].quality_for(band, gap),
+                quality,
                 self.policy.quality_bar_relative,
                 self.target,
             ),
         }
+    }
+}
+
+/// Standard normal draws from one uniform seed (splitmix64, then Box–Muller): deterministic,
+/// no allocation, no RNG state to share between Route calls.
+struct Normals {
+    state: u64,
+}
+
+impl Normals {
+    fn new(u: f64) -> Self {
+        Self {
+            state: u.to_bits() ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn next_unit(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // 53 random bits in (0, 1].
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    fn next_normal(&mut self) -> f64 {
+        let (a, b) = (self.next_unit(), self.next_unit());
+        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
     }
 }
 
@@ -266,6 +344,7 @@ mod tests {
             quality: [0.6; BANDS],
             predicted: [0.7; BANDS],
             evidence: 0.0,
+            strength: 4.0,
             observed_quality: 0.0,
             last_move: 0.0,
             gap_sign: -1.0,

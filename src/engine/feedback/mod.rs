@@ -34,10 +34,10 @@ pub struct FeedbackInput<'a> {
     pub decision_id: &'a str,
     /// Outcome score in [0, 1].
     pub score: f64,
-    /// Actual input tokens.
-    pub input_tokens: i64,
-    /// Actual output tokens.
-    pub output_tokens: i64,
+    /// Actual input tokens; `None` or 0: unknown, Route's measure of the task stands in.
+    pub input_tokens: Option<i64>,
+    /// Actual output tokens; `None` or 0: unknown, Route's estimate stands in.
+    pub output_tokens: Option<i64>,
     /// Whether the output was reused.
     pub reused: bool,
     /// With authentication on and a service key: the caller's team, which must be the team the
@@ -265,6 +265,8 @@ impl Learner {
             nonce,
             estimate_micros: d.tier().cost_micros.max(0) as u64,
             premium_micros: d.premium_micros().max(0) as u64,
+            input_tokens: u32::try_from(d.input_tokens).unwrap_or(u32::MAX),
+            output_tokens: u32::try_from(d.output_tokens).unwrap_or(u32::MAX),
         })
     }
 

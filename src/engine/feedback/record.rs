@@ -2,6 +2,7 @@
 //! once in the store (or the outage buffer while the store is down), with its accounting.
 
 use super::*;
+use crate::domain::decision::DecisionClaims;
 
 /// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
 /// decision's once-only reused mark. SHA-256, so no caller can aim an event id at another
@@ -40,6 +41,22 @@ fn reuse_mark_event(
     }
 }
 
+/// The token counts an outcome is booked and learned with: what the caller reported, or, where
+/// it reported none or 0 (a client that sends only a score, proto3's default), what Route
+/// measured of the task and expected of its output. Priced at 0 tokens, such an outcome
+/// booked no spend and taught the planner that every tier was free, so a scope in `average`
+/// mode sent nearly all of its tasks to the cheapest tier.
+fn reported_or_estimated(input: &FeedbackInput<'_>, claims: &DecisionClaims) -> (u64, u64) {
+    let pick = |reported: Option<i64>, estimate: u32| match reported {
+        Some(v) if v > 0 => v as u64,
+        _ => u64::from(estimate),
+    };
+    (
+        pick(input.input_tokens, claims.input_tokens),
+        pick(input.output_tokens, claims.output_tokens),
+    )
+}
+
 impl Learner {
     /// Validates and records one outcome; on any error nothing changes.
     pub async fn feedback(
@@ -59,7 +76,9 @@ impl Learner {
             ("input_tokens", input.input_tokens),
             ("output_tokens", input.output_tokens),
         ] {
-            if !(0..=MAX_TOKENS).contains(&v) {
+            if let Some(v) = v
+                && !(0..=MAX_TOKENS).contains(&v)
+            {
                 return Err(FeedbackError::InvalidArgument {
                     field,
                     reason: format!("must be in [0, {MAX_TOKENS}], got {v}"),
@@ -81,12 +100,13 @@ impl Learner {
             });
         }
         let table = router.table();
+        let (input_tokens, output_tokens) = reported_or_estimated(input, &claims);
         let (counters, actual_micros) = books.outcome_counters(
             &table.policy,
             &claims,
             input.score,
-            input.input_tokens as u64,
-            input.output_tokens as u64,
+            input_tokens,
+            output_tokens,
             input.reused,
         );
         let ack = FeedbackAck {
@@ -104,8 +124,8 @@ impl Learner {
             tier: claims.tier,
             band: claims.band,
             score: input.score,
-            input_tokens: input.input_tokens as u64,
-            output_tokens: input.output_tokens as u64,
+            input_tokens,
+            output_tokens,
             workflow: claims.workflow,
             team: claims.team,
             complexity: claims.complexity,

@@ -162,8 +162,8 @@ pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::grpc::pb::Feedb
     tokenwise::grpc::pb::FeedbackRequest {
         decision_id: decision_id.to_string(),
         score,
-        input_tokens: 50,
-        output_tokens: 20,
+        input_tokens: Some(50),
+        output_tokens: Some(20),
         reused: false,
     }
 }
