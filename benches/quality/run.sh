@@ -4,7 +4,9 @@
 #   1. offline RouteLLM metrics of the bundled model on the held-out fifth;
 #   2. replay of the held-out fifth, two tiers, bar 0.77, seeds 1-5 (learning on);
 #   3. domain shift: a model trained without GSM8K and without the MMLU high_school_* and
-#      college_* subjects, replayed on exactly those tasks (all splits: it saw none of them).
+#      college_* subjects, replayed on exactly those tasks (all splits: it saw none of them);
+#   4. the multi-tier set (benches/quality/multitier, four tiers, three coarse workflows), bar
+#      0.779, seeds 1-10 in both orders, with workflow labels and with --strip-labels.
 # Usage: benches/quality/run.sh [OUT_DIR]   (about 3 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,3 +48,26 @@ for order in "" --shuffle; do
     python3 -c "import json,sys; print('  within 0.01 of the bar after', json.load(open(sys.argv[1]))['feedbacks_to_bar'], 'feedbacks')" "$f"
   done
 done
+
+echo "== multi-tier set: four tiers, workflows math/science/quiz, bar 0.779 (all-premium 0.7986 - 0.02)"
+mdata=benches/quality/multitier/multitier.jsonl.gz
+mtiers=small-7b,mixtral-8x7b-instruct,coder-34b,gpt-4-1106-preview
+mbar=0.779
+summarise=benches/quality/summarise.py
+labelled=()
+unlabelled=()
+for order in "" --shuffle; do
+  for seed in 1 2 3 4 5 6 7 8 9 10; do
+    f="$out/replay-multitier${order}-$seed.json"
+    $bin replay --data $mdata --split all --tiers $mtiers --bar $mbar --seed $seed $order --json > "$f"
+    python3 $summarise line "$f" "seed $seed ${order:-file order}, labelled"
+    labelled+=("$f")
+    f="$out/replay-multitier-nolabels${order}-$seed.json"
+    $bin replay --data $mdata --split all --tiers $mtiers --bar $mbar --seed $seed $order \
+      --strip-labels --json > "$f"
+    python3 $summarise line "$f" "seed $seed ${order:-file order}, no labels"
+    unlabelled+=("$f")
+  done
+done
+python3 $summarise worst "labelled (20 runs)" "${labelled[@]}"
+python3 $summarise worst "no labels (20 runs)" "${unlabelled[@]}"
