@@ -9,6 +9,7 @@ mod cli;
 mod cold_start;
 mod feedback_rpc;
 mod learning;
+mod parity;
 mod policy_admin;
 mod properties;
 mod protection;
