@@ -52,10 +52,19 @@ pub struct DecisionClaims {
     pub input_tokens: u32,
     /// Output tokens Route expected for the task (0 in ids issued before v4: unknown).
     pub output_tokens: u32,
+    /// The discovered cluster Route placed an unlabelled task in ([`NO_CLUSTER`]: none).
+    pub cluster: u32,
+    /// The task's text sketch (unlabelled tasks only; empty otherwise): what the scope's
+    /// clusters are fitted on ([`crate::domain::clusters::sketch`]).
+    pub sketch: Vec<u16>,
 }
 
+/// [`DecisionClaims::cluster`] of a task that was not clustered.
+pub const NO_CLUSTER: u32 = u32::MAX;
+
 /// Layout versions of the binary claims: v2 adds the cost estimates after the nonce, v3 the
-/// premium gap after the complexity, v4 Route's token estimates after the gap.
+/// premium gap after the complexity, v4 Route's token estimates, the task's cluster and its
+/// sketch (a count byte, then that many u16) after the gap.
 const CLAIMS_V1: u8 = 1;
 const CLAIMS_V2: u8 = 2;
 const CLAIMS_V3: u8 = 3;
@@ -95,6 +104,10 @@ pub struct ClaimsRef<'a> {
     pub input_tokens: u32,
     /// See [`DecisionClaims::output_tokens`].
     pub output_tokens: u32,
+    /// See [`DecisionClaims::cluster`].
+    pub cluster: u32,
+    /// See [`DecisionClaims::sketch`].
+    pub sketch: &'a [u16],
 }
 
 impl ClaimsRef<'_> {
@@ -116,6 +129,12 @@ impl ClaimsRef<'_> {
         out.extend_from_slice(&self.gap.to_le_bytes());
         out.extend_from_slice(&self.input_tokens.to_le_bytes());
         out.extend_from_slice(&self.output_tokens.to_le_bytes());
+        out.extend_from_slice(&self.cluster.to_le_bytes());
+        let sketch = &self.sketch[..self.sketch.len().min(usize::from(u8::MAX))];
+        out.push(sketch.len() as u8);
+        for id in sketch {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
         out.push(self.band);
         out.push(u8::from(self.explored));
         for s in strings {
@@ -148,6 +167,8 @@ impl DecisionClaims {
             premium_micros: self.premium_micros,
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
+            cluster: self.cluster,
+            sketch: &self.sketch,
         }
     }
 
@@ -170,10 +191,17 @@ impl DecisionClaims {
         } else {
             0.0
         };
-        let (input_tokens, output_tokens) = if version >= CLAIMS_V4 {
-            (r.u32()?, r.u32()?)
+        let (input_tokens, output_tokens, cluster, sketch) = if version >= CLAIMS_V4 {
+            let (i, o, c) = (r.u32()?, r.u32()?, r.u32()?);
+            let n = usize::from(r.take(1)?[0]);
+            let sketch = r
+                .take(2 * n)?
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            (i, o, c, sketch)
         } else {
-            (0, 0)
+            (0, 0, NO_CLUSTER, Vec::new())
         };
         let band = r.take(1)?[0];
         let explored = r.take(1)?[0] != 0;
@@ -198,6 +226,8 @@ impl DecisionClaims {
             premium_micros,
             input_tokens,
             output_tokens,
+            cluster,
+            sketch,
         })
     }
 }
@@ -358,6 +388,8 @@ mod tests {
             premium_micros: 98_765,
             input_tokens: 512,
             output_tokens: 64,
+            cluster: 3,
+            sketch: vec![7, 300, 65_000],
         }
     }
 
@@ -371,13 +403,15 @@ mod tests {
     #[test]
     fn ids_issued_before_the_gap_and_the_tokens_decode_with_zeros() {
         let v4 = claims().borrowed().encode();
-        // v3: the same layout without the 8 token bytes after the gap.
+        // v3: the same layout without the token, cluster and sketch bytes after the gap.
         let at = 1 + 8 * 4 + 4 + 4;
-        let mut v3 = [&v4[..at], &v4[at + 8..]].concat();
+        let mut v3 = [&v4[..at], &v4[at + 8 + 4 + 1 + 6..]].concat();
         v3[0] = CLAIMS_V3;
         let unknown = DecisionClaims {
             input_tokens: 0,
             output_tokens: 0,
+            cluster: NO_CLUSTER,
+            sketch: Vec::new(),
             ..claims()
         };
         assert_eq!(DecisionClaims::decode(&v3).unwrap(), unknown);

@@ -4,6 +4,7 @@
 pub mod books;
 pub mod calendar;
 pub mod classifier;
+pub mod clusters;
 pub mod decision;
 pub mod features;
 pub mod labels;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::domain::classifier::ComplexityModel;
+use crate::domain::clusters::sketch;
 use crate::domain::features::TaskInput;
-use crate::domain::labels::{MAX_LABEL_BYTES, workflow_key};
-use crate::domain::learning::{BANDS, RoutingTable, band_of};
+use crate::domain::labels::{DEFAULT_WORKFLOW, MAX_LABEL_BYTES, workflow_key};
+use crate::domain::learning::{BANDS, RoutingTable, band_of, cluster_label};
 use crate::domain::policy::{BarMode, Policy};
 
 /// Default cap on the task size in bytes.
@@ -57,6 +58,9 @@ pub enum RouteError {
         /// The maximum.
         max: usize,
     },
+    /// A workflow label in the namespace of discovered clusters.
+    #[error("workflow: labels starting with '~' are reserved for discovered clusters")]
+    ReservedWorkflow,
 }
 
 impl RouteError {
@@ -65,6 +69,7 @@ impl RouteError {
         match self {
             RouteError::EmptyTask | RouteError::TaskTooLarge { .. } => "task",
             RouteError::LabelTooLong { field, .. } => field,
+            RouteError::ReservedWorkflow => "workflow",
         }
     }
 }
@@ -106,6 +111,11 @@ pub struct Decision {
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
+    /// The discovered cluster an unlabelled task was placed in (`None`: labelled, or the scope
+    /// has no clusters yet).
+    pub cluster: Option<u32>,
+    /// An unlabelled task's text sketch (empty for a labelled one).
+    pub sketch: Vec<u16>,
     /// Allowed tiers, cheapest first.
     pub candidates: Vec<Candidate>,
     /// Position in `candidates` of the next tier up, if any.
@@ -164,6 +174,9 @@ pub fn check_labels(req: &RouteRequest<'_>) -> Result<(), RouteError> {
             });
         }
     }
+    if req.workflow.starts_with('~') {
+        return Err(RouteError::ReservedWorkflow);
+    }
     Ok(())
 }
 
@@ -191,14 +204,26 @@ pub fn decide(
     let workflow = workflow_key(req.workflow);
     let scope = policy.resolve(req.team, workflow);
     // The team's own plan where it has one (its outcomes move it), else the scope's shared one.
-    let plan = table.plan(&scope.key).for_team(req.team);
+    let shared = table.plan(&scope.key);
+    let plan = shared.for_team(req.team);
+    // A task without a label learns as the cluster of similar tasks it falls in (once the
+    // scope has clusters); its sketch travels with the decision, to fit them on.
+    let (sketch, cluster) = if workflow == DEFAULT_WORKFLOW {
+        let s = sketch(req.task);
+        let c = shared.clusters.as_ref().map(|m| m.assign(&s));
+        (s.0, c)
+    } else {
+        (Vec::new(), None)
+    };
+    let cluster_workflow = cluster.map(cluster_label);
+    let workflow = cluster_workflow.as_deref().unwrap_or(workflow);
     // A client's length hint is taken up to the policy's cap, and the reason says so.
     let hint = u64::from(req.expected_output_tokens);
     let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
     let hint = hint.min(scope.max_output_tokens);
     let (complexity, gap) = model.score(&TaskInput {
         text: req.task,
-        workflow,
+        workflow: workflow_key(req.workflow),
         task_type: req.task_type,
         expected_output_tokens: hint as u32,
     });
@@ -288,6 +313,8 @@ pub fn decide(
         scope: scope.key.clone(),
         chosen,
         planned: safe,
+        cluster,
+        sketch,
         complexity,
         band,
         gap,
@@ -661,6 +688,19 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.field(), "team");
+        // The namespace of discovered clusters is not a caller's to use.
+        let e = r
+            .route(
+                &RouteRequest {
+                    task: "hi",
+                    workflow: "~cluster/1",
+                    ..Default::default()
+                },
+                0.9,
+            )
+            .unwrap_err();
+        assert_eq!(e, RouteError::ReservedWorkflow);
+        assert_eq!(e.field(), "workflow");
     }
 
     #[test]

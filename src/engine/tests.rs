@@ -231,3 +231,84 @@ async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_windo
     let (log, _) = e.learner.store().events_since(0, 100).await.unwrap();
     assert_eq!(log.len(), 2);
 }
+
+/// Unlabelled traffic end to end: Route sketches each task, the decision id carries the sketch,
+/// the fold fits the scope's clusters on what Feedback reports, and from then on Route places
+/// each unlabelled task in a cluster, whose outcomes learn as a workflow of its own.
+#[tokio::test]
+async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
+    let e = engine();
+    let kinds = [
+        "If Tom has {i} apples and buys 3 more apples at the market, how many apples does he have in total?",
+        "SELECT name, total FROM orders WHERE customer_id = {i} ORDER BY created_at DESC; explain the index usage",
+        "Dear support team, my parcel {i} arrived damaged and the refund form keeps failing, please reply with the next steps",
+    ];
+    let task = |k: usize, i: usize| kinds[k].replace("{i}", &i.to_string());
+    let mut nonce = 1;
+    for i in 0..(crate::domain::learning::CLUSTER_FIRST_FIT / 3 + 1) {
+        for k in 0..3 {
+            let t = task(k, i);
+            let req = crate::domain::routing::RouteRequest {
+                task: &t,
+                ..Default::default()
+            };
+            let (d, id) = e.route(&req, 0.99, T0, nonce).unwrap();
+            nonce += 1;
+            assert!(!d.sketch.is_empty());
+            let input = FeedbackInput {
+                decision_id: &id,
+                score: if k == 0 { 1.0 } else { 0.0 },
+                input_tokens: None,
+                output_tokens: None,
+                reused: false,
+                caller_team: None,
+            };
+            e.feedback(&input, T0 + 1_000).await.unwrap();
+        }
+    }
+    let clusters: Vec<Option<u32>> = (0..3)
+        .map(|k| {
+            let t = task(k, 9_999);
+            let req = crate::domain::routing::RouteRequest {
+                task: &t,
+                ..Default::default()
+            };
+            e.route(&req, 0.99, T0, 0).unwrap().0.cluster
+        })
+        .collect();
+    assert!(clusters.iter().all(Option::is_some), "{clusters:?}");
+    assert!(
+        clusters[0] != clusters[1] && clusters[0] != clusters[2],
+        "{clusters:?}"
+    );
+    // A labelled task is not clustered, and a featureless one still routes.
+    let req = crate::domain::routing::RouteRequest {
+        task: "??? !!! ...",
+        ..Default::default()
+    };
+    assert!(e.route(&req, 0.99, T0, 0).is_ok());
+    let (labelled, _) = e
+        .route(
+            &crate::domain::routing::RouteRequest {
+                task: &task(0, 1),
+                workflow: "math",
+                ..Default::default()
+            },
+            0.99,
+            T0,
+            0,
+        )
+        .unwrap();
+    assert_eq!((labelled.cluster, labelled.sketch.len()), (None, 0));
+    // The outcomes after the fit were learned under the clusters.
+    let evidence = e.evidence().await;
+    let default = &evidence["default"];
+    assert!(
+        default
+            .workflows
+            .keys()
+            .any(|w| w.starts_with(crate::domain::learning::CLUSTER_FAMILY)),
+        "{:?}",
+        default.workflows.keys().collect::<Vec<_>>()
+    );
+}

@@ -51,6 +51,14 @@ pub struct OutcomeEvent {
     /// Premium gap of the task (learning and what-if use it); absent = 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gap: f32,
+    /// The discovered cluster Route placed the (unlabelled) task in; absent: none. Learning
+    /// files the outcome under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<u32>,
+    /// The unlabelled task's text sketch, which the scope's clusters are fitted on; absent:
+    /// none (a labelled task, or an id issued before v4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sketch: Vec<u16>,
     /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -341,6 +349,8 @@ pub mod contract {
             team: String::new(),
             complexity: 0.5,
             gap: 0.0,
+            cluster: None,
+            sketch: Vec::new(),
             counters: Vec::new(),
             counters_only: false,
         }

@@ -418,14 +418,16 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
     crate::common::teach(&mut client, &TASKS, 300, 1.0).await;
     let learned = thresholds(&a);
     assert_ne!(learned, cold);
-    let a_default_workflow: Vec<f64> = a
-        .engine
-        .table()
-        .default
-        .for_team("")
-        .tiers_for("default")
+    // What the replica that learned answers for the task (its learned curves, or those of
+    // the discovered cluster it falls in).
+    let a_default_workflow: Vec<f64> = client
+        .route(route_req("first call"))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates
         .iter()
-        .map(|t| t.threshold)
+        .map(|c| c.threshold)
         .collect();
     a.stop().await;
     // A new process of the same deployment: it has learned nothing itself.
@@ -439,7 +441,7 @@ async fn a_restarted_replica_routes_with_the_learned_state() {
         .unwrap()
         .into_inner();
     let first: Vec<f64> = d.candidates.iter().map(|c| c.threshold).collect();
-    // The candidates carry the thresholds of the task's workflow ("default" here).
+    // The candidates carry the thresholds of the task's workflow (or its cluster).
     let learned_default: &Vec<f64> = &a_default_workflow;
     let cold_default = &cold.iter().find(|(k, _)| k == "default").unwrap().1;
     assert_eq!(

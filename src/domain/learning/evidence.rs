@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::*;
+use crate::domain::clusters::{ClusterModel, FitOptions, Sketch, TermNames};
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -185,6 +186,86 @@ pub struct ScopeEvidence {
     pub teams: HashMap<String, TeamEvidence>,
     /// Decayed outcome count of all teams together (unweighted).
     all_outcomes: f64,
+    /// Clusters discovered in the scope's unlabelled traffic.
+    pub clusters: Discovery,
+}
+
+/// Workflow discovery for one scope: the sketches of its recent unlabelled tasks, in log order,
+/// and the clusters last fitted on them. Every replica folds the same log in the same order,
+/// so every replica fits the same clusters at the same outcome.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Discovery {
+    /// The recent sketches, at most [`CLUSTER_WINDOW`].
+    recent: VecDeque<Sketch>,
+    /// Sketches added since the last fit.
+    since_fit: usize,
+    /// The clusters Route assigns unlabelled tasks to.
+    pub model: Option<Arc<ClusterModel>>,
+    /// Fits that succeeded.
+    pub fits: u64,
+    /// Fits that failed or diverged (the previous clusters stayed).
+    pub failed_fits: u64,
+    /// Sketches kept, and between two fits: [`CLUSTER_WINDOW`] and [`CLUSTER_REFIT_EVERY`]
+    /// unless a test makes them small (0: the constants).
+    sizes: (usize, usize),
+}
+
+impl Discovery {
+    /// Adds one unlabelled task's sketch, refitting every [`CLUSTER_REFIT_EVERY`] sketches
+    /// (and first once the window holds enough for a fit). A fit that fails keeps the previous
+    /// clusters; it is logged and counted.
+    pub fn observe(&mut self, sketch: &[u16]) {
+        if sketch.is_empty() {
+            return;
+        }
+        let (window, every) = match self.sizes {
+            (0, _) | (_, 0) => (CLUSTER_WINDOW, CLUSTER_REFIT_EVERY),
+            sizes => sizes,
+        };
+        if self.recent.len() >= window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Sketch(sketch.to_vec()));
+        self.since_fit += 1;
+        let first = self.model.is_none() && self.recent.len() >= CLUSTER_FIRST_FIT.min(window);
+        if first || self.since_fit >= every {
+            self.refit();
+        }
+    }
+
+    /// Discovery over a window of `window` sketches, refitting every `every` (tests).
+    #[cfg(test)]
+    pub(super) fn sized(window: usize, every: usize) -> Self {
+        Self {
+            sizes: (window, every),
+            ..Self::default()
+        }
+    }
+
+    fn refit(&mut self) {
+        self.since_fit = 0;
+        let sketches: Vec<Sketch> = self.recent.iter().cloned().collect();
+        let opts = FitOptions {
+            k: (sketches.len() / CLUSTER_TASKS_PER_K).clamp(2, CLUSTER_MAX_K),
+            n_runs: 1,
+            ..FitOptions::default()
+        };
+        match ClusterModel::fit(
+            &sketches,
+            &TermNames::default(),
+            &opts,
+            self.model.as_deref(),
+        ) {
+            Ok(m) => {
+                self.model = Some(Arc::new(m));
+                self.fits += 1;
+            }
+            Err(e) => {
+                self.failed_fits += 1;
+                tracing::warn!(error = %e, tasks = sketches.len(), "cluster refit failed; keeping the previous clusters");
+            }
+        }
+    }
 }
 
 impl ScopeEvidence {

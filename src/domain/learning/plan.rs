@@ -483,6 +483,7 @@ fn plan_level(
         families,
         workflows,
         teams: HashMap::new(),
+        clusters: evidence.and_then(|e| e.clusters.model.clone()),
     }
 }
 

@@ -104,6 +104,9 @@ pub struct ScopePlan {
     /// Team → the team's own plan, learned from its own outcomes on top of this (shared) one;
     /// a team without one routes on this plan.
     pub teams: HashMap<String, Arc<ScopePlan>>,
+    /// The clusters discovered in the scope's unlabelled traffic (the shared plan's; a team's
+    /// plan routes by them too).
+    pub clusters: Option<Arc<crate::domain::clusters::ClusterModel>>,
 }
 
 impl ScopePlan {

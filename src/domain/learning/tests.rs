@@ -826,3 +826,90 @@ fn a_team_beyond_its_share_moves_no_shared_output_length_or_traffic_sample() {
     assert_eq!(plan.for_team("search").typical_output_tokens, 256);
     assert_eq!(ev.recent.len(), sampled);
 }
+
+/// Texts of three kinds of work with distinct vocabularies, `n` of each, interleaved.
+fn unlabelled_texts(n: usize) -> Vec<String> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                format!(
+                    "If Tom has {i} apples and buys {} more apples at the market, how many apples does he have in total? Show the arithmetic.",
+                    i % 7 + 2
+                ),
+                format!(
+                    "SELECT name, total FROM orders{} WHERE customer_id = {i} ORDER BY created_at DESC; explain the query plan and index usage",
+                    i % 5
+                ),
+                format!(
+                    "Dear support team, my parcel number {i} arrived damaged and the refund form keeps failing; please reply with the next steps for a return"
+                ),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn unlabelled_traffic_is_clustered_deterministically_and_kinds_get_their_own_cluster() {
+    use crate::domain::clusters::{FALLBACK, sketch};
+    let texts = unlabelled_texts(200);
+    let fold = || {
+        let mut d = Discovery::default();
+        for t in &texts {
+            d.observe(&sketch(t).0);
+        }
+        d
+    };
+    let (a, b) = (fold(), fold());
+    // Every replica folding the same log fits the same clusters.
+    assert_eq!(a, b);
+    assert!(a.fits >= 1 && a.failed_fits == 0, "{} fits", a.fits);
+    let model = a.model.as_ref().unwrap();
+    // Each kind of work lands (mostly) in a cluster of its own.
+    let kinds: Vec<std::collections::BTreeMap<u32, usize>> = (0..3)
+        .map(|k| {
+            let mut m = std::collections::BTreeMap::new();
+            for t in texts.iter().skip(k).step_by(3) {
+                *m.entry(model.assign(&sketch(t))).or_default() += 1;
+            }
+            m
+        })
+        .collect();
+    let majority: Vec<u32> = kinds
+        .iter()
+        .map(|m| *m.iter().max_by_key(|(_, n)| **n).unwrap().0)
+        .collect();
+    assert!(
+        majority[0] != majority[1] && majority[1] != majority[2] && majority[0] != majority[2],
+        "{kinds:?}"
+    );
+    for (m, id) in kinds.iter().zip(&majority) {
+        assert!(m[id] >= 180, "{kinds:?}");
+    }
+    // A featureless task goes to the fallback cluster, and an empty sketch teaches nothing.
+    assert_eq!(model.assign(&sketch("!!! ??? ...")), FALLBACK);
+    let mut c = a.clone();
+    c.observe(&[]);
+    assert_eq!(c, a);
+}
+
+#[test]
+fn a_refit_that_fails_keeps_the_previous_clusters_and_is_counted() {
+    use crate::domain::clusters::sketch;
+    let mut d = Discovery::sized(120, 60);
+    for t in unlabelled_texts(40) {
+        d.observe(&sketch(&t).0);
+    }
+    // One task repeated: once it fills the window there are fewer distinct tasks than
+    // clusters, and that fit diverges (the one before, half of it varied, succeeds).
+    let same = sketch("the very same request about a refund for the parcel").0;
+    for _ in 0..60 {
+        d.observe(&same);
+    }
+    let (before, fits) = (d.model.clone().unwrap(), d.fits);
+    assert_eq!(d.failed_fits, 0);
+    for _ in 0..60 {
+        d.observe(&same);
+    }
+    assert_eq!((d.fits, d.failed_fits), (fits, 1));
+    assert!(Arc::ptr_eq(d.model.as_ref().unwrap(), &before));
+}

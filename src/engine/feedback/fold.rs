@@ -2,6 +2,7 @@
 //! computes the same state), re-plan the touched scopes, publish the table; refresh and shutdown.
 
 use super::*;
+use crate::domain::learning::cluster_label;
 
 impl Learner {
     /// Folds every store event not yet seen into local evidence and republishes the plans of
@@ -52,8 +53,14 @@ impl Learner {
             let n = events.len();
             for e in events {
                 let ev = folded.evidence.entry(e.scope.clone()).or_default();
+                ev.clusters.observe(&e.sketch);
+                // An unlabelled task learns under the cluster Route placed it in.
+                let workflow = match e.cluster {
+                    Some(c) => Arc::from(cluster_label(c).as_str()),
+                    None => Arc::from(e.workflow.as_str()),
+                };
                 let shape = TaskShape {
-                    workflow: Arc::from(e.workflow.as_str()),
+                    workflow,
                     band: e.band,
                     gap: e.gap,
                     input_tokens: e.input_tokens,

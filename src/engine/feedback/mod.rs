@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::domain::books::Books;
 use crate::domain::classifier::Calibration;
-use crate::domain::decision::{ClaimsRef, Signer, TokenError};
+use crate::domain::decision::{ClaimsRef, NO_CLUSTER, Signer, TokenError};
 use crate::domain::learning::{BANDS, ScopeEvidence, TaskShape};
 use crate::domain::routing::{Decision, Router};
 use crate::store::{OutageBuffer, OutcomeEvent, Recorded, StateStore};
@@ -267,6 +267,8 @@ impl Learner {
             premium_micros: d.premium_micros().max(0) as u64,
             input_tokens: u32::try_from(d.input_tokens).unwrap_or(u32::MAX),
             output_tokens: u32::try_from(d.output_tokens).unwrap_or(u32::MAX),
+            cluster: d.cluster.unwrap_or(NO_CLUSTER),
+            sketch: &d.sketch,
         })
     }
 

@@ -2,7 +2,7 @@
 //! once in the store (or the outage buffer while the store is down), with its accounting.
 
 use super::*;
-use crate::domain::decision::DecisionClaims;
+use crate::domain::decision::{DecisionClaims, NO_CLUSTER};
 
 /// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
 /// decision's once-only reused mark. SHA-256, so no caller can aim an event id at another
@@ -37,6 +37,7 @@ fn reuse_mark_event(
         output_tokens: 0,
         counters,
         counters_only: true,
+        sketch: Vec::new(),
         ..like.clone()
     }
 }
@@ -130,6 +131,8 @@ impl Learner {
             team: claims.team,
             complexity: claims.complexity,
             gap: claims.gap,
+            cluster: (claims.cluster != NO_CLUSTER).then_some(claims.cluster),
+            sketch: claims.sketch,
             counters,
             counters_only: false,
         };
@@ -259,6 +262,8 @@ impl Learner {
             team: claims.team.clone(),
             complexity: claims.complexity,
             gap: claims.gap,
+            cluster: None,
+            sketch: Vec::new(),
             counters: event_counters,
             counters_only: true,
         };
