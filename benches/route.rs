@@ -255,5 +255,63 @@ fn contention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, by_store, books, contention);
+/// Workflow discovery on real prompts (the bundled data): the unlabelled 2 KB decision, which
+/// sketches the task and places it in the nearest of the scope's clusters, beside the labelled
+/// one; one cluster refit of a full window (k = 8, as the fold runs it) and its memory.
+fn discovery(c: &mut Criterion) {
+    use tokenwise::domain::clusters::{ClusterModel, FitOptions, Sketch, TermNames, sketch};
+    use tokenwise::domain::learning::{CLUSTER_MAX_K, CLUSTER_WINDOW, ScopeEvidence};
+    let records = tokenwise::offline::dataset::load(
+        "models/data/routellm-train.jsonl.gz",
+        tokenwise::offline::dataset::Split::Train,
+    )
+    .expect("bundled data");
+    let sketches: Vec<Sketch> = records
+        .iter()
+        .take(CLUSTER_WINDOW)
+        .map(|r| sketch(&r.prompt))
+        .collect();
+    let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
+    let policy = Arc::new(Policy::embedded().expect("embedded policy"));
+    let mut evidence = ScopeEvidence::default();
+    for s in &sketches {
+        evidence.clusters.observe(&s.0);
+    }
+    let fitted = evidence.clusters.model.clone().expect("clusters fitted");
+    eprintln!(
+        "clusters: {} fitted, {} bytes",
+        fitted.ids().count(),
+        fitted.memory_bytes()
+    );
+    let scopes: HashMap<String, ScopeEvidence> = [("default".to_string(), evidence)].into();
+    let table = RoutingTable::build(policy, &model.calibration, &scopes, None);
+    let limits = Limits::default();
+    let task = task_of(2048);
+    let mut g = c.benchmark_group("discovery");
+    for (name, workflow) in [("labelled", "gsm8k"), ("unlabelled", "")] {
+        let req = RouteRequest {
+            task: &task,
+            workflow,
+            ..Default::default()
+        };
+        g.bench_with_input(
+            BenchmarkId::new("route_decision_2KB", name),
+            &req,
+            |b, req| b.iter(|| decide(&model, &table, &limits, black_box(req), 0.5)),
+        );
+    }
+    g.bench_function("sketch_2KB", |b| b.iter(|| sketch(black_box(&task))));
+    g.sample_size(10);
+    let opts = FitOptions {
+        k: CLUSTER_MAX_K,
+        n_runs: 1,
+        ..FitOptions::default()
+    };
+    g.bench_function("refit_window", |b| {
+        b.iter(|| ClusterModel::fit(&sketches, &TermNames::default(), &opts, Some(&fitted)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, by_store, books, contention, discovery);
 criterion_main!(benches);

@@ -63,8 +63,11 @@ pub const MAX_K: usize = 64;
 pub const MIN_TASKS_PER_CLUSTER: usize = 4;
 /// Terms named per cluster.
 pub const TOP_TERMS: usize = 5;
-/// [`sketch`] reads at most this prefix of a text, and counts at most MAX_TERMS terms.
-const MAX_SCAN_BYTES: usize = 8 * 1024;
+/// [`sketch`] reads at most this prefix of a text, and counts at most MAX_TERMS terms. Route
+/// sketches every unlabelled task, at about 10 ns a byte: reading 8 KiB, a 2 KB task took
+/// 21 µs, over the 20 µs the whole decision may take; 1 KiB still 10.9 µs. The median prompt of
+/// the bundled data is 456 bytes, so most tasks are read whole; of a long one, its opening.
+const MAX_SCAN_BYTES: usize = 512;
 const MAX_TERMS: usize = 2048;
 const MAX_WORD_BYTES: usize = 32;
 /// Bigrams are mostly unique to one text: at full weight, and chosen like unigrams, they drowned
@@ -742,16 +745,16 @@ mod tests {
         let long: String = (0..500).map(|i| format!("word{i} ")).collect();
         assert_eq!(sketch(&long).0.len(), SKETCH_TERMS);
         assert_eq!(sketch(&long), sketch(&long.to_uppercase()));
-        // The most frequent unigram is kept, wherever it is; unicode words are lowercased.
+        // The most frequent unigram of what is read is kept, wherever it is in that prefix;
+        // beyond MAX_SCAN_BYTES nothing counts. Unicode words are lowercased.
         let zebra = sketch("zebra lion")
             .0
             .into_iter()
-            .find(|id| sketch("zebra ox").0.contains(id));
-        assert!(
-            sketch(&format!("{long} zebra zebra"))
-                .0
-                .contains(&zebra.unwrap())
-        );
+            .find(|id| sketch("zebra ox").0.contains(id))
+            .unwrap();
+        let short: String = (0..40).map(|i| format!("word{i} ")).collect();
+        assert!(sketch(&format!("{short} zebra zebra")).0.contains(&zebra));
+        assert!(!sketch(&format!("{long} zebra zebra")).0.contains(&zebra));
         assert_eq!(sketch("Ünïcode Wörter"), sketch("ünïcode wörter"));
         assert_eq!(
             sketch("请帮我写一个函数，计算两个数的和。").0.len(),
