@@ -5,7 +5,8 @@
 //! - [`domain`] — pure: [`domain::features`] (task text → sparse features),
 //!   [`domain::classifier`] (the item-response complexity model), [`domain::policy`] (tiers,
 //!   scopes, budgets), [`domain::learning`] (evidence → per-scope, per-team, per-workflow
-//!   plans), [`domain::routing`] (the decision), [`domain::decision`] (signed decision ids),
+//!   plans), [`domain::clusters`] (workflows discovered in unlabelled traffic: sketches, linfa
+//!   k-means), [`domain::routing`] (the decision), [`domain::decision`] (signed decision ids),
 //!   [`domain::books`] (spend ledger and budgets). No I/O, no clock, no randomness of its own;
 //!   the only outward seam is the [`store::StateStore`] trait.
 //! - [`store`] — the `StateStore` trait, its config and contract, and the adapters: memory,

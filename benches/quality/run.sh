@@ -7,7 +7,7 @@
 #      college_* subjects, replayed on exactly those tasks (all splits: it saw none of them);
 #   4. the multi-tier set (benches/quality/multitier, four tiers, three coarse workflows), bar
 #      0.779, seeds 1-10 in both orders, with workflow labels and with --strip-labels.
-# Usage: benches/quality/run.sh [OUT_DIR]   (about 3 minutes on 2 cores)
+# Usage: benches/quality/run.sh [OUT_DIR]   (about 10 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/quality}
