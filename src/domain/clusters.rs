@@ -40,6 +40,7 @@
 //!   2 KB costs 2.5 µs, `str::split` into words 5 µs); `assign` with the sketch given: 0.3–0.4 /
 //!   0.55 / 1.6–2.0 µs. `memory_bytes`: 21 KB / 73 KB / 280 KB.
 
+use crate::domain::features::{FNV_OFFSET, FNV_PRIME, fnv_byte, mix};
 use linfa::DatasetBase;
 use linfa::traits::Fit;
 use linfa_clustering::{KMeans, KMeansInit};
@@ -74,20 +75,6 @@ const MAX_WORD_BYTES: usize = 32;
 /// the shared vocabulary (RouteLLM 58-label NMI 0.17 instead of 0.26).
 const BIGRAM_WEIGHT: f32 = 0.5;
 const NAME_BYTES: usize = 40;
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-const fn fnv_byte(h: u64, b: u8) -> u64 {
-    (h ^ b as u64).wrapping_mul(FNV_PRIME)
-}
-
-/// splitmix64 finaliser.
-const fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 const STOPWORDS: [&str; 56] = [
     "the", "of", "and", "to", "in", "is", "it", "that", "for", "on", "with", "as", "was", "be",

@@ -31,12 +31,15 @@ pub struct TaskInput<'a> {
     pub expected_output_tokens: u32,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// 64-bit FNV-1a offset basis and prime: the crate's one word hash (features, the data split,
+/// cluster sketches).
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// One byte of FNV-1a.
 #[inline]
-fn fnv_byte(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+pub(crate) const fn fnv_byte(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
 }
 
 /// 64-bit FNV-1a of a string: the one hash of the crate's stable ids (features hash words
@@ -47,7 +50,7 @@ pub fn fnv1a(s: &str) -> u64 {
 
 /// Final mixing so that nearby FNV states spread over the buckets (splitmix64 finaliser).
 #[inline]
-fn mix(mut x: u64) -> u64 {
+pub(crate) const fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;
