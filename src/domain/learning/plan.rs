@@ -102,12 +102,25 @@ fn plan_level(
     // A parent's curves as the prior of one of its labels, shifted by the label's own shift.
     // The parent learned against its outcomes' label-shifted expectations (`expected_mix`), so
     // what it learned is common to its labels and the shift applies in full.
+    // A caller's workflow (or family) is a kind of work on which a model the calibration never
+    // measured may do far better or worse than elsewhere, so such a tier starts there from its
+    // own prior, not from what other workflows taught its parent. A discovered cluster is
+    // provisional (a refit makes new ones) and starts from its parent's curves.
+    let unpooled: Vec<bool> = tiers
+        .iter()
+        .map(|t| t.model != cal.cheap_model && t.model != cal.premium_model)
+        .collect();
     let shifted = |parent: &Curves, label: &str| -> Vec<[f64; BANDS]> {
         let own = cal.own_shift(label);
+        let discovered = label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY);
         (0..k)
             .map(|s| {
                 let delta = slot_shift(own, s);
-                let mut curve = parent.predicted[s];
+                let mut curve = if unpooled[s] && !discovered {
+                    priors[s]
+                } else {
+                    parent.predicted[s]
+                };
                 curve.iter_mut().for_each(|q| *q = shift_quality(*q, delta));
                 curve
             })

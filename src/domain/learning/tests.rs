@@ -913,3 +913,28 @@ fn a_refit_that_fails_keeps_the_previous_clusters_and_is_counted() {
     assert_eq!((d.fits, d.failed_fits), (fits, 1));
     assert!(Arc::ptr_eq(d.model.as_ref().unwrap(), &before));
 }
+
+#[test]
+fn an_unmeasured_tier_starts_each_caller_workflow_from_its_prior_but_a_cluster_from_its_parent() {
+    // `medium` runs a model the calibration never measured; it fails every task of workflow
+    // `a/bad`, 300 times.
+    let mut ev = ScopeEvidence::default();
+    for _ in 0..300 {
+        ev.observe("medium", shape_in("a/bad", 5, 500, 256), 0.0);
+    }
+    // One outcome each for another caller workflow and for a discovered cluster.
+    ev.observe("large", shape_in("b/new", 5, 500, 256), 1.0);
+    let cluster = cluster_label(7);
+    ev.observe("large", shape_in(&cluster, 5, 500, 256), 1.0);
+    let p = plan(0.8, Some(&ev));
+    let medium = |w: &str| p.tiers_for(w)[1].predicted[5];
+    let scope = p.tiers[1].predicted[5];
+    let prior = plan(0.8, None).tiers[1].predicted[5];
+    // The scope (and the failing workflow) learned that `medium` is poor...
+    assert!(scope < prior - 0.1 && medium("a/bad") < prior - 0.1, "{scope} vs {prior}");
+    // ...but another caller's workflow starts from the tier's own prior: a model may do far
+    // better on one kind of work than on another.
+    assert!((medium("b/new") - prior).abs() < 1e-9, "{} vs {prior}", medium("b/new"));
+    // A discovered cluster (provisional: refits make new ones) borrows from its parent.
+    assert!(medium(&cluster) < prior - 0.1, "{} vs {prior}", medium(&cluster));
+}
