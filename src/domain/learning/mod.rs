@@ -15,7 +15,12 @@
 //! residual; a family's curve is the scope's, corrected the same way by the family's outcomes;
 //! a workflow's is its family's, corrected by its own. Each correction is worth
 //! [`FAMILY_PRIOR`] / [`WORKFLOW_PRIOR`] pseudo-outcomes of its parent, so a workflow with three
-//! outcomes mostly borrows its parent's curve and one with thousands stands on its own. A label
+//! outcomes mostly borrows its parent's curve and one with thousands stands on its own. A tier
+//! on a model the calibration never measured is worth [`PRIOR_OTHER_MODEL`] at every level, and
+//! a caller's family or workflow starts it from its own (price-interpolated) prior rather than
+//! from its parent's learned curve; a discovered cluster (`~cluster/<id>`) borrows from its
+//! parent like any level. Route explores by drawing from these estimates
+//! ([`ScopePlan::explore`]). A label
 //! the model was trained on first shifts its parent's curve by the log-odds shift training
 //! measured there ([`Calibration::workflows`](crate::domain::classifier::Calibration::workflows)).
 //! A level learns against what its own outcomes were expected to score, each at its
