@@ -931,10 +931,21 @@ fn an_unmeasured_tier_starts_each_caller_workflow_from_its_prior_but_a_cluster_f
     let scope = p.tiers[1].predicted[5];
     let prior = plan(0.8, None).tiers[1].predicted[5];
     // The scope (and the failing workflow) learned that `medium` is poor...
-    assert!(scope < prior - 0.1 && medium("a/bad") < prior - 0.1, "{scope} vs {prior}");
+    assert!(
+        scope < prior - 0.1 && medium("a/bad") < prior - 0.1,
+        "{scope} vs {prior}"
+    );
     // ...but another caller's workflow starts from the tier's own prior: a model may do far
     // better on one kind of work than on another.
-    assert!((medium("b/new") - prior).abs() < 1e-9, "{} vs {prior}", medium("b/new"));
+    assert!(
+        (medium("b/new") - prior).abs() < 1e-9,
+        "{} vs {prior}",
+        medium("b/new")
+    );
     // A discovered cluster (provisional: refits make new ones) borrows from its parent.
-    assert!(medium(&cluster) < prior - 0.1, "{} vs {prior}", medium(&cluster));
+    assert!(
+        medium(&cluster) < prior - 0.1,
+        "{} vs {prior}",
+        medium(&cluster)
+    );
 }
