@@ -193,7 +193,7 @@ pub struct ScopeEvidence {
 /// Workflow discovery for one scope: the sketches of its recent unlabelled tasks, in log order,
 /// and the clusters last fitted on them. Every replica folds the same log in the same order,
 /// so every replica fits the same clusters at the same outcome.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Discovery {
     /// The recent sketches, at most [`CLUSTER_WINDOW`].
     recent: VecDeque<Sketch>,
@@ -205,9 +205,24 @@ pub struct Discovery {
     pub fits: u64,
     /// Fits that failed or diverged (the previous clusters stayed).
     pub failed_fits: u64,
-    /// Sketches kept, and between two fits: [`CLUSTER_WINDOW`] and [`CLUSTER_REFIT_EVERY`]
-    /// unless a test makes them small (0: the constants).
-    sizes: (usize, usize),
+    /// Sketches kept ([`CLUSTER_WINDOW`]; tests make it small).
+    window: usize,
+    /// Sketches between two fits ([`CLUSTER_REFIT_EVERY`]; tests make it small).
+    every: usize,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            recent: VecDeque::new(),
+            since_fit: 0,
+            model: None,
+            fits: 0,
+            failed_fits: 0,
+            window: CLUSTER_WINDOW,
+            every: CLUSTER_REFIT_EVERY,
+        }
+    }
 }
 
 impl Discovery {
@@ -218,17 +233,13 @@ impl Discovery {
         if sketch.is_empty() {
             return;
         }
-        let (window, every) = match self.sizes {
-            (0, _) | (_, 0) => (CLUSTER_WINDOW, CLUSTER_REFIT_EVERY),
-            sizes => sizes,
-        };
-        if self.recent.len() >= window {
+        if self.recent.len() >= self.window {
             self.recent.pop_front();
         }
         self.recent.push_back(Sketch(sketch.to_vec()));
         self.since_fit += 1;
-        let first = self.model.is_none() && self.recent.len() >= CLUSTER_FIRST_FIT.min(window);
-        if first || self.since_fit >= every {
+        let first = self.model.is_none() && self.recent.len() >= CLUSTER_FIRST_FIT.min(self.window);
+        if first || self.since_fit >= self.every {
             self.refit();
         }
     }
@@ -237,7 +248,8 @@ impl Discovery {
     #[cfg(test)]
     pub(super) fn sized(window: usize, every: usize) -> Self {
         Self {
-            sizes: (window, every),
+            window,
+            every,
             ..Self::default()
         }
     }

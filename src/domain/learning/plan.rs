@@ -99,24 +99,25 @@ fn plan_level(
     // A label's log-odds shift for each slot: what training saw of it, per tier by the same
     // rank as the prior.
     let slot_shift = |(dc, dp): (f64, f64), s: usize| dc + ranks[s] * (dp - dc);
+    // Whether each slot runs one of the calibration's two (measured) models.
+    let known: Vec<bool> = tiers
+        .iter()
+        .map(|t| t.model == cal.cheap_model || t.model == cal.premium_model)
+        .collect();
     // A parent's curves as the prior of one of its labels, shifted by the label's own shift.
     // The parent learned against its outcomes' label-shifted expectations (`expected_mix`), so
-    // what it learned is common to its labels and the shift applies in full.
-    // A caller's workflow (or family) is a kind of work on which a model the calibration never
-    // measured may do far better or worse than elsewhere, so such a tier starts there from its
-    // own prior, not from what other workflows taught its parent. A discovered cluster is
-    // provisional (a refit makes new ones) and starts from its parent's curves.
-    let unpooled: Vec<bool> = tiers
-        .iter()
-        .map(|t| t.model != cal.cheap_model && t.model != cal.premium_model)
-        .collect();
+    // what it learned is common to its labels and the shift applies in full. Except for a tier
+    // on a model the calibration never measured: a caller's workflow (or family) is a kind of
+    // work on which such a model may do far better or worse than elsewhere, so the tier starts
+    // there from its own prior, not from what other workflows taught its parent. A discovered
+    // cluster is provisional (a refit makes new ones) and starts from its parent's curves.
     let shifted = |parent: &Curves, label: &str| -> Vec<[f64; BANDS]> {
         let own = cal.own_shift(label);
         let discovered = label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY);
         (0..k)
             .map(|s| {
                 let delta = slot_shift(own, s);
-                let mut curve = if unpooled[s] && !discovered {
+                let mut curve = if !known[s] && !discovered {
                     priors[s]
                 } else {
                     parent.predicted[s]
@@ -149,10 +150,6 @@ fn plan_level(
             + LABEL_BAND_PRIOR_PER_TASK
                 * cal.workflows.get(label).map_or(0.0, |s| f64::from(s.tasks))
     };
-    let known: Vec<bool> = tiers
-        .iter()
-        .map(|t| t.model == cal.cheap_model || t.model == cal.premium_model)
-        .collect();
     let strengths: Vec<f64> = known
         .iter()
         .map(|&m| {
