@@ -275,7 +275,7 @@ fn discovery(c: &mut Criterion) {
     let policy = Arc::new(Policy::embedded().expect("embedded policy"));
     let mut evidence = ScopeEvidence::default();
     for s in &sketches {
-        evidence.clusters.observe(&s.0);
+        evidence.clusters.observe(&s.0, Default::default());
     }
     let fitted = evidence.clusters.model.clone().expect("clusters fitted");
     eprintln!(

@@ -28,10 +28,13 @@ pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Shrunk estimate: prior × a tier-wide ratio (observed over expected successes, shrunk towards
-/// 1 by `prior_strength` outcomes) plus a shrunk per-band residual. A ratio rather than an
-/// offset because models change multiplicatively: one that starts failing 70% of its answers
-/// loses 70% everywhere, not the same points on easy and hard tasks. `expect` is what the
+/// Shrunk estimate: prior moved by one tier-wide log-odds shift (the one under which the
+/// level's outcomes were expected to score what they did, with `prior_strength`
+/// pseudo-outcomes on the unshifted prior) plus a shrunk per-band residual. In log-odds, as
+/// label shifts are: a tier that is only ever sent its hardest tasks and falls short there
+/// moves its easy bands far less than its hard ones, where a ratio learned on the hard bands
+/// took the easy ones down by the same share, below tiers that were truly worse there (and the
+/// plan stopped sending the tier anywhere it could have shown otherwise). `expect` is what the
 /// level's own outcomes were expected to score per band: `prior` for a level without labelled
 /// children, else the mix of its children's label-shifted priors (see [`expected_mix`]), so a
 /// scope whose cheap tier only ever sees the workflows it is good at does not learn that it is
@@ -64,12 +67,36 @@ pub(super) fn estimate(
     }
     let surplus = cells.iter().map(|c| c.sum).sum::<f64>() - expected;
     let observed = expected + denoise(surplus, variance, noise);
-    let prior_mean = (prior.iter().sum::<f64>() / BANDS as f64).max(1e-6);
-    let ratio = (observed + prior_strength * prior_mean) / (expected + prior_strength * prior_mean);
+    let target = observed;
+    // The tier-wide shift in log-odds: the one that makes the level's outcomes expected to
+    // score what they did, shrunk towards 0 by `prior_strength` pseudo-outcomes on the prior.
+    let prior_mean = prior.iter().sum::<f64>() / BANDS as f64;
+    let mut delta = 0.0;
+    for _ in 0..8 {
+        let (mut f, mut df) = (-target - prior_strength * prior_mean, 0.0);
+        for (c, &p) in cells.iter().zip(expect) {
+            let q = at(c, shift_quality(p, delta));
+            f += c.n * q;
+            df += c.n * q * (1.0 - q);
+        }
+        for &p in prior {
+            let q = shift_quality(p, delta);
+            f += prior_strength * q / BANDS as f64;
+            df += prior_strength * q * (1.0 - q) / BANDS as f64;
+        }
+        if df <= 1e-12 {
+            break;
+        }
+        let step = (f / df).clamp(-2.0, 2.0);
+        delta -= step;
+        if step.abs() < 1e-6 {
+            break;
+        }
+    }
     let mut mean = [0.0; BANDS];
     for b in 0..BANDS {
-        let base = (prior[b] * ratio).clamp(0.0, 1.0);
-        let own = at(&cells[b], (expect[b] * ratio).clamp(0.0, 1.0));
+        let base = shift_quality(prior[b], delta);
+        let own = at(&cells[b], shift_quality(expect[b], delta));
         let (n, sum) = (cells[b].n, cells[b].sum);
         let residual = denoise(sum - n * own, n * score_variance(own), noise) / (n + band_prior);
         mean[b] = (base + residual).clamp(0.0, 1.0);

@@ -190,13 +190,36 @@ pub struct ScopeEvidence {
     pub clusters: Discovery,
 }
 
-/// Workflow discovery for one scope: the sketches of its recent unlabelled tasks, in log order,
-/// and the clusters last fitted on them. Every replica folds the same log in the same order,
-/// so every replica fits the same clusters at the same outcome.
+/// What one unlabelled outcome taught the levels below the scope, kept beside its sketch so
+/// that a refit can teach it again to the cluster its task falls in then.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lesson {
+    /// The team that reported it.
+    pub team: Arc<str>,
+    /// The tier that ran the task.
+    pub tier: Arc<str>,
+    /// The task's complexity band.
+    pub band: u8,
+    /// The task's premium gap.
+    pub gap: f32,
+    /// Output tokens of the outcome.
+    pub output_tokens: u64,
+    /// The outcome's score.
+    pub score: f64,
+    /// Its weight in the shared levels (the team's bounded share).
+    pub weight: f64,
+    /// The scope's outcome count when it was applied, and the team's own.
+    pub seen: (u64, u64),
+}
+
+/// Workflow discovery for one scope: the sketches of its recent unlabelled tasks with what
+/// their outcomes taught, in log order, and the clusters last fitted on them. Every replica
+/// folds the same log in the same order, so every replica fits the same clusters at the same
+/// outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Discovery {
-    /// The recent sketches, at most [`CLUSTER_WINDOW`].
-    recent: VecDeque<Sketch>,
+    /// The recent sketches and their outcomes, at most [`CLUSTER_WINDOW`].
+    recent: VecDeque<(Sketch, Lesson)>,
     /// Sketches added since the last fit.
     since_fit: usize,
     /// The clusters Route assigns unlabelled tasks to.
@@ -226,22 +249,21 @@ impl Default for Discovery {
 }
 
 impl Discovery {
-    /// Adds one unlabelled task's sketch, refitting every [`CLUSTER_REFIT_EVERY`] sketches
-    /// (and first once the window holds enough for a fit). A fit that fails keeps the previous
-    /// clusters; it is logged and counted.
-    pub fn observe(&mut self, sketch: &[u16]) {
+    /// Adds one unlabelled task's sketch and what its outcome taught, refitting every
+    /// [`CLUSTER_REFIT_EVERY`] sketches (and first once the window holds enough for a fit).
+    /// Returns whether the clusters changed. A fit that fails keeps the previous clusters; it
+    /// is logged and counted. A featureless task (empty sketch) is not kept.
+    pub fn observe(&mut self, sketch: &[u16], lesson: Lesson) -> bool {
         if sketch.is_empty() {
-            return;
+            return false;
         }
         if self.recent.len() >= self.window {
             self.recent.pop_front();
         }
-        self.recent.push_back(Sketch(sketch.to_vec()));
+        self.recent.push_back((Sketch(sketch.to_vec()), lesson));
         self.since_fit += 1;
         let first = self.model.is_none() && self.recent.len() >= CLUSTER_FIRST_FIT.min(self.window);
-        if first || self.since_fit >= self.every {
-            self.refit();
-        }
+        (first || self.since_fit >= self.every) && self.refit()
     }
 
     /// Discovery over a window of `window` sketches, refitting every `every` (tests).
@@ -254,9 +276,9 @@ impl Discovery {
         }
     }
 
-    fn refit(&mut self) {
+    fn refit(&mut self) -> bool {
         self.since_fit = 0;
-        let sketches: Vec<Sketch> = self.recent.iter().cloned().collect();
+        let sketches: Vec<Sketch> = self.recent.iter().map(|(s, _)| s.clone()).collect();
         let opts = FitOptions {
             k: (sketches.len() / CLUSTER_TASKS_PER_K).clamp(2, CLUSTER_MAX_K),
             n_runs: 1,
@@ -271,13 +293,20 @@ impl Discovery {
             Ok(m) => {
                 self.model = Some(Arc::new(m));
                 self.fits += 1;
+                true
             }
             Err(e) => {
                 self.failed_fits += 1;
                 tracing::warn!(error = %e, tasks = sketches.len(), "cluster refit failed; keeping the previous clusters");
+                false
             }
         }
     }
+}
+
+/// Whether `label` names a discovered cluster or their family.
+fn is_discovered(label: &str) -> bool {
+    label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY)
 }
 
 impl ScopeEvidence {
@@ -290,7 +319,7 @@ impl ScopeEvidence {
     /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
     /// shared levels that every other team of the scope starts from with the team's bounded
     /// weight (`TeamEvidence::next_weight`).
-    pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) {
+    pub fn observe_from(&mut self, team: &str, tier: &str, shape: TaskShape, score: f64) -> f64 {
         if !self.teams.contains_key(team) && self.teams.len() >= MAX_TEAMS {
             let oldest = self
                 .teams
@@ -309,21 +338,131 @@ impl ScopeEvidence {
             .observe_weighted(tier, shape.clone(), score, 1.0);
         self.all_outcomes += 1.0;
         self.observe_weighted(tier, shape, score, weight);
+        weight
+    }
+
+    /// Applies one outcome reported by `team` ([`ScopeEvidence::observe_from`]). An unlabelled
+    /// task's outcome (a non-empty `sketch`) also feeds workflow discovery; when that fits new
+    /// clusters, the discovered levels are rebuilt: every remembered unlabelled outcome is
+    /// taught again to the cluster its task falls in now. So a new cluster starts from the
+    /// window's outcomes of its own tasks, not from nothing, and the outcomes that came before
+    /// the first fit count for the clusters too.
+    pub fn observe_task(
+        &mut self,
+        team: &str,
+        tier: &str,
+        shape: TaskShape,
+        score: f64,
+        sketch: &[u16],
+    ) {
+        let lesson = Lesson {
+            team: Arc::from(team),
+            tier: Arc::from(tier),
+            band: shape.band,
+            gap: shape.gap,
+            output_tokens: shape.output_tokens,
+            score,
+            weight: 0.0,
+            seen: (0, 0),
+        };
+        let weight = self.observe_from(team, tier, shape, score);
+        let own = self.teams.get(team).map_or(0, |t| t.evidence.feedbacks());
+        let lesson = Lesson {
+            weight,
+            seen: (self.feedbacks(), own),
+            ..lesson
+        };
+        if self.clusters.observe(sketch, lesson) {
+            self.relearn_clusters();
+        }
+    }
+
+    /// Rebuilds the discovered levels (the cluster family and every cluster, shared and per
+    /// team) from the remembered unlabelled outcomes, each under the cluster the current model
+    /// assigns its task to.
+    fn relearn_clusters(&mut self) {
+        let Some(model) = self.clusters.model.clone() else {
+            return;
+        };
+        self.forget_clusters();
+        for t in self.teams.values_mut() {
+            t.evidence.forget_clusters();
+        }
+        let recent = std::mem::take(&mut self.clusters.recent);
+        for (sketch, l) in &recent {
+            let shape = TaskShape {
+                workflow: Arc::from(cluster_label(model.assign(sketch)).as_str()),
+                band: l.band,
+                gap: l.gap,
+                input_tokens: 0,
+                output_tokens: l.output_tokens,
+            };
+            self.observe_labels(&l.tier, &shape, l.score, l.weight, l.seen.0);
+            if let Some(t) = self.teams.get_mut(&*l.team) {
+                t.evidence
+                    .observe_labels(&l.tier, &shape, l.score, 1.0, l.seen.1);
+            }
+        }
+        self.clusters.recent = recent;
+    }
+
+    fn forget_clusters(&mut self) {
+        self.families.retain(|k, _| !is_discovered(k));
+        self.workflows.retain(|k, _| !is_discovered(k));
     }
 
     fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {
         let band = usize::from(shape.band).min(BANDS - 1);
         let task = (band, f64::from(shape.gap));
         let seen = self.scope.feedbacks + 1;
+        // A team beyond its share moves the shared quality by its weight, and the shared output
+        // lengths and traffic sample (what other teams' cost estimates and prices come from)
+        // not at all.
+        let shapes = weight >= 0.5;
+        // Output lengths against the estimates before this report (the scope's first).
+        let workflow_est = self.observe_labels(tier, &shape, score, weight, seen);
+        let scope_est = self.scope_output();
+        self.scope.observe(tier, task, score, weight, seen);
+        if shapes {
+            self.scope.output.observe(shape.output_tokens, scope_est);
+        }
+        if shapes && (self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE)) {
+            if self.recent.len() == TRAFFIC_SAMPLE {
+                self.recent.pop_front();
+            }
+            shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
+            shape.output_tokens = shape
+                .output_tokens
+                .min(workflow_est.saturating_mul(OUTPUT_STEP));
+            self.recent.push_back(shape);
+        }
+    }
+
+    fn scope_output(&self) -> u64 {
+        self.scope
+            .output
+            .estimate()
+            .unwrap_or(DEFAULT_TYPICAL_OUTPUT_TOKENS)
+    }
+
+    /// Applies one outcome to the levels of its label (its family's and its workflow's), as
+    /// outcome number `seen` of the scope; returns the workflow's output length estimate
+    /// before it.
+    fn observe_labels(
+        &mut self,
+        tier: &str,
+        shape: &TaskShape,
+        score: f64,
+        weight: f64,
+        seen: u64,
+    ) -> u64 {
+        let band = usize::from(shape.band).min(BANDS - 1);
+        let task = (band, f64::from(shape.gap));
         let workflow = workflow_key(&shape.workflow).to_string();
         let family = family_of(&workflow).map(str::to_string);
         let tokens = shape.output_tokens;
-        // Output length first, against the estimate before this report.
-        let scope_est = self
-            .scope
-            .output
-            .estimate()
-            .unwrap_or(DEFAULT_TYPICAL_OUTPUT_TOKENS);
+        let shapes = weight >= 0.5;
+        let scope_est = self.scope_output();
         let family_est = family
             .as_ref()
             .and_then(|f| self.families.get(f))
@@ -334,14 +473,6 @@ impl ScopeEvidence {
             .get(&workflow)
             .and_then(|l| l.output.estimate())
             .unwrap_or(family_est);
-        // A team beyond its share moves the shared quality by its weight, and the shared output
-        // lengths and traffic sample (what other teams' cost estimates and prices come from)
-        // not at all.
-        let shapes = weight >= 0.5;
-        self.scope.observe(tier, task, score, weight, seen);
-        if shapes {
-            self.scope.output.observe(tokens, scope_est);
-        }
         if let Some(f) = &family {
             let level = level_mut(&mut self.families, f);
             level.observe(tier, task, score, weight, seen);
@@ -354,16 +485,7 @@ impl ScopeEvidence {
         if shapes {
             level.output.observe(tokens, workflow_est);
         }
-        if shapes && (self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE)) {
-            if self.recent.len() == TRAFFIC_SAMPLE {
-                self.recent.pop_front();
-            }
-            shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
-            shape.output_tokens = shape
-                .output_tokens
-                .min(workflow_est.saturating_mul(OUTPUT_STEP));
-            self.recent.push_back(shape);
-        }
+        workflow_est
     }
 
     /// Outcomes ever applied to the scope.

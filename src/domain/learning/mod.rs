@@ -11,8 +11,8 @@
 //! longest ago is dropped first and its tasks fall back to its family, then to the scope.
 //!
 //! **Estimate.** Shrunk hierarchically, as in empirical Bayes: the scope's curve of a tier is
-//! the calibration prior scaled by a ratio learned from the scope's outcomes, plus a per-band
-//! residual; a family's curve is the scope's, corrected the same way by the family's outcomes;
+//! the calibration prior moved by a log-odds shift learned from the scope's outcomes, plus a
+//! per-band residual; a family's curve is the scope's, corrected the same way by the family's outcomes;
 //! a workflow's is its family's, corrected by its own. Each correction is worth
 //! [`FAMILY_PRIOR`] / [`WORKFLOW_PRIOR`] pseudo-outcomes of its parent, so a workflow with three
 //! outcomes mostly borrows its parent's curve and one with thousands stands on its own. A tier
@@ -67,7 +67,9 @@ mod plan;
 mod scope_plan;
 mod table;
 
-pub use evidence::{Cell, Discovery, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence};
+pub use evidence::{
+    Cell, Discovery, Lesson, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence,
+};
 pub use plan::plan_scope;
 pub use scope_plan::{Choice, ScopePlan, TierPlan, WorkflowPlan};
 pub use table::{RoutingTable, ThresholdRow};

@@ -855,7 +855,7 @@ fn unlabelled_traffic_is_clustered_deterministically_and_kinds_get_their_own_clu
     let fold = || {
         let mut d = Discovery::default();
         for t in &texts {
-            d.observe(&sketch(t).0);
+            d.observe(&sketch(t).0, Lesson::default());
         }
         d
     };
@@ -888,7 +888,7 @@ fn unlabelled_traffic_is_clustered_deterministically_and_kinds_get_their_own_clu
     // A featureless task goes to the fallback cluster, and an empty sketch teaches nothing.
     assert_eq!(model.assign(&sketch("!!! ??? ...")), FALLBACK);
     let mut c = a.clone();
-    c.observe(&[]);
+    c.observe(&[], Lesson::default());
     assert_eq!(c, a);
 }
 
@@ -897,18 +897,18 @@ fn a_refit_that_fails_keeps_the_previous_clusters_and_is_counted() {
     use crate::domain::clusters::sketch;
     let mut d = Discovery::sized(120, 60);
     for t in unlabelled_texts(40) {
-        d.observe(&sketch(&t).0);
+        d.observe(&sketch(&t).0, Lesson::default());
     }
     // One task repeated: once it fills the window there are fewer distinct tasks than
     // clusters, and that fit diverges (the one before, half of it varied, succeeds).
     let same = sketch("the very same request about a refund for the parcel").0;
     for _ in 0..60 {
-        d.observe(&same);
+        d.observe(&same, Lesson::default());
     }
     let (before, fits) = (d.model.clone().unwrap(), d.fits);
     assert_eq!(d.failed_fits, 0);
     for _ in 0..60 {
-        d.observe(&same);
+        d.observe(&same, Lesson::default());
     }
     assert_eq!((d.fits, d.failed_fits), (fits, 1));
     assert!(Arc::ptr_eq(d.model.as_ref().unwrap(), &before));
@@ -948,4 +948,62 @@ fn an_unmeasured_tier_starts_each_caller_workflow_from_its_prior_but_a_cluster_f
         "{} vs {prior}",
         medium(&cluster)
     );
+}
+
+#[test]
+fn a_shortfall_on_hard_bands_moves_easy_bands_in_log_odds_not_by_the_same_ratio() {
+    // A tier sent only to its hardest tasks (band 19: expected 0.73) scores 0.6 there, 200
+    // times. The curve moves by one log-odds shift: the hard band lands near what it showed,
+    // and an easy band (0.95) keeps most of its lead, where a ratio (0.6 / 0.73) would have
+    // taken it to 0.78, below the bar of most workflows.
+    let prior: [f64; BANDS] = std::array::from_fn(|b| 0.95 - 0.22 * b as f64 / 19.0);
+    let mut cells = [Cell::default(); BANDS];
+    cells[BANDS - 1] = Cell {
+        n: 200.0,
+        sum: 120.0,
+        gap: 0.0,
+    };
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK, 0.0);
+    assert!(m[BANDS - 1] < 0.66, "{}", m[BANDS - 1]);
+    assert!(m[0] > 0.88 && m[0] < prior[0], "{}", m[0]);
+    // Outcomes that match the curve teach it nothing.
+    cells[BANDS - 1].sum = 200.0 * prior[BANDS - 1];
+    let (m, _) = estimate(&prior, &prior, &cells, 30.0, BAND_PRIOR, NOISE_SHRINK, 0.0);
+    assert!((m[0] - prior[0]).abs() < 1e-6 && (m[BANDS - 1] - prior[BANDS - 1]).abs() < 1e-6);
+}
+
+#[test]
+fn a_refit_teaches_the_remembered_outcomes_to_the_clusters_their_tasks_fall_in() {
+    use crate::domain::clusters::sketch;
+    let texts = unlabelled_texts(CLUSTER_FIRST_FIT / 3 + 1);
+    let mut ev = ScopeEvidence::default();
+    // Kind 0 of the texts always fails on `small`, the others always pass; none of them came
+    // with a cluster (the scope had none when they were routed).
+    for (i, t) in texts.iter().enumerate() {
+        let score = if i % 3 == 0 { 0.0 } else { 1.0 };
+        ev.observe_task("ads", "small", shape(5), score, &sketch(t).0);
+    }
+    let model = ev.clusters.model.clone().expect("the first fit ran");
+    let failing = model.assign(&sketch(&texts[0]));
+    let level = |ev: &ScopeEvidence, id: u32| ev.workflows.get(&cluster_label(id)).cloned();
+    // Every remembered outcome now counts for its cluster: the failing kind's cluster holds
+    // its failures, before any outcome arrived with that cluster's id.
+    let l = level(&ev, failing).expect("the failing kind's cluster has evidence");
+    assert!(l.feedbacks >= 150, "{}", l.feedbacks);
+    assert!(l.total.mean() < 0.1, "{}", l.total.mean());
+    let others: Vec<Level> = model
+        .ids()
+        .filter(|&id| id != failing)
+        .filter_map(|id| level(&ev, id))
+        .collect();
+    let passed: u64 = others.iter().map(|l| l.feedbacks).sum();
+    assert!(passed >= 300, "{passed}");
+    for t in &texts[1..3] {
+        let l = level(&ev, model.assign(&sketch(t))).expect("a passing kind's cluster");
+        assert!(l.total.mean() > 0.8, "{}", l.total.mean());
+    }
+    // The team's own evidence got the same clusters; the scope level counted each outcome once.
+    let own = &ev.teams["ads"].evidence;
+    assert_eq!(level(own, failing).map(|l| l.feedbacks), Some(l.feedbacks));
+    assert_eq!(ev.scope.feedbacks, texts.len() as u64);
 }

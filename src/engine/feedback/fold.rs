@@ -53,7 +53,6 @@ impl Learner {
             let n = events.len();
             for e in events {
                 let ev = folded.evidence.entry(e.scope.clone()).or_default();
-                ev.clusters.observe(&e.sketch);
                 // An unlabelled task learns under the cluster Route placed it in.
                 let workflow = match e.cluster {
                     Some(c) => Arc::from(cluster_label(c).as_str()),
@@ -66,7 +65,7 @@ impl Learner {
                     input_tokens: e.input_tokens,
                     output_tokens: e.output_tokens,
                 };
-                ev.observe_from(&e.team, &e.tier, shape, e.score);
+                ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch);
                 touched.insert(e.scope.clone());
                 if folded.recent.len() == WHAT_IF_WINDOW {
                     folded.recent.pop_front();
