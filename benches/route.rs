@@ -259,7 +259,7 @@ fn contention(c: &mut Criterion) {
 /// sketches the task and places it in the nearest of the scope's clusters, beside the labelled
 /// one; one cluster refit of a full window (k = 8, as the fold runs it) and its memory.
 fn discovery(c: &mut Criterion) {
-    use tokenwise::domain::clusters::{ClusterModel, FitOptions, Sketch, TermNames, sketch};
+    use tokenwise::domain::clusters::{ClusterModel, FitOptions, Sketch, sketch};
     use tokenwise::domain::learning::{CLUSTER_MAX_K, CLUSTER_WINDOW, ScopeEvidence};
     let records = tokenwise::offline::dataset::load(
         "models/data/routellm-train.jsonl.gz",
@@ -308,7 +308,7 @@ fn discovery(c: &mut Criterion) {
         ..FitOptions::default()
     };
     g.bench_function("refit_window", |b| {
-        b.iter(|| ClusterModel::fit(&sketches, &TermNames::default(), &opts, Some(&fitted)))
+        b.iter(|| ClusterModel::fit(&sketches, &opts, Some(&fitted)))
     });
     g.finish();
 }

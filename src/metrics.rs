@@ -49,6 +49,13 @@ pub struct ScopeLabels {
     pub scope: String,
 }
 
+/// Labels of an outcome of some work.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 /// Labels of a budget.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabels {
@@ -93,6 +100,8 @@ pub struct Metrics {
     pub buffered_outcomes: Gauge,
     /// Unreadable shared-log events skipped since start (set at scrape time).
     pub skipped_events: Gauge,
+    /// Cluster fits of unlabelled traffic since start, by result (`ok`, `failed`).
+    pub cluster_fits: Family<ResultLabels, Gauge>,
     /// Spill-file lines rejected by their checksum since start (set at scrape time).
     pub spill_rejected_lines: Gauge,
 }
@@ -124,6 +133,7 @@ impl Metrics {
             store_up: Gauge::default(),
             buffered_outcomes: Gauge::default(),
             skipped_events: Gauge::default(),
+            cluster_fits: Family::default(),
             spill_rejected_lines: Gauge::default(),
             registry: Registry::default(),
         };
@@ -177,6 +187,11 @@ impl Metrics {
             "skipped_events",
             "Unreadable events of the shared log skipped since this replica started",
             m.skipped_events.clone(),
+        );
+        registry.register(
+            "cluster_fits",
+            "Workflow-discovery fits of unlabelled traffic this replica's fold ran, by result (a failed fit keeps the previous clusters)",
+            m.cluster_fits.clone(),
         );
         registry.register(
             "spill_rejected_lines",
@@ -271,6 +286,12 @@ impl Metrics {
             .set(i64::try_from(engine.skipped_events()).unwrap_or(i64::MAX));
         self.spill_rejected_lines
             .set(i64::try_from(engine.rejected_spill_lines()).unwrap_or(i64::MAX));
+        let (ok, failed) = engine.cluster_fits();
+        for (result, n) in [("ok", ok), ("failed", failed)] {
+            self.cluster_fits
+                .get_or_create(&ResultLabels { result })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         self.render()
     }
 

@@ -21,7 +21,7 @@
 //!   (≥ `match_floor`); the rest get fresh ids, never reused. [`FALLBACK`] (0) is the cluster of
 //!   featureless tasks (empty sketch: no words, one repeated word, binary junk) and of tasks
 //!   whose best cosine is under `min_similarity`.
-//! - **Bounds**: a model holds k × DIM f32 centroids + DIM idf + ≤5 names per cluster: about
+//! - **Bounds**: a model holds k × DIM f32 centroids + DIM idf + ≤5 term buckets per cluster: about
 //!   72 KB for k = 16 (`memory_bytes`); [`TermNames`] ≤ DIM names of ≤ 40 bytes (~43 KB seen).
 //!   A fit holds the dense matrix, max_rows × DIM × 4 B = 8 MiB by default.
 //!
@@ -368,8 +368,9 @@ pub struct Cluster {
     pub id: u32,
     /// Fitted sketches nearest to it.
     pub size: u32,
-    /// Its most telling terms: where its centroid most exceeds the mean of the others.
-    pub top_terms: Vec<String>,
+    /// Its most telling terms, as buckets: where its centroid most exceeds the mean of the
+    /// others (named at read time by a [`TermNames`]: the fold that fits has no texts).
+    pub top_buckets: Vec<u16>,
     /// Unit-length centroid, DIM values.
     pub centroid: Vec<f32>,
 }
@@ -387,12 +388,11 @@ pub struct ClusterModel {
 type Row = Vec<(u16, f32)>;
 
 impl ClusterModel {
-    /// Fits clusters to the sketches of a scope's recent tasks (empty sketches are skipped),
-    /// `names` naming their top terms. With `previous`: warm start from its centroids (falling
+    /// Fits clusters to the sketches of a scope's recent tasks (empty sketches are skipped).
+    /// With `previous`: warm start from its centroids (falling
     /// back to k-means++ if that leaves a cluster empty) and stable ids (see the module doc).
     pub fn fit(
         sketches: &[Sketch],
-        names: &TermNames,
         opts: &FitOptions,
         previous: Option<&ClusterModel>,
     ) -> Result<ClusterModel, FitError> {
@@ -460,11 +460,10 @@ impl ClusterModel {
                 next_id = next_id.saturating_add(1);
                 next_id - 1
             });
-            let top_terms = top_terms(&centroids, i, names);
             clusters.push(Cluster {
                 id,
                 size: sizes[i],
-                top_terms,
+                top_buckets: top_buckets(&centroids, i),
                 centroid: centroid.clone(),
             });
         }
@@ -496,11 +495,17 @@ impl ClusterModel {
         }
     }
 
-    /// A cluster's most telling terms (a name from [`TermNames`] or `#<bucket>`); empty if
-    /// there is no such cluster.
-    pub fn top_terms(&self, id: u32) -> &[String] {
+    /// A cluster's most telling terms, named by `names` (`#<bucket>` where it has none); empty
+    /// if there is no such cluster.
+    pub fn top_terms(&self, id: u32, names: &TermNames) -> Vec<String> {
         let cluster = self.clusters.iter().find(|c| c.id == id);
-        cluster.map_or(&[], |c| c.top_terms.as_slice())
+        (cluster.map_or(&[][..], |c| c.top_buckets.as_slice()).iter())
+            .map(|&b| {
+                names
+                    .name(usize::from(b))
+                    .map_or_else(|| format!("#{b}"), str::to_owned)
+            })
+            .collect()
     }
 
     /// The cluster ids, ascending.
@@ -515,10 +520,7 @@ impl ClusterModel {
 
     /// Bytes held, inline and on the heap.
     pub fn memory_bytes(&self) -> usize {
-        let cluster = |c: &Cluster| {
-            let names: usize = c.top_terms.iter().map(String::capacity).sum();
-            c.centroid.capacity() * 4 + c.top_terms.capacity() * size_of::<String>() + names
-        };
+        let cluster = |c: &Cluster| c.centroid.capacity() * 4 + c.top_buckets.capacity() * 2;
         let clusters: usize = self.clusters.iter().map(cluster).sum();
         size_of::<Self>()
             + self.clusters.capacity() * size_of::<Cluster>()
@@ -604,8 +606,8 @@ fn nearest<'c>(centroids: impl Iterator<Item = &'c [f32]>, row: &[(u16, f32)]) -
     best
 }
 
-/// Names the TOP_TERMS buckets where centroid `i` most exceeds the mean of the others.
-fn top_terms(centroids: &[Vec<f32>], i: usize, names: &TermNames) -> Vec<String> {
+/// The TOP_TERMS buckets where centroid `i` most exceeds the mean of the others.
+fn top_buckets(centroids: &[Vec<f32>], i: usize) -> Vec<u16> {
     let others = (centroids.len().max(2) - 1) as f32;
     let score = |b: usize| {
         let sum: f32 = centroids.iter().map(|c| c[b]).sum();
@@ -615,7 +617,7 @@ fn top_terms(centroids: &[Vec<f32>], i: usize, names: &TermNames) -> Vec<String>
     scored.retain(|(s, _)| *s > 0.0);
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     (scored.iter().take(TOP_TERMS))
-        .map(|&(_, b)| names.name(b).map_or_else(|| format!("#{b}"), str::to_owned))
+        .map(|&(_, b)| b as u16)
         .collect()
 }
 
@@ -673,16 +675,20 @@ mod tests {
         out
     }
 
-    fn fit(texts: &[String], k: usize, prev: Option<&ClusterModel>) -> ClusterModel {
+    fn names(texts: &[String]) -> TermNames {
         let mut names = TermNames::default();
         texts.iter().for_each(|t| names.observe(t));
+        names
+    }
+
+    fn fit(texts: &[String], k: usize, prev: Option<&ClusterModel>) -> ClusterModel {
         let sketches: Vec<Sketch> = texts.iter().map(|t| sketch(t)).collect();
         let opts = FitOptions {
             k,
             n_runs: 1, // a third of the time: dependencies are unoptimised in test builds
             ..FitOptions::default()
         };
-        ClusterModel::fit(&sketches, &names, &opts, prev).unwrap()
+        ClusterModel::fit(&sketches, &opts, prev).unwrap()
     }
 
     /// The id that most of a workflow's tasks are assigned to.
@@ -789,12 +795,13 @@ mod tests {
             assert_eq!(model, fit(&data.0, k, None), "bit-identical refit");
         }
         let model = fit(&data.0, 3, None);
-        let math = model.top_terms(majority(&model, &data, 0));
+        let names = names(&data.0);
+        let math = model.top_terms(majority(&model, &data, 0), &names);
         let words = [
             "apples", "how many", "many", "miles", "train", "money", "dollars", "total",
         ];
         assert!(math.iter().any(|t| words.contains(&t.as_str())), "{math:?}");
-        assert!(model.top_terms(FALLBACK).is_empty());
+        assert!(model.top_terms(FALLBACK, &names).is_empty());
         assert!(
             (nmi(&[0, 0, 1, 1], &[5, 5, 7, 7]) - 1.0).abs() + nmi(&[0, 1, 0, 1], &[0, 0, 1, 1])
                 < 1e-9
@@ -830,14 +837,11 @@ mod tests {
     #[test]
     fn too_few_tasks_and_clamped_k() {
         let sketches: Vec<Sketch> = corpus(&[0, 1], 5, 0).0.iter().map(|t| sketch(t)).collect();
-        let (names, opts) = (
-            TermNames::default(),
-            FitOptions {
-                k: 1000,
-                ..Default::default()
-            },
-        );
-        let err = ClusterModel::fit(&sketches, &names, &opts, None).unwrap_err();
+        let opts = FitOptions {
+            k: 1000,
+            ..Default::default()
+        };
+        let err = ClusterModel::fit(&sketches, &opts, None).unwrap_err();
         assert_eq!(
             err,
             FitError::TooFewTasks {
@@ -850,8 +854,9 @@ mod tests {
             k: 0,
             ..FitOptions::default()
         };
-        let model = ClusterModel::fit(&sketches, &names, &opts, None).unwrap();
+        let model = ClusterModel::fit(&sketches, &opts, None).unwrap();
         assert_eq!(model.ids().collect::<Vec<_>>(), vec![1]);
-        assert!(model.top_terms(1).iter().all(|t| t.starts_with('#')));
+        let unnamed = model.top_terms(1, &TermNames::default());
+        assert!(!unnamed.is_empty() && unnamed.iter().all(|t| t.starts_with('#')));
     }
 }

@@ -18,11 +18,12 @@ mod what_if;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::domain::books::Books;
 use crate::domain::classifier::ComplexityModel;
+use crate::domain::clusters::TermNames;
 use crate::domain::decision::Signer;
 use crate::domain::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
 use crate::domain::policy::Policy;
@@ -52,7 +53,14 @@ pub struct Engine {
     policy_admin: PolicyAdmin,
     /// Whether route accounting carried over from the previous run still waits in its file.
     carry_over_pending: AtomicBool,
+    /// Names of the term buckets seen in this replica's unlabelled tasks (a sample of them), to
+    /// name discovered clusters in `thresholds`. Per replica and best effort: the fold that
+    /// fits the clusters has no texts, and a busy lock skips the sample.
+    names: Mutex<TermNames>,
 }
+
+/// One unlabelled task in this many lends its words to the cluster names.
+const NAME_SAMPLE: u64 = 16;
 
 /// A proposed policy, checked against the live one.
 #[derive(Debug, Clone)]
@@ -182,6 +190,7 @@ impl EngineBuilder {
             telemetry,
             policy_admin: PolicyAdmin::default(),
             carry_over_pending,
+            names: Mutex::default(),
         }
     }
 }
@@ -230,6 +239,12 @@ impl Engine {
         )?;
         self.books
             .admit(&table.policy, &mut d, req.team, req.workflow, now_ms)?;
+        if !d.sketch.is_empty()
+            && nonce.is_multiple_of(NAME_SAMPLE)
+            && let Ok(mut names) = self.names.try_lock()
+        {
+            names.observe(req.task);
+        }
         let id = self
             .learner
             .issue(&d, req.team, req.workflow, now_ms, nonce);
@@ -334,7 +349,10 @@ impl Engine {
             return Err(Error::UnknownScope(scope.to_string()));
         }
         Ok(Thresholds {
-            rows: table.threshold_rows(scope),
+            rows: table.threshold_rows(
+                scope,
+                &self.names.lock().unwrap_or_else(PoisonError::into_inner),
+            ),
             policy_version: table.policy.version.clone(),
         })
     }
@@ -445,6 +463,11 @@ impl Engine {
     /// Unreadable events of the shared log skipped since this replica started.
     pub fn skipped_events(&self) -> u64 {
         self.learner.skipped_events()
+    }
+
+    /// Cluster fits the fold ran since this replica started: (succeeded, failed).
+    pub fn cluster_fits(&self) -> (u64, u64) {
+        self.learner.cluster_fits()
     }
 
     /// Spill-file lines skipped because their checksum did not match.

@@ -311,4 +311,25 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
         "{:?}",
         default.workflows.keys().collect::<Vec<_>>()
     );
+    // The fit is counted (for /metrics).
+    let (ok, failed) = e.cluster_fits();
+    assert!(ok >= 1 && failed == 0, "{ok} {failed}");
+    // `thresholds` names each cluster by its most telling terms, in words this replica saw.
+    let rows = e.thresholds("default").unwrap().rows;
+    let apples = crate::domain::learning::cluster_label(clusters[0].unwrap());
+    let terms = &rows
+        .iter()
+        .find(|r| r.workflow == apples)
+        .expect("the cluster has rows")
+        .terms;
+    let words = ["apples", "tom", "market", "buys", "many"];
+    assert!(
+        terms.iter().any(|t| words.contains(&t.as_str())),
+        "{terms:?}"
+    );
+    for r in &rows {
+        let clustered =
+            (r.workflow.strip_prefix("~cluster/")).is_some_and(|id| id.parse::<u32>().is_ok());
+        assert_eq!(clustered, !r.terms.is_empty(), "{r:?}");
+    }
 }

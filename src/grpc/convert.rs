@@ -336,6 +336,7 @@ pub(super) fn threshold_to_proto(t: crate::domain::learning::ThresholdRow) -> pb
         pinned: t.pinned,
         team_plan: t.team.is_some(),
         team: t.team.unwrap_or_default(),
+        terms: t.terms,
     }
 }
 

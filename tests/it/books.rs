@@ -565,6 +565,10 @@ async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_healt
         line("tokenwise_spill_rejected_lines "),
         "tokenwise_spill_rejected_lines 0"
     );
+    assert_eq!(
+        line(r#"tokenwise_cluster_fits{result="failed"}"#),
+        r#"tokenwise_cluster_fits{result="failed"} 0"#
+    );
 }
 
 #[tokio::test]

@@ -241,7 +241,16 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                 "last move",
                 "bar"
             );
+            let mut level = None;
             for t in &r.thresholds {
+                // A discovered cluster's terms, once, on the first row of its level.
+                let key = Some((&t.scope, t.team_plan, &t.team, &t.workflow));
+                let terms = if t.terms.is_empty() || level == key {
+                    String::new()
+                } else {
+                    format!("  terms: {}", t.terms.join(", "))
+                };
+                level = key;
                 let observed = if t.evidence > 0.0 {
                     format!("{:.3}", t.observed_quality)
                 } else {
@@ -255,7 +264,7 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                 // A pinned threshold is the policy's, not learned: marked with `*`.
                 let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
                 outln!(
-                    "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}",
+                    "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}{}",
                     t.scope,
                     team_of(t),
                     workflow,
@@ -264,7 +273,8 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                     t.evidence,
                     observed,
                     t.last_move,
-                    t.bar
+                    t.bar,
+                    terms
                 );
             }
             if r.thresholds.iter().any(|t| t.pinned) {
@@ -498,7 +508,7 @@ mod tests {
         };
         assert_eq!(
             super::json_line(&thresholds).unwrap(),
-            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"team":"","team_plan":false,"threshold":0.0,"tier":"","workflow":""}]}"#
+            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"team":"","team_plan":false,"terms":[],"threshold":0.0,"tier":"","workflow":""}]}"#
         );
     }
 }

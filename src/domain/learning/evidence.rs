@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::*;
-use crate::domain::clusters::{ClusterModel, FitOptions, Sketch, TermNames};
+use crate::domain::clusters::{ClusterModel, FitOptions, Sketch};
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -284,12 +284,7 @@ impl Discovery {
             n_runs: 1,
             ..FitOptions::default()
         };
-        match ClusterModel::fit(
-            &sketches,
-            &TermNames::default(),
-            &opts,
-            self.model.as_deref(),
-        ) {
+        match ClusterModel::fit(&sketches, &opts, self.model.as_deref()) {
             Ok(m) => {
                 self.model = Some(Arc::new(m));
                 self.fits += 1;

@@ -87,7 +87,12 @@ impl RoutingTable {
     /// The learned thresholds as rows: per scope (all, or only `scope`), the shared plan then
     /// each team's, and in each the scope-wide level, then families (`name/*`) and workflows
     /// by name.
-    pub fn threshold_rows(&self, scope: &str) -> Vec<ThresholdRow> {
+    /// `names` names a discovered cluster's top terms.
+    pub fn threshold_rows(
+        &self,
+        scope: &str,
+        names: &crate::domain::clusters::TermNames,
+    ) -> Vec<ThresholdRow> {
         let mut keys: Vec<&String> = self
             .plans
             .keys()
@@ -118,6 +123,10 @@ impl RoutingTable {
                         .map(|(w, p)| (w, &p.tiers[..], p.realized_quality)),
                 );
                 for (workflow, tiers, quality) in levels {
+                    let terms = cluster_id(&workflow)
+                        .zip(shared.clusters.as_ref())
+                        .map(|(id, m)| m.top_terms(id, names))
+                        .unwrap_or_default();
                     for t in tiers {
                         rows.push(ThresholdRow {
                             scope: key.clone(),
@@ -131,6 +140,7 @@ impl RoutingTable {
                             workflow: workflow.clone(),
                             pinned: plan.policy.pinned_thresholds.is_some(),
                             team: team.cloned(),
+                            terms: terms.clone(),
                         });
                     }
                 }
@@ -165,4 +175,15 @@ pub struct ThresholdRow {
     pub pinned: bool,
     /// `None` for the scope's shared plan, else the team whose own plan this is.
     pub team: Option<String>,
+    /// On a discovered cluster's rows, its most telling terms; else empty.
+    pub terms: Vec<String>,
+}
+
+/// The id of a discovered cluster's label (`~cluster/<id>`).
+fn cluster_id(label: &str) -> Option<u32> {
+    label
+        .strip_prefix(CLUSTER_FAMILY)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
 }

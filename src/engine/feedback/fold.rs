@@ -65,7 +65,11 @@ impl Learner {
                     input_tokens: e.input_tokens,
                     output_tokens: e.output_tokens,
                 };
+                let before = (ev.clusters.fits, ev.clusters.failed_fits);
                 ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch);
+                let (ok, failed) = &self.cluster_fits;
+                ok.fetch_add(ev.clusters.fits - before.0, Ordering::Relaxed);
+                failed.fetch_add(ev.clusters.failed_fits - before.1, Ordering::Relaxed);
                 touched.insert(e.scope.clone());
                 if folded.recent.len() == WHAT_IF_WINDOW {
                     folded.recent.pop_front();

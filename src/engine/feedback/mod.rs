@@ -210,6 +210,8 @@ pub struct Learner {
     records_done: AtomicU64,
     pending: Mutex<Pending>,
     degraded: AtomicBool,
+    /// Cluster fits this replica's fold ran: (succeeded, failed and kept the previous).
+    cluster_fits: (AtomicU64, AtomicU64),
 }
 
 impl Learner {
@@ -239,6 +241,7 @@ impl Learner {
             data_since_ms: AtomicU64::new(0),
             first_data_since_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            cluster_fits: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 
@@ -320,6 +323,12 @@ impl Learner {
     /// Unreadable events of the shared log skipped so far.
     pub fn skipped_events(&self) -> u64 {
         self.store.skipped_events()
+    }
+
+    /// Cluster fits the fold ran since this replica started: (succeeded, failed).
+    pub fn cluster_fits(&self) -> (u64, u64) {
+        let (ok, failed) = &self.cluster_fits;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 
     /// The calibration the planner uses.
