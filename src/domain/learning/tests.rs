@@ -1007,3 +1007,61 @@ fn a_refit_teaches_the_remembered_outcomes_to_the_clusters_their_tasks_fall_in()
     assert_eq!(level(own, failing).map(|l| l.feedbacks), Some(l.feedbacks));
     assert_eq!(ev.scope.feedbacks, texts.len() as u64);
 }
+
+#[test]
+fn outcomes_of_a_tier_the_policy_no_longer_allows_leave_the_others_curves_alone() {
+    // Evidence of all three tiers on workflow `w` and one discovered cluster; then 300 failures
+    // of `medium`, which the new policy no longer allows.
+    let two = Policy::parse(
+        r#"
+[[tiers]]
+name = "small"
+model = "cheap-m"
+input_usd_per_mtok = 0.2
+output_usd_per_mtok = 0.2
+[[tiers]]
+name = "large"
+model = "premium-m"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[default]
+quality_bar = 0.8
+"#,
+    )
+    .unwrap();
+    let cluster = cluster_label(3);
+    let mut before = ScopeEvidence::default();
+    for i in 0..200 {
+        for w in ["w", cluster.as_str()] {
+            before.observe("small", shape_in(w, i % BANDS, 500, 256), 0.9);
+            before.observe("large", shape_in(w, i % BANDS, 500, 256), 1.0);
+        }
+    }
+    let removed = |score: f64| {
+        let mut ev = before.clone();
+        for i in 0..300 {
+            for w in ["w", cluster.as_str()] {
+                ev.observe("medium", shape_in(w, i % BANDS, 500, 256), score);
+            }
+        }
+        ev
+    };
+    let plan_of =
+        |ev: &ScopeEvidence| plan_scope(&two, &two.default, &calibration(), Some(ev), None);
+    // Whether the removed tier failed or passed every task makes no difference to the others.
+    let (p0, p1) = (plan_of(&removed(1.0)), plan_of(&removed(0.0)));
+    for w in ["w", cluster.as_str(), ""] {
+        let (a, b) = (p0.tiers_for(w), p1.tiers_for(w));
+        // Only the allowed tiers are planned, and their curves are what their own outcomes
+        // say: the removed tier's outcomes age the level's evidence (its clock), no more.
+        assert_eq!(a.iter().map(|t| t.tier).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(b.iter().map(|t| t.tier).collect::<Vec<_>>(), vec![0, 1]);
+        for (x, y) in a.iter().zip(b) {
+            for band in 0..BANDS {
+                let (x, y) = (x.predicted[band], y.predicted[band]);
+                assert!(y.is_finite() && (0.0..=1.0).contains(&y));
+                assert!((x - y).abs() < 1e-12, "{w} band {band}: {x} vs {y}");
+            }
+        }
+    }
+}
