@@ -409,6 +409,7 @@ mod tests {
             metric::HUMAN_VALUE,
             metric::REUSED,
             metric::REUSE_EVENTS,
+            metric::EXPLORE_COST,
         ]
         .into_iter()
         .enumerate()

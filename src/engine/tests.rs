@@ -333,3 +333,61 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
         assert_eq!(clustered, !r.terms.is_empty(), "{r:?}");
     }
 }
+
+/// Exploration is booked at Route: how many decisions explored, and what they cost against
+/// the plan's own choices on Route's estimates (what the report and /metrics show).
+#[tokio::test]
+async fn explorations_and_their_cost_against_the_plan_reach_the_report() {
+    // The example policy: three tiers, bar 0.7 per task, exploration rate 0.05.
+    let e = Engine::builder(
+        Arc::new(crate::domain::classifier::ComplexityModel::bundled().unwrap()),
+        Arc::new(crate::domain::policy::Policy::embedded().unwrap()),
+        Signer::new(b"test-secret-test-secret-test-secret").unwrap(),
+    )
+    .build();
+    let (mut explored, mut extra) = (0u64, 0i64);
+    let tasks = [
+        "Summarise this support ticket for the weekly report.",
+        "What is the capital of France?",
+        "Prove that the sum of two odd integers is even, step by step.",
+        "Write a SQL query that lists each customer's three latest orders.",
+    ];
+    for i in 0..40u64 {
+        let req = crate::domain::routing::RouteRequest {
+            task: tasks[i as usize % tasks.len()],
+            workflow: "math",
+            team: "ads",
+            expected_output_tokens: 200,
+            task_type: "",
+        };
+        // Draws spread inside the exploration rate: each one draws from the posteriors.
+        let draw = (i as f64 + 0.5) / 40.0 * 0.05;
+        let (d, _) = e.route(&req, draw, T0, i + 1).unwrap();
+        if d.explored {
+            explored += 1;
+            extra += d.tier().cost_micros - d.candidates[d.planned].cost_micros;
+        }
+    }
+    assert!(explored > 0 && extra != 0, "{explored} {extra}");
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), T0 + HOUR)
+        .await
+        .unwrap();
+    let q = ReportQuery {
+        since_ms: T0 - HOUR,
+        until_ms: T0 + HOUR,
+        ..Default::default()
+    };
+    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.total.tasks,
+            r.total.explored,
+            r.total.exploration_cost_micros
+        ),
+        (40, explored, extra)
+    );
+}

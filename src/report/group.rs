@@ -130,6 +130,27 @@ macro_rules! group_report_fields {
                 count, csv(16: "budget_rejections"), sum(REJECTED),
                 prometheus("budget_actions")
             },
+            /// Decisions an exploration draw routed instead of the plan (the policy's
+            /// `exploration_rate`).
+            #[serde(default)]
+            explored: u64 {
+                count, csv(21: "explored"), sum(EXPLORED),
+                prometheus(
+                    "explored_decisions",
+                    "Decisions an exploration draw routed instead of the plan"
+                )
+            },
+            /// What those explorations cost against the plan's own choices, priced on Route's
+            /// estimates, micro-USD (negative where they tried cheaper tiers).
+            #[serde(default)]
+            exploration_cost_micros: i64 {
+                money, csv(22: "exploration_cost_micros", "exploration_cost_usd"),
+                sum(EXPLORE_COST),
+                prometheus(
+                    "exploration_cost_usd",
+                    "Estimated cost of exploration against the plan's own choices, USD (can be negative)"
+                )
+            },
         }
     };
 }

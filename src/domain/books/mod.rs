@@ -56,6 +56,9 @@ pub mod metric {
     pub const REJECTED: &str = "rejected";
     /// Decisions that explored.
     pub const EXPLORED: &str = "explored";
+    /// What exploring cost against the plan's own choice: the explored tier's estimate less
+    /// the planned tier's, micro-USD (negative where exploration tried a cheaper tier).
+    pub const EXPLORE_COST: &str = "explore_cost";
     /// Outcomes received.
     pub const OUTCOMES: &str = "outcomes";
     /// Outcomes that met the scope's bar.
@@ -92,17 +95,20 @@ pub enum RouteCount {
     Rejected,
     /// Explorations.
     Explored,
+    /// Explorations' estimated cost against the planned tier, micro-USD.
+    ExploreCost,
 }
 
 impl RouteCount {
     /// Every count, in [`CellDelta`]'s order.
-    pub const ALL: [RouteCount; 6] = [
+    pub const ALL: [RouteCount; 7] = [
         RouteCount::Tasks,
         RouteCount::Spend,
         RouteCount::Premium,
         RouteCount::Downgraded,
         RouteCount::Rejected,
         RouteCount::Explored,
+        RouteCount::ExploreCost,
     ];
 
     /// The ledger metric it is stored under.
@@ -114,6 +120,7 @@ impl RouteCount {
             RouteCount::Downgraded => metric::DOWNGRADED,
             RouteCount::Rejected => metric::REJECTED,
             RouteCount::Explored => metric::EXPLORED,
+            RouteCount::ExploreCost => metric::EXPLORE_COST,
         }
     }
 }
@@ -398,6 +405,12 @@ impl Books {
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
         let (explored, downgraded) = (d.explored, action != BudgetAction::None);
+        // Priced on Route's estimates, as chosen (after any budget action) against planned.
+        let explore_cost = if explored {
+            cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros)
+        } else {
+            0
+        };
         self.bump_cell(
             now_ms / HOUR_MS,
             team,
@@ -408,6 +421,7 @@ impl Books {
                 c.add(RouteCount::Spend, cost);
                 c.add(RouteCount::Premium, premium);
                 c.add(RouteCount::Explored, i64::from(explored));
+                c.add(RouteCount::ExploreCost, explore_cost);
                 c.add(RouteCount::Downgraded, i64::from(downgraded));
             },
         );

@@ -52,6 +52,8 @@ pub(super) fn sample() -> Report {
         reuse_rate: Some(0.4),
         budget_downgrades: 7,
         budget_rejections: 0,
+        explored: 100,
+        exploration_cost_micros: -41_000,
     };
     let odd = GroupReport {
         key: "team<x>".into(),
@@ -74,6 +76,8 @@ pub(super) fn sample() -> Report {
         reuse_rate: None,
         budget_downgrades: 0,
         budget_rejections: 2,
+        explored: 12,
+        exploration_cost_micros: 60_000,
     };
     let total = GroupReport {
         key: "total".into(),
@@ -96,6 +100,8 @@ pub(super) fn sample() -> Report {
         reuse_rate: Some(0.4),
         budget_downgrades: 7,
         budget_rejections: 2,
+        explored: 112,
+        exploration_cost_micros: 19_000,
     };
     let qualities = [
         Some(0.8),

@@ -10,6 +10,15 @@ use super::{
 };
 use crate::report::{BudgetStatus, GroupReport, Report, thousands, usd};
 
+/// `+$0.0123` / `-$0.0040`: a difference in money, its sign always shown.
+fn signed_usd(micros: i64) -> String {
+    if micros < 0 {
+        usd(micros)
+    } else {
+        format!("+{}", usd(micros))
+    }
+}
+
 /// Renders the report as plain text for a terminal: a header line (period in UTC, grouping,
 /// policy version), one table with a row per group and a final `total` row, a budgets table
 /// when budgets apply, and a line on budget downgrades and rejections when there were any.
@@ -83,6 +92,15 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
             plural(t.reused),
             thousands(t.reuse_events),
             plural(t.reuse_events)
+        ));
+    }
+    if t.explored > 0 {
+        out.push_str(&format!(
+            "{} decision{} explored ({} of tasks), {} against the plan's own choices (estimated).\n",
+            thousands(t.explored),
+            plural(t.explored),
+            percent(t.explored as f64 / t.tasks.max(1) as f64),
+            signed_usd(t.exploration_cost_micros),
         ));
     }
 
