@@ -410,6 +410,7 @@ mod tests {
             metric::REUSED,
             metric::REUSE_EVENTS,
             metric::EXPLORE_COST,
+            metric::CLIPPED,
         ]
         .into_iter()
         .enumerate()

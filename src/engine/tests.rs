@@ -391,3 +391,66 @@ async fn explorations_and_their_cost_against_the_plan_reach_the_report() {
         (40, explored, extra)
     );
 }
+
+/// Self-reported token counts are believed within bounds: a feedback claiming 1e9 tokens each
+/// way books input at most 8 × what Route measured and output at most the scope's
+/// `max_output_tokens`, and is counted as clipped; an honest one is booked as reported.
+#[tokio::test]
+async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
+    let e = engine();
+    let req = crate::domain::routing::RouteRequest {
+        task: "Summarise this support ticket for the weekly report.",
+        workflow: "support/macros",
+        team: "ads",
+        expected_output_tokens: 100,
+        task_type: "",
+    };
+    let (d, absurd) = e.route(&req, 0.99, T0, 1).unwrap();
+    let honest = route(&e, 2);
+    let policy = e.router.table().policy.clone();
+    let ack = |id: &str, tokens: i64| {
+        let e = &e;
+        let id = id.to_string();
+        async move {
+            let input = FeedbackInput {
+                decision_id: &id,
+                score: 1.0,
+                input_tokens: Some(tokens),
+                output_tokens: Some(tokens),
+                reused: false,
+                caller_team: Some("ads"),
+            };
+            e.feedback(&input, T0 + 1_000).await.unwrap()
+        }
+    };
+    let clipped = ack(&absurd, 1_000_000_000).await;
+    let tier = &policy.tiers[d.tier().tier];
+    let bound = tier.cost_micros(
+        d.input_tokens * crate::domain::books::REPORTED_INPUT_FACTOR,
+        policy.default.max_output_tokens,
+    );
+    assert_eq!(clipped.actual_cost_micros, bound);
+    assert!(clipped.actual_cost_usd < 1.0, "{}", clipped.actual_cost_usd);
+    let fine = ack(&honest, 40).await;
+    assert_eq!(fine.actual_cost_micros, tier.cost_micros(40, 40));
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), T0 + HOUR)
+        .await
+        .unwrap();
+    let q = ReportQuery {
+        since_ms: T0 - HOUR,
+        until_ms: T0 + HOUR,
+        ..Default::default()
+    };
+    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + HOUR)
+        .await
+        .unwrap();
+    assert_eq!((r.total.outcomes, r.total.clipped_outcomes), (2, 1));
+    // What the fold learned is the clipped count, not 1e9.
+    let (log, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    assert!(
+        log.iter()
+            .all(|ev| ev.output_tokens <= policy.default.max_output_tokens)
+    );
+}

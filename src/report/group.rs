@@ -151,6 +151,16 @@ macro_rules! group_report_fields {
                     "Estimated cost of exploration against the plan's own choices, USD (can be negative)"
                 )
             },
+            /// Outcomes whose reported token counts were over their bounds (input: 8 × what
+            /// Route measured; output: the scope's `max_output_tokens`) and were booked clipped.
+            #[serde(default)]
+            clipped_outcomes: u64 {
+                count, csv(23: "clipped_outcomes"), sum(CLIPPED),
+                prometheus(
+                    "clipped_token_reports",
+                    "Outcomes whose reported token counts were over their bounds and were booked clipped"
+                )
+            },
         }
     };
 }

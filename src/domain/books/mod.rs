@@ -78,6 +78,58 @@ pub mod metric {
     pub const REUSED: &str = "reused";
     /// Reuse events: every RecordReuse adds its count (Feedback's `reused` mark adds 1).
     pub const REUSE_EVENTS: &str = "reuse_events";
+    /// Outcomes whose reported token counts were clipped before they were booked
+    /// ([`booked_tokens`](super::booked_tokens)).
+    pub const CLIPPED: &str = "clipped";
+}
+
+/// A reported input count is believed up to this many times what Route measured of the task:
+/// room for the system prompt and context a caller does not route on, none for a count of 1e9.
+pub const REPORTED_INPUT_FACTOR: u64 = 8;
+
+/// The token counts an outcome is booked and learned with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookedTokens {
+    /// Input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Whether a reported count was over its bound and clipped to it.
+    pub clipped: bool,
+}
+
+/// What an outcome's reported token counts are booked as. A count the caller did not report,
+/// or reported as 0 (proto3's default), is Route's own figure from the decision. A reported
+/// count is trusted up to a bound: input tokens to [`REPORTED_INPUT_FACTOR`] × what Route
+/// measured of the task (unbounded for ids without that figure), output tokens to the scope's
+/// `max_output_tokens`. Clipped counts are counted ([`metric::CLIPPED`]), so one self-reported
+/// 1e9 cannot book hundreds of dollars, exhaust a budget other teams share, or price another
+/// team's tasks.
+pub fn booked_tokens(
+    policy: &Policy,
+    claims: &DecisionClaims,
+    input: Option<i64>,
+    output: Option<i64>,
+) -> BookedTokens {
+    let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+    let pick = |reported: Option<i64>, estimate: u32, bound: u64| match reported {
+        Some(v) if v > 0 => {
+            let v = v as u64;
+            (v.min(bound), v > bound)
+        }
+        _ => (u64::from(estimate), false),
+    };
+    let input_bound = match claims.input_tokens {
+        0 => u64::MAX,
+        measured => u64::from(measured).saturating_mul(REPORTED_INPUT_FACTOR),
+    };
+    let (input, a) = pick(input, claims.input_tokens, input_bound);
+    let (output, b) = pick(output, claims.output_tokens, scope.max_output_tokens.max(1));
+    BookedTokens {
+        input,
+        output,
+        clipped: a || b,
+    }
 }
 
 /// What Route counts in each ledger cell ([`CellDelta`] holds one number per count).
@@ -434,10 +486,14 @@ impl Books {
         policy: &Policy,
         claims: &DecisionClaims,
         score: f64,
-        input_tokens: u64,
-        output_tokens: u64,
+        tokens: BookedTokens,
         reused: bool,
     ) -> (Vec<CounterAdd>, i64) {
+        let BookedTokens {
+            input: input_tokens,
+            output: output_tokens,
+            clipped,
+        } = tokens;
         let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
         let estimate = claims.estimate_micros as i64;
         let actual = policy.tier_index(&claims.tier).map_or(estimate, |i| {
@@ -481,6 +537,7 @@ impl Books {
                 // The early reuse mark is one reuse event; the decision itself is counted as
                 // reused by its reuse mark (see `reuse_counters`), once.
                 (metric::REUSE_EVENTS, i64::from(reused)),
+                (metric::CLIPPED, i64::from(clipped)),
             ],
         );
         if actual != estimate {

@@ -2,7 +2,8 @@
 //! once in the store (or the outage buffer while the store is down), with its accounting.
 
 use super::*;
-use crate::domain::decision::{DecisionClaims, NO_CLUSTER};
+use crate::domain::books::booked_tokens;
+use crate::domain::decision::NO_CLUSTER;
 
 /// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
 /// decision's once-only reused mark. SHA-256, so no caller can aim an event id at another
@@ -40,22 +41,6 @@ fn reuse_mark_event(
         sketch: Vec::new(),
         ..like.clone()
     }
-}
-
-/// The token counts an outcome is booked and learned with: what the caller reported, or, where
-/// it reported none or 0 (a client that sends only a score, proto3's default), what Route
-/// measured of the task and expected of its output. Priced at 0 tokens, such an outcome
-/// booked no spend and taught the planner that every tier was free, so a scope in `average`
-/// mode sent nearly all of its tasks to the cheapest tier.
-fn reported_or_estimated(input: &FeedbackInput<'_>, claims: &DecisionClaims) -> (u64, u64) {
-    let pick = |reported: Option<i64>, estimate: u32| match reported {
-        Some(v) if v > 0 => v as u64,
-        _ => u64::from(estimate),
-    };
-    (
-        pick(input.input_tokens, claims.input_tokens),
-        pick(input.output_tokens, claims.output_tokens),
-    )
 }
 
 impl Learner {
@@ -101,15 +86,16 @@ impl Learner {
             });
         }
         let table = router.table();
-        let (input_tokens, output_tokens) = reported_or_estimated(input, &claims);
-        let (counters, actual_micros) = books.outcome_counters(
+        // Booked and learned as Route's figures where none were reported, and within bounds.
+        let tokens = booked_tokens(
             &table.policy,
             &claims,
-            input.score,
-            input_tokens,
-            output_tokens,
-            input.reused,
+            input.input_tokens,
+            input.output_tokens,
         );
+        let (input_tokens, output_tokens) = (tokens.input, tokens.output);
+        let (counters, actual_micros) =
+            books.outcome_counters(&table.policy, &claims, input.score, tokens, input.reused);
         let ack = FeedbackAck {
             scope: claims.scope.clone(),
             tier: claims.tier.clone(),

@@ -54,6 +54,7 @@ pub(super) fn sample() -> Report {
         budget_rejections: 0,
         explored: 100,
         exploration_cost_micros: -41_000,
+        clipped_outcomes: 3,
     };
     let odd = GroupReport {
         key: "team<x>".into(),
@@ -78,6 +79,7 @@ pub(super) fn sample() -> Report {
         budget_rejections: 2,
         explored: 12,
         exploration_cost_micros: 60_000,
+        clipped_outcomes: 0,
     };
     let total = GroupReport {
         key: "total".into(),
@@ -102,6 +104,7 @@ pub(super) fn sample() -> Report {
         budget_rejections: 2,
         explored: 112,
         exploration_cost_micros: 19_000,
+        clipped_outcomes: 3,
     };
     let qualities = [
         Some(0.8),

@@ -94,6 +94,18 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
             plural(t.reuse_events)
         ));
     }
+    if t.clipped_outcomes > 0 {
+        out.push_str(&format!(
+            "{} outcome{} reported more tokens than their bounds and {} booked clipped.\n",
+            thousands(t.clipped_outcomes),
+            plural(t.clipped_outcomes),
+            if t.clipped_outcomes == 1 {
+                "was"
+            } else {
+                "were"
+            },
+        ));
+    }
     if t.explored > 0 {
         out.push_str(&format!(
             "{} decision{} explored ({} of tasks), {} against the plan's own choices (estimated).\n",
