@@ -260,7 +260,9 @@ fn contention(c: &mut Criterion) {
 /// one; one cluster refit of a full window (k = 8, as the fold runs it) and its memory.
 fn discovery(c: &mut Criterion) {
     use tokenwise::domain::clusters::{ClusterModel, FitOptions, Sketch, sketch};
-    use tokenwise::domain::learning::{CLUSTER_MAX_K, CLUSTER_WINDOW, ScopeEvidence};
+    use tokenwise::domain::learning::{
+        CLUSTER_MAX_K, CLUSTER_REFIT_EVERY, CLUSTER_WINDOW, ScopeEvidence,
+    };
     let records = tokenwise::offline::dataset::load(
         "models/data/routellm-train.jsonl.gz",
         tokenwise::offline::dataset::Split::Train,
@@ -309,6 +311,38 @@ fn discovery(c: &mut Criterion) {
     };
     g.bench_function("refit_window", |b| {
         b.iter(|| ClusterModel::fit(&sketches, &opts, Some(&fitted)))
+    });
+    // The Feedback fold's side of a refit: one unlabelled outcome that completes a refit
+    // interval, so the fit runs and every remembered outcome is taught again to its cluster.
+    let mut taught = ScopeEvidence::default();
+    let more: Vec<Sketch> = records
+        .iter()
+        .skip(CLUSTER_WINDOW)
+        .take(CLUSTER_REFIT_EVERY)
+        .map(|r| sketch(&r.prompt))
+        .collect();
+    let shape = |i: usize| tokenwise::domain::learning::TaskShape {
+        workflow: Arc::from(""),
+        band: (i % 20) as u8,
+        gap: 0.0,
+        input_tokens: 500,
+        output_tokens: 200,
+    };
+    let all: Vec<&Sketch> = sketches.iter().chain(&more).collect();
+    let (last, before) = all.split_last().expect("sketches");
+    for (i, s) in before.iter().enumerate() {
+        let tier = if i % 3 == 0 { "premium" } else { "small" };
+        taught.observe_task("ads", tier, shape(i), (i % 2) as f64, &s.0);
+    }
+    g.bench_function("refit_and_relearn_feedback", |b| {
+        b.iter_batched(
+            || taught.clone(),
+            |mut ev| {
+                ev.observe_task("ads", "small", shape(0), 1.0, &last.0);
+                ev
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     g.finish();
 }
