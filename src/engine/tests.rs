@@ -44,6 +44,11 @@ reuse_retention_days = 2
 }
 
 fn route(e: &Engine, nonce: u64) -> String {
+    route_decision(e, nonce).1
+}
+
+/// A support task of team `ads`, routed without exploring.
+fn route_decision(e: &Engine, nonce: u64) -> (Decision, String) {
     let req = crate::domain::routing::RouteRequest {
         task: "Summarise this support ticket for the weekly report.",
         workflow: "support/macros",
@@ -51,7 +56,24 @@ fn route(e: &Engine, nonce: u64) -> String {
         expected_output_tokens: 100,
         task_type: "",
     };
-    e.route(&req, 0.99, T0, nonce).unwrap().1
+    e.route(&req, 0.99, T0, nonce).unwrap()
+}
+
+/// The report of the two hours around T0, after the books flush at `now`.
+async fn report_of_hour(e: &Engine, now: u64) -> crate::report::Report {
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), now)
+        .await
+        .unwrap();
+    let q = ReportQuery {
+        since_ms: T0 - HOUR,
+        until_ms: T0 + HOUR,
+        ..Default::default()
+    };
+    build(&table.policy, &e.books, e.learner.store(), &q, now)
+        .await
+        .unwrap()
 }
 
 fn reuse<'a>(id: &'a str, count: u32, event_id: &'a str, team: Option<&'a str>) -> ReuseInput<'a> {
@@ -209,19 +231,7 @@ async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_windo
 
     // The books, by hand: 2 completed outputs, both reused (a once, b once);
     // events 400 + 1 (a) + 1 (b's mark) + 2 (b) = 404.
-    let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), T0 + 3 * DAY)
-        .await
-        .unwrap();
-    let q = ReportQuery {
-        since_ms: T0 - HOUR,
-        until_ms: T0 + HOUR,
-        ..Default::default()
-    };
-    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + 3 * DAY)
-        .await
-        .unwrap();
+    let r = report_of_hour(&e, T0 + 3 * DAY).await;
     assert_eq!(
         (r.total.completed, r.total.reused, r.total.reuse_events),
         (2, 2, 404)
@@ -328,8 +338,7 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
         "{terms:?}"
     );
     for r in &rows {
-        let clustered =
-            (r.workflow.strip_prefix("~cluster/")).is_some_and(|id| id.parse::<u32>().is_ok());
+        let clustered = crate::domain::learning::cluster_id(&r.workflow).is_some();
         assert_eq!(clustered, !r.terms.is_empty(), "{r:?}");
     }
 }
@@ -369,19 +378,7 @@ async fn explorations_and_their_cost_against_the_plan_reach_the_report() {
         }
     }
     assert!(explored > 0 && extra != 0, "{explored} {extra}");
-    let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), T0 + HOUR)
-        .await
-        .unwrap();
-    let q = ReportQuery {
-        since_ms: T0 - HOUR,
-        until_ms: T0 + HOUR,
-        ..Default::default()
-    };
-    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + HOUR)
-        .await
-        .unwrap();
+    let r = report_of_hour(&e, T0 + HOUR).await;
     assert_eq!(
         (
             r.total.tasks,
@@ -398,14 +395,7 @@ async fn explorations_and_their_cost_against_the_plan_reach_the_report() {
 #[tokio::test]
 async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
     let e = engine();
-    let req = crate::domain::routing::RouteRequest {
-        task: "Summarise this support ticket for the weekly report.",
-        workflow: "support/macros",
-        team: "ads",
-        expected_output_tokens: 100,
-        task_type: "",
-    };
-    let (d, absurd) = e.route(&req, 0.99, T0, 1).unwrap();
+    let (d, absurd) = route_decision(&e, 1);
     let honest = route(&e, 2);
     let policy = e.router.table().policy.clone();
     let ack = |id: &str, tokens: i64| {
@@ -433,19 +423,7 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
     assert!(clipped.actual_cost_usd < 1.0, "{}", clipped.actual_cost_usd);
     let fine = ack(&honest, 40).await;
     assert_eq!(fine.actual_cost_micros, tier.cost_micros(40, 40));
-    let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), T0 + HOUR)
-        .await
-        .unwrap();
-    let q = ReportQuery {
-        since_ms: T0 - HOUR,
-        until_ms: T0 + HOUR,
-        ..Default::default()
-    };
-    let r = build(&table.policy, &e.books, e.learner.store(), &q, T0 + HOUR)
-        .await
-        .unwrap();
+    let r = report_of_hour(&e, T0 + HOUR).await;
     assert_eq!((r.total.outcomes, r.total.clipped_outcomes), (2, 1));
     // What the fold learned is the clipped count, not 1e9.
     let (log, _) = e.learner.store().events_since(0, 10).await.unwrap();

@@ -67,23 +67,24 @@ pub(super) fn estimate(
     }
     let surplus = cells.iter().map(|c| c.sum).sum::<f64>() - expected;
     let observed = expected + denoise(surplus, variance, noise);
-    let target = observed;
     // The tier-wide shift in log-odds: the one that makes the level's outcomes expected to
     // score what they did, shrunk towards 0 by `prior_strength` pseudo-outcomes on the prior.
+    // Newton's method: the expectation is a weighted sum of logistic terms, increasing in it.
     let prior_mean = prior.iter().sum::<f64>() / BANDS as f64;
+    let pseudo = prior_strength / BANDS as f64;
+    let terms = |delta: f64| {
+        let own = cells.iter().zip(expect);
+        (own.map(move |(c, &p)| (c.n, at(c, shift_quality(p, delta))))).chain(
+            prior
+                .iter()
+                .map(move |&p| (pseudo, shift_quality(p, delta))),
+        )
+    };
     let mut delta = 0.0;
     for _ in 0..8 {
-        let (mut f, mut df) = (-target - prior_strength * prior_mean, 0.0);
-        for (c, &p) in cells.iter().zip(expect) {
-            let q = at(c, shift_quality(p, delta));
-            f += c.n * q;
-            df += c.n * q * (1.0 - q);
-        }
-        for &p in prior {
-            let q = shift_quality(p, delta);
-            f += prior_strength * q / BANDS as f64;
-            df += prior_strength * q * (1.0 - q) / BANDS as f64;
-        }
+        let start = (-observed - prior_strength * prior_mean, 0.0);
+        let (f, df) =
+            terms(delta).fold(start, |(f, df), (w, q)| (f + w * q, df + w * q * (1.0 - q)));
         if df <= 1e-12 {
             break;
         }

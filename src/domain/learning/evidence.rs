@@ -299,11 +299,6 @@ impl Discovery {
     }
 }
 
-/// Whether `label` names a discovered cluster or their family.
-fn is_discovered(label: &str) -> bool {
-    label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY)
-}
-
 impl ScopeEvidence {
     /// Applies one outcome of `tier` on a task of `shape`: quality at every level, output length
     /// robustly, and the task into the traffic sample (the shared levels only, at full weight).
@@ -350,22 +345,21 @@ impl ScopeEvidence {
         score: f64,
         sketch: &[u16],
     ) {
+        let (band, gap, output_tokens) = (shape.band, shape.gap, shape.output_tokens);
+        let weight = self.observe_from(team, tier, shape, score);
+        if sketch.is_empty() {
+            return;
+        }
+        let own = self.teams.get(team).map_or(0, |t| t.evidence.feedbacks());
         let lesson = Lesson {
             team: Arc::from(team),
             tier: Arc::from(tier),
-            band: shape.band,
-            gap: shape.gap,
-            output_tokens: shape.output_tokens,
+            band,
+            gap,
+            output_tokens,
             score,
-            weight: 0.0,
-            seen: (0, 0),
-        };
-        let weight = self.observe_from(team, tier, shape, score);
-        let own = self.teams.get(team).map_or(0, |t| t.evidence.feedbacks());
-        let lesson = Lesson {
             weight,
             seen: (self.feedbacks(), own),
-            ..lesson
         };
         if self.clusters.observe(sketch, lesson) {
             self.relearn_clusters();

@@ -142,6 +142,18 @@ pub const CLUSTER_MAX_K: usize = 8;
 pub fn cluster_label(id: u32) -> String {
     format!("{CLUSTER_FAMILY}/{id}")
 }
+/// The cluster id of a label made by [`cluster_label`]; `None` for any other label.
+pub fn cluster_id(label: &str) -> Option<u32> {
+    label
+        .strip_prefix(CLUSTER_FAMILY)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
+}
+/// Whether `label` is a discovered cluster or their family.
+pub(super) fn is_discovered(label: &str) -> bool {
+    label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY)
+}
 /// The family of discovered clusters (`~` is refused in callers' labels).
 pub const CLUSTER_FAMILY: &str = "~cluster";
 /// Outcomes of one level (scope, family or workflow) after which its old evidence weighs half.

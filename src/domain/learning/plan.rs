@@ -113,7 +113,7 @@ fn plan_level(
     // cluster is provisional (a refit makes new ones) and starts from its parent's curves.
     let shifted = |parent: &Curves, label: &str| -> Vec<[f64; BANDS]> {
         let own = cal.own_shift(label);
-        let discovered = label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY);
+        let discovered = is_discovered(label);
         (0..k)
             .map(|s| {
                 let delta = slot_shift(own, s);

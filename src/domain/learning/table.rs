@@ -178,12 +178,3 @@ pub struct ThresholdRow {
     /// On a discovered cluster's rows, its most telling terms; else empty.
     pub terms: Vec<String>,
 }
-
-/// The id of a discovered cluster's label (`~cluster/<id>`).
-fn cluster_id(label: &str) -> Option<u32> {
-    label
-        .strip_prefix(CLUSTER_FAMILY)?
-        .strip_prefix('/')?
-        .parse()
-        .ok()
-}
