@@ -43,9 +43,11 @@ fn stdout_failed(e: std::io::Error) -> ! {
 
 mod client;
 mod offline;
+mod secret;
 mod serve;
 
-pub use serve::{ServeArgs, check_secret, engine_from_args};
+pub use secret::check_secret;
+pub use serve::{ServeArgs, engine_from_args};
 
 /// tokenwise — cost-aware model router.
 #[derive(Debug, Parser)]
