@@ -94,7 +94,9 @@ impl Error {
                 FeedbackError::AlreadyRecorded | FeedbackError::ReuseRecorded(_) => {
                     K::AlreadyExists
                 }
-                FeedbackError::PermissionDenied { .. } => K::PermissionDenied,
+                FeedbackError::PermissionDenied { .. } | FeedbackError::ScopeMismatch { .. } => {
+                    K::PermissionDenied
+                }
                 FeedbackError::Unavailable(_) => K::Unavailable,
                 FeedbackError::Full(_) => K::ResourceExhausted,
             },

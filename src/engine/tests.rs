@@ -432,3 +432,45 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
             .all(|ev| ev.output_tokens <= policy.default.max_output_tokens)
     );
 }
+
+#[tokio::test]
+async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
+    let e = engine();
+    let (d, _) = route_decision(&e, 7);
+    assert_eq!(d.scope, "team:ads", "the test needs ads' own scope");
+    // Signed with the deployment's real key, but for team `search`: a scope/team mismatch no
+    // correct Route issues (a leaked key, a bug), refused before anything is recorded.
+    let forged = e.learner.issue(&d, "search", "", T0, 8);
+    let input = FeedbackInput {
+        decision_id: &forged,
+        score: 1.0,
+        input_tokens: Some(100),
+        output_tokens: Some(50),
+        reused: false,
+        caller_team: None,
+    };
+    let err = e.feedback(&input, T0 + 1_000).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::ScopeMismatch { .. })),
+        "{err}"
+    );
+    let err = e
+        .reuse(&reuse(&forged, 1, "", None), T0 + 1_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::ScopeMismatch { .. })),
+        "{err}"
+    );
+    // The same decision under its own team is accepted.
+    let own = e.learner.issue(&d, "ads", "support/macros", T0, 9);
+    e.feedback(
+        &FeedbackInput {
+            decision_id: &own,
+            ..input
+        },
+        T0 + 1_000,
+    )
+    .await
+    .unwrap();
+}

@@ -200,6 +200,17 @@ pub fn scope_key(team: &str, workflow: &str) -> String {
     }
 }
 
+/// Whether the scope `key` may hold `team`'s decisions: a scope named for a team holds that
+/// team's only; the default and workflow scopes hold any team's.
+pub fn scope_admits(key: &str, team: &str) -> bool {
+    match key.strip_prefix("team:") {
+        None => true,
+        Some(rest) => rest
+            .strip_prefix(team)
+            .is_some_and(|r| r.is_empty() || r.starts_with("/workflow:")),
+    }
+}
+
 impl Policy {
     /// The embedded example policy.
     pub fn embedded() -> Result<Self, PolicyError> {
@@ -340,6 +351,18 @@ thresholds = { small = 0.3, medium = 0.7 }
         assert_eq!(frontier.cost_micros(0, 0), 0);
         let small = &p.tiers[0];
         assert!(small.cost_micros(3, 0) <= 1);
+    }
+
+    #[test]
+    fn a_teams_scope_admits_that_team_only() {
+        assert!(scope_admits("default", "ads"));
+        assert!(scope_admits("workflow:triage", "ads"));
+        assert!(scope_admits("team:ads", "ads"));
+        assert!(scope_admits("team:ads/workflow:triage", "ads"));
+        assert!(!scope_admits("team:ads", "search"));
+        assert!(!scope_admits("team:ads", ""));
+        assert!(!scope_admits("team:adserver", "ads"));
+        assert!(!scope_admits("team:ads/workflow:triage", "ad"));
     }
 
     #[test]

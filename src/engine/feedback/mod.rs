@@ -75,6 +75,14 @@ pub enum FeedbackError {
         /// The caller's team.
         caller: String,
     },
+    /// The decision names a team's scope that is not its team's.
+    #[error("decision_id names scope {scope:?}, which does not hold team {team:?}'s decisions")]
+    ScopeMismatch {
+        /// The scope the id names.
+        scope: String,
+        /// The team the id names.
+        team: String,
+    },
     /// Feedback for this decision was already applied.
     #[error("feedback for this decision_id was already recorded")]
     AlreadyRecorded,

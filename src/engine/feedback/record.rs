@@ -162,6 +162,14 @@ impl Learner {
                 caller: team.to_string(),
             });
         }
+        // A verified id still names a scope and a team; one team's id never reaches another
+        // team's private scope, whoever signed it.
+        if !crate::domain::policy::scope_admits(&claims.scope, &claims.team) {
+            return Err(FeedbackError::ScopeMismatch {
+                scope: claims.scope,
+                team: claims.team,
+            });
+        }
         if claims.issued_ms.saturating_add(CLOCK_SKEW_MS)
             < self.data_since_ms.load(Ordering::Relaxed)
         {
