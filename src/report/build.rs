@@ -42,15 +42,16 @@ struct Acc {
 impl Acc {
     fn add(&mut self, m: &str, tier: &str, v: i64) {
         match self.sums.get_mut(m) {
-            Some(sum) => *sum += v,
+            // Sums saturate: a ledger at the limits reads as the limit, never wraps negative.
+            Some(sum) => *sum = sum.saturating_add(v),
             None => {
                 self.sums.insert(m.to_string(), v);
             }
         }
-        match m {
-            metric::TASKS => self.tiers.entry(tier.to_string()).or_default().0 += v,
-            metric::SPEND => self.tiers.entry(tier.to_string()).or_default().1 += v,
-            _ => {}
+        if m == metric::TASKS || m == metric::SPEND {
+            let (tasks, spend) = self.tiers.entry(tier.to_string()).or_default();
+            let x = if m == metric::TASKS { tasks } else { spend };
+            *x = x.saturating_add(v);
         }
     }
 
@@ -261,6 +262,27 @@ mod tests {
             group_by: by,
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn spend_at_the_limits_saturates_in_the_total_instead_of_wrapping() {
+        // Two hours of one team each at the largest spend a counter holds: their sum (the
+        // team's group and the total) reads as the limit, not as a negative spend.
+        let store = MemoryStore::new();
+        let adds =
+            [T0, T0 + HOUR_MS].map(|at| add(at, metric::SPEND, "ads", "", "small", i64::MAX));
+        store.add_counters(1, &adds).await.unwrap();
+        let r = build(
+            &Policy::embedded().unwrap(),
+            &Books::default(),
+            &store,
+            &query(GroupBy::Team),
+            T0 + 3 * HOUR_MS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.total.spend_micros, i64::MAX);
+        assert_eq!(r.groups[0].spend_micros, i64::MAX);
     }
 
     #[tokio::test]

@@ -35,12 +35,14 @@ pub const MAX_SPENT_NONCES: usize = 2_000_000;
 impl Inner {
     fn add(&mut self, adds: &[CounterAdd]) {
         for a in adds {
-            *self
+            let v = self
                 .counters
                 .entry(a.hash.clone())
                 .or_default()
                 .entry(a.field.clone())
-                .or_default() += a.delta;
+                .or_default();
+            // As Redis does (see its store): saturate, never wrap.
+            *v = v.saturating_add(a.delta);
         }
     }
 }

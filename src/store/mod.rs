@@ -311,7 +311,8 @@ macro_rules! store_contract_tests {
             counters_add_up_and_a_resent_batch_applies_once,
             an_outcomes_accounting_applies_with_it_once,
             policy_changes_append_in_order,
-            concurrent_records_of_one_nonce_one_wins);
+            concurrent_records_of_one_nonce_one_wins,
+            counters_saturate_at_the_limits);
     };
     (@each $make:expr; $($behaviour:ident),+) => {
         $(
@@ -374,7 +375,8 @@ pub mod contract {
         counters_add_up_and_a_resent_batch_applies_once(store).await?;
         an_outcomes_accounting_applies_with_it_once(store).await?;
         policy_changes_append_in_order(store).await?;
-        concurrent_records_of_one_nonce_one_wins(store).await
+        concurrent_records_of_one_nonce_one_wins(store).await?;
+        counters_saturate_at_the_limits(store).await
     }
 
     const NOW: u64 = 1_000_000;
@@ -453,6 +455,35 @@ pub mod contract {
         ensure(
             read == vec![want(&[("a", 11), ("b", -2)]), want(&[]), want(&[("a", 1)])],
             || format!("counters read back as {read:?}"),
+        )
+    }
+
+    /// A counter pushed past the limits of i64 stays at the limit (money never wraps to the
+    /// other sign), in a batch and with an outcome, and the rest of the write still applies.
+    pub async fn counters_saturate_at_the_limits(store: &dyn StateStore) -> Result<(), String> {
+        let near = i64::MAX - 10;
+        store
+            .add_counters(40, &[add("sat", "up", near), add("sat", "down", -near)])
+            .await
+            .map_err(e)?;
+        store
+            .add_counters(
+                41,
+                &[
+                    add("sat", "up", 100),
+                    add("sat", "down", -100),
+                    add("sat", "after", 3),
+                ],
+            )
+            .await
+            .map_err(e)?;
+        let mut with = event(600);
+        with.counters = vec![add("sat", "up", 5), add("sat", "after", 1)];
+        store.record(&with, NOW).await.map_err(e)?;
+        let read = store.read_counters(&["sat".into()]).await.map_err(e)?;
+        ensure(
+            read == vec![want(&[("up", i64::MAX), ("down", i64::MIN), ("after", 4)])],
+            || format!("counters at the limits read back as {read:?}"),
         )
     }
 

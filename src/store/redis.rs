@@ -22,6 +22,28 @@ use super::{
     StateStore, StoreError,
 };
 
+/// Adds to one counter, saturating at the limits of a 64-bit integer instead of failing: an
+/// error halfway through a script would leave its first writes applied and the rest not (Redis
+/// does not roll a script back). A field that holds no integer (written by hand) restarts from
+/// the delta, with a warning in the Redis log.
+const SATURATING_ADD: &str = r"
+local function add(key, field, delta)
+  local r = redis.pcall('HINCRBY', key, field, delta)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'overflow') then
+      if string.sub(delta, 1, 1) == '-' then
+        redis.call('HSET', key, field, '-9223372036854775808')
+      else
+        redis.call('HSET', key, field, '9223372036854775807')
+      end
+    else
+      redis.log(redis.LOG_WARNING, 'tokenwise: counter ' .. key .. ' ' .. field .. ' held no integer; reset')
+      redis.call('HSET', key, field, delta)
+    end
+  end
+end
+";
+
 const RECORD: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
   if ARGV[2] ~= '' then
@@ -34,7 +56,7 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
     end
   end
   for i = 4, #KEYS do
-    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 3], ARGV[2 * i - 2])
+    add(KEYS[i], ARGV[2 * i - 3], ARGV[2 * i - 2])
     redis.call('PEXPIRE', KEYS[i], ARGV[4])
   end
   return 1
@@ -46,7 +68,7 @@ return 0
 const ADD: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
   for i = 2, #KEYS do
-    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
+    add(KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
   end
   return 1
@@ -250,8 +272,8 @@ impl RedisStore {
             client,
             prefix,
             conn: Mutex::new(None),
-            record: redis::Script::new(RECORD),
-            add: redis::Script::new(ADD),
+            record: redis::Script::new(&format!("{SATURATING_ADD}{RECORD}")),
+            add: redis::Script::new(&format!("{SATURATING_ADD}{ADD}")),
             read: redis::Script::new(READ),
             data_since: redis::Script::new(DATA_SINCE),
             timeout,

@@ -41,7 +41,9 @@ pub struct CellDelta([i64; RouteCount::ALL.len()]);
 impl CellDelta {
     /// Adds `v` to count `c`.
     pub fn add(&mut self, c: RouteCount, v: i64) {
-        self.0[c as usize] += v;
+        // Money saturates at the limits of i64 rather than wrapping to a negative spend.
+        let a = &mut self.0[c as usize];
+        *a = a.saturating_add(v);
     }
 
     /// The value of count `c`.
@@ -50,7 +52,10 @@ impl CellDelta {
     }
 
     fn merge(&mut self, other: &CellDelta) {
-        self.0.iter_mut().zip(other.0).for_each(|(a, b)| *a += b);
+        self.0
+            .iter_mut()
+            .zip(other.0)
+            .for_each(|(a, b)| *a = a.saturating_add(b));
     }
 
     pub(super) fn counters(&self, k: &CellKey, out: &mut Vec<CounterAdd>) {
@@ -77,7 +82,10 @@ pub(super) fn usage_of(u: &Usage, id: &str, start: u64) -> i64 {
 
 pub(super) fn add_usage(u: &mut Usage, id: &str, start: u64, delta: i64) {
     match u.get_mut(id) {
-        Some(p) => *p.entry(start).or_default() += delta,
+        Some(p) => {
+            let used = p.entry(start).or_default();
+            *used = used.saturating_add(delta);
+        }
         None => {
             u.insert(id.to_string(), HashMap::from([(start, delta)]));
         }
