@@ -315,15 +315,17 @@ pub(super) struct CheckConfigArgs {
 
 /// Validates a policy file: a one-line summary when valid, else the key path and reason.
 pub(super) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    use crate::store::config::redacted_url;
     let CheckConfigArgs { file } = args;
     match Policy::load(path_str(&file)?) {
         Ok(p) => {
             let store = match &p.store.kind {
                 crate::store::StoreKind::Memory => "memory".to_string(),
                 crate::store::StoreKind::Redis { url, prefix } => {
-                    format!("redis {url} prefix {prefix}")
+                    format!("redis {} prefix {prefix}", redacted_url(url))
                 }
                 crate::store::StoreKind::RedisCluster { nodes, prefix } => {
+                    let nodes: Vec<String> = nodes.iter().map(|n| redacted_url(n)).collect();
                     format!("redis-cluster {} prefix {prefix}", nodes.join(","))
                 }
             };

@@ -199,11 +199,40 @@ pub(crate) fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, Store
     })
 }
 
+/// A store URL fit to print: its password replaced by `***` (`redis://:hunter2@h:6379` →
+/// `redis://:***@h:6379`); one that does not parse is not printed at all.
+pub fn redacted_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                // Fails only for URLs that cannot carry a password, which then has none.
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<a URL that does not parse>".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::policy::Policy;
     use crate::domain::policy::tests::THREE;
+
+    #[test]
+    fn a_printed_store_url_hides_its_password() {
+        assert_eq!(
+            redacted_url("redis://:hunter2@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redacted_url("rediss://app:hunter2@cache:6380"),
+            "rediss://app:***@cache:6380"
+        );
+        assert_eq!(redacted_url("redis://cache:6379"), "redis://cache:6379");
+        assert!(!redacted_url("redis://:hunter2@[bad").contains("hunter2"));
+    }
 
     #[test]
     fn store_section_is_validated_with_key_paths() {

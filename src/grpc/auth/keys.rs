@@ -166,8 +166,15 @@ pub fn parse_keys(text: &str) -> Result<KeyRing, AuthConfigError> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| AuthConfigError::invalid("<file>", toml_reason(text, &e)))?;
     let raw: RawKeyFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        AuthConfigError::invalid(path, toml_reason(text, &e.into_inner()))
+        let mut path = e.path().to_string();
+        let reason = toml_reason(text, &e.into_inner());
+        // An unknown field's name may be a pasted key: neither the path nor the reason shows it.
+        if reason.contains(UNKNOWN_FIELD) {
+            path = path
+                .rsplit_once('.')
+                .map_or("<file>".to_string(), |(parent, _)| parent.to_string());
+        }
+        AuthConfigError::invalid(path, reason)
     })?;
     validate(raw)
 }
@@ -285,7 +292,24 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
 /// source line, which may hold a key pasted into the file by mistake, so it is not used; serde's
 /// `invalid type: string "..."` is cut down for the same reason.
 fn toml_reason(text: &str, e: &toml::de::Error) -> String {
-    crate::domain::policy::toml_at(text, e, redact_string_values(e.message()))
+    let message = redact_unknown_field(&redact_string_values(e.message()));
+    crate::domain::policy::toml_at(text, e, message)
+}
+
+/// How serde starts the message of a field it does not know.
+const UNKNOWN_FIELD: &str = "unknown field";
+
+/// ``unknown field `tw_...`, expected one of …`` → `unknown field (name not shown), expected
+/// one of …`.
+fn redact_unknown_field(message: &str) -> String {
+    let Some(rest) = message.strip_prefix(UNKNOWN_FIELD) else {
+        return message.to_string();
+    };
+    let after = rest
+        .strip_prefix(" `")
+        .and_then(|r| r.find('`').map(|end| &r[end + 1..]))
+        .unwrap_or("");
+    format!("{UNKNOWN_FIELD} (its name is not shown: it may be key material){after}")
 }
 
 /// `invalid type: string "tw_...", expected a sequence` → `invalid type: string, expected a
