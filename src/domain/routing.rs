@@ -58,6 +58,14 @@ pub enum RouteError {
         /// The maximum.
         max: usize,
     },
+    /// A label holds a control character.
+    #[error(
+        "{field}: must not contain control characters (newlines, tabs, escapes): labels reach logs and terminals"
+    )]
+    LabelControl {
+        /// Field name.
+        field: &'static str,
+    },
     /// A workflow label in the namespace of discovered clusters.
     #[error("workflow: labels starting with '~' are reserved for discovered clusters")]
     ReservedWorkflow,
@@ -68,7 +76,7 @@ impl RouteError {
     pub fn field(&self) -> &'static str {
         match self {
             RouteError::EmptyTask | RouteError::TaskTooLarge { .. } => "task",
-            RouteError::LabelTooLong { field, .. } => field,
+            RouteError::LabelTooLong { field, .. } | RouteError::LabelControl { field } => field,
             RouteError::ReservedWorkflow => "workflow",
         }
     }
@@ -172,6 +180,9 @@ pub fn check_labels(req: &RouteRequest<'_>) -> Result<(), RouteError> {
                 size: v.len(),
                 max: MAX_LABEL_BYTES,
             });
+        }
+        if crate::domain::labels::has_control(v) {
+            return Err(RouteError::LabelControl { field });
         }
     }
     if req.workflow.starts_with('~') {
@@ -701,6 +712,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e, RouteError::ReservedWorkflow);
         assert_eq!(e.field(), "workflow");
+        // A newline or an escape in a label would forge log lines and drive terminals.
+        for (workflow, team) in [("a\nERROR forged", ""), ("", "ads\u{1b}[31m")] {
+            let e = r
+                .route(
+                    &RouteRequest {
+                        task: "hi",
+                        workflow,
+                        team,
+                        ..Default::default()
+                    },
+                    0.9,
+                )
+                .unwrap_err();
+            assert!(matches!(e, RouteError::LabelControl { .. }), "{e}");
+        }
     }
 
     #[test]

@@ -26,10 +26,10 @@ pub enum Error {
     #[error("policy version {0} is already live")]
     AlreadyLive(String),
     /// No such policy version in the history.
-    #[error("policy version {0:?} is not in the version history")]
+    #[error("policy version {} is not in the version history", crate::domain::labels::shown(.0))]
     UnknownVersion(String),
     /// No such scope in the live policy.
-    #[error("scope {0:?} is not in the live policy")]
+    #[error("scope {} is not in the live policy", crate::domain::labels::shown(.0))]
     UnknownScope(String),
     /// The use case needs the store and the store failed.
     #[error("{what}: {source}")]

@@ -98,6 +98,7 @@ impl Admin for AdminService {
         let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
+        audit_text("author", &r.author, MAX_AUTHOR_BYTES)?;
         let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
         let change = self
             .engine
@@ -126,6 +127,7 @@ impl Admin for AdminService {
         let author = author_of(&request);
         let r = request.into_inner();
         require_reason(&r.reason)?;
+        audit_text("author", &r.author, MAX_AUTHOR_BYTES)?;
         let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         let change = self
@@ -150,11 +152,31 @@ fn anonymous_or(author: String) -> String {
     }
 }
 
+/// Longest `author` of a policy change, bytes.
+const MAX_AUTHOR_BYTES: usize = 256;
+/// Longest `reason` of a policy change, bytes.
+const MAX_REASON_BYTES: usize = 2048;
+
 fn require_reason(reason: &str) -> Result<(), Status> {
     if reason.trim().is_empty() {
         return Err(invalid(
             "reason",
             "must say why the policy changes (it goes in the audit trail)".into(),
+        ));
+    }
+    audit_text("reason", reason, MAX_REASON_BYTES)
+}
+
+/// Text for the audit trail and the log: bounded, and one line without control characters (a
+/// newline in it could forge a log line).
+fn audit_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    if text.len() > max || crate::domain::labels::has_control(text) {
+        return Err(invalid(
+            field,
+            format!(
+                "must be at most {max} bytes without control characters (newlines, escapes), got {} bytes",
+                text.len()
+            ),
         ));
     }
     Ok(())

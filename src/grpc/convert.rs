@@ -258,8 +258,8 @@ pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQ
         invalid(
             "group_by",
             format!(
-                "must be \"team\", \"workflow\", \"tier\" or \"team_workflow\", got {:?}",
-                r.group_by
+                "must be \"team\", \"workflow\", \"tier\" or \"team_workflow\", got {}",
+                crate::domain::labels::shown(&r.group_by)
             ),
         )
     })?;
@@ -273,7 +273,10 @@ pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQ
         other => {
             return Err(invalid(
                 "period",
-                format!("must be \"day\", \"week\", \"month\" or empty, got {other:?}"),
+                format!(
+                    "must be \"day\", \"week\", \"month\" or empty, got {}",
+                    crate::domain::labels::shown(other)
+                ),
             ));
         }
     };

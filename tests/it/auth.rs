@@ -809,3 +809,67 @@ async fn auth_off_serves_calls_without_a_key() {
         .into_inner();
     assert_eq!(change.author, "alice");
 }
+
+// ---- what errors echo ----
+
+#[tokio::test]
+async fn errors_echo_at_most_a_short_escaped_stretch_of_what_the_caller_sent() {
+    let f = Fixture::start().await;
+    // 200 KB of caller text, with a line break and an escape sequence at its start.
+    let big = format!("x\nERROR forged\u{1b}[31m{}", "y".repeat(200_000));
+    let short = |s: Status, field: &str| {
+        assert!(
+            s.message().len() < 512,
+            "{field}: {} bytes",
+            s.message().len()
+        );
+        assert!(
+            !s.message().contains('\n') && !s.message().contains('\u{1b}'),
+            "{s:?}"
+        );
+        assert!(s.message().contains("bytes)"), "{field}: {:?}", s.message());
+    };
+    let mut search = f.router(Some(&f.keys.search)).await;
+    short(search.route(routed(&big)).await.unwrap_err(), "route team");
+    let mut as_search = f.admin(Some(&f.keys.search)).await;
+    short(
+        as_search.get_report(report_req(&big)).await.unwrap_err(),
+        "report team",
+    );
+    let mut admin = f.admin(Some(&f.keys.admin)).await;
+    let mut by = report_req("");
+    by.group_by = big.clone();
+    short(admin.get_report(by).await.unwrap_err(), "group_by");
+    let mut period = report_req("");
+    period.period = big.clone();
+    short(admin.get_report(period).await.unwrap_err(), "period");
+    short(
+        admin
+            .get_thresholds(GetThresholdsRequest { scope: big.clone() })
+            .await
+            .unwrap_err(),
+        "thresholds scope",
+    );
+    short(
+        admin
+            .rollback_policy(RollbackPolicyRequest {
+                version: big.clone(),
+                reason: "roll back to a version that does not exist".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        "rollback version",
+    );
+    // The audit trail's free text is one line: a newline would forge a log line.
+    let forged = admin
+        .apply_policy(ApplyPolicyRequest {
+            text: changed_policy(),
+            author: "ops\nERROR forged".into(),
+            reason: "tighten the bar".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::InvalidArgument, "{forged:?}");
+    assert!(forged.message().starts_with("author:"), "{forged:?}");
+}

@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{ReplayArgs, load_records, runtime};
+use crate::domain::labels::printable;
 use crate::grpc::pb;
 use crate::offline::dataset::Record;
 
@@ -77,8 +78,12 @@ pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
                     &d.fallback_tier
                 }
             );
-            outln!("scope       {}  (policy {})", d.scope, d.policy_version);
-            outln!("reason      {}", d.reason);
+            outln!(
+                "scope       {}  (policy {})",
+                printable(&d.scope),
+                d.policy_version
+            );
+            outln!("reason      {}", printable(&d.reason));
             outln!();
             outln!(
                 "{:<12} {:<28} {:>9} {:>12} {:>9}",
@@ -150,11 +155,11 @@ pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
             "recorded {} reuse event{} for scope {} workflow {}{}",
             r.count,
             if r.count == 1 { "" } else { "s" },
-            r.scope,
+            printable(&r.scope),
             if r.workflow.is_empty() {
-                "(none)"
+                "(none)".into()
             } else {
-                &r.workflow
+                printable(&r.workflow)
             },
             if r.first_reuse {
                 " (first reuse of this output)"
@@ -193,6 +198,19 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
         if json {
             outln!("{}", json_line(&r)?);
         } else {
+            // Labels come from callers: a newline or an escape sequence in one must not reach
+            // the terminal as it is.
+            let mut r = r;
+            for t in &mut r.thresholds {
+                for s in [&mut t.scope, &mut t.team, &mut t.workflow, &mut t.tier]
+                    .into_iter()
+                    .chain(t.terms.iter_mut())
+                {
+                    if let std::borrow::Cow::Owned(p) = printable(s) {
+                        *s = p;
+                    }
+                }
+            }
             outln!("policy {}", r.policy_version);
             // Columns as wide as their longest entry, so long scope names stay aligned.
             let sw = r
@@ -479,7 +497,7 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::grpc::auth::Aut
 
 /// A refused call as an error: its gRPC code and message.
 pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    anyhow::anyhow!("{:?}: {}", s.code(), printable(s.message()))
 }
 
 #[cfg(test)]

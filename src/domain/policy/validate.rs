@@ -43,6 +43,9 @@ pub(crate) fn toml_at(text: &str, e: &toml::de::Error, message: String) -> Strin
 /// completed output is far above any real one (an unbounded value saturated the conversion and
 /// overflowed the store's counter).
 const MAX_VALUE_PER_SUCCESS_USD: f64 = 1e6;
+/// Why a name with a control character is refused.
+const NO_CONTROL: &str =
+    "must not contain control characters (newlines, tabs, escapes): names reach logs and terminals";
 /// Longest reuse retention: ten years.
 const MAX_REUSE_RETENTION_DAYS: u32 = 3650;
 /// Largest `human_minutes_per_success`: about two working years per output.
@@ -84,6 +87,11 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
         }
         if t.model.trim().is_empty() {
             return Err(PolicyError::new(path("model"), "must not be empty"));
+        }
+        for (key, v) in [("name", &t.name), ("model", &t.model)] {
+            if crate::domain::labels::has_control(v) {
+                return Err(PolicyError::new(path(key), NO_CONTROL));
+            }
         }
         if raw.tiers[..i].iter().any(|o| o.name == t.name) {
             return Err(PolicyError::new(
@@ -130,6 +138,9 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
                         crate::domain::labels::MAX_LABEL_BYTES
                     ),
                 ));
+            }
+            if crate::domain::labels::has_control(v) {
+                return Err(PolicyError::new(format!("{at}.{key}"), NO_CONTROL));
             }
         }
         if team.is_empty() && workflow.is_empty() {

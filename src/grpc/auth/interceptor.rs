@@ -126,8 +126,10 @@ pub fn effective_team<'a>(
         Some(c) if c.role == Role::Admin => Ok(requested),
         Some(c) if requested.is_empty() || requested == c.team => Ok(&c.team),
         Some(c) => Err(Status::permission_denied(format!(
-            "{field}: key {:?} belongs to team {:?} and cannot act for team {:?}",
-            c.name, c.team, requested
+            "{field}: key {:?} belongs to team {:?} and cannot act for team {}",
+            c.name,
+            c.team,
+            crate::domain::labels::shown(requested)
         ))),
     }
 }

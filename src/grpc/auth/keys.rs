@@ -254,7 +254,16 @@ fn check_label(path: &str, value: &str) -> Result<(), AuthConfigError> {
     if value.trim() != value {
         return Err(AuthConfigError::invalid(
             path,
-            format!("must not have leading or trailing whitespace, got {value:?}"),
+            format!(
+                "must not have leading or trailing whitespace, got {}",
+                crate::domain::labels::shown(value)
+            ),
+        ));
+    }
+    if crate::domain::labels::has_control(value) {
+        return Err(AuthConfigError::invalid(
+            path,
+            "must not contain control characters: names reach logs and the audit trail",
         ));
     }
     Ok(())

@@ -86,7 +86,10 @@ fn tier_mix_text(g: &GroupReport) -> String {
     }
     shares
         .iter()
-        .map(|(tier, share)| format!("{tier} {}", percent(*share)))
+        .map(|(tier, share)| {
+            let tier = crate::domain::labels::printable(tier);
+            format!("{tier} {}", percent(*share))
+        })
         .collect::<Vec<_>>()
         .join(" · ")
 }

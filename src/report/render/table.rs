@@ -70,7 +70,8 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
     let numbers = header.len() - 2;
     t.set_header(header);
     for g in &r.groups {
-        t.add_row(group_cells(g, &g.key));
+        // A group's name is a caller's label: escaped, so it cannot drive the terminal.
+        t.add_row(group_cells(g, &crate::domain::labels::printable(&g.key)));
     }
     t.add_row(group_cells(&r.total, "total"));
     for i in 1..=numbers {
@@ -264,6 +265,17 @@ mod tests {
         let odd = t.lines().find(|l| l.contains("team<x>")).unwrap();
         assert!(odd.matches(MISSING).count() >= 3, "{odd}");
         assert!(!t.contains('\u{1b}'), "no ANSI escapes");
+    }
+
+    #[test]
+    fn a_label_with_control_characters_is_escaped_in_the_table() {
+        let mut r = sample();
+        r.groups[0].key = "evil\u{1b}]0;owned\u{7}\nERROR forged".into();
+        r.groups[0].tier_mix[0].tier = "small\u{1b}[2J".into();
+        let t = table(&r);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t}");
+        assert!(t.contains("evil\\u{1b}]0;owned"), "{t}");
+        assert!(!t.lines().any(|l| l.starts_with("ERROR")), "{t}");
     }
 
     #[test]
