@@ -66,12 +66,17 @@ fn chart_svg(r: &Report) -> Result<String, Box<dyn std::error::Error>> {
         / 1e6;
     let y_max = nice_ceiling(max_spend * 1.08);
     let step = tick_step(hi_h - lo_h);
-    let ticks: Vec<f64> = (lo_h..=hi_h)
-        .filter(|h| h.is_multiple_of(step))
-        .map(|h| (h - lo_h) as f64)
-        .collect();
+    // The ticks stepped to, not searched for: a point in a far year must not make the chart
+    // visit every hour in between.
+    let ticks: Vec<f64> =
+        std::iter::successors(lo_h.checked_next_multiple_of(step), |h| h.checked_add(step))
+            .take_while(|h| *h <= hi_h)
+            .map(|h| (h - lo_h) as f64)
+            .collect();
     let x_label = |x: &f64| {
-        let ms = (lo_h + x.round().max(0.0) as u64) * HOUR_MS;
+        let ms = lo_h
+            .saturating_add(x.round().max(0.0) as u64)
+            .saturating_mul(HOUR_MS);
         let s = utc(ms);
         // "YYYY-MM-DD HH:MM" → "MM-DD HH:MM", or "MM-DD" for daily ticks.
         if step >= 24 {
@@ -308,5 +313,17 @@ mod tests {
         r.series[0].spend_micros = 0;
         r.series[0].realized_quality = None;
         assert!(html(&r).contains("<svg"));
+    }
+
+    #[test]
+    fn points_in_far_years_render_at_once_without_overflow() {
+        // A fuzz find: one point at a far-future hour took a minute to render (every hour in
+        // between was visited for ticks), and `u64::MAX` overflowed the tick labels.
+        for far in [4_102_444_800_000_000, u64::MAX] {
+            let mut r = sample();
+            r.series[1].start_ms = far;
+            let h = html(&r);
+            assert!(h.contains("<svg"), "{far}");
+        }
     }
 }
