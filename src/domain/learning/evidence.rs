@@ -61,12 +61,10 @@ pub struct OutputLengths {
 }
 
 impl OutputLengths {
-    fn observe(&mut self, tokens: u64, current: u64) {
+    /// Adds a report of `tokens`, clipped to within `step`× of the `current` estimate.
+    fn observe(&mut self, tokens: u64, current: u64, step: u64) {
         let current = current.max(1);
-        let x = tokens.clamp(
-            (current / OUTPUT_STEP).max(1),
-            current.saturating_mul(OUTPUT_STEP),
-        );
+        let x = tokens.clamp((current / step).max(1), current.saturating_mul(step));
         if self.reports.len() == OUTPUT_WINDOW {
             self.reports.pop_front();
         }
@@ -303,7 +301,7 @@ impl ScopeEvidence {
     /// Applies one outcome of `tier` on a task of `shape`: quality at every level, output length
     /// robustly, and the task into the traffic sample (the shared levels only, at full weight).
     pub fn observe(&mut self, tier: &str, shape: TaskShape, score: f64) {
-        self.observe_weighted(tier, shape, score, 1.0);
+        self.observe_weighted(tier, shape, score, 1.0, OUTPUT_STEP);
     }
 
     /// Applies one outcome reported by `team`: in full to the team's own evidence, and to the
@@ -325,9 +323,11 @@ impl ScopeEvidence {
         let own = self.teams.entry(team.to_string()).or_default();
         let weight = own.next_weight(now, self.all_outcomes);
         own.evidence
-            .observe_weighted(tier, shape.clone(), score, 1.0);
+            .observe_weighted(tier, shape.clone(), score, 1.0, OUTPUT_STEP);
         self.all_outcomes += 1.0;
-        self.observe_weighted(tier, shape, score, weight);
+        // The shared output lengths price every team without lengths of its own: one team's
+        // reports move them by at most SHARED_OUTPUT_STEP per report, a few times in all.
+        self.observe_weighted(tier, shape, score, weight, SHARED_OUTPUT_STEP);
         weight
     }
 
@@ -386,10 +386,11 @@ impl ScopeEvidence {
                 input_tokens: 0,
                 output_tokens: l.output_tokens,
             };
-            self.observe_labels(&l.tier, &shape, l.score, l.weight, l.seen.0);
+            let shared = (l.weight, l.seen.0, SHARED_OUTPUT_STEP);
+            self.observe_labels(&l.tier, &shape, l.score, shared);
             if let Some(t) = self.teams.get_mut(&*l.team) {
-                t.evidence
-                    .observe_labels(&l.tier, &shape, l.score, 1.0, l.seen.1);
+                let own = (1.0, l.seen.1, OUTPUT_STEP);
+                t.evidence.observe_labels(&l.tier, &shape, l.score, own);
             }
         }
         self.clusters.recent = recent;
@@ -400,7 +401,16 @@ impl ScopeEvidence {
         self.workflows.retain(|k, _| !is_discovered(k));
     }
 
-    fn observe_weighted(&mut self, tier: &str, mut shape: TaskShape, score: f64, weight: f64) {
+    /// Applies one outcome at `weight`, its output length clipped to within `step`× of each
+    /// level's estimate.
+    fn observe_weighted(
+        &mut self,
+        tier: &str,
+        mut shape: TaskShape,
+        score: f64,
+        weight: f64,
+        step: u64,
+    ) {
         let band = usize::from(shape.band).min(BANDS - 1);
         let task = (band, f64::from(shape.gap));
         let seen = self.scope.feedbacks + 1;
@@ -409,20 +419,20 @@ impl ScopeEvidence {
         // not at all.
         let shapes = weight >= 0.5;
         // Output lengths against the estimates before this report (the scope's first).
-        let workflow_est = self.observe_labels(tier, &shape, score, weight, seen);
+        let workflow_est = self.observe_labels(tier, &shape, score, (weight, seen, step));
         let scope_est = self.scope_output();
         self.scope.observe(tier, task, score, weight, seen);
         if shapes {
-            self.scope.output.observe(shape.output_tokens, scope_est);
+            self.scope
+                .output
+                .observe(shape.output_tokens, scope_est, step);
         }
         if shapes && (self.recent.len() < TRAFFIC_SAMPLE || seen.is_multiple_of(SAMPLE_STRIDE)) {
             if self.recent.len() == TRAFFIC_SAMPLE {
                 self.recent.pop_front();
             }
             shape.input_tokens = shape.input_tokens.min(MAX_SAMPLE_INPUT_TOKENS);
-            shape.output_tokens = shape
-                .output_tokens
-                .min(workflow_est.saturating_mul(OUTPUT_STEP));
+            shape.output_tokens = shape.output_tokens.min(workflow_est.saturating_mul(step));
             self.recent.push_back(shape);
         }
     }
@@ -434,16 +444,16 @@ impl ScopeEvidence {
             .unwrap_or(DEFAULT_TYPICAL_OUTPUT_TOKENS)
     }
 
-    /// Applies one outcome to the levels of its label (its family's and its workflow's), as
-    /// outcome number `seen` of the scope; returns the workflow's output length estimate
-    /// before it.
+    /// Applies one outcome to the levels of its label (its family's and its workflow's) at
+    /// `(weight, seen, step)`: its weight, as outcome number `seen` of the scope, its output
+    /// length clipped to within `step`× of each level's estimate; returns the workflow's output
+    /// length estimate before it.
     fn observe_labels(
         &mut self,
         tier: &str,
         shape: &TaskShape,
         score: f64,
-        weight: f64,
-        seen: u64,
+        (weight, seen, step): (f64, u64, u64),
     ) -> u64 {
         let band = usize::from(shape.band).min(BANDS - 1);
         let task = (band, f64::from(shape.gap));
@@ -466,13 +476,13 @@ impl ScopeEvidence {
             let level = level_mut(&mut self.families, f);
             level.observe(tier, task, score, weight, seen);
             if shapes {
-                level.output.observe(tokens, family_est);
+                level.output.observe(tokens, family_est, step);
             }
         }
         let level = level_mut(&mut self.workflows, &workflow);
         level.observe(tier, task, score, weight, seen);
         if shapes {
-            level.output.observe(tokens, workflow_est);
+            level.output.observe(tokens, workflow_est, step);
         }
         workflow_est
     }

@@ -54,7 +54,8 @@
 //! difference in weight, so one feedback can never reprice a whole scope. Every estimate is
 //! used less a confidence margin that shrinks with evidence, so a tier with little evidence
 //! starts cautious. Output lengths are robust: the median of a workflow's last reports, each
-//! clipped to within [`OUTPUT_STEP`]× of the current estimate, and never above the policy's
+//! clipped to within [`OUTPUT_STEP`]× of the current estimate (the shared levels, which price
+//! other teams' tasks: [`SHARED_OUTPUT_STEP`]×), and never above the policy's
 //! `max_output_tokens`.
 //!
 //! Memory: a workflow costs about `k × 0.9 KB` for `k` allowed tiers (evidence cells plus the
@@ -207,6 +208,11 @@ const OUTPUT_WINDOW: usize = 15;
 const OUTPUT_MIN_REPORTS: usize = 3;
 /// A report is clipped to within this factor of the current estimate.
 pub const OUTPUT_STEP: u64 = 16;
+/// The same for the shared levels, which price the tasks of every team without output lengths
+/// of its own: a team's first reports (it holds a bounded share, see [`TEAM_SHARE`]) can move
+/// the shared median about this factor squared at most (×4 from ten reports), where the
+/// team's own levels follow it at [`OUTPUT_STEP`].
+pub const SHARED_OUTPUT_STEP: u64 = 2;
 /// λ large enough that quality dominates any cost (USD per unit of quality).
 const LAMBDA_MAX: f64 = 1e6;
 const LAMBDA_MIN: f64 = 1e-10;

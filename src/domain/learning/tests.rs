@@ -750,6 +750,48 @@ fn one_team_moves_its_own_plan_and_only_a_bounded_share_of_the_others() {
 }
 
 #[test]
+fn one_teams_output_lengths_move_anothers_estimate_a_small_factor_at_most() {
+    // The probe of the hardening issue: team "ads" reports the longest outputs the policy
+    // allows, many times. Team "search", with no outcomes of its own, prices its tasks on the
+    // shared output lengths: they may follow ads a little, never to the cap (×121 before).
+    let (p, cal) = (per_task_policy(0.75), calibration());
+    let mut ev = ScopeEvidence::default();
+    // Both teams' ordinary traffic first: 256-token outputs.
+    for i in 0..20 {
+        ev.observe_from("ads", "small", shape(i % BANDS), 1.0);
+    }
+    let ordinary = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    let before = ordinary.for_team("search").expected_output_tokens("");
+    for i in 0..300 {
+        let long = shape_in("", i % BANDS, 500, p.default.max_output_tokens);
+        ev.observe_from("ads", "small", long, 1.0);
+    }
+    let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    let search = plan.for_team("search").expected_output_tokens("");
+    assert!(
+        search <= before * 4,
+        "search's estimate {before} -> {search}"
+    );
+    // Ads' own plan follows its own reports.
+    let ads = plan.for_team("ads").expected_output_tokens("");
+    assert!(ads > search * 4, "ads {ads}, search {search}");
+
+    // And from nothing: a scope whose only reports are one team's.
+    let mut alone = ScopeEvidence::default();
+    for i in 0..300 {
+        let long = shape_in("", i % BANDS, 500, p.default.max_output_tokens);
+        alone.observe_from("ads", "small", long, 1.0);
+    }
+    let plan = plan_scope(&p, &p.default, &cal, Some(&alone), None);
+    let search = plan.for_team("search").expected_output_tokens("");
+    let default = plan_scope(&p, &p.default, &cal, None, None).expected_output_tokens("");
+    assert!(
+        search <= default * 4,
+        "search's estimate {default} -> {search} from ads alone"
+    );
+}
+
+#[test]
 fn a_teams_own_outcomes_move_only_its_own_plan() {
     let (p, cal) = (per_task_policy(0.75), calibration());
     let mut ev = ScopeEvidence::default();
