@@ -197,7 +197,9 @@ pub fn engine_from_args(
         }
     };
     tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
-    let (store, buffer) = crate::store::open(&policy.store, &args.listen)?;
+    // The spill and carry-over lines are signed with a key from the same secret.
+    let keys = crate::store::FileKeys::new(signer.file_keys());
+    let (store, buffer) = crate::store::open(&policy.store, &args.listen, keys)?;
     Ok(crate::engine::Engine::builder(
         std::sync::Arc::new(model),
         std::sync::Arc::new(policy),

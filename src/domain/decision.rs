@@ -314,6 +314,21 @@ impl Signer {
         Self::new(&kdf.finalize().into_bytes())
     }
 
+    /// Keys for the lines of this replica's own files (spill and carry-over), derived from the
+    /// decision key (so from the deployment's secret): the current secret's first, then the
+    /// previous one's during a rotation. A line signed with one of them was written by a
+    /// replica of this deployment; a planted one fails.
+    pub fn file_keys(&self) -> Vec<[u8; 32]> {
+        std::iter::once(&self.mac)
+            .chain(self.previous.as_ref())
+            .map(|mac| {
+                let mut kdf = mac.clone();
+                kdf.update(b"tokenwise file lines v1");
+                kdf.finalize().into_bytes().into()
+            })
+            .collect()
+    }
+
     /// A signer with a random secret: ids do not survive a restart.
     pub fn random() -> Result<Self, hmac::digest::InvalidLength> {
         let key: [u8; 32] = rand::random();

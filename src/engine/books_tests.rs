@@ -295,11 +295,13 @@ async fn a_write_that_landed_but_timed_out_is_not_counted_twice() {
 
 #[tokio::test]
 async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
-    let path = std::env::temp_dir().join(format!(
-        "tw-books-carry-{}-{}.jsonl",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    // A directory of the test's own: the buffer refuses one others may write to.
+    let dir = std::env::temp_dir().join(format!("tw-books-{}", std::process::id()));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .recursive(true)
+        .create(&dir)
+        .unwrap();
+    let path = dir.join(format!("carry-{}.jsonl", rand::random::<u32>()));
     let start = |store: Arc<dyn StateStore>| {
         Engine::builder(
             Arc::new(ComplexityModel::bundled().unwrap()),
@@ -309,7 +311,12 @@ async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
         .decision_ttl_ms(3_600_000)
         .store(
             store,
-            crate::store::OutageBuffer::new(0, Some(path.clone())).unwrap(),
+            crate::store::OutageBuffer::new(
+                0,
+                Some(path.clone()),
+                crate::store::FileKeys::new(vec![[3u8; 32]]),
+            )
+            .unwrap(),
         )
         .build()
     };

@@ -7,10 +7,13 @@
 //! survives a crash (SIGKILL, power loss) of the replica during an outage. Appends go through
 //! one writer thread that commits every outcome waiting at that moment with a single write and
 //! a single `fsync` (group commit), so concurrent feedback shares the cost and no async worker
-//! ever blocks on the disk. Each line carries a checksum of its record: a torn line (a crash
-//! mid-write) or an edited one is skipped and counted, never replayed. The file belongs to one
-//! replica: it is locked for the life of the buffer, and a second process asking for the same
-//! file is refused at start. Its directory is created owner-only (0700), the file 0600.
+//! ever blocks on the disk. Each line carries an HMAC of its record under a key derived from
+//! the deployment's decision secret ([`FileKeys`]): a torn line (a crash mid-write), an edited
+//! one or one planted by someone without the secret is skipped and counted, never replayed.
+//! The file belongs to one replica: it is locked for the life of the buffer, and a second
+//! process asking for the same file is refused at start. Its directory is created owner-only
+//! (0700) and refused when group or others may write to it; the files are 0600 and never
+//! opened through a symbolic link.
 //!
 //! **Without a spill file** (tests, embedded use) outcomes wait in memory, up to `capacity`.
 
@@ -21,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sha2::Digest;
+use hmac::{Hmac, Mac};
 
 use super::{OutcomeEvent, StateStore, StoreError};
 
@@ -51,6 +54,8 @@ struct Spill {
     _owner: std::fs::File,
     /// Nonces found in the log files at open.
     recovered: Vec<u64>,
+    /// What signs and verifies the lines.
+    keys: FileKeys,
 }
 
 /// File work a drain hands to the blocking pool.
@@ -83,41 +88,116 @@ pub enum BufferError {
     Full(usize),
 }
 
-/// The checksum a line carries: the first 8 bytes of SHA-256 of its record, in hex.
-fn checksum(record: &[u8]) -> String {
-    let d = sha2::Sha256::digest(record);
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
+/// The keys that authenticate a replica's file lines: the first signs, any of them verifies
+/// (the previous secret's during a rotation). See [`crate::domain::decision::Signer::file_keys`].
+#[derive(Clone)]
+pub struct FileKeys(Arc<[[u8; 32]]>);
 
-/// One log line: `<checksum> <record JSON>\n`.
-fn encode<T: serde::Serialize>(record: &T) -> Result<Vec<u8>, std::io::Error> {
-    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    let mut line = checksum(&json).into_bytes();
-    line.push(b' ');
-    line.extend_from_slice(&json);
-    line.push(b'\n');
-    Ok(line)
-}
-
-/// The record of one line, if its checksum holds and it parses.
-fn decode<T: serde::de::DeserializeOwned>(line: &[u8]) -> Option<T> {
-    let space = line.iter().position(|&b| b == b' ')?;
-    let (sum, json) = (&line[..space], &line[space + 1..]);
-    if sum != checksum(json).as_bytes() {
-        return None;
+impl std::fmt::Debug for FileKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKeys(<secret>)")
     }
-    serde_json::from_slice(json).ok()
+}
+
+impl FileKeys {
+    /// Keys as the signer derives them; `keys` must not be empty.
+    pub fn new(keys: Vec<[u8; 32]>) -> Self {
+        let keys = if keys.is_empty() {
+            vec![rand::random()]
+        } else {
+            keys
+        };
+        Self(keys.into())
+    }
+
+    /// One random key: lines written with it verify in this process only.
+    pub fn random() -> Self {
+        Self::new(vec![rand::random()])
+    }
+
+    /// The tag a line carries under `key`: 16 bytes of HMAC-SHA256 of its record, in hex.
+    fn tag(key: &[u8; 32], record: &[u8]) -> String {
+        // An HMAC takes a key of any length: this cannot fail.
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(record);
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// One log line: `<tag> <record JSON>\n`.
+    fn encode<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, std::io::Error> {
+        let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let mut line = Self::tag(&self.0[0], &json).into_bytes();
+        line.push(b' ');
+        line.extend_from_slice(&json);
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// The record of one line, if its tag verifies under one of the keys and it parses.
+    fn decode<T: serde::de::DeserializeOwned>(&self, line: &[u8]) -> Option<T> {
+        let space = line.iter().position(|&b| b == b' ')?;
+        let (tag, json) = (&line[..space], &line[space + 1..]);
+        // Compared in constant time: a planted line learns nothing from how fast it fails.
+        let verifies = |key: &[u8; 32]| {
+            let want = Self::tag(key, json);
+            want.len() == tag.len()
+                && want.bytes().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        };
+        if !self.0.iter().any(verifies) {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+}
+
+/// Options for a file of this replica's own: owner-only, and never through a symbolic link
+/// (a planted link to another file is refused, not followed).
+fn private_file() -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// Creates the directory of a replica's files owner-only, or checks an existing one: refused
+/// when group or others may write to it (they could plant or swap files there) or when it is a
+/// symbolic link.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "{} is a symbolic link: give the spill file a directory of its own",
+            dir.display()
+        )));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} may be written by group or others (mode {:o}): make it the service user's own \
+             (chmod 700)",
+            dir.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
 /// Appends `lines` to `path` in one write and makes them durable. A crash mid-write can leave a
 /// last line without its newline: a batch then starts on a fresh line (only the last byte is
 /// read, never the file).
 fn append(path: &Path, lines: &[&[u8]]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = private_file()
         .create(true)
         .read(true)
         .append(true)
-        .mode(0o600)
         .open(path)?;
     let len = f.metadata()?.len();
     let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len()).sum::<usize>() + 1);
@@ -160,23 +240,18 @@ fn run_writer(path: PathBuf, lock: Arc<Mutex<()>>, jobs: std::sync::mpsc::Receiv
 }
 
 impl Spill {
-    fn open(path: PathBuf) -> Result<Self, BufferError> {
+    fn open(path: PathBuf, keys: FileKeys) -> Result<Self, BufferError> {
         let io = |source| BufferError::Io {
             path: path.display().to_string(),
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
+            private_dir(dir).map_err(io)?;
         }
-        let owner = std::fs::OpenOptions::new()
+        let owner = private_file()
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o600)
             .open(path.with_extension("lock"))
             .map_err(io)?;
         match owner.try_lock() {
@@ -203,6 +278,7 @@ impl Spill {
             rejected: Arc::new(AtomicU64::new(0)),
             _owner: owner,
             recovered: Vec::new(),
+            keys,
         };
         let mut recovered = Vec::new();
         for p in [spill.path.clone(), spill.draining_path()] {
@@ -238,17 +314,20 @@ impl Spill {
         path: &Path,
         count: bool,
     ) -> Result<Vec<T>, BufferError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        let mut bytes = Vec::new();
+        match private_file().read(true).open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(|e| self.io(e))?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.io(e)),
-        };
+        }
         let mut out = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
-            match decode(line) {
+            match self.keys.decode(line) {
                 Some(e) => out.push(e),
                 None => {
                     if count {
@@ -258,7 +337,7 @@ impl Spill {
                         file = %path.display(),
                         line = i + 1,
                         bytes = line.len(),
-                        "skipping a spill line whose checksum does not match (torn or edited)"
+                        "skipping a spill line whose tag does not verify (torn, edited, planted, or signed with another secret)"
                     );
                 }
             }
@@ -277,14 +356,13 @@ impl Spill {
         let tmp = path.with_extension("tmp");
         let mut buf = Vec::new();
         for e in rest {
-            buf.extend(encode(e).map_err(|e| self.io(e))?);
+            buf.extend(self.keys.encode(e).map_err(|e| self.io(e))?);
         }
         {
-            let mut f = std::fs::OpenOptions::new()
+            let mut f = private_file()
                 .create(true)
                 .write(true)
                 .truncate(true)
-                .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| self.io(e))?;
             f.write_all(&buf).map_err(|e| self.io(e))?;
@@ -297,11 +375,18 @@ impl Spill {
 impl OutageBuffer {
     /// A buffer for outcomes the store cannot take now: a write-ahead log at `spill`, or, with
     /// none, up to `capacity` outcomes in memory. Refused when another process holds `spill`.
-    pub fn new(capacity: usize, spill: Option<PathBuf>) -> Result<Self, BufferError> {
+    pub fn new(
+        capacity: usize,
+        spill: Option<PathBuf>,
+        keys: FileKeys,
+    ) -> Result<Self, BufferError> {
         Ok(Self {
             memory: Mutex::new(VecDeque::new()),
             capacity,
-            spill: spill.map(Spill::open).transpose()?.map(Arc::new),
+            spill: spill
+                .map(|p| Spill::open(p, keys))
+                .transpose()?
+                .map(Arc::new),
         })
     }
 
@@ -324,7 +409,7 @@ impl OutageBuffer {
             }
             return Err(BufferError::Full(self.capacity));
         };
-        let line = encode(&event).map_err(|e| spill.io(e))?;
+        let line = spill.keys.encode(&event).map_err(|e| spill.io(e))?;
         let (done, written) = tokio::sync::oneshot::channel();
         let gone = || spill.io(std::io::Error::other("spill writer stopped"));
         // Counted before the write: a drain may read the line and subtract it before this
@@ -480,11 +565,23 @@ impl OutageBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One deployment's key, the same across the restarts a test plays.
+    fn key() -> FileKeys {
+        FileKeys::new(vec![[7u8; 32]])
+    }
     use crate::store::contract::event;
     use crate::store::{MemoryStore, OutcomeEvent, Recorded, StateStore, StoreError};
 
+    /// A file in a directory of this test process's own (the buffer refuses a shared one).
     fn temp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("tw-buffer-{}-{name}.jsonl", std::process::id()))
+        let dir = std::env::temp_dir().join(format!("tw-buffer-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .unwrap();
+        dir.join(format!("{name}.jsonl"))
     }
 
     fn fresh(name: &str) -> PathBuf {
@@ -498,7 +595,7 @@ mod tests {
     #[tokio::test]
     async fn every_outcome_is_on_disk_before_push_returns_and_drains_in_order_exactly_once() {
         let path = fresh("order");
-        let buf = OutageBuffer::new(2, Some(path.clone())).unwrap();
+        let buf = OutageBuffer::new(2, Some(path.clone()), key()).unwrap();
         for n in 0..5 {
             buf.push(event(n)).await.unwrap();
             // On disk already, whatever the memory capacity says.
@@ -521,7 +618,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_pushes_all_land_once() {
         let path = fresh("concurrent");
-        let buf = Arc::new(OutageBuffer::new(0, Some(path.clone())).unwrap());
+        let buf = Arc::new(OutageBuffer::new(0, Some(path.clone()), key()).unwrap());
         let tasks: Vec<_> = (0..200)
             .map(|n| {
                 let buf = buf.clone();
@@ -543,7 +640,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_drain_resumes_and_new_spills_are_kept() {
         let path = fresh("resume");
-        let buf = OutageBuffer::new(0, Some(path.clone())).unwrap();
+        let buf = OutageBuffer::new(0, Some(path.clone()), key()).unwrap();
         for n in 0..3 {
             buf.push(event(n)).await.unwrap();
         }
@@ -614,12 +711,12 @@ mod tests {
     #[tokio::test]
     async fn what_a_crash_leaves_is_replayed_by_the_next_start() {
         let path = fresh("crash");
-        let buf = OutageBuffer::new(100, Some(path.clone())).unwrap();
+        let buf = OutageBuffer::new(100, Some(path.clone()), key()).unwrap();
         buf.push(event(1)).await.unwrap();
         buf.push(event(2)).await.unwrap();
         // The process dies here: no shutdown, no flush.
         drop(buf);
-        let next_start = OutageBuffer::new(100, Some(path.clone())).unwrap();
+        let next_start = OutageBuffer::new(100, Some(path.clone()), key()).unwrap();
         assert_eq!(next_start.len(), 2);
         assert_eq!(next_start.recovered_nonces(), vec![1, 2]);
         let store = MemoryStore::new();
@@ -630,7 +727,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_or_edited_line_is_skipped_and_counted() {
         let path = fresh("torn");
-        let mut bytes = encode(&event(1)).unwrap();
+        let mut bytes = key().encode(&event(1)).unwrap();
         // Planted: a valid record with a made-up checksum, and one with none at all.
         let mut planted = event(7);
         planted.counters = vec![crate::store::CounterAdd {
@@ -640,11 +737,19 @@ mod tests {
         }];
         let json = serde_json::to_string(&planted).unwrap();
         bytes.extend(format!("0123456789abcdef {json}\n{json}\n").into_bytes());
+        // Planted with a correct unkeyed checksum (the old line format) and with another
+        // deployment's key: neither verifies.
+        let sha: String = <sha2::Sha256 as sha2::Digest>::digest(json.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        bytes.extend(format!("{sha} {json}\n").into_bytes());
+        bytes.extend(FileKeys::new(vec![[9u8; 32]]).encode(&planted).unwrap());
         // A crash cut the last record mid-character: no newline, invalid UTF-8.
-        let torn = encode(&event(2)).unwrap();
+        let torn = key().encode(&event(2)).unwrap();
         bytes.extend_from_slice(&torn[..torn.len() / 2]);
         std::fs::write(&path, &bytes).unwrap();
-        let buf = OutageBuffer::new(0, Some(path.clone())).unwrap();
+        let buf = OutageBuffer::new(0, Some(path.clone()), key()).unwrap();
         buf.push(event(3)).await.unwrap();
         let store = MemoryStore::new();
         buf.drain(&store, 0).await.unwrap();
@@ -653,19 +758,43 @@ mod tests {
         assert_eq!(nonces, vec![1, 3]);
         assert!(buf.is_empty());
         // Counted once, when the drain consumed the file.
-        assert_eq!(buf.rejected_lines(), 3);
+        assert_eq!(buf.rejected_lines(), 5);
+    }
+
+    #[test]
+    fn a_directory_others_may_write_to_or_a_planted_link_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = fresh("perms");
+        let dir = path
+            .parent()
+            .unwrap()
+            .join(format!("open-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(e) = OutageBuffer::new(0, Some(dir.join("spill.jsonl")), key()) else {
+            panic!("a world-writable directory was accepted");
+        };
+        assert!(e.to_string().contains("chmod 700"), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A spill file that is a link to another file: refused, the target untouched.
+        let target = dir.join("victim");
+        std::fs::write(&target, "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("spill.jsonl")).unwrap();
+        assert!(OutageBuffer::new(0, Some(dir.join("spill.jsonl")), key()).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_spill_file_belongs_to_one_process() {
         let path = fresh("owned");
-        let first = OutageBuffer::new(0, Some(path.clone())).unwrap();
+        let first = OutageBuffer::new(0, Some(path.clone()), key()).unwrap();
         assert!(matches!(
-            OutageBuffer::new(0, Some(path.clone())),
+            OutageBuffer::new(0, Some(path.clone()), key()),
             Err(BufferError::InUse(_))
         ));
         drop(first);
-        assert!(OutageBuffer::new(0, Some(path)).is_ok());
+        assert!(OutageBuffer::new(0, Some(path), key()).is_ok());
     }
 
     #[tokio::test]

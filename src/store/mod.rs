@@ -10,7 +10,7 @@ pub mod config;
 mod memory;
 mod redis;
 
-pub use buffer::OutageBuffer;
+pub use buffer::{FileKeys, OutageBuffer};
 pub use config::{StoreConfig, StoreConfigError, StoreKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -239,6 +239,7 @@ fn state_dir() -> Result<PathBuf, StoreError> {
 pub fn open(
     cfg: &StoreConfig,
     replica: &str,
+    keys: FileKeys,
 ) -> Result<(Arc<dyn StateStore>, OutageBuffer), StoreError> {
     let (target, prefix) = match &cfg.kind {
         StoreKind::Memory => {
@@ -289,7 +290,7 @@ pub fn open(
                 }
             };
             tracing::info!(store = store.kind(), %prefix, spill = %spill.display(), "shared state on redis");
-            let buffer = OutageBuffer::new(cfg.buffer_capacity, Some(spill))
+            let buffer = OutageBuffer::new(cfg.buffer_capacity, Some(spill), keys)
                 .map_err(|e| StoreError::Config(e.to_string()))?;
             Ok((Arc::new(store), buffer))
         }

@@ -153,12 +153,14 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
         prefix: format!("{prefix}-contract"),
     };
     store_cfg.spill_file = Some(
-        std::env::temp_dir()
+        crate::common::private_tmp()
             .join(format!("{prefix}-contract.jsonl"))
             .display()
             .to_string(),
     );
-    let (store, _) = tokenwise::store::open(&store_cfg, "contract").unwrap();
+    let (store, _) =
+        tokenwise::store::open(&store_cfg, "contract", tokenwise::store::FileKeys::random())
+            .unwrap();
     assert_eq!(store.kind(), "redis-cluster");
     contract::check(store.as_ref()).await.unwrap();
     two_replicas_learn_together(&policy).await;
@@ -185,12 +187,13 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
     // The deployment's own log (the contract above used another prefix).
     let mut cfg = policy().store;
     cfg.spill_file = Some(
-        std::env::temp_dir()
+        crate::common::private_tmp()
             .join(format!("{prefix}-reader.jsonl"))
             .display()
             .to_string(),
     );
-    let (store, _) = tokenwise::store::open(&cfg, "reader").unwrap();
+    let (store, _) =
+        tokenwise::store::open(&cfg, "reader", tokenwise::store::FileKeys::random()).unwrap();
     let start = Instant::now();
     loop {
         let (log, _) = match store.events_since(0, 100_000).await {
@@ -518,7 +521,7 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
         return;
     };
     let prefix = unique_prefix("sigkill");
-    let spill = std::env::temp_dir().join(format!("{prefix}-spill.jsonl"));
+    let spill = crate::common::private_tmp().join(format!("{prefix}-spill.jsonl"));
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n\
          timeout_ms = 100\nspill_file = \"{}\"\n",
@@ -633,22 +636,27 @@ async fn a_password_from_a_file_opens_a_protected_redis() {
         },
         password_file,
         spill_file: Some(
-            std::env::temp_dir()
+            crate::common::private_tmp()
                 .join(format!("{prefix}-{}.jsonl", rand::random::<u32>()))
                 .display()
                 .to_string(),
         ),
         ..Default::default()
     };
-    let (store, _) =
-        tokenwise::store::open(&config(Some(file.display().to_string())), "a").unwrap();
+    let (store, _) = tokenwise::store::open(
+        &config(Some(file.display().to_string())),
+        "a",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
     assert_eq!(
         store.record(&contract::event(1), 0).await.unwrap(),
         tokenwise::store::Recorded::New
     );
     // Without it, or with a wrong one, Redis refuses: a configuration error (the server
     // refuses to start on it), not an outage to wait out.
-    let (store, _) = tokenwise::store::open(&config(None), "b").unwrap();
+    let (store, _) =
+        tokenwise::store::open(&config(None), "b", tokenwise::store::FileKeys::random()).unwrap();
     assert!(store.record(&contract::event(2), 0).await.is_err());
     let e = store.ping().await.unwrap_err();
     assert!(
@@ -656,8 +664,12 @@ async fn a_password_from_a_file_opens_a_protected_redis() {
         "{e}"
     );
     std::fs::write(&file, "wrong\n").unwrap();
-    let (store, _) =
-        tokenwise::store::open(&config(Some(file.display().to_string())), "c").unwrap();
+    let (store, _) = tokenwise::store::open(
+        &config(Some(file.display().to_string())),
+        "c",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
     let e = store.ping().await.unwrap_err();
     assert!(matches!(e, tokenwise::store::StoreError::Config(_)), "{e}");
     let _ = std::fs::remove_file(&file);
@@ -716,10 +728,16 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
         Policy::parse(&text).unwrap().store
     };
     // (A patient timeout: a loaded machine's TLS handshake must not fail the contract.)
-    let (store, _) = tokenwise::store::open(&config(Some(crt_s.clone())), "a").unwrap();
+    let (store, _) = tokenwise::store::open(
+        &config(Some(crt_s.clone())),
+        "a",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
     contract::check(store.as_ref()).await.unwrap();
     // Without the CA the server's certificate is not trusted: nothing is written.
-    let (store, _) = tokenwise::store::open(&config(None), "b").unwrap();
+    let (store, _) =
+        tokenwise::store::open(&config(None), "b", tokenwise::store::FileKeys::random()).unwrap();
     assert!(store.ping().await.is_err());
     // A CA file needs a TLS url.
     let e = Policy::parse(&format!(

@@ -50,20 +50,18 @@ impl TestServer {
             "test-{}",
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let (store, buffer) = tokenwise::store::open(&policy.store, &name).unwrap();
+        let signer = Signer::new(b"test-secret").unwrap();
+        let keys = tokenwise::store::FileKeys::new(signer.file_keys());
+        let (store, buffer) = tokenwise::store::open(&policy.store, &name, keys).unwrap();
         let refresh = std::time::Duration::from_millis(policy.store.refresh_ms);
         let metrics = Arc::new(tokenwise::metrics::Metrics::new());
         let engine = Arc::new(
-            Engine::builder(
-                model,
-                Arc::new(policy),
-                Signer::new(b"test-secret").unwrap(),
-            )
-            .limits(limits)
-            .decision_ttl_ms(24 * 3600 * 1000)
-            .store(store, buffer)
-            .telemetry(metrics.clone())
-            .build(),
+            Engine::builder(model, Arc::new(policy), signer)
+                .limits(limits)
+                .decision_ttl_ms(24 * 3600 * 1000)
+                .store(store, buffer)
+                .telemetry(metrics.clone())
+                .build(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -139,6 +137,19 @@ pub fn spare_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A directory of this test process's own (0700) for spill files: the server refuses a
+/// directory that others may write to, as the shared temporary directory is.
+pub fn private_tmp() -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("tokenwise-it-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .unwrap();
+    dir
 }
 
 /// A channel to a server at `addr`, retrying while it starts (up to 5 s).
