@@ -319,11 +319,23 @@ impl Signer {
     /// previous one's during a rotation. A line signed with one of them was written by a
     /// replica of this deployment; a planted one fails.
     pub fn file_keys(&self) -> Vec<[u8; 32]> {
+        self.derived_keys(b"tokenwise file lines v1")
+    }
+
+    /// Keys that seal the entries of the shared policy log: an entry written into the store by
+    /// anyone without the deployment's secret does not verify and never becomes live. The
+    /// current secret's first, then the previous one's during a rotation.
+    pub fn policy_keys(&self) -> Vec<[u8; 32]> {
+        self.derived_keys(b"tokenwise policy log v1")
+    }
+
+    /// One key per secret held (current, then previous), for `purpose`.
+    fn derived_keys(&self, purpose: &[u8]) -> Vec<[u8; 32]> {
         std::iter::once(&self.mac)
             .chain(self.previous.as_ref())
             .map(|mac| {
                 let mut kdf = mac.clone();
-                kdf.update(b"tokenwise file lines v1");
+                kdf.update(purpose);
                 kdf.finalize().into_bytes().into()
             })
             .collect()

@@ -131,3 +131,34 @@ async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one()
     // Nothing of A's was recorded over the restarted history.
     assert_eq!(sources(&store).await.len(), 2);
 }
+
+/// The probe of the hardening issue: an entry written straight into the store's policy log (bar
+/// 0, so hard tasks would go to the cheapest tier) never becomes live on any replica, at a
+/// refresh or at a start; the entries the replicas write themselves verify.
+#[tokio::test]
+async fn a_policy_entry_written_into_the_store_without_the_secret_never_becomes_live() {
+    let store = shared();
+    let a = replica(&store, "0.7", 1).await;
+    let mut forged = store.policy_changes(0).await.unwrap()[0].clone();
+    forged.version = version("0");
+    forged.text = text("0");
+    forged.source = "api".into();
+    store.append_policy_change(&forged).await.unwrap();
+    // Sealed with another deployment's secret: refused too.
+    let other = Signer::new(b"another deployment").unwrap().policy_keys()[0];
+    store
+        .append_policy_change(&forged.clone().seal(&other))
+        .await
+        .unwrap();
+    a.refresh_policy(false, 2).await.unwrap();
+    assert_eq!(a.policy().version, version("0.7"));
+    let b = replica(&store, "0.7", 3).await;
+    assert_eq!(b.policy().version, version("0.7"));
+    assert_eq!(b.policy_versions().await.unwrap().len(), 1);
+    // A real change, made on A, still reaches B.
+    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 4)
+        .await
+        .unwrap();
+    b.refresh_policy(false, 5).await.unwrap();
+    assert_eq!(b.policy().version, version("0.8"));
+}

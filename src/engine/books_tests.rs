@@ -340,3 +340,24 @@ async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
     drop(next);
     assert_eq!(start(store.clone()).books.resumed(), 0);
 }
+
+#[tokio::test]
+async fn a_negative_budget_usage_written_into_the_store_counts_as_zero() {
+    // The probe of the hardening issue: a direct counter write of -$100,000 would lift the
+    // budget's limit for the rest of its period.
+    let e = engine();
+    let now = 1_795_934_463_000;
+    let policy = e.router.table().policy.clone();
+    let store = crate::store::MemoryStore::new();
+    let b = &policy.budgets[1];
+    let forged = crate::store::CounterAdd {
+        hash: crate::domain::books::budget_hash(&b.id, b.period.start_ms(now)),
+        field: crate::domain::books::BUDGET_USED.into(),
+        delta: -100_000_000_000,
+    };
+    store.add_counters(77, &[forged]).await.unwrap();
+    route(&e, "u", now).unwrap();
+    e.books.flush(&policy, &store, now).await.unwrap();
+    // The store now sums to -$100,000 + $0.0035: read as 0, not as a negative usage.
+    assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 0);
+}

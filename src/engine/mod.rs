@@ -406,7 +406,6 @@ impl Engine {
     /// The version history and audit trail, oldest first.
     pub async fn policy_versions(&self) -> Result<Vec<PolicyChange>, Error> {
         self.learner
-            .store()
             .policy_changes(0)
             .await
             .map_err(Error::store("version history needs the store"))

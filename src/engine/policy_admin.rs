@@ -117,8 +117,7 @@ impl PolicyAdmin {
         st: &mut AdminState,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let store = live.learner.store();
-        let log = store.policy_changes(0).await?;
+        let log = live.learner.policy_changes(0).await?;
         st.last_seen = log.last().map(Seen::of);
         let mine = live.router.table().policy.clone();
         let last_file = log
@@ -199,8 +198,9 @@ impl PolicyAdmin {
             at_ms: now_ms,
             summary,
             text: policy.source.to_string(),
+            mac: String::new(),
         };
-        let seq = live.learner.store().append_policy_change(&change).await?;
+        let seq = live.learner.append_policy_change(&change).await?;
         st.last_seen = Some(Seen::of(&PolicyChange { seq, ..change }));
         Ok(())
     }
@@ -243,10 +243,10 @@ impl PolicyAdmin {
             at_ms: now_ms,
             summary: crate::domain::policy::diff(&current, &new),
             text: text.into(),
+            mac: String::new(),
         };
         let seq = live
             .learner
-            .store()
             .append_policy_change(&change)
             .await
             .map_err(Error::store("policy change not recorded"))?;
@@ -267,7 +267,6 @@ impl PolicyAdmin {
         let _one = self.state.lock().await;
         let log = live
             .learner
-            .store()
             .policy_changes(0)
             .await
             .map_err(Error::store("policy change not recorded"))?;
@@ -299,7 +298,6 @@ impl PolicyAdmin {
         // (a Redis without persistence restarted); record the live policy again and go on.
         let mut changes = live
             .learner
-            .store()
             .policy_changes(st.cursor().saturating_sub(1))
             .await?;
         if let Some(seen) = st.last_seen.clone() {
@@ -309,7 +307,7 @@ impl PolicyAdmin {
             // would undo a change made after the loss.
             let lost = changes.first().is_none_or(|c| Seen::of(c) != seen);
             if lost {
-                let restarted = live.learner.store().policy_changes(0).await?;
+                let restarted = live.learner.policy_changes(0).await?;
                 if restarted.is_empty() {
                     tracing::warn!(
                         cursor = st.cursor(),

@@ -115,22 +115,21 @@ impl FileKeys {
         Self::new(vec![rand::random()])
     }
 
-    /// The tag a line carries under `key`: 16 bytes of HMAC-SHA256 of its record, in hex.
-    fn tag(key: &[u8; 32], record: &[u8]) -> String {
+    /// The HMAC of a record under `key`.
+    fn mac(key: &[u8; 32], record: &[u8]) -> Hmac<sha2::Sha256> {
         // An HMAC takes a key of any length: this cannot fail.
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(record);
-        mac.finalize().into_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        mac
     }
 
     /// One log line: `<tag> <record JSON>\n`.
     fn encode<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, std::io::Error> {
         let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        let mut line = Self::tag(&self.0[0], &json).into_bytes();
+        // The tag: the first 16 bytes of the HMAC, in hex.
+        let tag = Self::mac(&self.0[0], &json).finalize().into_bytes();
+        let mut line = hex::encode(&tag[..16]).into_bytes();
         line.push(b' ');
         line.extend_from_slice(&json);
         line.push(b'\n');
@@ -142,12 +141,12 @@ impl FileKeys {
         let space = line.iter().position(|&b| b == b' ')?;
         let (tag, json) = (&line[..space], &line[space + 1..]);
         // Compared in constant time: a planted line learns nothing from how fast it fails.
-        let verifies = |key: &[u8; 32]| {
-            let want = Self::tag(key, json);
-            want.len() == tag.len()
-                && want.bytes().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        };
-        if !self.0.iter().any(verifies) {
+        let tag = hex::decode(tag).ok().filter(|t| t.len() == 16)?;
+        if !self
+            .0
+            .iter()
+            .any(|k| Self::mac(k, json).verify_truncated_left(&tag).is_ok())
+        {
             return None;
         }
         serde_json::from_slice(json).ok()

@@ -105,6 +105,48 @@ pub struct PolicyChange {
     pub summary: Vec<String>,
     /// The full policy text.
     pub text: String,
+    /// HMAC of everything above but `seq`, under the deployment's policy key
+    /// ([`PolicyChange::seal`]); an entry without a valid one is refused.
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl PolicyChange {
+    fn mac(&self, key: &[u8; 32]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let body = (
+            &self.version,
+            &self.source,
+            &self.author,
+            &self.reason,
+            self.at_ms,
+            &self.summary,
+            &self.text,
+        );
+        // Serialising strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(&bytes);
+        mac
+    }
+
+    /// Seals the entry with `key` before it goes into the shared log.
+    pub fn seal(mut self, key: &[u8; 32]) -> Self {
+        use hmac::Mac;
+        self.mac = hex::encode(self.mac(key).finalize().into_bytes());
+        self
+    }
+
+    /// Whether the entry was sealed with one of `keys` and not changed since (compared in
+    /// constant time).
+    pub fn verifies(&self, keys: &[[u8; 32]]) -> bool {
+        use hmac::Mac;
+        let Ok(tag) = hex::decode(&self.mac) else {
+            return false;
+        };
+        keys.iter().any(|k| self.mac(k).verify_slice(&tag).is_ok())
+    }
 }
 
 /// An increment of one shared integer counter: `field` of the counter hash `hash`.
@@ -521,6 +563,7 @@ pub mod contract {
             at_ms: 7,
             summary: vec!["x".into()],
             text: format!("text {v}"),
+            mac: format!("mac of {v}"),
         };
         let none = store.policy_changes(0).await.map_err(e)?;
         ensure(none.is_empty(), || format!("fresh policy log has {none:?}"))?;

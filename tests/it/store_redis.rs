@@ -860,3 +860,65 @@ async fn two_server_processes_learn_together_through_redis() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+/// The Redis ACL that `deploy/k8s/redis.yaml` writes (one user, the deployment's keys, no
+/// dangerous commands) admits everything the store does: the contract passes under it, and the
+/// default user is off.
+#[tokio::test]
+async fn the_manifests_redis_acl_admits_the_store_and_nothing_else() {
+    let manifest = include_str!("../../deploy/k8s/redis.yaml");
+    let rule = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("printf '"))
+        .and_then(|l| l.split('\'').next())
+        .expect("redis.yaml writes its ACL file with printf")
+        .replace("\\n", "\n")
+        .replace("%s", "acl-test-password");
+    let dir = crate::common::private_tmp();
+    let acl = dir.join(format!("{}.acl", unique_prefix("acl")));
+    std::fs::write(&acl, rule).unwrap();
+    let acl_s = acl.display().to_string();
+    let Some(redis) = RedisServer::start_with(&["--aclfile", &acl_s]) else {
+        return;
+    };
+    let password = dir.join(format!("{}.password", unique_prefix("acl")));
+    std::fs::write(&password, "acl-test-password\n").unwrap();
+    let config = |user: &str, prefix: String| tokenwise::store::StoreConfig {
+        kind: tokenwise::store::StoreKind::Redis {
+            url: redis.url(),
+            prefix,
+        },
+        username: Some(user.into()),
+        password_file: Some(password.display().to_string()),
+        spill_file: Some(
+            dir.join(format!("{}.jsonl", unique_prefix("acl")))
+                .display()
+                .to_string(),
+        ),
+        ..Default::default()
+    };
+    // The manifests' prefix is `tokenwise`; the ACL admits keys under it.
+    let prefix = format!("tokenwise-{}", unique_prefix("acl"));
+    let (store, _) = tokenwise::store::open(
+        &config("tokenwise", prefix),
+        "a",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
+    contract::check(store.as_ref()).await.unwrap();
+    // Another prefix's keys, or the default user: refused.
+    let (other, _) = tokenwise::store::open(
+        &config("tokenwise", unique_prefix("elsewhere")),
+        "b",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
+    assert!(other.record(&contract::event(1), 0).await.is_err());
+    let (anonymous, _) = tokenwise::store::open(
+        &config("default", "tokenwise".into()),
+        "c",
+        tokenwise::store::FileKeys::random(),
+    )
+    .unwrap();
+    assert!(anonymous.ping().await.is_err());
+}

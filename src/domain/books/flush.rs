@@ -68,6 +68,14 @@ impl Books {
         let mut seen = Usage::new();
         for ((b, start), fields) in policy.budgets.iter().zip(starts).zip(values) {
             let used = fields.get(BUDGET_USED).copied().unwrap_or(0);
+            // Spend adds up to zero or more: a negative total was written by hand (or by a
+            // replica that lost Route's reservations) and would lift the budget's limit.
+            let used = if used < 0 {
+                tracing::warn!(budget = %b.id, used_micros = used, "budget usage in the store is negative; counted as 0");
+                0
+            } else {
+                used
+            };
             seen.insert(b.id.clone(), HashMap::from([(start, used)]));
         }
         local.seen = seen;

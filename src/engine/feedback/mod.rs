@@ -220,6 +220,10 @@ pub struct Learner {
     degraded: AtomicBool,
     /// Cluster fits this replica's fold ran: (succeeded, failed and kept the previous).
     cluster_fits: (AtomicU64, AtomicU64),
+    /// Keys that seal the shared policy log's entries (the first seals, any verifies).
+    policy_keys: Vec<[u8; 32]>,
+    /// Policy log entries refused (they do not verify); each is logged once.
+    policy_refused: Mutex<HashSet<u64>>,
 }
 
 impl Learner {
@@ -234,6 +238,8 @@ impl Learner {
         buffer: OutageBuffer,
     ) -> Self {
         Self {
+            policy_keys: signer.policy_keys(),
+            policy_refused: Mutex::new(HashSet::new()),
             signer,
             ttl_ms,
             learning,
@@ -305,6 +311,44 @@ impl Learner {
     /// The shared-state store.
     pub fn store(&self) -> &dyn StateStore {
         self.store.as_ref()
+    }
+
+    /// Appends a policy change to the shared log, sealed with the deployment's policy key.
+    pub async fn append_policy_change(
+        &self,
+        change: &crate::store::PolicyChange,
+    ) -> Result<u64, crate::store::StoreError> {
+        let key = self.policy_keys.first().copied().unwrap_or_default();
+        let sealed = change.clone().seal(&key);
+        self.store.append_policy_change(&sealed).await
+    }
+
+    /// The shared policy log from position `from`, without the entries that do not verify:
+    /// one written straight into the store (by anyone without the deployment's secret) never
+    /// becomes live, and is logged once.
+    pub async fn policy_changes(
+        &self,
+        from: u64,
+    ) -> Result<Vec<crate::store::PolicyChange>, crate::store::StoreError> {
+        let mut log = self.store.policy_changes(from).await?;
+        log.retain(|c| {
+            let ok = c.verifies(&self.policy_keys);
+            if !ok
+                && self
+                    .policy_refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(c.seq)
+            {
+                tracing::error!(
+                    seq = c.seq,
+                    version = %crate::domain::labels::shown(&c.version),
+                    "policy log entry does not verify (written to the store without this deployment's secret): refused"
+                );
+            }
+            ok
+        });
+        Ok(log)
     }
 
     /// Outcomes waiting for the store.
