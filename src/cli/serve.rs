@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// Concurrent calls in the whole server; beyond it calls are shed with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 2048)]
     max_concurrent_requests: usize,
+    /// Concurrent calls of one team (the team of an API key; with --auth-keys only); beyond it
+    /// that team's calls are shed with RESOURCE_EXHAUSTED. Default: half of
+    /// --max-concurrent-requests.
+    #[arg(long)]
+    max_concurrent_requests_per_team: Option<usize>,
+    /// Where to serve health checks (`grpc.health.v1`) on a port and budget of their own, for
+    /// the orchestrator's probes; `off` for the main port only.
+    #[arg(long, env = "TOKENWISE_HEALTH_LISTEN", default_value = "off")]
+    health_listen: String,
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
@@ -219,13 +228,16 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let engine = std::sync::Arc::new(engine_from_args(&args, metrics.clone())?);
-    let metrics_addr = match args.metrics_listen.as_str() {
-        "off" | "" => None,
-        a => Some(
-            a.parse()
-                .with_context(|| format!("--metrics-listen {a:?} is not host:port (or off)"))?,
-        ),
+    let addr_or_off = |flag: &str, a: &str| -> anyhow::Result<Option<std::net::SocketAddr>> {
+        match a {
+            "off" | "" => Ok(None),
+            a => Ok(Some(a.parse().with_context(|| {
+                format!("{flag} {a:?} is not host:port (or off)")
+            })?)),
+        }
     };
+    let metrics_addr = addr_or_off("--metrics-listen", &args.metrics_listen)?;
+    let health_addr = addr_or_off("--health-listen", &args.health_listen)?;
     let auth = match (&args.auth_keys, args.no_auth, &args.config) {
         (Some(f), _, _) => Some(std::sync::Arc::new(crate::grpc::auth::load_keys(f)?)),
         (None, true, _) | (None, false, None) => None,
@@ -249,6 +261,11 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
         bench_noop: args.bench_noop,
         max_concurrent_requests: args.max_concurrent_requests,
+        max_concurrent_requests_per_team: args
+            .max_concurrent_requests_per_team
+            .unwrap_or(args.max_concurrent_requests / 2)
+            .max(1),
+        health_addr,
         max_message_bytes: args.max_task_bytes + 64 * 1024,
         ..Default::default()
     };

@@ -114,6 +114,44 @@ pub(super) async fn spawn_metrics(
     }))
 }
 
+/// Serves `grpc.health.v1` alone on `addr`, on a probe budget of its own: nothing that reaches
+/// the main port can starve it.
+pub(super) async fn spawn_health<S>(
+    health: S,
+    addr: SocketAddr,
+) -> Result<JoinHandle<()>, ServeError>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Health { addr, source })?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving health checks on their own port");
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .layer(super::transport::protection(
+                super::transport::PROBE_CONCURRENCY,
+                super::transport::PROBE_CONCURRENCY,
+                std::time::Duration::from_secs(2),
+            ))
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    }))
+}
+
 /// Forgets teams idle for long enough to be back at a full burst, so the keyed limiter state
 /// stays as small as the set of active teams. Ends when the server (and the limiter) is gone.
 pub(super) fn spawn_limiter_cleanup(limiter: Weak<TeamLimiter>) {

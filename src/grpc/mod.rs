@@ -50,6 +50,13 @@ pub struct ServeConfig {
     /// Concurrent requests in the whole server; beyond it calls are shed at once with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub max_concurrent_requests: usize,
+    /// Concurrent requests of one team (known from its API key; with auth on only): beyond it
+    /// the team's calls are shed, so one team cannot take the whole server's budget.
+    pub max_concurrent_requests_per_team: usize,
+    /// A listener of its own for health checks (`grpc.health.v1`), with its own budget: the
+    /// probes of an orchestrator reach it even while the main port is saturated. `None`: health
+    /// only on the main port.
+    pub health_addr: Option<std::net::SocketAddr>,
     /// How often shared state is re-read (and buffered feedback replayed).
     pub refresh_interval: Duration,
     /// Serve a no-op Route handler instead of the router (benchmarks only).
@@ -76,6 +83,8 @@ impl Default for ServeConfig {
             max_message_bytes: crate::domain::routing::DEFAULT_MAX_TASK_BYTES + 64 * 1024,
             concurrency_per_connection: 256,
             max_concurrent_requests: 2048,
+            max_concurrent_requests_per_team: 1024,
+            health_addr: None,
             refresh_interval: Duration::from_millis(250),
             bench_noop: false,
             metrics_addr: None,
@@ -102,6 +111,14 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The health port could not be bound.
+    #[error("cannot serve health checks on {addr} (--health-listen): {source}")]
+    Health {
+        /// Address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics port could not be bound.
     #[error("cannot serve metrics on {addr} (--metrics-listen; `off` to disable): {source}")]
     Metrics {
@@ -161,7 +178,12 @@ pub async fn run(
         Some(addr) => Some(background::spawn_metrics(engine.clone(), metrics.clone(), addr).await?),
     };
 
-    let interceptor = auth::AuthInterceptor::new(config.auth.clone());
+    let interceptor = auth::AuthInterceptor::new(config.auth.clone())
+        .per_team(config.max_concurrent_requests_per_team);
+    let health_server = match config.health_addr {
+        None => None,
+        Some(addr) => Some(background::spawn_health(health_service.clone(), addr).await?),
+    };
     match &config.auth {
         Some(ring) => tracing::info!(
             keys = ring.len(),
@@ -254,6 +276,9 @@ pub async fn run(
         .await;
     if let Some(m) = metrics_server {
         m.abort();
+    }
+    if let Some(h) = health_server {
+        h.abort();
     }
     refresher.abort();
     // Wait until it is gone, so its drain cannot overlap the shutdown drain.

@@ -308,6 +308,35 @@ async fn health_check_needs_no_key() {
     }
 }
 
+#[tokio::test]
+async fn health_checks_have_a_port_of_their_own_and_need_no_key_there() {
+    let port = crate::common::spare_port();
+    let keys = Keys::new();
+    let ring = Arc::new(keys.ring());
+    let server = TestServer::with_config(policy(), Limits::default(), |cfg| {
+        cfg.auth = Some(ring);
+        cfg.health_addr = Some(([127, 0, 0, 1], port).into());
+    })
+    .await;
+    let channel = crate::common::connect(([127, 0, 0, 1], port).into()).await;
+    let mut health = HealthClient::new(channel.clone());
+    let r = health
+        .check(HealthCheckRequest {
+            service: "tokenwise.v1.Router".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, ServingStatus::Serving as i32);
+    // Health only: the router is not served on that port.
+    let e = RouterClient::new(channel)
+        .route(routed("search"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    drop(server);
+}
+
 // ---- Route: the team comes from the key ----
 
 #[tokio::test]

@@ -6,8 +6,10 @@
 //! [`require_admin`] and [`effective_team`] are the authorization rules handlers apply: Admin
 //! RPCs need the admin role; a service acts only for its own team, an admin for any.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -63,15 +65,43 @@ impl KeyRing {
 /// With a key ring, a call without a valid key is refused with `UNAUTHENTICATED` and an
 /// accepted call carries its [`Caller`] in the request extensions (read it with [`caller`]).
 /// Without one (auth off) requests pass through unchanged and handlers see no caller.
+///
+/// With [`AuthInterceptor::per_team`], an authenticated call also takes one of its team's
+/// concurrency slots, held (in the request extensions) while its body arrives and its handler
+/// runs: one team's slow calls cannot take the whole server's budget from the others.
 #[derive(Clone, Debug, Default)]
 pub struct AuthInterceptor {
     ring: Option<Arc<KeyRing>>,
+    /// Each team's concurrent-call slots, and how many each has.
+    slots: Option<(Arc<TeamSlots>, usize)>,
 }
+
+/// Team → the semaphore of its concurrent calls.
+type TeamSlots = HashMap<String, Arc<Semaphore>>;
+
+/// A team's concurrency slot, held by a call until its request is dropped.
+#[derive(Clone)]
+pub struct TeamSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl AuthInterceptor {
     /// An interceptor enforcing `ring`, or letting everything through when `None`.
     pub fn new(ring: Option<Arc<KeyRing>>) -> Self {
-        Self { ring }
+        Self { ring, slots: None }
+    }
+
+    /// The same, with at most `limit` concurrent calls per team (the teams of the key ring);
+    /// beyond it a team's call is shed with RESOURCE_EXHAUSTED. Without a key ring the team is
+    /// only known from the request body, and nothing is limited per team.
+    pub fn per_team(mut self, limit: usize) -> Self {
+        if let Some(ring) = &self.ring {
+            let teams = ring
+                .callers()
+                .into_iter()
+                .map(|c| (c.team.clone(), Arc::new(Semaphore::new(limit))))
+                .collect();
+            self.slots = Some((Arc::new(teams), limit));
+        }
+        self
     }
 
     /// Whether calls are authenticated.
@@ -84,6 +114,18 @@ impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(ring) = &self.ring {
             let caller = ring.authenticate(request.metadata())?;
+            if let Some((slots, limit)) = &self.slots
+                && let Some(team) = slots.get(&caller.team)
+            {
+                let permit = team.clone().try_acquire_owned().map_err(|_| {
+                    Status::resource_exhausted(format!(
+                        "team {:?} is at its limit of {limit} concurrent calls \
+                         (--max-concurrent-requests-per-team): retry with backoff",
+                        caller.team
+                    ))
+                })?;
+                request.extensions_mut().insert(TeamSlot(Arc::new(permit)));
+            }
             request.extensions_mut().insert(caller);
         }
         Ok(request)
@@ -253,6 +295,29 @@ mod tests {
             .call(request(Some(&format!("Bearer {SERVICE_KEY}"))))
             .unwrap();
         assert_eq!(caller(&req), Some(&service()));
+    }
+
+    #[test]
+    fn one_team_at_its_concurrency_limit_leaves_the_others_their_slots() {
+        let mut i = AuthInterceptor::new(Some(Arc::new(ring()))).per_team(2);
+        let search = format!("Bearer {SERVICE_KEY}");
+        // Two calls of team search in flight (their requests alive): the third is shed.
+        let held: Vec<_> = (0..2)
+            .map(|_| i.call(request(Some(&search))).unwrap())
+            .collect();
+        let s = i.call(request(Some(&search))).unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("\"search\""), "{}", s.message());
+        // Another team (the admin key's) still gets in.
+        i.call(request(Some(&format!("Bearer {ADMIN_KEY}"))))
+            .unwrap();
+        // A finished call gives its slot back.
+        drop(held);
+        i.call(request(Some(&search))).unwrap();
+        // Without a key ring there are no teams to count: nothing is limited.
+        let mut off = AuthInterceptor::new(None).per_team(1);
+        let _a = off.call(request(None)).unwrap();
+        off.call(request(None)).unwrap();
     }
 
     #[test]
