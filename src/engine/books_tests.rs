@@ -361,3 +361,48 @@ async fn a_negative_budget_usage_written_into_the_store_counts_as_zero() {
     // The store now sums to -$100,000 + $0.0035: read as 0, not as a negative usage.
     assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 0);
 }
+
+#[tokio::test]
+async fn one_teams_junk_workflows_do_not_push_anothers_into_other() {
+    // The probe of the hardening issue: team `ads` sends 250 distinct workflow labels; team
+    // `search`'s one workflow still counts under its own name.
+    let e = engine();
+    let now = 1_795_934_463_000;
+    let task = "word ".repeat(40);
+    let ask = |team: &str, workflow: &str| {
+        e.route(
+            &RouteRequest {
+                task: &task,
+                team,
+                workflow,
+                expected_output_tokens: 50,
+                ..Default::default()
+            },
+            0.5,
+            now,
+            now,
+        )
+        .unwrap();
+    };
+    for i in 0..250 {
+        ask("ads", &format!("junk-{i}"));
+    }
+    ask("search", "faq");
+    let store = crate::store::MemoryStore::new();
+    let policy = e.router.table().policy.clone();
+    e.books.flush(&policy, &store, now).await.unwrap();
+    let read = store.read_counters(&[ledger_hash(now)]).await.unwrap();
+    let fields = &read[0];
+    let tasks_of = |team: &str, workflow: &str| {
+        fields
+            .iter()
+            .filter(|(f, _)| {
+                parse_ledger_field(f)
+                    .is_some_and(|(m, t, w, _)| m == metric::TASKS && t == team && w == workflow)
+            })
+            .map(|(_, v)| *v)
+            .sum::<i64>()
+    };
+    assert_eq!(tasks_of("search", "faq"), 1);
+    assert_eq!(tasks_of("ads", OTHER), 250 - MAX_WORKFLOWS as i64);
+}

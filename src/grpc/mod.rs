@@ -72,6 +72,10 @@ pub struct ServeConfig {
     pub auth: Option<Arc<auth::KeyRing>>,
 }
 
+/// Largest Admin response (and what the CLI accepts): thresholds and reports grow with the
+/// workflows a scope has learned, up to the engine's caps (1,024 workflows of 256-byte labels).
+pub const MAX_ADMIN_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Health service name that reports the state store: NOT_SERVING while it is unreachable
 /// (Route keeps answering from the last snapshot; the Router service stays SERVING).
 pub const STORE_HEALTH_SERVICE: &str = "tokenwise.v1.Store";
@@ -228,7 +232,9 @@ pub async fn run(
             engine: engine.clone(),
         })
         .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes),
+        // Admin answers (thresholds of many workflows, long reports) may be far larger than any
+        // request: bounded by what the engine keeps, not by the task limit.
+        .max_encoding_message_size(MAX_ADMIN_RESPONSE_BYTES),
         interceptor,
     );
 

@@ -214,3 +214,47 @@ async fn thresholds_view_lists_every_scope_and_tier() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn thresholds_of_many_long_workflows_come_back_whole() {
+    // The probe of the hardening issue: 180 workflows with long labels made the answer
+    // (643 KB) larger than the server would encode (the task limit + 64 KiB).
+    let server = TestServer::start().await;
+    let mut router = server.router().await;
+    for i in 0..180 {
+        let workflow = format!("{i:03}-{}", "w".repeat(250));
+        let d = router
+            .route(pb::RouteRequest {
+                workflow,
+                ..route_req("Summarise the quarterly report in two sentences.")
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        router.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    server.engine.refresh(now).await;
+    let mut admin = server.admin().await;
+    let r = admin
+        .get_thresholds(pb::GetThresholdsRequest {
+            scope: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let long = r
+        .thresholds
+        .iter()
+        .filter(|t| t.workflow.len() > 250)
+        .count();
+    assert!(long >= 180, "{long} rows of long workflows");
+    assert!(
+        prost::Message::encoded_len(&r) > 330 * 1024,
+        "{}",
+        prost::Message::encoded_len(&r)
+    );
+}

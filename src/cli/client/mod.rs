@@ -189,7 +189,7 @@ pub(super) struct ThresholdsArgs {
 pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
     let ThresholdsArgs { addr, scope, json } = args;
     runtime()?.block_on(async move {
-        let mut client = pb::admin_client::AdminClient::new(connect(&addr).await?);
+        let mut client = admin_client(&addr).await?;
         let r = client
             .get_thresholds(pb::GetThresholdsRequest { scope })
             .await
@@ -493,6 +493,15 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::grpc::auth::Aut
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel, bearer,
     ))
+}
+
+/// An Admin client for the server at `addr`, accepting answers as large as the server may send
+/// ([`crate::grpc::MAX_ADMIN_RESPONSE_BYTES`]).
+pub(super) async fn admin_client(
+    addr: &str,
+) -> anyhow::Result<pb::admin_client::AdminClient<crate::grpc::auth::AuthedChannel>> {
+    Ok(pb::admin_client::AdminClient::new(connect(addr).await?)
+        .max_decoding_message_size(crate::grpc::MAX_ADMIN_RESPONSE_BYTES))
 }
 
 /// A refused call as an error: its gRPC code and message.

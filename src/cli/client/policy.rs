@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{connect, status_error};
+use super::{admin_client, status_error};
 use crate::cli::runtime;
 use crate::grpc::pb;
 
@@ -104,7 +104,7 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
         | PolicyAction::Rollback { addr, .. } => addr.clone(),
     };
     let what_if = matches!(action, PolicyAction::WhatIf { .. });
-    let mut admin = pb::admin_client::AdminClient::new(connect(&addr).await?);
+    let mut admin = admin_client(&addr).await?;
     let read = |f: &PathBuf| {
         std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))
     };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{connect, status_error};
+use super::{admin_client, status_error};
 use crate::cli::runtime;
 use crate::grpc::pb;
 
@@ -67,7 +67,7 @@ pub(in crate::cli) fn report(args: ReportArgs) -> anyhow::Result<()> {
             .map(|u| parse_instant(u, now))
             .transpose()?
             .unwrap_or(0);
-        let mut client = pb::admin_client::AdminClient::new(connect(&addr).await?);
+        let mut client = admin_client(&addr).await?;
         let r = client
             .get_report(pb::GetReportRequest {
                 since_ms,

@@ -180,7 +180,7 @@ pub(super) struct Shard {
     /// Team labels admitted (under the cardinality cap) by the shared [`Labels`].
     pub(super) teams: hashbrown::HashSet<String>,
     /// Workflow labels admitted likewise.
-    pub(super) workflows: hashbrown::HashSet<String>,
+    pub(super) workflows: hashbrown::HashMap<String, hashbrown::HashSet<String>>,
 }
 
 pub(super) static NEXT_SHARD: std::sync::atomic::AtomicUsize =

@@ -6,7 +6,8 @@
 pub const HOUR_MS: u64 = 3_600_000;
 /// Distinct team labels counted separately; later ones are counted as [`OTHER`].
 pub const MAX_TEAMS: usize = 100;
-/// Distinct workflow labels counted separately; later ones are counted as [`OTHER`].
+/// Distinct workflow labels counted separately per team; a team's later ones are counted as
+/// [`OTHER`] (so one team's junk labels never push another team's workflows there).
 pub const MAX_WORKFLOWS: usize = 200;
 /// Label of everything over a cardinality cap.
 pub const OTHER: &str = "other";
@@ -60,11 +61,12 @@ pub(super) fn clean(label: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Caps the number of distinct label values, so metrics and the ledger stay bounded.
+/// Caps the number of distinct label values, so metrics and the ledger stay bounded: teams
+/// overall, workflows per (admitted) team.
 #[derive(Default)]
 pub(super) struct Labels {
     teams: hashbrown::HashSet<String>,
-    workflows: hashbrown::HashSet<String>,
+    workflows: hashbrown::HashMap<String, hashbrown::HashSet<String>>,
 }
 
 impl Labels {
@@ -87,8 +89,16 @@ impl Labels {
         Self::admit(&mut self.teams, MAX_TEAMS, t)
     }
 
-    pub(super) fn workflow<'a>(&mut self, w: &'a str) -> &'a str {
-        Self::admit(&mut self.workflows, MAX_WORKFLOWS, w)
+    /// Workflow `w` of `team` (a label the caps admitted, or [`OTHER`]).
+    pub(super) fn workflow<'a>(&mut self, team: &str, w: &'a str) -> &'a str {
+        if w.is_empty() {
+            return w;
+        }
+        let set = match self.workflows.get_mut(team) {
+            Some(set) => set,
+            None => self.workflows.entry(team.to_string()).or_default(),
+        };
+        Self::admit(set, MAX_WORKFLOWS, w)
     }
 }
 
@@ -130,11 +140,13 @@ mod tests {
     fn labels_over_the_cap_count_as_other() {
         let mut l = Labels::default();
         for i in 0..MAX_WORKFLOWS {
-            assert_eq!(l.workflow(&format!("w{i}")), format!("w{i}"));
+            assert_eq!(l.workflow("ads", &format!("w{i}")), format!("w{i}"));
         }
-        assert_eq!(l.workflow("one-too-many"), OTHER);
-        assert_eq!(l.workflow("w7"), "w7");
-        assert_eq!(l.workflow(""), "");
+        assert_eq!(l.workflow("ads", "one-too-many"), OTHER);
+        assert_eq!(l.workflow("ads", "w7"), "w7");
+        assert_eq!(l.workflow("ads", ""), "");
+        // Another team's workflows have caps of their own.
+        assert_eq!(l.workflow("search", "one-too-many"), "one-too-many");
         assert_eq!(clean("a\u{1f}b\nc"), "a?b?c");
         let f = ledger_field("spend", "t", "w", "small");
         assert_eq!(parse_ledger_field(&f), Some(("spend", "t", "w", "small")));

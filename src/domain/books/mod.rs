@@ -276,7 +276,7 @@ impl Books {
         let (team, workflow) = {
             let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
             let t = labels.team(&claims.team).to_string();
-            let w = labels.workflow(&claims.workflow).to_string();
+            let w = labels.workflow(&t, &claims.workflow).to_string();
             (clean(&t).into_owned(), clean(&w).into_owned())
         };
         let hash = ledger_hash(claims.issued_ms);
@@ -333,10 +333,28 @@ impl Books {
             teams,
             workflows,
         } = &mut *shard;
+        let team = self.admitted(teams, team, |l, t| l.team(t));
+        let known = workflows.get(team);
+        let workflow = if workflow.is_empty() || known.is_some_and(|s| s.contains(workflow)) {
+            workflow
+        } else {
+            let got = self
+                .labels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .workflow(team, workflow);
+            if got == workflow {
+                workflows
+                    .entry_ref(team)
+                    .or_default()
+                    .insert(workflow.to_string());
+            }
+            got
+        };
         let key = CellRef {
             hour,
-            team: self.admitted(teams, team, Labels::team),
-            workflow: self.admitted(workflows, workflow, Labels::workflow),
+            team,
+            workflow,
             tier,
         };
         bump(cells, key, f);
@@ -348,7 +366,7 @@ impl Books {
         &self,
         seen: &mut hashbrown::HashSet<String>,
         label: &'a str,
-        admit: for<'l> fn(&mut Labels, &'l str) -> &'l str,
+        admit: impl FnOnce(&mut Labels, &'a str) -> &'a str,
     ) -> &'a str {
         if label.is_empty() || seen.contains(label) {
             return label;
