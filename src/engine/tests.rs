@@ -12,7 +12,12 @@ const T0: u64 = 1_800_000_000_000;
 
 /// Team `ads` keeps reuse for 2 days; decisions live 1 hour.
 fn engine() -> Engine {
-    let policy = crate::domain::policy::Policy::parse(
+    engine_with("")
+}
+
+/// The same, with `extra` lines in ads' policy.
+fn engine_with(extra: &str) -> Engine {
+    let policy = crate::domain::policy::Policy::parse(&format!(
         r#"
 [[tiers]]
 name = "small"
@@ -31,8 +36,9 @@ quality_bar = 0.5
 [[policies]]
 team = "ads"
 reuse_retention_days = 2
+{extra}
 "#,
-    )
+    ))
     .unwrap();
     Engine::builder(
         Arc::new(crate::domain::classifier::ComplexityModel::bundled().unwrap()),
@@ -473,4 +479,33 @@ async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_flood_of_reuse_events_is_bounded_per_decision_and_per_team() {
+    // The probe of the hardening issue: millions of event ids (or of counted events) on one
+    // decision. Each decision holds at most reuse_events_per_decision events, each team at most
+    // reuse_ids_per_team remembered ids; a refusal is RESOURCE_EXHAUSTED and changes nothing.
+    let e = engine_with("reuse_events_per_decision = 5\nreuse_ids_per_team = 3");
+    let (a, b) = (route(&e, 1), route(&e, 2));
+    let at = T0 + HOUR / 2;
+    e.reuse(&reuse(&a, 3, "e1", None), at).await.unwrap();
+    let err = e.reuse(&reuse(&a, 3, "e2", None), at).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::Full(_))),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("reuse_events_per_decision"),
+        "{err}"
+    );
+    e.reuse(&reuse(&a, 2, "e3", None), at).await.unwrap();
+    // Three ids remembered for ads: its fourth is refused, whatever the decision.
+    e.reuse(&reuse(&b, 1, "e4", None), at).await.unwrap();
+    let err = e.reuse(&reuse(&b, 1, "e5", None), at).await.unwrap_err();
+    assert!(err.to_string().contains("reuse_ids_per_team"), "{err}");
+    // Feedback is never refused for it.
+    feedback(&e, &b, false).await;
+    let r = report_of_hour(&e, at).await;
+    assert_eq!(r.total.reuse_events, 5 + 1, "{:?}", r.total);
 }

@@ -399,7 +399,9 @@ impl OutageBuffer {
     }
 
     /// Keeps one outcome for later. With a spill file, returns once it is on disk.
-    pub async fn push(&self, event: OutcomeEvent) -> Result<(), BufferError> {
+    pub async fn push(&self, mut event: OutcomeEvent) -> Result<(), BufferError> {
+        // Accepted during an outage is accepted: its replay is not refused by a reuse quota.
+        event.quota = None;
         let Some(spill) = &self.spill else {
             let mut mem = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
             if mem.len() < self.capacity {

@@ -4,14 +4,23 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use super::{
-    CounterAdd, MAX_LOG_EVENTS, OutcomeEvent, PolicyChange, Recorded, StateStore, StoreError,
+    CounterAdd, MAX_LOG_EVENTS, MAX_REUSE_IDS, OutcomeEvent, PolicyChange, Recorded, StateStore,
+    StoreError, quota_refusal,
 };
 
 #[derive(Default)]
 struct Inner {
-    spent: HashSet<u64>,
+    /// Spent nonces; a reuse event's names the team whose quota it counts against.
+    spent: HashMap<u64, Option<String>>,
     /// (expiry, nonce), to forget spent nonces once their ids can no longer come back.
     expiries: BTreeSet<(u64, u64)>,
+    /// Unexpired reuse ids, all teams together and per team.
+    reuse_ids: usize,
+    reuse_ids_by_team: HashMap<String, u64>,
+    /// Reuse events per decision nonce (until the decision's reuse window ends), and (end,
+    /// decision) to forget them.
+    decision_events: HashMap<u64, u64>,
+    decision_expiries: BTreeSet<(u64, u64)>,
     log: VecDeque<OutcomeEvent>,
     /// Absolute position of `log[0]`.
     base: u64,
@@ -33,6 +42,33 @@ const MAX_BATCH_IDS: usize = 100_000;
 pub const MAX_SPENT_NONCES: usize = 2_000_000;
 
 impl Inner {
+    /// Forgets the nonces whose ids have expired (giving their reuse quota back), and the
+    /// reuse counts of decisions past their reuse window.
+    fn forget_expired(&mut self, now_ms: u64) {
+        while let Some(&(exp, nonce)) = self.expiries.first() {
+            if exp >= now_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(Some(team)) = self.spent.remove(&nonce) {
+                self.reuse_ids -= 1;
+                if let Some(n) = self.reuse_ids_by_team.get_mut(&team) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.reuse_ids_by_team.remove(&team);
+                    }
+                }
+            }
+        }
+        while let Some(&(exp, decision)) = self.decision_expiries.first() {
+            if exp >= now_ms {
+                break;
+            }
+            self.decision_expiries.pop_first();
+            self.decision_events.remove(&decision);
+        }
+    }
+
     fn add(&mut self, adds: &[CounterAdd]) {
         for a in adds {
             let v = self
@@ -90,24 +126,41 @@ impl StateStore for MemoryStore {
     async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
         // A poisoned lock only means a panic elsewhere mid-update; the collections stay valid.
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(&(exp, nonce)) = s.expiries.first() {
-            if exp >= now_ms {
-                break;
-            }
-            s.expiries.pop_first();
-            s.spent.remove(&nonce);
-        }
-        if s.spent.contains(&event.nonce) {
+        s.forget_expired(now_ms);
+        if s.spent.contains_key(&event.nonce) {
             return Ok(Recorded::Duplicate);
         }
-        if s.spent.len() >= self.max_spent {
-            return Err(StoreError::Full(format!(
-                "the memory store remembers {} unexpired decision ids, its limit; feedback is \
-                 refused until some expire (use the Redis store or a shorter --decision-ttl-secs)",
-                s.spent.len()
-            )));
+        match &event.quota {
+            // Reuse ids have a pool of their own, and each team its share of it.
+            Some(q) => {
+                let held = s.reuse_ids_by_team.get(&q.team).copied().unwrap_or(0);
+                if held >= q.team_ids || s.reuse_ids >= MAX_REUSE_IDS {
+                    return Err(quota_refusal(q, true));
+                }
+                let events = s.decision_events.get(&q.decision).copied().unwrap_or(0);
+                if events.saturating_add(q.events) > q.decision_events {
+                    return Err(quota_refusal(q, false));
+                }
+                if events == 0 {
+                    s.decision_expiries.insert((event.expires_ms, q.decision));
+                }
+                s.decision_events.insert(q.decision, events + q.events);
+                *s.reuse_ids_by_team.entry(q.team.clone()).or_default() += 1;
+                s.reuse_ids += 1;
+            }
+            None => {
+                let decisions = s.spent.len() - s.reuse_ids;
+                if decisions >= self.max_spent {
+                    return Err(StoreError::Full(format!(
+                        "the memory store remembers {decisions} unexpired decision ids, its \
+                         limit; feedback is refused until some expire (use the Redis store or a \
+                         shorter --decision-ttl-secs)"
+                    )));
+                }
+            }
         }
-        s.spent.insert(event.nonce);
+        let team = event.quota.as_ref().map(|q| q.team.clone());
+        s.spent.insert(event.nonce, team);
         s.expiries.insert((event.expires_ms, event.nonce));
         s.add(&event.counters);
         if !event.counters_only {

@@ -68,6 +68,49 @@ pub struct OutcomeEvent {
     /// learning log.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counters_only: bool,
+    /// The limits a reuse event is recorded under, checked in the same atomic step as its nonce
+    /// (`None` for everything else). Not kept in the log, and dropped when an outage buffer
+    /// takes the event: what was accepted is recorded.
+    #[serde(skip)]
+    pub quota: Option<ReuseQuota>,
+}
+
+/// The limits of one reuse event: the reuse ids its team may have remembered at once, and the
+/// reuse events its decision may accumulate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReuseQuota {
+    /// The team the event's id counts against.
+    pub team: String,
+    /// Most unexpired reuse ids the team may hold.
+    pub team_ids: u64,
+    /// The decision's nonce.
+    pub decision: u64,
+    /// Most reuse events the decision may accumulate.
+    pub decision_events: u64,
+    /// The reuse events this one stands for.
+    pub events: u64,
+}
+
+/// Reuse ids the memory store remembers at once, all teams together (apart from the decision
+/// nonces Feedback needs, so a flood of reuse ids never refuses Feedback).
+pub const MAX_REUSE_IDS: usize = 1_000_000;
+
+/// Why a store refuses a reuse event under its [`ReuseQuota`].
+pub(crate) fn quota_refusal(q: &ReuseQuota, team_full: bool) -> StoreError {
+    if team_full {
+        StoreError::Full(format!(
+            "team {} holds {} unexpired reuse event ids, its limit (reuse_ids_per_team); new \
+             ones are refused until some leave the reuse window",
+            crate::domain::labels::shown(&q.team),
+            q.team_ids
+        ))
+    } else {
+        StoreError::Full(format!(
+            "this decision's output has reached its limit of {} reuse events \
+             (reuse_events_per_decision)",
+            q.decision_events
+        ))
+    }
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -355,7 +398,8 @@ macro_rules! store_contract_tests {
             an_outcomes_accounting_applies_with_it_once,
             policy_changes_append_in_order,
             concurrent_records_of_one_nonce_one_wins,
-            counters_saturate_at_the_limits);
+            counters_saturate_at_the_limits,
+            reuse_quotas_hold_per_team_and_per_decision);
     };
     (@each $make:expr; $($behaviour:ident),+) => {
         $(
@@ -397,6 +441,7 @@ pub mod contract {
             sketch: Vec::new(),
             counters: Vec::new(),
             counters_only: false,
+            quota: None,
         }
     }
 
@@ -419,7 +464,8 @@ pub mod contract {
         an_outcomes_accounting_applies_with_it_once(store).await?;
         policy_changes_append_in_order(store).await?;
         concurrent_records_of_one_nonce_one_wins(store).await?;
-        counters_saturate_at_the_limits(store).await
+        counters_saturate_at_the_limits(store).await?;
+        reuse_quotas_hold_per_team_and_per_decision(store).await
     }
 
     const NOW: u64 = 1_000_000;
@@ -499,6 +545,72 @@ pub mod contract {
             read == vec![want(&[("a", 11), ("b", -2)]), want(&[]), want(&[("a", 1)])],
             || format!("counters read back as {read:?}"),
         )
+    }
+
+    /// Reuse events are recorded within their quota: a team's unexpired ids and a decision's
+    /// events. A refused one changes nothing; a duplicate is a duplicate even at the limit; ids
+    /// that leave the window give their room back; another team's quota is its own.
+    pub async fn reuse_quotas_hold_per_team_and_per_decision(
+        store: &dyn StateStore,
+    ) -> Result<(), String> {
+        let reuse = |nonce: u64, team: &str, decision: u64, events: u64, expires_ms: u64| {
+            let mut e = event(nonce);
+            e.counters_only = true;
+            e.expires_ms = expires_ms;
+            e.counters = vec![add("quota", team, 1)];
+            e.quota = Some(ReuseQuota {
+                team: team.into(),
+                team_ids: 3,
+                decision,
+                decision_events: 10,
+                events,
+            });
+            e
+        };
+        let at = |n, team, decision, events| reuse(n, team, decision, events, NOW + 1_000);
+        for (n, decision) in [(700, 1), (701, 2), (702, 3)] {
+            let r = store
+                .record(&at(n, "ads", decision, 1), NOW)
+                .await
+                .map_err(e)?;
+            ensure(r == Recorded::New, || format!("reuse {n}: {r:?}"))?;
+        }
+        // The team holds 3 ids, its limit: a fourth is refused; a repeat is still a duplicate.
+        let full = store.record(&at(703, "ads", 4, 1), NOW).await;
+        ensure(matches!(full, Err(StoreError::Full(_))), || {
+            format!("a 4th id of ads: {full:?}")
+        })?;
+        let dup = store.record(&at(700, "ads", 1, 1), NOW).await.map_err(e)?;
+        ensure(dup == Recorded::Duplicate, || {
+            format!("repeat of 700: {dup:?}")
+        })?;
+        // Another team is not refused for ads' flood; its decision holds 10 events at most.
+        let r = store
+            .record(&at(710, "search", 9, 8), NOW)
+            .await
+            .map_err(e)?;
+        ensure(r == Recorded::New, || format!("search's first: {r:?}"))?;
+        let over = store.record(&at(711, "search", 9, 3), NOW).await;
+        ensure(matches!(over, Err(StoreError::Full(_))), || {
+            format!("8 + 3 events on one decision: {over:?}")
+        })?;
+        let r = store
+            .record(&at(712, "search", 9, 2), NOW)
+            .await
+            .map_err(e)?;
+        ensure(r == Recorded::New, || format!("8 + 2 events: {r:?}"))?;
+        // Refusals changed nothing; after the window the room comes back.
+        let read = store.read_counters(&["quota".into()]).await.map_err(e)?;
+        ensure(read == vec![want(&[("ads", 3), ("search", 2)])], || {
+            format!("counters of recorded reuse: {read:?}")
+        })?;
+        let later = store
+            .record(&reuse(713, "ads", 4, 1, NOW + 5_000), NOW + 2_000)
+            .await
+            .map_err(e)?;
+        ensure(later == Recorded::New, || {
+            format!("ads after its ids left the window: {later:?}")
+        })
     }
 
     /// A counter pushed past the limits of i64 stays at the limit (money never wraps to the

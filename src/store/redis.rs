@@ -64,6 +64,32 @@ end
 return 0
 ";
 
+/// Records a reuse event once, within its quota, atomically: `KEYS[1]` its nonce, `KEYS[2]` its
+/// team's reuse ids (a sorted set scored by expiry), `KEYS[3]` its decision's reuse event
+/// count, `KEYS[4..]` its counters. `ARGV`: nonce TTL, now, expiry (ms), the team's id limit,
+/// the decision's event limit, this event's events, the nonce, the counter retention, then a
+/// field and a delta per counter. Returns 1 (new), 0 (duplicate), -1 (the team's ids at their
+/// limit) or -2 (the decision's events at theirs); nothing is written unless it returns 1.
+const RECORD_REUSE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+local events = tonumber(redis.call('GET', KEYS[3]) or '0')
+if events + tonumber(ARGV[6]) > tonumber(ARGV[5]) then return -2 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[7])
+-- The set lives as long as its longest-lived id (relative TTLs: the caller's clock decides).
+redis.call('PEXPIRE', KEYS[2], ARGV[1], 'NX')
+redis.call('PEXPIRE', KEYS[2], ARGV[1], 'GT')
+redis.call('INCRBY', KEYS[3], ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+for i = 4, #KEYS do
+  add(KEYS[i], ARGV[2 * i + 1], ARGV[2 * i + 2])
+  redis.call('PEXPIRE', KEYS[i], ARGV[8])
+end
+return 1
+";
+
 /// Applies a counter batch once: the batch id is spent like a nonce.
 const ADD: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
@@ -108,6 +134,7 @@ pub struct RedisStore {
     prefix: String,
     conn: Mutex<Option<Conn>>,
     record: redis::Script,
+    record_reuse: redis::Script,
     add: redis::Script,
     read: redis::Script,
     data_since: redis::Script,
@@ -273,6 +300,7 @@ impl RedisStore {
             prefix,
             conn: Mutex::new(None),
             record: redis::Script::new(&format!("{SATURATING_ADD}{RECORD}")),
+            record_reuse: redis::Script::new(&format!("{SATURATING_ADD}{RECORD_REUSE}")),
             add: redis::Script::new(&format!("{SATURATING_ADD}{ADD}")),
             read: redis::Script::new(READ),
             data_since: redis::Script::new(DATA_SINCE),
@@ -341,6 +369,50 @@ impl RedisStore {
         format!("{}:{k}", self.prefix)
     }
 
+    /// Records a reuse event within its quota ([`RECORD_REUSE`]).
+    async fn record_reuse(
+        &self,
+        event: &OutcomeEvent,
+        q: &super::ReuseQuota,
+        now_ms: u64,
+    ) -> Result<Recorded, StoreError> {
+        let counter_keys: Vec<String> = event
+            .counters
+            .iter()
+            .map(|c| self.counter_key(&c.hash))
+            .collect();
+        let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
+        let spent = self.key(&format!("spent:{}", event.nonce));
+        let team_ids = self.key(&format!("reuse-ids:{}", q.team));
+        let decision = self.key(&format!("reuse-events:{}", q.decision));
+        let script = &self.record_reuse;
+        let got: i64 = self
+            .with_conn(|mut c| async move {
+                let mut call = script.key(spent);
+                call.key(team_ids)
+                    .key(decision)
+                    .arg(ttl)
+                    .arg(now_ms)
+                    .arg(event.expires_ms)
+                    .arg(q.team_ids)
+                    .arg(q.decision_events)
+                    .arg(q.events)
+                    .arg(event.nonce)
+                    .arg(COUNTER_RETENTION_MS);
+                // KEYS[4 + i] gets ARGV[9 + 2i] (field) and ARGV[10 + 2i] (delta).
+                for (key, add) in counter_keys.iter().zip(&event.counters) {
+                    call.key(key).arg(&add.field).arg(add.delta);
+                }
+                call.invoke_async(&mut c).await
+            })
+            .await?;
+        match got {
+            1 => Ok(Recorded::New),
+            0 => Ok(Recorded::Duplicate),
+            n => Err(super::quota_refusal(q, n == -1)),
+        }
+    }
+
     fn counter_key(&self, hash: &str) -> String {
         format!("{}:c:{hash}", self.prefix)
     }
@@ -349,6 +421,9 @@ impl RedisStore {
 #[async_trait::async_trait]
 impl StateStore for RedisStore {
     async fn record(&self, event: &OutcomeEvent, now_ms: u64) -> Result<Recorded, StoreError> {
+        if let Some(q) = &event.quota {
+            return self.record_reuse(event, q, now_ms).await;
+        }
         // A counters-only mark sends no log entry (the script appends none for an empty one).
         let json = if event.counters_only {
             String::new()

@@ -83,6 +83,18 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                         s.key, o.reuse_retention_days, s.reuse_retention_days
                     ));
                 }
+                if (o.reuse_events_per_decision, o.reuse_ids_per_team)
+                    != (s.reuse_events_per_decision, s.reuse_ids_per_team)
+                {
+                    out.push(format!(
+                        "scope {}: reuse limits {} events per decision, {} ids per team → {}, {}",
+                        s.key,
+                        o.reuse_events_per_decision,
+                        o.reuse_ids_per_team,
+                        s.reuse_events_per_decision,
+                        s.reuse_ids_per_team
+                    ));
+                }
                 if o.max_output_tokens != s.max_output_tokens {
                     out.push(format!(
                         "scope {}: max_output_tokens {} → {}",

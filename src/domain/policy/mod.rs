@@ -140,6 +140,13 @@ pub struct ScopePolicy {
     /// How long after a decision its output's reuse may be recorded (RecordReuse), in days;
     /// never shorter than the decision TTL.
     pub reuse_retention_days: u32,
+    /// Most reuse events one decision may accumulate (the sum of its RecordReuse counts): one
+    /// output's flood cannot swamp the report's reuse figures.
+    pub reuse_events_per_decision: u64,
+    /// Most reuse event ids one team may have remembered at once (each is kept for the reuse
+    /// window, for exactly-once): one team's flood of ids fills its own quota, never the
+    /// store's memory that other teams' Feedback needs.
+    pub reuse_ids_per_team: u64,
 }
 
 /// What a scope's quality bar constrains.
@@ -170,6 +177,10 @@ pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 32_768;
 /// How long reuse of an output may be recorded after its decision, by default: a quarter and
 /// then some, so "opened again next quarter" still counts.
 pub const DEFAULT_REUSE_RETENTION_DAYS: u32 = 90;
+/// Default `reuse_events_per_decision`.
+pub const DEFAULT_REUSE_EVENTS_PER_DECISION: u64 = 100_000;
+/// Default `reuse_ids_per_team`: over a 90-day window, about 1,100 distinct reuse events a day.
+pub const DEFAULT_REUSE_IDS_PER_TEAM: u64 = 100_000;
 
 /// A validated policy: tiers ordered by price and the scopes.
 #[derive(Debug, Clone, PartialEq)]

@@ -62,4 +62,6 @@ pub(super) struct RawScope {
     pub(super) quality_bar_relative: Option<f64>,
     pub(super) max_output_tokens: Option<u64>,
     pub(super) reuse_retention_days: Option<u32>,
+    pub(super) reuse_events_per_decision: Option<u64>,
+    pub(super) reuse_ids_per_team: Option<u64>,
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::budget::validate_budgets;
 use super::raw::{RawPolicyFile, RawScope};
 use super::{
-    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_REUSE_RETENTION_DAYS,
+    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS,
+    DEFAULT_REUSE_EVENTS_PER_DECISION, DEFAULT_REUSE_IDS_PER_TEAM, DEFAULT_REUSE_RETENTION_DAYS,
     Policy, PolicyError, ScopePolicy, Tier, scope_key,
 };
 
@@ -296,6 +297,32 @@ pub(super) fn resolve_scope(
             format!("must be in [1, {MAX_REUSE_RETENTION_DAYS}], got {reuse_retention_days}"),
         ));
     }
+    let bounded = |name: &str, v: Option<u64>, base_v: Option<u64>, default: u64, max: u64| {
+        let v = v.or(base_v).unwrap_or(default);
+        if (1..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(PolicyError::new(
+                field_path(name),
+                format!("must be in [1, {max}], got {v}"),
+            ))
+        }
+    };
+    let reuse_events_per_decision = bounded(
+        "reuse_events_per_decision",
+        s.reuse_events_per_decision,
+        base.and_then(|b| b.reuse_events_per_decision),
+        DEFAULT_REUSE_EVENTS_PER_DECISION,
+        1_000_000_000,
+    )?;
+    let reuse_ids_per_team = bounded(
+        "reuse_ids_per_team",
+        s.reuse_ids_per_team,
+        base.and_then(|b| b.reuse_ids_per_team),
+        DEFAULT_REUSE_IDS_PER_TEAM,
+        // The memory store's whole pool for reuse ids.
+        crate::store::MAX_REUSE_IDS as u64,
+    )?;
     let allowed_names = s
         .allowed_tiers
         .as_ref()
@@ -346,6 +373,8 @@ pub(super) fn resolve_scope(
         quality_bar_relative,
         max_output_tokens,
         reuse_retention_days,
+        reuse_events_per_decision,
+        reuse_ids_per_team,
     })
 }
 

@@ -38,6 +38,7 @@ fn reuse_mark_event(
         output_tokens: 0,
         counters,
         counters_only: true,
+        quota: None,
         sketch: Vec::new(),
         ..like.clone()
     }
@@ -121,6 +122,7 @@ impl Learner {
             sketch: claims.sketch,
             counters,
             counters_only: false,
+            quota: None,
         };
         let reuse_mark = marks.map(|counters| {
             let retention = table
@@ -260,6 +262,14 @@ impl Learner {
             sketch: Vec::new(),
             counters: event_counters,
             counters_only: true,
+            // Within the scope's limits: the team's remembered reuse ids, the decision's events.
+            quota: Some(crate::store::ReuseQuota {
+                team: claims.team.clone(),
+                team_ids: scope.reuse_ids_per_team,
+                decision: claims.nonce,
+                decision_events: scope.reuse_events_per_decision,
+                events: u64::from(count),
+            }),
         };
         let mark = reuse_mark_event(&base, claims.nonce, claims.issued_ms, window, mark_counters);
         self.commit(router, books, base, now_ms)
