@@ -9,8 +9,10 @@
 #   at 75%  replica B SIGKILL with Redis up, restarted 5 s later
 # Each load client writes every feedback the service acknowledged (`mixed --acked`). At the
 # end the script reads the shared outcome log and checks: every acknowledged feedback is in it
-# exactly once, except those acknowledged before the empty restart (lost with Redis's own data,
-# counted separately); no outcome is in it twice; the report's outcome total matches the log.
+# exactly once, except those Redis held when it was wiped (lost with Redis's own data, counted
+# separately: the script freezes Redis with SIGSTOP and copies its append-only files before the
+# kill, so which outcomes went with it is read from those files, not guessed from clocks); no
+# outcome is in it twice; the report's outcome total matches the log.
 # One row a minute: RSS and open file descriptors of both replicas.
 # Usage: benches/load/faults.sh [MINUTES] [PAIRS_PER_S]   (default 10 minutes at 50 pairs/s;
 # keep MINUTES × 60 × PAIRS_PER_S under the log's 50,000-event window)
@@ -32,8 +34,7 @@ pid() { cat "$OUT/$1.pid" 2>/dev/null || true; }
 cleanup() { kill $(pid redis) $(pid a) $(pid b) "${LOADS[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
 export TOKENWISE_DECISION_SECRET="$(head -c 32 /dev/urandom | base64)"
-mkdir -p "$OUT/redis" "$OUT/a" "$OUT/b"
-echo 0 > "$OUT/wipe_ms"
+mkdir -p "$OUT/redis" "$OUT/a" "$OUT/b" "$OUT/redis-at-wipe"
 
 start_redis() {
   # Started from a subshell, so the kills below are not reported as this shell's jobs.
@@ -78,8 +79,11 @@ schedule() {
   t=$(pct 45); at "$t"; say "replica B SIGTERM"; kill -TERM "$(pid b)"
   while kill -0 "$(pid b)" 2>/dev/null; do sleep 0.05; done
   at $((t + 5)); start_replica b ${PORTS[1]}; say "replica B restarted"
-  t=$(pct 60); at "$t"; say "Redis SIGKILL; restarting it empty"
-  date +%s%3N > "$OUT/wipe_ms"; kill_redis; rm -rf "$OUT/redis"/*
+  t=$(pct 60); at "$t"; say "Redis frozen, its files copied, SIGKILL; restarting it empty"
+  # Frozen first (appendfsync always: everything it ever answered is in its files), so the copy
+  # holds exactly what the wipe takes.
+  kill -STOP "$(pid redis)"; cp -r "$OUT/redis"/. "$OUT/redis-at-wipe"/
+  kill_redis; rm -rf "$OUT/redis"/*
   at $((t + 20)); start_redis; say "Redis restarted empty"
   t=$(pct 75); at "$t"; say "replica B SIGKILL (Redis up)"; kill -9 "$(pid b)"
   at $((t + 5)); start_replica b ${PORTS[1]}; say "replica B restarted"
@@ -111,9 +115,15 @@ sleep 15
 row
 redis-cli -p $RPORT --raw lrange "$PREFIX:events" 0 -1 > "$OUT/log.jsonl"
 $bin report --addr "127.0.0.1:${PORTS[0]}" --since 2h --format json > "$OUT/report.json"
-python3 - "$OUT" "$(cat "$OUT/wipe_ms")" <<'PY'
-import base64, json, sys, collections
-out, wipe_ms = sys.argv[1], int(sys.argv[2])
+python3 - "$OUT" <<'PY'
+import base64, json, sys, collections, os, re
+out = sys.argv[1]
+# Outcomes Redis held when it was wiped: every event it logged, from its append-only files.
+at_wipe = set()
+for root, _, files in os.walk(f"{out}/redis-at-wipe"):
+    for f in files:
+        data = open(os.path.join(root, f), 'rb').read()
+        at_wipe.update(int(n) for n in re.findall(rb'\\?"nonce\\?":(\d+)', data))
 def nonce(decision_id):
     payload = decision_id.split('.')[0]
     b = base64.urlsafe_b64decode(payload + '=' * (-len(payload) % 4))
@@ -126,19 +136,17 @@ for line in open(f"{out}/log.jsonl"):
     e = json.loads(line)
     if not e.get('counters_only'):
         in_log[e['nonce']] += 1
-acked, before_wipe = {}, set()
+acked = {}
 for i in (0, 1):
     for line in open(f"{out}/acked-{i}.txt"):
         ms, did = line.split()
         n = nonce(did)
         acked[n] = acked.get(n, 0) + 1
-        if int(ms) < wipe_ms:
-            before_wipe.add(n)
 twice_acked = sum(1 for c in acked.values() if c > 1)
 dups = sum(1 for c in in_log.values() if c > 1)
 missing = [n for n in acked if in_log[n] == 0]
-lost_with_redis = [n for n in missing if n in before_wipe]
-lost = [n for n in missing if n not in before_wipe]
+lost_with_redis = [n for n in missing if n in at_wipe]
+lost = [n for n in missing if n not in at_wipe]
 unacked_landed = sum(1 for n in in_log if n not in acked)
 r = json.load(open(f"{out}/report.json"))
 outcomes = r['total'].get('outcomes')
@@ -151,7 +159,7 @@ for l in loads:
 print(f"acknowledged feedbacks: {len(acked)} (acknowledged twice: {twice_acked})")
 print(f"in the log after the run: {sum(in_log.values())} outcomes, {dups} of them more than once")
 print(f"acknowledged and in the log exactly once: {sum(1 for n in acked if in_log[n] == 1)}")
-print(f"acknowledged before the empty restart and gone with Redis's data: {len(lost_with_redis)}")
+print(f"in Redis when it was wiped, and gone with its data: {len(lost_with_redis)}")
 print(f"acknowledged and LOST otherwise: {len(lost)}")
 print(f"in the log, never acknowledged (answer lost with a killed replica): {unacked_landed}")
 print(f"report outcome total: {outcomes} (log: {sum(in_log.values())})")

@@ -120,6 +120,13 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    // A panic (a bug) is logged where operators look, with where it happened, before the
+    // default hook prints it: a call it fails then never ends without a cause in the log.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default_hook(info);
+    }));
 }
 
 /// The decision secret from its file, the environment or the command line (warned: visible in

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
+use tower_http::classify::GrpcFailureClass;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::{DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
 /// Header that carries a call's request id: the caller's if it sent one, else a new UUID.
@@ -44,12 +45,42 @@ pub(super) fn propagate_request_id() -> PropagateRequestIdLayer {
 /// One span per call (debug level: free when the log level is info) with the RPC path and the
 /// request id; handlers record the scope, tier and decision id in it. A refused call is logged
 /// at debug too (the handlers log refusals that matter at info).
-pub(super) fn trace() -> TraceLayer<GrpcClassifier, MakeRpcSpan> {
+pub(super) fn trace() -> TraceLayer<
+    GrpcClassifier,
+    MakeRpcSpan,
+    DefaultOnRequest,
+    DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    OnFailure,
+> {
     TraceLayer::new_for_grpc()
         .make_span_with(rpc_span as MakeRpcSpan)
         .on_request(DefaultOnRequest::new().level(Level::DEBUG))
         .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-        .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+        .on_failure(log_failure as OnFailure)
+}
+
+type OnFailure = fn(GrpcFailureClass, Duration, &Span);
+
+/// A refused call at debug (handlers log the refusals that matter); a call that failed with an
+/// internal error (INTERNAL, UNKNOWN, DATA_LOSS) or in the transport at error, so none passes
+/// without a line in the log.
+fn log_failure(class: GrpcFailureClass, latency: Duration, _: &Span) {
+    let ms = latency.as_millis() as u64;
+    match class {
+        GrpcFailureClass::Code(code) if matches!(code.get(), 2 | 13 | 15) => tracing::error!(
+            code = code.get(),
+            latency_ms = ms,
+            "a call failed with an internal error"
+        ),
+        GrpcFailureClass::Code(code) => {
+            tracing::debug!(code = code.get(), latency_ms = ms, "call refused")
+        }
+        GrpcFailureClass::Error(e) => {
+            tracing::error!(error = %e, latency_ms = ms, "a call failed in the transport")
+        }
+    }
 }
 
 type GrpcClassifier =
