@@ -406,3 +406,44 @@ async fn one_teams_junk_workflows_do_not_push_anothers_into_other() {
     assert_eq!(tasks_of("search", "faq"), 1);
     assert_eq!(tasks_of("ads", OTHER), 250 - MAX_WORKFLOWS as i64);
 }
+
+#[tokio::test]
+async fn one_team_spends_at_most_its_share_of_a_budget_over_several_teams() {
+    // A global budget of $0.014 (four premium tasks) with team_share 0.5: team `a` may spend
+    // $0.007 of it, however much it asks, and team `b` still gets its part.
+    let policy = POLICY.replace(
+        "[[budgets]]\nteam = \"t\"",
+        "[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 0.014\nteam_share = 0.5\non_exhausted = \"reject\"\n\n[[budgets]]\nteam = \"t\"",
+    );
+    let e = Engine::builder(
+        Arc::new(ComplexityModel::bundled().unwrap()),
+        Arc::new(Policy::parse(&policy).unwrap()),
+        Signer::new(b"k").unwrap(),
+    )
+    .decision_ttl_ms(3_600_000)
+    .build();
+    let now = 1_795_934_463_000;
+    route(&e, "a", now).unwrap();
+    route(&e, "a", now).unwrap();
+    let err = route(&e, "a", now).unwrap_err();
+    assert!(err.to_string().contains("team a's share"), "{err}");
+    route(&e, "b", now).unwrap();
+    route(&e, "b", now).unwrap();
+    // The whole budget is now spent: b's third is refused by the budget itself.
+    let err = route(&e, "b", now).unwrap_err();
+    assert!(!err.to_string().contains("share"), "{err}");
+    // The shares survive a flush and a read back from the store.
+    let store = crate::store::MemoryStore::new();
+    let p = e.router.table().policy.clone();
+    e.books.flush(&p, &store, now).await.unwrap();
+    let read = store
+        .read_counters(&[budget_hash("default/day", Period::Day.start_ms(now))])
+        .await
+        .unwrap();
+    assert_eq!(read[0]["used"], 14_000);
+    assert_eq!(read[0]["used:a"], 7_000);
+    assert_eq!(read[0]["used:b"], 7_000);
+    let p = e.router.table().policy.clone();
+    e.books.flush(&p, &store, now).await.unwrap();
+    assert_eq!(e.books.budget_usage(&p, now)[0].used_micros, 14_000);
+}

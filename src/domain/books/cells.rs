@@ -137,12 +137,17 @@ impl Local {
             };
             c.counters(&k, &mut adds);
         }
-        for (id, periods) in &pending {
+        for (key, periods) in &pending {
+            // A team's part of a shared budget goes in a field of its own in the budget's hash.
+            let (id, field) = match split_team_usage_key(key) {
+                Some((id, team)) => (id, team_used_field(team)),
+                None => (key.as_str(), BUDGET_USED.to_string()),
+            };
             for (start, v) in periods {
                 if *v != 0 {
                     adds.push(CounterAdd {
                         hash: budget_hash(id, *start),
-                        field: BUDGET_USED.into(),
+                        field: field.clone(),
                         delta: *v,
                     });
                 }

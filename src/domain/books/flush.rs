@@ -67,16 +67,27 @@ impl Books {
         let mut local = self.lock();
         let mut seen = Usage::new();
         for ((b, start), fields) in policy.budgets.iter().zip(starts).zip(values) {
-            let used = fields.get(BUDGET_USED).copied().unwrap_or(0);
             // Spend adds up to zero or more: a negative total was written by hand (or by a
             // replica that lost Route's reservations) and would lift the budget's limit.
-            let used = if used < 0 {
-                tracing::warn!(budget = %b.id, used_micros = used, "budget usage in the store is negative; counted as 0");
-                0
-            } else {
-                used
+            let at_least_zero = |key: &str, used: i64| {
+                if used < 0 {
+                    tracing::warn!(budget = %key, used_micros = used, "budget usage in the store is negative; counted as 0");
+                }
+                used.max(0)
             };
-            seen.insert(b.id.clone(), HashMap::from([(start, used)]));
+            for (field, used) in &fields {
+                let key = match field.strip_prefix(BUDGET_USED) {
+                    Some("") => b.id.clone(),
+                    // A team's part of a budget with team shares.
+                    Some(rest) => match rest.strip_prefix(':') {
+                        Some(team) => team_usage_key(&b.id, team),
+                        None => continue,
+                    },
+                    None => continue,
+                };
+                let used = at_least_zero(&key, *used);
+                seen.insert(key, HashMap::from([(start, used)]));
+            }
         }
         local.seen = seen;
         Ok(())

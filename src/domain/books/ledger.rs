@@ -36,6 +36,22 @@ pub fn budget_hash(id: &str, period_start_ms: u64) -> String {
 /// Field of a budget period hash that holds its usage, micro-USD.
 pub const BUDGET_USED: &str = "used";
 
+/// Where the books keep one team's part of a budget shared by several teams (one with a
+/// `team_share`): beside the whole in the local usage, under this key.
+pub(super) fn team_usage_key(budget: &str, team: &str) -> String {
+    format!("{budget}{SEP}{team}")
+}
+
+/// The budget and team of a [`team_usage_key`]; `None` for a whole budget's key.
+pub(super) fn split_team_usage_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once(SEP)
+}
+
+/// Field of a budget period hash that holds one team's part of its usage, micro-USD.
+pub(super) fn team_used_field(team: &str) -> String {
+    format!("{BUDGET_USED}:{team}")
+}
+
 /// Field name of a ledger metric for one cell.
 pub fn ledger_field(metric: &str, team: &str, workflow: &str, tier: &str) -> String {
     format!("{metric}{SEP}{team}{SEP}{workflow}{SEP}{tier}")

@@ -304,6 +304,13 @@ impl Books {
         )
     }
 
+    /// A team as budgets with team shares count it: its ledger label (teams over the cap share
+    /// [`OTHER`]).
+    fn budget_team(&self, team: &str) -> String {
+        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        clean(labels.team(team)).into_owned()
+    }
+
     /// Counts settled accounting (outcomes, reuse) in the exported metrics.
     pub fn observe_outcome(&self, counters: &[CounterAdd]) {
         self.observe(counters);
@@ -406,13 +413,33 @@ impl Books {
             let usual = d.chosen;
             let mut target = usual;
             let store_down = self.store_down.load(Ordering::Relaxed);
+            // The caller's part of budgets with team shares, under its ledger label.
+            let team_key = policy
+                .budgets
+                .iter()
+                .any(|b| b.team_share.is_some())
+                .then(|| self.budget_team(team));
             for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
                 let start = b.period.start_ms(now_ms);
                 let used = local.used(&b.id, start);
                 if let Some(hard) = b.hard_limit_micros {
                     let closed =
                         store_down && b.on_store_unavailable == OnStoreUnavailable::FailClosed;
-                    if closed || used + d.candidates[usual].cost_micros > hard {
+                    let cost = d.candidates[usual].cost_micros;
+                    // The whole budget, or this team's share of it.
+                    let over = if closed || used.saturating_add(cost) > hard {
+                        Some((b.id.clone(), used, hard))
+                    } else {
+                        b.team_share
+                            .zip(team_key.as_deref())
+                            .and_then(|(share, t)| {
+                                let cap = (hard as f64 * share) as i64;
+                                let mine = local.used(&team_usage_key(&b.id, t), start);
+                                (mine.saturating_add(cost) > cap)
+                                    .then(|| (format!("{} (team {t}'s share)", b.id), mine, cap))
+                            })
+                    };
+                    if let Some((budget, used, limit)) = over {
                         match b.on_exhausted {
                             OnExhausted::Reject => {
                                 drop(local);
@@ -420,9 +447,9 @@ impl Books {
                                     c.add(RouteCount::Rejected, 1);
                                 });
                                 return Err(BudgetExhausted {
-                                    budget: b.id.clone(),
+                                    budget,
                                     used_usd: used as f64 / 1e6,
-                                    limit_usd: hard as f64 / 1e6,
+                                    limit_usd: limit as f64 / 1e6,
                                     period: b.period.as_str(),
                                     resets_ms: b.period.next_start_ms(now_ms),
                                 });
@@ -471,6 +498,9 @@ impl Books {
             for b in policy.budgets.iter().filter(|b| b.covers(team, workflow)) {
                 let start = b.period.start_ms(now_ms);
                 add_usage(&mut local.pending, &b.id, start, cost);
+                if let (Some(_), Some(t)) = (b.team_share, team_key.as_deref()) {
+                    add_usage(&mut local.pending, &team_usage_key(&b.id, t), start, cost);
+                }
             }
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
@@ -564,8 +594,16 @@ impl Books {
                 .iter()
                 .filter(|b| b.covers(&claims.team, &claims.workflow))
             {
+                let hash = budget_hash(&b.id, b.period.start_ms(claims.issued_ms));
+                if b.team_share.is_some() {
+                    out.push(CounterAdd {
+                        hash: hash.clone(),
+                        field: team_used_field(&self.budget_team(&claims.team)),
+                        delta: actual - estimate,
+                    });
+                }
                 out.push(CounterAdd {
-                    hash: budget_hash(&b.id, b.period.start_ms(claims.issued_ms)),
+                    hash,
                     field: BUDGET_USED.into(),
                     delta: actual - estimate,
                 });

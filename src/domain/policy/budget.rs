@@ -98,6 +98,9 @@ pub struct Budget {
     pub on_exhausted: OnExhausted,
     /// Behaviour while the store is unreachable.
     pub on_store_unavailable: OnStoreUnavailable,
+    /// For a budget over several teams: the share of its hard limit one team may spend; past
+    /// it, `on_exhausted` applies to that team alone. `None`: any team may spend all of it.
+    pub team_share: Option<f64>,
 }
 
 impl Budget {
@@ -175,6 +178,28 @@ pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, Po
         };
         let team = b.team.clone().unwrap_or_default();
         let workflow = b.workflow.clone().unwrap_or_default();
+        let team_share = match b.team_share {
+            None => None,
+            Some(_) if !team.is_empty() => {
+                return Err(PolicyError::new(
+                    path("team_share"),
+                    "only a budget over several teams (without `team`) has team shares",
+                ));
+            }
+            Some(_) if hard.is_none() => {
+                return Err(PolicyError::new(
+                    path("team_share"),
+                    "is a share of hard_limit_usd, which this budget lacks",
+                ));
+            }
+            Some(s) if s.is_finite() && s > 0.0 && s <= 1.0 => Some(s),
+            Some(s) => {
+                return Err(PolicyError::new(
+                    path("team_share"),
+                    format!("must be in (0, 1], got {s}"),
+                ));
+            }
+        };
         let id = format!("{}/{}", scope_key(&team, &workflow), period.as_str());
         if out.iter().any(|o| o.id == id) {
             return Err(PolicyError::new(
@@ -191,6 +216,7 @@ pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, Po
             hard_limit_micros: hard,
             on_exhausted,
             on_store_unavailable,
+            team_share,
         }));
     }
     Ok(out)
@@ -260,6 +286,17 @@ hard_limit_usd = 50
             "budgets[0].period"
         );
         assert_eq!(err("[[budgets]]\nperiod = \"day\"").path, "budgets[0]");
+        // A team share: of a budget over several teams, of its hard limit, in (0, 1].
+        for bad in [
+            "[[budgets]]\nteam = \"a\"\nperiod = \"day\"\nhard_limit_usd = 1\nteam_share = 0.5",
+            "[[budgets]]\nperiod = \"day\"\nsoft_limit_usd = 1\nteam_share = 0.5",
+            "[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\nteam_share = 1.5",
+            "[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\nteam_share = 0",
+        ] {
+            assert_eq!(err(bad).path, "budgets[0].team_share", "{bad}");
+        }
+        let shared = with("[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\nteam_share = 0.25");
+        assert_eq!(shared.unwrap().budgets[0].team_share, Some(0.25));
         assert_eq!(
             err("[[budgets]]\nperiod = \"day\"\nhard_limit_usd = -1").path,
             "budgets[0].hard_limit_usd"

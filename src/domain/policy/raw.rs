@@ -33,6 +33,7 @@ pub(super) struct RawBudget {
     pub(super) hard_limit_usd: Option<f64>,
     pub(super) on_exhausted: Option<String>,
     pub(super) on_store_unavailable: Option<String>,
+    pub(super) team_share: Option<f64>,
 }
 
 /// One `[[tiers]]` entry as written.
