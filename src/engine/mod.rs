@@ -53,6 +53,8 @@ pub struct Engine {
     policy_admin: PolicyAdmin,
     /// Whether route accounting carried over from the previous run still waits in its file.
     carry_over_pending: AtomicBool,
+    /// When the books were last checkpointed to the carry-over file (during an outage).
+    last_checkpoint_ms: std::sync::atomic::AtomicU64,
     /// Names of the term buckets seen in this replica's unlabelled tasks (a sample of them), to
     /// name discovered clusters in `thresholds`. Per replica and best effort: the fold that
     /// fits the clusters has no texts, and a busy lock skips the sample.
@@ -61,6 +63,8 @@ pub struct Engine {
 
 /// One unlabelled task in this many lends its words to the cluster names.
 const NAME_SAMPLE: u64 = 16;
+/// How often, during an outage, unsent route accounting is checkpointed to disk.
+const CHECKPOINT_MS: u64 = 1_000;
 
 /// A proposed policy, checked against the live one.
 #[derive(Debug, Clone)]
@@ -190,6 +194,7 @@ impl EngineBuilder {
             telemetry,
             policy_admin: PolicyAdmin::default(),
             carry_over_pending,
+            last_checkpoint_ms: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::default(),
         }
     }
@@ -286,6 +291,7 @@ impl Engine {
             .await;
         if let Err(e) = &flushed {
             tracing::debug!(error = %e, "books not flushed");
+            self.checkpoint_books(now_ms);
         }
         // Everything carried over is in the store now: the file has done its job.
         if flushed.is_ok()
@@ -300,6 +306,25 @@ impl Engine {
         let ok = learned && flushed.is_ok();
         self.books.set_store_down(!ok);
         ok
+    }
+
+    /// During an outage, at most once a second: seals the route accounting not yet sent and
+    /// appends it to the carry-over file, so a replica killed mid-outage loses at most the last
+    /// second of it (a graceful shutdown loses none). Without a spill file it stays in memory.
+    fn checkpoint_books(&self, now_ms: u64) {
+        let last = self.last_checkpoint_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < CHECKPOINT_MS || !self.learner.buffer().has_file() {
+            return;
+        }
+        self.last_checkpoint_ms.store(now_ms, Ordering::Relaxed);
+        let sealed = self.books.seal();
+        if sealed.is_empty() {
+            return;
+        }
+        match self.learner.buffer().append_carry_over(&sealed) {
+            Ok(()) => self.carry_over_pending.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "route accounting not checkpointed to disk"),
+        }
     }
 
     /// Shutdown: flush the books once, then record or persist buffered outcomes.

@@ -463,6 +463,29 @@ impl OutageBuffer {
         }
     }
 
+    /// Whether the buffer keeps a file (a spill file, with its carry-over file beside it).
+    pub fn has_file(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Appends `items` to the carry-over file, durably (one write and one `fsync`).
+    pub fn append_carry_over<T: serde::Serialize>(&self, items: &[T]) -> Result<(), BufferError> {
+        match (&self.spill, self.carry_over_path()) {
+            _ if items.is_empty() => Ok(()),
+            (Some(s), Some(p)) => {
+                let lines = items
+                    .iter()
+                    .map(|i| s.keys.encode(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| s.io(e))?;
+                let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+                let _claim = s.lock.lock().unwrap_or_else(PoisonError::into_inner);
+                append(&p, &lines).map_err(|e| s.io(e))
+            }
+            _ => Err(BufferError::NoFile),
+        }
+    }
+
     /// What a previous run left in the carry-over file (lines failing their checksum skipped
     /// and counted).
     pub fn load_carry_over<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {

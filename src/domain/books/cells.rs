@@ -103,9 +103,11 @@ pub(super) struct Local {
     pub(super) batch: Option<Batch>,
     /// The budget usage inside `batch`.
     pub(super) in_flight: Usage,
-    /// Batches a previous run could not send (read from its carry-over file at start): sent
-    /// first, each as is.
+    /// Batches a previous run could not send (read from its carry-over file at start), and
+    /// batches sealed during an outage ([`Books::seal`]): sent first, each as is.
     pub(super) resumed: std::collections::VecDeque<Batch>,
+    /// The budget usage inside the batches this run sealed, until all of them are sent.
+    pub(super) sealed: Usage,
     /// Last read from the store.
     pub(super) seen: Usage,
 }
@@ -170,6 +172,7 @@ impl Local {
     pub(super) fn used(&self, id: &str, start: u64) -> i64 {
         usage_of(&self.seen, id, start)
             + usage_of(&self.in_flight, id, start)
+            + usage_of(&self.sealed, id, start)
             + usage_of(&self.pending, id, start)
     }
 }

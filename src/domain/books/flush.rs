@@ -22,7 +22,17 @@ impl Books {
             let Some(b) = next else { break };
             store.add_counters(b.id, &b.adds).await?;
             self.observe(&b.adds);
-            self.lock().resumed.pop_front();
+            let mut local = self.lock();
+            local.resumed.pop_front();
+            // All sent: what the sealed batches reserved counts as seen until a read shows it.
+            if local.resumed.is_empty() {
+                let sealed = std::mem::take(&mut local.sealed);
+                for (id, periods) in sealed {
+                    for (start, v) in periods {
+                        add_usage(&mut local.seen, &id, start, v);
+                    }
+                }
+            }
         }
         let batch = {
             let mut local = self.lock();
@@ -118,6 +128,7 @@ impl Books {
         let mut out: Vec<Batch> = local.resumed.drain(..).collect();
         out.extend(local.batch.take());
         local.in_flight.clear();
+        local.sealed.clear();
         let (adds, _) = local.drain_adds(&self.shards);
         if !adds.is_empty() {
             out.push(Batch {
@@ -125,6 +136,32 @@ impl Books {
                 adds,
             });
         }
+        out
+    }
+
+    /// Seals what this replica has not sent into batches of fixed ids, queued to be sent first:
+    /// the batch in flight (its id kept) and the counts since (a new one). Returns the new
+    /// batches, for the carry-over file: during an outage they are appended there as they are
+    /// sealed, so a replica killed mid-outage loses at most the counts since its last seal.
+    pub fn seal(&self) -> Vec<Batch> {
+        let mut local = self.lock();
+        let mut out: Vec<Batch> = local.batch.take().into_iter().collect();
+        let in_flight = std::mem::take(&mut local.in_flight);
+        let (adds, pending) = local.drain_adds(&self.shards);
+        for usage in [in_flight, pending] {
+            for (id, periods) in usage {
+                for (start, v) in periods {
+                    add_usage(&mut local.sealed, &id, start, v);
+                }
+            }
+        }
+        if !adds.is_empty() {
+            out.push(Batch {
+                id: rand::random(),
+                adds,
+            });
+        }
+        local.resumed.extend(out.iter().cloned());
         out
     }
 
