@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use super::secret::check_secret;
 use super::{path_str, runtime};
 use crate::domain::classifier::ComplexityModel;
+use crate::domain::decision::Signer;
 use crate::domain::policy::Policy;
 
 /// Arguments of `serve`.
@@ -151,8 +152,102 @@ fn decision_secret(args: &ServeArgs) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(Some(s.as_bytes().to_vec()))
 }
 
+/// The decision secrets `serve` signs with: the current one and, during a rotation, the
+/// previous one, each checked (with `--config`); `None`: no secret configured.
+fn secrets(args: &ServeArgs) -> anyhow::Result<Option<Secrets>> {
+    let Some(secret) = decision_secret(args)? else {
+        if args.config.is_some() {
+            bail!(
+                "with --config, a decision secret is required (TOKENWISE_DECISION_SECRET, \
+                 --decision-secret-file, or --decision-secret): every replica must share it, e.g. \
+                 `openssl rand -base64 32`"
+            );
+        }
+        tracing::warn!(
+            "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
+        );
+        return Ok(None);
+    };
+    if args.config.is_some() {
+        check_secret("decision secret", &secret)?;
+    }
+    let previous = match args
+        .previous_decision_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        Some(old) => {
+            // The secret being rotated out signs nothing new but still admits ids: it must be
+            // as hard to guess as the current one.
+            if args.config.is_some() {
+                check_secret("previous decision secret", old.as_bytes())?;
+            }
+            tracing::info!("accepting ids signed with the previous decision secret (rotation)");
+            Some(old.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    Ok(Some(Secrets { secret, previous }))
+}
+
+/// The decision secret and, during a rotation, the one being rotated out.
+struct Secrets {
+    secret: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+/// A signer for `deployment` from the secrets (a random key without any).
+fn signer_for(secrets: Option<&Secrets>, deployment: &str) -> anyhow::Result<Signer> {
+    Ok(match secrets {
+        None => Signer::random()?,
+        Some(Secrets { secret, previous }) => {
+            let signer = Signer::for_deployment(secret, deployment)?;
+            match previous {
+                Some(old) => signer.accepting(Signer::for_deployment(old, deployment)?),
+                None => signer,
+            }
+        }
+    })
+}
+
+/// The shared store's deployment id: the one it holds, or, as the first replica of a new
+/// deployment (or of one whose store lost its data), the one this replica kept from an
+/// earlier start, else a new random one. Kept beside the spill file, so a replica can start
+/// while the store is down; without it and without the store there is no id to sign with.
+async fn deployment_id(
+    store: &dyn crate::store::StateStore,
+    buffer: &crate::store::OutageBuffer,
+) -> anyhow::Result<String> {
+    let kept = buffer.recall_deployment();
+    let proposed = kept
+        .clone()
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+    match store.deployment_id(&proposed).await {
+        Ok(id) => {
+            if kept.as_ref() != Some(&id)
+                && let Err(e) = buffer.remember_deployment(&id)
+            {
+                tracing::warn!(error = %e, "deployment id not kept for a start while the store is down");
+            }
+            Ok(id)
+        }
+        Err(crate::store::StoreError::Config(why)) => bail!("store: {why}"),
+        Err(e) => match kept {
+            Some(id) => {
+                tracing::warn!(error = %e, "store unreachable at start: signing with the deployment id kept from an earlier start");
+                Ok(id)
+            }
+            None => bail!(
+                "the store is unreachable ({e}) and this replica kept no deployment id from an \
+                 earlier start: it cannot sign ids the other replicas accept; start it once the \
+                 store answers"
+            ),
+        },
+    }
+}
+
 /// Builds the engine that `serve` runs from its arguments.
-pub fn engine_from_args(
+pub async fn engine_from_args(
     args: &ServeArgs,
     telemetry: std::sync::Arc<dyn crate::engine::Telemetry>,
 ) -> anyhow::Result<crate::engine::Engine> {
@@ -165,58 +260,30 @@ pub fn engine_from_args(
         Some(p) => ComplexityModel::load(path_str(p)?)?,
         None => ComplexityModel::bundled()?,
     };
-    // Ids are bound to the deployment: a Redis deployment is its key prefix; a memory store
-    // lives and dies with this process (and its nonce ledger with it), so its ids do too.
-    let deployment = match &policy.store.kind {
+    tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
+    // Ids are bound to the deployment: a Redis deployment is its key prefix and the id its
+    // store holds; a memory store lives and dies with this process (and its nonce ledger with
+    // it), so its ids do too.
+    let base = match &policy.store.kind {
         crate::store::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
         crate::store::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
         crate::store::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
     };
-    let signer = match decision_secret(args)? {
-        Some(secret) => {
-            if args.config.is_some() {
-                check_secret("decision secret", &secret)?;
-            }
-            let signer = crate::domain::decision::Signer::for_deployment(&secret, &deployment)?;
-            match args
-                .previous_decision_secret
-                .as_deref()
-                .filter(|s| !s.is_empty())
-            {
-                Some(old) => {
-                    // The secret being rotated out signs nothing new but still admits ids: it
-                    // must be as hard to guess as the current one.
-                    if args.config.is_some() {
-                        check_secret("previous decision secret", old.as_bytes())?;
-                    }
-                    tracing::info!(
-                        "accepting ids signed with the previous decision secret (rotation)"
-                    );
-                    signer.accepting(crate::domain::decision::Signer::for_deployment(
-                        old.as_bytes(),
-                        &deployment,
-                    )?)
-                }
-                None => signer,
-            }
-        }
-        None if args.config.is_some() => bail!(
-            "with --config, a decision secret is required (TOKENWISE_DECISION_SECRET, \
-             --decision-secret-file, or --decision-secret): every replica must share it, e.g. \
-             `openssl rand -base64 32`"
-        ),
-        None => {
-            tracing::warn!(
-                "no decision secret configured: decision ids are signed with a random per-process key and will not verify after a restart or on another replica"
-            );
-            crate::domain::decision::Signer::random()?
+    let secrets = secrets(args)?;
+    // The replica's own files are signed with a key of the secret and the prefix: they are
+    // read before the store can be asked for its id.
+    let files = signer_for(secrets.as_ref(), &base)?;
+    let keys = crate::store::FileKeys::new(files.file_keys());
+    let (store, buffer) = crate::store::open(&policy.store, &args.listen, keys)?;
+    let (signer, deployment) = match policy.store.kind {
+        crate::store::StoreKind::Memory => (files, None),
+        _ => {
+            let id = deployment_id(store.as_ref(), &buffer).await?;
+            let signer = signer_for(secrets.as_ref(), &format!("{base}:{id}"))?;
+            (signer, Some(id))
         }
     };
-    tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
-    // The spill and carry-over lines are signed with a key from the same secret.
-    let keys = crate::store::FileKeys::new(signer.file_keys());
-    let (store, buffer) = crate::store::open(&policy.store, &args.listen, keys)?;
-    Ok(crate::engine::Engine::builder(
+    let mut builder = crate::engine::Engine::builder(
         std::sync::Arc::new(model),
         std::sync::Arc::new(policy),
         signer,
@@ -226,15 +293,19 @@ pub fn engine_from_args(
     })
     .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
     .store(store, buffer)
-    .telemetry(telemetry)
-    .build())
+    .telemetry(telemetry);
+    if let Some(id) = deployment {
+        builder = builder.deployment(id);
+    }
+    Ok(builder.build())
 }
 
 /// Runs the gRPC server until SIGINT or SIGTERM, then drains in-flight calls.
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let engine = std::sync::Arc::new(engine_from_args(&args, metrics.clone())?);
+    let rt = runtime()?;
+    let engine = std::sync::Arc::new(rt.block_on(engine_from_args(&args, metrics.clone()))?);
     let addr_or_off = |flag: &str, a: &str| -> anyhow::Result<Option<std::net::SocketAddr>> {
         match a {
             "off" | "" => Ok(None),
@@ -276,7 +347,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_task_bytes + 64 * 1024,
         ..Default::default()
     };
-    runtime()?.block_on(async move {
+    rt.block_on(async move {
         // A store that is down is an outage the server rides out; one that refuses the
         // credentials is a configuration error that waiting will not fix.
         if let Err(crate::store::StoreError::Config(why)) = engine.store().ping().await {

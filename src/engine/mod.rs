@@ -53,6 +53,8 @@ pub struct Engine {
     policy_admin: PolicyAdmin,
     /// Whether route accounting carried over from the previous run still waits in its file.
     carry_over_pending: AtomicBool,
+    /// The store's deployment id this replica signs with, if it has one.
+    deployment: Option<String>,
     /// When the books were last checkpointed to the carry-over file (during an outage).
     last_checkpoint_ms: std::sync::atomic::AtomicU64,
     /// Names of the term buckets seen in this replica's unlabelled tasks (a sample of them), to
@@ -97,6 +99,7 @@ pub struct EngineBuilder {
     learning: bool,
     store: Option<(Arc<dyn StateStore>, OutageBuffer)>,
     telemetry: Option<Arc<dyn Telemetry>>,
+    deployment: Option<String>,
 }
 
 /// What the engine tells as it works: every count the books send (through
@@ -143,6 +146,13 @@ impl EngineBuilder {
         self
     }
 
+    /// The shared store's deployment id the signer's key is derived from: re-asserted at each
+    /// refresh, so a store that lost its data gets the same id back (default: none).
+    pub fn deployment(mut self, id: String) -> Self {
+        self.deployment = Some(id);
+        self
+    }
+
     /// Where the engine's counts and feedback lags go (default: nowhere).
     pub fn telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
         self.telemetry = Some(telemetry);
@@ -160,6 +170,7 @@ impl EngineBuilder {
             learning,
             store,
             telemetry,
+            deployment,
         } = self;
         let telemetry = telemetry.unwrap_or_else(|| Arc::new(Silent));
         let (store, buffer) = store.unwrap_or_else(|| {
@@ -196,6 +207,7 @@ impl EngineBuilder {
             carry_over_pending,
             last_checkpoint_ms: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::default(),
+            deployment,
         }
     }
 }
@@ -216,6 +228,7 @@ impl Engine {
             learning: true,
             store: None,
             telemetry: None,
+            deployment: None,
         }
     }
 
@@ -281,6 +294,16 @@ impl Engine {
     /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
     /// Returns whether the store is healthy.
     pub async fn refresh(&self, now_ms: u64) -> bool {
+        if let Some(id) = &self.deployment {
+            // A store that lost its data gets this id back (every replica proposes the same).
+            match self.learner.store().deployment_id(id).await {
+                Ok(held) if held != *id => tracing::error!(
+                    held = %crate::domain::labels::shown(&held),
+                    "the store holds another deployment id than this replica signs with: replicas started since refuse its decision ids; restart it"
+                ),
+                _ => {}
+            }
+        }
         let learned = self.learner.refresh(&self.router, now_ms).await;
         if let Err(e) = self.policy_admin.refresh(self.live(), false, now_ms).await {
             tracing::debug!(error = %e, "policy log not read");

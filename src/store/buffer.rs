@@ -463,6 +463,22 @@ impl OutageBuffer {
         }
     }
 
+    /// Keeps the deployment's id beside the spill file, for a start while the store is down.
+    pub fn remember_deployment(&self, id: &str) -> Result<(), BufferError> {
+        match &self.spill {
+            Some(s) => s.rewrite(&s.path.with_extension("deployment"), &[id]),
+            None => Err(BufferError::NoFile),
+        }
+    }
+
+    /// The deployment id a previous start kept ([`OutageBuffer::remember_deployment`]).
+    pub fn recall_deployment(&self) -> Option<String> {
+        let s = self.spill.as_ref()?;
+        s.read::<String>(&s.path.with_extension("deployment"), false)
+            .ok()?
+            .pop()
+    }
+
     /// Whether the buffer keeps a file (a spill file, with its carry-over file beside it).
     pub fn has_file(&self) -> bool {
         self.spill.is_some()

@@ -248,6 +248,15 @@ pub trait StateStore: Send + Sync {
         max: usize,
     ) -> Result<(Vec<OutcomeEvent>, u64), StoreError>;
 
+    /// The deployment's id: set once, to `proposed`, by the first replica that asks (a new
+    /// deployment, or one whose store lost its data, where the replicas propose the id they
+    /// had), and the same for every replica after. Decision ids are signed with a key derived
+    /// from it, so two deployments that share a secret and a prefix on different stores do
+    /// not accept each other's ids. A store of one process has no one to share it with.
+    async fn deployment_id(&self, proposed: &str) -> Result<String, StoreError> {
+        Ok(proposed.to_string())
+    }
+
     /// Events of the shared log that could not be read and were skipped since this process
     /// started (a poison event must not stop learning on every replica).
     fn skipped_events(&self) -> u64 {

@@ -590,6 +590,26 @@ impl StateStore for RedisStore {
             .collect()
     }
 
+    async fn deployment_id(&self, proposed: &str) -> Result<String, StoreError> {
+        let key = self.key("deployment-id");
+        // SET NX GET: the id already there, or nothing when `proposed` became it.
+        let before: Option<String> = self
+            .with_conn(|mut c| {
+                let key = &key;
+                async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(proposed)
+                        .arg("NX")
+                        .arg("GET")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(before.unwrap_or_else(|| proposed.to_string()))
+    }
+
     async fn data_since_ms(&self, now_ms: u64) -> Result<u64, StoreError> {
         let script = &self.data_since;
         let keys = [

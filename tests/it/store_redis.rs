@@ -922,3 +922,50 @@ async fn the_manifests_redis_acl_admits_the_store_and_nothing_else() {
     .unwrap();
     assert!(anonymous.ping().await.is_err());
 }
+
+/// The probe of the hardening issue: two deployments on different Redis servers with the same
+/// prefix and the same secret accepted each other's decision ids. Each store now holds a
+/// random deployment id that the signing key is derived from.
+#[tokio::test]
+async fn deployments_on_different_stores_refuse_each_others_ids_despite_one_secret_and_prefix() {
+    let (Some(one), Some(two)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    let prefix = unique_prefix("deployments");
+    let config = |redis: &RedisServer, name: &str| {
+        let text = format!(
+            "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\n",
+            tokenwise::domain::policy::EMBEDDED_POLICY,
+            redis.url()
+        );
+        let path = std::env::temp_dir().join(format!("{prefix}-{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (pa, pb_port) = (crate::common::spare_port(), crate::common::spare_port());
+    let _a = spawn_replica(&config(&one, "a"), pa);
+    let _b = spawn_replica(&config(&two, "b"), pb_port);
+    let mut a = pb::router_client::RouterClient::new(connect(pa).await);
+    let mut b = pb::router_client::RouterClient::new(connect(pb_port).await);
+    let d = a
+        .route(route_req("which deployment?"))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = b.feedback(fb(&d.decision_id, 1.0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("signature"), "{e:?}");
+    a.feedback(fb(&d.decision_id, 1.0)).await.unwrap();
+    // Each store holds its own id, set once.
+    let id = |redis: &RedisServer| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "get"])
+            .arg(format!("{prefix}:deployment-id"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap()
+    };
+    let (ida, idb) = (id(&one), id(&two));
+    assert_eq!(ida.len(), 32, "{ida:?}");
+    assert_ne!(ida, idb);
+}

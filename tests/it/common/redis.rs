@@ -107,6 +107,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (an outage); its append-only file stays.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
