@@ -162,3 +162,46 @@ async fn a_policy_entry_written_into_the_store_without_the_secret_never_becomes_
     b.refresh_policy(false, 5).await.unwrap();
     assert_eq!(b.policy().version, version("0.8"));
 }
+
+/// The bug of the hardening issue (item 9): replicas whose `[store]` sections differ only in
+/// their own settings (the README's two-replica recipe gives each its spill file) ended on
+/// different policy versions: the second's startup entry was "not usable here" for the first.
+/// Now a shared entry's `[store]` never blocks it: each replica keeps its own.
+#[tokio::test]
+async fn replicas_with_their_own_store_settings_end_on_one_version() {
+    let store = shared();
+    let own = |capacity: u32| {
+        format!(
+            "{}\n[store]\nkind = \"memory\"\nbuffer_capacity = {capacity}\n",
+            text("0.7")
+        )
+    };
+    let start = |t: String, now: u64| {
+        let store = store.clone();
+        async move {
+            let e = Engine::builder(
+                Arc::new(ComplexityModel::bundled().unwrap()),
+                Arc::new(Policy::parse(&t).unwrap()),
+                Signer::new(b"k").unwrap(),
+            )
+            .store(store, OutageBuffer::in_memory(0))
+            .build();
+            e.init_policy(now).await.unwrap();
+            e
+        }
+    };
+    let a = start(own(100), 1).await;
+    let b = start(own(200), 2).await;
+    a.refresh_policy(false, 3).await.unwrap();
+    assert_eq!(a.policy().version, b.policy().version);
+    // Each keeps the store settings it was started with.
+    assert_eq!(a.policy().store.buffer_capacity, 100);
+    assert_eq!(b.policy().store.buffer_capacity, 200);
+    // A change made on one reaches the other all the same.
+    b.apply_policy(&text("0.8"), "api", "bob", "stricter", 4)
+        .await
+        .unwrap();
+    a.refresh_policy(false, 5).await.unwrap();
+    assert_eq!(a.policy().version, version("0.8"));
+    assert_eq!(a.policy().store.buffer_capacity, 100);
+}

@@ -134,13 +134,10 @@ impl PolicyAdmin {
             (Some(f), Some(h)) if f.version == mine.version => {
                 if h.version != mine.version {
                     // Changed through the API since this file was loaded: the log wins.
-                    match Policy::parse(&h.text) {
-                        Ok(p) if p.store == mine.store => {
+                    match adopt(live.router, &h.text) {
+                        Ok(p) => {
                             tracing::info!(version = %h.version, "policy from the shared log");
                             live.learner.swap_policy(live.router, Arc::new(p)).await;
-                        }
-                        Ok(_) => {
-                            tracing::warn!(version = %h.version, "shared policy has another [store] section; keeping the file's")
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "shared policy log head is invalid; keeping the file's")
@@ -153,7 +150,7 @@ impl PolicyAdmin {
             // A file the history has seen before (e.g. an old pod restarting mid-rollout) does
             // not take the fleet back: follow the history's head.
             (_, Some(h)) if log.iter().any(|c| c.version == mine.version) => {
-                match validate(live.router, &h.text) {
+                match adopt(live.router, &h.text) {
                     Ok(p) => {
                         tracing::warn!(file = %mine.version, live = %h.version, "this replica's policy file is an older version; following the shared history");
                         live.learner.swap_policy(live.router, Arc::new(p)).await;
@@ -339,7 +336,7 @@ impl PolicyAdmin {
         if let Some(last) = changes.last() {
             st.last_seen = Some(Seen::of(last));
             if last.version != live.router.table().policy.version {
-                match validate(live.router, &last.text) {
+                match adopt(live.router, &last.text) {
                     Ok(p) => {
                         tracing::info!(version = %last.version, author = %last.author, "policy changed on another replica");
                         live.learner.swap_policy(live.router, Arc::new(p)).await;
@@ -393,15 +390,37 @@ impl PolicyAdmin {
     }
 }
 
-/// Parses `text` as a replacement of the live policy. The `[store]` section cannot change
-/// while running.
+/// Parses `text`, submitted on this replica (the API, its policy file), as a replacement of
+/// the live policy. The store it names cannot change while running; the `[store]` section's
+/// per-replica settings (spill file, buffer, credentials' files) are this replica's own and
+/// stay as they are.
 pub fn validate(router: &Router, text: &str) -> Result<Policy, PolicyError> {
-    let new = Policy::parse(text)?;
-    if new.store != router.table().policy.store {
+    let mut new = Policy::parse(text)?;
+    let live = &router.table().policy.store;
+    if new.store.kind != live.kind {
         return Err(PolicyError {
             path: "store".into(),
-            reason: "the [store] section cannot change while running; restart with it".into(),
+            reason:
+                "the store (kind, url, prefix, nodes) cannot change while running; restart with it"
+                    .into(),
         });
     }
+    new.store = live.clone();
+    Ok(new)
+}
+
+/// Parses `text` from the shared log (another replica's change, or the history's head at
+/// start) as this replica's next policy. Its `[store]` section is the writer's own deployment
+/// setting and never blocks it here: this replica keeps its own, so replicas with different
+/// spill files (or anything else in `[store]`) still end on the same version.
+pub fn adopt(router: &Router, text: &str) -> Result<Policy, PolicyError> {
+    let mut new = Policy::parse(text)?;
+    let live = &router.table().policy.store;
+    if new.store.kind != live.kind {
+        tracing::warn!(
+            "a shared policy names another store than this replica runs on; this replica keeps its own [store] until it restarts"
+        );
+    }
+    new.store = live.clone();
     Ok(new)
 }
