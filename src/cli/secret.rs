@@ -5,8 +5,9 @@
 //! 10 kinds). The estimate here is a description length: the secret is read left to right, and
 //! each stretch costs the bits an attacker who tries the obvious patterns first would need to
 //! name it: a repeat of something earlier (`Password1Password1…`, 40 spaces), a run that steps
-//! by a constant (`0123456789`, `abcdef`), or, failing both, a character from the alphabet
-//! classes the secret uses (digits, lower, upper, punctuation, other bytes).
+//! by a constant (`0123456789`, `abcdef`), a word (`production`, `Staple`: 13 bits, a
+//! diceware-size list), or, failing all, a character from the alphabet classes the secret uses
+//! (digits, lower, upper, punctuation, other bytes).
 
 use anyhow::bail;
 
@@ -16,6 +17,13 @@ pub const MIN_SECRET_BITS: f64 = 128.0;
 
 /// Shortest repeat or stepped run worth naming as one (shorter ones cost as literals).
 const MIN_PATTERN: usize = 3;
+
+/// Shortest letter run read as a word (`secret`, `Production`).
+const MIN_WORD: usize = 4;
+
+/// What naming one word costs: a word list the size of diceware's (7,776 words, ~13 bits),
+/// which is what passphrases are drawn from.
+const WORD_BITS: f64 = 13.0;
 
 /// Refuses a decision secret anyone could guess: shorter than 32 bytes, a placeholder from an
 /// example file, or worth fewer than [`MIN_SECRET_BITS`] by [`estimated_bits`]. `which` names
@@ -53,10 +61,14 @@ pub fn estimated_bits(s: &[u8]) -> f64 {
     while i < s.len() {
         let repeat = longest_repeat(s, i);
         let run = stepped_run(s, i);
+        let word = word_at(s, i);
         if repeat >= MIN_PATTERN && repeat >= run {
             // Where it starts and how long it is.
             bits += 2.0 * position_bits;
             i += repeat;
+        } else if word >= MIN_WORD && WORD_BITS < word as f64 * alphabet {
+            bits += WORD_BITS;
+            i += word;
         } else if run >= MIN_PATTERN {
             // Its first character, its step (a few choices) and its length.
             bits += alphabet + 3.0 + position_bits;
@@ -106,6 +118,20 @@ fn longest_repeat(s: &[u8], i: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Length of the word at `i`: a letter, then lowercase letters (`staple`, `Password`); a mix of
+/// cases inside (`yBvQwLr`, random base64) is no word.
+fn word_at(s: &[u8], i: usize) -> usize {
+    match s.get(i) {
+        Some(b) if b.is_ascii_alphabetic() => {
+            1 + s[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_lowercase())
+                .count()
+        }
+        _ => 0,
+    }
+}
+
 /// Length of the run from `i` whose bytes step by one constant of at most 3 (`1234`, `aceg`,
 /// `9876`); a repeated character is a repeat, not a run.
 fn stepped_run(s: &[u8], i: usize) -> usize {
@@ -140,6 +166,10 @@ mod tests {
             "Password1Password1Password1Password1",
             &spaces,
             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
+            // Words: long and of several classes, but a dictionary attack names them.
+            "tokenwise-production-secret-2024!",
+            "correct horse battery staple now",
+            "Correct-Horse-Battery-Staple-Mountain-River",
         ] {
             assert!(
                 check_secret("decision secret", bad.as_bytes()).is_err(),

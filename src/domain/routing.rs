@@ -66,6 +66,11 @@ pub enum RouteError {
         /// Field name.
         field: &'static str,
     },
+    /// A team label that would read as a team and a workflow in a scope key.
+    #[error(
+        "team: must not contain \"/workflow:\" (it separates a team from a workflow in scope keys)"
+    )]
+    ReservedTeam,
     /// A workflow label in the namespace of discovered clusters.
     #[error("workflow: labels starting with '~' are reserved for discovered clusters")]
     ReservedWorkflow,
@@ -78,6 +83,7 @@ impl RouteError {
             RouteError::EmptyTask | RouteError::TaskTooLarge { .. } => "task",
             RouteError::LabelTooLong { field, .. } | RouteError::LabelControl { field } => field,
             RouteError::ReservedWorkflow => "workflow",
+            RouteError::ReservedTeam => "team",
         }
     }
 }
@@ -187,6 +193,9 @@ pub fn check_labels(req: &RouteRequest<'_>) -> Result<(), RouteError> {
     }
     if req.workflow.starts_with('~') {
         return Err(RouteError::ReservedWorkflow);
+    }
+    if req.team.contains(crate::domain::policy::TEAM_WORKFLOW_SEP) {
+        return Err(RouteError::ReservedTeam);
     }
     Ok(())
 }
@@ -712,6 +721,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(e, RouteError::ReservedWorkflow);
         assert_eq!(e.field(), "workflow");
+        // A team that reads as a team and a workflow would reach another scope.
+        let e = r
+            .route(
+                &RouteRequest {
+                    task: "hi",
+                    team: "ads/workflow:triage",
+                    ..Default::default()
+                },
+                0.9,
+            )
+            .unwrap_err();
+        assert_eq!(e, RouteError::ReservedTeam);
         // A newline or an escape in a label would forge log lines and drive terminals.
         for (workflow, team) in [("a\nERROR forged", ""), ("", "ads\u{1b}[31m")] {
             let e = r

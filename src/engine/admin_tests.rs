@@ -134,33 +134,89 @@ async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one()
 
 /// The probe of the hardening issue: an entry written straight into the store's policy log (bar
 /// 0, so hard tasks would go to the cheapest tier) never becomes live on any replica, at a
-/// refresh or at a start; the entries the replicas write themselves verify.
+/// refresh or at a start; nor does a real, sealed entry copied to the end of the log (an old,
+/// looser policy replayed); the entries the replicas write themselves verify.
 #[tokio::test]
 async fn a_policy_entry_written_into_the_store_without_the_secret_never_becomes_live() {
     let store = shared();
     let a = replica(&store, "0.7", 1).await;
-    let mut forged = store.policy_changes(0).await.unwrap()[0].clone();
+    a.apply_policy(&text("0.75"), "api", "alice", "looser", 2)
+        .await
+        .unwrap();
+    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 3)
+        .await
+        .unwrap();
+    let at_end = |mut c: crate::store::PolicyChange, seq: u64| {
+        c.seq = seq;
+        c
+    };
+    let log = store.policy_changes(0).await.unwrap();
+    // Forged: a sealed entry's fields changed.
+    let mut forged = at_end(log[0].clone(), 3);
     forged.version = version("0");
     forged.text = text("0");
-    forged.source = "api".into();
     store.append_policy_change(&forged).await.unwrap();
-    // Sealed with another deployment's secret: refused too.
+    // Sealed with another deployment's secret.
     let other = Signer::new(b"another deployment").unwrap().policy_keys()[0];
     store
-        .append_policy_change(&forged.clone().seal(&other))
+        .append_policy_change(&at_end(forged.clone(), 4).seal(&other))
         .await
         .unwrap();
-    a.refresh_policy(false, 2).await.unwrap();
-    assert_eq!(a.policy().version, version("0.7"));
-    let b = replica(&store, "0.7", 3).await;
-    assert_eq!(b.policy().version, version("0.7"));
-    assert_eq!(b.policy_versions().await.unwrap().len(), 1);
-    // A real change, made on A, still reaches B.
-    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 4)
+    // Replayed: the real, sealed 0.75 entry copied to the end as it is.
+    store
+        .append_policy_change(&at_end(log[1].clone(), 5))
         .await
         .unwrap();
-    b.refresh_policy(false, 5).await.unwrap();
+    a.refresh_policy(false, 4).await.unwrap();
+    assert_eq!(a.policy().version, version("0.8"));
+    let b = replica(&store, "0.7", 5).await;
     assert_eq!(b.policy().version, version("0.8"));
+    assert_eq!(b.policy_versions().await.unwrap().len(), 3);
+    // A real change, made on A, still reaches B.
+    a.apply_policy(&text("0.9"), "api", "alice", "stricter still", 6)
+        .await
+        .unwrap();
+    b.refresh_policy(false, 7).await.unwrap();
+    assert_eq!(b.policy().version, version("0.9"));
+}
+
+/// The review's find: once a rotation's previous secret is removed, entries it sealed no longer
+/// verify, so the history looked lost and a restart went back to the policy file. The head is
+/// sealed again with the current secret while both are held, and the API change outlives it.
+#[tokio::test]
+async fn an_api_change_outlives_a_decision_secret_rotation() {
+    let store = shared();
+    let with = |signer: Signer, now: u64| {
+        let store = store.clone();
+        async move {
+            let e = Engine::builder(
+                Arc::new(ComplexityModel::bundled().unwrap()),
+                Arc::new(Policy::parse(&text("0.7")).unwrap()),
+                signer,
+            )
+            .store(store, OutageBuffer::in_memory(0))
+            .build();
+            e.init_policy(now).await.unwrap();
+            e
+        }
+    };
+    let old = || Signer::new(b"old-secret").unwrap();
+    let new = || Signer::new(b"new-secret").unwrap();
+    let a = with(old(), 1).await;
+    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 2)
+        .await
+        .unwrap();
+    // Rotation, step 1: the new secret, the old one still accepted.
+    let b = with(new().accepting(old()), 3).await;
+    assert_eq!(b.policy().version, version("0.8"));
+    b.refresh_policy(false, 4).await.unwrap();
+    // Step 2: the old secret removed; a replica restarts with the policy file.
+    let c = with(new(), 5).await;
+    assert_eq!(
+        c.policy().version,
+        version("0.8"),
+        "the API change survived"
+    );
 }
 
 /// The bug of the hardening issue (item 9): replicas whose `[store]` sections differ only in

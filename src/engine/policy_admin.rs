@@ -347,6 +347,34 @@ impl PolicyAdmin {
                 }
             }
         }
+        // A rotation of the decision secret: the head was sealed with the secret going away.
+        // Sealed again with the current one, the live policy (and the API changes in it)
+        // outlives the old secret; the entries before stay readable only while it is kept.
+        if live.learner.policy_head_sealed_with_old_key() {
+            // The head, and before it the last file-loaded entry (startup reconciliation tells
+            // a new rollout from a restart by it), copied as they are.
+            let log = live.learner.policy_changes(0).await?;
+            let head = log.last().cloned();
+            let last_file = log
+                .iter()
+                .rev()
+                .find(|c| c.source == "startup" || c.source == "file")
+                .filter(|f| head.as_ref().is_some_and(|h| h.seq != f.seq))
+                .cloned();
+            for c in last_file.into_iter().chain(head) {
+                let again = PolicyChange {
+                    reason: format!(
+                        "{} (sealed again after a decision secret rotation)",
+                        c.reason
+                    ),
+                    mac: String::new(),
+                    ..c
+                };
+                let seq = live.learner.append_policy_change(&again).await?;
+                st.last_seen = Some(Seen::of(&PolicyChange { seq, ..again }));
+            }
+            tracing::info!("policy log head sealed again after a decision secret rotation");
+        }
         let Some((path, seen)) = st.file.clone() else {
             return Ok(());
         };
@@ -404,6 +432,11 @@ pub fn validate(router: &Router, text: &str) -> Result<Policy, PolicyError> {
                 "the store (kind, url, prefix, nodes) cannot change while running; restart with it"
                     .into(),
         });
+    }
+    if new.store != *live {
+        tracing::warn!(
+            "the policy's other [store] settings (refresh, timeout, buffer, spill file, credential files) take effect only at a restart; the live ones stay"
+        );
     }
     new.store = live.clone();
     Ok(new)

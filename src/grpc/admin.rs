@@ -27,7 +27,9 @@ impl Admin for AdminService {
         request: Request<pb::GetThresholdsRequest>,
     ) -> Result<Response<pb::GetThresholdsResponse>, Status> {
         auth::require_admin(auth::caller(&request), "GetThresholds")?;
-        let want = request.into_inner().scope;
+        // The team's concurrency slot (in the extensions) is held until the call ends.
+        let (_, _slot, r) = request.into_parts();
+        let want = r.scope;
         let t = self.engine.thresholds(&want)?;
         Ok(Response::new(pb::GetThresholdsResponse {
             thresholds: t.rows.into_iter().map(threshold_to_proto).collect(),
@@ -71,7 +73,8 @@ impl Admin for AdminService {
         request: Request<pb::ValidatePolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
         auth::require_admin(auth::caller(&request), "ValidatePolicy")?;
-        let r = request.into_inner();
+        // The team's concurrency slot (in the extensions) is held until the call ends.
+        let (_, _slot, r) = request.into_parts();
         let check = self.engine.check_policy(&r.text, r.what_if).await?;
         let what_if = check
             .what_if
@@ -96,7 +99,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::PolicyChange>, Status> {
         auth::require_admin(auth::caller(&request), "ApplyPolicy")?;
         let author = author_of(&request);
-        let r = request.into_inner();
+        // The team's concurrency slot (in the extensions) is held until the call ends.
+        let (_, _slot, r) = request.into_parts();
         require_reason(&r.reason)?;
         audit_text("author", &r.author, MAX_AUTHOR_BYTES)?;
         let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
@@ -125,7 +129,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::PolicyChange>, Status> {
         auth::require_admin(auth::caller(&request), "RollbackPolicy")?;
         let author = author_of(&request);
-        let r = request.into_inner();
+        // The team's concurrency slot (in the extensions) is held until the call ends.
+        let (_, _slot, r) = request.into_parts();
         require_reason(&r.reason)?;
         audit_text("author", &r.author, MAX_AUTHOR_BYTES)?;
         let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));

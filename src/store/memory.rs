@@ -134,8 +134,15 @@ impl StateStore for MemoryStore {
             // Reuse ids have a pool of their own, and each team its share of it.
             Some(q) => {
                 let held = s.reuse_ids_by_team.get(&q.team).copied().unwrap_or(0);
-                if held >= q.team_ids || s.reuse_ids >= MAX_REUSE_IDS {
+                if held >= q.team_ids {
                     return Err(quota_refusal(q, true));
+                }
+                if s.reuse_ids >= MAX_REUSE_IDS {
+                    return Err(StoreError::Full(format!(
+                        "the memory store remembers {MAX_REUSE_IDS} reuse event ids of all teams, \
+                         its limit; reuse is refused until some leave their window (Feedback is \
+                         not: its ids are kept apart); use the Redis store for more"
+                    )));
                 }
                 let events = s.decision_events.get(&q.decision).copied().unwrap_or(0);
                 if events.saturating_add(q.events) > q.decision_events {
@@ -223,11 +230,19 @@ impl StateStore for MemoryStore {
     async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError> {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = s.policy.len() as u64;
-        s.policy.push(PolicyChange {
-            seq,
-            ..change.clone()
-        });
+        if change.seq != seq {
+            return Err(StoreError::Conflict(format!(
+                "the policy log holds {seq} entries, not {}",
+                change.seq
+            )));
+        }
+        s.policy.push(change.clone());
         Ok(seq)
+    }
+
+    async fn policy_log_len(&self) -> Result<u64, StoreError> {
+        let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(s.policy.len() as u64)
     }
 
     async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError> {

@@ -157,7 +157,10 @@ pub struct PolicyChange {
 impl PolicyChange {
     fn mac(&self, key: &[u8; 32]) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac;
+        // The position is sealed too: a sealed entry copied to the end of the log (an old,
+        // looser policy replayed by someone who can write to the store) does not verify there.
         let body = (
+            self.seq,
             &self.version,
             &self.source,
             &self.author,
@@ -181,14 +184,13 @@ impl PolicyChange {
         self
     }
 
-    /// Whether the entry was sealed with one of `keys` and not changed since (compared in
-    /// constant time).
-    pub fn verifies(&self, keys: &[[u8; 32]]) -> bool {
+    /// Which of `keys` sealed the entry, at its position and unchanged since (compared in
+    /// constant time); `None`: none did.
+    pub fn sealed_by(&self, keys: &[[u8; 32]]) -> Option<usize> {
         use hmac::Mac;
-        let Ok(tag) = hex::decode(&self.mac) else {
-            return false;
-        };
-        keys.iter().any(|k| self.mac(k).verify_slice(&tag).is_ok())
+        let tag = hex::decode(&self.mac).ok()?;
+        keys.iter()
+            .position(|k| self.mac(k).verify_slice(&tag).is_ok())
     }
 }
 
@@ -231,6 +233,10 @@ pub enum StoreError {
     /// process).
     #[error("store configuration: {0}")]
     Config(String),
+    /// A conditional write found the store moved on (another replica wrote first): read again
+    /// and retry.
+    #[error("store moved on: {0}")]
+    Conflict(String),
 }
 
 /// The shared-state interface.
@@ -274,8 +280,16 @@ pub trait StateStore: Send + Sync {
         hashes: &[String],
     ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError>;
 
-    /// Appends a policy change; returns its position (0-based) in the policy log.
+    /// Appends a policy change at position `change.seq` (0-based) of the policy log, only if
+    /// the log holds exactly that many entries (else [`StoreError::Conflict`], nothing written),
+    /// and returns that position. An entry is sealed for its position, so appending at a known
+    /// one is what lets a replica seal it before it is written.
     async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError>;
+
+    /// How many entries the policy log holds (the position of the next one).
+    async fn policy_log_len(&self) -> Result<u64, StoreError> {
+        Ok(self.policy_changes(0).await?.len() as u64)
+    }
 
     /// Policy changes from position `from` on, in order, with `seq` set.
     async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError>;
@@ -673,7 +687,8 @@ pub mod contract {
         })
     }
 
-    /// Policy changes are appended in order and read back from any position with `seq` set.
+    /// Policy changes are appended in order, each only at the position it names (another is
+    /// refused with nothing written), and read back from any position with `seq` set.
     pub async fn policy_changes_append_in_order(store: &dyn StateStore) -> Result<(), String> {
         let change = |v: &str| PolicyChange {
             seq: 0,
@@ -689,7 +704,22 @@ pub mod contract {
         let none = store.policy_changes(0).await.map_err(e)?;
         ensure(none.is_empty(), || format!("fresh policy log has {none:?}"))?;
         for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
-            let at = store.append_policy_change(&change(v)).await.map_err(e)?;
+            let len = store.policy_log_len().await.map_err(e)?;
+            ensure(len == i as u64, || format!("log length {len} before {v}"))?;
+            let stale = store.append_policy_change(&change(v)).await;
+            ensure(
+                i == 0 || matches!(stale, Err(StoreError::Conflict(_))),
+                || format!("append of {v} at position 0: {stale:?}"),
+            )?;
+            let at = if i == 0 {
+                stale.map_err(e)?
+            } else {
+                let at_end = PolicyChange {
+                    seq: i as u64,
+                    ..change(v)
+                };
+                store.append_policy_change(&at_end).await.map_err(e)?
+            };
             ensure(at == i as u64, || format!("change {v} appended at {at}"))?;
         }
         let tail = store.policy_changes(1).await.map_err(e)?;

@@ -78,9 +78,11 @@ local events = tonumber(redis.call('GET', KEYS[3]) or '0')
 if events + tonumber(ARGV[6]) > tonumber(ARGV[5]) then return -2 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[7])
--- The set lives as long as its longest-lived id (relative TTLs: the caller's clock decides).
-redis.call('PEXPIRE', KEYS[2], ARGV[1], 'NX')
-redis.call('PEXPIRE', KEYS[2], ARGV[1], 'GT')
+-- The set lives as long as its longest-lived id (relative TTLs: the caller's clock decides;
+-- PTTL, not PEXPIRE NX/GT, which Redis before 7.0 refuses).
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
 redis.call('INCRBY', KEYS[3], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
 for i = 4, #KEYS do
@@ -88,6 +90,14 @@ for i = 4, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ARGV[8])
 end
 return 1
+";
+
+/// Appends `ARGV[2]` to the list `KEYS[1]` only if it holds exactly `ARGV[1]` entries; returns
+/// the new length, or −(its length + 1) without writing.
+const APPEND_AT: &str = r"
+local len = redis.call('LLEN', KEYS[1])
+if len ~= tonumber(ARGV[1]) then return -(len + 1) end
+return redis.call('RPUSH', KEYS[1], ARGV[2])
 ";
 
 /// Applies a counter batch once: the batch id is spent like a nonce.
@@ -135,6 +145,7 @@ pub struct RedisStore {
     conn: Mutex<Option<Conn>>,
     record: redis::Script,
     record_reuse: redis::Script,
+    append_at: redis::Script,
     add: redis::Script,
     read: redis::Script,
     data_since: redis::Script,
@@ -301,6 +312,7 @@ impl RedisStore {
             conn: Mutex::new(None),
             record: redis::Script::new(&format!("{SATURATING_ADD}{RECORD}")),
             record_reuse: redis::Script::new(&format!("{SATURATING_ADD}{RECORD_REUSE}")),
+            append_at: redis::Script::new(APPEND_AT),
             add: redis::Script::new(&format!("{SATURATING_ADD}{ADD}")),
             read: redis::Script::new(READ),
             data_since: redis::Script::new(DATA_SINCE),
@@ -552,16 +564,26 @@ impl StateStore for RedisStore {
     async fn append_policy_change(&self, change: &PolicyChange) -> Result<u64, StoreError> {
         let json = serde_json::to_string(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = self.key("policy");
-        let len: u64 = self
+        let script = &self.append_at;
+        let at = change.seq;
+        let len: i64 = self
             .with_conn(|mut c| async move {
-                redis::cmd("RPUSH")
-                    .arg(key)
-                    .arg(json)
-                    .query_async(&mut c)
-                    .await
+                script.key(key).arg(at).arg(json).invoke_async(&mut c).await
             })
             .await?;
-        Ok(len.saturating_sub(1))
+        if len < 0 {
+            return Err(StoreError::Conflict(format!(
+                "the policy log holds {} entries, not {at}",
+                -len - 1
+            )));
+        }
+        Ok(at)
+    }
+
+    async fn policy_log_len(&self) -> Result<u64, StoreError> {
+        let key = self.key("policy");
+        self.with_conn(|mut c| async move { redis::cmd("LLEN").arg(key).query_async(&mut c).await })
+            .await
     }
 
     async fn policy_changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError> {
@@ -592,22 +614,22 @@ impl StateStore for RedisStore {
 
     async fn deployment_id(&self, proposed: &str) -> Result<String, StoreError> {
         let key = self.key("deployment-id");
-        // SET NX GET: the id already there, or nothing when `proposed` became it.
-        let before: Option<String> = self
+        // SET NX, then GET: the id the first writer set (SET's GET option needs Redis 7).
+        let held: Option<String> = self
             .with_conn(|mut c| {
                 let key = &key;
                 async move {
-                    redis::cmd("SET")
+                    let _: Option<String> = redis::cmd("SET")
                         .arg(key)
                         .arg(proposed)
                         .arg("NX")
-                        .arg("GET")
                         .query_async(&mut c)
-                        .await
+                        .await?;
+                    redis::cmd("GET").arg(key).query_async(&mut c).await
                 }
             })
             .await?;
-        Ok(before.unwrap_or_else(|| proposed.to_string()))
+        held.ok_or_else(|| StoreError::Corrupt("deployment id vanished after it was set".into()))
     }
 
     async fn data_since_ms(&self, now_ms: u64) -> Result<u64, StoreError> {

@@ -201,13 +201,16 @@ pub struct Policy {
     pub budgets: Vec<Arc<Budget>>,
 }
 
+/// What separates the team from the workflow in a scope key: no team label may contain it.
+pub const TEAM_WORKFLOW_SEP: &str = "/workflow:";
+
 /// Key of the scope for a team and a workflow (either may be empty).
 pub fn scope_key(team: &str, workflow: &str) -> String {
     match (team.is_empty(), workflow.is_empty()) {
         (true, true) => "default".to_string(),
         (false, true) => format!("team:{team}"),
         (true, false) => format!("workflow:{workflow}"),
-        (false, false) => format!("team:{team}/workflow:{workflow}"),
+        (false, false) => format!("team:{team}{TEAM_WORKFLOW_SEP}{workflow}"),
     }
 }
 
@@ -218,7 +221,7 @@ pub fn scope_admits(key: &str, team: &str) -> bool {
         None => true,
         Some(rest) => rest
             .strip_prefix(team)
-            .is_some_and(|r| r.is_empty() || r.starts_with("/workflow:")),
+            .is_some_and(|r| r.is_empty() || r.starts_with(TEAM_WORKFLOW_SEP)),
     }
 }
 

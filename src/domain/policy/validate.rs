@@ -143,6 +143,12 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
             if crate::domain::labels::has_control(v) {
                 return Err(PolicyError::new(format!("{at}.{key}"), NO_CONTROL));
             }
+            if key == "team" && v.contains(super::TEAM_WORKFLOW_SEP) {
+                return Err(PolicyError::new(
+                    format!("{at}.team"),
+                    "must not contain \"/workflow:\" (it separates a team from a workflow in scope keys)",
+                ));
+            }
         }
         if team.is_empty() && workflow.is_empty() {
             return Err(PolicyError::new(

@@ -224,6 +224,8 @@ pub struct Learner {
     policy_keys: Vec<[u8; 32]>,
     /// Policy log entries refused (they do not verify); each is logged once.
     policy_refused: Mutex<HashSet<u64>>,
+    /// Whether the last verified policy entry read was sealed with the previous secret.
+    policy_head_old_key: AtomicBool,
 }
 
 impl Learner {
@@ -240,6 +242,7 @@ impl Learner {
         Self {
             policy_keys: signer.policy_keys(),
             policy_refused: Mutex::new(HashSet::new()),
+            policy_head_old_key: AtomicBool::new(false),
             signer,
             ttl_ms,
             learning,
@@ -313,14 +316,32 @@ impl Learner {
         self.store.as_ref()
     }
 
-    /// Appends a policy change to the shared log, sealed with the deployment's policy key.
+    /// Appends a policy change to the shared log, sealed with the deployment's policy key for
+    /// the position it lands at (read first; retried if another replica wrote there first).
     pub async fn append_policy_change(
         &self,
         change: &crate::store::PolicyChange,
     ) -> Result<u64, crate::store::StoreError> {
         let key = self.policy_keys.first().copied().unwrap_or_default();
-        let sealed = change.clone().seal(&key);
-        self.store.append_policy_change(&sealed).await
+        let mut tries = 0;
+        loop {
+            let seq = self.store.policy_log_len().await?;
+            let sealed = crate::store::PolicyChange {
+                seq,
+                ..change.clone()
+            }
+            .seal(&key);
+            match self.store.append_policy_change(&sealed).await {
+                Err(crate::store::StoreError::Conflict(_)) if tries < 8 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the head of the policy log, as last read, was sealed with the secret being
+    /// rotated out (and should be sealed again with the current one).
+    pub fn policy_head_sealed_with_old_key(&self) -> bool {
+        self.policy_head_old_key.load(Ordering::Relaxed)
     }
 
     /// The shared policy log from position `from`, without the entries that do not verify:
@@ -332,7 +353,13 @@ impl Learner {
     ) -> Result<Vec<crate::store::PolicyChange>, crate::store::StoreError> {
         let mut log = self.store.policy_changes(from).await?;
         log.retain(|c| {
-            let ok = c.verifies(&self.policy_keys);
+            let sealed_by = c.sealed_by(&self.policy_keys);
+            // Sealed with the secret being rotated out: seal the head again with the current
+            // one (see `reseal_head`), or the history would vanish once that secret is gone.
+            if let Some(k) = sealed_by {
+                self.policy_head_old_key.store(k > 0, Ordering::Relaxed);
+            }
+            let ok = sealed_by.is_some();
             if !ok
                 && self
                     .policy_refused

@@ -97,7 +97,10 @@ impl AuthInterceptor {
             let teams = ring
                 .callers()
                 .into_iter()
-                .map(|c| (c.team.clone(), Arc::new(Semaphore::new(limit))))
+                .map(|c| {
+                    let permits = limit.clamp(1, Semaphore::MAX_PERMITS);
+                    (c.team.clone(), Arc::new(Semaphore::new(permits)))
+                })
                 .collect();
             self.slots = Some((Arc::new(teams), limit));
         }

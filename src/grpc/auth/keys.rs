@@ -194,6 +194,12 @@ fn validate(raw: RawKeyFile) -> Result<KeyRing, AuthConfigError> {
         let at = |field: &str| format!("keys[{i}].{field}");
         check_label(&at("name"), &key.name)?;
         check_label(&at("team"), &key.team)?;
+        if key.team.contains(crate::domain::policy::TEAM_WORKFLOW_SEP) {
+            return Err(AuthConfigError::invalid(
+                at("team"),
+                "must not contain \"/workflow:\" (it separates a team from a workflow in scope keys)",
+            ));
+        }
         if key.team == crate::domain::books::OTHER {
             // The books count teams over their cardinality cap as `other`: a key for that
             // team would read all of them.
