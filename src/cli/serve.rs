@@ -355,7 +355,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
         engine
             .set_policy_source(&format!("replica {}", args.listen), args.config.clone())
             .await;

@@ -106,7 +106,8 @@ pub(super) async fn spawn_metrics(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Metrics { addr, source })?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics on /metrics");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
     Ok(tokio::spawn(async move {
         if let Err(e) = serve_metrics(engine, metrics, listener).await {
             tracing::error!(error = %e, "metrics server stopped");
@@ -135,7 +136,8 @@ where
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Health { addr, source })?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving health checks on their own port");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving health checks on their own port");
     Ok(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .layer(super::transport::protection(

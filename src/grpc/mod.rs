@@ -239,8 +239,9 @@ pub async fn run(
     );
 
     // Announced once every port is bound: a clash on the metrics port fails before this.
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "listening: serving tokenwise.v1.Router and tokenwise.v1.Admin");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening: serving tokenwise.v1.Router and tokenwise.v1.Admin");
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         builder = builder.tls_config(

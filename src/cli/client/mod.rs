@@ -341,12 +341,12 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
         } else {
             let tiers: Vec<String> = s.tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
             outln!(
-                "routed {} ({}) · feedback {} · no recorded outcome {} · refused {:?} · {:.1} s",
+                "routed {} ({}) · feedback {} · no recorded outcome {} · refused {} · {:.1} s",
                 s.routed,
                 tiers.join(", "),
                 s.fed_back,
                 s.no_outcome,
-                s.refused,
+                refused_text(&s.refused),
                 started.elapsed().as_secs_f64()
             );
         }
@@ -504,6 +504,16 @@ pub(super) async fn admin_client(
         .max_decoding_message_size(crate::grpc::MAX_ADMIN_RESPONSE_BYTES))
 }
 
+/// Refused calls by code for a person: `0`, or `3 (ResourceExhausted 2, Unavailable 1)`.
+fn refused_text(refused: &BTreeMap<String, usize>) -> String {
+    let total: usize = refused.values().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
 /// A refused call as an error: its gRPC code and message.
 pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), printable(s.message()))
@@ -512,6 +522,18 @@ pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use crate::grpc::pb;
+
+    #[test]
+    fn refused_calls_read_as_a_count_and_their_codes() {
+        let mut r = std::collections::BTreeMap::new();
+        assert_eq!(super::refused_text(&r), "0");
+        r.insert("Unavailable".to_string(), 1);
+        r.insert("ResourceExhausted".to_string(), 2);
+        assert_eq!(
+            super::refused_text(&r),
+            "3 (ResourceExhausted 2, Unavailable 1)"
+        );
+    }
 
     #[test]
     fn an_address_without_a_scheme_is_plain_http() {

@@ -45,17 +45,21 @@ pub struct PolicyError {
     pub reason: String,
 }
 
-/// Longest reason or path an error carries: a parse error quotes the offending line, and a
-/// 5 KB line quoted twice made a gRPC status too big to send (the client saw RESOURCE_EXHAUSTED
-/// "Stream removed" instead of INVALID_ARGUMENT); a 200 KB value must not be echoed back.
-const MAX_ERROR_TEXT: usize = 300;
+/// Longest path an error carries: a parse error quotes the offending line, and a 5 KB line
+/// quoted twice made a gRPC status too big to send (the client saw RESOURCE_EXHAUSTED "Stream
+/// removed" instead of INVALID_ARGUMENT); a 200 KB value must not be echoed back.
+const MAX_ERROR_PATH: usize = 300;
+/// Longest reason: room for the whole list of keys an unknown one is compared with (the
+/// caller's own text in it is cut to a few dozen characters first), and path and reason
+/// together stay under 1 KB.
+const MAX_ERROR_REASON: usize = 600;
 
-/// `s` cut to [`MAX_ERROR_TEXT`] bytes (on a character boundary), saying how long it was.
-fn clipped(s: String) -> String {
-    if s.len() <= MAX_ERROR_TEXT {
+/// `s` cut to `max` bytes (on a character boundary), saying how long it was.
+fn clipped(s: String, max: usize) -> String {
+    if s.len() <= max {
         return s;
     }
-    let mut end = MAX_ERROR_TEXT;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -65,8 +69,8 @@ fn clipped(s: String) -> String {
 impl PolicyError {
     fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            path: clipped(path.into()),
-            reason: clipped(reason.into()),
+            path: clipped(path.into(), MAX_ERROR_PATH),
+            reason: clipped(reason.into(), MAX_ERROR_REASON),
         }
     }
 }

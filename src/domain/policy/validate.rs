@@ -22,7 +22,22 @@ pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    toml_at(text, e, message.join(" "))
+    toml_at(text, e, short_unknown_field(&message.join(" ")))
+}
+
+/// ``unknown field `<caller's text>`, expected one of …``: the caller's text cut to a few
+/// dozen characters, so the list of the keys it could have meant is never cut instead.
+fn short_unknown_field(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    match rest.split_once("`, ") {
+        Some((name, expected)) => format!(
+            "unknown field {}, {expected}",
+            crate::domain::labels::shown(name)
+        ),
+        None => message.to_string(),
+    }
 }
 
 /// `message` prefixed with where `e` points in `text`: `line L, column C: message` (the policy
@@ -437,8 +452,8 @@ pub(super) fn pinned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::policy::MAX_ERROR_TEXT;
     use crate::domain::policy::tests::THREE;
+    use crate::domain::policy::{MAX_ERROR_PATH, MAX_ERROR_REASON};
 
     fn err(text: &str) -> PolicyError {
         Policy::parse(text).unwrap_err()
@@ -468,7 +483,13 @@ mod tests {
             "exploration_rate = 0.0\ncolour = \"red\"",
         ));
         assert_eq!(e.path, "policies[1].colour");
-        assert!(e.reason.contains("unknown field"), "{e}");
+        assert!(e.reason.contains("unknown field \"colour\""), "{e}");
+        // The list of keys it could have meant is whole (it was cut mid-name at 300 bytes).
+        assert!(
+            e.reason
+                .ends_with("`reuse_events_per_decision`, `reuse_ids_per_team`"),
+            "{e}"
+        );
 
         let e = err(&THREE.replace("small = 0.3, medium = 0.7", "small = 0.8, medium = 0.7"));
         assert_eq!(e.path, "policies[2].thresholds.medium");
@@ -497,7 +518,7 @@ mod tests {
         let long_line = format!("{THREE}\nfoo = \"{}\n", "y".repeat(5_000));
         let e = Policy::parse(&long_line).unwrap_err();
         assert!(
-            e.to_string().len() < 2 * MAX_ERROR_TEXT,
+            e.to_string().len() < MAX_ERROR_PATH + MAX_ERROR_REASON,
             "{}",
             e.to_string().len()
         );
