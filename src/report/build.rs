@@ -87,7 +87,10 @@ impl Acc {
             tier_mix,
             savings_micros: s(metric::PREMIUM) - spend,
             net_value_micros: s(metric::VALUE) + s(metric::HUMAN_VALUE) - spend,
-            reuse_rate: (completed > 0).then(|| s(metric::REUSED) as f64 / completed as f64),
+            reuse_rate: {
+                let tasks = s(metric::TASKS);
+                (tasks > 0).then(|| (s(metric::REUSED) as f64 / tasks as f64).min(1.0))
+            },
             ..GroupReport::from_sums(s)
         }
     }
@@ -286,6 +289,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_reuse_rate_counts_one_set_of_decisions_and_never_passes_one() {
+        // The README's own example: two outputs reused, one of them below the bar. As reused ÷
+        // completed it read 200%; over the period's decisions it is 100%.
+        let store = MemoryStore::new();
+        let adds = [
+            add(T0, metric::TASKS, "ads", "", "small", 2),
+            add(T0, metric::OUTCOMES, "ads", "", "small", 2),
+            add(T0, metric::COMPLETED, "ads", "", "small", 1),
+            add(T0, metric::REUSED, "ads", "", "small", 2),
+        ];
+        store.add_counters(1, &adds).await.unwrap();
+        let r = build(
+            &Policy::embedded().unwrap(),
+            &Books::default(),
+            &store,
+            &query(GroupBy::Team),
+            T0 + 3 * HOUR_MS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.total.reuse_rate, Some(1.0));
+    }
+
+    #[tokio::test]
     async fn groups_and_the_total_are_the_ledger_summed_by_hand() {
         let store = ledger().await;
         let policy = Policy::embedded().unwrap();
@@ -306,7 +333,7 @@ mod tests {
         assert_eq!(search.quality_bar, Some(0.7));
         assert_eq!(search.savings_micros, 9_000 - 3_400);
         assert_eq!((search.reused, search.reuse_events), (1, 5));
-        assert_eq!(search.reuse_rate, Some(1.0));
+        assert_eq!(search.reuse_rate, Some(1.0 / 3.0));
         let mix: Vec<(&str, u64)> = search
             .tier_mix
             .iter()

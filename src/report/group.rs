@@ -114,8 +114,10 @@ macro_rules! group_report_fields {
                     "Reuse events of AI outputs (RecordReuse counts, Feedback's reused mark)"
                 )
             },
-            /// `reused / completed`: the share of completed outputs reused so far (it can pass
-            /// 1 when outputs below the bar are reused too); `None` without completed outputs.
+            /// `reused / tasks`: the share of the period's decisions whose output was reused so
+            /// far (numerator and denominator count the same decisions, so it never passes 1;
+            /// it did as reused / completed, when outputs below the bar were reused too);
+            /// `None` without tasks.
             reuse_rate: Option<f64> { ratio, csv(14: "reuse_rate") },
             /// Decisions whose tier a budget lowered (soft limit or hard limit with `cheapest`).
             budget_downgrades: u64 {

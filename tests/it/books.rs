@@ -148,9 +148,9 @@ async fn the_report_matches_a_hand_computed_script() {
     assert_eq!(g.savings_micros, 10_100 - 780);
     assert_eq!(g.value_micros, 10_000);
     assert_eq!(g.net_value_micros, 10_000 - 780);
-    // One output marked reused at grading (one use), of one completed output.
+    // One output marked reused at grading (one use), of three decisions.
     assert_eq!((g.reused, g.reuse_events), (1, 1));
-    assert!(close(g.reuse_rate, 1.0));
+    assert!(close(g.reuse_rate, 1.0 / 3.0));
     assert_eq!(g.tier_mix.len(), 1);
     assert_eq!(
         (g.tier_mix[0].tier.as_str(), g.tier_mix[0].tasks),
@@ -179,7 +179,7 @@ async fn the_report_matches_a_hand_computed_script() {
     assert_eq!(t.savings_micros, 19_100 - 9_780);
     assert_eq!(t.value_micros, 30_000);
     assert_eq!(t.net_value_micros, 30_000 - 9_780);
-    assert!(close(t.reuse_rate, 1.0 / 3.0));
+    assert!(close(t.reuse_rate, 1.0 / 5.0));
     assert_eq!((t.budget_downgrades, t.budget_rejections), (0, 0));
     // The hourly series sums to the total.
     let series_spend: i64 = r.series.iter().map(|p| p.spend_micros).sum();
