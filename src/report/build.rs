@@ -96,17 +96,20 @@ impl Acc {
     }
 }
 
-fn label(s: &str) -> &str {
-    if s.is_empty() { "(none)" } else { s }
+/// A team as a group names it: calls without one are `(no team)`, as in `thresholds`.
+fn team_label(s: &str) -> &str {
+    if s.is_empty() { "(no team)" } else { s }
 }
 
 fn group_key(by: GroupBy, team: &str, workflow: &str, tier: &str) -> String {
+    // The empty workflow is `default` everywhere (thresholds, the report, reuse, metrics).
+    let workflow = crate::domain::labels::workflow_key(workflow);
     match by {
-        GroupBy::Team => label(team).to_string(),
-        GroupBy::Workflow => label(workflow).to_string(),
+        GroupBy::Team => team_label(team).to_string(),
+        GroupBy::Workflow => workflow.to_string(),
         GroupBy::Tier if tier.is_empty() => "(refused)".to_string(),
         GroupBy::Tier => tier.to_string(),
-        GroupBy::TeamWorkflow => format!("{}/{}", label(team), label(workflow)),
+        GroupBy::TeamWorkflow => format!("{}/{workflow}", team_label(team)),
     }
 }
 
@@ -367,6 +370,6 @@ mod tests {
             .unwrap();
         let mut keys: Vec<&str> = r.groups.iter().map(|g| g.key.as_str()).collect();
         keys.sort();
-        assert_eq!(keys, ["ads/(none)", "search/faq"]);
+        assert_eq!(keys, ["ads/default", "search/faq"]);
     }
 }

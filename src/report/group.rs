@@ -28,7 +28,8 @@ use super::field::define_group_report;
 macro_rules! group_report_fields {
     ($then:ident) => {
         $then! {
-            /// Group label, e.g. the team name; `(none)` for calls without one, `other` for
+            /// Group label, e.g. the team name; `(no team)` for calls without one, `default`
+            /// for the empty workflow, `other` for
             /// labels over the cardinality cap; `total` for the whole report.
             key: String { key, csv(1: "group") },
             /// Spend, micro-USD: actual cost of decisions with feedback, the estimate of the rest.

@@ -156,11 +156,7 @@ pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
             r.count,
             if r.count == 1 { "" } else { "s" },
             printable(&r.scope),
-            if r.workflow.is_empty() {
-                "(none)".into()
-            } else {
-                printable(&r.workflow)
-            },
+            printable(crate::domain::labels::workflow_key(&r.workflow)),
             if r.first_reuse {
                 " (first reuse of this output)"
             } else {
