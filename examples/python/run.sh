@@ -5,7 +5,22 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin=${1:-$root/target/debug/tokenwise}
+# The binary given, else a debug or release build of this checkout, else one built now.
+bin=${1:-}
+if [ -z "$bin" ]; then
+  for b in "$root/target/debug/tokenwise" "$root/target/release/tokenwise"; do
+    [ -x "$b" ] && bin=$b && break
+  done
+fi
+if [ -z "$bin" ]; then
+  echo "examples/python: no tokenwise binary yet; building one (cargo build)" >&2
+  (cd "$root" && cargo build --quiet --bin tokenwise)
+  bin=$root/target/debug/tokenwise
+fi
+if [ ! -x "$bin" ]; then
+  echo "examples/python: $bin is not an executable tokenwise binary" >&2
+  exit 1
+fi
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
