@@ -68,12 +68,24 @@ impl From<RouteError> for Status {
     }
 }
 
-/// Moves the decision into its proto form (no string copies on the hot path).
+/// A score as it means something: four decimals (`0.4596`, not `0.45960026800632475`).
+fn score(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Micro-dollars as dollars: exactly the amount the books count, with no float noise of its
+/// own (`0.000013`, not `0.000013000000000000018`).
+fn usd(micros: i64) -> f64 {
+    micros as f64 / 1e6
+}
+
+/// Moves the decision into its proto form (no string copies on the hot path). Scores are given
+/// to four decimals and money to the micro-dollar, as the books count it.
 pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
     let (chosen, fallback) = (d.chosen, d.fallback);
     let tier = d.candidates[chosen].name.clone();
     let model = d.candidates[chosen].model.clone();
-    let estimated_cost_usd = d.candidates[chosen].estimated_cost_usd;
+    let estimated_cost_usd = usd(d.candidates[chosen].cost_micros);
     let fallback_tier = fallback
         .map(|i| d.candidates[i].name.clone())
         .unwrap_or_default();
@@ -81,7 +93,7 @@ pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
         decision_id,
         tier,
         model,
-        complexity: d.complexity,
+        complexity: score(d.complexity),
         estimated_cost_usd,
         candidates: d
             .candidates
@@ -89,9 +101,9 @@ pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
             .map(|c| pb::Candidate {
                 tier: c.name,
                 model: c.model,
-                predicted_quality: c.predicted_quality,
-                estimated_cost_usd: c.estimated_cost_usd,
-                threshold: c.threshold,
+                predicted_quality: score(c.predicted_quality),
+                estimated_cost_usd: usd(c.cost_micros),
+                threshold: score(c.threshold),
             })
             .collect(),
         fallback_tier,
@@ -345,6 +357,13 @@ pub(super) fn threshold_to_proto(t: crate::domain::learning::ThresholdRow) -> pb
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn route_answers_scores_to_four_decimals_and_money_to_the_micro_dollar() {
+        assert_eq!(super::score(0.45960026800632475), 0.4596);
+        assert_eq!(super::usd(13), 0.000013);
+        assert_eq!(format!("{}", super::usd(13)), "0.000013");
+    }
+
     use super::*;
 
     #[test]
