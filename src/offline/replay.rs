@@ -45,10 +45,12 @@ pub struct ReplayReport {
     /// Realized average score.
     pub quality: f64,
     /// Realized cost in USD.
+    #[serde(serialize_with = "micro_usd")]
     pub cost_usd: f64,
     /// Average score of sending every task to its scope's most expensive allowed tier.
     pub premium_quality: f64,
     /// Cost of that.
+    #[serde(serialize_with = "micro_usd")]
     pub premium_cost_usd: f64,
     /// 1 − cost / premium cost.
     pub saving_vs_premium: f64,
@@ -60,6 +62,7 @@ pub struct ReplayReport {
     pub explored_share: f64,
     /// What exploring cost against the plan's own choices: the explored tasks' recorded cost
     /// less what the tier the plan picked would have cost on them, USD (negative: it saved).
+    #[serde(serialize_with = "micro_usd")]
     pub exploration_cost_usd: f64,
     /// The explored tasks' recorded score less the planned tier's, summed (negative: quality
     /// the exploration gave up).
@@ -91,9 +94,17 @@ pub struct WorkflowReplay {
     /// Always-premium average score.
     pub premium_quality: f64,
     /// Realized cost in USD.
+    #[serde(serialize_with = "micro_usd")]
     pub cost_usd: f64,
     /// Always-premium cost in USD.
+    #[serde(serialize_with = "micro_usd")]
     pub premium_cost_usd: f64,
+}
+
+/// Dollars as the JSON prints them: to the micro-dollar (sums of recorded costs carry float
+/// noise, `1.0142619999999993`, that no bill has).
+fn micro_usd<S: serde::Serializer>(usd: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((usd * 1e6).round() / 1e6)
 }
 
 /// Tasks in the trailing window that judges when quality reached the bar.
@@ -106,6 +117,7 @@ pub struct Hindsight {
     /// Its realized quality.
     pub quality: f64,
     /// Its cost in USD.
+    #[serde(serialize_with = "micro_usd")]
     pub cost_usd: f64,
     /// 1 − cost / premium cost.
     pub saving_vs_premium: f64,
@@ -470,6 +482,21 @@ pub fn replay(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn dollars_print_to_the_micro_dollar() {
+        #[derive(serde::Serialize)]
+        struct Cost {
+            #[serde(serialize_with = "super::micro_usd")]
+            cost_usd: f64,
+        }
+        let json = serde_json::to_string(&Cost {
+            cost_usd: 1.0142619999999993,
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"cost_usd":1.014262}"#);
+    }
+
     use crate::offline::dataset::Outcome;
 
     fn outcome(score: f64, cost: f64) -> Outcome {
