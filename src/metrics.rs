@@ -70,8 +70,14 @@ enum LedgerFamily {
     /// Counts, never lowered (a negative increment adds nothing).
     Count(Family<CellLabels, Counter>),
     /// Amounts in the display unit: the stored increment divided by the unit (micro-USD per
-    /// USD, seconds per hour).
-    Amount(Family<CellLabels, FloatGauge>, f64),
+    /// USD, seconds per hour). The exact integer sum is kept beside each gauge and the gauge set
+    /// from it, so the export has no float noise of its own (`0.000013`, never
+    /// `0.000013000000000000018`).
+    Amount(
+        Family<CellLabels, FloatGauge>,
+        f64,
+        std::sync::Mutex<std::collections::HashMap<CellLabels, i64>>,
+    ),
 }
 
 /// Every metric the server exports.
@@ -215,14 +221,18 @@ impl Metrics {
                     let family = match f.kind {
                         Kind::Count => LedgerFamily::Count(Family::default()),
                         // Amounts can go down (Feedback reconciles the estimates): gauges.
-                        Kind::Money => LedgerFamily::Amount(Family::default(), 1e6),
-                        Kind::Hours => LedgerFamily::Amount(Family::default(), 3600.0),
+                        Kind::Money => {
+                            LedgerFamily::Amount(Family::default(), 1e6, Default::default())
+                        }
+                        Kind::Hours => {
+                            LedgerFamily::Amount(Family::default(), 3600.0, Default::default())
+                        }
                         Kind::Key | Kind::OptMoney | Kind::Ratio | Kind::Tiers => continue,
                     };
                     let help = export.help.unwrap_or_default();
                     match &family {
                         LedgerFamily::Count(c) => registry.register(export.name, help, c.clone()),
-                        LedgerFamily::Amount(g, _) => {
+                        LedgerFamily::Amount(g, _, _) => {
                             registry.register(export.name, help, g.clone())
                         }
                     }
@@ -330,8 +340,15 @@ impl Observer for Metrics {
             Some(LedgerFamily::Count(f)) => {
                 f.get_or_create(&labels).inc_by(sums::count(c.delta));
             }
-            Some(LedgerFamily::Amount(f, unit)) => {
-                f.get_or_create(&labels).inc_by(c.delta as f64 / unit);
+            Some(LedgerFamily::Amount(f, unit, exact)) => {
+                // Summed exactly, then shown: one lock, so two increments of a cell cannot set
+                // its gauge out of order.
+                let mut sums = exact
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let sum = sums.entry(labels.clone()).or_default();
+                *sum = sum.saturating_add(c.delta);
+                f.get_or_create(&labels).set(*sum as f64 / unit);
             }
             None => {}
         }
@@ -355,6 +372,20 @@ mod tests {
 
     fn line<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
         text.lines().filter(|l| l.starts_with(name)).collect()
+    }
+
+    #[test]
+    fn money_is_exported_without_float_noise() {
+        // 0.00001 + 0.000003 in floats is 0.000013000000000000001: the sum is kept exactly.
+        let m = Metrics::new();
+        count(&m, metric::SPEND, "small", 10);
+        count(&m, metric::SPEND, "small", 3);
+        let text = m.render();
+        let labels = r#"{team="search",workflow="faq",tier="small"}"#;
+        assert_eq!(
+            line(&text, "tokenwise_spend_usd"),
+            [format!("tokenwise_spend_usd{labels} 0.000013").as_str()]
+        );
     }
 
     #[test]
