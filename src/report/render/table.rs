@@ -28,15 +28,63 @@ pub fn table(r: &Report) -> String {
     table_fitting(r, None)
 }
 
-/// [`table`]; with a `width` (a terminal's columns), the tables wrap their cells to fit it, so
-/// a report reads in an 80- or 120-column window instead of as wrapped lines.
-pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
-    let fit = |t: &mut Table| {
-        if let Some(w) = width {
+/// Renders `header` and `rows` as one table. With a `width`, whole columns are left out, those
+/// of `drop_order` first (least important first), until every line fits: a number or a word is
+/// never split across lines. Columns in `right` are right-aligned. Returns the table and the
+/// names of the columns left out. If even the columns that are never dropped do not fit, their
+/// cells wrap (the only case a cell can split).
+fn fitted(
+    header: &[&str],
+    rows: &[Vec<String>],
+    right: &[usize],
+    drop_order: &[usize],
+    width: Option<u16>,
+) -> (String, Vec<String>) {
+    let render = |keep: &[usize], wrap: Option<u16>| {
+        let mut t = Table::new();
+        t.load_style(UTF8_FULL_CONDENSED);
+        if let Some(w) = wrap {
             t.set_content_arrangement(ContentArrangement::Dynamic);
             t.set_width(w);
         }
+        t.set_header(keep.iter().map(|&i| header[i]).collect::<Vec<_>>());
+        for row in rows {
+            t.add_row(keep.iter().map(|&i| row[i].clone()).collect::<Vec<_>>());
+        }
+        for (at, i) in keep.iter().enumerate() {
+            if right.contains(i)
+                && let Some(c) = t.column_mut(at)
+            {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        t.to_string()
     };
+    let mut keep: Vec<usize> = (0..header.len()).collect();
+    let Some(w) = width else {
+        return (render(&keep, None), Vec::new());
+    };
+    let fits = |text: &str| text.lines().all(|l| l.chars().count() <= usize::from(w));
+    let mut dropped = Vec::new();
+    let mut text = render(&keep, None);
+    for &i in drop_order {
+        if fits(&text) {
+            break;
+        }
+        keep.retain(|&k| k != i);
+        dropped.push(header[i].to_string());
+        text = render(&keep, None);
+    }
+    if !fits(&text) {
+        text = render(&keep, Some(w));
+    }
+    (text, dropped)
+}
+
+/// [`table`]; with a `width` (a terminal's columns), the tables leave out their least important
+/// columns until they fit it, and say which, so a report reads in an 80- or 120-column window
+/// without a number or a word split across lines.
+pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
     let mut out = format!(
         "tokenwise report  {} → {} UTC  ·  by {}  ·  policy {}\n",
         utc(r.since_ms),
@@ -45,9 +93,6 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         display_or_missing(&r.policy_version),
     );
 
-    let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED);
-    fit(&mut t);
     let header: Vec<&str> = [
         r.group_by.as_str(),
         "spend",
@@ -67,20 +112,43 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
     .chain(["tier mix"])
     .collect();
     // Every column but the first (the group) and the last (the tier mix) holds a number.
-    let numbers = header.len() - 2;
-    t.set_header(header);
-    for g in &r.groups {
+    let numbers: Vec<usize> = (1..header.len() - 1).collect();
+    let mut rows: Vec<Vec<String>> = r
+        .groups
+        .iter()
         // A group's name is a caller's label: escaped, so it cannot drive the terminal.
-        t.add_row(group_cells(g, &crate::domain::labels::printable(&g.key)));
-    }
-    t.add_row(group_cells(&r.total, "total"));
-    for i in 1..=numbers {
-        if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    out.push_str(&t.to_string());
+        .map(|g| group_cells(g, &crate::domain::labels::printable(&g.key)))
+        .collect();
+    rows.push(group_cells(&r.total, "total"));
+    // Least important first; the group, spend, tasks, cost per completed output and quality
+    // always stay.
+    let by_name = |n: &str| header.iter().position(|h| *h == n);
+    let declared: Vec<usize> = declared_columns().filter_map(&by_name).collect();
+    let drop_order: Vec<usize> = [
+        "value (revenue/risk)",
+        "net value",
+        "outcomes",
+        "human time",
+    ]
+    .into_iter()
+    .filter_map(by_name)
+    .chain(declared)
+    .chain(
+        ["tier mix", "completed", "reuse", "savings vs premium"]
+            .into_iter()
+            .filter_map(by_name),
+    )
+    .collect();
+    let (text, dropped) = fitted(&header, &rows, &numbers, &drop_order, width);
+    out.push_str(&text);
     out.push('\n');
+    if !dropped.is_empty() {
+        out.push_str(&format!(
+            "(left out to fit {} columns: {}; --wide shows every column)\n",
+            width.unwrap_or_default(),
+            dropped.join(", ")
+        ));
+    }
     if let Some(line) = human_time_sentence(&r.total) {
         out.push_str(&line);
         out.push('\n');
@@ -118,10 +186,7 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
     }
 
     if !r.budgets.is_empty() {
-        let mut b = Table::new();
-        b.load_style(UTF8_FULL_CONDENSED);
-        fit(&mut b);
-        b.set_header(vec![
+        let header = [
             "budget",
             "period",
             "period start (UTC)",
@@ -130,32 +195,67 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
             "used",
             "left",
             "state",
-        ]);
-        for s in &r.budgets {
-            b.add_row(vec![
-                s.id.clone(),
-                s.period.clone(),
-                utc(s.period_start_ms),
-                opt_usd(s.soft_limit_micros),
-                opt_usd(s.hard_limit_micros),
-                budget_used(s),
-                opt_usd(s.left_micros),
-                s.state.clone(),
-            ]);
-        }
-        for i in 3..=6 {
-            if let Some(c) = b.column_mut(i) {
-                c.set_cell_alignment(CellAlignment::Right);
-            }
-        }
+        ];
+        let rows: Vec<Vec<String>> = r
+            .budgets
+            .iter()
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    s.period.clone(),
+                    utc(s.period_start_ms),
+                    opt_usd(s.soft_limit_micros),
+                    opt_usd(s.hard_limit_micros),
+                    budget_used(s),
+                    opt_usd(s.left_micros),
+                    s.state.clone(),
+                ]
+            })
+            .collect();
+        // The period's start, its name and the soft limit go first; used, left and the
+        // state stay.
+        let (text, _) = fitted(&header, &rows, &[3, 4, 5, 6], &[2, 1, 3, 4], width);
         out.push('\n');
-        out.push_str(&b.to_string());
+        out.push_str(&text);
         out.push('\n');
     }
 
     if let Some(line) = enforcement_line(&r.total) {
         out.push('\n');
         out.push_str(&line);
+        out.push('\n');
+    }
+    match width {
+        Some(w) => wrap_prose(&out, usize::from(w)),
+        None => out,
+    }
+}
+
+/// The lines of `text` outside its tables, wrapped at spaces to `width` (a word longer than
+/// the width stays whole); table lines (box drawing) are left as they are.
+fn wrap_prose(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        let is_table = line.starts_with(['┌', '│', '╞', '├', '└', '┆']);
+        if is_table || line.chars().count() <= width {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut current = String::new();
+        for word in line.split(' ') {
+            let extra = usize::from(!current.is_empty()) + word.chars().count();
+            if !current.is_empty() && current.chars().count() + extra > width {
+                out.push_str(&current);
+                out.push('\n');
+                current.clear();
+            }
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        out.push_str(&current);
         out.push('\n');
     }
     out
@@ -290,18 +390,38 @@ mod tests {
     }
 
     #[test]
-    fn a_table_fits_the_terminal_width_it_is_given() {
+    fn a_table_fits_the_terminal_width_it_is_given_without_splitting_a_cell() {
         let r = sample();
         let wide = table(&r);
         assert!(wide.lines().any(|l| l.chars().count() > 150));
-        let narrow = table_fitting(&r, Some(100));
-        for l in narrow.lines().skip(1) {
-            assert!(
-                l.chars().count() <= 100,
-                "{} columns: {l}",
-                l.chars().count()
-            );
+        // Every cell of the wide table: whatever a narrow one shows of them, it shows whole.
+        let cells: Vec<String> = wide
+            .lines()
+            .flat_map(|l| l.split(['│', '┆']))
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.len() > 1)
+            .collect();
+        for width in [80u16, 100, 200] {
+            let t = table_fitting(&r, Some(width));
+            for l in t.lines().skip(1).filter(|l| !l.starts_with("(left out")) {
+                assert!(
+                    l.chars().count() <= usize::from(width),
+                    "{width}: {} columns: {l}",
+                    l.chars().count()
+                );
+            }
+            // Money and words are never split: each cell of a row is a whole wide cell.
+            for l in t.lines().filter(|l| l.contains('┆')) {
+                for c in l.split(['│', '┆']).map(str::trim).filter(|c| c.len() > 1) {
+                    assert!(cells.iter().any(|w| w == c), "{width}: cell {c:?} split");
+                }
+            }
+            for must in ["search", "$12.35", "0.82 / 0.75", "total"] {
+                assert!(t.contains(must), "{width}: {must} missing in\n{t}");
+            }
+            if width < 150 {
+                assert!(t.contains("(left out to fit"), "{width}:\n{t}");
+            }
         }
-        assert!(narrow.contains("search"));
     }
 }
