@@ -969,3 +969,49 @@ async fn deployments_on_different_stores_refuse_each_others_ids_despite_one_secr
     assert_eq!(ida.len(), 32, "{ida:?}");
     assert_ne!(ida, idb);
 }
+
+/// The README's two-replica recipe as a new user follows it: two `serve` processes on one
+/// Redis, each with its own spill file in its `[store]` section (so their policy files differ).
+/// They end on one policy version (the second's file was "not usable here" for the first).
+#[tokio::test]
+async fn two_replicas_with_their_own_spill_files_serve_one_policy_version() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("recipe");
+    let config = |name: &str| {
+        let spill = crate::common::private_tmp().join(format!("{prefix}-{name}.jsonl"));
+        let text = format!(
+            "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\nspill_file = \"{}\"\n",
+            tokenwise::domain::policy::EMBEDDED_POLICY,
+            redis.url(),
+            spill.display()
+        );
+        let path = std::env::temp_dir().join(format!("{prefix}-{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (pa, pb_port) = (crate::common::spare_port(), crate::common::spare_port());
+    let _a = spawn_replica(&config("a"), pa);
+    let _b = spawn_replica(&config("b"), pb_port);
+    let version = |port: u16| async move {
+        pb::admin_client::AdminClient::new(connect(port).await)
+            .get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    };
+    let start = Instant::now();
+    loop {
+        let (va, vb) = (version(pa).await, version(pb_port).await);
+        if va == vb {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "replica A serves {va}, B {vb}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
