@@ -45,7 +45,7 @@ pub fn check_secret(which: &str, secret: &[u8]) -> anyhow::Result<()> {
     let bits = estimated_bits(secret);
     if bits < MIN_SECRET_BITS {
         bail!(
-            "the {which} is guessable (about {bits:.0} bits: repeats, sequences or a small \
+            "the {which} is guessable (about {bits:.0} bits: repeats, sequences, words or a small \
              alphabet; {MIN_SECRET_BITS:.0} needed): generate one with `openssl rand -base64 32`"
         );
     }
