@@ -388,13 +388,7 @@ impl RedisStore {
         q: &super::ReuseQuota,
         now_ms: u64,
     ) -> Result<Recorded, StoreError> {
-        let counter_keys: Vec<String> = event
-            .counters
-            .iter()
-            .map(|c| self.counter_key(&c.hash))
-            .collect();
-        let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
-        let spent = self.key(&format!("spent:{}", event.nonce));
+        let (spent, ttl, counter_keys) = self.event_keys(event, now_ms);
         let team_ids = self.key(&format!("reuse-ids:{}", q.team));
         let decision = self.key(&format!("reuse-events:{}", q.decision));
         let script = &self.record_reuse;
@@ -412,9 +406,7 @@ impl RedisStore {
                     .arg(event.nonce)
                     .arg(COUNTER_RETENTION_MS);
                 // KEYS[4 + i] gets ARGV[9 + 2i] (field) and ARGV[10 + 2i] (delta).
-                for (key, add) in counter_keys.iter().zip(&event.counters) {
-                    call.key(key).arg(&add.field).arg(add.delta);
-                }
+                counter_args(&mut call, &counter_keys, &event.counters);
                 call.invoke_async(&mut c).await
             })
             .await?;
@@ -427,6 +419,30 @@ impl RedisStore {
 
     fn counter_key(&self, hash: &str) -> String {
         format!("{}:c:{hash}", self.prefix)
+    }
+
+    /// What both record scripts take of an event: its spent-nonce key, the nonce's TTL from
+    /// `now_ms`, and its counters' keys.
+    fn event_keys(&self, event: &OutcomeEvent, now_ms: u64) -> (String, u64, Vec<String>) {
+        let counter_keys = event
+            .counters
+            .iter()
+            .map(|c| self.counter_key(&c.hash))
+            .collect();
+        let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
+        (
+            self.key(&format!("spent:{}", event.nonce)),
+            ttl,
+            counter_keys,
+        )
+    }
+}
+
+/// Passes counters to a script (both record scripts and the batch script): a key each, with its
+/// field and delta as the next two arguments.
+fn counter_args(call: &mut redis::ScriptInvocation<'_>, keys: &[String], adds: &[CounterAdd]) {
+    for (key, add) in keys.iter().zip(adds) {
+        call.key(key).arg(&add.field).arg(add.delta);
     }
 }
 
@@ -443,13 +459,7 @@ impl StateStore for RedisStore {
             serde_json::to_string(&event.for_log())
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?
         };
-        let counter_keys: Vec<String> = event
-            .counters
-            .iter()
-            .map(|c| self.counter_key(&c.hash))
-            .collect();
-        let ttl = event.expires_ms.saturating_sub(now_ms).max(1);
-        let spent = self.key(&format!("spent:{}", event.nonce));
+        let (spent, ttl, counter_keys) = self.event_keys(event, now_ms);
         let (events, base) = (self.key("events"), self.key("events:base"));
         let script = &self.record;
         let won: i64 = self
@@ -462,9 +472,7 @@ impl StateStore for RedisStore {
                     .arg(MAX_LOG_EVENTS)
                     .arg(COUNTER_RETENTION_MS);
                 // KEYS[4 + i] gets ARGV[5 + 2i] (field) and ARGV[6 + 2i] (delta).
-                for (key, add) in counter_keys.iter().zip(&event.counters) {
-                    call.key(key).arg(&add.field).arg(add.delta);
-                }
+                counter_args(&mut call, &counter_keys, &event.counters);
                 call.invoke_async(&mut c).await
             })
             .await?;
@@ -537,9 +545,7 @@ impl StateStore for RedisStore {
                 let mut call = script.key(batch_key);
                 call.arg(BATCH_ID_TTL_MS).arg(COUNTER_RETENTION_MS);
                 // KEYS[1 + i] gets ARGV[2 + 2i - 1] (field) and ARGV[2 + 2i] (delta).
-                for (key, add) in keys.iter().zip(adds) {
-                    call.key(key).arg(&add.field).arg(add.delta);
-                }
+                counter_args(&mut call, &keys, adds);
                 call.invoke_async(&mut c).await
             })
             .await?;
@@ -614,18 +620,22 @@ impl StateStore for RedisStore {
 
     async fn deployment_id(&self, proposed: &str) -> Result<String, StoreError> {
         let key = self.key("deployment-id");
-        // SET NX, then GET: the id the first writer set (SET's GET option needs Redis 7).
-        let held: Option<String> = self
+        // SET NX, then GET, in one round trip (it runs at every refresh): the id the first
+        // writer set (SET's own GET option needs Redis 7).
+        let (held,): (Option<String>,) = self
             .with_conn(|mut c| {
                 let key = &key;
                 async move {
-                    let _: Option<String> = redis::cmd("SET")
+                    redis::pipe()
+                        .cmd("SET")
                         .arg(key)
                         .arg(proposed)
                         .arg("NX")
+                        .ignore()
+                        .cmd("GET")
+                        .arg(key)
                         .query_async(&mut c)
-                        .await?;
-                    redis::cmd("GET").arg(key).query_async(&mut c).await
+                        .await
                 }
             })
             .await?;
