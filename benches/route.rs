@@ -347,5 +347,41 @@ fn discovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, by_store, books, contention, discovery);
+/// One Feedback's re-plan of its scope (what the fold runs under its lock after folding the
+/// outcome) as the scope grows: `w` workflows in families of 8, spread over `t` teams, each
+/// with recent outcomes on every tier.
+fn replan(c: &mut Criterion) {
+    use tokenwise::domain::learning::{ScopeEvidence, TaskShape};
+    let model = Arc::new(ComplexityModel::bundled().expect("bundled model"));
+    let policy = Arc::new(Policy::embedded().expect("embedded policy"));
+    let tiers: Vec<String> = policy.tiers.iter().map(|t| t.name.clone()).collect();
+    let mut g = c.benchmark_group("replan");
+    g.sample_size(10);
+    for (w, t) in [(16usize, 1usize), (64, 1), (256, 1), (1024, 1), (1024, 8)] {
+        let mut evidence = ScopeEvidence::default();
+        for i in 0..(w * 4).max(2048) {
+            let shape = TaskShape {
+                workflow: Arc::from(format!("fam{}/w{}", (i % w) / 8, i % w).as_str()),
+                band: (i * 7 % 20) as u8,
+                gap: 0.0,
+                input_tokens: 500,
+                output_tokens: 200,
+            };
+            let tier = &tiers[i % tiers.len()];
+            let team = format!("team{}", i % t);
+            evidence.observe_task(&team, tier, shape, (i % 3 % 2) as f64, &[]);
+        }
+        let scopes: HashMap<String, ScopeEvidence> =
+            [("default".to_string(), evidence.clone())].into();
+        let table = RoutingTable::build(policy.clone(), &model.calibration, &scopes, None);
+        g.bench_function(BenchmarkId::new("feedback", format!("{w}w_{t}t")), |b| {
+            b.iter(|| table.with_scope("default", &model.calibration, black_box(&evidence)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches, bench, by_store, books, contention, discovery, replan
+);
 criterion_main!(benches);

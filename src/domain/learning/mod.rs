@@ -58,6 +58,11 @@
 //! other teams' tasks: [`SHARED_OUTPUT_STEP`]×), and never above the policy's
 //! `max_output_tokens`.
 //!
+//! **Re-plan.** After a Feedback, [`replan_scope`] bounds the work: λ is solved again on every
+//! Feedback, but only levels with new outcomes plus the [`REPLAN_LEVELS`] recomputed longest ago
+//! get new curves, and only team plans with new outcomes plus the [`REPLAN_TEAMS`] re-planned
+//! longest ago; a smaller scope is re-planned whole, exactly as [`plan_scope`] would.
+//!
 //! Memory: a workflow costs about `k × 0.9 KB` for `k` allowed tiers (evidence cells plus the
 //! plan's two curves), so 1,024 workflows of a 4-tier scope take about 3.7 MB, once in the
 //! shared evidence and once more in each team's own that reports outcomes on them.
@@ -71,7 +76,7 @@ mod table;
 pub use evidence::{
     Cell, Discovery, Lesson, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence,
 };
-pub use plan::plan_scope;
+pub use plan::{plan_scope, replan_scope};
 pub use scope_plan::{Choice, ScopePlan, TierPlan, WorkflowPlan};
 pub use table::{RoutingTable, ThresholdRow};
 
@@ -202,6 +207,14 @@ pub const MAX_TEAMS: usize = 32;
 /// Outcomes' worth of the shared state (what a team without evidence of its own routes on) that
 /// one team can hold beyond all other teams' together.
 pub const TEAM_SHARE: f64 = 10.0;
+/// Family and workflow levels of one plan whose curves a re-plan after Feedback recomputes:
+/// every level with new outcomes, then the ones recomputed longest ago up to this many. A plan
+/// with at most this many levels is recomputed whole on every Feedback.
+pub const REPLAN_LEVELS: usize = 64;
+/// Team plans a re-plan after Feedback recomputes beyond those of teams with new outcomes (the
+/// ones re-planned longest ago first). A scope with at most this many other teams re-plans
+/// every team on every Feedback.
+pub const REPLAN_TEAMS: usize = 3;
 /// Output-length reports kept per level; the estimate is their median.
 const OUTPUT_WINDOW: usize = 15;
 /// Reports a level needs before its own median replaces its parent's estimate.

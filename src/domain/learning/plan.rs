@@ -1,7 +1,7 @@
 //! The planner: builds a scope's plans (shared, per team, per workflow and family) from the
 //! calibration and the evidence, pricing the bar on the scope's traffic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::estimate::{Curves, Start, curves, expected_mix, prior_curve};
@@ -26,6 +26,7 @@ struct SampleTask {
 /// shared one starts from the calibration. A team's outcomes move its own plan in full and the
 /// shared one by a bounded share ([`ScopeEvidence::observe_from`]), so one team cannot move the
 /// routing of another beyond that share; each team's plan meets the bar on its own traffic.
+/// Every curve is computed afresh (`previous` only dates threshold moves).
 pub fn plan_scope(
     policy: &Policy,
     scope: &Arc<ScopePolicy>,
@@ -33,15 +34,115 @@ pub fn plan_scope(
     evidence: Option<&ScopeEvidence>,
     previous: Option<&ScopePlan>,
 ) -> ScopePlan {
+    plan_scope_with(policy, scope, cal, evidence, previous, false)
+}
+
+/// [`plan_scope`] after new outcomes, at a cost bounded whatever the scope's size: the price of
+/// quality is solved again on the new curves, but of the levels below the scope only those with
+/// new outcomes, and the [`REPLAN_LEVELS`] recomputed longest ago, get new curves (the rest keep
+/// `previous`'s, computed on an earlier parent); of the team plans, those of teams with new
+/// outcomes and the [`REPLAN_TEAMS`] re-planned longest ago. A plan of at most that many levels
+/// and teams is the same as [`plan_scope`]'s; a larger one lags it by at most one sweep of its
+/// levels (`levels / REPLAN_LEVELS` Feedbacks). Without a `previous` plan of the same scope
+/// policy, every curve is computed.
+pub fn replan_scope(
+    policy: &Policy,
+    scope: &Arc<ScopePolicy>,
+    cal: &Calibration,
+    evidence: Option<&ScopeEvidence>,
+    previous: Option<&ScopePlan>,
+) -> ScopePlan {
+    plan_scope_with(policy, scope, cal, evidence, previous, true)
+}
+
+/// What a re-plan may keep of the previous plan of a level.
+#[derive(Clone, Copy)]
+struct Reuse<'a> {
+    plan: &'a ScopePlan,
+    /// The discovered clusters changed since: the discovered levels were rebuilt.
+    clusters_changed: bool,
+}
+
+fn plan_scope_with(
+    policy: &Policy,
+    scope: &Arc<ScopePolicy>,
+    cal: &Calibration,
+    evidence: Option<&ScopeEvidence>,
+    previous: Option<&ScopePlan>,
+    incremental: bool,
+) -> ScopePlan {
+    let reusable = previous.filter(|p| incremental && Arc::ptr_eq(&p.policy, scope));
+    let clusters_changed = match (
+        reusable.and_then(|p| p.clusters.as_ref()),
+        evidence.and_then(|e| e.clusters.model.as_ref()),
+    ) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    fn reuse_of<'p>(on: bool, plan: Option<&'p ScopePlan>, changed: bool) -> Option<Reuse<'p>> {
+        plan.filter(|_| on).map(|plan| Reuse {
+            plan,
+            clusters_changed: changed,
+        })
+    }
+    let reuse = |plan| reuse_of(reusable.is_some(), plan, clusters_changed);
     let shared_tokens = evidence.and_then(ScopeEvidence::typical_tokens);
-    let mut plan = plan_level(policy, scope, cal, evidence, previous, None, shared_tokens);
+    let shared_reuse = reuse(previous);
+    let mut plan = plan_level(
+        policy,
+        scope,
+        cal,
+        evidence,
+        previous,
+        shared_reuse,
+        None,
+        shared_tokens,
+    );
     if let Some(e) = evidence {
+        let now = e.feedbacks();
+        plan.base_at = now;
+        let mut names: Vec<&String> = e.teams.keys().collect();
+        names.sort();
+        let before_of = |team: &str| previous.and_then(|p| p.teams.get(team));
+        // Team plans whose team has no new outcomes (nor rebuilt clusters), oldest first: only
+        // the first REPLAN_TEAMS of them are re-planned.
+        let mut idle: Vec<(u64, &str)> = names
+            .iter()
+            .filter_map(|team| {
+                let b = before_of(team)?;
+                let quiet = shared_reuse.is_some()
+                    && !clusters_changed
+                    && b.planned_at == e.teams[*team].evidence.feedbacks();
+                quiet.then_some((b.base_at, team.as_str()))
+            })
+            .collect();
+        idle.sort_unstable();
+        let keep: std::collections::HashSet<&str> = idle
+            .into_iter()
+            .skip(REPLAN_TEAMS)
+            .map(|(_, t)| t)
+            .collect();
         let mut teams = HashMap::with_capacity(e.teams.len());
-        for (team, own) in &e.teams {
-            let own = &own.evidence;
-            let before = previous.and_then(|p| p.teams.get(team)).map(Arc::as_ref);
+        for team in names {
+            let before = before_of(team);
+            if let Some(b) = before.filter(|_| keep.contains(team.as_str())) {
+                teams.insert(team.clone(), b.clone());
+                continue;
+            }
+            let own = &e.teams[team].evidence;
+            let before = before.map(Arc::as_ref);
             let tokens = own.typical_tokens().or(shared_tokens);
-            let p = plan_level(policy, scope, cal, Some(own), before, Some(&plan), tokens);
+            let mut p = plan_level(
+                policy,
+                scope,
+                cal,
+                Some(own),
+                before,
+                reuse(before),
+                Some(&plan),
+                tokens,
+            );
+            p.base_at = now;
             teams.insert(team.clone(), Arc::new(p));
         }
         plan.teams = teams;
@@ -49,17 +150,87 @@ pub fn plan_scope(
     plan
 }
 
+/// The family and the workflow levels of `e` that keep `reuse`'s curves: none while the levels
+/// with new outcomes (which never keep theirs) and the others recomputed longest ago fit in
+/// [`REPLAN_LEVELS`].
+fn kept_levels<'a>(reuse: Reuse<'_>, e: &'a ScopeEvidence) -> [HashSet<&'a str>; 2] {
+    let mut dirty = 0;
+    let mut quiet: Vec<(u64, usize, &'a str)> = Vec::new();
+    let levels = [
+        (&e.families, &reuse.plan.families),
+        (&e.workflows, &reuse.plan.workflows),
+    ];
+    for (kind, (levels, before)) in levels.into_iter().enumerate() {
+        for (name, level) in levels {
+            match before.get(name) {
+                Some(p)
+                    if level.last_seen <= p.planned_at
+                        && !(reuse.clusters_changed && is_discovered(name)) =>
+                {
+                    quiet.push((p.planned_at, kind, name.as_str()));
+                }
+                _ => dirty += 1,
+            }
+        }
+    }
+    let mut kept = [HashSet::new(), HashSet::new()];
+    let budget = REPLAN_LEVELS.saturating_sub(dirty);
+    if quiet.len() > budget {
+        quiet.sort_unstable();
+        for (_, kind, name) in quiet.into_iter().skip(budget) {
+            kept[kind].insert(name);
+        }
+    }
+    kept
+}
+
+/// A level's curves in a plan being made: computed now, or kept from the previous plan.
+enum LevelCurves<'a> {
+    Fresh(Curves),
+    Kept(&'a Arc<WorkflowPlan>),
+}
+
+impl LevelCurves<'_> {
+    fn quality(&self, s: usize, b: usize) -> f64 {
+        match self {
+            Self::Fresh(c) => c.quality[s][b],
+            Self::Kept(p) => p.tiers[s].quality[b],
+        }
+    }
+
+    fn predicted(&self, s: usize) -> [f64; BANDS] {
+        match self {
+            Self::Fresh(c) => c.predicted[s],
+            Self::Kept(p) => p.tiers[s].predicted,
+        }
+    }
+
+    fn strengths(&self) -> Vec<f64> {
+        match self {
+            Self::Fresh(c) => c.strength.clone(),
+            Self::Kept(p) => p.tiers.iter().map(|t| t.strength).collect(),
+        }
+    }
+}
+
 /// One plan from `evidence`: the scope's curves start from `base`'s (a team's plan on the
 /// shared one) or, without a base, from the calibration.
-fn plan_level(
+#[allow(clippy::too_many_arguments)]
+fn plan_level<'a>(
     policy: &Policy,
     scope: &Arc<ScopePolicy>,
     cal: &Calibration,
     evidence: Option<&ScopeEvidence>,
     previous: Option<&ScopePlan>,
+    reuse: Option<Reuse<'a>>,
     base: Option<&ScopePlan>,
     tokens: Option<(u64, u64)>,
 ) -> ScopePlan {
+    let now = evidence.map_or(0, ScopeEvidence::feedbacks);
+    let [keep_families, keep_workflows] = match (reuse, evidence) {
+        (Some(r), Some(e)) => kept_levels(r, e),
+        _ => [HashSet::new(), HashSet::new()],
+    };
     let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
     let k = tiers.len();
     let cap = scope.max_output_tokens;
@@ -89,8 +260,8 @@ fn plan_level(
     // How a task's premium gap moves each tier (TierPlan::gap_sign), and a slot's quality for
     // one sampled task with it.
     let gap_signs: Vec<f64> = ranks.iter().map(|r| 2.0 * r - 1.0).collect();
-    let quality_of = |c: &Curves, s: usize, b: usize, gap: f64| {
-        shift_quality(c.quality[s][b], gap_signs[s] * gap)
+    let quality_of = |c: &LevelCurves<'_>, s: usize, b: usize, gap: f64| {
+        shift_quality(c.quality(s, b), gap_signs[s] * gap)
     };
     let priors: Vec<[f64; BANDS]> = match base {
         Some(b) if b.tiers.len() == k => b.tiers.iter().map(|t| t.predicted).collect(),
@@ -111,7 +282,7 @@ fn plan_level(
     // work on which such a model may do far better or worse than elsewhere, so the tier starts
     // there from its own prior, not from what other workflows taught its parent. A discovered
     // cluster is provisional (a refit makes new ones) and starts from its parent's curves.
-    let shifted = |parent: &Curves, label: &str| -> Vec<[f64; BANDS]> {
+    let shifted = |parent: &LevelCurves<'_>, label: &str| -> Vec<[f64; BANDS]> {
         let own = cal.own_shift(label);
         let discovered = is_discovered(label);
         (0..k)
@@ -120,7 +291,7 @@ fn plan_level(
                 let mut curve = if !known[s] && !discovered {
                     priors[s]
                 } else {
-                    parent.predicted[s]
+                    parent.predicted(s)
                 };
                 curve.iter_mut().for_each(|q| *q = shift_quality(*q, delta));
                 curve
@@ -193,13 +364,13 @@ fn plan_level(
         noise: &noise,
         gap_sign: &gap_signs,
     };
-    let mut all = vec![curves(
+    let mut all = vec![LevelCurves::Fresh(curves(
         &tiers,
         scope_start,
         &zero,
         evidence.map(|e| &e.scope),
         None,
-    )];
+    ))];
     let mut family_index: HashMap<&str, usize> = HashMap::new();
     let mut workflow_index: HashMap<&str, usize> = HashMap::new();
     if let Some(e) = evidence {
@@ -212,7 +383,16 @@ fn plan_level(
                 members_of.entry(f).or_default().push((w, l));
             }
         }
+        let kept =
+            |map: &'a HashMap<String, Arc<WorkflowPlan>>, keep: &HashSet<&str>, name: &str| {
+                keep.contains(name).then(|| map.get(name)).flatten()
+            };
         for f in names {
+            if let Some(p) = reuse.and_then(|r| kept(&r.plan.families, &keep_families, f)) {
+                family_index.insert(f, all.len());
+                all.push(LevelCurves::Kept(p));
+                continue;
+            }
             let prior = shifted(&all[0], f);
             let members = members_of.get(f.as_str()).map_or(&[][..], Vec::as_slice);
             let start = Start {
@@ -226,14 +406,19 @@ fn plan_level(
             let c = curves(
                 &tiers,
                 start,
-                &all[0].strength,
+                &all[0].strengths(),
                 e.families.get(f),
                 Some(&e.scope),
             );
             family_index.insert(f, all.len());
-            all.push(c);
+            all.push(LevelCurves::Fresh(c));
         }
         for &(w, level) in &workflow_levels {
+            if let Some(p) = reuse.and_then(|r| kept(&r.plan.workflows, &keep_workflows, w)) {
+                workflow_index.insert(w, all.len());
+                all.push(LevelCurves::Kept(p));
+                continue;
+            }
             let family = family_of(w).and_then(|f| Some((f, *family_index.get(f)?)));
             let parent = family.map_or(0, |(_, i)| i);
             let parent_level = match family {
@@ -252,12 +437,12 @@ fn plan_level(
             let c = curves(
                 &tiers,
                 start,
-                &all[parent].strength,
+                &all[parent].strengths(),
                 Some(level),
                 parent_level,
             );
             workflow_index.insert(w, all.len());
-            all.push(c);
+            all.push(LevelCurves::Fresh(c));
         }
     }
     let curves_of = |workflow: &str| -> usize {
@@ -322,8 +507,9 @@ fn plan_level(
         _ => bar,
     };
     let rel = scope.quality_bar_relative;
-    let per_task_slot =
-        |c: &Curves, b: usize, gap: f64| per_task(k, |s| quality_of(c, s, b, gap), rel, target);
+    let per_task_slot = |c: &LevelCurves<'_>, b: usize, gap: f64| {
+        per_task(k, |s| quality_of(c, s, b, gap), rel, target)
+    };
 
     let (lambda, expected_quality) = match (&scope.pinned_thresholds, scope.bar_mode) {
         (Some(pinned), _) => {
@@ -378,7 +564,7 @@ fn plan_level(
                 |x| typical_costs[x],
                 |x| c.quality[x][b],
             ),
-            None => per_task_slot(c, b, 0.0),
+            None => per_task(k, |x| shift_quality(c.quality[x][b], 0.0), rel, target),
         };
         let slots: Vec<usize> = (0..BANDS).map(slot).collect();
         (0..k)
@@ -443,7 +629,10 @@ fn plan_level(
         levels
             .iter()
             .filter_map(|(name, level)| {
-                let c = &all[*index.get(name.as_str())?];
+                let c = match &all[*index.get(name.as_str())?] {
+                    LevelCurves::Fresh(c) => c,
+                    LevelCurves::Kept(p) => return Some((name.clone(), Arc::clone(p))),
+                };
                 let prev = before.and_then(|b| b.get(name)).map(|p| &p.tiers[..]);
                 Some((
                     name.clone(),
@@ -456,6 +645,7 @@ fn plan_level(
                             .estimate()
                             .unwrap_or_else(|| parent_output(name))
                             .min(cap),
+                        planned_at: now,
                     }),
                 ))
             })
@@ -477,13 +667,17 @@ fn plan_level(
                 .map_or(scope_output, |p| p.output_tokens)
         },
     );
-    ScopePlan {
-        policy: scope.clone(),
-        tiers: tier_plans(
-            &all[0],
+    let scope_tiers = match &all[0] {
+        LevelCurves::Fresh(c) => tier_plans(
+            c,
             evidence.map(|e| &e.scope),
             previous.map(|p| &p.tiers[..]),
         ),
+        LevelCurves::Kept(p) => p.tiers.clone(),
+    };
+    ScopePlan {
+        policy: scope.clone(),
+        tiers: scope_tiers,
         lambda,
         target,
         expected_quality,
@@ -494,6 +688,8 @@ fn plan_level(
         workflows,
         teams: HashMap::new(),
         clusters: evidence.and_then(|e| e.clusters.model.clone()),
+        planned_at: now,
+        base_at: now,
     }
 }
 

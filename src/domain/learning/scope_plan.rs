@@ -74,6 +74,10 @@ pub struct WorkflowPlan {
     pub realized_quality: f64,
     /// Output tokens assumed for its tasks without a hint.
     pub output_tokens: u64,
+    /// The owning evidence's outcome count ([`ScopeEvidence::feedbacks`]) when these curves
+    /// were computed: a re-plan keeps them while the level has had no outcome since
+    /// ([`super::plan::replan_scope`]).
+    pub planned_at: u64,
 }
 
 /// A scope's routing plan: what [`crate::domain::routing`] reads on every Route call.
@@ -107,6 +111,12 @@ pub struct ScopePlan {
     /// The clusters discovered in the scope's unlabelled traffic (the shared plan's; a team's
     /// plan routes by them too).
     pub clusters: Option<Arc<crate::domain::clusters::ClusterModel>>,
+    /// The outcome count of the evidence this plan was made from (a team's own, for a team's
+    /// plan).
+    pub planned_at: u64,
+    /// The shared evidence's outcome count when this plan was made (for the shared plan, its
+    /// `planned_at`): a team plan re-planned longest ago is re-planned first.
+    pub base_at: u64,
 }
 
 impl ScopePlan {

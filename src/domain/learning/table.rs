@@ -54,7 +54,8 @@ impl RoutingTable {
         }
     }
 
-    /// Re-plans one scope after new evidence, sharing every other plan.
+    /// Re-plans one scope after new evidence ([`replan_scope`]: at a bounded cost), sharing
+    /// every other plan.
     pub fn with_scope(&self, key: &str, cal: &Calibration, evidence: &ScopeEvidence) -> Self {
         let mut plans = self.plans.clone();
         let scope = self
@@ -65,7 +66,7 @@ impl RoutingTable {
             .cloned();
         if let Some(scope) = scope {
             let prev = self.plans.get(key).map(|p| p.as_ref());
-            let plan = plan_scope(&self.policy, &scope, cal, Some(evidence), prev);
+            let plan = replan_scope(&self.policy, &scope, cal, Some(evidence), prev);
             plans.insert(key.to_string(), Arc::new(plan));
         }
         let default = plans

@@ -1107,3 +1107,123 @@ quality_bar = 0.8
         }
     }
 }
+
+/// Evidence of `workflows` workflows in families of 4, from `teams` teams, `per` outcomes each.
+fn wide_evidence(workflows: usize, teams: usize, per: usize) -> ScopeEvidence {
+    let mut ev = ScopeEvidence::default();
+    let tiers = ["small", "medium", "large"];
+    for i in 0..workflows * per {
+        let w = format!("fam{}/w{}", (i % workflows) / 4, i % workflows);
+        let shape = shape_in(&w, i * 7 % BANDS, 500, 256);
+        let score = f64::from(u8::from(i % 3 != 0));
+        ev.observe_task(&format!("t{}", i % teams), tiers[i % 3], shape, score, &[]);
+    }
+    ev
+}
+
+/// Every level's curves, λ and the team plans' curves: what Route reads of a plan.
+fn routed_curves(p: &ScopePlan) -> Vec<(String, Vec<[f64; BANDS]>)> {
+    let mut out = vec![(String::new(), p.tiers.iter().map(|t| t.quality).collect())];
+    out.push(("λ".into(), vec![[p.lambda.unwrap_or(-1.0); BANDS]]));
+    let levels = p.families.iter().map(|(f, l)| (format!("{f}/*"), l));
+    for (name, l) in levels.chain(p.workflows.iter().map(|(w, l)| (w.clone(), l))) {
+        out.push((name, l.tiers.iter().map(|t| t.quality).collect()));
+    }
+    for (team, tp) in &p.teams {
+        out.extend(
+            routed_curves(tp)
+                .into_iter()
+                .map(|(n, c)| (format!("{team}:{n}"), c)),
+        );
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn a_replan_after_feedback_is_the_full_plan_while_the_scope_is_small() {
+    let p = policy(0.8);
+    let cal = calibration();
+    let mut ev = wide_evidence(12, 4, 3);
+    let mut prev = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    for i in 0..40 {
+        let w = format!("fam{}/w{}", i % 5, i % 12);
+        let tier = ["small", "medium", "large"][i % 3];
+        ev.observe_task(
+            &format!("t{}", i % 4),
+            tier,
+            shape_in(&w, i % BANDS, 500, 256),
+            0.7,
+            &[],
+        );
+        let full = plan_scope(&p, &p.default, &cal, Some(&ev), Some(&prev));
+        let replanned = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&prev));
+        assert_eq!(replanned, full, "after outcome {i}");
+        prev = replanned;
+    }
+}
+
+#[test]
+fn a_replan_of_a_large_scope_recomputes_a_bounded_part_and_catches_up_in_sweeps() {
+    let p = policy(0.8);
+    let cal = calibration();
+    let mut ev = wide_evidence(300, 1, 2);
+    let levels = ev.families.len() + ev.workflows.len();
+    assert!(levels > 3 * REPLAN_LEVELS, "{levels} levels");
+    let mut plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    // One new outcome: its workflow and family get new curves, and at most REPLAN_LEVELS
+    // levels in all; every other level keeps its previous plan.
+    ev.observe_task("t0", "small", shape_in("fam3/w13", 4, 500, 256), 0.0, &[]);
+    let now = ev.feedbacks();
+    let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    assert_eq!(next.workflows["fam3/w13"].planned_at, now);
+    assert_eq!(next.families["fam3"].planned_at, now);
+    let fresh = |q: &ScopePlan| {
+        let all = q.families.values().chain(q.workflows.values());
+        all.filter(|l| l.planned_at == now).count()
+    };
+    assert_eq!(fresh(&next), REPLAN_LEVELS);
+    let kept = next
+        .workflows
+        .iter()
+        .filter(|(w, l)| Arc::ptr_eq(l, &plan.workflows[*w]))
+        .count();
+    assert!(
+        kept >= levels - REPLAN_LEVELS - ev.families.len(),
+        "{kept} kept"
+    );
+    // The routing plan's λ is solved on the new curves every time, and without new outcomes
+    // two sweeps of the levels end on the full plan.
+    plan = next;
+    for _ in 0..2 * levels.div_ceil(REPLAN_LEVELS) {
+        plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    }
+    let full = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    assert_eq!(routed_curves(&plan), routed_curves(&full));
+}
+
+#[test]
+fn a_replan_recomputes_the_reporting_team_and_a_bounded_number_of_others() {
+    let p = policy(0.8);
+    let cal = calibration();
+    let teams = REPLAN_TEAMS + 5;
+    let mut ev = wide_evidence(6, teams, 4);
+    let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    ev.observe_task("t2", "large", shape_in("fam0/w1", 9, 500, 256), 1.0, &[]);
+    let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    let replanned: Vec<&String> = next
+        .teams
+        .iter()
+        .filter(|(t, tp)| !Arc::ptr_eq(tp, &plan.teams[*t]))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(replanned.iter().any(|t| *t == "t2"), "{replanned:?}");
+    assert_eq!(replanned.len(), 1 + REPLAN_TEAMS, "{replanned:?}");
+    // The plans kept are re-planned first next time: every team in a few Feedbacks.
+    let mut plan = next;
+    for _ in 0..teams.div_ceil(REPLAN_TEAMS) {
+        plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    }
+    let full = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    assert_eq!(routed_curves(&plan), routed_curves(&full));
+}
