@@ -1,16 +1,34 @@
-//! Every `tokenwise …` command of the README's shell blocks runs, in the README's order, against
-//! a real `tokenwise serve` (embedded defaults, on a spare port), and exits 0. The README cannot
-//! drift from the binary without this failing.
+//! Every `tokenwise …` command of the shell blocks of the README and the pages of `docs/` runs, in
+//! reading order, against a real `tokenwise serve` (embedded defaults, on a spare port), and exits
+//! 0. The docs cannot drift from the binary without this failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The README's shell lines that call the binary, with continuation lines joined.
+/// The README, then the pages of `docs/` in the order the README links them: the order a reader
+/// follows, and the order their commands run in.
+pub const READING_ORDER: [&str; 9] = [
+    "README.md",
+    "docs/api.md",
+    "docs/policy.md",
+    "docs/decisions.md",
+    "docs/learning.md",
+    "docs/books.md",
+    "docs/operating.md",
+    "docs/proof.md",
+    "docs/layout.md",
+];
+
+/// The shell lines of the README and the docs pages that call the binary, in reading order,
+/// with continuation lines joined.
 fn readme_commands() -> Vec<String> {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text: String = READING_ORDER
+        .iter()
+        .map(|p| std::fs::read_to_string(repo.join(p)).unwrap() + "\n")
+        .collect();
     let mut out = Vec::new();
     let mut in_sh = false;
     let mut pending = String::new();
