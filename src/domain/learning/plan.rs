@@ -488,9 +488,9 @@ fn plan_level<'a>(
             });
         }
     }
+    let sample_weight: f64 = sample.iter().map(|t| t.weight).sum();
     let mean_of = |f: &dyn Fn(&SampleTask) -> f64| -> f64 {
-        let w: f64 = sample.iter().map(|t| t.weight).sum();
-        sample.iter().map(|t| t.weight * f(t)).sum::<f64>() / w.max(1e-12)
+        sample.iter().map(|t| t.weight * f(t)).sum::<f64>() / sample_weight.max(1e-12)
     };
     let top_quality = mean_of(&|t| quality_of(&all[t.curves], k - 1, t.band, t.gap));
     let bar = match scope.quality_bar_relative {
@@ -531,17 +531,22 @@ fn plan_level<'a>(
             (None, q)
         }
         (None, BarMode::Average) => {
+            // Each sampled task's quality per slot does not depend on λ: computed once, not on
+            // every step of the bisection.
+            let qualities: Vec<f64> = sample
+                .iter()
+                .flat_map(|t| (0..k).map(|x| quality_of(&all[t.curves], x, t.band, t.gap)))
+                .collect();
             let quality_at = |l: f64| {
-                mean_of(&|t| {
-                    let c = &all[t.curves];
-                    let s = choose(
-                        l,
-                        t.costs.len(),
-                        |x| t.costs[x],
-                        |x| quality_of(c, x, t.band, t.gap),
-                    );
-                    quality_of(c, s, t.band, t.gap)
-                })
+                let total: f64 = sample
+                    .iter()
+                    .zip(qualities.chunks_exact(k))
+                    .map(|(t, q)| {
+                        let s = choose(l, t.costs.len(), |x| t.costs[x], |x| q[x]);
+                        t.weight * q[s]
+                    })
+                    .sum();
+                total / sample_weight.max(1e-12)
             };
             // A target the top tier cannot reach on this traffic (a hard stretch, or catching
             // up) is bought only up to OUT_OF_REACH_SLACK below its reach: the last of it costs
