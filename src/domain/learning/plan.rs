@@ -8,6 +8,7 @@ use super::estimate::{Curves, Start, curves, expected_mix, prior_curve};
 use super::scope_plan::{choose, per_task, shift_quality};
 use super::*;
 use crate::domain::classifier::Calibration;
+use crate::domain::clusters::ClusterModel;
 use crate::domain::policy::{BarMode, Policy, ScopePolicy, Tier};
 
 /// One task of the traffic the plan is priced on.
@@ -55,72 +56,80 @@ pub fn replan_scope(
     plan_scope_with(policy, scope, cal, evidence, previous, true)
 }
 
+/// What a re-plan may keep of `plan` (none unless `on`), now that the scope's clusters are
+/// `model`.
+fn reuse_of<'p>(
+    on: bool,
+    plan: Option<&'p ScopePlan>,
+    model: Option<&Arc<ClusterModel>>,
+) -> Option<Reuse<'p>> {
+    let plan = plan.filter(|_| on)?;
+    let clusters_changed = match (plan.clusters.as_ref(), model) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    Some(Reuse {
+        plan,
+        clusters_changed,
+    })
+}
+
 /// What a re-plan may keep of the previous plan of a level.
 #[derive(Clone, Copy)]
 struct Reuse<'a> {
     plan: &'a ScopePlan,
-    /// The discovered clusters changed since: the discovered levels were rebuilt.
+    /// The plan was made under other clusters than the scope's now: its discovered levels were
+    /// rebuilt since.
     clusters_changed: bool,
 }
 
-fn plan_scope_with(
+fn plan_scope_with<'a>(
     policy: &Policy,
     scope: &Arc<ScopePolicy>,
     cal: &Calibration,
     evidence: Option<&ScopeEvidence>,
-    previous: Option<&ScopePlan>,
+    previous: Option<&'a ScopePlan>,
     incremental: bool,
 ) -> ScopePlan {
     let reusable = previous.filter(|p| incremental && Arc::ptr_eq(&p.policy, scope));
-    let clusters_changed = match (
-        reusable.and_then(|p| p.clusters.as_ref()),
-        evidence.and_then(|e| e.clusters.model.as_ref()),
-    ) {
-        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-        (a, b) => a.is_some() != b.is_some(),
-    };
-    fn reuse_of<'p>(on: bool, plan: Option<&'p ScopePlan>, changed: bool) -> Option<Reuse<'p>> {
-        plan.filter(|_| on).map(|plan| Reuse {
-            plan,
-            clusters_changed: changed,
-        })
-    }
-    let reuse = |plan| reuse_of(reusable.is_some(), plan, clusters_changed);
+    // The clusters every plan of the scope routes unlabelled tasks by (the shared evidence's);
+    // a plan made under other clusters has stale discovered levels.
+    let model = evidence.and_then(|e| e.clusters.model.clone());
+    let reuse = |plan: Option<&'a ScopePlan>| reuse_of(reusable.is_some(), plan, model.as_ref());
     let shared_tokens = evidence.and_then(ScopeEvidence::typical_tokens);
-    let shared_reuse = reuse(previous);
     let mut plan = plan_level(
         policy,
         scope,
         cal,
         evidence,
         previous,
-        shared_reuse,
+        reuse(previous),
         None,
         shared_tokens,
     );
+    plan.clusters.clone_from(&model);
     if let Some(e) = evidence {
         let now = e.feedbacks();
         plan.base_at = now;
         let mut names: Vec<&String> = e.teams.keys().collect();
         names.sort();
         let before_of = |team: &str| previous.and_then(|p| p.teams.get(team));
-        // Team plans whose team has no new outcomes (nor rebuilt clusters), oldest first: only
-        // the first REPLAN_TEAMS of them are re-planned.
-        let mut idle: Vec<(u64, &str)> = names
+        // Team plans whose team has no new outcomes: only the first REPLAN_TEAMS of them are
+        // re-planned, those made under other clusters first, then the oldest.
+        let mut idle: Vec<(bool, u64, &str)> = names
             .iter()
             .filter_map(|team| {
                 let b = before_of(team)?;
-                let quiet = shared_reuse.is_some()
-                    && !clusters_changed
-                    && b.planned_at == e.teams[*team].evidence.feedbacks();
-                quiet.then_some((b.base_at, team.as_str()))
+                let r = reuse(Some(b))?;
+                let quiet = b.planned_at == e.teams[*team].evidence.feedbacks();
+                quiet.then_some((!r.clusters_changed, b.base_at, team.as_str()))
             })
             .collect();
         idle.sort_unstable();
-        let keep: std::collections::HashSet<&str> = idle
+        let keep: HashSet<&str> = idle
             .into_iter()
             .skip(REPLAN_TEAMS)
-            .map(|(_, t)| t)
+            .map(|(_, _, t)| t)
             .collect();
         let mut teams = HashMap::with_capacity(e.teams.len());
         for team in names {
@@ -143,6 +152,7 @@ fn plan_scope_with(
                 tokens,
             );
             p.base_at = now;
+            p.clusters.clone_from(&model);
             teams.insert(team.clone(), Arc::new(p));
         }
         plan.teams = teams;

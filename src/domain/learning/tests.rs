@@ -1227,3 +1227,54 @@ fn a_replan_recomputes_the_reporting_team_and_a_bounded_number_of_others() {
     let full = plan_scope(&p, &p.default, &cal, Some(&ev), None);
     assert_eq!(routed_curves(&plan), routed_curves(&full));
 }
+
+#[test]
+fn a_refit_replans_a_bounded_number_of_team_plans_and_the_rest_in_turn() {
+    use crate::domain::clusters::sketch;
+    let p = policy(0.8);
+    let cal = calibration();
+    let teams = REPLAN_TEAMS + 5;
+    let texts = unlabelled_texts(400);
+    let mut ev = ScopeEvidence::default();
+    ev.clusters = Discovery::sized(600, 300);
+    let mut fed = 0;
+    let mut feed = |ev: &mut ScopeEvidence, n: usize| {
+        for t in &texts[fed..fed + n] {
+            let score = f64::from(u8::from(fed % 3 != 0));
+            ev.observe_task(
+                &format!("t{}", fed % teams),
+                "small",
+                shape(5),
+                score,
+                &sketch(t).0,
+            );
+            fed += 1;
+        }
+    };
+    feed(&mut ev, 600);
+    let first = ev.clusters.model.clone().expect("fitted");
+    let mut plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    // Up to the next refit: one more outcome refits and rebuilds every team's cluster levels.
+    feed(&mut ev, 299);
+    plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    feed(&mut ev, 1);
+    let refit = ev.clusters.model.clone().expect("refitted");
+    assert!(!Arc::ptr_eq(&first, &refit), "no refit");
+    let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    let under = |q: &ScopePlan| {
+        q.teams
+            .values()
+            .filter(|t| t.clusters.as_ref().is_some_and(|m| Arc::ptr_eq(m, &refit)))
+            .count()
+    };
+    // The reporting team and REPLAN_TEAMS others move to the new clusters now; the rest in
+    // the following re-plans, until the plan is the full one.
+    assert_eq!(under(&next), 1 + REPLAN_TEAMS);
+    let mut plan = next;
+    for _ in 0..teams.div_ceil(REPLAN_TEAMS) {
+        plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    }
+    assert_eq!(under(&plan), teams);
+    let full = plan_scope(&p, &p.default, &cal, Some(&ev), None);
+    assert_eq!(routed_curves(&plan), routed_curves(&full));
+}
