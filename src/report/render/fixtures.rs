@@ -1,5 +1,7 @@
 //! The sample report the views' tests render: two teams (one without outcomes, with a label to
-//! escape), two budgets, and six hours of series with an hour without quality.
+//! escape), two budgets, and six hours of series with an hour without quality; and variants of
+//! it: one day with traffic in three hours, long workflow names, team / workflow pairs, two
+//! weeks of traffic.
 
 use super::chart::HOUR_MS;
 use crate::report::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
@@ -161,4 +163,135 @@ pub(super) fn sample() -> Report {
         policy_version: "v12".into(),
         generated_ms: T0 + 12 * HOUR_MS + 60_000,
     }
+}
+
+/// One calendar day as `--since day` reports it at 22:25: traffic in three hours only (19:00,
+/// 20:00 and 21:00, the last one under way).
+pub(super) fn one_day() -> Report {
+    let mut r = sample();
+    r.until_ms = T0 + 22 * HOUR_MS + 25 * 60_000;
+    r.generated_ms = r.until_ms;
+    let hours = [19, 20, 21];
+    r.series = hours
+        .iter()
+        .zip(&r.series)
+        .map(|(h, p)| SeriesPoint {
+            start_ms: T0 + h * HOUR_MS,
+            ..p.clone()
+        })
+        .collect();
+    r
+}
+
+/// Workflow names as real deployments spell them: long, dotted, with slashes.
+pub(super) const LONG_WORKFLOWS: [&str; 6] = [
+    "support.ticket_summarization_with_long_context",
+    "mmlu/high_school_european_history",
+    "billing/invoice_dispute_classification_v2",
+    "search.query_rewrite",
+    "legal.contract_clause_extraction_multilingual",
+    "default",
+];
+
+/// The sample grouped by workflow at a hundred times its traffic (thousands of dollars, a
+/// hundred thousand tasks), one group per [`LONG_WORKFLOWS`] name (highest spend first), the
+/// groups summing up to the total.
+pub(super) fn by_workflow() -> Report {
+    const SCALE: f64 = 100.0;
+    let mut r = sample();
+    r.group_by = GroupBy::Workflow;
+    let shares = [0.34, 0.22, 0.17, 0.12, 0.09, 0.06];
+    let model = r.groups[0].clone();
+    r.groups = LONG_WORKFLOWS
+        .iter()
+        .zip(shares)
+        .map(|(name, share)| {
+            let part = |v: i64| (v as f64 * SCALE * share).round() as i64;
+            let count = |v: u64| (v as f64 * SCALE * share).round() as u64;
+            GroupReport {
+                key: (*name).into(),
+                spend_micros: part(r.total.spend_micros),
+                tasks: count(r.total.tasks),
+                outcomes: count(r.total.outcomes),
+                completed: count(r.total.completed),
+                premium_micros: part(r.total.premium_micros),
+                savings_micros: part(r.total.savings_micros),
+                value_micros: part(r.total.value_micros),
+                human_hours: r.total.human_hours * SCALE * share,
+                human_value_micros: part(r.total.human_value_micros),
+                net_value_micros: part(r.total.net_value_micros),
+                reused: count(r.total.reused),
+                reuse_events: count(r.total.reuse_events),
+                cost_per_completed_micros: Some(
+                    part(r.total.spend_micros) / count(r.total.completed).max(1) as i64,
+                ),
+                ..model.clone()
+            }
+        })
+        .collect();
+    let total = r.total.clone();
+    let sum = |f: fn(&GroupReport) -> i64| r.groups.iter().map(f).sum::<i64>();
+    let count = |f: fn(&GroupReport) -> u64| r.groups.iter().map(f).sum::<u64>();
+    r.total = GroupReport {
+        spend_micros: sum(|g| g.spend_micros),
+        tasks: count(|g| g.tasks),
+        outcomes: count(|g| g.outcomes),
+        completed: count(|g| g.completed),
+        premium_micros: sum(|g| g.premium_micros),
+        savings_micros: sum(|g| g.savings_micros),
+        value_micros: sum(|g| g.value_micros),
+        human_hours: r.groups.iter().map(|g| g.human_hours).sum(),
+        human_value_micros: sum(|g| g.human_value_micros),
+        net_value_micros: sum(|g| g.net_value_micros),
+        reused: count(|g| g.reused),
+        reuse_events: count(|g| g.reuse_events),
+        ..total
+    };
+    r.total.cost_per_completed_micros =
+        Some(r.total.spend_micros / r.total.completed.max(1) as i64);
+    for p in &mut r.series {
+        p.spend_micros *= SCALE as i64;
+        p.tasks *= SCALE as u64;
+    }
+    r
+}
+
+/// The sample grouped by team and workflow: keys `team/workflow`, two teams over three
+/// workflows.
+pub(super) fn by_team_workflow() -> Report {
+    let mut r = by_workflow();
+    r.group_by = GroupBy::TeamWorkflow;
+    let teams = [
+        "search", "support", "search", "support", "search", "support",
+    ];
+    for (g, team) in r.groups.iter_mut().zip(teams) {
+        g.key = format!("{team}/{}", g.key);
+    }
+    r
+}
+
+/// Two weeks of hourly traffic (every hour from 06:00 to 22:00, a quiet weekend), as `--since
+/// 14d` reports it.
+pub(super) fn many_days() -> Report {
+    let mut r = sample();
+    r.since_ms = T0;
+    r.until_ms = T0 + 14 * 24 * HOUR_MS;
+    r.generated_ms = r.until_ms;
+    r.series = (0..14 * 24u64)
+        .filter(|h| (6..22).contains(&(h % 24)))
+        .filter_map(|h| {
+            let day = h / 24;
+            // 2025-03-04 is a Tuesday: days 4 and 5 are the weekend.
+            let weekend = matches!(day % 7, 4 | 5);
+            let busy = if weekend { 1 } else { 6 + (day % 3) as i64 };
+            (!weekend || h % 24 == 12).then(|| SeriesPoint {
+                start_ms: T0 + h * HOUR_MS,
+                spend_micros: busy * (40_000 + (h % 24) as i64 * 3_000),
+                tasks: busy as u64 * 10,
+                outcomes: busy as u64 * 4,
+                realized_quality: Some(0.74 + (day % 5) as f64 * 0.02),
+            })
+        })
+        .collect();
+    r
 }

@@ -16,13 +16,18 @@ use crate::report::Report;
 
 /// Renders a self-contained HTML page (inline CSS, no JavaScript, no external resources).
 ///
-/// Top to bottom: the five headline numbers for the total (spend, cost per completed output,
-/// value created with savings against the premium tier, reuse rate, realized quality against
-/// the bar); an inline SVG chart of spend per hour (bars, left axis, dollars) with realized
-/// quality per hour (line, right axis 0–1) and the quality bar as a dashed reference line
-/// (without traffic, a note instead); spend by group, the `MAX_GROUP_ROWS` (15) highest-spend
-/// groups with the rest summed up in one row, and the total of everything as the last row;
-/// budgets (when any). Every label from the report is HTML-escaped.
+/// Top to bottom: the report's five numbers as six cards, one fact each (spend by team and by
+/// workflow, each its top three with their share, or the `--by` flag that shows them when the
+/// grouping does not; cost per completed output; value created, with human time displaced and
+/// revenue or risk impact under labels of their own; reuse rate; realized quality against the
+/// bar); an inline SVG chart of spend per hour, or per day over more than four days (bars, left
+/// axis, dollars) with realized quality (line, right axis 0–1) and the quality bar as a dashed
+/// reference line, narrowed to the hours with traffic when they are few in the period, drawn
+/// twice, wide and with larger text for small screens (without traffic, a note instead); spend
+/// by group, the `MAX_GROUP_ROWS` (15) highest-spend groups with the rest summed up in one row,
+/// and the total of everything as the last row, laid out to fit a 1280 px screen (long names
+/// wrap, secondary numbers stack); budgets (when any). Every label from the report is
+/// HTML-escaped.
 pub fn html(r: &Report) -> String {
     let mut out = String::new();
     match write_html(&mut out, r) {
@@ -57,7 +62,7 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
         utc(r.generated_ms),
     )?;
 
-    write_headline(o, &r.total)?;
+    write_headline(o, r)?;
     write_chart(o, r)?;
     write_groups(o, r, &group)?;
     if !r.budgets.is_empty() {
@@ -74,8 +79,9 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
         o,
         "<footer>Money in US dollars. Spend is the actual cost of decisions with feedback and \
          the estimate of the rest; savings compare it with running the same tokens on each \
-         scope's premium tier; value counts completed outcomes at the policy's value per \
-         success. Times in UTC.</footer>"
+         scope's premium tier. Value created (revenue, risk) counts completed outcomes at the \
+         policy's value per success; human time displaced counts them at its human minutes per \
+         success, worth its loaded cost per hour. Times in UTC.</footer>"
     )?;
     writeln!(o, "</main></body></html>")
 }
@@ -115,6 +121,7 @@ mod tests {
         assert!(h.contains("40%"), "headline reuse");
         assert!(h.contains("meets the bar"));
         assert!(h.contains("quality bar 0.75"));
+        assert!(h.contains("Value created (revenue, risk) counts completed outcomes"));
     }
 
     #[test]
@@ -142,7 +149,7 @@ mod tests {
         let headline = at("class=\"kpis\"");
         let chart = at("Spend and quality per hour");
         let svg = at("<svg");
-        let groups = at("Spend by team");
+        let groups = at("<h2>Spend by team</h2>");
         let budgets = at("<h2>Budgets</h2>");
         assert!(headline < chart && chart < svg && svg < groups && groups < budgets);
 
@@ -150,7 +157,10 @@ mod tests {
         let mut r = sample();
         r.series.clear();
         let h = html(&r);
-        assert!(h.find("no traffic in this period").unwrap() < h.find("Spend by team").unwrap());
+        assert!(
+            h.find("no traffic in this period").unwrap()
+                < h.find("<h2>Spend by team</h2>").unwrap()
+        );
     }
 
     /// Renders a real report saved as JSON (`tokenwise report --format json > /tmp/real.json`)
@@ -165,16 +175,29 @@ mod tests {
         std::fs::write("/tmp/real.html", html(&r)).unwrap();
     }
 
-    /// Writes a sample page for eyeballing: `cargo test --lib report::render -- --ignored`.
+    /// Writes sample pages for eyeballing and for `tests/screenshots/report.sh`, into
+    /// `$REPORT_SAMPLE_DIR` (default `/tmp`): `cargo test --lib report::render -- --ignored`.
     #[test]
     #[ignore]
     fn write_sample_html() {
-        std::fs::write("/tmp/report-sample.html", html(&sample())).unwrap();
-        std::fs::write("/tmp/report-sample.txt", table(&sample())).unwrap();
+        use crate::report::render::fixtures::{by_team_workflow, by_workflow, many_days, one_day};
+        let dir = std::env::var("REPORT_SAMPLE_DIR").unwrap_or_else(|_| "/tmp".to_owned());
+        let write = |name: &str, text: String| {
+            std::fs::write(format!("{dir}/{name}"), text).unwrap();
+        };
+        write("report-sample.html", html(&sample()));
+        write("report-sample.txt", table(&sample()));
         let mut single = sample();
         single.series.truncate(1);
-        std::fs::write("/tmp/report-single.html", html(&single)).unwrap();
+        write("report-single.html", html(&single));
         single.series.clear();
-        std::fs::write("/tmp/report-empty.html", html(&single)).unwrap();
+        write("report-empty.html", html(&single));
+        write("report-day.html", html(&one_day()));
+        write("report-workflow.html", html(&by_workflow()));
+        write("report-team-workflow.html", html(&by_team_workflow()));
+        write("report-days.html", html(&many_days()));
+        let mut tier = sample();
+        tier.group_by = crate::report::GroupBy::Tier;
+        write("report-tier.html", html(&tier));
     }
 }

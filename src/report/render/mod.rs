@@ -299,7 +299,7 @@ mod tests {
         );
         let h = html(&r);
         assert!(h.contains("human<br>time"));
-        assert!(h.contains("Value created (revenue, risk)"));
+        assert!(h.contains("Revenue, risk impact"));
         assert!(h.contains("hours of human work displaced"));
     }
 

@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::report::render::{
-    MISSING, declared_cells, declared_columns, escape, human_time_text, opt_fixed, percent, plural,
+    MISSING, declared_cells, declared_columns, escape, opt_fixed, percent, plural,
     quality_precision, tier_mix_text, tier_shares,
 };
 use crate::report::{GroupBy, GroupReport, Report, thousands, usd};
@@ -55,9 +55,9 @@ pub(super) fn write_groups(o: &mut String, r: &Report, group: &str) -> fmt::Resu
         "spend",
         "tasks",
         // Broken by hand: a header's one-line width would widen its column.
-        "completed<br>/ outcomes",
+        "completed<br>/&nbsp;outcomes",
         "cost /<br>completed",
-        "quality<br>/ bar",
+        "quality<br>/&nbsp;bar",
         "savings vs<br>premium",
         "value<br>(revenue, risk)",
         "human<br>time",
@@ -162,12 +162,13 @@ fn group_row(
     total_spend: Option<i64>,
     tiers: &[&str],
 ) -> fmt::Result {
-    // Long labels (`mmlu/high_school_european_history`) may wrap after a slash.
+    // Long labels (`support.ticket_summarization_with_long_context`) may wrap after a slash, a
+    // dot or an underscore.
     write!(
         o,
         "<td class=\"key\" title=\"{}\">{}</td>",
         escape(label),
-        escape(label).replace('/', "/<wbr>")
+        breakable(&escape(label))
     )?;
     let share = match total_spend {
         Some(total) if total > 0 => {
@@ -181,7 +182,7 @@ fn group_row(
     write!(o, "<td>{}{share}</td>", escape(&usd(g.spend_micros)))?;
     write!(
         o,
-        "<td>{}</td><td>{}<span class=\"pct\">/ {}</span></td>",
+        "<td>{}</td><td>{}<span class=\"pct d\">/ {}</span></td>",
         thousands(g.tasks),
         thousands(g.completed),
         thousands(g.outcomes)
@@ -209,7 +210,7 @@ fn group_row(
     if g.premium_micros > 0 {
         write!(
             o,
-            "<td>{}<span class=\"pct\">{}</span></td>",
+            "<td>{}<span class=\"pct d\">{}</span></td>",
             escape(&usd(g.savings_micros)),
             escape(&percent(g.savings_micros as f64 / g.premium_micros as f64)),
         )?;
@@ -217,7 +218,17 @@ fn group_row(
         write!(o, "<td>{}</td>", escape(&usd(g.savings_micros)))?;
     }
     write!(o, "<td>{}</td>", escape(&usd(g.value_micros)))?;
-    write!(o, "<td>{}</td>", escape(&human_time_text(g)))?;
+    // Hours over their worth, in two short lines rather than one wide one.
+    if g.human_hours <= 0.0 && g.human_value_micros == 0 {
+        write!(o, "<td>{MISSING}</td>")?;
+    } else {
+        write!(
+            o,
+            "<td>{:.1} h<span class=\"pct d\">{}</span></td>",
+            g.human_hours,
+            escape(&usd(g.human_value_micros))
+        )?;
+    }
     let nclass = if g.net_value_micros < 0 {
         " class=\"bad\""
     } else {
@@ -229,7 +240,7 @@ fn group_row(
     } else {
         write!(
             o,
-            "<td>{}<span class=\"pct\">({}; {} use{})</span></td>",
+            "<td>{}<span class=\"pct d\">{} reused</span><span class=\"pct d\">{} use{}</span></td>",
             escape(&g.reuse_rate.map_or(MISSING.to_owned(), percent)),
             thousands(g.reused),
             thousands(g.reuse_events),
@@ -264,6 +275,19 @@ fn group_row(
         write!(o, "</div>")?;
     }
     write!(o, "</td>")
+}
+
+/// Escaped `label` with a line break opportunity (`<wbr>`) after each `/`, `.` and `_`, so a
+/// long workflow name wraps in its cell rather than widening the table.
+fn breakable(label: &str) -> String {
+    let mut out = String::with_capacity(label.len() + 16);
+    for c in label.chars() {
+        out.push(c);
+        if matches!(c, '/' | '.' | '_') {
+            out.push_str("<wbr>");
+        }
+    }
+    out
 }
 
 /// The colour of the `i`-th tier of [`tier_order`] (the colours repeat after the sixth).
@@ -347,6 +371,49 @@ mod tests {
         let h = html(&many_groups(MAX_GROUP_ROWS as u64 + 1));
         assert_eq!(body_rows(&h).len(), MAX_GROUP_ROWS + 1);
         assert!(h.contains("… 1 more workflow: "));
+    }
+
+    #[test]
+    fn long_names_wrap_and_details_stack_so_the_table_fits() {
+        use crate::report::render::fixtures::by_workflow;
+        let h = html(&by_workflow());
+        // A long name breaks after its dots, underscores and slashes; its title keeps it whole.
+        assert!(h.contains(
+            "<td class=\"key\" title=\"support.ticket_summarization_with_long_context\">\
+             support.<wbr>ticket_<wbr>summarization_<wbr>with_<wbr>long_<wbr>context</td>"
+        ));
+        assert!(h.contains(">mmlu/<wbr>high_<wbr>school_<wbr>european_<wbr>history</td>"));
+        // Secondary numbers go on a line of their own under the main one.
+        let row = body_rows(&h)[0];
+        assert!(
+            row.contains("<td>11,220<span class=\"pct d\">/ 13,600</span></td>"),
+            "{row}"
+        );
+        assert!(
+            row.contains("<td>$688.65<span class=\"pct d\">58%</span></td>"),
+            "{row}"
+        );
+        assert!(
+            row.contains("<td>187.0 h<span class=\"pct d\">$13,090.00</span></td>"),
+            "{row}"
+        );
+        assert!(
+            row.contains(
+                "<td>40%<span class=\"pct d\">5,440 reused</span>\
+                 <span class=\"pct d\">6,800 uses</span></td>"
+            ),
+            "{row}"
+        );
+        // Headers wrap; the key column has a set share of the width; a detail is a block.
+        assert!(h.contains("<th>completed<br>/&nbsp;outcomes</th>"));
+        assert!(h.contains("th{color:#57606a;font-weight:600;font-size:12px;border-bottom:1px solid #d8dee4;white-space:normal;"));
+        assert!(h.contains("td.key{white-space:normal;min-width:110px;overflow-wrap:break-word}"));
+        assert!(h.contains("table.groups th:first-child{width:16%}"));
+        assert!(h.contains(".pct.d{display:block;"));
+        assert!(h.contains("table.groups .share{display:block;"));
+        // A narrower screen scrolls the table in its card, headers and all.
+        assert!(h.contains("<div class=\"scroll\"><table class=\"groups\">"));
+        assert!(h.contains(".scroll{overflow-x:auto}"));
     }
 
     #[test]

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Screenshots of the HTML report (`tokenwise report --format html`) in headless Chromium, for
+# eyeballing the page's layout: the headline cards, the chart's buckets, the groups table at
+# 1280 px and the chart on a phone.
+#
+# Run from anywhere in the repository:
+#
+#     tests/screenshots/report.sh            # pages and screenshots into target/screenshots/
+#     CHROMIUM=/path/to/chrome tests/screenshots/report.sh
+#
+# It needs cargo and Chromium (`/usr/bin/chromium`, e.g. `apt-get install chromium`). Not part
+# of CI and not run by `cargo test`: it checks nothing by itself; look at the PNGs. The pages
+# come from the ignored test `write_sample_html` (src/report/render/html.rs), which renders the
+# fixtures of src/report/render/fixtures.rs: the sample (a 12-hour period, by team), one day
+# with traffic in three hours, long workflow names (by workflow), team / workflow pairs, two
+# weeks of traffic, by tier, a single hour and no traffic.
+#
+# Each page is shot at 1280×900 (a laptop) and 390×844 (a phone), what a screen shows without
+# scrolling, and again as a tall shot (`-full`) that shows the whole page at the same width.
+# It also prints, per page, how wide the groups table lays out at 1280 px against its card
+# (measured by a script added to a copy of the page under measure/; the pages themselves have
+# no script).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+out="$root/target/screenshots"
+chromium="${CHROMIUM:-chromium}"
+mkdir -p "$out"
+
+cd "$root"
+REPORT_SAMPLE_DIR="$out" cargo test --quiet --lib report::render::html::tests::write_sample_html \
+    -- --ignored --exact >/dev/null
+
+shot() { # page width height file
+    "$chromium" --headless --no-sandbox --disable-gpu --hide-scrollbars \
+        --window-size="$2,$3" --screenshot="$4" "file://$out/$1" 2>/dev/null >/dev/null
+}
+
+# The groups table's laid-out width and its card's inner width at 1280 px, as `table/card`.
+measure='<script>const t=document.querySelector("table.groups");
+document.body.innerHTML="<pre id=fit>"+t.scrollWidth+"/"+t.parentElement.clientWidth+"</pre>";</script>'
+mkdir -p "$out/measure"
+
+status=0
+for page in sample day workflow team-workflow days tier single empty; do
+    html="report-$page.html"
+    shot "$html" 1280 900 "$out/$page-1280.png"
+    shot "$html" 390 844 "$out/$page-390.png"
+    shot "$html" 1280 2400 "$out/$page-1280-full.png"
+    shot "$html" 390 4200 "$out/$page-390-full.png"
+
+    sed "s#</main>#</main>${measure//$'\n'/ }#" "$out/$html" >"$out/measure/$html"
+    fit="$("$chromium" --headless --no-sandbox --disable-gpu --window-size=1280,900 \
+        --dump-dom "file://$out/measure/$html" 2>/dev/null | sed -n 's#.*<pre id="fit">\(.*\)</pre>.*#\1#p')"
+    if [[ "$fit" =~ ^([0-9]+)/([0-9]+)$ ]] && ((BASH_REMATCH[1] <= BASH_REMATCH[2])); then
+        echo "$page: groups table fits at 1280 px ($fit px)"
+    else
+        echo "$page: groups table OVERFLOWS its card at 1280 px (${fit:-not measured} px)"
+        status=1
+    fi
+done
+echo "screenshots in $out"
+exit "$status"
