@@ -90,7 +90,8 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "TOKENWISE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Where to serve Prometheus metrics (`GET /metrics`); `off` for nowhere.
+    /// Where to serve Prometheus metrics (`GET /metrics`) and the books as a page (`GET
+    /// /report`); `off` for nowhere.
     #[arg(
         long,
         env = "TOKENWISE_METRICS_LISTEN",

@@ -41,18 +41,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::GetReportResponse>, Status> {
-        // Service keys read their own team's books; admins any team's.
-        let (_, extensions, mut q) = request.into_parts();
-        let caller = extensions.get::<auth::Caller>();
-        q.team = auth::effective_team(caller, &q.team, "team")?.to_string();
-        let mut r = self.report(q).await?;
-        // A shared budget's usage is every team's spend: a service key sees only its own
-        // team's budgets (a shared one that refuses it is named in the Route refusal).
-        if let Some(c) = caller
-            && c.role != auth::Role::Admin
-        {
-            r.budgets.retain(|b| b.team == c.team);
-        }
+        let (_, extensions, q) = request.into_parts();
+        let r = report_for(&self.engine, extensions.get::<auth::Caller>(), q).await?;
         Ok(Response::new(r.into()))
     }
 
@@ -187,10 +177,23 @@ fn audit_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-impl AdminService {
-    async fn report(&self, r: pb::GetReportRequest) -> Result<report::Report, Status> {
-        let now = now_ms();
-        let q = report_query(&r, now)?;
-        self.engine.report(&q, now).await.map_err(Status::from)
+/// The books `caller` may read (`None`: auth off), as `GetReport` and the metrics port's
+/// `/report` page serve them: a service key reads its own team's books, an admin any team's;
+/// a shared budget's usage is every team's spend, so a service key sees only its own team's
+/// budgets (a shared one that refuses it is named in the Route refusal).
+pub(super) async fn report_for(
+    engine: &Engine,
+    caller: Option<&auth::Caller>,
+    mut r: pb::GetReportRequest,
+) -> Result<report::Report, Status> {
+    r.team = auth::effective_team(caller, &r.team, "team")?.to_string();
+    let now = now_ms();
+    let q = report_query(&r, now)?;
+    let mut report = engine.report(&q, now).await.map_err(Status::from)?;
+    if let Some(c) = caller
+        && c.role != auth::Role::Admin
+    {
+        report.budgets.retain(|b| b.team == c.team);
     }
+    Ok(report)
 }

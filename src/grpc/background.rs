@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::auth::KeyRing;
 use super::router::TeamLimiter;
 use super::{STORE_HEALTH_SERVICE, ServeError};
 
@@ -28,29 +29,129 @@ pub(super) fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) on `listener` until the task is aborted.
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /report` (the books as the HTML page) on
+/// `listener` until the task is aborted. `/report` is behind the same keys as the Admin
+/// service's `GetReport` when `auth` is on.
 pub async fn serve_metrics(
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    auth: Option<Arc<KeyRing>>,
     listener: TcpListener,
 ) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let engine = engine.clone();
-            async move {
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render_with(&engine, now_ms()),
-                )
-            }
-        }),
-    );
+    let metrics_engine = engine.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let engine = metrics_engine.clone();
+                async move {
+                    (
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render_with(&engine, now_ms()),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/report",
+            axum::routing::get(
+                move |query: axum::extract::RawQuery, headers: axum::http::HeaderMap| {
+                    let (engine, auth) = (engine.clone(), auth.clone());
+                    async move { report_page(&engine, auth.as_deref(), query.0, headers).await }
+                },
+            ),
+        );
     axum::serve(listener, app).await
+}
+
+/// The query parameters `/report` reads, each as `tokenwise report`'s flag of the same name.
+const REPORT_PARAMS: [&str; 5] = ["since", "until", "by", "team", "workflow"];
+
+/// `GET /report[?since=…&until=…&by=…&team=…&workflow=…]`: the books as the one-page HTML
+/// report, built afresh on every load (`since` defaults to `24h`, `by` to `team`). A parameter
+/// that cannot be read is 400 naming it; a missing or unknown key 401, another team's books 403
+/// (as `GetReport`); a store that cannot answer 503.
+async fn report_page(
+    engine: &Engine,
+    auth: Option<&KeyRing>,
+    query: Option<String>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let plain = |code: StatusCode, text: String| {
+        (
+            code,
+            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text + "\n",
+        )
+            .into_response()
+    };
+    let caller = match auth {
+        None => None,
+        Some(ring) => {
+            match ring.authenticate(&tonic::metadata::MetadataMap::from_headers(headers)) {
+                Ok(c) => Some(c),
+                Err(s) => return plain(StatusCode::UNAUTHORIZED, s.message().to_string()),
+            }
+        }
+    };
+    let mut params: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        let Some(name) = REPORT_PARAMS.iter().find(|p| **p == key) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}: unknown parameter; /report reads {}",
+                    crate::domain::labels::shown(&key),
+                    REPORT_PARAMS.join(", ")
+                ),
+            );
+        };
+        if params.insert(name, value.into_owned()).is_some() {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: given more than once"),
+            );
+        }
+    }
+    let get = |k: &str, default: &str| params.get(k).map_or(default, String::as_str).to_owned();
+    let request = match super::convert::report_request(
+        &get("since", "24h"),
+        params.get("until").map(String::as_str),
+        &get("by", "team"),
+        &get("team", ""),
+        &get("workflow", ""),
+        now_ms(),
+    ) {
+        Ok(r) => r,
+        Err((name, why)) => return plain(StatusCode::BAD_REQUEST, format!("{name}: {why}")),
+    };
+    match super::admin::report_for(engine, caller.as_ref(), request).await {
+        Ok(report) => (
+            [
+                (CONTENT_TYPE, "text/html; charset=utf-8"),
+                (CACHE_CONTROL, "no-store"),
+            ],
+            crate::report::render::html(&report),
+        )
+            .into_response(),
+        Err(s) => {
+            let code = match s.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            plain(code, s.message().to_string())
+        }
+    }
 }
 
 /// The store health status for `ok`.
@@ -97,19 +198,20 @@ pub(super) fn spawn_refresher(
     })
 }
 
-/// Binds `addr` and serves `/metrics` there until aborted.
+/// Binds `addr` and serves `/metrics` and `/report` there until aborted.
 pub(super) async fn spawn_metrics(
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    auth: Option<Arc<KeyRing>>,
     addr: SocketAddr,
 ) -> Result<JoinHandle<()>, ServeError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Metrics { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
+    tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics, the books on /report");
     Ok(tokio::spawn(async move {
-        if let Err(e) = serve_metrics(engine, metrics, listener).await {
+        if let Err(e) = serve_metrics(engine, metrics, auth, listener).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     }))

@@ -264,6 +264,42 @@ impl From<pb::GetReportResponse> for report::Report {
     }
 }
 
+/// The report request a person's words make (the CLI's flags, `/report`'s query parameters):
+/// `since` is `day`, `week` or `month` (the current calendar period), a duration ago or a UTC
+/// date or time; `until` the same but a period (default now); `by` the grouping. An error names
+/// the parameter that could not be read. The server still validates the request
+/// ([`report_query`]).
+pub fn report_request(
+    since: &str,
+    until: Option<&str>,
+    by: &str,
+    team: &str,
+    workflow: &str,
+    now_ms: u64,
+) -> Result<pb::GetReportRequest, (&'static str, String)> {
+    use crate::domain::calendar::parse_instant;
+    let (period, since_ms) = match since {
+        "day" | "week" | "month" => (since.to_string(), 0),
+        _ => (
+            String::new(),
+            parse_instant(since, now_ms).map_err(|e| ("since", e))?,
+        ),
+    };
+    let until_ms = until
+        .map(|u| parse_instant(u, now_ms))
+        .transpose()
+        .map_err(|e| ("until", e))?
+        .unwrap_or(0);
+    Ok(pb::GetReportRequest {
+        since_ms,
+        until_ms,
+        period,
+        team: team.to_string(),
+        workflow: workflow.to_string(),
+        group_by: by.to_string(),
+    })
+}
+
 /// Validates a report request into a query.
 pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQuery, Status> {
     let group_by = report::GroupBy::parse(&r.group_by).ok_or_else(|| {

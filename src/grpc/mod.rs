@@ -21,6 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::engine::Engine;
 use admin::AdminService;
 pub use background::serve_metrics;
+pub use convert::report_request;
 pub use router::{Counters, NoopRouter, RouterService};
 pub use transport::CopiedWrites;
 use transport::{PROBE_CONCURRENCY, protection};
@@ -179,7 +180,10 @@ pub async fn run(
     );
     let metrics_server = match config.metrics_addr {
         None => None,
-        Some(addr) => Some(background::spawn_metrics(engine.clone(), metrics.clone(), addr).await?),
+        Some(addr) => Some(
+            background::spawn_metrics(engine.clone(), metrics.clone(), config.auth.clone(), addr)
+                .await?,
+        ),
     };
 
     let interceptor = auth::AuthInterceptor::new(config.auth.clone())

@@ -902,3 +902,39 @@ async fn errors_echo_at_most_a_short_escaped_stretch_of_what_the_caller_sent() {
     assert_eq!(forged.code(), Code::InvalidArgument, "{forged:?}");
     assert!(forged.message().starts_with("author:"), "{forged:?}");
 }
+
+#[tokio::test]
+async fn the_report_page_takes_the_same_keys_as_get_report() {
+    let keys = Keys::new();
+    let ring = Arc::new(keys.ring());
+    let port = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::spare_port()));
+    let _server = TestServer::with_config(policy(), Limits::default(), |cfg| {
+        cfg.auth = Some(ring);
+        cfg.metrics_addr = Some(port);
+    })
+    .await;
+    let get = |path: &'static str, key: Option<String>| async move {
+        let header = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = header
+            .as_deref()
+            .map(|h| ("authorization", h))
+            .into_iter()
+            .collect();
+        crate::common::http_get(port, path, &headers).await
+    };
+    let missing = get("/report", None).await;
+    assert!(missing.starts_with("HTTP/1.1 401"), "{missing}");
+    assert!(missing.contains("missing `authorization`"), "{missing}");
+    let unknown = get("/report", Some("tw_not-a-key".into())).await;
+    assert!(unknown.starts_with("HTTP/1.1 401") && !unknown.contains("tw_not-a-key"));
+    // A service key reads its own team's books, not another's; an admin reads any.
+    let own = get("/report?team=search", Some(keys.search.clone())).await;
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+    let other = get("/report?team=ads", Some(keys.search.clone())).await;
+    assert!(other.starts_with("HTTP/1.1 403"), "{other}");
+    assert!(other.contains("cannot act for team"), "{other}");
+    let admin = get("/report?team=ads", Some(keys.admin.clone())).await;
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    // /metrics stays open for scrapers.
+    assert!(get("/metrics", None).await.starts_with("HTTP/1.1 200"));
+}

@@ -484,14 +484,46 @@ async fn reuse_recorded_on_another_replica_counts_each_output_once_and_each_even
 
 /// `GET path` over plain HTTP/1.1; the whole response.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+    crate::common::http_get(addr, path, &[]).await
+}
+
+#[tokio::test]
+async fn the_metrics_port_serves_the_report_page_and_names_a_bad_parameter() {
+    let port = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::spare_port()));
+    let server = TestServer::with_config(policy(""), Limits::default(), |c| {
+        c.metrics_addr = Some(port)
+    })
+    .await;
+    let mut c = server.router().await;
+    let d = c
+        .route(task("search", "faq", 100, 100))
         .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+        .unwrap()
+        .into_inner();
+    c.feedback(fb(&d, 1.0, 120, 80, false)).await.unwrap();
+    let page = http_get(port, "/report?since=7d&by=workflow").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("text/html") && page.contains("no-store"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Model spend report") && page.contains("faq"),
+        "{page}"
+    );
+    assert!(http_get(port, "/report").await.starts_with("HTTP/1.1 200"));
+    for (path, named) in [
+        ("/report?by=colour", "group_by"),
+        ("/report?since=yesterday", "since:"),
+        ("/report?until=soon", "until:"),
+        ("/report?colour=blue", "\"colour\": unknown parameter"),
+        ("/report?by=team&by=tier", "by: given more than once"),
+        ("/report?since=2020-01-02&until=2020-01-01", "since_ms"),
+    ] {
+        let r = http_get(port, path).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{path}: {r}");
+        assert!(r.contains(named), "{path} should name {named}: {r}");
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod cold_start;
 mod docs;
 mod feedback_rpc;
 mod learning;
+mod monitoring;
 mod parity;
 mod policy_admin;
 mod properties;
