@@ -115,6 +115,8 @@ fn by_store(c: &mut Criterion) {
                 score: 1.0,
                 input_tokens: Some(500),
                 output_tokens: Some(100),
+                cached_input_tokens: None,
+                reasoning_tokens: None,
                 reused: false,
                 caller_team: None,
             };

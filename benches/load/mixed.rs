@@ -143,6 +143,8 @@ async fn call(
         score: if i.is_multiple_of(4) { 0.0 } else { 1.0 },
         input_tokens: Some(120),
         output_tokens: Some(40),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused: false,
     };
     let result = client.feedback(fb).await;

@@ -98,6 +98,8 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
         score: 1.0,
         input_tokens: Some(100),
         output_tokens: Some(50),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused,
         caller_team: Some("ads"),
     };
@@ -150,6 +152,8 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
             score: 1.0,
             input_tokens: Some(100),
             output_tokens: Some(50),
+            cached_input_tokens: None,
+            reasoning_tokens: None,
             reused: false,
             caller_team: Some("ads"),
         };
@@ -261,7 +265,8 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
     ];
     let task = |k: usize, i: usize| kinds[k].replace("{i}", &i.to_string());
     let mut nonce = 1;
-    for i in 0..(crate::domain::learning::CLUSTER_FIRST_FIT / 3 + 1) {
+    // Past the first fit's start, and long enough for its Lloyd steps (one per outcome) to end.
+    for i in 0..(crate::domain::learning::CLUSTER_FIRST_FIT / 3 + 20) {
         for k in 0..3 {
             let t = task(k, i);
             let req = crate::domain::routing::RouteRequest {
@@ -276,6 +281,8 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
                 score: if k == 0 { 1.0 } else { 0.0 },
                 input_tokens: None,
                 output_tokens: None,
+                cached_input_tokens: None,
+                reasoning_tokens: None,
                 reused: false,
                 caller_team: None,
             };
@@ -413,6 +420,8 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
                 score: 1.0,
                 input_tokens: Some(tokens),
                 output_tokens: Some(tokens),
+                cached_input_tokens: None,
+                reasoning_tokens: None,
                 reused: false,
                 caller_team: Some("ads"),
             };
@@ -439,6 +448,77 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
     );
 }
 
+/// Cached input and reasoning tokens are parts of the input and output: reported without
+/// their totals they are clipped to Route's figures (and counted), never billed beyond them;
+/// within their totals they are booked as reported, and the stored outcome carries them.
+#[tokio::test]
+async fn cached_and_reasoning_parts_over_their_totals_are_clipped_and_counted() {
+    let e = engine();
+    let (d, over) = route_decision(&e, 1);
+    let within = route(&e, 2);
+    let feed = |id: String, cached: i64, reasoning: i64, input: Option<i64>| {
+        let e = &e;
+        async move {
+            let input = FeedbackInput {
+                decision_id: &id,
+                score: 1.0,
+                input_tokens: input,
+                output_tokens: input,
+                cached_input_tokens: Some(cached),
+                reasoning_tokens: Some(reasoning),
+                reused: false,
+                caller_team: Some("ads"),
+            };
+            e.feedback(&input, T0 + 1_000).await.unwrap()
+        }
+    };
+    // No totals reported: Route's figures stand in, and the parts are cut to them.
+    let clipped = feed(over, 1_000_000, 1_000_000, None).await;
+    let policy = e.router.table().policy.clone();
+    let tier = &policy.tiers[d.tier().tier];
+    let all = crate::domain::policy::TokenKinds {
+        input: d.input_tokens,
+        cached_input: d.input_tokens,
+        output: d.output_tokens,
+        reasoning: d.output_tokens,
+    };
+    assert_eq!(clipped.actual_cost_micros, tier.bill_micros(&all));
+    let fine = feed(within, 10, 5, Some(40)).await;
+    let kinds = crate::domain::policy::TokenKinds {
+        input: 40,
+        cached_input: 10,
+        output: 40,
+        reasoning: 5,
+    };
+    assert_eq!(fine.actual_cost_micros, tier.bill_micros(&kinds));
+    let r = report_of_hour(&e, T0 + HOUR).await;
+    assert_eq!((r.total.outcomes, r.total.clipped_outcomes), (2, 1));
+    let (log, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let mut parts: Vec<(u64, u64, u64, u64)> = log
+        .iter()
+        .map(|ev| {
+            (
+                ev.input_tokens,
+                ev.cached_input_tokens,
+                ev.output_tokens,
+                ev.reasoning_tokens,
+            )
+        })
+        .collect();
+    parts.sort_unstable();
+    let mut want = vec![
+        (
+            d.input_tokens,
+            d.input_tokens,
+            d.output_tokens,
+            d.output_tokens,
+        ),
+        (40, 10, 40, 5),
+    ];
+    want.sort_unstable();
+    assert_eq!(parts, want);
+}
+
 #[tokio::test]
 async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
     let e = engine();
@@ -452,6 +532,8 @@ async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
         score: 1.0,
         input_tokens: Some(100),
         output_tokens: Some(50),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused: false,
         caller_team: None,
     };

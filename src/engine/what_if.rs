@@ -86,7 +86,12 @@ pub fn what_if(live: &RoutingTable, proposed: &RoutingTable, window: &[OutcomeEv
     // Outcomes logged before events carried team and complexity cannot be re-decided.
     for e in window.iter().filter(|e| e.complexity > 0.0) {
         let actual_cost = live.policy.tier_index(&e.tier).map_or(0, |i| {
-            live.policy.tiers[i].cost_micros(e.input_tokens, e.output_tokens)
+            live.policy.tiers[i].bill_micros(&crate::domain::policy::TokenKinds {
+                input: e.input_tokens,
+                cached_input: e.cached_input_tokens,
+                output: e.output_tokens,
+                reasoning: e.reasoning_tokens,
+            })
         });
         let (_, lq, lc, lbar) = project(live, e);
         let (pt, pq, pc, pbar) = project(proposed, e);

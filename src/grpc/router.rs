@@ -224,6 +224,8 @@ impl RouterService {
             score: r.score,
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
+            cached_input_tokens: r.cached_input_tokens,
+            reasoning_tokens: r.reasoning_tokens,
             reused: r.reused,
             caller_team: service_team(caller),
         };

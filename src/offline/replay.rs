@@ -361,6 +361,8 @@ pub fn replay(
             score: o.score,
             input_tokens: o.input_tokens.map(|t| t as i64),
             output_tokens: o.output_tokens.map(|t| t as i64),
+            cached_input_tokens: None,
+            reasoning_tokens: None,
             reused: false,
             caller_team: None,
         };

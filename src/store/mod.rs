@@ -39,6 +39,13 @@ pub struct OutcomeEvent {
     pub input_tokens: u64,
     /// Actual output tokens.
     pub output_tokens: u64,
+    /// Of `input_tokens`, those billed at the cached input price; absent (events recorded
+    /// before the books priced token kinds): 0.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub cached_input_tokens: u64,
+    /// Of `output_tokens`, the reasoning tokens, billed at the reasoning price; absent: 0.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub reasoning_tokens: u64,
     /// Workflow label of the caller.
     #[serde(default)]
     pub workflow: String,
@@ -115,6 +122,11 @@ pub(crate) fn quota_refusal(q: &ReuseQuota, team_full: bool) -> StoreError {
 
 fn is_zero(x: &f32) -> bool {
     *x == 0.0
+}
+
+/// Whether a token count is 0 (left out of the serialized event).
+fn is_zero_count(x: &u64) -> bool {
+    *x == 0
 }
 
 impl OutcomeEvent {
@@ -456,6 +468,8 @@ pub mod contract {
             score: (n % 3) as f64 / 2.0,
             input_tokens: 10 + n,
             output_tokens: 5,
+            cached_input_tokens: 0,
+            reasoning_tokens: 0,
             workflow: format!("w{}", n % 4),
             team: String::new(),
             complexity: 0.5,
@@ -746,5 +760,35 @@ pub mod contract {
         ensure(wins == 1, || {
             format!("{wins} concurrent records of one nonce won")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An event as the log held it before the books priced cached input and reasoning tokens
+    /// still decodes, with none of either; a new event keeps its counts, and one without them
+    /// is written as before.
+    #[test]
+    fn an_event_recorded_before_token_kinds_decodes_with_none_of_them() {
+        let old = r#"{"nonce":7,"expires_ms":10000000,"scope":"default","tier":"small","band":3,"score":1.0,"input_tokens":120,"output_tokens":40,"workflow":"w","team":"ads","complexity":0.5}"#;
+        let e: OutcomeEvent = serde_json::from_str(old).unwrap();
+        assert_eq!((e.input_tokens, e.output_tokens), (120, 40));
+        assert_eq!((e.cached_input_tokens, e.reasoning_tokens), (0, 0));
+        let plain = serde_json::to_string(&e).unwrap();
+        assert!(
+            !plain.contains("cached_input_tokens") && !plain.contains("reasoning_tokens"),
+            "{plain}"
+        );
+        let new = OutcomeEvent {
+            cached_input_tokens: 100,
+            reasoning_tokens: 30,
+            ..e
+        };
+        let back: OutcomeEvent =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
     }
 }

@@ -40,6 +40,8 @@ fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> F
         score,
         input_tokens: Some(input),
         output_tokens: Some(output),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused,
     }
 }
@@ -218,6 +220,106 @@ async fn the_report_matches_a_hand_computed_script() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("group_by"), "{}", err.message());
+}
+
+/// A tier whose four token kinds each have their own price (per 1M tokens: input $3, cached
+/// input $0.75, output $15, reasoning $60), and a budget over the team that uses it.
+const KINDS_POLICY: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 3.0
+cached_input_usd_per_mtok = 0.75
+output_usd_per_mtok = 15.0
+reasoning_usd_per_mtok = 60.0
+
+[default]
+quality_bar = 0.5
+exploration_rate = 0.0
+thresholds = { small = 0.0 }
+
+[[budgets]]
+team = "bill"
+period = "day"
+hard_limit_usd = 100.0
+"#;
+
+/// Feedback with every token kind given (`None`: left out).
+fn fb_kinds(
+    d: &RouteResponse,
+    input: i64,
+    cached: Option<i64>,
+    output: i64,
+    reasoning: Option<i64>,
+) -> FeedbackRequest {
+    FeedbackRequest {
+        cached_input_tokens: cached,
+        reasoning_tokens: reasoning,
+        ..fb(d, 1.0, input, output, false)
+    }
+}
+
+#[tokio::test]
+async fn each_token_kind_is_billed_at_its_own_price_to_the_micro_dollar() {
+    let server =
+        TestServer::with_policy(Policy::parse(KINDS_POLICY).unwrap(), Limits::default()).await;
+    let mut c = server.router().await;
+    let mut ds = Vec::new();
+    for _ in 0..5 {
+        let d = c
+            .route(task("bill", "agent", 200, 50))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.tier, "premium");
+        ds.push(d);
+    }
+    // The provider's arithmetic, in µ$ (the price per 1M tokens is the µ$ per token): cached
+    // input is a part of the input, reasoning a part of the output.
+    let bills: [(FeedbackRequest, i64); 5] = [
+        // (400 − 300) × 3 + 300 × 0.75 + (100 − 60) × 15 + 60 × 60
+        // = 300 + 225 + 600 + 3,600 = 4,725.
+        (fb_kinds(&ds[0], 400, Some(300), 100, Some(60)), 4_725),
+        // Neither kind reported: 200 × 3 + 50 × 15 = 600 + 750 = 1,350.
+        (fb_kinds(&ds[1], 200, None, 50, None), 1_350),
+        // All input cached, all output reasoning: 120 × 0.75 + 80 × 60 = 90 + 4,800 = 4,890.
+        (fb_kinds(&ds[2], 120, Some(120), 80, Some(80)), 4_890),
+        // 93 × 3 + 7 × 0.75 + 7 × 15 + 3 × 60 = 279 + 5.25 + 105 + 180 = 569.25, billed 569.
+        (fb_kinds(&ds[3], 100, Some(7), 10, Some(3)), 569),
+        // Parts over their totals are clipped to them (and counted): 50 cached of 50 input, 20
+        // reasoning of 20 output: 50 × 0.75 + 20 × 60 = 37.5 + 1,200 = 1,237.5, billed 1,238.
+        (fb_kinds(&ds[4], 50, Some(80), 20, Some(30)), 1_238),
+    ];
+    let mut total = 0;
+    for (req, micros) in bills {
+        let ack = c.feedback(req).await.unwrap().into_inner();
+        assert!(
+            (ack.actual_cost_usd - micros as f64 / 1e6).abs() < 1e-12,
+            "{ack:?} ≠ {micros} µ$"
+        );
+        total += micros;
+    }
+    // 4,725 + 1,350 + 4,890 + 569 + 1,238.
+    assert_eq!(total, 12_772);
+
+    let r = report(&server, "team").await;
+    let g = group(&r, "bill");
+    assert_eq!((g.tasks, g.outcomes), (5, 5));
+    assert_eq!(g.spend_micros, 12_772);
+    // The premium tier is the one that ran: the counterfactual is the same bill.
+    assert_eq!(g.premium_micros, 12_772);
+    assert_eq!(g.clipped_outcomes, 1);
+    assert_eq!(r.total.as_ref().unwrap().spend_micros, 12_772);
+    // The budget is charged the same amount.
+    crate::common::eventually("the budget is charged 12,772 µ$", || async {
+        budget_seen(&server) == 12_772
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -84,6 +84,22 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
             Code::InvalidArgument,
             "output_tokens",
         ),
+        (
+            pb::FeedbackRequest {
+                cached_input_tokens: Some(-1),
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "cached_input_tokens",
+        ),
+        (
+            pb::FeedbackRequest {
+                reasoning_tokens: Some(-7),
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "reasoning_tokens",
+        ),
         (fb("", 1.0), Code::InvalidArgument, "decision_id"),
         (fb("made-up-id", 1.0), Code::InvalidArgument, "decision_id"),
         (
@@ -162,6 +178,8 @@ async fn expired_decisions_get_a_clear_error() {
         score: 1.0,
         input_tokens: Some(1),
         output_tokens: Some(1),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused: false,
         caller_team: None,
     };

@@ -107,6 +107,8 @@ impl Sim {
             score: s,
             input_tokens: Some(d.input_tokens as i64),
             output_tokens: Some(out),
+            cached_input_tokens: None,
+            reasoning_tokens: None,
             reused: false,
             caller_team: None,
         };

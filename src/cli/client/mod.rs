@@ -417,6 +417,9 @@ async fn replay_remote(
                 score: o.score,
                 input_tokens: o.input_tokens.map(|t| t as i64),
                 output_tokens: o.output_tokens.map(|t| t as i64),
+                // The records carry no cached or reasoning counts: none are reported.
+                cached_input_tokens: None,
+                reasoning_tokens: None,
                 reused: false,
             })
             .await?;

@@ -29,7 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use hashbrown::Equivalent;
 
 use crate::domain::decision::DecisionClaims;
-use crate::domain::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy};
+use crate::domain::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy, TokenKinds};
 use crate::domain::routing::Decision;
 use crate::store::{CounterAdd, StateStore, StoreError};
 
@@ -92,43 +92,83 @@ pub const REPORTED_INPUT_FACTOR: u64 = 8;
 pub struct BookedTokens {
     /// Input tokens.
     pub input: u64,
+    /// Of `input`, the tokens served from the provider's prompt cache.
+    pub cached_input: u64,
     /// Output tokens.
     pub output: u64,
+    /// Of `output`, the reasoning tokens.
+    pub reasoning: u64,
     /// Whether a reported count was over its bound and clipped to it.
     pub clipped: bool,
 }
 
-/// What an outcome's reported token counts are booked as. A count the caller did not report,
-/// or reported as 0 (proto3's default), is Route's own figure from the decision. A reported
-/// count is trusted up to a bound: input tokens to [`REPORTED_INPUT_FACTOR`] × what Route
-/// measured of the task (unbounded for ids without that figure), output tokens to the scope's
-/// `max_output_tokens`. Clipped counts are counted ([`metric::CLIPPED`]), so one self-reported
-/// 1e9 cannot book hundreds of dollars, exhaust a budget other teams share, or price another
-/// team's tasks.
+impl BookedTokens {
+    /// The counts by kind, as a tier prices them.
+    pub fn kinds(&self) -> TokenKinds {
+        TokenKinds {
+            input: self.input,
+            cached_input: self.cached_input,
+            output: self.output,
+            reasoning: self.reasoning,
+        }
+    }
+}
+
+/// The token counts a Feedback reported, each `None` where the caller left it out. Negative
+/// counts are refused before they get here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedTokens {
+    /// Input tokens, cached ones included.
+    pub input: Option<i64>,
+    /// Of the input tokens, those billed at the cached input price.
+    pub cached_input: Option<i64>,
+    /// Output tokens, reasoning ones included.
+    pub output: Option<i64>,
+    /// Of the output tokens, those billed at the reasoning price.
+    pub reasoning: Option<i64>,
+}
+
+/// What an outcome's reported token counts are booked as. An input or output count the caller
+/// did not report, or reported as 0 (proto3's default), is Route's own figure from the
+/// decision. A reported count is trusted up to a bound: input tokens to
+/// [`REPORTED_INPUT_FACTOR`] × what Route measured of the task (unbounded for ids without that
+/// figure), output tokens to the scope's `max_output_tokens`. Cached input tokens are a part of
+/// the booked input and reasoning tokens a part of the booked output: absent means none, and a
+/// part larger than its total is clipped to the total. Clipped counts are counted
+/// ([`metric::CLIPPED`]), so one self-reported 1e9 cannot book hundreds of dollars, exhaust a
+/// budget other teams share, or price another team's tasks.
 pub fn booked_tokens(
     policy: &Policy,
     claims: &DecisionClaims,
-    input: Option<i64>,
-    output: Option<i64>,
+    reported: ReportedTokens,
 ) -> BookedTokens {
     let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
-    let pick = |reported: Option<i64>, estimate: u32, bound: u64| match reported {
+    let pick = |reported: Option<i64>, estimate: u64, bound: u64| match reported {
         Some(v) if v > 0 => {
             let v = v as u64;
             (v.min(bound), v > bound)
         }
-        _ => (u64::from(estimate), false),
+        _ => (estimate, false),
     };
     let input_bound = match claims.input_tokens {
         0 => u64::MAX,
         measured => u64::from(measured).saturating_mul(REPORTED_INPUT_FACTOR),
     };
-    let (input, a) = pick(input, claims.input_tokens, input_bound);
-    let (output, b) = pick(output, claims.output_tokens, scope.max_output_tokens.max(1));
+    let (input, a) = pick(reported.input, u64::from(claims.input_tokens), input_bound);
+    let (output, b) = pick(
+        reported.output,
+        u64::from(claims.output_tokens),
+        scope.max_output_tokens.max(1),
+    );
+    // The parts: none unless reported, never more than their (booked) totals.
+    let (cached_input, c) = pick(reported.cached_input, 0, input);
+    let (reasoning, d) = pick(reported.reasoning, 0, output);
     BookedTokens {
         input,
+        cached_input,
         output,
-        clipped: a || b,
+        reasoning,
+        clipped: a || b || c || d,
     }
 }
 
@@ -528,7 +568,10 @@ impl Books {
         Ok(action)
     }
 
-    /// The counters that settle one outcome: to be recorded with it, atomically.
+    /// The counters that settle one outcome, to be recorded with it atomically, and its actual
+    /// cost in micro-USD: the booked tokens, each kind at the tier's price for it
+    /// ([`Tier::bill_micros`](crate::domain::policy::Tier::bill_micros)), which the spend and
+    /// the covering budgets are reconciled to.
     pub fn outcome_counters(
         &self,
         policy: &Policy,
@@ -537,19 +580,18 @@ impl Books {
         tokens: BookedTokens,
         reused: bool,
     ) -> (Vec<CounterAdd>, i64) {
-        let BookedTokens {
-            input: input_tokens,
-            output: output_tokens,
-            clipped,
-        } = tokens;
+        let (kinds, clipped) = (tokens.kinds(), tokens.clipped);
         let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
         let estimate = claims.estimate_micros as i64;
-        let actual = policy.tier_index(&claims.tier).map_or(estimate, |i| {
-            policy.tiers[i].cost_micros(input_tokens, output_tokens)
-        });
-        let premium = scope.allowed.last().map_or(actual, |&i| {
-            policy.tiers[i].cost_micros(input_tokens, output_tokens)
-        });
+        // Each kind of token at the tier's price for it; the premium counterfactual prices the
+        // same tokens at the premium tier's prices.
+        let actual = policy
+            .tier_index(&claims.tier)
+            .map_or(estimate, |i| policy.tiers[i].bill_micros(&kinds));
+        let premium = scope
+            .allowed
+            .last()
+            .map_or(actual, |&i| policy.tiers[i].bill_micros(&kinds));
         let bar_ppm = (scope.quality_bar * 1e6).round() as i64;
         let score_ppm = (score * 1e6).round() as i64;
         let completed = score_ppm >= bar_ppm;

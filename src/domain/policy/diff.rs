@@ -5,12 +5,22 @@ use super::{Policy, ScopePolicy, Tier};
 /// What changed from `old` to `new`, one line per change, for the audit trail.
 pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     let mut out = Vec::new();
+    // Input/output per 1M tokens, then the cached input and reasoning prices where they are
+    // not simply the input and output ones.
     let price = |t: &Tier| {
-        format!(
+        let usd = |m: u64| m as f64 / 1e6;
+        let mut s = format!(
             "${}/${} per 1M",
-            t.input_micros_per_mtok as f64 / 1e6,
-            t.output_micros_per_mtok as f64 / 1e6
-        )
+            usd(t.input_micros_per_mtok),
+            usd(t.output_micros_per_mtok)
+        );
+        if t.cached_input_micros_per_mtok != t.input_micros_per_mtok {
+            s += &format!(", cached input ${}", usd(t.cached_input_micros_per_mtok));
+        }
+        if t.reasoning_micros_per_mtok != t.output_micros_per_mtok {
+            s += &format!(", reasoning ${}", usd(t.reasoning_micros_per_mtok));
+        }
+        s
     };
     for t in &new.tiers {
         match old.tiers.iter().find(|o| o.name == t.name) {

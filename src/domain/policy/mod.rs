@@ -93,14 +93,52 @@ pub struct Tier {
     pub input_micros_per_mtok: u64,
     /// Price per 1M output tokens in micro-USD.
     pub output_micros_per_mtok: u64,
+    /// Price per 1M cached input tokens (input the provider served from its prompt cache) in
+    /// micro-USD; the input price unless the policy sets `cached_input_usd_per_mtok`.
+    pub cached_input_micros_per_mtok: u64,
+    /// Price per 1M reasoning tokens in micro-USD; the output price unless the policy sets
+    /// `reasoning_usd_per_mtok` (providers bill reasoning tokens as output).
+    pub reasoning_micros_per_mtok: u64,
+}
+
+/// The tokens of one call by the kind a provider bills them as. `cached_input` is the part of
+/// `input` served from the provider's prompt cache and `reasoning` the part of `output` the
+/// model spent reasoning (the convention of OpenAI's usage report); a part larger than its
+/// total is priced as the whole total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenKinds {
+    /// Input tokens, cached ones included.
+    pub input: u64,
+    /// Of `input`, the tokens billed at the cached input price.
+    pub cached_input: u64,
+    /// Output tokens, reasoning ones included.
+    pub output: u64,
+    /// Of `output`, the tokens billed at the reasoning price.
+    pub reasoning: u64,
 }
 
 impl Tier {
-    /// Cost in micro-USD of a call with these token counts, rounded to the nearest micro-dollar:
-    /// the unit every total is summed in, so totals never drift.
+    /// Cost in micro-USD of a call with these input and output tokens, none of them cached or
+    /// reasoning, rounded to the nearest micro-dollar: the unit every total is summed in, so
+    /// totals never drift.
     pub fn cost_micros(&self, input_tokens: u64, output_tokens: u64) -> i64 {
-        let pico = u128::from(input_tokens) * u128::from(self.input_micros_per_mtok)
-            + u128::from(output_tokens) * u128::from(self.output_micros_per_mtok);
+        self.bill_micros(&TokenKinds {
+            input: input_tokens,
+            output: output_tokens,
+            ..TokenKinds::default()
+        })
+    }
+
+    /// Cost in micro-USD of a call's tokens, each kind at its price, rounded once to the
+    /// nearest micro-dollar: (input − cached) × input price + cached × cached input price +
+    /// (output − reasoning) × output price + reasoning × reasoning price.
+    pub fn bill_micros(&self, t: &TokenKinds) -> i64 {
+        let cached = t.cached_input.min(t.input);
+        let reasoning = t.reasoning.min(t.output);
+        let pico = u128::from(t.input - cached) * u128::from(self.input_micros_per_mtok)
+            + u128::from(cached) * u128::from(self.cached_input_micros_per_mtok)
+            + u128::from(t.output - reasoning) * u128::from(self.output_micros_per_mtok)
+            + u128::from(reasoning) * u128::from(self.reasoning_micros_per_mtok);
         ((pico + 500_000) / 1_000_000).min(i64::MAX as u128) as i64
     }
 
@@ -369,6 +407,63 @@ thresholds = { small = 0.3, medium = 0.7 }
         assert_eq!(frontier.cost_micros(0, 0), 0);
         let small = &p.tiers[0];
         assert!(small.cost_micros(3, 0) <= 1);
+    }
+
+    #[test]
+    fn cached_input_and_reasoning_prices_default_to_input_and_output_and_are_validated() {
+        let p = Policy::parse(THREE).unwrap();
+        let medium = &p.tiers[p.tier_index("medium").unwrap()];
+        assert_eq!(medium.cached_input_micros_per_mtok, 1_000_000);
+        assert_eq!(medium.reasoning_micros_per_mtok, 2_000_000);
+        // Unset, both kinds cost what plain input and output cost.
+        let all = TokenKinds {
+            input: 1000,
+            cached_input: 400,
+            output: 500,
+            reasoning: 300,
+        };
+        assert_eq!(medium.bill_micros(&all), medium.cost_micros(1000, 500));
+
+        let priced = THREE.replace(
+            "output_usd_per_mtok = 2.0",
+            "output_usd_per_mtok = 2.0\ncached_input_usd_per_mtok = 0.25\nreasoning_usd_per_mtok = 8.0",
+        );
+        let p2 = Policy::parse(&priced).unwrap();
+        let medium2 = &p2.tiers[p2.tier_index("medium").unwrap()];
+        assert_eq!(
+            (
+                medium2.cached_input_micros_per_mtok,
+                medium2.reasoning_micros_per_mtok
+            ),
+            (250_000, 8_000_000)
+        );
+        // 600 × $1 + 400 × $0.25 + 200 × $2 + 300 × $8 per 1M = 600 + 100 + 400 + 2,400 µ$.
+        assert_eq!(medium2.bill_micros(&all), 3_500);
+        // A part larger than its total is priced as the whole total.
+        let over = TokenKinds {
+            input: 100,
+            cached_input: 1000,
+            output: 10,
+            reasoning: 50,
+        };
+        assert_eq!(medium2.bill_micros(&over), 25 + 80);
+        // The audit trail shows the new prices.
+        let lines = diff(&p, &p2);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("cached input $0.25") && lines[0].contains("reasoning $8"),
+            "{lines:?}"
+        );
+
+        for key in ["cached_input_usd_per_mtok", "reasoning_usd_per_mtok"] {
+            let e = Policy::parse(&THREE.replace(
+                "output_usd_per_mtok = 2.0",
+                &format!("output_usd_per_mtok = 2.0\n{key} = -0.5"),
+            ))
+            .unwrap_err();
+            assert_eq!(e.path, format!("tiers[2].{key}"), "{e}");
+            assert!(e.reason.contains("≥ 0"), "{e}");
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(super) struct RawTier {
     pub(super) model: String,
     pub(super) input_usd_per_mtok: f64,
     pub(super) output_usd_per_mtok: f64,
+    pub(super) cached_input_usd_per_mtok: Option<f64>,
+    pub(super) reasoning_usd_per_mtok: Option<f64>,
 }
 
 /// `[default]` or one `[[policies]]` entry as written.

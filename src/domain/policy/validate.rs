@@ -115,16 +115,26 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
                 format!("duplicate tier name {:?}", t.name),
             ));
         }
+        let input = usd_to_micros(&path("input_usd_per_mtok"), t.input_usd_per_mtok)?;
+        let output = usd_to_micros(&path("output_usd_per_mtok"), t.output_usd_per_mtok)?;
+        // Unset: cached input is billed as input, reasoning as output (as providers bill it).
+        let or = |key: &str, usd: Option<f64>, default: u64| {
+            usd.map_or(Ok(default), |usd| usd_to_micros(&path(key), usd))
+        };
         tiers.push(Tier {
             name: t.name.clone(),
             model: t.model.clone(),
-            input_micros_per_mtok: usd_to_micros(
-                &path("input_usd_per_mtok"),
-                t.input_usd_per_mtok,
+            input_micros_per_mtok: input,
+            output_micros_per_mtok: output,
+            cached_input_micros_per_mtok: or(
+                "cached_input_usd_per_mtok",
+                t.cached_input_usd_per_mtok,
+                input,
             )?,
-            output_micros_per_mtok: usd_to_micros(
-                &path("output_usd_per_mtok"),
-                t.output_usd_per_mtok,
+            reasoning_micros_per_mtok: or(
+                "reasoning_usd_per_mtok",
+                t.reasoning_usd_per_mtok,
+                output,
             )?,
         });
     }

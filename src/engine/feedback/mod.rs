@@ -38,6 +38,12 @@ pub struct FeedbackInput<'a> {
     pub input_tokens: Option<i64>,
     /// Actual output tokens; `None` or 0: unknown, Route's estimate stands in.
     pub output_tokens: Option<i64>,
+    /// Of the input tokens, those the provider served from its prompt cache (billed at the
+    /// tier's cached input price); `None`: none. More than the input tokens is clipped to them.
+    pub cached_input_tokens: Option<i64>,
+    /// Of the output tokens, the reasoning tokens (billed at the tier's reasoning price);
+    /// `None`: none. More than the output tokens is clipped to them.
+    pub reasoning_tokens: Option<i64>,
     /// Whether the output was reused.
     pub reused: bool,
     /// With authentication on and a service key: the caller's team, which must be the team the

@@ -2,7 +2,7 @@
 //! once in the store (or the outage buffer while the store is down), with its accounting.
 
 use super::*;
-use crate::domain::books::booked_tokens;
+use crate::domain::books::{ReportedTokens, booked_tokens};
 use crate::domain::decision::NO_CLUSTER;
 
 /// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
@@ -36,6 +36,8 @@ fn reuse_mark_event(
         score: 0.0,
         input_tokens: 0,
         output_tokens: 0,
+        cached_input_tokens: 0,
+        reasoning_tokens: 0,
         counters,
         counters_only: true,
         quota: None,
@@ -62,6 +64,8 @@ impl Learner {
         for (field, v) in [
             ("input_tokens", input.input_tokens),
             ("output_tokens", input.output_tokens),
+            ("cached_input_tokens", input.cached_input_tokens),
+            ("reasoning_tokens", input.reasoning_tokens),
         ] {
             if let Some(v) = v
                 && !(0..=MAX_TOKENS).contains(&v)
@@ -91,10 +95,13 @@ impl Learner {
         let tokens = booked_tokens(
             &table.policy,
             &claims,
-            input.input_tokens,
-            input.output_tokens,
+            ReportedTokens {
+                input: input.input_tokens,
+                cached_input: input.cached_input_tokens,
+                output: input.output_tokens,
+                reasoning: input.reasoning_tokens,
+            },
         );
-        let (input_tokens, output_tokens) = (tokens.input, tokens.output);
         let (counters, actual_micros) =
             books.outcome_counters(&table.policy, &claims, input.score, tokens, input.reused);
         let ack = FeedbackAck {
@@ -112,8 +119,10 @@ impl Learner {
             tier: claims.tier,
             band: claims.band,
             score: input.score,
-            input_tokens,
-            output_tokens,
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cached_input_tokens: tokens.cached_input,
+            reasoning_tokens: tokens.reasoning,
             workflow: claims.workflow,
             team: claims.team,
             complexity: claims.complexity,
@@ -254,6 +263,8 @@ impl Learner {
             score: 0.0,
             input_tokens: 0,
             output_tokens: 0,
+            cached_input_tokens: 0,
+            reasoning_tokens: 0,
             workflow: claims.workflow.clone(),
             team: claims.team.clone(),
             complexity: claims.complexity,

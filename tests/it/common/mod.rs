@@ -175,6 +175,8 @@ pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::grpc::pb::Feedb
         score,
         input_tokens: Some(50),
         output_tokens: Some(20),
+        cached_input_tokens: None,
+        reasoning_tokens: None,
         reused: false,
     }
 }
