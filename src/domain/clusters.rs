@@ -49,6 +49,7 @@ use rand_xoshiro::Xoshiro256Plus;
 use rand_xoshiro::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Hashed feature buckets (even, and a power of two that divides 2^16).
 pub const DIM: usize = 1024;
@@ -391,89 +392,23 @@ impl ClusterModel {
     /// Fits clusters to the sketches of a scope's recent tasks (empty sketches are skipped).
     /// With `previous`: warm start from its centroids (falling
     /// back to k-means++ if that leaves a cluster empty) and stable ids (see the module doc).
+    /// All of it at once; [`FitJob`] runs the same fit one Lloyd step at a time.
     pub fn fit(
         sketches: &[Sketch],
         opts: &FitOptions,
         previous: Option<&ClusterModel>,
     ) -> Result<ClusterModel, FitError> {
-        let k = opts.k.clamp(1, MAX_K);
-        let mut rows: Vec<Row> = (sketches.iter())
-            .filter_map(|s| {
-                let mut b = [(0, 0.0); SKETCH_TERMS];
-                let n = s.buckets(&mut b);
-                (n > 0).then(|| b[..n].to_vec())
-            })
-            .collect();
-        let (usable, needed) = (rows.len(), MIN_TASKS_PER_CLUSTER * k);
-        if usable < needed {
-            return Err(FitError::TooFewTasks { usable, needed });
+        let job = FitJob::start(sketches, opts, previous.map(|p| Arc::new(p.clone())))?;
+        let warm = job.centroids.clone().map(|w| {
+            job.lloyd(opts.max_iterations, Some(w))
+                .and_then(|c| job.finish(&c))
+        });
+        match warm {
+            Some(Ok(model)) => Ok(model),
+            _ => job
+                .lloyd(opts.max_iterations, None)
+                .and_then(|c| job.finish(&c)),
         }
-        let cap = opts.max_rows.max(needed);
-        if usable > cap {
-            rows = (0..cap).map(|i| rows[i * usable / cap].clone()).collect();
-        }
-        let mut df = vec![0u32; DIM];
-        for &(j, _) in rows.iter().flatten() {
-            df[usize::from(j)] += 1;
-        }
-        let n = rows.len() as f32;
-        let idf: Vec<f32> = (df.iter().enumerate())
-            .map(|(b, &d)| {
-                let kind = if b % 2 == 1 { BIGRAM_WEIGHT } else { 1.0 };
-                (((1.0 + n) / (1.0 + d as f32)).ln() + 1.0) * kind
-            })
-            .collect();
-        let mut data = Array2::<f32>::zeros((rows.len(), DIM));
-        for (row, mut dense) in rows.iter_mut().zip(data.rows_mut()) {
-            weigh(row, &idf);
-            row.iter().for_each(|&(j, w)| dense[usize::from(j)] = w);
-        }
-        let warm = previous.map(|p| warm_start(p, &rows, k));
-        let (centroids, sizes) = match warm.map(|w| lloyd(&data, &rows, opts, Some(w))) {
-            Some(Ok(fitted)) => fitted,
-            _ => lloyd(&data, &rows, opts, None)?,
-        };
-        // Stable ids: greedy on the k_new × k_old cosine matrix, best pairs first.
-        let old = previous.map_or(&[][..], |p| p.clusters.as_slice());
-        let mut pairs = Vec::new();
-        for (i, c) in centroids.iter().enumerate() {
-            for (j, o) in old.iter().enumerate() {
-                let sim: f32 = c.iter().zip(&o.centroid).map(|(a, b)| a * b).sum();
-                if sim >= opts.match_floor {
-                    pairs.push((sim, i, j));
-                }
-            }
-        }
-        pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-        let (mut ids, mut taken) = (vec![None; k], vec![false; old.len()]);
-        for (_, i, j) in pairs {
-            if ids[i].is_none() && !taken[j] {
-                (ids[i], taken[j]) = (Some(old[j].id), true);
-            }
-        }
-        let mut next_id = previous
-            .map_or(FALLBACK + 1, |p| p.next_id)
-            .max(FALLBACK + 1);
-        let mut clusters: Vec<Cluster> = Vec::with_capacity(k);
-        for (i, centroid) in centroids.iter().enumerate() {
-            let id = ids[i].unwrap_or_else(|| {
-                next_id = next_id.saturating_add(1);
-                next_id - 1
-            });
-            clusters.push(Cluster {
-                id,
-                size: sizes[i],
-                top_buckets: top_buckets(&centroids, i),
-                centroid: centroid.clone(),
-            });
-        }
-        clusters.sort_by_key(|c| c.id);
-        Ok(ClusterModel {
-            clusters,
-            idf,
-            next_id,
-            min_similarity: opts.min_similarity,
-        })
     }
 
     /// The cluster of a task: the nearest centroid by cosine on the sketch's tf-idf vector, or
@@ -538,40 +473,191 @@ fn weigh(row: &mut [(u16, f32)], idf: &[f32]) {
         .for_each(|(_, w)| *w = if norm > 0.0 { *w / norm } else { 0.0 });
 }
 
-/// linfa's k-means, then unit-length centroids and the sizes by cosine (linfa's own counts
-/// are those of its last run, not of the best one).
-fn lloyd(
-    data: &Array2<f32>,
-    rows: &[Row],
-    opts: &FitOptions,
-    init: Option<Array2<f32>>,
-) -> Result<(Vec<Vec<f32>>, Vec<u32>), FitError> {
-    let k = opts.k.clamp(1, MAX_K);
-    let params = KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(opts.seed))
-        .max_n_iterations(opts.max_iterations)
-        .tolerance(opts.tolerance)
-        .n_runs(opts.n_runs);
-    let params = match init {
-        Some(c) => params.init_method(KMeansInit::Precomputed(c)).n_runs(1),
-        None => params,
-    };
-    let fitted = params.fit(&DatasetBase::from(data.view()));
-    let fitted = fitted.map_err(|e| FitError::Linfa(e.to_string()))?;
-    let (mut centroids, mut bad) = (Vec::with_capacity(k), 0);
-    for c in fitted.centroids().rows() {
-        let norm = c.iter().map(|x| x * x).sum::<f32>().sqrt();
-        bad += usize::from(!(norm.is_finite() && norm > 0.0));
-        centroids.push(c.iter().map(|x| x / norm).collect::<Vec<f32>>());
+/// A fit in progress: [`ClusterModel::fit`] one Lloyd step at a time, so that no single call
+/// pays for a whole fit. The sketches are prepared once ([`FitJob::start`]: tf-idf rows and
+/// their dense matrix); each [`FitJob::step`] runs one linfa k-means iteration from the
+/// centroids so far (k-means++ from `opts.seed` for the first step of a cold fit), and the
+/// step that converges (or reaches `max_iterations`) returns the model. With `n_runs = 1` the
+/// steps reach the same centroids as [`ClusterModel::fit`]; a warm start that leaves a cluster
+/// empty starts again cold, as the fit does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitJob {
+    opts: FitOptions,
+    rows: Vec<Row>,
+    data: Array2<f32>,
+    idf: Vec<f32>,
+    previous: Option<Arc<ClusterModel>>,
+    /// The centroids after the last step (the warm start before the first); `None` before the
+    /// first step of a cold fit.
+    centroids: Option<Array2<f32>>,
+    /// Whether the centroids descend from the previous model's.
+    warm: bool,
+    /// Steps run since the (last) start.
+    steps: u64,
+}
+
+impl FitJob {
+    /// Prepares a fit of `sketches` (see [`ClusterModel::fit`]); fails at once with too few
+    /// usable sketches.
+    pub fn start(
+        sketches: &[Sketch],
+        opts: &FitOptions,
+        previous: Option<Arc<ClusterModel>>,
+    ) -> Result<FitJob, FitError> {
+        let k = opts.k.clamp(1, MAX_K);
+        let mut rows: Vec<Row> = (sketches.iter())
+            .filter_map(|s| {
+                let mut b = [(0, 0.0); SKETCH_TERMS];
+                let n = s.buckets(&mut b);
+                (n > 0).then(|| b[..n].to_vec())
+            })
+            .collect();
+        let (usable, needed) = (rows.len(), MIN_TASKS_PER_CLUSTER * k);
+        if usable < needed {
+            return Err(FitError::TooFewTasks { usable, needed });
+        }
+        let cap = opts.max_rows.max(needed);
+        if usable > cap {
+            rows = (0..cap).map(|i| rows[i * usable / cap].clone()).collect();
+        }
+        let mut df = vec![0u32; DIM];
+        for &(j, _) in rows.iter().flatten() {
+            df[usize::from(j)] += 1;
+        }
+        let n = rows.len() as f32;
+        let idf: Vec<f32> = (df.iter().enumerate())
+            .map(|(b, &d)| {
+                let kind = if b % 2 == 1 { BIGRAM_WEIGHT } else { 1.0 };
+                (((1.0 + n) / (1.0 + d as f32)).ln() + 1.0) * kind
+            })
+            .collect();
+        let mut data = Array2::<f32>::zeros((rows.len(), DIM));
+        for (row, mut dense) in rows.iter_mut().zip(data.rows_mut()) {
+            weigh(row, &idf);
+            row.iter().for_each(|&(j, w)| dense[usize::from(j)] = w);
+        }
+        let centroids = previous.as_deref().map(|p| warm_start(p, &rows, k));
+        Ok(FitJob {
+            opts: FitOptions { k, ..opts.clone() },
+            warm: centroids.is_some(),
+            rows,
+            data,
+            idf,
+            previous,
+            centroids,
+            steps: 0,
+        })
     }
-    let mut sizes = vec![0u32; k];
-    for row in rows {
-        sizes[nearest(centroids.iter().map(Vec::as_slice), row).0] += 1;
+
+    /// Runs one Lloyd step; `Some` with the fit's outcome once it is over.
+    pub fn step(&mut self) -> Option<Result<ClusterModel, FitError>> {
+        let next = match self.lloyd(1, self.centroids.clone()) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        self.steps += 1;
+        // linfa's own test between two iterations: the L2 distance of the centroid matrices.
+        let converged = self.centroids.as_ref().is_some_and(|c| {
+            let sq = c.iter().zip(next.iter()).fold(0.0f32, |acc, (a, b)| {
+                let d = a - b;
+                acc + d * d
+            });
+            sq.sqrt() < self.opts.tolerance
+        });
+        self.centroids = Some(next);
+        if !converged && self.steps < self.opts.max_iterations {
+            return None;
+        }
+        let done = self.centroids.as_ref().map(|c| self.finish(c));
+        match done {
+            Some(Err(_)) if self.warm => {
+                // The warm start left a cluster empty: again from k-means++.
+                (self.warm, self.centroids, self.steps) = (false, None, 0);
+                None
+            }
+            other => other,
+        }
     }
-    let empty = sizes.iter().filter(|&&s| s == 0).count();
-    if empty > 0 || bad > 0 || centroids.len() != k {
-        return Err(FitError::Diverged { empty, bad });
+
+    /// linfa's k-means for at most `iterations` Lloyd steps from `init` (warm, one run) or
+    /// k-means++ (`n_runs` runs, the lowest inertia wins): the centroids it ends on.
+    fn lloyd(&self, iterations: u64, init: Option<Array2<f32>>) -> Result<Array2<f32>, FitError> {
+        let params =
+            KMeans::params_with_rng(self.opts.k, Xoshiro256Plus::seed_from_u64(self.opts.seed))
+                .max_n_iterations(iterations)
+                .tolerance(self.opts.tolerance)
+                .n_runs(self.opts.n_runs);
+        let params = match init {
+            Some(c) => params.init_method(KMeansInit::Precomputed(c)).n_runs(1),
+            None => params,
+        };
+        let fitted = params.fit(&DatasetBase::from(self.data.view()));
+        let fitted = fitted.map_err(|e| FitError::Linfa(e.to_string()))?;
+        Ok(fitted.centroids().to_owned())
     }
-    Ok((centroids, sizes))
+
+    /// The model of fitted `centroids`: L2-normalised, each task assigned by cosine, ids kept
+    /// from the previous model where a centroid matches one; an empty cluster or a bad centroid
+    /// is [`FitError::Diverged`].
+    fn finish(&self, fitted: &Array2<f32>) -> Result<ClusterModel, FitError> {
+        let (opts, k) = (&self.opts, self.opts.k);
+        let (mut centroids, mut bad) = (Vec::with_capacity(k), 0);
+        for c in fitted.rows() {
+            let norm = c.iter().map(|x| x * x).sum::<f32>().sqrt();
+            bad += usize::from(!(norm.is_finite() && norm > 0.0));
+            centroids.push(c.iter().map(|x| x / norm).collect::<Vec<f32>>());
+        }
+        let mut sizes = vec![0u32; k];
+        for row in &self.rows {
+            sizes[nearest(centroids.iter().map(Vec::as_slice), row).0] += 1;
+        }
+        let empty = sizes.iter().filter(|&&s| s == 0).count();
+        if empty > 0 || bad > 0 || centroids.len() != k {
+            return Err(FitError::Diverged { empty, bad });
+        }
+        // Stable ids: greedy on the k_new × k_old cosine matrix, best pairs first.
+        let previous = self.previous.as_deref();
+        let old = previous.map_or(&[][..], |p| p.clusters.as_slice());
+        let mut pairs = Vec::new();
+        for (i, c) in centroids.iter().enumerate() {
+            for (j, o) in old.iter().enumerate() {
+                let sim: f32 = c.iter().zip(&o.centroid).map(|(a, b)| a * b).sum();
+                if sim >= opts.match_floor {
+                    pairs.push((sim, i, j));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let (mut ids, mut taken) = (vec![None; k], vec![false; old.len()]);
+        for (_, i, j) in pairs {
+            if ids[i].is_none() && !taken[j] {
+                (ids[i], taken[j]) = (Some(old[j].id), true);
+            }
+        }
+        let mut next_id = previous
+            .map_or(FALLBACK + 1, |p| p.next_id)
+            .max(FALLBACK + 1);
+        let mut clusters: Vec<Cluster> = Vec::with_capacity(k);
+        for (i, centroid) in centroids.iter().enumerate() {
+            let id = ids[i].unwrap_or_else(|| {
+                next_id = next_id.saturating_add(1);
+                next_id - 1
+            });
+            clusters.push(Cluster {
+                id,
+                size: sizes[i],
+                top_buckets: top_buckets(&centroids, i),
+                centroid: centroid.clone(),
+            });
+        }
+        clusters.sort_by_key(|c| c.id);
+        Ok(ClusterModel {
+            clusters,
+            idf: self.idf.clone(),
+            next_id,
+            min_similarity: opts.min_similarity,
+        })
+    }
 }
 
 /// Initial centroids from a previous model: its k largest clusters, then (when k grew) the row
@@ -832,6 +918,50 @@ mod tests {
         assert!(ids[3] > *before.iter().max().unwrap() && !second.ids().any(|id| id == ids[3]));
         // It goes away again: the warm start fails over to k-means++ instead of diverging.
         assert_eq!(fit(&data.0, 4, Some(&third)).ids().count(), 4);
+    }
+
+    #[test]
+    fn a_fit_job_stepped_to_its_end_is_the_fit_cold_and_warm() {
+        let sketches = |w: &[usize], offset| -> Vec<Sketch> {
+            corpus(w, 120, offset).0.iter().map(|t| sketch(t)).collect()
+        };
+        let opts = FitOptions {
+            k: 3,
+            n_runs: 1,
+            ..FitOptions::default()
+        };
+        let stepped = |s: &[Sketch], previous: Option<&ClusterModel>| {
+            let mut job = FitJob::start(s, &opts, previous.map(|p| Arc::new(p.clone()))).unwrap();
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                if let Some(done) = job.step() {
+                    return (done.unwrap(), steps);
+                }
+            }
+        };
+        let first = sketches(&[0, 1, 2], 0);
+        let cold = ClusterModel::fit(&first, &opts, None).unwrap();
+        let (job_cold, steps) = stepped(&first, None);
+        assert_eq!(job_cold, cold);
+        assert!(steps > 1 && steps <= 51, "{steps} steps");
+        let second = sketches(&[2, 0, 1], 30);
+        let warm = ClusterModel::fit(&second, &opts, Some(&cold)).unwrap();
+        assert_eq!(stepped(&second, Some(&cold)).0, warm);
+        // A warm start that leaves a cluster empty starts again cold, as the fit does.
+        let fewer = sketches(&[0, 1], 0);
+        let opts4 = FitOptions {
+            k: 4,
+            ..opts.clone()
+        };
+        let four = ClusterModel::fit(&sketches(&[0, 1, 2, 3], 0), &opts4, None).unwrap();
+        let mut job = FitJob::start(&fewer, &opts4, Some(Arc::new(four.clone()))).unwrap();
+        let done = loop {
+            if let Some(done) = job.step() {
+                break done;
+            }
+        };
+        assert_eq!(done, ClusterModel::fit(&fewer, &opts4, Some(&four)));
     }
 
     #[test]

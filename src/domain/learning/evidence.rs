@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::*;
-use crate::domain::clusters::{ClusterModel, FitOptions, Sketch};
+use crate::domain::clusters::{ClusterModel, FitJob, FitOptions, Sketch};
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -226,6 +226,9 @@ pub struct Discovery {
     pub fits: u64,
     /// Fits that failed or diverged (the previous clusters stayed).
     pub failed_fits: u64,
+    /// The fit under way, if any: one Lloyd step per unlabelled outcome, so no Feedback pays
+    /// for a whole fit.
+    pending: Option<Box<FitJob>>,
     /// Sketches kept ([`CLUSTER_WINDOW`]; tests make it small).
     window: usize,
     /// Sketches between two fits ([`CLUSTER_REFIT_EVERY`]; tests make it small).
@@ -240,6 +243,7 @@ impl Default for Discovery {
             model: None,
             fits: 0,
             failed_fits: 0,
+            pending: None,
             window: CLUSTER_WINDOW,
             every: CLUSTER_REFIT_EVERY,
         }
@@ -247,8 +251,10 @@ impl Default for Discovery {
 }
 
 impl Discovery {
-    /// Adds one unlabelled task's sketch and what its outcome taught, refitting every
-    /// [`CLUSTER_REFIT_EVERY`] sketches (and first once the window holds enough for a fit).
+    /// Adds one unlabelled task's sketch and what its outcome taught, and advances the fit under
+    /// way by one Lloyd step ([`FitJob`]). A fit starts every [`CLUSTER_REFIT_EVERY`] sketches
+    /// (first once the window holds enough for one) on the window as it is then, and its
+    /// clusters take over at the outcome whose step ends it: the same outcome on every replica.
     /// Returns whether the clusters changed. A fit that fails keeps the previous clusters; it
     /// is logged and counted. A featureless task (empty sketch) is not kept.
     pub fn observe(&mut self, sketch: &[u16], lesson: Lesson) -> bool {
@@ -261,7 +267,10 @@ impl Discovery {
         self.recent.push_back((Sketch(sketch.to_vec()), lesson));
         self.since_fit += 1;
         let first = self.model.is_none() && self.recent.len() >= CLUSTER_FIRST_FIT.min(self.window);
-        (first || self.since_fit >= self.every) && self.refit()
+        if self.pending.is_none() && (first || self.since_fit >= self.every) {
+            self.start_fit();
+        }
+        self.step_fit()
     }
 
     /// Discovery over a window of `window` sketches, refitting every `every` (tests).
@@ -274,7 +283,7 @@ impl Discovery {
         }
     }
 
-    fn refit(&mut self) -> bool {
+    fn start_fit(&mut self) {
         self.since_fit = 0;
         let sketches: Vec<Sketch> = self.recent.iter().map(|(s, _)| s.clone()).collect();
         let opts = FitOptions {
@@ -282,18 +291,44 @@ impl Discovery {
             n_runs: 1,
             ..FitOptions::default()
         };
-        match ClusterModel::fit(&sketches, &opts, self.model.as_deref()) {
+        match FitJob::start(&sketches, &opts, self.model.clone()) {
+            Ok(job) => self.pending = Some(Box::new(job)),
+            Err(e) => self.failed(&e, sketches.len()),
+        }
+    }
+
+    /// One step of the fit under way; whether it ended with new clusters.
+    fn step_fit(&mut self) -> bool {
+        let Some(outcome) = self.pending.as_mut().and_then(|job| job.step()) else {
+            return false;
+        };
+        self.pending = None;
+        match outcome {
             Ok(m) => {
                 self.model = Some(Arc::new(m));
                 self.fits += 1;
                 true
             }
             Err(e) => {
-                self.failed_fits += 1;
-                tracing::warn!(error = %e, tasks = sketches.len(), "cluster refit failed; keeping the previous clusters");
+                self.failed(&e, self.recent.len());
                 false
             }
         }
+    }
+
+    fn failed(&mut self, e: &crate::domain::clusters::FitError, tasks: usize) {
+        self.failed_fits += 1;
+        tracing::warn!(error = %e, tasks, "cluster refit failed; keeping the previous clusters");
+    }
+
+    /// Steps the fit under way to its end (tests: a fit at once, as before fits were stepped).
+    #[cfg(test)]
+    pub(super) fn finish_fit(&mut self) -> bool {
+        let mut changed = false;
+        while self.pending.is_some() {
+            changed |= self.step_fit();
+        }
+        changed
     }
 }
 
@@ -394,6 +429,15 @@ impl ScopeEvidence {
             }
         }
         self.clusters.recent = recent;
+    }
+
+    /// Steps a cluster fit under way to its end and relearns the discovered levels if it ended
+    /// with new clusters (tests: a fit at once).
+    #[cfg(test)]
+    pub(super) fn finish_fits(&mut self) {
+        if self.clusters.finish_fit() {
+            self.relearn_clusters();
+        }
     }
 
     fn forget_clusters(&mut self) {

@@ -941,17 +941,20 @@ fn a_refit_that_fails_keeps_the_previous_clusters_and_is_counted() {
     for t in unlabelled_texts(40) {
         d.observe(&sketch(&t).0, Lesson::default());
     }
+    d.finish_fit();
     // One task repeated: once it fills the window there are fewer distinct tasks than
     // clusters, and that fit diverges (the one before, half of it varied, succeeds).
     let same = sketch("the very same request about a refund for the parcel").0;
     for _ in 0..60 {
         d.observe(&same, Lesson::default());
     }
+    d.finish_fit();
     let (before, fits) = (d.model.clone().unwrap(), d.fits);
     assert_eq!(d.failed_fits, 0);
     for _ in 0..60 {
         d.observe(&same, Lesson::default());
     }
+    d.finish_fit();
     assert_eq!((d.fits, d.failed_fits), (fits, 1));
     assert!(Arc::ptr_eq(d.model.as_ref().unwrap(), &before));
 }
@@ -1025,6 +1028,7 @@ fn a_refit_teaches_the_remembered_outcomes_to_the_clusters_their_tasks_fall_in()
         let score = if i % 3 == 0 { 0.0 } else { 1.0 };
         ev.observe_task("ads", "small", shape(5), score, &sketch(t).0);
     }
+    ev.finish_fits();
     let model = ev.clusters.model.clone().expect("the first fit ran");
     let failing = model.assign(&sketch(&texts[0]));
     let level = |ev: &ScopeEvidence, id: u32| ev.workflows.get(&cluster_label(id)).cloned();
@@ -1252,14 +1256,18 @@ fn a_refit_replans_a_bounded_number_of_team_plans_and_the_rest_in_turn() {
         }
     };
     feed(&mut ev, 600);
+    ev.finish_fits();
     let first = ev.clusters.model.clone().expect("fitted");
     let mut plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
-    // Up to the next refit: one more outcome refits and rebuilds every team's cluster levels.
-    feed(&mut ev, 299);
-    plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
-    feed(&mut ev, 1);
-    let refit = ev.clusters.model.clone().expect("refitted");
-    assert!(!Arc::ptr_eq(&first, &refit), "no refit");
+    // Up to the outcome whose step ends the next fit: it rebuilds every team's cluster levels.
+    let refit = loop {
+        feed(&mut ev, 1);
+        let now = ev.clusters.model.clone().expect("fitted");
+        if !Arc::ptr_eq(&first, &now) {
+            break now;
+        }
+        plan = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
+    };
     let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
     let under = |q: &ScopePlan| {
         q.teams
