@@ -11,10 +11,12 @@
 //!   free places.
 //! - **Features**: bucket = id % [`DIM`]; binary presence × idf (`ln((1+n)/(1+df)) + 1` over the
 //!   fitted sketches; bigram buckets × 0.5), L2-normalised.
-//! - **Fit** ([`ClusterModel::fit`]): linfa-clustering k-means (k-means++ from `opts.seed`, or
-//!   warm-started from the previous model's centroids) on a dense `Array2<f32>` (n × DIM, rows in
-//!   the given order, at most `max_rows`); the centroids are then L2-normalised (spherical
-//!   k-means approximation) and tasks assigned by cosine. Deterministic: same input + options →
+//! - **Fit** ([`ClusterModel::fit`], or one step at a time: [`FitJob`]): k-means on the tf-idf
+//!   rows (in the given order, at most `max_rows`): a cold fit starts with linfa-clustering's
+//!   k-means++ from `opts.seed` and one linfa iteration on the dense n × DIM matrix, a warm one
+//!   from the previous model's centroids; the further Lloyd steps are linfa's m_k-means update
+//!   computed on the sparse rows. The centroids are then L2-normalised (spherical k-means
+//!   approximation) and tasks assigned by cosine. Deterministic: same input + options →
 //!   bit-identical model. An empty cluster or a bad centroid → [`FitError::Diverged`]; fewer
 //!   than 4·k usable sketches → [`FitError::TooFewTasks`]; k is clamped to 1..=64.
 //! - **Stable ids**: new centroids take the ids of old ones by greedy maximum-cosine matching
@@ -23,9 +25,10 @@
 //!   whose best cosine is under `min_similarity`.
 //! - **Bounds**: a model holds k × DIM f32 centroids + DIM idf + ≤5 term buckets per cluster: about
 //!   72 KB for k = 16 (`memory_bytes`); [`TermNames`] ≤ DIM names of ≤ 40 bytes (~43 KB seen).
-//!   A fit holds the dense matrix, max_rows × DIM × 4 B = 8 MiB by default.
+//!   A fit holds its rows (≤ 32 values each) and k × DIM centroids; a cold fit's first step
+//!   builds the dense matrix, max_rows × DIM × 4 B = 8 MiB by default.
 //!
-//! Measured on RouteLLM train (9,089 tasks: 57 MMLU subjects + gsm8k): fit on 2,048, scored on
+//! Measured before the Lloyd steps were sparse (2026-12-07: see docs/experiments.md), on RouteLLM train (9,089 tasks: 57 MMLU subjects + gsm8k): fit on 2,048, scored on
 //! the other 7,041; release build, one core of the shared 2-core dev machine (timings ±30%);
 //! NMI with arithmetic-mean normalisation. Defaults (n_runs 3, 50 iterations), k = 4 / 16 / 64:
 //! - cold fit (median of 3): 0.8–1.0 s / 4.0 s / 16 s (n_runs 1: 0.39 / 1.2–2.0 / 4.6–5.1 s;
@@ -43,7 +46,7 @@
 use crate::domain::features::{FNV_OFFSET, FNV_PRIME, fnv_byte, mix};
 use linfa::DatasetBase;
 use linfa::traits::Fit;
-use linfa_clustering::{KMeans, KMeansInit};
+use linfa_clustering::KMeans;
 use ndarray::Array2;
 use rand_xoshiro::Xoshiro256Plus;
 use rand_xoshiro::rand_core::SeedableRng;
@@ -398,16 +401,11 @@ impl ClusterModel {
         opts: &FitOptions,
         previous: Option<&ClusterModel>,
     ) -> Result<ClusterModel, FitError> {
-        let job = FitJob::start(sketches, opts, previous.map(|p| Arc::new(p.clone())))?;
-        let warm = job.centroids.clone().map(|w| {
-            job.lloyd(opts.max_iterations, Some(w))
-                .and_then(|c| job.finish(&c))
-        });
-        match warm {
-            Some(Ok(model)) => Ok(model),
-            _ => job
-                .lloyd(opts.max_iterations, None)
-                .and_then(|c| job.finish(&c)),
+        let mut job = FitJob::start(sketches, opts, previous.map(|p| Arc::new(p.clone())))?;
+        loop {
+            if let Some(done) = job.step() {
+                return done;
+            }
         }
     }
 
@@ -473,18 +471,20 @@ fn weigh(row: &mut [(u16, f32)], idf: &[f32]) {
         .for_each(|(_, w)| *w = if norm > 0.0 { *w / norm } else { 0.0 });
 }
 
-/// A fit in progress: [`ClusterModel::fit`] one Lloyd step at a time, so that no single call
-/// pays for a whole fit. The sketches are prepared once ([`FitJob::start`]: tf-idf rows and
-/// their dense matrix); each [`FitJob::step`] runs one linfa k-means iteration from the
-/// centroids so far (k-means++ from `opts.seed` for the first step of a cold fit), and the
-/// step that converges (or reaches `max_iterations`) returns the model. With `n_runs = 1` the
-/// steps reach the same centroids as [`ClusterModel::fit`]; a warm start that leaves a cluster
-/// empty starts again cold, as the fit does.
+/// A fit in progress, one Lloyd step at a time, so that no single call pays for a whole fit
+/// ([`ClusterModel::fit`] runs one to its end). The sketches are prepared once
+/// ([`FitJob::start`]: their tf-idf rows). A cold fit's first step is linfa-clustering's
+/// k-means (k-means++ from `opts.seed`, `n_runs` runs, one iteration, on the dense n × DIM
+/// matrix); every other step is the same m_k-means update linfa runs (each centroid moves to
+/// the mean of its rows and its old self), computed on the sparse rows: a row has at most
+/// [`SKETCH_TERMS`] of DIM values, so a step costs n·k·32 instead of linfa's n·k·DIM (a full
+/// warm refit of 2,048 rows, k = 8: 82 ms with linfa's dense steps). The step that converges
+/// (linfa's test: the centroid matrices within `tolerance`) or reaches `max_iterations`
+/// returns the model; a warm start that leaves a cluster empty starts again cold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitJob {
     opts: FitOptions,
     rows: Vec<Row>,
-    data: Array2<f32>,
     idf: Vec<f32>,
     previous: Option<Arc<ClusterModel>>,
     /// The centroids after the last step (the warm start before the first); `None` before the
@@ -531,17 +531,12 @@ impl FitJob {
                 (((1.0 + n) / (1.0 + d as f32)).ln() + 1.0) * kind
             })
             .collect();
-        let mut data = Array2::<f32>::zeros((rows.len(), DIM));
-        for (row, mut dense) in rows.iter_mut().zip(data.rows_mut()) {
-            weigh(row, &idf);
-            row.iter().for_each(|&(j, w)| dense[usize::from(j)] = w);
-        }
+        rows.iter_mut().for_each(|row| weigh(row, &idf));
         let centroids = previous.as_deref().map(|p| warm_start(p, &rows, k));
         Ok(FitJob {
             opts: FitOptions { k, ..opts.clone() },
             warm: centroids.is_some(),
             rows,
-            data,
             idf,
             previous,
             centroids,
@@ -551,9 +546,12 @@ impl FitJob {
 
     /// Runs one Lloyd step; `Some` with the fit's outcome once it is over.
     pub fn step(&mut self) -> Option<Result<ClusterModel, FitError>> {
-        let next = match self.lloyd(1, self.centroids.clone()) {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
+        let next = match &self.centroids {
+            Some(c) => self.sparse_step(c),
+            None => match self.seed() {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            },
         };
         self.steps += 1;
         // linfa's own test between two iterations: the L2 distance of the centroid matrices.
@@ -579,21 +577,60 @@ impl FitJob {
         }
     }
 
-    /// linfa's k-means for at most `iterations` Lloyd steps from `init` (warm, one run) or
-    /// k-means++ (`n_runs` runs, the lowest inertia wins): the centroids it ends on.
-    fn lloyd(&self, iterations: u64, init: Option<Array2<f32>>) -> Result<Array2<f32>, FitError> {
+    /// A cold fit's first step: linfa-clustering's k-means++ (`n_runs` runs from `opts.seed`,
+    /// the lowest inertia wins) and one Lloyd iteration, on the dense rows.
+    fn seed(&self) -> Result<Array2<f32>, FitError> {
+        let mut data = Array2::<f32>::zeros((self.rows.len(), DIM));
+        for (row, mut dense) in self.rows.iter().zip(data.rows_mut()) {
+            row.iter().for_each(|&(j, w)| dense[usize::from(j)] = w);
+        }
         let params =
             KMeans::params_with_rng(self.opts.k, Xoshiro256Plus::seed_from_u64(self.opts.seed))
-                .max_n_iterations(iterations)
+                .max_n_iterations(1)
                 .tolerance(self.opts.tolerance)
                 .n_runs(self.opts.n_runs);
-        let params = match init {
-            Some(c) => params.init_method(KMeansInit::Precomputed(c)).n_runs(1),
-            None => params,
-        };
-        let fitted = params.fit(&DatasetBase::from(self.data.view()));
+        let fitted = params.fit(&DatasetBase::from(data.view()));
         let fitted = fitted.map_err(|e| FitError::Linfa(e.to_string()))?;
         Ok(fitted.centroids().to_owned())
+    }
+
+    /// One m_k-means step from `centroids` on the sparse rows: each row goes to the nearest
+    /// centroid by squared L2 distance (`‖r‖² − 2 r·c + ‖c‖²`, the first on ties), and each
+    /// centroid becomes the mean of its rows and its old self (as linfa's step).
+    fn sparse_step(&self, centroids: &Array2<f32>) -> Array2<f32> {
+        let norms: Vec<f32> = centroids
+            .rows()
+            .into_iter()
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        let mut sums = Array2::<f32>::zeros(centroids.raw_dim());
+        let mut counts = vec![1u32; centroids.nrows()];
+        for row in &self.rows {
+            let own: f32 = row.iter().map(|&(_, w)| w * w).sum();
+            let mut best = (0, f32::INFINITY);
+            for (i, c) in centroids.rows().into_iter().enumerate() {
+                let dot: f32 = row
+                    .iter()
+                    .map(|&(j, w)| w * c.get(usize::from(j)).copied().unwrap_or(0.0))
+                    .sum();
+                let d = own - 2.0 * dot + norms[i];
+                if d < best.1 {
+                    best = (i, d);
+                }
+            }
+            let mut sum = sums.row_mut(best.0);
+            for &(j, w) in row {
+                if let Some(x) = sum.get_mut(usize::from(j)) {
+                    *x += w;
+                }
+            }
+            counts[best.0] += 1;
+        }
+        sums += centroids;
+        for (mut c, &n) in sums.rows_mut().into_iter().zip(&counts) {
+            c /= n as f32;
+        }
+        sums
     }
 
     /// The model of fitted `centroids`: L2-normalised, each task assigned by cosine, ids kept
@@ -962,6 +999,39 @@ mod tests {
             }
         };
         assert_eq!(done, ClusterModel::fit(&fewer, &opts4, Some(&four)));
+    }
+
+    #[test]
+    fn a_sparse_step_is_linfas_dense_step() {
+        use linfa_clustering::KMeansInit;
+        let sketches: Vec<Sketch> = corpus(&[0, 1, 2], 80, 0)
+            .0
+            .iter()
+            .map(|t| sketch(t))
+            .collect();
+        let opts = FitOptions {
+            k: 3,
+            n_runs: 1,
+            ..FitOptions::default()
+        };
+        let first = ClusterModel::fit(&sketches, &opts, None).unwrap();
+        let job = FitJob::start(&sketches, &opts, Some(Arc::new(first))).unwrap();
+        let init = job.centroids.clone().unwrap();
+        let mut data = Array2::<f32>::zeros((job.rows.len(), DIM));
+        for (row, mut dense) in job.rows.iter().zip(data.rows_mut()) {
+            row.iter().for_each(|&(j, w)| dense[usize::from(j)] = w);
+        }
+        let linfa = KMeans::params_with_rng(3, Xoshiro256Plus::seed_from_u64(1))
+            .init_method(KMeansInit::Precomputed(init.clone()))
+            .max_n_iterations(1)
+            .n_runs(1)
+            .fit(&DatasetBase::from(data.view()))
+            .unwrap();
+        let ours = job.sparse_step(&init);
+        let worst = (ours.iter().zip(linfa.centroids().iter()))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "largest difference {worst}");
     }
 
     #[test]

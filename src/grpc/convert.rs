@@ -268,7 +268,7 @@ impl From<pb::GetReportResponse> for report::Report {
 /// `since` is `day`, `week` or `month` (the current calendar period), a duration ago or a UTC
 /// date or time; `until` the same but a period (default now); `by` the grouping. An error names
 /// the parameter that could not be read. The server still validates the request
-/// ([`report_query`]).
+/// (`report_query`).
 pub fn report_request(
     since: &str,
     until: Option<&str>,
