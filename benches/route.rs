@@ -117,6 +117,7 @@ fn by_store(c: &mut Criterion) {
                 output_tokens: Some(100),
                 cached_input_tokens: None,
                 reasoning_tokens: None,
+                served_tier: "",
                 reused: false,
                 caller_team: None,
             };
@@ -315,7 +316,9 @@ fn discovery(c: &mut Criterion) {
         b.iter(|| ClusterModel::fit(&sketches, &opts, Some(&fitted)))
     });
     // The Feedback fold's side of a refit: one unlabelled outcome that completes a refit
-    // interval, so the fit runs and every remembered outcome is taught again to its cluster.
+    // interval, so a fit starts (its rows prepared) and takes its first Lloyd step; the fit's
+    // other steps ride on the following unlabelled outcomes, and the one that ends it teaches
+    // every remembered outcome again to its cluster.
     let mut taught = ScopeEvidence::default();
     let more: Vec<Sketch> = records
         .iter()
