@@ -115,11 +115,7 @@ fn by_store(c: &mut Criterion) {
                 score: 1.0,
                 input_tokens: Some(500),
                 output_tokens: Some(100),
-                cached_input_tokens: None,
-                reasoning_tokens: None,
-                served_tier: "",
-                reused: false,
-                caller_team: None,
+                ..Default::default()
             };
             rt.block_on(engine.feedback(&input, 2_000))
                 .expect("feedback");

@@ -444,6 +444,7 @@ mod tests {
             metric::REUSE_EVENTS,
             metric::EXPLORE_COST,
             metric::CLIPPED,
+            metric::FALLBACKS,
         ]
         .into_iter()
         .enumerate()

@@ -145,6 +145,7 @@ async fn call(
         output_tokens: Some(40),
         cached_input_tokens: None,
         reasoning_tokens: None,
+        served_tier: String::new(),
         reused: false,
     };
     let result = client.feedback(fb).await;

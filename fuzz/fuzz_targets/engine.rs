@@ -43,10 +43,8 @@ fuzz_target!(|data: (&str, &str, &str, f64, i64, i64, u32, &str, bool)| {
                     score,
                     input_tokens: Some(input_tokens),
                     output_tokens: Some(output_tokens),
-                    cached_input_tokens: None,
-                    reasoning_tokens: None,
                     reused: count % 2 == 0,
-                    caller_team: None,
+                    ..Default::default()
                 },
                 2_000,
             )

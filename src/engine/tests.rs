@@ -98,10 +98,9 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
         score: 1.0,
         input_tokens: Some(100),
         output_tokens: Some(50),
-        cached_input_tokens: None,
-        reasoning_tokens: None,
         reused,
         caller_team: Some("ads"),
+        ..Default::default()
     };
     e.feedback(&input, T0 + 1_000).await.unwrap();
 }
@@ -152,10 +151,8 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
             score: 1.0,
             input_tokens: Some(100),
             output_tokens: Some(50),
-            cached_input_tokens: None,
-            reasoning_tokens: None,
-            reused: false,
             caller_team: Some("ads"),
+            ..Default::default()
         };
         e.feedback(&input, T0 + 1_000).await.unwrap();
     }
@@ -279,12 +276,7 @@ async fn unlabelled_tasks_are_clustered_and_learn_under_their_cluster() {
             let input = FeedbackInput {
                 decision_id: &id,
                 score: if k == 0 { 1.0 } else { 0.0 },
-                input_tokens: None,
-                output_tokens: None,
-                cached_input_tokens: None,
-                reasoning_tokens: None,
-                reused: false,
-                caller_team: None,
+                ..Default::default()
             };
             e.feedback(&input, T0 + 1_000).await.unwrap();
         }
@@ -420,10 +412,8 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
                 score: 1.0,
                 input_tokens: Some(tokens),
                 output_tokens: Some(tokens),
-                cached_input_tokens: None,
-                reasoning_tokens: None,
-                reused: false,
                 caller_team: Some("ads"),
+                ..Default::default()
             };
             e.feedback(&input, T0 + 1_000).await.unwrap()
         }
@@ -466,8 +456,8 @@ async fn cached_and_reasoning_parts_over_their_totals_are_clipped_and_counted() 
                 output_tokens: input,
                 cached_input_tokens: Some(cached),
                 reasoning_tokens: Some(reasoning),
-                reused: false,
                 caller_team: Some("ads"),
+                ..Default::default()
             };
             e.feedback(&input, T0 + 1_000).await.unwrap()
         }
@@ -532,10 +522,7 @@ async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
         score: 1.0,
         input_tokens: Some(100),
         output_tokens: Some(50),
-        cached_input_tokens: None,
-        reasoning_tokens: None,
-        reused: false,
-        caller_team: None,
+        ..Default::default()
     };
     let err = e.feedback(&input, T0 + 1_000).await.unwrap_err();
     assert!(
@@ -590,4 +577,49 @@ async fn a_flood_of_reuse_events_is_bounded_per_decision_and_per_team() {
     feedback(&e, &b, false).await;
     let r = report_of_hour(&e, at).await;
     assert_eq!(r.total.reuse_events, 5 + 1, "{:?}", r.total);
+}
+
+/// Learning credits an outcome to the tier that served it: after a fallback, the score is
+/// evidence of the served tier and none of the routed one, and the log keeps the routed tier.
+#[tokio::test]
+async fn a_fallback_is_learned_under_the_tier_that_served() {
+    let e = engine();
+    let (d, id) = route_decision(&e, 1);
+    let routed = d.tier().name.clone();
+    let served = if routed == "small" {
+        "premium"
+    } else {
+        "small"
+    };
+    let input = FeedbackInput {
+        decision_id: &id,
+        score: 1.0,
+        input_tokens: Some(100),
+        output_tokens: Some(50),
+        served_tier: served,
+        caller_team: Some("ads"),
+        ..Default::default()
+    };
+    let ack = e.feedback(&input, T0 + 1_000).await.unwrap();
+    assert_eq!(ack.tier, served);
+    let evidence = e.evidence().await;
+    let scope = &evidence[&ack.scope];
+    let outcomes = |level: &crate::domain::learning::Level, tier: &str| {
+        level
+            .cells
+            .get(tier)
+            .map_or(0.0, |bands| bands.iter().map(|c| c.n).sum::<f64>())
+    };
+    let own = &scope.teams["ads"].evidence.scope;
+    assert!(outcomes(own, served) > 0.0, "{:?}", own.cells.keys());
+    assert_eq!(outcomes(own, &routed), 0.0);
+    assert!(outcomes(&scope.scope, served) > 0.0);
+    assert_eq!(outcomes(&scope.scope, &routed), 0.0);
+    // The log holds the outcome under the served tier and remembers the routed one.
+    let (events, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let event = events.iter().find(|ev| !ev.counters_only).unwrap();
+    assert_eq!(
+        (event.tier.as_str(), event.routed_tier()),
+        (served, routed.as_str())
+    );
 }

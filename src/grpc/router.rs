@@ -227,6 +227,7 @@ impl RouterService {
             cached_input_tokens: r.cached_input_tokens,
             reasoning_tokens: r.reasoning_tokens,
             reused: r.reused,
+            served_tier: &r.served_tier,
             caller_team: service_team(caller),
         };
         match self.engine.feedback(&input, now_ms()).await {

@@ -361,10 +361,7 @@ pub fn replay(
             score: o.score,
             input_tokens: o.input_tokens.map(|t| t as i64),
             output_tokens: o.output_tokens.map(|t| t as i64),
-            cached_input_tokens: None,
-            reasoning_tokens: None,
-            reused: false,
-            caller_team: None,
+            ..Default::default()
         };
         if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");

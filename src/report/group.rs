@@ -164,6 +164,17 @@ macro_rules! group_report_fields {
                     "Outcomes whose reported token counts were over their bounds and were booked clipped"
                 )
             },
+            /// Outcomes another tier served than Route chose (Feedback's `served_tier`: the
+            /// caller fell back), counted under the tier Route chose.
+            #[serde(default)]
+            fallbacks: u64 {
+                count, csv(24: "fallbacks"), sum(FALLBACKS),
+                prometheus(
+                    "fallbacks",
+                    "Outcomes served by another tier than Route chose, by the tier Route chose"
+                ),
+                column("fallbacks")
+            },
         }
     };
 }

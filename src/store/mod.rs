@@ -29,8 +29,14 @@ pub struct OutcomeEvent {
     pub expires_ms: u64,
     /// Scope key.
     pub scope: String,
-    /// Tier name that ran.
+    /// Tier name that ran: the one that served the task (Feedback's `served_tier`), which
+    /// learning credits the outcome to and the books billed.
     pub tier: String,
+    /// The tier Route chose, where the caller fell back from it to another (`tier`); empty: the
+    /// tier Route chose is `tier` (no fallback, or an event recorded before fallbacks were
+    /// reported).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub routed_tier: String,
     /// Complexity band.
     pub band: u8,
     /// Outcome score in [0, 1].
@@ -130,6 +136,15 @@ fn is_zero_count(x: &u64) -> bool {
 }
 
 impl OutcomeEvent {
+    /// The tier Route chose for the decision (`tier` unless a fallback served it).
+    pub fn routed_tier(&self) -> &str {
+        if self.routed_tier.is_empty() {
+            &self.tier
+        } else {
+            &self.routed_tier
+        }
+    }
+
     /// The event as the log keeps it (without its accounting).
     pub fn for_log(&self) -> OutcomeEvent {
         OutcomeEvent {
@@ -470,6 +485,7 @@ pub mod contract {
             output_tokens: 5,
             cached_input_tokens: 0,
             reasoning_tokens: 0,
+            routed_tier: String::new(),
             workflow: format!("w{}", n % 4),
             team: String::new(),
             complexity: 0.5,
@@ -790,5 +806,28 @@ mod tests {
         let back: OutcomeEvent =
             serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
         assert_eq!(back, new);
+    }
+
+    /// An event recorded before fallbacks were reported decodes with no routed tier of its
+    /// own: the tier Route chose is the one that ran. A fallback keeps both, and an event
+    /// without one is written as before.
+    #[test]
+    fn an_event_recorded_before_fallbacks_decodes_with_the_routed_tier() {
+        let old = r#"{"nonce":7,"expires_ms":10000000,"scope":"default","tier":"small","band":3,"score":1.0,"input_tokens":120,"output_tokens":40,"workflow":"w","team":"ads","complexity":0.5}"#;
+        let e: OutcomeEvent = serde_json::from_str(old).unwrap();
+        assert_eq!((e.tier.as_str(), e.routed_tier()), ("small", "small"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("routed_tier"));
+        let fallback = OutcomeEvent {
+            tier: "medium".into(),
+            routed_tier: "small".into(),
+            ..e
+        };
+        let back: OutcomeEvent =
+            serde_json::from_str(&serde_json::to_string(&fallback).unwrap()).unwrap();
+        assert_eq!(
+            (back.tier.as_str(), back.routed_tier()),
+            ("medium", "small")
+        );
+        assert_eq!(back, fallback);
     }
 }

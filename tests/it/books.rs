@@ -34,6 +34,28 @@ fn task(team: &str, workflow: &str, tokens: usize, out: u32) -> RouteRequest {
     }
 }
 
+/// `n` decisions for `team`'s 200-token `workflow` tasks expecting 50 output tokens, each on
+/// the premium tier.
+async fn routed_to_premium(
+    server: &TestServer,
+    team: &str,
+    workflow: &str,
+    n: usize,
+) -> Vec<RouteResponse> {
+    let mut c = server.router().await;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let d = c
+            .route(task(team, workflow, 200, 50))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.tier, "premium");
+        out.push(d);
+    }
+    out
+}
+
 fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> FeedbackRequest {
     FeedbackRequest {
         decision_id: d.decision_id.clone(),
@@ -42,6 +64,7 @@ fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> F
         output_tokens: Some(output),
         cached_input_tokens: None,
         reasoning_tokens: None,
+        served_tier: String::new(),
         reused,
     }
 }
@@ -116,16 +139,7 @@ async fn the_report_matches_a_hand_computed_script() {
 
     // Team rich, workflow code: two 200-token tasks expecting 50 output tokens on premium:
     // estimate 2,000 + 1,500 = 3,500 µ$.
-    let mut rich = Vec::new();
-    for _ in 0..2 {
-        let d = c
-            .route(task("rich", "code", 200, 50))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(d.tier, "premium");
-        rich.push(d);
-    }
+    let rich = routed_to_premium(&server, "rich", "code", 2).await;
     // 250 in, 100 out: 2,500 + 3,000 = 5,500 µ$; 200 in, 50 out: 3,500 µ$. Both meet 0.5.
     c.feedback(fb(&rich[0], 0.9, 250, 100, false))
         .await
@@ -269,16 +283,7 @@ async fn each_token_kind_is_billed_at_its_own_price_to_the_micro_dollar() {
     let server =
         TestServer::with_policy(Policy::parse(KINDS_POLICY).unwrap(), Limits::default()).await;
     let mut c = server.router().await;
-    let mut ds = Vec::new();
-    for _ in 0..5 {
-        let d = c
-            .route(task("bill", "agent", 200, 50))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(d.tier, "premium");
-        ds.push(d);
-    }
+    let ds = routed_to_premium(&server, "bill", "agent", 5).await;
     // The provider's arithmetic, in µ$ (the price per 1M tokens is the µ$ per token): cached
     // input is a part of the input, reasoning a part of the output.
     let bills: [(FeedbackRequest, i64); 5] = [
@@ -318,6 +323,105 @@ async fn each_token_kind_is_billed_at_its_own_price_to_the_micro_dollar() {
     // The budget is charged the same amount.
     crate::common::eventually("the budget is charged 12,772 µ$", || async {
         budget_seen(&server) == 12_772
+    })
+    .await;
+}
+
+/// Three tiers, the default scope allowing two of them: `mid` is in the policy but not
+/// allowed there. Every task routes to `premium`.
+const FALLBACK_POLICY: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "mid"
+model = "m"
+input_usd_per_mtok = 4.0
+output_usd_per_mtok = 8.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+
+[default]
+quality_bar = 0.5
+exploration_rate = 0.0
+allowed_tiers = ["small", "premium"]
+thresholds = { small = 0.0 }
+
+[[budgets]]
+team = "fall"
+period = "day"
+hard_limit_usd = 100.0
+"#;
+
+#[tokio::test]
+async fn a_fallback_is_billed_at_the_served_tiers_prices_and_counted() {
+    let server =
+        TestServer::with_policy(Policy::parse(FALLBACK_POLICY).unwrap(), Limits::default()).await;
+    let mut c = server.router().await;
+    let ds = routed_to_premium(&server, "fall", "agent", 2).await;
+    let served = |d: &RouteResponse, tier: &str, input: i64, output: i64| FeedbackRequest {
+        served_tier: tier.into(),
+        ..fb(d, 1.0, input, output, false)
+    };
+
+    // A tier the scope does not allow, or none the policy has: refused naming the field, and
+    // nothing recorded (the books as before, the nonce unspent).
+    let before = report(&server, "tier").await;
+    for tier in ["mid", "gpt-9"] {
+        let err = c.feedback(served(&ds[0], tier, 200, 50)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{tier}: {err:?}");
+        assert!(
+            err.message().starts_with("served_tier"),
+            "{tier}: {}",
+            err.message()
+        );
+    }
+    let after = report(&server, "tier").await;
+    assert_eq!((after.groups, after.total), (before.groups, before.total));
+
+    // The first fell back to small: 200 × 1 + 50 × 2 = 300 µ$ (premium would bill
+    // 200 × 10 + 50 × 30 = 3,500 µ$). The second ran on premium: 100 × 10 + 10 × 30 = 1,300.
+    let ack = c
+        .feedback(served(&ds[0], "small", 200, 50))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.tier, "small");
+    assert!((ack.actual_cost_usd - 300e-6).abs() < 1e-12, "{ack:?}");
+    let ack = c
+        .feedback(served(&ds[1], "", 100, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.tier, "premium");
+    assert!((ack.actual_cost_usd - 1_300e-6).abs() < 1e-12, "{ack:?}");
+
+    // By tier: the decisions and the fallback stay with premium, where Route reserved them;
+    // the fallback's outcome and its spend moved to small.
+    let r = report(&server, "tier").await;
+    let premium = group(&r, "premium");
+    assert_eq!((premium.tasks, premium.outcomes), (2, 1));
+    assert_eq!(
+        (premium.spend_micros, premium.premium_micros),
+        (1_300, 1_300)
+    );
+    assert_eq!(premium.fallbacks, 1);
+    let small = group(&r, "small");
+    assert_eq!((small.tasks, small.outcomes, small.completed), (0, 1, 1));
+    assert_eq!((small.spend_micros, small.premium_micros), (300, 3_500));
+    assert_eq!(small.fallbacks, 0);
+    let total = r.total.as_ref().unwrap();
+    assert_eq!((total.tasks, total.outcomes, total.fallbacks), (2, 2, 1));
+    assert_eq!(total.spend_micros, 1_600);
+    assert_eq!(group(&report(&server, "team").await, "fall").fallbacks, 1);
+    // The budget is charged what was billed.
+    crate::common::eventually("the budget is charged 1,600 µ$", || async {
+        budget_seen(&server) == 1_600
     })
     .await;
 }

@@ -100,6 +100,14 @@ async fn bad_feedback_is_refused_and_changes_nothing() {
             Code::InvalidArgument,
             "reasoning_tokens",
         ),
+        (
+            pb::FeedbackRequest {
+                served_tier: "no-such-tier".into(),
+                ..fb(&d.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+            "served_tier",
+        ),
         (fb("", 1.0), Code::InvalidArgument, "decision_id"),
         (fb("made-up-id", 1.0), Code::InvalidArgument, "decision_id"),
         (
@@ -178,10 +186,7 @@ async fn expired_decisions_get_a_clear_error() {
         score: 1.0,
         input_tokens: Some(1),
         output_tokens: Some(1),
-        cached_input_tokens: None,
-        reasoning_tokens: None,
-        reused: false,
-        caller_team: None,
+        ..Default::default()
     };
     let day = 24 * 3600 * 1000;
     let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();

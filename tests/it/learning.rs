@@ -107,10 +107,7 @@ impl Sim {
             score: s,
             input_tokens: Some(d.input_tokens as i64),
             output_tokens: Some(out),
-            cached_input_tokens: None,
-            reasoning_tokens: None,
-            reused: false,
-            caller_team: None,
+            ..Default::default()
         };
         self.runtime
             .block_on(self.engine.feedback(&input, now))

@@ -420,6 +420,7 @@ async fn replay_remote(
                 // The records carry no cached or reasoning counts: none are reported.
                 cached_input_tokens: None,
                 reasoning_tokens: None,
+                served_tier: String::new(),
                 reused: false,
             })
             .await?;

@@ -81,6 +81,9 @@ pub mod metric {
     /// Outcomes whose reported token counts were clipped before they were booked
     /// ([`booked_tokens`](super::booked_tokens)).
     pub const CLIPPED: &str = "clipped";
+    /// Outcomes another tier served than the one Route chose (Feedback's `served_tier`),
+    /// counted in the cell of the decision (the tier Route chose).
+    pub const FALLBACKS: &str = "fallbacks";
 }
 
 /// A reported input count is believed up to this many times what Route measured of the task:
@@ -313,6 +316,17 @@ impl Books {
     /// out. Later events about a decision (outcome, reuse) count in its issue hour, so a
     /// period's rates are those of the outputs produced in it.
     fn cell_counters(&self, claims: &DecisionClaims, values: &[(&str, i64)]) -> Vec<CounterAdd> {
+        self.tier_cell_counters(claims, &claims.tier, values)
+    }
+
+    /// Ledger counters of the cell of a decision's issue hour, team and workflow on `tier`
+    /// (another tier than the decision's where a fallback served it), zeros left out.
+    fn tier_cell_counters(
+        &self,
+        claims: &DecisionClaims,
+        tier: &str,
+        values: &[(&str, i64)],
+    ) -> Vec<CounterAdd> {
         let (team, workflow) = {
             let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
             let t = labels.team(&claims.team).to_string();
@@ -325,7 +339,7 @@ impl Books {
             .filter(|(_, v)| *v != 0)
             .map(|&(m, v)| CounterAdd {
                 hash: hash.clone(),
-                field: ledger_field(m, &team, &workflow, &claims.tier),
+                field: ledger_field(m, &team, &workflow, tier),
                 delta: v,
             })
             .collect()
@@ -569,13 +583,21 @@ impl Books {
     }
 
     /// The counters that settle one outcome, to be recorded with it atomically, and its actual
-    /// cost in micro-USD: the booked tokens, each kind at the tier's price for it
+    /// cost in micro-USD: the booked tokens, each kind at the price for it of the tier that
+    /// served (`served`: the decision's tier, or the one the caller fell back to)
     /// ([`Tier::bill_micros`](crate::domain::policy::Tier::bill_micros)), which the spend and
     /// the covering budgets are reconciled to.
+    ///
+    /// The outcome (its spend, premium counterfactual, score and value) is booked in the served
+    /// tier's cell. After a fallback, Route's reservation leaves the decision's cell (its spend
+    /// and premium estimates are taken back there) and the decision's cell counts one
+    /// [`metric::FALLBACKS`]; what describes the decision (tasks, explorations, downgrades,
+    /// reuse) stays in its cell.
     pub fn outcome_counters(
         &self,
         policy: &Policy,
         claims: &DecisionClaims,
+        served: &str,
         score: f64,
         tokens: BookedTokens,
         reused: bool,
@@ -583,10 +605,12 @@ impl Books {
         let (kinds, clipped) = (tokens.kinds(), tokens.clipped);
         let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
         let estimate = claims.estimate_micros as i64;
-        // Each kind of token at the tier's price for it; the premium counterfactual prices the
-        // same tokens at the premium tier's prices.
+        let premium_estimate = claims.premium_micros as i64;
+        let fell_back = served != claims.tier;
+        // Each kind of token at the serving tier's price for it; the premium counterfactual
+        // prices the same tokens at the premium tier's prices.
         let actual = policy
-            .tier_index(&claims.tier)
+            .tier_index(served)
             .map_or(estimate, |i| policy.tiers[i].bill_micros(&kinds));
         let premium = scope
             .allowed
@@ -612,24 +636,43 @@ impl Books {
         let human_value = scope
             .loaded_cost_per_hour_usd
             .map_or(0, |rate| (minutes / 60.0 * rate * 1e6).round() as i64);
-        let mut out = self.cell_counters(
+        // The reservation is reconciled in place, or moved to the serving tier's cell.
+        let (spend, premium_delta) = if fell_back {
+            (actual, premium)
+        } else {
+            (actual - estimate, premium - premium_estimate)
+        };
+        let mut out = self.tier_cell_counters(
             claims,
+            served,
             &[
                 (metric::OUTCOMES, 1),
                 (metric::COMPLETED, i64::from(completed)),
                 (metric::SCORE, score_ppm),
                 (metric::BAR, bar_ppm),
-                (metric::SPEND, actual - estimate),
-                (metric::PREMIUM, premium - claims.premium_micros as i64),
+                (metric::SPEND, spend),
+                (metric::PREMIUM, premium_delta),
                 (metric::VALUE, value),
                 (metric::HUMAN_SECONDS, human_seconds),
                 (metric::HUMAN_VALUE, human_value),
-                // The early reuse mark is one reuse event; the decision itself is counted as
-                // reused by its reuse mark (see `reuse_counters`), once.
-                (metric::REUSE_EVENTS, i64::from(reused)),
                 (metric::CLIPPED, i64::from(clipped)),
             ],
         );
+        out.extend(self.cell_counters(
+            claims,
+            &[
+                // The early reuse mark is one reuse event; the decision itself is counted as
+                // reused by its reuse mark (see `reuse_counters`), once. Both in the decision's
+                // cell, where RecordReuse counts them.
+                (metric::REUSE_EVENTS, i64::from(reused)),
+                (metric::FALLBACKS, i64::from(fell_back)),
+                (metric::SPEND, if fell_back { -estimate } else { 0 }),
+                (
+                    metric::PREMIUM,
+                    if fell_back { -premium_estimate } else { 0 },
+                ),
+            ],
+        ));
         if actual != estimate {
             for b in policy
                 .budgets

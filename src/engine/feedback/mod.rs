@@ -27,8 +27,9 @@ pub const MAX_TOKENS: i64 = 1_000_000_000;
 /// Events read from the store per round trip while catching up.
 const SYNC_PAGE: usize = 2000;
 
-/// One outcome report.
-#[derive(Debug, Clone, Copy)]
+/// One outcome report. Only `decision_id` and `score` are required; the rest default to
+/// "not reported" (`..Default::default()`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FeedbackInput<'a> {
     /// Decision id from Route.
     pub decision_id: &'a str,
@@ -46,6 +47,10 @@ pub struct FeedbackInput<'a> {
     pub reasoning_tokens: Option<i64>,
     /// Whether the output was reused.
     pub reused: bool,
+    /// The tier that served the task where the caller fell back from the one Route chose;
+    /// empty: the tier Route chose. Any other must be a tier the decision's scope allows under
+    /// the live policy. The outcome is billed at its prices, booked and learned under it.
+    pub served_tier: &'a str,
     /// With authentication on and a service key: the caller's team, which must be the team the
     /// decision was made for. `None`: auth off or an admin.
     pub caller_team: Option<&'a str>,
@@ -167,7 +172,7 @@ enum Committed {
 pub struct FeedbackAck {
     /// Scope updated.
     pub scope: String,
-    /// Tier that ran.
+    /// Tier that ran: the served tier, or the routed one where none was reported.
     pub tier: String,
     /// Actual cost in USD (the estimate if the tier is no longer in the policy).
     pub actual_cost_usd: f64,

@@ -4,6 +4,7 @@
 use super::*;
 use crate::domain::books::{ReportedTokens, booked_tokens};
 use crate::domain::decision::NO_CLUSTER;
+use crate::domain::labels::shown;
 
 /// A reuse nonce of a decision: `kind` "event" with the caller's event id, or "mark" for the
 /// decision's once-only reused mark. SHA-256, so no caller can aim an event id at another
@@ -43,6 +44,50 @@ fn reuse_mark_event(
         quota: None,
         sketch: Vec::new(),
         ..like.clone()
+    }
+}
+
+/// The tier that served a decision: the reported `served_tier`, or the decision's own tier where
+/// that is empty (or names it). Any other must be a tier the decision's scope allows under the
+/// live policy; a tier the policy lacks, or one the scope does not allow, is refused before
+/// anything is recorded.
+fn served_tier(
+    policy: &crate::domain::policy::Policy,
+    claims: &crate::domain::decision::DecisionClaims,
+    reported: &str,
+) -> Result<String, FeedbackError> {
+    if reported.is_empty() || reported == claims.tier {
+        return Ok(claims.tier.clone());
+    }
+    let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+    let allowed = || {
+        scope
+            .allowed
+            .iter()
+            .map(|&i| policy.tiers[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match policy.tier_index(reported) {
+        Some(i) if scope.allowed.contains(&i) => Ok(reported.to_string()),
+        Some(_) => Err(FeedbackError::InvalidArgument {
+            field: "served_tier",
+            reason: format!(
+                "tier {} is not allowed in scope {}; it allows {}",
+                shown(reported),
+                shown(&claims.scope),
+                allowed()
+            ),
+        }),
+        None => Err(FeedbackError::InvalidArgument {
+            field: "served_tier",
+            reason: format!(
+                "no tier {} in the policy; scope {} allows {}",
+                shown(reported),
+                shown(&claims.scope),
+                allowed()
+            ),
+        }),
     }
 }
 
@@ -91,6 +136,7 @@ impl Learner {
             });
         }
         let table = router.table();
+        let served = served_tier(&table.policy, &claims, input.served_tier)?;
         // Booked and learned as Route's figures where none were reported, and within bounds.
         let tokens = booked_tokens(
             &table.policy,
@@ -102,11 +148,17 @@ impl Learner {
                 reasoning: input.reasoning_tokens,
             },
         );
-        let (counters, actual_micros) =
-            books.outcome_counters(&table.policy, &claims, input.score, tokens, input.reused);
+        let (counters, actual_micros) = books.outcome_counters(
+            &table.policy,
+            &claims,
+            &served,
+            input.score,
+            tokens,
+            input.reused,
+        );
         let ack = FeedbackAck {
             scope: claims.scope.clone(),
-            tier: claims.tier.clone(),
+            tier: served.clone(),
             actual_cost_usd: actual_micros as f64 / 1e6,
             actual_cost_micros: actual_micros,
             lag_ms: now_ms.saturating_sub(claims.issued_ms),
@@ -116,7 +168,13 @@ impl Learner {
             nonce: claims.nonce,
             expires_ms: expiry,
             scope: claims.scope,
-            tier: claims.tier,
+            // Learning credits the outcome to the tier that served it.
+            routed_tier: if served == claims.tier {
+                String::new()
+            } else {
+                claims.tier
+            },
+            tier: served,
             band: claims.band,
             score: input.score,
             input_tokens: tokens.input,
@@ -265,6 +323,7 @@ impl Learner {
             output_tokens: 0,
             cached_input_tokens: 0,
             reasoning_tokens: 0,
+            routed_tier: String::new(),
             workflow: claims.workflow.clone(),
             team: claims.team.clone(),
             complexity: claims.complexity,

@@ -57,6 +57,7 @@ pub(super) fn sample() -> Report {
         explored: 100,
         exploration_cost_micros: -41_000,
         clipped_outcomes: 3,
+        fallbacks: 9,
     };
     let odd = GroupReport {
         key: "team<x>".into(),
@@ -82,6 +83,7 @@ pub(super) fn sample() -> Report {
         explored: 12,
         exploration_cost_micros: 60_000,
         clipped_outcomes: 0,
+        fallbacks: 2,
     };
     let total = GroupReport {
         key: "total".into(),
@@ -107,6 +109,7 @@ pub(super) fn sample() -> Report {
         explored: 112,
         exploration_cost_micros: 19_000,
         clipped_outcomes: 3,
+        fallbacks: 11,
     };
     let qualities = [
         Some(0.8),

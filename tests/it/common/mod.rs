@@ -177,6 +177,7 @@ pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::grpc::pb::Feedb
         output_tokens: Some(20),
         cached_input_tokens: None,
         reasoning_tokens: None,
+        served_tier: String::new(),
         reused: false,
     }
 }
