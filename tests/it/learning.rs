@@ -145,18 +145,18 @@ fn drift_cheap_tier_turns_bad_and_quality_returns_to_the_bar() {
     let data = records();
     let bar = 0.75;
     let mut sim = Sim::new(&two_tiers(bar));
-    let first: Vec<_> = data[..2500].iter().map(|r| sim.step(r, recorded)).collect();
+    let first: Vec<_> = data[..1800].iter().map(|r| sim.step(r, recorded)).collect();
     let before = sim.threshold("cheap");
     assert!(
-        mean(&first[1500..]) >= bar - 0.03,
+        mean(&first[1000..]) >= bar - 0.03,
         "settled quality {}",
-        mean(&first[1500..])
+        mean(&first[1000..])
     );
 
     // Halfway: the cheap model degrades — half of its answers now fail.
     let mut flip = StdRng::seed_from_u64(9);
-    let noise: Vec<f64> = (0..2500).map(|_| flip.random()).collect();
-    let second: Vec<_> = data[2500..5000]
+    let noise: Vec<f64> = (0..2200).map(|_| flip.random()).collect();
+    let second: Vec<_> = data[1800..4000]
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -171,7 +171,7 @@ fn drift_cheap_tier_turns_bad_and_quality_returns_to_the_bar() {
         .collect();
     let after = sim.threshold("cheap");
     assert!(after < before, "cheap threshold {before} → {after}");
-    assert!(share(&second[1000..], "cheap") < share(&first[1500..], "cheap") / 2.0);
+    assert!(share(&second[1000..], "cheap") < share(&first[1000..], "cheap") / 2.0);
     // Bounded recovery: from 1,000 feedbacks after the drift on, quality is back at the bar.
     let recovered = mean(&second[1000..]);
     assert!(
@@ -207,7 +207,7 @@ fn a_tier_with_no_training_data_learns_its_place_from_feedback() {
     let mut sim = Sim::new(&policy);
     // The newcomer is as good as premium at a tenth of the price; nothing in the model knows it.
     let start = sim.threshold("newcomer");
-    let run: Vec<_> = data[..4000]
+    let run: Vec<_> = data[..3000]
         .iter()
         .map(|r| {
             sim.step(r, |m, r| {
@@ -219,7 +219,7 @@ fn a_tier_with_no_training_data_learns_its_place_from_feedback() {
             })
         })
         .collect();
-    let late = &run[3000..];
+    let late = &run[2000..];
     assert!(
         sim.threshold("newcomer") > start,
         "newcomer threshold {start} → {}",
