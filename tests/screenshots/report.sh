@@ -17,6 +17,8 @@
 #
 # Each page is shot at 1280×900 (a laptop) and 390×844 (a phone), what a screen shows without
 # scrolling, and again as a tall shot (`-full`) that shows the whole page at the same width.
+# Last, the page a running server serves on its metrics port (`GET /report`), by team and by
+# workflow (`served-*.png`).
 # It also prints, per page, how wide the groups table lays out at 1280 px against its card
 # (measured by a script added to a copy of the page under measure/; the pages themselves have
 # no script).
@@ -58,6 +60,26 @@ for page in sample day workflow team-workflow days tier single empty; do
         echo "$page: groups table OVERFLOWS its card at 1280 px (${fit:-not measured} px)"
         status=1
     fi
+done
+# The page as a running server serves it on its metrics port (`GET /report`): a server on
+# embedded defaults, a few routed and graded tasks, then the page by team and by workflow.
+cargo build --quiet
+bin="$root/target/debug/tokenwise"
+grpc="127.0.0.1:${REPORT_GRPC_PORT:-50091}"
+web="127.0.0.1:${REPORT_WEB_PORT:-9491}"
+"$bin" serve --listen "$grpc" --metrics-listen "$web" >"$out/served.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null' EXIT
+for _ in $(seq 50); do curl -sf "http://$web/metrics" >/dev/null && break; sleep 0.2; done
+for task in "What is 2+2?" "Summarise this paragraph in one sentence." \
+    "Prove that there are infinitely many primes, then implement a segmented sieve in Rust."; do
+    id="$("$bin" route --addr "$grpc" --workflow faq "$task" | awk '/^decision_id/ {print $2}')"
+    [[ -n "$id" ]] && "$bin" reuse --addr "$grpc" "$id" --count 3 >/dev/null || true
+done
+for by in team workflow; do
+    curl -sf "http://$web/report?since=day&by=$by" >"$out/served-$by.html"
+    shot "served-$by.html" 1280 900 "$out/served-$by-1280.png"
+    shot "served-$by.html" 390 844 "$out/served-$by-390.png"
 done
 echo "screenshots in $out"
 exit "$status"

@@ -168,6 +168,6 @@ mod tests {
         assert_eq!(&rows[1][col("realized_quality")], "");
         assert_eq!(&rows[1][col("net_value_usd")], "-2.500000");
         assert_eq!(&rows[2][col("group")], "total");
-        assert_eq!(&rows[2][col("reuse_rate")], "0.400000");
+        assert_eq!(&rows[2][col("reuse_rate")], "0.142857");
     }
 }

@@ -51,7 +51,8 @@ pub(super) fn sample() -> Report {
         net_value_micros: 405_654_322,
         reused: 160,
         reuse_events: 200,
-        reuse_rate: Some(0.4),
+        // Reused ÷ tasks: 160 of 1,000.
+        reuse_rate: Some(0.16),
         budget_downgrades: 7,
         budget_rejections: 0,
         explored: 100,
@@ -103,7 +104,8 @@ pub(super) fn sample() -> Report {
         net_value_micros: 403_154_322,
         reused: 160,
         reuse_events: 200,
-        reuse_rate: Some(0.4),
+        // Reused ÷ tasks: 160 of 1,120.
+        reuse_rate: Some(160.0 / 1120.0),
         budget_downgrades: 7,
         budget_rejections: 2,
         explored: 112,

@@ -118,7 +118,7 @@ mod tests {
         );
         assert!(h.contains("Budgets") && h.contains("team:search/month"));
         assert!(h.contains("$14.85"), "headline spend");
-        assert!(h.contains("40%"), "headline reuse");
+        assert!(h.contains("14%"), "headline reuse");
         assert!(h.contains("meets the bar"));
         assert!(h.contains("quality bar 0.75"));
         assert!(h.contains("Value created (revenue, risk) counts completed outcomes"));

@@ -349,7 +349,7 @@ mod tests {
             "$12.35",
             "$0.0374",
             "0.82 / 0.75",
-            "40% (160; 200 uses)",
+            "16% (160; 200 uses)",
             "160 outputs reused so far, 200 times in all.",
             "small 60% · medium 30% · frontier 10%",
             "-$2.50",

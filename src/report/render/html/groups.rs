@@ -399,7 +399,7 @@ mod tests {
         );
         assert!(
             row.contains(
-                "<td>40%<span class=\"pct d\">5,440 reused</span>\
+                "<td>16%<span class=\"pct d\">5,440 reused</span>\
                  <span class=\"pct d\">6,800 uses</span></td>"
             ),
             "{row}"

@@ -136,10 +136,10 @@ pub(super) fn write_headline(o: &mut String, r: &Report) -> fmt::Result {
                 .unwrap_or_else(|| MISSING.to_owned()),
         ),
         &format!(
-            "<b>{}</b> of {} completed output{} reused, <b>{}</b> use{} in all{}",
+            "<b>{}</b> of {} output{} produced reused, <b>{}</b> use{} in all{}",
             thousands(t.reused),
-            thousands(t.completed),
-            plural(t.completed),
+            thousands(t.tasks),
+            plural(t.tasks),
             thousands(t.reuse_events),
             plural(t.reuse_events),
             if t.reused > 0 {
@@ -404,7 +404,7 @@ mod tests {
         assert!(card(3).contains("net <b class=\"good\">$403.15</b> after spend"));
         assert!(card(3).contains("saved <b>$20.25</b> (58%) vs premium"));
 
-        assert!(card(4).contains("<div class=\"value\">40%</div>"));
+        assert!(card(4).contains("<div class=\"value\">14%</div>"));
         assert!(card(5).contains("0.82</span> <small>/ 0.75</small>"));
         assert!(card(5).contains("meets the bar"));
     }
