@@ -91,11 +91,12 @@ fn plan_scope_with<'a>(
     previous: Option<&'a ScopePlan>,
     incremental: bool,
 ) -> ScopePlan {
-    let reusable = previous.filter(|p| incremental && Arc::ptr_eq(&p.policy, scope));
+    // Only a plan of the same scope policy has curves worth keeping.
+    let incremental = incremental && previous.is_some_and(|p| Arc::ptr_eq(&p.policy, scope));
     // The clusters every plan of the scope routes unlabelled tasks by (the shared evidence's);
     // a plan made under other clusters has stale discovered levels.
     let model = evidence.and_then(|e| e.clusters.model.clone());
-    let reuse = |plan: Option<&'a ScopePlan>| reuse_of(reusable.is_some(), plan, model.as_ref());
+    let reuse = |plan: Option<&'a ScopePlan>| reuse_of(incremental, plan, model.as_ref());
     let shared_tokens = evidence.and_then(ScopeEvidence::typical_tokens);
     let mut plan = plan_level(
         policy,
@@ -702,7 +703,8 @@ fn plan_level<'a>(
         families,
         workflows,
         teams: HashMap::new(),
-        clusters: evidence.and_then(|e| e.clusters.model.clone()),
+        // The scope's clusters, which `plan_scope_with` sets on every plan of the scope.
+        clusters: None,
         planned_at: now,
         base_at: now,
     }
