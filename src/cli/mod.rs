@@ -42,12 +42,14 @@ fn stdout_failed(e: std::io::Error) -> ! {
 }
 
 mod client;
+pub mod deployment;
+pub mod env;
 mod offline;
 mod secret;
 mod serve;
 
 pub use secret::check_secret;
-pub use serve::{ServeArgs, engine_from_args};
+pub use serve::{ServeArgs, engine_from_args, startup_config};
 
 /// tokenwise — cost-aware model router.
 #[derive(Debug, Parser)]

@@ -309,38 +309,62 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 /// Arguments of `check-config`.
 #[derive(Debug, clap::Args)]
 pub(super) struct CheckConfigArgs {
-    /// Policy file (TOML).
+    /// Policy file (TOML), or with --deployment a deployment config file.
     file: PathBuf,
+    /// FILE is a deployment config (`serve --deployment`: `[server]`, `[store]`), not a policy.
+    #[arg(long)]
+    deployment: bool,
 }
 
-/// Validates a policy file: a one-line summary when valid, else the key path and reason.
+/// Validates a policy file (or a deployment file): a one-line summary when valid, else the key
+/// path and reason. A policy's deprecated `[store]` table is checked as the store it would give
+/// at startup.
 pub(super) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
-    use crate::store::config::redacted_url;
-    let CheckConfigArgs { file } = args;
-    match Policy::load(path_str(&file)?) {
-        Ok(p) => {
-            let store = match &p.store.kind {
-                crate::store::StoreKind::Memory => "memory".to_string(),
-                crate::store::StoreKind::Redis { url, prefix } => {
-                    format!("redis {} prefix {prefix}", redacted_url(url))
-                }
-                crate::store::StoreKind::RedisCluster { nodes, prefix } => {
-                    let nodes: Vec<String> = nodes.iter().map(|n| redacted_url(n)).collect();
-                    format!("redis-cluster {} prefix {prefix}", nodes.join(","))
-                }
-            };
-            outln!(
-                "{}: ok (version {}, {} tiers, {} scopes, {} budgets, store {store})",
-                file.display(),
-                p.version,
-                p.tiers.len(),
-                p.scopes.len() + 1,
-                p.budgets.len()
-            );
-            Ok(())
-        }
-        Err(e) => bail!("{}: invalid policy: {e}", file.display()),
+    let CheckConfigArgs { file, deployment } = args;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let name = file.display().to_string();
+    let store_line = |d: &super::deployment::Deployment| {
+        d.describe()
+            .into_iter()
+            .find(|l| l.starts_with("store = "))
+            .unwrap_or_default()
+    };
+    if deployment {
+        let d = super::deployment::DeploymentArgs::default()
+            .resolve(&name, Some(&text), None, None)
+            .map_err(|e| anyhow::anyhow!("invalid deployment config: {e}"))?;
+        outln!(
+            "{name}: ok (deployment config: listen {}, {})",
+            d.server.listen,
+            store_line(&d)
+        );
+        return Ok(());
     }
+    let p = Policy::parse(&text).map_err(|e| anyhow::anyhow!("{name}: invalid policy: {e}"))?;
+    let legacy = match crate::domain::policy::split_store(&text)
+        .map_err(|e| anyhow::anyhow!("{name}: invalid policy: {e}"))?
+        .store
+    {
+        Some(table) => {
+            let d = super::deployment::DeploymentArgs::default()
+                .resolve("", None, Some(table), None)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            format!(
+                "; deprecated [store] table, read at startup as {}: move it to the deployment config",
+                store_line(&d)
+            )
+        }
+        None => String::new(),
+    };
+    outln!(
+        "{name}: ok (version {}, {} tiers, {} scopes, {} budgets{legacy})",
+        p.version,
+        p.tiers.len(),
+        p.scopes.len() + 1,
+        p.budgets.len()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,99 +5,68 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
+use super::deployment::{Deployment, DeploymentArgs};
 use super::secret::check_secret;
-use super::{path_str, runtime};
+use super::{env, path_str, runtime};
 use crate::domain::classifier::ComplexityModel;
 use crate::domain::decision::Signer;
 use crate::domain::policy::Policy;
 
-/// Arguments of `serve`.
+/// Arguments of `serve`: the policy and model, the decision secrets and authentication, and
+/// the deployment config (addresses, limits, the store: [`DeploymentArgs`]).
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Policy file (TOML); default: the embedded example policy (deploy/policy.toml).
-    #[arg(long, env = "TOKENWISE_CONFIG")]
+    #[arg(long, env = env::CONFIG)]
     config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "TOKENWISE_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: String,
     /// Complexity model artifact; default: the bundled model.
-    #[arg(long, env = "TOKENWISE_MODEL")]
+    #[arg(long, env = env::MODEL)]
     model: Option<PathBuf>,
-    /// Largest task accepted, in bytes.
-    #[arg(long, default_value_t = crate::domain::routing::DEFAULT_MAX_TASK_BYTES)]
-    max_task_bytes: usize,
-    /// Deadline of any one call, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    request_timeout_ms: u64,
     /// Secret that signs decision ids; every replica of a deployment needs the same one. Prefer
     /// the environment or `--decision-secret-file`: a command line is visible to every user in
     /// `ps`. With `--config`, at least 32 bytes (`openssl rand -base64 32`). Default without
     /// `--config`: random per process (ids do not survive a restart).
-    #[arg(long, env = "TOKENWISE_DECISION_SECRET", hide_env_values = true)]
+    #[arg(long, env = env::DECISION_SECRET, hide_env_values = true)]
     decision_secret: Option<String>,
     /// File holding the decision secret (trailing newline ignored), e.g. a mounted Kubernetes
     /// Secret.
     #[arg(
         long,
-        env = "TOKENWISE_DECISION_SECRET_FILE",
+        env = env::DECISION_SECRET_FILE,
         conflicts_with = "decision_secret"
     )]
     decision_secret_file: Option<PathBuf>,
     /// The secret being rotated out: ids it signed are still accepted, new ones use the new
     /// secret. Keep it configured for one decision TTL after a rotation, then remove it.
-    #[arg(
-        long,
-        env = "TOKENWISE_PREVIOUS_DECISION_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, env = env::PREVIOUS_DECISION_SECRET, hide_env_values = true)]
     previous_decision_secret: Option<String>,
-    /// How long feedback is accepted for a decision, in seconds.
-    #[arg(long, default_value_t = crate::engine::feedback::DEFAULT_DECISION_TTL_MS / 1000)]
-    decision_ttl_secs: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Concurrent calls in the whole server; beyond it calls are shed with RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 2048)]
-    max_concurrent_requests: usize,
-    /// Concurrent calls of one team (the team of an API key; with --auth-keys only); beyond it
-    /// that team's calls are shed with RESOURCE_EXHAUSTED. Default: half of
-    /// --max-concurrent-requests.
-    #[arg(long)]
-    max_concurrent_requests_per_team: Option<usize>,
-    /// Where to serve health checks (`grpc.health.v1`) on a port and budget of their own, for
-    /// the orchestrator's probes; `off` for the main port only.
-    #[arg(long, env = "TOKENWISE_HEALTH_LISTEN", default_value = "off")]
-    health_listen: String,
     /// Benchmarks only: answer Route with an empty response, to measure the transport ceiling.
     #[arg(long, hide = true)]
     bench_noop: bool,
     /// API keys (a TOML file of hashed keys, see `tokenwise keygen`): callers must send
     /// `authorization: Bearer <key>`; the team comes from the key.
-    #[arg(long, env = "TOKENWISE_AUTH_KEYS_FILE", conflicts_with = "no_auth")]
+    #[arg(long, env = env::AUTH_KEYS_FILE, conflicts_with = "no_auth")]
     auth_keys: Option<PathBuf>,
     /// Serve without authentication. Needed explicitly with --config; the embedded dev default
     /// (no --config) runs without it and says so in the log.
     #[arg(long)]
     no_auth: bool,
-    /// Route calls per second allowed per team (burst of the same size); beyond it
-    /// RESOURCE_EXHAUSTED. Default: no limit.
-    #[arg(long)]
-    rate_limit_per_team: Option<std::num::NonZeroU32>,
     /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
-    #[arg(long, env = "TOKENWISE_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = env::TLS_CERT, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, env = "TOKENWISE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = env::TLS_KEY, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Where to serve Prometheus metrics (`GET /metrics`) and the books as a page (`GET
-    /// /report`); `off` for nowhere.
-    #[arg(
-        long,
-        env = "TOKENWISE_METRICS_LISTEN",
-        default_value = "127.0.0.1:9464"
-    )]
-    metrics_listen: String,
+    /// Print the deployment settings this start resolves to (flags, environment, file,
+    /// defaults; no secrets) and exit without serving.
+    #[arg(long)]
+    print_deployment: bool,
+    /// Addresses, limits and the store.
+    #[command(flatten)]
+    deployment: DeploymentArgs,
 }
 
 /// How logs are written (to stderr).
@@ -145,7 +114,7 @@ fn decision_secret(args: &ServeArgs) -> anyhow::Result<Option<Vec<u8>>> {
     let Some(s) = args.decision_secret.as_ref().filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if std::env::var("TOKENWISE_DECISION_SECRET").ok().as_ref() != Some(s) {
+    if std::env::var(env::DECISION_SECRET).ok().as_ref() != Some(s) {
         tracing::warn!(
             "--decision-secret on the command line is visible to every user of this host (ps); use TOKENWISE_DECISION_SECRET or --decision-secret-file"
         );
@@ -247,25 +216,50 @@ async fn deployment_id(
     }
 }
 
-/// Builds the engine that `serve` runs from its arguments.
+/// The policy `serve` starts with (the file, else the embedded one) and its deprecated
+/// `[store]` table, if it has one.
+fn startup_policy(args: &ServeArgs) -> anyhow::Result<(Policy, Option<toml::Table>)> {
+    let Some(p) = &args.config else {
+        let policy = Policy::embedded().map_err(|e| anyhow::anyhow!("embedded policy: {e}"))?;
+        return Ok((policy, None));
+    };
+    let invalid = |e| anyhow::anyhow!("{}: invalid policy: {e}", p.display());
+    let text = std::fs::read_to_string(path_str(p)?).map_err(|e| {
+        invalid(crate::domain::policy::PolicyError {
+            path: p.display().to_string(),
+            reason: format!("cannot read policy file: {e}"),
+        })
+    })?;
+    let store = crate::domain::policy::split_store(&text)
+        .map_err(invalid)?
+        .store;
+    Ok((Policy::parse(&text).map_err(invalid)?, store))
+}
+
+/// The policy and the deployment config `serve` starts with (the deprecations logged).
+pub fn startup_config(args: &ServeArgs) -> anyhow::Result<(Policy, Deployment)> {
+    let (policy, policy_store) = startup_policy(args)?;
+    let deployment = super::deployment::load(&args.deployment, policy_store)?;
+    Ok((policy, deployment))
+}
+
+/// Builds the engine that `serve` runs from its arguments, its policy and its deployment.
 pub async fn engine_from_args(
     args: &ServeArgs,
+    policy: Policy,
+    deployment: &Deployment,
     telemetry: std::sync::Arc<dyn crate::engine::Telemetry>,
 ) -> anyhow::Result<crate::engine::Engine> {
-    let policy = match &args.config {
-        Some(p) => Policy::load(path_str(p)?)
-            .map_err(|e| anyhow::anyhow!("{}: invalid policy: {e}", p.display()))?,
-        None => Policy::embedded().map_err(|e| anyhow::anyhow!("embedded policy: {e}"))?,
-    };
     let model = match &args.model {
         Some(p) => ComplexityModel::load(path_str(p)?)?,
         None => ComplexityModel::bundled()?,
     };
     tracing::info!(policy = %policy.version, model = %model.version, tiers = policy.tiers.len(), scopes = policy.scopes.len() + 1, "loaded");
+    let store_cfg = &deployment.store;
     // Ids are bound to the deployment: a Redis deployment is its key prefix and the id its
     // store holds; a memory store lives and dies with this process (and its nonce ledger with
     // it), so its ids do too.
-    let base = match &policy.store.kind {
+    let base = match &store_cfg.kind {
         crate::store::StoreKind::Redis { prefix, .. } => format!("redis:{prefix}"),
         crate::store::StoreKind::RedisCluster { prefix, .. } => format!("redis-cluster:{prefix}"),
         crate::store::StoreKind::Memory => format!("memory:{:016x}", rand::random::<u64>()),
@@ -275,8 +269,8 @@ pub async fn engine_from_args(
     // read before the store can be asked for its id.
     let files = signer_for(secrets.as_ref(), &base)?;
     let keys = crate::store::FileKeys::new(files.file_keys());
-    let (store, buffer) = crate::store::open(&policy.store, &args.listen, keys)?;
-    let (signer, deployment) = match policy.store.kind {
+    let (store, buffer) = crate::store::open(store_cfg, &deployment.server.listen, keys)?;
+    let (signer, deployment_id) = match store_cfg.kind {
         crate::store::StoreKind::Memory => (files, None),
         _ => {
             let id = deployment_id(store.as_ref(), &buffer).await?;
@@ -290,12 +284,12 @@ pub async fn engine_from_args(
         signer,
     )
     .limits(crate::domain::routing::Limits {
-        max_task_bytes: args.max_task_bytes,
+        max_task_bytes: deployment.server.max_task_bytes,
     })
-    .decision_ttl_ms(args.decision_ttl_secs.saturating_mul(1000))
+    .decision_ttl_ms(deployment.server.decision_ttl_ms)
     .store(store, buffer)
     .telemetry(telemetry);
-    if let Some(id) = deployment {
+    if let Some(id) = deployment_id {
         builder = builder.deployment(id);
     }
     Ok(builder.build())
@@ -304,19 +298,22 @@ pub async fn engine_from_args(
 /// Runs the gRPC server until SIGINT or SIGTERM, then drains in-flight calls.
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
+    let (policy, deployment) = startup_config(&args)?;
+    deployment.warn_deprecations();
+    if args.print_deployment {
+        for line in deployment.describe() {
+            outln!("{line}");
+        }
+        return Ok(());
+    }
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let rt = runtime()?;
-    let engine = std::sync::Arc::new(rt.block_on(engine_from_args(&args, metrics.clone()))?);
-    let addr_or_off = |flag: &str, a: &str| -> anyhow::Result<Option<std::net::SocketAddr>> {
-        match a {
-            "off" | "" => Ok(None),
-            a => Ok(Some(a.parse().with_context(|| {
-                format!("{flag} {a:?} is not host:port (or off)")
-            })?)),
-        }
-    };
-    let metrics_addr = addr_or_off("--metrics-listen", &args.metrics_listen)?;
-    let health_addr = addr_or_off("--health-listen", &args.health_listen)?;
+    let engine = std::sync::Arc::new(rt.block_on(engine_from_args(
+        &args,
+        policy,
+        &deployment,
+        metrics.clone(),
+    ))?);
     let auth = match (&args.auth_keys, args.no_auth, &args.config) {
         (Some(f), _, _) => Some(std::sync::Arc::new(crate::grpc::auth::load_keys(f)?)),
         (None, true, _) | (None, false, None) => None,
@@ -333,32 +330,22 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = crate::grpc::ServeConfig {
         tls,
-        rate_limit_per_team: args.rate_limit_per_team,
         auth,
-        metrics_addr,
-        refresh_interval: std::time::Duration::from_millis(engine.policy().store.refresh_ms),
-        request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
         bench_noop: args.bench_noop,
-        max_concurrent_requests: args.max_concurrent_requests,
-        max_concurrent_requests_per_team: args
-            .max_concurrent_requests_per_team
-            .unwrap_or(args.max_concurrent_requests / 2)
-            .max(1),
-        health_addr,
-        max_message_bytes: args.max_task_bytes + 64 * 1024,
-        ..Default::default()
+        ..deployment.serve_config()
     };
+    let listen = deployment.server.listen.clone();
     rt.block_on(async move {
         // A store that is down is an outage the server rides out; one that refuses the
         // credentials is a configuration error that waiting will not fix.
         if let Err(crate::store::StoreError::Config(why)) = engine.store().ping().await {
             bail!("store: {why}");
         }
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
+            .with_context(|| format!("--listen {listen}: cannot listen there"))?;
         engine
-            .set_policy_source(&format!("replica {}", args.listen), args.config.clone())
+            .set_policy_source(&format!("replica {listen}"), args.config.clone())
             .await;
         crate::grpc::run(engine, metrics, config, listener, shutdown_signal()).await?;
         Ok(())

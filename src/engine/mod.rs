@@ -408,7 +408,7 @@ impl Engine {
     /// Checks `text` as a replacement of the live policy: what it changes and, with `what_if`,
     /// the recent window replayed under both. Nothing changes.
     pub async fn check_policy(&self, text: &str, what_if: bool) -> Result<PolicyCheck, Error> {
-        let proposed = policy_admin::validate(&self.router, text)?;
+        let proposed = policy_admin::parse_next(text)?;
         let live = self.router.table();
         let changes = crate::domain::policy::diff(&live.policy, &proposed);
         let version = proposed.version.clone();

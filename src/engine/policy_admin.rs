@@ -134,7 +134,7 @@ impl PolicyAdmin {
             (Some(f), Some(h)) if f.version == mine.version => {
                 if h.version != mine.version {
                     // Changed through the API since this file was loaded: the log wins.
-                    match adopt(live.router, &h.text) {
+                    match parse_next(&h.text) {
                         Ok(p) => {
                             tracing::info!(version = %h.version, "policy from the shared log");
                             live.learner.swap_policy(live.router, Arc::new(p)).await;
@@ -150,7 +150,7 @@ impl PolicyAdmin {
             // A file the history has seen before (e.g. an old pod restarting mid-rollout) does
             // not take the fleet back: follow the history's head.
             (_, Some(h)) if log.iter().any(|c| c.version == mine.version) => {
-                match adopt(live.router, &h.text) {
+                match parse_next(&h.text) {
                     Ok(p) => {
                         tracing::warn!(file = %mine.version, live = %h.version, "this replica's policy file is an older version; following the shared history");
                         live.learner.swap_policy(live.router, Arc::new(p)).await;
@@ -226,7 +226,7 @@ impl PolicyAdmin {
         reason: &str,
         now_ms: u64,
     ) -> Result<PolicyChange, Error> {
-        let new = validate(live.router, text)?;
+        let new = parse_next(text)?;
         let current = live.router.table().policy.clone();
         if new.version == current.version {
             return Err(Error::AlreadyLive(new.version));
@@ -239,7 +239,8 @@ impl PolicyAdmin {
             reason: reason.into(),
             at_ms: now_ms,
             summary: crate::domain::policy::diff(&current, &new),
-            text: text.into(),
+            // The text the version is of: a deprecated [store] table stays out of the history.
+            text: new.source.to_string(),
             mac: String::new(),
         };
         let seq = live
@@ -336,7 +337,7 @@ impl PolicyAdmin {
         if let Some(last) = changes.last() {
             st.last_seen = Some(Seen::of(last));
             if last.version != live.router.table().policy.version {
-                match adopt(live.router, &last.text) {
+                match parse_next(&last.text) {
                     Ok(p) => {
                         tracing::info!(version = %last.version, author = %last.author, "policy changed on another replica");
                         live.learner.swap_policy(live.router, Arc::new(p)).await;
@@ -418,42 +419,19 @@ impl PolicyAdmin {
     }
 }
 
-/// Parses `text`, submitted on this replica (the API, its policy file), as a replacement of
-/// the live policy. The store it names cannot change while running; the `[store]` section's
-/// per-replica settings (spill file, buffer, credentials' files) are this replica's own and
-/// stay as they are.
-pub fn validate(router: &Router, text: &str) -> Result<Policy, PolicyError> {
-    let mut new = Policy::parse(text)?;
-    let live = &router.table().policy.store;
-    if new.store.kind != live.kind {
-        return Err(PolicyError {
-            path: "store".into(),
-            reason:
-                "the store (kind, url, prefix, nodes) cannot change while running; restart with it"
-                    .into(),
-        });
-    }
-    if new.store != *live {
+/// Parses `text` as this replica's next policy: submitted here (the API, its policy file) or
+/// read from the shared history (another replica's change, the history's head at start). A
+/// deprecated `[store]` table in it is ignored with a warning: deployment settings are read
+/// once at start and a policy never changes the running store (nor, being left out of the
+/// version, tells replicas with different store settings apart).
+pub fn parse_next(text: &str) -> Result<Policy, PolicyError> {
+    let split = crate::domain::policy::split_store(text)?;
+    let policy = Policy::parse(text)?;
+    if split.store.is_some() {
         tracing::warn!(
-            "the policy's other [store] settings (refresh, timeout, buffer, spill file, credential files) take effect only at a restart; the live ones stay"
+            version = %policy.version,
+            "a policy's [store] table is deprecated and ignored once running: the store is deployment config, read at startup"
         );
     }
-    new.store = live.clone();
-    Ok(new)
-}
-
-/// Parses `text` from the shared log (another replica's change, or the history's head at
-/// start) as this replica's next policy. Its `[store]` section is the writer's own deployment
-/// setting and never blocks it here: this replica keeps its own, so replicas with different
-/// spill files (or anything else in `[store]`) still end on the same version.
-pub fn adopt(router: &Router, text: &str) -> Result<Policy, PolicyError> {
-    let mut new = Policy::parse(text)?;
-    let live = &router.table().policy.store;
-    if new.store.kind != live.kind {
-        tracing::warn!(
-            "a shared policy names another store than this replica runs on; this replica keeps its own [store] until it restarts"
-        );
-    }
-    new.store = live.clone();
-    Ok(new)
+    Ok(policy)
 }

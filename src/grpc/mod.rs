@@ -90,7 +90,10 @@ impl Default for ServeConfig {
             max_concurrent_requests: 2048,
             max_concurrent_requests_per_team: 1024,
             health_addr: None,
-            refresh_interval: Duration::from_millis(250),
+            // The store's default refresh: one default, stated there.
+            refresh_interval: Duration::from_millis(
+                crate::store::StoreConfig::default().refresh_ms,
+            ),
             bench_noop: false,
             metrics_addr: None,
             auth: None,

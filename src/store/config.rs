@@ -1,23 +1,82 @@
-//! The `[store]` table of the policy file: which backend holds the learned state, and how it
-//! behaves in an outage. The policy parses the table; this module validates it.
+//! The store's deployment settings: which backend holds the learned state, and how it behaves
+//! in an outage. They are read once at start (the deployment config: `serve` flags, environment,
+//! a `--deployment` file's `[store]` table, or a policy file's deprecated `[store]` table); the
+//! policy never carries them. This module validates the table.
 
 use serde::Deserialize;
 
-/// The `[store]` table as written (unknown keys rejected).
-#[derive(Debug, Deserialize)]
+/// The `[store]` table as written (unknown keys rejected), or the store flags: every key
+/// optional, so layers (flags over environment over file) merge key by key.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawStore {
-    kind: String,
-    url: Option<String>,
-    prefix: Option<String>,
-    refresh_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    buffer_capacity: Option<usize>,
-    spill_file: Option<String>,
-    username: Option<String>,
-    password_file: Option<String>,
-    ca_file: Option<String>,
-    nodes: Option<Vec<String>>,
+pub struct RawStore {
+    /// `memory`, `redis` or `redis-cluster`; unset: `redis` with a `url`, `redis-cluster` with
+    /// `nodes`, else `memory`.
+    pub kind: Option<String>,
+    /// Redis URL (`redis://` or `rediss://`).
+    pub url: Option<String>,
+    /// Key prefix of the deployment.
+    pub prefix: Option<String>,
+    /// How often replicas re-read shared state, ms.
+    pub refresh_ms: Option<u64>,
+    /// Deadline of one store call, ms.
+    pub timeout_ms: Option<u64>,
+    /// Outcomes an outage buffer without a spill file holds in memory.
+    pub buffer_capacity: Option<usize>,
+    /// This replica's outage log.
+    pub spill_file: Option<String>,
+    /// Redis ACL user.
+    pub username: Option<String>,
+    /// File holding the Redis password.
+    pub password_file: Option<String>,
+    /// PEM file of the CA of a `rediss://` server.
+    pub ca_file: Option<String>,
+    /// Seed nodes of a Redis Cluster.
+    pub nodes: Option<Vec<String>>,
+}
+
+impl RawStore {
+    /// Whether these settings name a backend (`kind`, `url` or `nodes`): a layer that does
+    /// decides which store runs; one that only sets, say, a spill file does not.
+    pub fn names_store(&self) -> bool {
+        self.kind.is_some() || self.url.is_some() || self.nodes.is_some()
+    }
+
+    /// `self` with every key `over` sets replaced by `over`'s.
+    pub fn overlaid(self, over: RawStore) -> RawStore {
+        RawStore {
+            kind: over.kind.or(self.kind),
+            url: over.url.or(self.url),
+            prefix: over.prefix.or(self.prefix),
+            refresh_ms: over.refresh_ms.or(self.refresh_ms),
+            timeout_ms: over.timeout_ms.or(self.timeout_ms),
+            buffer_capacity: over.buffer_capacity.or(self.buffer_capacity),
+            spill_file: over.spill_file.or(self.spill_file),
+            username: over.username.or(self.username),
+            password_file: over.password_file.or(self.password_file),
+            ca_file: over.ca_file.or(self.ca_file),
+            nodes: over.nodes.or(self.nodes),
+        }
+    }
+}
+
+/// A `[store]` table (of a deployment file, or a policy file's deprecated one) read as store
+/// settings; an unknown or mistyped key is named by its path (`store.urll`).
+pub fn raw_store(table: toml::Table) -> Result<RawStore, StoreConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let inner = e.inner().message().trim().to_string();
+        StoreConfigError::new(format!("store.{}", e.path()), inner)
+    })
+}
+
+/// A Redis password held in memory: never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// A `[store]` table that failed validation: the key path and why (the policy reports it as
@@ -80,9 +139,11 @@ pub struct StoreConfig {
     pub spill_file: Option<String>,
     /// Redis ACL user (with a password from `password_file` or `TOKENWISE_REDIS_PASSWORD`).
     pub username: Option<String>,
-    /// File holding the Redis password (a mounted secret): never on a command line, and not in
-    /// the policy text that the store's history and audit trail keep.
+    /// File holding the Redis password (a mounted secret): never on a command line.
     pub password_file: Option<String>,
+    /// The Redis password from the environment (`TOKENWISE_REDIS_PASSWORD`), when no
+    /// `password_file` is set.
+    pub password: Option<Password>,
     /// PEM file of the CA that signed the server's certificate, for a `rediss://` URL whose
     /// server the system's trust store does not know (a private CA, a self-signed server).
     pub ca_file: Option<String>,
@@ -98,16 +159,14 @@ impl Default for StoreConfig {
             spill_file: None,
             username: None,
             password_file: None,
+            password: None,
             ca_file: None,
         }
     }
 }
 
-/// The validated `[store]` table; the defaults when the policy has none.
-pub(crate) fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, StoreConfigError> {
-    let Some(raw) = raw else {
-        return Ok(StoreConfig::default());
-    };
+/// The validated store settings (the environment's password is the caller's to add).
+pub fn validate_store(raw: RawStore) -> Result<StoreConfig, StoreConfigError> {
     let d = StoreConfig::default();
     let is_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
     let prefix = || -> Result<String, StoreConfigError> {
@@ -122,7 +181,11 @@ pub(crate) fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, Store
         }
         Ok(prefix)
     };
-    let kind = match raw.kind.as_str() {
+    let kind = match raw.kind.as_deref().unwrap_or(match (&raw.url, &raw.nodes) {
+        (_, Some(_)) => "redis-cluster",
+        (Some(_), None) => "redis",
+        (None, None) => "memory",
+    }) {
         "memory" => StoreKind::Memory,
         "redis-cluster" => {
             let nodes = raw.nodes.clone().unwrap_or_default();
@@ -195,6 +258,7 @@ pub(crate) fn validate_store(raw: Option<RawStore>) -> Result<StoreConfig, Store
         spill_file: raw.spill_file,
         username: raw.username,
         password_file: raw.password_file,
+        password: None,
         ca_file: raw.ca_file,
     })
 }
@@ -217,8 +281,11 @@ pub fn redacted_url(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::policy::Policy;
-    use crate::domain::policy::tests::THREE;
+
+    fn with(s: &str) -> Result<StoreConfig, StoreConfigError> {
+        let t: toml::Table = toml::from_str(s).unwrap();
+        validate_store(raw_store(t)?)
+    }
 
     #[test]
     fn a_printed_store_url_hides_its_password() {
@@ -232,22 +299,29 @@ mod tests {
         );
         assert_eq!(redacted_url("redis://cache:6379"), "redis://cache:6379");
         assert!(!redacted_url("redis://:hunter2@[bad").contains("hunter2"));
+        assert_eq!(format!("{:?}", Password("hunter2".into())), "***");
     }
 
     #[test]
-    fn store_section_is_validated_with_key_paths() {
-        let p = Policy::parse(THREE).unwrap();
-        assert_eq!(p.store.kind, StoreKind::Memory);
-        let with = |s: &str| Policy::parse(&format!("{THREE}\n[store]\n{s}\n"));
+    fn store_settings_are_validated_with_key_paths() {
+        assert_eq!(with("").unwrap(), StoreConfig::default());
         let p = with("kind = \"redis\"\nurl = \"redis://r:6379\"\nprefix = \"team-a\"").unwrap();
         assert_eq!(
-            p.store.kind,
+            p.kind,
             StoreKind::Redis {
                 url: "redis://r:6379".into(),
                 prefix: "team-a".into()
             }
         );
-        assert!(p.store.refresh_ms <= 1000);
+        assert!(p.refresh_ms <= 1000);
+        // A URL alone is a Redis store; seed nodes alone a cluster.
+        assert_eq!(
+            with("url = \"redis://r:6379\"").unwrap().kind,
+            StoreKind::Redis {
+                url: "redis://r:6379".into(),
+                prefix: "tokenwise".into()
+            }
+        );
         assert_eq!(with("kind = \"etcd\"").unwrap_err().path, "store.kind");
         assert_eq!(
             with("kind = \"redis\"\nurl = \"http://x\"")
@@ -261,15 +335,18 @@ mod tests {
                 .path,
             "store.refresh_ms"
         );
+        let e = with("kind = \"memory\"\nurll = \"x\"").unwrap_err();
+        assert_eq!(e.path, "store.urll", "{e}");
+        assert!(e.reason.contains("unknown field"), "{e}");
         assert_eq!(
-            with("kind = \"memory\"\nurll = \"x\"").unwrap_err().path,
-            "store.urll"
+            with("refresh_ms = \"x\"").unwrap_err().path,
+            "store.refresh_ms"
         );
         // A cluster: seed nodes, each a redis URL; the prefix becomes a hash tag.
         let p =
             with("kind = \"redis-cluster\"\nnodes = [\"redis://a:1\", \"redis://b:2\"]").unwrap();
         assert_eq!(
-            p.store.kind,
+            p.kind,
             StoreKind::RedisCluster {
                 nodes: vec!["redis://a:1".into(), "redis://b:2".into()],
                 prefix: "tokenwise".into()
@@ -291,5 +368,22 @@ mod tests {
                 .path,
             "store.prefix"
         );
+    }
+
+    #[test]
+    fn layers_merge_key_by_key_and_only_a_backend_names_a_store() {
+        let file = RawStore {
+            url: Some("redis://file:1".into()),
+            spill_file: Some("/file.jsonl".into()),
+            ..RawStore::default()
+        };
+        let flags = RawStore {
+            spill_file: Some("/flag.jsonl".into()),
+            ..RawStore::default()
+        };
+        assert!(file.names_store() && !flags.names_store());
+        let merged = file.overlaid(flags);
+        assert_eq!(merged.url.as_deref(), Some("redis://file:1"));
+        assert_eq!(merged.spill_file.as_deref(), Some("/flag.jsonl"));
     }
 }

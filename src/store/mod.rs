@@ -11,7 +11,7 @@ mod memory;
 mod redis;
 
 pub use buffer::{FileKeys, OutageBuffer};
-pub use config::{StoreConfig, StoreConfigError, StoreKind};
+pub use config::{Password, RawStore, StoreConfig, StoreConfigError, StoreKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -368,7 +368,7 @@ fn state_dir() -> Result<PathBuf, StoreError> {
         })
 }
 
-/// Opens the store a `[store]` section asks for, with its outage buffer. `replica` names this
+/// Opens the store the deployment's store settings ask for, with its outage buffer. `replica` names this
 /// replica (its listen address) so its default spill file survives its restarts and differs
 /// from other replicas' on the same host.
 pub fn open(
@@ -385,18 +385,15 @@ pub fn open(
     };
     {
         {
-            // The password from the environment or a file, never the command line or the
-            // policy text (which the store's history keeps).
-            let password = match (
-                &cfg.password_file,
-                std::env::var("TOKENWISE_REDIS_PASSWORD"),
-            ) {
+            // The password from a file or the environment (read by the deployment config),
+            // never the command line or the policy text (which the store's history keeps).
+            let password = match (&cfg.password_file, &cfg.password) {
                 (Some(f), _) => {
                     let text = std::fs::read_to_string(f)
                         .map_err(|e| StoreError::Config(format!("store.password_file {f}: {e}")))?;
                     Some(text.trim_end_matches(['\n', '\r']).to_string())
                 }
-                (None, Ok(p)) if !p.is_empty() => Some(p),
+                (None, Some(p)) if !p.0.is_empty() => Some(p.0.clone()),
                 _ => None,
             };
             let ca = match &cfg.ca_file {

@@ -511,9 +511,12 @@ on_exhausted = "reject"
     assert_eq!(capped.used_micros, 3_800);
 }
 
-fn redis_policy(redis: &RedisServer, prefix: &str) -> Policy {
-    policy(&format!(
-        r#"
+fn redis_policy(redis: &RedisServer, prefix: &str) -> crate::common::Deployed {
+    crate::common::deployed(&format!(
+        "{}\n{}",
+        crate::common::two_tier_policy("cheap", "rich"),
+        format_args!(
+            r#"
 [[budgets]]
 team = "rich"
 period = "month"
@@ -526,7 +529,8 @@ url = "{}"
 prefix = "{prefix}"
 refresh_ms = 50
 "#,
-        redis.url()
+            redis.url()
+        )
     ))
 }
 

@@ -113,7 +113,7 @@ async fn apply_validate_rollback_and_the_audit_trail() {
         .await
         .unwrap_err();
     assert_eq!(key_path(&err), "default.quality_bar");
-    // A reason is required; the [store] section cannot change while running.
+    // A reason is required.
     let err = admin
         .apply_policy(ApplyPolicyRequest {
             text: with_bar("0.8"),
@@ -123,14 +123,17 @@ async fn apply_validate_rollback_and_the_audit_trail() {
         .await
         .unwrap_err();
     assert_eq!(key_path(&err), "reason");
-    let err = admin
+    // A deprecated [store] table, even naming another store, is no policy change: it is left
+    // out (and logged), never applied to the running store.
+    let checked = admin
         .validate_policy(ValidatePolicyRequest {
             text: format!("{EMBEDDED_POLICY}\n[store]\nkind = \"redis\"\nurl = \"redis://x:1\"\n"),
             what_if: false,
         })
         .await
-        .unwrap_err();
-    assert_eq!(key_path(&err), "store");
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.version, v0);
     assert_eq!(live_version(&server).await, v0);
 
     // Valid: validate shows the change, apply makes it live without dropping a request.
@@ -407,8 +410,10 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
             redis.url()
         )
     };
-    let a = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
-    let b = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
+    let a =
+        TestServer::with_policy(crate::common::deployed(&text("0.75")), Limits::default()).await;
+    let b =
+        TestServer::with_policy(crate::common::deployed(&text("0.75")), Limits::default()).await;
     let applied = a
         .admin()
         .await
@@ -422,15 +427,17 @@ async fn a_change_on_one_replica_reaches_the_other_through_redis() {
         .into_inner();
     until_version(&b, &applied.version).await;
     // A replica that starts later with the same file keeps the API change.
-    let c = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
+    let c =
+        TestServer::with_policy(crate::common::deployed(&text("0.75")), Limits::default()).await;
     assert_eq!(live_version(&c).await, applied.version);
     // A rollout: a replica with a new file takes the fleet to it...
-    let d = TestServer::with_policy(Policy::parse(&text("0.9")).unwrap(), Limits::default()).await;
+    let d = TestServer::with_policy(crate::common::deployed(&text("0.9")), Limits::default()).await;
     let v09 = Policy::parse(&text("0.9")).unwrap().version;
     assert_eq!(live_version(&d).await, v09);
     until_version(&b, &v09).await;
     // ...and an old pod restarting with the old file mid-rollout does not take it back.
-    let e = TestServer::with_policy(Policy::parse(&text("0.75")).unwrap(), Limits::default()).await;
+    let e =
+        TestServer::with_policy(crate::common::deployed(&text("0.75")), Limits::default()).await;
     assert_eq!(live_version(&e).await, v09);
     // Nothing must change: a refresh later, the fleet is still on the rollout's version.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -9,8 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::RedisServer;
-use crate::common::{TestServer, route_req};
-use tokenwise::domain::policy::Policy;
+use crate::common::{Deployed, TestServer, route_req};
 use tokenwise::domain::routing::Limits;
 use tokenwise::grpc::pb;
 use tokenwise::store::{RedisStore, StateStore, contract};
@@ -23,23 +22,23 @@ fn unique_prefix(name: &str) -> String {
     )
 }
 
-fn policy_on(redis: &RedisServer, prefix: &str) -> Policy {
+fn policy_on(redis: &RedisServer, prefix: &str) -> Deployed {
     policy_with_timeout(redis, prefix, 100)
 }
 
 /// A store timeout long enough that a loaded test machine does not push outcomes into the
 /// outage buffer (tests that count on the shared nonce ledger answering at once).
-fn patient_policy_on(redis: &RedisServer, prefix: &str) -> Policy {
+fn patient_policy_on(redis: &RedisServer, prefix: &str) -> Deployed {
     policy_with_timeout(redis, prefix, 2_000)
 }
 
-fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Policy {
+fn policy_with_timeout(redis: &RedisServer, prefix: &str, timeout_ms: u64) -> Deployed {
     let text = format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\nrefresh_ms = 100\ntimeout_ms = {timeout_ms}\n",
         tokenwise::domain::policy::EMBEDDED_POLICY,
         redis.url()
     );
-    Policy::parse(&text).unwrap()
+    crate::common::deployed(&text)
 }
 
 fn thresholds(server: &TestServer) -> Vec<(String, Vec<f64>)> {
@@ -140,12 +139,11 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
     let prefix = unique_prefix("cluster");
     let nodes = cluster.nodes_toml();
     let policy = || {
-        Policy::parse(&format!(
+        crate::common::deployed(&format!(
             "{}\n[store]\nkind = \"redis-cluster\"\nnodes = {nodes}\nprefix = \"{prefix}\"\n\
              refresh_ms = 100\ntimeout_ms = 2000\n",
             tokenwise::domain::policy::EMBEDDED_POLICY,
         ))
-        .unwrap()
     };
     let mut store_cfg = policy().store;
     store_cfg.kind = tokenwise::store::StoreKind::RedisCluster {
@@ -219,7 +217,7 @@ async fn a_redis_cluster_passes_the_contract_and_replicas_learn_together() {
     }
 }
 
-async fn two_replicas_learn_together(policy: &dyn Fn() -> Policy) {
+async fn two_replicas_learn_together(policy: &dyn Fn() -> Deployed) {
     let a = TestServer::with_policy(policy(), Limits::default()).await;
     let b = TestServer::with_policy(policy(), Limits::default()).await;
     assert_eq!(thresholds(&a), thresholds(&b));
@@ -725,7 +723,7 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
             dir.join(format!("spill-{}.jsonl", rand::random::<u32>()))
                 .display()
         );
-        Policy::parse(&text).unwrap().store
+        crate::common::deployed(&text).store
     };
     // (A patient timeout: a loaded machine's TLS handshake must not fail the contract.)
     let (store, _) = tokenwise::store::open(
@@ -740,12 +738,12 @@ async fn a_tls_redis_with_a_private_ca_passes_the_contract_and_an_unknown_one_is
         tokenwise::store::open(&config(None), "b", tokenwise::store::FileKeys::random()).unwrap();
     assert!(store.ping().await.is_err());
     // A CA file needs a TLS url.
-    let e = Policy::parse(&format!(
+    let e = crate::common::try_deployed(&format!(
         "{}\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nca_file = \"x.pem\"\n",
         tokenwise::domain::policy::EMBEDDED_POLICY
     ))
     .unwrap_err();
-    assert_eq!(e.path, "store.ca_file");
+    assert_eq!(e.path, "policy file: store.ca_file");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -21,7 +21,7 @@ pub(super) use report::{ReportArgs, report};
 #[derive(Debug, clap::Args)]
 pub(super) struct RouteArgs {
     /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
-    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Workflow label.
     #[arg(long, default_value = "")]
@@ -115,7 +115,7 @@ pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub(super) struct ReuseArgs {
     /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
-    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Reuse events this stands for (e.g. a macro sent 400 times).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -171,7 +171,7 @@ pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub(super) struct ThresholdsArgs {
     /// Server address.
-    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Only this scope.
     #[arg(long, default_value = "")]
@@ -474,7 +474,7 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::grpc::auth::Aut
     let ep = endpoint(addr);
     let mut endpoint = tonic::transport::Endpoint::from_shared(ep.clone())?;
     if ep.starts_with("https://") {
-        let ca = std::env::var("TOKENWISE_CA_CERT")
+        let ca = std::env::var(crate::cli::env::CA_CERT)
             .context("https:// needs TOKENWISE_CA_CERT: the CA certificate (PEM file) to trust")?;
         let pem = std::fs::read(&ca).with_context(|| format!("cannot read {ca}"))?;
         endpoint = endpoint.tls_config(
@@ -488,7 +488,7 @@ pub(super) async fn connect(addr: &str) -> anyhow::Result<crate::grpc::auth::Aut
         .connect()
         .await
         .with_context(|| format!("cannot connect to {ep}"))?;
-    let key = std::env::var("TOKENWISE_API_KEY").ok();
+    let key = std::env::var(crate::cli::env::API_KEY).ok();
     let bearer = crate::grpc::auth::BearerKey::new(key.as_deref()).map_err(status_error)?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel, bearer,

@@ -21,19 +21,19 @@ pub(in crate::cli) enum PolicyAction {
     /// Print the live policy text.
     Show {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
     },
     /// The version history and audit trail.
     Versions {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
     },
     /// Validate FILE against the live policy and print what would change.
     Diff {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
         /// Proposed policy file.
         file: PathBuf,
@@ -42,7 +42,7 @@ pub(in crate::cli) enum PolicyAction {
     /// and tier mix per scope, next to what happened and what the live policy would do now.
     WhatIf {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
         /// Proposed policy file.
         file: PathBuf,
@@ -50,7 +50,7 @@ pub(in crate::cli) enum PolicyAction {
     /// Make FILE the live policy on every replica.
     Apply {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
         /// Why (recorded in the audit trail).
         #[arg(long)]
@@ -64,7 +64,7 @@ pub(in crate::cli) enum PolicyAction {
     /// Make an earlier version live again.
     Rollback {
         /// Server address.
-        #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
         addr: String,
         /// Version to restore (default: the one before the live one).
         #[arg(long, default_value = "")]

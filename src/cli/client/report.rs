@@ -10,7 +10,7 @@ use crate::cli::runtime;
 #[derive(Debug, clap::Args)]
 pub(in crate::cli) struct ReportArgs {
     /// Server address.
-    #[arg(long, env = "TOKENWISE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Start: `day`, `week` or `month` (the current calendar period, UTC), a duration back
     /// from now (`24h`, `7d`), or a UTC date or time (`2026-11-01`, `2026-11-01T08:00:00Z`).

@@ -162,9 +162,6 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             out.push(format!("budget {} removed", o.id));
         }
     }
-    if old.store != new.store {
-        out.push("store section changed (takes effect at restart)".into());
-    }
     if out.is_empty() && old.version != new.version {
         out.push("no effective change (comments or formatting)".into());
     }

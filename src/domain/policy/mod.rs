@@ -2,6 +2,7 @@
 //! budgets), parsed from TOML and validated with errors that quote the key path.
 
 mod budget;
+mod deprecated;
 mod diff;
 mod raw;
 mod validate;
@@ -12,10 +13,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub use budget::{Budget, OnExhausted, OnStoreUnavailable, Period};
+pub use deprecated::{Split, split_store};
 pub use diff::diff;
 pub(crate) use validate::toml_at;
-
-use crate::store::config::{StoreConfig, StoreConfigError};
 
 /// The example policy, embedded so `serve` needs no file (same text as `deploy/policy.toml`).
 pub const EMBEDDED_POLICY: &str = include_str!("../../../deploy/policy.toml");
@@ -72,13 +72,6 @@ impl PolicyError {
             path: clipped(path.into(), MAX_ERROR_PATH),
             reason: clipped(reason.into(), MAX_ERROR_REASON),
         }
-    }
-}
-
-impl From<StoreConfigError> for PolicyError {
-    /// A `[store]` table error reads like any other policy error (and is clipped like one).
-    fn from(e: StoreConfigError) -> Self {
-        Self::new(e.path, e.reason)
     }
 }
 
@@ -229,7 +222,8 @@ pub const DEFAULT_REUSE_IDS_PER_TEAM: u64 = 100_000;
 pub struct Policy {
     /// Content hash of the source text.
     pub version: String,
-    /// The source text (what `GetPolicy` returns and versions keep).
+    /// The source text (what `GetPolicy` returns and versions keep), without a deprecated
+    /// `[store]` table (deployment settings are not policy: see [`split_store`]).
     pub source: Arc<str>,
     /// Tiers, cheapest first.
     pub tiers: Vec<Tier>,
@@ -237,8 +231,6 @@ pub struct Policy {
     pub default: Arc<ScopePolicy>,
     /// Specific scopes by key.
     pub scopes: HashMap<String, Arc<ScopePolicy>>,
-    /// The `[store]` section.
-    pub store: StoreConfig,
     /// Spend budgets (`[[budgets]]`), in file order.
     pub budgets: Vec<Arc<Budget>>,
 }
@@ -280,16 +272,23 @@ impl Policy {
         Self::parse(&text)
     }
 
-    /// Parses and validates policy text.
+    /// Parses and validates policy text. A deprecated `[store]` table is left out (it must be
+    /// TOML; what it says is the deployment config's business, see [`split_store`]): the
+    /// version and the kept source are those of the text without it.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| PolicyError::new("<file>", validate::toml_error(text, &e)))?;
+        let split = split_store(text)?;
+        let policy: &str = &split.policy;
+        // Errors give the line and column of the file as written, [store] table included.
+        let located =
+            |e: &toml::de::Error| validate::toml_error_in(text, e, |at| split.to_original(at));
+        let de = toml::Deserializer::parse(policy)
+            .map_err(|e| PolicyError::new("<file>", located(&e)))?;
         let raw: raw::RawPolicyFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            PolicyError::new(path, validate::toml_error(text, e.inner()))
+            PolicyError::new(path, located(e.inner()))
         })?;
-        let mut p = validate::validate(raw, short_hash(text))?;
-        p.source = Arc::from(text);
+        let mut p = validate::validate(raw, short_hash(policy))?;
+        p.source = Arc::from(policy);
         Ok(p)
     }
 

@@ -1,11 +1,9 @@
 //! The policy file as written: serde structs that reject unknown keys, so a misspelt key is an
-//! error naming its path, not a line silently ignored (`[store]`'s struct is the store's own).
+//! error naming its path, not a line silently ignored.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-
-use crate::store::config::RawStore;
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -16,8 +14,10 @@ pub(super) struct RawPolicyFile {
     pub(super) default: RawScope,
     #[serde(default)]
     pub(super) policies: Vec<RawScope>,
+    /// Store settings in a form other than a `[store]` table (which [`super::split_store`] cuts
+    /// out first): refused, naming the deployment config.
     #[serde(default)]
-    pub(super) store: Option<RawStore>,
+    pub(super) store: Option<toml::Value>,
     #[serde(default)]
     pub(super) budgets: Vec<RawBudget>,
 }

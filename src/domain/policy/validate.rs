@@ -15,14 +15,26 @@ use super::{
 /// A toml error as one short line: `line L, column C: what is wrong`. toml's own rendering
 /// quotes the offending source line under a caret, which flattened into one line read badly
 /// and echoed whatever the line held (a 200 KB value included).
-pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+///
+/// The error may be in a text cut out of `text` (the policy without its `[store]` table):
+/// `to_text` maps a byte offset of the cut text to `text`'s, so the line and column are the
+/// file's.
+pub(super) fn toml_error_in(
+    text: &str,
+    e: &toml::de::Error,
+    to_text: impl Fn(usize) -> usize,
+) -> String {
     let message: Vec<&str> = e
         .message()
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    toml_at(text, e, short_unknown_field(&message.join(" ")))
+    let message = short_unknown_field(&message.join(" "));
+    match e.span() {
+        Some(span) => locate(text, to_text(span.start), message),
+        None => message,
+    }
 }
 
 /// ``unknown field `<caller's text>`, expected one of …``: the caller's text cut to a few
@@ -44,14 +56,17 @@ fn short_unknown_field(message: &str) -> String {
 /// and the key file both report toml errors this way, without quoting the source line).
 pub(crate) fn toml_at(text: &str, e: &toml::de::Error, message: String) -> String {
     match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
+        Some(span) => locate(text, span.start, message),
         None => message,
     }
+}
+
+/// `message` prefixed with the line and column of byte `at` of `text`.
+fn locate(text: &str, at: usize, message: String) -> String {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 /// Largest `value_per_success_usd`. The books add values up in signed 64-bit micro-dollars (at
@@ -191,12 +206,18 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
             return Err(PolicyError::new(at, format!("duplicate scope {key}")));
         }
     }
-    let store = crate::store::config::validate_store(raw.store)?;
+    if raw.store.is_some() {
+        return Err(PolicyError::new(
+            "store",
+            "deployment settings are not policy: give the store in the deployment config \
+             (serve --store-url/--deployment, or TOKENWISE_STORE_URL); a [store] table is still \
+             read at startup, deprecated",
+        ));
+    }
     let budgets = validate_budgets(&raw.budgets)?;
     Ok(Policy {
         version,
         source: Arc::from(""),
-        store,
         budgets,
         tiers,
         default: Arc::new(ScopePolicy {

@@ -16,6 +16,39 @@ use tokenwise::grpc::pb::router_client::RouterClient;
 use tokenwise::grpc::{ServeConfig, run};
 use tonic::transport::Channel;
 
+/// A policy and the store a test server runs with: the policy holds no deployment settings.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub policy: Policy,
+    pub store: tokenwise::store::StoreConfig,
+}
+
+impl From<Policy> for Deployed {
+    /// The policy on the in-memory store.
+    fn from(policy: Policy) -> Self {
+        Self {
+            policy,
+            store: tokenwise::store::StoreConfig::default(),
+        }
+    }
+}
+
+/// A policy text whose deprecated `[store]` table gives the store, read as `serve` reads one at
+/// startup (the deployment config's resolution), or the error naming the setting.
+pub fn try_deployed(text: &str) -> Result<Deployed, tokenwise::cli::deployment::DeploymentError> {
+    let table = tokenwise::domain::policy::split_store(text).unwrap().store;
+    let d = tokenwise::cli::deployment::DeploymentArgs::default().resolve("", None, table, None)?;
+    Ok(Deployed {
+        policy: Policy::parse(text).unwrap(),
+        store: d.store,
+    })
+}
+
+/// [`try_deployed`], valid.
+pub fn deployed(text: &str) -> Deployed {
+    try_deployed(text).unwrap()
+}
+
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A running server; dropped → shut down.
@@ -34,17 +67,19 @@ impl TestServer {
         Self::with_policy(Policy::embedded().unwrap(), Limits::default()).await
     }
 
-    /// Starts a server with a given policy and limits.
-    pub async fn with_policy(policy: Policy, limits: Limits) -> Self {
+    /// Starts a server with a given policy (and store) and limits.
+    pub async fn with_policy(policy: impl Into<Deployed>, limits: Limits) -> Self {
         Self::with_config(policy, limits, |_| {}).await
     }
 
-    /// Starts a server with a given policy and limits, and adjusted server settings.
+    /// Starts a server with a given policy (and store) and limits, and adjusted server
+    /// settings.
     pub async fn with_config(
-        policy: Policy,
+        policy: impl Into<Deployed>,
         limits: Limits,
         tweak: impl FnOnce(&mut ServeConfig),
     ) -> Self {
+        let Deployed { policy, store } = policy.into();
         let model = Arc::new(ComplexityModel::bundled().unwrap());
         let name = format!(
             "test-{}",
@@ -52,8 +87,8 @@ impl TestServer {
         );
         let signer = Signer::new(b"test-secret").unwrap();
         let keys = tokenwise::store::FileKeys::new(signer.file_keys());
-        let (store, buffer) = tokenwise::store::open(&policy.store, &name, keys).unwrap();
-        let refresh = std::time::Duration::from_millis(policy.store.refresh_ms);
+        let refresh = std::time::Duration::from_millis(store.refresh_ms);
+        let (store, buffer) = tokenwise::store::open(&store, &name, keys).unwrap();
         let metrics = Arc::new(tokenwise::metrics::Metrics::new());
         let engine = Arc::new(
             Engine::builder(model, Arc::new(policy), signer)
