@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::redis::RedisServer;
 use crate::common::{Deployed, TestServer, route_req};
+use tokenwise::domain::policy::Policy;
 use tokenwise::domain::routing::Limits;
 use tokenwise::grpc::pb;
 use tokenwise::store::{RedisStore, StateStore, contract};
@@ -968,11 +969,142 @@ async fn deployments_on_different_stores_refuse_each_others_ids_despite_one_secr
     assert_ne!(ida, idb);
 }
 
-/// The README's two-replica recipe as a new user follows it: two `serve` processes on one
-/// Redis, each with its own spill file in its `[store]` section (so their policy files differ).
-/// They end on one policy version (the second's file was "not usable here" for the first).
+/// Polls the policy version `port` serves until it is `want` (5 s at most).
+async fn until_serving(port: u16, want: &str) {
+    let start = Instant::now();
+    loop {
+        let v = pb::admin_client::AdminClient::new(connect(port).await)
+            .get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        if v == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "replica on {port} serves {v}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Applies the embedded policy with another bar on the replica at `port`; the new version.
+async fn change_policy_on(port: u16) -> String {
+    let text = tokenwise::domain::policy::EMBEDDED_POLICY
+        .replace("quality_bar = 0.7\n", "quality_bar = 0.75\n");
+    assert_ne!(text, tokenwise::domain::policy::EMBEDDED_POLICY);
+    pb::admin_client::AdminClient::new(connect(port).await)
+        .apply_policy(pb::ApplyPolicyRequest {
+            text,
+            author: "alice".into(),
+            reason: "one replica's change".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+}
+
+/// Issue 35: two `serve` processes on one Redis with one policy file and different
+/// deployment settings — one from flags, the other from the environment and a deployment file
+/// (own spill files, prefixes given differently, different refresh intervals). They start on
+/// one policy version, and a change applied on one of them reaches the other.
 #[tokio::test]
-async fn two_replicas_with_their_own_spill_files_serve_one_policy_version() {
+async fn two_replicas_with_their_own_deployment_settings_end_on_one_policy_version() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("deployment");
+    let dir = crate::common::private_tmp();
+    let policy = dir.join(format!("{prefix}-policy.toml"));
+    std::fs::write(&policy, tokenwise::domain::policy::EMBEDDED_POLICY).unwrap();
+    let file = dir.join(format!("{prefix}-b.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nmetrics_listen = \"off\"\n\n[store]\nprefix = \"{prefix}\"\nrefresh_ms = 50\n\
+             spill_file = \"{}\"\n",
+            dir.join(format!("{prefix}-b.jsonl")).display()
+        ),
+    )
+    .unwrap();
+    let (pa, pb_port) = (crate::common::spare_port(), crate::common::spare_port());
+    let spawn = |port: u16, args: Vec<String>, envs: Vec<(&str, String)>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+            .args(["serve", "--no-auth", "--config"])
+            .arg(&policy)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .envs(envs)
+            .env(
+                "TOKENWISE_DECISION_SECRET",
+                "q7Vv1mZ3xKp0sT9wNcR2yLbH5uJdE8aG",
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Replica)
+            .unwrap()
+    };
+    let _a = spawn(
+        pa,
+        vec![
+            "--metrics-listen".into(),
+            "off".into(),
+            "--store-url".into(),
+            redis.url(),
+            "--store-prefix".into(),
+            prefix.clone(),
+            "--store-refresh-ms".into(),
+            "100".into(),
+            "--spill-file".into(),
+            dir.join(format!("{prefix}-a.jsonl")).display().to_string(),
+        ],
+        vec![],
+    );
+    let _b = spawn(
+        pb_port,
+        vec!["--deployment".into(), file.display().to_string()],
+        vec![("TOKENWISE_STORE_URL", redis.url())],
+    );
+    let v0 = Policy::parse(tokenwise::domain::policy::EMBEDDED_POLICY)
+        .unwrap()
+        .version;
+    until_serving(pa, &v0).await;
+    until_serving(pb_port, &v0).await;
+    let v1 = change_policy_on(pa).await;
+    assert_ne!(v1, v0);
+    until_serving(pb_port, &v1).await;
+    // And the other way.
+    let v2 = {
+        let text = tokenwise::domain::policy::EMBEDDED_POLICY
+            .replace("quality_bar = 0.7\n", "quality_bar = 0.8\n");
+        pb::admin_client::AdminClient::new(connect(pb_port).await)
+            .apply_policy(pb::ApplyPolicyRequest {
+                text,
+                author: "bob".into(),
+                reason: "the other replica's change".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    };
+    until_serving(pa, &v2).await;
+    let _ = std::fs::remove_file(&policy);
+    let _ = std::fs::remove_file(&file);
+}
+
+/// The deprecated form still works: two `serve` processes on one Redis whose policy files each
+/// carry their own spill file in a `[store]` table (the old two-replica recipe). The table is
+/// not policy, so they start on one version — the version of the file without it — and a change
+/// on one reaches the other.
+#[tokio::test]
+async fn two_replicas_whose_policy_files_differ_only_in_store_end_on_one_version() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -992,24 +1124,11 @@ async fn two_replicas_with_their_own_spill_files_serve_one_policy_version() {
     let (pa, pb_port) = (crate::common::spare_port(), crate::common::spare_port());
     let _a = spawn_replica(&config("a"), pa);
     let _b = spawn_replica(&config("b"), pb_port);
-    let version = |port: u16| async move {
-        pb::admin_client::AdminClient::new(connect(port).await)
-            .get_policy(pb::GetPolicyRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .version
-    };
-    let start = Instant::now();
-    loop {
-        let (va, vb) = (version(pa).await, version(pb_port).await);
-        if va == vb {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "replica A serves {va}, B {vb}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let v0 = Policy::parse(tokenwise::domain::policy::EMBEDDED_POLICY)
+        .unwrap()
+        .version;
+    until_serving(pa, &v0).await;
+    until_serving(pb_port, &v0).await;
+    let v1 = change_policy_on(pb_port).await;
+    until_serving(pa, &v1).await;
 }
