@@ -46,7 +46,7 @@ start_redis() {
 start_replica() {
   local name=$1 port=$2
   redis_policy "$OUT/$name" $RPORT $PREFIX
-  (RUST_LOG=warn $bin serve --config "$OUT/$name/policy.toml" --no-auth \
+  (RUST_LOG=warn $bin serve --config "$OUT/$name/policy.toml" --deployment "$OUT/$name/deployment.toml" --no-auth \
     --listen "127.0.0.1:$port" --metrics-listen off 2>> "$OUT/$name/server.log" &
     echo $! > "$OUT/$name.pid")
   for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

@@ -62,7 +62,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gRPC server (embedded policy and model unless given).
-    Serve(ServeArgs),
+    // Boxed: its deployment settings make it several times larger than the other commands.
+    Serve(Box<ServeArgs>),
     /// Ask a running server to route one task and print the decision.
     Route(client::RouteArgs),
     /// Record that a decision's output was used again (reopened, sent, imported): counted in
@@ -154,7 +155,7 @@ struct ReplayArgs {
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Route(args) => client::route(args),
         Command::Reuse(args) => client::reuse(args),
         Command::Thresholds(args) => client::thresholds(args),

@@ -1,4 +1,5 @@
 //! The binary as a command-line tool: how it ends when things go wrong around it.
+#![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
 
