@@ -1,6 +1,11 @@
 //! UTC calendar time for the whole crate, on jiff (budget periods, report and CLI times):
 //! milliseconds since the epoch in, calendar values out.
 
+/// One hour in milliseconds (a ledger bucket, a report series bucket).
+pub const HOUR_MS: u64 = 3_600_000;
+/// One day in milliseconds: 24 hours (UTC has no daylight saving).
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
 /// `ms` since the epoch as a timestamp, clamped to the last instant the calendar holds (the end
 /// of year 9999).
 pub fn timestamp(ms: u64) -> jiff::Timestamp {
@@ -37,7 +42,7 @@ pub fn parse_instant(s: &str, now_ms: u64) -> Result<u64, String> {
             .months(0)
             .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
             .map_err(|e| bad(&e.to_string()))?;
-        let ms = rest.as_millis() as f64 + calendar_days * 86_400_000.0;
+        let ms = rest.as_millis() as f64 + calendar_days * DAY_MS as f64;
         return Ok(now_ms.saturating_sub(ms as u64));
     }
     let at = s.parse::<jiff::Timestamp>().or_else(|_| {

@@ -46,7 +46,7 @@ fn engine() -> Engine {
         Arc::new(Policy::parse(POLICY).unwrap()),
         Signer::new(b"k").unwrap(),
     )
-    .decision_ttl_ms(3_600_000)
+    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
     .build()
 }
 
@@ -309,7 +309,7 @@ fn with_spill() -> (std::path::PathBuf, impl Fn(Arc<dyn StateStore>) -> Engine) 
             Arc::new(Policy::parse(POLICY).unwrap()),
             Signer::new(b"k").unwrap(),
         )
-        .decision_ttl_ms(3_600_000)
+        .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
         .store(
             store,
             crate::store::OutageBuffer::new(
@@ -454,7 +454,7 @@ async fn one_team_spends_at_most_its_share_of_a_budget_over_several_teams() {
         Arc::new(Policy::parse(&policy).unwrap()),
         Signer::new(b"k").unwrap(),
     )
-    .decision_ttl_ms(3_600_000)
+    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
     .build();
     let now = 1_795_934_463_000;
     route(&e, "a", now).unwrap();

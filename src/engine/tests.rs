@@ -6,8 +6,7 @@ use crate::domain::decision::Signer;
 use crate::engine::feedback::*;
 use crate::report::build::{ReportQuery, build};
 
-const HOUR: u64 = 3_600_000;
-const DAY: u64 = 24 * HOUR;
+use crate::domain::calendar::{DAY_MS as DAY, HOUR_MS as HOUR};
 const T0: u64 = 1_800_000_000_000;
 
 /// Team `ads` keeps reuse for 2 days; decisions live 1 hour.

@@ -313,7 +313,7 @@ pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQ
     })?;
     let until_ms = if r.until_ms == 0 { now } else { r.until_ms };
     let since_ms = match r.period.as_str() {
-        "" if r.since_ms == 0 => until_ms.saturating_sub(24 * 3_600_000),
+        "" if r.since_ms == 0 => until_ms.saturating_sub(crate::domain::calendar::DAY_MS),
         "" => r.since_ms,
         "day" => Period::Day.start_ms(now),
         "week" => Period::Week.start_ms(now),

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::field::sums;
 use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
-use crate::domain::books::{Books, HOUR_MS, metric, parse_ledger_field};
+use crate::domain::books::{Books, metric, parse_ledger_field};
+use crate::domain::calendar::HOUR_MS;
 use crate::domain::policy::Policy;
 use crate::store::{StateStore, StoreError};
 

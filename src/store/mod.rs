@@ -233,7 +233,7 @@ pub struct CounterAdd {
 }
 
 /// Counter hashes are kept this long after their last change (ledger hours, budget periods).
-pub const COUNTER_RETENTION_MS: u64 = 400 * 24 * 3600 * 1000;
+pub const COUNTER_RETENTION_MS: u64 = 400 * crate::domain::calendar::DAY_MS;
 
 /// What recording an outcome did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

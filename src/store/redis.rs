@@ -113,7 +113,7 @@ return 0
 ";
 
 /// How long counter batch ids are remembered (a resend comes within seconds).
-const BATCH_ID_TTL_MS: u64 = 24 * 3600 * 1000;
+const BATCH_ID_TTL_MS: u64 = crate::domain::calendar::DAY_MS;
 
 const READ: &str = r"
 local base = tonumber(redis.call('GET', KEYS[2]) or '0')

@@ -188,7 +188,7 @@ async fn expired_decisions_get_a_clear_error() {
         output_tokens: Some(1),
         ..Default::default()
     };
-    let day = 24 * 3600 * 1000;
+    let day = tokenwise::domain::calendar::DAY_MS;
     let err = engine.feedback(&input, issued + day + 1).await.unwrap_err();
     assert!(
         matches!(err, Error::Feedback(FeedbackError::Expired { .. })),

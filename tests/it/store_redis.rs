@@ -585,7 +585,7 @@ async fn a_replica_killed_during_an_outage_loses_no_acknowledged_feedback() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The acknowledged reuse landed too, once: 20 reused outputs, 40 uses.
-    let hour = tokenwise::domain::books::HOUR_MS;
+    let hour = tokenwise::domain::calendar::HOUR_MS;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

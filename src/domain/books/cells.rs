@@ -6,7 +6,7 @@ use super::*;
 /// A ledger cell.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CellKey {
-    /// Hour index (ms / [`HOUR_MS`]).
+    /// Hour index (ms / [`HOUR_MS`](crate::domain::calendar::HOUR_MS)).
     pub hour: u64,
     /// Team label.
     pub team: String,

@@ -2,8 +2,8 @@
 //! labels, and the typed counts the books tell their observer (the metric names are what the
 //! books count, in `books`).
 
-/// Length of one ledger bucket.
-pub const HOUR_MS: u64 = 3_600_000;
+use crate::domain::calendar::HOUR_MS;
+
 /// Distinct team labels counted separately; later ones are counted as [`OTHER`].
 pub const MAX_TEAMS: usize = 100;
 /// Distinct workflow labels counted separately per team; a team's later ones are counted as

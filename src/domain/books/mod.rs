@@ -28,6 +28,7 @@ use std::sync::{Mutex, PoisonError};
 
 use hashbrown::Equivalent;
 
+use crate::domain::calendar::HOUR_MS;
 use crate::domain::decision::DecisionClaims;
 use crate::domain::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy, TokenKinds};
 use crate::domain::routing::Decision;

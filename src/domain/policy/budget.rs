@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::raw::RawBudget;
 use super::{PolicyError, scope_key};
+use crate::domain::calendar::DAY_MS;
 
 /// Length of a budget period; periods are calendar-aligned in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +17,6 @@ pub enum Period {
     /// From the 1st of the month, 00:00 UTC.
     Month,
 }
-
-const DAY_MS: u64 = 86_400_000;
 
 impl Period {
     /// Name as written in the policy.

@@ -21,7 +21,7 @@ mod fold;
 mod record;
 
 /// Default lifetime of a decision id: feedback later than this is refused.
-pub const DEFAULT_DECISION_TTL_MS: u64 = 24 * 3600 * 1000;
+pub const DEFAULT_DECISION_TTL_MS: u64 = crate::domain::calendar::DAY_MS;
 /// Largest token count accepted in feedback (no call is this large; sums stay far from overflow).
 pub const MAX_TOKENS: i64 = 1_000_000_000;
 /// Events read from the store per round trip while catching up.

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::books::{ReportedTokens, booked_tokens};
+use crate::domain::calendar::DAY_MS;
 use crate::domain::decision::NO_CLUSTER;
 use crate::domain::labels::shown;
 
@@ -249,7 +250,7 @@ impl Learner {
 
     /// A scope's reuse window: its `reuse_retention_days`, never shorter than the decision TTL.
     fn reuse_window_ms(&self, scope: &crate::domain::policy::ScopePolicy) -> u64 {
-        (u64::from(scope.reuse_retention_days) * 24 * 3600 * 1000).max(self.ttl_ms)
+        (u64::from(scope.reuse_retention_days) * DAY_MS).max(self.ttl_ms)
     }
 
     /// Records the reuse of a decision's output: `count` reuse events (once per `event_id`),
@@ -299,8 +300,8 @@ impl Learner {
         let age = now_ms.saturating_sub(claims.issued_ms);
         if age > window {
             return Err(FeedbackError::OutsideReuseWindow {
-                age_days: age / (24 * 3600 * 1000),
-                window_days: window / (24 * 3600 * 1000),
+                age_days: age / DAY_MS,
+                window_days: window / DAY_MS,
             });
         }
         let count = input.count.max(1);

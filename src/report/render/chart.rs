@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use super::{escape, utc};
+use crate::domain::calendar::HOUR_MS;
 use crate::report::Report;
 
-/// One hour in milliseconds: the series bucket width.
-pub(super) const HOUR_MS: u64 = 3_600_000;
 /// Longest period, in hours, the chart spans before it narrows to the hours with traffic.
 const MAX_AXIS_HOURS: u64 = 24 * 93;
 /// Longest axis, in hours, drawn with a bar per hour; a longer one has a bar per UTC day.

@@ -3,7 +3,7 @@
 //! it: one day with traffic in three hours, long workflow names, team / workflow pairs, two
 //! weeks of traffic.
 
-use super::chart::HOUR_MS;
+use crate::domain::calendar::HOUR_MS;
 use crate::report::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
 
 /// 2025-03-04 00:00 UTC.

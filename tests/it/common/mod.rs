@@ -93,7 +93,7 @@ impl TestServer {
         let engine = Arc::new(
             Engine::builder(model, Arc::new(policy), signer)
                 .limits(limits)
-                .decision_ttl_ms(24 * 3600 * 1000)
+                .decision_ttl_ms(tokenwise::domain::calendar::DAY_MS)
                 .store(store, buffer)
                 .telemetry(metrics.clone())
                 .build(),
