@@ -400,7 +400,7 @@ mod tests {
 
     fn claims() -> DecisionClaims {
         DecisionClaims {
-            scope: "default".into(),
+            scope: crate::domain::policy::DEFAULT_SCOPE.into(),
             tier: "small".into(),
             band: 3,
             complexity: 0.17,

@@ -474,7 +474,7 @@ pub mod contract {
         OutcomeEvent {
             nonce: n,
             expires_ms: 10_000_000,
-            scope: "default".into(),
+            scope: crate::domain::policy::DEFAULT_SCOPE.into(),
             tier: "small".into(),
             band: (n % 20) as u8,
             score: (n % 3) as f64 / 2.0,

@@ -238,10 +238,13 @@ pub struct Policy {
 /// What separates the team from the workflow in a scope key: no team label may contain it.
 pub const TEAM_WORKFLOW_SEP: &str = "/workflow:";
 
+/// Key of the default scope (no team, no workflow): the policy's `[default]`.
+pub const DEFAULT_SCOPE: &str = "default";
+
 /// Key of the scope for a team and a workflow (either may be empty).
 pub fn scope_key(team: &str, workflow: &str) -> String {
     match (team.is_empty(), workflow.is_empty()) {
-        (true, true) => "default".to_string(),
+        (true, true) => DEFAULT_SCOPE.to_string(),
         (false, true) => format!("team:{team}"),
         (true, false) => format!("workflow:{workflow}"),
         (false, false) => format!("team:{team}{TEAM_WORKFLOW_SEP}{workflow}"),

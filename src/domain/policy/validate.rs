@@ -221,7 +221,7 @@ pub(super) fn validate(raw: RawPolicyFile, version: String) -> Result<Policy, Po
         budgets,
         tiers,
         default: Arc::new(ScopePolicy {
-            key: "default".into(),
+            key: super::DEFAULT_SCOPE.into(),
             ..default
         }),
         scopes,
