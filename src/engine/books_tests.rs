@@ -139,7 +139,7 @@ async fn routes_from_many_threads_are_all_counted_and_labels_stay_capped() {
         .collect();
     assert_eq!(tasks.iter().map(|(_, v)| v).sum::<i64>(), 2_400);
     let named = tasks.iter().filter(|(t, _)| *t != OTHER).count();
-    assert_eq!(named, MAX_TEAMS, "{tasks:?}");
+    assert_eq!(named, MAX_LEDGER_TEAMS, "{tasks:?}");
     // Each named team routed 16 times (2,400 / 150); the other 50 teams' 800 are `other`.
     assert!(
         tasks
@@ -438,7 +438,7 @@ async fn one_teams_junk_workflows_do_not_push_anothers_into_other() {
             .sum::<i64>()
     };
     assert_eq!(tasks_of("search", "faq"), 1);
-    assert_eq!(tasks_of("ads", OTHER), 250 - MAX_WORKFLOWS as i64);
+    assert_eq!(tasks_of("ads", OTHER), 250 - MAX_LEDGER_WORKFLOWS as i64);
 }
 
 #[tokio::test]

@@ -4,11 +4,12 @@
 
 use crate::domain::calendar::HOUR_MS;
 
-/// Distinct team labels counted separately; later ones are counted as [`OTHER`].
-pub const MAX_TEAMS: usize = 100;
-/// Distinct workflow labels counted separately per team; a team's later ones are counted as
+/// Distinct team labels the ledger counts separately; later ones are counted as [`OTHER`] (not
+/// learning's cap on teams with evidence of their own, `learning::MAX_TEAMS`).
+pub const MAX_LEDGER_TEAMS: usize = 100;
+/// Distinct workflow labels the ledger counts separately per team; a team's later ones are counted as
 /// [`OTHER`] (so one team's junk labels never push another team's workflows there).
-pub const MAX_WORKFLOWS: usize = 200;
+pub const MAX_LEDGER_WORKFLOWS: usize = 200;
 /// Label of everything over a cardinality cap.
 pub const OTHER: &str = "other";
 /// Separator of the parts of a ledger field name (never inside a label: see [`clean`]).
@@ -102,7 +103,7 @@ impl Labels {
     }
 
     pub(super) fn team<'a>(&mut self, t: &'a str) -> &'a str {
-        Self::admit(&mut self.teams, MAX_TEAMS, t)
+        Self::admit(&mut self.teams, MAX_LEDGER_TEAMS, t)
     }
 
     /// Workflow `w` of `team` (a label the caps admitted, or [`OTHER`]).
@@ -114,7 +115,7 @@ impl Labels {
             Some(set) => set,
             None => self.workflows.entry(team.to_string()).or_default(),
         };
-        Self::admit(set, MAX_WORKFLOWS, w)
+        Self::admit(set, MAX_LEDGER_WORKFLOWS, w)
     }
 }
 
@@ -155,7 +156,7 @@ mod tests {
     #[test]
     fn labels_over_the_cap_count_as_other() {
         let mut l = Labels::default();
-        for i in 0..MAX_WORKFLOWS {
+        for i in 0..MAX_LEDGER_WORKFLOWS {
             assert_eq!(l.workflow("ads", &format!("w{i}")), format!("w{i}"));
         }
         assert_eq!(l.workflow("ads", "one-too-many"), OTHER);
