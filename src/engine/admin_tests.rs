@@ -9,7 +9,7 @@ use super::Engine;
 use crate::domain::classifier::ComplexityModel;
 use crate::domain::decision::Signer;
 use crate::domain::policy::{EMBEDDED_POLICY, Policy};
-use crate::store::{MemoryStore, OutageBuffer, StateStore};
+use crate::store::{ChangeSource, MemoryStore, OutageBuffer, StateStore};
 
 fn text(bar: &str) -> String {
     EMBEDDED_POLICY.replace("quality_bar = 0.7\n", &format!("quality_bar = {bar}\n"))
@@ -53,7 +53,7 @@ async fn the_first_replica_records_its_file_as_the_first_policy() {
     assert_eq!(a.policy().version, version("0.7"));
     let log = store.policy_changes(0).await.unwrap();
     assert_eq!(log.len(), 1);
-    assert_eq!(log[0].source, "startup");
+    assert_eq!(log[0].source, ChangeSource::Startup.as_str());
     assert_eq!(log[0].summary, ["first policy of this deployment"]);
 }
 
@@ -70,7 +70,7 @@ async fn a_replica_with_the_same_file_records_nothing() {
 async fn an_api_change_since_the_file_survives_a_restart_with_that_file() {
     let store = shared();
     let a = replica(&store, "0.7", 1).await;
-    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 2)
+    a.apply_policy(&text("0.8"), ChangeSource::Api, "alice", "stricter", 2)
         .await
         .unwrap();
     // A restart with the file the history last saw: the API change wins.
@@ -87,7 +87,7 @@ async fn a_new_file_is_a_new_deployment_and_is_recorded_with_what_it_changes() {
     assert_eq!(b.policy().version, version("0.9"));
     let log = store.policy_changes(0).await.unwrap();
     assert_eq!(log.len(), 2);
-    assert_eq!(log[1].source, "startup");
+    assert_eq!(log[1].source, ChangeSource::Startup.as_str());
     assert_eq!(log[1].summary, ["scope default: quality_bar 0.7 → 0.9"]);
 }
 
@@ -111,7 +111,7 @@ async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one()
     let memory = Arc::new(MemoryStore::new());
     let store: Arc<dyn StateStore> = memory.clone();
     let a = replica(&store, "0.7", 1).await;
-    a.apply_policy(&text("0.75"), "api", "alice", "r", 2)
+    a.apply_policy(&text("0.75"), ChangeSource::Api, "alice", "r", 2)
         .await
         .unwrap();
     let b = replica(&store, "0.7", 3).await;
@@ -122,7 +122,7 @@ async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one()
     memory.lose_policy_history();
     // B notices first: it records its live policy again, then an admin changes it on B.
     b.refresh_policy(false, 5).await.unwrap();
-    b.apply_policy(&text("0.8"), "api", "bob", "after the loss", 6)
+    b.apply_policy(&text("0.8"), ChangeSource::Api, "bob", "after the loss", 6)
         .await
         .unwrap();
     assert_eq!(sources(&store).await.len(), 2, "as long as A's view");
@@ -140,10 +140,10 @@ async fn after_the_store_loses_the_history_a_replica_follows_the_restarted_one()
 async fn a_policy_entry_written_into_the_store_without_the_secret_never_becomes_live() {
     let store = shared();
     let a = replica(&store, "0.7", 1).await;
-    a.apply_policy(&text("0.75"), "api", "alice", "looser", 2)
+    a.apply_policy(&text("0.75"), ChangeSource::Api, "alice", "looser", 2)
         .await
         .unwrap();
-    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 3)
+    a.apply_policy(&text("0.8"), ChangeSource::Api, "alice", "stricter", 3)
         .await
         .unwrap();
     let at_end = |mut c: crate::store::PolicyChange, seq: u64| {
@@ -173,9 +173,15 @@ async fn a_policy_entry_written_into_the_store_without_the_secret_never_becomes_
     assert_eq!(b.policy().version, version("0.8"));
     assert_eq!(b.policy_versions().await.unwrap().len(), 3);
     // A real change, made on A, still reaches B.
-    a.apply_policy(&text("0.9"), "api", "alice", "stricter still", 6)
-        .await
-        .unwrap();
+    a.apply_policy(
+        &text("0.9"),
+        ChangeSource::Api,
+        "alice",
+        "stricter still",
+        6,
+    )
+    .await
+    .unwrap();
     b.refresh_policy(false, 7).await.unwrap();
     assert_eq!(b.policy().version, version("0.9"));
 }
@@ -203,7 +209,7 @@ async fn an_api_change_outlives_a_decision_secret_rotation() {
     let old = || Signer::new(b"old-secret").unwrap();
     let new = || Signer::new(b"new-secret").unwrap();
     let a = with(old(), 1).await;
-    a.apply_policy(&text("0.8"), "api", "alice", "stricter", 2)
+    a.apply_policy(&text("0.8"), ChangeSource::Api, "alice", "stricter", 2)
         .await
         .unwrap();
     // Rotation, step 1: the new secret, the old one still accepted.
@@ -262,7 +268,7 @@ async fn replicas_whose_files_differ_only_in_store_end_on_one_version() {
         text("0.8")
     );
     let applied = b
-        .apply_policy(&elsewhere, "api", "bob", "stricter", 4)
+        .apply_policy(&elsewhere, ChangeSource::Api, "bob", "stricter", 4)
         .await
         .unwrap();
     assert_eq!(applied.version, version("0.8"));

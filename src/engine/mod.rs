@@ -428,7 +428,7 @@ impl Engine {
     pub async fn apply_policy(
         &self,
         text: &str,
-        source: &str,
+        source: crate::store::ChangeSource,
         author: &str,
         reason: &str,
         now_ms: u64,

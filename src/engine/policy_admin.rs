@@ -17,7 +17,7 @@ use super::Error;
 use crate::domain::policy::{Policy, PolicyError};
 use crate::domain::routing::Router;
 use crate::engine::feedback::Learner;
-use crate::store::{PolicyChange, StoreError};
+use crate::store::{ChangeSource, PolicyChange, StoreError};
 
 /// What policy administration acts on: the live table, and the store behind the learner.
 #[derive(Clone, Copy)]
@@ -123,7 +123,7 @@ impl PolicyAdmin {
         let last_file = log
             .iter()
             .rev()
-            .find(|c| c.source == "startup" || c.source == "file");
+            .find(|c| ChangeSource::is_file_name(&c.source));
         let head = log.last();
         match (last_file, head) {
             // Another replica just recorded this very policy.
@@ -189,7 +189,7 @@ impl PolicyAdmin {
         let change = PolicyChange {
             seq: 0,
             version: policy.version.clone(),
-            source: "startup".into(),
+            source: ChangeSource::Startup.as_str().into(),
             author: self.replica(),
             reason: reason.into(),
             at_ms: now_ms,
@@ -207,7 +207,7 @@ impl PolicyAdmin {
         &self,
         live: Live<'_>,
         text: &str,
-        source: &str,
+        source: ChangeSource,
         author: &str,
         reason: &str,
         now_ms: u64,
@@ -221,7 +221,7 @@ impl PolicyAdmin {
         &self,
         live: Live<'_>,
         text: &str,
-        source: &str,
+        source: ChangeSource,
         author: &str,
         reason: &str,
         now_ms: u64,
@@ -234,7 +234,7 @@ impl PolicyAdmin {
         let change = PolicyChange {
             seq: 0,
             version: new.version.clone(),
-            source: source.into(),
+            source: source.as_str().into(),
             author: author.into(),
             reason: reason.into(),
             at_ms: now_ms,
@@ -249,7 +249,7 @@ impl PolicyAdmin {
             .await
             .map_err(Error::store("policy change not recorded"))?;
         live.learner.swap_policy(live.router, Arc::new(new)).await;
-        tracing::info!(version = %change.version, %source, %author, changes = ?change.summary, "policy applied");
+        tracing::info!(version = %change.version, source = %source.as_str(), %author, changes = ?change.summary, "policy applied");
         Ok(PolicyChange { seq, ..change })
     }
 
@@ -275,7 +275,7 @@ impl PolicyAdmin {
         }
         .ok_or_else(|| Error::UnknownVersion(version.unwrap_or("previous").into()))?;
         let text = target.text.clone();
-        self.apply_locked(live, &text, "rollback", author, reason, now_ms)
+        self.apply_locked(live, &text, ChangeSource::Rollback, author, reason, now_ms)
             .await
     }
 
@@ -359,7 +359,7 @@ impl PolicyAdmin {
             let last_file = log
                 .iter()
                 .rev()
-                .find(|c| c.source == "startup" || c.source == "file")
+                .find(|c| ChangeSource::is_file_name(&c.source))
                 .filter(|f| head.as_ref().is_some_and(|h| h.seq != f.seq))
                 .cloned();
             for c in last_file.into_iter().chain(head) {
@@ -400,7 +400,7 @@ impl PolicyAdmin {
         };
         let author = self.replica();
         match self
-            .apply_locked(live, &text, "file", &author, why, now_ms)
+            .apply_locked(live, &text, ChangeSource::File, &author, why, now_ms)
             .await
         {
             Ok(_) | Err(Error::AlreadyLive(_)) => Ok(()),

@@ -96,7 +96,13 @@ impl Admin for AdminService {
         let author = author.unwrap_or_else(|| anonymous_or(r.author.clone()));
         let change = self
             .engine
-            .apply_policy(&r.text, "api", &author, &r.reason, now_ms())
+            .apply_policy(
+                &r.text,
+                crate::store::ChangeSource::Api,
+                &author,
+                &r.reason,
+                now_ms(),
+            )
             .await?;
         Ok(Response::new(change_to_proto(change)))
     }

@@ -278,9 +278,9 @@ pub fn report_request(
     now_ms: u64,
 ) -> Result<pb::GetReportRequest, (&'static str, String)> {
     use crate::domain::calendar::parse_instant;
-    let (period, since_ms) = match since {
-        "day" | "week" | "month" => (since.to_string(), 0),
-        _ => (
+    let (period, since_ms) = match Period::parse(since) {
+        Some(p) => (p.as_str().to_string(), 0),
+        None => (
             String::new(),
             parse_instant(since, now_ms).map_err(|e| ("since", e))?,
         ),
@@ -312,13 +312,11 @@ pub(super) fn report_query(r: &pb::GetReportRequest, now: u64) -> Result<ReportQ
         )
     })?;
     let until_ms = if r.until_ms == 0 { now } else { r.until_ms };
-    let since_ms = match r.period.as_str() {
-        "" if r.since_ms == 0 => until_ms.saturating_sub(crate::domain::calendar::DAY_MS),
-        "" => r.since_ms,
-        "day" => Period::Day.start_ms(now),
-        "week" => Period::Week.start_ms(now),
-        "month" => Period::Month.start_ms(now),
-        other => {
+    let since_ms = match (r.period.as_str(), Period::parse(&r.period)) {
+        ("", _) if r.since_ms == 0 => until_ms.saturating_sub(crate::domain::calendar::DAY_MS),
+        ("", _) => r.since_ms,
+        (_, Some(p)) => p.start_ms(now),
+        (other, None) => {
             return Err(invalid(
                 "period",
                 format!(

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::field::sums;
-use super::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
+use super::{BudgetState, BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
 use crate::domain::books::{Books, metric, parse_ledger_field};
 use crate::domain::calendar::HOUR_MS;
 use crate::domain::policy::Policy;
@@ -187,11 +187,7 @@ pub async fn build(
         })
         .map(|u| {
             let b = &u.budget;
-            let state = match (b.soft_limit_micros, b.hard_limit_micros) {
-                (_, Some(h)) if u.used_micros >= h => "exhausted",
-                (Some(s), _) if u.used_micros >= s => "soft",
-                _ => "ok",
-            };
+            let state = BudgetState::of(u.used_micros, b.soft_limit_micros, b.hard_limit_micros);
             BudgetStatus {
                 id: b.id.clone(),
                 team: b.team.clone(),
@@ -205,7 +201,7 @@ pub async fn build(
                     .hard_limit_micros
                     .or(b.soft_limit_micros)
                     .map(|l| l - u.used_micros),
-                state: state.to_string(),
+                state: state.as_str().to_string(),
             }
         })
         .collect();

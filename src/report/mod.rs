@@ -78,7 +78,8 @@ pub struct BudgetStatus {
     pub team: String,
     /// Workflow it covers (empty: every workflow).
     pub workflow: String,
-    /// `day`, `week` or `month` (calendar-aligned, UTC).
+    /// `day`, `week` or `month` (calendar-aligned, UTC): a
+    /// [`Period`](crate::domain::policy::Period) as the server named it.
     pub period: String,
     /// Start of the current period, ms since the Unix epoch.
     pub period_start_ms: u64,
@@ -90,8 +91,48 @@ pub struct BudgetStatus {
     pub used_micros: i64,
     /// Hard (else soft) limit minus used; `None` without limits.
     pub left_micros: Option<i64>,
-    /// `ok`, `soft` (over the soft limit) or `exhausted` (at the hard limit).
+    /// `ok`, `soft` (over the soft limit) or `exhausted` (at the hard limit): a [`BudgetState`]
+    /// as the server named it (a report read back keeps a name this build does not know).
     pub state: String,
+}
+
+/// Where a budget stands against its limits in its current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetState {
+    /// Below its limits.
+    Ok,
+    /// At or over its soft limit, below its hard limit.
+    Soft,
+    /// At or over its hard limit.
+    Exhausted,
+}
+
+impl BudgetState {
+    /// Every state, from the least spent.
+    pub const ALL: [BudgetState; 3] = [BudgetState::Ok, BudgetState::Soft, BudgetState::Exhausted];
+
+    /// The state of `used` against a soft and a hard limit (micro-USD; either may be unset).
+    pub fn of(used: i64, soft: Option<i64>, hard: Option<i64>) -> Self {
+        match (soft, hard) {
+            (_, Some(h)) if used >= h => BudgetState::Exhausted,
+            (Some(s), _) if used >= s => BudgetState::Soft,
+            _ => BudgetState::Ok,
+        }
+    }
+
+    /// Name as reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetState::Ok => "ok",
+            BudgetState::Soft => "soft",
+            BudgetState::Exhausted => "exhausted",
+        }
+    }
+
+    /// The state of a name written by [`BudgetState::as_str`]; `None` when unknown.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// Spend and quality in one time bucket (one hour).

@@ -163,7 +163,8 @@ pub struct PolicyChange {
     pub seq: u64,
     /// Content hash of the policy text.
     pub version: String,
-    /// `startup`, `file` (hot reload or SIGHUP), `api` (ApplyPolicy) or `rollback`.
+    /// `startup`, `file` (hot reload or SIGHUP), `api` (ApplyPolicy) or `rollback`: a
+    /// [`ChangeSource`] as the replica that wrote the entry named it (the name is sealed).
     pub source: String,
     /// Who: the API key's name, or the replica for file changes.
     pub author: String,
@@ -179,6 +180,38 @@ pub struct PolicyChange {
     /// ([`PolicyChange::seal`]); an entry without a valid one is refused.
     #[serde(default)]
     pub mac: String,
+}
+
+/// Where a policy change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// The policy file a replica started with.
+    Startup,
+    /// The policy file, changed while serving (hot reload or SIGHUP).
+    File,
+    /// ApplyPolicy.
+    Api,
+    /// RollbackPolicy.
+    Rollback,
+}
+
+impl ChangeSource {
+    /// Name as the policy log keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeSource::Startup => "startup",
+            ChangeSource::File => "file",
+            ChangeSource::Api => "api",
+            ChangeSource::Rollback => "rollback",
+        }
+    }
+
+    /// Whether a logged change with this `source` name came from a replica's policy file.
+    pub fn is_file_name(source: &str) -> bool {
+        [ChangeSource::Startup, ChangeSource::File]
+            .iter()
+            .any(|s| s.as_str() == source)
+    }
 }
 
 impl PolicyChange {
@@ -720,7 +753,7 @@ pub mod contract {
         let change = |v: &str| PolicyChange {
             seq: 0,
             version: v.into(),
-            source: "api".into(),
+            source: ChangeSource::Api.as_str().into(),
             author: "a".into(),
             reason: "r".into(),
             at_ms: 7,

@@ -19,13 +19,21 @@ pub enum Period {
 }
 
 impl Period {
-    /// Name as written in the policy.
+    /// Every period, shortest first.
+    pub const ALL: [Period; 3] = [Period::Day, Period::Week, Period::Month];
+
+    /// Name as written in the policy (and in a report request's `period`).
     pub fn as_str(self) -> &'static str {
         match self {
             Period::Day => "day",
             Period::Week => "week",
             Period::Month => "month",
         }
+    }
+
+    /// The period of a name written by [`Period::as_str`]; `None` when unknown.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
     /// Start (ms since the epoch) of the period that contains `now_ms`.
@@ -115,16 +123,11 @@ pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, Po
     let mut out: Vec<Arc<Budget>> = Vec::with_capacity(raw.len());
     for (i, b) in raw.iter().enumerate() {
         let path = |k: &str| format!("budgets[{i}].{k}");
-        let period = match b.period.as_str() {
-            "day" => Period::Day,
-            "week" => Period::Week,
-            "month" => Period::Month,
-            other => {
-                return Err(PolicyError::new(
-                    path("period"),
-                    format!("must be \"day\", \"week\" or \"month\", got {other:?}"),
-                ));
-            }
+        let Some(period) = Period::parse(&b.period) else {
+            return Err(PolicyError::new(
+                path("period"),
+                format!("must be \"day\", \"week\" or \"month\", got {:?}", b.period),
+            ));
         };
         let limit = |k: &str, v: Option<f64>| -> Result<Option<i64>, PolicyError> {
             match v {

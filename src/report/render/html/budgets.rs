@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use crate::report::render::{
     budget_fraction, display_or_missing, enforcement_line, escape, opt_usd, percent, utc,
 };
-use crate::report::{BudgetStatus, GroupReport, usd};
+use crate::report::{BudgetState, BudgetStatus, GroupReport, usd};
 
 /// Budgets table plus the enforcement note.
 pub(super) fn write_budgets(
@@ -39,13 +39,11 @@ pub(super) fn write_budgets(
             (true, false) => format!("workflow {}", s.workflow),
             (false, false) => format!("team {} · workflow {}", s.team, s.workflow),
         };
-        let state_class = match s.state.as_str() {
-            "ok" | "soft" | "exhausted" => s.state.as_str(),
-            _ => "",
-        };
-        let meter_colour = match s.state.as_str() {
-            "exhausted" => "#cf222e",
-            "soft" => "#d4a72c",
+        let state = BudgetState::parse(&s.state);
+        let state_class = state.map_or("", BudgetState::as_str);
+        let meter_colour = match state {
+            Some(BudgetState::Exhausted) => "#cf222e",
+            Some(BudgetState::Soft) => "#d4a72c",
             _ => "#2da44e",
         };
         let meter = budget_fraction(s)
