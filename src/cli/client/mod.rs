@@ -18,11 +18,18 @@ pub(super) use policy::{PolicyAction, policy};
 pub(super) use report::{ReportArgs, report};
 
 /// Arguments of `route`.
+/// The server a client command talks to.
+#[derive(Debug, clap::Args)]
+pub(in crate::cli) struct ConnectArgs {
+    /// Server address, host:port or http://host:port.
+    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
+    pub(in crate::cli) addr: String,
+}
+
 #[derive(Debug, clap::Args)]
 pub(super) struct RouteArgs {
-    /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
-    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: ConnectArgs,
     /// Workflow label.
     #[arg(long, default_value = "")]
     workflow: String,
@@ -42,7 +49,7 @@ pub(super) struct RouteArgs {
 /// Asks the server at `--addr` to route one task and prints its decision.
 pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
     let RouteArgs {
-        addr,
+        server,
         workflow,
         team,
         expected_output_tokens,
@@ -50,7 +57,7 @@ pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
         task,
     } = args;
     runtime()?.block_on(async move {
-        let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+        let mut client = pb::router_client::RouterClient::new(connect(&server.addr).await?);
         let d = client
             .route(pb::RouteRequest {
                 task,
@@ -114,9 +121,8 @@ pub(super) fn route(args: RouteArgs) -> anyhow::Result<()> {
 /// Arguments of `reuse`.
 #[derive(Debug, clap::Args)]
 pub(super) struct ReuseArgs {
-    /// Server address, host:port or http://host:port (or `TOKENWISE_ADDR`).
-    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: ConnectArgs,
     /// Reuse events this stands for (e.g. a macro sent 400 times).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     count: u32,
@@ -133,14 +139,14 @@ pub(super) struct ReuseArgs {
 /// Tells the server that a decision's output was used again.
 pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
     let ReuseArgs {
-        addr,
+        server,
         count,
         event_id,
         note,
         decision_id,
     } = args;
     runtime()?.block_on(async move {
-        let mut client = pb::router_client::RouterClient::new(connect(&addr).await?);
+        let mut client = pb::router_client::RouterClient::new(connect(&server.addr).await?);
         let r = client
             .record_reuse(pb::RecordReuseRequest {
                 decision_id,
@@ -170,9 +176,8 @@ pub(super) fn reuse(args: ReuseArgs) -> anyhow::Result<()> {
 /// Arguments of `thresholds`.
 #[derive(Debug, clap::Args)]
 pub(super) struct ThresholdsArgs {
-    /// Server address.
-    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: ConnectArgs,
     /// Only this scope.
     #[arg(long, default_value = "")]
     scope: String,
@@ -183,9 +188,13 @@ pub(super) struct ThresholdsArgs {
 
 /// Prints the server's learned thresholds, per scope and tier.
 pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
-    let ThresholdsArgs { addr, scope, json } = args;
+    let ThresholdsArgs {
+        server,
+        scope,
+        json,
+    } = args;
     runtime()?.block_on(async move {
-        let mut client = admin_client(&addr).await?;
+        let mut client = admin_client(&server.addr).await?;
         let r = client
             .get_thresholds(pb::GetThresholdsRequest { scope })
             .await

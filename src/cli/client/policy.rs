@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{admin_client, status_error};
+use super::{ConnectArgs, admin_client, status_error};
 use crate::cli::runtime;
 use crate::grpc::pb;
 
@@ -20,38 +20,33 @@ pub(in crate::cli) fn policy(action: PolicyAction) -> anyhow::Result<()> {
 pub(in crate::cli) enum PolicyAction {
     /// Print the live policy text.
     Show {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
     },
     /// The version history and audit trail.
     Versions {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
     },
     /// Validate FILE against the live policy and print what would change.
     Diff {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
         /// Proposed policy file.
         file: PathBuf,
     },
     /// Replay the server's recent decisions and outcomes under FILE: projected spend, quality
     /// and tier mix per scope, next to what happened and what the live policy would do now.
     WhatIf {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
         /// Proposed policy file.
         file: PathBuf,
     },
     /// Make FILE the live policy on every replica.
     Apply {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
         /// Why (recorded in the audit trail).
         #[arg(long)]
         reason: String,
@@ -63,9 +58,8 @@ pub(in crate::cli) enum PolicyAction {
     },
     /// Make an earlier version live again.
     Rollback {
-        /// Server address.
-        #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        server: ConnectArgs,
         /// Version to restore (default: the one before the live one).
         #[arg(long, default_value = "")]
         version: String,
@@ -96,12 +90,12 @@ fn print_change(c: &pb::PolicyChange) {
 
 async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
     let addr = match &action {
-        PolicyAction::Show { addr }
-        | PolicyAction::Versions { addr }
-        | PolicyAction::Diff { addr, .. }
-        | PolicyAction::WhatIf { addr, .. }
-        | PolicyAction::Apply { addr, .. }
-        | PolicyAction::Rollback { addr, .. } => addr.clone(),
+        PolicyAction::Show { server }
+        | PolicyAction::Versions { server }
+        | PolicyAction::Diff { server, .. }
+        | PolicyAction::WhatIf { server, .. }
+        | PolicyAction::Apply { server, .. }
+        | PolicyAction::Rollback { server, .. } => server.addr.clone(),
     };
     let what_if = matches!(action, PolicyAction::WhatIf { .. });
     let mut admin = admin_client(&addr).await?;

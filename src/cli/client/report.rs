@@ -3,15 +3,14 @@
 
 use std::path::PathBuf;
 
-use super::{admin_client, status_error};
+use super::{ConnectArgs, admin_client, status_error};
 use crate::cli::runtime;
 
 /// Arguments of `report`.
 #[derive(Debug, clap::Args)]
 pub(in crate::cli) struct ReportArgs {
-    /// Server address.
-    #[arg(long, env = crate::cli::env::ADDR, default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: ConnectArgs,
     /// Start: `day`, `week` or `month` (the current calendar period, UTC), a duration back
     /// from now (`24h`, `7d`), or a UTC date or time (`2026-11-01`, `2026-11-01T08:00:00Z`).
     #[arg(long, default_value = "24h")]
@@ -43,7 +42,7 @@ pub(in crate::cli) struct ReportArgs {
 /// Prints (or writes) the server's books.
 pub(in crate::cli) fn report(args: ReportArgs) -> anyhow::Result<()> {
     let ReportArgs {
-        addr,
+        server,
         since,
         until,
         by,
@@ -60,7 +59,7 @@ pub(in crate::cli) fn report(args: ReportArgs) -> anyhow::Result<()> {
         let request =
             crate::grpc::report_request(&since, until.as_deref(), &by, &team, &workflow, now)
                 .map_err(|(_, why)| anyhow::anyhow!(why))?;
-        let mut client = admin_client(&addr).await?;
+        let mut client = admin_client(&server.addr).await?;
         let r = client
             .get_report(request)
             .await
