@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use crate::domain::books::*;
 use crate::domain::classifier::ComplexityModel;
@@ -10,7 +9,8 @@ use crate::domain::decision::Signer;
 use crate::domain::policy::{Period, Policy};
 use crate::domain::routing::RouteRequest;
 use crate::engine::{Engine, Error};
-use crate::store::{CounterAdd, StateStore, StoreError};
+use crate::store::failing::{FailingStore, Fault, Op};
+use crate::store::StateStore;
 use std::sync::Arc;
 
 const POLICY: &str = r#"
@@ -159,47 +159,6 @@ async fn ledger_and_budget_of_u(store: &dyn StateStore, now: u64) -> Vec<HashMap
         .unwrap()
 }
 
-/// A store that is down for everything.
-struct Down;
-#[async_trait::async_trait]
-impl StateStore for Down {
-    async fn record(
-        &self,
-        _: &crate::store::OutcomeEvent,
-        _: u64,
-    ) -> Result<crate::store::Recorded, StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn events_since(
-        &self,
-        _: u64,
-        _: usize,
-    ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn add_counters(&self, _: u64, _: &[CounterAdd]) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn read_counters(&self, _: &[String]) -> Result<Vec<HashMap<String, i64>>, StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn append_policy_change(
-        &self,
-        _: &crate::store::PolicyChange,
-    ) -> Result<u64, StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn policy_changes(&self, _: u64) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("down".into()))
-    }
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-}
-
 #[tokio::test]
 async fn a_failed_flush_keeps_every_count_for_the_next_one() {
     let e = engine();
@@ -207,7 +166,12 @@ async fn a_failed_flush_keeps_every_count_for_the_next_one() {
     route(&e, "u", now).unwrap();
     route(&e, "u", now).unwrap();
     let policy = e.router.table().policy.clone();
-    assert!(e.books.flush(&policy, &Down, now).await.is_err());
+    assert!(
+        e.books
+            .flush(&policy, &FailingStore::down(), now)
+            .await
+            .is_err()
+    );
     // Still counted locally: the budget sees both, and a working store gets both.
     assert_eq!(e.books.budget_usage(&policy, now)[1].used_micros, 7_000);
     let store = crate::store::MemoryStore::new();
@@ -224,61 +188,14 @@ async fn a_failed_flush_keeps_every_count_for_the_next_one() {
 
 #[tokio::test]
 async fn a_write_that_landed_but_timed_out_is_not_counted_twice() {
-    /// Applies the first batch, then reports a timeout (as Redis can after EXEC).
-    struct LandsThenTimesOut(crate::store::MemoryStore, std::sync::atomic::AtomicBool);
-    #[async_trait::async_trait]
-    impl StateStore for LandsThenTimesOut {
-        async fn record(
-            &self,
-            e: &crate::store::OutcomeEvent,
-            n: u64,
-        ) -> Result<crate::store::Recorded, StoreError> {
-            self.0.record(e, n).await
-        }
-        async fn events_since(
-            &self,
-            c: u64,
-            m: usize,
-        ) -> Result<(Vec<crate::store::OutcomeEvent>, u64), StoreError> {
-            self.0.events_since(c, m).await
-        }
-        async fn add_counters(&self, b: u64, a: &[CounterAdd]) -> Result<(), StoreError> {
-            self.0.add_counters(b, a).await?;
-            if self.1.swap(false, Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("redis call timed out".into()));
-            }
-            Ok(())
-        }
-        async fn read_counters(
-            &self,
-            h: &[String],
-        ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
-            self.0.read_counters(h).await
-        }
-        async fn append_policy_change(
-            &self,
-            c: &crate::store::PolicyChange,
-        ) -> Result<u64, StoreError> {
-            self.0.append_policy_change(c).await
-        }
-        async fn policy_changes(
-            &self,
-            f: u64,
-        ) -> Result<Vec<crate::store::PolicyChange>, StoreError> {
-            self.0.policy_changes(f).await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn kind(&self) -> &'static str {
-            "flaky"
-        }
-    }
     let e = engine();
     let now = 1_795_934_463_000;
-    let store = LandsThenTimesOut(
-        crate::store::MemoryStore::new(),
-        std::sync::atomic::AtomicBool::new(true),
+    // Applies the first batch, then reports a timeout (as Redis can after EXEC).
+    let store = FailingStore::new(crate::store::MemoryStore::new()).fail(
+        Fault::on(Op::AddCounters)
+            .times(1)
+            .after_landing()
+            .saying("redis call timed out"),
     );
     let policy = e.router.table().policy.clone();
     route(&e, "u", now).unwrap();
@@ -330,7 +247,7 @@ async fn a_replica_killed_mid_outage_keeps_its_route_accounting_to_the_last_chec
     // 100 tasks in the report, and a negative spend once Feedback's corrections landed).
     let (_path, start) = with_spill();
     let now = 1_795_934_463_000;
-    let e = start(Arc::new(Down));
+    let e = start(Arc::new(FailingStore::down()));
     for _ in 0..3 {
         route(&e, "u", now).unwrap();
     }
@@ -355,7 +272,7 @@ async fn a_replica_killed_mid_outage_keeps_its_route_accounting_to_the_last_chec
 async fn route_accounting_not_flushed_at_shutdown_is_sent_by_the_next_start() {
     let (path, start) = with_spill();
     let now = 1_795_934_463_000;
-    let e = start(Arc::new(Down));
+    let e = start(Arc::new(FailingStore::down()));
     route(&e, "u", now).unwrap();
     route(&e, "u", now).unwrap();
     // The store is down at shutdown: the counts are kept on disk, not dropped.

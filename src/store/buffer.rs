@@ -611,7 +611,8 @@ mod tests {
         FileKeys::new(vec![[7u8; 32]])
     }
     use crate::store::contract::event;
-    use crate::store::{MemoryStore, OutcomeEvent, Recorded, StateStore, StoreError};
+    use crate::store::failing::{FailingStore, Fault, Op};
+    use crate::store::{MemoryStore, Recorded, StateStore};
 
     /// A file in a directory of this test process's own (the buffer refuses a shared one).
     fn temp(name: &str) -> PathBuf {
@@ -685,55 +686,7 @@ mod tests {
             buf.push(event(n)).await.unwrap();
         }
         // A store that fails after one record: the drain stops with two left.
-        struct Flaky(MemoryStore, std::sync::atomic::AtomicUsize);
-        #[async_trait::async_trait]
-        impl StateStore for Flaky {
-            async fn record(&self, e: &OutcomeEvent, now: u64) -> Result<Recorded, StoreError> {
-                if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {
-                    return Err(StoreError::Unavailable("down".into()));
-                }
-                self.0.record(e, now).await
-            }
-            async fn events_since(
-                &self,
-                c: u64,
-                m: usize,
-            ) -> Result<(Vec<OutcomeEvent>, u64), StoreError> {
-                self.0.events_since(c, m).await
-            }
-            async fn add_counters(
-                &self,
-                batch: u64,
-                adds: &[super::super::CounterAdd],
-            ) -> Result<(), StoreError> {
-                self.0.add_counters(batch, adds).await
-            }
-            async fn read_counters(
-                &self,
-                hashes: &[String],
-            ) -> Result<Vec<std::collections::HashMap<String, i64>>, StoreError> {
-                self.0.read_counters(hashes).await
-            }
-            async fn append_policy_change(
-                &self,
-                c: &super::super::PolicyChange,
-            ) -> Result<u64, StoreError> {
-                self.0.append_policy_change(c).await
-            }
-            async fn policy_changes(
-                &self,
-                from: u64,
-            ) -> Result<Vec<super::super::PolicyChange>, StoreError> {
-                self.0.policy_changes(from).await
-            }
-            async fn ping(&self) -> Result<(), StoreError> {
-                Ok(())
-            }
-            fn kind(&self) -> &'static str {
-                "flaky"
-            }
-        }
-        let flaky = Flaky(MemoryStore::new(), std::sync::atomic::AtomicUsize::new(0));
+        let flaky = FailingStore::new(MemoryStore::new()).fail(Fault::on(Op::Record).after(1));
         assert!(buf.drain(&flaky, 0).await.is_err());
         // Spilled while the drain held its file: goes to a fresh spill file.
         buf.push(event(9)).await.unwrap();

@@ -98,9 +98,7 @@ fn want(pairs: &[(&str, i64)]) -> std::collections::HashMap<String, i64> {
 
 /// Events are recorded once per nonce (a duplicate changes nothing), come back in order and
 /// whole, and the cursor advances past them, page by page.
-pub async fn log_records_each_nonce_once_in_order(
-    store: &dyn StateStore,
-) -> Result<(), String> {
+pub async fn log_records_each_nonce_once_in_order(store: &dyn StateStore) -> Result<(), String> {
     store.ping().await.map_err(e)?;
     let (first, base) = store.events_since(0, 100).await.map_err(e)?;
     ensure(first.is_empty(), || {

@@ -469,6 +469,9 @@ pub const MAX_LOG_EVENTS: u64 = 50_000;
 /// The contract every implementation must pass (test support).
 #[cfg(any(test, feature = "testsuite"))]
 pub mod contract;
+/// A store that fails on cue (test support).
+#[cfg(any(test, feature = "testsuite"))]
+pub mod failing;
 
 #[cfg(test)]
 mod tests {
