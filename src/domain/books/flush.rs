@@ -175,8 +175,9 @@ impl Books {
         self.lock().resumed.len()
     }
 
-    /// Route-time counts not yet flushed (for tests and shutdown logs).
-    pub fn pending_cells(&self) -> usize {
+    /// Route-time counts not yet flushed.
+    #[cfg(test)]
+    pub(crate) fn pending_cells(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).cells.len())

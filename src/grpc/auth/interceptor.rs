@@ -108,7 +108,8 @@ impl AuthInterceptor {
     }
 
     /// Whether calls are authenticated.
-    pub fn enabled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn enabled(&self) -> bool {
         self.ring.is_some()
     }
 }
