@@ -9,8 +9,8 @@ use crate::domain::decision::Signer;
 use crate::domain::policy::{Period, Policy};
 use crate::domain::routing::RouteRequest;
 use crate::engine::{Engine, Error};
-use crate::store::failing::{FailingStore, Fault, Op};
 use crate::store::StateStore;
+use crate::store::failing::{FailingStore, Fault, Op};
 use std::sync::Arc;
 
 const POLICY: &str = r#"

@@ -10,7 +10,7 @@
 #
 # It needs cargo and Chromium (`/usr/bin/chromium`, e.g. `apt-get install chromium`). Not part
 # of CI and not run by `cargo test`: it checks nothing by itself; look at the PNGs. The pages
-# come from the ignored test `write_sample_html` (src/report/render/html.rs), which renders the
+# come from the example `report_pages` (examples/report_pages.rs), which renders the
 # fixtures of src/report/render/fixtures.rs: the sample (a 12-hour period, by team), one day
 # with traffic in three hours, long workflow names (by workflow), team / workflow pairs, two
 # weeks of traffic, by tier, a single hour and no traffic.
@@ -30,8 +30,7 @@ chromium="${CHROMIUM:-chromium}"
 mkdir -p "$out"
 
 cd "$root"
-REPORT_SAMPLE_DIR="$out" cargo test --quiet --lib report::render::html::tests::write_sample_html \
-    -- --ignored --exact >/dev/null
+cargo run --quiet --example report_pages -- "$out" >/dev/null
 
 shot() { # page width height file
     "$chromium" --headless --no-sandbox --disable-gpu --hide-scrollbars \

@@ -1,13 +1,13 @@
 //! The sample report the views' tests render: two teams (one without outcomes, with a label to
 //! escape), two budgets, and six hours of series with an hour without quality; and variants of
 //! it: one day with traffic in three hours, long workflow names, team / workflow pairs, two
-//! weeks of traffic.
+//! weeks of traffic. Test support (`examples/report_pages.rs` writes them as pages to look at).
 
 use crate::domain::calendar::HOUR_MS;
 use crate::report::{BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
 
 /// 2025-03-04 00:00 UTC.
-pub(super) const T0: u64 = 1_741_046_400_000;
+pub const T0: u64 = 1_741_046_400_000;
 
 /// Decisions on `small`, `medium` and `frontier`, each tier at its own price per decision.
 fn tiers(small: u64, medium: u64, frontier: u64) -> Vec<TierShare> {
@@ -31,7 +31,7 @@ fn tiers(small: u64, medium: u64, frontier: u64) -> Vec<TierShare> {
 }
 
 /// Teams `search` and `team<x>` (no outcomes), two budgets, six hours of series from 02:00.
-pub(super) fn sample() -> Report {
+pub fn sample() -> Report {
     let search = GroupReport {
         key: "search".into(),
         spend_micros: 12_345_678,
@@ -172,7 +172,7 @@ pub(super) fn sample() -> Report {
 
 /// One calendar day as `--since day` reports it at 22:25: traffic in three hours only (19:00,
 /// 20:00 and 21:00, the last one under way).
-pub(super) fn one_day() -> Report {
+pub fn one_day() -> Report {
     let mut r = sample();
     r.until_ms = T0 + 22 * HOUR_MS + 25 * 60_000;
     r.generated_ms = r.until_ms;
@@ -189,7 +189,7 @@ pub(super) fn one_day() -> Report {
 }
 
 /// Workflow names as real deployments spell them: long, dotted, with slashes.
-pub(super) const LONG_WORKFLOWS: [&str; 6] = [
+pub const LONG_WORKFLOWS: [&str; 6] = [
     "support.ticket_summarization_with_long_context",
     "mmlu/high_school_european_history",
     "billing/invoice_dispute_classification_v2",
@@ -201,7 +201,7 @@ pub(super) const LONG_WORKFLOWS: [&str; 6] = [
 /// The sample grouped by workflow at a hundred times its traffic (thousands of dollars, a
 /// hundred thousand tasks), one group per [`LONG_WORKFLOWS`] name (highest spend first), the
 /// groups summing up to the total.
-pub(super) fn by_workflow() -> Report {
+pub fn by_workflow() -> Report {
     const SCALE: f64 = 100.0;
     let mut r = sample();
     r.group_by = GroupBy::Workflow;
@@ -263,7 +263,7 @@ pub(super) fn by_workflow() -> Report {
 
 /// The sample grouped by team and workflow: keys `team/workflow`, two teams over three
 /// workflows.
-pub(super) fn by_team_workflow() -> Report {
+pub fn by_team_workflow() -> Report {
     let mut r = by_workflow();
     r.group_by = GroupBy::TeamWorkflow;
     let teams = [
@@ -277,7 +277,7 @@ pub(super) fn by_team_workflow() -> Report {
 
 /// Two weeks of hourly traffic (every hour from 06:00 to 22:00, a quiet weekend), as `--since
 /// 14d` reports it.
-pub(super) fn many_days() -> Report {
+pub fn many_days() -> Report {
     let mut r = sample();
     r.since_ms = T0;
     r.until_ms = T0 + 14 * 24 * HOUR_MS;

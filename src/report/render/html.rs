@@ -162,42 +162,4 @@ mod tests {
                 < h.find("<h2>Spend by team</h2>").unwrap()
         );
     }
-
-    /// Renders a real report saved as JSON (`tokenwise report --format json > /tmp/real.json`)
-    /// to `/tmp/real.html` for eyeballing: `cargo test --lib report::render -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_real_html() {
-        let Ok(text) = std::fs::read_to_string("/tmp/real.json") else {
-            return;
-        };
-        let r: Report = serde_json::from_str(&text).unwrap();
-        std::fs::write("/tmp/real.html", html(&r)).unwrap();
-    }
-
-    /// Writes sample pages for eyeballing and for `tests/screenshots/report.sh`, into
-    /// `$REPORT_SAMPLE_DIR` (default `/tmp`): `cargo test --lib report::render -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_sample_html() {
-        use crate::report::render::fixtures::{by_team_workflow, by_workflow, many_days, one_day};
-        let dir = std::env::var("REPORT_SAMPLE_DIR").unwrap_or_else(|_| "/tmp".to_owned());
-        let write = |name: &str, text: String| {
-            std::fs::write(format!("{dir}/{name}"), text).unwrap();
-        };
-        write("report-sample.html", html(&sample()));
-        write("report-sample.txt", table(&sample()));
-        let mut single = sample();
-        single.series.truncate(1);
-        write("report-single.html", html(&single));
-        single.series.clear();
-        write("report-empty.html", html(&single));
-        write("report-day.html", html(&one_day()));
-        write("report-workflow.html", html(&by_workflow()));
-        write("report-team-workflow.html", html(&by_team_workflow()));
-        write("report-days.html", html(&many_days()));
-        let mut tier = sample();
-        tier.group_by = crate::report::GroupBy::Tier;
-        write("report-tier.html", html(&tier));
-    }
 }

@@ -8,8 +8,9 @@
 
 mod chart;
 mod csv;
-#[cfg(test)]
-mod fixtures;
+/// Sample reports for the views' tests and `examples/report_pages.rs` (test support).
+#[cfg(any(test, feature = "testsuite"))]
+pub mod fixtures;
 mod html;
 mod json;
 #[cfg(test)]
