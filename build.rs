@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
-        // Undecodable requests are INVALID_ARGUMENT (src/codec.rs), not prost's INTERNAL.
+        // Undecodable requests are INVALID_ARGUMENT (src/grpc/codec.rs), not prost's INTERNAL.
         .codec_path("crate::grpc::codec::StrictCodec")
         // `tokenwise route --json` and `thresholds --json` print these responses as they are.
         .type_attribute(".tokenwise.v1.RouteResponse", "#[derive(serde::Serialize)]")

@@ -15,7 +15,8 @@ use crate::engine::Engine;
 use crate::grpc::auth;
 use crate::report;
 
-/// `tokenwise.v1.Admin` (read-only).
+/// `tokenwise.v1.Admin`: thresholds and books to read, and the policy to read, check, change and
+/// roll back (with auth on, every call needs the admin role).
 pub struct AdminService {
     pub(super) engine: Arc<Engine>,
 }
