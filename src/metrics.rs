@@ -42,6 +42,47 @@ pub struct CallLabels {
     pub outcome: String,
 }
 
+/// Labels of a call answered with an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// RPC name, e.g. `Route`.
+    pub rpc: &'static str,
+    /// The status code in snake case, e.g. `invalid_argument` ([`code_label`]).
+    pub kind: &'static str,
+}
+
+/// Labels of a call shed at admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// Whose concurrency budget was full: `rpc` (`--max-concurrent-requests`), `probe` (health
+    /// checks and reflection) or `team` (`--max-concurrent-requests-per-team`).
+    pub budget: &'static str,
+}
+
+/// A gRPC status code as a metric label: its name in snake case.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "cancelled",
+        C::Unknown => "unknown",
+        C::InvalidArgument => "invalid_argument",
+        C::DeadlineExceeded => "deadline_exceeded",
+        C::NotFound => "not_found",
+        C::AlreadyExists => "already_exists",
+        C::PermissionDenied => "permission_denied",
+        C::ResourceExhausted => "resource_exhausted",
+        C::FailedPrecondition => "failed_precondition",
+        C::Aborted => "aborted",
+        C::OutOfRange => "out_of_range",
+        C::Unimplemented => "unimplemented",
+        C::Internal => "internal",
+        C::Unavailable => "unavailable",
+        C::DataLoss => "data_loss",
+        C::Unauthenticated => "unauthenticated",
+    }
+}
+
 /// Labels of a policy scope.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
@@ -92,6 +133,10 @@ pub struct Metrics {
     /// Which of them each exported ledger metric feeds.
     by_metric: HashMap<&'static str, usize>,
     calls: Family<CallLabels, Counter>,
+    /// Router calls answered with an error, by RPC and kind.
+    pub call_errors: Family<ErrorLabels, Counter>,
+    /// Calls shed at admission, by budget.
+    shed_calls: Family<ShedLabels, Counter>,
     /// Realized quality per scope (set at scrape time).
     pub realized_quality: Family<ScopeLabels, FloatGauge>,
     /// Quality bar per scope (set at scrape time).
@@ -132,6 +177,8 @@ impl Metrics {
             ledger: Vec::new(),
             by_metric: HashMap::new(),
             calls: Family::default(),
+            call_errors: Family::default(),
+            shed_calls: Family::default(),
             realized_quality: Family::default(),
             quality_bar: Family::default(),
             budget_remaining_usd: Family::default(),
@@ -158,6 +205,16 @@ impl Metrics {
             "calls",
             "Router calls served, by RPC and outcome (the server's own count: gRPC errors travel in trailers that HTTP-level load balancers do not see)",
             m.calls.clone(),
+        );
+        registry.register(
+            "call_errors",
+            "Router calls answered with an error, by RPC and kind (the status code: invalid_argument, resource_exhausted, unavailable, ...)",
+            m.call_errors.clone(),
+        );
+        registry.register(
+            "shed_calls",
+            "Calls refused with RESOURCE_EXHAUSTED before any handler because their concurrency budget was full, by budget (rpc: --max-concurrent-requests; probe: health checks and reflection; team: --max-concurrent-requests-per-team); in no other count",
+            m.shed_calls.clone(),
         );
         registry.register(
             "realized_quality",
@@ -253,6 +310,14 @@ impl Metrics {
                 rpc: rpc.to_string(),
                 outcome: if ok { "ok" } else { "error" }.to_string(),
             })
+            .clone()
+    }
+
+    /// The counter of calls shed at admission for a full `budget` (`rpc`, `probe` or `team`): a handle
+    /// the server keeps.
+    pub fn shed_calls(&self, budget: &'static str) -> Counter {
+        self.shed_calls
+            .get_or_create(&ShedLabels { budget })
             .clone()
     }
 

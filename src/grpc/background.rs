@@ -246,6 +246,9 @@ where
                 super::transport::PROBE_CONCURRENCY,
                 super::transport::PROBE_CONCURRENCY,
                 std::time::Duration::from_secs(2),
+                // Sheds of the health port are not counted: its callers are the orchestrator's
+                // probes, and a full budget there shows as failed probes.
+                super::transport::Shed::default(),
             ))
             .add_service(health)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))

@@ -190,7 +190,8 @@ pub async fn run(
     };
 
     let interceptor = auth::AuthInterceptor::new(config.auth.clone())
-        .per_team(config.max_concurrent_requests_per_team);
+        .per_team(config.max_concurrent_requests_per_team)
+        .counting_sheds(metrics.shed_calls("team"));
     let health_server = match config.health_addr {
         None => None,
         Some(addr) => Some(background::spawn_health(health_service.clone(), addr).await?),
@@ -272,6 +273,7 @@ pub async fn run(
             config.max_concurrent_requests,
             PROBE_CONCURRENCY,
             config.request_timeout,
+            transport::Shed::registered(&metrics),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
@@ -15,6 +16,12 @@ use crate::domain::routing::RouteRequest;
 use crate::engine::Engine;
 use crate::engine::feedback::{FeedbackInput, ReuseInput};
 use crate::grpc::auth;
+use crate::metrics::{ErrorLabels, code_label};
+
+/// The RPC names the call counters carry.
+const ROUTE: &str = "Route";
+const FEEDBACK: &str = "Feedback";
+const RECORD_REUSE: &str = "RecordReuse";
 
 pub(super) type TeamLimiter = governor::DefaultKeyedRateLimiter<String>;
 
@@ -44,25 +51,32 @@ pub struct Counters {
     pub reuse_ok: Counter,
     /// RecordReuse calls refused.
     pub reuse_err: Counter,
+    /// Refused calls by RPC and kind (`tokenwise_call_errors_total{rpc, kind}`).
+    pub errors: Family<ErrorLabels, Counter>,
 }
 
 impl Counters {
     /// Counters registered in `metrics`.
     pub fn registered(metrics: &crate::metrics::Metrics) -> Self {
         Self {
-            route_ok: metrics.calls("Route", true),
-            route_err: metrics.calls("Route", false),
-            feedback_ok: metrics.calls("Feedback", true),
-            feedback_err: metrics.calls("Feedback", false),
-            reuse_ok: metrics.calls("RecordReuse", true),
-            reuse_err: metrics.calls("RecordReuse", false),
+            route_ok: metrics.calls(ROUTE, true),
+            route_err: metrics.calls(ROUTE, false),
+            feedback_ok: metrics.calls(FEEDBACK, true),
+            feedback_err: metrics.calls(FEEDBACK, false),
+            reuse_ok: metrics.calls(RECORD_REUSE, true),
+            reuse_err: metrics.calls(RECORD_REUSE, false),
+            errors: metrics.call_errors.clone(),
         }
     }
 
-    fn count<T>(ok: &Counter, err: &Counter, r: &Result<T, Status>) {
+    fn count<T>(&self, rpc: &'static str, ok: &Counter, err: &Counter, r: &Result<T, Status>) {
         match r {
             Ok(_) => ok.inc(),
-            Err(_) => err.inc(),
+            Err(s) => {
+                err.inc();
+                let kind = code_label(s.code());
+                self.errors.get_or_create(&ErrorLabels { rpc, kind }).inc()
+            }
         };
     }
 }
@@ -106,7 +120,8 @@ impl RouterRpc for RouterService {
     ) -> Result<Response<pb::RouteResponse>, Status> {
         let started = std::time::Instant::now();
         let result = self.route_inner(request);
-        Counters::count(&self.counters.route_ok, &self.counters.route_err, &result);
+        let c = &self.counters;
+        c.count(ROUTE, &c.route_ok, &c.route_err, &result);
         self.metrics
             .route_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -118,11 +133,8 @@ impl RouterRpc for RouterService {
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
         let result = self.feedback_inner(request).await;
-        Counters::count(
-            &self.counters.feedback_ok,
-            &self.counters.feedback_err,
-            &result,
-        );
+        let c = &self.counters;
+        c.count(FEEDBACK, &c.feedback_ok, &c.feedback_err, &result);
         result
     }
 
@@ -131,7 +143,8 @@ impl RouterRpc for RouterService {
         request: Request<pb::RecordReuseRequest>,
     ) -> Result<Response<pb::RecordReuseResponse>, Status> {
         let result = self.record_reuse_inner(request).await;
-        Counters::count(&self.counters.reuse_ok, &self.counters.reuse_err, &result);
+        let c = &self.counters;
+        c.count(RECORD_REUSE, &c.reuse_ok, &c.reuse_err, &result);
         result
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tonic::Status;
 use tower_http::classify::GrpcFailureClass;
 use tower_http::request_id::{
@@ -182,12 +183,14 @@ pub(super) fn protection(
     max_concurrent_requests: usize,
     max_probes: usize,
     request_timeout: Duration,
+    shed: Shed,
 ) -> Protection {
     tower::ServiceBuilder::new()
         .map_err(precise_status as fn(tower::BoxError) -> tower::BoxError)
         .layer(AdmissionLayer {
             rpc: Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests)),
             probes: Arc::new(tokio::sync::Semaphore::new(max_probes)),
+            shed,
         })
         .timeout(request_timeout)
 }
@@ -197,12 +200,32 @@ pub(super) fn is_probe(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
+/// Counts of the calls [`AdmissionLayer`] sheds, one per budget
+/// (`tokenwise_shed_calls_total{budget}`); unregistered by default.
+#[derive(Clone, Default)]
+pub(super) struct Shed {
+    rpc: Counter,
+    probes: Counter,
+}
+
+impl Shed {
+    /// Counters registered in `metrics`.
+    pub(super) fn registered(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            rpc: metrics.shed_calls("rpc"),
+            probes: metrics.shed_calls("probe"),
+        }
+    }
+}
+
 /// Admits a call if its budget (RPC or probe) has a permit now, else sheds it with
-/// RESOURCE_EXHAUSTED naming the budget. The permit is held until the call's response is ready.
+/// RESOURCE_EXHAUSTED naming the budget, and counts it. The permit is held until the call's
+/// response is ready.
 #[derive(Clone)]
 pub(super) struct AdmissionLayer {
     rpc: Arc<tokio::sync::Semaphore>,
     probes: Arc<tokio::sync::Semaphore>,
+    shed: Shed,
 }
 
 impl<S> tower::Layer<S> for AdmissionLayer {
@@ -259,6 +282,11 @@ where
                 })
             }
             Err(_) => {
+                if probe {
+                    self.budgets.shed.probes.inc();
+                } else {
+                    self.budgets.shed.rpc.inc();
+                }
                 let status = if probe {
                     Status::resource_exhausted(format!(
                         "health and reflection calls at their limit of {PROBE_CONCURRENCY} concurrent calls: retry with backoff"
@@ -324,7 +352,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(*req.body())).await;
             Ok::<_, tower::BoxError>(*req.body())
         });
-        let mut svc = protection(1, 1, Duration::from_millis(200)).service(slow);
+        let metrics = crate::metrics::Metrics::new();
+        let mut svc =
+            protection(1, 1, Duration::from_millis(200), Shed::registered(&metrics)).service(slow);
         // Fast enough: answered.
         assert_eq!(through(&mut svc, ROUTE, 1).await.unwrap(), 1);
         // Too slow: DEADLINE_EXCEEDED, naming the flag.
@@ -346,6 +376,12 @@ mod tests {
                 assert!(e.message().contains(needle), "{}", e.message());
             });
             assert_eq!(held.unwrap(), 100);
+        }
+        // Each shed counted once, under its budget.
+        let text = metrics.render();
+        for budget in ["rpc", "probe"] {
+            let line = format!("tokenwise_shed_calls_total{{budget=\"{budget}\"}} 1");
+            assert!(text.contains(&line), "{line} not in\n{text}");
         }
     }
 

@@ -793,6 +793,25 @@ async fn metrics_export_spend_decisions_outcomes_budgets_latency_and_store_healt
     // The server's own call counts, by RPC and outcome.
     assert!(line(r#"tokenwise_calls_total{rpc="Route",outcome="ok"}"#).ends_with(" 3"));
     assert!(line(r#"tokenwise_calls_total{rpc="Feedback",outcome="ok"}"#).ends_with(" 3"));
+    // Refused calls by RPC and kind: none yet, then an empty task and an unsigned decision id.
+    assert!(!text.contains("tokenwise_call_errors_total{"), "{text}");
+    let empty = c.route(task("cheap", "faq", 0, 100)).await.unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument, "{empty:?}");
+    let mut forged = fb(&Default::default(), 1.0, 1, 1, false);
+    forged.decision_id = "not-a-decision".into();
+    let refused = c.feedback(forged).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let after = http_get(port, "/metrics").await;
+    for series in [
+        r#"tokenwise_call_errors_total{rpc="Route",kind="invalid_argument"} 1"#,
+        r#"tokenwise_call_errors_total{rpc="Feedback",kind="invalid_argument"} 1"#,
+        r#"tokenwise_calls_total{rpc="Route",outcome="error"} 1"#,
+    ] {
+        assert!(
+            after.lines().any(|l| l == series),
+            "no {series} in\n{after}"
+        );
+    }
     // Realized quality only where there is evidence: none yet for team rich, and no 0.0.
     assert!(line(r#"tokenwise_realized_quality{scope="team:cheap"}"#).ends_with(" 1.0"));
     assert!(

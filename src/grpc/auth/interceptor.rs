@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
@@ -74,6 +75,8 @@ pub struct AuthInterceptor {
     ring: Option<Arc<KeyRing>>,
     /// Each team's concurrent-call slots, and how many each has.
     slots: Option<(Arc<TeamSlots>, usize)>,
+    /// Calls shed for want of a team slot (`tokenwise_shed_calls_total{budget="team"}`).
+    shed: Counter,
 }
 
 /// Team → the semaphore of its concurrent calls.
@@ -86,7 +89,11 @@ pub struct TeamSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 impl AuthInterceptor {
     /// An interceptor enforcing `ring`, or letting everything through when `None`.
     pub fn new(ring: Option<Arc<KeyRing>>) -> Self {
-        Self { ring, slots: None }
+        Self {
+            ring,
+            slots: None,
+            shed: Counter::default(),
+        }
     }
 
     /// The same, with at most `limit` concurrent calls per team (the teams of the key ring);
@@ -107,6 +114,11 @@ impl AuthInterceptor {
         self
     }
 
+    /// The same, counting the calls [`AuthInterceptor::per_team`] sheds in `shed`.
+    pub fn counting_sheds(self, shed: Counter) -> Self {
+        Self { shed, ..self }
+    }
+
     /// Whether calls are authenticated.
     #[cfg(test)]
     pub(crate) fn enabled(&self) -> bool {
@@ -122,6 +134,7 @@ impl Interceptor for AuthInterceptor {
                 && let Some(team) = slots.get(&caller.team)
             {
                 let permit = team.clone().try_acquire_owned().map_err(|_| {
+                    self.shed.inc();
                     Status::resource_exhausted(format!(
                         "team {:?} is at its limit of {limit} concurrent calls \
                          (--max-concurrent-requests-per-team): retry with backoff",
@@ -303,7 +316,10 @@ mod tests {
 
     #[test]
     fn one_team_at_its_concurrency_limit_leaves_the_others_their_slots() {
-        let mut i = AuthInterceptor::new(Some(Arc::new(ring()))).per_team(2);
+        let shed = Counter::default();
+        let mut i = AuthInterceptor::new(Some(Arc::new(ring())))
+            .per_team(2)
+            .counting_sheds(shed.clone());
         let search = format!("Bearer {SERVICE_KEY}");
         // Two calls of team search in flight (their requests alive): the third is shed.
         let held: Vec<_> = (0..2)
@@ -312,6 +328,7 @@ mod tests {
         let s = i.call(request(Some(&search))).unwrap_err();
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(s.message().contains("\"search\""), "{}", s.message());
+        assert_eq!(shed.get(), 1, "the shed call is counted");
         // Another team (the admin key's) still gets in.
         i.call(request(Some(&format!("Bearer {ADMIN_KEY}"))))
             .unwrap();
