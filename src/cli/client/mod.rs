@@ -217,43 +217,52 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                 }
             }
             outln!("policy {}", r.policy_version);
-            // Columns as wide as their longest entry, so long scope names stay aligned.
-            let sw = r
-                .thresholds
-                .iter()
-                .map(|t| t.scope.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(5);
-            let ww = r
-                .thresholds
-                .iter()
-                .map(|t| t.workflow.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(8);
-            let tw = r
-                .thresholds
-                .iter()
-                .map(|t| t.tier.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(4);
             // The shared plan's rows, then each team's own plan.
             let team_of = |t: &pb::TierThreshold| match (t.team_plan, t.team.as_str()) {
                 (false, _) => "(shared)".to_string(),
                 (true, "") => "(no team)".to_string(),
                 (true, team) => team.to_string(),
             };
-            let mw = r
+            let mut level = None;
+            let mut rows: Vec<Vec<String>> = r
                 .thresholds
                 .iter()
-                .map(|t| team_of(t).chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(4);
-            outln!(
-                "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9} {:>9} {:>9} {:>6}",
+                .map(|t| {
+                    // A discovered cluster's terms, once, on the first row of its level.
+                    let key = Some((&t.scope, t.team_plan, &t.team, &t.workflow));
+                    let terms = if level == key {
+                        String::new()
+                    } else {
+                        t.terms.join(", ")
+                    };
+                    level = key;
+                    let observed = if t.evidence > 0.0 {
+                        format!("{:.3}", t.observed_quality)
+                    } else {
+                        "-".into()
+                    };
+                    let workflow = if t.workflow.is_empty() {
+                        "(all)"
+                    } else {
+                        t.workflow.as_str()
+                    };
+                    // A pinned threshold is the policy's, not learned: marked with `*`.
+                    let pinned = if t.pinned { "*" } else { "" };
+                    vec![
+                        t.scope.clone(),
+                        team_of(t),
+                        workflow.to_string(),
+                        t.tier.clone(),
+                        format!("{:.2}{pinned}", t.threshold),
+                        format!("{:.1}", t.evidence),
+                        observed,
+                        format!("{:+.2}", t.last_move),
+                        format!("{:.2}", t.bar),
+                        terms,
+                    ]
+                })
+                .collect();
+            let mut header = vec![
                 "scope",
                 "team",
                 "workflow",
@@ -262,44 +271,21 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                 "evidence",
                 "observed",
                 "last move",
-                "bar"
-            );
-            let mut level = None;
-            for t in &r.thresholds {
-                // A discovered cluster's terms, once, on the first row of its level.
-                let key = Some((&t.scope, t.team_plan, &t.team, &t.workflow));
-                let terms = if t.terms.is_empty() || level == key {
-                    String::new()
-                } else {
-                    format!("  terms: {}", t.terms.join(", "))
-                };
-                level = key;
-                let observed = if t.evidence > 0.0 {
-                    format!("{:.3}", t.observed_quality)
-                } else {
-                    "-".into()
-                };
-                let workflow = if t.workflow.is_empty() {
-                    "(all)"
-                } else {
-                    t.workflow.as_str()
-                };
-                // A pinned threshold is the policy's, not learned: marked with `*`.
-                let threshold = format!("{:.2}{}", t.threshold, if t.pinned { "*" } else { " " });
-                outln!(
-                    "{:<sw$} {:<mw$} {:<ww$} {:<tw$} {:>9} {:>9.1} {:>9} {:>+9.2} {:>6.2}{}",
-                    t.scope,
-                    team_of(t),
-                    workflow,
-                    t.tier,
-                    threshold,
-                    t.evidence,
-                    observed,
-                    t.last_move,
-                    t.bar,
-                    terms
-                );
+                "bar",
+                "terms",
+            ];
+            // The terms column only where a scope has discovered clusters.
+            if r.thresholds.iter().all(|t| t.terms.is_empty()) {
+                header.pop();
+                for row in &mut rows {
+                    row.pop();
+                }
             }
+            out!(
+                "{}",
+                crate::report::render::plain_table(&header, &rows, &[4, 5, 6, 7, 8])
+            );
+            outln!();
             if r.thresholds.iter().any(|t| t.pinned) {
                 outln!(
                     "* pinned by the policy (`thresholds = {{...}}`): learning does not move it"

@@ -141,27 +141,34 @@ async fn policy_command(action: PolicyAction) -> anyhow::Result<()> {
             }
             if what_if {
                 outln!();
-                outln!(
-                    "{:<36} {:>6}  {:>22}  {:>22}  {:>22}",
+                let cell = |m: i64, q: f64| format!("{} / {:.3}", crate::report::usd(m), q);
+                let rows: Vec<Vec<String>> = r
+                    .what_if
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.scope.clone(),
+                            w.tasks.to_string(),
+                            cell(w.actual_spend_micros, w.actual_quality),
+                            cell(w.live_spend_micros, w.live_quality),
+                            cell(w.proposed_spend_micros, w.proposed_quality),
+                            format!("{:.2} → {:.2}", w.live_bar, w.proposed_bar),
+                        ]
+                    })
+                    .collect();
+                let header = [
                     "scope (recent window)",
                     "tasks",
                     "actual spend / q",
                     "live now spend / q",
-                    "proposed spend / q"
+                    "proposed spend / q",
+                    "bar live → proposed",
+                ];
+                out!(
+                    "{}",
+                    crate::report::render::plain_table(&header, &rows, &[1, 2, 3, 4, 5])
                 );
-                for w in &r.what_if {
-                    let cell = |m: i64, q: f64| format!("{} / {:.3}", crate::report::usd(m), q);
-                    outln!(
-                        "{:<36} {:>6}  {:>22}  {:>22}  {:>22}   bar {:.2} → {:.2}",
-                        w.scope,
-                        w.tasks,
-                        cell(w.actual_spend_micros, w.actual_quality),
-                        cell(w.live_spend_micros, w.live_quality),
-                        cell(w.proposed_spend_micros, w.proposed_quality),
-                        w.live_bar,
-                        w.proposed_bar
-                    );
-                }
+                outln!();
             }
         }
         PolicyAction::Apply {

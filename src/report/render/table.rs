@@ -28,6 +28,12 @@ pub fn table(r: &Report) -> String {
     table_fitting(r, None)
 }
 
+/// `header` and `rows` as a terminal table in the report's style, columns in `right`
+/// right-aligned (the CLI's other tables: thresholds, what-if).
+pub fn plain_table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    fitted(header, rows, right, &[], None).0
+}
+
 /// Renders `header` and `rows` as one table. With a `width`, whole columns are left out, those
 /// of `drop_order` first (least important first), until every line fits: a number or a word is
 /// never split across lines. Columns in `right` are right-aligned. Returns the table and the
