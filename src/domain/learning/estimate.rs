@@ -152,6 +152,123 @@ pub(super) fn expected_mix<'a>(
     out
 }
 
+/// A tier without outcomes at a level.
+const EMPTY_CELLS: [Cell; BANDS] = [Cell {
+    n: 0.0,
+    sum: 0.0,
+    gap: 0.0,
+}; BANDS];
+
+/// Log-odds of `q`, kept off 0 and 1.
+fn logit(q: f64) -> f64 {
+    let q = q.clamp(1e-4, 1.0 - 1e-4);
+    (q / (1.0 - q)).ln()
+}
+
+/// How steeply a level's tasks really get harder across the bands: one slope `β` shared by all
+/// of the level's tiers, by which every tier's prior curve is flattened (`β < 1`) or steepened
+/// around its mean over the level's tasks (log-odds `m + β·(logit q − m)`). The bands come from
+/// one difficulty model trained across workflows; most of what it tells apart is one workflow
+/// from another, and within one workflow a band says less (fitted per workflow on recorded
+/// outcomes, the slope was about 0.5 on the held-out subjects and 0.25–0.75 on subjects the
+/// model never saw). The difficulty axis is the tasks', not a tier's, so every tier's outcomes
+/// inform it: a workflow where the cheap tier does about as well in its hardest bands as in its
+/// middle ones flattens the premium tier's curve too, and the plan stops believing a tier
+/// useless in bands it was never sent to on the strength of other workflows' shape.
+///
+/// Maximum likelihood of the slope and one log-odds shift per tier (the shifts are refitted
+/// after, by [`estimate`]) on the outcomes of the level's `measured` tiers, expected at `expect`
+/// (moved by each cell's premium gap), and on their prior pseudo-outcomes (`strength[s]` spread
+/// over the bands at `prior`), which hold the slope at 1 until the level's outcomes outweigh
+/// them. A tier on any other model has a curve guessed by price, whose shape says nothing of
+/// the tasks'. Returns 1 without such outcomes.
+fn shared_slope(
+    cells: &[&[Cell; BANDS]],
+    prior: &[[f64; BANDS]],
+    expect: &[[f64; BANDS]],
+    strength: &[f64],
+    gap_sign: &[f64],
+    pivot: &[f64],
+    measured: &[bool],
+) -> f64 {
+    let cells: Vec<&[Cell; BANDS]> = (0..cells.len())
+        .map(|s| if measured[s] { cells[s] } else { &EMPTY_CELLS })
+        .collect();
+    if cells.iter().all(|c| c.iter().all(|c| c.n <= 0.0)) {
+        return 1.0;
+    }
+    // Per tier: (weight, summed score, logit of the expected quality − pivot) of every cell.
+    let terms: Vec<Vec<(f64, f64, f64)>> = (0..cells.len())
+        .map(|s| {
+            let pseudo = if measured[s] {
+                strength[s] / BANDS as f64
+            } else {
+                0.0
+            };
+            let own = cells[s]
+                .iter()
+                .zip(&expect[s])
+                .filter(|(c, _)| c.n > 0.0)
+                .map(|(c, &p)| {
+                    let q = super::scope_plan::shift_quality(p, gap_sign[s] * c.mean_gap());
+                    (c.n, c.sum, logit(q) - pivot[s])
+                });
+            let pseudo = prior[s]
+                .iter()
+                .map(move |&q| (pseudo, pseudo * q, logit(q) - pivot[s]));
+            own.chain(pseudo).collect()
+        })
+        .collect();
+    let (mut beta, mut delta) = (1.0, vec![0.0; cells.len()]);
+    for _ in 0..20 {
+        // Newton on (β, δ…): an arrow-shaped Hessian, solved through its Schur complement.
+        let (mut g_b, mut h_bb) = (0.0, 0.0);
+        let mut rows = Vec::with_capacity(cells.len());
+        for (s, t) in terms.iter().enumerate() {
+            let (mut g_d, mut h_dd, mut h_bd) = (0.0, 0.0, 0.0);
+            for &(n, y, x) in t {
+                let z = pivot[s] + delta[s] + beta * x;
+                let p = 1.0 / (1.0 + (-z).exp());
+                let r = y - n * p;
+                let w = n * p * (1.0 - p);
+                g_b += r * x;
+                h_bb += w * x * x;
+                g_d += r;
+                h_dd += w;
+                h_bd += w * x;
+            }
+            rows.push((g_d, h_dd.max(1e-9), h_bd));
+        }
+        let schur = h_bb - rows.iter().map(|&(_, h, hb)| hb * hb / h).sum::<f64>();
+        if schur <= 1e-9 {
+            break;
+        }
+        let step_b = (g_b - rows.iter().map(|&(g, h, hb)| hb * g / h).sum::<f64>()) / schur;
+        let step_b = step_b.clamp(-0.5, 0.5);
+        beta += step_b;
+        for (d, &(g, h, hb)) in delta.iter_mut().zip(&rows) {
+            *d += ((g - hb * step_b) / h).clamp(-2.0, 2.0);
+        }
+        if step_b.abs() < 1e-6 {
+            break;
+        }
+    }
+    beta.clamp(0.0, 2.0)
+}
+
+/// `curve` with its log-odds moved `slope` of the way from `pivot` (log-odds) to each band's.
+fn tilt(curve: &[f64; BANDS], pivot: f64, slope: f64) -> [f64; BANDS] {
+    let mut out = *curve;
+    if slope == 1.0 {
+        return out;
+    }
+    for q in &mut out {
+        let z = pivot + slope * (logit(*q) - pivot);
+        *q = 1.0 / (1.0 + (-z).exp());
+    }
+    out
+}
+
 /// Curves of every allowed tier at one level.
 pub(super) struct Curves {
     /// Planning bound per slot.
@@ -176,6 +293,13 @@ pub(super) struct Start<'a> {
     pub(super) noise: &'a [f64],
     /// Per slot, how a task's premium gap moves the tier ([`TierPlan::gap_sign`]).
     pub(super) gap_sign: &'a [f64],
+    /// Per slot, whether the tier runs one of the calibration's two models (whose curves'
+    /// shape was measured): only their outcomes tell how steep the level's difficulty is.
+    pub(super) measured: &'a [bool],
+    /// Whether the level is one kind of work (a workflow or a discovered cluster), whose
+    /// tasks' difficulty its outcomes can rescale ([`shared_slope`]); a scope or a family
+    /// mixes kinds of work, and its curves keep the calibration's shape.
+    pub(super) one_kind: bool,
 }
 
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
@@ -202,8 +326,44 @@ pub(super) fn curves(
         predicted: Vec::with_capacity(tiers.len()),
         strength: Vec::with_capacity(tiers.len()),
     };
+    let cells_of: Vec<&[Cell; BANDS]> = tiers
+        .iter()
+        .map(|t| level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty))
+        .collect();
+    // The level's tasks over the bands (every tier's outcomes; uniform without any): the
+    // pivot of each tier's curve is its mean over them.
+    let mut mix = [0.0; BANDS];
+    for cells in &cells_of {
+        for (m, c) in mix.iter_mut().zip(cells.iter()) {
+            *m += c.n;
+        }
+    }
+    if mix.iter().sum::<f64>() <= 0.0 {
+        mix = [1.0; BANDS];
+    }
+    let mix_total: f64 = mix.iter().sum();
+    let pivot: Vec<f64> = start
+        .prior
+        .iter()
+        .map(|curve| logit(curve.iter().zip(&mix).map(|(q, m)| q * m).sum::<f64>() / mix_total))
+        .collect();
+    let slope = if !start.one_kind {
+        1.0
+    } else {
+        shared_slope(
+            &cells_of,
+            start.prior,
+            start.expect,
+            start.strength,
+            start.gap_sign,
+            &pivot,
+            start.measured,
+        )
+    };
     for (s, t) in tiers.iter().enumerate() {
-        let cells = level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty);
+        let cells = cells_of[s];
+        let prior = tilt(&start.prior[s], pivot[s], slope);
+        let expect = tilt(&start.expect[s], pivot[s], slope);
         let strength = match parent_level {
             Some(_) => {
                 let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
@@ -216,8 +376,8 @@ pub(super) fn curves(
             None => start.strength[s],
         };
         let (estimated, n) = estimate(
-            &start.prior[s],
-            &start.expect[s],
+            &prior,
+            &expect,
             cells,
             strength,
             start.band_prior,

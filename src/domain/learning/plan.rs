@@ -374,6 +374,8 @@ fn plan_level<'a>(
         band_prior: BAND_PRIOR,
         noise: &noise,
         gap_sign: &gap_signs,
+        measured: &known,
+        one_kind: false,
     };
     let mut all = vec![LevelCurves::Fresh(curves(
         &tiers,
@@ -413,6 +415,8 @@ fn plan_level<'a>(
                 band_prior: band_prior_of(f),
                 noise: &noise,
                 gap_sign: &gap_signs,
+                measured: &known,
+                one_kind: false,
             };
             let c = curves(
                 &tiers,
@@ -444,6 +448,10 @@ fn plan_level<'a>(
                 band_prior: band_prior_of(w),
                 noise: &noise,
                 gap_sign: &gap_signs,
+                measured: &known,
+                // A caller's label names one kind of work; the tasks sent without one, and
+                // a discovered cluster (a provisional grouping), are no such thing.
+                one_kind: w.as_str() != DEFAULT_WORKFLOW && !is_discovered(w),
             };
             let c = curves(
                 &tiers,

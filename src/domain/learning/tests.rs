@@ -266,6 +266,60 @@ fn a_workflow_borrows_from_its_family_until_it_has_evidence() {
     assert!(many > 0.9, "{many}");
 }
 
+/// A workflow whose tasks do not get harder across the bands the way the calibration's do (its
+/// cheap tier scores the same in its middle and hardest bands) flattens every tier's curve: the
+/// premium tier, only ever sent the workflow's middle bands, is no longer believed to fall off
+/// in its hardest ones on the strength of other workflows' shape. A workflow that follows the
+/// calibration keeps it, and so do the scope's curves (they mix kinds of work).
+#[test]
+fn a_workflow_learns_how_steep_its_own_difficulty_is() {
+    let drop = |t: &TierPlan| t.predicted[10] - t.predicted[19];
+    let mut ev = ScopeEvidence::default();
+    for i in 0..600 {
+        let b = 10 + i % 10;
+        // "flat": the cheap tier scores 0.5 wherever it is sent; the premium tier 0.85 in the
+        // middle bands it is sent to.
+        ev.observe("small", shape_in("flat", b, 100, 10), 0.5);
+        if i % 10 < 4 {
+            ev.observe("large", shape_in("flat", b, 100, 10), 0.85);
+        }
+        // "steep": both tiers score what the calibration says.
+        let c = b as f64 / 19.0;
+        ev.observe("small", shape_in("steep", b, 100, 10), 0.95 - 0.6 * c);
+        if i % 10 < 4 {
+            ev.observe("large", shape_in("steep", b, 100, 10), 0.95 - 0.15 * c);
+        }
+    }
+    let p = plan(0.8, Some(&ev));
+    let prior_drop = {
+        let c = |b: f64| b / 19.0;
+        (0.95 - 0.15 * c(10.0)) - (0.95 - 0.15 * c(19.0))
+    };
+    let flat = p.tiers_for("flat");
+    let steep = p.tiers_for("steep");
+    let cheap_prior_drop = 0.6 * 9.0 / 19.0;
+    assert!(
+        drop(&flat[0]) < 0.5 * cheap_prior_drop,
+        "cheap tier, flat: {} vs {cheap_prior_drop}",
+        drop(&flat[0])
+    );
+    assert!(
+        drop(&flat[2]) < 0.5 * prior_drop,
+        "premium tier, flat, in bands it never saw: {} vs the calibration's {prior_drop}",
+        drop(&flat[2])
+    );
+    assert!(
+        drop(&steep[2]) > 0.8 * prior_drop,
+        "premium tier, steep: {} vs {prior_drop}",
+        drop(&steep[2])
+    );
+    assert!(
+        drop(&steep[0]) > 0.8 * cheap_prior_drop,
+        "cheap tier, steep: {} vs {cheap_prior_drop}",
+        drop(&steep[0])
+    );
+}
+
 #[test]
 fn a_label_seen_in_training_starts_from_its_measured_shift_until_its_own_outcomes_take_over() {
     use crate::domain::classifier::LabelShift;
