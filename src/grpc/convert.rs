@@ -89,7 +89,9 @@ pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
     let fallback_tier = fallback
         .map(|i| d.candidates[i].name.clone())
         .unwrap_or_default();
+    let shadow_tier = d.shadow.map(|i| d.candidates[i].name.clone());
     pb::RouteResponse {
+        shadow_tier,
         decision_id,
         tier,
         model,
