@@ -321,8 +321,14 @@ async fn shadow_scores_are_taken_once_and_only_for_shadowed_decisions() {
         ..fb(id, 1.0)
     };
     let refused = [
-        (with_shadow(&plain.decision_id, 1.0), Code::FailedPrecondition),
-        (with_shadow(&shadowed.decision_id, -0.5), Code::InvalidArgument),
+        (
+            with_shadow(&plain.decision_id, 1.0),
+            Code::FailedPrecondition,
+        ),
+        (
+            with_shadow(&shadowed.decision_id, -0.5),
+            Code::InvalidArgument,
+        ),
         (
             pb::FeedbackRequest {
                 shadow_input_tokens: Some(-3),
@@ -336,7 +342,11 @@ async fn shadow_scores_are_taken_once_and_only_for_shadowed_decisions() {
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().starts_with("shadow_"), "{e:?}");
     }
-    assert_eq!(evidence_total(&server).await, 0, "a refusal records nothing");
+    assert_eq!(
+        evidence_total(&server).await,
+        0,
+        "a refusal records nothing"
+    );
     let ack = client
         .feedback(with_shadow(&shadowed.decision_id, 0.5))
         .await
