@@ -18,6 +18,11 @@ fn main() -> anyhow::Result<()> {
         // `tokenwise route --json` and `thresholds --json` print these responses as they are.
         .type_attribute(".tokenwise.v1.RouteResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".tokenwise.v1.Candidate", "#[derive(serde::Serialize)]")
+        // Only a shadowed decision names a shadow tier: the others print as they always did.
+        .field_attribute(
+            ".tokenwise.v1.RouteResponse.shadow_tier",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .type_attribute(
             ".tokenwise.v1.GetThresholdsResponse",
             "#[derive(serde::Serialize)]",

@@ -300,6 +300,20 @@ impl Metrics {
             };
             self.by_metric.insert(metric, at);
         }
+        // Shadow spend is not a column of the group table (it is part of quality kept, which
+        // only shadowing scopes have), but finance sees it beside spend.
+        let shadow = Family::default();
+        registry.register(
+            "shadow_spend_usd",
+            "What shadow runs (the second call of a shadow pair) cost, USD: apart from spend and budgets",
+            shadow.clone(),
+        );
+        self.ledger
+            .push(LedgerFamily::Amount(shadow, 1e6, Default::default()));
+        self.by_metric.insert(
+            crate::domain::books::metric::SHADOW_SPEND,
+            self.ledger.len() - 1,
+        );
     }
 
     /// The counter of `rpc` calls answered OK (`ok`) or with an error status: a handle the
@@ -451,6 +465,19 @@ mod tests {
             line(&text, "tokenwise_spend_usd"),
             [format!("tokenwise_spend_usd{labels} 0.000013").as_str()]
         );
+    }
+
+    #[test]
+    fn shadow_spend_is_exported_apart_from_spend() {
+        let m = Metrics::new();
+        count(&m, metric::SHADOW_SPEND, "premium", 2_800);
+        let text = m.render();
+        let labels = r#"{team="search",workflow="faq",tier="premium"}"#;
+        assert_eq!(
+            line(&text, "tokenwise_shadow_spend_usd{"),
+            [format!("tokenwise_shadow_spend_usd{labels} 0.0028").as_str()]
+        );
+        assert!(line(&text, "tokenwise_spend_usd{").is_empty());
     }
 
     #[test]

@@ -147,6 +147,7 @@ async fn call(
         reasoning_tokens: None,
         served_tier: String::new(),
         reused: false,
+        ..Default::default()
     };
     let result = client.feedback(fb).await;
     if let (Ok(_), Some(acked), Some(id)) = (&result, &acked, id) {

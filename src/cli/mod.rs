@@ -150,6 +150,11 @@ struct ReplayArgs {
     /// report still groups by the true label.
     #[arg(long)]
     strip_labels: bool,
+    /// In process: set every scope's shadow_rate (at most 0.2); shadowed decisions post the
+    /// shadow tier's recorded outcome as their shadow score, and the JSON gets `shadow`:
+    /// quality kept with its interval and whether it covers the truth.
+    #[arg(long)]
+    shadow_rate: Option<f64>,
 }
 
 /// Entry point of the binary.

@@ -219,6 +219,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         json,
         team,
         strip_labels,
+        shadow_rate,
         ..
     } = args;
     if let Some(b) = bar
@@ -247,6 +248,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         seed,
         team: team.unwrap_or_default(),
         strip_labels,
+        shadow_rate,
     };
     let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
     if json {

@@ -57,6 +57,12 @@ pub struct DecisionClaims {
     /// The task's text sketch (unlabelled tasks only; empty otherwise): what the scope's
     /// clusters are fitted on ([`crate::domain::clusters::sketch`]).
     pub sketch: Vec<u16>,
+    /// The probability that the decision got its tier (`None` in ids issued before v5).
+    pub propensity: Option<f32>,
+    /// The probability that it would have got the scope's premium tier (`None` before v5).
+    pub premium_propensity: Option<f32>,
+    /// The tier Route asked the caller to also run the task on, for a shadow pair; empty: none.
+    pub shadow_tier: String,
 }
 
 /// [`DecisionClaims::cluster`] of a task that was not clustered.
@@ -64,11 +70,13 @@ pub const NO_CLUSTER: u32 = u32::MAX;
 
 /// Layout versions of the binary claims: v2 adds the cost estimates after the nonce, v3 the
 /// premium gap after the complexity, v4 Route's token estimates, the task's cluster and its
-/// sketch (a count byte, then that many u16) after the gap.
+/// sketch (a count byte, then that many u16) after the gap; v5 the two propensities (f32, NaN
+/// for unknown) and the shadow tier (a string) at the end.
 const CLAIMS_V1: u8 = 1;
 const CLAIMS_V2: u8 = 2;
 const CLAIMS_V3: u8 = 3;
 const CLAIMS_V4: u8 = 4;
+const CLAIMS_V5: u8 = 5;
 
 /// Claims borrowed from a decision for signing: Route signs one per call without copying its
 /// strings.
@@ -108,6 +116,12 @@ pub struct ClaimsRef<'a> {
     pub cluster: u32,
     /// See [`DecisionClaims::sketch`].
     pub sketch: &'a [u16],
+    /// See [`DecisionClaims::propensity`].
+    pub propensity: Option<f32>,
+    /// See [`DecisionClaims::premium_propensity`].
+    pub premium_propensity: Option<f32>,
+    /// See [`DecisionClaims::shadow_tier`].
+    pub shadow_tier: &'a str,
 }
 
 impl ClaimsRef<'_> {
@@ -120,7 +134,7 @@ impl ClaimsRef<'_> {
             self.policy_version,
         ];
         let mut out = Vec::with_capacity(48 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
-        out.push(CLAIMS_V4);
+        out.push(CLAIMS_V5);
         out.extend_from_slice(&self.issued_ms.to_le_bytes());
         out.extend_from_slice(&self.nonce.to_le_bytes());
         out.extend_from_slice(&self.estimate_micros.to_le_bytes());
@@ -144,6 +158,12 @@ impl ClaimsRef<'_> {
             out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
             out.extend_from_slice(bytes);
         }
+        for p in [self.propensity, self.premium_propensity] {
+            out.extend_from_slice(&p.unwrap_or(f32::NAN).to_le_bytes());
+        }
+        let shadow = &self.shadow_tier.as_bytes()[..self.shadow_tier.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(shadow.len() as u16).to_le_bytes());
+        out.extend_from_slice(shadow);
         out
     }
 }
@@ -169,13 +189,16 @@ impl DecisionClaims {
             output_tokens: self.output_tokens,
             cluster: self.cluster,
             sketch: &self.sketch,
+            propensity: self.propensity,
+            premium_propensity: self.premium_propensity,
+            shadow_tier: &self.shadow_tier,
         }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
         let mut r = Reader(b);
         let version = r.take(1)?[0];
-        if !(CLAIMS_V1..=CLAIMS_V4).contains(&version) {
+        if !(CLAIMS_V1..=CLAIMS_V5).contains(&version) {
             return None;
         }
         let issued_ms = r.u64()?;
@@ -210,6 +233,15 @@ impl DecisionClaims {
         let team = r.string()?;
         let workflow = r.string()?;
         let policy_version = r.string()?;
+        let (propensity, premium_propensity, shadow_tier) = if version >= CLAIMS_V5 {
+            let mut p = || {
+                let x = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+                Some((!x.is_nan()).then_some(x))
+            };
+            (p()?, p()?, r.string()?)
+        } else {
+            (None, None, String::new())
+        };
         r.0.is_empty().then_some(Self {
             scope,
             tier,
@@ -228,6 +260,9 @@ impl DecisionClaims {
             output_tokens,
             cluster,
             sketch,
+            propensity,
+            premium_propensity,
+            shadow_tier,
         })
     }
 }
@@ -417,6 +452,9 @@ mod tests {
             output_tokens: 64,
             cluster: 3,
             sketch: vec![7, 300, 65_000],
+            propensity: Some(0.9),
+            premium_propensity: Some(0.05),
+            shadow_tier: "frontier".into(),
         }
     }
 
@@ -429,7 +467,17 @@ mod tests {
 
     #[test]
     fn ids_issued_before_the_gap_and_the_tokens_decode_with_zeros() {
-        let v4 = claims().borrowed().encode();
+        let v5 = claims().borrowed().encode();
+        // v4: the same layout without the propensities and the shadow tier at the end.
+        let mut v4 = v5[..v5.len() - 8 - 2 - "frontier".len()].to_vec();
+        v4[0] = CLAIMS_V4;
+        let before_v5 = DecisionClaims {
+            propensity: None,
+            premium_propensity: None,
+            shadow_tier: String::new(),
+            ..claims()
+        };
+        assert_eq!(DecisionClaims::decode(&v4).unwrap(), before_v5);
         // v3: the same layout without the token, cluster and sketch bytes after the gap.
         let at = 1 + 8 * 4 + 4 + 4;
         let mut v3 = [&v4[..at], &v4[at + 8 + 4 + 1 + 6..]].concat();
@@ -439,7 +487,7 @@ mod tests {
             output_tokens: 0,
             cluster: NO_CLUSTER,
             sketch: Vec::new(),
-            ..claims()
+            ..before_v5
         };
         assert_eq!(DecisionClaims::decode(&v3).unwrap(), unknown);
         // v2: nor the 4 gap bytes after the complexity.
@@ -454,7 +502,16 @@ mod tests {
                 ..unknown
             }
         );
-        assert_eq!(DecisionClaims::decode(&v4).unwrap(), claims());
+        assert_eq!(DecisionClaims::decode(&v5).unwrap(), claims());
+        // Unknown propensities travel as NaN and come back as unknown.
+        let unknown_p = DecisionClaims {
+            propensity: None,
+            ..claims()
+        };
+        assert_eq!(
+            DecisionClaims::decode(&unknown_p.borrowed().encode()).unwrap(),
+            unknown_p
+        );
     }
 
     #[test]

@@ -125,6 +125,17 @@ pub struct Decision {
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
+    /// The probability that this decision got the tier it got, given the plan and the
+    /// exploration rate (see [`propensities`]: exact without exploration, estimated over a
+    /// fixed set of draws with it).
+    pub propensity: f64,
+    /// The same probability for the scope's premium (top allowed) tier: 0 where no draw of
+    /// this decision could have sent the task there.
+    pub premium_propensity: f64,
+    /// Position in `candidates` of the tier the caller may also run the task on, as a shadow
+    /// pair (the scope's `shadow_rate`); `None` for most decisions, and always when the chosen
+    /// tier is the shadow tier.
+    pub shadow: Option<usize>,
     /// The discovered cluster an unlabelled task was placed in (`None`: labelled, or the scope
     /// has no clusters yet).
     pub cluster: Option<u32>,
@@ -284,12 +295,34 @@ pub fn decide(
     // Exploration: a share `exploration_rate` of tasks is routed by draws from every allowed
     // tier's posterior; it explores when a draw picks another tier than the plan.
     let rate = plan.policy.exploration_rate;
-    let chosen = if explore_draw < rate && candidates.len() > 1 {
+    let branch = explore_draw < rate && candidates.len() > 1;
+    let chosen = if branch {
         plan.explore(&choice, band, gap, explore_draw / rate)
     } else {
         safe
     };
     let explored = chosen != safe;
+    let (propensity, premium_propensity) = if candidates.len() > 1 {
+        propensities(
+            &Draws {
+                rate,
+                planned: safe,
+                chosen,
+                premium: candidates.len() - 1,
+                in_branch: branch,
+            },
+            |u| plan.explore(&choice, band, gap, u),
+        )
+    } else {
+        (1.0, 1.0)
+    };
+    let shadow = shadow_slot(
+        plan.policy.shadow_rate,
+        plan.policy.shadow_tier,
+        &candidates,
+        chosen,
+        explore_draw,
+    );
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
     let mode = if plan.policy.pinned_thresholds.is_some() {
         Mode::Pinned
@@ -333,6 +366,9 @@ pub fn decide(
         scope: scope.key.clone(),
         chosen,
         planned: safe,
+        propensity,
+        premium_propensity,
+        shadow,
         cluster,
         sketch,
         complexity,
@@ -346,6 +382,88 @@ pub fn decide(
         output_tokens,
         reason,
     })
+}
+
+/// Stratified draws of the exploration rule that a decision's propensities are estimated on.
+/// Eight evaluations of [`ScopePlan::explore`](crate::domain::learning::ScopePlan::explore)
+/// per Route: enough to tell "never" from "often", cheap next to the rest of the decision.
+pub const PROPENSITY_DRAWS: usize = 8;
+
+/// How one decision was drawn: what [`propensities`] needs besides the rule itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Draws {
+    /// The scope's exploration rate.
+    pub rate: f64,
+    /// Slot the plan picked.
+    pub planned: usize,
+    /// Slot the decision got.
+    pub chosen: usize,
+    /// Slot of the premium (top) tier.
+    pub premium: usize,
+    /// Whether this decision's draw fell in the exploration share (it ran the rule).
+    pub in_branch: bool,
+}
+
+/// The probabilities that the decision got its tier and that it got the premium tier:
+/// `(1 − rate)·[slot = planned] + rate·P(explore(u) = slot)`, u uniform in [0, 1).
+///
+/// Exact without exploration (rate 0, or a rule that always returns the plan). The share
+/// P(explore(u) = slot) of Thompson exploration has no closed form (up to four multi-tier
+/// posterior draws): it is estimated by running the same deterministic rule on the
+/// [`PROPENSITY_DRAWS`] stratified draws u = (k + ½)/K, plus the decision's own draw when it
+/// explored, so a tier a decision actually got never has propensity 0 (at least
+/// rate/(K + 1)). A slot no draw reached gets 0: "no support", which the report respects by
+/// printing no estimate that rests on it. The estimate is deterministic, so replicas and
+/// replays agree.
+pub fn propensities(d: &Draws, explore: impl Fn(f64) -> usize) -> (f64, f64) {
+    let exact = |slot: usize| if slot == d.planned { 1.0 } else { 0.0 };
+    if d.rate <= 0.0 {
+        return (exact(d.chosen), exact(d.premium));
+    }
+    let (mut n, mut chosen, mut premium) = (0usize, 0usize, 0usize);
+    let mut count = |s: usize| {
+        n += 1;
+        chosen += usize::from(s == d.chosen);
+        premium += usize::from(s == d.premium);
+    };
+    for k in 0..PROPENSITY_DRAWS {
+        count(explore((k as f64 + 0.5) / PROPENSITY_DRAWS as f64));
+    }
+    if d.in_branch {
+        count(d.chosen);
+    }
+    let p =
+        |slot: usize, hits: usize| (1.0 - d.rate) * exact(slot) + d.rate * hits as f64 / n as f64;
+    (p(d.chosen, chosen), p(d.premium, premium))
+}
+
+/// A second uniform number in [0, 1) from the exploration draw (SplitMix64 of its bits):
+/// shadowing is decided from the same draw as exploration, so a replay with the same draws
+/// shadows the same tasks, and apart from it (the exploration share says nothing about it).
+pub fn shadow_draw(explore_draw: f64) -> f64 {
+    let mut z = explore_draw.to_bits().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The slot of the shadow tier for a decision whose second draw falls in the scope's
+/// `shadow_rate`; never the chosen slot itself.
+fn shadow_slot(
+    rate: f64,
+    tier: usize,
+    candidates: &[Candidate],
+    chosen: usize,
+    explore_draw: f64,
+) -> Option<usize> {
+    if rate <= 0.0 || shadow_draw(explore_draw) >= rate {
+        return None;
+    }
+    candidates
+        .iter()
+        .position(|c| c.tier == tier)
+        .filter(|&s| s != chosen)
 }
 
 /// Appends a number with two decimals using integer arithmetic: `{:.2}` on a float takes the
@@ -605,6 +723,48 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn propensities_mix_the_plan_with_the_rule_on_fixed_draws() {
+        // The rule sends a quarter of its draws to premium (slot 2), the rest to the plan.
+        let rule = |u: f64| if u < 0.25 { 2 } else { 0 };
+        let planned = Draws {
+            rate: 0.1,
+            planned: 0,
+            chosen: 0,
+            premium: 2,
+            in_branch: false,
+        };
+        // Of the 8 draws (k + ½)/8, k = 0, 1 go to premium: 0.9 + 0.1 × 6/8, and 0.1 × 2/8.
+        let (p, premium) = propensities(&planned, rule);
+        assert!((p - 0.975).abs() < 1e-12 && (premium - 0.025).abs() < 1e-12);
+        // An explored decision counts its own draw too: 3 of 9 reach premium.
+        let explored = Draws {
+            chosen: 2,
+            in_branch: true,
+            ..planned
+        };
+        let (p, premium) = propensities(&explored, rule);
+        assert!((p - 0.1 / 3.0).abs() < 1e-12 && p == premium);
+        // Exact without exploration; no support where no draw reaches premium.
+        assert_eq!(
+            propensities(
+                &Draws {
+                    rate: 0.0,
+                    ..planned
+                },
+                rule
+            ),
+            (1.0, 0.0)
+        );
+        assert_eq!(propensities(&planned, |_| 0), (1.0, 0.0));
+        // The shadow draw is a uniform number of its own, the same for the same draw.
+        assert_eq!(shadow_draw(0.3), shadow_draw(0.3));
+        let share = (0..10_000)
+            .filter(|k| shadow_draw(f64::from(*k) / 10_000.0) < 0.2)
+            .count();
+        assert!((1_850..2_150).contains(&share), "{share}");
+    }
 
     #[test]
     fn two_decimals_without_float_formatting() {

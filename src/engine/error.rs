@@ -90,7 +90,8 @@ impl Error {
                 }
                 FeedbackError::Expired { .. }
                 | FeedbackError::BeforeStoreReset
-                | FeedbackError::OutsideReuseWindow { .. } => K::FailedPrecondition,
+                | FeedbackError::OutsideReuseWindow { .. }
+                | FeedbackError::Shadow(_) => K::FailedPrecondition,
                 FeedbackError::AlreadyRecorded | FeedbackError::ReuseRecorded(_) => {
                     K::AlreadyExists
                 }

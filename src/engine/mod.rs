@@ -13,6 +13,8 @@ mod error;
 pub mod feedback;
 mod policy_admin;
 #[cfg(test)]
+mod shadow_tests;
+#[cfg(test)]
 mod tests;
 mod what_if;
 

@@ -89,7 +89,9 @@ pub(super) fn to_proto(d: Decision, decision_id: String) -> pb::RouteResponse {
     let fallback_tier = fallback
         .map(|i| d.candidates[i].name.clone())
         .unwrap_or_default();
+    let shadow_tier = d.shadow.map(|i| d.candidates[i].name.clone());
     pb::RouteResponse {
+        shadow_tier,
         decision_id,
         tier,
         model,
@@ -235,7 +237,53 @@ impl From<report::Report> for pb::GetReportResponse {
                 .collect(),
             policy_version: r.policy_version,
             generated_ms: r.generated_ms,
+            quality: r.quality.into_iter().map(Into::into).collect(),
         }
+    }
+}
+
+/// The fields of a [`report::QualityKept`] and its proto message, either way.
+macro_rules! quality_fields {
+    ($q:expr, $to:path, $estimate:path) => {{
+        let q = $q;
+        $to {
+            key: q.key,
+            shadowed: q.shadowed,
+            shadow_spend_micros: q.shadow_spend_micros,
+            pairs: q.pairs,
+            routed_quality: q.routed_quality,
+            shadow_quality: q.shadow_quality,
+            kept: q.kept.map(|e| estimate_fields!(e, $estimate)),
+            saving: q.saving.map(|e| estimate_fields!(e, $estimate)),
+            supported: q.supported,
+            unsupported: q.unsupported,
+            explored: q.explored,
+            premium_quality: q.premium_quality.map(|e| estimate_fields!(e, $estimate)),
+            interval_width: q.interval_width,
+        }
+    }};
+}
+
+macro_rules! estimate_fields {
+    ($e:expr, $to:path) => {{
+        let e = $e;
+        $to {
+            value: e.value,
+            low: e.low,
+            high: e.high,
+        }
+    }};
+}
+
+impl From<report::QualityKept> for pb::QualityKept {
+    fn from(q: report::QualityKept) -> Self {
+        quality_fields!(q, pb::QualityKept, pb::Estimate)
+    }
+}
+
+impl From<pb::QualityKept> for report::QualityKept {
+    fn from(q: pb::QualityKept) -> Self {
+        quality_fields!(q, report::QualityKept, report::Estimate)
     }
 }
 
@@ -260,6 +308,7 @@ impl From<pb::GetReportResponse> for report::Report {
                 .collect(),
             policy_version: r.policy_version,
             generated_ms: r.generated_ms,
+            quality: r.quality.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -242,6 +242,9 @@ impl RouterService {
             reused: r.reused,
             served_tier: &r.served_tier,
             caller_team: service_team(caller),
+            shadow_score: r.shadow_score,
+            shadow_input_tokens: r.shadow_input_tokens,
+            shadow_output_tokens: r.shadow_output_tokens,
         };
         match self.engine.feedback(&input, now_ms()).await {
             Ok(ack) => {
@@ -254,6 +257,7 @@ impl RouterService {
                     scope: ack.scope,
                     tier: ack.tier,
                     actual_cost_usd: ack.actual_cost_usd,
+                    shadow_cost_usd: ack.shadow_cost_micros as f64 / 1e6,
                 }))
             }
             Err(e) => {

@@ -31,6 +31,35 @@ pub struct ReplayOptions {
     /// Route every task without its workflow label (a caller that sends none); the report
     /// still groups by the true label.
     pub strip_labels: bool,
+    /// Every scope's `shadow_rate` (`None`: the policy's): shadowed decisions post the shadow
+    /// tier's recorded outcome as their shadow score.
+    pub shadow_rate: Option<f64>,
+}
+
+/// What shadow pairs measured in a replay, against the truth the recorded data holds (every
+/// tier's outcome of every task).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShadowReplay {
+    /// Shadow pairs posted.
+    pub pairs: u64,
+    /// Quality kept on the pairs (the report's estimate), with its 95% interval.
+    pub kept: Option<crate::report::Estimate>,
+    /// The truth: Σ routed score / Σ shadow-tier score over every task routed below the shadow
+    /// tier (the tasks that could be shadowed).
+    pub true_kept: f64,
+    /// Whether the interval covers the truth.
+    pub kept_covers: Option<bool>,
+    /// The saving on the pairs (booked costs), with its interval.
+    pub saving: Option<crate::report::Estimate>,
+    /// Always-premium quality by inverse propensity, with its interval (`None`: unsupported).
+    pub premium_quality: Option<crate::report::Estimate>,
+    /// Outcomes that could not have gone to premium.
+    pub unsupported: u64,
+    /// Whether that interval covers the replay's `premium_quality`.
+    pub premium_covers: Option<bool>,
+    /// What the shadow runs cost, USD.
+    #[serde(serialize_with = "micro_usd")]
+    pub shadow_spend_usd: f64,
 }
 
 /// What a replay measured.
@@ -82,6 +111,9 @@ pub struct ReplayReport {
     pub hindsight: Option<Hindsight>,
     /// Per workflow: tasks, realized quality, cost, premium cost.
     pub by_workflow: BTreeMap<String, WorkflowReplay>,
+    /// With `--shadow-rate`: quality kept, measured, against the truth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReplay>,
 }
 
 /// What replay measured on one workflow.
@@ -272,11 +304,30 @@ fn fit_prices(outcomes: &[&crate::offline::dataset::Outcome]) -> Option<(f64, f6
     Some((blended, blended))
 }
 
+/// `policy` with every scope's `shadow_rate` set to `rate`, bounded as the policy bounds it.
+fn with_shadow_rate(policy: &Policy, rate: f64) -> Result<Policy, ReplayError> {
+    use crate::domain::policy::MAX_SHADOW_RATE;
+    if !(0.0..=MAX_SHADOW_RATE).contains(&rate) {
+        return Err(ReplayError::Setup(format!(
+            "--shadow-rate: must be in [0, {MAX_SHADOW_RATE}], got {rate}"
+        )));
+    }
+    Ok(with_scopes(policy, |s| s.shadow_rate = rate))
+}
+
 fn with_bar(policy: &Policy, bar: f64) -> Policy {
+    with_scopes(policy, |s| s.quality_bar = bar)
+}
+
+/// `policy` with `change` made to every scope.
+fn with_scopes(
+    policy: &Policy,
+    change: impl Fn(&mut crate::domain::policy::ScopePolicy),
+) -> Policy {
     let mut p = policy.clone();
     let set = |s: &Arc<crate::domain::policy::ScopePolicy>| {
         let mut s = (**s).clone();
-        s.quality_bar = bar;
+        change(&mut s);
         Arc::new(s)
     };
     p.default = set(&p.default);
@@ -302,6 +353,10 @@ pub fn replay(
         Some(b) => with_bar(&policy, b),
         None => policy,
     };
+    let policy = match opts.shadow_rate {
+        Some(rate) => with_shadow_rate(&policy, rate)?,
+        None => policy,
+    };
     let policy = Arc::new(policy);
     let signer = Signer::new(b"replay").map_err(|e| ReplayError::Setup(e.to_string()))?;
     let engine = Engine::builder(model, policy.clone(), signer)
@@ -325,6 +380,9 @@ pub fn replay(
     let mut trail: Vec<(f64, f64, f64)> = Vec::new();
     let mut feedbacks_to_bar = None;
     let mut window_sum = 0.0;
+    // Routed and shadow-tier scores summed over the tasks routed below the shadow tier.
+    let mut eligible = (0.0, 0.0);
+    let mut last_now = t0;
     for (i, r) in records.iter().enumerate() {
         let workflow = if opts.strip_labels { "" } else { &r.workflow };
         let req = RouteRequest {
@@ -347,6 +405,7 @@ pub fn replay(
         let draw: f64 = rng.random();
         let nonce: u64 = rng.random();
         let now = t0 + i as u64 * 1000;
+        last_now = now;
         let Ok((d, id)) = engine.route(&req, draw, now, nonce) else {
             skipped += 1;
             continue;
@@ -356,11 +415,25 @@ pub fn replay(
             skipped += 1;
             continue;
         };
+        // A shadowed decision posts the shadow tier's recorded outcome as its pair.
+        let shadow = d
+            .shadow
+            .and_then(|s| r.outcomes.get(&policy.tiers[d.candidates[s].tier].model));
+        // The truth quality kept is measured on: every task routed below the shadow tier.
+        if d.tier().tier != scope.shadow_tier
+            && let Some(s) = r.outcomes.get(&policy.tiers[scope.shadow_tier].model)
+        {
+            eligible.0 += o.score;
+            eligible.1 += s.score;
+        }
         let fb = FeedbackInput {
             decision_id: &id,
             score: o.score,
             input_tokens: o.input_tokens.map(|t| t as i64),
             output_tokens: o.output_tokens.map(|t| t as i64),
+            shadow_score: shadow.map(|s| s.score),
+            shadow_input_tokens: shadow.and_then(|s| s.input_tokens.map(|t| t as i64)),
+            shadow_output_tokens: shadow.and_then(|s| s.output_tokens.map(|t| t as i64)),
             ..Default::default()
         };
         if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
@@ -411,6 +484,16 @@ pub fn replay(
         *counts.entry(chosen.name.clone()).or_default() += 1;
     }
     let nf = n.max(1) as f64;
+    let shadow = match opts.shadow_rate {
+        Some(_) => Some(shadow_replay(
+            &engine,
+            &runtime,
+            (t0, last_now + 1),
+            eligible,
+            prem_q / nf,
+        )?),
+        None => None,
+    };
     let table = engine.table();
     // The replay's team's plan is the one that learned.
     let final_thresholds = table
@@ -474,6 +557,46 @@ pub fn replay(
         exploration_score_delta: exploration_delta,
         learning: opts.learning,
         final_thresholds,
+        shadow,
+    })
+}
+
+/// Reads quality kept off the engine's own report (the books, the ledger, the estimators:
+/// what `tokenwise report` prints) and checks it against the truth.
+fn shadow_replay(
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    (since_ms, until_ms): (u64, u64),
+    (routed, shadow): (f64, f64),
+    premium_quality: f64,
+) -> Result<ShadowReplay, ReplayError> {
+    let query = crate::report::build::ReportQuery {
+        since_ms,
+        until_ms,
+        ..Default::default()
+    };
+    let report = runtime
+        .block_on(engine.report(&query, until_ms))
+        .map_err(|e| ReplayError::Setup(format!("report: {e}")))?;
+    let q = report
+        .quality
+        .into_iter()
+        .find(|q| q.key == "total")
+        .unwrap_or_default();
+    let true_kept = if shadow > 0.0 { routed / shadow } else { 0.0 };
+    let covers = |e: Option<crate::report::Estimate>, truth: f64| {
+        e.map(|e| (e.low..=e.high).contains(&truth))
+    };
+    Ok(ShadowReplay {
+        pairs: q.pairs,
+        kept: q.kept,
+        true_kept,
+        kept_covers: covers(q.kept, true_kept),
+        saving: q.saving,
+        premium_quality: q.premium_quality,
+        unsupported: q.unsupported,
+        premium_covers: covers(q.premium_quality, premium_quality),
+        shadow_spend_usd: q.shadow_spend_micros as f64 / 1e6,
     })
 }
 
@@ -528,6 +651,29 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn shadowed_replays_post_pairs_and_measure_quality_kept_against_the_truth() {
+        let records = records();
+        let models = ["cheap".to_string(), "premium".to_string()];
+        let policy = policy_from_models(&records, &models, 0.75).unwrap();
+        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let opts = |shadow_rate| ReplayOptions {
+            learning: true,
+            seed: 7,
+            shadow_rate,
+            ..Default::default()
+        };
+        let plain = replay(model.clone(), policy.clone(), &records, &opts(None)).unwrap();
+        assert_eq!(plain.shadow, None);
+        let r = replay(model.clone(), policy.clone(), &records, &opts(Some(0.2))).unwrap();
+        let s = r.shadow.unwrap();
+        assert!(s.pairs > 0 && s.shadow_spend_usd > 0.0, "{s:?}");
+        assert!(s.true_kept > 0.0 && s.kept.is_some() == s.kept_covers.is_some());
+        // Shadowing changes no decision: the same routing, the same books.
+        assert_eq!((r.quality, r.cost_usd), (plain.quality, plain.cost_usd));
+        assert!(replay(model, policy, &records, &opts(Some(0.3))).is_err());
     }
 
     fn run(learning: bool) -> ReplayReport {

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::field::sums;
-use super::{BudgetState, BudgetStatus, GroupBy, GroupReport, Report, SeriesPoint, TierShare};
+use super::{
+    BudgetState, BudgetStatus, GroupBy, GroupReport, QualityKept, Report, SeriesPoint, TierShare,
+};
 use crate::domain::books::{Books, metric, parse_ledger_field};
 use crate::domain::calendar::HOUR_MS;
 use crate::domain::policy::Policy;
@@ -36,6 +38,8 @@ pub struct ReportQuery {
 #[derive(Debug, Default, Clone)]
 struct Acc {
     sums: HashMap<String, i64>,
+    /// The `report_interval_width` of the group's scope (set by its first cell).
+    width: Option<f64>,
     /// (tasks, spend) per tier.
     tiers: BTreeMap<String, (i64, i64)>,
 }
@@ -147,10 +151,12 @@ pub async fn build(
                 {
                     continue;
                 }
-                groups
+                let acc = groups
                     .entry(group_key(q.group_by, team, workflow, tier))
-                    .or_default()
-                    .add(m, tier, *v);
+                    .or_default();
+                acc.width
+                    .get_or_insert_with(|| interval_width(policy, q.group_by, team, workflow));
+                acc.add(m, tier, *v);
                 total.add(m, tier, *v);
                 in_hour.add(m, tier, *v);
             }
@@ -170,6 +176,21 @@ pub async fn build(
                 });
             }
         }
+    }
+    let default_width = policy.default.report_interval_width;
+    let mut quality: Vec<QualityKept> = groups
+        .iter()
+        .filter_map(|(k, acc)| {
+            QualityKept::from_sums(k, |m| acc.sum(m), acc.width.unwrap_or(default_width))
+        })
+        .collect();
+    quality.sort_by(|a, b| a.key.cmp(&b.key));
+    if !quality.is_empty() {
+        quality.extend(QualityKept::from_sums(
+            "total",
+            |m| total.sum(m),
+            default_width,
+        ));
     }
     let mut groups: Vec<GroupReport> = groups
         .into_iter()
@@ -215,7 +236,20 @@ pub async fn build(
         series,
         policy_version: policy.version.clone(),
         generated_ms: now_ms,
+        quality,
     })
+}
+
+/// The `report_interval_width` of the scope a group's cell belongs to: its team's and
+/// workflow's as far as the grouping names them (the default scope's for tiers).
+fn interval_width(policy: &Policy, by: GroupBy, team: &str, workflow: &str) -> f64 {
+    let (team, workflow) = match by {
+        GroupBy::Team => (team, ""),
+        GroupBy::Workflow => ("", workflow),
+        GroupBy::TeamWorkflow => (team, workflow),
+        GroupBy::Tier => ("", ""),
+    };
+    policy.resolve(team, workflow).report_interval_width
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@
 pub mod build;
 pub mod field;
 mod group;
+pub mod quality;
 pub mod render;
 
 pub use group::GroupReport;
 pub(crate) use group::group_report_fields;
+pub use quality::{Estimate, QualityKept};
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +173,10 @@ pub struct Report {
     pub policy_version: String,
     /// When the report was made, ms since the Unix epoch.
     pub generated_ms: u64,
+    /// Quality kept, measured: per group, then the total (`total` key), for the groups with
+    /// shadow pairs or outcomes recorded with propensities; empty (and left out) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<QualityKept>,
 }
 
 /// Micro-USD as dollars, the one display rule of every face (table, HTML, CLI): rounded

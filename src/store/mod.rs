@@ -72,6 +72,18 @@ pub struct OutcomeEvent {
     /// none (a labelled task, or an id issued before v4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sketch: Vec<u16>,
+    /// The probability that the decision got the tier it got (Route's propensity); absent: an
+    /// id issued before propensities were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f32>,
+    /// The probability that the decision would have got the scope's premium tier; absent as
+    /// `propensity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub premium_propensity: Option<f32>,
+    /// The shadow pair posted with the outcome: the same task run on the decision's shadow
+    /// tier; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowOutcome>,
     /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -86,6 +98,19 @@ pub struct OutcomeEvent {
     /// takes the event: what was accepted is recorded.
     #[serde(skip)]
     pub quota: Option<ReuseQuota>,
+}
+
+/// The other half of a shadow pair: the decision's task, run on its shadow tier too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowOutcome {
+    /// The shadow tier.
+    pub tier: String,
+    /// Its outcome score in [0, 1].
+    pub score: f64,
+    /// Input tokens booked for it.
+    pub input_tokens: u64,
+    /// Output tokens booked for it.
+    pub output_tokens: u64,
 }
 
 /// The limits of one reuse event: the reuse ids its team may have remembered at once, and the

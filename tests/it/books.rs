@@ -66,6 +66,7 @@ fn fb(d: &RouteResponse, score: f64, input: i64, output: i64, reused: bool) -> F
         reasoning_tokens: None,
         served_tier: String::new(),
         reused,
+        ..Default::default()
     }
 }
 

@@ -281,3 +281,83 @@ async fn thresholds_of_many_long_workflows_come_back_whole() {
         prost::Message::encoded_len(&r)
     );
 }
+
+/// A shadow pair over gRPC: taken once with its decision's feedback (ALREADY_EXISTS after), and
+/// refused without a trace for a decision that named no shadow tier or with a bad score.
+#[tokio::test]
+async fn shadow_scores_are_taken_once_and_only_for_shadowed_decisions() {
+    let policy = crate::common::two_tier_policy("cheap", "rich").replace(
+        "exploration_rate = 0.0",
+        "exploration_rate = 0.0\nshadow_rate = 0.2",
+    );
+    let server = TestServer::with_policy(
+        tokenwise::domain::policy::Policy::parse(&policy).unwrap(),
+        tokenwise::domain::routing::Limits::default(),
+    )
+    .await;
+    let mut client = server.router().await;
+    let (mut shadowed, mut plain) = (None, None);
+    for _ in 0..400 {
+        let mut req = route_req("Name the capital of Italy.");
+        req.team = "cheap".into();
+        let d = client.route(req).await.unwrap().into_inner();
+        match d.shadow_tier.as_deref() {
+            Some(t) => {
+                assert_eq!((t, d.tier.as_str()), ("premium", "small"));
+                shadowed.get_or_insert(d);
+            }
+            None => {
+                plain.get_or_insert(d);
+            }
+        }
+        if shadowed.is_some() && plain.is_some() {
+            break;
+        }
+    }
+    let (shadowed, plain) = (shadowed.unwrap(), plain.unwrap());
+    let with_shadow = |id: &str, s: f64| pb::FeedbackRequest {
+        shadow_score: Some(s),
+        shadow_output_tokens: Some(30),
+        ..fb(id, 1.0)
+    };
+    let refused = [
+        (
+            with_shadow(&plain.decision_id, 1.0),
+            Code::FailedPrecondition,
+        ),
+        (
+            with_shadow(&shadowed.decision_id, -0.5),
+            Code::InvalidArgument,
+        ),
+        (
+            pb::FeedbackRequest {
+                shadow_input_tokens: Some(-3),
+                ..with_shadow(&shadowed.decision_id, 1.0)
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (req, code) in refused {
+        let e = client.feedback(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().starts_with("shadow_"), "{e:?}");
+    }
+    assert_eq!(
+        evidence_total(&server).await,
+        0,
+        "a refusal records nothing"
+    );
+    let ack = client
+        .feedback(with_shadow(&shadowed.decision_id, 0.5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.shadow_cost_usd > ack.actual_cost_usd, "{ack:?}");
+    let again = client
+        .feedback(with_shadow(&shadowed.decision_id, 0.5))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    client.feedback(fb(&plain.decision_id, 1.0)).await.unwrap();
+    assert_eq!(evidence_total(&server).await, 2);
+}

@@ -407,7 +407,16 @@ async fn replay_remote(
             let Some(o) = outcomes.get(&d.model) else {
                 return Ok::<_, tonic::Status>((routed, false));
             };
+            // A shadowed decision posts the shadow tier's recorded outcome as its pair.
+            let shadow = d
+                .shadow_tier
+                .as_ref()
+                .and_then(|t| d.candidates.iter().find(|c| &c.tier == t))
+                .and_then(|c| outcomes.get(&c.model));
             c.feedback(pb::FeedbackRequest {
+                shadow_score: shadow.map(|s| s.score),
+                shadow_input_tokens: shadow.and_then(|s| s.input_tokens.map(|t| t as i64)),
+                shadow_output_tokens: shadow.and_then(|s| s.output_tokens.map(|t| t as i64)),
                 decision_id: d.decision_id,
                 score: o.score,
                 input_tokens: o.input_tokens.map(|t| t as i64),

@@ -37,9 +37,11 @@ use crate::store::{CounterAdd, StateStore, StoreError};
 mod cells;
 mod flush;
 mod ledger;
+mod quality;
 
 pub use cells::*;
 pub use ledger::*;
+pub use quality::ShadowRun;
 
 /// Ledger metrics, as stored: what the books count. Route counts the [`RouteCount`]s,
 /// Feedback and RecordReuse the rest (`outcome_counters`, `reuse_counters`). A new counter is
@@ -85,6 +87,54 @@ pub mod metric {
     /// Outcomes another tier served than the one Route chose (Feedback's `served_tier`),
     /// counted in the cell of the decision (the tier Route chose).
     pub const FALLBACKS: &str = "fallbacks";
+    /// Decisions whose Route answer named a shadow tier (the scope's `shadow_rate`).
+    pub const SHADOWED: &str = "shadowed";
+    /// What shadow runs cost, micro-USD, in the shadow tier's cell: apart from [`SPEND`], in
+    /// no budget.
+    pub const SHADOW_SPEND: &str = "shadow_spend";
+    /// Shadow pairs posted (each an outcome with a shadow score), in the served tier's cell.
+    pub const PAIRS: &str = "pairs";
+    /// Over the pairs: the routed scores r and shadow scores s in millionths, and their
+    /// products (r², s², r·s, in millionths too), for the paired ratio and its interval.
+    pub const PAIR_R: &str = "pair_r_ppm";
+    /// See [`PAIR_R`].
+    pub const PAIR_S: &str = "pair_s_ppm";
+    /// See [`PAIR_R`].
+    pub const PAIR_RR: &str = "pair_rr_ppm";
+    /// See [`PAIR_R`].
+    pub const PAIR_SS: &str = "pair_ss_ppm";
+    /// See [`PAIR_R`].
+    pub const PAIR_RS: &str = "pair_rs_ppm";
+    /// Over the pairs: the routed and shadow costs in micro-USD, and their products (in
+    /// micro-USD², saturating), for the saving's ratio and interval.
+    pub const PAIR_CR: &str = "pair_cr";
+    /// See [`PAIR_CR`].
+    pub const PAIR_CS: &str = "pair_cs";
+    /// See [`PAIR_CR`].
+    pub const PAIR_CRR: &str = "pair_crr";
+    /// See [`PAIR_CR`].
+    pub const PAIR_CSS: &str = "pair_css";
+    /// See [`PAIR_CR`].
+    pub const PAIR_CRS: &str = "pair_crs";
+    /// Outcomes whose decision could have gone to the premium tier (premium propensity > 0).
+    pub const IPS_SUPPORTED: &str = "ips_n";
+    /// Outcomes whose decision could not have gone to the premium tier (propensity 0).
+    pub const IPS_UNSUPPORTED: &str = "ips_unsupported";
+    /// Outcomes the premium tier served by a decision that could have gone elsewhere
+    /// (propensity < 1): what the inverse-propensity estimate stands on.
+    pub const IPS_EXPLORED: &str = "ips_explored";
+    /// Over supported outcomes that premium served, weight w = 1 / premium propensity and score
+    /// y: Σw, Σw·y, Σw², Σw²·y, Σw²·y², each in millionths (the Hajek estimate and its
+    /// interval).
+    pub const IPS_W: &str = "ips_w_ppm";
+    /// See [`IPS_W`].
+    pub const IPS_WY: &str = "ips_wy_ppm";
+    /// See [`IPS_W`].
+    pub const IPS_WW: &str = "ips_ww_ppm";
+    /// See [`IPS_W`].
+    pub const IPS_WWY: &str = "ips_wwy_ppm";
+    /// See [`IPS_W`].
+    pub const IPS_WWYY: &str = "ips_wwyy_ppm";
 }
 
 /// A reported input count is believed up to this many times what Route measured of the task:
@@ -193,11 +243,13 @@ pub enum RouteCount {
     Explored,
     /// Explorations' estimated cost against the planned tier, micro-USD.
     ExploreCost,
+    /// Decisions that named a shadow tier.
+    Shadowed,
 }
 
 impl RouteCount {
     /// Every count, in [`CellDelta`]'s order.
-    pub const ALL: [RouteCount; 7] = [
+    pub const ALL: [RouteCount; 8] = [
         RouteCount::Tasks,
         RouteCount::Spend,
         RouteCount::Premium,
@@ -205,6 +257,7 @@ impl RouteCount {
         RouteCount::Rejected,
         RouteCount::Explored,
         RouteCount::ExploreCost,
+        RouteCount::Shadowed,
     ];
 
     /// The ledger metric it is stored under.
@@ -217,6 +270,7 @@ impl RouteCount {
             RouteCount::Rejected => metric::REJECTED,
             RouteCount::Explored => metric::EXPLORED,
             RouteCount::ExploreCost => metric::EXPLORE_COST,
+            RouteCount::Shadowed => metric::SHADOWED,
         }
     }
 }
@@ -535,7 +589,18 @@ impl Books {
                     };
                 }
             }
+            if target != usual || exhausted {
+                // A budget is biting: no second call, and the tier is the budget's doing, not a
+                // draw's (it would be got for certain; premium only where it is the target).
+                d.shadow = None;
+            }
             if target != usual {
+                d.propensity = 1.0;
+                d.premium_propensity = if target + 1 == d.candidates.len() {
+                    1.0
+                } else {
+                    0.0
+                };
                 d.chosen = target;
                 d.fallback = (target + 1 < d.candidates.len()).then_some(target + 1);
                 if let BudgetAction::Downgraded { budget, from } = &action {
@@ -560,6 +625,7 @@ impl Books {
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
         let (explored, downgraded) = (d.explored, action != BudgetAction::None);
+        let shadowed = d.shadow.is_some();
         // Priced on Route's estimates, as chosen (after any budget action) against planned.
         let explore_cost = if explored {
             cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros)
@@ -578,6 +644,7 @@ impl Books {
                 c.add(RouteCount::Explored, i64::from(explored));
                 c.add(RouteCount::ExploreCost, explore_cost);
                 c.add(RouteCount::Downgraded, i64::from(downgraded));
+                c.add(RouteCount::Shadowed, i64::from(shadowed));
             },
         );
         Ok(action)

@@ -70,6 +70,24 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                         s.key, o.exploration_rate, s.exploration_rate
                     ));
                 }
+                if (o.shadow_rate, &old.tiers[o.shadow_tier].name)
+                    != (s.shadow_rate, &new.tiers[s.shadow_tier].name)
+                {
+                    out.push(format!(
+                        "scope {}: shadow_rate {} on {} → {} on {}",
+                        s.key,
+                        o.shadow_rate,
+                        old.tiers[o.shadow_tier].name,
+                        s.shadow_rate,
+                        new.tiers[s.shadow_tier].name
+                    ));
+                }
+                if o.report_interval_width != s.report_interval_width {
+                    out.push(format!(
+                        "scope {}: report_interval_width {} → {}",
+                        s.key, o.report_interval_width, s.report_interval_width
+                    ));
+                }
                 if o.pinned_thresholds != s.pinned_thresholds {
                     out.push(format!("scope {}: pinned thresholds changed", s.key));
                 }

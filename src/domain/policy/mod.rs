@@ -182,7 +182,22 @@ pub struct ScopePolicy {
     /// window, for exactly-once): one team's flood of ids fills its own quota, never the
     /// store's memory that other teams' Feedback needs.
     pub reuse_ids_per_team: u64,
+    /// Share of routed tasks whose Route answer also names [`ScopePolicy::shadow_tier`], for
+    /// the caller to run there too and post the score as a shadow pair (quality kept vs
+    /// premium); in [0, [`MAX_SHADOW_RATE`]], default 0.
+    pub shadow_rate: f64,
+    /// Index into [`Policy::tiers`] of the tier shadow pairs run on: the scope's
+    /// `shadow_tier`, else its top allowed tier.
+    pub shadow_tier: usize,
+    /// The report prints an estimate (quality kept, always-premium quality, saving) only once
+    /// its 95% interval is narrower than this; until then "not enough evidence".
+    pub report_interval_width: f64,
 }
+
+/// Largest `shadow_rate`: shadow pairs cost a second model call each.
+pub const MAX_SHADOW_RATE: f64 = 0.2;
+/// Default `report_interval_width`.
+pub const DEFAULT_REPORT_INTERVAL_WIDTH: f64 = 0.05;
 
 /// What a scope's quality bar constrains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -67,4 +67,7 @@ pub(super) struct RawScope {
     pub(super) reuse_retention_days: Option<u32>,
     pub(super) reuse_events_per_decision: Option<u64>,
     pub(super) reuse_ids_per_team: Option<u64>,
+    pub(super) shadow_rate: Option<f64>,
+    pub(super) shadow_tier: Option<String>,
+    pub(super) report_interval_width: Option<f64>,
 }

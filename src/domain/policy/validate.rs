@@ -7,9 +7,9 @@ use std::sync::Arc;
 use super::budget::validate_budgets;
 use super::raw::{RawPolicyFile, RawScope};
 use super::{
-    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS,
+    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_REPORT_INTERVAL_WIDTH,
     DEFAULT_REUSE_EVENTS_PER_DECISION, DEFAULT_REUSE_IDS_PER_TEAM, DEFAULT_REUSE_RETENTION_DAYS,
-    Policy, PolicyError, ScopePolicy, Tier, scope_key,
+    MAX_SHADOW_RATE, Policy, PolicyError, ScopePolicy, Tier, scope_key,
 };
 
 /// A toml error as one short line: `line L, column C: what is wrong`. toml's own rendering
@@ -408,6 +408,47 @@ pub(super) fn resolve_scope(
             "must allow at least one tier",
         ));
     }
+    let shadow_rate = pick(s.shadow_rate, base.and_then(|b| b.shadow_rate)).unwrap_or(0.0);
+    if !(0.0..=MAX_SHADOW_RATE).contains(&shadow_rate) {
+        return Err(PolicyError::new(
+            field_path("shadow_rate"),
+            format!("must be in [0, {MAX_SHADOW_RATE}], got {shadow_rate}"),
+        ));
+    }
+    let shadow_tier = match s
+        .shadow_tier
+        .as_ref()
+        .or(base.and_then(|b| b.shadow_tier.as_ref()))
+    {
+        // The top allowed tier: `allowed` is ascending and never empty here.
+        None => allowed[allowed.len() - 1],
+        Some(n) => match tiers.iter().position(|t| &t.name == n) {
+            Some(i) if allowed.contains(&i) => i,
+            Some(_) => {
+                return Err(PolicyError::new(
+                    field_path("shadow_tier"),
+                    format!("tier {n:?} is not in the scope's allowed_tiers"),
+                ));
+            }
+            None => {
+                return Err(PolicyError::new(
+                    field_path("shadow_tier"),
+                    format!("unknown tier {n:?}"),
+                ));
+            }
+        },
+    };
+    let report_interval_width = pick(
+        s.report_interval_width,
+        base.and_then(|b| b.report_interval_width),
+    )
+    .unwrap_or(DEFAULT_REPORT_INTERVAL_WIDTH);
+    if !(report_interval_width > 0.0 && report_interval_width <= 1.0) {
+        return Err(PolicyError::new(
+            field_path("report_interval_width"),
+            format!("must be in (0, 1], got {report_interval_width}"),
+        ));
+    }
     let pinned_thresholds = match s.thresholds.as_ref() {
         None => None,
         Some(map) => Some(pinned(&field_path("thresholds"), map, &allowed, tiers)?),
@@ -427,6 +468,9 @@ pub(super) fn resolve_scope(
         reuse_retention_days,
         reuse_events_per_decision,
         reuse_ids_per_team,
+        shadow_rate,
+        shadow_tier,
+        report_interval_width,
     })
 }
 
@@ -518,7 +562,7 @@ mod tests {
         // The list of keys it could have meant is whole (it was cut mid-name at 300 bytes).
         assert!(
             e.reason
-                .ends_with("`reuse_events_per_decision`, `reuse_ids_per_team`"),
+                .ends_with("`shadow_rate`, `shadow_tier`, `report_interval_width`"),
             "{e}"
         );
 
@@ -535,6 +579,41 @@ mod tests {
 
         let e = err("this is not toml");
         assert_eq!(e.path, "<file>");
+    }
+
+    #[test]
+    fn shadow_knobs_are_bounded_and_name_their_key_path() {
+        let p = Policy::parse(THREE).unwrap();
+        // Off by default; the shadow tier is the scope's top allowed tier.
+        assert_eq!(p.default.shadow_rate, 0.0);
+        assert_eq!(
+            p.default.shadow_tier,
+            p.default.allowed[p.default.allowed.len() - 1]
+        );
+        assert_eq!(
+            p.default.report_interval_width,
+            DEFAULT_REPORT_INTERVAL_WIDTH
+        );
+        let with = |extra: &str| {
+            THREE.replace(
+                "exploration_rate = 0.0",
+                &format!("exploration_rate = 0.0\n{extra}"),
+            )
+        };
+        let p = Policy::parse(&with("shadow_rate = 0.2\nshadow_tier = \"medium\"")).unwrap();
+        let s = p.scopes.values().find(|s| s.shadow_rate > 0.0).unwrap();
+        assert_eq!(p.tiers[s.shadow_tier].name, "medium");
+        for (extra, reason) in [
+            ("shadow_rate = 0.21", "must be in [0, 0.2], got 0.21"),
+            ("shadow_rate = -0.1", "must be in [0, 0.2]"),
+            ("shadow_tier = \"huge\"", "unknown tier \"huge\""),
+            ("report_interval_width = 0.0", "must be in (0, 1], got 0"),
+        ] {
+            let e = err(&with(extra));
+            let key = extra.split(' ').next().unwrap();
+            assert_eq!(e.path, format!("policies[1].{key}"), "{extra}");
+            assert!(e.reason.contains(reason), "{extra}: {e}");
+        }
     }
 
     #[test]

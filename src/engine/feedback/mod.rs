@@ -54,6 +54,14 @@ pub struct FeedbackInput<'a> {
     /// With authentication on and a service key: the caller's team, which must be the team the
     /// decision was made for. `None`: auth off or an admin.
     pub caller_team: Option<&'a str>,
+    /// The score of the same task run on the decision's shadow tier (a shadow pair), in
+    /// [0, 1]; only for a decision whose Route answer named one. Posted with the routed score,
+    /// in the same call, so the pair is recorded whole and exactly once.
+    pub shadow_score: Option<f64>,
+    /// Input tokens of the shadow run; `None` or 0: Route's measure of the task.
+    pub shadow_input_tokens: Option<i64>,
+    /// Output tokens of the shadow run; `None` or 0: Route's estimate.
+    pub shadow_output_tokens: Option<i64>,
 }
 
 /// Why feedback was refused. Nothing changes on any of these.
@@ -94,6 +102,9 @@ pub enum FeedbackError {
         /// The team the id names.
         team: String,
     },
+    /// A shadow score for a decision that cannot take one.
+    #[error("shadow_score: {0}")]
+    Shadow(String),
     /// Feedback for this decision was already applied.
     #[error("feedback for this decision_id was already recorded")]
     AlreadyRecorded,
@@ -178,6 +189,8 @@ pub struct FeedbackAck {
     pub actual_cost_usd: f64,
     /// The same in micro-USD.
     pub actual_cost_micros: i64,
+    /// Cost of the shadow run, micro-USD (0 without a shadow score): shadow spend.
+    pub shadow_cost_micros: i64,
     /// Time from the decision to its feedback, ms.
     pub lag_ms: u64,
 }
@@ -300,6 +313,9 @@ impl Learner {
             output_tokens: u32::try_from(d.output_tokens).unwrap_or(u32::MAX),
             cluster: d.cluster.unwrap_or(NO_CLUSTER),
             sketch: &d.sketch,
+            propensity: Some(d.propensity as f32),
+            premium_propensity: Some(d.premium_propensity as f32),
+            shadow_tier: d.shadow.map_or("", |s| d.candidates[s].name.as_str()),
         })
     }
 

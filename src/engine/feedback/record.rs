@@ -44,6 +44,7 @@ fn reuse_mark_event(
         counters_only: true,
         quota: None,
         sketch: Vec::new(),
+        shadow: None,
         ..like.clone()
     }
 }
@@ -92,6 +93,45 @@ fn served_tier(
     }
 }
 
+/// The shadow run a feedback reports, checked against its decision: `None` without a shadow
+/// score; FAILED_PRECONDITION for a decision that named no shadow tier, or whose shadow tier
+/// the live policy no longer has. Its tokens are booked within the same bounds as the
+/// outcome's.
+fn shadow_run<'c>(
+    policy: &crate::domain::policy::Policy,
+    claims: &'c crate::domain::decision::DecisionClaims,
+    input: &FeedbackInput<'_>,
+) -> Result<Option<crate::domain::books::ShadowRun<'c>>, FeedbackError> {
+    let Some(score) = input.shadow_score else {
+        return Ok(None);
+    };
+    if claims.shadow_tier.is_empty() {
+        return Err(FeedbackError::Shadow(
+            "this decision named no shadow tier (its Route answer had no shadow_tier)".into(),
+        ));
+    }
+    if policy.tier_index(&claims.shadow_tier).is_none() {
+        return Err(FeedbackError::Shadow(format!(
+            "the decision's shadow tier {} is no longer in the policy",
+            shown(&claims.shadow_tier)
+        )));
+    }
+    let tokens = booked_tokens(
+        policy,
+        claims,
+        ReportedTokens {
+            input: input.shadow_input_tokens,
+            output: input.shadow_output_tokens,
+            ..ReportedTokens::default()
+        },
+    );
+    Ok(Some(crate::domain::books::ShadowRun {
+        tier: &claims.shadow_tier,
+        score,
+        tokens,
+    }))
+}
+
 impl Learner {
     /// Validates and records one outcome; on any error nothing changes.
     pub async fn feedback(
@@ -107,11 +147,21 @@ impl Learner {
                 reason: format!("must be a number in [0, 1], got {}", input.score),
             });
         }
+        if let Some(s) = input.shadow_score
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(FeedbackError::InvalidArgument {
+                field: "shadow_score",
+                reason: format!("must be a number in [0, 1], got {s}"),
+            });
+        }
         for (field, v) in [
             ("input_tokens", input.input_tokens),
             ("output_tokens", input.output_tokens),
             ("cached_input_tokens", input.cached_input_tokens),
             ("reasoning_tokens", input.reasoning_tokens),
+            ("shadow_input_tokens", input.shadow_input_tokens),
+            ("shadow_output_tokens", input.shadow_output_tokens),
         ] {
             if let Some(v) = v
                 && !(0..=MAX_TOKENS).contains(&v)
@@ -120,6 +170,19 @@ impl Learner {
                     field,
                     reason: format!("must be in [0, {MAX_TOKENS}], got {v}"),
                 });
+            }
+        }
+        if input.shadow_score.is_none() {
+            for (field, v) in [
+                ("shadow_input_tokens", input.shadow_input_tokens),
+                ("shadow_output_tokens", input.shadow_output_tokens),
+            ] {
+                if v.is_some() {
+                    return Err(FeedbackError::InvalidArgument {
+                        field,
+                        reason: "given without a shadow_score".into(),
+                    });
+                }
             }
         }
         if input.decision_id.is_empty() {
@@ -149,7 +212,8 @@ impl Learner {
                 reasoning: input.reasoning_tokens,
             },
         );
-        let (counters, actual_micros) = books.outcome_counters(
+        let shadow = shadow_run(&table.policy, &claims, input)?;
+        let (mut counters, actual_micros) = books.outcome_counters(
             &table.policy,
             &claims,
             &served,
@@ -157,13 +221,35 @@ impl Learner {
             tokens,
             input.reused,
         );
+        counters.extend(books.propensity_counters(&table.policy, &claims, &served, input.score));
+        let shadow_micros = match &shadow {
+            Some(run) => {
+                let (pair, micros) = books.shadow_counters(
+                    &table.policy,
+                    &claims,
+                    &served,
+                    (input.score, actual_micros),
+                    run,
+                );
+                counters.extend(pair);
+                micros
+            }
+            None => 0,
+        };
         let ack = FeedbackAck {
             scope: claims.scope.clone(),
             tier: served.clone(),
             actual_cost_usd: actual_micros as f64 / 1e6,
             actual_cost_micros: actual_micros,
+            shadow_cost_micros: shadow_micros,
             lag_ms: now_ms.saturating_sub(claims.issued_ms),
         };
+        let shadow = shadow.map(|run| crate::store::ShadowOutcome {
+            tier: run.tier.to_string(),
+            score: run.score,
+            input_tokens: run.tokens.input,
+            output_tokens: run.tokens.output,
+        });
         let marks = input.reused.then(|| books.reuse_counters(&claims, 1).1);
         let event = OutcomeEvent {
             nonce: claims.nonce,
@@ -188,6 +274,9 @@ impl Learner {
             gap: claims.gap,
             cluster: (claims.cluster != NO_CLUSTER).then_some(claims.cluster),
             sketch: claims.sketch,
+            propensity: claims.propensity,
+            premium_propensity: claims.premium_propensity,
+            shadow,
             counters,
             counters_only: false,
             quota: None,
@@ -331,6 +420,9 @@ impl Learner {
             gap: claims.gap,
             cluster: None,
             sketch: Vec::new(),
+            propensity: None,
+            premium_propensity: None,
+            shadow: None,
             counters: event_counters,
             counters_only: true,
             // Within the scope's limits: the team's remembered reuse ids, the decision's events.

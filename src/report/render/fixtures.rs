@@ -167,6 +167,7 @@ pub fn sample() -> Report {
         series,
         policy_version: "v12".into(),
         generated_ms: T0 + 12 * HOUR_MS + 60_000,
+        quality: Vec::new(),
     }
 }
 

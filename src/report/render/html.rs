@@ -74,6 +74,14 @@ fn write_html(o: &mut String, r: &Report) -> fmt::Result {
             escape(&line)
         )?;
     }
+    let quality = super::quality_lines(&r.quality);
+    if !quality.is_empty() {
+        writeln!(o, "<section><h2>Quality kept vs premium</h2>")?;
+        for line in quality {
+            writeln!(o, "<p class=\"note\">{}</p>", escape(&line))?;
+        }
+        writeln!(o, "</section>")?;
+    }
 
     writeln!(
         o,

@@ -249,6 +249,71 @@ fn utc(ms: u64) -> String {
         .to_string()
 }
 
+/// Quality kept, in sentences (the table and the page print the same): per group, quality kept
+/// on shadow pairs and the saving, always-premium quality by inverse propensity, each with its
+/// 95% interval once that is narrower than the group's `report_interval_width`, "not enough
+/// evidence" before, and no estimate at all where support is missing.
+pub(crate) fn quality_lines(quality: &[super::QualityKept]) -> Vec<String> {
+    use super::Estimate;
+    let interval = |e: &Estimate, show: fn(f64) -> String| {
+        format!("{} [{}, {}]", show(e.value), show(e.low), show(e.high))
+    };
+    let two = |x: f64| format!("{x:.2}");
+    let not_enough = |e: Option<Estimate>, q: &super::QualityKept, on: String| match e {
+        Some(e) => format!(
+            "not enough evidence (interval {:.2} wide on {on}; printed under {})",
+            e.width(),
+            q.interval_width
+        ),
+        None => format!("not enough evidence ({on})"),
+    };
+    let mut out = Vec::new();
+    for q in quality {
+        let pairs = format!("{} pair{}", thousands(q.pairs), plural(q.pairs));
+        if q.shadowed > 0 || q.pairs > 0 {
+            let kept = match q.shown(q.kept) {
+                Some(e) => format!(
+                    "kept {} of premium quality on {pairs} ({} vs {})",
+                    interval(&e, two),
+                    opt_fixed(q.routed_quality, 2),
+                    opt_fixed(q.shadow_quality, 2)
+                ),
+                None => format!("quality kept: {}", not_enough(q.kept, q, pairs.clone())),
+            };
+            let saving = match q.shown(q.saving) {
+                Some(e) => format!("saving {}", interval(&e, percent)),
+                None => format!("saving: {}", not_enough(q.saving, q, pairs)),
+            };
+            out.push(format!(
+                "{}: {kept}; {saving}; {} shadowed, shadow spend {}.",
+                q.key,
+                thousands(q.shadowed),
+                usd(q.shadow_spend_micros)
+            ));
+        }
+        let outcomes = q.supported + q.unsupported;
+        let premium = if q.unsupported > 0 {
+            format!(
+                "no estimate: {} of {} outcomes could not have gone to premium",
+                thousands(q.unsupported),
+                thousands(outcomes)
+            )
+        } else {
+            let on = format!(
+                "{} explored of {}",
+                thousands(q.explored),
+                thousands(outcomes)
+            );
+            match q.shown(q.premium_quality) {
+                Some(e) => format!("{} by inverse propensity ({on})", interval(&e, two)),
+                None => not_enough(q.premium_quality, q, on),
+            }
+        };
+        out.push(format!("{}: always-premium quality {premium}.", q.key));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::fixtures::{T0, sample};

@@ -190,6 +190,15 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
             signed_usd(t.exploration_cost_micros),
         ));
     }
+    let quality = super::quality_lines(&r.quality);
+    if !quality.is_empty() {
+        out.push_str("Quality kept vs premium (95% intervals; docs/books.md#quality-kept):\n");
+        for line in quality {
+            out.push_str("  ");
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
 
     if !r.budgets.is_empty() {
         let header = [

@@ -214,6 +214,7 @@ pub fn feedback_req(decision_id: &str, score: f64) -> tokenwise::grpc::pb::Feedb
         reasoning_tokens: None,
         served_tier: String::new(),
         reused: false,
+        ..Default::default()
     }
 }
 

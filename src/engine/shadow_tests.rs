@@ -1,0 +1,231 @@
+//! Shadow pairs through the engine: Route names a shadow tier for the scope's share of tasks,
+//! Feedback takes the pair exactly once, refuses what it cannot take without recording
+//! anything, and books the shadow run as shadow spend, apart from spend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::domain::books::*;
+use crate::domain::classifier::ComplexityModel;
+use crate::domain::decision::Signer;
+use crate::domain::policy::Policy;
+use crate::domain::routing::{Decision, RouteRequest, shadow_draw};
+use crate::engine::feedback::{FeedbackError, FeedbackInput};
+use crate::engine::{Engine, Error, ErrorKind};
+
+/// Every task goes to `small` (pinned), and a fifth of them name `premium` as shadow tier.
+const POLICY: &str = r#"
+[[tiers]]
+name = "small"
+model = "s"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[tiers]]
+name = "premium"
+model = "p"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[default]
+exploration_rate = 0.0
+thresholds = { small = 1.0 }
+shadow_rate = 0.2
+"#;
+
+const NOW: u64 = 1_795_996_000_000;
+
+fn engine() -> Engine {
+    Engine::builder(
+        Arc::new(ComplexityModel::bundled().unwrap()),
+        Arc::new(Policy::parse(POLICY).unwrap()),
+        Signer::new(b"k").unwrap(),
+    )
+    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
+    .build()
+}
+
+/// A decision whose draw does (or does not) fall in the shadow share.
+fn route(e: &Engine, shadowed: bool, nonce: u64) -> (Decision, String) {
+    let draw = (0..1000)
+        .map(|k| f64::from(k) / 1000.0)
+        .find(|&u| (shadow_draw(u) < 0.2) == shadowed)
+        .unwrap();
+    e.route(
+        &RouteRequest {
+            task: "Summarise the attached quarterly report in three bullet points.",
+            expected_output_tokens: 50,
+            ..Default::default()
+        },
+        draw,
+        NOW,
+        nonce,
+    )
+    .unwrap()
+}
+
+fn feedback<'a>(id: &'a str, shadow: Option<f64>) -> FeedbackInput<'a> {
+    FeedbackInput {
+        decision_id: id,
+        score: 0.5,
+        input_tokens: Some(100),
+        output_tokens: Some(40),
+        shadow_score: shadow,
+        shadow_input_tokens: shadow.map(|_| 100),
+        shadow_output_tokens: shadow.map(|_| 60),
+        ..Default::default()
+    }
+}
+
+async fn ledger(e: &Engine) -> HashMap<(String, String), i64> {
+    let table = e.router.table();
+    e.books
+        .flush(&table.policy, e.learner.store(), NOW)
+        .await
+        .unwrap();
+    let read = e
+        .learner
+        .store()
+        .read_counters(&[ledger_hash(NOW)])
+        .await
+        .unwrap();
+    read[0]
+        .iter()
+        .filter_map(|(f, v)| {
+            let (m, _, _, tier) = parse_ledger_field(f)?;
+            Some(((m.to_string(), tier.to_string()), *v))
+        })
+        .collect()
+}
+
+#[test]
+fn a_share_of_decisions_names_the_top_tier_as_shadow_and_never_the_chosen_one() {
+    let e = engine();
+    let (d, _) = route(&e, true, 1);
+    assert_eq!(d.tier().name, "small");
+    assert_eq!(
+        d.shadow.map(|s| d.candidates[s].name.as_str()),
+        Some("premium")
+    );
+    // Pinned thresholds, no exploration: the tier is certain, premium impossible.
+    assert_eq!((d.propensity, d.premium_propensity), (1.0, 0.0));
+    let (d, _) = route(&e, false, 2);
+    assert_eq!(d.shadow, None);
+}
+
+#[tokio::test]
+async fn a_shadow_pair_is_recorded_once_and_booked_as_shadow_spend() {
+    let e = engine();
+    let (_, id) = route(&e, true, 1);
+    let ack = e.feedback(&feedback(&id, Some(0.75)), NOW).await.unwrap();
+    // 100 in × $10 + 60 out × $30 per Mtok on premium = 2,800 µ$.
+    assert_eq!(ack.shadow_cost_micros, 2_800);
+    let again = e
+        .feedback(&feedback(&id, Some(0.75)), NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, Error::Feedback(FeedbackError::AlreadyRecorded)),
+        "{again:?}"
+    );
+    assert_eq!(again.kind(), ErrorKind::AlreadyExists);
+    let l = ledger(&e).await;
+    let get = |m: &str, t: &str| l.get(&(m.into(), t.into())).copied().unwrap_or(0);
+    // Spend is the routed call's (100 × $1 + 40 × $2 = 180 µ$); the shadow run is apart.
+    assert_eq!(get(metric::SPEND, "small"), 180);
+    assert_eq!(get(metric::SPEND, "premium"), 0);
+    assert_eq!(get(metric::SHADOW_SPEND, "premium"), 2_800);
+    assert_eq!(get(metric::SHADOWED, "small"), 1);
+    assert_eq!(get(metric::PAIRS, "small"), 1);
+    assert_eq!(get(metric::PAIR_R, "small"), 500_000);
+    assert_eq!(get(metric::PAIR_S, "small"), 750_000);
+    assert_eq!(get(metric::PAIR_RS, "small"), 375_000);
+    assert_eq!(
+        (get(metric::PAIR_CR, "small"), get(metric::PAIR_CS, "small")),
+        (180, 2_800)
+    );
+    // Could not have gone to premium: no support for an always-premium estimate.
+    assert_eq!(get(metric::IPS_UNSUPPORTED, "small"), 1);
+    // The stored outcome keeps the pair and the propensities.
+    let (events, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let event = &events[0];
+    assert_eq!(
+        event.shadow.as_ref().map(|s| (s.tier.as_str(), s.score)),
+        Some(("premium", 0.75))
+    );
+    assert_eq!(
+        (event.propensity, event.premium_propensity),
+        (Some(1.0), Some(0.0))
+    );
+}
+
+#[tokio::test]
+async fn refused_shadow_scores_record_nothing() {
+    let e = engine();
+    let (_, plain) = route(&e, false, 1);
+    let (_, shadowed) = route(&e, true, 2);
+    let refusals = [
+        (
+            feedback(&plain, Some(0.5)),
+            ErrorKind::FailedPrecondition,
+            "shadow_score",
+        ),
+        (
+            feedback(&shadowed, Some(1.5)),
+            ErrorKind::InvalidArgument,
+            "shadow_score",
+        ),
+        (
+            feedback(&shadowed, Some(f64::NAN)),
+            ErrorKind::InvalidArgument,
+            "shadow_score",
+        ),
+        (
+            FeedbackInput {
+                shadow_input_tokens: Some(-1),
+                ..feedback(&shadowed, Some(0.5))
+            },
+            ErrorKind::InvalidArgument,
+            "shadow_input_tokens",
+        ),
+        (
+            FeedbackInput {
+                shadow_output_tokens: Some(2_000_000_000),
+                ..feedback(&shadowed, Some(0.5))
+            },
+            ErrorKind::InvalidArgument,
+            "shadow_output_tokens",
+        ),
+        (
+            FeedbackInput {
+                shadow_score: None,
+                ..feedback(&shadowed, Some(0.5))
+            },
+            ErrorKind::InvalidArgument,
+            "shadow_input_tokens",
+        ),
+    ];
+    for (input, kind, field) in refusals {
+        let err = e.feedback(&input, NOW).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.to_string().starts_with(field), "{err}");
+    }
+    assert!(
+        e.learner
+            .store()
+            .events_since(0, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    let l = ledger(&e).await;
+    assert!(
+        !l.keys()
+            .any(|(m, _)| m == metric::OUTCOMES || m == metric::SHADOW_SPEND)
+    );
+    // Both decisions still take their feedback.
+    e.feedback(&feedback(&plain, None), NOW).await.unwrap();
+    e.feedback(&feedback(&shadowed, Some(0.5)), NOW)
+        .await
+        .unwrap();
+}
