@@ -7,10 +7,13 @@
 //!   scopes, budgets), [`domain::learning`] (evidence → per-scope, per-team, per-workflow
 //!   plans), [`domain::clusters`] (workflows discovered in unlabelled traffic: sketches, linfa
 //!   k-means), [`domain::routing`] (the decision), [`domain::decision`] (signed decision ids),
-//!   [`domain::books`] (spend ledger and budgets). No I/O, no clock, no randomness of its own;
-//!   the only outward seam is the [`store::StateStore`] trait.
-//! - [`store`] — the `StateStore` trait, its config and contract, and the adapters: memory,
-//!   Redis (single, cluster), the outage buffer.
+//!   [`domain::books`] (spend ledger and budgets), and [`domain::state`], the port to shared
+//!   state (the [`domain::state::StateStore`] trait and the events, policy changes, counters
+//!   and errors it speaks). No I/O, no clock, no randomness of its own; it imports no other
+//!   layer, and the port is its only outward seam.
+//! - [`store`] — the port's adapters: memory, Redis (single, cluster), the outage buffer; their
+//!   config and the port's contract suite. It imports only the domain, and re-exports the
+//!   port's names.
 //! - [`engine`] — the use cases, one method each (route, feedback, reuse, report, thresholds,
 //!   policy administration, refresh, shutdown) over the domain and a store; the feedback
 //!   write/fold path ([`engine::feedback`]); the one service error ([`engine::Error`]).

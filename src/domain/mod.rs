@@ -1,5 +1,6 @@
 //! The domain: features, the complexity model, policy, learning, routing, decision ids and the
-//! books. Pure logic (time and randomness come in as arguments); no proto, no I/O.
+//! books, and the port to shared state ([`state`]) that the store adapters implement. Pure logic
+//! (time and randomness come in as arguments); no proto, no I/O; nothing from the layers above.
 
 pub mod books;
 pub mod calendar;
@@ -11,3 +12,4 @@ pub mod labels;
 pub mod learning;
 pub mod policy;
 pub mod routing;
+pub mod state;

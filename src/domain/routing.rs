@@ -789,7 +789,7 @@ mod tests {
     use std::collections::HashMap;
 
     impl Router {
-        /// The decision alone (what [`crate::engine::Engine::route`] starts with).
+        /// The decision alone (what the engine's Route starts with).
         fn route(&self, req: &RouteRequest<'_>, draw: f64) -> Result<Decision, RouteError> {
             decide(self.model(), &self.current(), self.limits(), req, draw)
         }

@@ -1,5 +1,6 @@
 //! The integration tests, in one binary so the suite links once: each module is one area
-//! (the gRPC surface, the books, the store and its outages, learning, the CLI, the README).
+//! (the gRPC surface, the books, the store and its outages, learning, the CLI, the README, the
+//! layer rules).
 
 mod common;
 
@@ -9,6 +10,7 @@ mod cli;
 mod cold_start;
 mod docs;
 mod feedback_rpc;
+mod layers;
 mod learning;
 mod monitoring;
 mod parity;

@@ -32,7 +32,7 @@ use crate::domain::calendar::HOUR_MS;
 use crate::domain::decision::DecisionClaims;
 use crate::domain::policy::{Budget, OnExhausted, OnStoreUnavailable, Policy, TokenKinds};
 use crate::domain::routing::Decision;
-use crate::store::{CounterAdd, StateStore, StoreError};
+use crate::domain::state::{CounterAdd, StateStore, StoreError};
 
 mod cells;
 mod flush;

@@ -373,7 +373,7 @@ pub(super) fn resolve_scope(
         base.and_then(|b| b.reuse_ids_per_team),
         DEFAULT_REUSE_IDS_PER_TEAM,
         // The memory store's whole pool for reuse ids.
-        crate::store::MAX_REUSE_IDS as u64,
+        crate::domain::state::MAX_REUSE_IDS as u64,
     )?;
     let allowed_names = s
         .allowed_tiers

@@ -14,6 +14,8 @@ use crate::offline::dataset::Record;
 
 mod eval;
 mod fit;
+#[cfg(test)]
+mod recipe_guard;
 
 #[cfg(test)]
 use eval::sweep;
