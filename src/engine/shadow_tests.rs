@@ -37,12 +37,18 @@ shadow_rate = 0.2
 const NOW: u64 = 1_795_996_000_000;
 
 fn engine() -> Engine {
+    replica(&(Arc::new(MemoryStore::new()) as Arc<dyn StateStore>))
+}
+
+/// A replica of a deployment whose replicas share `store`.
+fn replica(store: &Arc<dyn StateStore>) -> Engine {
     Engine::builder(
         Arc::new(ComplexityModel::bundled().unwrap()),
         Arc::new(Policy::parse(POLICY).unwrap()),
         Signer::new(b"k").unwrap(),
     )
     .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
+    .store(store.clone(), OutageBuffer::in_memory(0))
     .build()
 }
 
@@ -230,18 +236,6 @@ async fn refused_shadow_scores_record_nothing() {
     e.feedback(&feedback(&shadowed, Some(0.5)), NOW)
         .await
         .unwrap();
-}
-
-/// A replica of a deployment whose replicas share `store`.
-fn replica(store: &Arc<dyn StateStore>) -> Engine {
-    Engine::builder(
-        Arc::new(ComplexityModel::bundled().unwrap()),
-        Arc::new(Policy::parse(POLICY).unwrap()),
-        Signer::new(b"k").unwrap(),
-    )
-    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
-    .store(store.clone(), OutageBuffer::in_memory(0))
-    .build()
 }
 
 #[tokio::test]
