@@ -333,13 +333,13 @@ fn discovery(c: &mut Criterion) {
     let (last, before) = all.split_last().expect("sketches");
     for (i, s) in before.iter().enumerate() {
         let tier = if i % 3 == 0 { "premium" } else { "small" };
-        taught.observe_task("ads", tier, shape(i), (i % 2) as f64, &s.0);
+        taught.observe_task("ads", tier, shape(i), (i % 2) as f64, &s.0, None);
     }
     g.bench_function("refit_and_relearn_feedback", |b| {
         b.iter_batched(
             || taught.clone(),
             |mut ev| {
-                ev.observe_task("ads", "small", shape(0), 1.0, &last.0);
+                ev.observe_task("ads", "small", shape(0), 1.0, &last.0, None);
                 ev
             },
             criterion::BatchSize::LargeInput,
@@ -370,7 +370,7 @@ fn replan(c: &mut Criterion) {
             };
             let tier = &tiers[i % tiers.len()];
             let team = format!("team{}", i % t);
-            evidence.observe_task(&team, tier, shape, (i % 3 % 2) as f64, &[]);
+            evidence.observe_task(&team, tier, shape, (i % 3 % 2) as f64, &[], None);
         }
         let scopes: HashMap<String, ScopeEvidence> =
             [("default".to_string(), evidence.clone())].into();

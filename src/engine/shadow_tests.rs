@@ -1,6 +1,7 @@
 //! Shadow pairs through the engine: Route names a shadow tier for the scope's share of tasks,
 //! Feedback takes the pair exactly once, refuses what it cannot take without recording
-//! anything, and books the shadow run as shadow spend, apart from spend.
+//! anything, books the shadow run as shadow spend, apart from spend, and teaches every
+//! replica the shadow tier's outcome once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use crate::domain::policy::Policy;
 use crate::domain::routing::{Decision, RouteRequest, shadow_draw};
 use crate::engine::feedback::{FeedbackError, FeedbackInput};
 use crate::engine::{Engine, Error, ErrorKind};
+use crate::store::{MemoryStore, OutageBuffer, StateStore};
 
 /// Every task goes to `small` (pinned), and a fifth of them name `premium` as shadow tier.
 const POLICY: &str = r#"
@@ -35,12 +37,18 @@ shadow_rate = 0.2
 const NOW: u64 = 1_795_996_000_000;
 
 fn engine() -> Engine {
+    replica(&(Arc::new(MemoryStore::new()) as Arc<dyn StateStore>))
+}
+
+/// A replica of a deployment whose replicas share `store`.
+fn replica(store: &Arc<dyn StateStore>) -> Engine {
     Engine::builder(
         Arc::new(ComplexityModel::bundled().unwrap()),
         Arc::new(Policy::parse(POLICY).unwrap()),
         Signer::new(b"k").unwrap(),
     )
     .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
+    .store(store.clone(), OutageBuffer::in_memory(0))
     .build()
 }
 
@@ -228,4 +236,45 @@ async fn refused_shadow_scores_record_nothing() {
     e.feedback(&feedback(&shadowed, Some(0.5)), NOW)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn replicas_folding_the_same_pairs_agree_and_learn_each_shadow_run_once() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let (a, b) = (replica(&store), replica(&store));
+    // Twelve outcomes posted to either replica, eight of them with a shadow pair.
+    let mut pairs = 0;
+    for i in 0..12u64 {
+        let e = if i % 2 == 0 { &a } else { &b };
+        let shadowed = i % 3 != 0;
+        let (_, id) = route(e, shadowed, i + 1);
+        let shadow = shadowed.then_some(0.2 + 0.05 * i as f64);
+        pairs += usize::from(shadowed);
+        e.feedback(&feedback(&id, shadow), NOW).await.unwrap();
+    }
+    for _ in 0..2 {
+        for e in [&a, &b] {
+            e.learner.sync(&e.router).await.unwrap();
+        }
+    }
+    let (ea, eb) = (a.learner.window().await.1, b.learner.window().await.1);
+    assert_eq!(ea, eb);
+    assert_eq!(ea.len(), 1);
+    let ev = ea.values().next().unwrap();
+    assert_eq!(ev.feedbacks(), 12);
+    let (team, own) = ev.teams.iter().next().unwrap();
+    // The team's own evidence takes each shadow run in full, once (decayed by at most the
+    // twelve outcomes since): the premium tier, which served nothing, has eight outcomes.
+    let premium: f64 = own.evidence.scope.cells["premium"]
+        .iter()
+        .map(|c| c.n)
+        .sum();
+    assert!(
+        premium <= pairs as f64 && premium > 0.98 * pairs as f64,
+        "{team}: {premium} of {pairs}"
+    );
+    // Realized quality is what was served: every routed score was 0.5.
+    for total in [ev.scope.total, own.evidence.scope.total] {
+        assert!((total.mean() - 0.5).abs() < 1e-12, "{total:?}");
+    }
 }

@@ -115,6 +115,20 @@ impl Level {
         self.feedbacks += 1;
         self.last_seen = seen;
     }
+
+    /// Adds the shadow half of a pair: `tier`'s outcome on the task whose routed outcome this
+    /// level has just observed. It goes into the tier's cell at the task's band and nowhere
+    /// else: no decay step (the pair is one outcome of the level's clock, so half-lives and the
+    /// planner's clocks count as before), and not into `total`, the realized quality the
+    /// target's catch-up reads, which is the quality of what was served; the shadow run was
+    /// never served.
+    fn observe_shadow(&mut self, tier: &str, task: (usize, f64), score: f64, weight: f64) {
+        let (band, gap) = task;
+        self.cells
+            .entry(tier.to_string())
+            .or_insert([Cell::default(); BANDS])[band]
+            .add(score, gap, weight);
+    }
 }
 
 /// What one outcome's weight falls to per later outcome of the same level.
@@ -208,6 +222,9 @@ pub struct Lesson {
     pub weight: f64,
     /// The scope's outcome count when it was applied, and the team's own.
     pub seen: (u64, u64),
+    /// The shadow half of its pair, if any: the shadow tier, its score and its weight in the
+    /// shared levels.
+    pub shadow: Option<(Arc<str>, f64, f64)>,
 }
 
 /// Workflow discovery for one scope: the sketches of its recent unlabelled tasks with what
@@ -366,12 +383,14 @@ impl ScopeEvidence {
         weight
     }
 
-    /// Applies one outcome reported by `team` ([`ScopeEvidence::observe_from`]). An unlabelled
-    /// task's outcome (a non-empty `sketch`) also feeds workflow discovery; when that fits new
-    /// clusters, the discovered levels are rebuilt: every remembered unlabelled outcome is
-    /// taught again to the cluster its task falls in now. So a new cluster starts from the
-    /// window's outcomes of its own tasks, not from nothing, and the outcomes that came before
-    /// the first fit count for the clusters too.
+    /// Applies one outcome reported by `team` ([`ScopeEvidence::observe_from`]), and the shadow
+    /// half of its pair if it has one (`shadow`: the shadow tier and its score;
+    /// [`ScopeEvidence::observe_shadow_from`]). An unlabelled task's outcome (a non-empty
+    /// `sketch`) also feeds workflow discovery; when that fits new clusters, the discovered
+    /// levels are rebuilt: every remembered unlabelled outcome is taught again to the cluster
+    /// its task falls in now. So a new cluster starts from the window's outcomes of its own
+    /// tasks, not from nothing, and the outcomes that came before the first fit count for the
+    /// clusters too.
     pub fn observe_task(
         &mut self,
         team: &str,
@@ -379,9 +398,17 @@ impl ScopeEvidence {
         shape: TaskShape,
         score: f64,
         sketch: &[u16],
+        shadow: Option<(&str, f64)>,
     ) {
         let (band, gap, output_tokens) = (shape.band, shape.gap, shape.output_tokens);
+        let workflow = Arc::clone(&shape.workflow);
         let weight = self.observe_from(team, tier, shape, score);
+        // Before discovery sees the task, so a refit it ends teaches the pair whole.
+        let shadow = shadow.map(|(shadow_tier, shadow_score)| {
+            let task = (band, gap);
+            let w = self.observe_shadow_from(team, shadow_tier, &workflow, task, shadow_score);
+            (Arc::from(shadow_tier), shadow_score, w)
+        });
         if sketch.is_empty() {
             return;
         }
@@ -395,9 +422,63 @@ impl ScopeEvidence {
             score,
             weight,
             seen: (self.feedbacks(), own),
+            shadow,
         };
         if self.clusters.observe(sketch, lesson) {
             self.relearn_clusters();
+        }
+    }
+
+    /// Applies the shadow half of the pair whose routed outcome `team` has just reported
+    /// ([`ScopeEvidence::observe_from`]): one more outcome of `tier` on the same task (same
+    /// workflow, band and gap), in full to the team's own evidence and at the team's bounded
+    /// weight to the shared levels. It counts in the team's share as an outcome of its own, so
+    /// pairs do not widen what one team may hold in the shared levels. It moves only the tier's
+    /// cells ([`Level::observe_shadow`]): not the outcome clocks, nor the output lengths and
+    /// the traffic sample, which the routed outcome already fed with this task (a second report
+    /// of it would count it twice in what tasks are priced on, and a shadow run's tokens, when
+    /// the caller leaves them out, are only Route's estimate). Returns that weight.
+    fn observe_shadow_from(
+        &mut self,
+        team: &str,
+        tier: &str,
+        workflow: &str,
+        task: (u8, f32),
+        score: f64,
+    ) -> f64 {
+        let now = self.scope.feedbacks;
+        let Some(own) = self.teams.get_mut(team) else {
+            return 0.0;
+        };
+        let weight = own.next_weight(now, self.all_outcomes);
+        own.evidence
+            .observe_shadow(tier, workflow, task, score, (1.0, true));
+        self.all_outcomes += 1.0;
+        self.observe_shadow(tier, workflow, task, score, (weight, true));
+        weight
+    }
+
+    /// The shadow half of a pair at `weight` on the levels of its task: its family's and its
+    /// workflow's, and the scope's too when `scope` (a refit teaches the levels below it
+    /// again). Those levels have just observed the routed half, so they exist.
+    fn observe_shadow(
+        &mut self,
+        tier: &str,
+        workflow: &str,
+        (band, gap): (u8, f32),
+        score: f64,
+        (weight, scope): (f64, bool),
+    ) {
+        let task = (usize::from(band).min(BANDS - 1), f64::from(gap));
+        if scope {
+            self.scope.observe_shadow(tier, task, score, weight);
+        }
+        let workflow = workflow_key(workflow);
+        if let Some(level) = family_of(workflow).and_then(|f| self.families.get_mut(f)) {
+            level.observe_shadow(tier, task, score, weight);
+        }
+        if let Some(level) = self.workflows.get_mut(workflow) {
+            level.observe_shadow(tier, task, score, weight);
         }
     }
 
@@ -423,9 +504,17 @@ impl ScopeEvidence {
             };
             let shared = (l.weight, l.seen.0, SHARED_OUTPUT_STEP);
             self.observe_labels(&l.tier, &shape, l.score, shared);
+            let task = (l.band, l.gap);
+            if let Some((tier, score, weight)) = &l.shadow {
+                self.observe_shadow(tier, &shape.workflow, task, *score, (*weight, false));
+            }
             if let Some(t) = self.teams.get_mut(&*l.team) {
                 let own = (1.0, l.seen.1, OUTPUT_STEP);
                 t.evidence.observe_labels(&l.tier, &shape, l.score, own);
+                if let Some((tier, score, _)) = &l.shadow {
+                    t.evidence
+                        .observe_shadow(tier, &shape.workflow, task, *score, (1.0, false));
+                }
             }
         }
         self.clusters.recent = recent;

@@ -1080,7 +1080,7 @@ fn a_refit_teaches_the_remembered_outcomes_to_the_clusters_their_tasks_fall_in()
     // with a cluster (the scope had none when they were routed).
     for (i, t) in texts.iter().enumerate() {
         let score = if i % 3 == 0 { 0.0 } else { 1.0 };
-        ev.observe_task("ads", "small", shape(5), score, &sketch(t).0);
+        ev.observe_task("ads", "small", shape(5), score, &sketch(t).0, None);
     }
     ev.finish_fits();
     let model = ev.clusters.model.clone().expect("the first fit ran");
@@ -1174,7 +1174,14 @@ fn wide_evidence(workflows: usize, teams: usize, per: usize) -> ScopeEvidence {
         let w = format!("fam{}/w{}", (i % workflows) / 4, i % workflows);
         let shape = shape_in(&w, i * 7 % BANDS, 500, 256);
         let score = f64::from(u8::from(i % 3 != 0));
-        ev.observe_task(&format!("t{}", i % teams), tiers[i % 3], shape, score, &[]);
+        ev.observe_task(
+            &format!("t{}", i % teams),
+            tiers[i % 3],
+            shape,
+            score,
+            &[],
+            None,
+        );
     }
     ev
 }
@@ -1213,6 +1220,7 @@ fn a_replan_after_feedback_is_the_full_plan_while_the_scope_is_small() {
             shape_in(&w, i % BANDS, 500, 256),
             0.7,
             &[],
+            None,
         );
         let full = plan_scope(&p, &p.default, &cal, Some(&ev), Some(&prev));
         let replanned = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&prev));
@@ -1231,7 +1239,14 @@ fn a_replan_of_a_large_scope_recomputes_a_bounded_part_and_catches_up_in_sweeps(
     let mut plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
     // One new outcome: its workflow and family get new curves, and at most REPLAN_LEVELS
     // levels in all; every other level keeps its previous plan.
-    ev.observe_task("t0", "small", shape_in("fam3/w13", 4, 500, 256), 0.0, &[]);
+    ev.observe_task(
+        "t0",
+        "small",
+        shape_in("fam3/w13", 4, 500, 256),
+        0.0,
+        &[],
+        None,
+    );
     let now = ev.feedbacks();
     let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
     assert_eq!(next.workflows["fam3/w13"].planned_at, now);
@@ -1267,7 +1282,14 @@ fn a_replan_recomputes_the_reporting_team_and_a_bounded_number_of_others() {
     let teams = REPLAN_TEAMS + 5;
     let mut ev = wide_evidence(6, teams, 4);
     let plan = plan_scope(&p, &p.default, &cal, Some(&ev), None);
-    ev.observe_task("t2", "large", shape_in("fam0/w1", 9, 500, 256), 1.0, &[]);
+    ev.observe_task(
+        "t2",
+        "large",
+        shape_in("fam0/w1", 9, 500, 256),
+        1.0,
+        &[],
+        None,
+    );
     let next = replan_scope(&p, &p.default, &cal, Some(&ev), Some(&plan));
     let replanned: Vec<&String> = next
         .teams
@@ -1305,6 +1327,7 @@ fn a_refit_replans_a_bounded_number_of_team_plans_and_the_rest_in_turn() {
                 shape(5),
                 score,
                 &sketch(t).0,
+                None,
             );
             fed += 1;
         }
@@ -1339,4 +1362,90 @@ fn a_refit_replans_a_bounded_number_of_team_plans_and_the_rest_in_turn() {
     assert_eq!(under(&plan), teams);
     let full = plan_scope(&p, &p.default, &cal, Some(&ev), None);
     assert_eq!(routed_curves(&plan), routed_curves(&full));
+}
+
+#[test]
+fn a_shadow_pair_moves_the_shadow_tiers_cell_at_the_tasks_band_and_nothing_else() {
+    let mut before = ScopeEvidence::default();
+    for i in 0..5 {
+        before.observe_task(
+            "t0",
+            "small",
+            shape_in("fam/w", i, 500, 256),
+            0.6,
+            &[],
+            None,
+        );
+    }
+    let task = || shape_in("fam/w", 7, 800, 300);
+    let mut plain = before.clone();
+    plain.observe_task("t0", "small", task(), 0.4, &[], None);
+    let mut paired = before.clone();
+    paired.observe_task("t0", "small", task(), 0.4, &[], Some(("large", 0.2)));
+    // The team holds fewer than TEAM_SHARE outcomes, so the pair weighs in full everywhere.
+    let moved = |l: &Level| {
+        let mut l = l.clone();
+        let cell = &mut l.cells.entry("large".into()).or_default()[7];
+        (cell.n, cell.sum) = (cell.n + 1.0, cell.sum + 0.2);
+        l
+    };
+    let own = |e: &ScopeEvidence| e.teams["t0"].evidence.clone();
+    for (a, b) in [(plain.clone(), paired.clone()), (own(&plain), own(&paired))] {
+        assert_eq!(b.scope, moved(&a.scope));
+        assert_eq!(b.families["fam"], moved(&a.families["fam"]));
+        assert_eq!(b.workflows["fam/w"], moved(&a.workflows["fam/w"]));
+        // Not what was served: realized quality, the outcome clock, the output lengths and
+        // the traffic sample stay as the routed outcome left them.
+        assert_eq!(
+            (b.scope.total, b.feedbacks()),
+            (a.scope.total, a.feedbacks())
+        );
+        assert_eq!(b.recent, a.recent);
+    }
+    let (p, q) = (plan(0.8, Some(&plain)), plan(0.8, Some(&paired)));
+    assert_eq!(
+        (q.realized_quality, q.evidence),
+        (p.realized_quality, p.evidence)
+    );
+    // What the pair teaches: the premium tier's estimate at band 7 (about 0.9) moves toward
+    // the shadow run's 0.2.
+    let large = |p: &ScopePlan| p.tiers_for("fam/w")[2].predicted[7];
+    assert!(large(&q) < large(&p), "{} vs {}", large(&q), large(&p));
+}
+
+#[test]
+fn a_refit_teaches_a_remembered_pair_whole() {
+    use crate::domain::clusters::sketch;
+    let texts = unlabelled_texts(CLUSTER_FIRST_FIT / 3 + 1);
+    let fold = |pairs: bool| {
+        let mut ev = ScopeEvidence::default();
+        for (i, t) in texts.iter().enumerate() {
+            let shadow = (pairs && i % 5 == 0).then_some(("large", 1.0));
+            ev.observe_task("ads", "small", shape(5), 0.5, &sketch(t).0, shadow);
+        }
+        ev.finish_fits();
+        ev
+    };
+    let (plain, paired) = (fold(false), fold(true));
+    let large_n = |ev: &ScopeEvidence| -> f64 {
+        ev.workflows
+            .iter()
+            .filter(|(w, _)| is_discovered(w))
+            .filter_map(|(_, l)| l.cells.get("large"))
+            .map(|c| c[5].n)
+            .sum()
+    };
+    // The clusters (fitted on the sketches alone) are the same; their levels hold the pairs.
+    assert_eq!(plain.clusters.model, paired.clusters.model);
+    assert_eq!(large_n(&plain), 0.0);
+    let pairs = texts.len().div_ceil(5) as f64;
+    let own = |ev: &ScopeEvidence| ev.teams["ads"].evidence.clone();
+    let n = large_n(&own(&paired));
+    assert!(n > 0.5 * pairs && n <= pairs, "{n} of {pairs}");
+    // Not as realized quality (the team's own levels take every outcome in full; in the shared
+    // ones a lone team's pairs use up its share sooner).
+    let (plain, paired) = (own(&plain), own(&paired));
+    for (w, l) in paired.workflows.iter().filter(|(w, _)| is_discovered(w)) {
+        assert_eq!(l.total, plain.workflows[w].total, "{w}");
+    }
 }

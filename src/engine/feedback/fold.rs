@@ -66,7 +66,10 @@ impl Learner {
                     output_tokens: e.output_tokens,
                 };
                 let before = (ev.clusters.fits, ev.clusters.failed_fits);
-                ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch);
+                // A shadow pair teaches the shadow tier too: the same task, from the same
+                // event, so exactly once and in log order on every replica.
+                let shadow = e.shadow.as_ref().map(|s| (s.tier.as_str(), s.score));
+                ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch, shadow);
                 let (ok, failed) = &self.cluster_fits;
                 ok.fetch_add(ev.clusters.fits - before.0, Ordering::Relaxed);
                 failed.fetch_add(ev.clusters.failed_fits - before.1, Ordering::Relaxed);
