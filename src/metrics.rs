@@ -300,20 +300,43 @@ impl Metrics {
             };
             self.by_metric.insert(metric, at);
         }
-        // Shadow spend is not a column of the group table (it is part of quality kept, which
-        // only shadowing scopes have), but finance sees it beside spend.
-        let shadow = Family::default();
-        registry.register(
-            "shadow_spend_usd",
-            "What shadow runs (the second call of a shadow pair) cost, USD: apart from spend and budgets",
-            shadow.clone(),
-        );
-        self.ledger
-            .push(LedgerFamily::Amount(shadow, 1e6, Default::default()));
-        self.by_metric.insert(
-            crate::domain::books::metric::SHADOW_SPEND,
-            self.ledger.len() - 1,
-        );
+        // Shadow pairs are not columns of the group table (they are quality kept's, which only
+        // shadowing scopes have), but finance and dashboards see them beside spend: quality
+        // kept is `sum(tokenwise_shadow_pair_routed_score) / sum(tokenwise_shadow_pair_shadow_score)`
+        // over the pairs, the report's interval aside.
+        use crate::domain::books::metric;
+        for (key, name, help, scale) in [
+            (
+                metric::SHADOW_SPEND,
+                "shadow_spend_usd",
+                "What shadow runs (the second call of a shadow pair) cost, USD: apart from spend and budgets",
+                1e6,
+            ),
+            (
+                metric::PAIRS,
+                "shadow_pairs",
+                "Shadow pairs recorded (a task's routed score and its shadow tier's), in the routed tier's cell",
+                1.0,
+            ),
+            (
+                metric::PAIR_R,
+                "shadow_pair_routed_score",
+                "Sum of the routed scores of the shadow pairs",
+                1e6,
+            ),
+            (
+                metric::PAIR_S,
+                "shadow_pair_shadow_score",
+                "Sum of the shadow tier's scores of the shadow pairs",
+                1e6,
+            ),
+        ] {
+            let family = Family::default();
+            registry.register(name, help, family.clone());
+            self.ledger
+                .push(LedgerFamily::Amount(family, scale, Default::default()));
+            self.by_metric.insert(key, self.ledger.len() - 1);
+        }
     }
 
     /// The counter of `rpc` calls answered OK (`ok`) or with an error status: a handle the
@@ -478,6 +501,26 @@ mod tests {
             [format!("tokenwise_shadow_spend_usd{labels} 0.0028").as_str()]
         );
         assert!(line(&text, "tokenwise_spend_usd{").is_empty());
+    }
+
+    #[test]
+    fn shadow_pairs_export_what_quality_kept_is_computed_from() {
+        let m = Metrics::new();
+        count(&m, metric::PAIRS, "small", 2);
+        count(&m, metric::PAIR_R, "small", 1_500_000);
+        count(&m, metric::PAIR_S, "small", 1_800_000);
+        let text = m.render();
+        let labels = r#"{team="search",workflow="faq",tier="small"}"#;
+        for (name, value) in [
+            ("tokenwise_shadow_pairs", "2.0"),
+            ("tokenwise_shadow_pair_routed_score", "1.5"),
+            ("tokenwise_shadow_pair_shadow_score", "1.8"),
+        ] {
+            assert_eq!(
+                line(&text, &format!("{name}{{")),
+                [format!("{name}{labels} {value}").as_str()]
+            );
+        }
     }
 
     #[test]
