@@ -1,7 +1,10 @@
 //! tokenwise — a cost-aware model router.
 //!
 //! # Layout
-//! The layers, inside out; each depends only on the ones above it in this list.
+//! The layers, inside out. The domain imports no other layer and the store only the domain
+//! (`tests/it/layers.rs` fails otherwise); above them the order is looser: the engine also uses
+//! [`report`]'s builder for its report use case, and [`metrics`], [`offline`] and [`cli`] call
+//! the engine (the CLI runs [`offline`]'s commands too).
 //! - [`domain`] — pure: [`domain::features`] (task text → sparse features),
 //!   [`domain::classifier`] (the item-response complexity model), [`domain::policy`] (tiers,
 //!   scopes, budgets), [`domain::learning`] (evidence → per-scope, per-team, per-workflow
