@@ -3,27 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::HashMap;
 
+use super::test_support::two_tier_engine;
 use crate::domain::books::*;
-use crate::domain::classifier::ComplexityModel;
-use crate::domain::decision::Signer;
-use crate::domain::policy::{Period, Policy};
+use crate::domain::policy::Period;
 use crate::domain::routing::RouteRequest;
 use crate::engine::{Engine, Error};
 use crate::store::StateStore;
 use crate::store::failing::{FailingStore, Fault, Op};
 use std::sync::Arc;
 
+/// Beside [`TWO_TIERS`](super::test_support::TWO_TIERS).
 const POLICY: &str = r#"
-[[tiers]]
-name = "small"
-model = "s"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[tiers]]
-name = "premium"
-model = "p"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
 [default]
 exploration_rate = 0.0
 thresholds = { small = 0.0 }
@@ -41,13 +31,7 @@ on_exhausted = "cheapest"
 "#;
 
 fn engine() -> Engine {
-    Engine::builder(
-        Arc::new(ComplexityModel::bundled().unwrap()),
-        Arc::new(Policy::parse(POLICY).unwrap()),
-        Signer::new(b"k").unwrap(),
-    )
-    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
-    .build()
+    two_tier_engine(POLICY).build()
 }
 
 fn route(e: &Engine, team: &str, now: u64) -> Result<String, Error> {
@@ -221,22 +205,17 @@ fn with_spill() -> (std::path::PathBuf, impl Fn(Arc<dyn StateStore>) -> Engine) 
     let path = dir.join(format!("carry-{}.jsonl", rand::random::<u32>()));
     let spill = path.clone();
     let start = move |store: Arc<dyn StateStore>| {
-        Engine::builder(
-            Arc::new(ComplexityModel::bundled().unwrap()),
-            Arc::new(Policy::parse(POLICY).unwrap()),
-            Signer::new(b"k").unwrap(),
-        )
-        .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
-        .store(
-            store,
-            crate::store::OutageBuffer::new(
-                0,
-                Some(spill.clone()),
-                crate::store::FileKeys::new(vec![[3u8; 32]]),
+        two_tier_engine(POLICY)
+            .store(
+                store,
+                crate::store::OutageBuffer::new(
+                    0,
+                    Some(spill.clone()),
+                    crate::store::FileKeys::new(vec![[3u8; 32]]),
+                )
+                .unwrap(),
             )
-            .unwrap(),
-        )
-        .build()
+            .build()
     };
     (path, start)
 }
@@ -366,13 +345,7 @@ async fn one_team_spends_at_most_its_share_of_a_budget_over_several_teams() {
         "[[budgets]]\nteam = \"t\"",
         "[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 0.014\nteam_share = 0.5\non_exhausted = \"reject\"\n\n[[budgets]]\nteam = \"t\"",
     );
-    let e = Engine::builder(
-        Arc::new(ComplexityModel::bundled().unwrap()),
-        Arc::new(Policy::parse(&policy).unwrap()),
-        Signer::new(b"k").unwrap(),
-    )
-    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
-    .build();
+    let e = two_tier_engine(&policy).build();
     let now = 1_795_934_463_000;
     route(&e, "a", now).unwrap();
     route(&e, "a", now).unwrap();

@@ -15,6 +15,8 @@ mod policy_admin;
 #[cfg(test)]
 mod shadow_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 mod what_if;
 

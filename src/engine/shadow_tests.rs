@@ -7,27 +7,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::test_support::two_tier_engine;
 use crate::domain::books::*;
-use crate::domain::classifier::ComplexityModel;
-use crate::domain::decision::Signer;
-use crate::domain::policy::Policy;
 use crate::domain::routing::{Decision, RouteRequest, shadow_draw};
 use crate::engine::feedback::{FeedbackError, FeedbackInput};
 use crate::engine::{Engine, Error, ErrorKind};
 use crate::store::{MemoryStore, OutageBuffer, StateStore};
 
-/// Every task goes to `small` (pinned), and a fifth of them name `premium` as shadow tier.
+/// Beside [`TWO_TIERS`]: every task goes to `small` (pinned), and a fifth of them name
+/// `premium` as shadow tier.
 const POLICY: &str = r#"
-[[tiers]]
-name = "small"
-model = "s"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[tiers]]
-name = "premium"
-model = "p"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
 [default]
 exploration_rate = 0.0
 thresholds = { small = 1.0 }
@@ -42,14 +31,9 @@ fn engine() -> Engine {
 
 /// A replica of a deployment whose replicas share `store`.
 fn replica(store: &Arc<dyn StateStore>) -> Engine {
-    Engine::builder(
-        Arc::new(ComplexityModel::bundled().unwrap()),
-        Arc::new(Policy::parse(POLICY).unwrap()),
-        Signer::new(b"k").unwrap(),
-    )
-    .decision_ttl_ms(crate::domain::calendar::HOUR_MS)
-    .store(store.clone(), OutageBuffer::in_memory(0))
-    .build()
+    two_tier_engine(POLICY)
+        .store(store.clone(), OutageBuffer::in_memory(0))
+        .build()
 }
 
 /// A decision whose draw does (or does not) fall in the shadow share.

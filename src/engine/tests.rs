@@ -1,6 +1,7 @@
 //! Engine tests: the feedback and reuse use cases end to end on the in-memory store.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::test_support::TWO_TIERS;
 use super::*;
 use crate::domain::decision::Signer;
 use crate::engine::feedback::*;
@@ -17,18 +18,7 @@ fn engine() -> Engine {
 /// The same, with `extra` lines in ads' policy.
 fn engine_with(extra: &str) -> Engine {
     let policy = crate::domain::policy::Policy::parse(&format!(
-        r#"
-[[tiers]]
-name = "small"
-model = "s"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[tiers]]
-name = "premium"
-model = "p"
-input_usd_per_mtok = 10.0
-output_usd_per_mtok = 30.0
-
+        r#"{TWO_TIERS}
 [default]
 quality_bar = 0.5
 
