@@ -4,24 +4,35 @@ use super::{Policy, ScopePolicy, Tier};
 
 /// What changed from `old` to `new`, one line per change, for the audit trail.
 pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = tier_changes(old, new);
+    out.extend(scope_changes(old, new));
+    out.extend(budget_changes(old, new));
+    if out.is_empty() && old.version != new.version {
+        out.push("no effective change (comments or formatting)".into());
+    }
+    out
+}
+
+/// Input/output per 1M tokens, then the cached input and reasoning prices where they are not
+/// simply the input and output ones.
+fn price(t: &Tier) -> String {
+    let usd = |m: u64| m as f64 / 1e6;
+    let mut s = format!(
+        "${}/${} per 1M",
+        usd(t.input_micros_per_mtok),
+        usd(t.output_micros_per_mtok)
+    );
+    if t.cached_input_micros_per_mtok != t.input_micros_per_mtok {
+        s += &format!(", cached input ${}", usd(t.cached_input_micros_per_mtok));
+    }
+    if t.reasoning_micros_per_mtok != t.output_micros_per_mtok {
+        s += &format!(", reasoning ${}", usd(t.reasoning_micros_per_mtok));
+    }
+    s
+}
+
+fn tier_changes(old: &Policy, new: &Policy) -> Vec<String> {
     let mut out = Vec::new();
-    // Input/output per 1M tokens, then the cached input and reasoning prices where they are
-    // not simply the input and output ones.
-    let price = |t: &Tier| {
-        let usd = |m: u64| m as f64 / 1e6;
-        let mut s = format!(
-            "${}/${} per 1M",
-            usd(t.input_micros_per_mtok),
-            usd(t.output_micros_per_mtok)
-        );
-        if t.cached_input_micros_per_mtok != t.input_micros_per_mtok {
-            s += &format!(", cached input ${}", usd(t.cached_input_micros_per_mtok));
-        }
-        if t.reasoning_micros_per_mtok != t.output_micros_per_mtok {
-            s += &format!(", reasoning ${}", usd(t.reasoning_micros_per_mtok));
-        }
-        s
-    };
     for t in &new.tiers {
         match old.tiers.iter().find(|o| o.name == t.name) {
             None => out.push(format!("tier {} added ({}, {})", t.name, t.model, price(t))),
@@ -41,112 +52,67 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             out.push(format!("tier {} removed", o.name));
         }
     }
-    let names = |p: &Policy, s: &ScopePolicy| -> Vec<String> {
-        s.allowed.iter().map(|&i| p.tiers[i].name.clone()).collect()
-    };
+    out
+}
+
+/// A scope field as the audit trail shows it: its name, and its value in a policy.
+type Field = (&'static str, fn(&Policy, &ScopePolicy) -> String);
+
+/// Every scope field the audit trail reports, in the order it reports them.
+const SCOPE_FIELDS: [Field; 13] = [
+    ("quality_bar", |_, s| s.quality_bar.to_string()),
+    ("allowed_tiers", |p, s| {
+        let names: Vec<&String> = s.allowed.iter().map(|&i| &p.tiers[i].name).collect();
+        format!("{names:?}")
+    }),
+    ("exploration_rate", |_, s| s.exploration_rate.to_string()),
+    ("shadow_rate", |p, s| {
+        format!("{} on {}", s.shadow_rate, p.tiers[s.shadow_tier].name)
+    }),
+    ("report_interval_width", |_, s| {
+        s.report_interval_width.to_string()
+    }),
+    ("pinned thresholds", |_, s| {
+        format!("{:?}", s.pinned_thresholds)
+    }),
+    ("bar_mode", |_, s| s.bar_mode.as_str().to_string()),
+    ("quality_bar_relative", |_, s| {
+        format!("{:?}", s.quality_bar_relative)
+    }),
+    ("reuse_retention_days", |_, s| {
+        s.reuse_retention_days.to_string()
+    }),
+    ("reuse limits", |_, s| {
+        format!(
+            "{} events per decision, {} ids per team",
+            s.reuse_events_per_decision, s.reuse_ids_per_team
+        )
+    }),
+    ("max_output_tokens", |_, s| s.max_output_tokens.to_string()),
+    ("value_per_success_usd", |_, s| {
+        format!("{:?}", s.value_per_success_usd)
+    }),
+    ("human time", |_, s| {
+        format!(
+            "{:?} min at {:?} USD/h",
+            s.human_minutes_per_success, s.loaded_cost_per_hour_usd
+        )
+    }),
+];
+
+fn scope_changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
     let old_scopes = old.all_scopes();
     let new_scopes = new.all_scopes();
     for s in &new_scopes {
-        match old_scopes.iter().find(|o| o.key == s.key) {
-            None => out.push(format!("scope {} added (bar {})", s.key, s.quality_bar)),
-            Some(o) => {
-                if o.quality_bar != s.quality_bar {
-                    out.push(format!(
-                        "scope {}: quality_bar {} → {}",
-                        s.key, o.quality_bar, s.quality_bar
-                    ));
-                }
-                if names(old, o) != names(new, s) {
-                    out.push(format!(
-                        "scope {}: allowed_tiers {:?} → {:?}",
-                        s.key,
-                        names(old, o),
-                        names(new, s)
-                    ));
-                }
-                if o.exploration_rate != s.exploration_rate {
-                    out.push(format!(
-                        "scope {}: exploration_rate {} → {}",
-                        s.key, o.exploration_rate, s.exploration_rate
-                    ));
-                }
-                if (o.shadow_rate, &old.tiers[o.shadow_tier].name)
-                    != (s.shadow_rate, &new.tiers[s.shadow_tier].name)
-                {
-                    out.push(format!(
-                        "scope {}: shadow_rate {} on {} → {} on {}",
-                        s.key,
-                        o.shadow_rate,
-                        old.tiers[o.shadow_tier].name,
-                        s.shadow_rate,
-                        new.tiers[s.shadow_tier].name
-                    ));
-                }
-                if o.report_interval_width != s.report_interval_width {
-                    out.push(format!(
-                        "scope {}: report_interval_width {} → {}",
-                        s.key, o.report_interval_width, s.report_interval_width
-                    ));
-                }
-                if o.pinned_thresholds != s.pinned_thresholds {
-                    out.push(format!("scope {}: pinned thresholds changed", s.key));
-                }
-                if o.bar_mode != s.bar_mode {
-                    out.push(format!(
-                        "scope {}: bar_mode {} → {}",
-                        s.key,
-                        o.bar_mode.as_str(),
-                        s.bar_mode.as_str()
-                    ));
-                }
-                if o.quality_bar_relative != s.quality_bar_relative {
-                    out.push(format!(
-                        "scope {}: quality_bar_relative {:?} → {:?}",
-                        s.key, o.quality_bar_relative, s.quality_bar_relative
-                    ));
-                }
-                if o.reuse_retention_days != s.reuse_retention_days {
-                    out.push(format!(
-                        "scope {}: reuse_retention_days {} → {}",
-                        s.key, o.reuse_retention_days, s.reuse_retention_days
-                    ));
-                }
-                if (o.reuse_events_per_decision, o.reuse_ids_per_team)
-                    != (s.reuse_events_per_decision, s.reuse_ids_per_team)
-                {
-                    out.push(format!(
-                        "scope {}: reuse limits {} events per decision, {} ids per team → {}, {}",
-                        s.key,
-                        o.reuse_events_per_decision,
-                        o.reuse_ids_per_team,
-                        s.reuse_events_per_decision,
-                        s.reuse_ids_per_team
-                    ));
-                }
-                if o.max_output_tokens != s.max_output_tokens {
-                    out.push(format!(
-                        "scope {}: max_output_tokens {} → {}",
-                        s.key, o.max_output_tokens, s.max_output_tokens
-                    ));
-                }
-                if o.value_per_success_usd != s.value_per_success_usd {
-                    out.push(format!(
-                        "scope {}: value_per_success_usd {:?} → {:?}",
-                        s.key, o.value_per_success_usd, s.value_per_success_usd
-                    ));
-                }
-                if o.human_minutes_per_success != s.human_minutes_per_success
-                    || o.loaded_cost_per_hour_usd != s.loaded_cost_per_hour_usd
-                {
-                    out.push(format!(
-                        "scope {}: human time {:?} min at {:?} USD/h → {:?} min at {:?} USD/h",
-                        s.key,
-                        o.human_minutes_per_success,
-                        o.loaded_cost_per_hour_usd,
-                        s.human_minutes_per_success,
-                        s.loaded_cost_per_hour_usd
-                    ));
-                }
+        let Some(o) = old_scopes.iter().find(|o| o.key == s.key) else {
+            out.push(format!("scope {} added (bar {})", s.key, s.quality_bar));
+            continue;
+        };
+        for (name, show) in SCOPE_FIELDS {
+            let (before, after) = (show(old, o), show(new, s));
+            if before != after {
+                out.push(format!("scope {}: {name} {before} → {after}", s.key));
             }
         }
     }
@@ -155,6 +121,11 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             out.push(format!("scope {} removed", o.key));
         }
     }
+    out
+}
+
+fn budget_changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
     let usd = |m: Option<i64>| m.map_or("none".to_string(), |m| format!("${}", m as f64 / 1e6));
     for b in &new.budgets {
         match old.budgets.iter().find(|o| o.id == b.id) {
@@ -180,8 +151,38 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             out.push(format!("budget {} removed", o.id));
         }
     }
-    if out.is_empty() && old.version != new.version {
-        out.push("no effective change (comments or formatting)".into());
-    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::policy::tests::THREE;
+
+    #[test]
+    fn unchanged_policies_say_nothing_and_a_changed_default_names_every_field() {
+        let old = Policy::parse(THREE).unwrap();
+        assert!(diff(&old, &old).is_empty());
+        let text = THREE.replace(
+            "[default]\nquality_bar = 0.8\n",
+            "[default]\nquality_bar = 0.7\nreuse_events_per_decision = 7\n\
+             max_output_tokens = 999\nhuman_minutes_per_success = 3.0\n",
+        );
+        let new = Policy::parse(&text).unwrap();
+        let lines = diff(&old, &new);
+        let line = |prefix: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} in {lines:?}"))
+                .clone()
+        };
+        assert_eq!(
+            line("scope default: quality_bar"),
+            "scope default: quality_bar 0.8 → 0.7"
+        );
+        assert!(line("scope default: reuse limits").contains("→ 7 events per decision"));
+        assert!(line("scope default: max_output_tokens").ends_with("→ 999"));
+        assert!(line("scope default: human time").contains("Some(3.0) min"));
+    }
 }

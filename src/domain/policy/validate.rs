@@ -236,222 +236,67 @@ pub(super) fn resolve_scope(
     base: Option<&RawScope>,
     tiers: &[Tier],
 ) -> Result<ScopePolicy, PolicyError> {
-    let field_path = |k: &str| format!("{at}.{k}");
-    // A field set on the scope wins; else [default]'s; else the built-in default.
-    let pick = |own: Option<f64>, from_base: Option<f64>| own.or(from_base);
-    let base_bar = base.and_then(|b| b.quality_bar);
-    let bar_path = if s.quality_bar.is_some() || base.is_none() {
-        field_path("quality_bar")
-    } else {
-        "default.quality_bar".into()
-    };
-    let quality_bar = pick(s.quality_bar, base_bar).unwrap_or(0.9);
-    if !(0.0..=1.0).contains(&quality_bar) {
-        return Err(PolicyError::new(
-            bar_path,
-            format!("must be in [0, 1], got {quality_bar}"),
-        ));
-    }
-    let exploration_rate = pick(s.exploration_rate, base.and_then(|b| b.exploration_rate))
-        .unwrap_or(DEFAULT_EXPLORATION_RATE);
-    if !(0.0..=0.5).contains(&exploration_rate) {
-        return Err(PolicyError::new(
-            field_path("exploration_rate"),
-            format!("must be in [0, 0.5], got {exploration_rate}"),
-        ));
-    }
-    let value_per_success_usd = pick(
-        s.value_per_success_usd,
-        base.and_then(|b| b.value_per_success_usd),
-    );
-    // Bounded like budget limits: the books add it up in integer micro-dollars.
-    if let Some(v) = value_per_success_usd
-        && (!v.is_finite() || !(0.0..=MAX_VALUE_PER_SUCCESS_USD).contains(&v))
-    {
-        return Err(PolicyError::new(
-            field_path("value_per_success_usd"),
-            format!("must be a dollar amount in [0, 1e6], got {v}"),
-        ));
-    }
-    // Human time: minutes saved per completed output, priced at a loaded hourly cost. Bounded
-    // so a year of outcomes stays far inside the books' 64-bit counters.
-    let bounded =
-        |key: &str, v: Option<f64>, max: f64, what: &str| -> Result<Option<f64>, PolicyError> {
-            match v {
-                Some(x) if !x.is_finite() || !(0.0..=max).contains(&x) => Err(PolicyError::new(
-                    field_path(key),
-                    format!("must be {what} in [0, {max}], got {x}"),
-                )),
-                other => Ok(other),
-            }
-        };
-    let human_minutes_per_success = bounded(
-        "human_minutes_per_success",
-        pick(
-            s.human_minutes_per_success,
-            base.and_then(|b| b.human_minutes_per_success),
-        ),
-        MAX_HUMAN_MINUTES,
-        "minutes",
+    let f = Fields { at, own: s, base };
+    let quality_bar = f.quality_bar()?;
+    let exploration_rate = f.check(
+        "exploration_rate",
+        f.get(|r| r.exploration_rate)
+            .unwrap_or(DEFAULT_EXPLORATION_RATE),
+        |v| (0.0..=0.5).contains(&v),
+        "in [0, 0.5]",
     )?;
-    let loaded_cost_per_hour_usd = bounded(
-        "loaded_cost_per_hour_usd",
-        pick(
-            s.loaded_cost_per_hour_usd,
-            base.and_then(|b| b.loaded_cost_per_hour_usd),
-        ),
-        MAX_LOADED_COST_PER_HOUR_USD,
-        "a dollar amount",
+    let (value_per_success_usd, human_minutes_per_success, loaded_cost_per_hour_usd) =
+        f.value_fields()?;
+    let bar_mode = f.bar_mode()?;
+    let quality_bar_relative = f.optional(
+        "quality_bar_relative",
+        f.get(|r| r.quality_bar_relative),
+        |r| r > 0.0 && r <= 1.0,
+        "in (0, 1]",
     )?;
-    let bar_mode = match s
-        .bar_mode
-        .as_deref()
-        .or(base.and_then(|b| b.bar_mode.as_deref()))
-    {
-        None | Some("average") => BarMode::Average,
-        Some("per_task") => BarMode::PerTask,
-        Some(other) => {
-            return Err(PolicyError::new(
-                field_path("bar_mode"),
-                format!("must be \"average\" or \"per_task\", got {other:?}"),
-            ));
-        }
-    };
-    let quality_bar_relative = pick(
-        s.quality_bar_relative,
-        base.and_then(|b| b.quality_bar_relative),
-    );
-    if let Some(r) = quality_bar_relative
-        && !(r > 0.0 && r <= 1.0)
-    {
-        return Err(PolicyError::new(
-            field_path("quality_bar_relative"),
-            format!("must be in (0, 1], got {r}"),
-        ));
-    }
-    let max_output_tokens = s
-        .max_output_tokens
-        .or(base.and_then(|b| b.max_output_tokens))
-        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
-    if !(1..=1_000_000).contains(&max_output_tokens) {
-        return Err(PolicyError::new(
-            field_path("max_output_tokens"),
-            format!("must be in [1, 1000000], got {max_output_tokens}"),
-        ));
-    }
-    let reuse_retention_days = s
-        .reuse_retention_days
-        .or(base.and_then(|b| b.reuse_retention_days))
-        .unwrap_or(DEFAULT_REUSE_RETENTION_DAYS);
-    if !(1..=MAX_REUSE_RETENTION_DAYS).contains(&reuse_retention_days) {
-        return Err(PolicyError::new(
-            field_path("reuse_retention_days"),
-            format!("must be in [1, {MAX_REUSE_RETENTION_DAYS}], got {reuse_retention_days}"),
-        ));
-    }
-    let bounded = |name: &str, v: Option<u64>, base_v: Option<u64>, default: u64, max: u64| {
-        let v = v.or(base_v).unwrap_or(default);
-        if (1..=max).contains(&v) {
-            Ok(v)
-        } else {
-            Err(PolicyError::new(
-                field_path(name),
-                format!("must be in [1, {max}], got {v}"),
-            ))
-        }
-    };
-    let reuse_events_per_decision = bounded(
+    let max_output_tokens = f.count(
+        "max_output_tokens",
+        |r| r.max_output_tokens,
+        DEFAULT_MAX_OUTPUT_TOKENS,
+        1_000_000,
+    )?;
+    let reuse_retention_days = f.count(
+        "reuse_retention_days",
+        |r| r.reuse_retention_days,
+        DEFAULT_REUSE_RETENTION_DAYS,
+        MAX_REUSE_RETENTION_DAYS,
+    )?;
+    let reuse_events_per_decision = f.count(
         "reuse_events_per_decision",
-        s.reuse_events_per_decision,
-        base.and_then(|b| b.reuse_events_per_decision),
+        |r| r.reuse_events_per_decision,
         DEFAULT_REUSE_EVENTS_PER_DECISION,
         1_000_000_000,
     )?;
-    let reuse_ids_per_team = bounded(
+    let reuse_ids_per_team = f.count(
         "reuse_ids_per_team",
-        s.reuse_ids_per_team,
-        base.and_then(|b| b.reuse_ids_per_team),
+        |r| r.reuse_ids_per_team,
         DEFAULT_REUSE_IDS_PER_TEAM,
         // The memory store's whole pool for reuse ids.
         crate::domain::state::MAX_REUSE_IDS as u64,
     )?;
-    let allowed_names = s
-        .allowed_tiers
-        .as_ref()
-        .or(base.and_then(|b| b.allowed_tiers.as_ref()));
-    let allowed: Vec<usize> = match allowed_names {
-        None => (0..tiers.len()).collect(),
-        Some(names) => {
-            let mut idx = Vec::new();
-            for (j, n) in names.iter().enumerate() {
-                let Some(i) = tiers.iter().position(|t| &t.name == n) else {
-                    return Err(PolicyError::new(
-                        format!("{}[{j}]", field_path("allowed_tiers")),
-                        format!("unknown tier {n:?}"),
-                    ));
-                };
-                if idx.contains(&i) {
-                    return Err(PolicyError::new(
-                        format!("{}[{j}]", field_path("allowed_tiers")),
-                        format!("tier {n:?} listed twice"),
-                    ));
-                }
-                idx.push(i);
-            }
-            idx.sort_unstable();
-            idx
-        }
-    };
-    if allowed.is_empty() {
-        return Err(PolicyError::new(
-            field_path("allowed_tiers"),
-            "must allow at least one tier",
-        ));
-    }
-    let shadow_rate = pick(s.shadow_rate, base.and_then(|b| b.shadow_rate)).unwrap_or(0.0);
-    if !(0.0..=MAX_SHADOW_RATE).contains(&shadow_rate) {
-        return Err(PolicyError::new(
-            field_path("shadow_rate"),
-            format!("must be in [0, {MAX_SHADOW_RATE}], got {shadow_rate}"),
-        ));
-    }
-    let shadow_tier = match s
-        .shadow_tier
-        .as_ref()
-        .or(base.and_then(|b| b.shadow_tier.as_ref()))
-    {
-        // The top allowed tier: `allowed` is ascending and never empty here.
-        None => allowed[allowed.len() - 1],
-        Some(n) => match tiers.iter().position(|t| &t.name == n) {
-            Some(i) if allowed.contains(&i) => i,
-            Some(_) => {
-                return Err(PolicyError::new(
-                    field_path("shadow_tier"),
-                    format!("tier {n:?} is not in the scope's allowed_tiers"),
-                ));
-            }
-            None => {
-                return Err(PolicyError::new(
-                    field_path("shadow_tier"),
-                    format!("unknown tier {n:?}"),
-                ));
-            }
-        },
-    };
-    let report_interval_width = pick(
-        s.report_interval_width,
-        base.and_then(|b| b.report_interval_width),
-    )
-    .unwrap_or(DEFAULT_REPORT_INTERVAL_WIDTH);
-    if !(report_interval_width > 0.0 && report_interval_width <= 1.0) {
-        return Err(PolicyError::new(
-            field_path("report_interval_width"),
-            format!("must be in (0, 1], got {report_interval_width}"),
-        ));
-    }
+    let allowed = f.allowed(tiers)?;
+    let shadow_rate = f.check(
+        "shadow_rate",
+        f.get(|r| r.shadow_rate).unwrap_or(0.0),
+        |v| (0.0..=MAX_SHADOW_RATE).contains(&v),
+        &format!("in [0, {MAX_SHADOW_RATE}]"),
+    )?;
+    let shadow_tier = f.shadow_tier(&allowed, tiers)?;
+    let report_interval_width = f.check(
+        "report_interval_width",
+        f.get(|r| r.report_interval_width)
+            .unwrap_or(DEFAULT_REPORT_INTERVAL_WIDTH),
+        |w| w > 0.0 && w <= 1.0,
+        "in (0, 1]",
+    )?;
     let pinned_thresholds = match s.thresholds.as_ref() {
         None => None,
-        Some(map) => Some(pinned(&field_path("thresholds"), map, &allowed, tiers)?),
+        Some(map) => Some(pinned(&f.path("thresholds"), map, &allowed, tiers)?),
     };
     Ok(ScopePolicy {
         key: String::new(),
@@ -472,6 +317,173 @@ pub(super) fn resolve_scope(
         shadow_tier,
         report_interval_width,
     })
+}
+
+/// A scope's raw fields with `[default]`'s behind them, at key path `at`: a field set on the
+/// scope wins, else the base's; every refusal names the field's path and the accepted range.
+struct Fields<'a> {
+    at: &'a str,
+    own: &'a RawScope,
+    base: Option<&'a RawScope>,
+}
+
+impl<'a> Fields<'a> {
+    fn path(&self, key: &str) -> String {
+        format!("{}.{key}", self.at)
+    }
+
+    /// The scope's own value of a field, else the base's.
+    fn get<T>(&self, field: impl Fn(&'a RawScope) -> Option<T>) -> Option<T> {
+        field(self.own).or_else(|| self.base.and_then(&field))
+    }
+
+    /// `v` where `ok(v)`, else "must be {range}, got {v}" at `key`.
+    fn check<T: Copy + std::fmt::Display>(
+        &self,
+        key: &str,
+        v: T,
+        ok: impl Fn(T) -> bool,
+        range: &str,
+    ) -> Result<T, PolicyError> {
+        if ok(v) {
+            Ok(v)
+        } else {
+            Err(PolicyError::new(
+                self.path(key),
+                format!("must be {range}, got {v}"),
+            ))
+        }
+    }
+
+    /// [`Fields::check`] of an optional value: unset passes.
+    fn optional(
+        &self,
+        key: &str,
+        v: Option<f64>,
+        ok: impl Fn(f64) -> bool,
+        range: &str,
+    ) -> Result<Option<f64>, PolicyError> {
+        v.map(|x| self.check(key, x, &ok, range)).transpose()
+    }
+
+    /// A whole number in [1, `max`], `default` where neither the scope nor the base sets it.
+    fn count<T>(
+        &self,
+        key: &str,
+        field: impl Fn(&'a RawScope) -> Option<T>,
+        default: T,
+        max: T,
+    ) -> Result<T, PolicyError>
+    where
+        T: Copy + std::fmt::Display + PartialOrd + From<u8>,
+    {
+        let v = self.get(field).unwrap_or(default);
+        self.check(
+            key,
+            v,
+            |x| (T::from(1)..=max).contains(&x),
+            &format!("in [1, {max}]"),
+        )
+    }
+
+    /// The bar; a bad one inherited from `[default]` is refused at `default.quality_bar`.
+    fn quality_bar(&self) -> Result<f64, PolicyError> {
+        let v = self.get(|r| r.quality_bar).unwrap_or(0.9);
+        if (0.0..=1.0).contains(&v) {
+            return Ok(v);
+        }
+        let path = if self.own.quality_bar.is_some() || self.base.is_none() {
+            self.path("quality_bar")
+        } else {
+            "default.quality_bar".into()
+        };
+        Err(PolicyError::new(
+            path,
+            format!("must be in [0, 1], got {v}"),
+        ))
+    }
+
+    fn bar_mode(&self) -> Result<BarMode, PolicyError> {
+        match self.get(|r| r.bar_mode.as_deref()) {
+            None | Some("average") => Ok(BarMode::Average),
+            Some("per_task") => Ok(BarMode::PerTask),
+            Some(other) => Err(PolicyError::new(
+                self.path("bar_mode"),
+                format!("must be \"average\" or \"per_task\", got {other:?}"),
+            )),
+        }
+    }
+
+    /// Value per success, human minutes per success and their loaded hourly cost: each bounded
+    /// so a year of outcomes stays far inside the books' 64-bit integer micro-dollar counters.
+    #[allow(clippy::type_complexity)]
+    fn value_fields(&self) -> Result<(Option<f64>, Option<f64>, Option<f64>), PolicyError> {
+        let within = |max: f64| move |x: f64| x.is_finite() && (0.0..=max).contains(&x);
+        let value = self.optional(
+            "value_per_success_usd",
+            self.get(|r| r.value_per_success_usd),
+            within(MAX_VALUE_PER_SUCCESS_USD),
+            "a dollar amount in [0, 1e6]",
+        )?;
+        let minutes = self.optional(
+            "human_minutes_per_success",
+            self.get(|r| r.human_minutes_per_success),
+            within(MAX_HUMAN_MINUTES),
+            &format!("minutes in [0, {MAX_HUMAN_MINUTES}]"),
+        )?;
+        let rate = self.optional(
+            "loaded_cost_per_hour_usd",
+            self.get(|r| r.loaded_cost_per_hour_usd),
+            within(MAX_LOADED_COST_PER_HOUR_USD),
+            &format!("a dollar amount in [0, {MAX_LOADED_COST_PER_HOUR_USD}]"),
+        )?;
+        Ok((value, minutes, rate))
+    }
+
+    /// The allowed tiers' indices, ascending; every tier when unset, never none.
+    fn allowed(&self, tiers: &[Tier]) -> Result<Vec<usize>, PolicyError> {
+        let Some(names) = self.get(|r| r.allowed_tiers.as_ref()) else {
+            return Ok((0..tiers.len()).collect());
+        };
+        let mut idx = Vec::new();
+        for (j, n) in names.iter().enumerate() {
+            let at = || format!("{}[{j}]", self.path("allowed_tiers"));
+            let Some(i) = tiers.iter().position(|t| &t.name == n) else {
+                return Err(PolicyError::new(at(), format!("unknown tier {n:?}")));
+            };
+            if idx.contains(&i) {
+                return Err(PolicyError::new(at(), format!("tier {n:?} listed twice")));
+            }
+            idx.push(i);
+        }
+        if idx.is_empty() {
+            return Err(PolicyError::new(
+                self.path("allowed_tiers"),
+                "must allow at least one tier",
+            ));
+        }
+        idx.sort_unstable();
+        Ok(idx)
+    }
+
+    /// The shadow tier: the one named, which must be allowed, else the top allowed tier.
+    fn shadow_tier(&self, allowed: &[usize], tiers: &[Tier]) -> Result<usize, PolicyError> {
+        let Some(n) = self.get(|r| r.shadow_tier.as_ref()) else {
+            // `allowed` is ascending and never empty.
+            return Ok(allowed[allowed.len() - 1]);
+        };
+        match tiers.iter().position(|t| &t.name == n) {
+            Some(i) if allowed.contains(&i) => Ok(i),
+            Some(_) => Err(PolicyError::new(
+                self.path("shadow_tier"),
+                format!("tier {n:?} is not in the scope's allowed_tiers"),
+            )),
+            None => Err(PolicyError::new(
+                self.path("shadow_tier"),
+                format!("unknown tier {n:?}"),
+            )),
+        }
+    }
 }
 
 /// Pinned thresholds of `map` (at key path `at`), one per allowed tier, ascending, the top one 1.
