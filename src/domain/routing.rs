@@ -13,7 +13,9 @@ use crate::domain::classifier::ComplexityModel;
 use crate::domain::clusters::sketch;
 use crate::domain::features::TaskInput;
 use crate::domain::labels::{DEFAULT_WORKFLOW, MAX_LABEL_BYTES, workflow_key};
-use crate::domain::learning::{BANDS, RoutingTable, band_of, cluster_label};
+use crate::domain::learning::{
+    BANDS, Choice, RoutingTable, ScopePlan, TierPlan, band_of, cluster_label,
+};
 use crate::domain::policy::{BarMode, Policy};
 
 /// Default cap on the task size in bytes.
@@ -220,6 +222,80 @@ pub fn decide(
     req: &RouteRequest<'_>,
     explore_draw: f64,
 ) -> Result<Decision, RouteError> {
+    check_request(limits, req)?;
+    let policy: &Policy = &table.policy;
+    let task = Placed::of(model, table, req);
+    let plan = task.plan;
+    let choice = plan.choice(
+        policy,
+        task.workflow(),
+        task.complexity,
+        task.band,
+        task.gap,
+        task.input_tokens,
+        task.output_tokens,
+    );
+    let (curves, safe) = (choice.curves, choice.slot);
+    let candidates = candidates(policy, &choice, task.band, task.gap);
+    let drawn = draw(plan, &choice, task.band, task.gap, explore_draw);
+    let chosen = drawn.chosen;
+    let shadow = shadow_slot(
+        plan.policy.shadow_rate,
+        plan.policy.shadow_tier,
+        &candidates,
+        chosen,
+        explore_draw,
+    );
+    let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
+    let mode = mode_of(plan);
+    let workflow = task.workflow();
+    let mut reason = explain(&Why {
+        candidates: &candidates,
+        curves,
+        band: task.band,
+        gap: task.gap,
+        chosen,
+        safe,
+        complexity: task.complexity,
+        scope: task.scope_key,
+        workflow,
+        bar: bar_held(mode, plan, curves, task.band, task.gap),
+        expected: plan.expected_quality,
+        mode,
+        // Only once its own outcomes weigh as much as what it borrows.
+        learned: plan
+            .workflow_plan(workflow)
+            .is_some_and(|p| p.evidence >= crate::domain::learning::WORKFLOW_PRIOR),
+    });
+    if let Some(cap) = task.capped {
+        reason.push_str("; expected_output_tokens capped at ");
+        reason.push_str(&cap.to_string());
+        reason.push_str(" by the policy's max_output_tokens");
+    }
+    Ok(Decision {
+        scope: task.scope_key.clone(),
+        chosen,
+        planned: safe,
+        propensity: drawn.propensity,
+        premium_propensity: drawn.premium_propensity,
+        shadow,
+        cluster: task.cluster,
+        sketch: task.sketch,
+        complexity: task.complexity,
+        band: task.band,
+        gap: task.gap,
+        explored: chosen != safe,
+        candidates,
+        fallback,
+        policy_version: policy.version.clone(),
+        input_tokens: task.input_tokens,
+        output_tokens: task.output_tokens,
+        reason,
+    })
+}
+
+/// Refuses a task over the size limit, an empty one, or bad labels ([`check_labels`]).
+fn check_request(limits: &Limits, req: &RouteRequest<'_>) -> Result<(), RouteError> {
     if req.task.len() > limits.max_task_bytes {
         return Err(RouteError::TaskTooLarge {
             size: req.task.len(),
@@ -229,54 +305,87 @@ pub fn decide(
     if req.task.trim().is_empty() {
         return Err(RouteError::EmptyTask);
     }
-    check_labels(req)?;
-    let policy: &Policy = &table.policy;
-    // An empty workflow and "default" are the same workflow everywhere.
-    let workflow = workflow_key(req.workflow);
-    let scope = policy.resolve(req.team, workflow);
-    // The team's own plan where it has one (its outcomes move it), else the scope's shared one.
-    let shared = table.plan(&scope.key);
-    let plan = shared.for_team(req.team);
-    // A task without a label learns as the cluster of similar tasks it falls in (once the
-    // scope has clusters); its sketch travels with the decision, to fit them on.
-    let (sketch, cluster) = if workflow == DEFAULT_WORKFLOW {
-        let s = sketch(req.task);
-        let c = shared.clusters.as_ref().map(|m| m.assign(&s));
-        (s.0, c)
-    } else {
-        (Vec::new(), None)
-    };
-    let cluster_workflow = cluster.map(cluster_label);
-    let workflow = cluster_workflow.as_deref().unwrap_or(workflow);
-    // A client's length hint is taken up to the policy's cap, and the reason says so.
-    let hint = u64::from(req.expected_output_tokens);
-    let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
-    let hint = hint.min(scope.max_output_tokens);
-    let (complexity, gap) = model.score(&TaskInput {
-        text: req.task,
-        workflow: workflow_key(req.workflow),
-        task_type: req.task_type,
-        expected_output_tokens: hint as u32,
-    });
-    let band = band_of(complexity, BANDS);
-    let input_tokens = (req.task.len() as u64).div_ceil(4);
-    let output_tokens = if hint > 0 {
-        hint
-    } else {
-        plan.expected_output_tokens(workflow)
-    };
-    let gap = f64::from(gap);
-    let choice = plan.choice(
-        policy,
-        workflow,
-        complexity,
-        band,
-        gap,
-        input_tokens,
-        output_tokens,
-    );
-    let (curves, safe) = (choice.curves, choice.slot);
-    let candidates: Vec<Candidate> = curves
+    check_labels(req)
+}
+
+/// A task placed before the choice: its scope and plan, the workflow it learns as, its
+/// complexity and its token estimates.
+struct Placed<'a> {
+    scope_key: &'a String,
+    /// The team's own plan where it has one (its outcomes move it), else the scope's shared one.
+    plan: &'a ScopePlan,
+    /// The caller's workflow (an empty one is `default`).
+    workflow: &'a str,
+    /// The discovered cluster of an unlabelled task, and its label (the workflow it learns as).
+    cluster: Option<u32>,
+    cluster_workflow: Option<String>,
+    /// The unlabelled task's text sketch, to fit the clusters on; empty for a labelled one.
+    sketch: Vec<u16>,
+    complexity: f64,
+    band: usize,
+    gap: f64,
+    /// The client's length hint when the policy's cap cut it.
+    capped: Option<u64>,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl<'a> Placed<'a> {
+    fn of(model: &ComplexityModel, table: &'a RoutingTable, req: &RouteRequest<'a>) -> Self {
+        // An empty workflow and "default" are the same workflow everywhere.
+        let workflow = workflow_key(req.workflow);
+        let scope = table.policy.resolve(req.team, workflow);
+        let shared = table.plan(&scope.key);
+        let plan = shared.for_team(req.team);
+        // A task without a label learns as the cluster of similar tasks it falls in (once the
+        // scope has clusters); its sketch travels with the decision, to fit them on.
+        let (sketch, cluster) = if workflow == DEFAULT_WORKFLOW {
+            let s = sketch(req.task);
+            let c = shared.clusters.as_ref().map(|m| m.assign(&s));
+            (s.0, c)
+        } else {
+            (Vec::new(), None)
+        };
+        // A client's length hint is taken up to the policy's cap, and the reason says so.
+        let hint = u64::from(req.expected_output_tokens);
+        let capped = (hint > scope.max_output_tokens).then_some(scope.max_output_tokens);
+        let hint = hint.min(scope.max_output_tokens);
+        let (complexity, gap) = model.score(&TaskInput {
+            text: req.task,
+            workflow,
+            task_type: req.task_type,
+            expected_output_tokens: hint as u32,
+        });
+        let mut placed = Self {
+            scope_key: &scope.key,
+            plan,
+            workflow,
+            cluster,
+            cluster_workflow: cluster.map(cluster_label),
+            sketch,
+            complexity,
+            band: band_of(complexity, BANDS),
+            gap: f64::from(gap),
+            capped,
+            input_tokens: (req.task.len() as u64).div_ceil(4),
+            output_tokens: hint,
+        };
+        if hint == 0 {
+            placed.output_tokens = plan.expected_output_tokens(placed.workflow());
+        }
+        placed
+    }
+
+    /// The workflow the task learns as: its cluster's where it has one, else the caller's.
+    fn workflow(&self) -> &str {
+        self.cluster_workflow.as_deref().unwrap_or(self.workflow)
+    }
+}
+
+/// Each allowed tier as a candidate for the task, in slot order.
+fn candidates(policy: &Policy, choice: &Choice<'_>, band: usize, gap: f64) -> Vec<Candidate> {
+    choice
+        .curves
         .iter()
         .zip(&choice.costs_micros)
         .map(|(t, &cost_micros)| {
@@ -291,97 +400,70 @@ pub fn decide(
                 threshold: t.threshold,
             }
         })
-        .collect();
-    // Exploration: a share `exploration_rate` of tasks is routed by draws from every allowed
-    // tier's posterior; it explores when a draw picks another tier than the plan.
+        .collect()
+}
+
+/// The slot a decision got, and the probabilities that it got that one and the premium one.
+struct Drawn {
+    chosen: usize,
+    propensity: f64,
+    premium_propensity: f64,
+}
+
+/// Exploration: a share `exploration_rate` of tasks is routed by draws from every allowed
+/// tier's posterior; it explores when a draw picks another tier than the plan.
+fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) -> Drawn {
+    let slots = choice.curves.len();
+    let safe = choice.slot;
     let rate = plan.policy.exploration_rate;
-    let branch = explore_draw < rate && candidates.len() > 1;
+    let branch = u < rate && slots > 1;
     let chosen = if branch {
-        plan.explore(&choice, band, gap, explore_draw / rate)
+        plan.explore(choice, band, gap, u / rate)
     } else {
         safe
     };
-    let explored = chosen != safe;
-    let (propensity, premium_propensity) = if candidates.len() > 1 {
+    let (propensity, premium_propensity) = if slots > 1 {
         propensities(
             &Draws {
                 rate,
                 planned: safe,
                 chosen,
-                premium: candidates.len() - 1,
+                premium: slots - 1,
                 in_branch: branch,
             },
-            |u| plan.explore(&choice, band, gap, u),
+            |v| plan.explore(choice, band, gap, v),
         )
     } else {
         (1.0, 1.0)
     };
-    let shadow = shadow_slot(
-        plan.policy.shadow_rate,
-        plan.policy.shadow_tier,
-        &candidates,
+    Drawn {
         chosen,
-        explore_draw,
-    );
-    let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
-    let mode = if plan.policy.pinned_thresholds.is_some() {
+        propensity,
+        premium_propensity,
+    }
+}
+
+/// How the plan chooses: by pinned thresholds, or by its bar mode.
+fn mode_of(plan: &ScopePlan) -> Mode {
+    if plan.policy.pinned_thresholds.is_some() {
         Mode::Pinned
     } else {
         match plan.policy.bar_mode {
             BarMode::Average => Mode::Average,
             BarMode::PerTask => Mode::PerTask,
         }
-    };
-    // The bar the choice was held to: per task and relative, a share of the top tier's bound.
-    let bar = match (mode, plan.policy.quality_bar_relative) {
+    }
+}
+
+/// The bar the choice was held to: per task and relative, a share of the top tier's bound;
+/// else the plan's target.
+fn bar_held(mode: Mode, plan: &ScopePlan, curves: &[TierPlan], band: usize, gap: f64) -> f64 {
+    match (mode, plan.policy.quality_bar_relative) {
         (Mode::PerTask, Some(r)) => curves
             .last()
             .map_or(plan.target, |t| r * t.quality_for(band, gap)),
         _ => plan.target,
-    };
-    let mut reason = explain(&Why {
-        candidates: &candidates,
-        curves,
-        band,
-        gap,
-        chosen,
-        safe,
-        complexity,
-        scope: &scope.key,
-        workflow,
-        bar,
-        expected: plan.expected_quality,
-        mode,
-        // Only once its own outcomes weigh as much as what it borrows.
-        learned: plan
-            .workflow_plan(workflow)
-            .is_some_and(|p| p.evidence >= crate::domain::learning::WORKFLOW_PRIOR),
-    });
-    if let Some(cap) = capped {
-        reason.push_str("; expected_output_tokens capped at ");
-        reason.push_str(&cap.to_string());
-        reason.push_str(" by the policy's max_output_tokens");
     }
-    Ok(Decision {
-        scope: scope.key.clone(),
-        chosen,
-        planned: safe,
-        propensity,
-        premium_propensity,
-        shadow,
-        cluster,
-        sketch,
-        complexity,
-        band,
-        gap,
-        explored,
-        candidates,
-        fallback,
-        policy_version: policy.version.clone(),
-        input_tokens,
-        output_tokens,
-        reason,
-    })
 }
 
 /// Stratified draws of the exploration rule that a decision's propensities are estimated on.
