@@ -8,7 +8,8 @@ use super::{PolicyError, scope_key};
 use crate::domain::calendar::DAY_MS;
 
 /// Length of a budget period; periods are calendar-aligned in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Period {
     /// From 00:00 UTC.
     Day,
@@ -69,18 +70,22 @@ impl Period {
 }
 
 /// What Route does once a hard limit is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnExhausted {
     /// Route to the cheapest allowed tier (keeps serving at the lowest cost).
+    #[default]
     Cheapest,
     /// Refuse with RESOURCE_EXHAUSTED naming the budget.
     Reject,
 }
 
 /// What Route assumes about a budget while the store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnStoreUnavailable {
     /// Enforce on this replica's last view plus its own reservations.
+    #[default]
     FailOpen,
     /// Treat the hard limit as reached.
     FailClosed,
@@ -123,12 +128,7 @@ pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, Po
     let mut out: Vec<Arc<Budget>> = Vec::with_capacity(raw.len());
     for (i, b) in raw.iter().enumerate() {
         let path = |k: &str| format!("budgets[{i}].{k}");
-        let Some(period) = Period::parse(&b.period) else {
-            return Err(PolicyError::new(
-                path("period"),
-                format!("must be \"day\", \"week\" or \"month\", got {:?}", b.period),
-            ));
-        };
+        let period = b.period;
         let limit = |k: &str, v: Option<f64>| -> Result<Option<i64>, PolicyError> {
             match v {
                 None => Ok(None),
@@ -158,26 +158,10 @@ pub(super) fn validate_budgets(raw: &[RawBudget]) -> Result<Vec<Arc<Budget>>, Po
             }
             _ => {}
         }
-        let on_exhausted = match b.on_exhausted.as_deref() {
-            None | Some("cheapest") => OnExhausted::Cheapest,
-            Some("reject") => OnExhausted::Reject,
-            Some(other) => {
-                return Err(PolicyError::new(
-                    path("on_exhausted"),
-                    format!("must be \"cheapest\" or \"reject\", got {other:?}"),
-                ));
-            }
-        };
-        let on_store_unavailable = match b.on_store_unavailable.as_deref() {
-            None | Some("fail_open") => OnStoreUnavailable::FailOpen,
-            Some("fail_closed") => OnStoreUnavailable::FailClosed,
-            Some(other) => {
-                return Err(PolicyError::new(
-                    path("on_store_unavailable"),
-                    format!("must be \"fail_open\" or \"fail_closed\", got {other:?}"),
-                ));
-            }
-        };
+        let (on_exhausted, on_store_unavailable) = (
+            b.on_exhausted.unwrap_or_default(),
+            b.on_store_unavailable.unwrap_or_default(),
+        );
         let team = b.team.clone().unwrap_or_default();
         let workflow = b.workflow.clone().unwrap_or_default();
         let team_share = match b.team_share {
@@ -319,5 +303,19 @@ hard_limit_usd = 50
             err("[[budgets]]\nperiod = \"day\"\nlimit = 1").path,
             "budgets[0].limit"
         );
+    }
+
+    #[test]
+    fn a_misspelt_value_names_its_path_its_place_and_the_values_it_could_be() {
+        let err = |b: &str| Policy::parse(&format!("{THREE}\n{b}")).unwrap_err();
+        let e = err("[[budgets]]\nperiod = \"daily\"\nhard_limit_usd = 1");
+        assert_eq!(e.path, "budgets[0].period");
+        assert!(e.reason.starts_with("line "), "{}", e.reason);
+        assert!(e.reason.contains("`day`, `week`, `month`"), "{}", e.reason);
+        let e = err(
+            "[[budgets]]\nperiod = \"day\"\nhard_limit_usd = 1\non_store_unavailable = \"open\"",
+        );
+        assert_eq!(e.path, "budgets[0].on_store_unavailable");
+        assert!(e.reason.contains("`fail_open`"), "{}", e.reason);
     }
 }

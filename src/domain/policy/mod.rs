@@ -200,7 +200,8 @@ pub const MAX_SHADOW_RATE: f64 = 0.2;
 pub const DEFAULT_REPORT_INTERVAL_WIDTH: f64 = 0.05;
 
 /// What a scope's quality bar constrains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BarMode {
     /// The scope's mean score must reach the bar, at the lowest total cost: a cheap tier may
     /// take tasks it is expected to fail while an expensive one lifts the average elsewhere.

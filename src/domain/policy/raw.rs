@@ -1,9 +1,14 @@
 //! The policy file as written: serde structs that reject unknown keys, so a misspelt key is an
-//! error naming its path, not a line silently ignored.
+//! error naming its path, not a line silently ignored; a closed set of values (bar mode,
+//! budget period and limit behaviours) is its typed enum, so a misspelt value is refused the
+//! same way, naming the values it could have been.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+
+use super::BarMode;
+use super::budget::{OnExhausted, OnStoreUnavailable, Period};
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -28,11 +33,11 @@ pub(super) struct RawPolicyFile {
 pub(super) struct RawBudget {
     pub(super) team: Option<String>,
     pub(super) workflow: Option<String>,
-    pub(super) period: String,
+    pub(super) period: Period,
     pub(super) soft_limit_usd: Option<f64>,
     pub(super) hard_limit_usd: Option<f64>,
-    pub(super) on_exhausted: Option<String>,
-    pub(super) on_store_unavailable: Option<String>,
+    pub(super) on_exhausted: Option<OnExhausted>,
+    pub(super) on_store_unavailable: Option<OnStoreUnavailable>,
     pub(super) team_share: Option<f64>,
 }
 
@@ -61,7 +66,7 @@ pub(super) struct RawScope {
     pub(super) value_per_success_usd: Option<f64>,
     pub(super) human_minutes_per_success: Option<f64>,
     pub(super) loaded_cost_per_hour_usd: Option<f64>,
-    pub(super) bar_mode: Option<String>,
+    pub(super) bar_mode: Option<BarMode>,
     pub(super) quality_bar_relative: Option<f64>,
     pub(super) max_output_tokens: Option<u64>,
     pub(super) reuse_retention_days: Option<u32>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::budget::validate_budgets;
 use super::raw::{RawPolicyFile, RawScope};
 use super::{
-    BarMode, DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_REPORT_INTERVAL_WIDTH,
+    DEFAULT_EXPLORATION_RATE, DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_REPORT_INTERVAL_WIDTH,
     DEFAULT_REUSE_EVENTS_PER_DECISION, DEFAULT_REUSE_IDS_PER_TEAM, DEFAULT_REUSE_RETENTION_DAYS,
     MAX_SHADOW_RATE, Policy, PolicyError, ScopePolicy, Tier, scope_key,
 };
@@ -247,7 +247,7 @@ pub(super) fn resolve_scope(
     )?;
     let (value_per_success_usd, human_minutes_per_success, loaded_cost_per_hour_usd) =
         f.value_fields()?;
-    let bar_mode = f.bar_mode()?;
+    let bar_mode = f.get(|r| r.bar_mode).unwrap_or_default();
     let quality_bar_relative = f.optional(
         "quality_bar_relative",
         f.get(|r| r.quality_bar_relative),
@@ -401,17 +401,6 @@ impl<'a> Fields<'a> {
             path,
             format!("must be in [0, 1], got {v}"),
         ))
-    }
-
-    fn bar_mode(&self) -> Result<BarMode, PolicyError> {
-        match self.get(|r| r.bar_mode.as_deref()) {
-            None | Some("average") => Ok(BarMode::Average),
-            Some("per_task") => Ok(BarMode::PerTask),
-            Some(other) => Err(PolicyError::new(
-                self.path("bar_mode"),
-                format!("must be \"average\" or \"per_task\", got {other:?}"),
-            )),
-        }
     }
 
     /// Value per success, human minutes per success and their loaded hourly cost: each bounded
