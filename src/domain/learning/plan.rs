@@ -5,10 +5,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::estimate::{Curves, Start, curves, expected_mix, prior_curve};
-use super::scope_plan::{choose, per_task, shift_quality};
-use super::*;
+use super::evidence::{Level, ScopeEvidence, is_discovered};
+use super::odds::shift_quality;
+use super::params::{
+    BAND_PRIOR, BANDS, CATCH_UP, CATCH_UP_GAIN, DEFAULT_TYPICAL_INPUT_TOKENS,
+    DEFAULT_TYPICAL_OUTPUT_TOKENS, FAMILY_PRIOR, LABEL_BAND_PRIOR_PER_TASK, LAMBDA_MAX, LAMBDA_MIN,
+    MIN_TRAFFIC_SAMPLE, NOISE_SHRINK, OUT_OF_REACH_SLACK, PRIOR_KNOWN_MODEL, PRIOR_OTHER_MODEL,
+    REPLAN_LEVELS, REPLAN_TEAMS, WORKFLOW_PRIOR,
+};
+use super::scope_plan::{ScopePlan, TierPlan, WorkflowPlan, choose, per_task};
 use crate::domain::classifier::Calibration;
 use crate::domain::clusters::ClusterModel;
+use crate::domain::labels::{DEFAULT_WORKFLOW, family_of, workflow_key};
 use crate::domain::policy::{BarMode, Policy, ScopePolicy, Tier};
 
 /// One task of the traffic the plan is priced on.

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::*;
+use super::odds::shift_quality;
+use super::params::{BANDS, EXPLORE_DRAWS};
+use crate::domain::labels::{family_of, workflow_key};
 use crate::domain::policy::{BarMode, Policy, ScopePolicy};
 
 /// One tier's place in a plan (of a scope, a family or a workflow).
@@ -52,15 +54,6 @@ impl TierPlan {
         let sd = (q * (1.0 - q)).max(0.01).sqrt() / self.strength.max(1.0).sqrt();
         (q + z * sd).clamp(0.0, 1.0)
     }
-}
-
-/// `q` moved by `delta` in log-odds (unchanged for a zero shift, so a model without a gap term
-/// routes exactly as before).
-pub(super) fn shift_quality(q: f64, delta: f64) -> f64 {
-    if delta == 0.0 {
-        return q;
-    }
-    super::estimate::shift_log_odds(q, delta)
 }
 
 /// The learned state of one workflow (or family) inside a scope's plan.

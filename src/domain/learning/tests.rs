@@ -1,4 +1,7 @@
-use super::estimate::{estimate, shift_log_odds};
+use super::estimate::estimate;
+use super::evidence::is_discovered;
+use super::odds::shift_log_odds;
+use super::params::TRAFFIC_SAMPLE;
 use super::*;
 use crate::domain::classifier::Calibration;
 use crate::domain::classifier::CalibrationBand;
@@ -453,12 +456,8 @@ fn outcomes_that_match_their_labels_shift_teach_the_scope_nothing() {
     };
     // What the calibration expects of the cheap tier on each label (its curve, shifted).
     let prior: Vec<f64> = cal.bands.iter().map(|b| b.cheap_quality).collect();
-    let expect = |delta: f64| -> Vec<f64> {
-        prior
-            .iter()
-            .map(|&q| super::estimate::shift_log_odds(q, delta))
-            .collect()
-    };
+    let expect =
+        |delta: f64| -> Vec<f64> { prior.iter().map(|&q| shift_log_odds(q, delta)).collect() };
     let (easy0, hard0, scope0) = (expect(1.5), expect(-1.5), prior.clone());
     // The cheap tier only ever runs `easy`, and scores exactly what its shifted curve says;
     // `hard` has one premium outcome, so it has a level of its own.
