@@ -284,6 +284,25 @@ pub(super) struct Start<'a> {
     pub(super) one_kind: bool,
 }
 
+/// The pivot of each slot's curve in `prior` (log-odds): its mean over the level's tasks across
+/// the bands, counted from every tier's outcomes in `cells_of` (uniform without any).
+fn pivots(prior: &[[f64; BANDS]], cells_of: &[&[Cell; BANDS]]) -> Vec<f64> {
+    let mut mix = [0.0; BANDS];
+    for cells in cells_of {
+        for (m, c) in mix.iter_mut().zip(cells.iter()) {
+            *m += c.n;
+        }
+    }
+    if mix.iter().sum::<f64>() <= 0.0 {
+        mix = [1.0; BANDS];
+    }
+    let mix_total: f64 = mix.iter().sum();
+    prior
+        .iter()
+        .map(|curve| logit(curve.iter().zip(&mix).map(|(q, m)| q * m).sum::<f64>() / mix_total))
+        .collect()
+}
+
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
 /// already holds this level's outcomes: to not count them twice, the pseudo-outcomes of the
 /// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
@@ -312,23 +331,7 @@ pub(super) fn curves(
         .iter()
         .map(|t| level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty))
         .collect();
-    // The level's tasks over the bands (every tier's outcomes; uniform without any): the
-    // pivot of each tier's curve is its mean over them.
-    let mut mix = [0.0; BANDS];
-    for cells in &cells_of {
-        for (m, c) in mix.iter_mut().zip(cells.iter()) {
-            *m += c.n;
-        }
-    }
-    if mix.iter().sum::<f64>() <= 0.0 {
-        mix = [1.0; BANDS];
-    }
-    let mix_total: f64 = mix.iter().sum();
-    let pivot: Vec<f64> = start
-        .prior
-        .iter()
-        .map(|curve| logit(curve.iter().zip(&mix).map(|(q, m)| q * m).sum::<f64>() / mix_total))
-        .collect();
+    let pivot = pivots(start.prior, &cells_of);
     let slope = if !start.one_kind {
         1.0
     } else {

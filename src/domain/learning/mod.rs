@@ -1,7 +1,8 @@
 //! Per-scope routing plans from calibration plus outcome evidence: the learning core. The layer
-//! owns evidence (`evidence`), estimates (`estimate`), the planner (`plan`), what Route reads of a
-//! plan (`scope_plan`) and the routing table (`table`); the log-odds helpers they share (`odds`)
-//! and the tuned constants, each with its reason (`params`), sit below all of them.
+//! owns evidence (`evidence`), estimates (`estimate`), the planner (`plan`, in stages: `slots`,
+//! `levels`, `pricing`), what Route reads of a plan (`scope_plan`) and the routing table
+//! (`table`); the log-odds helpers they share (`odds`) and the tuned constants, each with its
+//! reason (`params`), sit below all of them.
 //!
 //! **Evidence.** Outcomes are kept per (scope, workflow, tier, complexity band), at three levels
 //! of one scope: the scope, the workflow's family (`mmlu/law` → `mmlu`, `support.reply` →
@@ -70,10 +71,13 @@
 
 mod estimate;
 mod evidence;
+mod levels;
 mod odds;
 mod params;
 mod plan;
+mod pricing;
 mod scope_plan;
+mod slots;
 mod table;
 
 pub use evidence::{
