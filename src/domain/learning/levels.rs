@@ -280,3 +280,50 @@ pub(super) fn kept_levels<'e>(reuse: Reuse<'_>, e: &'e ScopeEvidence) -> KeptLev
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::learning::slots::tests::with_slots;
+    use crate::domain::learning::tests::{calibration, shape_in};
+
+    #[test]
+    fn without_evidence_a_tier_plans_on_its_prior_less_a_tenth_of_a_standard_error() {
+        with_slots(&calibration(), |slots, _| {
+            let c = PlanCurves::build(slots, None, None);
+            let LevelCurves::Fresh(scope) = &c.scope else {
+                panic!("a fresh plan keeps nothing");
+            };
+            // σ ≤ 0.5 over the prior's worth: 30 outcomes for `small`, 4 for `medium`.
+            for (s, n) in [(0, 30.0), (1, 4.0)] {
+                let margin = 0.1 * (0.25f64 / n).sqrt();
+                for b in 0..BANDS {
+                    let prior = slots.priors[s][b];
+                    assert_eq!(scope.predicted[s][b], prior);
+                    assert!((scope.quality[s][b] - (prior - margin)).abs() < 1e-15);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_task_is_priced_on_its_workflow_else_its_family_else_the_scope() {
+        let mut ev = ScopeEvidence::default();
+        ev.observe("small", shape_in("law/contracts", 3, 500, 256), 1.0);
+        ev.observe("small", shape_in("solo", 3, 500, 256), 0.0);
+        with_slots(&calibration(), |slots, _| {
+            let c = PlanCurves::build(slots, Some(&ev), None);
+            let is = |a: &LevelCurves<'_>, b: &LevelCurves<'_>| std::ptr::eq(a, b);
+            assert_eq!(c.families.len(), 1);
+            assert_eq!(c.workflows.len(), 2);
+            assert!(is(
+                c.for_workflow("law/contracts"),
+                &c.workflows["law/contracts"]
+            ));
+            assert!(is(c.for_workflow("law/torts"), &c.families["law"]));
+            assert!(is(c.for_workflow("solo"), &c.workflows["solo"]));
+            assert!(is(c.for_workflow("other"), &c.scope));
+            assert!(is(c.for_workflow(""), &c.scope));
+        });
+    }
+}

@@ -315,3 +315,186 @@ fn price_of_quality(quality_at: &dyn Fn(f64) -> f64, bar: f64) -> f64 {
     }
     hi.exp()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::learning::slots::tests::with_slots;
+    use crate::domain::learning::tests::{TIERS, calibration, shape};
+    use crate::domain::policy::Policy;
+
+    fn scope_of(extra: &str) -> std::sync::Arc<ScopePolicy> {
+        let p = Policy::parse(&format!("{TIERS}[default]\nquality_bar = 0.8\n{extra}")).unwrap();
+        p.default.clone()
+    }
+
+    fn realized(n: f64, mean: f64) -> Option<Cell> {
+        Some(Cell {
+            n,
+            sum: n * mean,
+            gap: 0.0,
+        })
+    }
+
+    #[test]
+    fn the_bar_is_the_policys_or_a_share_of_what_the_top_tier_reaches() {
+        // An absolute bar never asks what the top tier reaches.
+        assert_eq!(bar(&scope_of(""), || unreachable!()), 0.8);
+        let relative = scope_of("quality_bar_relative = 0.75\n");
+        assert_eq!(bar(&relative, || 0.5), 0.375);
+    }
+
+    #[test]
+    fn the_target_rises_by_twice_the_shortfall_up_to_four_points() {
+        // No evidence, or fewer outcomes than the sample needs: the bar itself.
+        assert_eq!(target(0.8, None), 0.8);
+        assert_eq!(target(0.8, realized(63.0, 0.5)), 0.8);
+        // A shortfall of 0.01 over 64 outcomes: aim 2 × 0.01 above the bar (CATCH_UP_GAIN).
+        let t = target(0.8, realized(64.0, 0.79));
+        assert!((t - 0.82).abs() < 1e-12, "{t}");
+        // A large shortfall: at most 0.04 above (CATCH_UP).
+        assert_eq!(target(0.8, realized(500.0, 0.5)), 0.8 + 0.04);
+        // Above the bar: never aims below it.
+        assert_eq!(target(0.8, realized(500.0, 0.95)), 0.8);
+    }
+
+    #[test]
+    fn a_target_out_of_the_top_tiers_reach_is_aimed_half_a_point_below_the_reach() {
+        assert_eq!(aim(0.8, 0.9), 0.8);
+        assert!((aim(0.8, 0.7) - 0.695).abs() < 1e-12, "{}", aim(0.8, 0.7));
+        // Within the slack of the reach, the slack still applies (the price of the rule).
+        assert!((aim(0.8, 0.803) - 0.798).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_price_of_quality_is_the_smallest_lambda_that_meets_the_bar() {
+        // Quality λ/(1 + λ) meets a bar b from λ = b/(1 − b) on.
+        let smooth = |l: f64| l / (1.0 + l);
+        for (b, want) in [(0.5, 1.0), (0.9, 9.0), (0.2, 0.25)] {
+            let l = price_of_quality(&smooth, b);
+            assert!(smooth(l) >= b, "{b}: {l}");
+            assert!((l / want - 1.0).abs() < 1e-9, "{b}: {l} vs {want}");
+        }
+        // A step at 0.37: the bisection lands just above it.
+        let step = |l: f64| if l >= 0.37 { 0.9 } else { 0.5 };
+        let l = price_of_quality(&step, 0.8);
+        assert!(l >= 0.37 && l / 0.37 - 1.0 < 1e-12, "{l}");
+        // Met for free, or never.
+        assert_eq!(price_of_quality(&step, 0.5), 0.0);
+        assert_eq!(price_of_quality(&step, 0.95), LAMBDA_MAX);
+        // A higher bar never costs less.
+        let mut last = 0.0;
+        for b in [0.1, 0.3, 0.5, 0.7, 0.9, 0.99] {
+            let l = price_of_quality(&smooth, b);
+            assert!(l > last, "{b}: {l} after {last}");
+            last = l;
+        }
+    }
+
+    /// Two tasks on two slots: task A climbs at λ = 0.003 / 0.3 = 0.01, task B at
+    /// λ = 0.0005 / 0.1 = 0.005.
+    const A: [f64; 2] = [0.001, 0.004];
+    const B: [f64; 2] = [0.002, 0.0025];
+
+    fn menu() -> Menu<'static> {
+        Menu {
+            tasks: vec![(1.0, &A[..]), (1.0, &B[..])],
+            qualities: vec![0.6, 0.9, 0.7, 0.8],
+            k: 2,
+            weight: 2.0,
+        }
+    }
+
+    #[test]
+    fn quality_bought_rises_with_the_price_of_quality() {
+        let m = menu();
+        assert!((m.quality_at(0.0) - 0.65).abs() < 1e-12);
+        assert!((m.quality_at(0.007) - 0.7).abs() < 1e-12);
+        assert!((m.quality_at(0.02) - 0.85).abs() < 1e-12);
+        // Exactly at B's crossing both slots cost the same: the cheaper one keeps the task.
+        assert!((m.quality_at(0.005) - 0.65).abs() < 1e-12);
+        let mut last = 0.0;
+        for i in 0..60 {
+            let q = m.quality_at(1e-6 * 1.5f64.powi(i));
+            assert!(q >= last, "{i}: {q} < {last}");
+            last = q;
+        }
+    }
+
+    #[test]
+    fn the_lambda_solve_meets_the_target_at_the_lowest_price_or_stops_short_of_the_reach() {
+        let m = menu();
+        // 0.7 needs B on its better slot: λ just above 0.005.
+        let (l, q) = m.solve(0.7);
+        assert!(l > 0.005 && l / 0.005 - 1.0 < 1e-9, "{l}");
+        assert!((q - 0.7).abs() < 1e-12, "{q}");
+        // 0.9 is beyond the reach (0.85): aimed at 0.845, which needs both tasks climbed.
+        let (l, q) = m.solve(0.9);
+        assert!(l > 0.01 && l / 0.01 - 1.0 < 1e-9, "{l}");
+        assert!((q - 0.85).abs() < 1e-12, "{q}");
+        // A target met at λ = 0 is free.
+        let (l, q) = m.solve(0.6);
+        assert!(l == 0.0 && (q - 0.65).abs() < 1e-12, "{l} {q}");
+    }
+
+    /// Two slots over the bands: the cheap one falls 0.04 a band from 0.9, the dear one is
+    /// flat at 0.9.
+    fn falling_curves() -> Curves {
+        let cheap: [f64; BANDS] = std::array::from_fn(|b| 0.9 - 0.04 * b as f64);
+        Curves {
+            quality: vec![cheap, [0.9; BANDS]],
+            predicted: vec![cheap, [0.9; BANDS]],
+            strength: vec![30.0, 30.0],
+        }
+    }
+
+    #[test]
+    fn a_threshold_is_where_a_typical_task_first_climbs_above_the_slot() {
+        let c = falling_curves();
+        let costs = [0.001, 0.002];
+        // At λ = 0.01 the dear slot is worth 0.001 more once the gap exceeds 0.1: band 3.
+        let priced = Pricing {
+            lambda: Some(0.01),
+            target: 0.8,
+            relative: None,
+            expected_quality: 0.0,
+        };
+        assert_eq!(priced.thresholds(&c, None, &costs), vec![0.15, 1.0]);
+        // Per task, a bar of 0.8 holds on the cheap slot up to band 2 (0.82): band 3 again.
+        let per_task = Pricing {
+            lambda: None,
+            ..priced
+        };
+        assert_eq!(per_task.thresholds(&c, None, &costs), vec![0.15, 1.0]);
+        // A relative bar of 0.95 × 0.9 = 0.855 holds up to band 1 (0.86).
+        let relative = Pricing {
+            relative: Some(0.95),
+            ..per_task
+        };
+        assert_eq!(relative.thresholds(&c, None, &costs), vec![0.1, 1.0]);
+        // Pinned thresholds are the plan's whatever the curves.
+        assert_eq!(relative.thresholds(&c, Some(&[0.3]), &costs), vec![0.3]);
+    }
+
+    #[test]
+    fn the_prior_traffic_shape_weighs_what_the_sample_lacks_of_64_tasks() {
+        let mut ev = ScopeEvidence::default();
+        for b in 0..10 {
+            ev.observe("small", shape(b), 1.0);
+        }
+        with_slots(&calibration(), |slots, typical| {
+            // No evidence: one typical task per band, 64 tasks' weight in all.
+            let curves = PlanCurves::build(slots, None, None);
+            let sample = Sample::new(None, slots, &curves, typical);
+            assert_eq!(sample.tasks.len(), BANDS);
+            assert!((sample.weight - 64.0).abs() < 1e-12);
+            assert!(sample.tasks.iter().all(|t| t.costs == slots.typical_costs));
+            // Ten recent tasks: the prior shape makes up the other 54.
+            let curves = PlanCurves::build(slots, Some(&ev), None);
+            let sample = Sample::new(Some(&ev), slots, &curves, typical);
+            assert_eq!(sample.tasks.len(), 10 + BANDS);
+            assert!((sample.weight - 64.0).abs() < 1e-12);
+            assert!((sample.tasks[10].weight - 54.0 / BANDS as f64).abs() < 1e-12);
+        });
+    }
+}

@@ -273,3 +273,106 @@ fn ranks(cal: &Calibration, tiers: &[&Tier], typical_costs: &[f64]) -> Vec<f64> 
         })
         .collect()
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::domain::classifier::LabelShift;
+    use crate::domain::learning::levels::LevelCurves;
+    use crate::domain::learning::tests::{calibration, policy};
+
+    /// The test policy's slots: `small` (the calibration's cheap model), `medium` (a model it
+    /// never measured) and `large` (its premium model).
+    /// (Other stages' tests build on them too, with the typical task.)
+    pub(in crate::domain::learning) fn with_slots<T>(
+        cal: &Calibration,
+        f: impl FnOnce(&Slots<'_>, &Typical) -> T,
+    ) -> T {
+        let p = policy(0.8);
+        let typical = Typical::new(None, p.default.max_output_tokens);
+        f(&Slots::new(&p, &p.default, cal, &typical, None), &typical)
+    }
+
+    #[test]
+    fn the_typical_task_is_500_in_256_out_and_never_free() {
+        let t = Typical::new(None, 4096);
+        assert_eq!((t.input, t.output), (500, 256));
+        let t = Typical::new(Some((0, 0)), 4096);
+        assert_eq!((t.input, t.output), (1, 1));
+        // Outputs are held to the scope's cap.
+        assert_eq!(Typical::new(Some((800, 9000)), 1000).output, 1000);
+    }
+
+    #[test]
+    fn slots_rank_measured_models_at_their_ends_and_others_by_log_price() {
+        with_slots(&calibration(), |s, _| {
+            assert_eq!(s.ranks[0], 0.0);
+            assert_eq!(s.ranks[2], 1.0);
+            // On 500 + 256 tokens `medium` costs 5× `small` and `large` 83.86× (12,680 against
+            // 151.2 micro-USD): ln 5 / ln 83.86 = 0.3634.
+            assert!((s.ranks[1] - 0.363_37).abs() < 1e-4, "{}", s.ranks[1]);
+            assert_eq!(s.gap_signs[0], -1.0);
+            assert_eq!(s.gap_signs[2], 1.0);
+            assert!((s.gap_signs[1] - (2.0 * s.ranks[1] - 1.0)).abs() < 1e-15);
+        });
+    }
+
+    #[test]
+    fn a_measured_models_prior_is_worth_30_outcomes_and_20_below_the_scope_others_4() {
+        with_slots(&calibration(), |s, _| {
+            assert_eq!(s.known, [true, false, true]);
+            assert_eq!(s.strengths, [30.0, 4.0, 30.0]);
+            assert_eq!(s.family_strengths, [20.0, 4.0, 20.0]);
+            assert_eq!(s.workflow_strengths, [20.0, 4.0, 20.0]);
+            // Only a measured curve's deviations are discounted as sampling noise.
+            assert_eq!(s.noise, [1.0, 0.0, 1.0]);
+        });
+    }
+
+    #[test]
+    fn a_label_seen_in_training_needs_three_more_outcomes_a_band_per_training_task() {
+        let mut cal = calibration();
+        cal.workflows.insert(
+            "law".into(),
+            LabelShift {
+                tasks: 10,
+                cheap: 0.0,
+                premium: 0.0,
+            },
+        );
+        with_slots(&cal, |s, _| {
+            assert_eq!(s.band_prior_of("never-seen"), 40.0);
+            assert_eq!(s.band_prior_of("law"), 70.0);
+        });
+    }
+
+    #[test]
+    fn a_labels_shift_moves_each_slot_by_its_rank_and_an_unmeasured_tier_starts_from_its_prior() {
+        let mut cal = calibration();
+        cal.workflows.insert(
+            "law".into(),
+            LabelShift {
+                tasks: 10,
+                cheap: -1.0,
+                premium: 0.5,
+            },
+        );
+        with_slots(&cal, |s, _| {
+            // A parent whose every curve sits at 0.5 (log-odds 0).
+            let parent = LevelCurves::Fresh(crate::domain::learning::estimate::Curves {
+                quality: vec![[0.5; BANDS]; 3],
+                predicted: vec![[0.5; BANDS]; 3],
+                strength: vec![30.0; 3],
+            });
+            let law = s.shifted(&parent, "law");
+            assert!((law[0][7] - shift_quality(0.5, -1.0)).abs() < 1e-15);
+            assert!((law[2][7] - shift_quality(0.5, 0.5)).abs() < 1e-15);
+            // `medium` on a caller's label: its own prior, shifted by its rank's share.
+            let delta = -1.0 + s.ranks[1] * 1.5;
+            assert!((law[1][7] - shift_quality(s.priors[1][7], delta)).abs() < 1e-15);
+            // A discovered cluster borrows even `medium`'s curve from its parent.
+            let cluster = s.shifted(&parent, "~cluster/3");
+            assert_eq!(cluster[1], [0.5; BANDS]);
+        });
+    }
+}
