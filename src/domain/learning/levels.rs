@@ -153,7 +153,7 @@ impl<'a, 'e> Below<'_, 'a, 'e> {
             |p| &p.families,
             &self.keep.families,
             |f, ()| {
-                let prior = slots.shifted(scope, f);
+                let prior = slots.shifted(|s| scope.predicted(s), f);
                 let members = members_of.get(f).map_or(&[][..], Vec::as_slice);
                 let expect = slots.expected(&prior, members, |w| slots.own_shift(w));
                 curves(
@@ -186,7 +186,7 @@ impl<'a, 'e> Below<'_, 'a, 'e> {
                     Some((f, c)) => (c, e.families.get(f)),
                     None => (scope, Some(&e.scope)),
                 };
-                let prior = slots.shifted(parent, w);
+                let prior = slots.shifted(|s| parent.predicted(s), w);
                 curves(
                     &slots.tiers,
                     slots.workflow_start(w, &prior),

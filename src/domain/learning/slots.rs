@@ -4,7 +4,6 @@
 
 use super::estimate::{Start, expected_mix, prior_curve};
 use super::evidence::{Level, is_discovered};
-use super::levels::LevelCurves;
 use super::odds::shift_quality;
 use super::params::{
     BAND_PRIOR, BANDS, DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS, FAMILY_PRIOR,
@@ -132,15 +131,19 @@ impl<'p> Slots<'p> {
         dc + self.ranks[s] * (dp - dc)
     }
 
-    /// A parent's curves as the prior of one of its labels, shifted by the label's own shift.
-    /// The parent learned against its outcomes' label-shifted expectations ([`Self::expected`]),
-    /// so what it learned is common to its labels and the shift applies in full. Except for a
-    /// tier on a model the calibration never measured: a caller's workflow (or family) is a
-    /// kind of work on which such a model may do far better or worse than elsewhere, so the
-    /// tier starts there from its own prior, not from what other workflows taught its parent.
-    /// A discovered cluster is provisional (a refit makes new ones) and starts from its
-    /// parent's curves.
-    pub(super) fn shifted(&self, parent: &LevelCurves<'_>, label: &str) -> Vec<[f64; BANDS]> {
+    /// A parent's curves (`parent`: its estimate per slot) as the prior of one of its labels,
+    /// shifted by the label's own shift. The parent learned against its outcomes'
+    /// label-shifted expectations ([`Self::expected`]), so what it learned is common to its
+    /// labels and the shift applies in full. Except for a tier on a model the calibration never
+    /// measured: a caller's workflow (or family) is a kind of work on which such a model may do
+    /// far better or worse than elsewhere, so the tier starts there from its own prior, not
+    /// from what other workflows taught its parent. A discovered cluster is provisional (a
+    /// refit makes new ones) and starts from its parent's curves.
+    pub(super) fn shifted(
+        &self,
+        parent: impl Fn(usize) -> [f64; BANDS],
+        label: &str,
+    ) -> Vec<[f64; BANDS]> {
         let own = self.cal.own_shift(label);
         let discovered = is_discovered(label);
         (0..self.len())
@@ -149,7 +152,7 @@ impl<'p> Slots<'p> {
                 let mut curve = if !self.known[s] && !discovered {
                     self.priors[s]
                 } else {
-                    parent.predicted(s)
+                    parent(s)
                 };
                 curve.iter_mut().for_each(|q| *q = shift_quality(*q, delta));
                 curve
@@ -278,7 +281,6 @@ fn ranks(cal: &Calibration, tiers: &[&Tier], typical_costs: &[f64]) -> Vec<f64> 
 pub(super) mod tests {
     use super::*;
     use crate::domain::classifier::LabelShift;
-    use crate::domain::learning::levels::LevelCurves;
     use crate::domain::learning::tests::{calibration, policy};
 
     /// The test policy's slots: `small` (the calibration's cheap model), `medium` (a model it
@@ -359,19 +361,15 @@ pub(super) mod tests {
         );
         with_slots(&cal, |s, _| {
             // A parent whose every curve sits at 0.5 (log-odds 0).
-            let parent = LevelCurves::Fresh(crate::domain::learning::estimate::Curves {
-                quality: vec![[0.5; BANDS]; 3],
-                predicted: vec![[0.5; BANDS]; 3],
-                strength: vec![30.0; 3],
-            });
-            let law = s.shifted(&parent, "law");
+            let parent = |_| [0.5; BANDS];
+            let law = s.shifted(parent, "law");
             assert!((law[0][7] - shift_quality(0.5, -1.0)).abs() < 1e-15);
             assert!((law[2][7] - shift_quality(0.5, 0.5)).abs() < 1e-15);
             // `medium` on a caller's label: its own prior, shifted by its rank's share.
             let delta = -1.0 + s.ranks[1] * 1.5;
             assert!((law[1][7] - shift_quality(s.priors[1][7], delta)).abs() < 1e-15);
             // A discovered cluster borrows even `medium`'s curve from its parent.
-            let cluster = s.shifted(&parent, "~cluster/3");
+            let cluster = s.shifted(parent, "~cluster/3");
             assert_eq!(cluster[1], [0.5; BANDS]);
         });
     }
