@@ -1,8 +1,9 @@
 //! Estimates: the calibration prior of a tier, label shifts, and the hierarchical shrinkage of
 //! a level's curves towards its parent's.
 
-use super::scope_plan::shift_quality;
-use super::*;
+use super::evidence::{Cell, Level};
+use super::odds::{logistic, logit, score_variance, shift_quality};
+use super::params::{BANDS, CONFIDENCE_Z};
 use crate::domain::classifier::Calibration;
 use crate::domain::policy::Tier;
 
@@ -19,13 +20,6 @@ pub(super) fn prior_curve(cal: &Calibration, r: f64) -> [f64; BANDS] {
         *o = cb.cheap_quality + r * (cb.premium_quality - cb.cheap_quality);
     }
     out
-}
-
-/// `q` with its log-odds moved by `delta` (kept off 0 and 1 so a shift can always act).
-pub(super) fn shift_log_odds(q: f64, delta: f64) -> f64 {
-    let q = q.clamp(1e-4, 1.0 - 1e-4);
-    let z = (q / (1.0 - q)).ln() + delta;
-    1.0 / (1.0 + (-z).exp())
 }
 
 /// Shrunk estimate: prior moved by one tier-wide log-odds shift (the one under which the
@@ -105,12 +99,6 @@ pub(super) fn estimate(
     (mean, n + prior_strength)
 }
 
-/// Variance of one score in [0, 1] whose mean is `p` (at most that of a pass/fail outcome),
-/// kept off 0 so a curve at 0 or 1 still counts its outcomes as noisy.
-fn score_variance(p: f64) -> f64 {
-    (p * (1.0 - p)).max(0.01)
-}
-
 /// A level's surplus `d` of observed over expected score, less what sampling noise of
 /// `variance` explains (positive-part James–Stein: `d · max(0, 1 − shrink · variance / d²)`).
 /// At `shrink` 1 a deviation within one standard error teaches nothing and one of three keeps
@@ -159,12 +147,6 @@ const EMPTY_CELLS: [Cell; BANDS] = [Cell {
     gap: 0.0,
 }; BANDS];
 
-/// Log-odds of `q`, kept off 0 and 1.
-fn logit(q: f64) -> f64 {
-    let q = q.clamp(1e-4, 1.0 - 1e-4);
-    (q / (1.0 - q)).ln()
-}
-
 /// How steeply a level's tasks really get harder across the bands: one slope `β` shared by all
 /// of the level's tiers, by which every tier's prior curve is flattened (`β < 1`) or steepened
 /// around its mean over the level's tasks (log-odds `m + β·(logit q − m)`). The bands come from
@@ -210,7 +192,7 @@ fn shared_slope(
                 .zip(&expect[s])
                 .filter(|(c, _)| c.n > 0.0)
                 .map(|(c, &p)| {
-                    let q = super::scope_plan::shift_quality(p, gap_sign[s] * c.mean_gap());
+                    let q = shift_quality(p, gap_sign[s] * c.mean_gap());
                     (c.n, c.sum, logit(q) - pivot[s])
                 });
             let pseudo = prior[s]
@@ -228,7 +210,7 @@ fn shared_slope(
             let (mut g_d, mut h_dd, mut h_bd) = (0.0, 0.0, 0.0);
             for &(n, y, x) in t {
                 let z = pivot[s] + delta[s] + beta * x;
-                let p = 1.0 / (1.0 + (-z).exp());
+                let p = logistic(z);
                 let r = y - n * p;
                 let w = n * p * (1.0 - p);
                 g_b += r * x;
@@ -264,7 +246,7 @@ fn tilt(curve: &[f64; BANDS], pivot: f64, slope: f64) -> [f64; BANDS] {
     }
     for q in &mut out {
         let z = pivot + slope * (logit(*q) - pivot);
-        *q = 1.0 / (1.0 + (-z).exp());
+        *q = logistic(z);
     }
     out
 }
@@ -302,6 +284,25 @@ pub(super) struct Start<'a> {
     pub(super) one_kind: bool,
 }
 
+/// The pivot of each slot's curve in `prior` (log-odds): its mean over the level's tasks across
+/// the bands, counted from every tier's outcomes in `cells_of` (uniform without any).
+fn pivots(prior: &[[f64; BANDS]], cells_of: &[&[Cell; BANDS]]) -> Vec<f64> {
+    let mut mix = [0.0; BANDS];
+    for cells in cells_of {
+        for (m, c) in mix.iter_mut().zip(cells.iter()) {
+            *m += c.n;
+        }
+    }
+    if mix.iter().sum::<f64>() <= 0.0 {
+        mix = [1.0; BANDS];
+    }
+    let mix_total: f64 = mix.iter().sum();
+    prior
+        .iter()
+        .map(|curve| logit(curve.iter().zip(&mix).map(|(q, m)| q * m).sum::<f64>() / mix_total))
+        .collect()
+}
+
 /// Curves of a level from its parent's estimates and its own cells. The parent's estimate
 /// already holds this level's outcomes: to not count them twice, the pseudo-outcomes of the
 /// parent grow as the level's share `f` of the parent's evidence does (`K / (1 − f)`, at most
@@ -330,23 +331,7 @@ pub(super) fn curves(
         .iter()
         .map(|t| level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty))
         .collect();
-    // The level's tasks over the bands (every tier's outcomes; uniform without any): the
-    // pivot of each tier's curve is its mean over them.
-    let mut mix = [0.0; BANDS];
-    for cells in &cells_of {
-        for (m, c) in mix.iter_mut().zip(cells.iter()) {
-            *m += c.n;
-        }
-    }
-    if mix.iter().sum::<f64>() <= 0.0 {
-        mix = [1.0; BANDS];
-    }
-    let mix_total: f64 = mix.iter().sum();
-    let pivot: Vec<f64> = start
-        .prior
-        .iter()
-        .map(|curve| logit(curve.iter().zip(&mix).map(|(q, m)| q * m).sum::<f64>() / mix_total))
-        .collect();
+    let pivot = pivots(start.prior, &cells_of);
     let slope = if !start.one_kind {
         1.0
     } else {

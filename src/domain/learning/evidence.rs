@@ -4,8 +4,32 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::*;
+use super::params::{
+    BANDS, CLUSTER_FAMILY, CLUSTER_FIRST_FIT, CLUSTER_MAX_K, CLUSTER_REFIT_EVERY,
+    CLUSTER_TASKS_PER_K, CLUSTER_WINDOW, DEFAULT_TYPICAL_OUTPUT_TOKENS, HALF_LIFE_FEEDBACKS,
+    MAX_SAMPLE_INPUT_TOKENS, MAX_TEAMS, MAX_WORKFLOWS, MIN_TRAFFIC_SAMPLE, OUTPUT_MIN_REPORTS,
+    OUTPUT_STEP, OUTPUT_WINDOW, SAMPLE_STRIDE, SHARED_OUTPUT_STEP, TEAM_SHARE, TRAFFIC_SAMPLE,
+};
 use crate::domain::clusters::{ClusterModel, FitJob, FitOptions, Sketch};
+use crate::domain::labels::{family_of, workflow_key};
+
+/// The workflow label an unlabelled task of discovered cluster `id` learns under: a workflow
+/// of the family `~cluster`, so clusters learn like workflows and borrow from each other.
+pub fn cluster_label(id: u32) -> String {
+    format!("{CLUSTER_FAMILY}/{id}")
+}
+/// The cluster id of a label made by [`cluster_label`]; `None` for any other label.
+pub fn cluster_id(label: &str) -> Option<u32> {
+    label
+        .strip_prefix(CLUSTER_FAMILY)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
+}
+/// Whether `label` is a discovered cluster or their family.
+pub(super) fn is_discovered(label: &str) -> bool {
+    label == CLUSTER_FAMILY || family_of(label) == Some(CLUSTER_FAMILY)
+}
 
 /// Decayed outcome statistics: effective count and score sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::*;
+use super::odds::shift_quality;
+use super::params::{BANDS, EXPLORE_DRAWS};
+use crate::domain::labels::{family_of, workflow_key};
 use crate::domain::policy::{BarMode, Policy, ScopePolicy};
 
 /// One tier's place in a plan (of a scope, a family or a workflow).
@@ -52,15 +54,6 @@ impl TierPlan {
         let sd = (q * (1.0 - q)).max(0.01).sqrt() / self.strength.max(1.0).sqrt();
         (q + z * sd).clamp(0.0, 1.0)
     }
-}
-
-/// `q` moved by `delta` in log-odds (unchanged for a zero shift, so a model without a gap term
-/// routes exactly as before).
-pub(super) fn shift_quality(q: f64, delta: f64) -> f64 {
-    if delta == 0.0 {
-        return q;
-    }
-    super::estimate::shift_log_odds(q, delta)
 }
 
 /// The learned state of one workflow (or family) inside a scope's plan.
@@ -366,5 +359,92 @@ mod tests {
         assert!(t.quality_for(3, 1.0) < 0.6 && t.predicted_for(3, -1.0) > 0.7);
         t.gap_sign = 0.0;
         assert_eq!(t.quality_for(3, 1.0), 0.6);
+    }
+
+    #[test]
+    fn choose_takes_the_cheapest_slot_until_quality_is_worth_its_price() {
+        // Slot 1 costs 1 more for 0.25 more quality: worth it from λ = 4 on.
+        let (cost, quality) = ([1.0, 2.0], [0.5, 0.75]);
+        let pick = |l: f64| choose(l, 2, |s| cost[s], |s| quality[s]);
+        assert_eq!(pick(0.0), 0);
+        assert_eq!(pick(3.9), 0);
+        // Exactly at the crossing both cost the same: the cheaper slot keeps the task.
+        assert_eq!(pick(4.0), 0);
+        assert_eq!(pick(4.1), 1);
+        // A dearer slot that is no better is never bought, at any price.
+        let flat = [0.5, 0.5];
+        assert_eq!(choose(1e6, 2, |s| cost[s], |s| flat[s]), 0);
+        // No slots: slot 0.
+        assert_eq!(choose(1.0, 0, |_| 0.0, |_| 0.0), 0);
+    }
+
+    #[test]
+    fn choose_never_buys_less_quality_at_a_higher_price() {
+        let cost = [0.001, 0.002, 0.0035, 0.01];
+        let quality = [0.55, 0.7, 0.74, 0.9];
+        let mut last = 0.0;
+        for i in 0..80 {
+            let l = 1e-5 * 1.3f64.powi(i);
+            let q = quality[choose(l, 4, |s| cost[s], |s| quality[s])];
+            assert!(q >= last, "λ = {l}: {q} after {last}");
+            last = q;
+        }
+        assert_eq!(last, 0.9);
+    }
+
+    #[test]
+    fn per_task_takes_the_cheapest_slot_reaching_the_bar_else_the_top() {
+        let quality = [0.6, 0.75, 0.9];
+        let q = |s: usize| quality[s];
+        assert_eq!(per_task(3, q, None, 0.5), 0);
+        assert_eq!(per_task(3, q, None, 0.7), 1);
+        assert_eq!(per_task(3, q, None, 0.75), 1);
+        // Rounding below the bar still reaches it.
+        assert_eq!(per_task(3, q, None, 0.75 + 1e-13), 1);
+        // Out of every slot's reach: the most capable one, not the one failing least.
+        assert_eq!(per_task(3, q, None, 0.95), 2);
+        // A relative bar is a share of the top slot's quality (0.8 × 0.9 = 0.72, 0.6 × 0.9 = 0.54),
+        // and the absolute bar is then ignored.
+        assert_eq!(per_task(3, q, Some(0.8), 0.99), 1);
+        assert_eq!(per_task(3, q, Some(0.6), 0.99), 0);
+        assert_eq!(per_task(3, q, Some(1.0), 0.0), 2);
+    }
+
+    #[test]
+    fn exploration_takes_the_first_of_four_draws_that_picks_another_slot() {
+        let p = crate::domain::learning::tests::plan(0.8, None);
+        let policy = crate::domain::learning::tests::policy(0.8);
+        let band = 8;
+        let choice = p.choice(&policy, "", 0.42, band, 0.0, 500, 256);
+        // The slot each successive draw picks for seed `u`, as `explore` draws them.
+        let draws = |u: f64, n: usize| -> Vec<usize> {
+            let mut normals = Normals::new(u);
+            (0..n)
+                .map(|_| {
+                    let sampled: Vec<f64> = choice
+                        .curves
+                        .iter()
+                        .map(|t| t.sampled_for(band, 0.0, normals.next_normal()))
+                        .collect();
+                    let costs = |s: usize| choice.costs_micros[s] as f64 / 1e6;
+                    p.slot_by(choice.curves, 0.0, costs, |s| sampled[s])
+                })
+                .collect()
+        };
+        let seeds = (0..20_000).map(|i| i as f64 / 20_000.0);
+        let (mut fourth, mut fifth) = (0, 0);
+        for u in seeds {
+            let d = draws(u, 5);
+            let first_other = d.iter().position(|&s| s != choice.slot);
+            let explored = p.explore(&choice, band, 0.0, u);
+            match first_other {
+                Some(i) if i < 4 => assert_eq!(explored, d[i], "u = {u}: {d:?}"),
+                _ => assert_eq!(explored, choice.slot, "u = {u}: {d:?}"),
+            }
+            fourth += usize::from(first_other == Some(3));
+            fifth += usize::from(first_other == Some(4));
+        }
+        // Both cases occur: a fourth draw is taken, a fifth never is.
+        assert!(fourth > 0 && fifth > 0, "{fourth} {fifth}");
     }
 }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::*;
+use super::evidence::{ScopeEvidence, cluster_id};
+use super::plan::{plan_scope, replan_scope};
+use super::scope_plan::{ScopePlan, TierPlan, WorkflowPlan};
 use crate::domain::classifier::Calibration;
 use crate::domain::policy::Policy;
 

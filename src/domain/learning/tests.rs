@@ -1,4 +1,7 @@
-use super::estimate::{estimate, shift_log_odds};
+use super::estimate::estimate;
+use super::evidence::is_discovered;
+use super::odds::shift_log_odds;
+use super::params::TRAFFIC_SAMPLE;
 use super::*;
 use crate::domain::classifier::Calibration;
 use crate::domain::classifier::CalibrationBand;
@@ -7,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-fn calibration() -> Calibration {
+pub(super) fn calibration() -> Calibration {
     // Cheap model strong on easy tasks, weak on hard; premium steady.
     let bands = (0..20)
         .map(|b| {
@@ -27,7 +30,7 @@ fn calibration() -> Calibration {
     }
 }
 
-const TIERS: &str = r#"
+pub(super) const TIERS: &str = r#"
 [[tiers]]
 name = "small"
 model = "cheap-m"
@@ -45,16 +48,16 @@ input_usd_per_mtok = 10.0
 output_usd_per_mtok = 30.0
 "#;
 
-fn policy(bar: f64) -> Policy {
+pub(super) fn policy(bar: f64) -> Policy {
     Policy::parse(&format!("{TIERS}[default]\nquality_bar = {bar}\n")).unwrap()
 }
 
-fn plan(bar: f64, ev: Option<&ScopeEvidence>) -> ScopePlan {
+pub(super) fn plan(bar: f64, ev: Option<&ScopeEvidence>) -> ScopePlan {
     let p = policy(bar);
     plan_scope(&p, &p.default, &calibration(), ev, None)
 }
 
-fn shape_in(workflow: &str, band: usize, input: u64, output: u64) -> TaskShape {
+pub(super) fn shape_in(workflow: &str, band: usize, input: u64, output: u64) -> TaskShape {
     TaskShape {
         workflow: Arc::from(workflow),
         band: band as u8,
@@ -64,7 +67,7 @@ fn shape_in(workflow: &str, band: usize, input: u64, output: u64) -> TaskShape {
     }
 }
 
-fn shape(band: usize) -> TaskShape {
+pub(super) fn shape(band: usize) -> TaskShape {
     shape_in("", band, 500, 256)
 }
 
@@ -453,12 +456,8 @@ fn outcomes_that_match_their_labels_shift_teach_the_scope_nothing() {
     };
     // What the calibration expects of the cheap tier on each label (its curve, shifted).
     let prior: Vec<f64> = cal.bands.iter().map(|b| b.cheap_quality).collect();
-    let expect = |delta: f64| -> Vec<f64> {
-        prior
-            .iter()
-            .map(|&q| super::estimate::shift_log_odds(q, delta))
-            .collect()
-    };
+    let expect =
+        |delta: f64| -> Vec<f64> { prior.iter().map(|&q| shift_log_odds(q, delta)).collect() };
     let (easy0, hard0, scope0) = (expect(1.5), expect(-1.5), prior.clone());
     // The cheap tier only ever runs `easy`, and scores exactly what its shifted curve says;
     // `hard` has one premium outcome, so it has a level of its own.
@@ -1448,4 +1447,35 @@ fn a_refit_teaches_a_remembered_pair_whole() {
     for (w, l) in paired.workflows.iter().filter(|(w, _)| is_discovered(w)) {
         assert_eq!(l.total, plain.workflows[w].total, "{w}");
     }
+}
+
+#[test]
+fn the_plan_aims_at_the_bar_plus_twice_a_shortfall_in_either_bar_mode() {
+    // 200 outcomes at 0.79 against a bar of 0.8: a shortfall of 0.01.
+    let mut ev = ScopeEvidence::default();
+    for i in 0..200 {
+        ev.observe("large", shape(i % BANDS), 0.79);
+    }
+    for p in [policy(0.8), per_task_policy(0.8)] {
+        let plan = plan_scope(&p, &p.default, &calibration(), Some(&ev), None);
+        assert!(
+            (plan.target - 0.82).abs() < 1e-9,
+            "{:?}: {}",
+            p.default.bar_mode,
+            plan.target
+        );
+    }
+    // A relative bar is a share of what the top tier's planning bound reaches on the traffic
+    // (here the prior shape: every band alike).
+    let p = Policy::parse(&format!(
+        "{TIERS}[default]\nquality_bar = 0.99\nquality_bar_relative = 0.95\n"
+    ))
+    .unwrap();
+    let plan = plan_scope(&p, &p.default, &calibration(), None, None);
+    let top = plan.tiers[2].quality.iter().sum::<f64>() / BANDS as f64;
+    assert!(
+        (plan.target - 0.95 * top).abs() < 1e-12,
+        "{} vs {top}",
+        plan.target
+    );
 }
