@@ -374,9 +374,7 @@ impl Metrics {
             } else {
                 self.realized_quality.remove(&labels);
             }
-            self.quality_bar
-                .get_or_create(&labels)
-                .set(plan.policy.quality_bar);
+            self.quality_bar.get_or_create(&labels).set(plan.bar);
         }
         for u in engine.budget_usage(now_ms) {
             let labels = BudgetLabels {

@@ -259,7 +259,7 @@ pub fn decide(
         complexity: task.complexity,
         scope: task.scope_key,
         workflow,
-        bar: bar_held(mode, plan, curves, task.band, task.gap),
+        bar: bar_held(plan, curves, task.band, task.gap),
         expected: plan.expected_quality,
         mode,
         // Only once its own outcomes weigh as much as what it borrows.
@@ -457,13 +457,8 @@ fn mode_of(plan: &ScopePlan) -> Mode {
 
 /// The bar the choice was held to: per task and relative, a share of the top tier's bound;
 /// else the plan's target.
-fn bar_held(mode: Mode, plan: &ScopePlan, curves: &[TierPlan], band: usize, gap: f64) -> f64 {
-    match (mode, plan.policy.quality_bar_relative) {
-        (Mode::PerTask, Some(r)) => curves
-            .last()
-            .map_or(plan.target, |t| r * t.quality_for(band, gap)),
-        _ => plan.target,
-    }
+fn bar_held(plan: &ScopePlan, curves: &[TierPlan], band: usize, gap: f64) -> f64 {
+    plan.task_bar(curves, band, gap).unwrap_or(plan.target)
 }
 
 /// Stratified draws of the exploration rule that a decision's propensities are estimated on.

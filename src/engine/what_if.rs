@@ -67,7 +67,8 @@ fn project(table: &RoutingTable, e: &OutcomeEvent) -> (String, f64, i64, f64) {
     } else {
         curves[slot].predicted_for(band, f64::from(e.gap))
     };
-    (tier.name.clone(), quality, costs[slot], scope.quality_bar)
+    let bar = plan.bar_for(&e.workflow, band, f64::from(e.gap));
+    (tier.name.clone(), quality, costs[slot], bar)
 }
 
 /// Replays `window` under the live and the proposed tables.

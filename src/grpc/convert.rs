@@ -429,6 +429,7 @@ pub(super) fn threshold_to_proto(t: crate::domain::learning::ThresholdRow) -> pb
         observed_quality: t.observed_quality,
         last_move: t.last_move,
         bar: t.bar,
+        target: t.target,
         scope_quality: t.scope_quality,
         workflow: t.workflow,
         pinned: t.pinned,

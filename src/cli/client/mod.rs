@@ -257,7 +257,7 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                         format!("{:.1}", t.evidence),
                         observed,
                         format!("{:+.2}", t.last_move),
-                        format!("{:.2}", t.bar),
+                        bar_and_aim(t.bar, t.target),
                         terms,
                     ]
                 })
@@ -457,6 +457,16 @@ async fn replay_remote(
     summary
 }
 
+/// The bar column of `thresholds`: the bar, and where the plan is catching up (aiming above
+/// it), the aim too: `0.77 → 0.79`.
+fn bar_and_aim(bar: f64, target: f64) -> String {
+    if target > bar + 0.005 {
+        format!("{bar:.2} → {target:.2}")
+    } else {
+        format!("{bar:.2}")
+    }
+}
+
 /// A response as one line of JSON, its keys in sorted order (through a `serde_json::Value`,
 /// whose maps are sorted): the order `route --json` and `thresholds --json` have always printed.
 fn json_line(response: &impl Serialize) -> serde_json::Result<String> {
@@ -561,7 +571,7 @@ mod tests {
         };
         assert_eq!(
             super::json_line(&thresholds).unwrap(),
-            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"team":"","team_plan":false,"terms":[],"threshold":0.0,"tier":"","workflow":""}]}"#
+            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"target":0.0,"team":"","team_plan":false,"terms":[],"threshold":0.0,"tier":"","workflow":""}]}"#
         );
     }
 }

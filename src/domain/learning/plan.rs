@@ -208,6 +208,7 @@ impl Planner<'_> {
         let pricing = Pricing::solve(scope, &sample, target);
         Assembly {
             scope,
+            bar,
             slots: &slots,
             pricing: &pricing,
             now: evidence.map_or(0, ScopeEvidence::feedbacks),
@@ -220,6 +221,8 @@ impl Planner<'_> {
 /// The last stage: a level's plan from its curves, the pricing's thresholds and its evidence.
 struct Assembly<'x> {
     scope: &'x Arc<ScopePolicy>,
+    /// The scope's bar, made absolute on its traffic ([`bar`]).
+    bar: f64,
     slots: &'x Slots<'x>,
     pricing: &'x Pricing,
     /// The evidence's outcome count, which every level's plan is dated by.
@@ -271,6 +274,7 @@ impl Assembly<'_> {
             policy: self.scope.clone(),
             tiers,
             lambda: self.pricing.lambda,
+            bar: self.bar,
             target: self.pricing.target,
             expected_quality: self.pricing.expected_quality,
             realized_quality: evidence.map(|e| e.scope.total.mean()).unwrap_or(0.0),

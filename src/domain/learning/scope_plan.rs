@@ -83,8 +83,12 @@ pub struct ScopePlan {
     /// Price of quality in USD per unit of expected score (`average` mode); `None` when
     /// thresholds are pinned or the bar is per task.
     pub lambda: Option<f64>,
-    /// The absolute bar the plan aims at: the policy's, or the relative bar made absolute on
-    /// the scope's traffic.
+    /// The scope's bar, absolute: the policy's `quality_bar`, or `quality_bar_relative` × what
+    /// the top tier is expected to reach on the scope's traffic. What outcomes are held to in
+    /// the books, `/metrics`, what-if and `thresholds` ([`ScopePlan::bar_for`]).
+    pub bar: f64,
+    /// What the plan aims at: the bar, raised while the scope's realized quality runs below it
+    /// (the catch-up).
     pub target: f64,
     /// Expected average quality of the plan on the scope's traffic.
     pub expected_quality: f64,
@@ -131,6 +135,26 @@ impl ScopePlan {
     pub fn tiers_for(&self, workflow: &str) -> &[TierPlan] {
         self.workflow_plan(workflow)
             .map_or(&self.tiers[..], |p| &p.tiers[..])
+    }
+
+    /// The bar one task is held to, under `curves` (its workflow's): in `per_task` mode with a
+    /// relative bar, `quality_bar_relative` × the top tier's estimate for the task; else
+    /// `None`, and the plan's bar holds for every task. Route's reason and the books read this
+    /// one rule.
+    pub fn task_bar(&self, curves: &[TierPlan], band: usize, gap: f64) -> Option<f64> {
+        let per_task =
+            self.policy.pinned_thresholds.is_none() && self.policy.bar_mode == BarMode::PerTask;
+        let r = self.policy.quality_bar_relative.filter(|_| per_task)?;
+        curves.last().map(|t| r * t.quality_for(band, gap))
+    }
+
+    /// The bar an outcome of a task of `workflow` (band `band`, premium gap `gap`) is held
+    /// to: [`ScopePlan::task_bar`] where the bar is per task, else the plan's
+    /// [`bar`](ScopePlan::bar). Never the catch-up target: a scope's books, `/metrics` and
+    /// what-if all count an output complete against the same bar the policy set.
+    pub fn bar_for(&self, workflow: &str, band: usize, gap: f64) -> f64 {
+        self.task_bar(self.tiers_for(workflow), band, gap)
+            .unwrap_or(self.bar)
     }
 
     /// Output tokens to assume for a task of `workflow` without a hint.

@@ -138,7 +138,8 @@ impl RoutingTable {
                             evidence: t.evidence,
                             observed_quality: t.observed_quality,
                             last_move: t.last_move,
-                            bar: plan.target,
+                            bar: plan.bar,
+                            target: plan.target,
                             scope_quality: quality,
                             workflow: workflow.clone(),
                             pinned: plan.policy.pinned_thresholds.is_some(),
@@ -168,8 +169,10 @@ pub struct ThresholdRow {
     pub observed_quality: f64,
     /// Threshold change at the last re-plan that moved it.
     pub last_move: f64,
-    /// The bar the plan meets.
+    /// The scope's bar, absolute ([`ScopePlan::bar`]).
     pub bar: f64,
+    /// What the plan aims at: the bar, raised while realized quality runs below it.
+    pub target: f64,
     /// The level's realized quality.
     pub scope_quality: f64,
     /// The level: empty for scope-wide, `name/*` for a family, else the workflow.

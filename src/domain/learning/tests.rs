@@ -436,6 +436,60 @@ fn relative_bar_is_a_share_of_the_top_tier() {
     assert!(plan.tiers[0].threshold > 0.0, "{:?}", thresholds(&plan));
 }
 
+/// Issue 35's "which bar": a scope with only `quality_bar_relative` is held to one bar
+/// everywhere, the relative bar made absolute on its traffic, never the file's unset
+/// `quality_bar` (0.9 by default) nor the catch-up target.
+#[test]
+fn a_relative_bar_is_one_bar_for_routing_and_the_books() {
+    let p = Policy::parse(&format!("{TIERS}[default]\nquality_bar_relative = 0.9\n")).unwrap();
+    let cold = plan_scope(&p, &p.default, &calibration(), None, None);
+    let top: f64 = cold.tiers[2].quality.iter().sum::<f64>() / BANDS as f64;
+    assert!((cold.bar - 0.9 * top).abs() < 1e-9, "{} vs {top}", cold.bar);
+    assert!(
+        (cold.bar - p.default.quality_bar).abs() > 0.01,
+        "{}",
+        cold.bar
+    );
+    assert_eq!(cold.bar_for("any", 3, 0.0), cold.bar);
+    // Outcomes far below the bar: the plan aims above it, the bar stays.
+    let mut ev = ScopeEvidence::default();
+    for i in 0..300 {
+        ev.observe("premium", shape(i % BANDS), 0.0);
+    }
+    let behind = plan_scope(&p, &p.default, &calibration(), Some(&ev), None);
+    assert!(
+        behind.target > behind.bar + 0.01,
+        "{} {}",
+        behind.target,
+        behind.bar
+    );
+    assert_eq!(behind.bar_for("", 3, 0.0), behind.bar);
+    // Per task, each task's bar is the share of the top tier's bound on it.
+    let p = Policy::parse(&format!(
+        "{TIERS}[default]\nquality_bar_relative = 0.9\nbar_mode = \"per_task\"\n"
+    ))
+    .unwrap();
+    let plan = plan_scope(&p, &p.default, &calibration(), None, None);
+    for b in [0, BANDS / 2, BANDS - 1] {
+        let want = 0.9 * plan.tiers[2].quality_for(b, 0.0);
+        assert!((plan.bar_for("", b, 0.0) - want).abs() < 1e-12, "band {b}");
+        assert_eq!(
+            plan.task_bar(&plan.tiers, b, 0.0),
+            Some(plan.bar_for("", b, 0.0))
+        );
+    }
+    // An absolute bar is the bar, whatever the mode.
+    let plan = plan_scope(
+        &per_task_policy(0.7),
+        &per_task_policy(0.7).default,
+        &calibration(),
+        None,
+        None,
+    );
+    assert_eq!(plan.bar_for("", 5, 0.0), 0.7);
+    assert_eq!(plan.task_bar(&plan.tiers, 5, 0.0), None);
+}
+
 #[test]
 fn outcomes_that_match_their_labels_shift_teach_the_scope_nothing() {
     use crate::domain::classifier::LabelShift;
