@@ -69,7 +69,7 @@ pub struct WorkflowPlan {
     pub output_tokens: u64,
     /// The owning evidence's outcome count ([`ScopeEvidence::feedbacks`]) when these curves
     /// were computed: a re-plan keeps them while the level has had no outcome since
-    /// ([`super::plan::replan_scope`]).
+    /// ([`super::replan_scope`]).
     pub planned_at: u64,
 }
 

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use super::raw::RawBudget;
+use serde::Deserialize;
+
 use super::{PolicyError, scope_key};
 use crate::domain::calendar::DAY_MS;
 
 /// Length of a budget period; periods are calendar-aligned in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     /// From 00:00 UTC.
@@ -70,7 +71,7 @@ impl Period {
 }
 
 /// What Route does once a hard limit is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExhausted {
     /// Route to the cheapest allowed tier (keeps serving at the lowest cost).
@@ -81,7 +82,7 @@ pub enum OnExhausted {
 }
 
 /// What Route assumes about a budget while the store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreUnavailable {
     /// Enforce on this replica's last view plus its own reservations.
@@ -121,6 +122,20 @@ impl Budget {
         (self.team.is_empty() || self.team == team)
             && (self.workflow.is_empty() || self.workflow == workflow)
     }
+}
+
+/// One `[[budgets]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub(super) team: Option<String>,
+    pub(super) workflow: Option<String>,
+    pub(super) period: Period,
+    pub(super) soft_limit_usd: Option<f64>,
+    pub(super) hard_limit_usd: Option<f64>,
+    pub(super) on_exhausted: Option<OnExhausted>,
+    pub(super) on_store_unavailable: Option<OnStoreUnavailable>,
+    pub(super) team_share: Option<f64>,
 }
 
 /// The `[[budgets]]` entries, validated in file order (ids unique).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::BarMode;
-use super::budget::{OnExhausted, OnStoreUnavailable, Period};
+use super::budget::RawBudget;
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -25,20 +25,6 @@ pub(super) struct RawPolicyFile {
     pub(super) store: Option<toml::Value>,
     #[serde(default)]
     pub(super) budgets: Vec<RawBudget>,
-}
-
-/// One `[[budgets]]` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawBudget {
-    pub(super) team: Option<String>,
-    pub(super) workflow: Option<String>,
-    pub(super) period: Period,
-    pub(super) soft_limit_usd: Option<f64>,
-    pub(super) hard_limit_usd: Option<f64>,
-    pub(super) on_exhausted: Option<OnExhausted>,
-    pub(super) on_store_unavailable: Option<OnStoreUnavailable>,
-    pub(super) team_share: Option<f64>,
 }
 
 /// One `[[tiers]]` entry as written.
