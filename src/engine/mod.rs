@@ -196,7 +196,7 @@ impl EngineBuilder {
         let observer: Arc<dyn crate::domain::books::Observer> = telemetry.clone();
         let books = Books::new(observer);
         // Route accounting a previous run could not send: sent first by the next flush.
-        let carried: Vec<crate::domain::books::Batch> = recorder.outage_buffer().load_carry_over();
+        let carried: Vec<crate::domain::books::Batch> = recorder.buffer().load_carry_over();
         if !carried.is_empty() {
             tracing::info!(
                 batches = carried.len(),
@@ -313,10 +313,12 @@ impl Engine {
         input.check()?;
         let claims = self.ids.verify(input.decision_id, input.caller_team)?;
         let reuse = self.pricing(now_ms).reuse(claims, input)?;
-        let recorded = self.recorder.commit(&self.books, reuse.event, now_ms).await;
-        recorded.map_err(|e| {
-            e.unwrap_or_else(|| FeedbackError::ReuseRecorded(input.event_id.into()))
-        })?;
+        self.recorder
+            .commit(&self.books, reuse.event, now_ms)
+            .await
+            .map_err(|e| {
+                e.unwrap_or_else(|| FeedbackError::ReuseRecorded(input.event_id.into()))
+            })?;
         let first = self
             .recorder
             .mark_reused(&self.books, reuse.mark, now_ms)
@@ -398,7 +400,7 @@ impl Engine {
             && self.carry_over_pending.swap(false, Ordering::Relaxed)
             && let Err(e) = self
                 .recorder
-                .outage_buffer()
+                .buffer()
                 .save_carry_over::<crate::domain::books::Batch>(&[])
         {
             tracing::warn!(error = %e, "carry-over file not removed");
@@ -413,8 +415,7 @@ impl Engine {
     /// second of it (a graceful shutdown loses none). Without a spill file it stays in memory.
     fn checkpoint_books(&self, now_ms: u64) {
         let last = self.last_checkpoint_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < CHECKPOINT_MS || !self.recorder.outage_buffer().has_file()
-        {
+        if now_ms.saturating_sub(last) < CHECKPOINT_MS || !self.recorder.buffer().has_file() {
             return;
         }
         self.last_checkpoint_ms.store(now_ms, Ordering::Relaxed);
@@ -422,7 +423,7 @@ impl Engine {
         if sealed.is_empty() {
             return;
         }
-        match self.recorder.outage_buffer().append_carry_over(&sealed) {
+        match self.recorder.buffer().append_carry_over(&sealed) {
             Ok(()) => self.carry_over_pending.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %e, "route accounting not checkpointed to disk"),
         }
@@ -437,7 +438,7 @@ impl Engine {
         {
             // Kept for the next start (sent then as the same batches, so nothing counts twice).
             let batches = self.books.take_unflushed();
-            match self.recorder.outage_buffer().save_carry_over(&batches) {
+            match self.recorder.buffer().save_carry_over(&batches) {
                 Ok(()) => tracing::warn!(
                     error = %e,
                     batches = batches.len(),
@@ -597,7 +598,7 @@ impl Engine {
 
     /// Spill-file lines skipped because their checksum did not match.
     pub fn rejected_spill_lines(&self) -> u64 {
-        self.recorder.outage_buffer().rejected_lines()
+        self.recorder.buffer().rejected_lines()
     }
 
     /// The shared store.
@@ -612,7 +613,7 @@ impl Engine {
 
     /// Outcomes waiting in the outage buffer.
     pub fn buffered(&self) -> usize {
-        self.recorder.outage_buffer().len()
+        self.recorder.buffer().len()
     }
 
     /// Whether the store was seen to lose its data (a restart without persistence).

@@ -184,7 +184,7 @@ impl Recorder {
     }
 
     /// The outage buffer (and its carry-over file).
-    pub fn outage_buffer(&self) -> &OutageBuffer {
+    pub fn buffer(&self) -> &OutageBuffer {
         &self.buffer
     }
 }
