@@ -18,8 +18,9 @@
 //!   config and the port's contract suite. It imports only the domain, and re-exports the
 //!   port's names.
 //! - [`engine`] — the use cases, one method each (route, feedback, reuse, report, thresholds,
-//!   policy administration, refresh, shutdown) over the domain and a store; the feedback
-//!   write/fold path ([`engine::feedback`]); the one service error ([`engine::Error`]).
+//!   policy administration, refresh, shutdown) over the domain and a store; the feedback path
+//!   in three pieces ([`engine::feedback`]: decision ids, the exactly-once recorder, the fold
+//!   that publishes the plans); the one service error ([`engine::Error`]).
 //! - Faces, each one call into the engine plus conversion: [`grpc`] (tonic services, auth,
 //!   transport), [`metrics`] (Prometheus: the engine's [`engine::Telemetry`]), [`report`] (build +
 //!   table/CSV/JSON/HTML), [`cli`].

@@ -103,17 +103,9 @@ async fn routes_from_many_threads_are_all_counted_and_labels_stay_capped() {
         }
     });
     let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), now)
-        .await
-        .unwrap();
+    e.books.flush(&table.policy, e.store(), now).await.unwrap();
     assert_eq!(e.books.pending_cells(), 0);
-    let ledger = &e
-        .learner
-        .store()
-        .read_counters(&[ledger_hash(now)])
-        .await
-        .unwrap()[0];
+    let ledger = &e.store().read_counters(&[ledger_hash(now)]).await.unwrap()[0];
     let tasks: Vec<(&str, i64)> = ledger
         .iter()
         .filter_map(|(f, v)| {

@@ -1,9 +1,10 @@
 //! The engine: the one façade the faces (gRPC, CLI, replay, benches) call, with one method per
 //! use case: route, feedback, reuse, report, thresholds, policy administration, refresh, shutdown.
 //!
-//! It owns the router (the live table), the learner (feedback → evidence → plans), the books
-//! (spend and budgets) and the policy administration, and tells its [`Telemetry`] what it counts. Its fields are private: what
-//! production runs is what tests and benches call.
+//! It owns the router (the live table), the three pieces of the feedback path (decision ids,
+//! the exactly-once recorder, the fold from evidence to plans), the books (spend and budgets)
+//! and the policy administration, and tells its [`Telemetry`] what it counts. Its fields are
+//! private: what production runs is what tests and benches call.
 
 #[cfg(test)]
 mod admin_tests;
@@ -33,7 +34,8 @@ use crate::domain::learning::{RoutingTable, ScopeEvidence, ThresholdRow};
 use crate::domain::policy::Policy;
 use crate::domain::routing::{self, Decision, Limits, Router};
 use crate::engine::feedback::{
-    DEFAULT_DECISION_TTL_MS, FeedbackAck, FeedbackInput, Learner, ReuseAck, ReuseInput,
+    Committed, DEFAULT_DECISION_TTL_MS, DecisionIds, FeedbackAck, FeedbackError, FeedbackInput,
+    Fold, Pricing, Recorder, ReuseAck, ReuseInput,
 };
 use crate::report::Report;
 use crate::report::build::ReportQuery;
@@ -43,12 +45,18 @@ pub use error::{Error, ErrorKind, Violation};
 use policy_admin::{Live, PolicyAdmin};
 pub use what_if::{WhatIf, WhatIfScope, what_if};
 
-/// The router, the learner that feeds it and the books: what `serve` and `replay` both run.
+/// The router, the feedback path that feeds it and the books: what `serve` and `replay` both run.
 pub struct Engine {
     /// Decides.
     router: Router,
-    /// Learns.
-    learner: Learner,
+    /// Signs decision ids at Route, verifies them at Feedback.
+    ids: DecisionIds,
+    /// Records accepted outcomes exactly once (the store, or the outage buffer).
+    recorder: Recorder,
+    /// Learns: folds the store's log into evidence and publishes the plans.
+    fold: Fold,
+    /// The shared-state store.
+    store: Arc<dyn StateStore>,
     /// Counts spend and enforces budgets.
     books: Books,
     /// Told of the books' counts and each feedback's lag (the metrics face, or nothing).
@@ -182,18 +190,13 @@ impl EngineBuilder {
             (memory, OutageBuffer::in_memory(0))
         });
         let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
-        let learner = Learner::new(
-            signer,
-            ttl_ms,
-            model.calibration.clone(),
-            learning,
-            store,
-            buffer,
-        );
+        let policy_admin = PolicyAdmin::new(store.clone(), signer.policy_keys());
+        let fold = Fold::new(store.clone(), model.calibration.clone(), learning);
+        let recorder = Recorder::new(store.clone(), buffer);
         let observer: Arc<dyn crate::domain::books::Observer> = telemetry.clone();
         let books = Books::new(observer);
         // Route accounting a previous run could not send: sent first by the next flush.
-        let carried: Vec<crate::domain::books::Batch> = learner.buffer().load_carry_over();
+        let carried: Vec<crate::domain::books::Batch> = recorder.buffer().load_carry_over();
         if !carried.is_empty() {
             tracing::info!(
                 batches = carried.len(),
@@ -204,10 +207,13 @@ impl EngineBuilder {
         books.resume(carried);
         Engine {
             router: Router::new(model, table, limits),
-            learner,
+            ids: DecisionIds::new(signer, ttl_ms),
+            recorder,
+            fold,
+            store,
             books,
             telemetry,
-            policy_admin: PolicyAdmin::default(),
+            policy_admin,
             carry_over_pending,
             last_checkpoint_ms: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::default(),
@@ -239,7 +245,7 @@ impl Engine {
     fn live(&self) -> Live<'_> {
         Live {
             router: &self.router,
-            learner: &self.learner,
+            fold: &self.fold,
         }
     }
 
@@ -267,32 +273,101 @@ impl Engine {
         {
             names.observe(req.task);
         }
-        let id = self
-            .learner
-            .issue(&d, req.team, req.workflow, now_ms, nonce);
+        let id = self.ids.issue(&d, req.team, req.workflow, now_ms, nonce);
         Ok((d, id))
     }
 
-    /// Validates and records one outcome (see [`Learner::feedback`]).
+    /// Validates and records one outcome exactly once, then learns from it; on any error
+    /// nothing changes.
     pub async fn feedback(
         &self,
         input: &FeedbackInput<'_>,
         now_ms: u64,
     ) -> Result<FeedbackAck, Error> {
-        let ack = self
-            .learner
-            .feedback(&self.router, &self.books, input, now_ms)
-            .await?;
-        self.telemetry.feedback_lag(ack.lag_ms as f64 / 1000.0);
-        Ok(ack)
+        input.check()?;
+        let claims = self
+            .ids
+            .verify_unexpired(input.decision_id, input.caller_team, now_ms)?;
+        let outcome = self.pricing(now_ms).outcome(claims, input)?;
+        let committed = self
+            .recorder
+            .commit(&self.books, outcome.event, now_ms)
+            .await
+            .map_err(|e| e.unwrap_or(FeedbackError::AlreadyRecorded))?;
+        if committed == Committed::Stored {
+            self.fold.fold_recorded(&self.router).await;
+        }
+        // The early reuse mark: the decision counts as reused once, whichever report came first.
+        if let Some(mark) = outcome.reuse_mark {
+            self.recorder.mark_reused(&self.books, mark, now_ms).await;
+        }
+        self.telemetry
+            .feedback_lag(outcome.ack.lag_ms as f64 / 1000.0);
+        Ok(outcome.ack)
     }
 
-    /// Records a reuse of a decision's output (see [`Learner::reuse`]).
+    /// Records the reuse of a decision's output: `count` reuse events (once per `event_id`),
+    /// and the decision as reused if it was not yet. Accepted for the scope's reuse window,
+    /// after the decision TTL too; buffered through store outages like feedback.
     pub async fn reuse(&self, input: &ReuseInput<'_>, now_ms: u64) -> Result<ReuseAck, Error> {
-        Ok(self
-            .learner
-            .reuse(&self.router, &self.books, input, now_ms)
-            .await?)
+        input.check()?;
+        let claims = self.ids.verify(input.decision_id, input.caller_team)?;
+        let reuse = self.pricing(now_ms).reuse(claims, input)?;
+        self.recorder
+            .commit(&self.books, reuse.event, now_ms)
+            .await
+            .map_err(|e| {
+                e.unwrap_or_else(|| FeedbackError::ReuseRecorded(input.event_id.into()))
+            })?;
+        let first = self
+            .recorder
+            .mark_reused(&self.books, reuse.mark, now_ms)
+            .await;
+        let (claims, count) = (reuse.claims, reuse.count);
+        tracing::info!(
+            scope = %claims.scope, team = %claims.team, workflow = %claims.workflow,
+            count, first, event_id = input.event_id, note = input.note, "reuse recorded"
+        );
+        Ok(ReuseAck {
+            scope: claims.scope,
+            workflow: claims.workflow,
+            count,
+            first,
+        })
+    }
+
+    /// What a verified report is checked and priced against now: the live policy, the books,
+    /// the decision TTL.
+    fn pricing(&self, now_ms: u64) -> Pricing<'_> {
+        Pricing {
+            policy: self.router.table().policy.clone(),
+            books: &self.books,
+            ttl_ms: self.ids.ttl_ms(),
+            now_ms,
+        }
+    }
+
+    /// Replays buffered outcomes, reads the store's data-since instant, then folds the log in.
+    /// Returns whether the store is healthy.
+    async fn catch_up(&self, now_ms: u64) -> bool {
+        if !self.recorder.drain(now_ms).await {
+            return false;
+        }
+        let read = match self.ids.read_data_since(self.store.as_ref(), now_ms).await {
+            Ok(()) => self.fold.sync(&self.router).await.map(drop),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(()) => {
+                self.recorder.set_degraded(false);
+                true
+            }
+            Err(e) => {
+                self.recorder.set_degraded(true);
+                tracing::debug!(error = %e, "store refresh failed");
+                false
+            }
+        }
     }
 
     /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
@@ -300,7 +375,7 @@ impl Engine {
     pub async fn refresh(&self, now_ms: u64) -> bool {
         if let Some(id) = &self.deployment {
             // A store that lost its data gets this id back (every replica proposes the same).
-            match self.learner.store().deployment_id(id).await {
+            match self.store.deployment_id(id).await {
                 Ok(held) if held != *id => tracing::error!(
                     held = %crate::domain::labels::shown(&held),
                     "the store holds another deployment id than this replica signs with: replicas started since refuse its decision ids; restart it"
@@ -308,13 +383,13 @@ impl Engine {
                 _ => {}
             }
         }
-        let learned = self.learner.refresh(&self.router, now_ms).await;
+        let learned = self.catch_up(now_ms).await;
         if let Err(e) = self.policy_admin.refresh(self.live(), false, now_ms).await {
             tracing::debug!(error = %e, "policy log not read");
         }
         let flushed = self
             .books
-            .flush(&self.router.table().policy, self.learner.store(), now_ms)
+            .flush(&self.router.table().policy, self.store.as_ref(), now_ms)
             .await;
         if let Err(e) = &flushed {
             tracing::debug!(error = %e, "books not flushed");
@@ -324,7 +399,7 @@ impl Engine {
         if flushed.is_ok()
             && self.carry_over_pending.swap(false, Ordering::Relaxed)
             && let Err(e) = self
-                .learner
+                .recorder
                 .buffer()
                 .save_carry_over::<crate::domain::books::Batch>(&[])
         {
@@ -340,7 +415,7 @@ impl Engine {
     /// second of it (a graceful shutdown loses none). Without a spill file it stays in memory.
     fn checkpoint_books(&self, now_ms: u64) {
         let last = self.last_checkpoint_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < CHECKPOINT_MS || !self.learner.buffer().has_file() {
+        if now_ms.saturating_sub(last) < CHECKPOINT_MS || !self.recorder.buffer().has_file() {
             return;
         }
         self.last_checkpoint_ms.store(now_ms, Ordering::Relaxed);
@@ -348,7 +423,7 @@ impl Engine {
         if sealed.is_empty() {
             return;
         }
-        match self.learner.buffer().append_carry_over(&sealed) {
+        match self.recorder.buffer().append_carry_over(&sealed) {
             Ok(()) => self.carry_over_pending.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %e, "route accounting not checkpointed to disk"),
         }
@@ -358,12 +433,12 @@ impl Engine {
     pub async fn shutdown(&self, now_ms: u64) {
         if let Err(e) = self
             .books
-            .flush(&self.router.table().policy, self.learner.store(), now_ms)
+            .flush(&self.router.table().policy, self.store.as_ref(), now_ms)
             .await
         {
             // Kept for the next start (sent then as the same batches, so nothing counts twice).
             let batches = self.books.take_unflushed();
-            match self.learner.buffer().save_carry_over(&batches) {
+            match self.recorder.buffer().save_carry_over(&batches) {
                 Ok(()) => tracing::warn!(
                     error = %e,
                     batches = batches.len(),
@@ -377,14 +452,14 @@ impl Engine {
                 ),
             }
         }
-        self.learner.shutdown(now_ms).await;
+        self.recorder.shutdown(now_ms).await;
     }
 
     /// The books of `query` (spend, quality, savings, budgets), after flushing this replica's
     /// unsent route accounting so the report includes it.
     pub async fn report(&self, query: &ReportQuery, now_ms: u64) -> Result<Report, Error> {
         let policy = self.router.table().policy.clone();
-        let store = self.learner.store();
+        let store = self.store.as_ref();
         let unavailable = Error::store("report needs the store");
         if let Err(e) = self.books.flush(&policy, store, now_ms).await {
             return Err(unavailable(e));
@@ -457,8 +532,8 @@ impl Engine {
 
     /// The version history and audit trail, oldest first.
     pub async fn policy_versions(&self) -> Result<Vec<PolicyChange>, Error> {
-        self.learner
-            .policy_changes(0)
+        self.policy_admin
+            .versions()
             .await
             .map_err(Error::store("version history needs the store"))
     }
@@ -484,10 +559,10 @@ impl Engine {
 
     /// Replays the recent window under the live policy and under `proposed`.
     pub async fn what_if(&self, proposed: Arc<Policy>) -> WhatIf {
-        let (window, evidence) = self.learner.window().await;
+        let (window, evidence) = self.fold.window().await;
         let live = self.router.table();
         let proposed_table =
-            RoutingTable::build(proposed, self.learner.calibration(), &evidence, Some(&live));
+            RoutingTable::build(proposed, self.fold.calibration(), &evidence, Some(&live));
         what_if(&live, &proposed_table, &window)
     }
 
@@ -513,41 +588,41 @@ impl Engine {
 
     /// Unreadable events of the shared log skipped since this replica started.
     pub fn skipped_events(&self) -> u64 {
-        self.learner.skipped_events()
+        self.store.skipped_events()
     }
 
     /// Cluster fits the fold ran since this replica started: (succeeded, failed).
     pub fn cluster_fits(&self) -> (u64, u64) {
-        self.learner.cluster_fits()
+        self.fold.cluster_fits()
     }
 
     /// Spill-file lines skipped because their checksum did not match.
     pub fn rejected_spill_lines(&self) -> u64 {
-        self.learner.rejected_spill_lines()
+        self.recorder.buffer().rejected_lines()
     }
 
     /// The shared store.
     pub fn store(&self) -> &dyn StateStore {
-        self.learner.store()
+        self.store.as_ref()
     }
 
     /// Whether the store is unreachable (outcomes buffer meanwhile).
     pub fn is_degraded(&self) -> bool {
-        self.learner.is_degraded()
+        self.recorder.is_degraded()
     }
 
     /// Outcomes waiting in the outage buffer.
     pub fn buffered(&self) -> usize {
-        self.learner.buffered()
+        self.recorder.buffer().len()
     }
 
     /// Whether the store was seen to lose its data (a restart without persistence).
     pub fn data_reset_seen(&self) -> bool {
-        self.learner.data_reset_seen()
+        self.ids.data_reset_seen()
     }
 
     /// A copy of the folded evidence of every scope.
     pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
-        self.learner.evidence().await
+        self.fold.evidence().await
     }
 }

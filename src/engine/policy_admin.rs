@@ -9,23 +9,93 @@
 //! log last saw (a new deployment); otherwise the log's latest version wins (an API change
 //! survives restarts).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::Error;
 use crate::domain::policy::{Policy, PolicyError};
 use crate::domain::routing::Router;
-use crate::engine::feedback::Learner;
-use crate::store::{ChangeSource, PolicyChange, StoreError};
+use crate::engine::feedback::Fold;
+use crate::store::{ChangeSource, PolicyChange, StateStore, StoreError};
 
-/// What policy administration acts on: the live table, and the store behind the learner.
+/// What policy administration acts on: the live table, and the fold that re-plans it.
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
     /// Holds the live policy (in its table).
     pub router: &'a Router,
-    /// Swaps policies in (re-planning on the folded evidence) and reaches the store's log.
-    pub learner: &'a Learner,
+    /// Swaps policies in, re-planning on the folded evidence.
+    pub fold: &'a Fold,
+}
+
+/// The store's shared policy log, sealed with the deployment's policy keys: an entry that does
+/// not verify (written straight into the store by anyone without the secret) never becomes live.
+struct PolicyLog {
+    store: Arc<dyn StateStore>,
+    /// Keys that seal the log's entries (the first seals, any verifies).
+    keys: Vec<[u8; 32]>,
+    /// Entries refused (they do not verify); each is logged once.
+    refused: Mutex<HashSet<u64>>,
+    /// Whether the last verified entry read was sealed with the previous secret.
+    head_old_key: AtomicBool,
+}
+
+impl PolicyLog {
+    /// Appends a policy change, sealed with the deployment's policy key for the position it
+    /// lands at (read first; retried if another replica wrote there first).
+    async fn append(&self, change: &PolicyChange) -> Result<u64, StoreError> {
+        let key = self.keys.first().copied().unwrap_or_default();
+        let mut tries = 0;
+        loop {
+            let seq = self.store.policy_log_len().await?;
+            let sealed = PolicyChange {
+                seq,
+                ..change.clone()
+            }
+            .seal(&key);
+            match self.store.append_policy_change(&sealed).await {
+                Err(StoreError::Conflict(_)) if tries < 8 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The log from position `from`, without the entries that do not verify (each logged once).
+    async fn changes(&self, from: u64) -> Result<Vec<PolicyChange>, StoreError> {
+        let mut log = self.store.policy_changes(from).await?;
+        log.retain(|c| {
+            let sealed_by = c.sealed_by(&self.keys);
+            // Sealed with the secret being rotated out: seal the head again with the current
+            // one (see `reseal_head`), or the history would vanish once that secret is gone.
+            if let Some(k) = sealed_by {
+                self.head_old_key.store(k > 0, Ordering::Relaxed);
+            }
+            let ok = sealed_by.is_some();
+            if !ok
+                && self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(c.seq)
+            {
+                tracing::error!(
+                    seq = c.seq,
+                    version = %crate::domain::labels::shown(&c.version),
+                    "policy log entry does not verify (written to the store without this deployment's secret): refused"
+                );
+            }
+            ok
+        });
+        Ok(log)
+    }
+
+    /// Whether the head of the log, as last read, was sealed with the secret being rotated out
+    /// (and should be sealed again with the current one).
+    fn head_sealed_with_old_key(&self) -> bool {
+        self.head_old_key.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Default)]
@@ -71,11 +141,11 @@ impl Seen {
     }
 }
 
-/// Per-replica policy administration state.
-#[derive(Default)]
+/// Per-replica policy administration state, and the shared log it follows.
 pub struct PolicyAdmin {
     state: tokio::sync::Mutex<AdminState>,
-    replica: std::sync::Mutex<String>,
+    replica: Mutex<String>,
+    log: PolicyLog,
 }
 
 fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
@@ -84,6 +154,26 @@ fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
 }
 
 impl PolicyAdmin {
+    /// Administration of the policy log in `store`, sealed with `keys` (the first seals, any
+    /// verifies); no replica name or policy file yet.
+    pub fn new(store: Arc<dyn StateStore>, keys: Vec<[u8; 32]>) -> Self {
+        Self {
+            state: tokio::sync::Mutex::default(),
+            replica: Mutex::default(),
+            log: PolicyLog {
+                store,
+                keys,
+                refused: Mutex::default(),
+                head_old_key: AtomicBool::new(false),
+            },
+        }
+    }
+
+    /// The version history and audit trail, oldest first (the entries that verify).
+    pub async fn versions(&self) -> Result<Vec<PolicyChange>, StoreError> {
+        self.log.changes(0).await
+    }
+
     /// Names this replica in the audit trail of file changes, and sets the policy file to watch
     /// (`None`: the embedded policy, nothing to watch).
     pub async fn set_source(&self, replica: &str, file: Option<PathBuf>) {
@@ -92,16 +182,13 @@ impl PolicyAdmin {
             let s = stamp(&f);
             (f, s)
         });
-        *self
-            .replica
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = replica.to_string();
+        *self.replica.lock().unwrap_or_else(PoisonError::into_inner) = replica.to_string();
     }
 
     fn replica(&self) -> String {
         self.replica
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -117,7 +204,7 @@ impl PolicyAdmin {
         st: &mut AdminState,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let log = live.learner.policy_changes(0).await?;
+        let log = self.log.changes(0).await?;
         st.last_seen = log.last().map(Seen::of);
         let mine = live.router.table().policy.clone();
         let last_file = log
@@ -137,7 +224,7 @@ impl PolicyAdmin {
                     match parse_next(&h.text) {
                         Ok(p) => {
                             tracing::info!(version = %h.version, "policy from the shared log");
-                            live.learner.swap_policy(live.router, Arc::new(p)).await;
+                            live.fold.swap_policy(live.router, Arc::new(p)).await;
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "shared policy log head is invalid; keeping the file's")
@@ -153,7 +240,7 @@ impl PolicyAdmin {
                 match parse_next(&h.text) {
                     Ok(p) => {
                         tracing::warn!(file = %mine.version, live = %h.version, "this replica's policy file is an older version; following the shared history");
-                        live.learner.swap_policy(live.router, Arc::new(p)).await;
+                        live.fold.swap_policy(live.router, Arc::new(p)).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "shared policy head is not usable here; keeping the file's")
@@ -167,7 +254,7 @@ impl PolicyAdmin {
                     Some(prev) => crate::domain::policy::diff(&prev, &mine),
                     None => vec!["first policy of this deployment".into()],
                 };
-                self.record_live(live, st, &mine, "policy loaded at startup", summary, now_ms)
+                self.record_live(st, &mine, "policy loaded at startup", summary, now_ms)
                     .await?;
                 st.initialized = true;
                 Ok(())
@@ -179,7 +266,6 @@ impl PolicyAdmin {
     /// change, and moves the cursor past it.
     async fn record_live(
         &self,
-        live: Live<'_>,
         st: &mut AdminState,
         policy: &Policy,
         reason: &str,
@@ -197,7 +283,7 @@ impl PolicyAdmin {
             text: policy.source.to_string(),
             mac: String::new(),
         };
-        let seq = live.learner.append_policy_change(&change).await?;
+        let seq = self.log.append(&change).await?;
         st.last_seen = Some(Seen::of(&PolicyChange { seq, ..change }));
         Ok(())
     }
@@ -243,12 +329,12 @@ impl PolicyAdmin {
             text: new.source.to_string(),
             mac: String::new(),
         };
-        let seq = live
-            .learner
-            .append_policy_change(&change)
+        let seq = self
+            .log
+            .append(&change)
             .await
             .map_err(Error::store("policy change not recorded"))?;
-        live.learner.swap_policy(live.router, Arc::new(new)).await;
+        live.fold.swap_policy(live.router, Arc::new(new)).await;
         tracing::info!(version = %change.version, source = %source.as_str(), %author, changes = ?change.summary, "policy applied");
         Ok(PolicyChange { seq, ..change })
     }
@@ -263,9 +349,9 @@ impl PolicyAdmin {
         now_ms: u64,
     ) -> Result<PolicyChange, Error> {
         let _one = self.state.lock().await;
-        let log = live
-            .learner
-            .policy_changes(0)
+        let log = self
+            .log
+            .changes(0)
             .await
             .map_err(Error::store("policy change not recorded"))?;
         let current = live.router.table().policy.version.clone();
@@ -292,55 +378,16 @@ impl PolicyAdmin {
         if !st.initialized {
             self.init_locked(live, &mut st, now_ms).await?;
         }
-        // Read from the last change already seen: if even that is gone, the store lost its data
-        // (a Redis without persistence restarted); record the live policy again and go on.
-        let mut changes = live
-            .learner
-            .policy_changes(st.cursor().saturating_sub(1))
-            .await?;
-        if let Some(seen) = st.last_seen.clone() {
-            // Shorter than seen, or another change where the last seen one was: the store lost
-            // it. If another replica has already started the history again (and perhaps changed
-            // the policy since), follow that history; recording this replica's policy over it
-            // would undo a change made after the loss.
-            let lost = changes.first().is_none_or(|c| Seen::of(c) != seen);
-            if lost {
-                let restarted = live.learner.policy_changes(0).await?;
-                if restarted.is_empty() {
-                    tracing::warn!(
-                        cursor = st.cursor(),
-                        "policy history is shorter than seen: the store lost it; recording the live policy again"
-                    );
-                    let current = live.router.table().policy.clone();
-                    let why = "policy history lost by the store; live policy recorded again";
-                    self.record_live(
-                        live,
-                        &mut st,
-                        &current,
-                        why,
-                        vec!["history restarted".into()],
-                        now_ms,
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                tracing::warn!(
-                    cursor = st.cursor(),
-                    entries = restarted.len(),
-                    "policy history was lost by the store and started again by another replica; following it"
-                );
-                changes = restarted;
-            } else {
-                changes.remove(0);
-            }
-        }
+        let Some(changes) = self.unseen_changes(live, &mut st, now_ms).await? else {
+            return Ok(());
+        };
         if let Some(last) = changes.last() {
             st.last_seen = Some(Seen::of(last));
             if last.version != live.router.table().policy.version {
                 match parse_next(&last.text) {
                     Ok(p) => {
                         tracing::info!(version = %last.version, author = %last.author, "policy changed on another replica");
-                        live.learner.swap_policy(live.router, Arc::new(p)).await;
+                        live.fold.swap_policy(live.router, Arc::new(p)).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, version = %last.version, "shared policy change is not usable here; keeping the live one")
@@ -348,34 +395,95 @@ impl PolicyAdmin {
                 }
             }
         }
-        // A rotation of the decision secret: the head was sealed with the secret going away.
-        // Sealed again with the current one, the live policy (and the API changes in it)
-        // outlives the old secret; the entries before stay readable only while it is kept.
-        if live.learner.policy_head_sealed_with_old_key() {
-            // The head, and before it the last file-loaded entry (startup reconciliation tells
-            // a new rollout from a restart by it), copied as they are.
-            let log = live.learner.policy_changes(0).await?;
-            let head = log.last().cloned();
-            let last_file = log
-                .iter()
-                .rev()
-                .find(|c| ChangeSource::is_file_name(&c.source))
-                .filter(|f| head.as_ref().is_some_and(|h| h.seq != f.seq))
-                .cloned();
-            for c in last_file.into_iter().chain(head) {
-                let again = PolicyChange {
-                    reason: format!(
-                        "{} (sealed again after a decision secret rotation)",
-                        c.reason
-                    ),
-                    mac: String::new(),
-                    ..c
-                };
-                let seq = live.learner.append_policy_change(&again).await?;
-                st.last_seen = Some(Seen::of(&PolicyChange { seq, ..again }));
-            }
-            tracing::info!("policy log head sealed again after a decision secret rotation");
+        if self.log.head_sealed_with_old_key() {
+            self.reseal_head(&mut st).await?;
         }
+        self.reload_file(live, &mut st, force_reload, now_ms).await
+    }
+
+    /// The changes in the log after the last one seen. `None`: the store lost the history and
+    /// nobody had started it again, so this replica recorded its live policy as the first entry
+    /// (nothing more to follow this round).
+    async fn unseen_changes(
+        &self,
+        live: Live<'_>,
+        st: &mut AdminState,
+        now_ms: u64,
+    ) -> Result<Option<Vec<PolicyChange>>, StoreError> {
+        // Read from the last change already seen: if even that is gone, the store lost its data
+        // (a Redis without persistence restarted); record the live policy again and go on.
+        let mut changes = self.log.changes(st.cursor().saturating_sub(1)).await?;
+        let Some(seen) = st.last_seen.clone() else {
+            return Ok(Some(changes));
+        };
+        // Shorter than seen, or another change where the last seen one was: the store lost it.
+        // If another replica has already started the history again (and perhaps changed the
+        // policy since), follow that history; recording this replica's policy over it would
+        // undo a change made after the loss.
+        if changes.first().is_some_and(|c| Seen::of(c) == seen) {
+            changes.remove(0);
+            return Ok(Some(changes));
+        }
+        let restarted = self.log.changes(0).await?;
+        if restarted.is_empty() {
+            tracing::warn!(
+                cursor = st.cursor(),
+                "policy history is shorter than seen: the store lost it; recording the live policy again"
+            );
+            let current = live.router.table().policy.clone();
+            let why = "policy history lost by the store; live policy recorded again";
+            let summary = vec!["history restarted".into()];
+            self.record_live(st, &current, why, summary, now_ms).await?;
+            return Ok(None);
+        }
+        tracing::warn!(
+            cursor = st.cursor(),
+            entries = restarted.len(),
+            "policy history was lost by the store and started again by another replica; following it"
+        );
+        Ok(Some(restarted))
+    }
+
+    /// A rotation of the decision secret: the head was sealed with the secret going away.
+    /// Sealed again with the current one, the live policy (and the API changes in it) outlives
+    /// the old secret; the entries before stay readable only while it is kept.
+    async fn reseal_head(&self, st: &mut AdminState) -> Result<(), StoreError> {
+        // The head, and before it the last file-loaded entry (startup reconciliation tells a
+        // new rollout from a restart by it), copied as they are.
+        let log = self.log.changes(0).await?;
+        let head = log.last().cloned();
+        let last_file = log
+            .iter()
+            .rev()
+            .find(|c| ChangeSource::is_file_name(&c.source))
+            .filter(|f| head.as_ref().is_some_and(|h| h.seq != f.seq))
+            .cloned();
+        for c in last_file.into_iter().chain(head) {
+            let again = PolicyChange {
+                reason: format!(
+                    "{} (sealed again after a decision secret rotation)",
+                    c.reason
+                ),
+                mac: String::new(),
+                ..c
+            };
+            let seq = self.log.append(&again).await?;
+            st.last_seen = Some(Seen::of(&PolicyChange { seq, ..again }));
+        }
+        tracing::info!("policy log head sealed again after a decision secret rotation");
+        Ok(())
+    }
+
+    /// Reloads the watched policy file if its stamp changed (or `force_reload`). An unreadable
+    /// or invalid file is logged and the live policy stays; a store failure is returned, and
+    /// the file tried again next time.
+    async fn reload_file(
+        &self,
+        live: Live<'_>,
+        st: &mut AdminState,
+        force_reload: bool,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let Some((path, seen)) = st.file.clone() else {
             return Ok(());
         };

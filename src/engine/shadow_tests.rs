@@ -70,16 +70,8 @@ fn feedback<'a>(id: &'a str, shadow: Option<f64>) -> FeedbackInput<'a> {
 
 async fn ledger(e: &Engine) -> HashMap<(String, String), i64> {
     let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), NOW)
-        .await
-        .unwrap();
-    let read = e
-        .learner
-        .store()
-        .read_counters(&[ledger_hash(NOW)])
-        .await
-        .unwrap();
+    e.books.flush(&table.policy, e.store(), NOW).await.unwrap();
+    let read = e.store().read_counters(&[ledger_hash(NOW)]).await.unwrap();
     read[0]
         .iter()
         .filter_map(|(f, v)| {
@@ -138,7 +130,7 @@ async fn a_shadow_pair_is_recorded_once_and_booked_as_shadow_spend() {
     // Could not have gone to premium: no support for an always-premium estimate.
     assert_eq!(get(metric::IPS_UNSUPPORTED, "small"), 1);
     // The stored outcome keeps the pair and the propensities.
-    let (events, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let (events, _) = e.store().events_since(0, 10).await.unwrap();
     let event = &events[0];
     assert_eq!(
         event.shadow.as_ref().map(|s| (s.tier.as_str(), s.score)),
@@ -201,15 +193,7 @@ async fn refused_shadow_scores_record_nothing() {
         assert_eq!(err.kind(), kind, "{err}");
         assert!(err.to_string().starts_with(field), "{err}");
     }
-    assert!(
-        e.learner
-            .store()
-            .events_since(0, 10)
-            .await
-            .unwrap()
-            .0
-            .is_empty()
-    );
+    assert!(e.store().events_since(0, 10).await.unwrap().0.is_empty());
     let l = ledger(&e).await;
     assert!(
         !l.keys()
@@ -238,10 +222,10 @@ async fn replicas_folding_the_same_pairs_agree_and_learn_each_shadow_run_once() 
     }
     for _ in 0..2 {
         for e in [&a, &b] {
-            e.learner.sync(&e.router).await.unwrap();
+            e.fold.sync(&e.router).await.unwrap();
         }
     }
-    let (ea, eb) = (a.learner.window().await.1, b.learner.window().await.1);
+    let (ea, eb) = (a.fold.window().await.1, b.fold.window().await.1);
     assert_eq!(ea, eb);
     assert_eq!(ea.len(), 1);
     let ev = ea.values().next().unwrap();

@@ -57,16 +57,13 @@ fn route_decision(e: &Engine, nonce: u64) -> (Decision, String) {
 /// The report of the two hours around T0, after the books flush at `now`.
 async fn report_of_hour(e: &Engine, now: u64) -> crate::report::Report {
     let table = e.router.table();
-    e.books
-        .flush(&table.policy, e.learner.store(), now)
-        .await
-        .unwrap();
+    e.books.flush(&table.policy, e.store(), now).await.unwrap();
     let q = ReportQuery {
         since_ms: T0 - HOUR,
         until_ms: T0 + HOUR,
         ..Default::default()
     };
-    build(&table.policy, &e.books, e.learner.store(), &q, now)
+    build(&table.policy, &e.books, e.store(), &q, now)
         .await
         .unwrap()
 }
@@ -234,7 +231,7 @@ async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_windo
     );
     assert_eq!(r.total.reuse_rate, Some(1.0));
     // Nothing entered the learning log but the two outcomes.
-    let (log, _) = e.learner.store().events_since(0, 100).await.unwrap();
+    let (log, _) = e.store().events_since(0, 100).await.unwrap();
     assert_eq!(log.len(), 2);
 }
 
@@ -420,7 +417,7 @@ async fn absurd_token_counts_are_clipped_booked_within_bounds_and_counted() {
     let r = report_of_hour(&e, T0 + HOUR).await;
     assert_eq!((r.total.outcomes, r.total.clipped_outcomes), (2, 1));
     // What the fold learned is the clipped count, not 1e9.
-    let (log, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let (log, _) = e.store().events_since(0, 10).await.unwrap();
     assert!(
         log.iter()
             .all(|ev| ev.output_tokens <= policy.default.max_output_tokens)
@@ -472,7 +469,7 @@ async fn cached_and_reasoning_parts_over_their_totals_are_clipped_and_counted() 
     assert_eq!(fine.actual_cost_micros, tier.bill_micros(&kinds));
     let r = report_of_hour(&e, T0 + HOUR).await;
     assert_eq!((r.total.outcomes, r.total.clipped_outcomes), (2, 1));
-    let (log, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let (log, _) = e.store().events_since(0, 10).await.unwrap();
     let mut parts: Vec<(u64, u64, u64, u64)> = log
         .iter()
         .map(|ev| {
@@ -505,7 +502,7 @@ async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
     assert_eq!(d.scope, "team:ads", "the test needs ads' own scope");
     // Signed with the deployment's real key, but for team `search`: a scope/team mismatch no
     // correct Route issues (a leaked key, a bug), refused before anything is recorded.
-    let forged = e.learner.issue(&d, "search", "", T0, 8);
+    let forged = e.ids.issue(&d, "search", "", T0, 8);
     let input = FeedbackInput {
         decision_id: &forged,
         score: 1.0,
@@ -527,7 +524,7 @@ async fn an_id_naming_another_teams_scope_is_refused_even_when_signed() {
         "{err}"
     );
     // The same decision under its own team is accepted.
-    let own = e.learner.issue(&d, "ads", "support/macros", T0, 9);
+    let own = e.ids.issue(&d, "ads", "support/macros", T0, 9);
     e.feedback(
         &FeedbackInput {
             decision_id: &own,
@@ -605,7 +602,7 @@ async fn a_fallback_is_learned_under_the_tier_that_served() {
     assert!(outcomes(&scope.scope, served) > 0.0);
     assert_eq!(outcomes(&scope.scope, &routed), 0.0);
     // The log holds the outcome under the served tier and remembers the routed one.
-    let (events, _) = e.learner.store().events_since(0, 10).await.unwrap();
+    let (events, _) = e.store().events_since(0, 10).await.unwrap();
     let event = events.iter().find(|ev| !ev.counters_only).unwrap();
     assert_eq!(
         (event.tier.as_str(), event.routed_tier()),

@@ -1,31 +1,92 @@
-//! The read path: fold the store's outcome log into local evidence in order (so every replica
-//! computes the same state), re-plan the touched scopes, publish the table; refresh and shutdown.
+//! The fold: the store's outcome log folded into local evidence in order (so every replica
+//! computes the same state), the touched scopes re-planned and the table published; the recent
+//! window what-if replays, and policy swaps re-plan on the same evidence.
 
-use super::*;
-use crate::domain::learning::cluster_label;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-impl Learner {
+use crate::domain::classifier::Calibration;
+use crate::domain::learning::{ScopeEvidence, TaskShape, cluster_label};
+use crate::domain::routing::Router;
+use crate::store::{OutcomeEvent, StateStore, StoreError};
+
+/// Events read from the store per round trip while catching up.
+const SYNC_PAGE: usize = 2000;
+
+/// Outcomes kept for what-if replays of a proposed policy.
+pub const WHAT_IF_WINDOW: usize = 5000;
+
+/// Local view of the store's log.
+#[derive(Default)]
+struct Folded {
+    evidence: HashMap<String, ScopeEvidence>,
+    /// Position in the store's log up to which events are folded in.
+    cursor: u64,
+    /// The most recent outcomes (at most [`WHAT_IF_WINDOW`]), oldest first.
+    recent: VecDeque<OutcomeEvent>,
+    /// Every outcome whose ticket is up to this one is folded in (see [`Fold::tickets`]).
+    synced_upto: u64,
+}
+
+/// Folds the store's outcome log into evidence and publishes the plans it moves.
+pub struct Fold {
+    store: Arc<dyn StateStore>,
+    /// Whether outcomes move the plans; off, they are folded (for what-if) but thresholds stay
+    /// at their cold-start values (the replay baseline).
+    learning: bool,
+    /// The calibration the planner uses.
+    calibration: Calibration,
+    folded: tokio::sync::Mutex<Folded>,
+    /// Outcomes this replica recorded in the store (a ticket each, taken once recorded): a
+    /// sync that starts after ticket `n` was taken reads a log that holds that outcome, so
+    /// feedbacks queued behind one sync need no read of their own.
+    tickets: AtomicU64,
+    /// Cluster fits this replica's fold ran: (succeeded, failed and kept the previous).
+    cluster_fits: (AtomicU64, AtomicU64),
+}
+
+impl Fold {
+    /// A fold of `store`'s log, with no evidence yet. With `learning` off, outcomes are folded
+    /// but the plans stay at their cold-start values.
+    pub fn new(store: Arc<dyn StateStore>, calibration: Calibration, learning: bool) -> Self {
+        Self {
+            store,
+            learning,
+            calibration,
+            folded: tokio::sync::Mutex::new(Folded::default()),
+            tickets: AtomicU64::new(0),
+            cluster_fits: (AtomicU64::new(0), AtomicU64::new(0)),
+        }
+    }
+
     /// Folds every store event not yet seen into local evidence and republishes the plans of
     /// the scopes they touched. Returns how many events were folded.
-    pub async fn sync(&self, router: &Router) -> Result<usize, crate::store::StoreError> {
+    pub async fn sync(&self, router: &Router) -> Result<usize, StoreError> {
         self.sync_after(router, None).await
     }
 
-    /// [`Learner::sync`], or nothing when a sync that started after record ticket `ticket` has
+    /// Folds in an outcome this replica just recorded in the store, and what else the log
+    /// holds. A failed read is logged: the outcome is recorded, and this replica learns it on
+    /// the next refresh.
+    pub async fn fold_recorded(&self, router: &Router) {
+        let ticket = self.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Err(e) = self.sync_after(router, Some(ticket)).await {
+            tracing::warn!(error = %e, "store read failed after recording feedback");
+        }
+    }
+
+    /// [`Fold::sync`], or nothing when a sync that started after ticket `ticket` has
     /// already folded it in: under concurrent feedback one store read serves every feedback
     /// that was waiting for the fold lock, instead of one read each (on Redis that read, made
     /// under the lock, capped Feedback at one round trip per call).
-    pub(super) async fn sync_after(
-        &self,
-        router: &Router,
-        ticket: Option<u64>,
-    ) -> Result<usize, crate::store::StoreError> {
+    async fn sync_after(&self, router: &Router, ticket: Option<u64>) -> Result<usize, StoreError> {
         let mut folded = self.folded.lock().await;
         if ticket.is_some_and(|t| folded.synced_upto >= t) {
             return Ok(0);
         }
-        // Every record with a ticket up to here completed before the log is read below.
-        let covered = self.records_done.load(Ordering::Acquire);
+        // Every outcome with a ticket up to here was recorded before the log is read below.
+        let covered = self.tickets.load(Ordering::Acquire);
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut count = 0;
         let mut failure = None;
@@ -52,32 +113,8 @@ impl Learner {
             }
             let n = events.len();
             for e in events {
-                let ev = folded.evidence.entry(e.scope.clone()).or_default();
-                // An unlabelled task learns under the cluster Route placed it in.
-                let workflow = match e.cluster {
-                    Some(c) => Arc::from(cluster_label(c).as_str()),
-                    None => Arc::from(e.workflow.as_str()),
-                };
-                let shape = TaskShape {
-                    workflow,
-                    band: e.band,
-                    gap: e.gap,
-                    input_tokens: e.input_tokens,
-                    output_tokens: e.output_tokens,
-                };
-                let before = (ev.clusters.fits, ev.clusters.failed_fits);
-                // A shadow pair teaches the shadow tier too: the same task, from the same
-                // event, so exactly once and in log order on every replica.
-                let shadow = e.shadow.as_ref().map(|s| (s.tier.as_str(), s.score));
-                ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch, shadow);
-                let (ok, failed) = &self.cluster_fits;
-                ok.fetch_add(ev.clusters.fits - before.0, Ordering::Relaxed);
-                failed.fetch_add(ev.clusters.failed_fits - before.1, Ordering::Relaxed);
                 touched.insert(e.scope.clone());
-                if folded.recent.len() == WHAT_IF_WINDOW {
-                    folded.recent.pop_front();
-                }
-                folded.recent.push_back(e);
+                self.fold_event(&mut folded, e);
             }
             folded.cursor = next;
             count += n;
@@ -104,78 +141,33 @@ impl Learner {
         }
     }
 
-    /// Background duty: replay buffered outcomes if any, then catch up with the store. Returns
-    /// whether the store is healthy.
-    pub async fn refresh(&self, router: &Router, now_ms: u64) -> bool {
-        if !self.buffer.is_empty() {
-            match self.buffer.drain(self.store.as_ref(), now_ms).await {
-                Ok(drained) => {
-                    tracing::info!(
-                        recorded = drained.len(),
-                        "outage buffer replayed into the store"
-                    );
-                    // Only what was drained: outcomes buffered meanwhile stay guarded locally.
-                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                    for n in &drained {
-                        pending.nonces.remove(n);
-                    }
-                }
-                Err(e) => {
-                    self.set_degraded(true);
-                    tracing::debug!(error = %e, "store still unreachable");
-                    return false;
-                }
-            }
+    /// Folds one event of the log into its scope's evidence and the recent window.
+    fn fold_event(&self, folded: &mut Folded, e: OutcomeEvent) {
+        let ev = folded.evidence.entry(e.scope.clone()).or_default();
+        // An unlabelled task learns under the cluster Route placed it in.
+        let workflow = match e.cluster {
+            Some(c) => Arc::from(cluster_label(c).as_str()),
+            None => Arc::from(e.workflow.as_str()),
+        };
+        let shape = TaskShape {
+            workflow,
+            band: e.band,
+            gap: e.gap,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+        };
+        let before = (ev.clusters.fits, ev.clusters.failed_fits);
+        // A shadow pair teaches the shadow tier too: the same task, from the same
+        // event, so exactly once and in log order on every replica.
+        let shadow = e.shadow.as_ref().map(|s| (s.tier.as_str(), s.score));
+        ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch, shadow);
+        let (ok, failed) = &self.cluster_fits;
+        ok.fetch_add(ev.clusters.fits - before.0, Ordering::Relaxed);
+        failed.fetch_add(ev.clusters.failed_fits - before.1, Ordering::Relaxed);
+        if folded.recent.len() == WHAT_IF_WINDOW {
+            folded.recent.pop_front();
         }
-        // Read on every refresh, not only when the log looks shorter than the cursor: after a
-        // loss, other replicas' new outcomes can outgrow the old cursor before this one syncs.
-        match self.store.data_since_ms(now_ms).await {
-            Ok(ms) => {
-                let before = self.data_since_ms.swap(ms, Ordering::Relaxed);
-                if before == 0 {
-                    self.first_data_since_ms.store(ms, Ordering::Relaxed);
-                } else if ms > before {
-                    tracing::warn!(
-                        data_since_ms = ms,
-                        "the store lost its data: feedback for decisions issued before now is refused"
-                    );
-                }
-            }
-            Err(e) => {
-                self.set_degraded(true);
-                tracing::debug!(error = %e, "store refresh failed");
-                return false;
-            }
-        }
-        match self.sync(router).await {
-            Ok(_) => {
-                self.set_degraded(false);
-                true
-            }
-            Err(e) => {
-                self.set_degraded(true);
-                tracing::debug!(error = %e, "store refresh failed");
-                false
-            }
-        }
-    }
-
-    /// Shutdown: try once to record what is buffered; the rest is already in the spill file
-    /// (written before it was acknowledged) for the next start.
-    pub async fn shutdown(&self, now_ms: u64) {
-        if self.buffer.is_empty() {
-            return;
-        }
-        if let Err(e) = self.buffer.drain(self.store.as_ref(), now_ms).await {
-            tracing::warn!(error = %e, "store unreachable at shutdown");
-        }
-        let left = self.buffer.len();
-        if left > 0 {
-            tracing::warn!(
-                outcomes = left,
-                "buffered feedback left in the spill file for the next start"
-            );
-        }
+        folded.recent.push_back(e);
     }
 
     /// Replaces the live policy: re-plans every scope of `policy` from the evidence so far and
@@ -209,5 +201,21 @@ impl Learner {
                 HashMap::new()
             },
         )
+    }
+
+    /// A copy of the folded evidence of every scope (for views and tests).
+    pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
+        self.folded.lock().await.evidence.clone()
+    }
+
+    /// Cluster fits the fold ran since this replica started: (succeeded, failed).
+    pub fn cluster_fits(&self) -> (u64, u64) {
+        let (ok, failed) = &self.cluster_fits;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
+    /// The calibration the planner uses.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
     }
 }

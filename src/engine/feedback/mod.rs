@@ -1,31 +1,31 @@
-//! Outcome feedback: issue signed decision ids, validate feedback, record each decision's
-//! outcome exactly once in the [`StateStore`], fold the store's outcome log into local evidence,
-//! re-plan the touched scopes and publish the new table.
+//! Outcome feedback, in three pieces: [`DecisionIds`] signs each decision's id at Route and
+//! verifies it at Feedback (TTL, owner, the store's data-since instant); the [`Recorder`] records
+//! each accepted outcome exactly once in the [`StateStore`](crate::store::StateStore), or in the
+//! outage buffer while the store is down; the [`Fold`] folds the store's outcome log into local
+//! evidence, re-plans the touched scopes and publishes the new table. Between the first and the
+//! second, validation checks a report against its decision and the live policy and prices it into
+//! the events to record ([`Outcome`], [`Reuse`]).
 //!
-//! Route never waits on any of this: it reads the published table. When the store is
-//! unreachable, accepted outcomes wait in an [`OutageBuffer`] and are recorded when it returns;
-//! the store's nonce ledger keeps that exactly-once.
-
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use crate::domain::books::Books;
-use crate::domain::classifier::Calibration;
-use crate::domain::decision::{ClaimsRef, NO_CLUSTER, Signer, TokenError};
-use crate::domain::learning::{BANDS, ScopeEvidence, TaskShape};
-use crate::domain::routing::{Decision, Router};
-use crate::store::{OutageBuffer, OutcomeEvent, Recorded, StateStore};
+//! Route never waits on any of this but the signing: it reads the published table. When the
+//! store is unreachable, accepted outcomes wait in the outage buffer and are recorded when it
+//! returns; the store's nonce ledger keeps that exactly-once.
 
 mod fold;
+mod ids;
 mod record;
+mod validate;
+
+pub use fold::{Fold, WHAT_IF_WINDOW};
+pub use ids::{CLOCK_SKEW_MS, DecisionIds};
+pub use record::{Committed, Recorder};
+pub use validate::{Outcome, Pricing, Reuse};
+
+use crate::domain::decision::TokenError;
 
 /// Default lifetime of a decision id: feedback later than this is refused.
 pub const DEFAULT_DECISION_TTL_MS: u64 = crate::domain::calendar::DAY_MS;
 /// Largest token count accepted in feedback (no call is this large; sums stay far from overflow).
 pub const MAX_TOKENS: i64 = 1_000_000_000;
-/// Events read from the store per round trip while catching up.
-const SYNC_PAGE: usize = 2000;
 
 /// One outcome report. Only `decision_id` and `score` are required; the rest default to
 /// "not reported" (`..Default::default()`).
@@ -169,15 +169,6 @@ pub struct ReuseAck {
     pub first: bool,
 }
 
-/// How a store write was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Committed {
-    /// Recorded in the store.
-    Stored,
-    /// Held in the outage buffer (and its spill file) until the store returns.
-    Buffered,
-}
-
 /// What accepted feedback did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackAck {
@@ -193,257 +184,4 @@ pub struct FeedbackAck {
     pub shadow_cost_micros: i64,
     /// Time from the decision to its feedback, ms.
     pub lag_ms: u64,
-}
-
-/// Outcomes kept for what-if replays of a proposed policy.
-pub const WHAT_IF_WINDOW: usize = 5000;
-
-/// Local view of the store's log.
-#[derive(Default)]
-struct Folded {
-    evidence: HashMap<String, ScopeEvidence>,
-    /// Position in the store's log up to which events are folded in.
-    cursor: u64,
-    /// The most recent outcomes (at most [`WHAT_IF_WINDOW`]), oldest first.
-    recent: std::collections::VecDeque<OutcomeEvent>,
-    /// Every record this replica completed up to this count is folded in (see
-    /// [`Learner::records_done`]).
-    synced_upto: u64,
-}
-
-/// Clock difference between replicas tolerated when comparing a decision's issue time (one
-/// replica's clock) with the store's data-since instant (another's).
-pub const CLOCK_SKEW_MS: u64 = 1_000;
-
-/// Nonces accepted into the outage buffer and not yet recorded: duplicates of these are caught
-/// locally while the store is down.
-#[derive(Default)]
-struct Pending {
-    nonces: HashSet<u64>,
-}
-
-/// Issues decision ids and learns from feedback.
-pub struct Learner {
-    /// The store's data-since instant (ms), as last read: decisions issued before it (less
-    /// [`CLOCK_SKEW_MS`]) are refused.
-    data_since_ms: AtomicU64,
-    /// The first data-since instant this process read.
-    first_data_since_ms: AtomicU64,
-    signer: Signer,
-    ttl_ms: u64,
-    learning: bool,
-    calibration: Calibration,
-    store: Arc<dyn StateStore>,
-    buffer: OutageBuffer,
-    folded: tokio::sync::Mutex<Folded>,
-    /// Records this replica completed in the store (a ticket each): a sync that starts after
-    /// ticket `n` was taken reads a log that holds that record, so feedbacks queued behind one
-    /// sync need no read of their own.
-    records_done: AtomicU64,
-    pending: Mutex<Pending>,
-    degraded: AtomicBool,
-    /// Cluster fits this replica's fold ran: (succeeded, failed and kept the previous).
-    cluster_fits: (AtomicU64, AtomicU64),
-    /// Keys that seal the shared policy log's entries (the first seals, any verifies).
-    policy_keys: Vec<[u8; 32]>,
-    /// Policy log entries refused (they do not verify); each is logged once.
-    policy_refused: Mutex<HashSet<u64>>,
-    /// Whether the last verified policy entry read was sealed with the previous secret.
-    policy_head_old_key: AtomicBool,
-}
-
-impl Learner {
-    /// A learner over a store. With `learning` off, feedback is validated and recorded but
-    /// thresholds stay at their cold-start values (the replay baseline).
-    pub fn new(
-        signer: Signer,
-        ttl_ms: u64,
-        calibration: Calibration,
-        learning: bool,
-        store: Arc<dyn StateStore>,
-        buffer: OutageBuffer,
-    ) -> Self {
-        Self {
-            policy_keys: signer.policy_keys(),
-            policy_refused: Mutex::new(HashSet::new()),
-            policy_head_old_key: AtomicBool::new(false),
-            signer,
-            ttl_ms,
-            learning,
-            calibration,
-            store,
-            // Outcomes a previous run left in the spill file stay guarded against duplicates.
-            pending: Mutex::new(Pending {
-                nonces: buffer.recovered_nonces().into_iter().collect(),
-            }),
-            buffer,
-            folded: tokio::sync::Mutex::new(Folded::default()),
-            records_done: AtomicU64::new(0),
-            data_since_ms: AtomicU64::new(0),
-            first_data_since_ms: AtomicU64::new(0),
-            degraded: AtomicBool::new(false),
-            cluster_fits: (AtomicU64::new(0), AtomicU64::new(0)),
-        }
-    }
-
-    /// Signs the id of a decision.
-    pub fn issue(
-        &self,
-        d: &Decision,
-        team: &str,
-        workflow: &str,
-        now_ms: u64,
-        nonce: u64,
-    ) -> String {
-        self.signer.sign(&ClaimsRef {
-            scope: &d.scope,
-            tier: &d.tier().name,
-            band: d.band.min(BANDS - 1) as u8,
-            complexity: d.complexity as f32,
-            gap: d.gap as f32,
-            explored: d.explored,
-            team,
-            workflow,
-            policy_version: &d.policy_version,
-            issued_ms: now_ms,
-            nonce,
-            estimate_micros: d.tier().cost_micros.max(0) as u64,
-            premium_micros: d.premium_micros().max(0) as u64,
-            input_tokens: u32::try_from(d.input_tokens).unwrap_or(u32::MAX),
-            output_tokens: u32::try_from(d.output_tokens).unwrap_or(u32::MAX),
-            cluster: d.cluster.unwrap_or(NO_CLUSTER),
-            sketch: &d.sketch,
-            propensity: Some(d.propensity as f32),
-            premium_propensity: Some(d.premium_propensity as f32),
-            shadow_tier: d.shadow.map_or("", |s| d.candidates[s].name.as_str()),
-        })
-    }
-
-    pub(super) fn set_degraded(&self, degraded: bool) {
-        let was = self.degraded.swap(degraded, Ordering::Relaxed);
-        if was != degraded {
-            if degraded {
-                tracing::warn!(
-                    store = self.store.kind(),
-                    "store unreachable: routing on the last snapshot, buffering feedback"
-                );
-            } else {
-                tracing::info!(store = self.store.kind(), "store reachable again");
-            }
-        }
-    }
-
-    /// Whether the store was unreachable at the last attempt.
-    pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
-    }
-
-    /// The shared-state store.
-    pub fn store(&self) -> &dyn StateStore {
-        self.store.as_ref()
-    }
-
-    /// Appends a policy change to the shared log, sealed with the deployment's policy key for
-    /// the position it lands at (read first; retried if another replica wrote there first).
-    pub async fn append_policy_change(
-        &self,
-        change: &crate::store::PolicyChange,
-    ) -> Result<u64, crate::store::StoreError> {
-        let key = self.policy_keys.first().copied().unwrap_or_default();
-        let mut tries = 0;
-        loop {
-            let seq = self.store.policy_log_len().await?;
-            let sealed = crate::store::PolicyChange {
-                seq,
-                ..change.clone()
-            }
-            .seal(&key);
-            match self.store.append_policy_change(&sealed).await {
-                Err(crate::store::StoreError::Conflict(_)) if tries < 8 => tries += 1,
-                other => return other,
-            }
-        }
-    }
-
-    /// Whether the head of the policy log, as last read, was sealed with the secret being
-    /// rotated out (and should be sealed again with the current one).
-    pub fn policy_head_sealed_with_old_key(&self) -> bool {
-        self.policy_head_old_key.load(Ordering::Relaxed)
-    }
-
-    /// The shared policy log from position `from`, without the entries that do not verify:
-    /// one written straight into the store (by anyone without the deployment's secret) never
-    /// becomes live, and is logged once.
-    pub async fn policy_changes(
-        &self,
-        from: u64,
-    ) -> Result<Vec<crate::store::PolicyChange>, crate::store::StoreError> {
-        let mut log = self.store.policy_changes(from).await?;
-        log.retain(|c| {
-            let sealed_by = c.sealed_by(&self.policy_keys);
-            // Sealed with the secret being rotated out: seal the head again with the current
-            // one (see `reseal_head`), or the history would vanish once that secret is gone.
-            if let Some(k) = sealed_by {
-                self.policy_head_old_key.store(k > 0, Ordering::Relaxed);
-            }
-            let ok = sealed_by.is_some();
-            if !ok
-                && self
-                    .policy_refused
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(c.seq)
-            {
-                tracing::error!(
-                    seq = c.seq,
-                    version = %crate::domain::labels::shown(&c.version),
-                    "policy log entry does not verify (written to the store without this deployment's secret): refused"
-                );
-            }
-            ok
-        });
-        Ok(log)
-    }
-
-    /// Outcomes waiting for the store.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
-    }
-
-    /// The outage buffer (and its carry-over file).
-    pub fn buffer(&self) -> &OutageBuffer {
-        &self.buffer
-    }
-
-    /// Spill-file lines skipped because their checksum did not match (torn or edited).
-    pub fn rejected_spill_lines(&self) -> u64 {
-        self.buffer.rejected_lines()
-    }
-
-    /// Whether the store's data began after this process first read it (it lost its data since).
-    pub fn data_reset_seen(&self) -> bool {
-        let first = self.first_data_since_ms.load(Ordering::Relaxed);
-        first != 0 && self.data_since_ms.load(Ordering::Relaxed) > first
-    }
-
-    /// Unreadable events of the shared log skipped so far.
-    pub fn skipped_events(&self) -> u64 {
-        self.store.skipped_events()
-    }
-
-    /// Cluster fits the fold ran since this replica started: (succeeded, failed).
-    pub fn cluster_fits(&self) -> (u64, u64) {
-        let (ok, failed) = &self.cluster_fits;
-        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
-    }
-
-    /// The calibration the planner uses.
-    pub fn calibration(&self) -> &Calibration {
-        &self.calibration
-    }
-
-    /// A copy of the folded evidence of every scope (for views and tests).
-    pub async fn evidence(&self) -> HashMap<String, ScopeEvidence> {
-        self.folded.lock().await.evidence.clone()
-    }
 }
