@@ -250,6 +250,7 @@ impl Engine {
     }
 
     /// Routes one call: decide, apply budgets, reserve the estimate, sign the decision id.
+    #[tracing::instrument(level = "debug", name = "route", skip_all, fields(team = req.team, workflow = req.workflow))]
     pub fn route(
         &self,
         req: &crate::domain::routing::RouteRequest<'_>,
@@ -279,6 +280,7 @@ impl Engine {
 
     /// Validates and records one outcome exactly once, then learns from it; on any error
     /// nothing changes.
+    #[tracing::instrument(level = "debug", name = "feedback", skip_all)]
     pub async fn feedback(
         &self,
         input: &FeedbackInput<'_>,
@@ -309,6 +311,7 @@ impl Engine {
     /// Records the reuse of a decision's output: `count` reuse events (once per `event_id`),
     /// and the decision as reused if it was not yet. Accepted for the scope's reuse window,
     /// after the decision TTL too; buffered through store outages like feedback.
+    #[tracing::instrument(level = "debug", name = "reuse", skip_all)]
     pub async fn reuse(&self, input: &ReuseInput<'_>, now_ms: u64) -> Result<ReuseAck, Error> {
         input.check()?;
         let claims = self.ids.verify(input.decision_id, input.caller_team)?;
@@ -340,7 +343,7 @@ impl Engine {
     /// the decision TTL.
     fn pricing(&self, now_ms: u64) -> Pricing<'_> {
         Pricing {
-            policy: self.router.table().policy.clone(),
+            table: self.router.table(),
             books: &self.books,
             ttl_ms: self.ids.ttl_ms(),
             now_ms,
@@ -372,6 +375,7 @@ impl Engine {
 
     /// Background duty: replay buffered outcomes, catch up with the store, flush the books.
     /// Returns whether the store is healthy.
+    #[tracing::instrument(level = "debug", name = "refresh", skip_all)]
     pub async fn refresh(&self, now_ms: u64) -> bool {
         if let Some(id) = &self.deployment {
             // A store that lost its data gets this id back (every replica proposes the same).
@@ -430,6 +434,7 @@ impl Engine {
     }
 
     /// Shutdown: flush the books once, then record or persist buffered outcomes.
+    #[tracing::instrument(name = "shutdown", skip_all)]
     pub async fn shutdown(&self, now_ms: u64) {
         if let Err(e) = self
             .books
@@ -457,6 +462,7 @@ impl Engine {
 
     /// The books of `query` (spend, quality, savings, budgets), after flushing this replica's
     /// unsent route accounting so the report includes it.
+    #[tracing::instrument(name = "report", skip_all)]
     pub async fn report(&self, query: &ReportQuery, now_ms: u64) -> Result<Report, Error> {
         let policy = self.router.table().policy.clone();
         let store = self.store.as_ref();
@@ -470,6 +476,7 @@ impl Engine {
     }
 
     /// The learned thresholds of every scope, or of one.
+    #[tracing::instrument(level = "debug", name = "thresholds", skip_all, fields(scope = scope))]
     pub fn thresholds(&self, scope: &str) -> Result<Thresholds, Error> {
         let table = self.router.table();
         if !scope.is_empty() && !table.plans.contains_key(scope) {
@@ -486,6 +493,7 @@ impl Engine {
 
     /// Checks `text` as a replacement of the live policy: what it changes and, with `what_if`,
     /// the recent window replayed under both. Nothing changes.
+    #[tracing::instrument(name = "check_policy", skip_all, fields(what_if = what_if))]
     pub async fn check_policy(&self, text: &str, what_if: bool) -> Result<PolicyCheck, Error> {
         let proposed = policy_admin::parse_next(text)?;
         let live = self.router.table();
@@ -504,6 +512,7 @@ impl Engine {
     }
 
     /// Validates `text` and makes it the live policy on every replica. On error nothing changes.
+    #[tracing::instrument(name = "apply_policy", skip_all)]
     pub async fn apply_policy(
         &self,
         text: &str,
@@ -518,6 +527,7 @@ impl Engine {
     }
 
     /// Makes an earlier version live again (`None`: the one before the live one).
+    #[tracing::instrument(name = "rollback_policy", skip_all)]
     pub async fn rollback_policy(
         &self,
         version: Option<&str>,

@@ -235,6 +235,31 @@ async fn reuse_counts_each_decision_once_and_each_event_id_once_within_its_windo
     assert_eq!(log.len(), 2);
 }
 
+/// Issue 35's "which bar": a scope with only `quality_bar_relative` is held to its plan's bar
+/// (the relative bar made absolute on its traffic) in the books, as in `/metrics` and
+/// what-if, not to the `quality_bar` it inherits from `[default]` (0.5 here).
+#[tokio::test]
+async fn the_books_hold_a_relative_scope_to_its_plans_bar() {
+    let e = engine_with("quality_bar_relative = 0.95");
+    let (d, id) = route_decision(&e, 1);
+    let bar = e.router.table().plan(&d.scope).for_team("ads").bar;
+    assert!(bar > 0.6, "{bar}");
+    // Above the inherited 0.5, below the plan's bar: not a completed output.
+    let input = FeedbackInput {
+        decision_id: &id,
+        score: 0.55,
+        input_tokens: Some(100),
+        output_tokens: Some(50),
+        caller_team: Some("ads"),
+        ..Default::default()
+    };
+    e.feedback(&input, T0 + 1_000).await.unwrap();
+    let r = report_of_hour(&e, T0 + 2 * HOUR).await;
+    assert_eq!((r.total.outcomes, r.total.completed), (1, 0));
+    let booked = r.total.quality_bar.unwrap();
+    assert!((booked - bar).abs() < 1e-6, "{booked} vs {bar}");
+}
+
 /// Unlabelled traffic end to end: Route sketches each task, the decision id carries the sketch,
 /// the fold fits the scope's clusters on what Feedback reports, and from then on Route places
 /// each unlabelled task in a cluster, whose outcomes learn as a workflow of its own.

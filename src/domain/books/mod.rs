@@ -168,6 +168,17 @@ impl BookedTokens {
     }
 }
 
+/// An outcome's score and the bar it is held to (the scope plan's,
+/// [`ScopePlan::bar_for`](crate::domain::learning::ScopePlan::bar_for)): it counts as completed
+/// when the score reaches the bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grade {
+    /// The outcome score, in [0, 1].
+    pub score: f64,
+    /// The bar, absolute.
+    pub bar: f64,
+}
+
 /// The token counts a Feedback reported, each `None` where the caller left it out. Negative
 /// counts are refused before they get here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -654,7 +665,8 @@ impl Books {
     /// cost in micro-USD: the booked tokens, each kind at the price for it of the tier that
     /// served (`served`: the decision's tier, or the one the caller fell back to)
     /// ([`Tier::bill_micros`](crate::domain::policy::Tier::bill_micros)), which the spend and
-    /// the covering budgets are reconciled to.
+    /// the covering budgets are reconciled to. It counts as completed when its `grade`'s score
+    /// reaches its bar.
     ///
     /// The outcome (its spend, premium counterfactual, score and value) is booked in the served
     /// tier's cell. After a fallback, Route's reservation leaves the decision's cell (its spend
@@ -666,10 +678,11 @@ impl Books {
         policy: &Policy,
         claims: &DecisionClaims,
         served: &str,
-        score: f64,
+        grade: Grade,
         tokens: BookedTokens,
         reused: bool,
     ) -> (Vec<CounterAdd>, i64) {
+        let Grade { score, bar } = grade;
         let (kinds, clipped) = (tokens.kinds(), tokens.clipped);
         let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
         let estimate = claims.estimate_micros as i64;
@@ -684,7 +697,7 @@ impl Books {
             .allowed
             .last()
             .map_or(actual, |&i| policy.tiers[i].bill_micros(&kinds));
-        let bar_ppm = (scope.quality_bar * 1e6).round() as i64;
+        let bar_ppm = (bar * 1e6).round() as i64;
         let score_ppm = (score * 1e6).round() as i64;
         let completed = score_ppm >= bar_ppm;
         let value = if completed {

@@ -8,10 +8,11 @@ use super::{
 };
 use std::sync::Arc;
 
-use crate::domain::books::{BookedTokens, Books, ReportedTokens, ShadowRun, booked_tokens};
+use crate::domain::books::{BookedTokens, Books, Grade, ReportedTokens, ShadowRun, booked_tokens};
 use crate::domain::calendar::DAY_MS;
 use crate::domain::decision::{DecisionClaims, NO_CLUSTER};
 use crate::domain::labels::shown;
+use crate::domain::learning::{BANDS, RoutingTable, cluster_label};
 use crate::domain::policy::{Policy, ScopePolicy};
 use crate::store::{CounterAdd, OutcomeEvent, ReuseQuota, ShadowOutcome};
 
@@ -121,8 +122,8 @@ pub struct Outcome {
 /// What a verified report is checked and priced against: the live policy, the books that
 /// price it, the decision TTL and the time.
 pub struct Pricing<'a> {
-    /// The live policy.
-    pub policy: Arc<Policy>,
+    /// The live routing table: its policy, and the plans whose bar an outcome is held to.
+    pub table: Arc<RoutingTable>,
     /// The books, for the counters a report settles.
     pub books: &'a Books,
     /// How long a decision id takes feedback, ms.
@@ -140,7 +141,7 @@ impl Pricing<'_> {
         claims: DecisionClaims,
         input: &FeedbackInput<'_>,
     ) -> Result<Outcome, FeedbackError> {
-        let policy = &*self.policy;
+        let policy = &*self.table.policy;
         let served = served_tier(policy, &claims, input.served_tier)?;
         // Booked and learned as Route's figures where none were reported, and within bounds.
         let tokens = booked_tokens(
@@ -154,15 +155,8 @@ impl Pricing<'_> {
             },
         );
         let shadow = shadow_run(policy, &claims, input)?;
-        let (counters, actual_micros, shadow_micros) = outcome_counters(
-            policy,
-            self.books,
-            &claims,
-            &served,
-            input,
-            tokens,
-            shadow.as_ref(),
-        );
+        let (counters, actual_micros, shadow_micros) =
+            self.outcome_counters(&claims, &served, input, tokens, shadow.as_ref());
         let ack = FeedbackAck {
             scope: claims.scope.clone(),
             tier: served.clone(),
@@ -201,6 +195,42 @@ impl Pricing<'_> {
         })
     }
 
+    /// The books' counters an outcome settles (its spend, its propensity pair, its shadow
+    /// pair), with its cost and its shadow run's, micro-USD. It counts as completed against
+    /// its plan's bar ([`bar_of`]).
+    fn outcome_counters(
+        &self,
+        claims: &DecisionClaims,
+        served: &str,
+        input: &FeedbackInput<'_>,
+        tokens: BookedTokens,
+        shadow: Option<&ShadowRun<'_>>,
+    ) -> (Vec<CounterAdd>, i64, i64) {
+        let (policy, books) = (&*self.table.policy, self.books);
+        let grade = Grade {
+            score: input.score,
+            bar: bar_of(&self.table, claims),
+        };
+        let (mut counters, actual_micros) =
+            books.outcome_counters(policy, claims, served, grade, tokens, input.reused);
+        counters.extend(books.propensity_counters(policy, claims, served, input.score));
+        let shadow_micros = match shadow {
+            Some(run) => {
+                let (pair, micros) = books.shadow_counters(
+                    policy,
+                    claims,
+                    served,
+                    (input.score, actual_micros),
+                    run,
+                );
+                counters.extend(pair);
+                micros
+            }
+            None => 0,
+        };
+        (counters, actual_micros, shadow_micros)
+    }
+
     /// Checks a reuse report against its verified decision's reuse window under the live policy
     /// (accepted after the decision TTL too, for the scope's `reuse_retention_days`) and prices
     /// it into the books' counters.
@@ -209,11 +239,8 @@ impl Pricing<'_> {
         claims: DecisionClaims,
         input: &ReuseInput<'_>,
     ) -> Result<Reuse, FeedbackError> {
-        let scope = self
-            .policy
-            .scopes
-            .get(&claims.scope)
-            .unwrap_or(&self.policy.default);
+        let policy = &self.table.policy;
+        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
         let window = reuse_window_ms(scope, self.ttl_ms);
         let age = self.now_ms.saturating_sub(claims.issued_ms);
         if age > window {
@@ -278,30 +305,18 @@ impl Pricing<'_> {
     }
 }
 
-/// The books' counters an outcome settles (its spend, its propensity pair, its shadow pair),
-/// with its cost and its shadow run's, micro-USD.
-fn outcome_counters(
-    policy: &Policy,
-    books: &Books,
-    claims: &DecisionClaims,
-    served: &str,
-    input: &FeedbackInput<'_>,
-    tokens: BookedTokens,
-    shadow: Option<&ShadowRun<'_>>,
-) -> (Vec<CounterAdd>, i64, i64) {
-    let (mut counters, actual_micros) =
-        books.outcome_counters(policy, claims, served, input.score, tokens, input.reused);
-    counters.extend(books.propensity_counters(policy, claims, served, input.score));
-    let shadow_micros = match shadow {
-        Some(run) => {
-            let (pair, micros) =
-                books.shadow_counters(policy, claims, served, (input.score, actual_micros), run);
-            counters.extend(pair);
-            micros
-        }
-        None => 0,
-    };
-    (counters, actual_micros, shadow_micros)
+/// The bar a decision's outcome is held to in the books: its scope's plan's (the team's own
+/// where it has one) for the task's workflow or cluster, band and gap
+/// ([`ScopePlan::bar_for`](crate::domain::learning::ScopePlan::bar_for)), so the books count
+/// an output complete against the bar routing and `/metrics` use.
+fn bar_of(table: &RoutingTable, claims: &DecisionClaims) -> f64 {
+    let cluster = (claims.cluster != NO_CLUSTER).then(|| cluster_label(claims.cluster));
+    let workflow = cluster.as_deref().unwrap_or(&claims.workflow);
+    let band = usize::from(claims.band).min(BANDS - 1);
+    table
+        .plan(&claims.scope)
+        .for_team(&claims.team)
+        .bar_for(workflow, band, f64::from(claims.gap))
 }
 
 /// The outcome event of a decision served by `served`: its score and booked tokens, its shadow
