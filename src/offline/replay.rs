@@ -363,7 +363,7 @@ pub fn replay(
         .decision_ttl_ms(u64::MAX / 4)
         .learning(opts.learning)
         .build();
-    // The learner's store interface is async; replay drives it on a single-threaded runtime.
+    // The engine's store interface is async; replay drives it on a single-threaded runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| ReplayError::Setup(format!("runtime: {e}")))?;
