@@ -1,7 +1,10 @@
 //! Every environment variable the binary reads, declared once. The command-line arguments name
 //! them (clap's `env`), so a flag and its variable are one setting with one precedence: the
-//! flag, then the variable, then the deployment file, then the default. The only variable read
-//! without a flag is the Redis password, which must never be on a command line.
+//! flag, then the variable, then the deployment file, then the default. Read without a flag, on
+//! purpose: the Redis password and a client's API key, secrets that must never be on a command
+//! line, and the CA a client trusts for `https://` addresses, which goes with the key. `serve`
+//! also reads the decision secret's variable itself, only to warn when `--decision-secret` came
+//! from the command line instead.
 
 /// The policy file (`serve --config`).
 pub const CONFIG: &str = "TOKENWISE_CONFIG";
