@@ -207,7 +207,7 @@ pub fn booked_tokens(
     claims: &DecisionClaims,
     reported: ReportedTokens,
 ) -> BookedTokens {
-    let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+    let scope = policy.scope(&claims.scope);
     let pick = |reported: Option<i64>, estimate: u64, bound: u64| match reported {
         Some(v) if v > 0 => {
             let v = v as u64;
@@ -684,7 +684,7 @@ impl Books {
     ) -> (Vec<CounterAdd>, i64) {
         let Grade { score, bar } = grade;
         let (kinds, clipped) = (tokens.kinds(), tokens.clipped);
-        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let scope = policy.scope(&claims.scope);
         let estimate = claims.estimate_micros as i64;
         let premium_estimate = claims.premium_micros as i64;
         let fell_back = served != claims.tier;

@@ -75,7 +75,7 @@ impl Books {
         if p <= 0.0 {
             return self.tier_cell_counters(claims, served, &[(metric::IPS_UNSUPPORTED, 1)]);
         }
-        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let scope = policy.scope(&claims.scope);
         let premium = scope.allowed.last().map(|&i| policy.tiers[i].name.as_str());
         let seen = premium == Some(served) && served == claims.tier;
         let (w, y) = if seen { (1.0 / p, score) } else { (0.0, 0.0) };

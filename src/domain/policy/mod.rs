@@ -328,6 +328,12 @@ impl Policy {
         .unwrap_or(&self.default)
     }
 
+    /// The scope of key `key` (a decision's scope), or the default scope where the policy no
+    /// longer has it: a decision outlives a policy edit that drops its scope.
+    pub fn scope(&self, key: &str) -> &Arc<ScopePolicy> {
+        self.scopes.get(key).unwrap_or(&self.default)
+    }
+
     /// Every scope, default first, then by key.
     pub fn all_scopes(&self) -> Vec<&Arc<ScopePolicy>> {
         let mut v: Vec<&Arc<ScopePolicy>> = self.scopes.values().collect();

@@ -175,7 +175,7 @@ impl Pricing<'_> {
             .reused
             .then(|| self.books.reuse_counters(&claims, 1).1);
         let issued_ms = claims.issued_ms;
-        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let scope = policy.scope(&claims.scope);
         let window = reuse_window_ms(scope, self.ttl_ms);
         let expires_ms = issued_ms.saturating_add(self.ttl_ms);
         let event = outcome_event(
@@ -240,7 +240,7 @@ impl Pricing<'_> {
         input: &ReuseInput<'_>,
     ) -> Result<Reuse, FeedbackError> {
         let policy = &self.table.policy;
-        let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+        let scope = policy.scope(&claims.scope);
         let window = reuse_window_ms(scope, self.ttl_ms);
         let age = self.now_ms.saturating_sub(claims.issued_ms);
         if age > window {
@@ -432,7 +432,7 @@ fn served_tier(
     if reported.is_empty() || reported == claims.tier {
         return Ok(claims.tier.clone());
     }
-    let scope = policy.scopes.get(&claims.scope).unwrap_or(&policy.default);
+    let scope = policy.scope(&claims.scope);
     let allowed = || {
         scope
             .allowed
