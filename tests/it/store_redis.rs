@@ -1008,16 +1008,17 @@ async fn until_serving(port: u16, want: &str) {
     }
 }
 
-/// Applies the embedded policy with another bar on the replica at `port`; the new version.
-async fn change_policy_on(port: u16) -> String {
+/// Applies the embedded policy with bar `bar` (not its own 0.7) on the replica at `port`, as
+/// `author`; the new version.
+async fn change_policy_on(port: u16, bar: &str, author: &str) -> String {
     let text = tokenwise::domain::policy::EMBEDDED_POLICY
-        .replace("quality_bar = 0.7\n", "quality_bar = 0.75\n");
+        .replace("quality_bar = 0.7\n", &format!("quality_bar = {bar}\n"));
     assert_ne!(text, tokenwise::domain::policy::EMBEDDED_POLICY);
     pb::admin_client::AdminClient::new(connect(port).await)
         .apply_policy(pb::ApplyPolicyRequest {
             text,
-            author: "alice".into(),
-            reason: "one replica's change".into(),
+            author: author.into(),
+            reason: format!("{author}'s change on one replica"),
         })
         .await
         .unwrap()
@@ -1094,24 +1095,11 @@ async fn two_replicas_with_their_own_deployment_settings_end_on_one_policy_versi
         .version;
     until_serving(pa, &v0).await;
     until_serving(pb_port, &v0).await;
-    let v1 = change_policy_on(pa).await;
+    let v1 = change_policy_on(pa, "0.75", "alice").await;
     assert_ne!(v1, v0);
     until_serving(pb_port, &v1).await;
     // And the other way.
-    let v2 = {
-        let text = tokenwise::domain::policy::EMBEDDED_POLICY
-            .replace("quality_bar = 0.7\n", "quality_bar = 0.8\n");
-        pb::admin_client::AdminClient::new(connect(pb_port).await)
-            .apply_policy(pb::ApplyPolicyRequest {
-                text,
-                author: "bob".into(),
-                reason: "the other replica's change".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .version
-    };
+    let v2 = change_policy_on(pb_port, "0.8", "bob").await;
     until_serving(pa, &v2).await;
     let _ = std::fs::remove_file(&policy);
     let _ = std::fs::remove_file(&file);
@@ -1147,6 +1135,6 @@ async fn two_replicas_whose_policy_files_differ_only_in_store_end_on_one_version
         .version;
     until_serving(pa, &v0).await;
     until_serving(pb_port, &v0).await;
-    let v1 = change_policy_on(pb_port).await;
+    let v1 = change_policy_on(pb_port, "0.75", "alice").await;
     until_serving(pa, &v1).await;
 }
