@@ -15,8 +15,13 @@ pub const SIGNALS: usize = 14;
 /// Total feature dimension.
 pub const DIMS: usize = HASH_DIMS + SIGNALS;
 
+/// Characters of plain prose added to a text's length before its digit, operator and
+/// upper-case shares are taken: a short sentence's worth, so a few characters cannot make a
+/// one-line question look like a page of arithmetic, while a paragraph's shares barely move.
+const DENSITY_PRIOR_CHARS: f32 = 32.0;
+
 /// Identifies this feature recipe inside model artifacts; bump when any rule below changes.
-pub const FEATURE_VERSION: &str = "fx2-hash4096-uni-bi-sig14";
+pub const FEATURE_VERSION: &str = "fx3-hash4096-uni-bi-sig14";
 
 /// What the caller tells us besides the task text.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,6 +162,8 @@ const CODE_CUES: [&str; 18] = [
 /// Running counts of the hand-made signals while the text is scanned.
 #[derive(Debug, Default)]
 struct Signals {
+    /// Characters other than white space: the length and the densities below do not change
+    /// with spacing ("2+2" and "7 + 5" are the same kind of task).
     chars: usize,
     words: usize,
     digits: usize,
@@ -200,7 +207,9 @@ pub fn visit_features(input: &TaskInput<'_>, mut visit: impl FnMut(u32, f32)) {
         prev = Some(h);
     }
 
-    let chars = sig.chars.max(1) as f32;
+    // Shares of a short text are mostly chance ("What is 2+2?" is a fifth digits): each share
+    // counts the text as DENSITY_PRIOR_CHARS characters of plain prose longer.
+    let chars = sig.chars as f32 + DENSITY_PRIOR_CHARS;
     // ln_1p(0) is exactly 0: most counts are zero, so skip the call for them.
     let ln = |x: usize| if x == 0 { 0.0 } else { (x as f32).ln_1p() };
     let dense = [
@@ -273,6 +282,13 @@ fn byte_signals(sig: &mut Signals, text: &str) {
         .split('\n')
         .filter(|line| matches!(line.as_bytes(), [b'A'..=b'D', b'.' | b')', ..]))
         .count();
+}
+
+/// White-space bytes of ASCII `text` (`char::is_whitespace`, as the Unicode scanner counts).
+fn blanks(text: &str) -> usize {
+    text.bytes()
+        .filter(|&b| char::from(b).is_whitespace())
+        .count()
 }
 
 /// Lower-case FNV-1a of a word, usable in constants.
@@ -388,7 +404,7 @@ fn scan_ascii(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
         words.push(finish_word(sig, hash, i - start, digits_only));
     }
     byte_signals(sig, text);
-    sig.chars = n;
+    sig.chars = n - blanks(text);
     sig.words = words.len();
 }
 
@@ -404,7 +420,7 @@ fn scan_unicode(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
         in_word = alnum;
     }
     byte_signals(sig, text);
-    sig.chars = text.chars().count();
+    sig.chars = text.chars().filter(|c| !c.is_whitespace()).count();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -511,6 +527,7 @@ mod tests {
             "  leading and trailing  ",
             "",
             "UPPER lower 12 34x x56",
+            "tabs\tand\x0bvertical\x0c\r\n blanks",
         ] {
             let (mut a, mut b) = (Signals::default(), Signals::default());
             let (mut wa, mut wb) = (Vec::new(), Vec::new());
@@ -519,6 +536,18 @@ mod tests {
             assert_eq!(wa, wb, "{text:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text:?}");
         }
+    }
+
+    #[test]
+    fn spacing_changes_no_feature() {
+        assert_eq!(
+            dense_features(&input("What is 2+2?")),
+            dense_features(&input("What is 7 + 5?"))
+        );
+        assert_eq!(
+            dense_features(&input("x=1;\ny=2")),
+            dense_features(&input("  x = 1;\n   y = 2  "))
+        );
     }
 
     #[test]

@@ -92,8 +92,10 @@ async fn feedback(e: &Engine, id: &str, reused: bool) {
 }
 
 /// The probe of the hardening issue (item 7), on the example policy and the bundled model:
-/// 300 outcomes from team `ads` saying every answer was perfect must not send team
-/// `search`'s hard tasks to the cheapest tier, while ads' own routing follows its outcomes.
+/// 300 outcomes from team `ads` saying every answer was perfect must leave team `search`'s
+/// routing as it was, while ads' own routing follows its outcomes. Ads' easy tasks run on
+/// `medium`, whose model the calibration never measured: its shared curve moves only as far as
+/// a measured tier's would (`SHARED_PRIOR_MIN`).
 #[tokio::test]
 async fn one_teams_feedback_does_not_move_another_teams_routing() {
     let e = Engine::builder(
@@ -123,8 +125,7 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
         hard.iter().map(|t| ask(team, t, 1).0.tier().tier).collect()
     };
     let before = tiers("search");
-    let cheapest = 0;
-    assert!(before.iter().all(|&t| t != cheapest), "{before:?}");
+    assert!(before.iter().all(|&t| t != 0), "{before:?}");
     for i in 0..300u64 {
         let task = if i % 2 == 0 {
             hard[(i as usize / 2) % 3]
@@ -143,10 +144,12 @@ async fn one_teams_feedback_does_not_move_another_teams_routing() {
         e.feedback(&input, T0 + 1_000).await.unwrap();
     }
     assert_eq!(tiers("search"), before, "search's routing moved");
+    // Ads' own routing follows its outcomes: its hard tasks move down to a cheaper tier (the
+    // cheapest one ads has seen succeed: its easy tasks ran on a tier below the top).
+    let after = tiers("ads");
     assert!(
-        tiers("ads").contains(&cheapest),
-        "ads' own outcomes move its routing: {:?}",
-        tiers("ads")
+        after.iter().zip(&before).all(|(a, b)| a < b),
+        "ads' own outcomes move its routing: {after:?} (before {before:?})"
     );
 }
 

@@ -132,6 +132,15 @@ pub const MAX_TEAMS: usize = 32;
 /// one team can hold beyond all other teams' together: one team's outcomes cannot move the
 /// routing of another team beyond this, while teams of similar volume pool in full.
 pub const TEAM_SHARE: f64 = 10.0;
+/// What a tier's prior is worth at least, in outcomes, in a scope's shared plan (the one a team
+/// without evidence of its own routes on, and every team's plan starts from). One team holds
+/// at most [`TEAM_SHARE`] outcomes of the shared levels, so it moves a shared curve at most a
+/// third of the way to its own outcomes, whatever the tier. A tier on a model the calibration
+/// never measured is worth only [`PRIOR_OTHER_MODEL`] against a team's own outcomes, where it
+/// must be believed within tens of them; in the shared plan one team's 10 perfect scores on
+/// such a tier's easy tasks moved another team's hardest tasks onto it. Measured tiers'
+/// priors are at least this already, so only unmeasured tiers' shared curves move slower.
+pub const SHARED_PRIOR_MIN: f64 = 2.0 * TEAM_SHARE;
 /// Family and workflow levels of one plan whose curves a re-plan after Feedback recomputes:
 /// every level with new outcomes, then the ones recomputed longest ago up to this many. A plan
 /// with at most this many levels is recomputed whole on every Feedback.

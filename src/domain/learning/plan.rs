@@ -200,7 +200,8 @@ impl Planner<'_> {
     ) -> ScopePlan {
         let scope = self.scope;
         let typical = Typical::new(tokens, scope.max_output_tokens);
-        let slots = Slots::new(self.policy, scope, self.cal, &typical, base);
+        let pooled = base.is_none() && evidence.is_some_and(|e| !e.teams.is_empty());
+        let slots = Slots::new(self.policy, scope, self.cal, &typical, (base, pooled));
         let curves = PlanCurves::build(&slots, evidence, reuse);
         let sample = Sample::new(evidence, &slots, &curves, &typical);
         let bar = bar(scope, || sample.top_quality());

@@ -7,7 +7,8 @@ use super::evidence::{Level, is_discovered};
 use super::odds::shift_quality;
 use super::params::{
     BAND_PRIOR, BANDS, DEFAULT_TYPICAL_INPUT_TOKENS, DEFAULT_TYPICAL_OUTPUT_TOKENS, FAMILY_PRIOR,
-    LABEL_BAND_PRIOR_PER_TASK, NOISE_SHRINK, PRIOR_KNOWN_MODEL, PRIOR_OTHER_MODEL, WORKFLOW_PRIOR,
+    LABEL_BAND_PRIOR_PER_TASK, NOISE_SHRINK, PRIOR_KNOWN_MODEL, PRIOR_OTHER_MODEL,
+    SHARED_PRIOR_MIN, WORKFLOW_PRIOR,
 };
 use super::scope_plan::ScopePlan;
 use crate::domain::classifier::Calibration;
@@ -68,13 +69,14 @@ pub(super) struct Slots<'p> {
 
 impl<'p> Slots<'p> {
     /// The slots of `scope`'s allowed tiers, ranked by their price for the `typical` task; the
-    /// scope's priors come from `base`'s curves when it has one per slot.
+    /// scope's priors come from `base`'s curves when it has one per slot. `pooled`: the plan is
+    /// a scope's shared plan over its teams' bounded shares ([`SHARED_PRIOR_MIN`]).
     pub(super) fn new(
         policy: &'p Policy,
         scope: &ScopePolicy,
         cal: &'p Calibration,
         typical: &Typical,
-        base: Option<&ScopePlan>,
+        (base, pooled): (Option<&ScopePlan>, bool),
     ) -> Self {
         let tiers: Vec<&Tier> = scope.allowed.iter().map(|&i| &policy.tiers[i]).collect();
         let typical_costs: Vec<f64> = tiers
@@ -92,10 +94,14 @@ impl<'p> Slots<'p> {
             }
             _ => ranks.iter().map(|&rank| prior_curve(cal, rank)).collect(),
         };
+        // A shared plan over teams is what every team without evidence of its own routes on,
+        // and one team holds up to TEAM_SHARE outcomes of it: there no prior is worth less than
+        // SHARED_PRIOR_MIN, so that team moves a curve at most a third of the way.
+        let floor = if pooled { SHARED_PRIOR_MIN } else { 0.0 };
         let by_kind = |measured: f64, other: f64| -> Vec<f64> {
             known
                 .iter()
-                .map(|&m| if m { measured } else { other })
+                .map(|&m| if m { measured } else { other.max(floor) })
                 .collect()
         };
         // What a family's or workflow's own outcomes must outweigh of its parent's curve. For
@@ -149,15 +155,21 @@ impl<'p> Slots<'p> {
         (0..self.len())
             .map(|s| {
                 let delta = self.label_shift(own, s);
-                let mut curve = if !self.known[s] && !discovered {
-                    self.priors[s]
-                } else {
+                let mut curve = if self.inherits(s, discovered) {
                     parent(s)
+                } else {
+                    self.priors[s]
                 };
                 curve.iter_mut().for_each(|q| *q = shift_quality(*q, delta));
                 curve
             })
             .collect()
+    }
+
+    /// Whether slot `s` of a label starts from its parent's curve ([`Self::shifted`]): a
+    /// tier on a calibration model always, any other only in a discovered cluster.
+    fn inherits(&self, s: usize, discovered: bool) -> bool {
+        self.known[s] || discovered
     }
 
     /// What a level's outcomes were expected to score on `base`: its `workflows`' evidence,
@@ -292,7 +304,10 @@ pub(super) mod tests {
     ) -> T {
         let p = policy(0.8);
         let typical = Typical::new(None, p.default.max_output_tokens);
-        f(&Slots::new(&p, &p.default, cal, &typical, None), &typical)
+        f(
+            &Slots::new(&p, &p.default, cal, &typical, (None, false)),
+            &typical,
+        )
     }
 
     #[test]
@@ -329,6 +344,16 @@ pub(super) mod tests {
             // Only a measured curve's deviations are discounted as sampling noise.
             assert_eq!(s.noise, [1.0, 0.0, 1.0]);
         });
+    }
+
+    #[test]
+    fn in_a_shared_plan_over_teams_no_prior_is_worth_less_than_20_outcomes() {
+        let (p, cal) = (policy(0.8), calibration());
+        let typical = Typical::new(None, p.default.max_output_tokens);
+        let s = Slots::new(&p, &p.default, &cal, &typical, (None, true));
+        assert_eq!(s.strengths, [30.0, 20.0, 30.0]);
+        assert_eq!(s.family_strengths, [20.0, 20.0, 20.0]);
+        assert_eq!(s.workflow_strengths, [20.0, 20.0, 20.0]);
     }
 
     #[test]
