@@ -282,6 +282,11 @@ pub(super) struct Start<'a> {
     /// tasks' difficulty its outcomes can rescale ([`shared_slope`]); a scope or a family
     /// mixes kinds of work, and its curves keep the calibration's shape.
     pub(super) one_kind: bool,
+    /// Per slot, whether the level's prior is its parent's curve (shifted by the label): then
+    /// the parent's estimate already holds the level's own outcomes, and the more of them it
+    /// holds the more the prior is worth. A tier on a model the calibration never measured
+    /// starts a caller's label from its own prior instead, worth only what `strength` says.
+    pub(super) from_parent: Vec<bool>,
 }
 
 /// The pivot of each slot's curve in `prior` (log-odds): its mean over the level's tasks across
@@ -350,7 +355,7 @@ pub(super) fn curves(
         let prior = tilt(&start.prior[s], pivot[s], slope);
         let expect = tilt(&start.expect[s], pivot[s], slope);
         let strength = match parent_level {
-            Some(_) => {
+            Some(_) if start.from_parent[s] => {
                 let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
                 let share = if parent > 0.0 { own / parent } else { 0.0 };
                 // Never more pseudo-outcomes than the parent's estimate stands on: the only
@@ -358,7 +363,7 @@ pub(super) fn curves(
                 (start.strength[s] / (1.0 - share).max(0.05))
                     .min(parent_strength[s].max(start.strength[s]))
             }
-            None => start.strength[s],
+            _ => start.strength[s],
         };
         let (estimated, n) = estimate(
             &prior,

@@ -218,7 +218,13 @@ impl<'p> Slots<'p> {
 
     /// Where the scope's estimate starts: the priors, expected at `expect`.
     pub(super) fn scope_start<'s>(&'s self, expect: &'s [[f64; BANDS]]) -> Start<'s> {
-        self.start(&self.priors, expect, &self.strengths, BAND_PRIOR, false)
+        self.start(
+            &self.priors,
+            expect,
+            &self.strengths,
+            BAND_PRIOR,
+            (false, false),
+        )
     }
 
     /// Where a family's estimate starts: `prior` (its scope's curves, shifted), expected at
@@ -230,7 +236,14 @@ impl<'p> Slots<'p> {
         expect: &'s [[f64; BANDS]],
     ) -> Start<'s> {
         let band_prior = self.band_prior_of(label);
-        self.start(prior, expect, &self.family_strengths, band_prior, false)
+        let discovered = is_discovered(label);
+        self.start(
+            prior,
+            expect,
+            &self.family_strengths,
+            band_prior,
+            (false, discovered),
+        )
     }
 
     /// Where a workflow's estimate starts: `prior` (its parent's curves, shifted), which is
@@ -242,9 +255,11 @@ impl<'p> Slots<'p> {
     ) -> Start<'s> {
         // A caller's label names one kind of work; the tasks sent without one, and a
         // discovered cluster (a provisional grouping), are no such thing.
-        let one_kind = label != crate::domain::labels::DEFAULT_WORKFLOW && !is_discovered(label);
+        let discovered = is_discovered(label);
+        let one_kind = label != crate::domain::labels::DEFAULT_WORKFLOW && !discovered;
         let band_prior = self.band_prior_of(label);
-        self.start(prior, prior, &self.workflow_strengths, band_prior, one_kind)
+        let kind = (one_kind, discovered);
+        self.start(prior, prior, &self.workflow_strengths, band_prior, kind)
     }
 
     fn start<'s>(
@@ -253,7 +268,7 @@ impl<'p> Slots<'p> {
         expect: &'s [[f64; BANDS]],
         strength: &'s [f64],
         band_prior: f64,
-        one_kind: bool,
+        (one_kind, discovered): (bool, bool),
     ) -> Start<'s> {
         Start {
             prior,
@@ -264,6 +279,9 @@ impl<'p> Slots<'p> {
             gap_sign: &self.gap_signs,
             measured: &self.known,
             one_kind,
+            from_parent: (0..self.len())
+                .map(|s| self.inherits(s, discovered))
+                .collect(),
         }
     }
 }

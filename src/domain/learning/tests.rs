@@ -1103,6 +1103,30 @@ fn an_unmeasured_tier_starts_each_caller_workflow_from_its_prior_but_a_cluster_f
 }
 
 #[test]
+fn an_unmeasured_tier_on_its_own_prior_weighs_a_workflows_outcomes_in_full() {
+    // `medium` (a model the calibration never measured) only ever runs workflow `w`, so the
+    // scope's evidence of it is all `w`'s. The workflow starts it from its own prior, not from
+    // the scope's curve, so nothing of its outcomes is in its prior twice: it holds that prior's
+    // worth alone, and learns as fast as the scope does from the same outcomes.
+    let mut ev = ScopeEvidence::default();
+    for i in 0..30 {
+        ev.observe("medium", shape_in("w", 14 + i % 3, 500, 256), 1.0);
+    }
+    let p = plan(0.8, Some(&ev));
+    let (scope, w) = (&p.tiers[1], &p.tiers_for("w")[1]);
+    assert!(
+        (w.strength - scope.strength).abs() < 1e-9,
+        "{w:?} vs {scope:?}"
+    );
+    assert!(
+        (w.predicted[15] - scope.predicted[15]).abs() < 1e-9,
+        "{} vs {}",
+        w.predicted[15],
+        scope.predicted[15]
+    );
+}
+
+#[test]
 fn a_shortfall_on_hard_bands_moves_easy_bands_in_log_odds_not_by_the_same_ratio() {
     // A tier sent only to its hardest tasks (band 19: expected 0.73) scores 0.6 there, 200
     // times. The curve moves by one log-odds shift: the hard band lands near what it showed,
