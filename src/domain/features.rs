@@ -165,6 +165,8 @@ struct Signals {
     /// Characters other than white space: the length and the densities below do not change
     /// with spacing ("2+2" and "7 + 5" are the same kind of task).
     chars: usize,
+    /// ASCII white-space bytes.
+    blanks: usize,
     words: usize,
     digits: usize,
     numbers: usize,
@@ -276,19 +278,14 @@ fn byte_signals(sig: &mut Signals, text: &str) {
     sig.code_syms = count(b"{};[]`()");
     sig.questions = count(b"?");
     sig.newlines = count(b"\n");
+    // ASCII white space as `char::is_whitespace` has it (the Unicode scanner's count).
+    sig.blanks = count(b" \t\n\x0b\x0c\r");
     sig.uppercase = range(b'A', b'Z');
     // Answer-choice layout: a line that starts with "A." … "D)".
     sig.choice_lines = text
         .split('\n')
         .filter(|line| matches!(line.as_bytes(), [b'A'..=b'D', b'.' | b')', ..]))
         .count();
-}
-
-/// White-space bytes of ASCII `text` (`char::is_whitespace`, as the Unicode scanner counts).
-fn blanks(text: &str) -> usize {
-    text.bytes()
-        .filter(|&b| char::from(b).is_whitespace())
-        .count()
 }
 
 /// Lower-case FNV-1a of a word, usable in constants.
@@ -404,7 +401,7 @@ fn scan_ascii(text: &str, sig: &mut Signals, words: &mut Vec<u64>) {
         words.push(finish_word(sig, hash, i - start, digits_only));
     }
     byte_signals(sig, text);
-    sig.chars = n - blanks(text);
+    sig.chars = n - sig.blanks;
     sig.words = words.len();
 }
 
