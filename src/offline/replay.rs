@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use crate::domain::classifier::ComplexityModel;
 use crate::domain::decision::Signer;
-use crate::domain::policy::{Policy, PolicyError, Tier};
-use crate::domain::routing::RouteRequest;
+use crate::domain::policy::{Policy, PolicyError, ScopePolicy, Tier};
+use crate::domain::routing::{Decision, RouteRequest};
 use crate::engine::Engine;
 use crate::engine::feedback::FeedbackInput;
-use crate::offline::dataset::Record;
+use crate::offline::dataset::{Outcome, Record};
 
 /// Replay settings.
 #[derive(Debug, Clone, Default)]
@@ -240,8 +240,7 @@ pub fn policy_from_models(
     }
     let mut rows = Vec::new();
     for m in models {
-        let outcomes: Vec<&crate::offline::dataset::Outcome> =
-            records.iter().filter_map(|r| r.outcomes.get(m)).collect();
+        let outcomes: Vec<&Outcome> = records.iter().filter_map(|r| r.outcomes.get(m)).collect();
         if outcomes.is_empty() {
             return Err(ReplayError::UnknownModel(m.clone()));
         }
@@ -274,7 +273,7 @@ pub fn policy_from_models(
 /// Input and output prices (USD per 1M tokens) that best explain the recorded costs, by least
 /// squares over records with tokens and cost; a single blended price when the two cannot be told
 /// apart (e.g. constant output length). `None` without any token counts.
-fn fit_prices(outcomes: &[&crate::offline::dataset::Outcome]) -> Option<(f64, f64)> {
+fn fit_prices(outcomes: &[&Outcome]) -> Option<(f64, f64)> {
     let (mut ii, mut io, mut oo, mut ic, mut oc, mut cost, mut tokens) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for o in outcomes {
@@ -335,14 +334,16 @@ fn with_scopes(
     p
 }
 
-fn outcome_cost(tier: &Tier, o: &crate::offline::dataset::Outcome) -> f64 {
+fn outcome_cost(tier: &Tier, o: &Outcome) -> f64 {
     match o.cost_usd {
         Some(c) => c,
         None => tier.cost_usd(o.input_tokens.unwrap_or(0), o.output_tokens.unwrap_or(0)),
     }
 }
 
-/// Replays `records` in order.
+/// Replays `records` in order: each task routed by the engine, its chosen tier's recorded
+/// outcome posted back as Feedback, and the whole stream tallied against always-premium and
+/// the hindsight mix.
 pub fn replay(
     model: Arc<ComplexityModel>,
     policy: Policy,
@@ -369,19 +370,7 @@ pub fn replay(
         .map_err(|e| ReplayError::Setup(format!("runtime: {e}")))?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let t0 = 1_800_000_000_000u64;
-
-    let (mut n, mut skipped, mut explored) = (0usize, 0usize, 0usize);
-    let (mut exploration_cost, mut exploration_delta) = (0.0, 0.0);
-    let (mut quality, mut cost, mut prem_q, mut prem_cost, mut bar_sum) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut ledger: Ledger = BTreeMap::new();
-    let mut by_workflow: BTreeMap<String, WorkflowReplay> = BTreeMap::new();
-    // Per routed task: (score, cost, premium cost).
-    let mut trail: Vec<(f64, f64, f64)> = Vec::new();
-    let mut feedbacks_to_bar = None;
-    let mut window_sum = 0.0;
-    // Routed and shadow-tier scores summed over the tasks routed below the shadow tier.
-    let mut eligible = (0.0, 0.0);
+    let mut tally = Tally::default();
     let mut last_now = t0;
     for (i, r) in records.iter().enumerate() {
         let workflow = if opts.strip_labels { "" } else { &r.workflow };
@@ -399,7 +388,7 @@ pub fn replay(
             .iter()
             .any(|&t| !r.outcomes.contains_key(&policy.tiers[t].model))
         {
-            skipped += 1;
+            tally.skipped += 1;
             continue;
         }
         let draw: f64 = rng.random();
@@ -407,25 +396,18 @@ pub fn replay(
         let now = t0 + i as u64 * 1000;
         last_now = now;
         let Ok((d, id)) = engine.route(&req, draw, now, nonce) else {
-            skipped += 1;
+            tally.skipped += 1;
             continue;
         };
         let chosen = &policy.tiers[d.tier().tier];
         let (Some(o), Some(p)) = (r.outcomes.get(&chosen.model), r.outcomes.get(&top.model)) else {
-            skipped += 1;
+            tally.skipped += 1;
             continue;
         };
         // A shadowed decision posts the shadow tier's recorded outcome as its pair.
         let shadow = d
             .shadow
             .and_then(|s| r.outcomes.get(&policy.tiers[d.candidates[s].tier].model));
-        // The truth quality kept is measured on: every task routed below the shadow tier.
-        if d.tier().tier != scope.shadow_tier
-            && let Some(s) = r.outcomes.get(&policy.tiers[scope.shadow_tier].model)
-        {
-            eligible.0 += o.score;
-            eligible.1 += s.score;
-        }
         let fb = FeedbackInput {
             decision_id: &id,
             score: o.score,
@@ -439,58 +421,23 @@ pub fn replay(
         if let Err(e) = runtime.block_on(engine.feedback(&fb, now)) {
             tracing::warn!(error = %e, id = %r.id, "replay feedback refused");
         }
-        let slots = ledger
-            .entry(r.workflow.clone())
-            .or_insert_with(|| vec![(0.0, 0.0); scope.allowed.len()]);
-        for (slot, &t) in scope.allowed.iter().enumerate() {
-            if let (Some(o), Some(cell)) =
-                (r.outcomes.get(&policy.tiers[t].model), slots.get_mut(slot))
-            {
-                cell.0 += o.score;
-                cell.1 += outcome_cost(&policy.tiers[t], o);
-            }
-        }
-        trail.push((o.score, outcome_cost(chosen, o), outcome_cost(top, p)));
-        let w = by_workflow.entry(r.workflow.clone()).or_default();
-        w.tasks += 1;
-        w.quality += o.score;
-        w.premium_quality += p.score;
-        w.cost_usd += outcome_cost(chosen, o);
-        w.premium_cost_usd += outcome_cost(top, p);
-        window_sum += o.score;
-        if trail.len() > WINDOW {
-            window_sum -= trail[trail.len() - 1 - WINDOW].0;
-        }
-        if feedbacks_to_bar.is_none()
-            && trail.len() >= WINDOW
-            && window_sum / WINDOW as f64 >= scope.quality_bar - 0.01
-        {
-            feedbacks_to_bar = Some(trail.len() - WINDOW);
-        }
-        n += 1;
-        explored += usize::from(d.explored);
-        if d.explored {
-            let planned = &policy.tiers[d.candidates[d.planned].tier];
-            if let Some(po) = r.outcomes.get(&planned.model) {
-                exploration_cost += outcome_cost(chosen, o) - outcome_cost(planned, po);
-                exploration_delta += o.score - po.score;
-            }
-        }
-        quality += o.score;
-        cost += outcome_cost(chosen, o);
-        prem_q += p.score;
-        prem_cost += outcome_cost(top, p);
-        bar_sum += scope.quality_bar;
-        *counts.entry(chosen.name.clone()).or_default() += 1;
+        tally.add(&Routed {
+            policy: &policy,
+            scope,
+            record: r,
+            decision: &d,
+            outcome: o,
+            premium: p,
+        });
     }
-    let nf = n.max(1) as f64;
+    let nf = tally.n.max(1) as f64;
     let shadow = match opts.shadow_rate {
         Some(_) => Some(shadow_replay(
             &engine,
             &runtime,
             (t0, last_now + 1),
-            eligible,
-            prem_q / nf,
+            tally.eligible,
+            tally.prem_q / nf,
         )?),
         None => None,
     };
@@ -503,62 +450,171 @@ pub fn replay(
         .iter()
         .map(|t| (policy.tiers[t.tier].name.clone(), t.threshold))
         .collect();
-    let quality = quality / nf;
-    // The average of the configured bars, without the float noise of summing 1,832 copies of
-    // 0.77 (which printed as 0.769999999999986).
-    let bar = (bar_sum / nf * 1e9).round() / 1e9;
-    let late = &trail[trail.len() / 2..];
-    let late_q = late.iter().map(|t| t.0).sum::<f64>() / late.len().max(1) as f64;
-    let late_cost: f64 = late.iter().map(|t| t.1).sum();
-    let late_prem: f64 = late.iter().map(|t| t.2).sum();
-    Ok(ReplayReport {
-        feedbacks_to_bar,
-        late_quality: late_q,
-        late_saving_vs_premium: if late_prem > 0.0 {
-            1.0 - late_cost / late_prem
-        } else {
-            0.0
-        },
-        hindsight: hindsight(&ledger, n, bar, prem_cost),
-        by_workflow: by_workflow
-            .into_iter()
-            .map(|(k, mut w)| {
-                let t = w.tasks.max(1) as f64;
-                w.quality /= t;
-                w.premium_quality /= t;
-                (k, w)
-            })
-            .collect(),
-        tasks: n,
-        skipped,
-        bar,
-        quality,
-        cost_usd: cost,
-        premium_quality: prem_q / nf,
-        premium_cost_usd: prem_cost,
-        saving_vs_premium: if prem_cost > 0.0 {
-            1.0 - cost / prem_cost
-        } else {
-            0.0
-        },
-        bar_met: n > 0 && quality >= bar - 1e-12,
-        tier_share: policy
-            .tiers
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    counts.get(&t.name).copied().unwrap_or(0) as f64 / nf,
-                )
-            })
-            .collect(),
-        explored_share: explored as f64 / nf,
-        exploration_cost_usd: exploration_cost,
-        exploration_score_delta: exploration_delta,
-        learning: opts.learning,
-        final_thresholds,
-        shadow,
-    })
+    Ok(tally.report(&policy, opts.learning, final_thresholds, shadow))
+}
+
+/// One routed task of a replay: the decision and the recorded outcomes it is judged on.
+struct Routed<'a> {
+    policy: &'a Policy,
+    scope: &'a ScopePolicy,
+    record: &'a Record,
+    decision: &'a Decision,
+    /// The chosen tier's recorded outcome.
+    outcome: &'a Outcome,
+    /// The scope's top tier's recorded outcome.
+    premium: &'a Outcome,
+}
+
+/// What a replay adds up task by task.
+#[derive(Default)]
+struct Tally {
+    n: usize,
+    skipped: usize,
+    explored: usize,
+    exploration_cost: f64,
+    exploration_delta: f64,
+    quality: f64,
+    cost: f64,
+    prem_q: f64,
+    prem_cost: f64,
+    bar_sum: f64,
+    counts: BTreeMap<String, usize>,
+    ledger: Ledger,
+    by_workflow: BTreeMap<String, WorkflowReplay>,
+    /// Per routed task: (score, cost, premium cost).
+    trail: Vec<(f64, f64, f64)>,
+    feedbacks_to_bar: Option<usize>,
+    window_sum: f64,
+    /// Routed and shadow-tier scores summed over the tasks routed below the shadow tier.
+    eligible: (f64, f64),
+}
+
+impl Tally {
+    /// Adds one routed task.
+    fn add(&mut self, t: &Routed<'_>) {
+        let (policy, scope, r, d) = (t.policy, t.scope, t.record, t.decision);
+        let (o, p) = (t.outcome, t.premium);
+        let chosen = &policy.tiers[d.tier().tier];
+        let top = &policy.tiers[*scope.allowed.last().unwrap_or(&0)];
+        // The truth quality kept is measured on: every task routed below the shadow tier.
+        if d.tier().tier != scope.shadow_tier
+            && let Some(s) = r.outcomes.get(&policy.tiers[scope.shadow_tier].model)
+        {
+            self.eligible.0 += o.score;
+            self.eligible.1 += s.score;
+        }
+        let slots = self
+            .ledger
+            .entry(r.workflow.clone())
+            .or_insert_with(|| vec![(0.0, 0.0); scope.allowed.len()]);
+        for (slot, &t) in scope.allowed.iter().enumerate() {
+            if let (Some(o), Some(cell)) =
+                (r.outcomes.get(&policy.tiers[t].model), slots.get_mut(slot))
+            {
+                cell.0 += o.score;
+                cell.1 += outcome_cost(&policy.tiers[t], o);
+            }
+        }
+        self.trail
+            .push((o.score, outcome_cost(chosen, o), outcome_cost(top, p)));
+        let w = self.by_workflow.entry(r.workflow.clone()).or_default();
+        w.tasks += 1;
+        w.quality += o.score;
+        w.premium_quality += p.score;
+        w.cost_usd += outcome_cost(chosen, o);
+        w.premium_cost_usd += outcome_cost(top, p);
+        self.window_sum += o.score;
+        if self.trail.len() > WINDOW {
+            self.window_sum -= self.trail[self.trail.len() - 1 - WINDOW].0;
+        }
+        if self.feedbacks_to_bar.is_none()
+            && self.trail.len() >= WINDOW
+            && self.window_sum / WINDOW as f64 >= scope.quality_bar - 0.01
+        {
+            self.feedbacks_to_bar = Some(self.trail.len() - WINDOW);
+        }
+        self.n += 1;
+        self.explored += usize::from(d.explored);
+        if d.explored {
+            let planned = &policy.tiers[d.candidates[d.planned].tier];
+            if let Some(po) = r.outcomes.get(&planned.model) {
+                self.exploration_cost += outcome_cost(chosen, o) - outcome_cost(planned, po);
+                self.exploration_delta += o.score - po.score;
+            }
+        }
+        self.quality += o.score;
+        self.cost += outcome_cost(chosen, o);
+        self.prem_q += p.score;
+        self.prem_cost += outcome_cost(top, p);
+        self.bar_sum += scope.quality_bar;
+        *self.counts.entry(chosen.name.clone()).or_default() += 1;
+    }
+
+    /// The report of the tasks added.
+    fn report(
+        self,
+        policy: &Policy,
+        learning: bool,
+        final_thresholds: BTreeMap<String, f64>,
+        shadow: Option<ShadowReplay>,
+    ) -> ReplayReport {
+        let n = self.n;
+        let nf = n.max(1) as f64;
+        let quality = self.quality / nf;
+        // The average of the configured bars, without the float noise of summing 1,832 copies
+        // of 0.77 (which printed as 0.769999999999986).
+        let bar = (self.bar_sum / nf * 1e9).round() / 1e9;
+        let late = &self.trail[self.trail.len() / 2..];
+        let late_q = late.iter().map(|t| t.0).sum::<f64>() / late.len().max(1) as f64;
+        let late_cost: f64 = late.iter().map(|t| t.1).sum();
+        let late_prem: f64 = late.iter().map(|t| t.2).sum();
+        let saving = |cost: f64, premium: f64| {
+            if premium > 0.0 {
+                1.0 - cost / premium
+            } else {
+                0.0
+            }
+        };
+        ReplayReport {
+            feedbacks_to_bar: self.feedbacks_to_bar,
+            late_quality: late_q,
+            late_saving_vs_premium: saving(late_cost, late_prem),
+            hindsight: hindsight(&self.ledger, n, bar, self.prem_cost),
+            by_workflow: self
+                .by_workflow
+                .into_iter()
+                .map(|(k, mut w)| {
+                    let t = w.tasks.max(1) as f64;
+                    w.quality /= t;
+                    w.premium_quality /= t;
+                    (k, w)
+                })
+                .collect(),
+            tasks: n,
+            skipped: self.skipped,
+            bar,
+            quality,
+            cost_usd: self.cost,
+            premium_quality: self.prem_q / nf,
+            premium_cost_usd: self.prem_cost,
+            saving_vs_premium: saving(self.cost, self.prem_cost),
+            bar_met: n > 0 && quality >= bar - 1e-12,
+            tier_share: policy
+                .tiers
+                .iter()
+                .map(|t| {
+                    let count = self.counts.get(&t.name).copied().unwrap_or(0);
+                    (t.name.clone(), count as f64 / nf)
+                })
+                .collect(),
+            explored_share: self.explored as f64 / nf,
+            exploration_cost_usd: self.exploration_cost,
+            exploration_score_delta: self.exploration_delta,
+            learning,
+            final_thresholds,
+            shadow,
+        }
+    }
 }
 
 /// Reads quality kept off the engine's own report (the books, the ledger, the estimators:
