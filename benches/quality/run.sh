@@ -6,7 +6,9 @@
 #   3. domain shift: a model trained without GSM8K and without the MMLU high_school_* and
 #      college_* subjects, replayed on exactly those tasks (all splits: it saw none of them);
 #   4. the multi-tier set (benches/quality/multitier, four tiers, three coarse workflows), bar
-#      0.779, seeds 1-10 in both orders, with workflow labels and with --strip-labels.
+#      0.779, seeds 1-10 in both orders (MULTITIER_SEEDS="1 2 ... 20" for more: one seed in ten
+#      swings its cost by 2x, so 10 seeds cannot tell changes of a few percent apart), with
+#      workflow labels and with --strip-labels.
 # Usage: benches/quality/run.sh [OUT_DIR]   (about 10 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,7 +59,7 @@ summarise=benches/quality/summarise.py
 labelled=()
 unlabelled=()
 for order in "" --shuffle; do
-  for seed in 1 2 3 4 5 6 7 8 9 10; do
+  for seed in ${MULTITIER_SEEDS:-1 2 3 4 5 6 7 8 9 10}; do
     f="$out/replay-multitier${order}-$seed.json"
     $bin replay --data $mdata --split all --tiers $mtiers --bar $mbar --seed $seed $order --json > "$f"
     python3 $summarise line "$f" "seed $seed ${order:-file order}, labelled"
@@ -69,5 +71,5 @@ for order in "" --shuffle; do
     unlabelled+=("$f")
   done
 done
-python3 $summarise worst "labelled (20 runs)" "${labelled[@]}"
-python3 $summarise worst "no labels (20 runs)" "${unlabelled[@]}"
+python3 $summarise worst "labelled (${#labelled[@]} runs)" "${labelled[@]}"
+python3 $summarise worst "no labels (${#unlabelled[@]} runs)" "${unlabelled[@]}"
