@@ -137,6 +137,73 @@ pub enum ServeError {
     },
 }
 
+/// The reflection services' builder: the API, health and the error details
+/// (google.rpc.BadRequest), so grpcurl can decode them.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Says at startup whether callers need API keys.
+fn log_auth(auth: Option<&Arc<auth::KeyRing>>) {
+    match auth {
+        Some(ring) => tracing::info!(
+            keys = ring.len(),
+            "authentication on: API keys required on Router and Admin"
+        ),
+        None => tracing::warn!(
+            "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
+        ),
+    }
+}
+
+/// A Router implementation behind the auth interceptor.
+type Intercepted<S> = InterceptedService<RouterServer<S>, auth::AuthInterceptor>;
+
+/// The Router service: the real one, or with `--bench-noop` the no-op handler the load
+/// benchmarks compare against (exactly one of the two is `Some`).
+fn router_services(
+    engine: &Arc<Engine>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    config: &ServeConfig,
+    counters: &Arc<Counters>,
+    interceptor: &auth::AuthInterceptor,
+) -> (
+    Option<Intercepted<RouterService>>,
+    Option<Intercepted<NoopRouter>>,
+) {
+    if config.bench_noop {
+        tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
+        let noop = RouterServer::new(NoopRouter {
+            counters: counters.clone(),
+        })
+        .max_decoding_message_size(config.max_message_bytes);
+        return (
+            None,
+            Some(InterceptedService::new(noop, interceptor.clone())),
+        );
+    }
+    let limiter = config.rate_limit_per_team.map(|n| {
+        let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(n)));
+        background::spawn_limiter_cleanup(Arc::downgrade(&limiter));
+        (limiter, n.get())
+    });
+    let router = RouterServer::new(RouterService {
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        counters: counters.clone(),
+        limiter,
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+    (
+        Some(InterceptedService::new(router, interceptor.clone())),
+        None,
+    )
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight calls.
 pub async fn run(
     engine: Arc<Engine>,
@@ -153,18 +220,9 @@ pub async fn run(
         .set_serving::<AdminServer<AdminService>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // The error details (google.rpc.BadRequest): so grpcurl can decode them.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection_v1 = reflection().build_v1()?;
     // grpcurl 1.8 speaks only v1alpha reflection.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // Reconcile the policy with the shared version history, catch up with shared state before
     // taking traffic, then keep refreshing in the background.
@@ -196,45 +254,9 @@ pub async fn run(
         None => None,
         Some(addr) => Some(background::spawn_health(health_service.clone(), addr).await?),
     };
-    match &config.auth {
-        Some(ring) => tracing::info!(
-            keys = ring.len(),
-            "authentication on: API keys required on Router and Admin"
-        ),
-        None => tracing::warn!(
-            "authentication is OFF: any caller may route, post feedback and change policy; start with --auth-keys FILE in production"
-        ),
-    }
+    log_auth(config.auth.as_ref());
     let counters = Arc::new(Counters::registered(&metrics));
-    let (router, noop) = if config.bench_noop {
-        tracing::warn!("serving a NO-OP Route handler (--bench-noop): benchmarks only");
-        let noop = RouterServer::new(NoopRouter {
-            counters: counters.clone(),
-        })
-        .max_decoding_message_size(config.max_message_bytes);
-        (
-            None,
-            Some(InterceptedService::new(noop, interceptor.clone())),
-        )
-    } else {
-        let limiter = config.rate_limit_per_team.map(|n| {
-            let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(n)));
-            background::spawn_limiter_cleanup(Arc::downgrade(&limiter));
-            (limiter, n.get())
-        });
-        let router = RouterServer::new(RouterService {
-            engine: engine.clone(),
-            metrics: metrics.clone(),
-            counters: counters.clone(),
-            limiter,
-        })
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-        (
-            Some(InterceptedService::new(router, interceptor.clone())),
-            None,
-        )
-    };
+    let (router, noop) = router_services(&engine, &metrics, &config, &counters, &interceptor);
     let admin = InterceptedService::new(
         AdminServer::new(AdminService {
             engine: engine.clone(),
