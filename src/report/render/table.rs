@@ -98,7 +98,24 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         r.group_by.as_str(),
         display_or_missing(&r.policy_version),
     );
+    out.push_str(&groups_table(r, width));
+    out.push_str(&notes(r));
+    out.push_str(&budgets_table(r, width));
+    if let Some(line) = enforcement_line(&r.total) {
+        out.push('\n');
+        out.push_str(&line);
+        out.push('\n');
+    }
+    match width {
+        Some(w) => wrap_prose(&out, usize::from(w)),
+        None => out,
+    }
+}
 
+/// The per-group table (and the total), leaving out its least important columns until it fits
+/// `width`, with a line that names what it left out.
+fn groups_table(r: &Report, width: Option<u16>) -> String {
+    let mut out = String::new();
     let header: Vec<&str> = [
         r.group_by.as_str(),
         "spend",
@@ -155,6 +172,13 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
             dropped.join(", ")
         ));
     }
+    out
+}
+
+/// The sentences under the groups table: human time, reuse, clipped outcomes, exploration and
+/// quality kept, each only when there is something to say.
+fn notes(r: &Report) -> String {
+    let mut out = String::new();
     if let Some(line) = human_time_sentence(&r.total) {
         out.push_str(&line);
         out.push('\n');
@@ -200,6 +224,12 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         }
     }
 
+    out
+}
+
+/// The budgets table, when the policy has budgets.
+fn budgets_table(r: &Report, width: Option<u16>) -> String {
+    let mut out = String::new();
     if !r.budgets.is_empty() {
         let header = [
             "budget",
@@ -235,15 +265,7 @@ pub fn table_fitting(r: &Report, width: Option<u16>) -> String {
         out.push('\n');
     }
 
-    if let Some(line) = enforcement_line(&r.total) {
-        out.push('\n');
-        out.push_str(&line);
-        out.push('\n');
-    }
-    match width {
-        Some(w) => wrap_prose(&out, usize::from(w)),
-        None => out,
-    }
+    out
 }
 
 /// The lines of `text` outside its tables, wrapped at spaces to `width` (a word longer than
