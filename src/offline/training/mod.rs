@@ -307,21 +307,65 @@ pub fn train(records: &[Record], opts: &TrainOptions) -> Result<ComplexityModel,
             }
         })
         .collect();
+    model.version = version_of(&model);
+    Ok(model)
+}
+
+/// A trained model's version: a digest of everything that moves a routing decision (the
+/// weights and bias: the difficulty; the quantiles: complexity; the abilities and offsets; the
+/// calibration's bands and label shifts: the priors; the gap weights when there are any). The
+/// bands' qualities count to 9 decimals: JSON's parse may move an f64 by its last bit, and the
+/// version read back from an artifact must be the one written.
+fn version_of(model: &ComplexityModel) -> String {
+    let bands: Vec<String> = model
+        .calibration
+        .bands
+        .iter()
+        .map(|b| {
+            format!(
+                "{}:{:.9}:{:.9}",
+                b.tasks, b.cheap_quality, b.premium_quality
+            )
+        })
+        .collect();
     let mut fingerprint = format!(
         "{:?}{:?}{:?}{:?}",
         model.weights, model.abilities, model.workflow_offsets, model.calibration.workflows
     );
+    fingerprint.push_str(&format!(
+        "{:?}{:?}{}",
+        model.bias,
+        model.logit_quantiles,
+        bands.join(",")
+    ));
     if !model.gap_weights.is_empty() {
         fingerprint.push_str(&format!("{:?}", model.gap_weights));
     }
-    let digest = crate::domain::policy::short_hash(&fingerprint);
-    model.version = format!("cx2-{digest}");
-    Ok(model)
+    format!("cx2-{}", crate::domain::policy::short_hash(&fingerprint))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_changes_with_anything_that_moves_a_decision() {
+        let model = ComplexityModel::bundled().unwrap();
+        let v = version_of(&model);
+        assert_eq!(
+            v, model.version,
+            "the bundled artifact's version is its digest"
+        );
+        let mut m = model.clone();
+        m.calibration.bands[0].cheap_quality += 0.001;
+        assert_ne!(version_of(&m), v, "calibration bands");
+        let mut m = model.clone();
+        m.bias += 0.01;
+        assert_ne!(version_of(&m), v, "bias");
+        let mut m = model.clone();
+        m.logit_quantiles[1] += 0.01;
+        assert_ne!(version_of(&m), v, "quantiles");
+    }
     use crate::offline::dataset::Outcome;
     use std::collections::BTreeMap;
 
