@@ -282,11 +282,18 @@ pub(super) struct Start<'a> {
     /// tasks' difficulty its outcomes can rescale ([`shared_slope`]); a scope or a family
     /// mixes kinds of work, and its curves keep the calibration's shape.
     pub(super) one_kind: bool,
-    /// Per slot, whether the level's prior is its parent's curve (shifted by the label): then
-    /// the parent's estimate already holds the level's own outcomes, and the more of them it
-    /// holds the more the prior is worth. A tier on a model the calibration never measured
-    /// starts a caller's label from its own prior instead, worth only what `strength` says.
-    pub(super) from_parent: Vec<bool>,
+    /// Whether the level is a discovered cluster (whose every tier starts from its parent's
+    /// curve: [`inherits`]).
+    pub(super) discovered: bool,
+}
+
+/// Whether a label's slot starts from its parent's curve (shifted by the label): a tier on a
+/// calibration model always, any other only in a discovered cluster (a provisional grouping).
+/// Then the parent's estimate already holds the level's own outcomes, and the more of them it
+/// holds the more the prior is worth; a tier a caller's label starts from its own prior holds
+/// only what its strength says.
+pub(super) fn inherits(measured: bool, discovered: bool) -> bool {
+    measured || discovered
 }
 
 /// The pivot of each slot's curve in `prior` (log-odds): its mean over the level's tasks across
@@ -355,7 +362,7 @@ pub(super) fn curves(
         let prior = tilt(&start.prior[s], pivot[s], slope);
         let expect = tilt(&start.expect[s], pivot[s], slope);
         let strength = match parent_level {
-            Some(_) if start.from_parent[s] => {
+            Some(_) if inherits(start.measured[s], start.discovered) => {
                 let (own, parent) = (total(level, &t.name), total(parent_level, &t.name));
                 let share = if parent > 0.0 { own / parent } else { 0.0 };
                 // Never more pseudo-outcomes than the parent's estimate stands on: the only

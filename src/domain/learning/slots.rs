@@ -2,7 +2,7 @@
 //! typical task, and what each slot's estimate starts from at every level (its prior curve,
 //! what that prior is worth, how a label or a premium gap moves it).
 
-use super::estimate::{Start, expected_mix, prior_curve};
+use super::estimate::{Start, expected_mix, inherits, prior_curve};
 use super::evidence::{Level, is_discovered};
 use super::odds::shift_quality;
 use super::params::{
@@ -155,7 +155,7 @@ impl<'p> Slots<'p> {
         (0..self.len())
             .map(|s| {
                 let delta = self.label_shift(own, s);
-                let mut curve = if self.inherits(s, discovered) {
+                let mut curve = if inherits(self.known[s], discovered) {
                     parent(s)
                 } else {
                     self.priors[s]
@@ -164,12 +164,6 @@ impl<'p> Slots<'p> {
                 curve
             })
             .collect()
-    }
-
-    /// Whether slot `s` of a label starts from its parent's curve ([`Self::shifted`]): a
-    /// tier on a calibration model always, any other only in a discovered cluster.
-    fn inherits(&self, s: usize, discovered: bool) -> bool {
-        self.known[s] || discovered
     }
 
     /// What a level's outcomes were expected to score on `base`: its `workflows`' evidence,
@@ -279,9 +273,7 @@ impl<'p> Slots<'p> {
             gap_sign: &self.gap_signs,
             measured: &self.known,
             one_kind,
-            from_parent: (0..self.len())
-                .map(|s| self.inherits(s, discovered))
-                .collect(),
+            discovered,
         }
     }
 }
