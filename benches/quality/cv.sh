@@ -10,7 +10,8 @@
 # saving against premium, and the mean and worst cost against the hindsight per-workflow mix.
 #
 # Usage: benches/quality/cv.sh [OUT_DIR]   (about 10 minutes on 2 cores; the six models are
-# trained once and kept in OUT_DIR). TOKENWISE_BIN=path replays with another binary (no build).
+# trained once and kept in OUT_DIR). TOKENWISE_BIN=path replays with another binary (no build);
+# REPLAY_ARGS="--explore-by pairs" adds replay options to every run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/quality/cv}
@@ -63,7 +64,7 @@ EOF
         o=file; [ -z "$order" ] || o=shuffled
         l=labelled; [ -z "$strip" ] || l=stripped
         f="$out/fold$k-$o-$l-$seed.json"
-        jobs+=("$bin replay --data $data --split train --workflows $fold --model $model --tiers $tiers --bar $bar --seed $seed $order $strip --json > $f")
+        jobs+=("$bin replay --data $data --split train --workflows $fold --model $model --tiers $tiers --bar $bar --seed $seed $order $strip ${REPLAY_ARGS:-} --json > $f")
       done
     done
   done

@@ -155,6 +155,11 @@ struct ReplayArgs {
     /// quality kept with its interval and whether it covers the truth.
     #[arg(long)]
     shadow_rate: Option<f64>,
+    /// In process: set every scope's explore_by. `pairs`: an explored task is served by the
+    /// plan's tier and the drawn tier's recorded outcome is posted as its shadow pair (the
+    /// pair's cost counts in the replay's cost and in exploration's).
+    #[arg(long, value_parser = ["substitution", "pairs"])]
+    explore_by: Option<String>,
 }
 
 /// Entry point of the binary.

@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 
 use super::{ReplayArgs, choices, load_records, path_str, split_parser};
 use crate::domain::classifier::ComplexityModel;
-use crate::domain::policy::Policy;
+use crate::domain::policy::{ExploreBy, Policy};
 use crate::offline::dataset::Split;
 use crate::offline::training::{self, Target, TrainOptions};
 
@@ -220,6 +220,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         team,
         strip_labels,
         shadow_rate,
+        explore_by,
         ..
     } = args;
     if let Some(b) = bar
@@ -249,6 +250,10 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         team: team.unwrap_or_default(),
         strip_labels,
         shadow_rate,
+        explore_by: explore_by.map(|e| match e.as_str() {
+            "pairs" => ExploreBy::Pairs,
+            _ => ExploreBy::Substitution,
+        }),
     };
     let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
     if json {

@@ -246,3 +246,34 @@ async fn replicas_folding_the_same_pairs_agree_and_learn_each_shadow_run_once() 
         assert!((total.mean() - 0.5).abs() < 1e-12, "{total:?}");
     }
 }
+
+#[tokio::test]
+async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_only() {
+    // Half the decisions explore, as pairs: the plan's tier serves, the drawn one is the shadow.
+    let e = two_tier_engine(
+        "[default]\nquality_bar = 0.7\nexploration_rate = 0.5\nexplore_by = \"pairs\"\n",
+    )
+    .build();
+    let task = RouteRequest {
+        task: "Summarise the attached quarterly report in three bullet points.",
+        expected_output_tokens: 50,
+        ..Default::default()
+    };
+    let (d, id) = (0..500)
+        .map(|k| e.route(&task, f64::from(k) / 1000.0, NOW, 7).unwrap())
+        .find(|(d, _)| d.explored)
+        .expect("a draw below the rate that picks the other tier");
+    assert_eq!(d.chosen, d.planned);
+    let shadow = d.shadow.expect("the drawn tier is the shadow tier");
+    assert_ne!(shadow, d.chosen);
+    let ack = e.feedback(&feedback(&id, Some(1.0)), NOW).await.unwrap();
+    assert!(ack.shadow_cost_micros > 0);
+    let l = ledger(&e).await;
+    let get = |m: &str, t: &str| l.get(&(m.into(), t.into())).copied().unwrap_or(0);
+    let (served, drawn) = (&d.tier().name, &d.candidates[shadow].name);
+    assert_eq!(get(metric::SHADOW_SPEND, drawn), ack.shadow_cost_micros);
+    assert_eq!(get(metric::SPEND, drawn), 0);
+    // Not a measurement of quality kept: that needs a pair on the scope's shadow tier.
+    assert_eq!(get(metric::PAIRS, served), 0);
+    assert_eq!(get(metric::PAIR_S, served), 0);
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::domain::classifier::ComplexityModel;
 use crate::domain::decision::Signer;
-use crate::domain::policy::{Policy, PolicyError, ScopePolicy, Tier};
+use crate::domain::policy::{ExploreBy, Policy, PolicyError, ScopePolicy, Tier};
 use crate::domain::routing::{Decision, RouteRequest};
 use crate::engine::Engine;
 use crate::engine::feedback::FeedbackInput;
@@ -34,6 +34,9 @@ pub struct ReplayOptions {
     /// Every scope's `shadow_rate` (`None`: the policy's): shadowed decisions post the shadow
     /// tier's recorded outcome as their shadow score.
     pub shadow_rate: Option<f64>,
+    /// Every scope's `explore_by` (`None`: the policy's): with pairs, an explored decision
+    /// posts the drawn tier's recorded outcome as its shadow score.
+    pub explore_by: Option<ExploreBy>,
 }
 
 /// What shadow pairs measured in a replay, against the truth the recorded data holds (every
@@ -358,6 +361,10 @@ pub fn replay(
         Some(rate) => with_shadow_rate(&policy, rate)?,
         None => policy,
     };
+    let policy = match opts.explore_by {
+        Some(by) => with_scopes(&policy, |s| s.explore_by = by),
+        None => policy,
+    };
     let policy = Arc::new(policy);
     let signer = Signer::new(b"replay").map_err(|e| ReplayError::Setup(e.to_string()))?;
     let engine = Engine::builder(model, policy.clone(), signer)
@@ -495,6 +502,14 @@ impl Tally {
         let (policy, scope, r, d) = (t.policy, t.scope, t.record, t.decision);
         let (o, p) = (t.outcome, t.premium);
         let chosen = &policy.tiers[d.tier().tier];
+        // An exploration pair's run (`explore_by = "pairs"`): what exploring cost.
+        let pair_cost = d
+            .shadow
+            .filter(|_| d.explored && d.chosen == d.planned)
+            .map(|s| &policy.tiers[d.candidates[s].tier])
+            .and_then(|t| r.outcomes.get(&t.model).map(|o| outcome_cost(t, o)))
+            .unwrap_or(0.0);
+        let served_cost = outcome_cost(chosen, o) + pair_cost;
         let top = &policy.tiers[*scope.allowed.last().unwrap_or(&0)];
         // The truth quality kept is measured on: every task routed below the shadow tier.
         if d.tier().tier != scope.shadow_tier
@@ -516,12 +531,12 @@ impl Tally {
             }
         }
         self.trail
-            .push((o.score, outcome_cost(chosen, o), outcome_cost(top, p)));
+            .push((o.score, served_cost, outcome_cost(top, p)));
         let w = self.by_workflow.entry(r.workflow.clone()).or_default();
         w.tasks += 1;
         w.quality += o.score;
         w.premium_quality += p.score;
-        w.cost_usd += outcome_cost(chosen, o);
+        w.cost_usd += served_cost;
         w.premium_cost_usd += outcome_cost(top, p);
         self.window_sum += o.score;
         if self.trail.len() > WINDOW {
@@ -535,7 +550,9 @@ impl Tally {
         }
         self.n += 1;
         self.explored += usize::from(d.explored);
-        if d.explored {
+        if d.explored && d.chosen == d.planned {
+            self.exploration_cost += pair_cost;
+        } else if d.explored {
             let planned = &policy.tiers[d.candidates[d.planned].tier];
             if let Some(po) = r.outcomes.get(&planned.model) {
                 self.exploration_cost += outcome_cost(chosen, o) - outcome_cost(planned, po);
@@ -543,7 +560,7 @@ impl Tally {
             }
         }
         self.quality += o.score;
-        self.cost += outcome_cost(chosen, o);
+        self.cost += served_cost;
         self.prem_q += p.score;
         self.prem_cost += outcome_cost(top, p);
         self.bar_sum += scope.quality_bar;

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokenwise::domain::classifier::ComplexityModel;
+use tokenwise::domain::policy::ExploreBy;
 use tokenwise::offline::dataset::{self, Record, Split};
 use tokenwise::offline::replay::{ReplayOptions, ReplayReport, policy_from_models, replay};
 
@@ -98,3 +99,36 @@ fn the_exact_figures_with_learning_off_and_on() {
 const FROZEN: (usize, f64, f64, f64, f64) = (303, 0.821782, 0.3521248, 0.181714, 0.188119);
 /// The same with learning on.
 const LEARNED: (usize, f64, f64, f64, f64) = (303, 0.772277, 0.19201248, 0.553791, 0.452145);
+
+#[test]
+fn exploring_by_pairs_serves_the_plan_and_pays_the_drawn_tiers_call() {
+    let records = records();
+    let models = [CHEAP.to_string(), PREMIUM.to_string()];
+    let policy = policy_from_models(&records, &models, 0.77).unwrap();
+    let model = Arc::new(ComplexityModel::bundled().unwrap());
+    // Learning off: both replays make the same draws against the same plan.
+    let by = |explore_by| {
+        let opts = ReplayOptions {
+            seed: 3,
+            explore_by: Some(explore_by),
+            ..Default::default()
+        };
+        replay(model.clone(), policy.clone(), &records, &opts).unwrap()
+    };
+    let (sub, pairs) = (by(ExploreBy::Substitution), by(ExploreBy::Pairs));
+    assert!(sub.explored_share > 0.0);
+    assert_eq!(pairs.explored_share, sub.explored_share);
+    // Pairs lose no quality to exploring: what substitution lost is served back.
+    assert_eq!(pairs.exploration_score_delta, 0.0);
+    let n = sub.tasks as f64;
+    assert!(close(
+        pairs.quality - sub.quality,
+        -sub.exploration_score_delta / n
+    ));
+    // Both pay the drawn tier's calls; pairs pay the plan's calls on those tasks too.
+    let planned_on_explored = pairs.exploration_cost_usd - sub.exploration_cost_usd;
+    assert!(planned_on_explored > 0.0);
+    assert!(close(pairs.cost_usd - sub.cost_usd, planned_on_explored));
+    let spent: f64 = pairs.by_workflow.values().map(|w| w.cost_usd).sum();
+    assert!(close(spent, pairs.cost_usd));
+}

@@ -3,6 +3,7 @@
 //! all the report's estimators and intervals need (`report/quality.rs`).
 
 use super::*;
+use crate::domain::policy::ExploreBy;
 
 /// Millionths: the ledger's unit for sums of fractions.
 fn ppm(x: f64) -> i64 {
@@ -38,6 +39,18 @@ impl Books {
             .map_or(0, |i| policy.tiers[i].bill_micros(&run.tokens.kinds()));
         let (r, s) = (score, run.score);
         let (cr, cs) = (routed_micros, shadow_micros);
+        // Only a pair on the scope's shadow tier, drawn for that, measures quality kept; an
+        // exploration pair (`explore_by = "pairs"`: the tier a posterior draw picked, where it
+        // looked likely to do better) is shadow spend alone.
+        let scope = policy.scope(&claims.scope);
+        let exploring = claims.explored && scope.explore_by == ExploreBy::Pairs;
+        let measures = !exploring && policy.tier_index(run.tier) == Some(scope.shadow_tier);
+        if !measures {
+            return (
+                self.tier_cell_counters(claims, run.tier, &[(metric::SHADOW_SPEND, cs)]),
+                shadow_micros,
+            );
+        }
         let mut out = self.tier_cell_counters(
             claims,
             served,

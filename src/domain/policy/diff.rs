@@ -59,13 +59,14 @@ fn tier_changes(old: &Policy, new: &Policy) -> Vec<String> {
 type Field = (&'static str, fn(&Policy, &ScopePolicy) -> String);
 
 /// Every scope field the audit trail reports, in the order it reports them.
-const SCOPE_FIELDS: [Field; 13] = [
+const SCOPE_FIELDS: [Field; 14] = [
     ("quality_bar", |_, s| s.quality_bar.to_string()),
     ("allowed_tiers", |p, s| {
         let names: Vec<&String> = s.allowed.iter().map(|&i| &p.tiers[i].name).collect();
         format!("{names:?}")
     }),
     ("exploration_rate", |_, s| s.exploration_rate.to_string()),
+    ("explore_by", |_, s| s.explore_by.as_str().to_string()),
     ("shadow_rate", |p, s| {
         format!("{} on {}", s.shadow_rate, p.tiers[s.shadow_tier].name)
     }),

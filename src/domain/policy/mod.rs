@@ -157,6 +157,8 @@ pub struct ScopePolicy {
     pub pinned_thresholds: Option<Vec<f64>>,
     /// Share of decisions routed by posterior draws instead of the plan (exploration).
     pub exploration_rate: f64,
+    /// How an explored decision tries the drawn tier: in place of the plan's ([`ExploreBy`]).
+    pub explore_by: ExploreBy,
     /// Revenue or risk value of one output that meets the bar, in USD (for the report).
     pub value_per_success_usd: Option<f64>,
     /// Minutes of a person's work one output that meets the bar saves (for the report).
@@ -218,6 +220,31 @@ impl BarMode {
         match self {
             BarMode::Average => "average",
             BarMode::PerTask => "per_task",
+        }
+    }
+}
+
+/// How an explored decision tries the tier a posterior draw picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExploreBy {
+    /// The task is served by the drawn tier instead of the plan's: what exploration learns is
+    /// paid for in the quality of the explored tasks.
+    #[default]
+    Substitution,
+    /// The task is served by the plan's tier, and the Route answer names the drawn tier as its
+    /// shadow tier for the caller to run the task there too and post the score as a shadow
+    /// pair. Exploration then costs the drawn tier's call and no quality; it needs a caller
+    /// that runs shadow pairs (one that does not teaches nothing by exploring).
+    Pairs,
+}
+
+impl ExploreBy {
+    /// The policy file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExploreBy::Substitution => "substitution",
+            ExploreBy::Pairs => "pairs",
         }
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::BarMode;
 use super::budget::RawBudget;
+use super::{BarMode, ExploreBy};
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -49,6 +49,7 @@ pub(super) struct RawScope {
     pub(super) allowed_tiers: Option<Vec<String>>,
     pub(super) thresholds: Option<BTreeMap<String, f64>>,
     pub(super) exploration_rate: Option<f64>,
+    pub(super) explore_by: Option<ExploreBy>,
     pub(super) value_per_success_usd: Option<f64>,
     pub(super) human_minutes_per_success: Option<f64>,
     pub(super) loaded_cost_per_hour_usd: Option<f64>,

@@ -248,6 +248,7 @@ pub(super) fn resolve_scope(
     let (value_per_success_usd, human_minutes_per_success, loaded_cost_per_hour_usd) =
         f.value_fields()?;
     let bar_mode = f.get(|r| r.bar_mode).unwrap_or_default();
+    let explore_by = f.get(|r| r.explore_by).unwrap_or_default();
     let quality_bar_relative = f.optional(
         "quality_bar_relative",
         f.get(|r| r.quality_bar_relative),
@@ -304,6 +305,7 @@ pub(super) fn resolve_scope(
         allowed,
         pinned_thresholds,
         exploration_rate,
+        explore_by,
         value_per_success_usd,
         human_minutes_per_success,
         loaded_cost_per_hour_usd,
@@ -529,7 +531,7 @@ pub(super) fn pinned(
 mod tests {
     use super::*;
     use crate::domain::policy::tests::THREE;
-    use crate::domain::policy::{MAX_ERROR_PATH, MAX_ERROR_REASON};
+    use crate::domain::policy::{ExploreBy, MAX_ERROR_PATH, MAX_ERROR_REASON};
 
     fn err(text: &str) -> PolicyError {
         Policy::parse(text).unwrap_err()
@@ -615,6 +617,25 @@ mod tests {
             assert_eq!(e.path, format!("policies[1].{key}"), "{extra}");
             assert!(e.reason.contains(reason), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn explore_by_is_substitution_unless_a_scope_asks_for_pairs() {
+        let p = Policy::parse(THREE).unwrap();
+        assert_eq!(p.default.explore_by, ExploreBy::Substitution);
+        let with = THREE.replace(
+            "exploration_rate = 0.0",
+            "exploration_rate = 0.0\nexplore_by = \"pairs\"",
+        );
+        let p = Policy::parse(&with).unwrap();
+        assert!(p.scopes.values().any(|s| s.explore_by == ExploreBy::Pairs));
+        assert_eq!(p.default.explore_by, ExploreBy::Substitution);
+        let bad = THREE.replace(
+            "exploration_rate = 0.0",
+            "exploration_rate = 0.0\nexplore_by = \"both\"",
+        );
+        let e = Policy::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("both") && e.contains("pairs"), "{e}");
     }
 
     #[test]

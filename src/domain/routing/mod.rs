@@ -16,7 +16,7 @@ use crate::domain::labels::{DEFAULT_WORKFLOW, MAX_LABEL_BYTES, workflow_key};
 use crate::domain::learning::{
     BANDS, Choice, RoutingTable, ScopePlan, TierPlan, band_of, cluster_label,
 };
-use crate::domain::policy::{BarMode, Policy};
+use crate::domain::policy::{BarMode, ExploreBy, Policy};
 
 mod reason;
 use reason::{Mode, Why, explain};
@@ -126,7 +126,8 @@ pub struct Decision {
     /// The task's premium gap (0 without a gap term): carried in the decision id, so its
     /// outcome is learned and priced with it.
     pub gap: f64,
-    /// Whether this decision explored: a posterior draw picked another tier than the plan.
+    /// Whether this decision explored: a posterior draw picked another tier than the plan
+    /// (which then serves the task, or with `explore_by = "pairs"` is its shadow tier).
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
@@ -242,13 +243,16 @@ pub fn decide(
     let candidates = candidates(policy, &choice, task.band, task.gap);
     let drawn = draw(plan, &choice, task.band, task.gap, explore_draw);
     let chosen = drawn.chosen;
-    let shadow = shadow_slot(
-        plan.policy.shadow_rate,
-        plan.policy.shadow_tier,
-        &candidates,
-        chosen,
-        explore_draw,
-    );
+    // An exploration pair takes the decision's one shadow place.
+    let shadow = drawn.pair.or_else(|| {
+        shadow_slot(
+            plan.policy.shadow_rate,
+            plan.policy.shadow_tier,
+            &candidates,
+            chosen,
+            explore_draw,
+        )
+    });
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
     let mode = mode_of(plan);
     let workflow = task.workflow();
@@ -259,6 +263,7 @@ pub fn decide(
         gap: task.gap,
         chosen,
         safe,
+        pair: drawn.pair,
         complexity: task.complexity,
         scope: task.scope_key,
         workflow,
@@ -287,7 +292,7 @@ pub fn decide(
         complexity: task.complexity,
         band: task.band,
         gap: task.gap,
-        explored: chosen != safe,
+        explored: chosen != safe || drawn.pair.is_some(),
         candidates,
         fallback,
         policy_version: policy.version.clone(),
@@ -409,6 +414,9 @@ fn candidates(policy: &Policy, choice: &Choice<'_>, band: usize, gap: f64) -> Ve
 /// The slot a decision got, and the probabilities that it got that one and the premium one.
 struct Drawn {
     chosen: usize,
+    /// With `explore_by = "pairs"`, the slot a draw picked instead of the plan's: the
+    /// decision's shadow tier, while the plan's serves the task.
+    pair: Option<usize>,
     propensity: f64,
     premium_propensity: f64,
 }
@@ -425,6 +433,15 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
     } else {
         safe
     };
+    if plan.policy.explore_by == ExploreBy::Pairs {
+        // The plan's tier always serves: its propensity is 1, the premium tier's 1 or 0.
+        return Drawn {
+            chosen: safe,
+            pair: (chosen != safe).then_some(chosen),
+            propensity: 1.0,
+            premium_propensity: if safe + 1 == slots { 1.0 } else { 0.0 },
+        };
+    }
     let (propensity, premium_propensity) = if slots > 1 {
         propensities(
             &Draws {
@@ -441,6 +458,7 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
     };
     Drawn {
         chosen,
+        pair: None,
         propensity,
         premium_propensity,
     }
@@ -820,6 +838,48 @@ mod tests {
                 .unwrap();
             assert!(!d.explored);
         }
+    }
+
+    #[test]
+    fn exploring_by_pairs_serves_the_plans_tier_and_names_the_drawn_one_as_its_shadow() {
+        let by_substitution = router();
+        let mut policy = Policy::embedded().unwrap();
+        let mut scope = (*policy.default).clone();
+        scope.explore_by = ExploreBy::Pairs;
+        policy.default = Arc::new(scope);
+        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let table =
+            RoutingTable::build(Arc::new(policy), &model.calibration, &HashMap::new(), None);
+        let by_pairs = Router::new(model, table, *by_substitution.limits());
+        let hard = "Prove that every finite integral domain is a field, then compute the \
+                    number of elements of order 6 in S_7 and justify each step.";
+        let mut paired = 0;
+        for i in 0..400 {
+            let u = 0.05 * f64::from(i) / 400.0;
+            let (s, p) = (
+                by_substitution.route(&req(hard), u).unwrap(),
+                by_pairs.route(&req(hard), u).unwrap(),
+            );
+            // The same draw picks the same tier; with pairs the plan's tier serves it.
+            assert_eq!(p.chosen, p.planned);
+            assert_eq!(p.explored, s.explored);
+            assert_eq!(p.propensity, 1.0);
+            if s.explored {
+                paired += 1;
+                assert_eq!(p.shadow, Some(s.chosen), "{}", p.reason);
+                let name = &p.candidates[s.chosen].name;
+                assert!(
+                    p.reason
+                        .contains(&format!("; exploring: also run it on {name} (predicted ")),
+                    "{}",
+                    p.reason
+                );
+                assert!(!p.reason.starts_with("exploring: "), "{}", p.reason);
+            } else {
+                assert_eq!((p.chosen, &p.reason, p.shadow), (s.chosen, &s.reason, None));
+            }
+        }
+        assert!(paired > 0);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(super) struct Why<'a> {
     pub(super) gap: f64,
     pub(super) chosen: usize,
     pub(super) safe: usize,
+    /// The tier an exploration pair also runs the task on (`explore_by = "pairs"`).
+    pub(super) pair: Option<usize>,
     pub(super) complexity: f64,
     pub(super) scope: &'a str,
     pub(super) workflow: &'a str,
@@ -201,6 +203,17 @@ pub(super) fn explain(w: &Why<'_>) -> String {
         }
         if w.workflow != crate::domain::labels::DEFAULT_WORKFLOW {
             p.extend([Text(" (workflow "), Text(w.workflow), Text(")")]);
+        }
+        if let Some(pair) = w.pair.and_then(|s| cands.get(s)) {
+            p.extend([
+                Text("; exploring: also run it on "),
+                Text(&pair.name),
+                Text(" (predicted "),
+                Num(pair.predicted_quality),
+                Text(") as a shadow pair, so scope "),
+                Text(w.scope),
+                Text(" keeps learning what each tier can do"),
+            ]);
         }
         p
     };
