@@ -276,4 +276,11 @@ async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_on
     // Not a measurement of quality kept: that needs a pair on the scope's shadow tier.
     assert_eq!(get(metric::PAIRS, served), 0);
     assert_eq!(get(metric::PAIR_S, served), 0);
+    // Counted as exploration, at the drawn tier's estimated call, not as a shadowed decision.
+    assert_eq!(get(metric::SHADOWED, served), 0);
+    assert_eq!(get(metric::EXPLORED, served), 1);
+    assert_eq!(
+        get(metric::EXPLORE_COST, served),
+        d.candidates[shadow].cost_micros
+    );
 }

@@ -60,7 +60,9 @@ pub mod metric {
     /// Decisions that explored.
     pub const EXPLORED: &str = "explored";
     /// What exploring cost against the plan's own choice: the explored tier's estimate less
-    /// the planned tier's, micro-USD (negative where exploration tried a cheaper tier).
+    /// the planned tier's, micro-USD (negative where exploration tried a cheaper tier); for an
+    /// exploration pair (`explore_by = "pairs"`), the drawn tier's estimate, run beside the
+    /// plan's.
     pub const EXPLORE_COST: &str = "explore_cost";
     /// Outcomes received.
     pub const OUTCOMES: &str = "outcomes";
@@ -87,7 +89,8 @@ pub mod metric {
     /// Outcomes another tier served than the one Route chose (Feedback's `served_tier`),
     /// counted in the cell of the decision (the tier Route chose).
     pub const FALLBACKS: &str = "fallbacks";
-    /// Decisions whose Route answer named a shadow tier (the scope's `shadow_rate`).
+    /// Decisions whose Route answer named a shadow tier to measure quality kept (the scope's
+    /// `shadow_rate`; an exploration pair is counted in [`EXPLORED`] instead).
     pub const SHADOWED: &str = "shadowed";
     /// What shadow runs cost, micro-USD, in the shadow tier's cell: apart from [`SPEND`], in
     /// no budget.
@@ -636,12 +639,16 @@ impl Books {
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
         let (explored, downgraded) = (d.explored, action != BudgetAction::None);
-        let shadowed = d.shadow.is_some();
-        // Priced on Route's estimates, as chosen (after any budget action) against planned.
-        let explore_cost = if explored {
-            cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros)
-        } else {
-            0
+        // An explored decision served by the plan's tier explored by a pair: its shadow tier
+        // is the drawn one, not a measurement of quality kept.
+        let pair = d.shadow.filter(|_| explored && d.chosen == d.planned);
+        let shadowed = d.shadow.is_some() && pair.is_none();
+        // Priced on Route's estimates, as chosen (after any budget action) against planned;
+        // a pair's is the drawn tier's whole call.
+        let explore_cost = match pair {
+            Some(s) => d.candidates.get(s).map_or(0, |c| c.cost_micros),
+            None if explored => cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros),
+            None => 0,
         };
         self.bump_cell(
             now_ms / HOUR_MS,
