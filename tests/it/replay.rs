@@ -101,7 +101,7 @@ const FROZEN: (usize, f64, f64, f64, f64) = (303, 0.821782, 0.3521248, 0.181714,
 const LEARNED: (usize, f64, f64, f64, f64) = (303, 0.772277, 0.19201248, 0.553791, 0.452145);
 
 #[test]
-fn exploring_by_pairs_serves_the_plan_and_pays_the_drawn_tiers_call() {
+fn exploring_by_pairs_serves_the_plan_on_cheaper_draws_and_pays_the_drawn_tiers_call() {
     let records = records();
     let models = [CHEAP.to_string(), PREMIUM.to_string()];
     let policy = policy_from_models(&records, &models, 0.77).unwrap();
@@ -118,14 +118,15 @@ fn exploring_by_pairs_serves_the_plan_and_pays_the_drawn_tiers_call() {
     let (sub, pairs) = (by(ExploreBy::Substitution), by(ExploreBy::Pairs));
     assert!(sub.explored_share > 0.0);
     assert_eq!(pairs.explored_share, sub.explored_share);
-    // Pairs lose no quality to exploring: what substitution lost is served back.
-    assert_eq!(pairs.exploration_score_delta, 0.0);
+    // A cheaper draw loses no quality with pairs (the plan's tier serves it); a dearer one
+    // serves either way. The quality apart is what substitution's cheaper draws scored apart.
     let n = sub.tasks as f64;
+    assert!(pairs.exploration_score_delta != sub.exploration_score_delta);
     assert!(close(
         pairs.quality - sub.quality,
-        -sub.exploration_score_delta / n
+        (pairs.exploration_score_delta - sub.exploration_score_delta) / n
     ));
-    // Both pay the drawn tier's calls; pairs pay the plan's calls on those tasks too.
+    // Both pay the drawn tier's calls; pairs pay the plan's calls on the cheaper draws too.
     let planned_on_explored = pairs.exploration_cost_usd - sub.exploration_cost_usd;
     assert!(planned_on_explored > 0.0);
     assert!(close(pairs.cost_usd - sub.cost_usd, planned_on_explored));

@@ -414,7 +414,7 @@ fn candidates(policy: &Policy, choice: &Choice<'_>, band: usize, gap: f64) -> Ve
 /// The slot a decision got, and the probabilities that it got that one and the premium one.
 struct Drawn {
     chosen: usize,
-    /// With `explore_by = "pairs"`, the slot a draw picked instead of the plan's: the
+    /// With `explore_by = "pairs"`, a cheaper slot a draw picked instead of the plan's: the
     /// decision's shadow tier, while the plan's serves the task.
     pair: Option<usize>,
     propensity: f64,
@@ -428,20 +428,16 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
     let safe = choice.slot;
     let rate = plan.policy.exploration_rate;
     let branch = u < rate && slots > 1;
-    let chosen = if branch {
+    // With pairs, a draw of a cheaper tier runs it beside the plan's, which serves; a dearer
+    // one serves as by substitution (it risks no quality, and a pair would pay both calls).
+    let pairs = plan.policy.explore_by == ExploreBy::Pairs;
+    let served = |s: usize| if pairs && s < safe { safe } else { s };
+    let drawn = if branch {
         plan.explore(choice, band, gap, u / rate)
     } else {
         safe
     };
-    if plan.policy.explore_by == ExploreBy::Pairs {
-        // The plan's tier always serves: its propensity is 1, the premium tier's 1 or 0.
-        return Drawn {
-            chosen: safe,
-            pair: (chosen != safe).then_some(chosen),
-            propensity: 1.0,
-            premium_propensity: if safe + 1 == slots { 1.0 } else { 0.0 },
-        };
-    }
+    let chosen = served(drawn);
     let (propensity, premium_propensity) = if slots > 1 {
         propensities(
             &Draws {
@@ -451,14 +447,14 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
                 premium: slots - 1,
                 in_branch: branch,
             },
-            |v| plan.explore(choice, band, gap, v),
+            |v| served(plan.explore(choice, band, gap, v)),
         )
     } else {
         (1.0, 1.0)
     };
     Drawn {
         chosen,
-        pair: None,
+        pair: (drawn < chosen).then_some(drawn),
         propensity,
         premium_propensity,
     }
@@ -841,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn exploring_by_pairs_serves_the_plans_tier_and_names_the_drawn_one_as_its_shadow() {
+    fn exploring_by_pairs_serves_the_plans_tier_and_names_a_cheaper_drawn_one_as_its_shadow() {
         let by_substitution = router();
         let mut policy = Policy::embedded().unwrap();
         let mut scope = (*policy.default).clone();
@@ -860,9 +856,13 @@ mod tests {
                 by_substitution.route(&req(hard), u).unwrap(),
                 by_pairs.route(&req(hard), u).unwrap(),
             );
-            // The same draw picks the same tier; with pairs the plan's tier serves it.
+            // The same draw picks the same tier; with pairs a cheaper one runs beside the plan's.
             assert_eq!(p.chosen, p.planned);
             assert_eq!(p.explored, s.explored);
+            assert!(
+                !s.explored || s.chosen < s.planned,
+                "the plan's tier is the top one"
+            );
             assert_eq!(p.propensity, 1.0);
             if s.explored {
                 paired += 1;
@@ -880,6 +880,22 @@ mod tests {
             }
         }
         assert!(paired > 0);
+        // A dearer draw serves the task as by substitution: it risks no quality.
+        let easy = "What is 2+2?";
+        let mut upward = 0;
+        for i in 0..400 {
+            let u = 0.05 * f64::from(i) / 400.0;
+            let (s, p) = (
+                by_substitution.route(&req(easy), u).unwrap(),
+                by_pairs.route(&req(easy), u).unwrap(),
+            );
+            if s.explored && s.chosen > s.planned {
+                upward += 1;
+                assert_eq!((p.chosen, p.shadow, p.explored), (s.chosen, None, true));
+                assert!(p.reason.starts_with("exploring: "), "{}", p.reason);
+            }
+        }
+        assert!(upward > 0);
     }
 
     #[test]
