@@ -849,13 +849,17 @@ mod tests {
         let by_pairs = Router::new(model, table, *by_substitution.limits());
         let hard = "Prove that every finite integral domain is a field, then compute the \
                     number of elements of order 6 in S_7 and justify each step.";
+        // Both routers' decisions for every 400th draw within the exploration rate (0.05).
+        let (by_substitution, by_pairs) = (&by_substitution, &by_pairs);
+        let both = |task| {
+            (0..400).map(move |i| {
+                let u = 0.05 * f64::from(i) / 400.0;
+                let r = |router: &Router| router.route(&req(task), u).unwrap();
+                (r(by_substitution), r(by_pairs))
+            })
+        };
         let mut paired = 0;
-        for i in 0..400 {
-            let u = 0.05 * f64::from(i) / 400.0;
-            let (s, p) = (
-                by_substitution.route(&req(hard), u).unwrap(),
-                by_pairs.route(&req(hard), u).unwrap(),
-            );
+        for (s, p) in both(hard) {
             // The same draw picks the same tier; with pairs a cheaper one runs beside the plan's.
             assert_eq!(p.chosen, p.planned);
             assert_eq!(p.explored, s.explored);
@@ -883,12 +887,7 @@ mod tests {
         // A dearer draw serves the task as by substitution: it risks no quality.
         let easy = "What is 2+2?";
         let mut upward = 0;
-        for i in 0..400 {
-            let u = 0.05 * f64::from(i) / 400.0;
-            let (s, p) = (
-                by_substitution.route(&req(easy), u).unwrap(),
-                by_pairs.route(&req(easy), u).unwrap(),
-            );
+        for (s, p) in both(easy) {
             if s.explored && s.chosen > s.planned {
                 upward += 1;
                 assert_eq!((p.chosen, p.shadow, p.explored), (s.chosen, None, true));
