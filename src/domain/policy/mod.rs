@@ -157,7 +157,8 @@ pub struct ScopePolicy {
     pub pinned_thresholds: Option<Vec<f64>>,
     /// Share of decisions routed by posterior draws instead of the plan (exploration).
     pub exploration_rate: f64,
-    /// How an explored decision tries the drawn tier: in place of the plan's ([`ExploreBy`]).
+    /// How an explored decision tries the drawn tier: in place of the plan's, or a cheaper one
+    /// beside it ([`ExploreBy`]).
     pub explore_by: ExploreBy,
     /// Revenue or risk value of one output that meets the bar, in USD (for the report).
     pub value_per_success_usd: Option<f64>,
@@ -232,10 +233,12 @@ pub enum ExploreBy {
     /// paid for in the quality of the explored tasks.
     #[default]
     Substitution,
-    /// The task is served by the plan's tier, and the Route answer names the drawn tier as its
-    /// shadow tier for the caller to run the task there too and post the score as a shadow
-    /// pair. Exploration then costs the drawn tier's call and no quality; it needs a caller
-    /// that runs shadow pairs (one that does not teaches nothing by exploring).
+    /// A draw of a tier cheaper than the plan's: the task is served by the plan's tier, and the
+    /// Route answer names the drawn tier as its shadow tier for the caller to run the task
+    /// there too and post the score as a shadow pair. Exploring cheaper tiers then costs their
+    /// calls and no quality; it needs a caller that runs shadow pairs (one that does not
+    /// teaches nothing by exploring them). A draw of a dearer tier serves the task, as by
+    /// substitution: it risks no quality, and a pair would pay both calls.
     Pairs,
 }
 

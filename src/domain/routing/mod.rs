@@ -127,7 +127,8 @@ pub struct Decision {
     /// outcome is learned and priced with it.
     pub gap: f64,
     /// Whether this decision explored: a posterior draw picked another tier than the plan
-    /// (which then serves the task, or with `explore_by = "pairs"` is its shadow tier).
+    /// (which then serves the task; with `explore_by = "pairs"` a cheaper one is its shadow
+    /// tier instead).
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
