@@ -504,8 +504,7 @@ impl Tally {
         let chosen = &policy.tiers[d.tier().tier];
         // An exploration pair's run (`explore_by = "pairs"`): what exploring cost.
         let pair_cost = d
-            .shadow
-            .filter(|_| d.explored && d.chosen == d.planned)
+            .exploration_pair()
             .map(|s| &policy.tiers[d.candidates[s].tier])
             .and_then(|t| r.outcomes.get(&t.model).map(|o| outcome_cost(t, o)))
             .unwrap_or(0.0);
@@ -550,7 +549,7 @@ impl Tally {
         }
         self.n += 1;
         self.explored += usize::from(d.explored);
-        if d.explored && d.chosen == d.planned {
+        if d.exploration_pair().is_some() {
             self.exploration_cost += pair_cost;
         } else if d.explored {
             let planned = &policy.tiers[d.candidates[d.planned].tier];

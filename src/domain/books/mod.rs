@@ -639,9 +639,8 @@ impl Books {
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
         let (explored, downgraded) = (d.explored, action != BudgetAction::None);
-        // An explored decision served by the plan's tier explored by a pair: its shadow tier
-        // is the drawn one, not a measurement of quality kept.
-        let pair = d.shadow.filter(|_| explored && d.chosen == d.planned);
+        // An exploration pair's shadow is the drawn tier, not a measurement of quality kept.
+        let pair = d.exploration_pair();
         let shadowed = d.shadow.is_some() && pair.is_none();
         // Priced on Route's estimates, as chosen (after any budget action) against planned;
         // a pair's is the drawn tier's whole call.

@@ -172,6 +172,13 @@ impl Decision {
     pub fn premium_micros(&self) -> i64 {
         self.candidates.last().map_or(0, |c| c.cost_micros)
     }
+
+    /// The cheaper tier an exploration pair runs beside the plan's (`explore_by = "pairs"`):
+    /// the shadow of an explored decision its plan's tier serves.
+    pub fn exploration_pair(&self) -> Option<usize> {
+        self.shadow
+            .filter(|_| self.explored && self.chosen == self.planned)
+    }
 }
 
 /// Limits checked before any work.
@@ -244,16 +251,21 @@ pub fn decide(
     let candidates = candidates(policy, &choice, task.band, task.gap);
     let drawn = draw(plan, &choice, task.band, task.gap, explore_draw);
     let chosen = drawn.chosen;
-    // An exploration pair takes the decision's one shadow place.
-    let shadow = drawn.pair.or_else(|| {
-        shadow_slot(
+    // An exploration pair takes the decision's one shadow place. With pairs, an explored
+    // decision measures nothing: Feedback cannot tell its shadow from a pair (the claims carry
+    // only that it explored), so a measurement shadow there would be a call paid for nothing.
+    let pairs = plan.policy.explore_by == ExploreBy::Pairs;
+    let shadow = match drawn.pair {
+        Some(pair) => Some(pair),
+        None if pairs && chosen != safe => None,
+        None => shadow_slot(
             plan.policy.shadow_rate,
             plan.policy.shadow_tier,
             &candidates,
             chosen,
             explore_draw,
-        )
-    });
+        ),
+    };
     let fallback = (chosen + 1 < candidates.len()).then_some(chosen + 1);
     let mode = mode_of(plan);
     let workflow = task.workflow();
@@ -652,6 +664,8 @@ mod tests {
 
     use std::collections::HashMap;
 
+    use crate::domain::policy::ScopePolicy;
+
     impl Router {
         /// The decision alone (what the engine's Route starts with).
         fn route(&self, req: &RouteRequest<'_>, draw: f64) -> Result<Decision, RouteError> {
@@ -660,9 +674,18 @@ mod tests {
     }
 
     fn router() -> Router {
+        router_with(|_| {})
+    }
+
+    /// [`router`] with `change` made to the example policy's default scope.
+    fn router_with(change: impl Fn(&mut ScopePolicy)) -> Router {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
-        let policy = Arc::new(Policy::embedded().unwrap());
-        let table = RoutingTable::build(policy, &model.calibration, &HashMap::new(), None);
+        let mut policy = Policy::embedded().unwrap();
+        let mut scope = (*policy.default).clone();
+        change(&mut scope);
+        policy.default = Arc::new(scope);
+        let table =
+            RoutingTable::build(Arc::new(policy), &model.calibration, &HashMap::new(), None);
         Router::new(
             model,
             table,
@@ -840,14 +863,7 @@ mod tests {
     #[test]
     fn exploring_by_pairs_serves_the_plans_tier_and_names_a_cheaper_drawn_one_as_its_shadow() {
         let by_substitution = router();
-        let mut policy = Policy::embedded().unwrap();
-        let mut scope = (*policy.default).clone();
-        scope.explore_by = ExploreBy::Pairs;
-        policy.default = Arc::new(scope);
-        let model = Arc::new(ComplexityModel::bundled().unwrap());
-        let table =
-            RoutingTable::build(Arc::new(policy), &model.calibration, &HashMap::new(), None);
-        let by_pairs = Router::new(model, table, *by_substitution.limits());
+        let by_pairs = router_with(|s| s.explore_by = ExploreBy::Pairs);
         let hard = "Prove that every finite integral domain is a field, then compute the \
                     number of elements of order 6 in S_7 and justify each step.";
         // Both routers' decisions for every 400th draw within the exploration rate (0.05).
@@ -896,6 +912,23 @@ mod tests {
             }
         }
         assert!(upward > 0);
+        // With pairs an explored decision never carries a measurement shadow: Feedback could
+        // not tell it from a pair. Unexplored ones still do.
+        let measuring = router_with(|s| {
+            s.explore_by = ExploreBy::Pairs;
+            s.shadow_rate = 0.2;
+        });
+        let (mut explored, mut shadowed) = (0, 0);
+        for i in 0..1000 {
+            let d = measuring.route(&req(easy), f64::from(i) / 1000.0).unwrap();
+            if d.explored {
+                explored += 1;
+                assert_eq!(d.shadow, None, "{}", d.reason);
+            } else if d.shadow.is_some() {
+                shadowed += 1;
+            }
+        }
+        assert!(explored > 0 && shadowed > 0, "{explored} {shadowed}");
     }
 
     #[test]
