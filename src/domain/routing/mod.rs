@@ -128,7 +128,7 @@ pub struct Decision {
     pub gap: f64,
     /// Whether this decision explored: a posterior draw picked another tier than the plan
     /// (which then serves the task; with `explore_by = "pairs"` a cheaper one is its shadow
-    /// tier instead).
+    /// tier instead, on any task, not only within the exploration rate).
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
@@ -435,18 +435,26 @@ struct Drawn {
 }
 
 /// Exploration: a share `exploration_rate` of tasks is routed by draws from every allowed
-/// tier's posterior; it explores when a draw picks another tier than the plan.
+/// tier's posterior; it explores when a draw picks another tier than the plan. With pairs,
+/// every other task draws too, for a cheaper tier only: a pair risks no quality, so it is
+/// rationed by the posterior alone (a cheaper tier is paired about as often as it may be the
+/// right choice), not by the rate.
 fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) -> Drawn {
     let slots = choice.curves.len();
     let safe = choice.slot;
     let rate = plan.policy.exploration_rate;
     let branch = u < rate && slots > 1;
     // With pairs, a draw of a cheaper tier runs it beside the plan's, which serves; a dearer
-    // one serves as by substitution (it risks no quality, and a pair would pay both calls).
+    // one serves as by substitution (it risks no quality, and a pair would pay both calls),
+    // but only within the rate.
     let pairs = plan.policy.explore_by == ExploreBy::Pairs;
     let served = |s: usize| if pairs && s < safe { safe } else { s };
     let drawn = if branch {
         plan.explore(choice, band, gap, u / rate)
+    } else if pairs && slots > 1 {
+        // The draw's seed outside the branch, uniform in [0, 1) as inside it.
+        plan.explore(choice, band, gap, (u - rate) / (1.0 - rate))
+            .min(safe)
     } else {
         safe
     };
@@ -861,7 +869,8 @@ mod tests {
     }
 
     #[test]
-    fn exploring_by_pairs_serves_the_plans_tier_and_names_a_cheaper_drawn_one_as_its_shadow() {
+    fn exploring_by_pairs_serves_the_plans_tier_and_names_a_cheaper_drawn_one_as_its_shadow_on_any_task()
+     {
         let by_substitution = router();
         let by_pairs = router_with(|s| s.explore_by = ExploreBy::Pairs);
         let hard = "Prove that every finite integral domain is a field, then compute the \
@@ -901,6 +910,27 @@ mod tests {
             }
         }
         assert!(paired > 0);
+        // Above the rate, pairs draw too, for a cheaper tier only: a dearer draw never serves
+        // there, and substitution never explores.
+        let mut beyond = 0;
+        for i in 0..400 {
+            let u = 0.05 + 0.95 * f64::from(i) / 400.0;
+            let (s, p) = (
+                by_substitution.route(&req(hard), u).unwrap(),
+                by_pairs.route(&req(hard), u).unwrap(),
+            );
+            assert!(!s.explored);
+            assert_eq!(
+                (p.chosen, p.planned, p.propensity),
+                (s.chosen, s.planned, 1.0)
+            );
+            assert_eq!(p.explored, p.shadow.is_some());
+            if let Some(t) = p.shadow {
+                beyond += 1;
+                assert!(t < p.chosen, "{}", p.reason);
+            }
+        }
+        assert!(beyond > 0);
         // A dearer draw serves the task as by substitution: it risks no quality.
         let easy = "What is 2+2?";
         let mut upward = 0;
