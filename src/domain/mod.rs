@@ -10,6 +10,7 @@ pub mod decision;
 pub mod features;
 pub mod labels;
 pub mod learning;
+pub mod lengths;
 pub mod policy;
 pub mod routing;
 pub mod state;

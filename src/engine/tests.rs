@@ -263,6 +263,50 @@ async fn the_books_hold_a_relative_scope_to_its_plans_bar() {
     assert!((booked - bar).abs() < 1e-6, "{booked} vs {bar}");
 }
 
+/// Before a scope has clusters, an unlabelled task is priced at the output length its words
+/// predict, learned from what Feedback reported for tasks like it, not at the scope's median:
+/// a worked answer among one-letter ones is not priced as a letter.
+#[tokio::test]
+async fn unlabelled_tasks_are_priced_at_the_length_their_words_predict() {
+    let e = engine();
+    let letter =
+        |i: usize| format!("Which of these is a prime number? Choice {i}: A) 4 B) 7 C) 9 D) 12");
+    let worked = |i: usize| {
+        format!(
+            "A baker sells {i} loaves at 3 dollars each and buys flour for 40 dollars; explain step by step how much profit she makes."
+        )
+    };
+    let route = |t: &str, nonce| {
+        let req = crate::domain::routing::RouteRequest {
+            task: t,
+            ..Default::default()
+        };
+        e.route(&req, 0.99, T0, nonce).unwrap()
+    };
+    // Three letters to each worked answer: the scope's median length is a letter's.
+    for i in 0..40 {
+        let (text, tokens) = if i % 4 == 3 {
+            (worked(i), 400)
+        } else {
+            (letter(i), 1)
+        };
+        let (_, id) = route(&text, i as u64 + 1);
+        let input = FeedbackInput {
+            decision_id: &id,
+            score: 1.0,
+            input_tokens: Some(40),
+            output_tokens: Some(tokens),
+            ..Default::default()
+        };
+        e.feedback(&input, T0 + 1_000).await.unwrap();
+    }
+    let (short, _) = route(&letter(999), 0);
+    let (long, _) = route(&worked(999), 0);
+    assert_eq!((short.cluster, long.cluster), (None, None));
+    assert!(short.output_tokens < 10, "{}", short.output_tokens);
+    assert!(long.output_tokens > 100, "{}", long.output_tokens);
+}
+
 /// Unlabelled traffic end to end: Route sketches each task, the decision id carries the sketch,
 /// the fold fits the scope's clusters on what Feedback reports, and from then on Route places
 /// each unlabelled task in a cluster, whose outcomes learn as a workflow of its own.

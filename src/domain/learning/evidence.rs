@@ -12,6 +12,7 @@ use super::params::{
 };
 use crate::domain::clusters::{ClusterModel, FitJob, FitOptions, Sketch};
 use crate::domain::labels::{family_of, workflow_key};
+use crate::domain::lengths::LengthModel;
 
 /// The workflow label an unlabelled task of discovered cluster `id` learns under: a workflow
 /// of the family `~cluster`, so clusters learn like workflows and borrow from each other.
@@ -263,6 +264,8 @@ pub struct Discovery {
     since_fit: usize,
     /// The clusters Route assigns unlabelled tasks to.
     pub model: Option<Arc<ClusterModel>>,
+    /// How an unlabelled task's words move its output length.
+    pub lengths: Arc<LengthModel>,
     /// Fits that succeeded.
     pub fits: u64,
     /// Fits that failed or diverged (the previous clusters stayed).
@@ -282,6 +285,7 @@ impl Default for Discovery {
             recent: VecDeque::new(),
             since_fit: 0,
             model: None,
+            lengths: Arc::default(),
             fits: 0,
             failed_fits: 0,
             pending: None,
@@ -301,6 +305,10 @@ impl Discovery {
     pub fn observe(&mut self, sketch: &[u16], lesson: Lesson) -> bool {
         if sketch.is_empty() {
             return false;
+        }
+        // As the shared output lengths: a team beyond its share does not move them.
+        if lesson.weight >= 0.5 {
+            Arc::make_mut(&mut self.lengths).observe(sketch, lesson.output_tokens);
         }
         if self.recent.len() >= self.window {
             self.recent.pop_front();
@@ -435,6 +443,11 @@ impl ScopeEvidence {
         });
         if sketch.is_empty() {
             return;
+        }
+        // The team's own plan prices its unlabelled tasks on its own reports, as it does
+        // labelled ones on its own workflows' lengths.
+        if let Some(t) = self.teams.get_mut(team) {
+            Arc::make_mut(&mut t.evidence.clusters.lengths).observe(sketch, output_tokens);
         }
         let own = self.teams.get(team).map_or(0, |t| t.evidence.feedbacks());
         let lesson = Lesson {

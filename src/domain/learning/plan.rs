@@ -80,6 +80,7 @@ fn plan_scope_with(
         round.shared_tokens,
     );
     plan.clusters.clone_from(&round.model);
+    plan.lengths = evidence.map(|e| Arc::clone(&e.clusters.lengths));
     if let Some(e) = evidence {
         plan.base_at = e.feedbacks();
         plan.teams = round.team_plans(e, &plan, previous);
@@ -145,6 +146,7 @@ impl Round<'_> {
             );
             p.base_at = now;
             p.clusters.clone_from(&self.model);
+            p.lengths = Some(Arc::clone(&own.clusters.lengths));
             teams.insert(team.clone(), Arc::new(p));
         }
         teams
@@ -286,6 +288,7 @@ impl Assembly<'_> {
             teams: HashMap::new(),
             // The scope's clusters, which `plan_scope_with` sets on every plan of the scope.
             clusters: None,
+            lengths: None,
             planned_at: self.now,
             base_at: self.now,
         }

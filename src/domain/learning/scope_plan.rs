@@ -108,6 +108,8 @@ pub struct ScopePlan {
     /// The clusters discovered in the scope's unlabelled traffic (the shared plan's; a team's
     /// plan routes by them too).
     pub clusters: Option<Arc<crate::domain::clusters::ClusterModel>>,
+    /// How an unlabelled task's words move its output length (the shared evidence's).
+    pub lengths: Option<Arc<crate::domain::lengths::LengthModel>>,
     /// The outcome count of the evidence this plan was made from (a team's own, for a team's
     /// plan).
     pub planned_at: u64,

@@ -1557,3 +1557,55 @@ fn the_plan_aims_at_the_bar_plus_twice_a_shortfall_in_either_bar_mode() {
         plan.target
     );
 }
+
+#[test]
+fn unlabelled_tasks_learn_their_output_length_from_their_words() {
+    use crate::domain::clusters::sketch;
+    let letter =
+        |i: usize| format!("Which of these is a prime number? Choice {i}: A) 4 B) 7 C) 9 D) 12");
+    let worked = |i: usize| {
+        format!(
+            "A baker sells {i} loaves at 3 dollars each and buys flour for 40 dollars; explain step by step how much profit she makes."
+        )
+    };
+    let mut ev = ScopeEvidence::default();
+    // Eight teams take turns, each within its share of the shared evidence.
+    for i in 0..160 {
+        let team = format!("t{}", i % 8);
+        let (text, tokens) = if i % 2 == 0 {
+            (letter(i), 1)
+        } else {
+            (worked(i), 400)
+        };
+        let mut s = shape(5);
+        s.output_tokens = tokens;
+        ev.observe_task(&team, "small", s, 1.0, &sketch(&text).0, None);
+    }
+    let p = plan(0.8, Some(&ev));
+    let shared = p
+        .lengths
+        .as_ref()
+        .expect("the shared plan carries the scope's model");
+    let (short, long) = (
+        shared.predict(&sketch(&letter(999)).0, 32_768),
+        shared.predict(&sketch(&worked(999)).0, 32_768),
+    );
+    assert!(short.is_some_and(|t| t < 10), "{short:?}");
+    assert!(long.is_some_and(|t| t > 100), "{long:?}");
+    // Each team's plan carries its own model, trained on every one of its reports: here 20,
+    // enough to price on.
+    let own = p
+        .for_team("t1")
+        .lengths
+        .as_ref()
+        .expect("a team plan carries its own");
+    assert_eq!(own.trained(), 20);
+    assert!(
+        own.predict(&sketch(&worked(999)).0, 32_768)
+            .is_some_and(|t| t > 100)
+    );
+    // A labelled task teaches no length model.
+    let mut labelled = ScopeEvidence::default();
+    labelled.observe_task("t0", "small", shape(5), 1.0, &[], None);
+    assert_eq!(labelled.clusters.lengths.trained(), 0);
+}

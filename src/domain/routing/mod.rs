@@ -393,6 +393,15 @@ impl<'a> Placed<'a> {
         };
         if hint == 0 {
             placed.output_tokens = plan.expected_output_tokens(placed.workflow());
+            // An unlabelled task outside any cluster is priced at what its words predict
+            // (the team's model, else the scope's), not at the scope's median length.
+            if placed.cluster.is_none() && !placed.sketch.is_empty() {
+                let cap = scope.max_output_tokens;
+                let predict = |p: &ScopePlan| p.lengths.as_ref()?.predict(&placed.sketch, cap);
+                if let Some(t) = predict(plan).or_else(|| predict(shared)) {
+                    placed.output_tokens = t;
+                }
+            }
         }
         placed
     }
