@@ -447,7 +447,7 @@ struct Drawn {
 /// tier's posterior; it explores when a draw picks another tier than the plan. With pairs,
 /// every other task draws too, for a cheaper tier only: a pair risks no quality, so it is
 /// rationed by the posterior alone (a cheaper tier is paired about as often as it may be the
-/// right choice), not by the rate.
+/// right choice), not by the rate; a rate of 0 still turns exploration off, pairs included.
 fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) -> Drawn {
     let slots = choice.curves.len();
     let safe = choice.slot;
@@ -460,7 +460,7 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
     let served = |s: usize| if pairs && s < safe { safe } else { s };
     let drawn = if branch {
         plan.explore(choice, band, gap, u / rate)
-    } else if pairs && slots > 1 {
+    } else if pairs && slots > 1 && rate > 0.0 {
         // The draw's seed outside the branch, uniform in [0, 1) as inside it.
         plan.explore(choice, band, gap, (u - rate) / (1.0 - rate))
             .min(safe)
@@ -940,6 +940,15 @@ mod tests {
             }
         }
         assert!(beyond > 0);
+        // A rate of 0 turns exploration off, pairs included.
+        let off = router_with(|s| {
+            s.explore_by = ExploreBy::Pairs;
+            s.exploration_rate = 0.0;
+        });
+        for i in 0..100 {
+            let d = off.route(&req(hard), f64::from(i) / 100.0).unwrap();
+            assert!(!d.explored && d.shadow.is_none(), "{}", d.reason);
+        }
         // A dearer draw serves the task as by substitution: it risks no quality.
         let easy = "What is 2+2?";
         let mut upward = 0;
