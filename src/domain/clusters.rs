@@ -200,20 +200,30 @@ pub struct Sketch(pub Vec<u16>);
 impl Sketch {
     /// Its distinct feature buckets, ascending, as (bucket, 0.0) pairs; returns how many.
     fn buckets(&self, out: &mut [(u16, f32); SKETCH_TERMS]) -> usize {
-        let mut b = [0u16; SKETCH_TERMS];
-        let n = self.0.len().min(SKETCH_TERMS);
-        for (b, id) in b.iter_mut().zip(&self.0) {
-            *b = id % DIM as u16;
-        }
-        b[..n].sort_unstable();
-        let mut m = 0;
-        for (i, &x) in b[..n].iter().enumerate() {
-            if i == 0 || b[i - 1] != x {
-                (out[m], m) = ((x, 0.0), m + 1);
-            }
+        let (b, m) = distinct_buckets(&self.0);
+        for (o, &x) in out.iter_mut().zip(&b[..m]) {
+            *o = (x, 0.0);
         }
         m
     }
+}
+
+/// The distinct feature buckets (`id % DIM`) of a sketch's first [`SKETCH_TERMS`] ids,
+/// ascending, and how many there are.
+pub fn distinct_buckets(ids: &[u16]) -> ([u16; SKETCH_TERMS], usize) {
+    let mut b = [0u16; SKETCH_TERMS];
+    let n = ids.len().min(SKETCH_TERMS);
+    for (b, id) in b.iter_mut().zip(ids) {
+        *b = id % DIM as u16;
+    }
+    b[..n].sort_unstable();
+    let mut m = 0;
+    for i in 0..n {
+        if i == 0 || b[i - 1] != b[i] {
+            (b[m], m) = (b[i], m + 1);
+        }
+    }
+    (b, m)
 }
 
 /// Sketches a text: pure, deterministic, allocates only the result. Featureless (empty): fewer

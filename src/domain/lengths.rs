@@ -10,9 +10,7 @@
 //! sketch's hashed buckets, trained by normalised least mean squares, one step per outcome in
 //! log order (the same on every replica). Route reads it in 32 look-ups.
 
-use serde::{Deserialize, Serialize};
-
-use crate::domain::clusters::{DIM, SKETCH_TERMS};
+use crate::domain::clusters::{DIM, SKETCH_TERMS, distinct_buckets};
 
 /// Share of a prediction's error one outcome corrects (normalised least mean squares, stable
 /// for any step in (0, 2)): a kind of work with its own words is priced at its own length after
@@ -23,7 +21,7 @@ pub const LENGTH_STEP: f32 = 0.25;
 pub const LENGTH_MIN_OUTCOMES: u64 = 16;
 
 /// A linear model of `ln(1 + output tokens)` over a sketch's hashed buckets plus a bias.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LengthModel {
     /// One weight per bucket ([`DIM`]), then the bias.
     weights: Vec<f32>,
@@ -42,27 +40,20 @@ impl Default for LengthModel {
 
 /// A sketch's distinct buckets, and the value each feature (the bias included) takes so that
 /// the feature vector has unit length.
-fn features(sketch: &[u16]) -> ([usize; SKETCH_TERMS], usize, f32) {
-    let mut b = [0usize; SKETCH_TERMS];
-    let n = sketch.len().min(SKETCH_TERMS);
-    for (b, id) in b.iter_mut().zip(sketch) {
-        *b = usize::from(*id) % DIM;
-    }
-    b[..n].sort_unstable();
-    let mut m = 0;
-    for i in 0..n {
-        if i == 0 || b[i - 1] != b[i] {
-            b[m] = b[i];
-            m += 1;
-        }
-    }
+fn features(sketch: &[u16]) -> ([u16; SKETCH_TERMS], usize, f32) {
+    let (b, m) = distinct_buckets(sketch);
     (b, m, 1.0 / ((m + 1) as f32).sqrt())
 }
 
 impl LengthModel {
-    fn score(&self, buckets: &[usize], x: f32) -> f32 {
+    fn score(&self, buckets: &[u16], x: f32) -> f32 {
         let bias = self.weights[DIM];
-        (buckets.iter().map(|&h| self.weights[h]).sum::<f32>() + bias) * x
+        (buckets
+            .iter()
+            .map(|&h| self.weights[usize::from(h)])
+            .sum::<f32>()
+            + bias)
+            * x
     }
 
     /// Learns one outcome of an unlabelled task: its sketch and reported output tokens.
@@ -71,7 +62,7 @@ impl LengthModel {
         let y = (tokens as f32).ln_1p();
         let step = LENGTH_STEP * (y - self.score(&b[..m], x)) * x;
         for &h in &b[..m] {
-            self.weights[h] += step;
+            self.weights[usize::from(h)] += step;
         }
         self.weights[DIM] += step;
         self.trained += 1;

@@ -239,9 +239,9 @@ pub enum ExploreBy {
     /// calls and no quality, so every task draws for one, not only the `exploration_rate`
     /// share: a cheaper tier is paired about as often as its posterior says it may be the
     /// right choice (a rate of 0 still turns exploration off). It needs a caller that runs
-    /// shadow pairs (one that does not teaches nothing by exploring them). A draw of a dearer tier serves the task, as by
-    /// substitution, within the rate's share only: it risks no quality, and a pair would pay
-    /// both calls.
+    /// shadow pairs (a caller that does not teaches the router nothing by exploring). A draw of a dearer
+    /// tier serves the task, as by substitution, within the rate's share only: it risks no
+    /// quality, and a pair would pay both calls.
     Pairs,
 }
 
