@@ -11,7 +11,8 @@
 #
 # Usage: benches/quality/cv.sh [OUT_DIR]   (about 10 minutes on 2 cores; the six models are
 # trained once and kept in OUT_DIR). TOKENWISE_BIN=path replays with another binary (no build);
-# REPLAY_ARGS="--explore-by pairs" adds replay options to every run.
+# REPLAY_ARGS="--no-shadow-runs" adds replay options to every run (that one: a caller that runs
+# no shadow tier, so exploration substitutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/quality/cv}

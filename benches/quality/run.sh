@@ -8,8 +8,10 @@
 #   4. the multi-tier set (benches/quality/multitier, four tiers, three coarse workflows), bar
 #      0.779, seeds 1-10 in both orders (MULTITIER_SEEDS="1 2 ... 20" for more: one seed in ten
 #      swings its cost by 2x, so 10 seeds cannot tell changes of a few percent apart), with
-#      workflow labels and with --strip-labels; then shuffled with exploration by pairs
-#      (--explore-by pairs).
+#      workflow labels and with --strip-labels; then shuffled for a caller that runs no shadow
+#      tier (--no-shadow-runs: the default explore_by, "auto", then explores by substitution).
+# Every replay's caller runs the shadow tiers its decisions name (exploration pairs under the
+# default explore_by = "auto") unless --no-shadow-runs says otherwise.
 # Usage: benches/quality/run.sh [OUT_DIR]   (about 10 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -75,20 +77,20 @@ done
 python3 $summarise worst "labelled (${#labelled[@]} runs)" "${labelled[@]}"
 python3 $summarise worst "no labels (${#unlabelled[@]} runs)" "${unlabelled[@]}"
 
-echo "== multi-tier set, exploring by pairs (explore_by = \"pairs\": the plan's tier serves, the drawn one is a shadow run)"
-paired=()
-paired_unlabelled=()
+echo "== multi-tier set, a caller that runs no shadow tier (--no-shadow-runs: exploration by substitution)"
+unpaired=()
+unpaired_unlabelled=()
 for seed in ${MULTITIER_SEEDS:-1 2 3 4 5 6 7 8 9 10}; do
-  f="$out/replay-multitier-pairs-shuffle-$seed.json"
+  f="$out/replay-multitier-noshadow-shuffle-$seed.json"
   $bin replay --data $mdata --split all --tiers $mtiers --bar $mbar --seed $seed --shuffle \
-    --explore-by pairs --json > "$f"
-  python3 $summarise line "$f" "seed $seed shuffled, labelled, pairs"
-  paired+=("$f")
-  f="$out/replay-multitier-pairs-nolabels-shuffle-$seed.json"
+    --no-shadow-runs --json > "$f"
+  python3 $summarise line "$f" "seed $seed shuffled, labelled, no shadow runs"
+  unpaired+=("$f")
+  f="$out/replay-multitier-noshadow-nolabels-shuffle-$seed.json"
   $bin replay --data $mdata --split all --tiers $mtiers --bar $mbar --seed $seed --shuffle \
-    --explore-by pairs --strip-labels --json > "$f"
-  python3 $summarise line "$f" "seed $seed shuffled, no labels, pairs"
-  paired_unlabelled+=("$f")
+    --no-shadow-runs --strip-labels --json > "$f"
+  python3 $summarise line "$f" "seed $seed shuffled, no labels, no shadow runs"
+  unpaired_unlabelled+=("$f")
 done
-python3 $summarise worst "labelled, pairs (${#paired[@]} runs)" "${paired[@]}"
-python3 $summarise worst "no labels, pairs (${#paired_unlabelled[@]} runs)" "${paired_unlabelled[@]}"
+python3 $summarise worst "labelled, no shadow runs (${#unpaired[@]} runs)" "${unpaired[@]}"
+python3 $summarise worst "no labels, no shadow runs (${#unpaired_unlabelled[@]} runs)" "${unpaired_unlabelled[@]}"

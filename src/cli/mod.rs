@@ -158,8 +158,14 @@ struct ReplayArgs {
     /// In process: set every scope's explore_by. `pairs`: an explored task is served by the
     /// plan's tier and the drawn tier's recorded outcome is posted as its shadow pair (the
     /// pair's cost counts in the replay's cost and in exploration's).
-    #[arg(long, value_parser = ["substitution", "pairs"])]
+    /// `auto` (the policies' default): pairs while the caller runs them, substitution while
+    /// it does not.
+    #[arg(long, value_parser = ["substitution", "pairs", "auto"])]
     explore_by: Option<String>,
+    /// Run no shadow tier: every Feedback goes without a shadow score, as from a caller that
+    /// ignores `shadow_tier` (in process, and with --addr).
+    #[arg(long)]
+    no_shadow_runs: bool,
 }
 
 /// Entry point of the binary.

@@ -221,6 +221,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         strip_labels,
         shadow_rate,
         explore_by,
+        no_shadow_runs,
         ..
     } = args;
     if let Some(b) = bar
@@ -252,8 +253,10 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         shadow_rate,
         explore_by: explore_by.map(|e| match e.as_str() {
             "pairs" => ExploreBy::Pairs,
+            "auto" => ExploreBy::Auto,
             _ => ExploreBy::Substitution,
         }),
+        no_shadow_runs,
     };
     let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
     if json {

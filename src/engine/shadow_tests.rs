@@ -247,9 +247,9 @@ async fn replicas_folding_the_same_pairs_agree_and_learn_each_shadow_run_once() 
     }
 }
 
-#[tokio::test]
-async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_only() {
-    // Half the decisions explore, as pairs: the plan's tier serves, the drawn one is the shadow.
+/// An engine whose scope explores half its decisions by pairs, and its first decision (of
+/// draws below the rate) that explored: a pair.
+fn paired() -> (Engine, Decision, String) {
     let e = two_tier_engine(
         "[default]\nquality_bar = 0.7\nexploration_rate = 0.5\nexplore_by = \"pairs\"\n",
     )
@@ -263,6 +263,13 @@ async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_on
         .map(|k| e.route(&task, f64::from(k) / 1000.0, NOW, 7).unwrap())
         .find(|(d, _)| d.explored)
         .expect("a draw below the rate that picks the other tier");
+    (e, d, id)
+}
+
+#[tokio::test]
+async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_only() {
+    // Half the decisions explore, as pairs: the plan's tier serves, the drawn one is the shadow.
+    let (e, d, id) = paired();
     assert_eq!(d.chosen, d.planned);
     let shadow = d.shadow.expect("the drawn tier is the shadow tier");
     assert_ne!(shadow, d.chosen);
@@ -276,11 +283,63 @@ async fn an_exploration_pair_is_served_by_the_plan_and_booked_as_shadow_spend_on
     // Not a measurement of quality kept: that needs a pair on the scope's shadow tier.
     assert_eq!(get(metric::PAIRS, served), 0);
     assert_eq!(get(metric::PAIR_S, served), 0);
-    // Counted as exploration, at the drawn tier's estimated call, not as a shadowed decision.
+    // Counted as exploration once run, at what the run cost, not as a shadowed decision.
     assert_eq!(get(metric::SHADOWED, served), 0);
     assert_eq!(get(metric::EXPLORED, served), 1);
-    assert_eq!(
-        get(metric::EXPLORE_COST, served),
-        d.candidates[shadow].cost_micros
-    );
+    assert_eq!(get(metric::EXPLORE_COST, served), ack.shadow_cost_micros);
+}
+
+#[tokio::test]
+async fn an_exploration_pair_the_caller_ignores_explores_nothing_in_the_books() {
+    let (e, d, id) = paired();
+    let ack = e.feedback(&feedback(&id, None), NOW).await.unwrap();
+    assert_eq!(ack.shadow_cost_micros, 0);
+    let l = ledger(&e).await;
+    let served = &d.tier().name;
+    let get = |m: &str| l.get(&(m.into(), served.clone())).copied().unwrap_or(0);
+    assert_eq!((get(metric::TASKS), get(metric::OUTCOMES)), (1, 1));
+    assert_eq!((get(metric::EXPLORED), get(metric::EXPLORE_COST)), (0, 0));
+    assert_eq!(get(metric::SHADOWED), 0);
+}
+
+#[tokio::test]
+async fn auto_exploration_substitutes_once_callers_leave_pairs_unanswered_and_pairs_once_they_answer()
+ {
+    // The default explore_by ("auto"): pairs until a pair comes back unanswered.
+    let e = two_tier_engine("[default]\nquality_bar = 0.7\nexploration_rate = 0.5\n").build();
+    let task = RouteRequest {
+        task: "Summarise the attached quarterly report in three bullet points.",
+        expected_output_tokens: 50,
+        ..Default::default()
+    };
+    let answers = |e: &Engine| {
+        let table = e.table();
+        let plan = table.plan("default");
+        (plan.pairs_answered, plan.for_team("").pairs_answered)
+    };
+    // Draws below the rate (0.5) that pick the cheaper tier, and draws beyond it that do.
+    let cheaper_draws = |e: &Engine, range: std::ops::Range<u32>| {
+        range
+            .map(|k| f64::from(k) / 1000.0)
+            .find(|&u| {
+                let (d, _) = e.route(&task, u, NOW, 1).unwrap();
+                d.exploration_pair().is_some() || d.chosen < d.planned
+            })
+            .expect("a draw of the cheaper tier")
+    };
+    assert_eq!(answers(&e), (true, true));
+    let within = cheaper_draws(&e, 0..500);
+    let (d, id) = e.route(&task, within, NOW, 2).unwrap();
+    assert_eq!(d.chosen, d.planned, "a pair: the plan's tier serves");
+    e.feedback(&feedback(&id, None), NOW).await.unwrap();
+    assert_eq!(answers(&e), (false, false));
+    // Now the same draw serves the cheaper tier, as by substitution ...
+    let (d, _) = e.route(&task, within, NOW, 3).unwrap();
+    assert!(d.chosen < d.planned && d.shadow.is_none(), "{}", d.reason);
+    // ... while a draw beyond the rate still asks for a pair; answering it turns pairs back on.
+    let beyond = cheaper_draws(&e, 500..1000);
+    let (d, id) = e.route(&task, beyond, NOW, 4).unwrap();
+    assert!(d.exploration_pair().is_some() && d.chosen == d.planned);
+    e.feedback(&feedback(&id, Some(1.0)), NOW).await.unwrap();
+    assert_eq!(answers(&e), (true, true));
 }

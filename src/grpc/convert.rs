@@ -436,6 +436,7 @@ pub(super) fn threshold_to_proto(t: crate::domain::learning::ThresholdRow) -> pb
         team_plan: t.team.is_some(),
         team: t.team.unwrap_or_default(),
         terms: t.terms,
+        explore_by: t.explore_by.as_str().to_string(),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ReplayOptions {
     /// Every scope's `explore_by` (`None`: the policy's): with pairs, an explored decision
     /// posts the drawn tier's recorded outcome as its shadow score.
     pub explore_by: Option<ExploreBy>,
+    /// The caller runs no shadow tier: every Feedback comes without a shadow score, whatever
+    /// the decision named (a caller that ignores `shadow_tier`).
+    pub no_shadow_runs: bool,
 }
 
 /// What shadow pairs measured in a replay, against the truth the recorded data holds (every
@@ -414,6 +417,7 @@ pub fn replay(
         // A shadowed decision posts the shadow tier's recorded outcome as its pair.
         let shadow = d
             .shadow
+            .filter(|_| !opts.no_shadow_runs)
             .and_then(|s| r.outcomes.get(&policy.tiers[d.candidates[s].tier].model));
         let fb = FeedbackInput {
             decision_id: &id,
@@ -435,6 +439,7 @@ pub fn replay(
             decision: &d,
             outcome: o,
             premium: p,
+            runs_shadows: !opts.no_shadow_runs,
         });
     }
     let nf = tally.n.max(1) as f64;
@@ -470,6 +475,9 @@ struct Routed<'a> {
     outcome: &'a Outcome,
     /// The scope's top tier's recorded outcome.
     premium: &'a Outcome,
+    /// Whether the caller runs the shadow tiers decisions name (a pair it ignores costs
+    /// nothing).
+    runs_shadows: bool,
 }
 
 /// What a replay adds up task by task.
@@ -505,6 +513,7 @@ impl Tally {
         // An exploration pair's run (`explore_by = "pairs"`): what exploring cost.
         let pair_cost = d
             .exploration_pair()
+            .filter(|_| t.runs_shadows)
             .map(|s| &policy.tiers[d.candidates[s].tier])
             .and_then(|t| r.outcomes.get(&t.model).map(|o| outcome_cost(t, o)))
             .unwrap_or(0.0);
@@ -548,7 +557,9 @@ impl Tally {
             self.feedbacks_to_bar = Some(self.trail.len() - WINDOW);
         }
         self.n += 1;
-        self.explored += usize::from(d.explored);
+        // A pair the caller does not run explores nothing.
+        let ignored_pair = d.exploration_pair().is_some() && !t.runs_shadows;
+        self.explored += usize::from(d.explored && !ignored_pair);
         if d.exploration_pair().is_some() {
             self.exploration_cost += pair_cost;
         } else if d.explored {

@@ -60,6 +60,7 @@ pub fn event(n: u64) -> OutcomeEvent {
         propensity: None,
         premium_propensity: None,
         shadow: None,
+        shadow_asked: false,
         counters: Vec::new(),
         counters_only: false,
         quota: None,

@@ -286,6 +286,21 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
                 crate::report::render::plain_table(&header, &rows, &[4, 5, 6, 7, 8])
             );
             outln!();
+            // How each plan explores, once per plan.
+            let mut plans: Vec<(String, String, &str)> = Vec::new();
+            for t in &r.thresholds {
+                let plan = (t.scope.clone(), team_of(t), t.explore_by.as_str());
+                if plans.last() != Some(&plan) {
+                    plans.push(plan);
+                }
+            }
+            let exploring: Vec<String> = plans
+                .iter()
+                .map(|(scope, team, by)| format!("{scope} {team}: {by}"))
+                .collect();
+            if !exploring.is_empty() {
+                outln!("exploring by     {}", exploring.join("; "));
+            }
             if r.thresholds.iter().any(|t| t.pinned) {
                 outln!(
                     "* pinned by the policy (`thresholds = {{...}}`): learning does not move it"
@@ -310,6 +325,7 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
         strip_labels,
         shuffle,
         seed,
+        no_shadow_runs,
         ..
     } = args;
     let mut records = load_records(&data, split, &workflows)?;
@@ -323,6 +339,7 @@ pub(super) fn replay(addr: &str, args: ReplayArgs) -> anyhow::Result<()> {
         concurrency: concurrency.max(1),
         team,
         strip_labels,
+        no_shadow_runs,
     };
     runtime()?.block_on(async move {
         let started = std::time::Instant::now();
@@ -370,6 +387,8 @@ struct RemoteReplay {
     team: Option<String>,
     /// Send no workflow labels.
     strip_labels: bool,
+    /// Post no shadow score, whatever the decision names.
+    no_shadow_runs: bool,
 }
 
 /// Replays records against a running server over gRPC: Route each task (team = the workflow's
@@ -401,6 +420,7 @@ async fn replay_remote(
             hints: None,
         };
         let outcomes = r.outcomes.clone();
+        let runs_none = how.no_shadow_runs;
         async move {
             let d = c.route(req).await?.into_inner();
             let routed = (d.tier.clone(), d.explored);
@@ -411,6 +431,7 @@ async fn replay_remote(
             let shadow = d
                 .shadow_tier
                 .as_ref()
+                .filter(|_| !runs_none)
                 .and_then(|t| d.candidates.iter().find(|c| &c.tier == t))
                 .and_then(|c| outcomes.get(&c.model));
             c.feedback(pb::FeedbackRequest {
@@ -571,7 +592,7 @@ mod tests {
         };
         assert_eq!(
             super::json_line(&thresholds).unwrap(),
-            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"target":0.0,"team":"","team_plan":false,"terms":[],"threshold":0.0,"tier":"","workflow":""}]}"#
+            r#"{"policy_version":"","thresholds":[{"bar":0.0,"evidence":0.0,"explore_by":"","last_move":0.0,"observed_quality":0.0,"pinned":false,"scope":"","scope_quality":0.0,"target":0.0,"team":"","team_plan":false,"terms":[],"threshold":0.0,"tier":"","workflow":""}]}"#
         );
     }
 }

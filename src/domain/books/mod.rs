@@ -61,8 +61,8 @@ pub mod metric {
     pub const EXPLORED: &str = "explored";
     /// What exploring cost against the plan's own choice: the explored tier's estimate less
     /// the planned tier's, micro-USD (negative where exploration tried a cheaper tier); for an
-    /// exploration pair (`explore_by = "pairs"`), the drawn tier's estimate, run beside the
-    /// plan's.
+    /// exploration pair (`explore_by` "pairs" or "auto"), what its run beside the plan's cost,
+    /// booked when the run is reported (a pair the caller ignores explores nothing).
     pub const EXPLORE_COST: &str = "explore_cost";
     /// Outcomes received.
     pub const OUTCOMES: &str = "outcomes";
@@ -638,16 +638,16 @@ impl Books {
             }
         }
         let (cost, premium) = (d.tier().cost_micros, d.premium_micros());
-        let (explored, downgraded) = (d.explored, action != BudgetAction::None);
-        // An exploration pair's shadow is the drawn tier, not a measurement of quality kept.
-        let pair = d.exploration_pair();
-        let shadowed = d.shadow.is_some() && pair.is_none();
-        // Priced on Route's estimates, as chosen (after any budget action) against planned;
-        // a pair's is the drawn tier's whole call.
-        let explore_cost = match pair {
-            Some(s) => d.candidates.get(s).map_or(0, |c| c.cost_micros),
-            None if explored => cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros),
-            None => 0,
+        // An exploration pair's shadow is the drawn tier, not a measurement of quality kept;
+        // it counts as exploration once its run is reported (`Books::shadow_counters`).
+        let pair = d.exploration_pair().is_some();
+        let (explored, downgraded) = (d.explored && !pair, action != BudgetAction::None);
+        let shadowed = d.shadow.is_some() && !pair;
+        // Priced on Route's estimates, as chosen (after any budget action) against planned.
+        let explore_cost = if explored {
+            cost - d.candidates.get(d.planned).map_or(cost, |c| c.cost_micros)
+        } else {
+            0
         };
         self.bump_cell(
             now_ms / HOUR_MS,

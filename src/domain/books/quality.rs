@@ -40,16 +40,24 @@ impl Books {
         let (r, s) = (score, run.score);
         let (cr, cs) = (routed_micros, shadow_micros);
         // Only a pair on the scope's shadow tier, drawn for that, measures quality kept; an
-        // exploration pair (`explore_by = "pairs"`: the tier a posterior draw picked, where it
-        // looked likely to do better) is shadow spend alone.
+        // exploration pair (`explore_by` "pairs" or "auto": the tier a posterior draw picked,
+        // where it looked likely to do better) is shadow spend alone.
         let scope = policy.scope(&claims.scope);
-        let exploring = claims.explored && scope.explore_by == ExploreBy::Pairs;
+        let exploring = claims.explored && scope.explore_by != ExploreBy::Substitution;
         let measures = !exploring && policy.tier_index(run.tier) == Some(scope.shadow_tier);
         if !measures {
-            return (
-                self.tier_cell_counters(claims, run.tier, &[(metric::SHADOW_SPEND, cs)]),
-                shadow_micros,
-            );
+            let mut out = self.tier_cell_counters(claims, run.tier, &[(metric::SHADOW_SPEND, cs)]);
+            // A pair explores once it is run: counted then, in the decision's cell, at what
+            // the run cost (Route cannot tell a pair the caller runs from one it ignores).
+            if exploring {
+                out.extend(
+                    self.cell_counters(
+                        claims,
+                        &[(metric::EXPLORED, 1), (metric::EXPLORE_COST, cs)],
+                    ),
+                );
+            }
+            return (out, shadow_micros);
         }
         let mut out = self.tier_cell_counters(
             claims,

@@ -8,7 +8,8 @@ use super::params::{
     BANDS, CLUSTER_FAMILY, CLUSTER_FIRST_FIT, CLUSTER_MAX_K, CLUSTER_REFIT_EVERY,
     CLUSTER_TASKS_PER_K, CLUSTER_WINDOW, DEFAULT_TYPICAL_OUTPUT_TOKENS, HALF_LIFE_FEEDBACKS,
     MAX_SAMPLE_INPUT_TOKENS, MAX_TEAMS, MAX_WORKFLOWS, MIN_TRAFFIC_SAMPLE, OUTPUT_MIN_REPORTS,
-    OUTPUT_STEP, OUTPUT_WINDOW, SAMPLE_STRIDE, SHARED_OUTPUT_STEP, TEAM_SHARE, TRAFFIC_SAMPLE,
+    OUTPUT_STEP, OUTPUT_WINDOW, SAMPLE_STRIDE, SHADOW_ANSWERS_HALF_LIFE, SHARED_OUTPUT_STEP,
+    TEAM_SHARE, TRAFFIC_SAMPLE,
 };
 use crate::domain::clusters::{ClusterModel, FitJob, FitOptions, Sketch};
 use crate::domain::labels::{family_of, workflow_key};
@@ -225,6 +226,39 @@ pub struct ScopeEvidence {
     all_outcomes: f64,
     /// Clusters discovered in the scope's unlabelled traffic.
     pub clusters: Discovery,
+    /// Whether the callers run the shadow tiers their decisions name.
+    pub shadow_answers: ShadowAnswers,
+}
+
+/// Whether callers run the shadow tiers Route names: decayed counts of the decisions that named
+/// one and whose Feedback came back with a shadow score, and of those whose Feedback did not.
+/// `explore_by = "auto"` explores by pairs while most of them come back answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShadowAnswers {
+    /// Decayed count of answered asks.
+    pub answered: f64,
+    /// Decayed count of asks left unanswered.
+    pub unanswered: f64,
+}
+
+impl ShadowAnswers {
+    /// Counts one Feedback of a decision that named a shadow tier.
+    fn observe(&mut self, answered: bool) {
+        let decay = 0.5f64.powf(1.0 / SHADOW_ANSWERS_HALF_LIFE);
+        self.answered *= decay;
+        self.unanswered *= decay;
+        *if answered {
+            &mut self.answered
+        } else {
+            &mut self.unanswered
+        } += 1.0;
+    }
+
+    /// Whether pairs teach: at least half of the recent asks came back answered (and before
+    /// any ask, the callers are taken to run them: the first unanswered one says otherwise).
+    pub fn pairs_answered(&self) -> bool {
+        self.answered >= self.unanswered
+    }
 }
 
 /// What one unlabelled outcome taught the levels below the scope, kept beside its sketch so
@@ -463,6 +497,16 @@ impl ScopeEvidence {
         };
         if self.clusters.observe(sketch, lesson) {
             self.relearn_clusters();
+        }
+    }
+
+    /// Counts whether `team` ran the shadow tier its decision named (a Feedback with a shadow
+    /// score, or without one), in the scope's count and in the team's own (the team has just
+    /// reported the decision's outcome, so it has evidence).
+    pub fn observe_shadow_answer(&mut self, team: &str, answered: bool) {
+        self.shadow_answers.observe(answered);
+        if let Some(t) = self.teams.get_mut(team) {
+            t.evidence.shadow_answers.observe(answered);
         }
     }
 

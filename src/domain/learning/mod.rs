@@ -81,8 +81,8 @@ mod slots;
 mod table;
 
 pub use evidence::{
-    Cell, Discovery, Lesson, Level, OutputLengths, ScopeEvidence, TaskShape, TeamEvidence,
-    cluster_id, cluster_label,
+    Cell, Discovery, Lesson, Level, OutputLengths, ScopeEvidence, ShadowAnswers, TaskShape,
+    TeamEvidence, cluster_id, cluster_label,
 };
 pub use params::{
     BAND_PRIOR, BANDS, CATCH_UP, CATCH_UP_GAIN, CLUSTER_FAMILY, CLUSTER_FIRST_FIT, CLUSTER_MAX_K,
@@ -90,7 +90,8 @@ pub use params::{
     DEFAULT_TYPICAL_OUTPUT_TOKENS, EXPLORE_DRAWS, FAMILY_PRIOR, HALF_LIFE_FEEDBACKS,
     LABEL_BAND_PRIOR_PER_TASK, MAX_TEAMS, MAX_WORKFLOWS, MIN_TRAFFIC_SAMPLE, NOISE_SHRINK,
     OUT_OF_REACH_SLACK, OUTPUT_STEP, PRIOR_KNOWN_MODEL, PRIOR_OTHER_MODEL, REPLAN_LEVELS,
-    REPLAN_TEAMS, SHARED_OUTPUT_STEP, SHARED_PRIOR_MIN, TEAM_SHARE, WORKFLOW_PRIOR,
+    REPLAN_TEAMS, SHADOW_ANSWERS_HALF_LIFE, SHARED_OUTPUT_STEP, SHARED_PRIOR_MIN, TEAM_SHARE,
+    WORKFLOW_PRIOR,
 };
 pub use plan::{plan_scope, replan_scope};
 pub use scope_plan::{Choice, ScopePlan, TierPlan, WorkflowPlan};

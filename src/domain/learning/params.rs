@@ -82,6 +82,11 @@ pub const CLUSTER_FAMILY: &str = "~cluster";
 /// long enough that a tier's estimate stands on hundreds of outcomes, short enough that a
 /// model that changes is followed within a thousand.
 pub const HALF_LIFE_FEEDBACKS: f64 = 500.0;
+/// Shadow-run asks after which whether callers answered one weighs half
+/// ([`ShadowAnswers`](super::evidence::ShadowAnswers)): a caller that starts or stops running
+/// shadow pairs is followed within a few dozen asks, while one failed shadow run among many
+/// answered turns nothing off.
+pub const SHADOW_ANSWERS_HALF_LIFE: f64 = 32.0;
 /// Tasks per scope that the planner prices its choices on: the price of quality is solved on
 /// every Feedback over every sampled task, so the sample bounds that work.
 pub(super) const TRAFFIC_SAMPLE: usize = 512;

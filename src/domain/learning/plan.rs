@@ -289,6 +289,7 @@ impl Assembly<'_> {
             // The scope's clusters, which `plan_scope_with` sets on every plan of the scope.
             clusters: None,
             lengths: None,
+            pairs_answered: evidence.is_none_or(|e| e.shadow_answers.pairs_answered()),
             planned_at: self.now,
             base_at: self.now,
         }

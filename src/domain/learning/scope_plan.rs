@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::odds::shift_quality;
 use super::params::{BANDS, EXPLORE_DRAWS};
 use crate::domain::labels::{family_of, workflow_key};
-use crate::domain::policy::{BarMode, Policy, ScopePolicy};
+use crate::domain::policy::{BarMode, ExploreBy, Policy, ScopePolicy};
 
 /// One tier's place in a plan (of a scope, a family or a workflow).
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +110,11 @@ pub struct ScopePlan {
     pub clusters: Option<Arc<crate::domain::clusters::ClusterModel>>,
     /// How an unlabelled task's words move its output length (the shared evidence's).
     pub lengths: Option<Arc<crate::domain::lengths::LengthModel>>,
+    /// Whether the callers of this plan (the scope's, or the team's for a team's plan) answer
+    /// the shadow runs Route names ([`ShadowAnswers`](super::evidence::ShadowAnswers)): under
+    /// `explore_by = "auto"`, exploration pairs while they do and substitutes while they do
+    /// not.
+    pub pairs_answered: bool,
     /// The outcome count of the evidence this plan was made from (a team's own, for a team's
     /// plan).
     pub planned_at: u64,
@@ -119,6 +124,16 @@ pub struct ScopePlan {
 }
 
 impl ScopePlan {
+    /// How the plan explores now: its policy's `explore_by`, with "auto" resolved to pairs
+    /// while its callers answer them ([`ScopePlan::pairs_answered`]), else substitution.
+    pub fn explores_by(&self) -> ExploreBy {
+        match self.policy.explore_by {
+            ExploreBy::Auto if self.pairs_answered => ExploreBy::Pairs,
+            ExploreBy::Auto => ExploreBy::Substitution,
+            by => by,
+        }
+    }
+
     /// The plan a task of `team` routes on: the team's own, or the shared one.
     pub fn for_team(&self, team: &str) -> &ScopePlan {
         self.teams.get(team).map_or(self, Arc::as_ref)

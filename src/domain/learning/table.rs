@@ -145,6 +145,7 @@ impl RoutingTable {
                             pinned: plan.policy.pinned_thresholds.is_some(),
                             team: team.cloned(),
                             terms: terms.clone(),
+                            explore_by: plan.explores_by(),
                         });
                     }
                 }
@@ -183,4 +184,6 @@ pub struct ThresholdRow {
     pub team: Option<String>,
     /// On a discovered cluster's rows, its most telling terms; else empty.
     pub terms: Vec<String>,
+    /// How the plan explores now ([`ScopePlan::explores_by`]).
+    pub explore_by: crate::domain::policy::ExploreBy,
 }

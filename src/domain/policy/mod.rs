@@ -231,7 +231,6 @@ impl BarMode {
 pub enum ExploreBy {
     /// The task is served by the drawn tier instead of the plan's: what exploration learns is
     /// paid for in the quality of the explored tasks.
-    #[default]
     Substitution,
     /// A draw of a tier cheaper than the plan's: the task is served by the plan's tier, and the
     /// Route answer names the drawn tier as its shadow tier for the caller to run the task
@@ -239,10 +238,17 @@ pub enum ExploreBy {
     /// calls and no quality, so every task draws for one, not only the `exploration_rate`
     /// share: a cheaper tier is paired about as often as its posterior says it may be the
     /// right choice (a rate of 0 still turns exploration off). It needs a caller that runs
-    /// shadow pairs (a caller that does not teaches the router nothing by exploring). A draw of a dearer
-    /// tier serves the task, as by substitution, within the rate's share only: it risks no
-    /// quality, and a pair would pay both calls.
+    /// shadow pairs (a caller that does not teaches the router nothing by exploring). A draw of
+    /// a dearer tier serves the task, as by substitution, within the rate's share only: it
+    /// risks no quality, and a pair would pay both calls.
     Pairs,
+    /// Pairs while the callers answer them, substitution while they do not: every task may
+    /// carry a pair as with `Pairs`, but within the rate's share a cheaper draw serves the task
+    /// (as by substitution) once most of the recent shadow runs the scope asked a team for
+    /// came back without a shadow score. The default: a caller that runs pairs learns at no
+    /// cost in quality, and one that ignores them still learns by substitution.
+    #[default]
+    Auto,
 }
 
 impl ExploreBy {
@@ -251,6 +257,7 @@ impl ExploreBy {
         match self {
             ExploreBy::Substitution => "substitution",
             ExploreBy::Pairs => "pairs",
+            ExploreBy::Auto => "auto",
         }
     }
 }

@@ -620,16 +620,26 @@ mod tests {
     }
 
     #[test]
-    fn explore_by_is_substitution_unless_a_scope_asks_for_pairs() {
+    fn explore_by_is_auto_unless_a_scope_names_one() {
         let p = Policy::parse(THREE).unwrap();
-        assert_eq!(p.default.explore_by, ExploreBy::Substitution);
+        assert_eq!(p.default.explore_by, ExploreBy::Auto);
         let with = THREE.replace(
             "exploration_rate = 0.0",
             "exploration_rate = 0.0\nexplore_by = \"pairs\"",
         );
         let p = Policy::parse(&with).unwrap();
         assert!(p.scopes.values().any(|s| s.explore_by == ExploreBy::Pairs));
-        assert_eq!(p.default.explore_by, ExploreBy::Substitution);
+        assert_eq!(p.default.explore_by, ExploreBy::Auto);
+        let sub = THREE.replace(
+            "exploration_rate = 0.0",
+            "exploration_rate = 0.0\nexplore_by = \"substitution\"",
+        );
+        let p = Policy::parse(&sub).unwrap();
+        assert!(
+            p.scopes
+                .values()
+                .any(|s| s.explore_by == ExploreBy::Substitution)
+        );
         let bad = THREE.replace(
             "exploration_rate = 0.0",
             "exploration_rate = 0.0\nexplore_by = \"both\"",

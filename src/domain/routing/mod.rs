@@ -254,7 +254,7 @@ pub fn decide(
     // An exploration pair takes the decision's one shadow place. With pairs, an explored
     // decision measures nothing: Feedback cannot tell its shadow from a pair (the claims carry
     // only that it explored), so a measurement shadow there would be a call paid for nothing.
-    let pairs = plan.policy.explore_by == ExploreBy::Pairs;
+    let pairs = plan.policy.explore_by != ExploreBy::Substitution;
     let shadow = match drawn.pair {
         Some(pair) => Some(pair),
         None if pairs && chosen != safe => None,
@@ -448,26 +448,28 @@ struct Drawn {
 /// every other task draws too, for a cheaper tier only: a pair risks no quality, so it is
 /// rationed by the posterior alone (a cheaper tier is paired about as often as it may be the
 /// right choice), not by the rate; a rate of 0 still turns exploration off, pairs included.
+/// Within the rate's share a cheaper draw pairs too, or serves where the scope substitutes
+/// ([`pairing`]).
 fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) -> Drawn {
     let slots = choice.curves.len();
     let safe = choice.slot;
     let rate = plan.policy.exploration_rate;
     let branch = u < rate && slots > 1;
-    // With pairs, a draw of a cheaper tier runs it beside the plan's, which serves; a dearer
-    // one serves as by substitution (it risks no quality, and a pair would pay both calls),
-    // but only within the rate.
-    let pairs = plan.policy.explore_by == ExploreBy::Pairs;
-    let served = |s: usize| if pairs && s < safe { safe } else { s };
-    let drawn = if branch {
-        plan.explore(choice, band, gap, u / rate)
-    } else if pairs && slots > 1 && rate > 0.0 {
+    // A pair within the rate: a draw of a cheaper tier runs it beside the plan's, which
+    // serves; a dearer one serves as by substitution (it risks no quality, and a pair would
+    // pay both calls).
+    let (pairs_in_rate, pairs_beyond) = pairing(plan);
+    let served = |s: usize| if pairs_in_rate && s < safe { safe } else { s };
+    let (drawn, chosen) = if branch {
+        let drawn = plan.explore(choice, band, gap, u / rate);
+        (drawn, served(drawn))
+    } else if pairs_beyond && slots > 1 && rate > 0.0 {
         // The draw's seed outside the branch, uniform in [0, 1) as inside it.
-        plan.explore(choice, band, gap, (u - rate) / (1.0 - rate))
-            .min(safe)
+        let drawn = plan.explore(choice, band, gap, (u - rate) / (1.0 - rate));
+        (drawn.min(safe), safe)
     } else {
-        safe
+        (safe, safe)
     };
-    let chosen = served(drawn);
     let (propensity, premium_propensity) = if slots > 1 {
         propensities(
             &Draws {
@@ -488,6 +490,17 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
         propensity,
         premium_propensity,
     }
+}
+
+/// Whether the scope's exploration pairs a cheaper draw (runs it beside the plan's tier)
+/// within the rate's share, and beyond it. `auto` pairs beyond the rate always (an unanswered
+/// pair costs nothing, and its Feedback says whether the callers run them), and within it
+/// while the plan's callers answer pairs; while they do not, a cheaper draw there serves.
+fn pairing(plan: &ScopePlan) -> (bool, bool) {
+    (
+        plan.explores_by() == ExploreBy::Pairs,
+        plan.policy.explore_by != ExploreBy::Substitution,
+    )
 }
 
 /// How the plan chooses: by pinned thresholds, or by its bar mode.
@@ -696,13 +709,27 @@ mod tests {
 
     /// [`router`] with `change` made to the example policy's default scope.
     fn router_with(change: impl Fn(&mut ScopePolicy)) -> Router {
+        router_planned(change, |_| {})
+    }
+
+    /// [`router_with`], with `replan` made to the default scope's plan.
+    fn router_planned(
+        change: impl Fn(&mut ScopePolicy),
+        replan: impl Fn(&mut ScopePlan),
+    ) -> Router {
         let model = Arc::new(ComplexityModel::bundled().unwrap());
         let mut policy = Policy::embedded().unwrap();
         let mut scope = (*policy.default).clone();
         change(&mut scope);
         policy.default = Arc::new(scope);
-        let table =
+        let mut table =
             RoutingTable::build(Arc::new(policy), &model.calibration, &HashMap::new(), None);
+        let mut plan = (*table.default).clone();
+        replan(&mut plan);
+        table.default = Arc::new(plan);
+        table
+            .plans
+            .insert("default".into(), Arc::clone(&table.default));
         Router::new(
             model,
             table,
@@ -840,7 +867,7 @@ mod tests {
 
     #[test]
     fn exploration_draws_from_every_tier_only_within_its_budget() {
-        let r = router();
+        let r = router_with(|s| s.explore_by = ExploreBy::Substitution);
         let hard = "Prove that every finite integral domain is a field, then compute the \
                     number of elements of order 6 in S_7 and justify each step.";
         let safe = r.route(&req(hard), 0.99).unwrap();
@@ -880,7 +907,7 @@ mod tests {
     #[test]
     fn exploring_by_pairs_serves_the_plans_tier_and_names_a_cheaper_drawn_one_as_its_shadow_on_any_task()
      {
-        let by_substitution = router();
+        let by_substitution = router_with(|s| s.explore_by = ExploreBy::Substitution);
         let by_pairs = router_with(|s| s.explore_by = ExploreBy::Pairs);
         let hard = "Prove that every finite integral domain is a field, then compute the \
                     number of elements of order 6 in S_7 and justify each step.";
@@ -977,6 +1004,46 @@ mod tests {
             }
         }
         assert!(explored > 0 && shadowed > 0, "{explored} {shadowed}");
+    }
+
+    #[test]
+    fn auto_explores_by_pairs_while_callers_answer_them_and_else_substitutes_within_the_rate() {
+        let by = |e: ExploreBy| router_with(move |s| s.explore_by = e);
+        let (sub, pairs, auto) = (
+            by(ExploreBy::Substitution),
+            by(ExploreBy::Pairs),
+            by(ExploreBy::Auto),
+        );
+        let unanswered = router_planned(
+            |s| s.explore_by = ExploreBy::Auto,
+            |p| p.pairs_answered = false,
+        );
+        let mut within = (0, 0);
+        let hard = "Prove that every finite integral domain is a field, then compute the \
+                    number of elements of order 6 in S_7 and justify each step.";
+        for task in ["What is 2+2?", hard] {
+            for i in 0..1000 {
+                let u = f64::from(i) / 1000.0;
+                let route = |r: &Router| r.route(&req(task), u).unwrap();
+                let (s, p, a, n) = (route(&sub), route(&pairs), route(&auto), route(&unanswered));
+                // Callers that answer (and a new scope's, until one leaves a pair unanswered):
+                // exactly pairs.
+                assert_eq!(a, p);
+                if u < 0.05 {
+                    // Within the rate, callers that leave pairs unanswered get substitution.
+                    assert_eq!(n, s);
+                    within.0 += usize::from(s.explored);
+                } else {
+                    // Beyond it, the pairs are still asked for (answering one turns pairs back
+                    // on), while the plan's tier serves as by substitution.
+                    let what = |d: &Decision| (d.chosen, d.planned, d.shadow, d.explored);
+                    assert_eq!(what(&n), what(&p));
+                    assert_eq!((n.chosen, n.planned), (s.chosen, s.planned));
+                    within.1 += usize::from(n.shadow.is_some());
+                }
+            }
+        }
+        assert!(within.0 > 0 && within.1 > 0, "{within:?}");
     }
 
     #[test]

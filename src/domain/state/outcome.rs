@@ -69,6 +69,10 @@ pub struct OutcomeEvent {
     /// tier; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowOutcome>,
+    /// Whether the decision named a shadow tier (its Route answer had a `shadow_tier`), so that
+    /// `shadow` says whether the caller ran it; absent: it named none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_asked: bool,
     /// Accounting this outcome settles (spend reconciliation, outcome counts), applied in the
     /// same atomic step as the nonce so it counts exactly once. Not kept in the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

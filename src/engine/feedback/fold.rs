@@ -161,6 +161,9 @@ impl Fold {
         // event, so exactly once and in log order on every replica.
         let shadow = e.shadow.as_ref().map(|s| (s.tier.as_str(), s.score));
         ev.observe_task(&e.team, &e.tier, shape, e.score, &e.sketch, shadow);
+        if e.shadow_asked {
+            ev.observe_shadow_answer(&e.team, e.shadow.is_some());
+        }
         let (ok, failed) = &self.cluster_fits;
         ok.fetch_add(ev.clusters.fits - before.0, Ordering::Relaxed);
         failed.fetch_add(ev.clusters.failed_fits - before.1, Ordering::Relaxed);

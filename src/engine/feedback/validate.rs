@@ -278,6 +278,7 @@ impl Pricing<'_> {
             propensity: None,
             premium_propensity: None,
             shadow: None,
+            shadow_asked: false,
             counters: event_counters,
             counters_only: true,
             // Within the scope's limits: the team's remembered reuse ids, the decision's events.
@@ -355,6 +356,7 @@ fn outcome_event(
         propensity: claims.propensity,
         premium_propensity: claims.premium_propensity,
         shadow,
+        shadow_asked: !claims.shadow_tier.is_empty(),
         counters,
         counters_only: false,
         quota: None,
@@ -416,6 +418,7 @@ fn reuse_mark_event(
         quota: None,
         sketch: Vec::new(),
         shadow: None,
+        shadow_asked: false,
         ..like.clone()
     }
 }
