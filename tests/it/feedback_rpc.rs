@@ -361,3 +361,57 @@ async fn shadow_scores_are_taken_once_and_only_for_shadowed_decisions() {
     client.feedback(fb(&plain.decision_id, 1.0)).await.unwrap();
     assert_eq!(evidence_total(&server).await, 2);
 }
+
+/// The default exploration over the wire: Route names a cheaper tier to run beside the plan's;
+/// a Feedback without its score turns the scope's exploration to substitution (GetThresholds
+/// says so), and one with it turns pairs back on.
+#[tokio::test]
+async fn exploration_pairs_until_the_caller_leaves_them_unanswered_and_again_once_it_answers() {
+    let server = TestServer::start().await;
+    let mut client = server.router().await;
+    let mut admin = server.admin().await;
+    let hard = "Prove that every finite integral domain is a field, then compute the number of \
+                elements of order 6 in S_7 and justify each step.";
+    let mut pair = async || {
+        for _ in 0..400 {
+            let d = client.route(route_req(hard)).await.unwrap().into_inner();
+            if d.explored && d.shadow_tier.is_some() {
+                return d;
+            }
+        }
+        panic!("no exploration pair in 400 decisions of a new scope");
+    };
+    let first = pair().await;
+    assert!(
+        first.reason.contains("exploring: also run it on"),
+        "{}",
+        first.reason
+    );
+    let second = pair().await;
+    let explores_by = async |admin: &mut tokenwise::grpc::pb::admin_client::AdminClient<_>| {
+        let r = admin
+            .get_thresholds(pb::GetThresholdsRequest {
+                scope: "default".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        r.thresholds
+            .iter()
+            .map(|t| t.explore_by.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let only = |by: &str| std::collections::BTreeSet::from([by.to_string()]);
+    assert_eq!(explores_by(&mut admin).await, only("pairs"));
+    client.feedback(fb(&first.decision_id, 0.9)).await.unwrap();
+    assert_eq!(explores_by(&mut admin).await, only("substitution"));
+    client
+        .feedback(pb::FeedbackRequest {
+            shadow_score: Some(1.0),
+            shadow_output_tokens: Some(30),
+            ..fb(&second.decision_id, 0.9)
+        })
+        .await
+        .unwrap();
+    assert_eq!(explores_by(&mut admin).await, only("pairs"));
+}
