@@ -140,18 +140,19 @@ macro_rules! group_report_fields {
                 count, csv(21: "explored"), sum(EXPLORED),
                 prometheus(
                     "explored_decisions",
-                    "Decisions an exploration draw routed instead of the plan"
+                    "Decisions an exploration draw routed instead of the plan, and exploration pairs run"
                 )
             },
-            /// What those explorations cost against the plan's own choices, priced on Route's
-            /// estimates, micro-USD (negative where they tried cheaper tiers).
+            /// What those explorations cost against the plan's own choices, micro-USD: a
+            /// substitution priced on Route's estimates (negative where it tried a cheaper
+            /// tier), a pair at what its run cost.
             #[serde(default)]
             exploration_cost_micros: i64 {
                 money, csv(22: "exploration_cost_micros", "exploration_cost_usd"),
                 sum(EXPLORE_COST),
                 prometheus(
                     "exploration_cost_usd",
-                    "Estimated cost of exploration against the plan's own choices, USD (can be negative)"
+                    "Cost of exploration against the plan's own choices (substitutions at Route's estimates, pairs at what their runs cost), USD (can be negative)"
                 )
             },
             /// Outcomes whose reported token counts were over their bounds (input: 8 × what

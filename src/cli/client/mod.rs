@@ -301,6 +301,16 @@ pub(super) fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
             if !exploring.is_empty() {
                 outln!("exploring by     {}", exploring.join("; "));
             }
+            // What exploring cost lately, from the books (every scope; the report has more).
+            let report = client.get_report(pb::GetReportRequest::default()).await;
+            if let Some(line) = report
+                .ok()
+                .and_then(|r| r.into_inner().total)
+                .map(crate::report::GroupReport::from)
+                .and_then(|t| crate::report::render::exploration_line(&t))
+            {
+                outln!("last 24 hours    {line} (every scope; `tokenwise report` for more)");
+            }
             if r.thresholds.iter().any(|t| t.pinned) {
                 outln!(
                     "* pinned by the policy (`thresholds = {{...}}`): learning does not move it"

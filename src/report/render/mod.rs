@@ -20,7 +20,7 @@ mod table;
 pub use self::csv::csv;
 pub use self::html::html;
 pub use self::json::json;
-pub use self::table::{plain_table, table, table_fitting};
+pub use self::table::{exploration_line, plain_table, table, table_fitting};
 
 use super::field::{Field, Visit};
 use super::{BudgetStatus, GroupReport, TierShare, thousands, usd};

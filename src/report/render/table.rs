@@ -205,14 +205,9 @@ fn notes(r: &Report) -> String {
             },
         ));
     }
-    if t.explored > 0 {
-        out.push_str(&format!(
-            "{} decision{} explored ({} of tasks), {} against the plan's own choices (estimated).\n",
-            thousands(t.explored),
-            plural(t.explored),
-            percent(t.explored as f64 / t.tasks.max(1) as f64),
-            signed_usd(t.exploration_cost_micros),
-        ));
+    if let Some(line) = exploration_line(t) {
+        out.push_str(&line);
+        out.push_str(".\n");
     }
     let quality = super::quality_lines(&r.quality);
     if !quality.is_empty() {
@@ -299,6 +294,21 @@ fn wrap_prose(text: &str, width: usize) -> String {
 }
 
 /// Table cells of one group, labelled `label`.
+/// What exploration did in `g`: how many decisions explored and what that cost against the
+/// plans' own choices; `None` where none explored.
+pub fn exploration_line(g: &GroupReport) -> Option<String> {
+    (g.explored > 0).then(|| {
+        format!(
+            "{} decision{} explored ({} of tasks), {} against the plan's own choices \
+             (substitutions at Route's estimates, pairs at what their runs cost)",
+            thousands(g.explored),
+            plural(g.explored),
+            percent(g.explored as f64 / g.tasks.max(1) as f64),
+            signed_usd(g.exploration_cost_micros),
+        )
+    })
+}
+
 fn group_cells(g: &GroupReport, label: &str) -> Vec<String> {
     vec![
         label.to_owned(),
