@@ -159,7 +159,7 @@ struct ReplayArgs {
     /// plan's tier and the drawn tier's recorded outcome is posted as its shadow pair (the
     /// pair's cost counts in the replay's cost and in exploration's).
     /// `auto` (the policies' default): pairs while the caller runs them, substitution while
-    /// it does not.
+    /// it does not (learning on: with --no-learning the plan never sees whether it does).
     #[arg(long, value_parser = ["substitution", "pairs", "auto"])]
     explore_by: Option<String>,
     /// Run no shadow tier: every Feedback goes without a shadow score, as from a caller that

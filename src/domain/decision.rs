@@ -34,6 +34,10 @@ pub struct DecisionClaims {
     pub gap: f32,
     /// Whether the decision explored.
     pub explored: bool,
+    /// Whether its exploration was a pair (its shadow tier the drawn one, run beside the
+    /// served tier); `None` in ids issued before pairs were told apart in the id, where the
+    /// live policy's `explore_by` says.
+    pub pair: Option<bool>,
     /// Team of the caller (may be empty).
     pub team: String,
     /// Workflow of the caller (may be empty).
@@ -94,6 +98,8 @@ pub struct ClaimsRef<'a> {
     pub gap: f32,
     /// See [`DecisionClaims::explored`].
     pub explored: bool,
+    /// See [`DecisionClaims::pair`].
+    pub pair: Option<bool>,
     /// See [`DecisionClaims::team`].
     pub team: &'a str,
     /// See [`DecisionClaims::workflow`].
@@ -150,7 +156,7 @@ impl ClaimsRef<'_> {
             out.extend_from_slice(&id.to_le_bytes());
         }
         out.push(self.band);
-        out.push(u8::from(self.explored));
+        out.push(explored_byte(self.explored, self.pair));
         for s in strings {
             // Labels are capped at 256 bytes upstream and scope keys at ~530: u16 is plenty;
             // anything longer is cut, never mis-framed.
@@ -178,6 +184,7 @@ impl DecisionClaims {
             complexity: self.complexity,
             gap: self.gap,
             explored: self.explored,
+            pair: self.pair,
             team: &self.team,
             workflow: &self.workflow,
             policy_version: &self.policy_version,
@@ -227,7 +234,7 @@ impl DecisionClaims {
             (0, 0, NO_CLUSTER, Vec::new())
         };
         let band = r.take(1)?[0];
-        let explored = r.take(1)?[0] != 0;
+        let (explored, pair) = explored_of(r.take(1)?[0]);
         let scope = r.string()?;
         let tier = r.string()?;
         let team = r.string()?;
@@ -249,6 +256,7 @@ impl DecisionClaims {
             complexity,
             gap,
             explored,
+            pair,
             team,
             workflow,
             policy_version,
@@ -264,6 +272,28 @@ impl DecisionClaims {
             premium_propensity,
             shadow_tier,
         })
+    }
+}
+
+/// The id's exploration byte: 0 not explored; 2 an exploration pair; 3 explored otherwise; 1
+/// explored, pair or not unknown (ids issued before the two were told apart). Any non-zero byte
+/// reads as explored to a binary that knows only 0 and 1.
+fn explored_byte(explored: bool, pair: Option<bool>) -> u8 {
+    match (explored, pair) {
+        (false, _) => 0,
+        (true, None) => 1,
+        (true, Some(true)) => 2,
+        (true, Some(false)) => 3,
+    }
+}
+
+/// [`explored_byte`] read back: (explored, pair).
+fn explored_of(byte: u8) -> (bool, Option<bool>) {
+    match byte {
+        0 => (false, Some(false)),
+        1 => (true, None),
+        2 => (true, Some(true)),
+        _ => (true, Some(false)),
     }
 }
 
@@ -441,6 +471,7 @@ mod tests {
             complexity: 0.17,
             gap: -0.25,
             explored: false,
+            pair: Some(false),
             team: "t".into(),
             workflow: "w".into(),
             policy_version: "abc".into(),
@@ -512,6 +543,30 @@ mod tests {
             DecisionClaims::decode(&unknown_p.borrowed().encode()).unwrap(),
             unknown_p
         );
+    }
+
+    #[test]
+    fn an_exploration_pair_is_told_apart_and_older_ids_leave_it_unknown() {
+        for (explored, pair) in [
+            (true, Some(true)),
+            (true, Some(false)),
+            (false, Some(false)),
+        ] {
+            let c = DecisionClaims {
+                explored,
+                pair,
+                ..claims()
+            };
+            assert_eq!(DecisionClaims::decode(&c.borrowed().encode()).unwrap(), c);
+        }
+        // Before pairs were told apart, an explored decision wrote 1.
+        let legacy = DecisionClaims {
+            explored: true,
+            pair: None,
+            ..claims()
+        };
+        let bytes = legacy.borrowed().encode();
+        assert_eq!(DecisionClaims::decode(&bytes).unwrap(), legacy);
     }
 
     #[test]

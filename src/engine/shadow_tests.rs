@@ -343,3 +343,69 @@ async fn auto_exploration_substitutes_once_callers_leave_pairs_unanswered_and_pa
     e.feedback(&feedback(&id, Some(1.0)), NOW).await.unwrap();
     assert_eq!(answers(&e), (true, true));
 }
+
+#[tokio::test]
+async fn a_budget_that_drops_an_exploration_pair_leaves_no_exploration_behind() {
+    // Over the soft limit after the first call: premium is lowered to small, and the pair a
+    // draw would have named goes with it (no second call under a biting budget).
+    let e = two_tier_engine(
+        "[default]\nquality_bar = 0.7\nexploration_rate = 0.5\nexplore_by = \"pairs\"\n\
+         [[budgets]]\nperiod = \"day\"\nsoft_limit_usd = 0.000001\n",
+    )
+    .build();
+    let task = RouteRequest {
+        task: "Summarise the attached quarterly report in three bullet points.",
+        expected_output_tokens: 50,
+        ..Default::default()
+    };
+    let (first, _) = e.route(&task, 0.99, NOW, 1).unwrap();
+    assert_eq!(first.chosen, first.planned);
+    let mut downgraded = 0;
+    for k in 0..200u32 {
+        let (d, _) = e
+            .route(&task, f64::from(k) / 200.0, NOW, 2 + u64::from(k))
+            .unwrap();
+        downgraded += usize::from(d.chosen < d.planned);
+        assert!(d.shadow.is_none() && !d.explored, "{}", d.reason);
+        assert!(!d.reason.contains("exploring"), "{}", d.reason);
+    }
+    assert!(downgraded > 0);
+    let l = ledger(&e).await;
+    let explored: i64 = l
+        .iter()
+        .filter(|((m, _), _)| m == metric::EXPLORED || m == metric::EXPLORE_COST)
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(explored, 0);
+}
+
+#[tokio::test]
+async fn a_measurement_shadow_on_a_decision_that_explored_upward_counts_as_quality_kept() {
+    // Pairs, and a measurement shadow on a fifth of the decisions: a decision that explored by
+    // serving the dearer tier may be shadowed on the scope's shadow tier, and its id says it
+    // is no pair, so the books count it as a pair measuring quality kept.
+    let e = two_tier_engine(
+        "[default]\nquality_bar = 0.6\nbar_mode = \"per_task\"\nexploration_rate = 0.5\n\
+         explore_by = \"pairs\"\nshadow_rate = 0.2\nshadow_tier = \"small\"\n",
+    )
+    .build();
+    let task = RouteRequest {
+        task: "What is 2+2?",
+        expected_output_tokens: 5,
+        ..Default::default()
+    };
+    let (d, id) = (0..1000)
+        .map(|k| e.route(&task, f64::from(k) / 1000.0, NOW, 9).unwrap())
+        .find(|(d, _)| d.explored && d.exploration_pair().is_none() && d.shadow.is_some())
+        .expect("an upward exploration with a measurement shadow");
+    assert!(d.chosen > d.planned);
+    e.feedback(&feedback(&id, Some(1.0)), NOW).await.unwrap();
+    let l = ledger(&e).await;
+    let get = |m: &str| {
+        l.get(&(m.into(), d.tier().name.clone()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(get(metric::PAIRS), 1);
+    assert!(get(metric::PAIR_S) > 0);
+}

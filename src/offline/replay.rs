@@ -510,7 +510,8 @@ impl Tally {
         let (policy, scope, r, d) = (t.policy, t.scope, t.record, t.decision);
         let (o, p) = (t.outcome, t.premium);
         let chosen = &policy.tiers[d.tier().tier];
-        // An exploration pair's run (`explore_by = "pairs"`): what exploring cost.
+        // An exploration pair's run (`explore_by` "pairs" or "auto"), where the caller runs it:
+        // what exploring cost.
         let pair_cost = d
             .exploration_pair()
             .filter(|_| t.runs_shadows)

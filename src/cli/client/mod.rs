@@ -433,7 +433,9 @@ async fn replay_remote(
         let runs_none = how.no_shadow_runs;
         async move {
             let d = c.route(req).await?.into_inner();
-            let routed = (d.tier.clone(), d.explored);
+            // A pair the caller does not run explores nothing (as the books count it).
+            let ignored_pair = runs_none && d.explored && d.shadow_tier.is_some();
+            let routed = (d.tier.clone(), d.explored && !ignored_pair);
             let Some(o) = outcomes.get(&d.model) else {
                 return Ok::<_, tonic::Status>((routed, false));
             };

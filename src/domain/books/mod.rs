@@ -605,7 +605,12 @@ impl Books {
             }
             if target != usual || exhausted {
                 // A budget is biting: no second call, and the tier is the budget's doing, not a
-                // draw's (it would be got for certain; premium only where it is the target).
+                // draw's (it would be got for certain; premium only where it is the target). An
+                // exploration pair without its second call explores nothing.
+                if d.exploration_pair().is_some() {
+                    d.explored = false;
+                    d.reason = crate::domain::routing::without_pair(&d.reason);
+                }
                 d.shadow = None;
             }
             if target != usual {

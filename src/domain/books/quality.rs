@@ -43,7 +43,10 @@ impl Books {
         // exploration pair (`explore_by` "pairs" or "auto": the tier a posterior draw picked,
         // where it looked likely to do better) is shadow spend alone.
         let scope = policy.scope(&claims.scope);
-        let exploring = claims.explored && scope.explore_by != ExploreBy::Substitution;
+        // As the decision was made; for an id that does not say, as the live policy explores.
+        let exploring = claims
+            .pair
+            .unwrap_or(claims.explored && scope.explore_by != ExploreBy::Substitution);
         let measures = !exploring && policy.tier_index(run.tier) == Some(scope.shadow_tier);
         if !measures {
             let mut out = self.tier_cell_counters(claims, run.tier, &[(metric::SHADOW_SPEND, cs)]);

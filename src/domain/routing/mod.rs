@@ -19,6 +19,7 @@ use crate::domain::learning::{
 use crate::domain::policy::{BarMode, ExploreBy, Policy};
 
 mod reason;
+pub use reason::without_pair;
 use reason::{Mode, Why, explain};
 
 /// Default cap on the task size in bytes.
@@ -173,8 +174,8 @@ impl Decision {
         self.candidates.last().map_or(0, |c| c.cost_micros)
     }
 
-    /// The cheaper tier an exploration pair runs beside the plan's (`explore_by = "pairs"`):
-    /// the shadow of an explored decision its plan's tier serves.
+    /// The cheaper tier an exploration pair runs beside the plan's (`explore_by` "pairs", or
+    /// "auto"): the shadow of an explored decision its plan's tier serves.
     pub fn exploration_pair(&self) -> Option<usize> {
         self.shadow
             .filter(|_| self.explored && self.chosen == self.planned)
@@ -251,13 +252,10 @@ pub fn decide(
     let candidates = candidates(policy, &choice, task.band, task.gap);
     let drawn = draw(plan, &choice, task.band, task.gap, explore_draw);
     let chosen = drawn.chosen;
-    // An exploration pair takes the decision's one shadow place. With pairs, an explored
-    // decision measures nothing: Feedback cannot tell its shadow from a pair (the claims carry
-    // only that it explored), so a measurement shadow there would be a call paid for nothing.
-    let pairs = plan.policy.explore_by != ExploreBy::Substitution;
+    // An exploration pair takes the decision's one shadow place; any other decision may be
+    // shadowed to measure quality kept (the decision id says which of the two its shadow is).
     let shadow = match drawn.pair {
         Some(pair) => Some(pair),
-        None if pairs && chosen != safe => None,
         None => shadow_slot(
             plan.policy.shadow_rate,
             plan.policy.shadow_tier,
@@ -436,8 +434,8 @@ fn candidates(policy: &Policy, choice: &Choice<'_>, band: usize, gap: f64) -> Ve
 /// The slot a decision got, and the probabilities that it got that one and the premium one.
 struct Drawn {
     chosen: usize,
-    /// With `explore_by = "pairs"`, a cheaper slot a draw picked instead of the plan's: the
-    /// decision's shadow tier, while the plan's serves the task.
+    /// A cheaper slot a draw picked where the scope pairs ([`pairing`]): the decision's shadow
+    /// tier, while the plan's serves the task.
     pair: Option<usize>,
     propensity: f64,
     premium_propensity: f64,
@@ -987,8 +985,8 @@ mod tests {
             }
         }
         assert!(upward > 0);
-        // With pairs an explored decision never carries a measurement shadow: Feedback could
-        // not tell it from a pair. Unexplored ones still do.
+        // With pairs, a decision that explored by serving a dearer draw may still be shadowed
+        // to measure quality kept, on the scope's shadow tier (its id says it is no pair).
         let measuring = router_with(|s| {
             s.explore_by = ExploreBy::Pairs;
             s.shadow_rate = 0.2;
@@ -996,11 +994,16 @@ mod tests {
         let (mut explored, mut shadowed) = (0, 0);
         for i in 0..1000 {
             let d = measuring.route(&req(easy), f64::from(i) / 1000.0).unwrap();
-            if d.explored {
+            if d.explored && d.exploration_pair().is_none() {
                 explored += 1;
-                assert_eq!(d.shadow, None, "{}", d.reason);
-            } else if d.shadow.is_some() {
-                shadowed += 1;
+                assert!(d.chosen > d.planned, "{}", d.reason);
+                if let Some(s) = d.shadow {
+                    shadowed += 1;
+                    assert_eq!(
+                        d.candidates[s].tier,
+                        measuring.table().policy.default.shadow_tier
+                    );
+                }
             }
         }
         assert!(explored > 0 && shadowed > 0, "{explored} {shadowed}");

@@ -89,6 +89,22 @@ fn average_claim<'a>(w: &Why<'a>, how: &'a str) -> [Piece<'a>; 5] {
 
 /// One line on why the chosen tier won, in the plan's own terms, assembled piece by piece (no
 /// `format!` machinery on the hot path).
+/// How a reason's exploration-pair clause begins; it runs to the next `; ` clause or the end.
+const PAIR_CLAUSE: &str = "; exploring: also run it on ";
+
+/// `reason` without its exploration-pair clause, for a decision that lost its pair (a budget
+/// that bites allows no second call).
+pub fn without_pair(reason: &str) -> String {
+    let Some(start) = reason.find(PAIR_CLAUSE) else {
+        return reason.to_string();
+    };
+    let rest = &reason[start + PAIR_CLAUSE.len()..];
+    let end = rest
+        .find("; ")
+        .map_or(reason.len(), |i| start + PAIR_CLAUSE.len() + i);
+    format!("{}{}", &reason[..start], &reason[end..])
+}
+
 pub(super) fn explain(w: &Why<'_>) -> String {
     use Piece::{Num, Text};
     let cands = w.candidates;
@@ -206,7 +222,7 @@ pub(super) fn explain(w: &Why<'_>) -> String {
         }
         if let Some(pair) = w.pair.and_then(|s| cands.get(s)) {
             p.extend([
-                Text("; exploring: also run it on "),
+                Text(PAIR_CLAUSE),
                 Text(&pair.name),
                 Text(" (predicted "),
                 Num(pair.predicted_quality),
@@ -230,6 +246,20 @@ pub(super) fn explain(w: &Why<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_loses_its_pair_clause_and_nothing_else() {
+        let pair = "; exploring: also run it on small (predicted 0.87) as a shadow pair, so scope \
+                    default keeps learning what each tier can do";
+        let cap = "; expected_output_tokens capped at 100 by the policy's max_output_tokens";
+        let head = "complexity 0.07: premium predicted 0.94";
+        assert_eq!(without_pair(&format!("{head}{pair}")), head);
+        assert_eq!(
+            without_pair(&format!("{head}{pair}{cap}")),
+            format!("{head}{cap}")
+        );
+        assert_eq!(without_pair(head), head);
+    }
 
     #[test]
     fn two_decimals_without_float_formatting() {

@@ -59,6 +59,7 @@ impl DecisionIds {
             complexity: d.complexity as f32,
             gap: d.gap as f32,
             explored: d.explored,
+            pair: Some(d.exploration_pair().is_some()),
             team,
             workflow,
             policy_version: &d.policy_version,
