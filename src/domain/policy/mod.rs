@@ -242,11 +242,12 @@ pub enum ExploreBy {
     /// a dearer tier serves the task, as by substitution, within the rate's share only: it
     /// risks no quality, and a pair would pay both calls.
     Pairs,
-    /// Pairs while the callers answer them, substitution while they do not: every task may
-    /// carry a pair as with `Pairs`, but within the rate's share a cheaper draw serves the task
-    /// (as by substitution) once most of the recent shadow runs the scope asked a team for
-    /// came back without a shadow score. The default: a caller that runs pairs learns at no
-    /// cost in quality, and one that ignores them still learns by substitution.
+    /// Pairs while the callers answer them, substitution while they do not: as `Pairs` until
+    /// most of the recent shadow runs a plan asked its callers for came back without a shadow
+    /// score; then within the rate's share a cheaper draw serves the task (as by substitution),
+    /// and pairs are asked for on the next rate's share of draws only (an answer turns pairs
+    /// back on). The default: a caller that runs pairs learns at no cost in quality, and one
+    /// that ignores them still learns by substitution.
     #[default]
     Auto,
 }
