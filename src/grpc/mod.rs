@@ -71,6 +71,12 @@ pub struct ServeConfig {
     /// API keys; `None` turns authentication off (the embedded dev default, logged as a
     /// warning).
     pub auth: Option<Arc<auth::KeyRing>>,
+    /// Seeds Route's exploration draws and decision nonces: with it, a replay sent one call at
+    /// a time (`replay --addr --concurrency 1`) makes the draws the in-process replay of the
+    /// same seed makes, so tests can hold the served path to the in-process figures with
+    /// exploration on. `None` (always in production: seeded draws are predictable, and nonces
+    /// repeat across restarts): fresh randomness.
+    pub draw_seed: Option<u64>,
 }
 
 /// Largest Admin response (and what the CLI accepts): thresholds and reports grow with the
@@ -99,6 +105,7 @@ impl Default for ServeConfig {
             auth: None,
             rate_limit_per_team: None,
             tls: None,
+            draw_seed: None,
         }
     }
 }
@@ -195,6 +202,12 @@ fn router_services(
         metrics: metrics.clone(),
         counters: counters.clone(),
         limiter,
+        draws: config.draw_seed.map(|seed| {
+            use rand::SeedableRng;
+            Arc::new(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
+                seed,
+            )))
+        }),
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);

@@ -31,6 +31,9 @@ pub struct RouterService {
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     pub(super) counters: Arc<Counters>,
     pub(super) limiter: Option<(Arc<TeamLimiter>, u32)>,
+    /// Seeded draws ([`ServeConfig::draw_seed`](super::ServeConfig::draw_seed)); `None`: fresh
+    /// randomness.
+    pub(super) draws: Option<Arc<std::sync::Mutex<rand::rngs::StdRng>>>,
 }
 
 /// Calls served, by outcome: the server's own count (load generators see only HTTP status,
@@ -213,10 +216,20 @@ impl RouterService {
                 "team {team:?} is over its rate limit of {per_s} Route calls per second"
             )));
         }
-        let mut rng = rand::rng();
-        let (d, id) = self
-            .engine
-            .route(&req, rng.random::<f64>(), now_ms(), rng.random())?;
+        // The exploration draw, then the nonce: the order the in-process replay draws them in.
+        let (draw, nonce) = match &self.draws {
+            Some(seeded) => {
+                let mut rng = seeded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (rng.random::<f64>(), rng.random())
+            }
+            None => {
+                let mut rng = rand::rng();
+                (rng.random::<f64>(), rng.random())
+            }
+        };
+        let (d, id) = self.engine.route(&req, draw, now_ms(), nonce)?;
         tracing::Span::current()
             .record("scope", d.scope.as_str())
             .record("tier", d.tier().name.as_str())
@@ -290,6 +303,7 @@ mod tests {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             counters: Arc::default(),
             limiter: Some((limiter.clone(), 100)),
+            draws: None,
         };
         let call = |team: String| {
             svc.route_inner(Request::new(pb::RouteRequest {

@@ -2,7 +2,8 @@
 //! through `replay` (in process) and through `replay --addr` against a running server end with
 //! the same tier counts, in both bar modes, with the records' token counts and without them (a
 //! client that reports only a score: proto3 would send 0, which once priced a scope's traffic
-//! at nothing and sent it to the cheapest tier on a server while in-process replay looked fine).
+//! at nothing and sent it to the cheapest tier on a server while in-process replay looked fine);
+//! and with exploration by pairs on, the server's draws seeded as the in-process replay's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -16,8 +17,9 @@ use tokenwise::offline::replay::{ReplayOptions, replay};
 
 use crate::common::TestServer;
 
-/// Two tiers at the recorded models' prices, no exploration (the server draws its own).
-fn policy(bar_mode: &str) -> Policy {
+/// Two tiers at the recorded models' prices, exploring `exploration_rate` of tasks (by the
+/// default `explore_by`; the server's draws are seeded as the in-process replay's).
+fn policy(bar_mode: &str, exploration_rate: f64) -> Policy {
     Policy::parse(&format!(
         r#"
 [[tiers]]
@@ -35,7 +37,7 @@ output_usd_per_mtok = 30.0
 [default]
 quality_bar = 0.77
 bar_mode = "{bar_mode}"
-exploration_rate = 0.0
+exploration_rate = {exploration_rate}
 "#
     ))
     .unwrap()
@@ -64,7 +66,7 @@ fn data(with_tokens: bool) -> std::path::PathBuf {
     path
 }
 
-fn in_process(bar_mode: &str, file: &std::path::Path) -> BTreeMap<String, usize> {
+fn in_process(bar_mode: &str, rate: f64, file: &std::path::Path) -> BTreeMap<String, usize> {
     let records = dataset::load(file.to_str().unwrap(), Split::All).unwrap();
     let model = Arc::new(ComplexityModel::bundled().unwrap());
     let opts = ReplayOptions {
@@ -72,7 +74,7 @@ fn in_process(bar_mode: &str, file: &std::path::Path) -> BTreeMap<String, usize>
         seed: 1,
         ..Default::default()
     };
-    let r = replay(model, policy(bar_mode), &records, &opts).unwrap();
+    let r = replay(model, policy(bar_mode, rate), &records, &opts).unwrap();
     r.tier_share
         .iter()
         .map(|(t, s)| (t.clone(), (s * r.tasks as f64).round() as usize))
@@ -80,8 +82,12 @@ fn in_process(bar_mode: &str, file: &std::path::Path) -> BTreeMap<String, usize>
         .collect()
 }
 
-async fn served(bar_mode: &str, file: &std::path::Path) -> BTreeMap<String, usize> {
-    let server = TestServer::with_policy(policy(bar_mode), Limits::default()).await;
+async fn served(bar_mode: &str, rate: f64, file: &std::path::Path) -> BTreeMap<String, usize> {
+    // Draws seeded as the in-process replay's (seed 1), one call at a time.
+    let server = TestServer::with_config(policy(bar_mode, rate), Limits::default(), |c| {
+        c.draw_seed = Some(1)
+    })
+    .await;
     let addr = server.addr.to_string();
     let file = file.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
@@ -110,10 +116,10 @@ async fn served_and_in_process_replays_route_alike_in_both_bar_modes_with_and_wi
         let file = data(with_tokens);
         for mode in ["average", "per_task"] {
             let (m, f) = (mode.to_string(), file.clone());
-            let local = tokio::task::spawn_blocking(move || in_process(&m, &f))
+            let local = tokio::task::spawn_blocking(move || in_process(&m, 0.0, &f))
                 .await
                 .unwrap();
-            let remote = served(mode, &file).await;
+            let remote = served(mode, 0.0, &file).await;
             assert_eq!(
                 local, remote,
                 "{mode}, token counts {with_tokens}: in process vs served"
@@ -124,5 +130,21 @@ async fn served_and_in_process_replays_route_alike_in_both_bar_modes_with_and_wi
                 "{mode} {local:?}"
             );
         }
+    }
+}
+
+/// With exploration on, by the default `explore_by` (pairs, which both replays' callers run:
+/// each posts the drawn tier's recorded outcome as the pair's shadow score), the served and
+/// in-process replays still end with the same tier counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_exploration_pairs_served_and_in_process_replays_route_alike() {
+    let file = data(true);
+    for mode in ["average", "per_task"] {
+        let (m, f) = (mode.to_string(), file.clone());
+        let local = tokio::task::spawn_blocking(move || in_process(&m, 0.2, &f))
+            .await
+            .unwrap();
+        let remote = served(mode, 0.2, &file).await;
+        assert_eq!(local, remote, "{mode}, exploring 0.2: in process vs served");
     }
 }
