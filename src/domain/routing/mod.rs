@@ -128,8 +128,9 @@ pub struct Decision {
     /// outcome is learned and priced with it.
     pub gap: f64,
     /// Whether this decision explored: a posterior draw picked another tier than the plan
-    /// (which then serves the task; with `explore_by = "pairs"` a cheaper one is its shadow
-    /// tier instead, on any task, not only within the exploration rate).
+    /// (which then serves the task; where the scope pairs, `explore_by` "pairs" or "auto", a
+    /// cheaper one is its shadow tier instead, on any task, not only within the exploration
+    /// rate).
     pub explored: bool,
     /// Position in `candidates` of the tier the plan picked (the chosen one unless explored).
     pub planned: usize,
@@ -457,23 +458,13 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
     // serves; a dearer one serves as by substitution (it risks no quality, and a pair would
     // pay both calls).
     let (pairs_in_rate, pairs_beyond) = pairing(plan);
-    // Beyond the rate, a plan whose callers leave pairs unanswered still asks for them, but on
-    // the next `rate` share of draws only (an answer turns pairs back on), not on every task.
-    let beyond_seed = |u: f64, rate: f64| {
-        if rate <= 0.0 || u < rate {
-            None
-        } else if pairs_in_rate {
-            // Uniform in [0, 1) as inside the branch.
-            Some((u - rate) / (1.0 - rate))
-        } else {
-            (u < 2.0 * rate).then(|| (u - rate) / rate)
-        }
-    };
     let served = |s: usize| if pairs_in_rate && s < safe { safe } else { s };
     let (drawn, chosen) = if branch {
         let drawn = plan.explore(choice, band, gap, u / rate);
         (drawn, served(drawn))
-    } else if let Some(seed) = beyond_seed(u, rate).filter(|_| pairs_beyond && slots > 1) {
+    } else if let Some(seed) =
+        beyond_seed(u, rate, pairs_in_rate).filter(|_| pairs_beyond && slots > 1)
+    {
         let drawn = plan.explore(choice, band, gap, seed);
         (drawn.min(safe), safe)
     } else {
@@ -499,6 +490,20 @@ fn draw(plan: &ScopePlan, choice: &Choice<'_>, band: usize, gap: f64, u: f64) ->
         propensity,
         premium_propensity,
     }
+}
+
+/// The posterior draw's seed, uniform in [0, 1) as inside the rate's share, for a draw `u`
+/// beyond that share that asks for a pair: every such draw while pairs are answered
+/// (`every_task`); else only the next `rate` share of draws (the rest of them where that is
+/// less), so a plan whose callers leave pairs unanswered still asks now and then (an answer
+/// turns pairs back on) but not on every task.
+fn beyond_seed(u: f64, rate: f64, every_task: bool) -> Option<f64> {
+    let width = if every_task {
+        1.0 - rate
+    } else {
+        rate.min(1.0 - rate)
+    };
+    (rate > 0.0 && width > 0.0 && u >= rate && u < rate + width).then(|| (u - rate) / width)
 }
 
 /// Whether the scope's exploration pairs a cheaper draw (runs it beside the plan's tier)
