@@ -166,6 +166,11 @@ struct ReplayArgs {
     /// ignores `shadow_tier` (in process, and with --addr).
     #[arg(long)]
     no_shadow_runs: bool,
+    /// In process: write one JSON line per routed task to this file: the tier served and
+    /// planned, the plan's target and expected quality, and every allowed tier's predicted
+    /// quality and recorded score (the data behind the report's calibration).
+    #[arg(long, conflicts_with = "addr")]
+    trace: Option<PathBuf>,
 }
 
 /// Entry point of the binary.

@@ -222,6 +222,7 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         shadow_rate,
         explore_by,
         no_shadow_runs,
+        trace,
         ..
     } = args;
     if let Some(b) = bar
@@ -257,8 +258,12 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             _ => ExploreBy::Substitution,
         }),
         no_shadow_runs,
+        trace: trace.is_some(),
     };
     let r = crate::offline::replay::replay(std::sync::Arc::new(model), policy, &records, &opts)?;
+    if let Some(path) = &trace {
+        write_trace(path, &r.trace)?;
+    }
     if json {
         outln!("{}", serde_json::to_string(&r)?);
     } else {
@@ -312,7 +317,36 @@ pub(super) fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 r.final_thresholds.get(t).copied().unwrap_or(f64::NAN)
             );
         }
+        outln!("calibration, second half: predicted − recorded, on every task (on those served)");
+        for (w, tiers) in &r.calibration {
+            for (t, c) in tiers {
+                outln!(
+                    "  {w:<24} {t:<28} {:+.3} over {} ({:+.3} over {})",
+                    c.predicted - c.recorded,
+                    c.tasks,
+                    c.served_predicted - c.served_recorded,
+                    c.served
+                );
+            }
+        }
     }
+    Ok(())
+}
+
+/// Writes a traced replay's rows as JSON Lines.
+fn write_trace(
+    path: &std::path::Path,
+    rows: &[crate::offline::replay::TraceRow],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("--trace {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for row in rows {
+        serde_json::to_writer(&mut out, row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

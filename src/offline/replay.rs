@@ -40,6 +40,74 @@ pub struct ReplayOptions {
     /// The caller runs no shadow tier: every Feedback comes without a shadow score, whatever
     /// the decision named (a caller that ignores `shadow_tier`).
     pub no_shadow_runs: bool,
+    /// Keep one [`TraceRow`] per routed task in [`ReplayReport::trace`].
+    pub trace: bool,
+}
+
+/// One routed task of a traced replay: what the plan knew when it decided, what it chose, and
+/// what every allowed tier recorded on the task (`replay --trace`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceRow {
+    /// Position in the replayed stream (after any shuffle).
+    pub i: usize,
+    /// The record's id.
+    pub id: String,
+    /// The record's workflow label (also when the replay stripped it from the request).
+    pub workflow: String,
+    /// The discovered cluster Route placed the task in (unlabelled tasks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<u32>,
+    /// Complexity band.
+    pub band: usize,
+    /// The tier that served the task.
+    pub tier: String,
+    /// The tier the plan chose (another one when an exploration substituted).
+    pub planned: String,
+    /// Whether the decision explored.
+    pub explored: bool,
+    /// The tier Route asked the caller to also run (a pair or a measurement shadow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
+    /// The served tier's recorded score.
+    pub score: f64,
+    /// What the plan aimed at when it decided ([`ScopePlan::target`](crate::domain::learning::ScopePlan::target)).
+    pub target: f64,
+    /// The quality the plan expected on its traffic sample.
+    pub expected: f64,
+    /// Every allowed tier: its predicted quality for the task and its recorded score.
+    pub tiers: Vec<TraceTier>,
+}
+
+/// One allowed tier in a [`TraceRow`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceTier {
+    /// Tier name.
+    pub name: String,
+    /// The plan's predicted quality of the tier for the task.
+    pub predicted: f64,
+    /// The tier's recorded score on the task.
+    pub recorded: f64,
+}
+
+/// How well the plan knew one tier on one workflow over the second half of a replay: its mean
+/// predicted quality against the mean recorded score, on every task of the workflow (what the
+/// plan weighed when it chose) and on the tasks the tier served (where a wrong estimate was
+/// acted on). A gap on every task but not on the served ones is a tier the plan misjudges
+/// where it does not send it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TierCalibration {
+    /// Tasks of the workflow.
+    pub tasks: usize,
+    /// Mean predicted quality over them.
+    pub predicted: f64,
+    /// Mean recorded score over them.
+    pub recorded: f64,
+    /// Tasks the tier served.
+    pub served: usize,
+    /// Mean predicted quality over those.
+    pub served_predicted: f64,
+    /// Mean recorded score over those.
+    pub served_recorded: f64,
 }
 
 /// What shadow pairs measured in a replay, against the truth the recorded data holds (every
@@ -120,6 +188,11 @@ pub struct ReplayReport {
     /// With `--shadow-rate`: quality kept, measured, against the truth.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowReplay>,
+    /// Per workflow and tier: how well the plan knew the tier over the second half.
+    pub calibration: BTreeMap<String, BTreeMap<String, TierCalibration>>,
+    /// With [`ReplayOptions::trace`]: one row per routed task.
+    #[serde(skip)]
+    pub trace: Vec<TraceRow>,
 }
 
 /// What replay measured on one workflow.
@@ -409,6 +482,12 @@ pub fn replay(
             tally.skipped += 1;
             continue;
         };
+        // What the deciding plan aimed at and expected, before this task's Feedback.
+        let aim = opts.trace.then(|| {
+            let table = engine.table();
+            let plan = table.plan(&d.scope).for_team(&opts.team);
+            (plan.target, plan.expected_quality)
+        });
         let chosen = &policy.tiers[d.tier().tier];
         let (Some(o), Some(p)) = (r.outcomes.get(&chosen.model), r.outcomes.get(&top.model)) else {
             tally.skipped += 1;
@@ -440,6 +519,7 @@ pub fn replay(
             outcome: o,
             premium: p,
             runs_shadows: !opts.no_shadow_runs,
+            trace: aim.map(|aim| (i, aim)),
         });
     }
     let nf = tally.n.max(1) as f64;
@@ -478,6 +558,8 @@ struct Routed<'a> {
     /// Whether the caller runs the shadow tiers decisions name (a pair it ignores costs
     /// nothing).
     runs_shadows: bool,
+    /// When tracing: the task's position, and the deciding plan's target and expected quality.
+    trace: Option<(usize, (f64, f64))>,
 }
 
 /// What a replay adds up task by task.
@@ -502,6 +584,10 @@ struct Tally {
     window_sum: f64,
     /// Routed and shadow-tier scores summed over the tasks routed below the shadow tier.
     eligible: (f64, f64),
+    /// Per routed task: its workflow, the served candidate, and every candidate's (name,
+    /// predicted, recorded).
+    known: Vec<(String, usize, Vec<TraceTier>)>,
+    trace: Vec<TraceRow>,
 }
 
 impl Tally {
@@ -576,6 +662,61 @@ impl Tally {
         self.prem_cost += outcome_cost(top, p);
         self.bar_sum += scope.quality_bar;
         *self.counts.entry(chosen.name.clone()).or_default() += 1;
+        let tiers: Vec<TraceTier> = (d.candidates.iter())
+            .filter_map(|c| {
+                let o = r.outcomes.get(&c.model)?;
+                Some(TraceTier {
+                    name: c.name.clone(),
+                    predicted: c.predicted_quality,
+                    recorded: o.score,
+                })
+            })
+            .collect();
+        if let Some((i, (target, expected))) = t.trace {
+            self.trace.push(TraceRow {
+                i,
+                id: r.id.clone(),
+                workflow: r.workflow.clone(),
+                cluster: d.cluster,
+                band: d.band,
+                tier: chosen.name.clone(),
+                planned: d.candidates[d.planned].name.clone(),
+                explored: d.explored,
+                shadow: d.shadow.map(|s| d.candidates[s].name.clone()),
+                score: o.score,
+                target,
+                expected,
+                tiers: tiers.clone(),
+            });
+        }
+        self.known.push((r.workflow.clone(), d.chosen, tiers));
+    }
+
+    /// Per workflow and tier, how well the plan knew the tier over the second half.
+    fn calibration(&self) -> BTreeMap<String, BTreeMap<String, TierCalibration>> {
+        let mut out: BTreeMap<String, BTreeMap<String, TierCalibration>> = BTreeMap::new();
+        for (workflow, served, tiers) in &self.known[self.known.len() / 2..] {
+            let by_tier = out.entry(workflow.clone()).or_default();
+            for (slot, t) in tiers.iter().enumerate() {
+                let c = by_tier.entry(t.name.clone()).or_default();
+                c.tasks += 1;
+                c.predicted += t.predicted;
+                c.recorded += t.recorded;
+                if slot == *served {
+                    c.served += 1;
+                    c.served_predicted += t.predicted;
+                    c.served_recorded += t.recorded;
+                }
+            }
+        }
+        let mean = |sum: &mut f64, n: usize| *sum /= n.max(1) as f64;
+        for c in out.values_mut().flat_map(BTreeMap::values_mut) {
+            mean(&mut c.predicted, c.tasks);
+            mean(&mut c.recorded, c.tasks);
+            mean(&mut c.served_predicted, c.served);
+            mean(&mut c.served_recorded, c.served);
+        }
+        out
     }
 
     /// The report of the tasks added.
@@ -603,7 +744,9 @@ impl Tally {
                 0.0
             }
         };
+        let calibration = self.calibration();
         ReplayReport {
+            calibration,
             feedbacks_to_bar: self.feedbacks_to_bar,
             late_quality: late_q,
             late_saving_vs_premium: saving(late_cost, late_prem),
@@ -641,6 +784,7 @@ impl Tally {
             learning,
             final_thresholds,
             shadow,
+            trace: self.trace,
         }
     }
 }
@@ -817,5 +961,63 @@ mod tests {
             r.saving_vs_premium,
             frozen.saving_vs_premium
         );
+    }
+
+    #[test]
+    fn a_traced_replay_keeps_one_row_per_task_and_its_calibration_adds_up() {
+        let records = records();
+        let models = ["cheap".to_string(), "premium".to_string()];
+        let policy = policy_from_models(&records, &models, 0.75).unwrap();
+        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let opts = |trace| ReplayOptions {
+            learning: true,
+            seed: 7,
+            trace,
+            ..Default::default()
+        };
+        let r = replay(model.clone(), policy.clone(), &records, &opts(true)).unwrap();
+        // Tracing changes no decision.
+        let plain = replay(model, policy, &records, &opts(false)).unwrap();
+        assert!(plain.trace.is_empty());
+        assert_eq!((r.quality, r.cost_usd), (plain.quality, plain.cost_usd));
+        assert_eq!(r.calibration, plain.calibration);
+        // One row per routed task, in order, each with every allowed tier's prediction and
+        // recorded score, and the served tier's score as the one it recorded.
+        assert_eq!(r.trace.len(), r.tasks);
+        for (i, row) in r.trace.iter().enumerate() {
+            assert_eq!((row.i, row.id.as_str()), (i, records[i].id.as_str()));
+            let names: Vec<&str> = row.tiers.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["cheap", "premium"]);
+            let served = row.tiers.iter().find(|t| t.name == row.tier).unwrap();
+            assert_eq!(served.recorded, row.score);
+            assert!(row.tiers.iter().all(|t| (0.0..=1.0).contains(&t.predicted)));
+            assert!(row.target >= 0.75 && (0.0..=1.0).contains(&row.expected));
+        }
+        let served = |tier: &str| r.trace.iter().filter(|row| row.tier == tier).count();
+        assert_eq!(served("cheap") + served("premium"), 600);
+        // Calibration: the second half, per workflow every tier on every task; the served
+        // counts add up to the workflow's tasks, and the means are the trace's.
+        let late = &r.trace[300..];
+        for (workflow, tiers) in &r.calibration {
+            let rows: Vec<&TraceRow> = late.iter().filter(|x| &x.workflow == workflow).collect();
+            assert_eq!(tiers.len(), 2);
+            assert_eq!(tiers.values().map(|c| c.served).sum::<usize>(), rows.len());
+            for (name, c) in tiers {
+                assert_eq!(c.tasks, rows.len());
+                let tier = |x: &TraceRow| x.tiers.iter().find(|t| &t.name == name).cloned();
+                let recorded: f64 = rows
+                    .iter()
+                    .filter_map(|x| tier(x))
+                    .map(|t| t.recorded)
+                    .sum();
+                assert!(
+                    (c.recorded - recorded / rows.len() as f64).abs() < 1e-9,
+                    "{c:?}"
+                );
+            }
+        }
+        // The cheap tier's recorded score is 1 on easy/a and 0 on hard/b.
+        assert_eq!(r.calibration["easy/a"]["cheap"].recorded, 1.0);
+        assert_eq!(r.calibration["hard/b"]["cheap"].recorded, 0.0);
     }
 }
