@@ -147,24 +147,27 @@ const EMPTY_CELLS: [Cell; BANDS] = [Cell {
     gap: 0.0,
 }; BANDS];
 
-/// How steeply a level's tasks really get harder across the bands: one slope `β` shared by all
-/// of the level's tiers, by which every tier's prior curve is flattened (`β < 1`) or steepened
-/// around its mean over the level's tasks (log-odds `m + β·(logit q − m)`). The bands come from
-/// one difficulty model trained across workflows; most of what it tells apart is one workflow
-/// from another, and within one workflow a band says less (fitted per workflow on recorded
-/// outcomes, the slope was about 0.5 on the held-out subjects and 0.25–0.75 on subjects the
-/// model never saw). The difficulty axis is the tasks', not a tier's, so every tier's outcomes
-/// inform it: a workflow where the cheap tier does about as well in its hardest bands as in its
-/// middle ones flattens the premium tier's curve too, and the plan stops believing a tier
-/// useless in bands it was never sent to on the strength of other workflows' shape.
+/// How steeply success falls across a level's bands for the tiers `measured` marks: one slope
+/// `β` by which their prior curves are flattened (`β < 1`) or steepened around their means over
+/// the level's tasks (log-odds `m + β·(logit q − m)`). The bands come from one difficulty model
+/// trained across workflows; most of what it tells apart is one workflow from another, and
+/// within one workflow a band says less (fitted per workflow on recorded outcomes, the slope
+/// was about 0.5 on the held-out subjects and 0.25–0.75 on subjects the model never saw).
+/// [`curves`] fits it for each tier on a calibration model from that tier's own outcomes: how
+/// much harder a band is differs by tier: on the four-tier set's quiz workflow the cheap
+/// model's success falls to 0.06 in the hardest band and the premium one's to 0.36. One slope
+/// shared by both (fitted on both tiers' outcomes) put the premium tier at 0.41 and 0.32 in
+/// bands 17 and 18, where it scored 0.51 and 0.40, and the plan sent most of those tasks to
+/// cheaper tiers (seeds 1–4, second half); fitted on its own outcomes, 0.48 and 0.37. A tier on any other
+/// model, whose curve is guessed by price between the two measured ones, takes the slope of
+/// both measured tiers' outcomes together.
 ///
 /// Maximum likelihood of the slope and one log-odds shift per tier (the shifts are refitted
-/// after, by [`estimate`]) on the outcomes of the level's `measured` tiers, expected at `expect`
+/// after, by [`estimate`]) on the outcomes of the `measured` tiers, expected at `expect`
 /// (moved by each cell's premium gap), and on their prior pseudo-outcomes (`strength[s]` spread
 /// over the bands at `prior`), which hold the slope at 1 until the level's outcomes outweigh
-/// them. A tier on any other model has a curve guessed by price, whose shape says nothing of
-/// the tasks'. Returns 1 without such outcomes.
-fn shared_slope(
+/// them. Returns 1 without such outcomes.
+fn slope_of(
     cells: &[&[Cell; BANDS]],
     prior: &[[f64; BANDS]],
     expect: &[[f64; BANDS]],
@@ -279,7 +282,7 @@ pub(super) struct Start<'a> {
     /// shape was measured): only their outcomes tell how steep the level's difficulty is.
     pub(super) measured: &'a [bool],
     /// Whether the level is one kind of work (a workflow or a discovered cluster), whose
-    /// tasks' difficulty its outcomes can rescale ([`shared_slope`]); a scope or a family
+    /// tasks' difficulty its outcomes can rescale ([`slope_of`]); a scope or a family
     /// mixes kinds of work, and its curves keep the calibration's shape.
     pub(super) one_kind: bool,
     /// Whether the level is a discovered cluster (whose every tier starts from its parent's
@@ -344,21 +347,30 @@ pub(super) fn curves(
         .map(|t| level.and_then(|l| l.cells.get(&t.name)).unwrap_or(&empty))
         .collect();
     let pivot = pivots(start.prior, &cells_of);
-    let slope = if !start.one_kind {
-        1.0
-    } else {
-        shared_slope(
+    // Each measured tier's slope from its own outcomes; the other tiers' from theirs together.
+    let slope = |measured: &[bool]| {
+        slope_of(
             &cells_of,
             start.prior,
             start.expect,
             start.strength,
             start.gap_sign,
             &pivot,
-            start.measured,
+            measured,
         )
     };
+    let guessed = start.one_kind && start.measured.iter().any(|m| !m);
+    let joint = if guessed { slope(start.measured) } else { 1.0 };
     for (s, t) in tiers.iter().enumerate() {
         let cells = cells_of[s];
+        let slope = match (start.one_kind, start.measured[s]) {
+            (false, _) => 1.0,
+            (true, false) => joint,
+            (true, true) => {
+                let only: Vec<bool> = (0..tiers.len()).map(|i| i == s).collect();
+                slope(&only)
+            }
+        };
         let prior = tilt(&start.prior[s], pivot[s], slope);
         let expect = tilt(&start.expect[s], pivot[s], slope);
         let strength = match parent_level {

@@ -269,58 +269,70 @@ fn a_workflow_borrows_from_its_family_until_it_has_evidence() {
     assert!(many > 0.9, "{many}");
 }
 
-/// A workflow whose tasks do not get harder across the bands the way the calibration's do (its
-/// cheap tier scores the same in its middle and hardest bands) flattens every tier's curve: the
-/// premium tier, only ever sent the workflow's middle bands, is no longer believed to fall off
-/// in its hardest ones on the strength of other workflows' shape. A workflow that follows the
-/// calibration keeps it, and so do the scope's curves (they mix kinds of work).
+/// Each tier of a workflow learns from its own outcomes how much harder the workflow's bands
+/// are for it. Where the cheap tier scores the same in its middle and hardest bands while the
+/// premium tier falls off as the calibration says ("cheap flat"), the cheap tier's curve
+/// flattens and the premium tier's keeps its fall; where the cheap tier falls off faster than
+/// the calibration says while the premium tier holds ("premium flat"), the premium tier's curve
+/// flattens, so its hardest bands are not believed as hopeless as the cheap tier's (one slope
+/// shared by the tiers moved both the same way). A workflow that follows the calibration keeps
+/// it, and so do the scope's curves (they mix kinds of work).
 #[test]
-fn a_workflow_learns_how_steep_its_own_difficulty_is() {
+fn a_workflow_learns_how_steep_its_own_difficulty_is_for_each_tier() {
     let drop = |t: &TierPlan| t.predicted[10] - t.predicted[19];
+    let c = |b: usize| b as f64 / 19.0;
     let mut ev = ScopeEvidence::default();
     for i in 0..600 {
         let b = 10 + i % 10;
-        // "flat": the cheap tier scores 0.5 wherever it is sent; the premium tier 0.85 in the
-        // middle bands it is sent to.
-        ev.observe("small", shape_in("flat", b, 100, 10), 0.5);
-        if i % 10 < 4 {
-            ev.observe("large", shape_in("flat", b, 100, 10), 0.85);
-        }
+        let task = |w: &str| shape_in(w, b, 100, 10);
+        ev.observe("small", task("cheap flat"), 0.5);
+        ev.observe("large", task("cheap flat"), 0.95 - 0.15 * c(b));
+        ev.observe("small", task("premium flat"), (1.2 - 1.2 * c(b)).max(0.05));
+        ev.observe("large", task("premium flat"), 0.85);
         // "steep": both tiers score what the calibration says.
-        let c = b as f64 / 19.0;
-        ev.observe("small", shape_in("steep", b, 100, 10), 0.95 - 0.6 * c);
-        if i % 10 < 4 {
-            ev.observe("large", shape_in("steep", b, 100, 10), 0.95 - 0.15 * c);
-        }
+        ev.observe("small", task("steep"), 0.95 - 0.6 * c(b));
+        ev.observe("large", task("steep"), 0.95 - 0.15 * c(b));
     }
     let p = plan(0.8, Some(&ev));
-    let prior_drop = {
-        let c = |b: f64| b / 19.0;
-        (0.95 - 0.15 * c(10.0)) - (0.95 - 0.15 * c(19.0))
-    };
-    let flat = p.tiers_for("flat");
-    let steep = p.tiers_for("steep");
+    let prior_drop = 0.15 * 9.0 / 19.0;
     let cheap_prior_drop = 0.6 * 9.0 / 19.0;
-    assert!(
-        drop(&flat[0]) < 0.5 * cheap_prior_drop,
-        "cheap tier, flat: {} vs {cheap_prior_drop}",
-        drop(&flat[0])
-    );
-    assert!(
-        drop(&flat[2]) < 0.5 * prior_drop,
-        "premium tier, flat, in bands it never saw: {} vs the calibration's {prior_drop}",
-        drop(&flat[2])
-    );
-    assert!(
-        drop(&steep[2]) > 0.8 * prior_drop,
-        "premium tier, steep: {} vs {prior_drop}",
-        drop(&steep[2])
-    );
-    assert!(
-        drop(&steep[0]) > 0.8 * cheap_prior_drop,
-        "cheap tier, steep: {} vs {cheap_prior_drop}",
-        drop(&steep[0])
-    );
+    let (cheap_flat, premium_flat) = (p.tiers_for("cheap flat"), p.tiers_for("premium flat"));
+    let steep = p.tiers_for("steep");
+    let checks = [
+        (
+            "cheap flat, cheap tier",
+            drop(&cheap_flat[0]) < 0.5 * cheap_prior_drop,
+        ),
+        (
+            "cheap flat, premium tier",
+            drop(&cheap_flat[2]) > 0.8 * prior_drop,
+        ),
+        (
+            "premium flat, premium tier",
+            drop(&premium_flat[2]) < 0.5 * prior_drop,
+        ),
+        (
+            "premium flat, cheap tier",
+            drop(&premium_flat[0]) > cheap_prior_drop,
+        ),
+        ("steep, premium tier", drop(&steep[2]) > 0.8 * prior_drop),
+        (
+            "steep, cheap tier",
+            drop(&steep[0]) > 0.8 * cheap_prior_drop,
+        ),
+    ];
+    for (what, ok) in checks {
+        assert!(
+            ok,
+            "{what}: drops {:?} {:?} {:?} vs the calibration's {cheap_prior_drop} (cheap), {prior_drop} (premium)",
+            (drop(&cheap_flat[0]), drop(&cheap_flat[2])),
+            (drop(&premium_flat[0]), drop(&premium_flat[2])),
+            (drop(&steep[0]), drop(&steep[2])),
+        );
+    }
+    // The scope mixes kinds of work: its curves keep the calibration's shape.
+    let scope = &p.tiers;
+    assert!(drop(&scope[2]) > 0.5 * prior_drop, "{}", drop(&scope[2]));
 }
 
 #[test]
