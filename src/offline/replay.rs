@@ -881,17 +881,27 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn shadowed_replays_post_pairs_and_measure_quality_kept_against_the_truth() {
+    /// The records, a two-tier policy with a bar of 0.75 on them, the bundled model, and
+    /// options that learn (seed 7).
+    fn fixture() -> (Vec<Record>, Policy, Arc<ComplexityModel>, ReplayOptions) {
         let records = records();
         let models = ["cheap".to_string(), "premium".to_string()];
         let policy = policy_from_models(&records, &models, 0.75).unwrap();
         let model = Arc::new(ComplexityModel::bundled().unwrap());
-        let opts = |shadow_rate| ReplayOptions {
+        let learning = ReplayOptions {
             learning: true,
             seed: 7,
-            shadow_rate,
             ..Default::default()
+        };
+        (records, policy, model, learning)
+    }
+
+    #[test]
+    fn shadowed_replays_post_pairs_and_measure_quality_kept_against_the_truth() {
+        let (records, policy, model, learning) = fixture();
+        let opts = |shadow_rate| ReplayOptions {
+            shadow_rate,
+            ..learning.clone()
         };
         let plain = replay(model.clone(), policy.clone(), &records, &opts(None)).unwrap();
         assert_eq!(plain.shadow, None);
@@ -965,15 +975,10 @@ mod tests {
 
     #[test]
     fn a_traced_replay_keeps_one_row_per_task_and_its_calibration_adds_up() {
-        let records = records();
-        let models = ["cheap".to_string(), "premium".to_string()];
-        let policy = policy_from_models(&records, &models, 0.75).unwrap();
-        let model = Arc::new(ComplexityModel::bundled().unwrap());
+        let (records, policy, model, learning) = fixture();
         let opts = |trace| ReplayOptions {
-            learning: true,
-            seed: 7,
             trace,
-            ..Default::default()
+            ..learning.clone()
         };
         let r = replay(model.clone(), policy.clone(), &records, &opts(true)).unwrap();
         // Tracing changes no decision.
