@@ -275,12 +275,14 @@ fn a_workflow_borrows_from_its_family_until_it_has_evidence() {
 /// flattens and the premium tier's keeps its fall; where the cheap tier falls off faster than
 /// the calibration says while the premium tier holds ("premium flat"), the premium tier's curve
 /// flattens, so its hardest bands are not believed as hopeless as the cheap tier's (one slope
-/// shared by the tiers moved both the same way). A workflow that follows the calibration keeps
-/// it, and so do the scope's curves (they mix kinds of work).
+/// shared by the tiers moved both the same way). A discovered cluster learns its slopes as a
+/// workflow does. A workflow that follows the calibration keeps it, and so do the scope's
+/// curves (they mix kinds of work).
 #[test]
 fn a_workflow_learns_how_steep_its_own_difficulty_is_for_each_tier() {
     let drop = |t: &TierPlan| t.predicted[10] - t.predicted[19];
     let c = |b: usize| b as f64 / 19.0;
+    let cluster = crate::domain::learning::evidence::cluster_label(1);
     let mut ev = ScopeEvidence::default();
     for i in 0..600 {
         let b = 10 + i % 10;
@@ -292,6 +294,9 @@ fn a_workflow_learns_how_steep_its_own_difficulty_is_for_each_tier() {
         // "steep": both tiers score what the calibration says.
         ev.observe("small", task("steep"), 0.95 - 0.6 * c(b));
         ev.observe("large", task("steep"), 0.95 - 0.15 * c(b));
+        // A discovered cluster learns like a workflow.
+        ev.observe("small", task(&cluster), (1.2 - 1.2 * c(b)).max(0.05));
+        ev.observe("large", task(&cluster), 0.85);
     }
     let p = plan(0.8, Some(&ev));
     let prior_drop = 0.15 * 9.0 / 19.0;
@@ -319,6 +324,10 @@ fn a_workflow_learns_how_steep_its_own_difficulty_is_for_each_tier() {
         (
             "steep, cheap tier",
             drop(&steep[0]) > 0.8 * cheap_prior_drop,
+        ),
+        (
+            "cluster, premium tier",
+            drop(&p.tiers_for(&cluster)[2]) < 0.5 * prior_drop,
         ),
     ];
     for (what, ok) in checks {
