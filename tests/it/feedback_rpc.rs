@@ -205,13 +205,7 @@ async fn expired_decisions_get_a_clear_error() {
 async fn thresholds_view_lists_every_scope_and_tier() {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
-    let r = admin
-        .get_thresholds(pb::GetThresholdsRequest {
-            scope: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = crate::common::thresholds(&mut admin, "").await;
     let scopes: std::collections::BTreeSet<&str> =
         r.thresholds.iter().map(|t| t.scope.as_str()).collect();
     assert!(
@@ -221,13 +215,7 @@ async fn thresholds_view_lists_every_scope_and_tier() {
     for t in &r.thresholds {
         assert!((0.0..=1.0).contains(&t.threshold));
     }
-    let one = admin
-        .get_thresholds(pb::GetThresholdsRequest {
-            scope: "default".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let one = crate::common::thresholds(&mut admin, "default").await;
     assert_eq!(one.thresholds.len(), 3);
     let err = admin
         .get_thresholds(pb::GetThresholdsRequest {
@@ -262,13 +250,7 @@ async fn thresholds_of_many_long_workflows_come_back_whole() {
         .as_millis() as u64;
     server.engine.refresh(now).await;
     let mut admin = server.admin().await;
-    let r = admin
-        .get_thresholds(pb::GetThresholdsRequest {
-            scope: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = crate::common::thresholds(&mut admin, "").await;
     let long = r
         .thresholds
         .iter()
@@ -389,13 +371,7 @@ async fn exploration_pairs_until_the_caller_leaves_them_unanswered_and_again_onc
     );
     let second = pair().await;
     let explores_by = async |admin: &mut tokenwise::grpc::pb::admin_client::AdminClient<_>| {
-        let r = admin
-            .get_thresholds(pb::GetThresholdsRequest {
-                scope: "default".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = crate::common::thresholds(admin, "default").await;
         r.thresholds
             .iter()
             .map(|t| t.explore_by.clone())

@@ -522,13 +522,7 @@ async fn connect(port: u16) -> tonic::transport::Channel {
 
 async fn default_thresholds(ch: &tonic::transport::Channel) -> Vec<f64> {
     let mut admin = pb::admin_client::AdminClient::new(ch.clone());
-    let r = admin
-        .get_thresholds(pb::GetThresholdsRequest {
-            scope: "default".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = crate::common::thresholds(&mut admin, "default").await;
     r.thresholds.iter().map(|t| t.threshold).collect()
 }
 

@@ -153,14 +153,14 @@ const EMPTY_CELLS: [Cell; BANDS] = [Cell {
 /// trained across workflows; most of what it tells apart is one workflow from another, and
 /// within one workflow a band says less (fitted per workflow on recorded outcomes, the slope
 /// was about 0.5 on the held-out subjects and 0.25–0.75 on subjects the model never saw).
-/// [`curves`] fits it for each tier on a calibration model from that tier's own outcomes: how
-/// much harder a band is differs by tier: on the four-tier set's quiz workflow the cheap
-/// model's success falls to 0.06 in the hardest band and the premium one's to 0.36. One slope
-/// shared by both (fitted on both tiers' outcomes) put the premium tier at 0.41 and 0.32 in
-/// bands 17 and 18, where it scored 0.51 and 0.40, and the plan sent most of those tasks to
-/// cheaper tiers (seeds 1–4, second half); fitted on its own outcomes, 0.48 and 0.37. A tier on any other
-/// model, whose curve is guessed by price between the two measured ones, takes the slope of
-/// both measured tiers' outcomes together.
+/// [`curves`] fits it for each tier on a calibration model from that tier's own outcomes, since
+/// how much harder a band is differs by tier. On the four-tier set's quiz workflow the cheap
+/// model's success falls to 0.06 in the hardest band and the premium one's to 0.36; one slope
+/// shared by both put the premium tier at 0.41 and 0.32 in bands 17 and 18, where it scored
+/// 0.51 and 0.40, and the plan sent most of those tasks to cheaper tiers (seeds 1–4, second
+/// half); fitted on its own outcomes, 0.48 and 0.37. A tier on any other model, whose curve is
+/// guessed by price between the two measured ones, takes the slope of both measured tiers'
+/// outcomes together.
 ///
 /// Maximum likelihood of the slope and one log-odds shift per tier (the shifts are refitted
 /// after, by [`estimate`]) on the outcomes of the `measured` tiers, expected at `expect`

@@ -328,3 +328,17 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, 
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// GetThresholds of `scope` (empty: every scope), which must succeed.
+pub async fn thresholds(
+    admin: &mut AdminClient<Channel>,
+    scope: &str,
+) -> tokenwise::grpc::pb::GetThresholdsResponse {
+    admin
+        .get_thresholds(tokenwise::grpc::pb::GetThresholdsRequest {
+            scope: scope.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
