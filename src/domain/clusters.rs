@@ -397,14 +397,32 @@ impl<'a> Format<'a> {
     fn names(&self) -> [String; FORMAT_TERMS] {
         let word = |w: &str| w.to_lowercase();
         [
-            format!("[~{} bytes]", 1u64 << self.length),
-            format!("[~{} lines]", 1u64 << self.lines),
+            format!("[{} bytes]", span(1 << self.length, (2 << self.length) - 1)),
+            format!("[{} lines]", span(1 << self.lines, (2 << self.lines) - 1)),
             format!("[{} items]", self.items),
-            format!("[~{} numbers]", (1u64 << self.numbers) - 1),
+            format!(
+                "[{} numbers]",
+                span((1 << self.numbers) - 1, (2 << self.numbers) - 2)
+            ),
             format!("[starts \"{}\"]", word(self.first.1)),
             format!("[ends \"{}\"]", word(self.last.1)),
-            format!("[ends with '{}']", char::from(self.end)),
+            match self.end {
+                b'w' => "[ends in a letter]".to_owned(),
+                b'd' => "[ends in a digit]".to_owned(),
+                b'o' => "[ends in a symbol]".to_owned(),
+                b'-' => "[blank]".to_owned(),
+                c => format!("[ends with '{}']", char::from(c)),
+            },
         ]
+    }
+}
+
+/// `lo` alone, or `lo–hi`.
+fn span(lo: u64, hi: u64) -> String {
+    if lo >= hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
     }
 }
 
@@ -1109,7 +1127,10 @@ mod tests {
             .filter_map(|id| names.name(usize::from(id) % DIM))
             .collect();
         assert!(
-            named.contains(&"[4 items]") && named.contains(&"[ends \"answer\"]"),
+            named.contains(&"[4 items]")
+                && named.contains(&"[ends \"answer\"]")
+                && named.contains(&"[4–7 lines]")
+                && named.contains(&"[0 numbers]"),
             "{named:?}"
         );
         // Featureless words make a featureless sketch, whatever the format.
