@@ -398,7 +398,10 @@ impl<'a> Format<'a> {
         let word = |w: &str| w.to_lowercase();
         [
             format!("[{} bytes]", span(1 << self.length, (2 << self.length) - 1)),
-            format!("[{} lines]", span(1 << self.lines, (2 << self.lines) - 1)),
+            match span(1 << self.lines, (2 << self.lines) - 1) {
+                one if one == "1" => "[1 line]".to_owned(),
+                lines => format!("[{lines} lines]"),
+            },
             format!("[{} items]", self.items),
             format!(
                 "[{} numbers]",
