@@ -42,16 +42,17 @@
 //! - cold fit (median of 3): 0.8–1.0 s / 4.0 s / 16 s (n_runs 1: 0.39 / 1.2–2.0 / 4.6–5.1 s;
 //!   linfa's k-means++ seeding is O(n·k²·DIM) and most of the k = 64 time); warm refit: 0.11 s
 //!   (k = 4), 0.64–0.83 s (k = 16).
-//! - NMI, 58 labels: 0.27 / 0.27 / 0.26; gsm8k vs MMLU: 0.23 / 0.10 / 0.06 (a 2-label NMI is
+//! - NMI with the sketch's words only (before its format terms), 58 labels: 0.27 / 0.27 /
+//!   0.26; gsm8k vs MMLU: 0.23 / 0.10 / 0.06 (a 2-label NMI is
 //!   capped near 0.38 / 0.19 / 0.13 at these k); at k = 4, 95% of gsm8k tasks fall in
 //!   gsm8k-majority clusters. With DIM = 2048: +0.02–0.03 (58 labels), twice the fit time.
 //! - refit on an 80%-overlapping, reordered sample with `previous`: 97% (k = 4) / 95% (k = 16)
 //!   of the shared tasks keep their id (27% at k = 16 without the warm start).
 //! - `sketch` of a 2 KB text (2026-12-08, same session): 4.8–6.5 µs with the format terms
 //!   (one memchr pass and one byte loop over the first 4 KiB: 0.87 µs), 4.3 µs without.
-//! - `sketch` of a 2 KB text, earlier: 12–15 µs (456-byte mean prompt: 5–6 µs; FNV-1a alone over the
-//!   2 KB costs 2.5 µs, `str::split` into words 5 µs); `assign` with the sketch given: 0.3–0.4 /
-//!   0.55 / 1.6–2.0 µs. `memory_bytes`: 21 KB / 73 KB / 280 KB.
+//! - `sketch` of a 2 KB text, earlier: 12–15 µs (456-byte mean prompt: 5–6 µs; FNV-1a alone
+//!   over the 2 KB costs 2.5 µs, `str::split` into words 5 µs); `assign` with the sketch
+//!   given: 0.3–0.4 / 0.55 / 1.6–2.0 µs. `memory_bytes`: 21 KB / 73 KB / 280 KB.
 
 use crate::domain::features::{FNV_OFFSET, FNV_PRIME, fnv_byte, mix};
 use linfa::DatasetBase;
